@@ -1,0 +1,299 @@
+// Package agent is the host agent: it registers its host, holds the host's
+// etcd lease, watches the VMs placed on it and reconciles them through the
+// driver (start what should run here, stop what should not), reports their
+// status, and serves host-local data such as serial consoles.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Config configures an agent.
+type Config struct {
+	Host    string
+	DataDir string
+	Etcd    *clientv3.Client
+	Driver  driver.Driver
+	// Datastores this host reaches, by name.
+	Datastores map[string]storage.Datastore
+	// ImageDir holds guest images built by `vigil image build`.
+	ImageDir string
+	// Capacity is what this host offers to VMs; zero values mean the
+	// machine's own CPU count and memory.
+	Capacity store.Resources
+	// MgmtIP and StorageIP are this host's addresses on the management and
+	// the storage/migration networks.
+	MgmtIP, StorageIP string
+	// Listen is the agent's HTTP endpoint (consoles, host-local data):
+	// host:port or unix:///path. AdvertiseURL is how servers reach it.
+	Listen, AdvertiseURL string
+	// LeaseTTL is the host lease's time to live (whole seconds); the agent
+	// renews every KeepaliveInterval.
+	LeaseTTL          time.Duration
+	KeepaliveInterval time.Duration
+	// StopTimeout bounds a graceful guest shutdown before QEMU is quit.
+	StopTimeout time.Duration
+	Version     string
+	Log         *slog.Logger
+}
+
+// Agent runs one host.
+type Agent struct {
+	cfg   Config
+	st    *store.Store
+	drv   driver.Driver
+	log   *slog.Logger
+	lease *leaseKeeper
+
+	kick chan struct{}
+
+	mu   sync.Mutex
+	busy map[string]string // vm -> operation in flight
+}
+
+// New checks the configuration and creates an agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Host == "" {
+		return nil, errors.New("agent: host name required")
+	}
+	if cfg.Etcd == nil || cfg.Driver == nil {
+		return nil, errors.New("agent: etcd client and driver required")
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 2 * time.Second
+	}
+	if cfg.LeaseTTL%time.Second != 0 || cfg.LeaseTTL < time.Second {
+		return nil, fmt.Errorf("agent: lease TTL %s must be a whole number of seconds (etcd's unit)", cfg.LeaseTTL)
+	}
+	if cfg.KeepaliveInterval == 0 {
+		cfg.KeepaliveInterval = cfg.LeaseTTL / 8
+	}
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = 60 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("agent data directory: %w", err)
+	}
+	log := cfg.Log.With("host", cfg.Host)
+	return &Agent{
+		cfg:   cfg,
+		st:    store.New(cfg.Etcd),
+		drv:   cfg.Driver,
+		log:   log,
+		lease: newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), log),
+		kick:  make(chan struct{}, 1),
+		busy:  map[string]string{},
+	}, nil
+}
+
+// Run serves until ctx ends. VMs keep running when it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	recovered, err := a.drv.Recover(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	for _, st := range recovered {
+		a.log.Info("found vm from before the restart", "vm", st.Name, "running", st.Running, "pid", st.PID)
+	}
+	if p, ok := a.drv.(interface{ StartProbe(context.Context) }); ok {
+		p.StartProbe(ctx)
+	}
+
+	srv, err := a.serveHTTP(ctx)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	if err := a.register(ctx, driver.Capabilities{Accel: "probing"}); err != nil {
+		return err
+	}
+	go func() {
+		caps, err := a.drv.Fingerprint(ctx)
+		if err != nil {
+			return
+		}
+		if err := a.register(ctx, caps); err != nil {
+			a.log.Warn("re-register after fingerprint", "err", err)
+		}
+	}()
+
+	if err := a.joinCluster(ctx); err != nil {
+		return err
+	}
+	go a.lease.run(ctx)
+	go a.watchLease(ctx)
+
+	for _, st := range recovered {
+		if st.Running {
+			a.event(ctx, store.EvVMReattached, st.Name, fmt.Sprintf("reattached to running QEMU pid %d after agent restart", st.PID))
+		}
+	}
+
+	watch := a.st.Watch(ctx, store.StatePrefix)
+	resync := time.NewTicker(5 * time.Second)
+	defer resync.Stop()
+	events := a.drv.Events()
+	a.log.Info("agent running", "data_dir", a.cfg.DataDir, "lease_ttl", a.cfg.LeaseTTL)
+	for {
+		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			a.log.Info("agent stopping; VMs keep running")
+			return nil
+		case <-watch:
+		case <-resync.C:
+		case <-a.kick:
+		case ev := <-events:
+			a.onDriverEvent(ctx, ev)
+		}
+	}
+}
+
+// joinCluster takes the host lease and publishes the liveness key.
+func (a *Agent) joinCluster(ctx context.Context) error {
+	for {
+		id, err := a.lease.acquire(ctx)
+		if err == nil {
+			err = a.st.PutAlive(ctx, a.cfg.Host, id, time.Now())
+		}
+		if err == nil {
+			a.event(ctx, store.EvHostUp, "", "agent joined the cluster")
+			return nil
+		}
+		a.log.Warn("cannot join the cluster yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// watchLease re-joins when etcd reports the lease gone (after a long
+// partition, for example).
+func (a *Agent) watchLease(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, _, lost := a.lease.state(); lost {
+			a.log.Warn("host lease lost; re-joining the cluster")
+			if err := a.joinCluster(ctx); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
+	capacity := a.cfg.Capacity
+	if capacity.CPUs == 0 {
+		capacity.CPUs = runtime.NumCPU()
+	}
+	if capacity.Memory == 0 {
+		capacity.Memory = machineMemory()
+	}
+	dss := make([]string, 0, len(a.cfg.Datastores))
+	for name := range a.cfg.Datastores {
+		dss = append(dss, name)
+	}
+	h := &store.Host{
+		Name:         a.cfg.Host,
+		AgentURL:     a.cfg.AdvertiseURL,
+		MgmtIP:       a.cfg.MgmtIP,
+		StorageIP:    a.cfg.StorageIP,
+		Capacity:     capacity,
+		Capabilities: store.Capabilities{QEMUVersion: caps.QEMUVersion, Accel: caps.Accel},
+		Datastores:   dss,
+		StartedAt:    time.Now(),
+		Version:      a.cfg.Version,
+	}
+	for {
+		err := a.st.PutHost(ctx, h)
+		if err == nil {
+			return nil
+		}
+		a.log.Warn("cannot register host yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func machineMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var kb int64
+	if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err != nil {
+		return 0
+	}
+	return kb * 1024
+}
+
+func (a *Agent) trigger() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// event records an event; failures are logged, never fatal.
+func (a *Agent) event(ctx context.Context, typ, vm, msg string) {
+	a.log.Info(msg, "event", typ, "vm", vm)
+	ectx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := a.st.Emit(ectx, store.Event{Type: typ, VM: vm, Host: a.cfg.Host, Message: msg}); err != nil {
+		a.log.Debug("event not recorded", "err", err)
+	}
+}
+
+func (a *Agent) serveHTTP(ctx context.Context) (*http.Server, error) {
+	if a.cfg.Listen == "" {
+		return &http.Server{}, nil
+	}
+	ep, err := endpoint.Parse(a.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	ln, err := ep.Listen()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {
+			a.log.Error("agent http server", "err", err)
+		}
+	}()
+	return srv, nil
+}

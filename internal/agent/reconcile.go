@@ -1,0 +1,232 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// reconcile compares what etcd says should run here with what the driver
+// runs, and starts one step toward the desired state for each VM. It is
+// level-triggered: it re-reads everything each time, so a missed watch
+// event costs nothing but latency.
+func (a *Agent) reconcile(ctx context.Context) error {
+	snap, err := a.st.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	local := map[string]driver.Status{}
+	for _, st := range a.drv.List() {
+		local[st.Name] = st
+	}
+	for _, name := range snap.SortedVMNames() {
+		ls, have := local[name]
+		a.reconcileVM(ctx, snap, snap.VMs[name], ls, have)
+		delete(local, name)
+	}
+	// What is left runs here but no longer exists in the cluster: its
+	// delete completed while this host could not take part.
+	for name, ls := range local {
+		if a.isBusy(name) {
+			continue
+		}
+		a.do(ctx, name, "remove-orphan", func(ctx context.Context) {
+			if ls.Running {
+				_ = a.drv.Kill(ctx, name)
+				a.event(ctx, store.EvVMKilled, name, "killed a VM that no longer exists in the cluster")
+			}
+			_ = a.drv.Destroy(name)
+		})
+	}
+	return nil
+}
+
+func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.VMState, ls driver.Status, have bool) {
+	rec, pl := v.Record, v.Placement
+	name := rec.Name()
+	if a.isBusy(name) {
+		return
+	}
+	mine := pl.Host == a.cfg.Host
+	running := have && ls.Running
+
+	if !mine {
+		if running {
+			// The leader placed the VM elsewhere (or nowhere): this copy is
+			// stale and must not run a moment longer than it takes to notice.
+			a.do(ctx, name, "kill-stale", func(ctx context.Context) {
+				if err := a.drv.Kill(ctx, name); err != nil {
+					a.log.Error("cannot kill stale copy", "vm", name, "err", err)
+					return
+				}
+				a.event(ctx, store.EvVMKilled, name, fmt.Sprintf("killed the local copy: placement is %q epoch %d", pl.Host, pl.Epoch))
+				_ = a.drv.Destroy(name)
+			})
+		} else if have {
+			_ = a.drv.Destroy(name)
+		}
+		return
+	}
+
+	st := v.Status
+	current := st != nil && st.Host == a.cfg.Host && st.Epoch == pl.Epoch
+	switch {
+	case rec.Deleting:
+		a.do(ctx, name, "delete", func(ctx context.Context) { a.deleteVM(ctx, v, running) })
+
+	case rec.Power == store.PowerStopped:
+		if running {
+			a.do(ctx, name, "stop", func(ctx context.Context) { a.stopVM(ctx, v) })
+		} else if !current || st.State != store.StateStopped && st.State != store.StateFailed {
+			a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopped, Reason: "powered off", StartRequest: rec.StartRequest})
+		}
+
+	case running:
+		if !current || st.State != store.StateRunning || st.PID != ls.PID {
+			a.putStatus(ctx, v, a.runningStatus(rec, ls))
+		}
+
+	case have && current && (st.State == store.StateRunning || st.State == store.StateStarting) && ls.Epoch == pl.Epoch:
+		// QEMU ended on its own; report it before deciding anything else.
+		a.reportExit(ctx, v, ls)
+
+	case current && st.StartRequest == rec.StartRequest && (st.State == store.StateFailed || st.State == store.StateStopped):
+		// It ended by itself (crash or guest power-off) and nobody has asked
+		// for a new start: leave it for the operator or HA to decide.
+
+	default:
+		a.do(ctx, name, "start", func(ctx context.Context) { a.startVM(ctx, v, snap.Networks) })
+	}
+}
+
+func (a *Agent) runningStatus(rec *store.VMRecord, ls driver.Status) *store.VMStatus {
+	return &store.VMStatus{
+		State: store.StateRunning, PID: ls.PID, Accel: ls.Accel,
+		StartedAt: ls.StartedAt, HeartbeatAt: ls.LastHeartbeat, StartRequest: rec.StartRequest,
+	}
+}
+
+// reportExit turns a QEMU exit the agent did not ask for into a status.
+func (a *Agent) reportExit(ctx context.Context, v *store.VMState, ls driver.Status) {
+	name := v.Record.Name()
+	st := &store.VMStatus{StartRequest: v.Record.StartRequest, PID: ls.PID, Accel: ls.Accel, StartedAt: ls.StartedAt}
+	switch ls.ExitReason {
+	case "guest-shutdown", "stopped":
+		st.State, st.Reason, st.Message = store.StateStopped, "guest-poweroff", "the guest powered itself off"
+		a.event(ctx, store.EvVMStopped, name, "the guest powered itself off")
+	default:
+		st.State, st.Reason = store.StateFailed, "qemu-"+ls.ExitReason
+		st.Message = fmt.Sprintf("QEMU (pid %d) ended unexpectedly: %s", ls.PID, ls.ExitReason)
+		a.event(ctx, store.EvVMFailed, name, st.Message)
+	}
+	a.putStatus(ctx, v, st)
+}
+
+// putStatus writes a status for the placement the agent acted on. It fails
+// harmlessly when the placement moved meanwhile.
+func (a *Agent) putStatus(ctx context.Context, v *store.VMState, st *store.VMStatus) {
+	st.Host, st.Epoch, st.UpdatedAt = a.cfg.Host, v.Placement.Epoch, time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.st.PutStatus(wctx, v.Record.Name(), v.PlacementRev, st); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			a.trigger()
+		}
+		a.log.Debug("status not written", "vm", v.Record.Name(), "state", st.State, "err", err)
+	}
+}
+
+func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[string]*store.Network) {
+	rec := v.Record
+	name := rec.Name()
+	a.putStatus(ctx, v, &store.VMStatus{State: store.StateStarting, StartRequest: rec.StartRequest})
+	a.event(ctx, store.EvVMStarting, name, fmt.Sprintf("starting (epoch %d)", v.Placement.Epoch))
+	fail := func(err error) {
+		a.putStatus(ctx, v, &store.VMStatus{State: store.StateFailed, Reason: "start-failed", Message: err.Error(), StartRequest: rec.StartRequest})
+		a.event(ctx, store.EvVMFailed, name, "start failed: "+err.Error())
+	}
+	cfg, err := a.vmConfig(ctx, v, networks)
+	if err != nil {
+		fail(err)
+		return
+	}
+	ls, err := a.drv.Start(ctx, cfg)
+	if err != nil {
+		fail(err)
+		return
+	}
+	a.putStatus(ctx, v, a.runningStatus(rec, ls))
+	a.event(ctx, store.EvVMRunning, name, fmt.Sprintf("running: QEMU pid %d (%s)", ls.PID, ls.Accel))
+}
+
+func (a *Agent) stopVM(ctx context.Context, v *store.VMState) {
+	name := v.Record.Name()
+	a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopping, StartRequest: v.Record.StartRequest})
+	if err := a.drv.Stop(ctx, name, a.cfg.StopTimeout); err != nil {
+		a.log.Error("stop", "vm", name, "err", err)
+		return
+	}
+	a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopped, Reason: "stopped", Message: "stopped by request", StartRequest: v.Record.StartRequest})
+	a.event(ctx, store.EvVMStopped, name, "stopped")
+}
+
+func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) {
+	name := v.Record.Name()
+	if running {
+		a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopping, StartRequest: v.Record.StartRequest})
+		if err := a.drv.Stop(ctx, name, min(a.cfg.StopTimeout, 30*time.Second)); err != nil {
+			a.log.Error("delete: stop", "vm", name, "err", err)
+			return
+		}
+	}
+	for _, d := range v.Record.VM.Spec.Disks {
+		ds, ok := a.cfg.Datastores[d.Datastore]
+		if !ok {
+			continue
+		}
+		if err := ds.Delete(ctx, name, d); err != nil {
+			a.log.Error("delete disk", "vm", name, "disk", d.Name, "err", err)
+			return
+		}
+	}
+	if err := a.drv.Destroy(name); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		a.log.Warn("delete: runtime files", "vm", name, "err", err)
+	}
+	a.putStatus(ctx, v, &store.VMStatus{State: store.StateDeleted})
+}
+
+func (a *Agent) isBusy(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.busy[name]
+	return ok
+}
+
+// do runs one operation on a VM in the background; at most one runs per VM,
+// and the agent reconciles again when it ends.
+func (a *Agent) do(ctx context.Context, name, op string, fn func(context.Context)) {
+	a.mu.Lock()
+	if _, ok := a.busy[name]; ok {
+		a.mu.Unlock()
+		return
+	}
+	a.busy[name] = op
+	a.mu.Unlock()
+	go func() {
+		defer func() {
+			a.mu.Lock()
+			delete(a.busy, name)
+			a.mu.Unlock()
+			a.trigger()
+		}()
+		fn(ctx)
+	}()
+}
+
+func (a *Agent) onDriverEvent(_ context.Context, ev driver.Event) {
+	a.log.Debug("driver event", "vm", ev.Status.Name, "type", ev.Type, "qemu", ev.Status.QEMUStatus, "exit", ev.Status.ExitReason)
+}

@@ -1,0 +1,138 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/hostnet"
+	"github.com/vigilha/vigil/internal/image"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// vmConfig resolves a VM record for this host: image paths, disks on the
+// datastores, bridges for its networks.
+func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, networks map[string]*store.Network) (*driver.VMConfig, error) {
+	rec := v.Record
+	s := rec.VM.Spec
+	cfg := &driver.VMConfig{
+		Name:      rec.Name(),
+		Epoch:     v.Placement.Epoch,
+		CPUs:      s.CPUs,
+		MemoryMiB: s.Memory.MiB(),
+		Kernel:    s.Boot.Kernel,
+		Initrd:    s.Boot.Initrd,
+	}
+	if s.Accel != "auto" {
+		cfg.Accel = s.Accel
+	}
+	if s.Boot.Image != "" {
+		dir := filepath.Join(a.cfg.ImageDir, s.Boot.Image)
+		cfg.Kernel = filepath.Join(dir, image.KernelFile)
+		cfg.Initrd = filepath.Join(dir, image.InitramfsFile)
+		for _, f := range []string{cfg.Kernel, cfg.Initrd} {
+			if _, err := os.Stat(f); err != nil {
+				return nil, fmt.Errorf("image %q is not on host %s (%s missing): run `vigil image build` there", s.Boot.Image, a.cfg.Host, f)
+			}
+		}
+	}
+	if cfg.Kernel != "" {
+		cfg.Cmdline = kernelCmdline(rec)
+	}
+	for _, d := range s.Disks {
+		ds, ok := a.cfg.Datastores[d.Datastore]
+		if !ok {
+			return nil, fmt.Errorf("disk %s: datastore %q is not available on host %s", d.Name, d.Datastore, a.cfg.Host)
+		}
+		dc, err := ds.Prepare(ctx, rec.Name(), d)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Disks = append(cfg.Disks, dc)
+	}
+	for i, n := range rec.NICs {
+		net, err := a.network(networks, n.Network)
+		if err != nil {
+			return nil, fmt.Errorf("nic %d: %w", i, err)
+		}
+		cfg.NICs = append(cfg.NICs, driver.NICConfig{MAC: n.MAC, Bridge: net.Bridge, Netns: net.Netns})
+	}
+	return cfg, nil
+}
+
+// network reads a network definition and, for a managed network, makes
+// sure its bridge exists on this host.
+func (a *Agent) network(networks map[string]*store.Network, name string) (*store.Network, error) {
+	n, ok := networks[name]
+	if !ok {
+		return nil, fmt.Errorf("network %q is not defined", name)
+	}
+	if n.Managed {
+		gw, err := hostnet.GatewayCIDR(n.Gateway, n.Subnet)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: %w", name, err)
+		}
+		if err := hostnet.EnsureBridge(n.Netns, n.Bridge, gw); err != nil {
+			return nil, fmt.Errorf("network %s: %w", name, err)
+		}
+	}
+	return n, nil
+}
+
+// kernelCmdline gives the guest its console and its network identity; the
+// guest program reads the vigil.* parameters.
+func kernelCmdline(rec *store.VMRecord) string {
+	parts := []string{"console=ttyS0", "quiet", "vigil.hostname=" + rec.Name()}
+	if len(rec.NICs) > 0 {
+		n := rec.NICs[0]
+		parts = append(parts, fmt.Sprintf("vigil.ip=%s/%d", n.IP, n.Prefix))
+		if n.Gateway != "" {
+			parts = append(parts, "vigil.gw="+n.Gateway)
+		}
+	}
+	if extra := strings.TrimSpace(rec.VM.Spec.Boot.Cmdline); extra != "" {
+		parts = append(parts, extra)
+	}
+	return strings.Join(parts, " ")
+}
+
+// handler serves host-local data to the servers.
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/vms/{name}/console", a.serveConsole)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	return mux
+}
+
+// serveConsole returns the tail of a VM's serial console log.
+func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request) {
+	cp, ok := a.drv.(interface{ ConsolePath(string) string })
+	if !ok {
+		http.Error(w, "this driver keeps no console log", http.StatusNotImplemented)
+		return
+	}
+	name := r.PathValue("name")
+	limit := int64(64 << 10)
+	if s := r.URL.Query().Get("bytes"); s != "" {
+		if n, err := strconv.ParseInt(s, 10, 64); err == nil && n > 0 {
+			limit = min(n, 16<<20)
+		}
+	}
+	f, err := os.Open(cp.ConsolePath(name))
+	if err != nil {
+		http.Error(w, fmt.Sprintf("no console log for %s on %s", name, a.cfg.Host), http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > limit {
+		_, _ = f.Seek(fi.Size()-limit, io.SeekStart)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.Copy(w, f)
+}

@@ -1,0 +1,421 @@
+// Package api is Vigil's REST API (/api/v1, JSON). It validates requests
+// and writes desired state to etcd; it never acts on VMs itself, so nothing
+// in the failover path waits on it.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/vigilha/vigil/internal/controller/placement"
+	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/ipam"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Server serves the API.
+type Server struct {
+	st  *store.Store
+	log *slog.Logger
+}
+
+// New creates the API server.
+func New(st *store.Store, log *slog.Logger) *Server { return &Server{st: st, log: log} }
+
+// maxBody bounds request bodies.
+const maxBody = 1 << 20
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /api/v1/vms", s.listVMs)
+	mux.HandleFunc("POST /api/v1/vms", s.createVM)
+	mux.HandleFunc("GET /api/v1/vms/{name}", s.getVM)
+	mux.HandleFunc("DELETE /api/v1/vms/{name}", s.deleteVM)
+	mux.HandleFunc("POST /api/v1/vms/{name}/start", s.powerVM(store.PowerRunning))
+	mux.HandleFunc("POST /api/v1/vms/{name}/stop", s.powerVM(store.PowerStopped))
+	mux.HandleFunc("GET /api/v1/vms/{name}/console", s.console)
+	mux.HandleFunc("GET /api/v1/hosts", s.listHosts)
+	mux.HandleFunc("GET /api/v1/events", s.events)
+	mux.HandleFunc("GET /api/v1/networks", s.listNetworks)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return s.logRequests(mux)
+}
+
+func (s *Server) logRequests(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		h.ServeHTTP(w, r)
+		s.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "took", time.Since(start))
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, code int, err error) {
+	body := Error{Error: err.Error()}
+	var fe spec.FieldErrors
+	if errors.As(err, &fe) {
+		body.Fields = fe
+		body.Error = "invalid VM spec: " + fe.Error()
+	}
+	writeJSON(w, code, body)
+}
+
+// statusFor maps store errors to HTTP codes.
+func statusFor(err error) int {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, store.ErrExists), errors.Is(err, store.ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusInternalServerError
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	out := make([]VM, 0, len(snap.VMs))
+	for _, name := range snap.SortedVMNames() {
+		out = append(out, ViewOf(snap.VMs[name], false))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	v, err := s.st.VM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, statusFor(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ViewOf(v, true))
+}
+
+// createVM validates a spec (YAML or JSON), resolves its network identity
+// and stores it. Nothing is written unless everything is valid.
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
+		return
+	}
+	if len(body) > maxBody {
+		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", maxBody))
+		return
+	}
+	vm, err := spec.Parse(body)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		rec, err := s.resolve(r.Context(), vm)
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		err = s.st.CreateVM(r.Context(), rec)
+		if errors.Is(err, store.ErrConflict) && attempt < 5 {
+			continue // an address was taken concurrently: allocate again
+		}
+		if err != nil {
+			writeErr(w, statusFor(err), err)
+			return
+		}
+		s.emit(r.Context(), store.Event{Type: store.EvVMCreated, VM: rec.Name(), Message: fmt.Sprintf("created (%d vCPU, %s)", vm.Spec.CPUs, vm.Spec.Memory)})
+		writeJSON(w, http.StatusCreated, ViewOf(&store.VMState{Record: rec}, true))
+		return
+	}
+}
+
+// resolve checks a VM against the cluster (networks, datastores) and gives
+// each NIC its address and MAC.
+func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, error) {
+	snap, err := s.st.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, exists := snap.VMs[vm.Metadata.Name]; exists {
+		return nil, spec.FieldErrors{{Field: "metadata.name", Message: fmt.Sprintf("a VM named %q already exists", vm.Metadata.Name)}}
+	}
+	var errs spec.FieldErrors
+	rec := &store.VMRecord{VM: *vm, Power: store.PowerRunning, CreatedAt: time.Now(), StartRequest: 1}
+	for i, n := range vm.Spec.NICs {
+		field := fmt.Sprintf("spec.nics[%d]", i)
+		net, ok := snap.Networks[n.Network]
+		if !ok {
+			errs = append(errs, spec.FieldError{Field: field + ".network", Message: fmt.Sprintf("no network named %q (see `vigil network list`)", n.Network)})
+			continue
+		}
+		pool, err := ipam.ParsePool(net.Subnet, net.Gateway, net.PoolStart, net.PoolEnd)
+		if err != nil {
+			errs = append(errs, spec.FieldError{Field: field + ".network", Message: err.Error()})
+			continue
+		}
+		used := snap.IPAM[n.Network]
+		ip, err := pool.Allocate(n.IP, used)
+		if err != nil {
+			errs = append(errs, spec.FieldError{Field: field + ".ip", Message: err.Error()})
+			continue
+		}
+		if used == nil {
+			used = map[string]string{}
+			snap.IPAM[n.Network] = used
+		}
+		used[ip.String()] = vm.Metadata.Name // two NICs of one VM must not share an address
+		mac := n.MAC
+		if mac == "" {
+			mac = ipam.MAC(vm.Metadata.Name, i).String()
+		}
+		rec.NICs = append(rec.NICs, store.NICNet{Network: n.Network, IP: ip.String(), Prefix: pool.Subnet.Bits(), Gateway: net.Gateway, MAC: mac})
+	}
+	if len(snap.Hosts) > 0 {
+		for i, d := range vm.Spec.Disks {
+			if !anyHostHas(snap, d.Datastore) {
+				errs = append(errs, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d].datastore", i), Message: fmt.Sprintf("no host reaches a datastore named %q", d.Datastore)})
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return rec, nil
+}
+
+func anyHostHas(snap *store.Snapshot, ds string) bool {
+	for _, h := range snap.Hosts {
+		for _, d := range h.Datastores {
+			if d == ds {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// updateRecord applies change to a VM record with compare-and-swap,
+// retrying when another writer got there first.
+func (s *Server) updateRecord(ctx context.Context, name string, change func(*store.VMRecord) error) (*store.VMState, error) {
+	for attempt := 0; ; attempt++ {
+		v, err := s.st.VM(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		next := *v.Record
+		if err := change(&next); err != nil {
+			return nil, err
+		}
+		err = s.st.UpdateVMRecord(ctx, &next, v.RecordRev)
+		if errors.Is(err, store.ErrConflict) && attempt < 10 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		v.Record = &next
+		return v, nil
+	}
+}
+
+// errInvalid marks a request that is wrong for the VM's current state.
+var errInvalid = errors.New("invalid request")
+
+func (s *Server) powerVM(power string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		v, err := s.updateRecord(r.Context(), name, func(rec *store.VMRecord) error {
+			if rec.Deleting {
+				return fmt.Errorf("vm %s is being deleted: %w", name, errInvalid)
+			}
+			rec.Power = power
+			if power == store.PowerRunning {
+				rec.StartRequest++
+			}
+			return nil
+		})
+		if errors.Is(err, errInvalid) {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		if err != nil {
+			writeErr(w, statusFor(err), err)
+			return
+		}
+		verb := "start"
+		if power == store.PowerStopped {
+			verb = "stop"
+		}
+		s.emit(r.Context(), store.Event{Type: "vm." + verb + "-requested", VM: name, Message: verb + " requested"})
+		writeJSON(w, http.StatusAccepted, ViewOf(v, false))
+	}
+}
+
+func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	v, err := s.updateRecord(r.Context(), name, func(rec *store.VMRecord) error {
+		rec.Deleting = true
+		return nil
+	})
+	if err != nil {
+		writeErr(w, statusFor(err), err)
+		return
+	}
+	s.emit(r.Context(), store.Event{Type: "vm.delete-requested", VM: name, Message: "delete requested"})
+	writeJSON(w, http.StatusAccepted, ViewOf(v, false))
+}
+
+// console proxies a VM's serial log from the agent of its host.
+func (s *Server) console(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	v, err := s.st.VM(r.Context(), name)
+	if err != nil {
+		writeErr(w, statusFor(err), err)
+		return
+	}
+	if v.Placement.Host == "" {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s has not run on any host yet", name))
+		return
+	}
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	h, ok := snap.Hosts[v.Placement.Host]
+	if !ok || h.AgentURL == "" {
+		writeErr(w, http.StatusBadGateway, fmt.Errorf("host %s has no reachable agent", v.Placement.Host))
+		return
+	}
+	ep, err := endpoint.Parse(h.AgentURL)
+	if err != nil {
+		writeErr(w, http.StatusBadGateway, err)
+		return
+	}
+	q := url.Values{}
+	if b := r.URL.Query().Get("bytes"); b != "" {
+		q.Set("bytes", b)
+	}
+	u := ep.BaseURL() + "/v1/vms/" + url.PathEscape(name) + "/console?" + q.Encode()
+	req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, u, nil)
+	resp, err := ep.Client(30 * time.Second).Do(req)
+	if err != nil {
+		writeErr(w, http.StatusBadGateway, fmt.Errorf("agent of %s: %w", v.Placement.Host, err))
+		return
+	}
+	defer resp.Body.Close()
+	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}
+
+func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	hosts := placement.Hosts(snap, "")
+	out := make([]Host, 0, len(hosts))
+	for _, ph := range hosts {
+		h := snap.Hosts[ph.Name]
+		state := "up"
+		switch {
+		case !ph.Alive:
+			state = "down"
+		case ph.Maintenance:
+			state = "maintenance"
+		}
+		vms := ph.VMs
+		if vms == nil {
+			vms = []string{}
+		}
+		out = append(out, Host{
+			Name: ph.Name, State: state, Alive: ph.Alive, Maintenance: ph.Maintenance,
+			Capacity: ph.Capacity, Used: ph.Used, VMs: vms, QEMU: h.Capabilities.QEMUVersion,
+			Accel: h.Capabilities.Accel, Datastores: h.Datastores, MgmtIP: h.MgmtIP, StartedAt: h.StartedAt,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var since time.Time
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("since: %q is not an RFC 3339 time", v))
+			return
+		}
+		since = t
+	}
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("limit: %q is not a non-negative number", v))
+			return
+		}
+		limit = n
+	}
+	evs, err := s.st.Events(r.Context(), since, 0)
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	vm, host, typ := q.Get("vm"), q.Get("host"), q.Get("type")
+	out := make([]store.Event, 0, len(evs))
+	for _, ev := range evs {
+		if vm != "" && ev.VM != vm || host != "" && ev.Host != host || typ != "" && ev.Type != typ {
+			continue
+		}
+		out = append(out, ev)
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) {
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	out := make([]*store.Network, 0, len(snap.Networks))
+	for _, n := range snap.Networks {
+		out = append(out, n)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) emit(ctx context.Context, ev store.Event) {
+	if err := s.st.Emit(ctx, ev); err != nil {
+		s.log.Debug("event not recorded", "err", err)
+	}
+}

@@ -1,0 +1,415 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/vigilha/vigil/internal/agent"
+	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/driver/qemu"
+	"github.com/vigilha/vigil/internal/image"
+	"github.com/vigilha/vigil/internal/server"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/storage/local"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Defaults of `vigil up`, the single-host form. They are fixed, whatever
+// the data directory, so the CLI finds the API with no configuration.
+const (
+	DefaultDataDir       = "/var/lib/vigil"
+	DefaultImageDir      = "/var/lib/vigil/images"
+	DefaultProbeCache    = "/var/cache/vigil/accel-probe.json"
+	upEtcdClientURL      = "http://127.0.0.1:7481"
+	upEtcdPeerURL        = "http://127.0.0.1:7482"
+	upNetns              = "vigil"
+	upBridge             = "vigilbr0"
+	upSubnet             = "10.77.0.0/24"
+	upGateway            = "10.77.0.1"
+	upPoolStart          = "10.77.0.10"
+	upPoolEnd            = "10.77.0.250"
+	defaultLeaseTTL      = 2 * time.Second
+	defaultEtcdHeartbeat = 100 * time.Millisecond
+	defaultEtcdElection  = 1000 * time.Millisecond
+)
+
+// daemonOpts configures `vigil server`, `vigil agent` and `vigil up`.
+type daemonOpts struct {
+	host    string
+	dataDir string
+
+	runServer      bool
+	runAgent       bool
+	clientURL      string
+	peerURL        string
+	initialCluster string
+	etcdEndpoints  string
+	apiListen      []string
+	etcdHeartbeat  time.Duration
+	etcdElection   time.Duration
+	networks       []string
+	datastoreDefs  []string
+
+	accel      string
+	imageDir   string
+	probeCache string
+	cpus       int
+	memory     string
+	datastores []string
+	listen     string
+	advertise  string
+	mgmtIP     string
+	storageIP  string
+	leaseTTL   time.Duration
+}
+
+func (o *daemonOpts) registerCommon(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&o.host, "host", defaultHostName(), "this host's name in the cluster")
+	cmd.Flags().StringVar(&o.dataDir, "data-dir", DefaultDataDir, "where this process keeps its state (etcd data, VM runtime files, local datastore)")
+}
+
+func (o *daemonOpts) registerServer(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&o.clientURL, "etcd-client-url", upEtcdClientURL, "URL the embedded etcd member serves clients on")
+	f.StringVar(&o.peerURL, "etcd-peer-url", upEtcdPeerURL, "URL the embedded etcd member talks to its peers on")
+	f.StringVar(&o.initialCluster, "initial-cluster", "", "embedded etcd's initial cluster, name=peerURL,... (default: this member alone)")
+	f.StringSliceVar(&o.apiListen, "api-listen", nil, "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default "+client.DefaultAddr+" and unix://DATA_DIR/api.sock)")
+	f.DurationVar(&o.etcdHeartbeat, "etcd-heartbeat", defaultEtcdHeartbeat, "embedded etcd's Raft heartbeat interval")
+	f.DurationVar(&o.etcdElection, "etcd-election-timeout", defaultEtcdElection, "embedded etcd's Raft election timeout")
+	f.StringSliceVar(&o.networks, "network", nil, "VM network to define if absent: name=NAME,bridge=BR,subnet=CIDR,gateway=IP,pool=FIRST-LAST[,netns=NS][,managed]")
+	f.StringSliceVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared[,server=HOST:PORT][,dir=PATH]")
+}
+
+func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&o.accel, "accel", qemu.AccelAuto, "accelerator: auto (KVM only if a real guest boots under it), kvm, or tcg")
+	f.StringVar(&o.imageDir, "image-dir", DefaultImageDir, "where guest images built by `vigil image build` live")
+	f.StringVar(&o.probeCache, "accel-probe-cache", DefaultProbeCache, "where the KVM probe's verdict is cached")
+	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: its CPU count)")
+	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
+	f.StringSliceVar(&o.datastores, "datastore", nil, "datastore this host reaches: NAME=DIR for a local directory (default local=DATA_DIR/datastores/local)")
+	f.StringVar(&o.listen, "agent-listen", "", "agent endpoint for host-local data such as consoles (default unix://DATA_DIR/agent.sock)")
+	f.StringVar(&o.advertise, "agent-advertise", "", "how servers reach the agent endpoint (default: --agent-listen)")
+	f.StringVar(&o.mgmtIP, "mgmt-ip", "", "this host's address on the management network")
+	f.StringVar(&o.storageIP, "storage-ip", "", "this host's address on the storage and migration network")
+	f.DurationVar(&o.leaseTTL, "lease-ttl", defaultLeaseTTL, "host lease TTL (whole seconds); failure detection and self-fencing are measured against it")
+}
+
+var nonLabel = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// defaultHostName makes the machine's host name a valid Vigil name.
+func defaultHostName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "host1"
+	}
+	h, _, _ = strings.Cut(strings.ToLower(h), ".")
+	h = strings.Trim(nonLabel.ReplaceAllString(h, "-"), "-")
+	if spec.ValidName(h) != nil {
+		return "host1"
+	}
+	return h
+}
+
+func newUpCmd(g *globals) *cobra.Command {
+	o := &daemonOpts{runServer: true, runAgent: true}
+	var netns string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run a single-host Vigil (server + agent) in the foreground, with local defaults",
+		Long: "Run a single-host Vigil in the foreground: an embedded etcd, the REST API on " + client.DefaultAddr + ",\n" +
+			"the controllers and the host agent. It defines the VM network \"default\" (" + upSubnet + ", bridge " + upBridge + "\n" +
+			"inside network namespace \"" + upNetns + "\", reach guests with `ip netns exec " + upNetns + " curl http://IP/`) and the\n" +
+			"local datastore. VMs keep running when it stops; run it again to reattach.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(o.networks) == 0 {
+				o.networks = []string{fmt.Sprintf("name=default,bridge=%s,netns=%s,subnet=%s,gateway=%s,pool=%s-%s,managed",
+					upBridge, netns, upSubnet, upGateway, upPoolStart, upPoolEnd)}
+			}
+			if len(o.apiListen) == 0 {
+				o.apiListen = []string{client.DefaultAddr, "unix://" + filepath.Join(o.dataDir, "api.sock")}
+			}
+			return runDaemon(cmd.Context(), g, o)
+		},
+	}
+	o.registerCommon(cmd)
+	o.registerServer(cmd)
+	o.registerAgent(cmd)
+	cmd.Flags().StringVar(&netns, "netns", upNetns, "network namespace holding the default VM network's bridge")
+	return cmd
+}
+
+func newServerCmd(g *globals) *cobra.Command {
+	o := &daemonOpts{runServer: true}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a control-plane member: embedded etcd, REST API, and (when elected) the controllers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(o.apiListen) == 0 {
+				o.apiListen = []string{client.DefaultAddr}
+			}
+			return runDaemon(cmd.Context(), g, o)
+		},
+	}
+	o.registerCommon(cmd)
+	o.registerServer(cmd)
+	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "use this external etcd cluster instead of an embedded member (comma-separated URLs)")
+	return cmd
+}
+
+func newAgentCmd(g *globals) *cobra.Command {
+	o := &daemonOpts{runAgent: true}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the host agent (with --server, also a control-plane member: the normal deployment)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.runServer && len(o.apiListen) == 0 {
+				o.apiListen = []string{client.DefaultAddr}
+			}
+			if !o.runServer && o.etcdEndpoints == "" {
+				return errors.New("an agent without --server needs --etcd-endpoints")
+			}
+			return runDaemon(cmd.Context(), g, o)
+		},
+	}
+	o.registerCommon(cmd)
+	o.registerServer(cmd)
+	o.registerAgent(cmd)
+	cmd.Flags().BoolVar(&o.runServer, "server", false, "also run a control-plane member in this process")
+	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "etcd endpoints the agent uses (default with --server: this member's)")
+	return cmd
+}
+
+// runDaemon runs the server and/or the agent until ctx ends.
+func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
+	log := g.logger().With("host", o.host)
+	if err := spec.ValidName(o.host); err != nil {
+		return fmt.Errorf("--host: %w", err)
+	}
+	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	unlock, err := lockDir(o.dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	endpoints := splitList(o.etcdEndpoints)
+	errc := make(chan error, 2)
+	if o.runServer {
+		cfg, err := o.serverConfig(log)
+		if err != nil {
+			return err
+		}
+		srv, err := server.Start(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		if len(endpoints) == 0 {
+			endpoints = srv.Endpoints()
+		}
+		go func() { errc <- srv.Run(ctx) }()
+	}
+	if o.runAgent {
+		a, closeAgent, err := o.newAgent(ctx, log, endpoints)
+		if err != nil {
+			return err
+		}
+		defer closeAgent()
+		go func() { errc <- a.Run(ctx) }()
+	}
+	err = <-errc
+	cancel()
+	if ctx.Err() != nil && err == nil {
+		log.Info("shutting down; VMs keep running")
+	}
+	return err
+}
+
+func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
+	cfg := server.Config{
+		Name: o.host, DataDir: o.dataDir,
+		ExternalEtcd: splitList(o.etcdEndpoints),
+		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
+		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
+		APIListen: o.apiListen, Log: log,
+		Datastores: []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
+	}
+	if o.runAgent {
+		// An all-in-one agent's etcd client must not be the server's own
+		// external list; the agent gets the same endpoints below.
+		cfg.ExternalEtcd = nil
+	}
+	if o.initialCluster != "" {
+		if err := server.ParseInitialCluster(o.initialCluster); err != nil {
+			return cfg, err
+		}
+	}
+	for _, n := range o.networks {
+		net, err := parseNetworkFlag(n)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Networks = append(cfg.Networks, net)
+	}
+	for _, d := range o.datastoreDefs {
+		ds, err := parseDatastoreFlag(d)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Datastores = append(cfg.Datastores, ds)
+	}
+	return cfg, nil
+}
+
+func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints []string) (*agent.Agent, func(), error) {
+	if len(endpoints) == 0 {
+		return nil, nil, errors.New("agent: no etcd endpoints")
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          3 * time.Second,
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: etcd client: %w", err)
+	}
+	kernel := filepath.Join(o.imageDir, "vigil-guest", image.KernelFile)
+	initrd := filepath.Join(o.imageDir, "vigil-guest", image.InitramfsFile)
+	drv, err := qemu.New(qemu.Config{
+		RunDir: filepath.Join(o.dataDir, "run"), Accel: o.accel,
+		ProbeKernel: kernel, ProbeInitrd: initrd, ProbeCache: o.probeCache, Log: log,
+	})
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	dss := map[string]storage.Datastore{}
+	defs := o.datastores
+	if len(defs) == 0 {
+		defs = []string{spec.DefaultDatastore + "=" + filepath.Join(o.dataDir, "datastores", spec.DefaultDatastore)}
+	}
+	for _, d := range defs {
+		name, dir, ok := strings.Cut(d, "=")
+		if !ok || spec.ValidName(name) != nil || !filepath.IsAbs(dir) {
+			c.Close()
+			return nil, nil, fmt.Errorf("--datastore %q: want NAME=/absolute/dir", d)
+		}
+		ds, err := local.New(name, dir)
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		dss[name] = ds
+	}
+	var capacity store.Resources
+	capacity.CPUs = o.cpus
+	if o.memory != "" {
+		m, err := spec.ParseSize(o.memory)
+		if err != nil {
+			c.Close()
+			return nil, nil, fmt.Errorf("--capacity-memory: %w", err)
+		}
+		capacity.Memory = int64(m)
+	}
+	listen := o.listen
+	if listen == "" {
+		listen = "unix://" + filepath.Join(o.dataDir, "agent.sock")
+	}
+	advertise := o.advertise
+	if advertise == "" {
+		advertise = listen
+	}
+	a, err := agent.New(agent.Config{
+		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Driver: drv,
+		Datastores: dss, ImageDir: o.imageDir, Capacity: capacity,
+		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise,
+		LeaseTTL: o.leaseTTL, Version: Version, Log: log,
+	})
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return a, func() { drv.Close(); c.Close() }, nil
+}
+
+// lockDir takes an exclusive lock on the data directory, so two daemons
+// never share one (they would fight over etcd data and VM runtime files).
+func lockDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("lock data directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data directory %s is in use by another vigil process", dir)
+	}
+	return func() { f.Close() }, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// parseKV reads "k=v,k=v,flag".
+func parseKV(s string) map[string]string {
+	m := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		if k != "" {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func parseNetworkFlag(s string) (*store.Network, error) {
+	kv := parseKV(s)
+	first, last, _ := strings.Cut(kv["pool"], "-")
+	_, managed := kv["managed"]
+	n := &store.Network{
+		Name: kv["name"], Bridge: kv["bridge"], Netns: kv["netns"], Managed: managed,
+		Subnet: kv["subnet"], Gateway: kv["gateway"], PoolStart: first, PoolEnd: last,
+	}
+	if spec.ValidName(n.Name) != nil || n.Bridge == "" || n.Subnet == "" || first == "" || last == "" {
+		return nil, fmt.Errorf("--network %q: want name=NAME,bridge=BR,subnet=CIDR,pool=FIRST-LAST[,gateway=IP][,netns=NS][,managed]", s)
+	}
+	return n, nil
+}
+
+func parseDatastoreFlag(s string) (*store.Datastore, error) {
+	kv := parseKV(s)
+	d := &store.Datastore{Name: kv["name"], Type: kv["type"], Server: kv["server"], Dir: kv["dir"]}
+	if spec.ValidName(d.Name) != nil || (d.Type != store.DatastoreLocal && d.Type != store.DatastoreShared) {
+		return nil, fmt.Errorf("--define-datastore %q: want name=NAME,type=local|shared[,server=HOST:PORT][,dir=PATH]", s)
+	}
+	return d, nil
+}

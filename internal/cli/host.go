@@ -1,0 +1,153 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/spec"
+)
+
+func newHostCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "host", Short: "Inspect hosts"}
+	var o output
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List hosts with their state, capacity and VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			hosts, err := c.ListHosts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if o.json() {
+				return printJSON(g.out, hosts)
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tCPU\tMEMORY\tVMS\tQEMU\tACCEL")
+			for _, h := range hosts {
+				fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s/%s\t%s\t%s\t%s\n", h.Name, h.State,
+					h.Used.CPUs, h.Capacity.CPUs, spec.Size(h.Used.Memory), spec.Size(h.Capacity.Memory),
+					dash(strings.Join(h.VMs, ",")), dash(h.QEMU), dash(h.Accel))
+			}
+			return tw.Flush()
+		},
+	}
+	o.register(list)
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func newEventsCmd(g *globals) *cobra.Command {
+	var o output
+	var f client.EventFilter
+	var follow bool
+	var since time.Duration
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Show the cluster's event log as a timeline (-f to follow)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if since > 0 {
+				f.Since = time.Now().Add(-since)
+			}
+			ctx := cmd.Context()
+			evs, err := c.Events(ctx, f)
+			if err != nil {
+				return err
+			}
+			if o.json() && !follow {
+				return printJSON(g.out, evs)
+			}
+			print := func(evs []client.Event) {
+				for _, ev := range evs {
+					if o.json() {
+						_ = printJSON(g.out, ev)
+						continue
+					}
+					fmt.Fprintf(g.out, "%s  %-7s %-12s %-18s %s\n", ev.Time.Local().Format("15:04:05.000"), dash(ev.Host), dash(ev.VM), ev.Type, ev.Message)
+				}
+			}
+			print(evs)
+			for follow && ctx.Err() == nil {
+				if len(evs) > 0 {
+					f.Since = evs[len(evs)-1].Time
+				}
+				f.Limit = 0
+				time.Sleep(500 * time.Millisecond)
+				next, err := c.Events(ctx, f)
+				if err != nil {
+					continue
+				}
+				print(next)
+				if len(next) > 0 {
+					evs = next
+				}
+			}
+			return nil
+		},
+	}
+	o.register(cmd)
+	cmd.Flags().StringVar(&f.VM, "vm", "", "only events of this VM")
+	cmd.Flags().StringVar(&f.Host, "host", "", "only events of this host")
+	cmd.Flags().StringVar(&f.Type, "type", "", "only events of this type")
+	cmd.Flags().IntVar(&f.Limit, "limit", 200, "at most this many of the newest events (0: all)")
+	cmd.Flags().DurationVar(&since, "since", 0, "only events of the last DURATION (e.g. 10m)")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events")
+	return cmd
+}
+
+func newNetworkCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "network", Short: "Inspect VM networks"}
+	var o output
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VM networks",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			nets, err := c.Networks(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if o.json() {
+				return printJSON(g.out, nets)
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tBRIDGE\tNETNS\tSUBNET\tGATEWAY\tPOOL")
+			for _, n := range nets {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s-%s\n", n.Name, n.Bridge, dash(n.Netns), n.Subnet, dash(n.Gateway), n.PoolStart, n.PoolEnd)
+			}
+			return tw.Flush()
+		},
+	}
+	o.register(list)
+	cmd.AddCommand(list)
+	return cmd
+}

@@ -1,0 +1,112 @@
+// Package cli is the `vigil` command line: cobra commands wired to the
+// packages that do the work.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilha/vigil/internal/client"
+)
+
+// Version is set at build time with -ldflags "-X ...cli.Version=...".
+var Version = "dev"
+
+// globals are the flags every command shares.
+type globals struct {
+	addr     string
+	logLevel string
+	out      io.Writer
+	errOut   io.Writer
+}
+
+// Execute runs the CLI and returns the process exit code.
+func Execute() int {
+	g := &globals{out: os.Stdout, errOut: os.Stderr}
+	root := newRoot(g)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(g.errOut, "error:", err)
+		return 1
+	}
+	return 0
+}
+
+func newRoot(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "vigil",
+		Short:         "High availability for QEMU/KVM virtual machines",
+		Long:          "Vigil turns Linux hosts running QEMU into a cluster with live migration, HA restart, fault tolerance and load balancing.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       Version,
+	}
+	root.PersistentFlags().StringVar(&g.addr, "addr", "", "API endpoints, comma-separated (http://HOST:PORT or unix:///PATH); default $VIGIL_ADDR, then "+client.DefaultAddr)
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level of daemons: debug, info, warn, error")
+	root.AddCommand(
+		newUpCmd(g), newServerCmd(g), newAgentCmd(g),
+		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
+		newImageCmd(g),
+	)
+	return root
+}
+
+// client builds an API client from --addr, $VIGIL_ADDR or the default.
+func (g *globals) client() (*client.Client, error) {
+	addr := g.addr
+	if addr == "" {
+		addr = os.Getenv("VIGIL_ADDR")
+	}
+	if addr == "" {
+		addr = client.DefaultAddr
+	}
+	return client.New(addr)
+}
+
+func (g *globals) logger() *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(g.errOut, &slog.HandlerOptions{Level: lvl}))
+}
+
+// output is the -o flag of list and show commands.
+type output struct{ format string }
+
+func (o *output) register(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&o.format, "output", "o", "table", "output format: table or json")
+}
+
+func (o *output) check() error {
+	switch o.format {
+	case "table", "json", "wide":
+		return nil
+	}
+	return fmt.Errorf("--output %q: must be table or json", o.format)
+}
+
+func (o *output) json() bool { return o.format == "json" }
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func dash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,377 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilha/vigil/internal/api"
+	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/spec"
+)
+
+func newVMCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "Create, inspect and control VMs"}
+	cmd.AddCommand(newVMCreateCmd(g), newVMListCmd(g), newVMShowCmd(g),
+		newVMPowerCmd(g, "start"), newVMPowerCmd(g, "stop"), newVMDeleteCmd(g), newVMConsoleCmd(g))
+	return cmd
+}
+
+func newVMCreateCmd(g *globals) *cobra.Command {
+	var file, name string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "create -f FILE [--name NAME]",
+		Short: "Create a VM from a YAML spec and start it",
+		Long: "Create a VM from a YAML (or JSON) spec and start it. --name overrides the spec's name,\n" +
+			"so one spec can make several VMs; a VM whose spec pins no IP gets one from its network's pool.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return errors.New("give the spec with -f FILE")
+			}
+			var data []byte
+			var err error
+			if file == "-" {
+				data, err = readAll(os.Stdin)
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return fmt.Errorf("read spec: %w", err)
+			}
+			vm, err := spec.ParseNamed(data, name)
+			if err != nil {
+				return specError(file, err)
+			}
+			doc, err := json.Marshal(vm)
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			v, err := c.CreateVM(ctx, doc)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "vm %s created (ip %s); starting\n", v.Name, dash(v.IP))
+			if wait > 0 {
+				return waitState(ctx, g, c, v.Name, "running", wait)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "the VM spec (YAML or JSON; - for stdin)")
+	cmd.Flags().StringVar(&name, "name", "", "name of the VM, overriding the spec's metadata.name")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the VM to be running")
+	return cmd
+}
+
+func specError(file string, err error) error {
+	fes := spec.AsFieldErrors(err)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s is not a valid VM spec:", file)
+	for _, fe := range fes {
+		b.WriteString("\n  " + fe.Error())
+	}
+	return errors.New(b.String())
+}
+
+func newVMListCmd(g *globals) *cobra.Command {
+	var o output
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			vms, err := c.ListVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if o.json() {
+				return printJSON(g.out, vms)
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIP\tCPU\tMEMORY\tHA\tAGE")
+			for _, v := range vms {
+				ha := "-"
+				if v.HA {
+					ha = v.Priority
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, v.State, dash(v.Host), dash(v.IP), v.CPUs, v.MemoryText, ha, age(v.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	o.register(cmd)
+	return cmd
+}
+
+func newVMShowCmd(g *globals) *cobra.Command {
+	var o output
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one VM in detail",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.GetVM(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if o.json() {
+				return printJSON(g.out, v)
+			}
+			printVM(g, v)
+			return nil
+		},
+	}
+	o.register(cmd)
+	return cmd
+}
+
+func printVM(g *globals, v *api.VM) {
+	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row("Name", v.Name)
+	row("State", v.State)
+	row("Desired power", v.Power)
+	row("Host", dash(v.Host))
+	row("Epoch", fmt.Sprint(v.Epoch))
+	row("CPUs", fmt.Sprint(v.CPUs))
+	row("Memory", v.MemoryText)
+	if v.PID != 0 {
+		row("QEMU pid", fmt.Sprintf("%d (%s)", v.PID, v.Accel))
+	}
+	for i, n := range v.NICs {
+		row(fmt.Sprintf("NIC %d", i), fmt.Sprintf("%s/%d on %s, mac %s", n.IP, n.Prefix, n.Network, n.MAC))
+	}
+	if v.Spec != nil {
+		for i, d := range v.Spec.Spec.Disks {
+			desc := fmt.Sprintf("%s on %s", d.Name, d.Datastore)
+			if d.Size > 0 {
+				desc += ", " + d.Size.String()
+			}
+			if d.Image != "" {
+				desc += ", overlay on " + d.Image
+			}
+			row(fmt.Sprintf("Disk %d", i), desc)
+		}
+		boot := "disk (SeaBIOS)"
+		if b := v.Spec.Spec.Boot; b.Image != "" {
+			boot = "image " + b.Image
+		} else if b.Kernel != "" {
+			boot = "kernel " + b.Kernel
+		}
+		row("Boot", boot)
+	}
+	if v.HA {
+		row("HA", "enabled, priority "+v.Priority)
+	} else {
+		row("HA", "disabled")
+	}
+	if v.Reason != "" || v.Message != "" {
+		row("Last change", strings.TrimSpace(v.Reason+" "+v.Message))
+	}
+	if !v.StartedAt.IsZero() {
+		row("Started", v.StartedAt.Format(time.RFC3339)+" ("+age(v.StartedAt)+" ago)")
+	}
+	if !v.Heartbeat.IsZero() {
+		row("Guest heartbeat", age(v.Heartbeat)+" ago")
+	}
+	row("Created", v.CreatedAt.Format(time.RFC3339))
+	_ = tw.Flush()
+}
+
+func newVMPowerCmd(g *globals, verb string) *cobra.Command {
+	var wait time.Duration
+	want := map[string]string{"start": "running", "stop": "stopped"}[verb]
+	cmd := &cobra.Command{
+		Use:   verb + " NAME...",
+		Short: map[string]string{"start": "Start VMs", "stop": "Shut VMs down (ACPI power button, then quit after a timeout)"}[verb],
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				var err error
+				if verb == "start" {
+					_, err = c.StartVM(cmd.Context(), name)
+				} else {
+					_, err = c.StopVM(cmd.Context(), name)
+				}
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", verb, name, err)
+				}
+				fmt.Fprintf(g.out, "vm %s: %s requested\n", name, verb)
+			}
+			if wait > 0 {
+				for _, name := range args {
+					if err := waitState(cmd.Context(), g, c, name, want, wait); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the VM to be "+want)
+	return cmd
+}
+
+func newVMDeleteCmd(g *globals) *cobra.Command {
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "delete NAME...",
+		Short: "Delete VMs and their disks (a running VM is shut down first)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				if err := c.DeleteVM(cmd.Context(), name); err != nil {
+					return fmt.Errorf("delete %s: %w", name, err)
+				}
+				fmt.Fprintf(g.out, "vm %s: delete requested\n", name)
+			}
+			if wait > 0 {
+				ctx, cancel := context.WithTimeout(cmd.Context(), wait)
+				defer cancel()
+				for _, name := range args {
+					for {
+						_, err := c.GetVM(ctx, name)
+						if client.IsNotFound(err) {
+							fmt.Fprintf(g.out, "vm %s: deleted\n", name)
+							break
+						}
+						if ctx.Err() != nil {
+							return fmt.Errorf("vm %s still exists after %s", name, wait)
+						}
+						time.Sleep(200 * time.Millisecond)
+					}
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the delete to finish")
+	return cmd
+}
+
+func newVMConsoleCmd(g *globals) *cobra.Command {
+	var follow bool
+	var bytes int
+	cmd := &cobra.Command{
+		Use:   "console NAME",
+		Short: "Print the VM's serial console log (-f to follow)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			b, err := c.Console(ctx, args[0], bytes)
+			if err != nil {
+				return err
+			}
+			_, _ = g.out.Write(b)
+			seen := b
+			for follow && ctx.Err() == nil {
+				time.Sleep(500 * time.Millisecond)
+				nb, err := c.Console(ctx, args[0], 1<<20)
+				if err != nil {
+					continue
+				}
+				_, _ = g.out.Write(newTail(seen, nb))
+				seen = nb
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().IntVar(&bytes, "bytes", 64<<10, "how much of the log's end to print first")
+	return cmd
+}
+
+// newTail returns the part of next that follows what prev ended with.
+func newTail(prev, next []byte) []byte {
+	const probe = 256
+	if len(prev) == 0 {
+		return next
+	}
+	anchor := prev[max(0, len(prev)-probe):]
+	if i := strings.LastIndex(string(next), string(anchor)); i >= 0 {
+		return next[i+len(anchor):]
+	}
+	return next
+}
+
+// waitState polls until a VM reaches a state, printing each change.
+func waitState(ctx context.Context, g *globals, c *client.Client, name, want string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	last := ""
+	for {
+		v, err := c.GetVM(ctx, name)
+		if err == nil && v.State != last {
+			fmt.Fprintf(g.out, "vm %s: %s %s\n", name, v.State, dash(v.Host))
+			last = v.State
+		}
+		if err == nil && v.State == want {
+			return nil
+		}
+		if err == nil && v.State == "failed" && want == "running" {
+			return fmt.Errorf("vm %s failed: %s", name, v.Message)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("vm %s is %s, not %s, after %s", name, last, want, limit)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}

@@ -1,0 +1,223 @@
+// Package client talks to Vigil's REST API on behalf of the CLI. It takes
+// a list of endpoints and moves to the next when one cannot be reached, so
+// the CLI keeps working when a server host is down.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vigilha/vigil/internal/api"
+	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// DefaultAddr is where `vigil up` serves its API, whatever its data
+// directory, so the CLI finds it with no configuration.
+const DefaultAddr = "http://127.0.0.1:7480"
+
+// Client is an API client over one or more endpoints.
+type Client struct {
+	eps     []endpoint.Endpoint
+	clients []*http.Client
+
+	mu        sync.Mutex
+	preferred int
+}
+
+// New parses a comma-separated endpoint list.
+func New(addrs string) (*Client, error) {
+	eps, err := endpoint.ParseList(addrs)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{eps: eps}
+	for _, e := range eps {
+		c.clients = append(c.clients, e.Client(60*time.Second))
+	}
+	return c, nil
+}
+
+// Error is an error answer from the API.
+type Error struct {
+	Status int
+	Body   api.Error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Body.Error)
+	if len(e.Body.Fields) > 0 {
+		b.Reset()
+		b.WriteString("invalid VM spec:")
+		for _, f := range e.Body.Fields {
+			b.WriteString("\n  " + f.Error())
+		}
+	}
+	return b.String()
+}
+
+// IsNotFound reports whether err is the API saying 404.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusNotFound
+}
+
+// unreachable reports whether a request failed before any server got it,
+// so that trying the next endpoint cannot apply it twice.
+func unreachable(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	raw, err := c.raw(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+	c.mu.Lock()
+	start := c.preferred
+	c.mu.Unlock()
+	var errs []error
+	for i := range c.eps {
+		idx := (start + i) % len(c.eps)
+		ep := c.eps[idx]
+		req, err := http.NewRequestWithContext(ctx, method, ep.BaseURL()+path, bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := c.clients[idx].Do(req)
+		if err != nil {
+			if unreachable(err) && ctx.Err() == nil {
+				errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+				continue
+			}
+			return nil, fmt.Errorf("%s %s via %s: %w", method, path, ep, err)
+		}
+		raw, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s %s via %s: %w", method, path, ep, err)
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && i+1 < len(c.eps) {
+			errs = append(errs, fmt.Errorf("%s: %s", ep, strings.TrimSpace(string(raw))))
+			continue
+		}
+		c.mu.Lock()
+		c.preferred = idx
+		c.mu.Unlock()
+		if resp.StatusCode >= 300 {
+			e := &Error{Status: resp.StatusCode}
+			if json.Unmarshal(raw, &e.Body) != nil || e.Body.Error == "" {
+				e.Body.Error = fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(raw)))
+			}
+			return nil, e
+		}
+		return raw, nil
+	}
+	return nil, fmt.Errorf("no Vigil API reachable (is `vigil up` running? set --addr or VIGIL_ADDR): %w", errors.Join(errs...))
+}
+
+// ListVMs lists every VM.
+func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
+	var out []api.VM
+	return out, c.do(ctx, http.MethodGet, "/api/v1/vms", nil, &out)
+}
+
+// GetVM returns one VM with its spec.
+func (c *Client) GetVM(ctx context.Context, name string) (*api.VM, error) {
+	var out api.VM
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/vms/"+url.PathEscape(name), nil, &out)
+}
+
+// CreateVM creates a VM from a JSON or YAML document.
+func (c *Client) CreateVM(ctx context.Context, doc []byte) (*api.VM, error) {
+	var out api.VM
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms", doc, &out)
+}
+
+// StartVM asks for a VM to run.
+func (c *Client) StartVM(ctx context.Context, name string) (*api.VM, error) {
+	var out api.VM
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/start", nil, &out)
+}
+
+// StopVM asks for a VM to shut down.
+func (c *Client) StopVM(ctx context.Context, name string) (*api.VM, error) {
+	var out api.VM
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/stop", nil, &out)
+}
+
+// DeleteVM deletes a VM and its disks.
+func (c *Client) DeleteVM(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/vms/"+url.PathEscape(name), nil, nil)
+}
+
+// Console returns the tail of a VM's serial console log.
+func (c *Client) Console(ctx context.Context, name string, bytes int) ([]byte, error) {
+	return c.raw(ctx, http.MethodGet, "/api/v1/vms/"+url.PathEscape(name)+"/console?bytes="+strconv.Itoa(bytes), nil)
+}
+
+// ListHosts lists the hosts.
+func (c *Client) ListHosts(ctx context.Context) ([]api.Host, error) {
+	var out []api.Host
+	return out, c.do(ctx, http.MethodGet, "/api/v1/hosts", nil, &out)
+}
+
+// Event is one entry of the event log.
+type Event = store.Event
+
+// EventFilter selects events.
+type EventFilter struct {
+	Since          time.Time
+	Limit          int
+	VM, Host, Type string
+}
+
+// Events lists events, oldest first.
+func (c *Client) Events(ctx context.Context, f EventFilter) ([]store.Event, error) {
+	q := url.Values{}
+	if !f.Since.IsZero() {
+		q.Set("since", f.Since.Format(time.RFC3339Nano))
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	for k, v := range map[string]string{"vm": f.VM, "host": f.Host, "type": f.Type} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	var out []store.Event
+	return out, c.do(ctx, http.MethodGet, "/api/v1/events?"+q.Encode(), nil, &out)
+}
+
+// Networks lists the VM networks.
+func (c *Client) Networks(ctx context.Context) ([]store.Network, error) {
+	var out []store.Network
+	return out, c.do(ctx, http.MethodGet, "/api/v1/networks", nil, &out)
+}

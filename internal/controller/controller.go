@@ -1,0 +1,76 @@
+// Package controller runs the leader's reconcilers. Each controller owns
+// one concern (lifecycle, HA, migration, DRS) and takes one step toward the
+// desired state per pass; all of them read the same snapshot of the
+// cluster, taken whenever anything under the state prefix changes.
+package controller
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Reconciler is one leader-only controller.
+type Reconciler interface {
+	// Name identifies the controller in logs.
+	Name() string
+	// Reconcile takes one step toward the desired state. It returns how soon
+	// it wants another pass even if nothing changes (0: no need).
+	Reconcile(ctx context.Context, snap *store.Snapshot) (time.Duration, error)
+}
+
+// Manager runs reconcilers while this server leads.
+type Manager struct {
+	st          *store.Store
+	reconcilers []Reconciler
+	resync      time.Duration
+	log         *slog.Logger
+}
+
+// NewManager creates a manager; resync is the period of unconditional passes.
+func NewManager(st *store.Store, log *slog.Logger, resync time.Duration, rs ...Reconciler) *Manager {
+	return &Manager{st: st, reconcilers: rs, resync: resync, log: log}
+}
+
+// Run reconciles until ctx ends (leadership lost or shutdown).
+func (m *Manager) Run(ctx context.Context) {
+	watch := m.st.Watch(ctx, store.StatePrefix)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-watch:
+		case <-timer.C:
+		}
+		snap, err := m.st.Snapshot(ctx)
+		next := m.resync
+		if err != nil {
+			if ctx.Err() == nil {
+				m.log.Warn("controllers: cannot read state", "err", err)
+			}
+			next = time.Second
+		} else {
+			for _, r := range m.reconcilers {
+				again, err := r.Reconcile(ctx, snap)
+				if err != nil && ctx.Err() == nil {
+					m.log.Warn("controller pass failed", "controller", r.Name(), "err", err)
+					again = time.Second
+				}
+				if again > 0 && again < next {
+					next = again
+				}
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(next)
+	}
+}

@@ -1,0 +1,140 @@
+// Package driver defines how the agent runs VMs on its host. The core
+// interface holds only the lifecycle verbs every driver must have; optional
+// abilities (live migration, checkpoints, block mirroring) are separate
+// interfaces that callers type-assert, in the way of Nomad's DriverPlugin.
+package driver
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Driver runs VMs on one host. VMs outlive the agent process: Recover
+// reattaches to them after an agent restart.
+type Driver interface {
+	// Fingerprint reports what this host's hypervisor can do.
+	Fingerprint(ctx context.Context) (Capabilities, error)
+	// Start launches a VM and returns once its process is up and
+	// controllable. It fails if the VM is already running here.
+	Start(ctx context.Context, cfg *VMConfig) (Status, error)
+	// Recover reattaches to every VM left running by a previous agent and
+	// reports the ones whose process is gone.
+	Recover(ctx context.Context) ([]Status, error)
+	// Stop shuts the guest down gracefully (ACPI power button), and quits
+	// the VM's process if the guest has not powered off within timeout.
+	Stop(ctx context.Context, name string, timeout time.Duration) error
+	// Kill ends the VM's process at once (SIGKILL). It is how a host fences.
+	Kill(ctx context.Context, name string) error
+	// Reset is a hard reset of the guest (VM monitoring of a hung guest).
+	Reset(ctx context.Context, name string) error
+	// Inspect returns the current status of one VM.
+	Inspect(name string) (Status, error)
+	// List returns the status of every VM this driver knows on the host.
+	List() []Status
+	// Destroy removes what the driver keeps for a VM that no longer runs.
+	Destroy(name string) error
+	// Events delivers lifecycle events (exits, state changes).
+	Events() <-chan Event
+}
+
+// ErrNotFound means the driver has no such VM.
+var ErrNotFound = errors.New("vm not found on this host")
+
+// ErrAlreadyRunning means Start found the VM already running here.
+var ErrAlreadyRunning = errors.New("vm already running on this host")
+
+// Capabilities is what a host's hypervisor can do, fed to placement.
+type Capabilities struct {
+	QEMUVersion  string `json:"qemuVersion"`
+	QEMUMajor    int    `json:"qemuMajor"`
+	QEMUMinor    int    `json:"qemuMinor"`
+	Accel        string `json:"accel"` // the accelerator "auto" resolves to: kvm or tcg
+	AccelReason  string `json:"accelReason"`
+	LiveMigrate  bool   `json:"liveMigrate"`  // safe live migration (QEMU >= 10)
+	IgnoreShared bool   `json:"ignoreShared"` // x-ignore-shared, needed by FT checkpoints
+}
+
+// VMConfig is a VM resolved for one host: paths, bridges and the
+// accelerator are concrete.
+type VMConfig struct {
+	Name      string
+	Epoch     int64
+	CPUs      int
+	MemoryMiB int64
+	// Accel is "kvm", "tcg", or "" for the host's resolved default.
+	Accel   string
+	Kernel  string
+	Initrd  string
+	Cmdline string
+	Disks   []DiskConfig
+	NICs    []NICConfig
+	// Incoming starts the VM waiting for an incoming migration
+	// ("defer" for -incoming defer), paused (-S) when it arrives.
+	Incoming string
+}
+
+// DiskConfig is one disk as the hypervisor opens it: a local file, or an
+// NBD export served by a datastore.
+type DiskConfig struct {
+	Name   string
+	Path   string // local image file
+	Format string // qcow2 or raw (the format of Path, or of the NBD export's data)
+	// NBD, when set, opens the disk over the network instead of Path.
+	NBD *NBDTarget
+	// DirectIO bypasses the host page cache (cache=none), so that a write
+	// acknowledged to the guest is on the datastore, not in this host's RAM.
+	DirectIO bool
+}
+
+// NBDTarget is an NBD export.
+type NBDTarget struct {
+	Host   string
+	Port   int
+	Export string
+}
+
+// NICConfig is one NIC: a tap on a bridge, optionally inside a network
+// namespace, with a fixed MAC.
+type NICConfig struct {
+	MAC    string
+	Bridge string
+	Netns  string
+}
+
+// Status is a VM's state as the driver sees it.
+type Status struct {
+	Name  string
+	Epoch int64
+	PID   int
+	// Running is true while the process lives.
+	Running bool
+	// QEMUStatus is QMP's run state: running, paused, inmigrate,
+	// postmigrate, prelaunch, shutdown...
+	QEMUStatus string
+	Accel      string
+	StartedAt  time.Time
+	// ExitReason says why the process ended: guest-shutdown, host-qmp-quit,
+	// host-signal, killed, or crashed (gone with no shutdown event).
+	ExitReason string
+	ExitedAt   time.Time
+	// LastHeartbeat is when the guest's virtio-serial heartbeat last came.
+	LastHeartbeat time.Time
+}
+
+// EventType classifies driver events.
+type EventType string
+
+// Driver event types.
+const (
+	EventExited       EventType = "exited"
+	EventStateChanged EventType = "state-changed"
+	EventReset        EventType = "reset"
+)
+
+// Event is a lifecycle event of one VM.
+type Event struct {
+	Type   EventType
+	Status Status
+	Time   time.Time
+}

@@ -1,0 +1,133 @@
+package qemu
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/vigilha/vigil/internal/driver"
+)
+
+// runtimePaths are the files a VM's QEMU uses in its runtime directory.
+type runtimePaths struct {
+	Dir       string
+	QMP       string
+	Pidfile   string
+	Console   string
+	Heartbeat string
+	Log       string
+	Config    string
+}
+
+func pathsFor(dir string) runtimePaths {
+	return runtimePaths{
+		Dir:       dir,
+		QMP:       dir + "/qmp.sock",
+		Pidfile:   dir + "/qemu.pid",
+		Console:   dir + "/console.log",
+		Heartbeat: dir + "/heartbeat.sock",
+		Log:       dir + "/qemu.log",
+		Config:    dir + "/config.json",
+	}
+}
+
+// HeartbeatPort is the virtio-serial port name the guest writes to.
+const HeartbeatPort = "org.vigil.heartbeat"
+
+// firstTapFD is the descriptor number of the first tap handed to QEMU
+// (ExtraFiles start at 3).
+const firstTapFD = 3
+
+// buildArgs renders the QEMU command line. It is pure, so that the exact
+// shape of a VM (and the contract "-name <vm>" that operators and checks
+// rely on) is unit-tested.
+func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, error) {
+	if cfg.Name == "" {
+		return nil, fmt.Errorf("vm config without a name")
+	}
+	a := []string{
+		"-name", cfg.Name,
+		"-machine", "q35",
+		"-accel", accel,
+		"-m", strconv.FormatInt(cfg.MemoryMiB, 10),
+		"-smp", strconv.Itoa(max(cfg.CPUs, 1)),
+		"-nodefaults", "-no-user-config",
+		"-display", "none", "-vga", "none",
+		"-sandbox", "on",
+		"-daemonize", "-pidfile", p.Pidfile,
+		"-chardev", "socket,id=qmp0,path=" + escapeOpt(p.QMP) + ",server=on,wait=off",
+		"-mon", "chardev=qmp0,mode=control",
+		"-chardev", "file,id=ser0,path=" + escapeOpt(p.Console) + ",append=on",
+		"-serial", "chardev:ser0",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-chardev", "socket,id=hb0,path=" + escapeOpt(p.Heartbeat) + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=hb0,name=" + HeartbeatPort,
+	}
+	if accel == "kvm" {
+		a = append(a, "-cpu", "host")
+	}
+	if cfg.Kernel != "" {
+		a = append(a, "-kernel", cfg.Kernel)
+		if cfg.Initrd != "" {
+			a = append(a, "-initrd", cfg.Initrd)
+		}
+		if cfg.Cmdline != "" {
+			a = append(a, "-append", cfg.Cmdline)
+		}
+	}
+	for i, d := range cfg.Disks {
+		args, err := diskArgs(i, d, cfg.Kernel == "" && i == 0)
+		if err != nil {
+			return nil, err
+		}
+		a = append(a, args...)
+	}
+	for i, n := range cfg.NICs {
+		if n.MAC == "" {
+			return nil, fmt.Errorf("nic %d of %s has no MAC", i, cfg.Name)
+		}
+		a = append(a,
+			"-netdev", fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, firstTapFD+i),
+			"-device", fmt.Sprintf("virtio-net-pci,netdev=net%d,id=nic%d,mac=%s,romfile=", i, i, n.MAC),
+		)
+	}
+	if cfg.Incoming != "" {
+		a = append(a, "-incoming", cfg.Incoming, "-S")
+	}
+	return a, nil
+}
+
+func diskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
+	if d.Format != "qcow2" && d.Format != "raw" {
+		return nil, fmt.Errorf("disk %s: format %q is not qcow2 or raw", d.Name, d.Format)
+	}
+	direct := "off"
+	if d.DirectIO {
+		direct = "on"
+	}
+	proto := fmt.Sprintf("file%d", i)
+	node := fmt.Sprintf("disk%d", i)
+	var protoOpts string
+	switch {
+	case d.NBD != nil:
+		protoOpts = fmt.Sprintf("driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%d,export=%s,reconnect-delay=2",
+			proto, escapeOpt(d.NBD.Host), d.NBD.Port, escapeOpt(d.NBD.Export))
+	case d.Path != "":
+		protoOpts = fmt.Sprintf("driver=file,node-name=%s,filename=%s,cache.direct=%s", proto, escapeOpt(d.Path), direct)
+	default:
+		return nil, fmt.Errorf("disk %s has neither a path nor an NBD export", d.Name)
+	}
+	dev := fmt.Sprintf("virtio-blk-pci,drive=%s,id=vd%d,serial=%s", node, i, escapeOpt(d.Name))
+	if boot {
+		dev += ",bootindex=0"
+	}
+	format := fmt.Sprintf("driver=%s,node-name=%s,file=%s", d.Format, node, proto)
+	if d.NBD == nil {
+		format += ",cache.direct=" + direct
+	}
+	return []string{"-blockdev", protoOpts, "-blockdev", format, "-device", dev}, nil
+}
+
+// escapeOpt doubles commas, QEMU's escape inside option values, so that a
+// path with a comma cannot inject options.
+func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }

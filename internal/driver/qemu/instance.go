@@ -1,0 +1,256 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/qmp"
+)
+
+// instance is one running (or exited) QEMU and the goroutines watching it:
+// its process exit, its QMP events, and its guest heartbeat.
+type instance struct {
+	d     *Driver
+	name  string
+	paths runtimePaths
+	rec   persisted
+	proc  *process
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the process has exited
+
+	mu             sync.Mutex
+	qmp            *qmp.Client
+	status         driver.Status
+	shutdownReason string
+	killed         bool
+}
+
+func newInstance(d *Driver, name string, p runtimePaths, rec persisted, proc *process) *instance {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &instance{
+		d: d, name: name, paths: p, rec: rec, proc: proc,
+		ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		status: driver.Status{
+			Name: name, Epoch: rec.Config.Epoch, PID: proc.pid, Running: true,
+			Accel: rec.Accel, StartedAt: rec.StartedAt,
+		},
+	}
+}
+
+// attach connects QMP, learns the run state, and starts the watchers.
+func (in *instance) attach(ctx context.Context) error {
+	c, err := dialRetry(ctx, in.paths.QMP, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("connect QMP of %s: %w", in.name, err)
+	}
+	events, unsubscribe := c.Subscribe(64)
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := c.Execute(ctx, "query-status", nil, &st); err != nil {
+		unsubscribe()
+		c.Close()
+		return fmt.Errorf("query-status of %s: %w", in.name, err)
+	}
+	in.mu.Lock()
+	in.qmp = c
+	in.status.QEMUStatus = st.Status
+	in.mu.Unlock()
+	go in.watchExit()
+	go in.watchEvents(c, events, unsubscribe)
+	go in.readHeartbeats()
+	return nil
+}
+
+func dialRetry(ctx context.Context, path string, limit time.Duration) (*qmp.Client, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		c, err := qmp.Dial(dctx, path)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// watchExit waits on the pidfd; it is the one place that decides a VM has
+// exited and why.
+func (in *instance) watchExit() {
+	if !in.proc.wait(in.ctx, -1) {
+		return // the agent is shutting down; the VM keeps running
+	}
+	in.mu.Lock()
+	reason := in.shutdownReason
+	switch {
+	case in.killed:
+		reason = "killed"
+	case reason == "":
+		reason = "crashed"
+	}
+	in.status.Running = false
+	in.status.ExitReason = reason
+	in.status.ExitedAt = time.Now()
+	in.status.QEMUStatus = "exited"
+	st := in.status
+	c := in.qmp
+	in.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+	in.proc.close()
+	close(in.done)
+	in.d.log.Info("vm exited", "vm", in.name, "pid", st.PID, "reason", reason)
+	in.d.emit(driver.EventExited, st)
+}
+
+// watchEvents tracks the run state from QMP events, and remembers the
+// reason of a SHUTDOWN so the exit can be explained.
+func (in *instance) watchEvents(c *qmp.Client, events <-chan qmp.Event, unsubscribe func()) {
+	defer unsubscribe()
+	for {
+		select {
+		case <-in.ctx.Done():
+			return
+		case <-in.done:
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			in.handleEvent(ev)
+		}
+	}
+}
+
+func (in *instance) handleEvent(ev qmp.Event) {
+	in.mu.Lock()
+	var emit driver.EventType
+	switch ev.Name {
+	case "SHUTDOWN":
+		var d struct {
+			Guest  bool   `json:"guest"`
+			Reason string `json:"reason"`
+		}
+		_ = json.Unmarshal(ev.Data, &d)
+		in.shutdownReason = d.Reason
+	case "STOP":
+		in.status.QEMUStatus = "paused"
+		emit = driver.EventStateChanged
+	case "RESUME":
+		in.status.QEMUStatus = "running"
+		emit = driver.EventStateChanged
+	case "RESET":
+		emit = driver.EventReset
+	}
+	st := in.status
+	in.mu.Unlock()
+	if emit != "" {
+		in.d.emit(emit, st)
+	}
+}
+
+// readHeartbeats reads the guest's virtio-serial heartbeat lines. QEMU's
+// socket chardev takes one client at a time; after an agent restart the new
+// agent simply connects again.
+func (in *instance) readHeartbeats() {
+	for {
+		select {
+		case <-in.ctx.Done():
+			return
+		case <-in.done:
+			return
+		default:
+		}
+		conn, err := net.DialTimeout("unix", in.paths.Heartbeat, time.Second)
+		if err != nil {
+			select {
+			case <-in.ctx.Done():
+				return
+			case <-in.done:
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		stop := context.AfterFunc(in.ctx, func() { conn.Close() })
+		sc := bufio.NewScanner(conn)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "hb ") {
+				in.mu.Lock()
+				in.status.LastHeartbeat = time.Now()
+				in.mu.Unlock()
+			}
+		}
+		stop()
+		conn.Close()
+	}
+}
+
+func (in *instance) snapshot() driver.Status {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.status
+}
+
+func (in *instance) markKilled() {
+	in.mu.Lock()
+	in.killed = true
+	in.mu.Unlock()
+}
+
+// waitExit waits until the process has exited, timeout passes, or ctx ends.
+func (in *instance) waitExit(ctx context.Context, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-in.done:
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (in *instance) qmpExec(ctx context.Context, cmd string) error {
+	in.mu.Lock()
+	c := in.qmp
+	in.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("%s %s: no QMP connection", cmd, in.name)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Execute(cctx, cmd, nil, nil); err != nil {
+		return fmt.Errorf("%s %s: %w", cmd, in.name, err)
+	}
+	return nil
+}
+
+// stop ends the watchers without touching the process (agent shutdown).
+func (in *instance) stop() {
+	if in.cancel != nil {
+		in.cancel()
+	}
+	in.mu.Lock()
+	c := in.qmp
+	in.qmp = nil
+	in.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}

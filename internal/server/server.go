@@ -1,0 +1,281 @@
+// Package server is a control-plane member: an embedded etcd member (or a
+// client of an external etcd cluster), the REST API, and the controllers,
+// which run only on the member that wins the leader election.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/vigilha/vigil/internal/api"
+	"github.com/vigilha/vigil/internal/controller"
+	"github.com/vigilha/vigil/internal/controller/lifecycle"
+	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Config configures a control-plane member.
+type Config struct {
+	// Name is this member's name (the host name).
+	Name    string
+	DataDir string
+	// ExternalEtcd, when set, is an existing etcd cluster to use instead of
+	// running an embedded member.
+	ExternalEtcd []string
+	// Embedded etcd: URLs this member listens on and advertises, and the
+	// initial cluster ("name=peerURL,...") and its state (new or existing).
+	ClientURL, PeerURL string
+	InitialCluster     string
+	ClusterState       string
+	// HeartbeatInterval and ElectionTimeout tune the embedded etcd's Raft.
+	HeartbeatInterval, ElectionTimeout time.Duration
+	// APIListen are the endpoints the REST API serves on.
+	APIListen []string
+	// Bootstrap objects created on first start (when absent).
+	Networks   []*store.Network
+	Datastores []*store.Datastore
+	Log        *slog.Logger
+}
+
+// Server is a running control-plane member.
+type Server struct {
+	cfg    Config
+	etcd   *embed.Etcd
+	client *clientv3.Client
+	log    *slog.Logger
+}
+
+// Endpoints returns the etcd client endpoints this member offers to
+// agents (itself first).
+func (s *Server) Endpoints() []string {
+	if len(s.cfg.ExternalEtcd) > 0 {
+		return s.cfg.ExternalEtcd
+	}
+	return []string{s.cfg.ClientURL}
+}
+
+// Client returns the member's etcd client.
+func (s *Server) Client() *clientv3.Client { return s.client }
+
+// Start brings up etcd (embedded or external) and returns once it serves.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	s := &Server{cfg: cfg, log: cfg.Log.With("member", cfg.Name)}
+	endpoints := cfg.ExternalEtcd
+	if len(endpoints) == 0 {
+		e, err := startEmbedded(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.etcd = e
+		endpoints = []string{cfg.ClientURL}
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      quietZap(),
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("etcd client: %w", err)
+	}
+	s.client = c
+	st := store.New(c)
+	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, n := range cfg.Networks {
+		if err := st.EnsureNetwork(bctx, n); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	for _, d := range cfg.Datastores {
+		if err := st.PutDatastore(bctx, d); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func startEmbedded(cfg Config) (*embed.Etcd, error) {
+	ec := embed.NewConfig()
+	ec.Name = cfg.Name
+	ec.Dir = filepath.Join(cfg.DataDir, "etcd")
+	ec.LogLevel = "error"
+	ec.Logger = "zap"
+	ec.LogOutputs = []string{filepath.Join(cfg.DataDir, "etcd.log")}
+	cu, err := url.Parse(cfg.ClientURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client URL %q: %w", cfg.ClientURL, err)
+	}
+	pu, err := url.Parse(cfg.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd peer URL %q: %w", cfg.PeerURL, err)
+	}
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	ec.InitialCluster = cfg.InitialCluster
+	if ec.InitialCluster == "" {
+		ec.InitialCluster = cfg.Name + "=" + cfg.PeerURL
+	}
+	ec.ClusterState = cfg.ClusterState
+	if ec.ClusterState == "" {
+		ec.ClusterState = embed.ClusterStateFlagNew
+	}
+	if cfg.HeartbeatInterval > 0 {
+		ec.TickMs = uint(cfg.HeartbeatInterval / time.Millisecond)
+	}
+	if cfg.ElectionTimeout > 0 {
+		ec.ElectionMs = uint(cfg.ElectionTimeout / time.Millisecond)
+	}
+	// The data directory decides: a member that has data rejoins with it.
+	if _, err := os.Stat(filepath.Join(ec.Dir, "member")); err == nil {
+		ec.ClusterState = embed.ClusterStateFlagExisting
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(60 * time.Second):
+		// A member of a multi-member cluster is not ready until a quorum is;
+		// return anyway and let clients wait.
+		return e, nil
+	}
+}
+
+// Run serves the API and campaigns for leadership until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	st := store.New(s.client)
+	a := api.New(st, s.log)
+	var servers []*http.Server
+	for _, addr := range s.cfg.APIListen {
+		ep, err := endpoint.Parse(addr)
+		if err != nil {
+			return fmt.Errorf("api: %w", err)
+		}
+		ln, err := ep.Listen()
+		if err != nil {
+			return fmt.Errorf("api: %w", err)
+		}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("api server", "addr", addr, "err", err)
+			}
+		}()
+		s.log.Info("api listening", "addr", ep.String())
+	}
+	defer func() {
+		for _, srv := range servers {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = srv.Shutdown(sctx)
+			cancel()
+		}
+	}()
+	var etcdErr <-chan error
+	if s.etcd != nil {
+		etcdErr = s.etcd.Err()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.lead(ctx, st)
+	}()
+	select {
+	case <-ctx.Done():
+		<-done
+		return nil
+	case err := <-etcdErr:
+		return fmt.Errorf("embedded etcd stopped: %w", err)
+	}
+}
+
+// lead campaigns for leadership and runs the controllers while it holds it.
+// Losing the session (etcd unreachable) ends the term at once.
+func (s *Server) lead(ctx context.Context, st *store.Store) {
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(s.client, concurrency.WithTTL(2), concurrency.WithContext(ctx))
+		if err != nil {
+			s.log.Warn("leader election: no session", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		el := concurrency.NewElection(sess, store.ElectionPrefix)
+		if err := el.Campaign(ctx, s.cfg.Name); err != nil {
+			sess.Close()
+			sleep(ctx, 200*time.Millisecond)
+			continue
+		}
+		s.log.Info("elected leader; starting controllers")
+		_ = st.Emit(ctx, store.Event{Type: "leader.elected", Host: s.cfg.Name, Message: "became the control-plane leader"})
+		lctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-sess.Done():
+			case <-lctx.Done():
+			}
+			cancel()
+		}()
+		m := controller.NewManager(st, s.log, 5*time.Second, lifecycle.New(st, s.log))
+		m.Run(lctx)
+		cancel()
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		_ = el.Resign(rctx)
+		rcancel()
+		sess.Close()
+		s.log.Info("leadership ended")
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// Close stops the etcd client and the embedded member.
+func (s *Server) Close() {
+	if s.client != nil {
+		s.client.Close()
+	}
+	if s.etcd != nil {
+		s.etcd.Close()
+	}
+}
+
+// ParseInitialCluster checks "name=url,name=url".
+func ParseInitialCluster(s string) error {
+	for _, part := range strings.Split(s, ",") {
+		name, u, ok := strings.Cut(part, "=")
+		if !ok || name == "" || u == "" {
+			return fmt.Errorf("initial cluster %q: want name=peerURL,...", s)
+		}
+	}
+	return nil
+}

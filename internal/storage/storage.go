@@ -1,0 +1,24 @@
+// Package storage defines datastores: where VM disks live, how a host opens
+// them, and (for shared datastores) how a host is fenced away from them.
+package storage
+
+import (
+	"context"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/spec"
+)
+
+// Datastore holds VM disks.
+type Datastore interface {
+	// Name is the datastore's name as specs refer to it.
+	Name() string
+	// Shared reports whether every host reaches the same disks, so that a
+	// VM on it can restart or migrate anywhere without copying its disks.
+	Shared() bool
+	// Prepare makes sure a VM's disk exists (creating a blank disk or an
+	// overlay on its image) and returns how QEMU on this host opens it.
+	Prepare(ctx context.Context, vm string, d spec.Disk) (driver.DiskConfig, error)
+	// Delete removes a VM's disk.
+	Delete(ctx context.Context, vm string, d spec.Disk) error
+}

@@ -1,0 +1,555 @@
+// Package store is Vigil's etcd schema: typed keys under one prefix, the
+// compare-and-swap transactions that change placement, snapshots of cluster
+// state, watches, and the event log.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Key layout. State lives under stateRoot so that one range read returns
+// all of it without the (much larger) event log.
+const (
+	Root        = "/vigil/"
+	stateRoot   = Root + "s/"
+	hostsPfx    = stateRoot + "hosts/"
+	alivePfx    = stateRoot + "alive/"
+	vmsPfx      = stateRoot + "vms/"
+	networksPfx = stateRoot + "networks/"
+	ipamPfx     = stateRoot + "ipam/"
+	dsPfx       = stateRoot + "datastores/"
+	maintPfx    = stateRoot + "maintenance/"
+	rulesPfx    = stateRoot + "rules/"
+	eventsPfx   = Root + "events/"
+	// ElectionPrefix is where servers campaign for leadership.
+	ElectionPrefix = Root + "election"
+)
+
+const (
+	vmSpecSuffix      = "/spec"
+	vmPlacementSuffix = "/placement"
+	vmStatusSuffix    = "/status"
+)
+
+// ErrConflict means a compare-and-swap lost: someone changed the key first.
+var ErrConflict = errors.New("conflict: the state changed concurrently")
+
+// ErrExists means a create found the key already present.
+var ErrExists = errors.New("already exists")
+
+// ErrNotFound means the object does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Store is typed access to Vigil's keys in etcd.
+type Store struct {
+	c *clientv3.Client
+}
+
+// New wraps an etcd client.
+func New(c *clientv3.Client) *Store { return &Store{c: c} }
+
+// Client returns the underlying etcd client, for leases and elections.
+func (s *Store) Client() *clientv3.Client { return s.c }
+
+// HostKey and the other key functions name one object's key.
+func HostKey(name string) string      { return hostsPfx + name }
+func aliveKey(name string) string     { return alivePfx + name }
+func vmSpecKey(name string) string    { return vmsPfx + name + vmSpecSuffix }
+func placementKey(name string) string { return vmsPfx + name + vmPlacementSuffix }
+func statusKey(name string) string    { return vmsPfx + name + vmStatusSuffix }
+func networkKey(name string) string   { return networksPfx + name }
+func ipamKey(network, ip string) string {
+	return ipamPfx + network + "/" + ip
+}
+
+// VMsPrefix is watched by agents: every VM key changes under it.
+const VMsPrefix = vmsPfx
+
+// StatePrefix is watched by controllers: all cluster state changes under it.
+const StatePrefix = stateRoot
+
+// VMState is everything stored about one VM, with the revisions that CAS
+// writes compare against. A missing key has revision 0.
+type VMState struct {
+	Record       *VMRecord
+	RecordRev    int64
+	Placement    Placement
+	PlacementRev int64
+	Status       *VMStatus
+	StatusRev    int64
+}
+
+// Snapshot is a consistent view of all cluster state at one revision.
+type Snapshot struct {
+	Rev      int64
+	Hosts    map[string]*Host
+	Alive    map[string]Alive
+	VMs      map[string]*VMState
+	Networks map[string]*Network
+	// IPAM maps network -> ip -> VM name.
+	IPAM        map[string]map[string]string
+	Datastores  map[string]*Datastore
+	Maintenance map[string]bool
+	Rules       map[string]*Rule
+}
+
+// SharedDatastore reports whether every host reaching the datastore sees
+// the same disks, so its VMs can run on any of them.
+func (s *Snapshot) SharedDatastore(name string) bool {
+	ds, ok := s.Datastores[name]
+	return ok && ds.Type == DatastoreShared
+}
+
+// Alive is a host's liveness key, present while its lease lives.
+type Alive struct {
+	Lease     int64     `json:"lease"`
+	StartedAt time.Time `json:"startedAt"`
+}
+
+// SortedVMNames returns the VM names in order, for stable output.
+func (s *Snapshot) SortedVMNames() []string {
+	names := make([]string, 0, len(s.VMs))
+	for n := range s.VMs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// SortedHostNames returns the registered host names in order.
+func (s *Snapshot) SortedHostNames() []string {
+	names := make([]string, 0, len(s.Hosts))
+	for n := range s.Hosts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Snapshot reads all cluster state in one linearizable range read.
+func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
+	resp, err := s.c.Get(ctx, stateRoot, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read cluster state: %w", err)
+	}
+	snap := &Snapshot{
+		Rev:      resp.Header.Revision,
+		Hosts:    map[string]*Host{},
+		Alive:    map[string]Alive{},
+		VMs:      map[string]*VMState{},
+		Networks: map[string]*Network{},
+		IPAM:     map[string]map[string]string{},
+
+		Datastores:  map[string]*Datastore{},
+		Maintenance: map[string]bool{},
+		Rules:       map[string]*Rule{},
+	}
+	vm := func(name string) *VMState {
+		v := snap.VMs[name]
+		if v == nil {
+			v = &VMState{}
+			snap.VMs[name] = v
+		}
+		return v
+	}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		var err error
+		switch {
+		case strings.HasPrefix(k, hostsPfx):
+			var h Host
+			err = json.Unmarshal(kv.Value, &h)
+			snap.Hosts[strings.TrimPrefix(k, hostsPfx)] = &h
+		case strings.HasPrefix(k, alivePfx):
+			var a Alive
+			err = json.Unmarshal(kv.Value, &a)
+			snap.Alive[strings.TrimPrefix(k, alivePfx)] = a
+		case strings.HasPrefix(k, networksPfx):
+			var n Network
+			err = json.Unmarshal(kv.Value, &n)
+			snap.Networks[strings.TrimPrefix(k, networksPfx)] = &n
+		case strings.HasPrefix(k, dsPfx):
+			var d Datastore
+			err = json.Unmarshal(kv.Value, &d)
+			snap.Datastores[strings.TrimPrefix(k, dsPfx)] = &d
+		case strings.HasPrefix(k, maintPfx):
+			snap.Maintenance[strings.TrimPrefix(k, maintPfx)] = true
+		case strings.HasPrefix(k, rulesPfx):
+			var r Rule
+			err = json.Unmarshal(kv.Value, &r)
+			snap.Rules[strings.TrimPrefix(k, rulesPfx)] = &r
+		case strings.HasPrefix(k, ipamPfx):
+			net, ip, ok := strings.Cut(strings.TrimPrefix(k, ipamPfx), "/")
+			if ok {
+				if snap.IPAM[net] == nil {
+					snap.IPAM[net] = map[string]string{}
+				}
+				snap.IPAM[net][ip] = string(kv.Value)
+			}
+		case strings.HasPrefix(k, vmsPfx):
+			rest := strings.TrimPrefix(k, vmsPfx)
+			name, sub, ok := strings.Cut(rest, "/")
+			if !ok {
+				continue
+			}
+			v := vm(name)
+			switch "/" + sub {
+			case vmSpecSuffix:
+				v.Record = &VMRecord{}
+				err = json.Unmarshal(kv.Value, v.Record)
+				v.RecordRev = kv.ModRevision
+			case vmPlacementSuffix:
+				err = json.Unmarshal(kv.Value, &v.Placement)
+				v.PlacementRev = kv.ModRevision
+			case vmStatusSuffix:
+				v.Status = &VMStatus{}
+				err = json.Unmarshal(kv.Value, v.Status)
+				v.StatusRev = kv.ModRevision
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("decode %s: %w", k, err)
+		}
+	}
+	// A VM exists only while its record does; placement or status keys left
+	// without one are leftovers of a delete that the leader will finish.
+	for name, v := range snap.VMs {
+		if v.Record == nil {
+			delete(snap.VMs, name)
+		}
+	}
+	return snap, nil
+}
+
+// VM reads one VM's state.
+func (s *Store) VM(ctx context.Context, name string) (*VMState, error) {
+	resp, err := s.c.Get(ctx, vmsPfx+name+"/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read vm %s: %w", name, err)
+	}
+	v := &VMState{}
+	for _, kv := range resp.Kvs {
+		switch strings.TrimPrefix(string(kv.Key), vmsPfx+name) {
+		case vmSpecSuffix:
+			v.Record = &VMRecord{}
+			if err := json.Unmarshal(kv.Value, v.Record); err != nil {
+				return nil, fmt.Errorf("decode vm %s: %w", name, err)
+			}
+			v.RecordRev = kv.ModRevision
+		case vmPlacementSuffix:
+			if err := json.Unmarshal(kv.Value, &v.Placement); err != nil {
+				return nil, fmt.Errorf("decode placement of %s: %w", name, err)
+			}
+			v.PlacementRev = kv.ModRevision
+		case vmStatusSuffix:
+			v.Status = &VMStatus{}
+			if err := json.Unmarshal(kv.Value, v.Status); err != nil {
+				return nil, fmt.Errorf("decode status of %s: %w", name, err)
+			}
+			v.StatusRev = kv.ModRevision
+		}
+	}
+	if v.Record == nil {
+		return nil, fmt.Errorf("vm %s: %w", name, ErrNotFound)
+	}
+	return v, nil
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", v, err)) // only our own plain structs are marshalled
+	}
+	return string(b)
+}
+
+// CreateVM stores a new VM record and claims its IP addresses, all or
+// nothing: an existing VM of that name or a taken address fails the whole
+// create and changes nothing.
+func (s *Store) CreateVM(ctx context.Context, rec *VMRecord) error {
+	name := rec.Name()
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(vmSpecKey(name)), "=", 0)}
+	ops := []clientv3.Op{clientv3.OpPut(vmSpecKey(name), mustJSON(rec))}
+	for _, n := range rec.NICs {
+		k := ipamKey(n.Network, n.IP)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+		ops = append(ops, clientv3.OpPut(k, name))
+	}
+	resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("create vm %s: %w", name, err)
+	}
+	if !resp.Succeeded {
+		if _, err := s.VM(ctx, name); err == nil {
+			return fmt.Errorf("vm %s: %w", name, ErrExists)
+		}
+		return fmt.Errorf("create vm %s: an address was taken concurrently: %w", name, ErrConflict)
+	}
+	return nil
+}
+
+// UpdateVMRecord replaces a VM record if it is unchanged since rev.
+func (s *Store) UpdateVMRecord(ctx context.Context, rec *VMRecord, rev int64) error {
+	k := vmSpecKey(rec.Name())
+	resp, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).
+		Then(clientv3.OpPut(k, mustJSON(rec))).Commit()
+	if err != nil {
+		return fmt.Errorf("update vm %s: %w", rec.Name(), err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("update vm %s: %w", rec.Name(), ErrConflict)
+	}
+	return nil
+}
+
+// SetPlacement changes a VM's placement if it is unchanged since rev (0: it
+// must not exist yet). The new epoch must exceed the old one; callers pass
+// the old placement so that this is checked here, in one place.
+func (s *Store) SetPlacement(ctx context.Context, vm string, old Placement, rev int64, p Placement) error {
+	if p.Epoch <= old.Epoch {
+		return fmt.Errorf("placement of %s: epoch %d does not exceed %d", vm, p.Epoch, old.Epoch)
+	}
+	k := placementKey(vm)
+	resp, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(k), "=", rev),
+			clientv3.Compare(clientv3.CreateRevision(vmSpecKey(vm)), ">", 0)).
+		Then(clientv3.OpPut(k, mustJSON(p))).Commit()
+	if err != nil {
+		return fmt.Errorf("place %s on %s: %w", vm, p.Host, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("place %s on %s: %w", vm, p.Host, ErrConflict)
+	}
+	return nil
+}
+
+// PutStatus records a VM's status, but only while the placement that the
+// agent acted on is still current (placementRev), so that an agent that was
+// fenced or frozen can never overwrite the status of the VM's new home.
+func (s *Store) PutStatus(ctx context.Context, vm string, placementRev int64, st *VMStatus) error {
+	resp, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(placementKey(vm)), "=", placementRev),
+			clientv3.Compare(clientv3.CreateRevision(vmSpecKey(vm)), ">", 0)).
+		Then(clientv3.OpPut(statusKey(vm), mustJSON(st))).Commit()
+	if err != nil {
+		return fmt.Errorf("status of %s: %w", vm, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("status of %s: placement moved on: %w", vm, ErrConflict)
+	}
+	return nil
+}
+
+// DeleteVM removes every key of a VM and its address claims, if the record
+// is unchanged since rev.
+func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
+	name := rec.Name()
+	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix())}
+	for _, n := range rec.NICs {
+		ops = append(ops, clientv3.OpDelete(ipamKey(n.Network, n.IP)))
+	}
+	resp, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(vmSpecKey(name)), "=", rev)).
+		Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("delete vm %s: %w", name, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("delete vm %s: %w", name, ErrConflict)
+	}
+	return nil
+}
+
+// PutHost registers or refreshes a host.
+func (s *Store) PutHost(ctx context.Context, h *Host) error {
+	if _, err := s.c.Put(ctx, HostKey(h.Name), mustJSON(h)); err != nil {
+		return fmt.Errorf("register host %s: %w", h.Name, err)
+	}
+	return nil
+}
+
+// PutAlive writes a host's liveness key attached to its lease.
+func (s *Store) PutAlive(ctx context.Context, host string, lease clientv3.LeaseID, startedAt time.Time) error {
+	v := mustJSON(Alive{Lease: int64(lease), StartedAt: startedAt})
+	if _, err := s.c.Put(ctx, aliveKey(host), v, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("liveness key of %s: %w", host, err)
+	}
+	return nil
+}
+
+// PutNetwork creates or replaces a network definition.
+func (s *Store) PutNetwork(ctx context.Context, n *Network) error {
+	if _, err := s.c.Put(ctx, networkKey(n.Name), mustJSON(n)); err != nil {
+		return fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// EnsureNetwork creates a network definition unless one of that name exists.
+func (s *Store) EnsureNetwork(ctx context.Context, n *Network) error {
+	k := networkKey(n.Name)
+	_, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, mustJSON(n))).Commit()
+	if err != nil {
+		return fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// PutDatastore creates or replaces a datastore definition.
+func (s *Store) PutDatastore(ctx context.Context, d *Datastore) error {
+	if _, err := s.c.Put(ctx, dsPfx+d.Name, mustJSON(d)); err != nil {
+		return fmt.Errorf("datastore %s: %w", d.Name, err)
+	}
+	return nil
+}
+
+// SetMaintenance puts a host in maintenance mode or takes it out.
+func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, m Maintenance) error {
+	var err error
+	if on {
+		_, err = s.c.Put(ctx, maintPfx+host, mustJSON(m))
+	} else {
+		_, err = s.c.Delete(ctx, maintPfx+host)
+	}
+	if err != nil {
+		return fmt.Errorf("maintenance of %s: %w", host, err)
+	}
+	return nil
+}
+
+// PutRule creates or replaces a VM-VM rule.
+func (s *Store) PutRule(ctx context.Context, r *Rule) error {
+	if _, err := s.c.Put(ctx, rulesPfx+r.Name, mustJSON(r)); err != nil {
+		return fmt.Errorf("rule %s: %w", r.Name, err)
+	}
+	return nil
+}
+
+// DeleteRule removes a VM-VM rule.
+func (s *Store) DeleteRule(ctx context.Context, name string) error {
+	resp, err := s.c.Delete(ctx, rulesPfx+name)
+	if err != nil {
+		return fmt.Errorf("rule %s: %w", name, err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("rule %s: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// Emit appends an event to the log. Events are best effort: a failure is
+// returned for logging, never treated as a failure of the action.
+func (s *Store) Emit(ctx context.Context, ev Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	k := fmt.Sprintf("%s%020d-%s", eventsPfx, ev.Time.UnixNano(), hex.EncodeToString(r[:]))
+	if _, err := s.c.Put(ctx, k, mustJSON(ev)); err != nil {
+		return fmt.Errorf("event %s: %w", ev.Type, err)
+	}
+	return nil
+}
+
+// Events returns events after since (zero: from the start), oldest first,
+// at most limit of the newest (0: no limit).
+func (s *Store) Events(ctx context.Context, since time.Time, limit int) ([]Event, error) {
+	from := eventsPfx
+	if !since.IsZero() {
+		from = fmt.Sprintf("%s%020d", eventsPfx, since.UnixNano()+1)
+	}
+	opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(eventsPfx))}
+	if limit > 0 {
+		opts = append(opts, clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(int64(limit)))
+	}
+	resp, err := s.c.Get(ctx, from, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	evs := make([]Event, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var ev Event
+		if err := json.Unmarshal(kv.Value, &ev); err != nil {
+			continue // one corrupt event must not hide the others
+		}
+		evs = append(evs, ev)
+	}
+	if limit > 0 {
+		for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
+			evs[i], evs[j] = evs[j], evs[i]
+		}
+	}
+	return evs, nil
+}
+
+// PruneEvents keeps the newest keep events and deletes the rest.
+func (s *Store) PruneEvents(ctx context.Context, keep int) error {
+	resp, err := s.c.Get(ctx, eventsPfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("count events: %w", err)
+	}
+	excess := resp.Count - int64(keep)
+	if excess <= 0 {
+		return nil
+	}
+	old, err := s.c.Get(ctx, eventsPfx, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithLimit(excess))
+	if err != nil {
+		return fmt.Errorf("list old events: %w", err)
+	}
+	if len(old.Kvs) == 0 {
+		return nil
+	}
+	last := string(old.Kvs[len(old.Kvs)-1].Key)
+	if _, err := s.c.Delete(ctx, eventsPfx, clientv3.WithRange(last+"\x00")); err != nil {
+		return fmt.Errorf("prune events: %w", err)
+	}
+	return nil
+}
+
+// Watch sends on the returned channel whenever any key under prefix
+// changes. Notifications coalesce: consumers re-read state (level
+// triggered), so a dropped or compacted watch only costs a re-read. The
+// channel is closed when ctx ends.
+func (s *Store) Watch(ctx context.Context, prefix string) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		defer close(out)
+		for ctx.Err() == nil {
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			for resp := range s.c.Watch(wctx, prefix, clientv3.WithPrefix()) {
+				if resp.Err() != nil {
+					break
+				}
+				notify()
+			}
+			cancel()
+			notify() // the watch broke: whatever happened meanwhile needs a re-read
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	return out
+}

@@ -1,0 +1,207 @@
+package store
+
+import (
+	"time"
+
+	"github.com/vigilha/vigil/internal/spec"
+)
+
+// Desired power states of a VM.
+const (
+	PowerRunning = "running"
+	PowerStopped = "stopped"
+)
+
+// VM states as reported to users (`vigil vm list`), and as agents report
+// them in VMStatus.State (agents never report pending).
+const (
+	StatePending   = "pending"
+	StateStarting  = "starting"
+	StateRunning   = "running"
+	StateStopping  = "stopping"
+	StateStopped   = "stopped"
+	StateMigrating = "migrating"
+	StateFailed    = "failed"
+	// StateDeleted is reported by an agent once it removed a deleting VM's
+	// process and local files; the leader then removes its keys.
+	StateDeleted = "deleted"
+)
+
+// VMRecord is a VM's desired state. Only the API writes it, except that the
+// leader turns Power to stopped when the guest powered itself off.
+type VMRecord struct {
+	VM        spec.VM  `json:"vm"`
+	Power     string   `json:"power"`
+	Deleting  bool     `json:"deleting,omitempty"`
+	NICs      []NICNet `json:"nics,omitempty"`
+	CreatedAt time.Time
+	// StartRequest is bumped by every `vm start`, so that a VM that failed
+	// is started again even though its desired power did not change.
+	StartRequest int64 `json:"startRequest"`
+}
+
+// Name returns the VM's name.
+func (r *VMRecord) Name() string { return r.VM.Metadata.Name }
+
+// NICNet is a NIC's resolved network identity: the address the IPAM gave it
+// and its stable MAC. It never changes for the life of the VM, so the VM
+// keeps them on every host.
+type NICNet struct {
+	Network string `json:"network"`
+	IP      string `json:"ip"`
+	Prefix  int    `json:"prefix"`
+	Gateway string `json:"gateway,omitempty"`
+	MAC     string `json:"mac"`
+}
+
+// Placement says which host runs a VM, and in which epoch. Only controllers
+// on the leader change it, always by compare-and-swap, and always with a
+// higher epoch. An agent acts only on a placement naming its own host.
+type Placement struct {
+	Host   string    `json:"host"`
+	Epoch  int64     `json:"epoch"`
+	Reason string    `json:"reason,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// VMStatus is what the agent of the placed host observes. Agents write it
+// only while the placement they act on is current (guarded by its revision).
+type VMStatus struct {
+	State        string    `json:"state"`
+	Host         string    `json:"host"`
+	Epoch        int64     `json:"epoch"`
+	PID          int       `json:"pid,omitempty"`
+	Accel        string    `json:"accel,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	StartedAt    time.Time `json:"startedAt,omitzero"`
+	UpdatedAt    time.Time `json:"updatedAt"`
+	HeartbeatAt  time.Time `json:"heartbeatAt,omitzero"`
+	StartRequest int64     `json:"startRequest"`
+	// Restarts counts restarts by VM monitoring inside the failure window.
+	Restarts []time.Time `json:"restarts,omitempty"`
+}
+
+// Resources is CPU and memory capacity or demand.
+type Resources struct {
+	CPUs   int   `json:"cpus"`
+	Memory int64 `json:"memory"`
+}
+
+// Host is what an agent registers about its host.
+type Host struct {
+	Name         string       `json:"name"`
+	AgentURL     string       `json:"agentURL,omitempty"`
+	MgmtIP       string       `json:"mgmtIP,omitempty"`
+	StorageIP    string       `json:"storageIP,omitempty"`
+	Capacity     Resources    `json:"capacity"`
+	Capabilities Capabilities `json:"capabilities"`
+	Datastores   []string     `json:"datastores,omitempty"`
+	Networks     []string     `json:"networks,omitempty"`
+	StartedAt    time.Time    `json:"startedAt"`
+	Version      string       `json:"version,omitempty"`
+}
+
+// Capabilities is what the host's QEMU can do, fed to placement.
+type Capabilities struct {
+	QEMUVersion string `json:"qemuVersion"`
+	Accel       string `json:"accel"`
+}
+
+// Network is a VM network: a bridge on every host (optionally inside a
+// named network namespace) and an address pool.
+type Network struct {
+	Name   string `json:"name"`
+	Bridge string `json:"bridge"`
+	// Netns, when set, is the network namespace holding the bridge.
+	Netns string `json:"netns,omitempty"`
+	// Managed networks are created by the agent when missing (netns,
+	// bridge, gateway address); unmanaged ones must already exist.
+	Managed   bool   `json:"managed,omitempty"`
+	Subnet    string `json:"subnet"`
+	Gateway   string `json:"gateway,omitempty"`
+	PoolStart string `json:"poolStart"`
+	PoolEnd   string `json:"poolEnd"`
+}
+
+// Event is one entry of the cluster's event log.
+type Event struct {
+	Time    time.Time         `json:"time"`
+	Type    string            `json:"type"`
+	VM      string            `json:"vm"`
+	Host    string            `json:"host"`
+	Message string            `json:"message"`
+	Fields  map[string]string `json:"fields,omitempty"`
+}
+
+// Event types.
+const (
+	EvVMCreated     = "vm.created"
+	EvVMDeleted     = "vm.deleted"
+	EvVMPlaced      = "vm.placed"
+	EvVMStarting    = "vm.starting"
+	EvVMRunning     = "vm.running"
+	EvVMStopped     = "vm.stopped"
+	EvVMFailed      = "vm.failed"
+	EvVMUnplaceable = "vm.unplaceable"
+	EvVMReattached  = "vm.reattached"
+	EvVMKilled      = "vm.killed"
+	EvHostUp        = "host.up"
+	EvHostDown      = "host.down"
+)
+
+// Datastore types.
+const (
+	DatastoreLocal  = "local"
+	DatastoreShared = "shared"
+)
+
+// Datastore is a cluster-wide datastore definition. Hosts list the
+// datastores they reach in their Host record.
+type Datastore struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+	// Server is the storage server of a shared datastore (host:port).
+	Server string `json:"server,omitempty"`
+	// Dir is where a shared datastore's images live on its server.
+	Dir string `json:"dir,omitempty"`
+}
+
+// Maintenance marks a host in maintenance mode: it takes no new VMs.
+type Maintenance struct {
+	Since  time.Time `json:"since"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+// Rule kinds and strengths (VM-VM rules; VM-host rules live in the spec).
+const (
+	RuleAffinity     = "affinity"
+	RuleAntiAffinity = "anti-affinity"
+	RuleMust         = "must"
+	RuleShould       = "should"
+)
+
+// Rule is a VM-VM affinity or anti-affinity rule.
+type Rule struct {
+	Name     string   `json:"name"`
+	Kind     string   `json:"kind"`
+	Strength string   `json:"strength"`
+	VMs      []string `json:"vms"`
+}
+
+// Apply calls fn with the rule's "kind-strength" and the other VMs of the
+// rule, if vm is one of its members.
+func (r *Rule) Apply(vm string, fn func(kind string, others []string)) {
+	member := false
+	var others []string
+	for _, v := range r.VMs {
+		if v == vm {
+			member = true
+		} else {
+			others = append(others, v)
+		}
+	}
+	if member && len(others) > 0 {
+		fn(r.Kind+"-"+r.Strength, others)
+	}
+}
