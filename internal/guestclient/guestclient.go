@@ -1,0 +1,180 @@
+// Package guestclient talks to the vigil-guest workload inside a VM: its
+// counter, durable ledger, memory dirtier and hang switch. Guests live on
+// VM networks inside network namespaces, so connections are opened from a
+// thread switched into the namespace; the socket stays there afterwards.
+package guestclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// Client reaches guests from one network namespace.
+type Client struct {
+	netns string
+	http  *http.Client
+}
+
+// New returns a client whose connections start in namespace nsName ("" is
+// the caller's own). timeout bounds each request.
+func New(nsName string, timeout time.Duration) *Client {
+	c := &Client{netns: nsName}
+	tr := &http.Transport{DialContext: c.dial, DisableKeepAlives: true}
+	c.http = &http.Client{Transport: tr, Timeout: timeout}
+	return c
+}
+
+func (c *Client) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{}
+	if c.netns == "" {
+		return d.DialContext(ctx, network, addr)
+	}
+	target, err := netns.GetFromName(c.netns)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace %q: %w", c.netns, err)
+	}
+	defer target.Close()
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- result{err: err}
+			return // the thread is discarded with the goroutine
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- result{err: fmt.Errorf("enter %q: %w", c.netns, err)}
+			return
+		}
+		conn, err := d.DialContext(ctx, network, addr)
+		if serr := netns.Set(orig); serr != nil {
+			if conn != nil {
+				conn.Close()
+			}
+			ch <- result{err: fmt.Errorf("leave %q: %w", c.netns, serr)}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{conn, err}
+	}()
+	r := <-ch
+	return r.conn, r.err
+}
+
+// Counter is the guest's answer to GET /.
+type Counter struct {
+	Counter  int64  `json:"counter"`
+	BootID   string `json:"boot_id"`
+	Hostname string `json:"hostname"`
+	UptimeMS int64  `json:"uptime_ms"`
+}
+
+// Record is one ledger record.
+type Record struct {
+	Seq     int64  `json:"seq"`
+	BootID  string `json:"boot_id"`
+	TimeNS  int64  `json:"time_ns"`
+	Payload string `json:"payload"`
+}
+
+// Ack is the guest's acknowledgement of a ledger append: the record is on
+// the virtio disk.
+type Ack struct {
+	Seq    int64  `json:"seq"`
+	BootID string `json:"boot_id"`
+}
+
+func (c *Client) do(ctx context.Context, method, ip, path, body string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+ip+path, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Counter reads (and increments) the guest's in-memory counter.
+func (c *Client) Counter(ctx context.Context, ip string) (Counter, error) {
+	var out Counter
+	return out, c.do(ctx, http.MethodGet, ip, "/", "", &out)
+}
+
+// Healthy reports whether the guest answers /healthz.
+func (c *Client) Healthy(ctx context.Context, ip string) error {
+	return c.do(ctx, http.MethodGet, ip, "/healthz", "", nil)
+}
+
+// Append adds a record to the guest's durable ledger.
+func (c *Client) Append(ctx context.Context, ip, payload string) (Ack, error) {
+	var out Ack
+	return out, c.do(ctx, http.MethodPost, ip, "/ledger", payload, &out)
+}
+
+// Ledger reads every record of the guest's ledger.
+func (c *Client) Ledger(ctx context.Context, ip string) ([]Record, error) {
+	var out []Record
+	return out, c.do(ctx, http.MethodGet, ip, "/ledger", "", &out)
+}
+
+// Dirty starts (mb > 0) or stops (mb = 0) the guest's memory dirtier.
+func (c *Client) Dirty(ctx context.Context, ip string, mb int) error {
+	return c.do(ctx, http.MethodPost, ip, fmt.Sprintf("/dirty?mb=%d", mb), "", nil)
+}
+
+// Hang makes the guest stop serving and stop its heartbeat.
+func (c *Client) Hang(ctx context.Context, ip string) error {
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err := c.do(hctx, http.MethodPost, ip, "/hang", "", nil)
+	if hctx.Err() != nil {
+		return nil // a hung guest may not answer the request that hung it
+	}
+	return err
+}
+
+// WaitCounter polls until the guest answers GET / or ctx ends.
+func (c *Client) WaitCounter(ctx context.Context, ip string) (Counter, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cnt, err := c.Counter(rctx, ip)
+		cancel()
+		if err == nil {
+			return cnt, nil
+		}
+		select {
+		case <-ctx.Done():
+			return Counter{}, fmt.Errorf("guest %s not answering: %w", ip, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

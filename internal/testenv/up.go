@@ -1,0 +1,211 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/vigilha/vigil/internal/api"
+	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/guestclient"
+)
+
+// Up is a single-host `vigil up` process owned by a test.
+type Up struct {
+	t       testing.TB
+	Bin     string
+	Dir     string
+	API     string // unix:///... endpoint of the API
+	EtcdURL string
+	Netns   string
+	Client  *client.Client
+	Guests  *guestclient.Client
+	args    []string
+	cmd     *exec.Cmd
+	logFile *os.File
+}
+
+// StartUp runs `vigil up` with a data directory, ports and VM network
+// namespace of its own, and waits until its API answers and its host is
+// registered. Everything it made is removed when the test ends.
+func StartUp(t testing.TB) *Up {
+	t.Helper()
+	RequireRoot(t)
+	bin := Binary(t)
+	imageDir := ImageDir(t)
+	dir, err := os.MkdirTemp("", "vigil-up-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r [3]byte
+	_, _ = rand.Read(r[:])
+	u := &Up{
+		t: t, Bin: bin, Dir: dir,
+		API:     "unix://" + filepath.Join(dir, "api.sock"),
+		EtcdURL: "http://127.0.0.1:" + strconv.Itoa(freePort(t)),
+		Netns:   "vt-" + hex.EncodeToString(r[:]),
+	}
+	u.args = []string{"up", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
+		"--api-listen", u.API, "--etcd-client-url", u.EtcdURL,
+		"--etcd-peer-url", "http://127.0.0.1:" + strconv.Itoa(freePort(t)),
+		"--netns", u.Netns, "--image-dir", imageDir, "--log-level", "debug"}
+	u.Client, err = client.New(u.API)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Guests = guestclient.New(u.Netns, 5*time.Second)
+	t.Cleanup(u.cleanup)
+	u.Start()
+	return u
+}
+
+func freePort(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Start launches (or relaunches) the process and waits for it to serve.
+func (u *Up) Start() {
+	u.t.Helper()
+	f, err := os.OpenFile(filepath.Join(u.Dir, "up.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	u.logFile = f
+	u.cmd = exec.Command(u.Bin, u.args...)
+	u.cmd.Stdout, u.cmd.Stderr = f, f
+	u.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := u.cmd.Start(); err != nil {
+		u.t.Fatalf("start vigil up: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		hosts, err := u.Client.ListHosts(ctx)
+		if err == nil && len(hosts) > 0 && hosts[0].Alive {
+			return
+		}
+		if ctx.Err() != nil {
+			u.t.Fatalf("vigil up not serving after 60s: %v\n%s", err, u.LogTail(20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Kill SIGKILLs the vigil process (server and agent); VMs keep running.
+func (u *Up) Kill() {
+	u.t.Helper()
+	if u.cmd == nil || u.cmd.Process == nil {
+		return
+	}
+	_ = u.cmd.Process.Kill()
+	_, _ = u.cmd.Process.Wait()
+	u.cmd = nil
+	if u.logFile != nil {
+		u.logFile.Close()
+	}
+}
+
+// Vigil runs the CLI against this instance.
+func (u *Up) Vigil(args ...string) (string, error) {
+	cmd := exec.Command(u.Bin, append([]string{"--addr", u.API}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// LogTail returns the last n lines of the process log.
+func (u *Up) LogTail(n int) string {
+	b, _ := os.ReadFile(filepath.Join(u.Dir, "up.log"))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// WaitVM polls until cond holds for the VM, or fails the test after limit.
+func (u *Up) WaitVM(name string, limit time.Duration, what string, cond func(api.VM) bool) api.VM {
+	u.t.Helper()
+	deadline := time.Now().Add(limit)
+	var last api.VM
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		v, err := u.Client.GetVM(ctx, name)
+		cancel()
+		if err == nil {
+			last = *v
+			if cond(*v) {
+				return *v
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	u.t.Fatalf("vm %s: not %s after %s (state %q host %q: %s)\n%s", name, what, limit, last.State, last.Host, last.Message, u.LogTail(15))
+	return last
+}
+
+// QEMUPIDs returns the live QEMU processes whose pidfiles are in this
+// instance's runtime directory, by VM name.
+func (u *Up) QEMUPIDs() map[string]int {
+	out := map[string]int{}
+	entries, _ := os.ReadDir(filepath.Join(u.Dir, "run"))
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(u.Dir, "run", e.Name(), "qemu.pid"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || !ownQEMU(pid, u.Dir) {
+			continue
+		}
+		out[e.Name()] = pid
+	}
+	return out
+}
+
+// ownQEMU reports whether pid is a live QEMU started for this data dir.
+func ownQEMU(pid int, dir string) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !bytes.Contains(cmdline, []byte(dir+"/")) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
+}
+
+func (u *Up) cleanup() {
+	u.Kill()
+	for _, pid := range u.QEMUPIDs() {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(u.QEMUPIDs()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = netns.DeleteNamed(u.Netns)
+	if u.t.Failed() {
+		u.t.Logf("vigil up log kept in %s", u.Dir)
+		return
+	}
+	_ = os.RemoveAll(u.Dir)
+}
