@@ -36,12 +36,26 @@ type Up struct {
 	args    []string
 	cmd     *exec.Cmd
 	logFile *os.File
+	// agentArgs and agentCmd are set in split mode: `vigil server` and
+	// `vigil agent` as two processes instead of one `vigil up`.
+	agentArgs []string
+	agentCmd  *exec.Cmd
+}
+
+// Options change how StartUp runs Vigil.
+type Options struct {
+	// Split runs `vigil server` and `vigil agent` as separate processes, so
+	// each can be measured on its own.
+	Split bool
 }
 
 // StartUp runs `vigil up` with a data directory, ports and VM network
 // namespace of its own, and waits until its API answers and its host is
 // registered. Everything it made is removed when the test ends.
-func StartUp(t testing.TB) *Up {
+func StartUp(t testing.TB) *Up { return StartUpWith(t, Options{}) }
+
+// StartUpWith is StartUp with options.
+func StartUpWith(t testing.TB, o Options) *Up {
 	t.Helper()
 	RequireRoot(t)
 	bin := Binary(t)
@@ -58,10 +72,17 @@ func StartUp(t testing.TB) *Up {
 		EtcdURL: "http://127.0.0.1:" + strconv.Itoa(freePort(t)),
 		Netns:   "vt-" + hex.EncodeToString(r[:]),
 	}
+	peer := "http://127.0.0.1:" + strconv.Itoa(freePort(t))
 	u.args = []string{"up", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
-		"--api-listen", u.API, "--etcd-client-url", u.EtcdURL,
-		"--etcd-peer-url", "http://127.0.0.1:" + strconv.Itoa(freePort(t)),
+		"--api-listen", u.API, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer,
 		"--netns", u.Netns, "--image-dir", imageDir, "--log-level", "debug"}
+	if o.Split {
+		network := fmt.Sprintf("name=default,bridge=vigilbr0,netns=%s,subnet=10.77.0.0/24,gateway=10.77.0.1,pool=10.77.0.10-10.77.0.250,managed", u.Netns)
+		u.args = []string{"server", "--data-dir", filepath.Join(dir, "server"), "--host", "host1",
+			"--api-listen", u.API, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer, "--network", network}
+		u.agentArgs = []string{"agent", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
+			"--etcd-endpoints", u.EtcdURL, "--image-dir", imageDir}
+	}
 	u.Client, err = client.New(u.API)
 	if err != nil {
 		t.Fatal(err)
@@ -95,6 +116,14 @@ func (u *Up) Start() {
 	if err := u.cmd.Start(); err != nil {
 		u.t.Fatalf("start vigil up: %v", err)
 	}
+	if u.agentArgs != nil {
+		u.agentCmd = exec.Command(u.Bin, u.agentArgs...)
+		u.agentCmd.Stdout, u.agentCmd.Stderr = f, f
+		u.agentCmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := u.agentCmd.Start(); err != nil {
+			u.t.Fatalf("start vigil agent: %v", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for {
@@ -109,18 +138,32 @@ func (u *Up) Start() {
 	}
 }
 
-// Kill SIGKILLs the vigil process (server and agent); VMs keep running.
+// Kill SIGKILLs the vigil processes (server and agent); VMs keep running.
 func (u *Up) Kill() {
 	u.t.Helper()
-	if u.cmd == nil || u.cmd.Process == nil {
-		return
+	for _, c := range []*exec.Cmd{u.agentCmd, u.cmd} {
+		if c != nil && c.Process != nil {
+			_ = c.Process.Kill()
+			_, _ = c.Process.Wait()
+		}
 	}
-	_ = u.cmd.Process.Kill()
-	_, _ = u.cmd.Process.Wait()
-	u.cmd = nil
+	u.cmd, u.agentCmd = nil, nil
 	if u.logFile != nil {
 		u.logFile.Close()
 	}
+}
+
+// PIDs returns the pids of the vigil processes: the all-in-one process as
+// "up", or "server" and "agent" in split mode.
+func (u *Up) PIDs() map[string]int {
+	m := map[string]int{}
+	if u.cmd != nil && u.agentCmd == nil {
+		m["up"] = u.cmd.Process.Pid
+	}
+	if u.agentCmd != nil {
+		m["server"], m["agent"] = u.cmd.Process.Pid, u.agentCmd.Process.Pid
+	}
+	return m
 }
 
 // Vigil runs the CLI against this instance.

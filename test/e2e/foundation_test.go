@@ -31,17 +31,7 @@ func running(v api.VM) bool { return v.State == "running" }
 // and waits until its HTTP service answers.
 func createGuest(t *testing.T, u *testenv.Up, name string) api.VM {
 	t.Helper()
-	b, err := os.ReadFile(guestSpec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The example pins 10.77.0.10; drop the pin so several guests coexist.
-	doc := strings.Replace(string(b), "      ip: 10.77.0.10", "", 1)
-	f := filepath.Join(t.TempDir(), name+".yaml")
-	if err := os.WriteFile(f, []byte(doc), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := u.Vigil("vm", "create", "-f", f, "--name", name); err != nil {
+	if out, err := u.Vigil("vm", "create", "-f", guestSpec, "--name", name); err != nil {
 		t.Fatalf("vm create: %v: %s", err, out)
 	}
 	v := u.WaitVM(name, 30*time.Second, "running", running)

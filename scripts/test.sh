@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# README command (b): install what is missing, build, and run the whole test
+# suite: unit tests, then the integration tests (real QEMU under TCG, real
+# etcd, real network namespaces) one package at a time.
+#
+#   VIGIL_CHAOS=30m scripts/test.sh   # longer chaos soak (default: a bounded few minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PATH="$PATH:/usr/local/go/bin"
+
+echo "== build"
+go build -o bin/vigil ./cmd/vigil
+CGO_ENABLED=0 go build -o bin/vigil-guest ./cmd/vigil-guest
+bin/vigil image build --guest-binary bin/vigil-guest
+
+echo "== vet"
+go vet ./...
+
+echo "== unit tests"
+go test -count=1 -timeout 10m $(go list ./... | grep -v /test/)
+
+echo "== integration tests"
+VIGIL_BIN="$PWD/bin/vigil" go test -count=1 -p 1 -timeout 50m -v ./test/...
