@@ -34,8 +34,8 @@ type Config struct {
 	Datastores map[string]storage.Datastore
 	// ImageDir holds guest images built by `vigil image build`.
 	ImageDir string
-	// Capacity is what this host offers to VMs; zero values mean the
-	// machine's own CPU count and memory.
+	// Capacity is what this host offers to VMs; zero values mean
+	// DefaultVCPUsPerCPU per CPU and the machine's memory.
 	Capacity store.Resources
 	// MgmtIP and StorageIP are this host's addresses on the management and
 	// the storage/migration networks.
@@ -52,6 +52,10 @@ type Config struct {
 	Version     string
 	Log         *slog.Logger
 }
+
+// DefaultVCPUsPerCPU is the vCPU overcommit a host offers when its CPU
+// capacity is not declared. Memory is never overcommitted.
+const DefaultVCPUsPerCPU = 4
 
 // Agent runs one host.
 type Agent struct {
@@ -214,7 +218,7 @@ func (a *Agent) watchLease(ctx context.Context) {
 func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 	capacity := a.cfg.Capacity
 	if capacity.CPUs == 0 {
-		capacity.CPUs = runtime.NumCPU()
+		capacity.CPUs = DefaultVCPUsPerCPU * runtime.NumCPU()
 	}
 	if capacity.Memory == 0 {
 		capacity.Memory = machineMemory()

@@ -89,8 +89,8 @@ func (o *daemonOpts) registerServer(cmd *cobra.Command) {
 	f.StringSliceVar(&o.apiListen, "api-listen", nil, "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default "+client.DefaultAddr+" and unix://DATA_DIR/api.sock)")
 	f.DurationVar(&o.etcdHeartbeat, "etcd-heartbeat", defaultEtcdHeartbeat, "embedded etcd's Raft heartbeat interval")
 	f.DurationVar(&o.etcdElection, "etcd-election-timeout", defaultEtcdElection, "embedded etcd's Raft election timeout")
-	f.StringSliceVar(&o.networks, "network", nil, "VM network to define if absent: name=NAME,bridge=BR,subnet=CIDR,gateway=IP,pool=FIRST-LAST[,netns=NS][,managed]")
-	f.StringSliceVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared[,server=HOST:PORT][,dir=PATH]")
+	f.StringArrayVar(&o.networks, "network", nil, "VM network to define if absent: name=NAME,bridge=BR,subnet=CIDR,gateway=IP,pool=FIRST-LAST[,netns=NS][,managed]")
+	f.StringArrayVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared[,server=HOST:PORT][,dir=PATH]")
 }
 
 func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
@@ -98,7 +98,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.accel, "accel", qemu.AccelAuto, "accelerator: auto (KVM only if a real guest boots under it), kvm, or tcg")
 	f.StringVar(&o.imageDir, "image-dir", DefaultImageDir, "where guest images built by `vigil image build` live")
 	f.StringVar(&o.probeCache, "accel-probe-cache", DefaultProbeCache, "where the KVM probe's verdict is cached")
-	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: its CPU count)")
+	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: 4 per CPU)")
 	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
 	f.StringSliceVar(&o.datastores, "datastore", nil, "datastore this host reaches: NAME=DIR for a local directory (default local=DATA_DIR/datastores/local)")
 	f.StringVar(&o.listen, "agent-listen", "", "agent endpoint for host-local data such as consoles (default unix://DATA_DIR/agent.sock)")

@@ -274,7 +274,7 @@ func ParseInitialCluster(s string) error {
 	for _, part := range strings.Split(s, ",") {
 		name, u, ok := strings.Cut(part, "=")
 		if !ok || name == "" || u == "" {
-			return fmt.Errorf("initial cluster %q: want name=peerURL,...", s)
+			return fmt.Errorf("initial cluster %q: want name=peerURL[,name=peerURL]", s)
 		}
 	}
 	return nil
