@@ -50,7 +50,7 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, networks map[str
 		if !ok {
 			return nil, fmt.Errorf("disk %s: datastore %q is not available on host %s", d.Name, d.Datastore, a.cfg.Host)
 		}
-		dc, err := ds.Prepare(ctx, rec.Name(), d)
+		dc, err := ds.Prepare(ctx, rec.Name(), v.Placement.Epoch, d)
 		if err != nil {
 			return nil, err
 		}

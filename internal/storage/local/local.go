@@ -55,7 +55,7 @@ func StoredFormat(d spec.Disk) string {
 // Prepare creates the disk on first use: a blank image of the spec's size,
 // or a qcow2 overlay whose backing file is the spec's image, so that the
 // image itself is never written and can back many VMs.
-func (s *Datastore) Prepare(ctx context.Context, vm string, d spec.Disk) (driver.DiskConfig, error) {
+func (s *Datastore) Prepare(ctx context.Context, vm string, _ int64, d spec.Disk) (driver.DiskConfig, error) {
 	path := s.DiskPath(vm, d)
 	cfg := driver.DiskConfig{Name: d.Name, Path: path, Format: StoredFormat(d), DirectIO: true}
 	if _, err := os.Stat(path); err == nil {
@@ -118,6 +118,9 @@ func imageFormat(ctx context.Context, path string) (string, error) {
 	}
 	return info.Format, nil
 }
+
+// Release does nothing: a local file needs no export.
+func (s *Datastore) Release(context.Context, string, spec.Disk) error { return nil }
 
 // Delete removes a VM's disk, and the VM's directory once it is empty.
 func (s *Datastore) Delete(_ context.Context, vm string, d spec.Disk) error {
