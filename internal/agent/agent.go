@@ -49,8 +49,12 @@ type Config struct {
 	KeepaliveInterval time.Duration
 	// StopTimeout bounds a graceful guest shutdown before QEMU is quit.
 	StopTimeout time.Duration
-	Version     string
-	Log         *slog.Logger
+	// Arbiters are the shared datastores' heartbeat endpoints, by name.
+	Arbiters map[string]Arbiter
+	// Fence is the self-fencing timing.
+	Fence   FenceConfig
+	Version string
+	Log     *slog.Logger
 }
 
 // DefaultVCPUsPerCPU is the vCPU overcommit a host offers when its CPU
@@ -65,10 +69,19 @@ type Agent struct {
 	log   *slog.Logger
 	lease *leaseKeeper
 
-	kick chan struct{}
+	kick     chan struct{}
+	fence    *fencer
+	peerHTTP *http.Client
+	evq      chan store.Event
 
 	mu   sync.Mutex
 	busy map[string]string // vm -> operation in flight
+	// lastSnap is the last snapshot reconcile read (for the guest monitor).
+	lastSnap *store.Snapshot
+	// restartLog, monitorSince and hangAlarm are VM monitoring's memory.
+	restartLog   map[string][]time.Time
+	monitorSince map[string]time.Time
+	hangAlarm    map[string]bool
 }
 
 // New checks the configuration and creates an agent.
@@ -91,6 +104,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 60 * time.Second
 	}
+	if cfg.Fence == (FenceConfig{}) {
+		cfg.Fence = DefaultFenceConfig()
+	}
+	if cfg.Fence.Margin >= cfg.LeaseTTL {
+		return nil, fmt.Errorf("agent: fence margin %s must be less than the lease TTL %s", cfg.Fence.Margin, cfg.LeaseTTL)
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -99,13 +118,20 @@ func New(cfg Config) (*Agent, error) {
 	}
 	log := cfg.Log.With("host", cfg.Host)
 	return &Agent{
-		cfg:   cfg,
-		st:    store.New(cfg.Etcd),
-		drv:   cfg.Driver,
-		log:   log,
-		lease: newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), log),
-		kick:  make(chan struct{}, 1),
-		busy:  map[string]string{},
+		cfg:      cfg,
+		st:       store.New(cfg.Etcd),
+		drv:      cfg.Driver,
+		log:      log,
+		lease:    newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), log),
+		kick:     make(chan struct{}, 1),
+		busy:     map[string]string{},
+		fence:    newFencer(),
+		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
+		evq:      make(chan store.Event, 1024),
+
+		restartLog:   map[string][]time.Time{},
+		monitorSince: map[string]time.Time{},
+		hangAlarm:    map[string]bool{},
 	}, nil
 }
 
@@ -121,6 +147,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if p, ok := a.drv.(interface{ StartProbe(context.Context) }); ok {
 		p.StartProbe(ctx)
 	}
+	a.lease.load()
+	// Fencing runs before the agent reaches etcd: VMs found after a restart
+	// are fenced if the host cannot show it still holds them.
+	go a.runFencing(ctx)
+	go a.runStorageHeartbeats(ctx)
+	go a.runPeerProbe(ctx)
+	go a.emitEvents(ctx)
+	go a.runGuestMonitor(ctx)
 
 	srv, err := a.serveHTTP(ctx)
 	if err != nil {
@@ -271,13 +305,38 @@ func (a *Agent) trigger() {
 	}
 }
 
-// event records an event; failures are logged, never fatal.
-func (a *Agent) event(ctx context.Context, typ, vm, msg string) {
+// event queues an event for the log. It never blocks: the self-fencing
+// path emits events while etcd may be unreachable, and they reach the log
+// (with their original time) once it is back.
+func (a *Agent) event(_ context.Context, typ, vm, msg string) {
 	a.log.Info(msg, "event", typ, "vm", vm)
-	ectx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if err := a.st.Emit(ectx, store.Event{Type: typ, VM: vm, Host: a.cfg.Host, Message: msg}); err != nil {
-		a.log.Debug("event not recorded", "err", err)
+	select {
+	case a.evq <- store.Event{Time: time.Now(), Type: typ, VM: vm, Host: a.cfg.Host, Message: msg}:
+	default:
+		a.log.Warn("event queue full; event dropped", "event", typ, "vm", vm)
+	}
+}
+
+func (a *Agent) emitEvents(ctx context.Context) {
+	for {
+		var ev store.Event
+		select {
+		case <-ctx.Done():
+			return
+		case ev = <-a.evq:
+		}
+		for ctx.Err() == nil {
+			ectx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := a.st.Emit(ectx, ev)
+			cancel()
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
 	}
 }
 

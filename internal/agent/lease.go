@@ -51,21 +51,53 @@ func newLeaseKeeper(c *clientv3.Client, ttl, interval time.Duration, idFile stri
 	return &leaseKeeper{c: c, ttl: ttl, interval: interval, idFile: idFile, log: log}
 }
 
+// load restores the lease and the send time of its last acknowledged
+// renewal as the previous agent process recorded them. CLOCK_BOOTTIME is
+// system-wide, so the recorded time is still meaningful: the VMs that
+// process left running are covered until that time + T - margin, exactly
+// as they were before the restart, and no longer.
+func (k *leaseKeeper) load() {
+	b, err := os.ReadFile(k.idFile)
+	if err != nil {
+		return
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return
+	}
+	id, err1 := strconv.ParseInt(f[0], 10, 64)
+	sent, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil || id == 0 || sent <= 0 || time.Duration(sent) > boottime() {
+		return // unreadable, or recorded before this machine booted
+	}
+	k.set(clientv3.LeaseID(id), time.Duration(sent))
+}
+
+// persist records the lease and its last acknowledged send time for a
+// restarted agent (see load). No fsync: only an agent crash needs it, and
+// the page cache survives that; a host crash takes the VMs with it.
+func (k *leaseKeeper) persist() {
+	id, sent, _ := k.state()
+	tmp := k.idFile + ".tmp"
+	if os.WriteFile(tmp, []byte(fmt.Sprintf("%d %d\n", int64(id), int64(sent))), 0o640) == nil {
+		_ = os.Rename(tmp, k.idFile)
+	}
+}
+
 // acquire resumes the lease recorded by a previous agent process if etcd
 // still has it (an agent restart must not look like a host failure), or
 // grants a new one.
 func (k *leaseKeeper) acquire(ctx context.Context) (clientv3.LeaseID, error) {
-	if b, err := os.ReadFile(k.idFile); err == nil {
-		if id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && id != 0 {
-			sent := boottime()
-			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			resp, err := k.c.KeepAliveOnce(rctx, clientv3.LeaseID(id))
-			cancel()
-			if err == nil && resp.TTL > 0 {
-				k.set(clientv3.LeaseID(id), sent)
-				k.log.Info("resumed host lease", "lease", fmt.Sprintf("%x", id), "ttl", resp.TTL)
-				return clientv3.LeaseID(id), nil
-			}
+	if id, _, lost := k.state(); id != 0 && !lost {
+		sent := boottime()
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := k.c.KeepAliveOnce(rctx, id)
+		cancel()
+		if err == nil && resp.TTL > 0 {
+			k.set(id, sent)
+			k.persist()
+			k.log.Info("resumed host lease", "lease", fmt.Sprintf("%x", int64(id)), "ttl", resp.TTL)
+			return id, nil
 		}
 	}
 	sent := boottime()
@@ -74,9 +106,7 @@ func (k *leaseKeeper) acquire(ctx context.Context) (clientv3.LeaseID, error) {
 		return 0, fmt.Errorf("grant host lease: %w", err)
 	}
 	k.set(resp.ID, sent)
-	if err := os.WriteFile(k.idFile, []byte(strconv.FormatInt(int64(resp.ID), 10)), 0o640); err != nil {
-		return 0, fmt.Errorf("record lease id: %w", err)
-	}
+	k.persist()
 	k.log.Info("granted host lease", "lease", fmt.Sprintf("%x", int64(resp.ID)), "ttl", k.ttl)
 	return resp.ID, nil
 }
@@ -93,12 +123,6 @@ func (k *leaseKeeper) state() (clientv3.LeaseID, time.Duration, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.id, k.lastAckSend, k.lost
-}
-
-// sinceAck is how long ago the last acknowledged renewal was sent.
-func (k *leaseKeeper) sinceAck() time.Duration {
-	_, sent, _ := k.state()
-	return boottime() - sent
 }
 
 // run renews the lease every interval until ctx ends. Each renewal gets at
@@ -128,6 +152,7 @@ func (k *leaseKeeper) run(ctx context.Context) {
 				k.lastAckSend = sent
 			}
 			k.mu.Unlock()
+			k.persist()
 		case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0):
 			k.mu.Lock()
 			if k.id == id {

@@ -19,6 +19,10 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.fence.learn(snap, a.cfg.Host)
+	a.mu.Lock()
+	a.lastSnap = snap
+	a.mu.Unlock()
 	local := map[string]driver.Status{}
 	for _, st := range a.drv.List() {
 		local[st.Name] = st
@@ -64,6 +68,7 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 					return
 				}
 				a.event(ctx, store.EvVMKilled, name, fmt.Sprintf("killed the local copy: placement is %q epoch %d", pl.Host, pl.Epoch))
+				a.releaseDisks(ctx, v)
 				_ = a.drv.Destroy(name)
 			})
 		} else if have {
@@ -75,6 +80,11 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 	st := v.Status
 	current := st != nil && st.Host == a.cfg.Host && st.Epoch == pl.Epoch
 	switch {
+	case pl.Evict:
+		if running || !current || st.Reason != "evicted" {
+			a.do(ctx, name, "evict", func(ctx context.Context) { a.evict(ctx, v, running) })
+		}
+
 	case rec.Deleting:
 		a.do(ctx, name, "delete", func(ctx context.Context) { a.deleteVM(ctx, v, running) })
 
@@ -91,12 +101,21 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		}
 
 	case have && current && (st.State == store.StateRunning || st.State == store.StateStarting) && ls.Epoch == pl.Epoch:
-		// QEMU ended on its own; report it before deciding anything else.
-		a.reportExit(ctx, v, ls)
+		// QEMU ended on its own: a guest power-off is reported; anything
+		// else is VM monitoring's business.
+		if ls.ExitReason == "guest-shutdown" || ls.ExitReason == "stopped" {
+			a.reportExit(ctx, v, ls)
+		} else {
+			a.onUnexpectedExit(ctx, snap, v, ls)
+		}
 
 	case current && st.StartRequest == rec.StartRequest && (st.State == store.StateFailed || st.State == store.StateStopped):
 		// It ended by itself (crash or guest power-off) and nobody has asked
 		// for a new start: leave it for the operator or HA to decide.
+
+	case !a.leaseValid(boottime()):
+		// Without a surely valid lease the leader may be moving this VM
+		// right now: never start anything then.
 
 	default:
 		a.do(ctx, name, "start", func(ctx context.Context) { a.startVM(ctx, v, snap.Networks) })
@@ -104,9 +123,13 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 }
 
 func (a *Agent) runningStatus(rec *store.VMRecord, ls driver.Status) *store.VMStatus {
+	a.mu.Lock()
+	restarts := a.restartLog[rec.Name()]
+	a.mu.Unlock()
 	return &store.VMStatus{
 		State: store.StateRunning, PID: ls.PID, Accel: ls.Accel,
 		StartedAt: ls.StartedAt, HeartbeatAt: ls.LastHeartbeat, StartRequest: rec.StartRequest,
+		Restarts: restarts,
 	}
 }
 
@@ -159,6 +182,10 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 		fail(err)
 		return
 	}
+	a.mu.Lock()
+	a.monitorSince[name] = time.Now()
+	delete(a.hangAlarm, name)
+	a.mu.Unlock()
 	a.putStatus(ctx, v, a.runningStatus(rec, ls))
 	a.event(ctx, store.EvVMRunning, name, fmt.Sprintf("running: QEMU pid %d (%s)", ls.PID, ls.Accel))
 }
@@ -170,6 +197,7 @@ func (a *Agent) stopVM(ctx context.Context, v *store.VMState) {
 		a.log.Error("stop", "vm", name, "err", err)
 		return
 	}
+	a.releaseDisks(ctx, v)
 	a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopped, Reason: "stopped", Message: "stopped by request", StartRequest: v.Record.StartRequest})
 	a.event(ctx, store.EvVMStopped, name, "stopped")
 }
@@ -183,6 +211,7 @@ func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) {
 			return
 		}
 	}
+	a.releaseDisks(ctx, v)
 	for _, d := range v.Record.VM.Spec.Disks {
 		ds, ok := a.cfg.Datastores[d.Datastore]
 		if !ok {

@@ -48,6 +48,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/hosts", s.listHosts)
 	mux.HandleFunc("GET /api/v1/events", s.events)
 	mux.HandleFunc("GET /api/v1/networks", s.listNetworks)
+	mux.HandleFunc("POST /api/v1/vms/{name}/test-failover", s.testFailover)
+	mux.HandleFunc("GET /api/v1/ha/drill", s.drill)
+	mux.HandleFunc("GET /api/v1/rules", s.listRules)
+	mux.HandleFunc("POST /api/v1/rules", s.createRule)
+	mux.HandleFunc("DELETE /api/v1/rules/{name}", s.deleteRule)
+	mux.HandleFunc("GET /api/v1/config", s.getConfig)
+	mux.HandleFunc("GET /api/v1/cluster", s.cluster)
+	mux.HandleFunc("PUT /api/v1/config", s.putConfig)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -85,7 +93,7 @@ func statusFor(err error) int {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, store.ErrExists), errors.Is(err, store.ErrConflict):
+	case errors.Is(err, store.ErrExists), errors.Is(err, store.ErrConflict), errors.Is(err, errRefused):
 		return http.StatusConflict
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
@@ -101,18 +109,24 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]VM, 0, len(snap.VMs))
 	for _, name := range snap.SortedVMNames() {
-		out = append(out, ViewOf(snap.VMs[name], false))
+		out = append(out, ViewIn(snap, snap.VMs[name], false))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
-	v, err := s.st.VM(r.Context(), r.PathValue("name"))
+	name := r.PathValue("name")
+	snap, err := s.st.Snapshot(r.Context())
 	if err != nil {
-		writeErr(w, statusFor(err), err)
+		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ViewOf(v, true))
+	v, ok := snap.VMs[name]
+	if !ok {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s: %w", name, store.ErrNotFound))
+		return
+	}
+	writeJSON(w, http.StatusOK, ViewIn(snap, v, true))
 }
 
 // createVM validates a spec (YAML or JSON), resolves its network identity
@@ -133,9 +147,13 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		rec, err := s.resolve(r.Context(), vm)
+		rec, snap, err := s.resolve(r.Context(), vm)
 		if err != nil {
 			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		if err := admit(snap, &store.VMState{Record: rec}); err != nil {
+			writeErr(w, http.StatusConflict, err)
 			return
 		}
 		err = s.st.CreateVM(r.Context(), rec)
@@ -154,13 +172,13 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 
 // resolve checks a VM against the cluster (networks, datastores) and gives
 // each NIC its address and MAC.
-func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, error) {
+func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *store.Snapshot, error) {
 	snap, err := s.st.Snapshot(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, exists := snap.VMs[vm.Metadata.Name]; exists {
-		return nil, spec.FieldErrors{{Field: "metadata.name", Message: fmt.Sprintf("a VM named %q already exists", vm.Metadata.Name)}}
+		return nil, nil, spec.FieldErrors{{Field: "metadata.name", Message: fmt.Sprintf("a VM named %q already exists", vm.Metadata.Name)}}
 	}
 	var errs spec.FieldErrors
 	rec := &store.VMRecord{VM: *vm, Power: store.PowerRunning, CreatedAt: time.Now(), StartRequest: 1}
@@ -201,9 +219,21 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, err
 		}
 	}
 	if len(errs) > 0 {
-		return nil, errs
+		return nil, nil, errs
 	}
-	return rec, nil
+	return rec, snap, nil
+}
+
+// admit applies admission control to a VM about to power on (v's record
+// says running). The snapshot is copied, never changed.
+func admit(snap *store.Snapshot, v *store.VMState) error {
+	c := *snap
+	c.VMs = make(map[string]*store.VMState, len(snap.VMs)+1)
+	for k, x := range snap.VMs {
+		c.VMs[k] = x
+	}
+	c.VMs[v.Record.Name()] = v
+	return placement.Admit(&c, v, snap.Config.HostFailuresToTolerate)
 }
 
 func anyHostHas(snap *store.Snapshot, ds string) bool {
@@ -247,6 +277,12 @@ var errInvalid = errors.New("invalid request")
 func (s *Server) powerVM(power string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
+		if power == store.PowerRunning {
+			if err := s.admitStart(r.Context(), name); err != nil {
+				writeErr(w, statusFor(err), err)
+				return
+			}
+		}
 		v, err := s.updateRecord(r.Context(), name, func(rec *store.VMRecord) error {
 			if rec.Deleting {
 				return fmt.Errorf("vm %s is being deleted: %w", name, errInvalid)
@@ -273,6 +309,33 @@ func (s *Server) powerVM(power string) http.HandlerFunc {
 		writeJSON(w, http.StatusAccepted, ViewOf(v, false))
 	}
 }
+
+// admitStart applies admission control to a start of a VM that does not
+// already hold capacity.
+func (s *Server) admitStart(ctx context.Context, name string) error {
+	snap, err := s.st.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	v, ok := snap.VMs[name]
+	if !ok {
+		return fmt.Errorf("vm %s: %w", name, store.ErrNotFound)
+	}
+	if placement.Consumes(v) && v.Record.Power == store.PowerRunning {
+		return nil // already holds its capacity
+	}
+	next := *v
+	rec := *v.Record
+	rec.Power = store.PowerRunning
+	next.Record = &rec
+	if err := admit(snap, &next); err != nil {
+		return fmt.Errorf("%w: %w", errRefused, err)
+	}
+	return nil
+}
+
+// errRefused marks a request refused by policy (admission control).
+var errRefused = errors.New("refused")
 
 func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")

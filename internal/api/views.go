@@ -71,6 +71,22 @@ func StateOf(v *store.VMState) string {
 	return st.State
 }
 
+// ViewIn renders a VM in the context of a snapshot: a VM whose host has no
+// live lease is shown failed, not with its host's last (stale) report.
+func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) VM {
+	out := ViewOf(v, withSpec)
+	if _, alive := snap.Alive[v.Placement.Host]; v.Placement.Host != "" && !alive {
+		switch out.State {
+		case store.StateRunning, store.StateStarting, store.StateStopping, store.StateMigrating:
+			out.State = store.StateFailed
+			out.Reason = "host-down"
+			out.Message = "host " + v.Placement.Host + " is not responding (its lease expired)"
+			out.PID = 0
+		}
+	}
+	return out
+}
+
 // ViewOf renders one VM.
 func ViewOf(v *store.VMState, withSpec bool) VM {
 	rec := v.Record

@@ -42,8 +42,8 @@ const (
 	upPoolStart          = "10.77.0.10"
 	upPoolEnd            = "10.77.0.250"
 	defaultLeaseTTL      = 2 * time.Second
-	defaultEtcdHeartbeat = 100 * time.Millisecond
-	defaultEtcdElection  = 1000 * time.Millisecond
+	defaultEtcdHeartbeat = 50 * time.Millisecond
+	defaultEtcdElection  = 500 * time.Millisecond
 )
 
 // daemonOpts configures `vigil server`, `vigil agent` and `vigil up`.

@@ -221,3 +221,55 @@ func (c *Client) Networks(ctx context.Context) ([]store.Network, error) {
 	var out []store.Network
 	return out, c.do(ctx, http.MethodGet, "/api/v1/networks", nil, &out)
 }
+
+// TestFailover asks the leader to restart an HA VM on another host.
+func (c *Client) TestFailover(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/test-failover", nil, nil)
+}
+
+// Drill simulates the failure of hosts without acting.
+func (c *Client) Drill(ctx context.Context, hosts []string) (*api.Drill, error) {
+	var out api.Drill
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/ha/drill?hosts="+url.QueryEscape(strings.Join(hosts, ",")), nil, &out)
+}
+
+// Rules lists the VM-VM rules.
+func (c *Client) Rules(ctx context.Context) ([]store.Rule, error) {
+	var out []store.Rule
+	return out, c.do(ctx, http.MethodGet, "/api/v1/rules", nil, &out)
+}
+
+// CreateRule adds a VM-VM rule.
+func (c *Client) CreateRule(ctx context.Context, r store.Rule) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPost, "/api/v1/rules", b, nil)
+}
+
+// DeleteRule removes a VM-VM rule.
+func (c *Client) DeleteRule(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/rules/"+url.PathEscape(name), nil, nil)
+}
+
+// Config reads the cluster configuration.
+func (c *Client) Config(ctx context.Context) (store.ClusterConfig, error) {
+	var out store.ClusterConfig
+	return out, c.do(ctx, http.MethodGet, "/api/v1/config", nil, &out)
+}
+
+// SetConfig replaces the cluster configuration.
+func (c *Client) SetConfig(ctx context.Context, cfg store.ClusterConfig) error {
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPut, "/api/v1/config", b, nil)
+}
+
+// Cluster reports the control plane: etcd members and leaders.
+func (c *Client) Cluster(ctx context.Context) (*api.Cluster, error) {
+	var out api.Cluster
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/cluster", nil, &out)
+}

@@ -30,6 +30,10 @@ const (
 	dsPfx       = stateRoot + "datastores/"
 	maintPfx    = stateRoot + "maintenance/"
 	rulesPfx    = stateRoot + "rules/"
+	fencesPfx   = stateRoot + "fences/"
+	storagePfx  = stateRoot + "storage/"
+	configKey   = stateRoot + "config"
+	requestsPfx = stateRoot + "requests/"
 	eventsPfx   = Root + "events/"
 	// ElectionPrefix is where servers campaign for leadership.
 	ElectionPrefix = Root + "election"
@@ -101,6 +105,13 @@ type Snapshot struct {
 	Datastores  map[string]*Datastore
 	Maintenance map[string]bool
 	Rules       map[string]*Rule
+	// Fences maps VM -> the last storage fence before its restart.
+	Fences map[string]*Fence
+	// Storage maps host -> its datastore reachability.
+	Storage map[string]*StorageState
+	Config  ClusterConfig
+	// Requests maps VM -> a pending operator request (RequestTestFailover).
+	Requests map[string]string
 }
 
 // SharedDatastore reports whether every host reaching the datastore sees
@@ -153,6 +164,10 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 		Datastores:  map[string]*Datastore{},
 		Maintenance: map[string]bool{},
 		Rules:       map[string]*Rule{},
+		Fences:      map[string]*Fence{},
+		Storage:     map[string]*StorageState{},
+		Config:      DefaultClusterConfig(),
+		Requests:    map[string]string{},
 	}
 	vm := func(name string) *VMState {
 		v := snap.VMs[name]
@@ -188,6 +203,18 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 			var r Rule
 			err = json.Unmarshal(kv.Value, &r)
 			snap.Rules[strings.TrimPrefix(k, rulesPfx)] = &r
+		case strings.HasPrefix(k, fencesPfx):
+			var f Fence
+			err = json.Unmarshal(kv.Value, &f)
+			snap.Fences[strings.TrimPrefix(k, fencesPfx)] = &f
+		case strings.HasPrefix(k, storagePfx):
+			var ss StorageState
+			err = json.Unmarshal(kv.Value, &ss)
+			snap.Storage[strings.TrimPrefix(k, storagePfx)] = &ss
+		case strings.HasPrefix(k, requestsPfx):
+			snap.Requests[strings.TrimPrefix(k, requestsPfx)] = string(kv.Value)
+		case k == configKey:
+			err = json.Unmarshal(kv.Value, &snap.Config)
 		case strings.HasPrefix(k, ipamPfx):
 			net, ip, ok := strings.Cut(strings.TrimPrefix(k, ipamPfx), "/")
 			if ok {
@@ -355,7 +382,7 @@ func (s *Store) PutStatus(ctx context.Context, vm string, placementRev int64, st
 // is unchanged since rev.
 func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
 	name := rec.Name()
-	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix())}
+	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name)}
 	for _, n := range rec.NICs {
 		ops = append(ops, clientv3.OpDelete(ipamKey(n.Network, n.IP)))
 	}
@@ -426,6 +453,46 @@ func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, m Main
 	}
 	if err != nil {
 		return fmt.Errorf("maintenance of %s: %w", host, err)
+	}
+	return nil
+}
+
+// PutFence records a storage fence of a VM's old host.
+func (s *Store) PutFence(ctx context.Context, vm string, f *Fence) error {
+	if _, err := s.c.Put(ctx, fencesPfx+vm, mustJSON(f)); err != nil {
+		return fmt.Errorf("record fence of %s: %w", vm, err)
+	}
+	return nil
+}
+
+// PutStorageState records a host's datastore reachability.
+func (s *Store) PutStorageState(ctx context.Context, host string, st *StorageState) error {
+	if _, err := s.c.Put(ctx, storagePfx+host, mustJSON(st)); err != nil {
+		return fmt.Errorf("storage state of %s: %w", host, err)
+	}
+	return nil
+}
+
+// PutRequest records an operator request for a VM.
+func (s *Store) PutRequest(ctx context.Context, vm, kind string) error {
+	if _, err := s.c.Put(ctx, requestsPfx+vm, kind); err != nil {
+		return fmt.Errorf("request %s for %s: %w", kind, vm, err)
+	}
+	return nil
+}
+
+// DeleteRequest removes a VM's pending request.
+func (s *Store) DeleteRequest(ctx context.Context, vm string) error {
+	if _, err := s.c.Delete(ctx, requestsPfx+vm); err != nil {
+		return fmt.Errorf("request for %s: %w", vm, err)
+	}
+	return nil
+}
+
+// PutConfig replaces the cluster configuration.
+func (s *Store) PutConfig(ctx context.Context, c ClusterConfig) error {
+	if _, err := s.c.Put(ctx, configKey, mustJSON(c)); err != nil {
+		return fmt.Errorf("cluster config: %w", err)
 	}
 	return nil
 }

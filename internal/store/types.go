@@ -62,6 +62,37 @@ type Placement struct {
 	Epoch  int64     `json:"epoch"`
 	Reason string    `json:"reason,omitempty"`
 	Time   time.Time `json:"time"`
+	// Evict asks the host's agent to stop the VM and report it evicted, so
+	// the leader can move it while the host is alive (VM monitoring,
+	// storage loss, test failover).
+	Evict bool `json:"evict,omitempty"`
+}
+
+// Fence records that a host's access to a VM's disks was revoked at the
+// storage, up to an epoch, before the VM was restarted elsewhere.
+type Fence struct {
+	Host   string    `json:"host"`
+	Epoch  int64     `json:"epoch"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
+}
+
+// ClusterConfig holds cluster-wide HA settings.
+type ClusterConfig struct {
+	// HostFailuresToTolerate is admission control's N: a power-on is refused
+	// if the HA VMs could not all restart after any N hosts fail. 0 turns
+	// admission control off.
+	HostFailuresToTolerate int `json:"hostFailuresToTolerate"`
+}
+
+// DefaultClusterConfig is the configuration of a new cluster.
+func DefaultClusterConfig() ClusterConfig { return ClusterConfig{HostFailuresToTolerate: 1} }
+
+// StorageState is a host's view of its shared datastores, reported by its
+// agent when it changes.
+type StorageState struct {
+	// Unreachable lists the datastores the host cannot reach, with since when.
+	Unreachable map[string]time.Time `json:"unreachable,omitempty"`
 }
 
 // VMStatus is what the agent of the placed host observes. Agents write it
@@ -148,6 +179,19 @@ const (
 	EvVMKilled      = "vm.killed"
 	EvHostUp        = "host.up"
 	EvHostDown      = "host.down"
+	EvHostSuspected = "host.suspected"
+	EvLeaseExpired  = "host.lease-expired"
+	EvHostIsolated  = "host.isolated"
+	EvVMFenced      = "vm.fenced"
+	EvRestartPlaced = "vm.restart-placed"
+	EvVMRestarted   = "vm.restarted"
+	EvVMReset       = "vm.reset"
+	EvVMEvicted     = "vm.evicted"
+	EvSelfFence     = "host.self-fence"
+	// Alarms are events that need an operator.
+	EvAlarmRestartLimit = "alarm.restart-limit"
+	EvAlarmStorageLost  = "alarm.storage-lost"
+	EvAlarmNoCapacity   = "alarm.no-capacity"
 )
 
 // Datastore types.
@@ -205,3 +249,9 @@ func (r *Rule) Apply(vm string, fn func(kind string, others []string)) {
 		fn(r.Kind+"-"+r.Strength, others)
 	}
 }
+
+// Requests are one-shot operator requests the leader carries out.
+const (
+	// RequestTestFailover restarts one HA VM elsewhere, to rehearse.
+	RequestTestFailover = "test-failover"
+)

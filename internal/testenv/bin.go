@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -107,3 +108,5 @@ func RequireRoot(t testing.TB) {
 		t.Fatal("integration tests need root (namespaces, bridges, taps); run scripts/test.sh as root")
 	}
 }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

@@ -1,0 +1,337 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Arbiter is the datastore-heartbeat endpoint of a shared datastore. The
+// storage server is the arbiter of who may write a VM's disks: the leader
+// fences there before any restart, and an agent learns of a fence in its
+// heartbeat's answer.
+type Arbiter interface {
+	// Heartbeat tells the storage this host is alive and which VMs it runs,
+	// and returns the VMs this host is fenced from, with their epochs.
+	Heartbeat(ctx context.Context, host string, lease int64, vms []ArbiterVM) (fenced map[string]int64, err error)
+}
+
+// ArbiterVM is one running VM as a datastore heartbeat reports it.
+type ArbiterVM struct {
+	Name         string `json:"name"`
+	Epoch        int64  `json:"epoch"`
+	LeaveRunning bool   `json:"leaveRunning,omitempty"`
+}
+
+// FenceConfig is the timing of self-fencing. See docs/ha.md for the proof
+// that it keeps a VM from running twice.
+type FenceConfig struct {
+	// Margin: HA VMs are killed once T - Margin has passed since the send
+	// time of the last acknowledged lease renewal.
+	Margin time.Duration
+	// StorageInterval is the datastore heartbeat period; StorageTTL is the
+	// storage lease: an acknowledged heartbeat keeps VMs alive for
+	// StorageTTL - Margin after it was sent. The leader treats a host's
+	// heartbeat as stale StorageTTL after the storage received it.
+	StorageInterval time.Duration
+	StorageTTL      time.Duration
+	// PeerInterval is how often other hosts' agents are probed, to tell a
+	// control-plane outage (peers reachable) from isolation (not).
+	PeerInterval time.Duration
+}
+
+// DefaultFenceConfig are the defaults (lease TTL 2 s).
+func DefaultFenceConfig() FenceConfig {
+	return FenceConfig{Margin: 500 * time.Millisecond, StorageInterval: 250 * time.Millisecond,
+		StorageTTL: 1500 * time.Millisecond, PeerInterval: 500 * time.Millisecond}
+}
+
+// fencer holds what self-fencing decides on.
+type fencer struct {
+	mu sync.Mutex
+	// storageAck is, per datastore, the boottime send time of the last
+	// acknowledged heartbeat.
+	storageAck map[string]time.Duration
+	// storageFailSince is when heartbeats to a datastore started failing.
+	storageFailSince map[string]time.Time
+	// fenced is, per VM, the highest epoch some datastore fenced us at.
+	fenced map[string]int64
+	// peersOK is the boottime at which a majority of hosts last answered.
+	peersOK time.Duration
+	// policy is what the agent last read of each VM: HA, isolation response.
+	policy map[string]vmPolicy
+	// hosts are the other hosts' agent endpoints, from the last snapshot.
+	hosts map[string]string
+	// selfFenced remembers VMs killed by self-fencing, for one event each.
+	selfFenced map[string]bool
+}
+
+type vmPolicy struct {
+	HA           bool
+	LeaveRunning bool
+	Datastores   []string
+}
+
+func newFencer() *fencer {
+	return &fencer{storageAck: map[string]time.Duration{}, storageFailSince: map[string]time.Time{},
+		fenced: map[string]int64{}, policy: map[string]vmPolicy{}, hosts: map[string]string{}, selfFenced: map[string]bool{}}
+}
+
+// learn updates VM policies and peers from a snapshot.
+func (f *fencer) learn(snap *store.Snapshot, self string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for name, v := range snap.VMs {
+		s := v.Record.VM.Spec
+		var dss []string
+		for _, d := range s.Disks {
+			dss = append(dss, d.Datastore)
+		}
+		f.policy[name] = vmPolicy{HA: s.HA.Enabled, LeaveRunning: s.HA.IsolationResponse == spec.IsolationLeaveRunning, Datastores: dss}
+	}
+	f.hosts = map[string]string{}
+	for name, h := range snap.Hosts {
+		if name != self {
+			f.hosts[name] = h.AgentURL
+		}
+	}
+}
+
+// runStorageHeartbeats sends datastore heartbeats and records the answers.
+func (a *Agent) runStorageHeartbeats(ctx context.Context) {
+	if len(a.cfg.Arbiters) == 0 {
+		return
+	}
+	t := time.NewTicker(a.cfg.Fence.StorageInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		lease, _, _ := a.lease.state()
+		vms := a.runningForArbiter()
+		var wg sync.WaitGroup
+		for name, arb := range a.cfg.Arbiters {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.heartbeatOne(ctx, name, arb, int64(lease), vms)
+			}()
+		}
+		wg.Wait()
+	}
+}
+
+func (a *Agent) heartbeatOne(ctx context.Context, ds string, arb Arbiter, lease int64, vms []ArbiterVM) {
+	sent := boottime()
+	hctx, cancel := context.WithTimeout(ctx, a.cfg.Fence.StorageInterval*2)
+	fenced, err := arb.Heartbeat(hctx, a.cfg.Host, lease, vms)
+	cancel()
+	f := a.fence
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		if f.storageFailSince[ds].IsZero() {
+			f.storageFailSince[ds] = time.Now()
+		}
+		return
+	}
+	if sent > f.storageAck[ds] {
+		f.storageAck[ds] = sent
+	}
+	delete(f.storageFailSince, ds)
+	for vm, epoch := range fenced {
+		if epoch > f.fenced[vm] {
+			f.fenced[vm] = epoch
+		}
+	}
+}
+
+// runningForArbiter lists the running local VMs for a heartbeat.
+func (a *Agent) runningForArbiter() []ArbiterVM {
+	a.fence.mu.Lock()
+	pol := a.fence.policy
+	a.fence.mu.Unlock()
+	var out []ArbiterVM
+	for _, st := range a.drv.List() {
+		if st.Running {
+			out = append(out, ArbiterVM{Name: st.Name, Epoch: st.Epoch, LeaveRunning: pol[st.Name].LeaveRunning})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// runPeerProbe records when a majority of hosts (counting this one) last
+// answered on the management network. A host that cannot reach a majority
+// is isolated; one that can but has no etcd leader sees a control-plane
+// outage, which must not kill its VMs.
+func (a *Agent) runPeerProbe(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Fence.PeerInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.fence.mu.Lock()
+		hosts := make(map[string]string, len(a.fence.hosts))
+		for k, v := range a.fence.hosts {
+			hosts[k] = v
+		}
+		a.fence.mu.Unlock()
+		if len(hosts) == 0 {
+			continue // no snapshot yet: unknown peers count as unreachable
+		}
+		start := boottime()
+		var mu sync.Mutex
+		reached := 1 // this host
+		var wg sync.WaitGroup
+		for _, url := range hosts {
+			ep, err := endpoint.Parse(url)
+			if err != nil || ep.Network != "tcp" {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				pctx, cancel := context.WithTimeout(ctx, a.cfg.Fence.PeerInterval)
+				defer cancel()
+				req, _ := http.NewRequestWithContext(pctx, http.MethodGet, ep.BaseURL()+"/healthz", nil)
+				resp, err := a.peerHTTP.Do(req)
+				if err == nil {
+					resp.Body.Close()
+					mu.Lock()
+					reached++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if reached*2 > len(hosts)+1 {
+			a.fence.mu.Lock()
+			a.fence.peersOK = start
+			a.fence.mu.Unlock()
+		}
+	}
+}
+
+// verdict is the self-fencing decision for one running VM.
+type verdict struct {
+	kill   bool
+	reason string
+}
+
+// decide is the self-fencing rule, kept pure for its table test. An HA VM
+// keeps running while the host's etcd lease is surely valid; past that,
+// only while a storage lease says nobody fenced it and either the host is
+// not isolated (a control-plane outage) or the VM's isolation response is
+// leave-running. A VM fenced at the storage is killed at once.
+func decide(etcdOK bool, p vmPolicy, running driver.Status, fencedEpoch int64, storageOK, peersOK bool) verdict {
+	switch {
+	case fencedEpoch >= running.Epoch && fencedEpoch > 0:
+		return verdict{true, fmt.Sprintf("fenced at the storage (epoch %d)", fencedEpoch)}
+	case !p.HA:
+		return verdict{} // the leader never restarts a non-HA VM elsewhere
+	case etcdOK:
+		return verdict{}
+	case storageOK && p.LeaveRunning:
+		return verdict{}
+	case storageOK && peersOK:
+		return verdict{}
+	case !storageOK:
+		return verdict{true, "host lease and storage lease both lapsed"}
+	default:
+		return verdict{true, "host is isolated (lease lapsed, no majority of hosts reachable); isolation response power-off"}
+	}
+}
+
+// runFencing applies the rule every 50 ms. It runs from the agent's start,
+// before it has reached etcd: a restarted agent that cannot reach the
+// cluster must fence the VMs it finds, just as one that lost it later.
+func (a *Agent) runFencing(ctx context.Context) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.fenceOnce(ctx)
+	}
+}
+
+func (a *Agent) fenceOnce(ctx context.Context) {
+	now := boottime()
+	fc := a.cfg.Fence
+	etcdOK := a.leaseValid(now)
+	f := a.fence
+	f.mu.Lock()
+	peersOK := f.peersOK > 0 && now-f.peersOK < fc.StorageTTL
+	type victim struct {
+		name, reason string
+	}
+	var kills []victim
+	for _, st := range a.drv.List() {
+		if !st.Running {
+			continue
+		}
+		p, known := f.policy[st.Name]
+		if !known {
+			p = vmPolicy{HA: true} // unknown VMs are treated as HA power-off: when in doubt, fence
+		}
+		v := decide(etcdOK, p, st, f.fenced[st.Name], f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK)
+		if v.kill {
+			kills = append(kills, victim{st.Name, v.reason})
+		}
+	}
+	f.mu.Unlock()
+	for _, k := range kills {
+		if err := a.drv.Kill(ctx, k.name); err != nil {
+			a.log.Error("self-fence: kill failed", "vm", k.name, "err", err)
+			continue
+		}
+		a.log.Warn("self-fenced", "vm", k.name, "reason", k.reason)
+		a.event(ctx, store.EvSelfFence, k.name, "killed by self-fencing: "+k.reason)
+	}
+}
+
+// storageLeaseValid reports whether every datastore of a VM is a shared
+// one (an arbiter) that acknowledged a heartbeat sent less than
+// StorageTTL - Margin ago. A VM with no disk on an arbiter has no storage
+// lease: only a shared datastore can vouch that nobody else runs it.
+func (f *fencer) storageLeaseValid(now time.Duration, dss []string, arbiters map[string]Arbiter, fc FenceConfig) bool {
+	if len(dss) == 0 {
+		return false
+	}
+	for _, ds := range dss {
+		if _, ok := arbiters[ds]; !ok {
+			return false
+		}
+		ack, ok := f.storageAck[ds]
+		if !ok || now-ack >= fc.StorageTTL-fc.Margin {
+			return false
+		}
+	}
+	return true
+}
+
+// leaseValid reports whether the host lease is surely still valid in etcd:
+// less than T - margin since the send time of the last acknowledged
+// renewal, and not declared gone.
+func (a *Agent) leaseValid(now time.Duration) bool {
+	id, sent, lost := a.lease.state()
+	return id != 0 && !lost && sent > 0 && now-sent < a.cfg.LeaseTTL-a.cfg.Fence.Margin
+}

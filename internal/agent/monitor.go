@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// restartBudget decides whether VM monitoring may restart a VM again: at
+// most MaxFailures restarts inside FailureWindow (vSphere's maxFailures /
+// maxFailureWindow). It returns the restart times still inside the window.
+func restartBudget(past []time.Time, now time.Time, m spec.Monitoring) (recent []time.Time, ok bool) {
+	for _, t := range past {
+		if now.Sub(t) < m.FailureWindow.D() {
+			recent = append(recent, t)
+		}
+	}
+	return recent, len(recent) < m.MaxFailures
+}
+
+// restartsOf returns the VM's recent monitoring restarts: what the agent
+// remembers, or else what the last status recorded.
+func (a *Agent) restartsOf(v *store.VMState) []time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.restartLog[v.Record.Name()]; ok {
+		return r
+	}
+	if v.Status != nil {
+		return v.Status.Restarts
+	}
+	return nil
+}
+
+func (a *Agent) setRestarts(name string, r []time.Time) {
+	a.mu.Lock()
+	a.restartLog[name] = r
+	a.mu.Unlock()
+}
+
+// onUnexpectedExit is VM monitoring's answer to a QEMU that ended without
+// being asked to: restart it here if the budget allows, else leave it
+// failed and raise an alarm.
+func (a *Agent) onUnexpectedExit(ctx context.Context, snap *store.Snapshot, v *store.VMState, ls driver.Status) {
+	name := v.Record.Name()
+	s := v.Record.VM.Spec
+	msg := fmt.Sprintf("QEMU (pid %d) ended unexpectedly: %s", ls.PID, ls.ExitReason)
+	if !s.HA.Enabled || s.HA.Priority == spec.PriorityDisabled {
+		a.reportExit(ctx, v, ls)
+		return
+	}
+	recent, ok := restartBudget(a.restartsOf(v), time.Now(), s.HA.Monitoring)
+	if !ok {
+		a.setRestarts(name, recent)
+		a.putStatus(ctx, v, &store.VMStatus{State: store.StateFailed, Reason: "restart-limit", StartRequest: v.Record.StartRequest, Restarts: recent,
+			Message: fmt.Sprintf("%s; %d restarts within %s: giving up", msg, len(recent), s.HA.Monitoring.FailureWindow.D())})
+		a.event(ctx, store.EvAlarmRestartLimit, name, fmt.Sprintf("%s; restart limit of %d per %s reached, VM left failed", msg, s.HA.Monitoring.MaxFailures, s.HA.Monitoring.FailureWindow.D()))
+		return
+	}
+	recent = append(recent, time.Now())
+	a.setRestarts(name, recent)
+	a.event(ctx, store.EvVMRestarted, name, fmt.Sprintf("%s; restarting on the same host (restart %d of %d allowed per %s)", msg, len(recent), s.HA.Monitoring.MaxFailures, s.HA.Monitoring.FailureWindow.D()))
+	a.do(ctx, name, "restart", func(ctx context.Context) { a.startVM(ctx, v, snap.Networks) })
+}
+
+// runGuestMonitor resets HA VMs whose guest heartbeat stopped.
+func (a *Agent) runGuestMonitor(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.checkHeartbeats(ctx)
+	}
+}
+
+func (a *Agent) checkHeartbeats(ctx context.Context) {
+	a.mu.Lock()
+	snap := a.lastSnap
+	a.mu.Unlock()
+	if snap == nil || !a.leaseValid(boottime()) {
+		return
+	}
+	now := time.Now()
+	for _, ls := range a.drv.List() {
+		v, ok := snap.VMs[ls.Name]
+		if !ok || !ls.Running || v.Placement.Host != a.cfg.Host || a.isBusy(ls.Name) {
+			continue
+		}
+		s := v.Record.VM.Spec
+		m := s.HA.Monitoring
+		if !s.HA.Enabled || !m.GuestHeartbeat || ls.LastHeartbeat.IsZero() {
+			continue // monitoring starts with the guest's first heartbeat
+		}
+		a.mu.Lock()
+		since := a.monitorSince[ls.Name]
+		a.mu.Unlock()
+		last := ls.LastHeartbeat
+		if since.After(last) {
+			last = since
+		}
+		if now.Sub(last) < m.HeartbeatTimeout.D() {
+			continue
+		}
+		recent, ok := restartBudget(a.restartsOf(v), now, m)
+		if !ok {
+			a.mu.Lock()
+			alarmed := a.hangAlarm[ls.Name]
+			a.hangAlarm[ls.Name] = true
+			a.mu.Unlock()
+			if !alarmed {
+				a.event(ctx, store.EvAlarmRestartLimit, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset limit of %d per %s reached, VM left as is", now.Sub(last).Round(time.Second), m.MaxFailures, m.FailureWindow.D()))
+			}
+			continue
+		}
+		recent = append(recent, now)
+		a.setRestarts(ls.Name, recent)
+		a.mu.Lock()
+		a.monitorSince[ls.Name] = now
+		a.mu.Unlock()
+		if err := a.drv.Reset(ctx, ls.Name); err != nil {
+			a.log.Error("guest monitor: reset failed", "vm", ls.Name, "err", err)
+			continue
+		}
+		a.event(ctx, store.EvVMReset, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset the VM (reset %d of %d allowed per %s)", now.Sub(last).Round(time.Second), len(recent), m.MaxFailures, m.FailureWindow.D()))
+		a.putStatus(ctx, v, a.runningStatus(v.Record, ls))
+	}
+}
+
+// evict stops a VM the leader wants moved, releases its disks here, and
+// reports it evicted so the leader can place it elsewhere.
+func (a *Agent) evict(ctx context.Context, v *store.VMState, running bool) {
+	name := v.Record.Name()
+	if running {
+		if err := a.drv.Kill(ctx, name); err != nil {
+			a.log.Error("evict: kill", "vm", name, "err", err)
+			return
+		}
+	}
+	a.releaseDisks(ctx, v)
+	_ = a.drv.Destroy(name)
+	a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopped, Reason: "evicted", Message: "stopped here so that the VM can move: " + v.Placement.Reason, StartRequest: v.Record.StartRequest})
+	a.event(ctx, store.EvVMEvicted, name, "stopped for a move: "+v.Placement.Reason)
+}
+
+// releaseDisks tells the datastores this host no longer uses the VM's disks.
+func (a *Agent) releaseDisks(ctx context.Context, v *store.VMState) {
+	for _, d := range v.Record.VM.Spec.Disks {
+		if ds, ok := a.cfg.Datastores[d.Datastore]; ok {
+			if err := ds.Release(ctx, v.Record.Name(), d); err != nil {
+				a.log.Debug("release disk", "vm", v.Record.Name(), "disk", d.Name, "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,193 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/vigilha/vigil/internal/controller/placement"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// testFailover asks the leader to restart one HA VM elsewhere, for real.
+func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	v, ok := snap.VMs[name]
+	if !ok {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s: %w", name, store.ErrNotFound))
+		return
+	}
+	if ok, why := placement.Restartable(snap, v); !ok {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s cannot fail over: %s", name, why))
+		return
+	}
+	if StateOf(v) != store.StateRunning {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is %s; a test failover needs it running", name, StateOf(v)))
+		return
+	}
+	req := placement.RequestFor(snap, v)
+	req.Pinned, req.Avoid = "", []string{v.Placement.Host}
+	if _, err := placement.Place(req, placement.Hosts(snap, name)); err != nil {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s has nowhere to fail over to: %w", name, err))
+		return
+	}
+	if err := s.st.PutRequest(r.Context(), name, store.RequestTestFailover); err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	s.emit(r.Context(), store.Event{Type: "vm.test-failover-requested", VM: name, Host: v.Placement.Host, Message: "test failover requested"})
+	writeJSON(w, http.StatusAccepted, ViewOf(v, false))
+}
+
+// Drill is the answer of an HA drill: what would happen if hosts failed.
+type Drill struct {
+	Failed []string            `json:"failed"`
+	Steps  []placement.Restart `json:"steps"`
+	// Unprotected are the failed hosts' running VMs that HA would not
+	// restart, with why.
+	Unprotected map[string]string `json:"unprotected,omitempty"`
+}
+
+// drill simulates host failures without acting.
+func (s *Server) drill(w http.ResponseWriter, r *http.Request) {
+	hosts := strings.Split(r.URL.Query().Get("hosts"), ",")
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	var failed []string
+	for _, h := range hosts {
+		if h = strings.TrimSpace(h); h == "" {
+			continue
+		}
+		if _, ok := snap.Hosts[h]; !ok {
+			writeErr(w, http.StatusNotFound, fmt.Errorf("no host named %q", h))
+			return
+		}
+		failed = append(failed, h)
+	}
+	if len(failed) == 0 {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("name at least one host: ?hosts=host2"))
+		return
+	}
+	d := Drill{Failed: failed, Steps: []placement.Restart{}, Unprotected: map[string]string{}}
+	for _, step := range placement.PlanFailover(snap, failed) {
+		d.Steps = append(d.Steps, step)
+	}
+	for _, name := range snap.SortedVMNames() {
+		v := snap.VMs[name]
+		if placement.Consumes(v) && contains(failed, v.Placement.Host) && !v.Record.VM.Spec.HA.Enabled {
+			d.Unprotected[name] = "HA is not enabled"
+		}
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) listRules(w http.ResponseWriter, r *http.Request) {
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	out := make([]*store.Rule, 0, len(snap.Rules))
+	for _, rule := range snap.Rules {
+		out = append(out, rule)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+}
+
+// createRule adds a VM-VM rule after checking it field by field.
+func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
+	var rule store.Rule
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rule); err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("rule: %w", err))
+		return
+	}
+	var errs spec.FieldErrors
+	if err := spec.ValidName(rule.Name); err != nil {
+		errs = append(errs, spec.FieldError{Field: "name", Message: err.Error()})
+	}
+	if rule.Kind != store.RuleAffinity && rule.Kind != store.RuleAntiAffinity {
+		errs = append(errs, spec.FieldError{Field: "kind", Message: fmt.Sprintf("must be affinity or anti-affinity, got %q", rule.Kind)})
+	}
+	if rule.Strength != store.RuleMust && rule.Strength != store.RuleShould {
+		errs = append(errs, spec.FieldError{Field: "strength", Message: fmt.Sprintf("must be must or should, got %q", rule.Strength)})
+	}
+	if len(rule.VMs) < 2 {
+		errs = append(errs, spec.FieldError{Field: "vms", Message: "a rule relates at least two VMs"})
+	}
+	for i, vm := range rule.VMs {
+		if err := spec.ValidName(vm); err != nil {
+			errs = append(errs, spec.FieldError{Field: fmt.Sprintf("vms[%d]", i), Message: err.Error()})
+		}
+	}
+	if len(errs) > 0 {
+		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid rule: " + errs.Error(), Fields: errs})
+		return
+	}
+	if err := s.st.PutRule(r.Context(), &rule); err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	s.emit(r.Context(), store.Event{Type: "rule.created", Message: fmt.Sprintf("rule %s: %s %s %s", rule.Name, rule.Strength, rule.Kind, strings.Join(rule.VMs, ","))})
+	writeJSON(w, http.StatusCreated, rule)
+}
+
+func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request) {
+	if err := s.st.DeleteRule(r.Context(), r.PathValue("name")); err != nil {
+		writeErr(w, statusFor(err), err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) getConfig(w http.ResponseWriter, r *http.Request) {
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, snap.Config)
+}
+
+func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
+	var c store.ClusterConfig
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("config: %w", err))
+		return
+	}
+	if c.HostFailuresToTolerate < 0 || c.HostFailuresToTolerate > 32 {
+		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid config", Fields: spec.FieldErrors{{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"}}})
+		return
+	}
+	if err := s.st.PutConfig(r.Context(), c); err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("admission control tolerates %d host failures", c.HostFailuresToTolerate)})
+	writeJSON(w, http.StatusOK, c)
+}

@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilha/vigil/internal/store"
+)
+
+func newHACmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "ha", Short: "HA what-ifs and rehearsals"}
+	var o output
+	drill := &cobra.Command{
+		Use:   "drill HOST...",
+		Short: "Print, without acting, which VMs would restart where, in which order, if HOST failed, and what would not fit",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			d, err := c.Drill(cmd.Context(), args)
+			if err != nil {
+				return err
+			}
+			if o.json() {
+				return printJSON(g.out, d)
+			}
+			fmt.Fprintf(g.out, "If %s failed:\n", strings.Join(d.Failed, " and "))
+			if len(d.Steps) == 0 && len(d.Unprotected) == 0 {
+				fmt.Fprintln(g.out, "  nothing would need to restart.")
+				return nil
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ORDER\tVM\tPRIORITY\tFROM\tRESTARTS ON")
+			for i, s := range d.Steps {
+				target := s.Target
+				if s.Problem != "" {
+					target = "WOULD NOT RESTART: " + s.Problem
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i+1, s.VM, s.Priority, s.From, target)
+			}
+			for vm, why := range d.Unprotected {
+				fmt.Fprintf(tw, "-\t%s\t-\t-\tnot restarted: %s\n", vm, why)
+			}
+			return tw.Flush()
+		},
+	}
+	o.register(drill)
+	failover := &cobra.Command{
+		Use:   "test-failover VM",
+		Short: "Really restart one HA VM on another host (fenced and restarted as in a failure), to rehearse",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.TestFailover(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "vm %s: test failover requested; follow it with `vigil events -f --vm %s`\n", args[0], args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(drill, failover)
+	return cmd
+}
+
+func newRuleCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "rule", Short: "VM-VM affinity and anti-affinity rules"}
+	var kind, strength string
+	create := &cobra.Command{
+		Use:   "create NAME VM VM...",
+		Short: "Create a rule: --kind affinity|anti-affinity --strength must|should",
+		Args:  cobra.MinimumNArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.CreateRule(cmd.Context(), store.Rule{Name: args[0], Kind: kind, Strength: strength, VMs: args[1:]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "rule %s: %s %s %s\n", args[0], strength, kind, strings.Join(args[1:], ", "))
+			return nil
+		},
+	}
+	create.Flags().StringVar(&kind, "kind", store.RuleAntiAffinity, "affinity (run together) or anti-affinity (run apart)")
+	create.Flags().StringVar(&strength, "strength", store.RuleMust, "must (never broken) or should (preferred)")
+	list := &cobra.Command{
+		Use:  "list",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			rules, err := c.Rules(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tKIND\tSTRENGTH\tVMS")
+			for _, r := range rules {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Kind, r.Strength, strings.Join(r.VMs, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	del := &cobra.Command{
+		Use:  "delete NAME",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			return c.DeleteRule(cmd.Context(), args[0])
+		},
+	}
+	cmd.AddCommand(create, list, del)
+	return cmd
+}
+
+func newConfigCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Cluster configuration"}
+	set := &cobra.Command{
+		Use:   "set KEY VALUE",
+		Short: "Set a cluster setting: host-failures-to-tolerate N (admission control; 0 turns it off)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			cfg, err := c.Config(cmd.Context())
+			if err != nil {
+				return err
+			}
+			switch args[0] {
+			case "host-failures-to-tolerate":
+				n, err := strconv.Atoi(args[1])
+				if err != nil {
+					return fmt.Errorf("host-failures-to-tolerate: %q is not a number", args[1])
+				}
+				cfg.HostFailuresToTolerate = n
+			default:
+				return errors.New("unknown setting " + args[0] + " (known: host-failures-to-tolerate)")
+			}
+			if err := c.SetConfig(cmd.Context(), cfg); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "%s = %s\n", args[0], args[1])
+			return nil
+		},
+	}
+	show := &cobra.Command{
+		Use:  "show",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			cfg, err := c.Config(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return printJSON(g.out, cfg)
+		},
+	}
+	cmd.AddCommand(set, show)
+	return cmd
+}

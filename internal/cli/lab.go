@@ -1,0 +1,263 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilha/vigil/internal/driver/qemu"
+	"github.com/vigilha/vigil/internal/image"
+	"github.com/vigilha/vigil/internal/lab"
+	"github.com/vigilha/vigil/internal/lab/netlab"
+)
+
+// labOpts are the flags every lab command shares.
+type labOpts struct{ dir string }
+
+func (o *labOpts) register(cmd *cobra.Command) {
+	def := os.Getenv("VIGIL_LAB_DIR")
+	if def == "" {
+		def = lab.DefaultDir
+	}
+	cmd.PersistentFlags().StringVar(&o.dir, "lab-dir", def, "the lab's directory (state, logs, data); default $VIGIL_LAB_DIR or "+lab.DefaultDir)
+}
+
+func (o *labOpts) open(g *globals) (*lab.Lab, error) { return lab.Open(o.dir, g.logger()) }
+
+func newLabCmd(g *globals) *cobra.Command {
+	o := &labOpts{}
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run a real multi-host cluster on this machine (network namespaces as hosts) and inject faults",
+		Long: "A lab is an N-host Vigil cluster on one machine: each host is a network namespace with a management,\n" +
+			"a storage/migration and a VM network; host1-host3 run `vigil agent --server`, the others `vigil agent`;\n" +
+			"a storage namespace serves the shared datastore over NBD. Faults are real: processes are killed or\n" +
+			"frozen, links cut with nftables.",
+	}
+	o.register(cmd)
+	cmd.AddCommand(newLabUpCmd(g, o), newLabDownCmd(g, o), newLabStatusCmd(g, o), newLabEnvCmd(g, o), newLabExecCmd(g, o))
+	for _, f := range []struct {
+		name, short string
+		do          func(*lab.Lab, context.Context, string) error
+	}{
+		{"crash", "Power loss: SIGKILL every process of HOST (QEMUs included) and take its links down", (*lab.Lab).Crash},
+		{"freeze", "Freeze every process of HOST (cgroup freezer)", (*lab.Lab).Freeze},
+		{"thaw", "Thaw a frozen HOST", (*lab.Lab).Thaw},
+		{"isolate", "Cut all of HOST's networks", (*lab.Lab).Isolate},
+		{"cut-storage", "Cut only HOST's storage network", (*lab.Lab).CutStorage},
+		{"heal", "Undo every fault of HOST; a crashed host reboots (agent started again, no VMs)", (*lab.Lab).Heal},
+		{"stop-agent", "SIGKILL only HOST's agent (its VMs keep running)", (*lab.Lab).StopAgent},
+		{"start-agent", "Start HOST's agent again", (*lab.Lab).StartAgent},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   f.name + " HOST",
+			Short: f.short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				l, err := o.open(g)
+				if err != nil {
+					return err
+				}
+				if err := f.do(l, cmd.Context(), args[0]); err != nil {
+					return fmt.Errorf("%s %s: %w", f.name, args[0], err)
+				}
+				fmt.Fprintf(g.out, "%s %s: done\n", f.name, args[0])
+				return nil
+			},
+		})
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "partition HOST...",
+		Short: "Cut the management network between the named hosts and the rest (storage and VM networks stay up)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			if err := l.Partition(cmd.Context(), args...); err != nil {
+				return fmt.Errorf("partition: %w", err)
+			}
+			fmt.Fprintf(g.out, "partitioned %s from the other hosts (management network)\n", strings.Join(args, ","))
+			return nil
+		},
+	})
+	cmd.AddCommand(newLabBenchCmd(g, o))
+	return cmd
+}
+
+func newLabUpCmd(g *globals, o *labOpts) *cobra.Command {
+	cfg := lab.Config{}
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Build an N-host lab and start Vigil on it; returns once the cluster is ready",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg.Dir, cfg.Log = o.dir, g.logger()
+			if err := checkImage(cfg.ImageDir); err != nil {
+				return err
+			}
+			if cfg.Accel == qemu.AccelAuto {
+				// Probe once here rather than in every agent at once.
+				accel, reason, err := probeAccel(ctx, cfg.ImageDir, o.dir, g)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.out, "accelerator: %s (%s)\n", accel, reason)
+				cfg.Accel = accel
+			}
+			l, err := lab.Up(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "lab up in %s: %s\n", l.Dir(), strings.Join(l.Hosts(), " "))
+			fmt.Fprintf(g.out, "point the CLI at it with:\n  eval \"$(vigil lab env)\"\n")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Hosts, "hosts", 3, "number of hosts")
+	f.IntVar(&cfg.Servers, "servers", 0, "hosts that also run a control-plane member (default min(3, hosts))")
+	f.StringVar(&cfg.Accel, "accel", qemu.AccelAuto, "accelerator for every agent: auto, kvm or tcg")
+	f.IntVar(&cfg.HostCPUs, "host-cpus", 2, "vCPUs each host declares")
+	f.StringVar(&cfg.HostMemory, "host-memory", "2Gi", "memory each host declares")
+	f.StringVar(&cfg.ImageDir, "image-dir", DefaultImageDir, "guest images (from `vigil image build`)")
+	f.StringArrayVar(&cfg.AgentArgs, "agent-arg", nil, "extra argument for every agent (repeatable), e.g. --agent-arg=--lease-ttl=3s")
+	return cmd
+}
+
+func checkImage(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "vigil-guest", image.KernelFile)); err != nil {
+		return fmt.Errorf("no guest image in %s: run `vigil image build` first", dir)
+	}
+	return nil
+}
+
+// probeAccel resolves "auto" once, with the same probe the agents use.
+func probeAccel(ctx context.Context, imageDir, labDir string, g *globals) (string, string, error) {
+	tmp, err := os.MkdirTemp("", "vigil-probe-")
+	if err != nil {
+		return "", "", err
+	}
+	defer os.RemoveAll(tmp)
+	d, err := qemu.New(qemu.Config{RunDir: tmp, Accel: qemu.AccelAuto, Log: g.logger(),
+		ProbeKernel: filepath.Join(imageDir, "vigil-guest", image.KernelFile),
+		ProbeInitrd: filepath.Join(imageDir, "vigil-guest", image.InitramfsFile),
+		ProbeCache:  DefaultProbeCache})
+	if err != nil {
+		return "", "", err
+	}
+	caps, err := d.Fingerprint(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	return caps.Accel, caps.AccelReason, nil
+}
+
+func newLabDownCmd(g *globals, o *labOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Stop the lab and remove everything it made (works after a crash of the lab too)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := lab.Down(cmd.Context(), o.dir); err != nil {
+				return err
+			}
+			fmt.Fprintln(g.out, "lab down")
+			return nil
+		},
+	}
+}
+
+func newLabEnvCmd(g *globals, o *labOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "env",
+		Short: "Print `export VIGIL_ADDR=...` naming every server of the lab (use: eval \"$(vigil lab env)\")",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.out, l.Env())
+			return nil
+		},
+	}
+}
+
+func newLabStatusCmd(g *globals, o *labOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show each lab node: namespace, processes, links and active faults",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			st, err := l.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tNAMESPACE\tTASKS\tFREEZER\tLINKS\tFAULTS")
+			for _, n := range st {
+				var links []string
+				for _, lk := range n.Links {
+					links = append(links, lk.Name+":"+lk.State)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", n.Node, n.Namespace, n.Tasks, dash(n.Freezer), strings.Join(links, " "), faultText(n.Faults))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func newLabExecCmd(g *globals, o *labOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec HOST -- CMD...",
+		Short: "Run a command inside a host's network namespace, e.g. to reach a guest on the VM network",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			c, err := l.Exec(cmd.Context(), args[0], args[1:]...)
+			if err != nil {
+				return err
+			}
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, g.out, g.errOut
+			err = c.Run()
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				os.Exit(ee.ExitCode())
+			}
+			return err
+		},
+	}
+}
+
+func faultText(f netlab.Faults) string {
+	var out []string
+	for _, x := range []struct {
+		on   bool
+		name string
+	}{{f.Crashed, "crashed"}, {f.Frozen, "frozen"}, {f.Isolated, "isolated"}, {f.StorageCut, "storage-cut"}} {
+		if x.on {
+			out = append(out, x.name)
+		}
+	}
+	for _, p := range f.Partitions {
+		out = append(out, fmt.Sprintf("partition#%d", p))
+	}
+	return dash(strings.Join(out, ","))
+}

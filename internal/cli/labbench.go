@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilha/vigil/internal/lab"
+)
+
+func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
+	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks on the lab"}
+	var runs int
+	var vm, want, jsonOut string
+	failover := &cobra.Command{
+		Use:   "failover",
+		Short: "Crash the host of a protected VM N times; print crash -> lease expired / restart placed / QEMU started / answering",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			res, err := l.BenchFailover(cmd.Context(), vm, runs, want, g.out)
+			var follower, leader []lab.FailoverRun
+			for _, r := range res {
+				if r.EtcdLeader {
+					leader = append(leader, r)
+				} else {
+					follower = append(follower, r)
+				}
+			}
+			if len(follower) > 0 {
+				fmt.Fprint(g.out, lab.FormatSummary(fmt.Sprintf("crashed host was an etcd follower (%d runs):", len(follower)), lab.Summarize(follower)))
+			}
+			if len(leader) > 0 {
+				fmt.Fprint(g.out, lab.FormatSummary(fmt.Sprintf("crashed host was the etcd leader (%d runs):", len(leader)), lab.Summarize(leader)))
+			}
+			fmt.Fprintf(g.out, "%d runs in %s\n", len(res), time.Since(start).Round(time.Second))
+			if jsonOut != "" {
+				b, _ := json.MarshalIndent(res, "", "  ")
+				_ = os.WriteFile(jsonOut, b, 0o644)
+			}
+			return err
+		},
+	}
+	failover.Flags().IntVar(&runs, "runs", 10, "number of crashes")
+	failover.Flags().StringVar(&vm, "vm", "ha-guest1", "the protected VM whose host is crashed")
+	failover.Flags().StringVar(&want, "case", "any", "follower: crash only etcd followers; leader: only the etcd leader; any")
+	failover.Flags().StringVar(&jsonOut, "json", "", "also write every run to this JSON file")
+	cmd.AddCommand(failover)
+	return cmd
+}

@@ -1,0 +1,468 @@
+// Package ha is the leader's HA controller. When a host's lease expires it
+// waits out the grace period, revokes the host's access to its VMs' disks
+// at the storage (the fence), records the fence, and restarts the VMs on
+// survivors in priority order. It also moves VMs off live hosts when asked
+// (eviction: storage loss, a failed local restart, a test failover).
+//
+// The order lease-expiry -> grace -> storage fence -> placement is what
+// keeps a VM from running twice; docs/ha.md has the argument.
+package ha
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/vigilha/vigil/internal/controller/placement"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Arbiter is a shared datastore's storage server as the leader uses it.
+type Arbiter interface {
+	// Fence revokes host's access to the VMs' disks up to their epochs and
+	// returns once no further write from the host can land.
+	Fence(ctx context.Context, host string, vms map[string]int64) error
+	// Heartbeats returns each host's latest datastore heartbeat.
+	Heartbeats(ctx context.Context) (map[string]Heartbeat, error)
+}
+
+// Heartbeat is a host's latest datastore heartbeat as the storage saw it.
+type Heartbeat struct {
+	// Age is how long ago the storage received it (storage's clock).
+	Age time.Duration
+	// VMs are the VMs the host said it runs.
+	VMs []HeartbeatVM
+}
+
+// HeartbeatVM is one VM in a datastore heartbeat.
+type HeartbeatVM struct {
+	Name         string
+	Epoch        int64
+	LeaveRunning bool
+}
+
+// Config is the controller's timing.
+type Config struct {
+	// Grace is waited after a lease expires before acting on it.
+	Grace time.Duration
+	// StorageStale is the age after which a datastore heartbeat no longer
+	// shows the host alive; it must be at least the agents' storage TTL.
+	StorageStale time.Duration
+	// SuspectAfter is the heartbeat age at which a host is reported suspected.
+	SuspectAfter time.Duration
+	// ClassTimeout bounds how long a priority class waits for the previous
+	// class's VMs to run; DependencyTimeout bounds restartAfter waits.
+	ClassTimeout      time.Duration
+	DependencyTimeout time.Duration
+}
+
+// DefaultConfig matches the agents' defaults (docs/ha.md).
+func DefaultConfig() Config {
+	return Config{Grace: 200 * time.Millisecond, StorageStale: 1500 * time.Millisecond, SuspectAfter: 750 * time.Millisecond,
+		ClassTimeout: 30 * time.Second, DependencyTimeout: 60 * time.Second}
+}
+
+// Controller is the HA controller.
+type Controller struct {
+	st       *store.Store
+	log      *slog.Logger
+	cfg      Config
+	arbiter  func(ds *store.Datastore) Arbiter
+	now      func() time.Time
+	down     map[string]time.Time // host -> when its lease was first seen expired
+	said     map[string]string    // dedupe key -> last message, so each decision is one event
+	placedAt map[string]time.Time // vm -> when a restart was placed
+	readyAt  map[string]time.Time // vm -> when it was first ready to restart
+}
+
+// New creates the controller; arbiter returns the storage server of a
+// shared datastore.
+func New(st *store.Store, log *slog.Logger, cfg Config, arbiter func(*store.Datastore) Arbiter) *Controller {
+	return &Controller{st: st, log: log, cfg: cfg, arbiter: arbiter, now: time.Now,
+		down: map[string]time.Time{}, said: map[string]string{}, placedAt: map[string]time.Time{}, readyAt: map[string]time.Time{}}
+}
+
+// Name identifies the controller.
+func (c *Controller) Name() string { return "ha" }
+
+// pass is one reconcile pass: the snapshot, the datastore heartbeats and
+// the work found.
+type pass struct {
+	snap       *store.Snapshot
+	heartbeats map[string]map[string]Heartbeat // datastore -> host -> heartbeat
+	hbErr      map[string]error
+	ready      []string // VMs fenced and ready to be placed elsewhere
+	avoid      map[string][]string
+	why        map[string]string
+}
+
+// Reconcile takes one step for every host and VM that needs HA action.
+func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.Duration, error) {
+	p := &pass{snap: snap, heartbeats: map[string]map[string]Heartbeat{}, hbErr: map[string]error{},
+		avoid: map[string][]string{}, why: map[string]string{}}
+	for name, ds := range snap.Datastores {
+		if ds.Type != store.DatastoreShared || ds.Server == "" {
+			continue
+		}
+		hctx, cancel := context.WithTimeout(ctx, time.Second)
+		hb, err := c.arbiter(ds).Heartbeats(hctx)
+		cancel()
+		if err != nil {
+			p.hbErr[name] = err
+			continue
+		}
+		p.heartbeats[name] = hb
+	}
+	c.watchHosts(ctx, p)
+	var errs []error
+	for _, name := range snap.SortedVMNames() {
+		if err := c.reconcileVM(ctx, p, snap.VMs[name]); err != nil && !errors.Is(err, store.ErrConflict) {
+			errs = append(errs, fmt.Errorf("vm %s: %w", name, err))
+		}
+	}
+	if err := c.placeReady(ctx, p); err != nil {
+		errs = append(errs, err)
+	}
+	// Liveness, heartbeats and class timeouts change with time alone.
+	return 250 * time.Millisecond, errors.Join(errs...)
+}
+
+// watchHosts tracks lease expiries and suspicions, with one event each.
+func (c *Controller) watchHosts(ctx context.Context, p *pass) {
+	now := c.now()
+	for _, h := range p.snap.SortedHostNames() {
+		if _, alive := p.snap.Alive[h]; alive {
+			if _, wasDown := c.down[h]; wasDown {
+				delete(c.down, h)
+				c.sayOnce(ctx, "host:"+h, "", store.Event{Type: store.EvHostUp, Host: h, Message: "host lease is back"})
+			}
+			if hb, ok := c.freshest(p, h); ok && hb.Age > c.cfg.SuspectAfter {
+				c.sayOnce(ctx, "host:"+h, "suspected", store.Event{Type: store.EvHostSuspected, Host: h,
+					Message: fmt.Sprintf("no datastore heartbeat for %s; lease still valid", hb.Age.Round(10*time.Millisecond))})
+			} else if ok {
+				c.sayOnce(ctx, "host:"+h, "", store.Event{})
+			}
+			continue
+		}
+		if _, known := c.down[h]; !known {
+			c.down[h] = now
+			c.sayOnce(ctx, "host:"+h, "expired", store.Event{Type: store.EvLeaseExpired, Host: h,
+				Message: "host lease expired in etcd (no renewal for the lease TTL)"})
+		}
+	}
+}
+
+// freshest is the youngest datastore heartbeat of a host.
+func (c *Controller) freshest(p *pass, host string) (Heartbeat, bool) {
+	var best Heartbeat
+	found := false
+	for _, hbs := range p.heartbeats {
+		if hb, ok := hbs[host]; ok && (!found || hb.Age < best.Age) {
+			best, found = hb, true
+		}
+	}
+	return best, found
+}
+
+// sayOnce emits ev when the state recorded under key changes to state.
+func (c *Controller) sayOnce(ctx context.Context, key, state string, ev store.Event) {
+	if c.said[key] == state {
+		return
+	}
+	c.said[key] = state
+	if ev.Type == "" {
+		return
+	}
+	c.emit(ctx, ev)
+}
+
+func (c *Controller) emit(ctx context.Context, ev store.Event) {
+	c.log.Info(ev.Message, "event", ev.Type, "vm", ev.VM, "host", ev.Host)
+	if err := c.st.Emit(ctx, ev); err != nil {
+		c.log.Debug("event not recorded", "err", err)
+	}
+}
+
+func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState) error {
+	rec, pl, st := v.Record, v.Placement, v.Status
+	name := rec.Name()
+	if pl.Host == "" || rec.Power != store.PowerRunning || rec.Deleting {
+		return nil
+	}
+	current := st != nil && st.Host == pl.Host && st.Epoch == pl.Epoch
+	downSince, hostDown := c.down[pl.Host]
+	_, registered := p.snap.Hosts[pl.Host]
+	restartable, why := placement.Restartable(p.snap, v)
+
+	switch {
+	case !registered:
+		return nil
+	case hostDown:
+		if !restartable {
+			c.sayOnce(ctx, "vm:"+name, "stranded", store.Event{Type: store.EvVMFailed, VM: name, Host: pl.Host,
+				Message: fmt.Sprintf("host %s is down and the VM is not restarted elsewhere: %s", pl.Host, why)})
+			return nil
+		}
+		if c.now().Sub(downSince) < c.cfg.Grace {
+			return nil
+		}
+		return c.failover(ctx, p, v, fmt.Sprintf("host %s is down", pl.Host))
+
+	case pl.Evict:
+		if current && st.Reason == "evicted" {
+			// The agent stopped it and said so; fence anyway (cheap, and it
+			// revokes the export), then move it.
+			return c.fenceAndReady(ctx, p, v, "evicted: "+pl.Reason)
+		}
+		return nil
+
+	case restartable && current && st.State == store.StateFailed && st.Reason == "start-failed":
+		return c.evict(ctx, v, "the VM failed to start on "+pl.Host)
+
+	case restartable && c.storageLost(p.snap, v):
+		c.emit(ctx, store.Event{Type: store.EvAlarmStorageLost, VM: name, Host: pl.Host,
+			Message: fmt.Sprintf("host %s lost its storage path; moving the VM", pl.Host)})
+		return c.evict(ctx, v, "storage lost on "+pl.Host)
+
+	case restartable && p.snap.Requests[name] == store.RequestTestFailover:
+		if err := c.evict(ctx, v, "test failover"); err != nil {
+			return err
+		}
+		return c.st.DeleteRequest(ctx, name)
+	}
+	return nil
+}
+
+// storageLost reports whether the VM's host cannot reach one of its
+// datastores.
+func (c *Controller) storageLost(snap *store.Snapshot, v *store.VMState) bool {
+	ss := snap.Storage[v.Placement.Host]
+	if ss == nil {
+		return false
+	}
+	for _, d := range v.Record.VM.Spec.Disks {
+		if _, cut := ss.Unreachable[d.Datastore]; cut {
+			return true
+		}
+	}
+	return false
+}
+
+// evict asks the VM's (live) host to stop it, so it can move.
+func (c *Controller) evict(ctx context.Context, v *store.VMState, reason string) error {
+	pl := v.Placement
+	next := store.Placement{Host: pl.Host, Epoch: pl.Epoch + 1, Reason: reason, Time: c.now(), Evict: true}
+	if err := c.st.SetPlacement(ctx, v.Record.Name(), pl, v.PlacementRev, next); err != nil {
+		return err
+	}
+	c.emit(ctx, store.Event{Type: store.EvVMEvicted, VM: v.Record.Name(), Host: pl.Host, Message: "asked the host to stop the VM: " + reason})
+	return nil
+}
+
+// failover handles a VM whose host's lease expired. Depending on the
+// host's datastore heartbeat the host is dead (no heartbeat: fence and
+// restart) or isolated but alive (heartbeat still lists the VM: a
+// leave-running VM stays; a power-off VM is fenced, and restarted once the
+// host's heartbeat no longer lists it, i.e. its agent has killed it).
+func (c *Controller) failover(ctx context.Context, p *pass, v *store.VMState, reason string) error {
+	name, host := v.Record.Name(), v.Placement.Host
+	leaveRunning := v.Record.VM.Spec.HA.IsolationResponse == spec.IsolationLeaveRunning
+	alive, stillRuns := c.hostStillRuns(p, v)
+	switch {
+	case alive && stillRuns && leaveRunning:
+		c.sayOnce(ctx, "vm:"+name, "left-running", store.Event{Type: store.EvHostIsolated, VM: name, Host: host,
+			Message: fmt.Sprintf("host %s is isolated but alive (datastore heartbeat fresh); isolation response leave-running: not restarting", host)})
+		return nil
+	case alive && stillRuns:
+		// Fence now so the isolated host learns it at its next heartbeat and
+		// kills the VM; restart only once it reports the VM gone.
+		if err := c.fence(ctx, p, v, reason+" (isolated, still running: waiting for it to stop)"); err != nil {
+			return err
+		}
+		c.sayOnce(ctx, "vm:"+name, "wait-isolated", store.Event{Type: store.EvHostIsolated, VM: name, Host: host,
+			Message: fmt.Sprintf("host %s is isolated but alive; fenced the VM there, waiting for the host to stop it", host)})
+		return nil
+	}
+	return c.fenceAndReady(ctx, p, v, reason)
+}
+
+// hostStillRuns reports whether the VM's host shows a fresh datastore
+// heartbeat (alive), and whether that heartbeat lists the VM at its epoch.
+func (c *Controller) hostStillRuns(p *pass, v *store.VMState) (alive, runs bool) {
+	for _, d := range v.Record.VM.Spec.Disks {
+		if _, unknown := p.hbErr[d.Datastore]; unknown {
+			return true, true // cannot see the heartbeat: assume the worst, wait
+		}
+		hb, ok := p.heartbeats[d.Datastore][v.Placement.Host]
+		if !ok || hb.Age >= c.cfg.StorageStale {
+			continue
+		}
+		alive = true
+		for _, vm := range hb.VMs {
+			if vm.Name == v.Record.Name() {
+				runs = true
+			}
+		}
+	}
+	return alive, runs
+}
+
+// fence revokes the old host's access at every shared datastore of the
+// VM and records the fence in etcd.
+func (c *Controller) fence(ctx context.Context, p *pass, v *store.VMState, reason string) error {
+	name, host, epoch := v.Record.Name(), v.Placement.Host, v.Placement.Epoch
+	if f := p.snap.Fences[name]; f != nil && f.Host == host && f.Epoch >= epoch {
+		return nil // already fenced for this placement
+	}
+	var fenced []string
+	for _, dsName := range datastoresOf(v) {
+		ds := p.snap.Datastores[dsName]
+		if ds == nil || ds.Type != store.DatastoreShared {
+			continue
+		}
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.arbiter(ds).Fence(fctx, host, map[string]int64{name: epoch})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("fence %s from %s at %s: %w", host, name, dsName, err)
+		}
+		fenced = append(fenced, dsName)
+	}
+	f := &store.Fence{Host: host, Epoch: epoch, Reason: reason, Time: c.now()}
+	if err := c.st.PutFence(ctx, name, f); err != nil {
+		return err
+	}
+	p.snap.Fences[name] = f
+	msg := fmt.Sprintf("fenced: %s can no longer write the VM's disks (datastores %v); %s", host, fenced, reason)
+	if len(fenced) == 0 {
+		msg = fmt.Sprintf("no shared datastore to fence at; relying on the lease timing alone; %s", reason)
+	}
+	c.emit(ctx, store.Event{Type: store.EvVMFenced, VM: name, Host: host, Message: msg})
+	return nil
+}
+
+func (c *Controller) fenceAndReady(ctx context.Context, p *pass, v *store.VMState, reason string) error {
+	if err := c.fence(ctx, p, v, reason); err != nil {
+		return err
+	}
+	name := v.Record.Name()
+	if _, ok := c.readyAt[name]; !ok {
+		c.readyAt[name] = c.now()
+	}
+	p.ready = append(p.ready, name)
+	p.avoid[name] = []string{v.Placement.Host}
+	p.why[name] = reason
+	return nil
+}
+
+func datastoresOf(v *store.VMState) []string {
+	var out []string
+	for _, d := range v.Record.VM.Spec.Disks {
+		if !slices.Contains(out, d.Datastore) {
+			out = append(out, d.Datastore)
+		}
+	}
+	return out
+}
+
+// placeReady places fenced VMs on survivors, class by class: a lower
+// priority class starts only once every VM of the higher ones is running
+// (or ClassTimeout passed), and a VM with restartAfter waits for those VMs
+// (or DependencyTimeout).
+func (c *Controller) placeReady(ctx context.Context, p *pass) error {
+	if len(p.ready) == 0 {
+		return nil
+	}
+	snap := p.snap
+	placement.OrderForRestart(snap, p.ready)
+	hosts := placement.Hosts(snap, "")
+	now := c.now()
+	var errs []error
+	blockedRank := c.busyClass(snap, now)
+	for _, name := range p.ready {
+		v := snap.VMs[name]
+		rank := spec.PriorityRank(v.Record.VM.Spec.HA.Priority)
+		if blockedRank >= 0 && rank > blockedRank {
+			c.sayOnce(ctx, "vm:"+name, "waiting-class", store.Event{Type: "vm.restart-waiting", VM: name,
+				Message: "waiting for higher-priority VMs to be running before restarting"})
+			continue
+		}
+		if dep := c.waitingFor(snap, v, now); dep != "" {
+			c.sayOnce(ctx, "vm:"+name, "waiting-dep", store.Event{Type: "vm.restart-waiting", VM: name,
+				Message: fmt.Sprintf("waiting for %s to be running before restarting (restartAfter)", dep)})
+			blockedRank = rank
+			continue
+		}
+		req := placement.RequestFor(snap, v)
+		req.Pinned, req.Avoid = "", p.avoid[name]
+		d, err := placement.Place(req, hosts)
+		if err != nil {
+			c.sayOnce(ctx, "vm:"+name, "unplaceable:"+err.Error(), store.Event{Type: store.EvAlarmNoCapacity, VM: name, Message: "cannot restart: " + err.Error()})
+			continue
+		}
+		next := store.Placement{Host: d.Host, Epoch: v.Placement.Epoch + 1, Reason: "HA restart: " + p.why[name], Time: now}
+		if err := c.st.SetPlacement(ctx, name, v.Placement, v.PlacementRev, next); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for i := range hosts {
+			if hosts[i].Name == d.Host {
+				hosts[i].Used.CPUs += req.Demand.CPUs
+				hosts[i].Used.Memory += req.Demand.Memory
+				hosts[i].VMs = append(hosts[i].VMs, name)
+			}
+		}
+		c.placedAt[name] = now
+		delete(c.readyAt, name)
+		c.said["vm:"+name] = ""
+		c.emit(ctx, store.Event{Type: store.EvRestartPlaced, VM: name, Host: d.Host,
+			Message: fmt.Sprintf("restart placed on %s (epoch %d, priority %s): %s", d.Host, next.Epoch, v.Record.VM.Spec.HA.Priority, p.why[name])})
+		// The next class waits for this one to run.
+		blockedRank = rank
+	}
+	return errors.Join(errs...)
+}
+
+// busyClass returns the highest priority rank (lowest number) with a
+// restart placed less than ClassTimeout ago whose VM is not running yet,
+// or -1. Lower classes wait for it.
+func (c *Controller) busyClass(snap *store.Snapshot, now time.Time) int {
+	busy := -1
+	for name, at := range c.placedAt {
+		v, ok := snap.VMs[name]
+		st := v.Status
+		running := ok && st != nil && st.Host == v.Placement.Host && st.Epoch == v.Placement.Epoch && st.State == store.StateRunning
+		if !ok || running || now.Sub(at) > c.cfg.ClassTimeout {
+			delete(c.placedAt, name)
+			continue
+		}
+		if r := spec.PriorityRank(v.Record.VM.Spec.HA.Priority); busy < 0 || r < busy {
+			busy = r
+		}
+	}
+	return busy
+}
+
+// waitingFor names a restartAfter dependency that is not running yet and
+// still worth waiting for, or "".
+func (c *Controller) waitingFor(snap *store.Snapshot, v *store.VMState, now time.Time) string {
+	since := c.readyAt[v.Record.Name()]
+	if !since.IsZero() && now.Sub(since) > c.cfg.DependencyTimeout {
+		return ""
+	}
+	for _, dep := range v.Record.VM.Spec.HA.RestartAfter {
+		d, ok := snap.VMs[dep]
+		if !ok || d.Record.Power != store.PowerRunning {
+			continue // gone or meant to be off: nothing to wait for
+		}
+		st := d.Status
+		if st == nil || st.Host != d.Placement.Host || st.Epoch != d.Placement.Epoch || st.State != store.StateRunning {
+			return dep
+		}
+	}
+	return ""
+}

@@ -1,0 +1,148 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+
+	"github.com/vigilha/vigil/internal/lab/netlab"
+)
+
+// node maps a Vigil host name to its netlab node.
+func (l *Lab) node(host string) (string, error) {
+	k, err := l.hostIndex(host)
+	if err != nil {
+		return "", err
+	}
+	return "h" + strconv.Itoa(k), nil
+}
+
+// Crash is a power loss: every process of the host (agent, etcd member,
+// QEMUs) is SIGKILLed and its links go down.
+func (l *Lab) Crash(ctx context.Context, host string) error {
+	n, err := l.node(host)
+	if err != nil {
+		return err
+	}
+	return l.net.Crash(ctx, n)
+}
+
+// Freeze stops every process of the host (cgroup freezer), as a hung host.
+func (l *Lab) Freeze(ctx context.Context, host string) error {
+	n, err := l.node(host)
+	if err != nil {
+		return err
+	}
+	return l.net.Freeze(ctx, n)
+}
+
+// Thaw resumes a frozen host.
+func (l *Lab) Thaw(ctx context.Context, host string) error {
+	n, err := l.node(host)
+	if err != nil {
+		return err
+	}
+	return l.net.Thaw(ctx, n)
+}
+
+// Isolate cuts all of the host's networks.
+func (l *Lab) Isolate(ctx context.Context, host string) error {
+	n, err := l.node(host)
+	if err != nil {
+		return err
+	}
+	return l.net.Isolate(ctx, n)
+}
+
+// CutStorage cuts only the host's storage network.
+func (l *Lab) CutStorage(ctx context.Context, host string) error {
+	n, err := l.node(host)
+	if err != nil {
+		return err
+	}
+	return l.net.CutStorage(ctx, n)
+}
+
+// Partition cuts the management network between the named hosts and the
+// rest; storage and VM networks stay up.
+func (l *Lab) Partition(ctx context.Context, hosts ...string) error {
+	var nodes []string
+	for _, h := range hosts {
+		n, err := l.node(h)
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+	}
+	_, err := l.net.Partition(ctx, nodes...)
+	return err
+}
+
+// Heal undoes every fault of the host. A crashed host reboots: its links
+// come back and its agent starts again, with no VMs running.
+func (l *Lab) Heal(ctx context.Context, host string) error {
+	n, err := l.node(host)
+	if err != nil {
+		return err
+	}
+	f, err := l.net.Heal(ctx, n)
+	if err != nil {
+		return err
+	}
+	if f.Crashed || !l.agentAlive(host) {
+		return l.startAgent(ctx, host)
+	}
+	return nil
+}
+
+// StopAgent SIGKILLs only the host's agent process (an agent crash): its
+// VMs keep running.
+func (l *Lab) StopAgent(ctx context.Context, host string) error {
+	pid := l.st.Pids[host]
+	if pid == 0 || !l.agentAlive(host) {
+		return fmt.Errorf("no agent running on %s", host)
+	}
+	return killWait(ctx, pid)
+}
+
+// StartAgent starts the host's agent again (after StopAgent).
+func (l *Lab) StartAgent(ctx context.Context, host string) error {
+	if l.agentAlive(host) {
+		return fmt.Errorf("the agent of %s is already running", host)
+	}
+	return l.startAgent(ctx, host)
+}
+
+// AgentPID is the pid of the host's agent process.
+func (l *Lab) AgentPID(host string) int { return l.st.Pids[host] }
+
+func (l *Lab) agentAlive(host string) bool {
+	n, err := l.node(host)
+	if err != nil {
+		return false
+	}
+	pid := l.st.Pids[host]
+	procs, err := l.net.Procs(n)
+	if err != nil {
+		return false
+	}
+	for _, p := range procs {
+		if p == pid {
+			return processAlive(pid)
+		}
+	}
+	return false
+}
+
+// Exec runs a command inside the host's network namespace.
+func (l *Lab) Exec(ctx context.Context, host string, argv ...string) (*exec.Cmd, error) {
+	n, err := l.node(host)
+	if err != nil {
+		return nil, err
+	}
+	return l.net.Command(ctx, n, argv...)
+}
+
+// Status reports every node's namespace, links, processes and faults.
+func (l *Lab) Status(ctx context.Context) ([]netlab.NodeStatus, error) { return l.net.Status(ctx) }

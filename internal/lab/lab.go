@@ -1,0 +1,398 @@
+// Package lab runs a real multi-host Vigil cluster on one machine: each
+// host is a network namespace (built by netlab) running a real `vigil
+// agent` (hosts 1-3 with `--server`, forming a 3-member etcd cluster), a
+// storage namespace serves the shared datastore over NBD, and faults
+// (crash, freeze, partition, isolation, storage cut) are injected for real.
+// The demo, the integration tests and the benchmarks all use it.
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/guestclient"
+	"github.com/vigilha/vigil/internal/lab/netlab"
+)
+
+// DefaultDir is the lab directory when none is given.
+const DefaultDir = "/var/lib/vigil/lab"
+
+// Ports used inside the lab's namespaces (each host has its own addresses,
+// so every host uses the same ports).
+const (
+	etcdClientPort = 2379
+	etcdPeerPort   = 2380
+	apiPort        = 7480
+	agentPort      = 7483
+	storagePort    = 7490
+	nbdPort        = 10809
+)
+
+// Config configures a lab.
+type Config struct {
+	Dir   string
+	Hosts int
+	// Servers is how many hosts (from host1) also run a control-plane
+	// member; default min(3, Hosts).
+	Servers int
+	// Bin is the vigil binary the lab runs (default: this executable).
+	Bin      string
+	ImageDir string
+	// Accel is passed to every agent: auto, kvm or tcg.
+	Accel string
+	// HostCPUs and HostMemory are each host's declared capacity.
+	HostCPUs   int
+	HostMemory string
+	// AgentArgs are extra arguments for every agent (timing knobs).
+	AgentArgs []string
+	Log       *slog.Logger
+}
+
+// state is what the lab records in Dir/lab.json so that later commands
+// (crash, heal, env, down) can act on it.
+type state struct {
+	Config Config              `json:"config"`
+	Hosts  []string            `json:"hosts"`
+	Args   map[string][]string `json:"args"`
+	Pids   map[string]int      `json:"pids"`
+}
+
+// Lab is a handle on a running lab.
+type Lab struct {
+	dir string
+	net *netlab.Lab
+	st  state
+	log *slog.Logger
+}
+
+const stateFile = "lab.json"
+
+// HostName is the Vigil host name of lab host k.
+func HostName(k int) string { return "host" + strconv.Itoa(k) }
+
+// Up builds the namespaces, starts the storage server and every agent, and
+// returns once the API answers and every host has joined.
+func Up(ctx context.Context, cfg Config) (*Lab, error) {
+	if cfg.Dir == "" {
+		cfg.Dir = DefaultDir
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Dir = dir
+	if cfg.Hosts < 1 {
+		return nil, fmt.Errorf("lab: %d hosts; want at least 1", cfg.Hosts)
+	}
+	if cfg.Servers == 0 {
+		cfg.Servers = min(3, cfg.Hosts)
+	}
+	if cfg.Servers > cfg.Hosts || cfg.Servers%2 == 0 {
+		return nil, fmt.Errorf("lab: %d servers for %d hosts; want an odd number, at most the host count", cfg.Servers, cfg.Hosts)
+	}
+	if cfg.Bin == "" {
+		if cfg.Bin, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.HostCPUs == 0 {
+		cfg.HostCPUs = 2
+	}
+	if cfg.HostMemory == "" {
+		cfg.HostMemory = "2Gi"
+	}
+	if cfg.Accel == "" {
+		cfg.Accel = "auto"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
+		return nil, fmt.Errorf("a lab already exists in %s: run `vigil lab down` first", dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	n, err := netlab.Up(ctx, netlab.Config{Dir: dir, Hosts: cfg.Hosts, Logger: cfg.Log})
+	if err != nil {
+		return nil, fmt.Errorf("lab network: %w", err)
+	}
+	l := &Lab{dir: dir, net: n, log: cfg.Log, st: state{Config: cfg, Args: map[string][]string{}, Pids: map[string]int{}}}
+	for k := 1; k <= cfg.Hosts; k++ {
+		l.st.Hosts = append(l.st.Hosts, HostName(k))
+	}
+	fail := func(err error) (*Lab, error) {
+		dctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		_ = l.down(dctx)
+		return nil, err
+	}
+	if err := l.save(); err != nil {
+		return fail(err)
+	}
+	if err := l.startStorage(ctx); err != nil {
+		return fail(err)
+	}
+	for k := 1; k <= cfg.Hosts; k++ {
+		l.st.Args[HostName(k)] = l.agentArgs(k)
+		if err := l.startAgent(ctx, HostName(k)); err != nil {
+			return fail(err)
+		}
+	}
+	if err := l.waitReady(ctx, 90*time.Second); err != nil {
+		return fail(err)
+	}
+	l.log.Info("lab ready", "dir", dir, "hosts", cfg.Hosts, "servers", cfg.Servers, "took", time.Since(start).Round(time.Millisecond))
+	return l, nil
+}
+
+// Open returns a handle on the lab in dir.
+func Open(dir string, log *slog.Logger) (*Lab, error) {
+	if dir == "" {
+		dir = DefaultDir
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("no lab in %s: run `vigil lab up` first", dir)
+		}
+		return nil, err
+	}
+	l := &Lab{dir: dir, log: log}
+	if err := json.Unmarshal(b, &l.st); err != nil {
+		return nil, fmt.Errorf("lab state %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	if l.net, err = netlab.Open(dir, log); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Down stops everything the lab in dir started and removes what it made,
+// even after a crash of the process that built it.
+func Down(ctx context.Context, dir string) error {
+	if dir == "" {
+		dir = DefaultDir
+	}
+	l := &Lab{dir: dir, log: slog.Default()}
+	return l.down(ctx)
+}
+
+func (l *Lab) down(ctx context.Context) error {
+	// netlab kills every process in the lab's cgroups and namespaces
+	// (agents and the QEMUs they started) before removing the namespaces.
+	err := netlab.Down(ctx, l.dir)
+	if err != nil && !errors.Is(err, netlab.ErrNoLab) {
+		return err
+	}
+	if rerr := os.Remove(filepath.Join(l.dir, stateFile)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		return rerr
+	}
+	// Host data directories (etcd data, VM runtime files) and the datastore
+	// go too: a new lab starts from nothing.
+	for _, sub := range []string{"storage"} {
+		_ = os.RemoveAll(filepath.Join(l.dir, sub))
+	}
+	entries, _ := os.ReadDir(l.dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "host") && e.IsDir() {
+			_ = os.RemoveAll(filepath.Join(l.dir, e.Name()))
+		}
+	}
+	return nil
+}
+
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l.st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(l.dir, stateFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(l.dir, stateFile))
+}
+
+// Dir is the lab directory.
+func (l *Lab) Dir() string { return l.dir }
+
+// Hosts are the Vigil host names, host1..hostN.
+func (l *Lab) Hosts() []string { return append([]string(nil), l.st.Hosts...) }
+
+// Servers are the hosts that run a control-plane member.
+func (l *Lab) Servers() []string { return l.Hosts()[:l.st.Config.Servers] }
+
+func (l *Lab) hostIndex(host string) (int, error) {
+	for i, h := range l.st.Hosts {
+		if h == host || "h"+strings.TrimPrefix(h, "host") == host {
+			return i + 1, nil
+		}
+	}
+	return 0, fmt.Errorf("no host %q in the lab (hosts: %s)", host, strings.Join(l.st.Hosts, ", "))
+}
+
+func (l *Lab) addr(k int, n netlab.Net) string { return l.net.HostAddr(k, n).String() }
+
+// APIEndpoints are every server's API socket, reachable from the root
+// namespace (unix sockets in the lab directory), in host order.
+func (l *Lab) APIEndpoints() []string {
+	var eps []string
+	for _, h := range l.Servers() {
+		eps = append(eps, "unix://"+filepath.Join(l.dir, h, "api.sock"))
+	}
+	return eps
+}
+
+// Env is the shell line that points the CLI at the lab.
+func (l *Lab) Env() string { return "export VIGIL_ADDR=" + strings.Join(l.APIEndpoints(), ",") }
+
+// Client returns an API client over every server.
+func (l *Lab) Client() (*client.Client, error) {
+	return client.New(strings.Join(l.APIEndpoints(), ","))
+}
+
+// Namespace is the network namespace of a host.
+func (l *Lab) Namespace(host string) (string, error) {
+	k, err := l.hostIndex(host)
+	if err != nil {
+		return "", err
+	}
+	return l.net.Namespace("h" + strconv.Itoa(k))
+}
+
+// Guests returns a guest client that reaches VMs on the lab's VM network
+// from the given host's namespace.
+func (l *Lab) Guests(host string, timeout time.Duration) (*guestclient.Client, error) {
+	ns, err := l.Namespace(host)
+	if err != nil {
+		return nil, err
+	}
+	return guestclient.New(ns, timeout), nil
+}
+
+// VMSubnet is the VM network's subnet.
+func (l *Lab) VMSubnet() string { return l.net.Subnet(netlab.VM).String() }
+
+func (l *Lab) storageURL() string {
+	return "http://" + l.net.StorageAddr().String() + ":" + strconv.Itoa(storagePort)
+}
+
+func (l *Lab) startStorage(ctx context.Context) error {
+	stor := l.net.StorageAddr().String()
+	args := []string{l.st.Config.Bin, "storage", "serve",
+		"--dir", filepath.Join(l.dir, "storage"),
+		"--listen", stor + ":" + strconv.Itoa(storagePort),
+		"--nbd", stor + ":" + strconv.Itoa(nbdPort)}
+	pid, err := l.net.Spawn(ctx, netlab.StorageNode, netlab.ProcSpec{Name: "storage", Argv: args})
+	if err != nil {
+		return fmt.Errorf("start storage server: %w", err)
+	}
+	l.st.Args["storage"], l.st.Pids["storage"] = args, pid
+	return l.save()
+}
+
+func (l *Lab) agentArgs(k int) []string {
+	c := l.st.Config
+	host := HostName(k)
+	mgmt := l.addr(k, netlab.Mgmt)
+	var endpoints, initial []string
+	for s := 1; s <= c.Servers; s++ {
+		ip := l.addr(s, netlab.Mgmt)
+		endpoints = append(endpoints, fmt.Sprintf("http://%s:%d", ip, etcdClientPort))
+		initial = append(initial, fmt.Sprintf("%s=http://%s:%d", HostName(s), ip, etcdPeerPort))
+	}
+	vm := l.net.Subnet(netlab.VM)
+	base := vm.Addr().As4()
+	pool := fmt.Sprintf("%d.%d.%d.10-%d.%d.%d.199", base[0], base[1], base[2], base[0], base[1], base[2])
+	args := []string{c.Bin, "--log-level", "debug", "agent",
+		"--host", host, "--data-dir", filepath.Join(l.dir, host),
+		"--etcd-endpoints", strings.Join(endpoints, ","),
+		"--agent-listen", fmt.Sprintf("http://%s:%d", mgmt, agentPort),
+		"--mgmt-ip", mgmt, "--storage-ip", l.addr(k, netlab.Storage),
+		"--capacity-cpus", strconv.Itoa(c.HostCPUs), "--capacity-memory", c.HostMemory,
+		"--accel", c.Accel,
+		"--datastore", "local=" + filepath.Join(l.dir, host, "datastores", "local"),
+		"--shared-datastore", "shared=" + l.storageURL(),
+	}
+	if c.ImageDir != "" {
+		args = append(args, "--image-dir", c.ImageDir)
+	}
+	if k <= c.Servers {
+		args = append(args, "--server",
+			"--etcd-client-url", fmt.Sprintf("http://%s:%d", mgmt, etcdClientPort),
+			"--etcd-peer-url", fmt.Sprintf("http://%s:%d", mgmt, etcdPeerPort),
+			"--initial-cluster", strings.Join(initial, ","),
+			"--api-listen", "unix://"+filepath.Join(l.dir, host, "api.sock"),
+			"--api-listen", fmt.Sprintf("http://%s:%d", mgmt, apiPort),
+			"--network", fmt.Sprintf("name=default,bridge=vmbr0,subnet=%s,pool=%s", vm, pool),
+			"--define-datastore", "name=shared,type=shared,server="+l.storageURL(),
+		)
+	}
+	return append(args, c.AgentArgs...)
+}
+
+func (l *Lab) startAgent(ctx context.Context, host string) error {
+	k, err := l.hostIndex(host)
+	if err != nil {
+		return err
+	}
+	args := l.st.Args[host]
+	if err := os.MkdirAll(filepath.Join(l.dir, host), 0o755); err != nil {
+		return err
+	}
+	pid, err := l.net.Spawn(ctx, "h"+strconv.Itoa(k), netlab.ProcSpec{Name: "agent", Argv: args})
+	if err != nil {
+		return fmt.Errorf("start agent on %s: %w", host, err)
+	}
+	l.st.Pids[host] = pid
+	return l.save()
+}
+
+// waitReady waits until the API answers and every host is up.
+func (l *Lab) waitReady(ctx context.Context, limit time.Duration) error {
+	c, err := l.Client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var last string
+	for {
+		hosts, err := c.ListHosts(ctx)
+		if err == nil {
+			up := 0
+			for _, h := range hosts {
+				if h.Alive {
+					up++
+				}
+			}
+			last = fmt.Sprintf("%d of %d hosts up", up, len(l.st.Hosts))
+			if up == len(l.st.Hosts) {
+				if _, err := c.Events(ctx, client.EventFilter{Type: "leader.elected", Limit: 1}); err == nil {
+					return nil
+				}
+			}
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lab not ready after %s: %s (agent logs in %s/logs)", limit, last, l.dir)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigilha/vigil/internal/api"
+	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/guestclient"
+	"github.com/vigilha/vigil/internal/lab"
+	"github.com/vigilha/vigil/internal/spec"
+)
+
+// Lab is a namespace lab owned by a test.
+type Lab struct {
+	*lab.Lab
+	t      testing.TB
+	Client *client.Client
+}
+
+// LabOptions change the lab a test gets.
+type LabOptions struct {
+	Hosts      int
+	HostCPUs   int
+	HostMemory string
+	AgentArgs  []string
+}
+
+// StartLab builds a lab in a directory of its own and tears it down when
+// the test ends, printing the agents' last log lines if the test failed.
+func StartLab(t testing.TB, o LabOptions) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	if o.Hosts == 0 {
+		o.Hosts = 3
+	}
+	dir, err := os.MkdirTemp("", "vigil-lab-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Config{
+		Dir: dir, Hosts: o.Hosts, Bin: Binary(t), ImageDir: ImageDir(t), Accel: "tcg",
+		HostCPUs: o.HostCPUs, HostMemory: o.HostMemory, AgentArgs: o.AgentArgs,
+		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		dumpLogs(t, dir)
+		_ = lab.Down(context.Background(), dir)
+		_ = os.RemoveAll(dir)
+		t.Fatalf("lab up: %v", err)
+	}
+	c, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, dir)
+		}
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer dcancel()
+		if err := lab.Down(dctx, dir); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		_ = os.RemoveAll(dir)
+	})
+	return &Lab{Lab: l, t: t, Client: c}
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// dumpLogs prints the tail of every process log of the lab.
+func dumpLogs(t testing.TB, dir string) {
+	logs, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		var keep []string
+		for _, l := range lines[max(0, len(lines)-400):] {
+			if strings.Contains(l, "level=DEBUG") && !strings.Contains(l, "driver event") {
+				continue
+			}
+			keep = append(keep, l)
+		}
+		t.Logf("==== %s (last lines)\n%s", filepath.Base(f), strings.Join(keep[max(0, len(keep)-60):], "\n"))
+	}
+}
+
+// Vigil runs the CLI against the lab.
+func (l *Lab) Vigil(args ...string) (string, error) {
+	cmd := exec.Command(Binary(l.t), append([]string{"--addr", strings.Join(l.APIEndpoints(), ",")}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// HASpec renders examples/ha-guest.yaml for a VM name, with edits applied
+// to the parsed spec.
+func HASpec(t testing.TB, name string, edit func(*spec.VM)) []byte {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "examples", "ha-guest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := spec.ParseNamed(b, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(vm)
+	}
+	out, err := jsonMarshal(vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// CreateVM creates a VM from a document and waits until it runs.
+func (l *Lab) CreateVM(doc []byte, name string) api.VM {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := l.Client.CreateVM(ctx, doc); err != nil {
+		l.t.Fatalf("create %s: %v", name, err)
+	}
+	return l.WaitVM(name, 90*time.Second, "running", func(v api.VM) bool { return v.State == "running" })
+}
+
+// WaitVM polls until cond holds or fails the test after limit.
+func (l *Lab) WaitVM(name string, limit time.Duration, what string, cond func(api.VM) bool) api.VM {
+	l.t.Helper()
+	deadline := time.Now().Add(limit)
+	var last api.VM
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		v, err := l.Client.GetVM(ctx, name)
+		cancel()
+		lastErr = err
+		if err == nil {
+			last = *v
+			if cond(*v) {
+				return *v
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	l.t.Fatalf("vm %s: not %s after %s (state %q host %q: %s; err %v)", name, what, limit, last.State, last.Host, last.Message, lastErr)
+	return last
+}
+
+// Guest returns a guest client reaching the VM network from a host other
+// than avoid (so it keeps working while avoid is failed).
+func (l *Lab) Guest(avoid string) *guestclient.Client {
+	l.t.Helper()
+	for _, h := range l.Hosts() {
+		if h != avoid {
+			g, err := l.Guests(h, 3*time.Second)
+			if err != nil {
+				l.t.Fatal(err)
+			}
+			return g
+		}
+	}
+	l.t.Fatal("no host to reach guests from")
+	return nil
+}
+
+// WaitAnswering waits until the guest at ip answers GET /.
+func (l *Lab) WaitAnswering(g *guestclient.Client, ip string, limit time.Duration) guestclient.Counter {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	c, err := g.WaitCounter(ctx, ip)
+	if err != nil {
+		l.t.Fatalf("guest %s: %v", ip, err)
+	}
+	return c
+}
+
+// Events returns the events of the lab since t.
+func (l *Lab) Events(since time.Time) []client.Event {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	evs, err := l.Client.Events(ctx, client.EventFilter{Since: since})
+	if err != nil {
+		l.t.Fatalf("events: %v", err)
+	}
+	return evs
+}
+
+// Timeline renders events for a test log.
+func Timeline(evs []client.Event) string {
+	var b strings.Builder
+	for _, ev := range evs {
+		fmt.Fprintf(&b, "%s %-6s %-10s %-20s %s\n", ev.Time.Format("15:04:05.000"), ev.Host, ev.VM, ev.Type, ev.Message)
+	}
+	return b.String()
+}
