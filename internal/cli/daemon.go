@@ -24,6 +24,7 @@ import (
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/local"
+	"github.com/vigilha/vigil/internal/storage/shared"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -69,6 +70,7 @@ type daemonOpts struct {
 	cpus       int
 	memory     string
 	datastores []string
+	shared     []string
 	listen     string
 	advertise  string
 	mgmtIP     string
@@ -101,6 +103,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: 4 per CPU)")
 	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
 	f.StringSliceVar(&o.datastores, "datastore", nil, "datastore this host reaches: NAME=DIR for a local directory (default local=DATA_DIR/datastores/local)")
+	f.StringArrayVar(&o.shared, "shared-datastore", nil, "shared datastore this host reaches: NAME=http://STORAGE-SERVER:PORT (repeatable)")
 	f.StringVar(&o.listen, "agent-listen", "", "agent endpoint for host-local data such as consoles (default unix://DATA_DIR/agent.sock)")
 	f.StringVar(&o.advertise, "agent-advertise", "", "how servers reach the agent endpoint (default: --agent-listen)")
 	f.StringVar(&o.mgmtIP, "mgmt-ip", "", "this host's address on the management network")
@@ -220,15 +223,34 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 		if err != nil {
 			return err
 		}
-		srv, err := server.Start(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
+		started := make(chan *server.Server, 1)
+		go func() {
+			srv, err := server.Start(ctx, cfg)
+			if err != nil {
+				errc <- err
+				close(started)
+				return
+			}
+			started <- srv
+			errc <- srv.Run(ctx)
+		}()
 		if len(endpoints) == 0 {
+			// The agent uses this member: wait for it.
+			srv, ok := <-started
+			if !ok {
+				return <-errc
+			}
 			endpoints = srv.Endpoints()
+			defer srv.Close()
+		} else {
+			// The agent has the cluster's endpoints: it must not wait for this
+			// member to rejoin, or a restarted agent's lease would lapse.
+			defer func() {
+				if srv, ok := <-started; ok {
+					srv.Close()
+				}
+			}()
 		}
-		go func() { errc <- srv.Run(ctx) }()
 	}
 	if o.runAgent {
 		a, closeAgent, err := o.newAgent(ctx, log, endpoints)
@@ -253,7 +275,8 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
 		APIListen: o.apiListen, Log: log,
-		Datastores: []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
+		Datastores:  []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
+		Controllers: controllers,
 	}
 	if o.runAgent {
 		// An all-in-one agent's etcd client must not be the server's own
@@ -324,6 +347,17 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		}
 		dss[name] = ds
 	}
+	arbiters := map[string]agent.Arbiter{}
+	for _, d := range o.shared {
+		name, url, ok := strings.Cut(d, "=")
+		if !ok || spec.ValidName(name) != nil || !strings.HasPrefix(url, "http://") {
+			c.Close()
+			return nil, nil, fmt.Errorf("--shared-datastore %q: want NAME=http://HOST:PORT", d)
+		}
+		sc := shared.NewClient(url)
+		dss[name] = shared.NewDatastore(name, o.host, sc)
+		arbiters[name] = agentArbiter{sc}
+	}
 	var capacity store.Resources
 	capacity.CPUs = o.cpus
 	if o.memory != "" {
@@ -346,7 +380,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Driver: drv,
 		Datastores: dss, ImageDir: o.imageDir, Capacity: capacity,
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise,
-		LeaseTTL: o.leaseTTL, Version: Version, Log: log,
+		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters,
 	})
 	if err != nil {
 		c.Close()

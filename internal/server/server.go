@@ -46,7 +46,9 @@ type Config struct {
 	// Bootstrap objects created on first start (when absent).
 	Networks   []*store.Network
 	Datastores []*store.Datastore
-	Log        *slog.Logger
+	// Controllers builds the reconcilers the leader runs.
+	Controllers func(*store.Store, *slog.Logger) []controller.Reconciler
+	Log         *slog.Logger
 }
 
 // Server is a running control-plane member.
@@ -77,7 +79,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Log.With("member", cfg.Name)}
 	endpoints := cfg.ExternalEtcd
 	if len(endpoints) == 0 {
-		e, err := startEmbedded(cfg)
+		e, err := startEmbedded(ctx, cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +114,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func startEmbedded(cfg Config) (*embed.Etcd, error) {
+func startEmbedded(ctx context.Context, cfg Config) (*embed.Etcd, error) {
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = filepath.Join(cfg.DataDir, "etcd")
@@ -160,6 +162,9 @@ func startEmbedded(cfg Config) (*embed.Etcd, error) {
 	case err := <-e.Err():
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
 	case <-time.After(60 * time.Second):
 		// A member of a multi-member cluster is not ready until a quorum is;
 		// return anyway and let clients wait.
@@ -241,7 +246,13 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 			}
 			cancel()
 		}()
-		m := controller.NewManager(st, s.log, 5*time.Second, lifecycle.New(st, s.log))
+		var rs []controller.Reconciler
+		if s.cfg.Controllers != nil {
+			rs = s.cfg.Controllers(st, s.log)
+		} else {
+			rs = []controller.Reconciler{lifecycle.New(st, s.log)}
+		}
+		m := controller.NewManager(st, s.log, 5*time.Second, rs...)
 		m.Run(lctx)
 		cancel()
 		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)

@@ -127,8 +127,15 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 	if err := c.placeReady(ctx, p); err != nil {
 		errs = append(errs, err)
 	}
-	// Liveness, heartbeats and class timeouts change with time alone.
-	return 250 * time.Millisecond, errors.Join(errs...)
+	// Liveness, heartbeats and class timeouts change with time alone; a
+	// host in its grace period gets a pass the moment the grace ends.
+	next := 250 * time.Millisecond
+	for _, since := range c.down {
+		if left := since.Add(c.cfg.Grace).Sub(c.now()); left > 0 && left < next {
+			next = left + time.Millisecond
+		}
+	}
+	return next, errors.Join(errs...)
 }
 
 // watchHosts tracks lease expiries and suspicions, with one event each.

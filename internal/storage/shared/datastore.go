@@ -1,0 +1,69 @@
+package shared
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
+)
+
+// Datastore is a shared datastore as one host sees it: disks live on the
+// storage server, and this host opens them over NBD through exports of its
+// own, which the HA leader can revoke (fence).
+type Datastore struct {
+	name string
+	host string
+	c    *Client
+}
+
+var _ storage.Datastore = (*Datastore)(nil)
+
+// NewDatastore returns the datastore name served by c, for the host named
+// host (the name under which the server exports disks to it and fences it).
+func NewDatastore(name, host string, c *Client) *Datastore {
+	return &Datastore{name: name, host: host, c: c}
+}
+
+// Name is the datastore's name.
+func (s *Datastore) Name() string { return s.name }
+
+// Shared is true: every host reaches the same disks.
+func (s *Datastore) Shared() bool { return true }
+
+// Client is the storage server client the datastore uses.
+func (s *Datastore) Client() *Client { return s.c }
+
+// Prepare creates the disk on first use and exports it to this host for the
+// VM's placement epoch. It fails (wrapping ErrFenced) if this host was
+// fenced from the VM at that epoch or later.
+func (s *Datastore) Prepare(ctx context.Context, vm string, epoch int64, d spec.Disk) (driver.DiskConfig, error) {
+	if _, err := s.c.CreateDisk(ctx, vm, d.Name, int64(d.Size), d.Format, d.Image); err != nil {
+		return driver.DiskConfig{}, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	t, err := s.c.Export(ctx, vm, d.Name, s.host, epoch)
+	if err != nil {
+		return driver.DiskConfig{}, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	// The storage server decodes the image format; the export carries the
+	// guest's data, so QEMU opens it as raw whatever the image is.
+	return driver.DiskConfig{Name: d.Name, Format: "raw", NBD: &t}, nil
+}
+
+// Release removes this host's export of the disk.
+func (s *Datastore) Release(ctx context.Context, vm string, d spec.Disk) error {
+	if err := s.c.Unexport(ctx, vm, d.Name, s.host); err != nil {
+		return fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// Delete removes the disk from the storage server. It fails while any host
+// still has it exported.
+func (s *Datastore) Delete(ctx context.Context, vm string, d spec.Disk) error {
+	if err := s.c.DeleteDisk(ctx, vm, d.Name); err != nil {
+		return fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	return nil
+}

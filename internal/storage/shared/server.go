@@ -1,0 +1,943 @@
+// Package shared is the shared datastore: a storage server that owns every
+// VM disk image of the datastore and serves them to hosts over NBD, the Go
+// client of its control API, and the agent-side Datastore.
+//
+// The storage server (`vigil storage serve`) runs one qemu-storage-daemon,
+// which opens each image once (cache.direct=on) and exports it to each host
+// that runs the VM under an export name of its own. The server is also the
+// arbiter of who may write a disk: the HA leader fences a host there
+// (POST /v1/fence) before restarting its VMs elsewhere, and hosts send their
+// datastore heartbeats there, so the leader can tell an isolated host from a
+// dead one.
+//
+// # The fence
+//
+// A fence of (host, VM) at epoch F means: no export of that VM's disks for
+// that host at an epoch ≤ F may exist, now or ever. The server, holding the
+// lock that serialises every export operation:
+//
+//  1. records max(F, previous) in the state file (written to a temporary
+//     file, fsynced, renamed over state.json, directory fsynced);
+//  2. hard-deletes (block-export-del mode=hard) every export of the VM's
+//     disks for that host at an epoch ≤ F;
+//  3. waits until QEMU reports each one deleted (BLOCK_EXPORT_DELETED, or
+//     its absence from query-block-exports, which is removed in the same
+//     main-loop callback that emits the event);
+//  4. only then answers 200.
+//
+// Why that is enough: QEMU removes a hard-deleted export's name at once (no
+// new connection can find it) and shuts down its clients' sockets (requests
+// not yet read are dropped, and a request read after the shutdown is
+// discarded), and it deletes the export only when its reference count drops
+// to zero, which requires every request still being processed, holding a
+// reference, to have completed. Step 3 is not a formality: a write QEMU had
+// already read off the socket is not cancelled by the hard delete; it lands
+// after the client was disconnected (a slow disk makes that hundreds of
+// milliseconds, see TestFenceDrainsInFlightWrites), and only then is the
+// export deleted. So once step 3 is over, nothing that client sent can still
+// reach the image. Because step 1 precedes step 2 and both
+// happen under the lock that export creation takes, a concurrent or later
+// export request at epoch ≤ F sees the fence and is refused; the fence is on
+// disk before any export is deleted, so a restarted server refuses too. An
+// export name carries its host and epoch, so a stale QEMU that reconnects
+// (NBD clients do, with reconnect-delay) can never reach the export created
+// for a newer placement, even on the same host.
+//
+// NBD has no authentication: the storage network is trusted, and a host is
+// kept away from other hosts' exports only by using its own export names.
+//
+// The storage node itself is assumed reliable: if qemu-storage-daemon dies,
+// Serve returns an error and every export is gone (the VMs' NBD clients fail
+// their I/O after their reconnect delay). A restarted server re-creates the
+// exports it had, except those that a fence forbids.
+package shared
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage/local"
+)
+
+// ServerConfig configures Serve.
+type ServerConfig struct {
+	// Dir holds the images (Dir/images/VM/DISK.qcow2 or .raw), the state
+	// file (fences) and the daemon's monitor socket and pidfile.
+	Dir string
+	// Listen is the host:port of the HTTP control API.
+	Listen string
+	// NBDAddr is the host:port the NBD server binds, and the address given
+	// to clients, so it must be reachable from the hosts.
+	NBDAddr string
+	// QSDBinary is the qemu-storage-daemon to run (default from $PATH).
+	QSDBinary string
+	// Log receives the server's log (default: slog.Default()).
+	Log *slog.Logger
+}
+
+// opTimeout bounds one QMP command, and waitTimeout the wait for a deleted
+// export to drain when the caller gave no deadline.
+const (
+	opTimeout   = 10 * time.Second
+	waitTimeout = 30 * time.Second
+)
+
+// server is the state of one Serve call.
+type server struct {
+	log       *slog.Logger
+	opts      serverOptions
+	d         *daemon
+	nbdHost   string
+	nbdPort   int
+	imagesDir string
+	statePath string
+	ctx       context.Context // Serve's: ends QMP calls when the server stops
+
+	// opMu serialises every operation that changes exports, block nodes,
+	// fences or the state file, including the waits for QEMU to drain a
+	// deleted export: the fence argument needs fence-recording and export
+	// creation to be mutually exclusive, and a lock held across the whole
+	// operation makes that obvious.
+	opMu sync.Mutex
+	// diskMu serialises creating and deleting image files, so that a slow
+	// qemu-img never delays a fence.
+	diskMu sync.Mutex
+
+	// mu guards the maps below. It is held only for short, non-blocking
+	// sections, so listing and heartbeats never wait for an operation.
+	mu      sync.Mutex
+	fences  map[fenceKey]int64
+	exports map[exportKey]*export
+	nodes   map[diskKey]*blockNode
+
+	hbMu       sync.Mutex
+	heartbeats map[string]heartbeat
+}
+
+type diskKey struct{ vm, disk string }
+
+type exportKey struct{ vm, disk, host string }
+
+// export is one NBD export as the server tracks it.
+type export struct {
+	info Export
+	id   string // QEMU's export ID
+}
+
+// blockNode is an open image: a file protocol node and a format node on
+// it (and, in tests, a throttle filter on top).
+type blockNode struct {
+	nodes   []string // node names, the top (exported) one first
+	objects []string // QOM objects the nodes use (throttle groups)
+	path    string
+}
+
+// top is the node exports serve.
+func (n *blockNode) top() string { return n.nodes[0] }
+
+type heartbeat struct {
+	received time.Time // carries the monotonic reading: ages use it
+	lease    int64
+	vms      []HeartbeatVM
+}
+
+// serverOptions are knobs for tests.
+type serverOptions struct {
+	// writeIOPS, if positive, throttles writes to each disk, so that
+	// writes stay in flight inside the daemon as on a slow disk.
+	writeIOPS int
+}
+
+// Serve runs the storage server until ctx ends (nil error) or
+// qemu-storage-daemon dies (an error: every export is gone with it).
+func Serve(ctx context.Context, cfg ServerConfig) error {
+	return serve(ctx, cfg, serverOptions{})
+}
+
+func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
+	if cfg.Dir == "" || cfg.Listen == "" || cfg.NBDAddr == "" {
+		return errors.New("storage server: Dir, Listen and NBDAddr are required")
+	}
+	if cfg.QSDBinary == "" {
+		cfg.QSDBinary = "qemu-storage-daemon"
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "storage-server")
+	nbdHost, nbdPortStr, err := net.SplitHostPort(cfg.NBDAddr)
+	if err != nil {
+		return fmt.Errorf("storage server: NBD address %q: %w", cfg.NBDAddr, err)
+	}
+	nbdPort, err := strconv.Atoi(nbdPortStr)
+	if err != nil || nbdPort <= 0 || nbdPort > 65535 {
+		return fmt.Errorf("storage server: NBD address %q: bad port", cfg.NBDAddr)
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("storage server: %w", err)
+	}
+	s := &server{
+		log: log, opts: opts, nbdHost: nbdHost, nbdPort: nbdPort,
+		imagesDir: filepath.Join(dir, "images"), statePath: filepath.Join(dir, "state.json"),
+		ctx:     ctx,
+		fences:  map[fenceKey]int64{},
+		exports: map[exportKey]*export{},
+		nodes:   map[diskKey]*blockNode{},
+
+		heartbeats: map[string]heartbeat{},
+	}
+	if err := os.MkdirAll(s.imagesDir, 0o750); err != nil {
+		return fmt.Errorf("storage server: %w", err)
+	}
+	st, err := loadState(s.statePath)
+	if err != nil {
+		return fmt.Errorf("storage server: %w", err)
+	}
+	for _, f := range st.Fences {
+		s.fences[fenceKey{f.Host, f.VM}] = f.Epoch
+	}
+	// Listen before starting the daemon: a taken port fails fast.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("storage server: %w", err)
+	}
+	defer ln.Close()
+
+	s.d, err = startDaemon(ctx, cfg.QSDBinary, dir, log)
+	if err != nil {
+		return fmt.Errorf("storage server: %w", err)
+	}
+	defer s.d.stop()
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	// max-connections 0 is unlimited: QEMU's default (100 since 9.1) would
+	// cap the whole datastore at 100 VM disks. The storage network is
+	// trusted (NBD has no authentication anyway).
+	err = s.d.qmp.Execute(qctx, "nbd-server-start", map[string]any{
+		"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": nbdHost, "port": nbdPortStr}},
+		"max-connections": 0,
+	}, nil)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("storage server: start NBD server on %s: %w", cfg.NBDAddr, err)
+	}
+	s.restore(st.Exports)
+
+	srv := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("storage server up", "listen", ln.Addr().String(), "nbd", cfg.NBDAddr, "dir", dir,
+		"fences", len(s.fences), "exports", len(s.exports))
+
+	var result error
+	select {
+	case <-ctx.Done():
+	case <-s.d.exited:
+		result = fmt.Errorf("storage server: qemu-storage-daemon exited (%v): %s", s.d.exitErr, s.d.stderr)
+	case err := <-served:
+		result = fmt.Errorf("storage server: http: %w", err)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	_ = srv.Shutdown(sctx)
+	if result != nil {
+		log.Error("storage server stopping", "err", result)
+	} else {
+		log.Info("storage server stopping")
+	}
+	return result
+}
+
+// restore re-creates the exports of a previous run that no fence forbids,
+// so that a server restart does not cost running VMs their disks. Failures
+// only cost availability, so they are logged and skipped.
+func (s *server) restore(exports []Export) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	for _, e := range exports {
+		if f, ok := s.fences[fenceKey{e.Host, e.VM}]; ok && f >= e.Epoch {
+			s.log.Info("not restoring fenced export", "export", e.Export, "fence", f)
+			continue
+		}
+		if _, err := s.addExport(ExportRequest{VM: e.VM, Disk: e.Disk, Host: e.Host, Epoch: e.Epoch}); err != nil {
+			s.log.Warn("cannot restore export", "export", e.Export, "err", err)
+		}
+	}
+	if err := s.persist(s.fencesCopy()); err != nil {
+		s.log.Warn("save state", "err", err)
+	}
+}
+
+// qctx bounds one QMP command. It derives from Serve's context, not the
+// request's: a command must not be abandoned half-way because a client hung
+// up, or our view of QEMU's exports would diverge from QEMU's.
+func (s *server) qctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.ctx, opTimeout)
+}
+
+// names derived from a VM and disk for QEMU: node names must start with a
+// letter, use only [A-Za-z0-9-._] and be at most 31 characters, so a
+// readable prefix is cut short and a hash keeps them unique.
+func nodeNames(vm, disk string) (file, format string) {
+	h := sha256.Sum256([]byte(vm + "/" + disk))
+	tag := hex.EncodeToString(h[:4])
+	readable := vm + "." + disk
+	if len(readable) > 20 {
+		readable = readable[:20]
+	}
+	return "p-" + readable + "-" + tag, "d-" + readable + "-" + tag
+}
+
+// exportID is QEMU's ID of an export (any length; names are [a-z0-9-], so
+// '.' separates them unambiguously).
+func exportID(r ExportRequest) string {
+	return fmt.Sprintf("x.%s.%s.%s.e%d", r.VM, r.Disk, r.Host, r.Epoch)
+}
+
+// exportName is the NBD export name a host opens. It carries the epoch so
+// that a stale QEMU's reconnection can never reach an export created for a
+// newer placement of the VM on the same host.
+func exportName(r ExportRequest) string {
+	return fmt.Sprintf("%s/%s@%s/e%d", r.VM, r.Disk, r.Host, r.Epoch)
+}
+
+// diskPath finds a disk's image and its format; ok is false if it has none.
+func (s *server) diskPath(vm, disk string) (path, format string, ok bool) {
+	for _, f := range []string{"qcow2", "raw"} {
+		p := filepath.Join(s.imagesDir, vm, disk+"."+f)
+		if _, err := os.Stat(p); err == nil {
+			return p, f, true
+		}
+	}
+	return "", "", false
+}
+
+// createDisk creates a disk if it does not exist.
+func (s *server) createDisk(ctx context.Context, r CreateDiskRequest) (CreateDiskResponse, error) {
+	if err := validNames("vm", r.VM, "disk", r.Disk); err != nil {
+		return CreateDiskResponse{}, err
+	}
+	if r.Format == "" {
+		r.Format = "qcow2"
+	}
+	if r.Format != "qcow2" && r.Format != "raw" {
+		return CreateDiskResponse{}, invalid("format %q: must be qcow2 or raw", r.Format)
+	}
+	d := spec.Disk{Name: r.Disk, Size: spec.Size(r.Size), Format: r.Format, Image: r.Image}
+	if r.Image != "" {
+		if !filepath.IsAbs(r.Image) {
+			return CreateDiskResponse{}, invalid("image %q: must be an absolute path on the storage node", r.Image)
+		}
+		if _, err := os.Stat(r.Image); err != nil {
+			return CreateDiskResponse{}, invalid("image: %v", err)
+		}
+	} else if r.Size <= 0 {
+		return CreateDiskResponse{}, invalid("size: must be positive for a disk without an image")
+	}
+	want := local.StoredFormat(d)
+
+	s.diskMu.Lock()
+	defer s.diskMu.Unlock()
+	if path, format, ok := s.diskPath(r.VM, r.Disk); ok {
+		if format != want {
+			return CreateDiskResponse{}, &httpError{http.StatusConflict, codeConflict,
+				fmt.Errorf("disk %s/%s exists as %s, not %s", r.VM, r.Disk, format, want)}
+		}
+		return CreateDiskResponse{Path: path}, nil
+	}
+	path := filepath.Join(s.imagesDir, r.VM, r.Disk+"."+want)
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return CreateDiskResponse{}, fmt.Errorf("create disk %s/%s: %w", r.VM, r.Disk, err)
+	}
+	// CreateImage writes under a temporary name and renames, so an export
+	// never opens a half-made image.
+	if err := local.CreateImage(ctx, path, d); err != nil {
+		return CreateDiskResponse{}, fmt.Errorf("create disk %s/%s: %w", r.VM, r.Disk, err)
+	}
+	s.log.Info("disk created", "vm", r.VM, "disk", r.Disk, "path", path, "size", r.Size, "image", r.Image)
+	return CreateDiskResponse{Path: path}, nil
+}
+
+// deleteDisk removes a disk that no host has exported.
+func (s *server) deleteDisk(vm, disk string) error {
+	if err := validNames("vm", vm, "disk", disk); err != nil {
+		return err
+	}
+	s.diskMu.Lock()
+	defer s.diskMu.Unlock()
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	var hosts []string
+	s.mu.Lock()
+	for k, e := range s.exports {
+		if k.vm == vm && k.disk == disk {
+			hosts = append(hosts, e.info.Export)
+		}
+	}
+	s.mu.Unlock()
+	if len(hosts) > 0 {
+		sort.Strings(hosts)
+		return &httpError{http.StatusConflict, codeInUse, fmt.Errorf("disk %s/%s is exported (%v): unexport it first", vm, disk, hosts)}
+	}
+	if err := s.closeNode(diskKey{vm, disk}); err != nil {
+		return err
+	}
+	for _, f := range []string{"qcow2", "raw"} {
+		p := filepath.Join(s.imagesDir, vm, disk+"."+f)
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("delete disk %s/%s: %w", vm, disk, err)
+		}
+	}
+	_ = os.Remove(filepath.Join(s.imagesDir, vm)) // only if empty
+	s.log.Info("disk deleted", "vm", vm, "disk", disk)
+	return nil
+}
+
+// exportDisk gives a host an NBD export of a disk, unless the host is
+// fenced from the VM at the request's epoch or later.
+func (s *server) exportDisk(ctx context.Context, r ExportRequest) (ExportResponse, error) {
+	if err := validNames("vm", r.VM, "disk", r.Disk, "host", r.Host); err != nil {
+		return ExportResponse{}, err
+	}
+	if r.Epoch < 0 {
+		return ExportResponse{}, invalid("epoch: must not be negative")
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	// The fence check and the export creation below are one critical
+	// section with respect to fences (opMu): see the package doc.
+	s.mu.Lock()
+	f, fenced := s.fences[fenceKey{r.Host, r.VM}]
+	old := s.exports[exportKey{r.VM, r.Disk, r.Host}]
+	s.mu.Unlock()
+	if fenced && f >= r.Epoch {
+		return ExportResponse{}, &httpError{http.StatusConflict, codeFenced,
+			fmt.Errorf("host %s is fenced from vm %s up to epoch %d; an export at epoch %d is refused", r.Host, r.VM, f, r.Epoch)}
+	}
+	if old != nil {
+		switch {
+		case old.info.Epoch == r.Epoch && !old.info.Deleting:
+			return s.target(old), nil
+		case old.info.Epoch > r.Epoch:
+			return ExportResponse{}, &httpError{http.StatusConflict, codeStale,
+				fmt.Errorf("host %s already has %s at epoch %d; epoch %d is stale", r.Host, old.info.Export, old.info.Epoch, r.Epoch)}
+		}
+		// An older placement's export (or this one, being deleted) must be
+		// gone before the new one exists: its QEMU is stale.
+		if err := s.removeExports(ctx, []*export{old}); err != nil {
+			return ExportResponse{}, &httpError{http.StatusServiceUnavailable, codeBusy, fmt.Errorf("replace %s: %w", old.info.Export, err)}
+		}
+	}
+	e, err := s.addExport(r)
+	if err != nil {
+		return ExportResponse{}, err
+	}
+	if err := s.persist(s.fencesCopy()); err != nil {
+		// The state file only helps a restarted server restore exports;
+		// the fences in it are unchanged.
+		s.log.Warn("save state", "err", err)
+	}
+	return s.target(e), nil
+}
+
+func (s *server) target(e *export) ExportResponse {
+	return ExportResponse{Host: s.nbdHost, Port: s.nbdPort, Export: e.info.Export}
+}
+
+// addExport opens the disk's block node if needed and adds the export.
+// Callers hold opMu and have checked fences.
+func (s *server) addExport(r ExportRequest) (*export, error) {
+	node, err := s.openNode(r.VM, r.Disk)
+	if err != nil {
+		return nil, err
+	}
+	e := &export{id: exportID(r), info: Export{VM: r.VM, Disk: r.Disk, Host: r.Host, Epoch: r.Epoch, Export: exportName(r)}}
+	ctx, cancel := s.qctx()
+	defer cancel()
+	// Every export of a node is writable: the block layer lets several
+	// writers share a node (export BlockBackends share all permissions),
+	// which live migration needs while both hosts have the disk open.
+	err = s.d.qmp.Execute(ctx, "block-export-add", map[string]any{
+		"type": "nbd", "id": e.id, "node-name": node.top(), "name": e.info.Export,
+		"writable": true,
+	}, nil)
+	if err != nil {
+		s.closeUnused(diskKey{r.VM, r.Disk})
+		return nil, fmt.Errorf("export %s: %w", e.info.Export, err)
+	}
+	s.mu.Lock()
+	s.exports[exportKey{r.VM, r.Disk, r.Host}] = e
+	s.mu.Unlock()
+	s.log.Info("exported", "export", e.info.Export, "vm", r.VM, "disk", r.Disk, "host", r.Host, "epoch", r.Epoch)
+	return e, nil
+}
+
+// openNode makes sure a disk's image is open in the daemon: a file node
+// with O_DIRECT (a write acknowledged to a host is past the storage node's
+// page cache) and the format node on it.
+func (s *server) openNode(vm, disk string) (*blockNode, error) {
+	k := diskKey{vm, disk}
+	s.mu.Lock()
+	n := s.nodes[k]
+	s.mu.Unlock()
+	if n != nil {
+		return n, nil
+	}
+	path, format, ok := s.diskPath(vm, disk)
+	if !ok {
+		return nil, &httpError{http.StatusNotFound, codeNotFound, fmt.Errorf("disk %s/%s does not exist", vm, disk)}
+	}
+	file, fmtNode := nodeNames(vm, disk)
+	n = &blockNode{path: path}
+	ctx, cancel := s.qctx()
+	defer cancel()
+	add := func(args map[string]any) error {
+		if err := s.d.qmp.Execute(ctx, "blockdev-add", args, nil); err != nil {
+			return err
+		}
+		n.nodes = append([]string{args["node-name"].(string)}, n.nodes...)
+		return nil
+	}
+	err := add(map[string]any{
+		"driver": "file", "node-name": file, "filename": path,
+		"cache": map[string]any{"direct": true}, "aio": "threads", "discard": "unmap",
+	})
+	if err == nil {
+		err = add(map[string]any{"driver": format, "node-name": fmtNode, "file": file, "discard": "unmap"})
+	}
+	if err == nil && s.opts.writeIOPS > 0 {
+		err = s.addThrottle(ctx, n, fmtNode, add)
+	}
+	if err != nil {
+		if cerr := s.closeNodes(n); cerr != nil {
+			s.log.Warn("close half-open image", "path", path, "err", cerr)
+		}
+		return nil, fmt.Errorf("open %s as %s: %w", path, format, err)
+	}
+	s.mu.Lock()
+	s.nodes[k] = n
+	s.mu.Unlock()
+	s.log.Debug("block node opened", "vm", vm, "disk", disk, "node", n.top(), "path", path)
+	return n, nil
+}
+
+// addThrottle puts a write-throttling filter on top of a disk, so that
+// tests can keep writes in flight inside the daemon (a slow disk).
+func (s *server) addThrottle(ctx context.Context, n *blockNode, below string, add func(map[string]any) error) error {
+	group := "g-" + below[2:]
+	err := s.d.qmp.Execute(ctx, "object-add", map[string]any{
+		"qom-type": "throttle-group", "id": group,
+		"limits": map[string]any{"iops-write": s.opts.writeIOPS},
+	}, nil)
+	if err != nil {
+		return err
+	}
+	n.objects = append(n.objects, group)
+	return add(map[string]any{"driver": "throttle", "node-name": "t-" + below[2:], "throttle-group": group, "file": below})
+}
+
+// closeUnused closes a disk's block node if no export uses it any more.
+func (s *server) closeUnused(k diskKey) {
+	s.mu.Lock()
+	for ek := range s.exports {
+		if ek.vm == k.vm && ek.disk == k.disk {
+			s.mu.Unlock()
+			return
+		}
+	}
+	s.mu.Unlock()
+	if err := s.closeNode(k); err != nil {
+		s.log.Warn("close block node", "vm", k.vm, "disk", k.disk, "err", err)
+	}
+}
+
+// closeNode closes a disk's block node (flushing it) if it is open.
+func (s *server) closeNode(k diskKey) error {
+	s.mu.Lock()
+	n := s.nodes[k]
+	s.mu.Unlock()
+	if n == nil {
+		return nil
+	}
+	if err := s.closeNodes(n); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.nodes, k)
+	s.mu.Unlock()
+	s.log.Debug("block node closed", "vm", k.vm, "disk", k.disk, "path", n.path)
+	return nil
+}
+
+// closeNodes deletes a disk's nodes from the top down, then its objects.
+// What is closed is removed from n, so that a retry resumes.
+func (s *server) closeNodes(n *blockNode) error {
+	ctx, cancel := s.qctx()
+	defer cancel()
+	for len(n.nodes) > 0 {
+		if err := s.d.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": n.nodes[0]}, nil); err != nil {
+			return fmt.Errorf("close %s (node %s): %w", n.path, n.nodes[0], err)
+		}
+		n.nodes = n.nodes[1:]
+	}
+	for len(n.objects) > 0 {
+		if err := s.d.qmp.Execute(ctx, "object-del", map[string]any{"id": n.objects[0]}, nil); err != nil {
+			return fmt.Errorf("close %s (object %s): %w", n.path, n.objects[0], err)
+		}
+		n.objects = n.objects[1:]
+	}
+	return nil
+}
+
+// removeExports hard-deletes exports and waits until QEMU has drained them;
+// then forgets them and closes the block nodes nobody uses. On error the
+// exports stay listed, marked deleting, and a retry waits for them again.
+// Callers hold opMu.
+func (s *server) removeExports(ctx context.Context, list []*export) error {
+	if len(list) == 0 {
+		return nil
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, waitTimeout)
+		defer cancel()
+	}
+	ids := make([]string, len(list))
+	s.mu.Lock()
+	for i, e := range list {
+		e.info.Deleting = true
+		ids[i] = e.id
+	}
+	s.mu.Unlock()
+	start := time.Now()
+	if err := s.d.deleteExports(ctx, ids); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for _, e := range list {
+		k := exportKey{e.info.VM, e.info.Disk, e.info.Host}
+		if s.exports[k] == e {
+			delete(s.exports, k)
+		}
+	}
+	s.mu.Unlock()
+	drained := time.Since(start)
+	for _, e := range list {
+		s.log.Info("export deleted", "export", e.info.Export, "drained_in", drained)
+		s.closeUnused(diskKey{e.info.VM, e.info.Disk})
+	}
+	return nil
+}
+
+// unexport removes a host's export of a disk, whatever its epoch.
+func (s *server) unexport(ctx context.Context, vm, disk, host string) error {
+	if err := validNames("vm", vm, "disk", disk, "host", host); err != nil {
+		return err
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	s.mu.Lock()
+	e := s.exports[exportKey{vm, disk, host}]
+	s.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	if err := s.removeExports(ctx, []*export{e}); err != nil {
+		return fmt.Errorf("unexport %s: %w", e.info.Export, err)
+	}
+	if err := s.persist(s.fencesCopy()); err != nil {
+		s.log.Warn("save state", "err", err)
+	}
+	return nil
+}
+
+// fence is the safety mechanism; the package doc explains the order.
+func (s *server) fence(ctx context.Context, r FenceRequest) ([]string, error) {
+	if err := validNames("host", r.Host); err != nil {
+		return nil, err
+	}
+	if len(r.VMs) == 0 {
+		return nil, invalid("vms: at least one VM is required")
+	}
+	for vm, epoch := range r.VMs {
+		if err := validNames("vm", vm); err != nil {
+			return nil, err
+		}
+		if epoch < 0 {
+			return nil, invalid("vms[%s]: epoch must not be negative", vm)
+		}
+	}
+	start := time.Now()
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+
+	// 1. Record the fence durably before touching any export.
+	fences := s.fencesCopy()
+	changed := false
+	for vm, epoch := range r.VMs {
+		k := fenceKey{r.Host, vm}
+		if cur, ok := fences[k]; !ok || epoch > cur {
+			fences[k] = epoch
+			changed = true
+		}
+	}
+	if changed {
+		if err := s.persist(fences); err != nil {
+			return nil, fmt.Errorf("fence %s: record fence: %w", r.Host, err)
+		}
+	}
+	s.mu.Lock()
+	s.fences = fences
+	var victims []*export
+	for k, e := range s.exports {
+		if k.host == r.Host {
+			if _, ok := r.VMs[k.vm]; ok && e.info.Epoch <= fences[fenceKey{r.Host, k.vm}] {
+				victims = append(victims, e)
+			}
+		}
+	}
+	s.mu.Unlock()
+	sort.Slice(victims, func(i, j int) bool { return victims[i].info.Export < victims[j].info.Export })
+	names := make([]string, len(victims))
+	for i, e := range victims {
+		names[i] = e.info.Export
+	}
+	s.log.Info("fencing", "host", r.Host, "vms", r.VMs, "exports", names)
+
+	// 2, 3. Hard-delete the host's exports and wait until QEMU drained them.
+	if err := s.removeExports(ctx, victims); err != nil {
+		return nil, &httpError{http.StatusServiceUnavailable, codeBusy,
+			fmt.Errorf("fence %s: recorded, but its exports are not drained yet (retry): %w", r.Host, err)}
+	}
+	if len(victims) > 0 {
+		if err := s.persist(fences); err != nil {
+			s.log.Warn("save state", "err", err)
+		}
+	}
+	s.log.Info("fenced", "host", r.Host, "vms", r.VMs, "exports", names, "took", time.Since(start))
+	return names, nil
+}
+
+func (s *server) fencesCopy() map[fenceKey]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[fenceKey]int64, len(s.fences)+1)
+	for k, v := range s.fences {
+		m[k] = v
+	}
+	return m
+}
+
+// persist writes the given fences and the current live exports. Callers
+// hold opMu, which orders writers of the state file.
+func (s *server) persist(fences map[fenceKey]int64) error {
+	var st persistedState
+	for k, e := range fences {
+		st.Fences = append(st.Fences, Fence{Host: k.host, VM: k.vm, Epoch: e})
+	}
+	s.mu.Lock()
+	for _, e := range s.exports {
+		if !e.info.Deleting {
+			st.Exports = append(st.Exports, e.info)
+		}
+	}
+	s.mu.Unlock()
+	return saveState(s.statePath, st)
+}
+
+func (s *server) listExports() []Export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Export, 0, len(s.exports))
+	for _, e := range s.exports {
+		out = append(out, e.info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Export < out[j].Export })
+	return out
+}
+
+func (s *server) listFences() []Fence {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Fence, 0, len(s.fences))
+	for k, e := range s.fences {
+		out = append(out, Fence{Host: k.host, VM: k.vm, Epoch: e})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Host < out[j].Host || out[i].Host == out[j].Host && out[i].VM < out[j].VM
+	})
+	return out
+}
+
+// heartbeat records a host's heartbeat at the server's receive time and
+// returns the host's fences.
+func (s *server) heartbeat(host string, r HeartbeatRequest) (HeartbeatResponse, error) {
+	if err := validNames("host", host); err != nil {
+		return HeartbeatResponse{}, err
+	}
+	s.hbMu.Lock()
+	s.heartbeats[host] = heartbeat{received: time.Now(), lease: r.Lease, vms: r.VMs}
+	s.hbMu.Unlock()
+	resp := HeartbeatResponse{Fenced: map[string]int64{}}
+	s.mu.Lock()
+	for k, e := range s.fences {
+		if k.host == host {
+			resp.Fenced[k.vm] = e
+		}
+	}
+	s.mu.Unlock()
+	return resp, nil
+}
+
+func (s *server) listHeartbeats() map[string]hostHeartbeatJSON {
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	out := make(map[string]hostHeartbeatJSON, len(s.heartbeats))
+	for h, hb := range s.heartbeats {
+		vms := hb.vms
+		if vms == nil {
+			vms = []HeartbeatVM{}
+		}
+		out[h] = hostHeartbeatJSON{AgeMS: time.Since(hb.received).Milliseconds(), Lease: hb.lease, VMs: vms}
+	}
+	return out
+}
+
+// httpError is an error with its HTTP status and API code.
+type httpError struct {
+	status int
+	code   string
+	err    error
+}
+
+func (e *httpError) Error() string { return e.err.Error() }
+func (e *httpError) Unwrap() error { return e.err }
+
+func invalid(format string, a ...any) error {
+	return &httpError{http.StatusBadRequest, codeInvalid, fmt.Errorf(format, a...)}
+}
+
+// validNames checks (field, value) pairs. Names are also path components
+// and parts of QEMU IDs, so only the spec's DNS-label names are accepted.
+func validNames(pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if err := spec.ValidName(pairs[i+1]); err != nil {
+			return invalid("%s: %v", pairs[i], err)
+		}
+	}
+	return nil
+}
+
+func (s *server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("POST /v1/disks", func(w http.ResponseWriter, r *http.Request) {
+		var req CreateDiskRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := s.createDisk(r.Context(), req)
+		s.reply(w, r, resp, err)
+	})
+	mux.HandleFunc("DELETE /v1/disks/{vm}/{disk}", func(w http.ResponseWriter, r *http.Request) {
+		err := s.deleteDisk(r.PathValue("vm"), r.PathValue("disk"))
+		s.reply(w, r, struct{}{}, err)
+	})
+	mux.HandleFunc("POST /v1/exports", func(w http.ResponseWriter, r *http.Request) {
+		var req ExportRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := s.exportDisk(r.Context(), req)
+		s.reply(w, r, resp, err)
+	})
+	mux.HandleFunc("GET /v1/exports", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.listExports())
+	})
+	mux.HandleFunc("DELETE /v1/exports/{vm}/{disk}/{host}", func(w http.ResponseWriter, r *http.Request) {
+		err := s.unexport(r.Context(), r.PathValue("vm"), r.PathValue("disk"), r.PathValue("host"))
+		s.reply(w, r, struct{}{}, err)
+	})
+	mux.HandleFunc("POST /v1/fence", func(w http.ResponseWriter, r *http.Request) {
+		var req FenceRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		names, err := s.fence(r.Context(), req)
+		if names == nil {
+			names = []string{}
+		}
+		s.reply(w, r, FenceResponse{Fenced: names}, err)
+	})
+	mux.HandleFunc("GET /v1/fences", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.listFences())
+	})
+	mux.HandleFunc("POST /v1/heartbeats/{host}", func(w http.ResponseWriter, r *http.Request) {
+		var req HeartbeatRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := s.heartbeat(r.PathValue("host"), req)
+		s.reply(w, r, resp, err)
+	})
+	mux.HandleFunc("GET /v1/heartbeats", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.listHeartbeats())
+	})
+	return mux
+}
+
+// reply writes v, or err with its status (500 for errors without one).
+func (s *server) reply(w http.ResponseWriter, r *http.Request, v any, err error) {
+	if err == nil {
+		writeJSON(w, http.StatusOK, v)
+		return
+	}
+	status, code := http.StatusInternalServerError, ""
+	var he *httpError
+	if errors.As(err, &he) {
+		status, code = he.status, he.code
+	}
+	if status >= 500 {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	} else {
+		s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	writeJSON(w, status, errorBody{Error: err.Error(), Code: code})
+}
+
+// decode reads a JSON body of at most 1 MiB, answering 400 itself on error.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(v); err != nil {
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad request body: " + err.Error(), Code: codeInvalid})
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,84 @@
+package shared
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// persistedState is Dir/state.json. Fences are the part safety depends on;
+// exports are kept only so that a restarted server can serve the VMs that
+// were running (their NBD clients reconnect), and are re-checked against the
+// fences before being re-created.
+type persistedState struct {
+	Fences  []Fence  `json:"fences"`
+	Exports []Export `json:"exports"`
+}
+
+// fenceKey identifies a fence: one host, one VM.
+type fenceKey struct{ host, vm string }
+
+// loadState reads the state file; a missing file is an empty state, a
+// corrupt one is an error (starting without the fences it held would give
+// fenced hosts their access back).
+func loadState(path string) (persistedState, error) {
+	var st persistedState
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("read state: %w", err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("state file %s is corrupt (refusing to start without its fences): %w", path, err)
+	}
+	return st, nil
+}
+
+// saveState replaces the state file atomically and durably: the new content
+// is fsynced under a temporary name, renamed over the old file, and the
+// directory fsynced so the rename itself survives a crash. When it returns
+// nil the fences are on disk.
+func saveState(path string, st persistedState) error {
+	sort.Slice(st.Fences, func(i, j int) bool {
+		a, b := st.Fences[i], st.Fences[j]
+		return a.Host < b.Host || a.Host == b.Host && a.VM < b.VM
+	})
+	sort.Slice(st.Exports, func(i, j int) bool { return st.Exports[i].Export < st.Exports[j].Export })
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync state: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("install state: %w", err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("fsync state dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync state dir: %w", err)
+	}
+	return nil
+}
