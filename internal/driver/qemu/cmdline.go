@@ -54,7 +54,7 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		"-nodefaults", "-no-user-config",
 		"-display", "none", "-vga", "none",
 		"-sandbox", "on",
-		"-daemonize", "-pidfile", p.Pidfile,
+		"-pidfile", p.Pidfile,
 		"-chardev", "socket,id=qmp0,path=" + escapeOpt(p.QMP) + ",server=on,wait=off",
 		"-mon", "chardev=qmp0,mode=control",
 		"-chardev", "file,id=ser0,path=" + escapeOpt(p.Console) + ",append=on",

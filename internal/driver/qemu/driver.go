@@ -1,5 +1,5 @@
 // Package qemu implements the driver interface with QEMU processes driven
-// over QMP. QEMU daemonizes, so VMs outlive the agent; each VM keeps a
+// over QMP. QEMU runs in a session of its own, so VMs outlive the agent; each VM keeps a
 // runtime directory (QMP socket, pidfile, console log, heartbeat socket,
 // config) through which a restarted agent reattaches.
 package qemu
@@ -174,9 +174,8 @@ type persisted struct {
 	StartedAt time.Time       `json:"startedAt"`
 }
 
-// Start launches QEMU for cfg. QEMU daemonizes after initialising, so when
-// the launcher exits successfully the VM's process is up and its QMP
-// socket is listening; a failure is reported with QEMU's own message.
+// Start launches QEMU for cfg and returns once its QMP socket listens; a
+// failure is reported with QEMU's own message from its log.
 func (d *Driver) Start(ctx context.Context, cfg *driver.VMConfig) (driver.Status, error) {
 	d.mu.Lock()
 	if in, ok := d.vms[cfg.Name]; ok {
@@ -250,18 +249,23 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "%s starting: %s %s\n", started.Format(time.RFC3339Nano), d.cfg.Binary, strings.Join(args, " "))
-	cmd := exec.CommandContext(ctx, d.cfg.Binary, args...)
+	// QEMU runs in a session of its own and is not killed with the agent:
+	// a signal to the agent's process group (Ctrl-C on `vigil up`) must not
+	// reach the VMs. It does not -daemonize: the fork would show two
+	// processes named for one VM while it starts.
+	cmd := exec.Command(d.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = taps
-	// A session of its own: a signal to the agent's process group (Ctrl-C
-	// on `vigil up`) must not reach the VMs.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("start %s: qemu failed: %s", cfg.Name, lastLines(p.Log, 3, err))
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
 	}
-	proc, err := findProcess(p.Pidfile, cfg.Name)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps QEMU while this agent lives
+	proc, err := waitReady(ctx, cmd.Process.Pid, cfg.Name, p, exited)
 	if err != nil {
-		return nil, fmt.Errorf("start %s: qemu exited right after starting: %s", cfg.Name, lastLines(p.Log, 3, err))
+		_ = cmd.Process.Kill()
+		return nil, fmt.Errorf("start %s: qemu failed: %s", cfg.Name, lastLines(p.Log, 3, err))
 	}
 	in := newInstance(d, cfg.Name, p, rec, proc)
 	if err := in.attach(ctx); err != nil {
@@ -272,6 +276,34 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	}
 	d.log.Info("vm started", "vm", cfg.Name, "pid", proc.pid, "accel", accel, "took", time.Since(started).Round(time.Millisecond))
 	return in, nil
+}
+
+// waitReady waits until a freshly started QEMU listens on its QMP socket,
+// or reports why it exited first.
+func waitReady(ctx context.Context, pid int, name string, p runtimePaths, exited <-chan error) (*process, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			if err == nil {
+				err = errors.New("exited during startup")
+			}
+			return nil, err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		if _, err := os.Stat(p.QMP); err == nil {
+			fd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				return nil, fmt.Errorf("process %d: %w", pid, err)
+			}
+			return &process{pid: pid, pidfd: fd}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no QMP socket after 30s")
+		}
+	}
 }
 
 // Recover reattaches to VMs whose runtime directories survive from an

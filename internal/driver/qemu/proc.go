@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// process is a QEMU process that need not be our child (QEMU daemonizes so
-// that it outlives the agent). A pidfd makes signals and exit detection
+// process is a QEMU process that need not be our child (a restarted agent
+// finds QEMUs that a previous agent started). A pidfd makes signals and exit detection
 // immune to PID reuse.
 type process struct {
 	pid   int
