@@ -1,24 +1,15 @@
 #!/usr/bin/env bash
-# README command (a): install what is missing, build Vigil and the guest image, start a
-# single-host Vigil (`vigil up`), boot two VMs and show them serving.
-#   scripts/demo.sh          run the demo (Vigil keeps running in the background)
-#   scripts/demo.sh --down   stop the demo's VMs and Vigil, and remove its network namespace
+# README command (a): install what is missing, build Vigil and the guest image, bring up a
+# real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
+# VMs with HA, crash the host of one, and print the failover timeline.
+#   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
+#   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-DATA=/var/lib/vigil/demo
-V=bin/vigil
+V="$PWD/bin/vigil"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-if [ "${1:-}" = "--down" ]; then
-  for vm in $("$V" vm list -o json 2>/dev/null | python3 -c 'import json,sys; print(" ".join(v["name"] for v in json.load(sys.stdin)))'); do
-    "$V" vm delete "$vm" --wait 90s || true
-  done
-  [ -f "$DATA/up.pid" ] && kill "$(cat "$DATA/up.pid")" 2>/dev/null || true
-  ip netns del vigil 2>/dev/null || true
-  echo "demo stopped"
-  exit 0
-fi
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 scripts/setup.sh
 say "build"
@@ -27,38 +18,56 @@ CGO_ENABLED=0 go build -o bin/vigil-guest ./cmd/vigil-guest
 say "guest image"
 "$V" image build --guest-binary bin/vigil-guest
 
-say "start vigil up (log: $DATA/up.log)"
-mkdir -p "$DATA"
-if ! "$V" host list >/dev/null 2>&1; then
-  setsid "$V" up --data-dir "$DATA" >>"$DATA/up.log" 2>&1 < /dev/null &
-  echo $! >"$DATA/up.pid"
-  for _ in $(seq 1 100); do "$V" host list >/dev/null 2>&1 && break; sleep 0.2; done
+if [ "${1:-}" = "--single" ]; then
+  exec scripts/demo-single.sh
 fi
+
+say "bring up a 3-host lab (host1-3 run agent+server; a storage namespace serves the shared datastore)"
+"$V" lab down >/dev/null 2>&1 || true
+"$V" lab up --hosts 3
+eval "$("$V" lab env)"
 "$V" host list
 
-say "create two VMs from examples/guest.yaml"
-for vm in guest1 guest2; do
-  "$V" vm show "$vm" >/dev/null 2>&1 || "$V" vm create -f examples/guest.yaml --name "$vm"
-done
-"$V" vm start guest1 guest2 --wait 60s >/dev/null
-
-say "wait for the guests' HTTP service (TCG boot takes a few seconds)"
-for vm in guest1 guest2; do
-  ip=$("$V" vm show "$vm" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ip"])')
-  for _ in $(seq 1 120); do ip netns exec vigil curl -sf -m 1 "http://$ip/healthz" >/dev/null && break; sleep 0.5; done
-  printf '%s (%s): ' "$vm" "$ip"; ip netns exec vigil curl -s "http://$ip/"; echo
-  printf '  ledger append: '; ip netns exec vigil curl -s -XPOST -d "hello from the demo" "http://$ip/ledger"; echo
-done
-
-say "vigil vm list"
+say "create two HA-protected VMs from examples/ha-guest.yaml"
+"$V" vm create -f examples/ha-guest.yaml --name ha-guest1 --wait 90s
+"$V" vm create -f examples/ha-guest.yaml --name ha-guest2 --wait 90s
 "$V" vm list
-say "vigil events"
-"$V" events --limit 20
+
+guest() { "$V" vm show "$1" -o json | json 'd["'"$2"'"]'; }
+ip1=$(guest ha-guest1 ip); host1=$(guest ha-guest1 host)
+other=host1; [ "$host1" = host1 ] && other=host2
+say "wait for the guests to boot (TCG emulation: a few seconds), then write to ha-guest1's ledger"
+for vm in ha-guest1 ha-guest2; do
+  ip=$(guest "$vm" ip)
+  for _ in $(seq 1 120); do "$V" lab exec "$other" -- curl -sf -m 1 "http://$ip/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+  printf '%s (%s on %s): ' "$vm" "$ip" "$(guest "$vm" host)"; "$V" lab exec "$other" -- curl -s "http://$ip/"; echo
+done
+for i in 1 2 3; do "$V" lab exec "$other" -- curl -s -XPOST -d "order $i" "http://$ip1/ledger"; echo; done
+
+say "crash $host1 (SIGKILL of every process of the host, QEMU included; links down)"
+start=$(date +%s%N)
+"$V" lab crash "$host1"
+for _ in $(seq 1 600); do
+  h=$(guest ha-guest1 host 2>/dev/null || true); s=$(guest ha-guest1 state 2>/dev/null || true)
+  [ -n "$h" ] && [ "$h" != "$host1" ] && [ "$s" = running ] && break
+  sleep 0.1
+done
+echo "ha-guest1 is running on $(guest ha-guest1 host), $(( ($(date +%s%N) - start) / 1000000 )) ms after the crash"
+for _ in $(seq 1 120); do "$V" lab exec "$other" -- curl -sf -m 1 "http://$ip1/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+echo "its service answers again $(( ($(date +%s%N) - start) / 1000000 )) ms after the crash; its ledger kept every acknowledged write:"
+"$V" lab exec "$other" -- curl -s "http://$ip1/ledger"; echo
+
+say "the failover timeline (vigil events)"
+"$V" events --since 2m | grep -v -e vm.created -e vm.placed -e host.up -e leader.elected || true
+
+say "heal $host1: it reboots empty and rejoins"
+"$V" lab heal "$host1"
+sleep 3
+"$V" host list
+"$V" vm list
 cat <<MSG
 
-Vigil is running in the background (pid $(cat "$DATA/up.pid" 2>/dev/null || echo '?'), log $DATA/up.log).
-Try:  bin/vigil vm console guest1 | tail
-      ip netns exec vigil curl http://10.77.0.10/
-      bin/vigil vm stop guest1 --wait 60s
-Stop: scripts/demo.sh --down
+The lab keeps running. Try:
+  eval "\$(bin/vigil lab env)"; bin/vigil ha drill host2; bin/vigil lab freeze host3; bin/vigil events -f
+Remove it with: bin/vigil lab down
 MSG

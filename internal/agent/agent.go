@@ -188,13 +188,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	watch := a.st.Watch(ctx, store.StatePrefix)
-	resync := time.NewTicker(5 * time.Second)
+	// The watch can sit on a member that stopped answering (gRPC's
+	// keepalive floor is 10 s), so the loop also re-reads on a short timer.
+	resync := time.NewTicker(2 * time.Second)
 	defer resync.Stop()
 	events := a.drv.Events()
 	a.log.Info("agent running", "data_dir", a.cfg.DataDir, "lease_ttl", a.cfg.LeaseTTL)
 	for {
 		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("reconcile", "err", err)
+			a.log.Debug("reconcile", "err", err)
+			a.trigger() // retry at once: the next read likely goes elsewhere
 		}
 		select {
 		case <-ctx.Done():

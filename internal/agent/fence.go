@@ -46,12 +46,16 @@ type FenceConfig struct {
 	// PeerInterval is how often other hosts' agents are probed, to tell a
 	// control-plane outage (peers reachable) from isolation (not).
 	PeerInterval time.Duration
+	// StorageLossAfter is how long heartbeats to a datastore must fail
+	// before the host reports it unreachable, and the leader moves the
+	// datastore's VMs to hosts that reach it.
+	StorageLossAfter time.Duration
 }
 
 // DefaultFenceConfig are the defaults (lease TTL 2 s).
 func DefaultFenceConfig() FenceConfig {
 	return FenceConfig{Margin: 500 * time.Millisecond, StorageInterval: 250 * time.Millisecond,
-		StorageTTL: 1500 * time.Millisecond, PeerInterval: 500 * time.Millisecond}
+		StorageTTL: 1500 * time.Millisecond, PeerInterval: 500 * time.Millisecond, StorageLossAfter: 3 * time.Second}
 }
 
 // fencer holds what self-fencing decides on.
@@ -70,8 +74,8 @@ type fencer struct {
 	policy map[string]vmPolicy
 	// hosts are the other hosts' agent endpoints, from the last snapshot.
 	hosts map[string]string
-	// selfFenced remembers VMs killed by self-fencing, for one event each.
-	selfFenced map[string]bool
+	// reported is the set of unreachable datastores last written to etcd.
+	reported map[string]time.Time
 }
 
 type vmPolicy struct {
@@ -82,7 +86,7 @@ type vmPolicy struct {
 
 func newFencer() *fencer {
 	return &fencer{storageAck: map[string]time.Duration{}, storageFailSince: map[string]time.Time{},
-		fenced: map[string]int64{}, policy: map[string]vmPolicy{}, hosts: map[string]string{}, selfFenced: map[string]bool{}}
+		fenced: map[string]int64{}, policy: map[string]vmPolicy{}, hosts: map[string]string{}}
 }
 
 // learn updates VM policies and peers from a snapshot.
@@ -129,6 +133,46 @@ func (a *Agent) runStorageHeartbeats(ctx context.Context) {
 			}()
 		}
 		wg.Wait()
+		a.reportStorage(ctx)
+	}
+}
+
+// reportStorage writes this host's unreachable datastores to etcd when the
+// set changes, so the leader moves their VMs away (and back to normal when
+// the storage returns). A failed write is retried on the next round.
+func (a *Agent) reportStorage(ctx context.Context) {
+	f := a.fence
+	f.mu.Lock()
+	now := time.Now()
+	cut := map[string]time.Time{}
+	for ds, since := range f.storageFailSince {
+		if now.Sub(since) >= a.cfg.Fence.StorageLossAfter {
+			cut[ds] = since
+		}
+	}
+	same := len(cut) == len(f.reported)
+	for ds := range cut {
+		if _, ok := f.reported[ds]; !ok {
+			same = false
+		}
+	}
+	f.mu.Unlock()
+	if same {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := a.st.PutStorageState(wctx, a.cfg.Host, &store.StorageState{Unreachable: cut}); err != nil {
+		return
+	}
+	f.mu.Lock()
+	f.reported = cut
+	f.mu.Unlock()
+	for ds, since := range cut {
+		a.event(ctx, store.EvAlarmStorageLost, "", fmt.Sprintf("datastore %s unreachable since %s", ds, since.Format("15:04:05.000")))
+	}
+	if len(cut) == 0 {
+		a.event(ctx, "host.storage-ok", "", "every datastore reachable again")
 	}
 }
 

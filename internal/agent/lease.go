@@ -101,7 +101,9 @@ func (k *leaseKeeper) acquire(ctx context.Context) (clientv3.LeaseID, error) {
 		}
 	}
 	sent := boottime()
-	resp, err := k.c.Grant(ctx, int64(k.ttl/time.Second))
+	gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	resp, err := k.c.Grant(gctx, int64(k.ttl/time.Second))
+	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("grant host lease: %w", err)
 	}

@@ -15,7 +15,11 @@ import (
 // level-triggered: it re-reads everything each time, so a missed watch
 // event costs nothing but latency.
 func (a *Agent) reconcile(ctx context.Context) error {
-	snap, err := a.st.Snapshot(ctx)
+	// A member that is frozen answers nothing; a bounded read fails and the
+	// next one goes to another member.
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	snap, err := a.st.Snapshot(sctx)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -153,7 +157,7 @@ func (a *Agent) reportExit(ctx context.Context, v *store.VMState, ls driver.Stat
 // harmlessly when the placement moved meanwhile.
 func (a *Agent) putStatus(ctx context.Context, v *store.VMState, st *store.VMStatus) {
 	st.Host, st.Epoch, st.UpdatedAt = a.cfg.Host, v.Placement.Epoch, time.Now()
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := a.st.PutStatus(wctx, v.Record.Name(), v.PlacementRev, st); err != nil {
 		if errors.Is(err, store.ErrConflict) {

@@ -62,10 +62,16 @@ func (s *Server) Handler() http.Handler {
 	return s.logRequests(mux)
 }
 
+// requestTimeout bounds a request's etcd work: an etcd member that is
+// frozen or cut off must cost an error, not a hung request.
+const requestTimeout = 5 * time.Second
+
 func (s *Server) logRequests(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		h.ServeHTTP(w, r)
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		h.ServeHTTP(w, r.WithContext(ctx))
 		s.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "took", time.Since(start))
 	})
 }

@@ -52,6 +52,30 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	failover.Flags().StringVar(&vm, "vm", "ha-guest1", "the protected VM whose host is crashed")
 	failover.Flags().StringVar(&want, "case", "any", "follower: crash only etcd followers; leader: only the etcd leader; any")
 	failover.Flags().StringVar(&jsonOut, "json", "", "also write every run to this JSON file")
-	cmd.AddCommand(failover)
+	var soakVMs []string
+	var soakFor time.Duration
+	var burners int
+	soak := &cobra.Command{
+		Use:   "soak",
+		Short: "Run HA VMs with both cores saturated and count false failovers (target 0)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g)
+			if err != nil {
+				return err
+			}
+			r, err := l.Soak(cmd.Context(), soakVMs, soakFor, burners, g.out)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "soak of %s, %d VMs, %d burners: false failovers %d (self-fences %d, fences %d, restarts placed %d, local restarts %d, resets %d, QEMUs changed %v); lease expiries %d, suspicions %d, leader elections %d\n",
+				r.Duration.Round(time.Second), r.VMs, r.Burners, r.FalseFailovers(), r.SelfFences, r.Fenced, r.RestartsPlaced, r.LocalRestarts, r.Resets, r.QEMUChanged, r.LeaseExpired, r.Suspected, r.LeaderChanges)
+			return nil
+		},
+	}
+	soak.Flags().StringSliceVar(&soakVMs, "vm", []string{"ha-guest1"}, "HA VMs to watch (they must exist)")
+	soak.Flags().DurationVar(&soakFor, "duration", 30*time.Minute, "how long")
+	soak.Flags().IntVar(&burners, "burners", 2, "threads spinning to saturate the CPUs")
+	cmd.AddCommand(failover, soak)
 	return cmd
 }

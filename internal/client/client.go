@@ -31,6 +31,7 @@ const DefaultAddr = "http://127.0.0.1:7480"
 type Client struct {
 	eps     []endpoint.Endpoint
 	clients []*http.Client
+	attempt time.Duration
 
 	mu        sync.Mutex
 	preferred int
@@ -42,7 +43,10 @@ func New(addrs string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{eps: eps}
+	c := &Client{eps: eps, attempt: 10 * time.Second}
+	if len(eps) > 1 {
+		c.attempt = 3 * time.Second
+	}
 	for _, e := range eps {
 		c.clients = append(c.clients, e.Client(60*time.Second))
 	}
@@ -103,8 +107,14 @@ func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]b
 	for i := range c.eps {
 		idx := (start + i) % len(c.eps)
 		ep := c.eps[idx]
-		req, err := http.NewRequestWithContext(ctx, method, ep.BaseURL()+path, bytes.NewReader(body))
+		// A frozen server still accepts connections (the kernel queues them),
+		// so each endpoint gets a deadline of its own; past it, the next one
+		// is tried. Vigil's writes are idempotent (create of an existing VM
+		// answers "exists"), so a retry cannot apply one twice.
+		actx, cancel := context.WithTimeout(ctx, c.attempt)
+		req, err := http.NewRequestWithContext(actx, method, ep.BaseURL()+path, bytes.NewReader(body))
 		if err != nil {
+			cancel()
 			return nil, err
 		}
 		if body != nil {
@@ -112,14 +122,19 @@ func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]b
 		}
 		resp, err := c.clients[idx].Do(req)
 		if err != nil {
-			if unreachable(err) && ctx.Err() == nil {
+			cancel()
+			if ctx.Err() == nil && (unreachable(err) || actx.Err() != nil) && i+1 < len(c.eps) {
 				errs = append(errs, fmt.Errorf("%s: %w", ep, err))
 				continue
+			}
+			if len(errs) > 0 {
+				return nil, fmt.Errorf("%s %s via %s: %w (earlier: %w)", method, path, ep, err, errors.Join(errs...))
 			}
 			return nil, fmt.Errorf("%s %s via %s: %w", method, path, ep, err)
 		}
 		raw, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("%s %s via %s: %w", method, path, ep, err)
 		}

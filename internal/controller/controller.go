@@ -46,16 +46,20 @@ func (m *Manager) Run(ctx context.Context) {
 		case <-watch:
 		case <-timer.C:
 		}
-		snap, err := m.st.Snapshot(ctx)
+		sctx, scancel := context.WithTimeout(ctx, time.Second)
+		snap, err := m.st.Snapshot(sctx)
+		scancel()
 		next := m.resync
 		if err != nil {
 			if ctx.Err() == nil {
-				m.log.Warn("controllers: cannot read state", "err", err)
+				m.log.Debug("controllers: cannot read state", "err", err)
 			}
-			next = time.Second
+			next = 50 * time.Millisecond // the next read likely reaches another member
 		} else {
 			for _, r := range m.reconcilers {
-				again, err := r.Reconcile(ctx, snap)
+				rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+				again, err := r.Reconcile(rctx, snap)
+				rcancel()
 				if err != nil && ctx.Err() == nil {
 					m.log.Warn("controller pass failed", "controller", r.Name(), "err", err)
 					again = time.Second

@@ -42,7 +42,7 @@ type Config struct {
 	Dir   string
 	Hosts int
 	// Servers is how many hosts (from host1) also run a control-plane
-	// member; default min(3, Hosts).
+	// member; default the largest odd number up to min(3, Hosts).
 	Servers int
 	// Bin is the vigil binary the lab runs (default: this executable).
 	Bin      string
@@ -95,6 +95,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	}
 	if cfg.Servers == 0 {
 		cfg.Servers = min(3, cfg.Hosts)
+		if cfg.Servers%2 == 0 {
+			cfg.Servers-- // etcd wants an odd number of members
+		}
 	}
 	if cfg.Servers > cfg.Hosts || cfg.Servers%2 == 0 {
 		return nil, fmt.Errorf("lab: %d servers for %d hosts; want an odd number, at most the host count", cfg.Servers, cfg.Hosts)

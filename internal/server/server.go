@@ -252,7 +252,8 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 		} else {
 			rs = []controller.Reconciler{lifecycle.New(st, s.log)}
 		}
-		m := controller.NewManager(st, s.log, 5*time.Second, rs...)
+		// A short resync: a watch can go quiet on a frozen member.
+		m := controller.NewManager(st, s.log, 2*time.Second, rs...)
 		m.Run(lctx)
 		cancel()
 		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)

@@ -59,6 +59,19 @@ type Store struct {
 	c *clientv3.Client
 }
 
+// opTimeout bounds every store operation. etcd's client balancer keeps
+// sending a share of requests to a member that is frozen or cut off (gRPC
+// will not declare the connection dead for 10 s or more); a bounded call
+// fails fast and the caller's retry goes to another member.
+const opTimeout = 2 * time.Second
+
+func op(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < opTimeout {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, opTimeout)
+}
+
 // New wraps an etcd client.
 func New(c *clientv3.Client) *Store { return &Store{c: c} }
 
@@ -149,6 +162,8 @@ func (s *Snapshot) SortedHostNames() []string {
 
 // Snapshot reads all cluster state in one linearizable range read.
 func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	resp, err := s.c.Get(ctx, stateRoot, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("read cluster state: %w", err)
@@ -260,6 +275,8 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 
 // VM reads one VM's state.
 func (s *Store) VM(ctx context.Context, name string) (*VMState, error) {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	resp, err := s.c.Get(ctx, vmsPfx+name+"/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("read vm %s: %w", name, err)
@@ -304,6 +321,8 @@ func mustJSON(v any) string {
 // nothing: an existing VM of that name or a taken address fails the whole
 // create and changes nothing.
 func (s *Store) CreateVM(ctx context.Context, rec *VMRecord) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	name := rec.Name()
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(vmSpecKey(name)), "=", 0)}
 	ops := []clientv3.Op{clientv3.OpPut(vmSpecKey(name), mustJSON(rec))}
@@ -327,6 +346,8 @@ func (s *Store) CreateVM(ctx context.Context, rec *VMRecord) error {
 
 // UpdateVMRecord replaces a VM record if it is unchanged since rev.
 func (s *Store) UpdateVMRecord(ctx context.Context, rec *VMRecord, rev int64) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	k := vmSpecKey(rec.Name())
 	resp, err := s.c.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).
@@ -344,6 +365,8 @@ func (s *Store) UpdateVMRecord(ctx context.Context, rec *VMRecord, rev int64) er
 // must not exist yet). The new epoch must exceed the old one; callers pass
 // the old placement so that this is checked here, in one place.
 func (s *Store) SetPlacement(ctx context.Context, vm string, old Placement, rev int64, p Placement) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if p.Epoch <= old.Epoch {
 		return fmt.Errorf("placement of %s: epoch %d does not exceed %d", vm, p.Epoch, old.Epoch)
 	}
@@ -365,6 +388,8 @@ func (s *Store) SetPlacement(ctx context.Context, vm string, old Placement, rev 
 // agent acted on is still current (placementRev), so that an agent that was
 // fenced or frozen can never overwrite the status of the VM's new home.
 func (s *Store) PutStatus(ctx context.Context, vm string, placementRev int64, st *VMStatus) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	resp, err := s.c.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(placementKey(vm)), "=", placementRev),
 			clientv3.Compare(clientv3.CreateRevision(vmSpecKey(vm)), ">", 0)).
@@ -381,6 +406,8 @@ func (s *Store) PutStatus(ctx context.Context, vm string, placementRev int64, st
 // DeleteVM removes every key of a VM and its address claims, if the record
 // is unchanged since rev.
 func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	name := rec.Name()
 	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name)}
 	for _, n := range rec.NICs {
@@ -400,6 +427,8 @@ func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
 
 // PutHost registers or refreshes a host.
 func (s *Store) PutHost(ctx context.Context, h *Host) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, HostKey(h.Name), mustJSON(h)); err != nil {
 		return fmt.Errorf("register host %s: %w", h.Name, err)
 	}
@@ -408,6 +437,8 @@ func (s *Store) PutHost(ctx context.Context, h *Host) error {
 
 // PutAlive writes a host's liveness key attached to its lease.
 func (s *Store) PutAlive(ctx context.Context, host string, lease clientv3.LeaseID, startedAt time.Time) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	v := mustJSON(Alive{Lease: int64(lease), StartedAt: startedAt})
 	if _, err := s.c.Put(ctx, aliveKey(host), v, clientv3.WithLease(lease)); err != nil {
 		return fmt.Errorf("liveness key of %s: %w", host, err)
@@ -417,6 +448,8 @@ func (s *Store) PutAlive(ctx context.Context, host string, lease clientv3.LeaseI
 
 // PutNetwork creates or replaces a network definition.
 func (s *Store) PutNetwork(ctx context.Context, n *Network) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, networkKey(n.Name), mustJSON(n)); err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
@@ -425,6 +458,8 @@ func (s *Store) PutNetwork(ctx context.Context, n *Network) error {
 
 // EnsureNetwork creates a network definition unless one of that name exists.
 func (s *Store) EnsureNetwork(ctx context.Context, n *Network) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	k := networkKey(n.Name)
 	_, err := s.c.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
@@ -437,6 +472,8 @@ func (s *Store) EnsureNetwork(ctx context.Context, n *Network) error {
 
 // PutDatastore creates or replaces a datastore definition.
 func (s *Store) PutDatastore(ctx context.Context, d *Datastore) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, dsPfx+d.Name, mustJSON(d)); err != nil {
 		return fmt.Errorf("datastore %s: %w", d.Name, err)
 	}
@@ -445,6 +482,8 @@ func (s *Store) PutDatastore(ctx context.Context, d *Datastore) error {
 
 // SetMaintenance puts a host in maintenance mode or takes it out.
 func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, m Maintenance) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	var err error
 	if on {
 		_, err = s.c.Put(ctx, maintPfx+host, mustJSON(m))
@@ -459,6 +498,8 @@ func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, m Main
 
 // PutFence records a storage fence of a VM's old host.
 func (s *Store) PutFence(ctx context.Context, vm string, f *Fence) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, fencesPfx+vm, mustJSON(f)); err != nil {
 		return fmt.Errorf("record fence of %s: %w", vm, err)
 	}
@@ -467,6 +508,8 @@ func (s *Store) PutFence(ctx context.Context, vm string, f *Fence) error {
 
 // PutStorageState records a host's datastore reachability.
 func (s *Store) PutStorageState(ctx context.Context, host string, st *StorageState) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, storagePfx+host, mustJSON(st)); err != nil {
 		return fmt.Errorf("storage state of %s: %w", host, err)
 	}
@@ -475,6 +518,8 @@ func (s *Store) PutStorageState(ctx context.Context, host string, st *StorageSta
 
 // PutRequest records an operator request for a VM.
 func (s *Store) PutRequest(ctx context.Context, vm, kind string) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, requestsPfx+vm, kind); err != nil {
 		return fmt.Errorf("request %s for %s: %w", kind, vm, err)
 	}
@@ -483,6 +528,8 @@ func (s *Store) PutRequest(ctx context.Context, vm, kind string) error {
 
 // DeleteRequest removes a VM's pending request.
 func (s *Store) DeleteRequest(ctx context.Context, vm string) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Delete(ctx, requestsPfx+vm); err != nil {
 		return fmt.Errorf("request for %s: %w", vm, err)
 	}
@@ -491,6 +538,8 @@ func (s *Store) DeleteRequest(ctx context.Context, vm string) error {
 
 // PutConfig replaces the cluster configuration.
 func (s *Store) PutConfig(ctx context.Context, c ClusterConfig) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, configKey, mustJSON(c)); err != nil {
 		return fmt.Errorf("cluster config: %w", err)
 	}
@@ -499,6 +548,8 @@ func (s *Store) PutConfig(ctx context.Context, c ClusterConfig) error {
 
 // PutRule creates or replaces a VM-VM rule.
 func (s *Store) PutRule(ctx context.Context, r *Rule) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if _, err := s.c.Put(ctx, rulesPfx+r.Name, mustJSON(r)); err != nil {
 		return fmt.Errorf("rule %s: %w", r.Name, err)
 	}
@@ -507,6 +558,8 @@ func (s *Store) PutRule(ctx context.Context, r *Rule) error {
 
 // DeleteRule removes a VM-VM rule.
 func (s *Store) DeleteRule(ctx context.Context, name string) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	resp, err := s.c.Delete(ctx, rulesPfx+name)
 	if err != nil {
 		return fmt.Errorf("rule %s: %w", name, err)
@@ -520,6 +573,8 @@ func (s *Store) DeleteRule(ctx context.Context, name string) error {
 // Emit appends an event to the log. Events are best effort: a failure is
 // returned for logging, never treated as a failure of the action.
 func (s *Store) Emit(ctx context.Context, ev Event) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
@@ -535,6 +590,8 @@ func (s *Store) Emit(ctx context.Context, ev Event) error {
 // Events returns events after since (zero: from the start), oldest first,
 // at most limit of the newest (0: no limit).
 func (s *Store) Events(ctx context.Context, since time.Time, limit int) ([]Event, error) {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	from := eventsPfx
 	if !since.IsZero() {
 		from = fmt.Sprintf("%s%020d", eventsPfx, since.UnixNano()+1)
@@ -565,6 +622,8 @@ func (s *Store) Events(ctx context.Context, since time.Time, limit int) ([]Event
 
 // PruneEvents keeps the newest keep events and deletes the rest.
 func (s *Store) PruneEvents(ctx context.Context, keep int) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	resp, err := s.c.Get(ctx, eventsPfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return fmt.Errorf("count events: %w", err)

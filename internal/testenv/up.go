@@ -83,6 +83,8 @@ func StartUpWith(t testing.TB, o Options) *Up {
 		u.agentArgs = []string{"agent", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
 			"--etcd-endpoints", u.EtcdURL, "--image-dir", imageDir}
 	}
+	// Recorded so that Sweep can clean up after a run killed mid-test.
+	_ = os.WriteFile(filepath.Join(dir, "sweep.json"), []byte(u.Netns), 0o644)
 	u.Client, err = client.New(u.API)
 	if err != nil {
 		t.Fatal(err)

@@ -28,9 +28,17 @@ func Hosts(snap *store.Snapshot, exclude string) []Host {
 	for _, name := range snap.SortedHostNames() {
 		h := snap.Hosts[name]
 		_, alive := snap.Alive[name]
+		// A datastore the host reports unreachable is not one it can run
+		// a VM from right now.
+		var dss []string
+		for _, ds := range h.Datastores {
+			if st := snap.Storage[name]; st == nil || st.Unreachable[ds].IsZero() {
+				dss = append(dss, ds)
+			}
+		}
 		out = append(out, Host{
 			Name: name, Alive: alive, Maintenance: snap.Maintenance[name],
-			Capacity: h.Capacity, Datastores: slices.Clone(h.Datastores),
+			Capacity: h.Capacity, Datastores: dss,
 		})
 	}
 	for i := range out {
