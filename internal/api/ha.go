@@ -36,11 +36,20 @@ func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
 	}
 	req := placement.RequestFor(snap, v)
 	req.Pinned, req.Avoid = "", []string{v.Placement.Host}
+	kind := store.RequestTestFailover
+	if to := r.URL.Query().Get("to"); to != "" {
+		if _, ok := snap.Hosts[to]; !ok {
+			writeErr(w, http.StatusNotFound, fmt.Errorf("no host named %q", to))
+			return
+		}
+		req.Hosts.Must = []string{to}
+		kind += ":" + to
+	}
 	if _, err := placement.Place(req, placement.Hosts(snap, name)); err != nil {
 		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s has nowhere to fail over to: %w", name, err))
 		return
 	}
-	if err := s.st.PutRequest(r.Context(), name, store.RequestTestFailover); err != nil {
+	if err := s.st.PutRequest(r.Context(), name, kind); err != nil {
 		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}

@@ -55,8 +55,9 @@ func newHACmd(g *globals) *cobra.Command {
 		},
 	}
 	o.register(drill)
+	var to string
 	failover := &cobra.Command{
-		Use:   "test-failover VM",
+		Use:   "test-failover VM [--to HOST]",
 		Short: "Really restart one HA VM on another host (fenced and restarted as in a failure), to rehearse",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -64,13 +65,14 @@ func newHACmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.TestFailover(cmd.Context(), args[0]); err != nil {
+			if err := c.TestFailover(cmd.Context(), args[0], to); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.out, "vm %s: test failover requested; follow it with `vigil events -f --vm %s`\n", args[0], args[0])
 			return nil
 		},
 	}
+	failover.Flags().StringVar(&to, "to", "", "restart it on this host (default: placement decides)")
 	cmd.AddCommand(drill, failover)
 	return cmd
 }

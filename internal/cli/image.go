@@ -25,7 +25,7 @@ func newImageCmd(g *globals) *cobra.Command {
 			if o.OutDir == "" {
 				o.OutDir = filepath.Join(imageDir, "vigil-guest")
 			}
-			o.Log = g.logger()
+			o.Log = g.logger() // progress lines: a build takes seconds
 			res, err := image.Build(cmd.Context(), o)
 			if err != nil {
 				return err

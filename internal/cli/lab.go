@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +30,9 @@ func (o *labOpts) register(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&o.dir, "lab-dir", def, "the lab's directory (state, logs, data); default $VIGIL_LAB_DIR or "+lab.DefaultDir)
 }
 
-func (o *labOpts) open(g *globals) (*lab.Lab, error) { return lab.Open(o.dir, g.logger()) }
+func (o *labOpts) open(g *globals, cmd *cobra.Command) (*lab.Lab, error) {
+	return lab.Open(o.dir, g.quietLogger(cmd))
+}
 
 func newLabCmd(g *globals) *cobra.Command {
 	o := &labOpts{}
@@ -61,7 +64,7 @@ func newLabCmd(g *globals) *cobra.Command {
 			Short: f.short,
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				l, err := o.open(g)
+				l, err := o.open(g, cmd)
 				if err != nil {
 					return err
 				}
@@ -78,7 +81,7 @@ func newLabCmd(g *globals) *cobra.Command {
 		Short: "Cut the management network between the named hosts and the rest (storage and VM networks stay up)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := o.open(g)
+			l, err := o.open(g, cmd)
 			if err != nil {
 				return err
 			}
@@ -101,13 +104,13 @@ func newLabUpCmd(g *globals, o *labOpts) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg.Dir, cfg.Log = o.dir, g.logger()
+			cfg.Dir, cfg.Log = o.dir, g.quietLogger(cmd)
 			if err := checkImage(cfg.ImageDir); err != nil {
 				return err
 			}
 			if cfg.Accel == qemu.AccelAuto {
 				// Probe once here rather than in every agent at once.
-				accel, reason, err := probeAccel(ctx, cfg.ImageDir, o.dir, g)
+				accel, reason, err := probeAccel(ctx, cfg.ImageDir, g.quietLogger(cmd))
 				if err != nil {
 					return err
 				}
@@ -142,13 +145,13 @@ func checkImage(dir string) error {
 }
 
 // probeAccel resolves "auto" once, with the same probe the agents use.
-func probeAccel(ctx context.Context, imageDir, labDir string, g *globals) (string, string, error) {
+func probeAccel(ctx context.Context, imageDir string, log *slog.Logger) (string, string, error) {
 	tmp, err := os.MkdirTemp("", "vigil-probe-")
 	if err != nil {
 		return "", "", err
 	}
 	defer os.RemoveAll(tmp)
-	d, err := qemu.New(qemu.Config{RunDir: tmp, Accel: qemu.AccelAuto, Log: g.logger(),
+	d, err := qemu.New(qemu.Config{RunDir: tmp, Accel: qemu.AccelAuto, Log: log,
 		ProbeKernel: filepath.Join(imageDir, "vigil-guest", image.KernelFile),
 		ProbeInitrd: filepath.Join(imageDir, "vigil-guest", image.InitramfsFile),
 		ProbeCache:  DefaultProbeCache})
@@ -183,7 +186,7 @@ func newLabEnvCmd(g *globals, o *labOpts) *cobra.Command {
 		Short: "Print `export VIGIL_ADDR=...` naming every server of the lab (use: eval \"$(vigil lab env)\")",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := o.open(g)
+			l, err := o.open(g, cmd)
 			if err != nil {
 				return err
 			}
@@ -199,7 +202,7 @@ func newLabStatusCmd(g *globals, o *labOpts) *cobra.Command {
 		Short: "Show each lab node: namespace, processes, links and active faults",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := o.open(g)
+			l, err := o.open(g, cmd)
 			if err != nil {
 				return err
 			}
@@ -227,7 +230,7 @@ func newLabExecCmd(g *globals, o *labOpts) *cobra.Command {
 		Short: "Run a command inside a host's network namespace, e.g. to reach a guest on the VM network",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := o.open(g)
+			l, err := o.open(g, cmd)
 			if err != nil {
 				return err
 			}

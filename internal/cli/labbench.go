@@ -20,7 +20,7 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 		Short: "Crash the host of a protected VM N times; print crash -> lease expired / restart placed / QEMU started / answering",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := o.open(g)
+			l, err := o.open(g, cmd)
 			if err != nil {
 				return err
 			}
@@ -60,7 +60,7 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 		Short: "Run HA VMs with both cores saturated and count false failovers (target 0)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := o.open(g)
+			l, err := o.open(g, cmd)
 			if err != nil {
 				return err
 			}

@@ -73,6 +73,15 @@ func (g *globals) client() (*client.Client, error) {
 	return client.New(addr)
 }
 
+// quietLogger is the logger of interactive commands (lab, image): warnings
+// only, unless --log-level was given.
+func (g *globals) quietLogger(cmd *cobra.Command) *slog.Logger {
+	if f := cmd.Flags().Lookup("log-level"); f != nil && f.Changed {
+		return g.logger()
+	}
+	return slog.New(slog.NewTextHandler(g.errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
 func (g *globals) logger() *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {

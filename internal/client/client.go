@@ -237,9 +237,10 @@ func (c *Client) Networks(ctx context.Context) ([]store.Network, error) {
 	return out, c.do(ctx, http.MethodGet, "/api/v1/networks", nil, &out)
 }
 
-// TestFailover asks the leader to restart an HA VM on another host.
-func (c *Client) TestFailover(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/test-failover", nil, nil)
+// TestFailover asks the leader to restart an HA VM on another host (on
+// to, when it is not empty).
+func (c *Client) TestFailover(ctx context.Context, name, to string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/test-failover?to="+url.QueryEscape(to), nil, nil)
 }
 
 // Drill simulates the failure of hosts without acting.

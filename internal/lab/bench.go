@@ -51,7 +51,11 @@ func (l *Lab) BenchFailover(ctx context.Context, vm string, runs int, want strin
 		}
 		isLeader := cl.EtcdLeader == v.Host
 		if want == "follower" && isLeader || want == "leader" && !isLeader {
-			if err := l.moveForCase(ctx, c, vm, v.Host, want); err != nil {
+			to := cl.EtcdLeader
+			if want == "follower" {
+				to = l.followerOtherThan(cl.EtcdLeader, v.Host)
+			}
+			if err := l.moveForCase(ctx, c, vm, v.Host, to, want); err != nil {
 				return results, err
 			}
 			i--
@@ -77,8 +81,8 @@ func (l *Lab) BenchFailover(ctx context.Context, vm string, runs int, want strin
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
 
 // moveForCase moves the VM (test failover) so that its host matches want.
-func (l *Lab) moveForCase(ctx context.Context, c *client.Client, vm, from, want string) error {
-	if err := c.TestFailover(ctx, vm); err != nil {
+func (l *Lab) moveForCase(ctx context.Context, c *client.Client, vm, from, to, want string) error {
+	if err := c.TestFailover(ctx, vm, to); err != nil {
 		return fmt.Errorf("move %s off %s for the %s case: %w", vm, from, want, err)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -108,6 +112,16 @@ func (l *Lab) waitServing(ctx context.Context, c *client.Client, vm string, limi
 		time.Sleep(250 * time.Millisecond)
 	}
 	return nil, fmt.Errorf("%s not running and answering after %s", vm, limit)
+}
+
+// followerOtherThan returns a host that is neither the etcd leader nor h.
+func (l *Lab) followerOtherThan(leader, h string) string {
+	for _, x := range l.st.Hosts {
+		if x != leader && x != h {
+			return x
+		}
+	}
+	return ""
 }
 
 // otherHost returns a lab host other than h (for reaching guests from a

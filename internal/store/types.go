@@ -252,6 +252,7 @@ func (r *Rule) Apply(vm string, fn func(kind string, others []string)) {
 
 // Requests are one-shot operator requests the leader carries out.
 const (
-	// RequestTestFailover restarts one HA VM elsewhere, to rehearse.
+	// RequestTestFailover restarts one HA VM elsewhere, to rehearse. A
+	// target host may follow after a colon: "test-failover:host3".
 	RequestTestFailover = "test-failover"
 )

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vigilha/vigil/internal/controller/placement"
@@ -235,8 +236,12 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 			Message: fmt.Sprintf("host %s lost its storage path; moving the VM", pl.Host)})
 		return c.evict(ctx, v, "storage lost on "+pl.Host)
 
-	case restartable && p.snap.Requests[name] == store.RequestTestFailover:
-		if err := c.evict(ctx, v, "test failover"); err != nil {
+	case restartable && strings.HasPrefix(p.snap.Requests[name], store.RequestTestFailover):
+		reason := "test failover"
+		if _, to, ok := strings.Cut(p.snap.Requests[name], ":"); ok && to != "" {
+			reason += " to " + to
+		}
+		if err := c.evict(ctx, v, reason); err != nil {
 			return err
 		}
 		return c.st.DeleteRequest(ctx, name)
@@ -406,6 +411,9 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 		}
 		req := placement.RequestFor(snap, v)
 		req.Pinned, req.Avoid = "", p.avoid[name]
+		if _, to, ok := strings.Cut(v.Placement.Reason, "test failover to "); ok && v.Placement.Evict {
+			req.Hosts.Must = []string{to}
+		}
 		d, err := placement.Place(req, hosts)
 		if err != nil {
 			c.sayOnce(ctx, "vm:"+name, "unplaceable:"+err.Error(), store.Event{Type: store.EvAlarmNoCapacity, VM: name, Message: "cannot restart: " + err.Error()})
