@@ -52,9 +52,12 @@ type Config struct {
 	// Arbiters are the shared datastores' heartbeat endpoints, by name.
 	Arbiters map[string]Arbiter
 	// Fence is the self-fencing timing.
-	Fence   FenceConfig
-	Version string
-	Log     *slog.Logger
+	Fence FenceConfig
+	// DebugCutoverDelay holds a migration destination between the
+	// placement flip and its resume. Fault injection for tests only.
+	DebugCutoverDelay time.Duration
+	Version           string
+	Log               *slog.Logger
 }
 
 // DefaultVCPUsPerCPU is the vCPU overcommit a host offers when its CPU

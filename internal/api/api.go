@@ -55,6 +55,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /api/v1/rules/{name}", s.deleteRule)
 	mux.HandleFunc("GET /api/v1/config", s.getConfig)
 	mux.HandleFunc("GET /api/v1/cluster", s.cluster)
+	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", s.migrate)
+	mux.HandleFunc("DELETE /api/v1/vms/{name}/migration", s.cancelMigration)
+	mux.HandleFunc("GET /api/v1/vms/{name}/migration", s.getMigration)
+	mux.HandleFunc("POST /api/v1/hosts/{host}/maintenance", s.maintenance(true))
+	mux.HandleFunc("DELETE /api/v1/hosts/{host}/maintenance", s.maintenance(false))
 	mux.HandleFunc("PUT /api/v1/config", s.putConfig)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -75,6 +75,9 @@ func StateOf(v *store.VMState) string {
 // live lease is shown failed, not with its host's last (stale) report.
 func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) VM {
 	out := ViewOf(v, withSpec)
+	if m := snap.Migrations[v.Record.Name()]; m.Active() && m.Plan.Phase != store.MigQueued && out.State == store.StateRunning {
+		out.State = store.StateMigrating
+	}
 	if _, alive := snap.Alive[v.Placement.Host]; v.Placement.Host != "" && !alive {
 		switch out.State {
 		case store.StateRunning, store.StateStarting, store.StateStopping, store.StateMigrating:

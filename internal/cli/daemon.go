@@ -76,6 +76,7 @@ type daemonOpts struct {
 	mgmtIP     string
 	storageIP  string
 	leaseTTL   time.Duration
+	cutover    time.Duration
 }
 
 func (o *daemonOpts) registerCommon(cmd *cobra.Command) {
@@ -108,6 +109,8 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.advertise, "agent-advertise", "", "how servers reach the agent endpoint (default: --agent-listen)")
 	f.StringVar(&o.mgmtIP, "mgmt-ip", "", "this host's address on the management network")
 	f.StringVar(&o.storageIP, "storage-ip", "", "this host's address on the storage and migration network")
+	f.DurationVar(&o.cutover, "debug-cutover-delay", 0, "fault injection for tests: hold a migration destination this long between the placement flip and its resume")
+	_ = f.MarkHidden("debug-cutover-delay")
 	f.DurationVar(&o.leaseTTL, "lease-ttl", defaultLeaseTTL, "host lease TTL (whole seconds); failure detection and self-fencing are measured against it")
 }
 
@@ -380,7 +383,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Driver: drv,
 		Datastores: dss, ImageDir: o.imageDir, Capacity: capacity,
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise,
-		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters,
+		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, DebugCutoverDelay: o.cutover,
 	})
 	if err != nil {
 		c.Close()

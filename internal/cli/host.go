@@ -46,7 +46,7 @@ func newHostCmd(g *globals) *cobra.Command {
 		},
 	}
 	o.register(list)
-	cmd.AddCommand(list)
+	cmd.AddCommand(list, newHostMaintenanceCmd(g))
 	return cmd
 }
 

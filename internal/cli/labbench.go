@@ -76,6 +76,27 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	soak.Flags().StringSliceVar(&soakVMs, "vm", []string{"ha-guest1"}, "HA VMs to watch (they must exist)")
 	soak.Flags().DurationVar(&soakFor, "duration", 30*time.Minute, "how long")
 	soak.Flags().IntVar(&burners, "burners", 2, "threads spinning to saturate the CPUs")
-	cmd.AddCommand(failover, soak)
+	var migRuns int
+	var migVM, migTitle string
+	benchMigrate := &cobra.Command{
+		Use:   "migrate",
+		Short: "Live-migrate a VM back and forth N times; print wall time, QEMU downtime and total, client gap, orchestration overhead",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			res, err := l.BenchMigrate(cmd.Context(), migVM, migRuns, g.out)
+			if len(res) > 0 {
+				fmt.Fprint(g.out, lab.SummarizeMigrations(migTitle, res))
+			}
+			return err
+		},
+	}
+	benchMigrate.Flags().IntVar(&migRuns, "runs", 5, "number of migrations")
+	benchMigrate.Flags().StringVar(&migVM, "vm", "ha-guest1", "the running VM to migrate")
+	benchMigrate.Flags().StringVar(&migTitle, "title", "live migration", "title of the summary")
+	cmd.AddCommand(failover, soak, benchMigrate)
 	return cmd
 }

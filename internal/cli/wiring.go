@@ -9,6 +9,7 @@ import (
 	"github.com/vigilha/vigil/internal/controller"
 	"github.com/vigilha/vigil/internal/controller/ha"
 	"github.com/vigilha/vigil/internal/controller/lifecycle"
+	"github.com/vigilha/vigil/internal/controller/migration"
 	"github.com/vigilha/vigil/internal/storage/shared"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -65,5 +66,6 @@ func controllers(st *store.Store, log *slog.Logger) []controller.Reconciler {
 	return []controller.Reconciler{
 		lifecycle.New(st, log),
 		ha.New(st, log, ha.DefaultConfig(), arbiter),
+		migration.New(st, log),
 	}
 }

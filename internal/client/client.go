@@ -289,3 +289,30 @@ func (c *Client) Cluster(ctx context.Context) (*api.Cluster, error) {
 	var out api.Cluster
 	return &out, c.do(ctx, http.MethodGet, "/api/v1/cluster", nil, &out)
 }
+
+// Migrate asks for a live migration of a VM (to "" lets placement choose).
+func (c *Client) Migrate(ctx context.Context, name, to string) (*api.Migration, error) {
+	b, _ := json.Marshal(api.MigrateRequest{To: to})
+	var out api.Migration
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/migrate", b, &out)
+}
+
+// Migration returns a VM's latest migration.
+func (c *Client) Migration(ctx context.Context, name string) (*api.Migration, error) {
+	var out api.Migration
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/vms/"+url.PathEscape(name)+"/migration", nil, &out)
+}
+
+// CancelMigration aborts a VM's migration.
+func (c *Client) CancelMigration(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/vms/"+url.PathEscape(name)+"/migration", nil, nil)
+}
+
+// Maintenance puts a host in (on) or out of maintenance mode.
+func (c *Client) Maintenance(ctx context.Context, host string, on bool) error {
+	method := http.MethodDelete
+	if on {
+		method = http.MethodPost
+	}
+	return c.do(ctx, method, "/api/v1/hosts/"+url.PathEscape(host)+"/maintenance", nil, nil)
+}

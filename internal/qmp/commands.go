@@ -374,3 +374,143 @@ func DefaultAnnounceParameters() AnnounceParameters {
 func (c *Client) AnnounceSelf(ctx context.Context, p AnnounceParameters) error {
 	return c.Execute(ctx, "announce-self", p, nil)
 }
+
+// SocketAddress is a QAPI SocketAddress in its flat form: what query-migrate
+// reports for an incoming migration's listener, and what an NBD client node
+// (blockdev-add driver "nbd") connects to.
+type SocketAddress struct {
+	Type string `json:"type"`           // "inet", "unix", "vsock" or "fd"
+	Host string `json:"host,omitempty"` // inet
+	Port string `json:"port,omitempty"` // inet: always a string in QAPI
+	Path string `json:"path,omitempty"` // unix
+	// KeepAlive turns on TCP keep-alive (inet), so that a peer that
+	// vanished without a FIN is eventually noticed.
+	KeepAlive bool `json:"keep-alive,omitempty"`
+}
+
+// QueryMigrateSocketAddresses returns where an incoming migration listens
+// (the socket-address member of query-migrate on the destination, which
+// MigrationInfo leaves out). After migrate-incoming on port 0 it is the only
+// way to learn the port the kernel chose: QEMU 10.0 reports it as soon as
+// migrate-incoming has returned.
+func (c *Client) QueryMigrateSocketAddresses(ctx context.Context) ([]SocketAddress, error) {
+	var m struct {
+		SocketAddress []SocketAddress `json:"socket-address"`
+	}
+	err := c.Execute(ctx, "query-migrate", nil, &m)
+	return m.SocketAddress, err
+}
+
+// NBDServerStart starts QEMU's built-in NBD server on a TCP address. QEMU
+// runs at most one NBD server; exports are added with BlockExportAddNBD.
+func (c *Client) NBDServerStart(ctx context.Context, host, port string) error {
+	// nbd-server-start still takes the legacy, nested SocketAddress form.
+	addr := map[string]any{"type": "inet", "data": map[string]any{"host": host, "port": port}}
+	return c.Execute(ctx, "nbd-server-start", map[string]any{"addr": addr}, nil)
+}
+
+// NBDServerStop stops the NBD server and removes every NBD export; QEMU
+// fails it with a GenericError when no server runs.
+func (c *Client) NBDServerStop(ctx context.Context) error {
+	return c.Execute(ctx, "nbd-server-stop", nil, nil)
+}
+
+// BlockExportAddNBD exports a block node over the running NBD server under
+// the export name name. QEMU 10.0 activates an inactive node (one of an
+// -incoming VM) before exporting it unless the "allow-inactive" option is
+// set, which this wrapper never sets: an inactive export refuses writes.
+func (c *Client) BlockExportAddNBD(ctx context.Context, id, nodeName, name string, writable bool) error {
+	return c.Execute(ctx, "block-export-add", map[string]any{
+		"type": "nbd", "id": id, "node-name": nodeName, "name": name, "writable": writable,
+	}, nil)
+}
+
+// BlockExportInfo is one block export (QAPI BlockExportInfo).
+type BlockExportInfo struct {
+	ID           string `json:"id"`
+	Type         string `json:"type"` // "nbd", "fuse", ...
+	NodeName     string `json:"node-name"`
+	ShuttingDown bool   `json:"shutting-down"`
+}
+
+// QueryBlockExports lists the block exports.
+func (c *Client) QueryBlockExports(ctx context.Context) ([]BlockExportInfo, error) {
+	var out []BlockExportInfo
+	err := c.Execute(ctx, "query-block-exports", nil, &out)
+	return out, err
+}
+
+// QueryNamedBlockNodes lists every named block node (flat: children
+// included), e.g. to find nodes added with BlockdevAdd.
+func (c *Client) QueryNamedBlockNodes(ctx context.Context) ([]BlockDeviceInfo, error) {
+	var out []BlockDeviceInfo
+	err := c.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &out)
+	return out, err
+}
+
+// BlockdevAdd adds a block node; options is a QAPI BlockdevOptions object
+// ("driver", "node-name" and the driver's own members).
+func (c *Client) BlockdevAdd(ctx context.Context, options map[string]any) error {
+	return c.Execute(ctx, "blockdev-add", options, nil)
+}
+
+// BlockdevDel removes a block node added with BlockdevAdd that nothing
+// uses any more.
+func (c *Client) BlockdevDel(ctx context.Context, nodeName string) error {
+	return c.Execute(ctx, "blockdev-del", map[string]any{"node-name": nodeName}, nil)
+}
+
+// BlockdevSetActive activates or inactivates a node (all nodes when
+// nodeName is empty), as migration does; new in QEMU 10.0.
+func (c *Client) BlockdevSetActive(ctx context.Context, nodeName string, active bool) error {
+	args := map[string]any{"active": active}
+	if nodeName != "" {
+		args["node-name"] = nodeName
+	}
+	return c.Execute(ctx, "blockdev-set-active", args, nil)
+}
+
+// MirrorOptions are the arguments of blockdev-mirror (a subset of QAPI
+// BlockdevMirror).
+type MirrorOptions struct {
+	JobID  string `json:"job-id"`
+	Device string `json:"device"` // the source node (a root node)
+	Target string `json:"target"` // the target node
+	Sync   string `json:"sync"`   // "full", "top" or "none"
+	// CopyMode is "background" (QEMU's default) or "write-blocking":
+	// guest writes then complete only once they reached the target too,
+	// so the mirror converges whatever the guest's write rate.
+	CopyMode string `json:"copy-mode,omitempty"`
+	Speed    int64  `json:"speed,omitempty"` // bytes/s, 0 for unlimited
+	// AutoFinalize and AutoDismiss default to true in QEMU; false keeps a
+	// concluded job (and its error) visible to QueryBlockJobs until
+	// JobDismiss.
+	AutoFinalize *bool `json:"auto-finalize,omitempty"`
+	AutoDismiss  *bool `json:"auto-dismiss,omitempty"`
+}
+
+// BlockdevMirror starts a mirror job. It runs until cancelled or
+// completed; BlockJobInfo.Ready says when source and target are in sync.
+func (c *Client) BlockdevMirror(ctx context.Context, o MirrorOptions) error {
+	return c.Execute(ctx, "blockdev-mirror", o, nil)
+}
+
+// BlockJobCancel cancels a block job. Cancelling a mirror that is ready
+// finishes it without switching the device to the target (unlike
+// block-job-complete); force skips the final sync of a ready mirror.
+func (c *Client) BlockJobCancel(ctx context.Context, id string, force bool) error {
+	return c.Execute(ctx, "block-job-cancel", map[string]any{"device": id, "force": force}, nil)
+}
+
+// JobDismiss removes a concluded job started with auto-dismiss off.
+func (c *Client) JobDismiss(ctx context.Context, id string) error {
+	return c.Execute(ctx, "job-dismiss", map[string]any{"id": id}, nil)
+}
+
+// MigrateIncomingExitOnError is MigrateIncoming with QEMU's exit-on-error
+// (QEMU >= 9.1) set explicitly. With false, a failed incoming migration
+// leaves QEMU running, paused, with status "failed" and the reason in
+// error-desc, instead of QEMU exiting with the reason on its stderr.
+func (c *Client) MigrateIncomingExitOnError(ctx context.Context, uri string, exitOnError bool) error {
+	return c.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri, "exit-on-error": exitOnError}, nil)
+}

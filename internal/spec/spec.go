@@ -125,6 +125,9 @@ type MigrationPolicy struct {
 	AllowPostcopy *bool `yaml:"allowPostcopy" json:"allowPostcopy,omitempty"`
 	// MaxDowntime is the downtime the stall detector may escalate to.
 	MaxDowntime Duration `yaml:"maxDowntime" json:"maxDowntime,omitempty"`
+	// MaxBandwidth caps the migration stream (memory and disk mirror), per
+	// second; empty means unlimited.
+	MaxBandwidth Size `yaml:"maxBandwidth" json:"maxBandwidth,omitempty"`
 }
 
 // Duration is a time.Duration written as "30s" or "2m".

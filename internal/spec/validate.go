@@ -92,6 +92,9 @@ func (v *VM) Validate() FieldErrors {
 			add("spec.placement.hosts", "host %q is in both must and mustNot", host)
 		}
 	}
+	if b := s.Migration.MaxBandwidth; b != 0 && b < MiB {
+		add("spec.migration.maxBandwidth", "must be at least 1Mi (per second), got %s", b)
+	}
 	if d := s.Migration.MaxDowntime.D(); d != 0 && (d < time.Millisecond || d > time.Minute) {
 		add("spec.migration.maxDowntime", "must be between 1ms and 1m, got %s", d)
 	}

@@ -34,6 +34,7 @@ const (
 	storagePfx  = stateRoot + "storage/"
 	configKey   = stateRoot + "config"
 	requestsPfx = stateRoot + "requests/"
+	migPfx      = stateRoot + "migrations/"
 	eventsPfx   = Root + "events/"
 	// ElectionPrefix is where servers campaign for leadership.
 	ElectionPrefix = Root + "election"
@@ -125,6 +126,8 @@ type Snapshot struct {
 	Config  ClusterConfig
 	// Requests maps VM -> a pending operator request (RequestTestFailover).
 	Requests map[string]string
+	// Migrations maps VM -> its latest migration.
+	Migrations map[string]*MigrationState
 }
 
 // SharedDatastore reports whether every host reaching the datastore sees
@@ -183,6 +186,7 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 		Storage:     map[string]*StorageState{},
 		Config:      DefaultClusterConfig(),
 		Requests:    map[string]string{},
+		Migrations:  map[string]*MigrationState{},
 	}
 	vm := func(name string) *VMState {
 		v := snap.VMs[name]
@@ -226,6 +230,28 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 			var ss StorageState
 			err = json.Unmarshal(kv.Value, &ss)
 			snap.Storage[strings.TrimPrefix(k, storagePfx)] = &ss
+		case strings.HasPrefix(k, migPfx):
+			name, part, _ := strings.Cut(strings.TrimPrefix(k, migPfx), "/")
+			m := snap.Migrations[name]
+			if m == nil {
+				m = &MigrationState{}
+				snap.Migrations[name] = m
+			}
+			switch part {
+			case "request":
+				m.Request = &MigrationRequest{}
+				err = json.Unmarshal(kv.Value, m.Request)
+			case "plan":
+				m.Plan = &MigrationPlan{}
+				err = json.Unmarshal(kv.Value, m.Plan)
+				m.PlanRev = kv.ModRevision
+			case "target":
+				m.Target = &MigrationTarget{}
+				err = json.Unmarshal(kv.Value, m.Target)
+			case "source":
+				m.Source = &MigrationSource{}
+				err = json.Unmarshal(kv.Value, m.Source)
+			}
 		case strings.HasPrefix(k, requestsPfx):
 			snap.Requests[strings.TrimPrefix(k, requestsPfx)] = string(kv.Value)
 		case k == configKey:
@@ -409,7 +435,7 @@ func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
 	name := rec.Name()
-	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name)}
+	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name), clientv3.OpDelete(migPfx+name+"/", clientv3.WithPrefix())}
 	for _, n := range rec.NICs {
 		ops = append(ops, clientv3.OpDelete(ipamKey(n.Network, n.IP)))
 	}
@@ -532,6 +558,79 @@ func (s *Store) DeleteRequest(ctx context.Context, vm string) error {
 	defer cancel()
 	if _, err := s.c.Delete(ctx, requestsPfx+vm); err != nil {
 		return fmt.Errorf("request for %s: %w", vm, err)
+	}
+	return nil
+}
+
+// PutMigrationRequest records a migration request (replacing an older one).
+func (s *Store) PutMigrationRequest(ctx context.Context, vm string, r *MigrationRequest) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
+	if _, err := s.c.Put(ctx, migPfx+vm+"/request", mustJSON(r)); err != nil {
+		return fmt.Errorf("migration request of %s: %w", vm, err)
+	}
+	return nil
+}
+
+// PutMigrationPlan writes the migration plan if unchanged since rev (0:
+// absent or replaced wholesale by a new migration, rev ignored).
+func (s *Store) PutMigrationPlan(ctx context.Context, vm string, rev int64, p *MigrationPlan) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
+	k := migPfx + vm + "/plan"
+	txn := s.c.Txn(ctx)
+	if rev > 0 {
+		txn = txn.If(clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+	}
+	resp, err := txn.Then(clientv3.OpPut(k, mustJSON(p))).Commit()
+	if err != nil {
+		return fmt.Errorf("migration plan of %s: %w", vm, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("migration plan of %s: %w", vm, ErrConflict)
+	}
+	return nil
+}
+
+// FlipForMigration moves a VM's placement to the migration target and
+// marks the plan switched over, in one transaction: the cut-over is exactly
+// this compare-and-swap.
+func (s *Store) FlipForMigration(ctx context.Context, vm string, old Placement, placementRev int64, next Placement, planRev int64, plan *MigrationPlan) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
+	if next.Epoch <= old.Epoch {
+		return fmt.Errorf("flip %s: epoch %d does not exceed %d", vm, next.Epoch, old.Epoch)
+	}
+	resp, err := s.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(placementKey(vm)), "=", placementRev),
+			clientv3.Compare(clientv3.ModRevision(migPfx+vm+"/plan"), "=", planRev)).
+		Then(clientv3.OpPut(placementKey(vm), mustJSON(next)), clientv3.OpPut(migPfx+vm+"/plan", mustJSON(plan))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("flip %s to %s: %w", vm, next.Host, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("flip %s to %s: %w", vm, next.Host, ErrConflict)
+	}
+	return nil
+}
+
+// PutMigrationTarget records the destination agent's report.
+func (s *Store) PutMigrationTarget(ctx context.Context, vm string, t *MigrationTarget) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
+	if _, err := s.c.Put(ctx, migPfx+vm+"/target", mustJSON(t)); err != nil {
+		return fmt.Errorf("migration target report of %s: %w", vm, err)
+	}
+	return nil
+}
+
+// PutMigrationSource records the source agent's report.
+func (s *Store) PutMigrationSource(ctx context.Context, vm string, r *MigrationSource) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
+	if _, err := s.c.Put(ctx, migPfx+vm+"/source", mustJSON(r)); err != nil {
+		return fmt.Errorf("migration source report of %s: %w", vm, err)
 	}
 	return nil
 }

@@ -256,3 +256,117 @@ const (
 	// target host may follow after a colon: "test-failover:host3".
 	RequestTestFailover = "test-failover"
 )
+
+// Migration phases (MigrationPlan.Phase).
+const (
+	MigQueued     = "queued"     // waiting for a migration slot (limits per host and cluster)
+	MigScheduled  = "scheduled"  // target chosen; the target agent prepares an incoming QEMU
+	MigRunning    = "migrating"  // the source agent migrates (mirror, pre-copy, maybe post-copy)
+	MigSwitchover = "switchover" // placement flipped to the target; the target resumes the VM
+	MigCompleted  = "completed"
+	MigFailed     = "failed"
+	MigCancelled  = "cancelled"
+)
+
+// MigrationDone reports whether a phase is final.
+func MigrationDone(phase string) bool {
+	return phase == MigCompleted || phase == MigFailed || phase == MigCancelled
+}
+
+// MigrationRequest is an operator's (or maintenance mode's) request to
+// move a running VM; the API writes it.
+type MigrationRequest struct {
+	ID string `json:"id"`
+	// To is the requested target host; empty lets placement choose.
+	To string `json:"to,omitempty"`
+	// Reason is who asked: "operator", "maintenance".
+	Reason      string    `json:"reason"`
+	Cancel      bool      `json:"cancel,omitempty"`
+	RequestedAt time.Time `json:"requestedAt"`
+}
+
+// MigrationPlan is the leader's decision and the migration's phase; only
+// the migration controller writes it.
+type MigrationPlan struct {
+	ID     string `json:"id"`
+	Source string `json:"source"`
+	Target string `json:"target"`
+	// Epoch is the VM's placement epoch the migration started from; the
+	// cut-over flips placement to Epoch+1 on the target.
+	Epoch int64 `json:"epoch"`
+	// SharedNothing: the disks are host-local and are mirrored over NBD.
+	SharedNothing bool      `json:"sharedNothing"`
+	Postcopy      bool      `json:"postcopy"`
+	Phase         string    `json:"phase"`
+	Error         string    `json:"error,omitempty"`
+	StartedAt     time.Time `json:"startedAt"`
+	FinishedAt    time.Time `json:"finishedAt,omitzero"`
+}
+
+// MigrationTarget is the destination agent's report.
+type MigrationTarget struct {
+	ID    string `json:"id"`
+	Phase string `json:"phase"` // preparing, ready, resumed, failed
+	URI   string `json:"uri,omitempty"`
+	// NBD lists, per disk index, where the source mirrors that disk.
+	NBD       []MigrationNBD `json:"nbd,omitempty"`
+	Error     string         `json:"error,omitempty"`
+	PrepareMS int64          `json:"prepareMs,omitempty"`
+	UpdatedAt time.Time      `json:"updatedAt"`
+}
+
+// MigrationNBD is a destination NBD export a disk is mirrored into.
+type MigrationNBD struct {
+	Disk   int    `json:"disk"`
+	Host   string `json:"host"`
+	Port   int    `json:"port"`
+	Export string `json:"export"`
+}
+
+// MigrationSource is the source agent's report, with live progress.
+type MigrationSource struct {
+	ID string `json:"id"`
+	// Phase: mirroring, precopy, postcopy-ready (waiting for the flip),
+	// postcopy, completed (destination paused, waiting for the flip),
+	// resumed (cut-over failed, VM continues here), cancelled, failed.
+	Phase    string            `json:"phase"`
+	Progress MigrationProgress `json:"progress"`
+	// Steps are the stall detector's escalations, in order.
+	Steps     []string  `json:"steps,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// MigrationProgress is a migration's live figures.
+type MigrationProgress struct {
+	QEMUStatus       string  `json:"qemuStatus,omitempty"`
+	Transferred      int64   `json:"transferred"`
+	Remaining        int64   `json:"remaining"`
+	Total            int64   `json:"total"`
+	DirtyRate        int64   `json:"dirtyRate"` // bytes/s
+	MbitPerSec       float64 `json:"mbps"`
+	ExpectedDowntime int64   `json:"expectedDowntimeMs"`
+	DowntimeLimit    int64   `json:"downtimeLimitMs,omitempty"`
+	Throttle         int     `json:"cpuThrottle,omitempty"`
+	DiskDone         int64   `json:"diskDone,omitempty"`
+	DiskTotal        int64   `json:"diskTotal,omitempty"`
+	// Final figures.
+	MirrorMS   int64 `json:"mirrorMs,omitempty"`
+	DowntimeMS int64 `json:"downtimeMs,omitempty"`
+	TotalMS    int64 `json:"totalMs,omitempty"`
+	SetupMS    int64 `json:"setupMs,omitempty"`
+}
+
+// MigrationState is everything stored about a VM's latest migration.
+type MigrationState struct {
+	Request *MigrationRequest
+	Plan    *MigrationPlan
+	PlanRev int64
+	Target  *MigrationTarget
+	Source  *MigrationSource
+}
+
+// Active reports whether the migration is under way (planned, not final).
+func (m *MigrationState) Active() bool {
+	return m != nil && m.Plan != nil && m.Request != nil && m.Plan.ID == m.Request.ID && !MigrationDone(m.Plan.Phase)
+}

@@ -1,0 +1,465 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/driver/qemu"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Migration tuning defaults.
+const (
+	initialDowntime = 300 * time.Millisecond
+	defaultMaxDown  = 2 * time.Second
+	multifdChannels = 2
+	pollInterval    = 250 * time.Millisecond
+	reportInterval  = 500 * time.Millisecond
+)
+
+// reconcileMigrations starts this host's part of each active migration:
+// preparing the destination, or migrating from the source. The operations
+// hold the VM busy, so the normal reconcile leaves the VM alone meanwhile.
+func (a *Agent) reconcileMigrations(ctx context.Context, snap *store.Snapshot) {
+	mig, ok := a.drv.(driver.Migrator)
+	if !ok {
+		return
+	}
+	for _, name := range snap.SortedVMNames() {
+		m := snap.Migrations[name]
+		if !m.Active() || a.isBusy(name) {
+			continue
+		}
+		p := *m.Plan
+		v := snap.VMs[name]
+		switch {
+		case p.Target == a.cfg.Host && (p.Phase == store.MigScheduled || p.Phase == store.MigRunning) && (m.Target == nil || m.Target.ID != p.ID):
+			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.migrateIn(ctx, mig, v, p, snap.Networks) })
+		case p.Target == a.cfg.Host && p.Phase == store.MigSwitchover && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready":
+			// A restarted agent finds the cut-over done but the VM not resumed.
+			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, p) })
+		case p.Source == a.cfg.Host && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready" && (m.Source == nil || m.Source.ID != p.ID):
+			a.do(ctx, name, "migrate-out", func(ctx context.Context) { a.migrateOut(ctx, mig, v, p, *m.Target) })
+		case p.Source == a.cfg.Host && m.Source != nil && m.Source.ID == p.ID:
+			// The source report exists but no operation runs: this agent
+			// restarted mid-migration. Finish what QEMU finished, abort the
+			// rest; either way exactly one copy keeps running.
+			a.do(ctx, name, "migrate-out", func(ctx context.Context) { a.recoverSource(ctx, mig, v, p) })
+		}
+	}
+}
+
+func (a *Agent) reportTarget(ctx context.Context, vm string, t *store.MigrationTarget) {
+	t.UpdatedAt = time.Now()
+	if err := a.st.PutMigrationTarget(ctx, vm, t); err != nil {
+		a.log.Warn("migration target report", "vm", vm, "err", err)
+	}
+}
+
+func (a *Agent) reportSource(ctx context.Context, vm string, r *store.MigrationSource) {
+	r.UpdatedAt = time.Now()
+	if err := a.st.PutMigrationSource(ctx, vm, r); err != nil {
+		a.log.Warn("migration source report", "vm", vm, "err", err)
+	}
+}
+
+// waitPlan polls the VM's migration until cond says stop, or the plan is
+// replaced or ends; it returns the last state seen.
+func (a *Agent) waitPlan(ctx context.Context, vm, id string, cond func(*store.MigrationState, *store.VMState) bool) (*store.MigrationState, *store.VMState, error) {
+	for {
+		snap, err := a.st.Snapshot(ctx)
+		if err == nil {
+			m, v := snap.Migrations[vm], snap.VMs[vm]
+			if m == nil || m.Plan == nil || m.Plan.ID != id || v == nil {
+				return m, v, fmt.Errorf("migration %s of %s is gone", id, vm)
+			}
+			if cond(m, v) || store.MigrationDone(m.Plan.Phase) {
+				return m, v, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// migrateIn is the destination's part: start QEMU waiting for the
+// migration (paused), serve local disks for mirroring, report ready; then
+// wait for the cut-over (placement flipped here) and resume the VM, or for
+// the failure, and remove what was prepared.
+func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, networks map[string]*store.Network) {
+	name := v.Record.Name()
+	start := time.Now()
+	rep := &store.MigrationTarget{ID: p.ID, Phase: "preparing"}
+	a.reportTarget(ctx, name, rep)
+	fail := func(err error) {
+		a.log.Error("migration: destination failed", "vm", name, "err", err)
+		rep.Phase, rep.Error = "failed", err.Error()
+		a.reportTarget(ctx, name, rep)
+		a.dropIncoming(ctx, v)
+	}
+	if a.cfg.StorageIP == "" {
+		fail(errors.New("this host has no storage/migration network address (--storage-ip)"))
+		return
+	}
+	// The destination opens the disks at the plan's epoch (the source's):
+	// the storage serves both hosts until the cut-over.
+	incV := *v
+	incV.Placement.Epoch = p.Epoch
+	cfg, err := a.vmConfig(ctx, &incV, networks)
+	if err != nil {
+		fail(err)
+		return
+	}
+	cfg.Incoming = "defer"
+	var nbdDisks []int
+	for i, d := range v.Record.VM.Spec.Disks {
+		if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
+			nbdDisks = append(nbdDisks, i)
+		}
+	}
+	if _, err := a.drv.Start(ctx, cfg); err != nil {
+		fail(err)
+		return
+	}
+	spec := driver.IncomingSpec{ListenIP: a.cfg.StorageIP, Postcopy: p.Postcopy, NBDDisks: nbdDisks}
+	if !p.Postcopy {
+		spec.Multifd = multifdChannels
+	}
+	inc, err := mig.PrepareIncoming(ctx, name, spec)
+	if err != nil {
+		fail(err)
+		return
+	}
+	rep.Phase, rep.URI, rep.PrepareMS = "ready", inc.URI, time.Since(start).Milliseconds()
+	for _, n := range inc.NBD {
+		rep.NBD = append(rep.NBD, store.MigrationNBD{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export})
+	}
+	a.reportTarget(ctx, name, rep)
+	a.event(ctx, "migration.prepared", name, fmt.Sprintf("destination ready in %s: incoming %s", time.Since(start).Round(time.Millisecond), inc.URI))
+
+	m, nv, err := a.waitPlan(ctx, name, p.ID, func(m *store.MigrationState, v *store.VMState) bool {
+		return m.Plan.Phase == store.MigSwitchover
+	})
+	if err != nil || m.Plan.Phase != store.MigSwitchover || nv.Placement.Host != a.cfg.Host {
+		a.dropIncoming(ctx, v)
+		return
+	}
+	if d := a.cfg.DebugCutoverDelay; d > 0 {
+		// Fault injection for tests: hold the cut-over between the flip and
+		// the resume, so a test can fail a host exactly there.
+		a.log.Warn("debug: delaying the resume after the cut-over", "vm", name, "delay", d)
+		time.Sleep(d)
+	}
+	a.resumeIncoming(ctx, mig, name, p)
+}
+
+// resumeIncoming resumes the destination after the cut-over. In post-copy
+// the flip comes first, so it waits until the source has switched.
+func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name string, p store.MigrationPlan) {
+	rep := &store.MigrationTarget{ID: p.ID, Phase: "ready"}
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		info, err := mig.IncomingStatus(ctx, name)
+		if err == nil && (info.Status == "completed" || info.Status == "postcopy-active") {
+			break
+		}
+		if err == nil && (info.Status == "failed" || info.Status == "postcopy-paused") {
+			rep.Phase, rep.Error = "failed", "incoming migration "+info.Status
+			a.reportTarget(ctx, name, rep)
+			_ = a.drv.Kill(ctx, name)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := mig.FinishIncoming(ctx, name); err != nil {
+		rep.Phase, rep.Error = "failed", err.Error()
+		a.reportTarget(ctx, name, rep)
+		_ = a.drv.Kill(ctx, name)
+		return
+	}
+	rep.Phase = "resumed"
+	a.reportTarget(ctx, name, rep)
+	a.mu.Lock()
+	a.monitorSince[name] = time.Now()
+	a.mu.Unlock()
+	a.event(ctx, store.EvVMRunning, name, "resumed here after live migration")
+}
+
+// dropIncoming removes a prepared destination after a failed or cancelled
+// migration.
+func (a *Agent) dropIncoming(ctx context.Context, v *store.VMState) {
+	name := v.Record.Name()
+	if st, err := a.drv.Inspect(name); err == nil && st.Running {
+		_ = a.drv.Kill(ctx, name)
+	}
+	a.releaseDisks(ctx, v)
+	_ = a.drv.Destroy(name)
+}
+
+// migrateOut is the source's part.
+func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, tgt store.MigrationTarget) {
+	name := v.Record.Name()
+	rep := &store.MigrationSource{ID: p.ID, Phase: "precopy"}
+	fail := func(phase string, err error) {
+		a.log.Warn("migration aborted", "vm", name, "phase", phase, "err", err)
+		rep.Phase, rep.Error = phase, err.Error()
+		a.reportSource(ctx, name, rep)
+	}
+	if p.SharedNothing {
+		rep.Phase = "mirroring"
+		a.reportSource(ctx, name, rep)
+		var targets []driver.MirrorTarget
+		for _, n := range tgt.NBD {
+			targets = append(targets, driver.MirrorTarget{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export})
+		}
+		last, mirrorStart := time.Time{}, time.Now()
+		err := mig.MirrorDisks(ctx, name, targets, func(done, total int64) {
+			rep.Progress.DiskDone, rep.Progress.DiskTotal = done, total
+			if time.Since(last) > reportInterval {
+				last = time.Now()
+				a.reportSource(ctx, name, rep)
+			}
+		})
+		if err != nil {
+			fail("failed", fmt.Errorf("disk mirror: %w", err))
+			return
+		}
+		rep.Progress.MirrorMS = time.Since(mirrorStart).Milliseconds()
+		if a.cancelled(ctx, name, p.ID) {
+			_ = mig.EndMirrors(ctx, name, true)
+			fail("cancelled", errors.New("cancelled during the disk mirror"))
+			return
+		}
+	}
+	maxDown := v.Record.VM.Spec.Migration.MaxDowntime.D()
+	if maxDown == 0 {
+		maxDown = defaultMaxDown
+	}
+	ms := driver.MigrateSpec{URI: tgt.URI, Postcopy: p.Postcopy, DowntimeLimit: initialDowntime, AutoConverge: true,
+		MaxBandwidth: int64(v.Record.VM.Spec.Migration.MaxBandwidth)}
+	if !p.Postcopy {
+		ms.Multifd = multifdChannels
+	}
+	if err := mig.StartMigration(ctx, name, ms); err != nil {
+		a.endMirrors(ctx, mig, name, p, true)
+		fail("failed", err)
+		return
+	}
+	rep.Phase = "precopy"
+	rep.Progress.DowntimeLimit = initialDowntime.Milliseconds()
+	a.reportSource(ctx, name, rep)
+	det := qemu.NewStallDetector(qemu.StallPolicy{InitialDowntime: initialDowntime, MaxDowntime: maxDown, AllowPostcopy: p.Postcopy,
+		AutoConverge: true, StallWindow: 3 * time.Second, Timeout: 5 * time.Minute}, time.Now())
+	lastReport := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pollInterval):
+		}
+		info, err := mig.MigrationInfo(ctx, name)
+		if err != nil {
+			continue
+		}
+		fillProgress(&rep.Progress, info)
+		switch info.Status {
+		case "completed":
+			a.finishSource(ctx, mig, v, p, rep, info)
+			return
+		case "failed":
+			a.endMirrors(ctx, mig, name, p, true)
+			_ = mig.ResumeSource(ctx, name)
+			fail("failed", fmt.Errorf("QEMU: %s", orDefault(info.Error, "migration failed")))
+			return
+		case "cancelled":
+			a.endMirrors(ctx, mig, name, p, true)
+			fail("cancelled", errors.New("cancelled"))
+			return
+		}
+		if rep.Phase != "postcopy" && a.cancelled(ctx, name, p.ID) {
+			_ = mig.CancelMigration(ctx, name)
+			a.endMirrors(ctx, mig, name, p, true)
+			fail("cancelled", errors.New("cancelled by request"))
+			return
+		}
+		if rep.Phase != "postcopy" {
+			act := det.Observe(qemu.SampleOf(time.Now(), info))
+			if done := a.escalate(ctx, mig, v, p, rep, act); done {
+				return
+			}
+		}
+		if time.Since(lastReport) >= reportInterval {
+			lastReport = time.Now()
+			a.reportSource(ctx, name, rep)
+		}
+	}
+}
+
+// escalate carries out one stall-detector step; it returns true when the
+// migration ended (aborted).
+func (a *Agent) escalate(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, act qemu.Action) bool {
+	name := v.Record.Name()
+	switch act.Kind {
+	case qemu.None:
+		return false
+	case qemu.RaiseDowntime, qemu.EnableAutoConverge, qemu.IncreaseThrottle:
+		params := act.Params
+		if act.Kind == qemu.RaiseDowntime {
+			params = map[string]any{"downtime-limit": act.Downtime.Milliseconds()}
+			rep.Progress.DowntimeLimit = act.Downtime.Milliseconds()
+		}
+		if err := mig.TuneMigration(ctx, name, params); err != nil {
+			a.log.Warn("migration: tune", "vm", name, "err", err)
+		}
+		rep.Steps = append(rep.Steps, act.Reason)
+		a.event(ctx, "migration.escalated", name, act.Reason)
+		return false
+	case qemu.StartPostcopy:
+		// Post-copy runs the VM on the destination from the switch on, so
+		// placement must move first: ask the leader for the flip.
+		rep.Steps = append(rep.Steps, act.Reason)
+		rep.Phase = "postcopy-ready"
+		a.reportSource(ctx, name, rep)
+		a.event(ctx, "migration.escalated", name, act.Reason+"; waiting for the cut-over before switching to post-copy")
+		m, nv, err := a.waitPlan(ctx, name, p.ID, func(m *store.MigrationState, _ *store.VMState) bool {
+			return m.Plan.Phase == store.MigSwitchover
+		})
+		if err != nil || m.Plan.Phase != store.MigSwitchover || nv.Placement.Host != p.Target {
+			_ = mig.CancelMigration(ctx, name)
+			rep.Phase, rep.Error = "failed", "the cut-over for post-copy did not happen"
+			a.reportSource(ctx, name, rep)
+			return true
+		}
+		if err := mig.StartPostcopy(ctx, name); err != nil {
+			// Placement already names the target, which waits for a switch
+			// that will not come: HA takes it from here.
+			rep.Phase, rep.Error = "failed", "post-copy: "+err.Error()
+			a.reportSource(ctx, name, rep)
+			return true
+		}
+		rep.Phase = "postcopy"
+		a.reportSource(ctx, name, rep)
+		return false
+	case qemu.Abort:
+		_ = mig.CancelMigration(ctx, name)
+		a.endMirrors(ctx, mig, name, p, true)
+		rep.Phase, rep.Error = "failed", act.Reason
+		a.reportSource(ctx, name, rep)
+		a.event(ctx, "migration.aborted", name, act.Reason)
+		return true
+	}
+	return false
+}
+
+// finishSource handles a completed migration on the source: the
+// destination is paused with the full state; report it, wait for the
+// cut-over, then quit here (or resume here if the cut-over failed).
+func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, info driver.MigrationInfo) {
+	name := v.Record.Name()
+	a.endMirrors(ctx, mig, name, p, false)
+	rep.Progress.DowntimeMS, rep.Progress.TotalMS, rep.Progress.SetupMS = info.Downtime.Milliseconds(), info.TotalTime.Milliseconds(), info.SetupTime.Milliseconds()
+	postcopy := rep.Phase == "postcopy"
+	if !postcopy {
+		rep.Phase = "completed"
+		a.reportSource(ctx, name, rep)
+		m, nv, err := a.waitPlan(ctx, name, p.ID, func(m *store.MigrationState, _ *store.VMState) bool {
+			return m.Plan.Phase == store.MigSwitchover
+		})
+		if err != nil && ctx.Err() != nil {
+			return
+		}
+		if m == nil || m.Plan.Phase != store.MigSwitchover || nv == nil || nv.Placement.Host != p.Target {
+			// The flip failed: the VM continues here, where its state is.
+			if err := mig.ResumeSource(ctx, name); err != nil {
+				a.log.Error("migration: resume source after a failed cut-over", "vm", name, "err", err)
+			}
+			rep.Phase, rep.Error = "resumed", "cut-over failed; the VM continues on the source"
+			a.reportSource(ctx, name, rep)
+			a.event(ctx, "migration.failed", name, rep.Error)
+			return
+		}
+	} else {
+		rep.Phase = "completed"
+		a.reportSource(ctx, name, rep)
+	}
+	// Cut-over done: the destination resumes; this copy goes.
+	if err := a.drv.Kill(ctx, name); err != nil {
+		a.log.Error("migration: quit source", "vm", name, "err", err)
+	}
+	a.releaseDisks(ctx, v)
+	if p.SharedNothing {
+		for _, d := range v.Record.VM.Spec.Disks {
+			if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
+				_ = ds.Delete(ctx, name, d) // the disk now lives on the target
+			}
+		}
+	}
+	_ = a.drv.Destroy(name)
+	a.event(ctx, "migration.source-done", name, fmt.Sprintf("left for %s: QEMU downtime %d ms, total %d ms", p.Target, rep.Progress.DowntimeMS, rep.Progress.TotalMS))
+}
+
+// recoverSource decides what a restarted agent does with a migration it
+// was running as the source.
+func (a *Agent) recoverSource(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan) {
+	name := v.Record.Name()
+	rep := &store.MigrationSource{ID: p.ID}
+	info, err := mig.MigrationInfo(ctx, name)
+	if err != nil {
+		return
+	}
+	switch info.Status {
+	case "completed":
+		rep.Phase = "precopy"
+		a.finishSource(ctx, mig, v, p, rep, info)
+	case "active", "setup", "device", "pre-switchover":
+		_ = mig.CancelMigration(ctx, name)
+		a.endMirrors(ctx, mig, name, p, true)
+		rep.Phase, rep.Error = "failed", "the source agent restarted during the migration; cancelled"
+		a.reportSource(ctx, name, rep)
+	default:
+		_ = mig.ResumeSource(ctx, name)
+		rep.Phase, rep.Error = "failed", "the source agent restarted during the migration ("+info.Status+")"
+		a.reportSource(ctx, name, rep)
+	}
+}
+
+func (a *Agent) endMirrors(ctx context.Context, mig driver.Migrator, name string, p store.MigrationPlan, abort bool) {
+	if p.SharedNothing {
+		if err := mig.EndMirrors(ctx, name, abort); err != nil {
+			a.log.Warn("migration: end mirrors", "vm", name, "err", err)
+		}
+	}
+}
+
+// cancelled reports whether the operator cancelled the migration.
+func (a *Agent) cancelled(ctx context.Context, vm, id string) bool {
+	snap, err := a.st.Snapshot(ctx)
+	if err != nil {
+		return false
+	}
+	m := snap.Migrations[vm]
+	return m != nil && m.Request != nil && m.Request.ID == id && m.Request.Cancel ||
+		m != nil && m.Plan != nil && m.Plan.ID == id && slices.Contains([]string{store.MigFailed, store.MigCancelled}, m.Plan.Phase)
+}
+
+func fillProgress(pr *store.MigrationProgress, info driver.MigrationInfo) {
+	pr.QEMUStatus = info.Status
+	pr.Transferred, pr.Remaining, pr.Total = info.Transferred, info.Remaining, info.Total
+	pr.DirtyRate, pr.MbitPerSec = info.DirtyRate, info.Mbps
+	pr.ExpectedDowntime = info.ExpectedDowntime.Milliseconds()
+	pr.Throttle = info.Throttle
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}

@@ -1,0 +1,172 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/vigilha/vigil/internal/controller/migration"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// MigrateRequest is the body of POST /api/v1/vms/{name}/migrate.
+type MigrateRequest struct {
+	To string `json:"to,omitempty"`
+}
+
+// Migration is the API's view of a VM's latest migration.
+type Migration struct {
+	ID       string                  `json:"id"`
+	VM       string                  `json:"vm"`
+	Phase    string                  `json:"phase"`
+	Source   string                  `json:"source"`
+	Target   string                  `json:"target"`
+	Reason   string                  `json:"reason"`
+	Shared   bool                    `json:"sharedStorage"`
+	Postcopy bool                    `json:"postcopyAllowed"`
+	Step     string                  `json:"step,omitempty"` // the source's or destination's current step
+	Progress store.MigrationProgress `json:"progress"`
+	Steps    []string                `json:"escalations,omitempty"`
+	Error    string                  `json:"error,omitempty"`
+	Started  time.Time               `json:"startedAt,omitzero"`
+	Finished time.Time               `json:"finishedAt,omitzero"`
+	Dest     *store.MigrationTarget  `json:"destination,omitempty"`
+}
+
+// migrationView renders a VM's migration state.
+func migrationView(vm string, m *store.MigrationState) Migration {
+	out := Migration{VM: vm}
+	if m.Request != nil {
+		out.ID, out.Reason, out.Target, out.Phase = m.Request.ID, m.Request.Reason, m.Request.To, "requested"
+	}
+	if p := m.Plan; p != nil && (m.Request == nil || p.ID == m.Request.ID) {
+		out.ID, out.Phase, out.Source, out.Target = p.ID, p.Phase, p.Source, p.Target
+		out.Shared, out.Postcopy, out.Error, out.Started, out.Finished = !p.SharedNothing, p.Postcopy, p.Error, p.StartedAt, p.FinishedAt
+	}
+	if t := m.Target; t != nil && t.ID == out.ID {
+		out.Step = "destination " + t.Phase
+		out.Dest = t
+	}
+	if s := m.Source; s != nil && s.ID == out.ID {
+		out.Step, out.Progress, out.Steps = s.Phase, s.Progress, s.Steps
+		if out.Error == "" {
+			out.Error = s.Error
+		}
+	}
+	return out
+}
+
+// migrate validates and records a migration request; the leader's
+// migration controller carries it out.
+func (s *Server) migrate(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var req MigrateRequest
+	if b, _ := io.ReadAll(io.LimitReader(r.Body, maxBody)); len(b) > 0 {
+		if err := json.Unmarshal(b, &req); err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("migrate: %w", err))
+			return
+		}
+	}
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	v, ok := snap.VMs[name]
+	if !ok {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s: %w", name, store.ErrNotFound))
+		return
+	}
+	if m := snap.Migrations[name]; m.Active() {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is already migrating (%s -> %s, %s)", name, m.Plan.Source, m.Plan.Target, m.Plan.Phase))
+		return
+	}
+	if state := StateOf(v); state != store.StateRunning {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is %s; only a running VM can be live-migrated", name, state))
+		return
+	}
+	if req.To != "" {
+		if _, ok := snap.Hosts[req.To]; !ok {
+			writeErr(w, http.StatusNotFound, fmt.Errorf("no host named %q", req.To))
+			return
+		}
+	}
+	if _, err := migration.Target(snap, v, req.To); err != nil {
+		writeErr(w, http.StatusConflict, fmt.Errorf("cannot migrate %s: %w", name, err))
+		return
+	}
+	mr := &store.MigrationRequest{ID: fmt.Sprintf("%s-%d", name, time.Now().UnixNano()), To: req.To, Reason: "operator", RequestedAt: time.Now()}
+	if err := s.st.PutMigrationRequest(r.Context(), name, mr); err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, migrationView(name, &store.MigrationState{Request: mr}))
+}
+
+// cancelMigration asks for the VM's migration to be aborted.
+func (s *Server) cancelMigration(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	m := snap.Migrations[name]
+	if m == nil || m.Request == nil || (m.Plan != nil && m.Plan.ID == m.Request.ID && store.MigrationDone(m.Plan.Phase)) {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s has no migration in progress", name))
+		return
+	}
+	req := *m.Request
+	req.Cancel = true
+	if err := s.st.PutMigrationRequest(r.Context(), name, &req); err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, migrationView(name, m))
+}
+
+func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	m := snap.Migrations[name]
+	if m == nil {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s has never migrated: %w", name, store.ErrNotFound))
+		return
+	}
+	writeJSON(w, http.StatusOK, migrationView(name, m))
+}
+
+// maintenance puts a host in or out of maintenance mode.
+func (s *Server) maintenance(on bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		host := r.PathValue("host")
+		snap, err := s.st.Snapshot(r.Context())
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		if _, ok := snap.Hosts[host]; !ok {
+			writeErr(w, http.StatusNotFound, fmt.Errorf("no host named %q", host))
+			return
+		}
+		if err := s.st.SetMaintenance(r.Context(), host, on, store.Maintenance{Since: time.Now()}); err != nil {
+			writeErr(w, statusFor(err), err)
+			return
+		}
+		verb := "exited"
+		if on {
+			verb = "entered"
+		}
+		s.emit(r.Context(), store.Event{Type: "host.maintenance-" + verb, Host: host, Message: "maintenance mode " + verb})
+		w.WriteHeader(http.StatusAccepted)
+	}
+}
+
+// Escalations returns the stall detector's steps.
+func (m *Migration) Escalations() []string { return m.Steps }
