@@ -208,7 +208,10 @@ func TestMigrate_CancelAndBadTargets(t *testing.T) {
 	if n := len(check.QEMUProcs("can1")); n != 1 {
 		t.Errorf("%d QEMUs of can1 after the cancel", n)
 	}
-	for _, c := range []struct{ args []string; want string }{
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
 		{[]string{"vm", "migrate", "can1", "--to", "host9"}, `no host named "host9"`},
 		{[]string{"vm", "migrate", "can1", "--to", v.Host}, "already runs on"},
 		{[]string{"vm", "migrate", "nope", "--to", to}, "not found"},
@@ -307,16 +310,28 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 	no, yes := false, true
 	cases := []struct {
 		name, phase, kill string
-		edit             func(*spec.VM)
-		dirty            bool
-		survivesOn       string // "source", "target", or "" (HA restarts it)
+		edit              func(*spec.VM)
+		dirty             bool
+		survivesOn        string // "source", "target", or "" (HA restarts it)
 	}{
-		{"precopy-kill-target", "migrating", "target", func(vm *spec.VM) { vm.Spec.Migration.AllowPostcopy = &no; vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB }, true, "source"},
-		{"precopy-kill-source", "migrating", "source", func(vm *spec.VM) { vm.Spec.Migration.AllowPostcopy = &no; vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB }, true, ""},
+		{"precopy-kill-target", "migrating", "target", func(vm *spec.VM) {
+			vm.Spec.Migration.AllowPostcopy = &no
+			vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB
+		}, true, "source"},
+		{"precopy-kill-source", "migrating", "source", func(vm *spec.VM) {
+			vm.Spec.Migration.AllowPostcopy = &no
+			vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB
+		}, true, ""},
 		{"cutover-kill-source", "switchover", "source", nil, false, "target"},
 		{"cutover-kill-target", "switchover", "target", nil, false, ""},
-		{"postcopy-kill-target", "postcopy", "target", func(vm *spec.VM) { vm.Spec.Migration.AllowPostcopy = &yes; vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB }, true, ""},
-		{"postcopy-kill-source", "postcopy", "source", func(vm *spec.VM) { vm.Spec.Migration.AllowPostcopy = &yes; vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB }, true, ""},
+		{"postcopy-kill-target", "postcopy", "target", func(vm *spec.VM) {
+			vm.Spec.Migration.AllowPostcopy = &yes
+			vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB
+		}, true, ""},
+		{"postcopy-kill-source", "postcopy", "source", func(vm *spec.VM) {
+			vm.Spec.Migration.AllowPostcopy = &yes
+			vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB
+		}, true, ""},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
