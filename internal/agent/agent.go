@@ -85,6 +85,7 @@ type Agent struct {
 	restartLog   map[string][]time.Time
 	monitorSince map[string]time.Time
 	hangAlarm    map[string]bool
+	retryAt      map[string]time.Time
 }
 
 // New checks the configuration and creates an agent.
@@ -135,6 +136,7 @@ func New(cfg Config) (*Agent, error) {
 		restartLog:   map[string][]time.Time{},
 		monitorSince: map[string]time.Time{},
 		hangAlarm:    map[string]bool{},
+		retryAt:      map[string]time.Time{},
 	}, nil
 }
 

@@ -67,6 +67,21 @@ func (a *Agent) reportSource(ctx context.Context, vm string, r *store.MigrationS
 	}
 }
 
+// flipped reports whether the cut-over happened: placement names the
+// target at the epoch after the migration's. Placement, not the plan's
+// phase, is the truth: the flip is one compare-and-swap on it, and the plan
+// moves on (to completed) within milliseconds.
+func flipped(v *store.VMState, p store.MigrationPlan) bool {
+	return v != nil && v.Placement.Host == p.Target && v.Placement.Epoch == p.Epoch+1
+}
+
+// unflipped reports whether placement still names the source at the
+// migration's epoch. Once the plan has ended, the flip can no longer
+// happen (it compares the plan's revision), so the source may resume.
+func unflipped(v *store.VMState, p store.MigrationPlan) bool {
+	return v != nil && v.Placement.Host == p.Source && v.Placement.Epoch == p.Epoch
+}
+
 // waitPlan polls the VM's migration until cond says stop, or the plan is
 // replaced or ends; it returns the last state seen.
 func (a *Agent) waitPlan(ctx context.Context, vm, id string, cond func(*store.MigrationState, *store.VMState) bool) (*store.MigrationState, *store.VMState, error) {
@@ -144,10 +159,11 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 	a.reportTarget(ctx, name, rep)
 	a.event(ctx, "migration.prepared", name, fmt.Sprintf("destination ready in %s: incoming %s", time.Since(start).Round(time.Millisecond), inc.URI))
 
-	m, nv, err := a.waitPlan(ctx, name, p.ID, func(m *store.MigrationState, v *store.VMState) bool {
-		return m.Plan.Phase == store.MigSwitchover
-	})
-	if err != nil || m.Plan.Phase != store.MigSwitchover || nv.Placement.Host != a.cfg.Host {
+	_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
+	if ctx.Err() != nil {
+		return
+	}
+	if !flipped(nv, p) {
 		a.dropIncoming(ctx, v)
 		return
 	}
@@ -264,8 +280,22 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 			return
 		case <-time.After(pollInterval):
 		}
-		info, err := mig.MigrationInfo(ctx, name)
+		// Check the plan first, and bound every QEMU call: a destination
+		// that vanished can leave QEMU's migration stuck in the network,
+		// and the abort must not wait for it.
+		if rep.Phase != "postcopy" && a.cancelled(ctx, name, p.ID) {
+			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_ = mig.CancelMigration(qctx, name)
+			cancel()
+			a.endMirrors(ctx, mig, name, p, true)
+			fail("cancelled", errors.New("cancelled by request or by the leader"))
+			return
+		}
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := mig.MigrationInfo(qctx, name)
+		cancel()
 		if err != nil {
+			a.log.Debug("migration: query", "vm", name, "err", err)
 			continue
 		}
 		fillProgress(&rep.Progress, info)
@@ -281,12 +311,6 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 		case "cancelled":
 			a.endMirrors(ctx, mig, name, p, true)
 			fail("cancelled", errors.New("cancelled"))
-			return
-		}
-		if rep.Phase != "postcopy" && a.cancelled(ctx, name, p.ID) {
-			_ = mig.CancelMigration(ctx, name)
-			a.endMirrors(ctx, mig, name, p, true)
-			fail("cancelled", errors.New("cancelled by request"))
 			return
 		}
 		if rep.Phase != "postcopy" {
@@ -315,7 +339,10 @@ func (a *Agent) escalate(ctx context.Context, mig driver.Migrator, v *store.VMSt
 			params = map[string]any{"downtime-limit": act.Downtime.Milliseconds()}
 			rep.Progress.DowntimeLimit = act.Downtime.Milliseconds()
 		}
-		if err := mig.TuneMigration(ctx, name, params); err != nil {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := mig.TuneMigration(qctx, name, params)
+		cancel()
+		if err != nil {
 			a.log.Warn("migration: tune", "vm", name, "err", err)
 		}
 		rep.Steps = append(rep.Steps, act.Reason)
@@ -328,10 +355,8 @@ func (a *Agent) escalate(ctx context.Context, mig driver.Migrator, v *store.VMSt
 		rep.Phase = "postcopy-ready"
 		a.reportSource(ctx, name, rep)
 		a.event(ctx, "migration.escalated", name, act.Reason+"; waiting for the cut-over before switching to post-copy")
-		m, nv, err := a.waitPlan(ctx, name, p.ID, func(m *store.MigrationState, _ *store.VMState) bool {
-			return m.Plan.Phase == store.MigSwitchover
-		})
-		if err != nil || m.Plan.Phase != store.MigSwitchover || nv.Placement.Host != p.Target {
+		_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
+		if !flipped(nv, p) {
 			_ = mig.CancelMigration(ctx, name)
 			rep.Phase, rep.Error = "failed", "the cut-over for post-copy did not happen"
 			a.reportSource(ctx, name, rep)
@@ -369,20 +394,27 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 	if !postcopy {
 		rep.Phase = "completed"
 		a.reportSource(ctx, name, rep)
-		m, nv, err := a.waitPlan(ctx, name, p.ID, func(m *store.MigrationState, _ *store.VMState) bool {
-			return m.Plan.Phase == store.MigSwitchover
-		})
-		if err != nil && ctx.Err() != nil {
+		_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
+		if ctx.Err() != nil {
 			return
 		}
-		if m == nil || m.Plan.Phase != store.MigSwitchover || nv == nil || nv.Placement.Host != p.Target {
-			// The flip failed: the VM continues here, where its state is.
+		switch {
+		case flipped(nv, p):
+			// Cut-over done: fall through to quit this copy.
+		case unflipped(nv, p):
+			// The plan ended without the flip: the VM continues here,
+			// where its state is.
 			if err := mig.ResumeSource(ctx, name); err != nil {
 				a.log.Error("migration: resume source after a failed cut-over", "vm", name, "err", err)
 			}
 			rep.Phase, rep.Error = "resumed", "cut-over failed; the VM continues on the source"
 			a.reportSource(ctx, name, rep)
 			a.event(ctx, "migration.failed", name, rep.Error)
+			return
+		default:
+			// Placement moved somewhere else (HA): this paused copy is stale.
+			_ = a.drv.Kill(ctx, name)
+			a.releaseDisks(ctx, v)
 			return
 		}
 	} else {

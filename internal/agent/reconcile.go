@@ -91,7 +91,14 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		}
 
 	case rec.Deleting:
-		a.do(ctx, name, "delete", func(ctx context.Context) { a.deleteVM(ctx, v, running) })
+		if a.backingOff(name) {
+			return
+		}
+		a.do(ctx, name, "delete", func(ctx context.Context) {
+			if !a.deleteVM(ctx, v, running) {
+				a.backOff(name, 5*time.Second)
+			}
+		})
 
 	case rec.Power == store.PowerStopped:
 		if running {
@@ -207,13 +214,15 @@ func (a *Agent) stopVM(ctx context.Context, v *store.VMState) {
 	a.event(ctx, store.EvVMStopped, name, "stopped")
 }
 
-func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) {
+// deleteVM stops a VM being deleted and removes its disks and files; it
+// reports whether it got through.
+func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) bool {
 	name := v.Record.Name()
 	if running {
 		a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopping, StartRequest: v.Record.StartRequest})
 		if err := a.drv.Stop(ctx, name, min(a.cfg.StopTimeout, 30*time.Second)); err != nil {
 			a.log.Error("delete: stop", "vm", name, "err", err)
-			return
+			return false
 		}
 	}
 	a.releaseDisks(ctx, v)
@@ -224,13 +233,28 @@ func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) {
 		}
 		if err := ds.Delete(ctx, name, d); err != nil {
 			a.log.Error("delete disk", "vm", name, "disk", d.Name, "err", err)
-			return
+			return false
 		}
 	}
 	if err := a.drv.Destroy(name); err != nil && !errors.Is(err, driver.ErrNotFound) {
 		a.log.Warn("delete: runtime files", "vm", name, "err", err)
 	}
 	a.putStatus(ctx, v, &store.VMStatus{State: store.StateDeleted})
+	return true
+}
+
+// backOff keeps the reconcile loop from retrying a failed operation on a
+// VM for a while (a storage server refusing, say), instead of spinning.
+func (a *Agent) backOff(name string, d time.Duration) {
+	a.mu.Lock()
+	a.retryAt[name] = time.Now().Add(d)
+	a.mu.Unlock()
+}
+
+func (a *Agent) backingOff(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return time.Now().Before(a.retryAt[name])
 }
 
 func (a *Agent) isBusy(name string) bool {

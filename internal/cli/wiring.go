@@ -66,6 +66,6 @@ func controllers(st *store.Store, log *slog.Logger) []controller.Reconciler {
 	return []controller.Reconciler{
 		lifecycle.New(st, log),
 		ha.New(st, log, ha.DefaultConfig(), arbiter),
-		migration.New(st, log),
+		migration.New(st, log, func(ds *store.Datastore) migration.Fencer { return arbiter(ds) }),
 	}
 }

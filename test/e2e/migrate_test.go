@@ -115,6 +115,18 @@ func TestMigrate_SharedStorage_ClientNeverSeesAReset(t *testing.T) {
 		t.Errorf("%d QEMUs of mig1 after the migration", n)
 	}
 	t.Logf("longest client gap %s over %d answers; at most %d QEMUs at once (source and paused destination overlap by design)", gap, answers, max)
+	assertCleanCutover(t, l, "mig1")
+}
+
+// assertCleanCutover fails if the source ever resumed after a successful
+// cut-over (both copies would have run).
+func assertCleanCutover(t *testing.T, l *testenv.Lab, vm string) {
+	t.Helper()
+	for _, ev := range l.Events(time.Now().Add(-5 * time.Minute)) {
+		if ev.VM == vm && (ev.Type == "migration.failed" || strings.Contains(ev.Message, "continues on the source")) {
+			t.Errorf("a completed migration reported a failed cut-over (the source resumed): %s %s", ev.Type, ev.Message)
+		}
+	}
 }
 
 func TestMigrate_BusyGuest_Completes(t *testing.T) {
@@ -165,6 +177,7 @@ func TestMigrate_SharedNothing_DiskComesAlong(t *testing.T) {
 	}
 	t.Logf("%s", lastLines(out, 2))
 	migrated(l, "sn1", to)
+	assertCleanCutover(t, l, "sn1")
 	time.Sleep(time.Second)
 	acks := w.Stop()
 	verifyLedger(t, g, v.IP, acks)
@@ -172,9 +185,18 @@ func TestMigrate_SharedNothing_DiskComesAlong(t *testing.T) {
 	if _, err := os.Stat(dst); err != nil {
 		t.Errorf("the disk is not on the destination's local datastore: %v", err)
 	}
+	// The source deletes its copy once the destination runs.
 	src := filepath.Join(l.Dir(), v.Host, "datastores", "local", "sn1", "ledger.qcow2")
-	if _, err := os.Stat(src); !os.IsNotExist(err) {
-		t.Errorf("the source still has the VM's local disk after the move: %v", err)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := os.Stat(src); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the source still has the VM's local disk 15s after the move")
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -229,21 +251,22 @@ func TestMigrate_CancelAndBadTargets(t *testing.T) {
 	if out, err := l.Vigil("host", "maintenance", "exit", to); err != nil {
 		t.Fatalf("maintenance exit: %v\n%s", err, out)
 	}
-	// Not enough memory: a 1792 MiB VM cannot join the 256 MiB one on `to`'s 2 GiB.
-	big := l.CreateVM(testenv.HASpec(t, "big1", func(vm *spec.VM) {
-		vm.Spec.Memory = 1792 * spec.MiB
-		vm.Spec.HA.Enabled = false
-		vm.Spec.Placement.Hosts.MustNot = []string{to}
-	}), "big1")
+	// Not enough memory: a 1792 MiB VM cannot join a 512 MiB one on `to`'s 2 GiB.
 	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "0"); err != nil {
 		t.Fatal(out)
 	}
 	if _, err := l.Client.CreateVM(ctx, testenv.HASpec(t, "fill1", func(vm *spec.VM) {
 		vm.Spec.HA.Enabled = false
+		vm.Spec.Memory = 512 * spec.MiB
 		vm.Spec.Placement.Hosts.Must = []string{to}
 	})); err != nil {
 		t.Fatal(err)
 	}
+	big := l.CreateVM(testenv.HASpec(t, "big1", func(vm *spec.VM) {
+		vm.Spec.Memory = 1792 * spec.MiB
+		vm.Spec.HA.Enabled = false
+		vm.Spec.Placement.Hosts.Should = []string{otherThan(l, to, v.Host)}
+	}), "big1")
 	if out, err := l.Vigil("vm", "migrate", "big1", "--to", to); err == nil || !strings.Contains(out, "memory") {
 		t.Errorf("migrating %s into a host without room: want a refusal naming memory, got %v: %s", big.Name, err, out)
 	}
@@ -336,15 +359,26 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			name := fmt.Sprintf("ph%d", i)
-			v, g := haGuest(t, l, name, c.edit)
+			v, _ := haGuest(t, l, name, c.edit)
+			source, target := v.Host, otherThan(l, v.Host)
+			// Reach the guest from the third host: the other two may crash.
+			g, err := l.Guests(otherThan(l, source, target), 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
 			before, _ := g.Counter(context.Background(), v.IP)
 			if c.dirty {
-				if err := g.Dirty(context.Background(), v.IP, 64); err != nil {
+				var err error
+				for range 5 { // a guest that just booted under load may be slow to answer
+					if err = g.Dirty(context.Background(), v.IP, 64); err == nil {
+						break
+					}
+				}
+				if err != nil {
 					t.Fatal(err)
 				}
 			}
 			w := check.StartWriter(g, v.IP, 100*time.Millisecond)
-			source, target := v.Host, otherThan(l, v.Host)
 			if _, err := l.Client.Migrate(context.Background(), name, target); err != nil {
 				t.Fatal(err)
 			}

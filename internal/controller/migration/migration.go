@@ -23,17 +23,26 @@ const (
 	MaxPerCluster      = 5
 )
 
-// Controller is the migration controller.
-type Controller struct {
-	st   *store.Store
-	log  *slog.Logger
-	now  func() time.Time
-	said map[string]string
+// Fencer revokes a host's access to a VM's disks at a shared datastore.
+type Fencer interface {
+	Fence(ctx context.Context, host string, vms map[string]int64) error
 }
 
-// New creates the controller.
-func New(st *store.Store, log *slog.Logger) *Controller {
-	return &Controller{st: st, log: log, now: time.Now, said: map[string]string{}}
+// Controller is the migration controller.
+type Controller struct {
+	st     *store.Store
+	log    *slog.Logger
+	fencer func(*store.Datastore) Fencer
+	now    func() time.Time
+	said   map[string]string
+	// fenced remembers the plans whose source was fenced after the flip.
+	fenced map[string]bool
+}
+
+// New creates the controller; fencer returns a shared datastore's storage
+// server.
+func New(st *store.Store, log *slog.Logger, fencer func(*store.Datastore) Fencer) *Controller {
+	return &Controller{st: st, log: log, fencer: fencer, now: time.Now, said: map[string]string{}, fenced: map[string]bool{}}
 }
 
 // Name identifies the controller.
@@ -51,16 +60,22 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 		}
 	}
 	again := time.Duration(0)
+	planned := false
 	for _, name := range snap.SortedVMNames() {
 		m := snap.Migrations[name]
 		if m == nil || m.Request == nil {
 			continue
 		}
 		if m.Plan == nil || m.Plan.ID != m.Request.ID {
-			if err := c.plan(ctx, snap, name, m, &active, outbound); err != nil {
-				errs = append(errs, err)
+			// One new plan per pass: the next plan must see this one's
+			// target (capacity, rules), which only a fresh snapshot shows.
+			if !planned {
+				planned = true
+				if err := c.plan(ctx, snap, name, m, &active, outbound); err != nil {
+					errs = append(errs, err)
+				}
 			}
-			again = 200 * time.Millisecond
+			again = 100 * time.Millisecond
 			continue
 		}
 		if !store.MigrationDone(m.Plan.Phase) {
@@ -237,6 +252,7 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 		return nil
 
 	case store.MigSwitchover:
+		c.fenceSource(ctx, snap, name, v, &p)
 		switch {
 		case tgt != nil && tgt.Phase == "resumed":
 			msg := ""
@@ -272,7 +288,42 @@ func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m 
 	}
 	c.emit(ctx, store.Event{Type: "migration.switchover", VM: name, Host: p.Target,
 		Message: fmt.Sprintf("cut-over: placement moved to %s (epoch %d); resuming there", p.Target, next.Epoch)})
+	c.fenceSource(ctx, nil, name, v, p)
 	return nil
+}
+
+// fenceSource revokes the source's access to the VM's disks at the
+// migration's epoch, once placement has moved: whatever the source does
+// from now on (a bug, a thawed process), it cannot write them. The
+// destination's exports are at the same epoch on another host, so they are
+// untouched, and nothing waits for this: it is a second guard, done once
+// per plan (retried while the plan is in switchover).
+func (c *Controller) fenceSource(ctx context.Context, snap *store.Snapshot, name string, v *store.VMState, p *store.MigrationPlan) {
+	if c.fencer == nil || c.fenced[p.ID] {
+		return
+	}
+	if snap == nil {
+		var err error
+		if snap, err = c.st.Snapshot(ctx); err != nil {
+			return
+		}
+	}
+	seen := map[string]bool{}
+	for _, d := range v.Record.VM.Spec.Disks {
+		ds := snap.Datastores[d.Datastore]
+		if ds == nil || ds.Type != store.DatastoreShared || seen[ds.Name] {
+			continue
+		}
+		seen[ds.Name] = true
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.fencer(ds).Fence(fctx, p.Source, map[string]int64{name: p.Epoch})
+		cancel()
+		if err != nil {
+			c.log.Warn("migration: fence the source after the cut-over", "vm", name, "source", p.Source, "err", err)
+			return
+		}
+	}
+	c.fenced[p.ID] = true
 }
 
 // evacuate requests a migration for every VM on a host in maintenance
@@ -286,8 +337,8 @@ func (c *Controller) evacuate(ctx context.Context, snap *store.Snapshot) error {
 			continue
 		}
 		m := snap.Migrations[name]
-		if m.Active() {
-			continue
+		if m.Active() || m != nil && m.Request != nil && (m.Plan == nil || m.Plan.ID != m.Request.ID) {
+			continue // under way, or requested and not planned yet
 		}
 		st := v.Status
 		if st == nil || st.State != store.StateRunning || st.Host != h || st.Epoch != v.Placement.Epoch || v.Record.Power != store.PowerRunning {

@@ -57,6 +57,15 @@ func Hosts(snap *store.Snapshot, exclude string) []Host {
 		h.Used.CPUs += d.CPUs
 		h.Used.Memory += d.Memory
 		h.VMs = append(h.VMs, name)
+		// A VM migrating holds room on its target too, and counts there for
+		// rules, until the migration ends.
+		if m := snap.Migrations[name]; m.Active() && m.Plan.Target != "" {
+			if t, ok := byName[m.Plan.Target]; ok && t != h {
+				t.Used.CPUs += d.CPUs
+				t.Used.Memory += d.Memory
+				t.VMs = append(t.VMs, name)
+			}
+		}
 	}
 	return out
 }

@@ -56,8 +56,12 @@ func (c *Client) CreateDisk(ctx context.Context, vm, disk string, size int64, fo
 
 // DeleteDisk removes a VM's disk. It fails (ErrInUse) while any host has it
 // exported; deleting a missing disk succeeds.
-func (c *Client) DeleteDisk(ctx context.Context, vm, disk string) error {
-	if err := c.do(ctx, http.MethodDelete, "/v1/disks/"+esc(vm)+"/"+esc(disk), nil, nil); err != nil {
+func (c *Client) DeleteDisk(ctx context.Context, vm, disk string, force bool) error {
+	q := ""
+	if force {
+		q = "?force=true"
+	}
+	if err := c.do(ctx, http.MethodDelete, "/v1/disks/"+esc(vm)+"/"+esc(disk)+q, nil, nil); err != nil {
 		return fmt.Errorf("delete disk %s/%s: %w", vm, disk, err)
 	}
 	return nil

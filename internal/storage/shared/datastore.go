@@ -59,10 +59,11 @@ func (s *Datastore) Release(ctx context.Context, vm string, d spec.Disk) error {
 	return nil
 }
 
-// Delete removes the disk from the storage server. It fails while any host
-// still has it exported.
+// Delete removes the disk of a VM being deleted from the storage server,
+// with the exports hosts that died left behind (no instance of a deleted VM
+// may run anywhere), and the VM's fences.
 func (s *Datastore) Delete(ctx context.Context, vm string, d spec.Disk) error {
-	if err := s.c.DeleteDisk(ctx, vm, d.Name); err != nil {
+	if err := s.c.DeleteDisk(ctx, vm, d.Name, true); err != nil {
 		return fmt.Errorf("datastore %s: %w", s.name, err)
 	}
 	return nil

@@ -378,8 +378,11 @@ func (s *server) createDisk(ctx context.Context, r CreateDiskRequest) (CreateDis
 	return CreateDiskResponse{Path: path}, nil
 }
 
-// deleteDisk removes a disk that no host has exported.
-func (s *server) deleteDisk(vm, disk string) error {
+// deleteDisk removes a disk that no host has exported. With force (the
+// VM is being deleted cluster-wide), exports left by hosts that died are
+// removed first, as a fence removes them, and the VM's fences are forgotten
+// so that a new VM of the same name starts clean.
+func (s *server) deleteDisk(ctx context.Context, vm, disk string, force bool) error {
 	if err := validNames("vm", vm, "disk", disk); err != nil {
 		return err
 	}
@@ -388,13 +391,35 @@ func (s *server) deleteDisk(vm, disk string) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	var hosts []string
+	var stale []*export
 	s.mu.Lock()
 	for k, e := range s.exports {
 		if k.vm == vm && k.disk == disk {
 			hosts = append(hosts, e.info.Export)
+			stale = append(stale, e)
 		}
 	}
 	s.mu.Unlock()
+	if force && len(stale) > 0 {
+		if err := s.removeExports(ctx, stale); err != nil {
+			return &httpError{http.StatusServiceUnavailable, codeBusy, fmt.Errorf("delete disk %s/%s: stale exports not drained yet (retry): %w", vm, disk, err)}
+		}
+		hosts = nil
+	}
+	if force {
+		fences := s.fencesCopy()
+		for k := range fences {
+			if k.vm == vm {
+				delete(fences, k)
+			}
+		}
+		if err := s.persist(fences); err != nil {
+			return fmt.Errorf("delete disk %s/%s: forget fences: %w", vm, disk, err)
+		}
+		s.mu.Lock()
+		s.fences = fences
+		s.mu.Unlock()
+	}
 	if len(hosts) > 0 {
 		sort.Strings(hosts)
 		return &httpError{http.StatusConflict, codeInUse, fmt.Errorf("disk %s/%s is exported (%v): unexport it first", vm, disk, hosts)}
@@ -862,7 +887,7 @@ func (s *server) routes() http.Handler {
 		s.reply(w, r, resp, err)
 	})
 	mux.HandleFunc("DELETE /v1/disks/{vm}/{disk}", func(w http.ResponseWriter, r *http.Request) {
-		err := s.deleteDisk(r.PathValue("vm"), r.PathValue("disk"))
+		err := s.deleteDisk(r.Context(), r.PathValue("vm"), r.PathValue("disk"), r.URL.Query().Get("force") == "true")
 		s.reply(w, r, struct{}{}, err)
 	})
 	mux.HandleFunc("POST /v1/exports", func(w http.ResponseWriter, r *http.Request) {

@@ -67,7 +67,7 @@ func TestDiskRoundTrip(t *testing.T) {
 	if out, err := qemuIO(t, nt, "write -P 0xab 1M 1M", "read -P 0xab 1M 1M", "read -P 0 0 1M"); err != nil {
 		t.Fatalf("qemu-io: %v\n%s", err, out)
 	}
-	if err := c.DeleteDisk(ctx, "web", "root"); !errors.Is(err, ErrInUse) {
+	if err := c.DeleteDisk(ctx, "web", "root", false); !errors.Is(err, ErrInUse) {
 		t.Fatalf("delete while exported: %v, want ErrInUse", err)
 	}
 	// A fresh export (another host) reads what the first wrote.
@@ -123,7 +123,7 @@ func TestDiskRoundTrip(t *testing.T) {
 	}
 
 	for _, d := range [][2]string{{"web", "root"}, {"db", "data"}, {"db", "data"}} {
-		if err := c.DeleteDisk(ctx, d[0], d[1]); err != nil {
+		if err := c.DeleteDisk(ctx, d[0], d[1], false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -667,5 +667,40 @@ func TestDatastore(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(ts.dir, "images", "vm1")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("disk left: %v", err)
+	}
+}
+
+// TestForceDeleteRemovesStaleExportsAndFences: deleting a VM's disk with
+// force removes exports that dead hosts left, and forgets the VM's fences,
+// so a new VM of the same name can be exported again from epoch 1.
+func TestForceDeleteRemovesStaleExportsAndFences(t *testing.T) {
+	needQEMU(t)
+	ts := startServer(t, "")
+	c, ctx := ts.c, ctxT(t)
+	if _, err := c.CreateDisk(ctx, "old", "root", 1<<20, "qcow2", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"h1", "h2"} {
+		if _, err := c.Export(ctx, "old", "root", h, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Fence(ctx, "h1", map[string]int64{"old": 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteDisk(ctx, "old", "root", false); !errors.Is(err, ErrInUse) {
+		t.Fatalf("delete of an exported disk without force: %v, want ErrInUse", err)
+	}
+	if err := c.DeleteDisk(ctx, "old", "root", true); err != nil {
+		t.Fatalf("force delete: %v", err)
+	}
+	if exps, _ := c.Exports(ctx); len(exps) != 0 {
+		t.Errorf("exports left after a force delete: %v", exps)
+	}
+	if _, err := c.CreateDisk(ctx, "old", "root", 1<<20, "qcow2", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Export(ctx, "old", "root", "h1", 1); err != nil {
+		t.Errorf("a new VM of the same name is still fenced on h1: %v", err)
 	}
 }
