@@ -209,13 +209,19 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name st
 }
 
 // dropIncoming removes a prepared destination after a failed or cancelled
-// migration.
+// migration, including its partial copies of local disks: they never
+// became the VM's disks (placement never named this host).
 func (a *Agent) dropIncoming(ctx context.Context, v *store.VMState) {
 	name := v.Record.Name()
 	if st, err := a.drv.Inspect(name); err == nil && st.Running {
 		_ = a.drv.Kill(ctx, name)
 	}
 	a.releaseDisks(ctx, v)
+	for _, d := range v.Record.VM.Spec.Disks {
+		if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
+			_ = ds.Delete(ctx, name, d)
+		}
+	}
 	_ = a.drv.Destroy(name)
 }
 
@@ -236,7 +242,7 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 			targets = append(targets, driver.MirrorTarget{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export})
 		}
 		last, mirrorStart := time.Time{}, time.Now()
-		err := mig.MirrorDisks(ctx, name, targets, func(done, total int64) {
+		err := mig.MirrorDisks(ctx, name, targets, int64(v.Record.VM.Spec.Migration.MaxBandwidth), func(done, total int64) {
 			rep.Progress.DiskDone, rep.Progress.DiskTotal = done, total
 			if time.Since(last) > reportInterval {
 				last = time.Now()

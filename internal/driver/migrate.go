@@ -17,9 +17,10 @@ type Migrator interface {
 	FinishIncoming(ctx context.Context, name string) error
 	// IncomingStatus is the destination's view of the migration.
 	IncomingStatus(ctx context.Context, name string) (MigrationInfo, error)
-	// MirrorDisks mirrors disks into a destination's NBD exports and
-	// returns once every mirror is in sync.
-	MirrorDisks(ctx context.Context, name string, targets []MirrorTarget, progress func(done, total int64)) error
+	// MirrorDisks mirrors disks into a destination's NBD exports, at most
+	// speed bytes/s each (0: unlimited), and returns once every mirror is
+	// in sync.
+	MirrorDisks(ctx context.Context, name string, targets []MirrorTarget, speed int64, progress func(done, total int64)) error
 	// EndMirrors ends the mirrors (abort: mid-copy, for a cancel).
 	EndMirrors(ctx context.Context, name string, abort bool) error
 	// StartMigration starts migrating the VM's memory and device state.

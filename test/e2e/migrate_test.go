@@ -368,13 +368,12 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 			}
 			before, _ := g.Counter(context.Background(), v.IP)
 			if c.dirty {
-				var err error
-				for range 5 { // a guest that just booted under load may be slow to answer
-					if err = g.Dirty(context.Background(), v.IP, 64); err == nil {
-						break
-					}
-				}
+				// The guest touches 64 MiB before it answers: slow under TCG.
+				slow, err := l.Guests(otherThan(l, source, target), 30*time.Second)
 				if err != nil {
+					t.Fatal(err)
+				}
+				if err := slow.Dirty(context.Background(), v.IP, 64); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -417,15 +416,85 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 	}
 }
 
-// waitPhase waits until a VM's migration reaches phase ("postcopy" is the
-// source's step; the others are plan phases).
+// TestMigrate_HostDeathDuringDiskMirror crashes the source or the
+// destination of a shared-nothing migration while the disk is mirrored.
+// Losing the destination leaves the VM running on the source; losing the
+// source loses the only live copy (the disk is host-local): the VM runs
+// nowhere, never twice, and comes back with its disk when the host returns.
+func TestMigrate_HostDeathDuringDiskMirror(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
+	for i, kill := range []string{"target", "source"} {
+		t.Run("mirror-kill-"+kill, func(t *testing.T) {
+			name := fmt.Sprintf("mir%d", i)
+			no := false
+			v, _ := haGuest(t, l, name, func(vm *spec.VM) {
+				vm.Spec.HA.Enabled = false
+				vm.Spec.Disks[0].Datastore = "local"
+				vm.Spec.Migration.AllowPostcopy = &no
+				vm.Spec.Migration.MaxBandwidth = spec.MiB // 64 MiB disk: a minute of mirroring
+			})
+			source, target := v.Host, otherThan(l, v.Host)
+			g, err := l.Guests(otherThan(l, source, target), 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, _ := g.Counter(context.Background(), v.IP)
+			w := check.StartWriter(g, v.IP, 100*time.Millisecond)
+			if _, err := l.Client.Migrate(context.Background(), name, target); err != nil {
+				t.Fatal(err)
+			}
+			waitPhase(t, l, name, "mirroring")
+			time.Sleep(2 * time.Second)
+			victim := map[string]string{"target": target, "source": source}[kill]
+			t.Logf("crashing the %s (%s) during the disk mirror", kill, victim)
+			if err := l.Crash(context.Background(), victim); err != nil {
+				t.Fatal(err)
+			}
+			if kill == "target" {
+				after := l.WaitVM(name, time.Minute, "running on the source", func(x api.VM) bool { return x.State == "running" && x.Host == source })
+				time.Sleep(3 * time.Second)
+				c, err := g.Counter(context.Background(), v.IP)
+				if err != nil || c.BootID != before.BootID {
+					t.Errorf("the source copy did not carry on: %+v %v (host %s)", c, err, after.Host)
+				}
+				verifyLedger(t, g, v.IP, w.Stop())
+				waitOneQEMU(t, name, 30*time.Second)
+			} else {
+				// The only copy died with its host: nothing may run it elsewhere.
+				time.Sleep(10 * time.Second)
+				acks := w.Stop()
+				if n := len(check.QEMUProcs(name)); n != 0 {
+					t.Errorf("%d QEMUs of %s while its local disk's host is down (the paused destination must be gone)", n, name)
+				}
+				if err := l.Heal(context.Background(), victim); err != nil {
+					t.Fatal(err)
+				}
+				waitHostAlive(t, l, victim, 60*time.Second)
+				if out, err := l.Vigil("vm", "start", name, "--wait", "60s"); err != nil {
+					t.Fatalf("start after the host came back: %v\n%s", err, out)
+				}
+				l.WaitAnswering(g, v.IP, recoveryLimit)
+				verifyLedger(t, g, v.IP, acks)
+				waitOneQEMU(t, name, 30*time.Second)
+				return
+			}
+			if err := l.Heal(context.Background(), victim); err != nil {
+				t.Fatal(err)
+			}
+			waitHostAlive(t, l, victim, 60*time.Second)
+		})
+	}
+}
+
+// waitPhase waits until a VM's migration reaches phase: a plan phase
+// (migrating, switchover) or a source step (mirroring, postcopy).
 func waitPhase(t *testing.T, l *testenv.Lab, vm, phase string) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
 		m, err := l.Client.Migration(context.Background(), vm)
 		if err == nil {
-			if m.Phase == phase || phase == "postcopy" && m.Step == "postcopy" {
+			if m.Phase == phase || m.Step == phase {
 				return
 			}
 			if m.Phase == "completed" || m.Phase == "failed" || m.Phase == "cancelled" {

@@ -244,7 +244,7 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 			}
 			return end(store.MigFailed, "source: "+src.Error)
 		case src != nil && (src.Phase == "completed" || src.Phase == "postcopy-ready"):
-			return c.flip(ctx, name, v, m, &p)
+			return c.flip(ctx, name, v, m, &p, src.Phase == "completed")
 		case p.Phase == store.MigScheduled && tgt != nil && tgt.Phase == "ready":
 			p.Phase = store.MigRunning
 			return c.st.PutMigrationPlan(ctx, name, m.PlanRev, &p)
@@ -252,9 +252,15 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 		return nil
 
 	case store.MigSwitchover:
-		c.fenceSource(ctx, snap, name, v, &p)
+		postcopy := src != nil && (src.Phase == "postcopy-ready" || src.Phase == "postcopy")
+		if !postcopy {
+			c.fenceSource(ctx, snap, name, v, &p)
+		}
 		switch {
+		case tgt != nil && tgt.Phase == "resumed" && postcopy && (src == nil || src.Phase != "completed"):
+			return nil // the destination runs; the source still serves pages
 		case tgt != nil && tgt.Phase == "resumed":
+			c.fenceSource(ctx, snap, name, v, &p)
 			msg := ""
 			if src != nil {
 				pr := src.Progress
@@ -276,7 +282,7 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 // flip is the cut-over: placement moves to the target with epoch + 1 and
 // the plan enters switchover, in one transaction. If it fails the source
 // resumes the VM (the source agent sees the plan failed).
-func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m *store.MigrationState, p *store.MigrationPlan) error {
+func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m *store.MigrationState, p *store.MigrationPlan, fence bool) error {
 	next := store.Placement{Host: p.Target, Epoch: v.Placement.Epoch + 1, Reason: "live migration from " + p.Source, Time: c.now()}
 	p.Phase = store.MigSwitchover
 	err := c.st.FlipForMigration(ctx, name, v.Placement, v.PlacementRev, next, m.PlanRev, p)
@@ -288,13 +294,18 @@ func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m 
 	}
 	c.emit(ctx, store.Event{Type: "migration.switchover", VM: name, Host: p.Target,
 		Message: fmt.Sprintf("cut-over: placement moved to %s (epoch %d); resuming there", p.Target, next.Epoch)})
-	c.fenceSource(ctx, nil, name, v, p)
+	if fence {
+		c.fenceSource(ctx, nil, name, v, p)
+	}
 	return nil
 }
 
 // fenceSource revokes the source's access to the VM's disks at the
-// migration's epoch, once placement has moved: whatever the source does
-// from now on (a bug, a thawed process), it cannot write them. The
+// migration's epoch, once placement has moved and the source has nothing
+// left to give (pre-copy completed, or post-copy done: a post-copy source
+// still serves pages after the flip and must not be fenced, since its
+// agent kills fenced VMs): whatever the source does from now on (a bug, a
+// thawed process), it cannot write them. The
 // destination's exports are at the same epoch on another host, so they are
 // untouched, and nothing waits for this: it is a second guard, done once
 // per plan (retried while the plan is in switchover).

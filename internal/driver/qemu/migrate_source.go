@@ -31,15 +31,16 @@ const (
 // reaches both copies before it completes and the mirror stays converged
 // whatever the guest's write rate. It reports the jobs' summed progress
 // (bytes done, total) to progress, which may be nil, and returns once every
-// job is ready. On an error or when ctx ends it cancels what it started.
-func (d *Driver) MirrorDisks(ctx context.Context, name string, targets []driver.MirrorTarget, progress func(done, total int64)) error {
-	if err := d.mirrorDisks(ctx, name, targets, progress); err != nil {
+// job is ready. speed caps each job's copy rate (bytes/s, 0: unlimited).
+// On an error or when ctx ends it cancels what it started.
+func (d *Driver) MirrorDisks(ctx context.Context, name string, targets []driver.MirrorTarget, speed int64, progress func(done, total int64)) error {
+	if err := d.mirrorDisks(ctx, name, targets, speed, progress); err != nil {
 		return fmt.Errorf("mirror disks of %s: %w", name, err)
 	}
 	return nil
 }
 
-func (d *Driver) mirrorDisks(ctx context.Context, name string, targets []driver.MirrorTarget, progress func(done, total int64)) error {
+func (d *Driver) mirrorDisks(ctx context.Context, name string, targets []driver.MirrorTarget, speed int64, progress func(done, total int64)) error {
 	c, in, err := d.migClient(name)
 	if err != nil {
 		return err
@@ -85,7 +86,7 @@ func (d *Driver) mirrorDisks(ctx context.Context, name string, targets []driver.
 			return fmt.Errorf("connect to %s:%d export %s for disk %d: %w", t.Host, t.Port, t.Export, t.Disk, err)
 		}
 		mo := qmp.MirrorOptions{JobID: mirrorJob(t.Disk), Device: diskNode(t.Disk), Target: node, Sync: "full",
-			CopyMode: "write-blocking", AutoDismiss: &noDismiss}
+			CopyMode: "write-blocking", AutoDismiss: &noDismiss, Speed: speed}
 		if err := call(ctx, func(ctx context.Context) error { return c.BlockdevMirror(ctx, mo) }); err != nil {
 			return fmt.Errorf("mirror disk %d: %w", t.Disk, err)
 		}

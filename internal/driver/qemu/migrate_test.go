@@ -591,7 +591,7 @@ func TestMigrateSharedNothing(t *testing.T) {
 	}
 	// A failed MirrorDisks leaves nothing behind on the source.
 	bad := []driver.MirrorTarget{{Disk: 0, Host: "127.0.0.1", Port: inc.NBD[0].Port, Export: "no-such-export"}}
-	if err := src.d.MirrorDisks(ctx, name, bad, nil); err == nil {
+	if err := src.d.MirrorDisks(ctx, name, bad, 0, nil); err == nil {
 		t.Fatal("MirrorDisks into a missing export succeeded")
 	} else {
 		t.Logf("MirrorDisks into a missing export: %v", err)
@@ -612,7 +612,7 @@ func TestMigrateSharedNothing(t *testing.T) {
 	start := time.Now()
 	var reports int
 	var lastDone, lastTotal int64
-	if err := src.d.MirrorDisks(ctx, name, inc.NBD, func(done, total int64) {
+	if err := src.d.MirrorDisks(ctx, name, inc.NBD, 0, func(done, total int64) {
 		reports++
 		lastDone, lastTotal = done, total
 	}); err != nil {
