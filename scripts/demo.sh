@@ -14,7 +14,7 @@ json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 scripts/setup.sh
 say "build"
 go build -o bin/vigil ./cmd/vigil
-CGO_ENABLED=0 go build -o bin/vigil-guest ./cmd/vigil-guest
+CGO_ENABLED=0 go build -ldflags="-s -w" -o bin/vigil-guest ./cmd/vigil-guest
 say "guest image"
 "$V" image build --guest-binary bin/vigil-guest
 

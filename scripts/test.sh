@@ -11,7 +11,7 @@ export PATH="$PATH:/usr/local/go/bin"
 
 echo "== build"
 go build -o bin/vigil ./cmd/vigil
-CGO_ENABLED=0 go build -o bin/vigil-guest ./cmd/vigil-guest
+CGO_ENABLED=0 go build -ldflags="-s -w" -o bin/vigil-guest ./cmd/vigil-guest
 bin/vigil image build --guest-binary bin/vigil-guest
 
 echo "== vet"

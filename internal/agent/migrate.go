@@ -309,6 +309,15 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 		case "completed":
 			a.finishSource(ctx, mig, v, p, rep, info)
 			return
+		case "postcopy-paused", "postcopy-recover-setup":
+			// The destination (which runs the VM since the switch) is gone:
+			// the VM's state is split and cannot be rebuilt here. This copy
+			// is stopped and stale; HA restarts the VM from its disks.
+			_ = a.drv.Kill(ctx, name)
+			a.releaseDisks(ctx, v)
+			_ = a.drv.Destroy(name)
+			fail("failed", errors.New("post-copy lost the destination; the VM restarts from its disks"))
+			return
 		case "failed":
 			a.endMirrors(ctx, mig, name, p, true)
 			_ = mig.ResumeSource(ctx, name)

@@ -125,19 +125,25 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+// snapshotVM reads the cluster and the VM named in the path; on failure
+// it has answered the request (503, 404) and returns ok false.
+func (s *Server) snapshotVM(w http.ResponseWriter, r *http.Request) (snap *store.Snapshot, v *store.VMState, ok bool) {
 	name := r.PathValue("name")
 	snap, err := s.st.Snapshot(r.Context())
 	if err != nil {
 		writeErr(w, http.StatusServiceUnavailable, err)
-		return
+		return nil, nil, false
 	}
-	v, ok := snap.VMs[name]
-	if !ok {
+	if v, ok = snap.VMs[name]; !ok {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s: %w", name, store.ErrNotFound))
-		return
 	}
-	writeJSON(w, http.StatusOK, ViewIn(snap, v, true))
+	return snap, v, ok
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	if snap, v, ok := s.snapshotVM(w, r); ok {
+		writeJSON(w, http.StatusOK, ViewIn(snap, v, true))
+	}
 }
 
 // createVM validates a spec (YAML or JSON), resolves its network identity

@@ -16,14 +16,8 @@ import (
 // testFailover asks the leader to restart one HA VM elsewhere, for real.
 func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	snap, err := s.st.Snapshot(r.Context())
-	if err != nil {
-		writeErr(w, http.StatusServiceUnavailable, err)
-		return
-	}
-	v, ok := snap.VMs[name]
+	snap, v, ok := s.snapshotVM(w, r)
 	if !ok {
-		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s: %w", name, store.ErrNotFound))
 		return
 	}
 	if ok, why := placement.Restartable(snap, v); !ok {
@@ -90,9 +84,7 @@ func (s *Server) drill(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := Drill{Failed: failed, Steps: []placement.Restart{}, Unprotected: map[string]string{}}
-	for _, step := range placement.PlanFailover(snap, failed) {
-		d.Steps = append(d.Steps, step)
-	}
+	d.Steps = append(d.Steps, placement.PlanFailover(snap, failed)...)
 	for _, name := range snap.SortedVMNames() {
 		v := snap.VMs[name]
 		if placement.Consumes(v) && contains(failed, v.Placement.Host) && !v.Record.VM.Spec.HA.Enabled {

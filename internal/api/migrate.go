@@ -69,14 +69,8 @@ func (s *Server) migrate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	snap, err := s.st.Snapshot(r.Context())
-	if err != nil {
-		writeErr(w, http.StatusServiceUnavailable, err)
-		return
-	}
-	v, ok := snap.VMs[name]
+	snap, v, ok := s.snapshotVM(w, r)
 	if !ok {
-		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s: %w", name, store.ErrNotFound))
 		return
 	}
 	if m := snap.Migrations[name]; m.Active() {

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/vigilha/vigil/internal/guest/acpi"
@@ -229,6 +231,15 @@ func setupNetwork(ctx context.Context, cfg cmdline.Config, log *slog.Logger) {
 		return
 	}
 	log.Info("network up", "if", ifname, "addr", cfg.Addr, "gw", cfg.Gateway)
+	// Announce the address (gratuitous ARP), as a real OS does when it
+	// configures one: the address may have belonged to another VM with
+	// another MAC a moment ago, and neighbours would keep sending to that.
+	go func() {
+		out, err := exec.Command("/bin/busybox", "arping", "-U", "-c", "3", "-I", ifname, cfg.Addr.Addr().String()).CombinedOutput()
+		if err != nil {
+			log.Warn("gratuitous ARP", "err", err, "out", strings.TrimSpace(string(out)))
+		}
+	}()
 }
 
 func openLedger(dev string, log *slog.Logger) (*ledger.Ledger, string) {

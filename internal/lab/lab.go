@@ -143,6 +143,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := l.save(); err != nil {
 		return fail(err)
 	}
+	// Recommended host tuning (docs/migration.md): TCP gives up on a peer
+	// that stopped acknowledging after ~6 s instead of ~15 min, so a
+	// migration or NBD peer that died unclean is noticed in seconds.
+	for _, node := range append(l.net.Hosts(), netlab.StorageNode) {
+		if _, err := l.net.Exec(ctx, node, "sysctl", "-q", "-w", "net.ipv4.tcp_retries2=5"); err != nil {
+			l.log.Warn("tcp_retries2", "node", node, "err", err)
+		}
+	}
 	if err := l.startStorage(ctx); err != nil {
 		return fail(err)
 	}

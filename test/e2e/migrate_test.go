@@ -452,6 +452,7 @@ func TestMigrate_HostDeathDuringDiskMirror(t *testing.T) {
 			}
 			if kill == "target" {
 				after := l.WaitVM(name, time.Minute, "running on the source", func(x api.VM) bool { return x.State == "running" && x.Host == source })
+				l.WaitAnswering(g, v.IP, recoveryLimit)
 				time.Sleep(3 * time.Second)
 				c, err := g.Counter(context.Background(), v.IP)
 				if err != nil || c.BootID != before.BootID {

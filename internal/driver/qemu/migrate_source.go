@@ -27,7 +27,7 @@ const (
 // MirrorDisks mirrors disks of a running VM into a destination's NBD
 // exports (shared-nothing migration): for each target it adds an NBD client
 // node and starts blockdev-mirror from node disk<N> with sync=full and
-// copy-mode=write-blocking, so that once a job is ready every guest write
+// copy-mode=background until it is in sync, then write-blocking, so that once a job is ready every guest write
 // reaches both copies before it completes and the mirror stays converged
 // whatever the guest's write rate. It reports the jobs' summed progress
 // (bytes done, total) to progress, which may be nil, and returns once every
@@ -85,8 +85,10 @@ func (d *Driver) mirrorDisks(ctx context.Context, name string, targets []driver.
 		if err := call(ctx, func(ctx context.Context) error { return c.BlockdevAdd(ctx, opts) }); err != nil {
 			return fmt.Errorf("connect to %s:%d export %s for disk %d: %w", t.Host, t.Port, t.Export, t.Disk, err)
 		}
+		// Background copy during the bulk sync: a destination that dies now
+		// stalls only the job, never the guest's writes.
 		mo := qmp.MirrorOptions{JobID: mirrorJob(t.Disk), Device: diskNode(t.Disk), Target: node, Sync: "full",
-			CopyMode: "write-blocking", AutoDismiss: &noDismiss, Speed: speed}
+			CopyMode: "background", AutoDismiss: &noDismiss, Speed: speed}
 		if err := call(ctx, func(ctx context.Context) error { return c.BlockdevMirror(ctx, mo) }); err != nil {
 			return fmt.Errorf("mirror disk %d: %w", t.Disk, err)
 		}
@@ -118,6 +120,15 @@ func (d *Driver) mirrorDisks(ctx context.Context, name string, targets []driver.
 			progress(done, total)
 		}
 		if ready == len(targets) {
+			// In sync: from now on every guest write reaches both copies
+			// before it completes, so the mirror stays converged through the
+			// memory migration, whatever the guest's write rate.
+			for _, t := range targets {
+				args := map[string]any{"id": mirrorJob(t.Disk), "type": "mirror", "copy-mode": "write-blocking"}
+				if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "block-job-change", args, nil) }); err != nil {
+					return fmt.Errorf("mirror of disk %d: switch to write-blocking: %w", t.Disk, err)
+				}
+			}
 			ok = true
 			d.log.Info("migration: disks mirrored", "vm", name, "disks", len(targets), "bytes", total, "took", time.Since(start).Round(time.Millisecond))
 			return nil
