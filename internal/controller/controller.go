@@ -6,7 +6,9 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/vigilha/vigil/internal/store"
@@ -34,6 +36,19 @@ func NewManager(st *store.Store, log *slog.Logger, resync time.Duration, rs ...R
 	return &Manager{st: st, reconcilers: rs, resync: resync, log: log}
 }
 
+// pass runs one reconcile. A panic in a controller is a bug, but it must
+// not take the process down with it: the same process runs the host agent,
+// which keeps VMs running and self-fences.
+func (m *Manager) pass(ctx context.Context, r Reconciler, snap *store.Snapshot) (again time.Duration, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			m.log.Error("controller panicked; skipping this pass", "controller", r.Name(), "panic", p, "stack", string(debug.Stack()))
+			again, err = 5*time.Second, fmt.Errorf("controller %s panicked: %v", r.Name(), p)
+		}
+	}()
+	return r.Reconcile(ctx, snap)
+}
+
 // Run reconciles until ctx ends (leadership lost or shutdown).
 func (m *Manager) Run(ctx context.Context) {
 	watch := m.st.Watch(ctx, store.StatePrefix)
@@ -58,7 +73,7 @@ func (m *Manager) Run(ctx context.Context) {
 		} else {
 			for _, r := range m.reconcilers {
 				rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-				again, err := r.Reconcile(rctx, snap)
+				again, err := m.pass(rctx, r, snap)
 				rcancel()
 				if err != nil && ctx.Err() == nil {
 					m.log.Warn("controller pass failed", "controller", r.Name(), "err", err)

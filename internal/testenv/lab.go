@@ -104,6 +104,14 @@ func dumpLogs(t testing.TB, dir string) {
 	}
 }
 
+// For returns the lab bound to a subtest, so that its helpers fail the
+// subtest (a subtest must not fail its parent from its own goroutine).
+func (l *Lab) For(t testing.TB) *Lab {
+	c := *l
+	c.t = t
+	return &c
+}
+
 // Vigil runs the CLI against the lab.
 func (l *Lab) Vigil(args ...string) (string, error) {
 	cmd := exec.Command(Binary(l.t), append([]string{"--addr", strings.Join(l.APIEndpoints(), ",")}, args...)...)

@@ -358,6 +358,7 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			l := l.For(t)
 			name := fmt.Sprintf("ph%d", i)
 			v, _ := haGuest(t, l, name, c.edit)
 			source, target := v.Host, otherThan(l, v.Host)
@@ -425,6 +426,7 @@ func TestMigrate_HostDeathDuringDiskMirror(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
 	for i, kill := range []string{"target", "source"} {
 		t.Run("mirror-kill-"+kill, func(t *testing.T) {
+			l := l.For(t)
 			name := fmt.Sprintf("mir%d", i)
 			no := false
 			v, _ := haGuest(t, l, name, func(vm *spec.VM) {

@@ -449,9 +449,13 @@ func (c *Controller) busyClass(snap *store.Snapshot, now time.Time) int {
 	busy := -1
 	for name, at := range c.placedAt {
 		v, ok := snap.VMs[name]
+		if !ok {
+			delete(c.placedAt, name) // deleted meanwhile
+			continue
+		}
 		st := v.Status
-		running := ok && st != nil && st.Host == v.Placement.Host && st.Epoch == v.Placement.Epoch && st.State == store.StateRunning
-		if !ok || running || now.Sub(at) > c.cfg.ClassTimeout {
+		running := st != nil && st.Host == v.Placement.Host && st.Epoch == v.Placement.Epoch && st.State == store.StateRunning
+		if running || now.Sub(at) > c.cfg.ClassTimeout {
 			delete(c.placedAt, name)
 			continue
 		}
