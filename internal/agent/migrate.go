@@ -181,9 +181,11 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name string, p store.MigrationPlan) {
 	rep := &store.MigrationTarget{ID: p.ID, Phase: "ready"}
 	deadline := time.Now().Add(2 * time.Minute)
+	postcopy := false
 	for time.Now().Before(deadline) {
 		info, err := mig.IncomingStatus(ctx, name)
 		if err == nil && (info.Status == "completed" || info.Status == "postcopy-active") {
+			postcopy = info.Status == "postcopy-active"
 			break
 		}
 		if err == nil && (info.Status == "failed" || info.Status == "postcopy-paused") {
@@ -206,6 +208,35 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name st
 	a.monitorSince[name] = time.Now()
 	a.mu.Unlock()
 	a.event(ctx, store.EvVMRunning, name, "resumed here after live migration")
+	if postcopy {
+		a.watchPostcopy(ctx, mig, name)
+	}
+}
+
+// watchPostcopy follows a destination that runs while post-copy still
+// fetches pages from the source. If the source goes, those pages are gone:
+// the guest would hang forever on them, so the VM is killed at once, and VM
+// monitoring restarts it from its disks.
+func (a *Agent) watchPostcopy(ctx context.Context, mig driver.Migrator, name string) {
+	for ctx.Err() == nil {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := mig.IncomingStatus(qctx, name)
+		cancel()
+		switch {
+		case err != nil:
+			if st, ierr := a.drv.Inspect(name); ierr != nil || !st.Running {
+				return
+			}
+		case info.Status == "completed":
+			return
+		case info.Status == "postcopy-paused" || info.Status == "failed":
+			a.log.Error("post-copy lost its source; killing the destination", "vm", name, "status", info.Status)
+			a.event(ctx, store.EvVMFailed, name, "post-copy lost the source ("+info.Status+"); the memory it held is gone: killing the VM so that it restarts from its disks")
+			_ = a.drv.Kill(ctx, name)
+			return
+		}
+		time.Sleep(pollInterval)
+	}
 }
 
 // dropIncoming removes a prepared destination after a failed or cancelled
