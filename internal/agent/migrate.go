@@ -14,11 +14,13 @@ import (
 
 // Migration tuning defaults.
 const (
-	initialDowntime = 300 * time.Millisecond
+	initialDowntime = 100 * time.Millisecond
 	defaultMaxDown  = 2 * time.Second
 	multifdChannels = 2
-	pollInterval    = 250 * time.Millisecond
-	reportInterval  = 500 * time.Millisecond
+	// pollInterval is how often the source reads query-migrate: the time
+	// from QEMU's completion to the cut-over request is at most this.
+	pollInterval   = 50 * time.Millisecond
+	reportInterval = 500 * time.Millisecond
 )
 
 // reconcileMigrations starts this host's part of each active migration:
@@ -41,7 +43,8 @@ func (a *Agent) reconcileMigrations(ctx context.Context, snap *store.Snapshot) {
 			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.migrateIn(ctx, mig, v, p, snap.Networks) })
 		case p.Target == a.cfg.Host && p.Phase == store.MigSwitchover && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready":
 			// A restarted agent finds the cut-over done but the VM not resumed.
-			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, p) })
+			rep := *m.Target
+			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, &rep) })
 		case p.Source == a.cfg.Host && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready" && (m.Source == nil || m.Source.ID != p.ID):
 			a.do(ctx, name, "migrate-out", func(ctx context.Context) { a.migrateOut(ctx, mig, v, p, *m.Target) })
 		case p.Source == a.cfg.Host && m.Source != nil && m.Source.ID == p.ID:
@@ -173,13 +176,12 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 		a.log.Warn("debug: delaying the resume after the cut-over", "vm", name, "delay", d)
 		time.Sleep(d)
 	}
-	a.resumeIncoming(ctx, mig, name, p)
+	a.resumeIncoming(ctx, mig, name, rep)
 }
 
 // resumeIncoming resumes the destination after the cut-over. In post-copy
 // the flip comes first, so it waits until the source has switched.
-func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name string, p store.MigrationPlan) {
-	rep := &store.MigrationTarget{ID: p.ID, Phase: "ready"}
+func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name string, rep *store.MigrationTarget) {
 	deadline := time.Now().Add(2 * time.Minute)
 	postcopy := false
 	for time.Now().Before(deadline) {
