@@ -305,7 +305,12 @@ func decide(etcdOK bool, p vmPolicy, running driver.Status, fencedEpoch int64, s
 // before it has reached etcd: a restarted agent that cannot reach the
 // cluster must fence the VMs it finds, just as one that lost it later.
 func (a *Agent) runFencing(ctx context.Context) {
-	t := time.NewTicker(50 * time.Millisecond)
+	every(ctx, 50*time.Millisecond, func() { a.fenceOnce(ctx) })
+}
+
+// every calls fn each period until ctx ends.
+func every(ctx context.Context, period time.Duration, fn func()) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
@@ -313,7 +318,7 @@ func (a *Agent) runFencing(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		a.fenceOnce(ctx)
+		fn()
 	}
 }
 

@@ -69,16 +69,7 @@ func (a *Agent) onUnexpectedExit(ctx context.Context, snap *store.Snapshot, v *s
 
 // runGuestMonitor resets HA VMs whose guest heartbeat stopped.
 func (a *Agent) runGuestMonitor(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		a.checkHeartbeats(ctx)
-	}
+	every(ctx, time.Second, func() { a.checkHeartbeats(ctx) })
 }
 
 func (a *Agent) checkHeartbeats(ctx context.Context) {

@@ -451,14 +451,19 @@ func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
 	return nil
 }
 
-// PutHost registers or refreshes a host.
-func (s *Store) PutHost(ctx context.Context, h *Host) error {
+// put writes one JSON value; what names it in the error.
+func (s *Store) put(ctx context.Context, key string, v any, what string) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
-	if _, err := s.c.Put(ctx, HostKey(h.Name), mustJSON(h)); err != nil {
-		return fmt.Errorf("register host %s: %w", h.Name, err)
+	if _, err := s.c.Put(ctx, key, mustJSON(v)); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
+}
+
+// PutHost registers or refreshes a host.
+func (s *Store) PutHost(ctx context.Context, h *Host) error {
+	return s.put(ctx, HostKey(h.Name), h, fmt.Sprintf("register host %s", h.Name))
 }
 
 // PutAlive writes a host's liveness key attached to its lease.
@@ -474,12 +479,7 @@ func (s *Store) PutAlive(ctx context.Context, host string, lease clientv3.LeaseI
 
 // PutNetwork creates or replaces a network definition.
 func (s *Store) PutNetwork(ctx context.Context, n *Network) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, networkKey(n.Name), mustJSON(n)); err != nil {
-		return fmt.Errorf("network %s: %w", n.Name, err)
-	}
-	return nil
+	return s.put(ctx, networkKey(n.Name), n, fmt.Sprintf("network %s", n.Name))
 }
 
 // EnsureNetwork creates a network definition unless one of that name exists.
@@ -498,12 +498,7 @@ func (s *Store) EnsureNetwork(ctx context.Context, n *Network) error {
 
 // PutDatastore creates or replaces a datastore definition.
 func (s *Store) PutDatastore(ctx context.Context, d *Datastore) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, dsPfx+d.Name, mustJSON(d)); err != nil {
-		return fmt.Errorf("datastore %s: %w", d.Name, err)
-	}
-	return nil
+	return s.put(ctx, dsPfx+d.Name, d, fmt.Sprintf("datastore %s", d.Name))
 }
 
 // SetMaintenance puts a host in maintenance mode or takes it out.
@@ -524,22 +519,12 @@ func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, m Main
 
 // PutFence records a storage fence of a VM's old host.
 func (s *Store) PutFence(ctx context.Context, vm string, f *Fence) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, fencesPfx+vm, mustJSON(f)); err != nil {
-		return fmt.Errorf("record fence of %s: %w", vm, err)
-	}
-	return nil
+	return s.put(ctx, fencesPfx+vm, f, fmt.Sprintf("record fence of %s", vm))
 }
 
 // PutStorageState records a host's datastore reachability.
 func (s *Store) PutStorageState(ctx context.Context, host string, st *StorageState) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, storagePfx+host, mustJSON(st)); err != nil {
-		return fmt.Errorf("storage state of %s: %w", host, err)
-	}
-	return nil
+	return s.put(ctx, storagePfx+host, st, fmt.Sprintf("storage state of %s", host))
 }
 
 // PutRequest records an operator request for a VM.
@@ -564,12 +549,7 @@ func (s *Store) DeleteRequest(ctx context.Context, vm string) error {
 
 // PutMigrationRequest records a migration request (replacing an older one).
 func (s *Store) PutMigrationRequest(ctx context.Context, vm string, r *MigrationRequest) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, migPfx+vm+"/request", mustJSON(r)); err != nil {
-		return fmt.Errorf("migration request of %s: %w", vm, err)
-	}
-	return nil
+	return s.put(ctx, migPfx+vm+"/request", r, fmt.Sprintf("migration request of %s", vm))
 }
 
 // PutMigrationPlan writes the migration plan if unchanged since rev (0:
@@ -617,42 +597,22 @@ func (s *Store) FlipForMigration(ctx context.Context, vm string, old Placement, 
 
 // PutMigrationTarget records the destination agent's report.
 func (s *Store) PutMigrationTarget(ctx context.Context, vm string, t *MigrationTarget) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, migPfx+vm+"/target", mustJSON(t)); err != nil {
-		return fmt.Errorf("migration target report of %s: %w", vm, err)
-	}
-	return nil
+	return s.put(ctx, migPfx+vm+"/target", t, fmt.Sprintf("migration target report of %s", vm))
 }
 
 // PutMigrationSource records the source agent's report.
 func (s *Store) PutMigrationSource(ctx context.Context, vm string, r *MigrationSource) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, migPfx+vm+"/source", mustJSON(r)); err != nil {
-		return fmt.Errorf("migration source report of %s: %w", vm, err)
-	}
-	return nil
+	return s.put(ctx, migPfx+vm+"/source", r, fmt.Sprintf("migration source report of %s", vm))
 }
 
 // PutConfig replaces the cluster configuration.
 func (s *Store) PutConfig(ctx context.Context, c ClusterConfig) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, configKey, mustJSON(c)); err != nil {
-		return fmt.Errorf("cluster config: %w", err)
-	}
-	return nil
+	return s.put(ctx, configKey, c, "cluster config")
 }
 
 // PutRule creates or replaces a VM-VM rule.
 func (s *Store) PutRule(ctx context.Context, r *Rule) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	if _, err := s.c.Put(ctx, rulesPfx+r.Name, mustJSON(r)); err != nil {
-		return fmt.Errorf("rule %s: %w", r.Name, err)
-	}
-	return nil
+	return s.put(ctx, rulesPfx+r.Name, r, fmt.Sprintf("rule %s", r.Name))
 }
 
 // DeleteRule removes a VM-VM rule.

@@ -225,6 +225,14 @@ func removeCgroup(ctx context.Context, dir string) error {
 			if !errors.Is(err, unix.EBUSY) {
 				return fmt.Errorf("remove cgroup %s: %w", d, err)
 			}
+			// A process may have joined after the sweep that killed the
+			// cgroup's tasks (a spawn trampoline that was starting when the
+			// lab process died): kill whatever is in it now.
+			if pids, perr := cgroupProcs(d); perr == nil {
+				for _, pid := range pids {
+					_ = unix.Kill(pid, unix.SIGKILL)
+				}
+			}
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("remove cgroup %s: %w (last: %w)", d, ctx.Err(), err)

@@ -650,9 +650,6 @@ func TestDatastore(t *testing.T) {
 	if out, err := qemuIO(t, *cfg.NBD, "write -P 1 0 4k", "read -P 1 0 4k"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if err := ds.Delete(ctx, "vm1", d); !errors.Is(err, ErrInUse) {
-		t.Fatalf("delete while prepared: %v", err)
-	}
 	if err := ds.Release(ctx, "vm1", d); err != nil {
 		t.Fatal(err)
 	}
@@ -662,11 +659,19 @@ func TestDatastore(t *testing.T) {
 	if _, err := ds.Prepare(ctx, "vm1", 2, d); !errors.Is(err, ErrFenced) {
 		t.Fatalf("prepare on a fenced host: %v", err)
 	}
-	if err := ds.Delete(ctx, "vm1", d); err != nil {
+	// Deleting the VM's disk (the VM is being deleted) removes what any
+	// host still has exported, and forgets the VM's fences.
+	if _, err := ds.Prepare(ctx, "vm1", 3, d); err != nil {
 		t.Fatal(err)
+	}
+	if err := ds.Delete(ctx, "vm1", d); err != nil {
+		t.Fatalf("delete while prepared: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(ts.dir, "images", "vm1")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("disk left: %v", err)
+	}
+	if exps, _ := ts.c.Exports(ctx); len(exps) != 0 {
+		t.Fatalf("exports left after deleting the disk: %v", exps)
 	}
 }
 
