@@ -153,6 +153,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		p.StartProbe(ctx)
 	}
 	a.lease.load()
+	if err := a.fence.load(a.fenceMemoryPath()); err != nil {
+		a.log.Warn("ignoring what a previous agent process learned for self-fencing", "err", err)
+	}
 	// Fencing runs before the agent reaches etcd: VMs found after a restart
 	// are fenced if the host cannot show it still holds them.
 	go a.runFencing(ctx)
@@ -167,7 +170,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer srv.Close()
 
-	if err := a.register(ctx, driver.Capabilities{Accel: "probing"}); err != nil {
+	// The lease comes first: after an agent restart the VMs it found are
+	// covered only until the previous process's last renewal + T - margin,
+	// and registering the host (a write that waits for an etcd leader) must
+	// not eat into that.
+	registered := make(chan error, 1)
+	go func() { registered <- a.register(ctx, driver.Capabilities{Accel: "probing"}) }()
+	if err := a.joinCluster(ctx); err != nil {
+		return err
+	}
+	go a.lease.run(ctx)
+	go a.watchLease(ctx)
+	if err := <-registered; err != nil {
 		return err
 	}
 	go func() {
@@ -179,12 +193,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("re-register after fingerprint", "err", err)
 		}
 	}()
-
-	if err := a.joinCluster(ctx); err != nil {
-		return err
-	}
-	go a.lease.run(ctx)
-	go a.watchLease(ctx)
 
 	for _, st := range recovered {
 		if st.Running {
@@ -305,6 +313,8 @@ func machineMemory() int64 {
 	}
 	return kb * 1024
 }
+
+func (a *Agent) fenceMemoryPath() string { return filepath.Join(a.cfg.DataDir, "fence.json") }
 
 func (a *Agent) trigger() {
 	select {

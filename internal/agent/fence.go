@@ -2,8 +2,12 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"reflect"
 	"sort"
 	"sync"
 	"time"
@@ -89,24 +93,84 @@ func newFencer() *fencer {
 		fenced: map[string]int64{}, policy: map[string]vmPolicy{}, hosts: map[string]string{}}
 }
 
-// learn updates VM policies and peers from a snapshot.
-func (f *fencer) learn(snap *store.Snapshot, self string) {
+// learn updates VM policies and peers from a snapshot, and reports
+// whether they changed.
+func (f *fencer) learn(snap *store.Snapshot, self string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	policy := map[string]vmPolicy{}
 	for name, v := range snap.VMs {
 		s := v.Record.VM.Spec
 		var dss []string
 		for _, d := range s.Disks {
 			dss = append(dss, d.Datastore)
 		}
-		f.policy[name] = vmPolicy{HA: s.HA.Enabled, LeaveRunning: s.HA.IsolationResponse == spec.IsolationLeaveRunning, Datastores: dss}
+		policy[name] = vmPolicy{HA: s.HA.Enabled, LeaveRunning: s.HA.IsolationResponse == spec.IsolationLeaveRunning, Datastores: dss}
 	}
-	f.hosts = map[string]string{}
+	hosts := map[string]string{}
 	for name, h := range snap.Hosts {
 		if name != self {
-			f.hosts[name] = h.AgentURL
+			hosts[name] = h.AgentURL
 		}
 	}
+	changed := !reflect.DeepEqual(policy, f.policy) || !reflect.DeepEqual(hosts, f.hosts)
+	f.policy, f.hosts = policy, hosts
+	return changed
+}
+
+// fenceMemory is what a restarted agent needs to apply the storage-lease
+// rule before it reaches etcd: without it every VM it finds counts as an
+// unknown HA VM with no shared disk, and an agent restart during a slow
+// leader election or a control-plane outage would kill VMs that the
+// storage still vouches for.
+type fenceMemory struct {
+	Policy map[string]vmPolicy `json:"policy"`
+	Hosts  map[string]string   `json:"hosts"`
+}
+
+// save records the learned policies and peers in path.
+func (f *fencer) save(path string) error {
+	f.mu.Lock()
+	b, err := json.Marshal(fenceMemory{Policy: f.policy, Hosts: f.hosts})
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return fmt.Errorf("fence memory: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("fence memory: %w", err)
+	}
+	return nil
+}
+
+// load restores what a previous agent process saved. A policy read this
+// way can be stale; that is safe: a VM the leader moved meanwhile was
+// fenced at the storage first, and the storage's answer kills it here
+// (rule 1) whatever the policy says.
+func (f *fencer) load(path string) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fence memory: %w", err)
+	}
+	var m fenceMemory
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("fence memory %s: %w", path, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m.Policy != nil {
+		f.policy = m.Policy
+	}
+	if m.Hosts != nil {
+		f.hosts = m.Hosts
+	}
+	return nil
 }
 
 // runStorageHeartbeats sends datastore heartbeats and records the answers.

@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
 )
 
 func TestDecide(t *testing.T) {
@@ -55,5 +59,43 @@ func TestStorageLeaseValid(t *testing.T) {
 	}
 	if f.storageLeaseValid(now, nil, arbiters, fc) {
 		t.Error("a diskless VM has no storage lease")
+	}
+}
+
+// A restarted agent must find the policies and peers its previous process
+// learned, so the storage-lease rule can keep VMs alive before it reaches
+// etcd.
+func TestFenceMemorySurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fence.json")
+	snap := &store.Snapshot{
+		VMs: map[string]*store.VMState{"web": {Record: &store.VMRecord{VM: spec.VM{Spec: spec.VMSpec{
+			Disks: []spec.Disk{{Name: "d", Datastore: "shared"}},
+			HA:    spec.HA{Enabled: true, IsolationResponse: spec.IsolationLeaveRunning},
+		}}}}},
+		Hosts: map[string]*store.Host{"h1": {Name: "h1", AgentURL: "http://10.1.1.1:7481"}, "h2": {Name: "h2", AgentURL: "http://10.1.1.2:7481"}},
+	}
+	before := newFencer()
+	if !before.learn(snap, "h1") {
+		t.Fatal("first snapshot reported as unchanged")
+	}
+	if before.learn(snap, "h1") {
+		t.Fatal("same snapshot reported as a change")
+	}
+	if err := before.save(path); err != nil {
+		t.Fatal(err)
+	}
+	after := newFencer()
+	if err := after.load(path); err != nil {
+		t.Fatal(err)
+	}
+	want := vmPolicy{HA: true, LeaveRunning: true, Datastores: []string{"shared"}}
+	if got := after.policy["web"]; !reflect.DeepEqual(got, want) {
+		t.Errorf("policy after restart = %+v, want %+v", got, want)
+	}
+	if got := after.hosts; len(got) != 1 || got["h2"] != "http://10.1.1.2:7481" {
+		t.Errorf("peers after restart = %v, want only h2", got)
+	}
+	if err := newFencer().load(filepath.Join(t.TempDir(), "missing.json")); err != nil {
+		t.Errorf("a first start has no memory and that is not an error: %v", err)
 	}
 }

@@ -86,18 +86,36 @@ func (k *leaseKeeper) persist() {
 
 // acquire resumes the lease recorded by a previous agent process if etcd
 // still has it (an agent restart must not look like a host failure), or
-// grants a new one.
+// grants a new one. The resume is retried with short attempts while the
+// old lease can still be alive: right after a restart the first endpoint
+// tried may be this host's own etcd member, still starting, or the cluster
+// may be electing a leader, and a single long attempt would spend the VMs'
+// whole self-fencing deadline waiting on it.
 func (k *leaseKeeper) acquire(ctx context.Context) (clientv3.LeaseID, error) {
-	if id, _, lost := k.state(); id != 0 && !lost {
-		sent := boottime()
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := k.c.KeepAliveOnce(rctx, id)
-		cancel()
-		if err == nil && resp.TTL > 0 {
-			k.set(id, sent)
-			k.persist()
-			k.log.Info("resumed host lease", "lease", fmt.Sprintf("%x", int64(id)), "ttl", resp.TTL)
-			return id, nil
+	if id, recorded, lost := k.state(); id != 0 && !lost {
+		// etcd can keep a lease past sendTime + TTL (a new etcd leader
+		// extends every lease by TTL), never before; a second TTL covers
+		// an election on top.
+		for boottime() < recorded+2*k.ttl && ctx.Err() == nil {
+			sent := boottime()
+			rctx, cancel := context.WithTimeout(ctx, k.interval*2)
+			resp, err := k.c.KeepAliveOnce(rctx, id)
+			cancel()
+			if err == nil && resp.TTL > 0 {
+				k.set(id, sent)
+				k.persist()
+				k.log.Info("resumed host lease", "lease", fmt.Sprintf("%x", int64(id)), "ttl", resp.TTL,
+					"since_last_renewal", (sent - recorded).Round(time.Millisecond))
+				return id, nil
+			}
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0) {
+				k.log.Info("the previous host lease expired; granting a new one", "lease", fmt.Sprintf("%x", int64(id)))
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(k.interval / 4):
+			}
 		}
 	}
 	sent := boottime()

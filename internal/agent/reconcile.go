@@ -23,7 +23,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.fence.learn(snap, a.cfg.Host)
+	if a.fence.learn(snap, a.cfg.Host) {
+		if err := a.fence.save(a.fenceMemoryPath()); err != nil {
+			a.log.Warn("cannot save what self-fencing learned", "err", err)
+		}
+	}
 	a.mu.Lock()
 	a.lastSnap = snap
 	a.mu.Unlock()

@@ -238,7 +238,15 @@ func TestStorageCut_MovesVMAndRaisesAlarm(t *testing.T) {
 
 func TestAgentCrash_NoFailoverAndReattach(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
-	v, g := haGuest(t, l, "agt1", nil)
+	// The hardest case: the agent's process also runs the Vigil leader (and
+	// usually the etcd leader), so the restarted agent must resume its lease
+	// while the cluster elects new leaders.
+	cl, err := l.Client.Cluster(context.Background())
+	if err != nil || cl.VigilLeader == "" {
+		t.Fatalf("no Vigil leader: %+v %v", cl, err)
+	}
+	v, g := haGuest(t, l, "agt1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{cl.VigilLeader} })
+	t.Logf("VM on %s; Vigil leader %s, etcd leader %s", v.Host, cl.VigilLeader, cl.EtcdLeader)
 	pids := check.QEMUProcs("agt1")
 	before, err := g.Counter(context.Background(), v.IP)
 	if err != nil {
