@@ -44,7 +44,7 @@ func (a *Agent) reconcileMigrations(ctx context.Context, snap *store.Snapshot) {
 		case p.Target == a.cfg.Host && p.Phase == store.MigSwitchover && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready":
 			// A restarted agent finds the cut-over done but the VM not resumed.
 			rep := *m.Target
-			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, &rep) })
+			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, p.Source, &rep) })
 		case p.Source == a.cfg.Host && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready" && (m.Source == nil || m.Source.ID != p.ID):
 			a.do(ctx, name, "migrate-out", func(ctx context.Context) { a.migrateOut(ctx, mig, v, p, *m.Target) })
 		case p.Source == a.cfg.Host && m.Source != nil && m.Source.ID == p.ID:
@@ -176,12 +176,12 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 		a.log.Warn("debug: delaying the resume after the cut-over", "vm", name, "delay", d)
 		time.Sleep(d)
 	}
-	a.resumeIncoming(ctx, mig, name, rep)
+	a.resumeIncoming(ctx, mig, name, p.Source, rep)
 }
 
 // resumeIncoming resumes the destination after the cut-over. In post-copy
 // the flip comes first, so it waits until the source has switched.
-func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name string, rep *store.MigrationTarget) {
+func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, source string, rep *store.MigrationTarget) {
 	deadline := time.Now().Add(2 * time.Minute)
 	postcopy := false
 	for time.Now().Before(deadline) {
@@ -192,6 +192,15 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name st
 		}
 		if err == nil && (info.Status == "failed" || info.Status == "postcopy-paused") {
 			rep.Phase, rep.Error = "failed", "incoming migration "+info.Status
+			a.reportTarget(ctx, name, rep)
+			_ = a.drv.Kill(ctx, name)
+			return
+		}
+		if !a.hostAlive(source) {
+			// The placement is already here but the source died before it
+			// finished (or switched to post-copy): its state is gone, and
+			// QEMU would notice only when TCP gives up.
+			rep.Phase, rep.Error = "failed", "source host "+source+" failed (lease expired) before the migration finished"
 			a.reportTarget(ctx, name, rep)
 			_ = a.drv.Kill(ctx, name)
 			return
@@ -211,7 +220,7 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name st
 	a.mu.Unlock()
 	a.event(ctx, store.EvVMRunning, name, "resumed here after live migration")
 	if postcopy {
-		a.watchPostcopy(ctx, mig, name)
+		a.watchPostcopy(ctx, mig, name, source)
 	}
 }
 
@@ -219,11 +228,19 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name st
 // fetches pages from the source. If the source goes, those pages are gone:
 // the guest would hang forever on them, so the VM is killed at once, and VM
 // monitoring restarts it from its disks.
-func (a *Agent) watchPostcopy(ctx context.Context, mig driver.Migrator, name string) {
+//
+// QEMU notices a lost source only when the migration socket fails; when
+// the source host died outright nothing answers and that takes TCP's
+// retransmission timeout (minutes by default). The source host's lease
+// expiring in etcd is the faster signal: the cluster then treats that host
+// as failed, and a host whose lease lapsed has self-fenced its HA VMs, the
+// page server with them.
+func (a *Agent) watchPostcopy(ctx context.Context, mig driver.Migrator, name, source string) {
 	for ctx.Err() == nil {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		info, err := mig.IncomingStatus(qctx, name)
 		cancel()
+		reason := ""
 		switch {
 		case err != nil:
 			if st, ierr := a.drv.Inspect(name); ierr != nil || !st.Running {
@@ -232,13 +249,31 @@ func (a *Agent) watchPostcopy(ctx context.Context, mig driver.Migrator, name str
 		case info.Status == "completed":
 			return
 		case info.Status == "postcopy-paused" || info.Status == "failed":
-			a.log.Error("post-copy lost its source; killing the destination", "vm", name, "status", info.Status)
-			a.event(ctx, store.EvVMFailed, name, "post-copy lost the source ("+info.Status+"); the memory it held is gone: killing the VM so that it restarts from its disks")
+			reason = "post-copy lost the source (" + info.Status + ")"
+		case !a.hostAlive(source):
+			reason = "post-copy lost the source: host " + source + "'s lease expired"
+		}
+		if reason != "" {
+			a.log.Error("post-copy lost its source; killing the destination", "vm", name, "source", source, "reason", reason)
+			a.event(ctx, store.EvVMFailed, name, reason+"; the memory it held is gone: killing the VM so that it restarts from its disks")
 			_ = a.drv.Kill(ctx, name)
 			return
 		}
 		time.Sleep(pollInterval)
 	}
+}
+
+// hostAlive reports whether the last snapshot shows the host's liveness
+// key. Without a snapshot yet, a host counts as alive.
+func (a *Agent) hostAlive(host string) bool {
+	a.mu.Lock()
+	snap := a.lastSnap
+	a.mu.Unlock()
+	if snap == nil {
+		return true
+	}
+	_, ok := snap.Alive[host]
+	return ok
 }
 
 // dropIncoming removes a prepared destination after a failed or cancelled
@@ -338,7 +373,14 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 			continue
 		}
 		fillProgress(&rep.Progress, info)
-		switch info.Status {
+		status := info.Status
+		if status == "postcopy-active" && !a.hostAlive(p.Target) {
+			// QEMU would notice the dead destination only when TCP gives
+			// up; its lease expiring is the earlier sign, and until this
+			// copy is gone the leader's HA restart cannot start here.
+			status = "postcopy-paused"
+		}
+		switch status {
 		case "completed":
 			a.finishSource(ctx, mig, v, p, rep, info)
 			return

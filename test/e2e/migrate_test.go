@@ -388,12 +388,16 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 				victim = target
 			}
 			t.Logf("crashing the %s (%s) in phase %s", c.kill, victim, c.phase)
+			crashed := time.Now()
 			if err := l.Crash(context.Background(), victim); err != nil {
 				t.Fatal(err)
 			}
 			after := l.WaitVM(name, 3*time.Minute, "running on a live host", func(x api.VM) bool { return x.State == "running" && x.Host != victim })
+			placed := time.Since(crashed)
 			l.WaitAnswering(g, v.IP, recoveryLimit)
 			waitOneQEMU(t, name, 30*time.Second)
+			t.Logf("crash -> running on %s after %s, answering after %s; timeline:\n%s", after.Host,
+				placed.Round(time.Millisecond), time.Since(crashed).Round(time.Millisecond), testenv.Timeline(l.Events(crashed.Add(-5*time.Second))))
 			time.Sleep(time.Second)
 			verifyLedger(t, g, v.IP, w.Stop())
 			c2, _ := g.Counter(context.Background(), v.IP)
