@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command (a): install what is missing, build Vigil and the guest image, bring up a
 # real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
-# VMs with HA, crash the host of one, and print the failover timeline.
+# VMs with HA, live-migrate one, crash the host of the other, and print the failover timeline.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
 #   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
 set -euo pipefail
@@ -43,6 +43,12 @@ for vm in ha-guest1 ha-guest2; do
   printf '%s (%s on %s): ' "$vm" "$ip" "$(guest "$vm" host)"; "$V" lab exec "$other" -- curl -s "http://$ip/"; echo
 done
 for i in 1 2 3; do "$V" lab exec "$other" -- curl -s -XPOST -d "order $i" "http://$ip1/ledger"; echo; done
+
+ip2=$(guest ha-guest2 ip)
+say "live-migrate ha-guest2 off $(guest ha-guest2 host) (the placement pipeline picks the target); its counter keeps counting"
+printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
+"$V" vm migrate ha-guest2
+printf 'after (on %s): ' "$(guest ha-guest2 host)"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 
 say "crash $host1 (SIGKILL of every process of the host, QEMU included; links down)"
 start=$(date +%s%N)

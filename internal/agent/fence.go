@@ -395,6 +395,7 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 	peersOK := f.peersOK > 0 && now-f.peersOK < fc.StorageTTL
 	type victim struct {
 		name, reason string
+		fenced       bool
 	}
 	var kills []victim
 	for _, st := range a.drv.List() {
@@ -407,13 +408,21 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 		}
 		v := decide(etcdOK, p, st, f.fenced[st.Name], f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK)
 		if v.kill {
-			kills = append(kills, victim{st.Name, v.reason})
+			kills = append(kills, victim{st.Name, v.reason, f.fenced[st.Name] >= st.Epoch && f.fenced[st.Name] > 0})
 		}
 	}
 	f.mu.Unlock()
 	for _, k := range kills {
 		if err := a.drv.Kill(ctx, k.name); err != nil {
 			a.log.Error("self-fence: kill failed", "vm", k.name, "err", err)
+			continue
+		}
+		if k.fenced && a.busyWith(k.name) == opMigrateOut {
+			// After a cut-over the leader fences the paused source at the
+			// storage; this is usually that copy ending, not a host in
+			// trouble, and the migration's own events say which.
+			a.log.Info("migration source stopped by its storage fence", "vm", k.name, "reason", k.reason)
+			a.event(ctx, "migration.source-stopped", k.name, "source copy of a migrating VM stopped: "+k.reason)
 			continue
 		}
 		a.log.Warn("self-fenced", "vm", k.name, "reason", k.reason)

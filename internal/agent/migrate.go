@@ -23,6 +23,12 @@ const (
 	reportInterval = 500 * time.Millisecond
 )
 
+// Names of the migration operations a VM can be busy with.
+const (
+	opMigrateIn  = "migrate-in"
+	opMigrateOut = "migrate-out"
+)
+
 // reconcileMigrations starts this host's part of each active migration:
 // preparing the destination, or migrating from the source. The operations
 // hold the VM busy, so the normal reconcile leaves the VM alone meanwhile.
@@ -40,18 +46,18 @@ func (a *Agent) reconcileMigrations(ctx context.Context, snap *store.Snapshot) {
 		v := snap.VMs[name]
 		switch {
 		case p.Target == a.cfg.Host && (p.Phase == store.MigScheduled || p.Phase == store.MigRunning) && (m.Target == nil || m.Target.ID != p.ID):
-			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.migrateIn(ctx, mig, v, p, snap.Networks) })
+			a.do(ctx, name, opMigrateIn, func(ctx context.Context) { a.migrateIn(ctx, mig, v, p, snap.Networks) })
 		case p.Target == a.cfg.Host && p.Phase == store.MigSwitchover && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready":
 			// A restarted agent finds the cut-over done but the VM not resumed.
 			rep := *m.Target
-			a.do(ctx, name, "migrate-in", func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, p.Source, &rep) })
+			a.do(ctx, name, opMigrateIn, func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, p.Source, &rep) })
 		case p.Source == a.cfg.Host && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready" && (m.Source == nil || m.Source.ID != p.ID):
-			a.do(ctx, name, "migrate-out", func(ctx context.Context) { a.migrateOut(ctx, mig, v, p, *m.Target) })
+			a.do(ctx, name, opMigrateOut, func(ctx context.Context) { a.migrateOut(ctx, mig, v, p, *m.Target) })
 		case p.Source == a.cfg.Host && m.Source != nil && m.Source.ID == p.ID:
 			// The source report exists but no operation runs: this agent
 			// restarted mid-migration. Finish what QEMU finished, abort the
 			// rest; either way exactly one copy keeps running.
-			a.do(ctx, name, "migrate-out", func(ctx context.Context) { a.recoverSource(ctx, mig, v, p) })
+			a.do(ctx, name, opMigrateOut, func(ctx context.Context) { a.recoverSource(ctx, mig, v, p) })
 		}
 	}
 }

@@ -261,6 +261,13 @@ func (a *Agent) backingOff(name string) bool {
 	return time.Now().Before(a.retryAt[name])
 }
 
+// busyWith names the operation running on a VM, or "".
+func (a *Agent) busyWith(name string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.busy[name]
+}
+
 func (a *Agent) isBusy(name string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -102,6 +102,10 @@ func followMigration(ctx context.Context, g *globals, c *client.Client, name, id
 func progressLine(m *api.Migration) string {
 	p := m.Progress
 	var b strings.Builder
+	if m.Source == "" && m.Target == "" {
+		// Requested, not planned yet: the leader has not picked the target.
+		return m.Phase + ": waiting for the leader to plan it"
+	}
 	fmt.Fprintf(&b, "%s -> %s  %-10s", dash(m.Source), dash(m.Target), m.Phase)
 	if m.Step != "" && m.Step != m.Phase {
 		fmt.Fprintf(&b, " (%s)", m.Step)
