@@ -94,9 +94,11 @@ func (k *leaseKeeper) persist() {
 func (k *leaseKeeper) acquire(ctx context.Context) (clientv3.LeaseID, error) {
 	if id, recorded, lost := k.state(); id != 0 && !lost {
 		// etcd can keep a lease past sendTime + TTL (a new etcd leader
-		// extends every lease by TTL), never before; a second TTL covers
-		// an election on top.
-		for boottime() < recorded+2*k.ttl && ctx.Err() == nil {
+		// extends every lease by TTL; without quorum nothing expires at
+		// all), never before; a second TTL covers an election on top.
+		// Past that, one attempt still asks: if etcd has the lease, nobody
+		// can have failed this host over.
+		for attempt := 0; ctx.Err() == nil && (attempt == 0 || boottime() < recorded+2*k.ttl); attempt++ {
 			sent := boottime()
 			rctx, cancel := context.WithTimeout(ctx, k.interval*2)
 			resp, err := k.c.KeepAliveOnce(rctx, id)

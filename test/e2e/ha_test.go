@@ -380,7 +380,8 @@ func TestLeaderCrash_NewLeaderFailsOver(t *testing.T) {
 
 // TestQuorumLoss_VMsKeepRunning cuts etcd's peer traffic between all
 // three members: etcd loses its leader and quorum, while hosts and storage
-// still see each other. No VM may be killed or moved; after the cut heals,
+// still see each other. No VM may be killed or moved, not even when an
+// agent restarts during the outage; after the cut heals,
 // everything carries on.
 func TestQuorumLoss_VMsKeepRunning(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
@@ -418,6 +419,19 @@ func TestQuorumLoss_VMsKeepRunning(t *testing.T) {
 	}
 	if _, err := g.Counter(context.Background(), v2.IP); err != nil {
 		t.Errorf("q2 stopped serving during quorum loss: %v", err)
+	}
+	// An agent that restarts during the outage cannot reach etcd at all:
+	// it must keep q1 on what it remembers (q1's policy, its peers) and the
+	// storage lease, not kill it as an unknown VM.
+	if err := l.StopAgent(context.Background(), v1.Host); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(context.Background(), v1.Host); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(6 * time.Second)
+	if now := check.QEMUProcs("q1"); !slices.Equal(now, pids["q1"]) {
+		t.Errorf("q1: QEMU changed when its agent restarted during quorum loss: %v -> %v", pids["q1"], now)
 	}
 	cutPeers(t, l, false)
 	// Quorum returns; nothing is fenced or restarted.
