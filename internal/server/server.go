@@ -230,6 +230,13 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 			sleep(ctx, time.Second)
 			continue
 		}
+		if fit, why := s.checkFit(ctx, st); !fit {
+			// Stand aside; re-check soon, the storage may come back.
+			s.log.Debug("not campaigning for leadership", "reason", why)
+			sess.Close()
+			sleep(ctx, time.Second)
+			continue
+		}
 		el := concurrency.NewElection(sess, store.ElectionPrefix)
 		if err := el.Campaign(ctx, s.cfg.Name); err != nil {
 			sess.Close()
@@ -245,6 +252,23 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 			case <-lctx.Done():
 			}
 			cancel()
+		}()
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-lctx.Done():
+					return
+				case <-t.C:
+				}
+				if fit, why := s.checkFit(lctx, st); !fit {
+					s.log.Warn("resigning leadership", "reason", why)
+					_ = st.Emit(lctx, store.Event{Type: "leader.resigned", Host: s.cfg.Name, Message: "gave up the control-plane leadership: " + why})
+					cancel()
+					return
+				}
+			}
 		}()
 		var rs []controller.Reconciler
 		if s.cfg.Controllers != nil {

@@ -215,7 +215,17 @@ func TestPartition_PowerOffRestartsElsewhere_LeaveRunningStays(t *testing.T) {
 
 func TestStorageCut_MovesVMAndRaisesAlarm(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
-	v, g := haGuest(t, l, "scut1", nil)
+	// The VM runs on the leader's host: the leader, which must fence at the
+	// storage before the restart, is the one that lost the storage. It has
+	// to give way to a host that can fence.
+	cl, err := l.Client.Cluster(context.Background())
+	if err != nil || cl.VigilLeader == "" {
+		t.Fatalf("no Vigil leader: %+v %v", cl, err)
+	}
+	v, g := haGuest(t, l, "scut1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{cl.VigilLeader} })
+	if v.Host != cl.VigilLeader {
+		t.Fatalf("test setup: VM on %s, leader %s", v.Host, cl.VigilLeader)
+	}
 	w := check.StartWriter(g, v.IP, 100*time.Millisecond)
 	time.Sleep(time.Second)
 	t0 := time.Now()
@@ -223,7 +233,9 @@ func TestStorageCut_MovesVMAndRaisesAlarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.WaitVM("scut1", recoveryLimit, "running elsewhere", movedFrom(v.Host))
+	moved := time.Since(t0)
 	l.WaitAnswering(g, v.IP, recoveryLimit)
+	t.Logf("storage cut -> running elsewhere after %s, answering after %s", moved.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	time.Sleep(time.Second)
 	acks := w.Stop()
 	verifyLedger(t, g, v.IP, acks)
@@ -231,6 +243,10 @@ func TestStorageCut_MovesVMAndRaisesAlarm(t *testing.T) {
 	if !hasEvent(evs, "alarm.storage-lost", "scut1") {
 		t.Errorf("no alarm.storage-lost event:\n%s", testenv.Timeline(evs))
 	}
+	if !hasEvent(evs, "leader.resigned", "") {
+		t.Errorf("the leader that lost the storage did not resign:\n%s", testenv.Timeline(evs))
+	}
+	t.Logf("timeline:\n%s", testenv.Timeline(evs))
 	if n := len(check.QEMUProcs("scut1")); n != 1 {
 		t.Errorf("%d QEMUs of scut1 after the move", n)
 	}
