@@ -9,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -65,6 +66,8 @@ func DefaultFenceConfig() FenceConfig {
 // fencer holds what self-fencing decides on.
 type fencer struct {
 	mu sync.Mutex
+	// saveMu serialises saves of the memory file.
+	saveMu sync.Mutex
 	// storageAck is, per datastore, the boottime send time of the last
 	// acknowledged heartbeat.
 	storageAck map[string]time.Duration
@@ -118,20 +121,30 @@ func (f *fencer) learn(snap *store.Snapshot, self string) bool {
 	return changed
 }
 
-// fenceMemory is what a restarted agent needs to apply the storage-lease
-// rule before it reaches etcd: without it every VM it finds counts as an
-// unknown HA VM with no shared disk, and an agent restart during a slow
+// fenceMemory is what a restarted agent needs to apply the self-fencing
+// rule before it reaches etcd, saved after every heartbeat round and every
+// change of policy. Without it every VM the agent finds counts as an
+// unknown HA VM with no storage lease, and an agent restart during a slow
 // leader election or a control-plane outage would kill VMs that the
-// storage still vouches for.
+// storage still vouches for. The times are CLOCK_BOOTTIME, like the host
+// lease's: the restarted process inherits exactly the leases the previous
+// one held, and no more.
 type fenceMemory struct {
-	Policy map[string]vmPolicy `json:"policy"`
-	Hosts  map[string]string   `json:"hosts"`
+	BootID     string                   `json:"bootID"`
+	Policy     map[string]vmPolicy      `json:"policy"`
+	Hosts      map[string]string        `json:"hosts"`
+	StorageAck map[string]time.Duration `json:"storageAck"`
+	Fenced     map[string]int64         `json:"fenced"`
+	PeersOK    time.Duration            `json:"peersOK"`
 }
 
-// save records the learned policies and peers in path.
+// save records what the fencer knows in path.
 func (f *fencer) save(path string) error {
+	f.saveMu.Lock()
+	defer f.saveMu.Unlock()
 	f.mu.Lock()
-	b, err := json.Marshal(fenceMemory{Policy: f.policy, Hosts: f.hosts})
+	b, err := json.Marshal(fenceMemory{BootID: bootID(), Policy: f.policy, Hosts: f.hosts,
+		StorageAck: f.storageAck, Fenced: f.fenced, PeersOK: f.peersOK})
 	f.mu.Unlock()
 	if err != nil {
 		return err
@@ -146,10 +159,10 @@ func (f *fencer) save(path string) error {
 	return nil
 }
 
-// load restores what a previous agent process saved. A policy read this
-// way can be stale; that is safe: a VM the leader moved meanwhile was
-// fenced at the storage first, and the storage's answer kills it here
-// (rule 1) whatever the policy says.
+// load restores what a previous agent process saved, if it ran since this
+// machine booted. A policy read this way can be stale; that is safe: a VM
+// the leader moved meanwhile was fenced at the storage first, and the
+// storage's answer kills it here (rule 1) whatever the policy says.
 func (f *fencer) load(path string) error {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -170,22 +183,41 @@ func (f *fencer) load(path string) error {
 	if m.Hosts != nil {
 		f.hosts = m.Hosts
 	}
+	if m.BootID == "" || m.BootID != bootID() {
+		return nil // leases from before a reboot cover nothing
+	}
+	now := boottime()
+	for ds, t := range m.StorageAck {
+		if t > 0 && t <= now {
+			f.storageAck[ds] = t
+		}
+	}
+	for vm, e := range m.Fenced {
+		f.fenced[vm] = e
+	}
+	if m.PeersOK > 0 && m.PeersOK <= now {
+		f.peersOK = m.PeersOK
+	}
 	return nil
 }
 
+// bootID identifies this boot of the machine.
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
 // runStorageHeartbeats sends datastore heartbeats and records the answers.
+// The first round goes out at once: a restarted agent's inherited storage
+// lease is short.
 func (a *Agent) runStorageHeartbeats(ctx context.Context) {
 	if len(a.cfg.Arbiters) == 0 {
 		return
 	}
-	t := time.NewTicker(a.cfg.Fence.StorageInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	round := func() {
 		lease, _, _ := a.lease.state()
 		vms := a.runningForArbiter()
 		var wg sync.WaitGroup
@@ -197,8 +229,13 @@ func (a *Agent) runStorageHeartbeats(ctx context.Context) {
 			}()
 		}
 		wg.Wait()
+		if err := a.fence.save(a.fenceMemoryPath()); err != nil {
+			a.log.Warn("cannot save what self-fencing knows", "err", err)
+		}
 		a.reportStorage(ctx)
 	}
+	round()
+	every(ctx, a.cfg.Fence.StorageInterval, round)
 }
 
 // reportStorage writes this host's unreachable datastores to etcd when the
@@ -285,53 +322,50 @@ func (a *Agent) runningForArbiter() []ArbiterVM {
 // is isolated; one that can but has no etcd leader sees a control-plane
 // outage, which must not kill its VMs.
 func (a *Agent) runPeerProbe(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Fence.PeerInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	a.probePeers(ctx)
+	every(ctx, a.cfg.Fence.PeerInterval, func() { a.probePeers(ctx) })
+}
+
+// probePeers is one round of runPeerProbe.
+func (a *Agent) probePeers(ctx context.Context) {
+	a.fence.mu.Lock()
+	hosts := make(map[string]string, len(a.fence.hosts))
+	for k, v := range a.fence.hosts {
+		hosts[k] = v
+	}
+	a.fence.mu.Unlock()
+	if len(hosts) == 0 {
+		return // no snapshot yet: unknown peers count as unreachable
+	}
+	start := boottime()
+	var mu sync.Mutex
+	reached := 1 // this host
+	var wg sync.WaitGroup
+	for _, url := range hosts {
+		ep, err := endpoint.Parse(url)
+		if err != nil || ep.Network != "tcp" {
+			continue
 		}
-		a.fence.mu.Lock()
-		hosts := make(map[string]string, len(a.fence.hosts))
-		for k, v := range a.fence.hosts {
-			hosts[k] = v
-		}
-		a.fence.mu.Unlock()
-		if len(hosts) == 0 {
-			continue // no snapshot yet: unknown peers count as unreachable
-		}
-		start := boottime()
-		var mu sync.Mutex
-		reached := 1 // this host
-		var wg sync.WaitGroup
-		for _, url := range hosts {
-			ep, err := endpoint.Parse(url)
-			if err != nil || ep.Network != "tcp" {
-				continue
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, a.cfg.Fence.PeerInterval)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(pctx, http.MethodGet, ep.BaseURL()+"/healthz", nil)
+			resp, err := a.peerHTTP.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				mu.Lock()
+				reached++
+				mu.Unlock()
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				pctx, cancel := context.WithTimeout(ctx, a.cfg.Fence.PeerInterval)
-				defer cancel()
-				req, _ := http.NewRequestWithContext(pctx, http.MethodGet, ep.BaseURL()+"/healthz", nil)
-				resp, err := a.peerHTTP.Do(req)
-				if err == nil {
-					resp.Body.Close()
-					mu.Lock()
-					reached++
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		if reached*2 > len(hosts)+1 {
-			a.fence.mu.Lock()
-			a.fence.peersOK = start
-			a.fence.mu.Unlock()
-		}
+		}()
+	}
+	wg.Wait()
+	if reached*2 > len(hosts)+1 {
+		a.fence.mu.Lock()
+		a.fence.peersOK = start
+		a.fence.mu.Unlock()
 	}
 }
 

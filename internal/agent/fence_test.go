@@ -81,6 +81,10 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	if before.learn(snap, "h1") {
 		t.Fatal("same snapshot reported as a change")
 	}
+	acked := boottime() - 300*time.Millisecond
+	before.storageAck["shared"] = acked
+	before.fenced["old"] = 4
+	before.peersOK = acked
 	if err := before.save(path); err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +98,18 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	}
 	if got := after.hosts; len(got) != 1 || got["h2"] != "http://10.1.1.2:7481" {
 		t.Errorf("peers after restart = %v, want only h2", got)
+	}
+	// The leases carry over exactly: the storage lease still counts from
+	// the previous process's acknowledged send.
+	if after.storageAck["shared"] != acked || after.peersOK != acked || after.fenced["old"] != 4 {
+		t.Errorf("leases after restart: storage %v peers %v fenced %v, want %v %v 4", after.storageAck["shared"], after.peersOK, after.fenced["old"], acked, acked)
+	}
+	fc := DefaultFenceConfig()
+	if !after.storageLeaseValid(acked+100*time.Millisecond, []string{"shared"}, map[string]Arbiter{"shared": nil}, fc) {
+		t.Error("inherited storage lease not valid 100 ms after its send")
+	}
+	if after.storageLeaseValid(acked+fc.StorageTTL, []string{"shared"}, map[string]Arbiter{"shared": nil}, fc) {
+		t.Error("inherited storage lease still valid past StorageTTL")
 	}
 	if err := newFencer().load(filepath.Join(t.TempDir(), "missing.json")); err != nil {
 		t.Errorf("a first start has no memory and that is not an error: %v", err)
