@@ -149,14 +149,22 @@ func (f *fencer) save(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
-		return fmt.Errorf("fence memory: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := replaceFile(path, b); err != nil {
 		return fmt.Errorf("fence memory: %w", err)
 	}
 	return nil
+}
+
+// replaceFile writes a file whole or not at all (a write to a temporary
+// name, then a rename), for the state a restarted agent reads. No fsync:
+// only an agent crash needs it, and the page cache survives that; a host
+// crash takes the VMs with it.
+func replaceFile(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // load restores what a previous agent process saved, if it ran since this
@@ -373,6 +381,8 @@ func (a *Agent) probePeers(ctx context.Context) {
 type verdict struct {
 	kill   bool
 	reason string
+	// fenced: the storage fenced the VM (rule 1), rather than a lease lapse.
+	fenced bool
 }
 
 // decide is the self-fencing rule, kept pure for its table test. An HA VM
@@ -383,7 +393,7 @@ type verdict struct {
 func decide(etcdOK bool, p vmPolicy, running driver.Status, fencedEpoch int64, storageOK, peersOK bool) verdict {
 	switch {
 	case fencedEpoch >= running.Epoch && fencedEpoch > 0:
-		return verdict{true, fmt.Sprintf("fenced at the storage (epoch %d)", fencedEpoch)}
+		return verdict{true, fmt.Sprintf("fenced at the storage (epoch %d)", fencedEpoch), true}
 	case !p.HA:
 		return verdict{} // the leader never restarts a non-HA VM elsewhere
 	case etcdOK:
@@ -393,9 +403,9 @@ func decide(etcdOK bool, p vmPolicy, running driver.Status, fencedEpoch int64, s
 	case storageOK && peersOK:
 		return verdict{}
 	case !storageOK:
-		return verdict{true, "host lease and storage lease both lapsed"}
+		return verdict{kill: true, reason: "host lease and storage lease both lapsed"}
 	default:
-		return verdict{true, "host is isolated (lease lapsed, no majority of hosts reachable); isolation response power-off"}
+		return verdict{kill: true, reason: "host is isolated (lease lapsed, no majority of hosts reachable); isolation response power-off"}
 	}
 }
 
@@ -428,8 +438,8 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 	f.mu.Lock()
 	peersOK := f.peersOK > 0 && now-f.peersOK < fc.StorageTTL
 	type victim struct {
-		name, reason string
-		fenced       bool
+		name string
+		verdict
 	}
 	var kills []victim
 	for _, st := range a.drv.List() {
@@ -442,7 +452,7 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 		}
 		v := decide(etcdOK, p, st, f.fenced[st.Name], f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK)
 		if v.kill {
-			kills = append(kills, victim{st.Name, v.reason, f.fenced[st.Name] >= st.Epoch && f.fenced[st.Name] > 0})
+			kills = append(kills, victim{st.Name, v})
 		}
 	}
 	f.mu.Unlock()

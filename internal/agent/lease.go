@@ -74,14 +74,11 @@ func (k *leaseKeeper) load() {
 }
 
 // persist records the lease and its last acknowledged send time for a
-// restarted agent (see load). No fsync: only an agent crash needs it, and
-// the page cache survives that; a host crash takes the VMs with it.
+// restarted agent (see load). A failed write leaves the previous record,
+// which only makes a restarted agent fence sooner.
 func (k *leaseKeeper) persist() {
 	id, sent, _ := k.state()
-	tmp := k.idFile + ".tmp"
-	if os.WriteFile(tmp, []byte(fmt.Sprintf("%d %d\n", int64(id), int64(sent))), 0o640) == nil {
-		_ = os.Rename(tmp, k.idFile)
-	}
+	_ = replaceFile(k.idFile, []byte(fmt.Sprintf("%d %d\n", int64(id), int64(sent))))
 }
 
 // acquire resumes the lease recorded by a previous agent process if etcd

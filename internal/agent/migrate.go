@@ -188,6 +188,11 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 // resumeIncoming resumes the destination after the cut-over. In post-copy
 // the flip comes first, so it waits until the source has switched.
 func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, source string, rep *store.MigrationTarget) {
+	fail := func(why string) {
+		rep.Phase, rep.Error = "failed", why
+		a.reportTarget(ctx, name, rep)
+		_ = a.drv.Kill(ctx, name)
+	}
 	deadline := time.Now().Add(2 * time.Minute)
 	postcopy := false
 	for time.Now().Before(deadline) {
@@ -197,26 +202,20 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, s
 			break
 		}
 		if err == nil && (info.Status == "failed" || info.Status == "postcopy-paused") {
-			rep.Phase, rep.Error = "failed", "incoming migration "+info.Status
-			a.reportTarget(ctx, name, rep)
-			_ = a.drv.Kill(ctx, name)
+			fail("incoming migration " + info.Status)
 			return
 		}
 		if !a.hostAlive(source) {
 			// The placement is already here but the source died before it
 			// finished (or switched to post-copy): its state is gone, and
 			// QEMU would notice only when TCP gives up.
-			rep.Phase, rep.Error = "failed", "source host "+source+" failed (lease expired) before the migration finished"
-			a.reportTarget(ctx, name, rep)
-			_ = a.drv.Kill(ctx, name)
+			fail("source host " + source + " failed (lease expired) before the migration finished")
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	if err := mig.FinishIncoming(ctx, name); err != nil {
-		rep.Phase, rep.Error = "failed", err.Error()
-		a.reportTarget(ctx, name, rep)
-		_ = a.drv.Kill(ctx, name)
+		fail(err.Error())
 		return
 	}
 	rep.Phase = "resumed"
@@ -379,18 +378,15 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 			continue
 		}
 		fillProgress(&rep.Progress, info)
-		status := info.Status
-		if status == "postcopy-active" && !a.hostAlive(p.Target) {
-			// QEMU would notice the dead destination only when TCP gives
-			// up; its lease expiring is the earlier sign, and until this
-			// copy is gone the leader's HA restart cannot start here.
-			status = "postcopy-paused"
-		}
-		switch status {
-		case "completed":
+		// QEMU would notice a dead post-copy destination only when TCP
+		// gives up; its lease expiring is the earlier sign, and until this
+		// copy is gone the leader's HA restart cannot start here.
+		lostTarget := info.Status == "postcopy-active" && !a.hostAlive(p.Target)
+		switch {
+		case info.Status == "completed":
 			a.finishSource(ctx, mig, v, p, rep, info)
 			return
-		case "postcopy-paused", "postcopy-recover-setup":
+		case lostTarget || info.Status == "postcopy-paused" || info.Status == "postcopy-recover-setup":
 			// The destination (which runs the VM since the switch) is gone:
 			// the VM's state is split and cannot be rebuilt here. This copy
 			// is stopped and stale; HA restarts the VM from its disks.
@@ -399,12 +395,12 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 			_ = a.drv.Destroy(name)
 			fail("failed", errors.New("post-copy lost the destination; the VM restarts from its disks"))
 			return
-		case "failed":
+		case info.Status == "failed":
 			a.endMirrors(ctx, mig, name, p, true)
 			_ = mig.ResumeSource(ctx, name)
 			fail("failed", fmt.Errorf("QEMU: %s", orDefault(info.Error, "migration failed")))
 			return
-		case "cancelled":
+		case info.Status == "cancelled":
 			a.endMirrors(ctx, mig, name, p, true)
 			fail("cancelled", errors.New("cancelled"))
 			return

@@ -268,12 +268,7 @@ func (a *Agent) busyWith(name string) string {
 	return a.busy[name]
 }
 
-func (a *Agent) isBusy(name string) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	_, ok := a.busy[name]
-	return ok
-}
+func (a *Agent) isBusy(name string) bool { return a.busyWith(name) != "" }
 
 // do runs one operation on a VM in the background; at most one runs per VM,
 // and the agent reconciles again when it ends.

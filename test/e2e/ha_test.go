@@ -30,6 +30,22 @@ func haGuest(t *testing.T, l *testenv.Lab, name string, edit func(*spec.VM)) (ap
 	return v, g
 }
 
+// haGuestOnLeader starts an HA guest on the host that runs the Vigil
+// leader: the cases where the failing host also runs the control plane.
+func haGuestOnLeader(t *testing.T, l *testenv.Lab, name string) (api.VM, *guestclient.Client) {
+	t.Helper()
+	cl, err := l.Client.Cluster(context.Background())
+	if err != nil || cl.VigilLeader == "" {
+		t.Fatalf("no Vigil leader: %+v %v", cl, err)
+	}
+	v, g := haGuest(t, l, name, func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{cl.VigilLeader} })
+	if v.Host != cl.VigilLeader {
+		t.Fatalf("test setup: VM on %s, leader %s", v.Host, cl.VigilLeader)
+	}
+	t.Logf("%s on %s: Vigil leader %s, etcd leader %s", name, v.Host, cl.VigilLeader, cl.EtcdLeader)
+	return v, g
+}
+
 func movedFrom(host string) func(api.VM) bool {
 	return func(v api.VM) bool { return v.State == "running" && v.Host != "" && v.Host != host }
 }
@@ -218,14 +234,7 @@ func TestStorageCut_MovesVMAndRaisesAlarm(t *testing.T) {
 	// The VM runs on the leader's host: the leader, which must fence at the
 	// storage before the restart, is the one that lost the storage. It has
 	// to give way to a host that can fence.
-	cl, err := l.Client.Cluster(context.Background())
-	if err != nil || cl.VigilLeader == "" {
-		t.Fatalf("no Vigil leader: %+v %v", cl, err)
-	}
-	v, g := haGuest(t, l, "scut1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{cl.VigilLeader} })
-	if v.Host != cl.VigilLeader {
-		t.Fatalf("test setup: VM on %s, leader %s", v.Host, cl.VigilLeader)
-	}
+	v, g := haGuestOnLeader(t, l, "scut1")
 	w := check.StartWriter(g, v.IP, 100*time.Millisecond)
 	time.Sleep(time.Second)
 	t0 := time.Now()
@@ -257,12 +266,7 @@ func TestAgentCrash_NoFailoverAndReattach(t *testing.T) {
 	// The hardest case: the agent's process also runs the Vigil leader (and
 	// usually the etcd leader), so the restarted agent must resume its lease
 	// while the cluster elects new leaders.
-	cl, err := l.Client.Cluster(context.Background())
-	if err != nil || cl.VigilLeader == "" {
-		t.Fatalf("no Vigil leader: %+v %v", cl, err)
-	}
-	v, g := haGuest(t, l, "agt1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{cl.VigilLeader} })
-	t.Logf("VM on %s; Vigil leader %s, etcd leader %s", v.Host, cl.VigilLeader, cl.EtcdLeader)
+	v, g := haGuestOnLeader(t, l, "agt1")
 	pids := check.QEMUProcs("agt1")
 	before, err := g.Counter(context.Background(), v.IP)
 	if err != nil {
@@ -368,14 +372,7 @@ func TestGuestHang_ResetsVM(t *testing.T) {
 func TestLeaderCrash_NewLeaderFailsOver(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	ctx := context.Background()
-	cl, err := l.Client.Cluster(ctx)
-	if err != nil || cl.VigilLeader == "" {
-		t.Fatalf("no Vigil leader: %+v %v", cl, err)
-	}
-	v, g := haGuest(t, l, "ldr1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{cl.VigilLeader} })
-	if v.Host != cl.VigilLeader {
-		t.Fatalf("test setup: VM on %s, leader %s", v.Host, cl.VigilLeader)
-	}
+	v, g := haGuestOnLeader(t, l, "ldr1")
 	w := check.StartWriter(g, v.IP, 100*time.Millisecond)
 	time.Sleep(time.Second)
 	t0 := time.Now()
