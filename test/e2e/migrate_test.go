@@ -94,6 +94,7 @@ func TestMigrate_SharedStorage_ClientNeverSeesAReset(t *testing.T) {
 	p := startProber(g, v.IP, 10*time.Millisecond)
 	sampler := check.StartSampler([]string{"mig1"}, 20*time.Millisecond)
 	time.Sleep(time.Second)
+	t0 := time.Now()
 	out, err := l.Vigil("vm", "migrate", "mig1", "--to", to)
 	if err != nil {
 		t.Fatalf("vm migrate: %v\n%s", err, out)
@@ -116,6 +117,11 @@ func TestMigrate_SharedStorage_ClientNeverSeesAReset(t *testing.T) {
 	}
 	t.Logf("longest client gap %s over %d answers; at most %d QEMUs at once (source and paused destination overlap by design)", gap, answers, max)
 	assertCleanCutover(t, l, "mig1")
+	// A normal migration ends the source quietly: the operator's event log
+	// must not show it as a host that fenced itself.
+	if evs := l.Events(t0); hasEvent(evs, "host.self-fence", "mig1") {
+		t.Errorf("a normal migration logged a self-fence:\n%s", testenv.Timeline(evs))
+	}
 }
 
 // assertCleanCutover fails if the source ever resumed after a successful
@@ -392,7 +398,10 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 			if err := l.Crash(context.Background(), victim); err != nil {
 				t.Fatal(err)
 			}
-			after := l.WaitVM(name, 3*time.Minute, "running on a live host", func(x api.VM) bool { return x.State == "running" && x.Host != victim })
+			// Generous, but far below TCP's retransmission timeout: a side
+			// that waits for its socket to fail instead of the dead peer's
+			// lease misses it (it took 154 s in post-copy before).
+			after := l.WaitVM(name, time.Minute, "running on a live host", func(x api.VM) bool { return x.State == "running" && x.Host != victim })
 			placed := time.Since(crashed)
 			l.WaitAnswering(g, v.IP, recoveryLimit)
 			waitOneQEMU(t, name, 30*time.Second)
