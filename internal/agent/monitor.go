@@ -36,6 +36,23 @@ func (a *Agent) restartsOf(v *store.VMState) []time.Time {
 	return nil
 }
 
+// inheritRestarts carries the VM's restart history over from the status
+// its previous host wrote: the restart limit counts per VM, so a VM that
+// HA moved after failing to start here does not start over with a fresh
+// budget on the next host. What another host wrote is newer than what
+// this agent remembers from an earlier stay of the VM.
+func (a *Agent) inheritRestarts(v *store.VMState) {
+	if v.Status == nil {
+		return
+	}
+	name := v.Record.Name()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.restartLog[name]; !ok || v.Status.Host != a.cfg.Host {
+		a.restartLog[name] = v.Status.Restarts
+	}
+}
+
 func (a *Agent) setRestarts(name string, r []time.Time) {
 	a.mu.Lock()
 	a.restartLog[name] = r

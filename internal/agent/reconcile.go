@@ -169,6 +169,11 @@ func (a *Agent) reportExit(ctx context.Context, v *store.VMState, ls driver.Stat
 // harmlessly when the placement moved meanwhile.
 func (a *Agent) putStatus(ctx context.Context, v *store.VMState, st *store.VMStatus) {
 	st.Host, st.Epoch, st.UpdatedAt = a.cfg.Host, v.Placement.Epoch, time.Now()
+	if st.Restarts == nil && st.State != store.StateDeleted {
+		a.mu.Lock()
+		st.Restarts = a.restartLog[v.Record.Name()]
+		a.mu.Unlock()
+	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := a.st.PutStatus(wctx, v.Record.Name(), v.PlacementRev, st); err != nil {
@@ -182,6 +187,7 @@ func (a *Agent) putStatus(ctx context.Context, v *store.VMState, st *store.VMSta
 func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[string]*store.Network) {
 	rec := v.Record
 	name := rec.Name()
+	a.inheritRestarts(v)
 	a.putStatus(ctx, v, &store.VMStatus{State: store.StateStarting, StartRequest: rec.StartRequest})
 	a.event(ctx, store.EvVMStarting, name, fmt.Sprintf("starting (epoch %d)", v.Placement.Epoch))
 	fail := func(err error) {

@@ -3,6 +3,7 @@
 package hostnet
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -76,11 +78,46 @@ func TapName(vm string, index int) string {
 	return fmt.Sprintf("vt%sn%d", hex.EncodeToString(sum[:4]), index)
 }
 
+// tapBusyWait bounds how long OpenTap waits for a tap of the same name to
+// go away. The kernel detaches a dead QEMU's tap a moment after its exit
+// becomes visible (the last close of the descriptor is deferred work), so
+// a restart right after a crash finds the old device still attached for
+// a few milliseconds. A tap that stays busy longer belongs to a live
+// process, and the start must fail rather than take it over.
+const tapBusyWait = 5 * time.Second
+
 // OpenTap creates tap device name inside namespace nsName, enslaves it to
 // bridge and brings it up, and returns its descriptor for QEMU (-netdev
 // tap,fd=N). The tap is not persistent: it disappears when the last
 // descriptor closes, i.e. when QEMU exits, so a crashed VM leaves nothing.
-func OpenTap(nsName, bridge, name string) (*os.File, error) {
+// If a tap of that name is still attached, it waits up to tapBusyWait for
+// it to go away.
+func OpenTap(ctx context.Context, nsName, bridge, name string) (*os.File, error) {
+	deadline := time.Now().Add(tapBusyWait)
+	for {
+		tap, err := createTap(nsName, name)
+		if err == nil {
+			if err := attach(nsName, bridge, name); err != nil {
+				tap.Close()
+				return nil, err
+			}
+			return tap, nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			if errors.Is(err, unix.EBUSY) {
+				return nil, fmt.Errorf("%w (still attached after %s: another process holds it)", err, tapBusyWait)
+			}
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for tap %s to be released: %w", name, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func createTap(nsName, name string) (*os.File, error) {
 	var tap *os.File
 	err := inNetns(nsName, func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
@@ -100,14 +137,7 @@ func OpenTap(nsName, bridge, name string) (*os.File, error) {
 		tap = os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := attach(nsName, bridge, name); err != nil {
-		tap.Close()
-		return nil, err
-	}
-	return tap, nil
+	return tap, err
 }
 
 func attach(nsName, bridge, name string) error {

@@ -316,7 +316,7 @@ func TestQEMUCrash_RestartsOnSameHostThenGivesUp(t *testing.T) {
 				return x.State == "running" && x.PID != 0 && x.PID != pids[0]
 			})
 			if after.Host != v.Host {
-				t.Errorf("round %d: restarted on %s, want the same host %s first", i, after.Host, v.Host)
+				t.Errorf("round %d: restarted on %s, want the same host %s first; timeline:\n%s", i, after.Host, v.Host, testenv.Timeline(l.Events(t0)))
 			}
 			l.WaitAnswering(g, v.IP, bootLimit)
 			continue

@@ -231,7 +231,7 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 		}
 	}()
 	for i, n := range cfg.NICs {
-		tap, err := hostnet.OpenTap(n.Netns, n.Bridge, hostnet.TapName(cfg.Name, i))
+		tap, err := hostnet.OpenTap(ctx, n.Netns, n.Bridge, hostnet.TapName(cfg.Name, i))
 		if err != nil {
 			return nil, fmt.Errorf("start %s: nic %d: %w", cfg.Name, i, err)
 		}
