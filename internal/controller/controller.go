@@ -61,6 +61,9 @@ func (m *Manager) Run(ctx context.Context) {
 		case <-watch:
 		case <-timer.C:
 		}
+		if ctx.Err() != nil {
+			return // the term ended while a wakeup was pending
+		}
 		sctx, scancel := context.WithTimeout(ctx, time.Second)
 		snap, err := m.st.Snapshot(sctx)
 		scancel()

@@ -243,6 +243,19 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 			sleep(ctx, 200*time.Millisecond)
 			continue
 		}
+		select {
+		case <-sess.Done():
+			// The session lapsed on the client while the campaign waited
+			// (its keepalives go unanswered while etcd elects a leader of
+			// its own): a term begun now would end at once. Start over.
+			s.log.Debug("won the election on a lapsed session; campaigning again")
+			rctx, rcancel := context.WithTimeout(ctx, time.Second)
+			_ = el.Resign(rctx)
+			rcancel()
+			sess.Close()
+			continue
+		default:
+		}
 		s.log.Info("elected leader; starting controllers")
 		_ = st.Emit(ctx, store.Event{Type: "leader.elected", Host: s.cfg.Name, Message: "became the control-plane leader"})
 		lctx, cancel := context.WithCancel(ctx)
