@@ -187,7 +187,10 @@ func (d *Driver) Start(ctx context.Context, cfg *driver.VMConfig) (driver.Status
 		delete(d.vms, cfg.Name)
 	}
 	// Hold a placeholder so that a concurrent Start of the same VM fails.
-	placeholder := &instance{name: cfg.Name, status: driver.Status{Name: cfg.Name, Running: true}}
+	// It carries the epoch: self-fencing compares it with the host's
+	// storage fences, and an older fence of this VM on this host must not
+	// look as if it covered the start in progress.
+	placeholder := &instance{name: cfg.Name, status: driver.Status{Name: cfg.Name, Epoch: cfg.Epoch, Running: true}}
 	d.vms[cfg.Name] = placeholder
 	d.mu.Unlock()
 
