@@ -160,9 +160,8 @@ func (k *leaseKeeper) run(ctx context.Context) {
 		if lost {
 			continue // the agent re-acquires; nothing to renew
 		}
-		sent := boottime()
 		rctx, cancel := context.WithTimeout(ctx, k.interval)
-		resp, err := k.c.KeepAliveOnce(rctx, id)
+		sent, resp, err := k.renew(rctx, id)
 		cancel()
 		switch {
 		case err == nil && resp.TTL > 0:
@@ -183,6 +182,23 @@ func (k *leaseKeeper) run(ctx context.Context) {
 			k.log.Debug("lease renewal failed", "err", err, "since_ack", boottime()-k.lastAck())
 		}
 	}
+}
+
+// renew sends one renewal, hedged so that a request stuck on a dead etcd
+// member does not cost the host its lease: a renewal is idempotent. It
+// returns the send time of the renewal that was acknowledged, which is
+// what bounds the lease's validity.
+func (k *leaseKeeper) renew(ctx context.Context, id clientv3.LeaseID) (time.Duration, *clientv3.LeaseKeepAliveResponse, error) {
+	type renewal struct {
+		sent time.Duration
+		resp *clientv3.LeaseKeepAliveResponse
+	}
+	r, err := hedged(ctx, hedgeAfter, func(ctx context.Context) (renewal, error) {
+		sent := boottime()
+		resp, err := k.c.KeepAliveOnce(ctx, id)
+		return renewal{sent, resp}, err
+	})
+	return r.sent, r.resp, err
 }
 
 func (k *leaseKeeper) lastAck() time.Duration {

@@ -15,11 +15,7 @@ import (
 // level-triggered: it re-reads everything each time, so a missed watch
 // event costs nothing but latency.
 func (a *Agent) reconcile(ctx context.Context) error {
-	// A member that is frozen answers nothing; a bounded read fails and the
-	// next one goes to another member.
-	sctx, cancel := context.WithTimeout(ctx, time.Second)
-	snap, err := a.st.Snapshot(sctx)
-	cancel()
+	snap, err := a.readState(ctx)
 	if err != nil {
 		return err
 	}
@@ -56,6 +52,16 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		})
 	}
 	return nil
+}
+
+// readState reads the cluster state within a second, hedged: a frozen or
+// crashed member answers nothing, and the hedge reaches another one. Both
+// reads are linearizable, so whichever answers first is as good as the
+// other.
+func (a *Agent) readState(ctx context.Context) (*store.Snapshot, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return hedged(ctx, hedgeAfter, a.st.Snapshot)
 }
 
 func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.VMState, ls driver.Status, have bool) {
@@ -188,9 +194,18 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 	rec := v.Record
 	name := rec.Name()
 	a.inheritRestarts(v)
-	a.putStatus(ctx, v, &store.VMStatus{State: store.StateStarting, StartRequest: rec.StartRequest})
+	// "starting" is for people watching, and the start does not wait for
+	// it: a write that went to a dead etcd member would hold a failover
+	// back until gRPC gives up on the connection. The outcome is written
+	// after it, so a late "starting" never overwrites "running".
+	starting := make(chan struct{})
+	go func() {
+		defer close(starting)
+		a.putStatus(ctx, v, &store.VMStatus{State: store.StateStarting, StartRequest: rec.StartRequest})
+	}()
 	a.event(ctx, store.EvVMStarting, name, fmt.Sprintf("starting (epoch %d)", v.Placement.Epoch))
 	fail := func(err error) {
+		<-starting
 		a.putStatus(ctx, v, &store.VMStatus{State: store.StateFailed, Reason: "start-failed", Message: err.Error(), StartRequest: rec.StartRequest})
 		a.event(ctx, store.EvVMFailed, name, "start failed: "+err.Error())
 	}
@@ -208,6 +223,7 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 	a.monitorSince[name] = time.Now()
 	delete(a.hangAlarm, name)
 	a.mu.Unlock()
+	<-starting
 	a.putStatus(ctx, v, a.runningStatus(rec, ls))
 	a.event(ctx, store.EvVMRunning, name, fmt.Sprintf("running: QEMU pid %d (%s)", ls.PID, ls.Accel))
 }
