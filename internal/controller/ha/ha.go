@@ -50,6 +50,15 @@ type HeartbeatVM struct {
 type Config struct {
 	// Grace is waited after a lease expires before acting on it.
 	Grace time.Duration
+	// IsolationGrace is waited, after a lease expired, before fencing a
+	// VM that its host's datastore heartbeat still shows running. A host
+	// that is really isolated kills such VMs itself (power-off response)
+	// before the leader sees its lease expire; one that is alive and
+	// connected gets its lease back within this time. The second case
+	// happens: an etcd leader that was paused (a frozen host) revokes,
+	// when it wakes, leases that expired in its stale view, and its
+	// proposals are forwarded to the real leader (etcd-io/etcd#15247).
+	IsolationGrace time.Duration
 	// StorageStale is the age after which a datastore heartbeat no longer
 	// shows the host alive; it must be at least the agents' storage TTL.
 	StorageStale time.Duration
@@ -63,7 +72,7 @@ type Config struct {
 
 // DefaultConfig matches the agents' defaults (docs/ha.md).
 func DefaultConfig() Config {
-	return Config{Grace: 200 * time.Millisecond, StorageStale: 1500 * time.Millisecond, SuspectAfter: 750 * time.Millisecond,
+	return Config{Grace: 200 * time.Millisecond, IsolationGrace: 2 * time.Second, StorageStale: 1500 * time.Millisecond, SuspectAfter: 750 * time.Millisecond,
 		ClassTimeout: 30 * time.Second, DependencyTimeout: 60 * time.Second}
 }
 
@@ -289,6 +298,8 @@ func (c *Controller) failover(ctx context.Context, p *pass, v *store.VMState, re
 		c.sayOnce(ctx, "vm:"+name, "left-running", store.Event{Type: store.EvHostIsolated, VM: name, Host: host,
 			Message: fmt.Sprintf("host %s is isolated but alive (datastore heartbeat fresh); isolation response leave-running: not restarting", host)})
 		return nil
+	case alive && stillRuns && c.now().Sub(c.down[host]) < c.cfg.IsolationGrace:
+		return nil // the lease may come back (see IsolationGrace)
 	case alive && stillRuns:
 		// Fence now so the isolated host learns it at its next heartbeat and
 		// kills the VM; restart only once it reports the VM gone.
