@@ -46,11 +46,9 @@ func hedged[T any](ctx context.Context, after time.Duration, call func(context.C
 			if pending == 0 {
 				return failed.v, failed.err
 			}
-		case <-hedge.C:
-			if pending == 1 {
-				pending++
-				go run()
-			}
+		case <-hedge.C: // fires once, while the first call is still out
+			pending++
+			go run()
 		}
 	}
 }

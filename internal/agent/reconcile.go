@@ -144,14 +144,12 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 	}
 }
 
+// runningStatus is the status of a running VM; putStatus adds the
+// restart history.
 func (a *Agent) runningStatus(rec *store.VMRecord, ls driver.Status) *store.VMStatus {
-	a.mu.Lock()
-	restarts := a.restartLog[rec.Name()]
-	a.mu.Unlock()
 	return &store.VMStatus{
 		State: store.StateRunning, PID: ls.PID, Accel: ls.Accel,
 		StartedAt: ls.StartedAt, HeartbeatAt: ls.LastHeartbeat, StartRequest: rec.StartRequest,
-		Restarts: restarts,
 	}
 }
 

@@ -249,10 +249,7 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 			// (its keepalives go unanswered while etcd elects a leader of
 			// its own): a term begun now would end at once. Start over.
 			s.log.Debug("won the election on a lapsed session; campaigning again")
-			rctx, rcancel := context.WithTimeout(ctx, time.Second)
-			_ = el.Resign(rctx)
-			rcancel()
-			sess.Close()
+			endTerm(el, sess)
 			continue
 		default:
 		}
@@ -293,12 +290,18 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 		m := controller.NewManager(st, s.log, 2*time.Second, rs...)
 		m.Run(lctx)
 		cancel()
-		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
-		_ = el.Resign(rctx)
-		rcancel()
-		sess.Close()
+		endTerm(el, sess)
 		s.log.Info("leadership ended")
 	}
+}
+
+// endTerm gives up the election key (bounded: etcd may be unreachable,
+// and the session's expiry frees the key anyway) and closes the session.
+func endTerm(el *concurrency.Election, sess *concurrency.Session) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_ = el.Resign(ctx)
+	cancel()
+	sess.Close()
 }
 
 func sleep(ctx context.Context, d time.Duration) {
