@@ -22,6 +22,7 @@ import (
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
+	"github.com/vigilha/vigil/internal/watchdog"
 )
 
 // Config configures an agent.
@@ -53,12 +54,35 @@ type Config struct {
 	Arbiters map[string]Arbiter
 	// Fence is the self-fencing timing.
 	Fence FenceConfig
+	// WatchdogSocket is the watchdog feeder's socket (`vigil watchdog`);
+	// empty when the host has no watchdog.
+	WatchdogSocket string
+	// BootIDFile overrides the kernel's boot id (the lab gives each of its
+	// hosts one, changed by every lab reset).
+	BootIDFile string
+	// ShutdownPolicy is what a graceful stop does while restartable VMs
+	// run here: ShutdownKeepArmed or ShutdownMigrate.
+	ShutdownPolicy string
 	// DebugCutoverDelay holds a migration destination between the
 	// placement flip and its resume. Fault injection for tests only.
 	DebugCutoverDelay time.Duration
 	Version           string
 	Log               *slog.Logger
 }
+
+// Shutdown policies: what a graceful stop of the agent does while it runs
+// restartable VMs (Proxmox's shutdown policy plays the same role).
+const (
+	// ShutdownKeepArmed stops the agent and leaves the VMs running with the
+	// watchdog armed: an agent back within the restart window carries on,
+	// otherwise the watchdog resets the host before HA restarts its VMs
+	// elsewhere. The right policy for restarts and upgrades of the agent.
+	ShutdownKeepArmed = "keep-armed"
+	// ShutdownMigrate puts the host in maintenance mode first: its VMs
+	// move away by live migration, then the watchdog is disarmed and the
+	// agent stops. VMs that cannot move keep running, watchdog armed.
+	ShutdownMigrate = "migrate"
+)
 
 // DefaultVCPUsPerCPU is the vCPU overcommit a host offers when its CPU
 // capacity is not declared. Memory is never overcommitted.
@@ -77,8 +101,15 @@ type Agent struct {
 	peerHTTP *http.Client
 	evq      chan store.Event
 
+	wd   *armer
 	mu   sync.Mutex
 	busy map[string]string // vm -> operation in flight
+	// slowUntil: some etcd member stopped answering recently.
+	slowUntil time.Time
+	// killing are the VMs self-fencing is killing.
+	killing map[string]bool
+	// hostRec is the host record last written to etcd.
+	hostRec *store.Host
 	// lastSnap is the last snapshot reconcile read (for the guest monitor).
 	lastSnap *store.Snapshot
 	// restartLog, monitorSince and hangAlarm are VM monitoring's memory.
@@ -117,19 +148,26 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	switch cfg.ShutdownPolicy {
+	case "":
+		cfg.ShutdownPolicy = ShutdownKeepArmed
+	case ShutdownKeepArmed, ShutdownMigrate:
+	default:
+		return nil, fmt.Errorf("agent: shutdown policy %q: must be %s or %s", cfg.ShutdownPolicy, ShutdownKeepArmed, ShutdownMigrate)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("agent data directory: %w", err)
 	}
 	log := cfg.Log.With("host", cfg.Host)
-	return &Agent{
+	a := &Agent{
 		cfg:      cfg,
 		st:       store.New(cfg.Etcd),
 		drv:      cfg.Driver,
 		log:      log,
-		lease:    newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), log),
 		kick:     make(chan struct{}, 1),
 		busy:     map[string]string{},
-		fence:    newFencer(),
+		killing:  map[string]bool{},
+		wd:       newArmer(cfg.WatchdogSocket, cfg.LeaseTTL, cfg.Fence, log),
 		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
 		evq:      make(chan store.Event, 1024),
 
@@ -137,11 +175,28 @@ func New(cfg Config) (*Agent, error) {
 		monitorSince: map[string]time.Time{},
 		hangAlarm:    map[string]bool{},
 		retryAt:      map[string]time.Time{},
-	}, nil
+	}
+	boot := a.bootID()
+	a.lease = newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), boot, log)
+	a.lease.onHedge = a.memberSlow
+	a.fence = newFencer(boot)
+	return a, nil
 }
 
 // Run serves until ctx ends. VMs keep running when it returns.
 func (a *Agent) Run(ctx context.Context) error {
+	a.lease.load()
+	if err := a.fence.load(a.fenceMemoryPath()); err != nil {
+		a.log.Warn("ignoring what a previous agent process learned for self-fencing", "err", err)
+	}
+	// Fencing and the watchdog run before the agent reaches etcd, and
+	// together with reattaching: the driver registers every QEMU it finds
+	// at once (QMP is reconnected in the background, and a QEMU that does
+	// not answer is killed), so the VMs found after a restart are fenced if
+	// the host cannot show it still holds them, and nothing can start a
+	// second copy of one of them meanwhile.
+	go a.runFencing(ctx)
+	go a.wd.run(ctx, func(st watchdog.Status, err error) { a.reportWatchdog(ctx, st, err) })
 	recovered, err := a.drv.Recover(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -152,13 +207,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if p, ok := a.drv.(interface{ StartProbe(context.Context) }); ok {
 		p.StartProbe(ctx)
 	}
-	a.lease.load()
-	if err := a.fence.load(a.fenceMemoryPath()); err != nil {
-		a.log.Warn("ignoring what a previous agent process learned for self-fencing", "err", err)
-	}
-	// Fencing runs before the agent reaches etcd: VMs found after a restart
-	// are fenced if the host cannot show it still holds them.
-	go a.runFencing(ctx)
 	go a.runStorageHeartbeats(ctx)
 	go a.runPeerProbe(ctx)
 	go a.emitEvents(ctx)
@@ -194,16 +242,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
-	for _, st := range recovered {
-		if st.Running {
-			a.event(ctx, store.EvVMReattached, st.Name, fmt.Sprintf("reattached to running QEMU pid %d after agent restart", st.PID))
-		}
-	}
 
 	watch := a.st.Watch(ctx, store.StatePrefix)
 	// The watch can sit on a member that stopped answering (gRPC's
-	// keepalive floor is 10 s), so the loop also re-reads on a short timer.
-	resync := time.NewTicker(2 * time.Second)
+	// keepalive floor is 10 s), so the loop also re-reads on a timer, a
+	// short one while some member does not answer (memberSlow).
+	resync := time.NewTimer(a.resyncEvery())
 	defer resync.Stop()
 	events := a.drv.Events()
 	a.log.Info("agent running", "data_dir", a.cfg.DataDir, "lease_ttl", a.cfg.LeaseTTL)
@@ -214,10 +258,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			a.log.Info("agent stopping; VMs keep running")
+			a.sayStopping()
 			return nil
 		case <-watch:
 		case <-resync.C:
+			resync.Reset(a.resyncEvery())
 		case <-a.kick:
 		case ev := <-events:
 			a.onDriverEvent(ctx, ev)
@@ -288,9 +333,15 @@ func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 		StartedAt:    time.Now(),
 		Version:      a.cfg.Version,
 	}
+	h.Fencing.Watchdog = a.wd.state(a.wd.last())
 	for {
 		err := a.st.PutHost(ctx, h)
 		if err == nil {
+			// A watchdog report racing with this write is written again
+			// by the next report, which compares with hostRec.
+			a.mu.Lock()
+			a.hostRec = h
+			a.mu.Unlock()
 			return nil
 		}
 		a.log.Warn("cannot register host yet", "err", err)
@@ -377,4 +428,69 @@ func (a *Agent) serveHTTP(ctx context.Context) (*http.Server, error) {
 		}
 	}()
 	return srv, nil
+}
+
+// guardedVMs names the restartable VMs running here: those the watchdog
+// guards.
+func (a *Agent) guardedVMs() []string {
+	a.fence.mu.Lock()
+	defer a.fence.mu.Unlock()
+	var out []string
+	for _, st := range a.drv.List() {
+		if p, known := a.fence.policy[st.Name]; st.Running && (!known || p.Restartable) {
+			out = append(out, st.Name)
+		}
+	}
+	return out
+}
+
+// sayStopping logs what a stop leaves behind.
+func (a *Agent) sayStopping() {
+	vms := a.guardedVMs()
+	if len(vms) == 0 || a.wd.c == nil {
+		a.log.Info("agent stopping; VMs keep running")
+		return
+	}
+	a.log.Warn("agent stopping with restartable HA VMs running: the watchdog stays armed; unless an agent is back "+
+		"before its deadline the host is reset before HA restarts them elsewhere (--shutdown-policy=migrate moves them away first)",
+		"vms", vms)
+}
+
+// Drain is the migrate shutdown policy: it puts this host in maintenance
+// mode, so the leader moves its VMs away by live migration, waits until
+// no restartable VM runs here or ctx ends, and then disarms the watchdog.
+// The caller stops the agent afterwards. VMs that could not move keep
+// running, and the watchdog stays armed for them.
+func (a *Agent) Drain(ctx context.Context) error {
+	if a.cfg.ShutdownPolicy != ShutdownMigrate || len(a.guardedVMs()) == 0 {
+		return nil
+	}
+	a.log.Info("shutdown policy migrate: entering maintenance mode to move the VMs away", "vms", a.guardedVMs())
+	if err := a.st.SetMaintenance(ctx, a.cfg.Host, true, store.Maintenance{Since: time.Now(), Reason: "agent stopping (shutdown policy migrate)"}); err != nil {
+		return fmt.Errorf("drain: enter maintenance: %w", err)
+	}
+	a.event(ctx, "host.draining", "", "agent stopping: moving its VMs away (shutdown policy migrate)")
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		left := a.guardedVMs()
+		if len(left) == 0 {
+			break
+		}
+		a.log.Info("draining", "vms_left", left)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %d VMs still here (%v): they keep running with the watchdog armed", len(left), left)
+		case <-t.C:
+		}
+	}
+	if a.wd.c != nil {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := a.wd.c.Disarm(dctx); err != nil {
+			return fmt.Errorf("drain: every VM left, but the watchdog could not be disarmed: %w", err)
+		}
+	}
+	a.log.Info("drained: no restartable VM runs here; watchdog disarmed")
+	return nil
 }

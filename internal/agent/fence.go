@@ -9,12 +9,14 @@ import (
 	"os"
 	"reflect"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/vigilha/vigil/internal/atomicfile"
+	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/hatiming"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -75,6 +77,12 @@ type fencer struct {
 	storageFailSince map[string]time.Time
 	// fenced is, per VM, the highest epoch some datastore fenced us at.
 	fenced map[string]int64
+	// listed is, per datastore and VM, the send time of the last
+	// acknowledged heartbeat that listed the VM: the leader restarts no VM
+	// that a fresh heartbeat lists.
+	listed map[string]map[string]time.Duration
+	// bootID is the boot the saved times belong to.
+	bootID string
 	// peersOK is the boottime at which a majority of hosts last answered.
 	peersOK time.Duration
 	// policy is what the agent last read of each VM: HA, isolation response.
@@ -88,12 +96,17 @@ type fencer struct {
 type vmPolicy struct {
 	HA           bool
 	LeaveRunning bool
-	Datastores   []string
+	// Restartable: HA may restart the VM on another host (HA with a
+	// restart priority, every disk on a shared datastore), so the watchdog
+	// must guard it.
+	Restartable bool
+	Datastores  []string
 }
 
-func newFencer() *fencer {
+func newFencer(bootID string) *fencer {
 	return &fencer{storageAck: map[string]time.Duration{}, storageFailSince: map[string]time.Time{},
-		fenced: map[string]int64{}, policy: map[string]vmPolicy{}, hosts: map[string]string{}}
+		fenced: map[string]int64{}, listed: map[string]map[string]time.Duration{}, policy: map[string]vmPolicy{},
+		hosts: map[string]string{}, bootID: bootID}
 }
 
 // learn updates VM policies and peers from a snapshot, and reports
@@ -105,10 +118,16 @@ func (f *fencer) learn(snap *store.Snapshot, self string) bool {
 	for name, v := range snap.VMs {
 		s := v.Record.VM.Spec
 		var dss []string
+		shared := true
 		for _, d := range s.Disks {
 			dss = append(dss, d.Datastore)
+			shared = shared && snap.SharedDatastore(d.Datastore)
 		}
-		policy[name] = vmPolicy{HA: s.HA.Enabled, LeaveRunning: s.HA.IsolationResponse == spec.IsolationLeaveRunning, Datastores: dss}
+		// Desired power is left out on purpose: an operator may start a VM
+		// again while this host hangs, and HA would then restart it.
+		restartable := s.HA.Enabled && s.HA.Priority != spec.PriorityDisabled && shared
+		policy[name] = vmPolicy{HA: s.HA.Enabled, LeaveRunning: s.HA.IsolationResponse == spec.IsolationLeaveRunning,
+			Restartable: restartable, Datastores: dss}
 	}
 	hosts := map[string]string{}
 	for name, h := range snap.Hosts {
@@ -133,9 +152,10 @@ type fenceMemory struct {
 	BootID     string                   `json:"bootID"`
 	Policy     map[string]vmPolicy      `json:"policy"`
 	Hosts      map[string]string        `json:"hosts"`
-	StorageAck map[string]time.Duration `json:"storageAck"`
-	Fenced     map[string]int64         `json:"fenced"`
-	PeersOK    time.Duration            `json:"peersOK"`
+	StorageAck map[string]time.Duration            `json:"storageAck"`
+	Listed     map[string]map[string]time.Duration `json:"listed"`
+	Fenced     map[string]int64                    `json:"fenced"`
+	PeersOK    time.Duration                       `json:"peersOK"`
 }
 
 // save records what the fencer knows in path.
@@ -143,28 +163,16 @@ func (f *fencer) save(path string) error {
 	f.saveMu.Lock()
 	defer f.saveMu.Unlock()
 	f.mu.Lock()
-	b, err := json.Marshal(fenceMemory{BootID: bootID(), Policy: f.policy, Hosts: f.hosts,
-		StorageAck: f.storageAck, Fenced: f.fenced, PeersOK: f.peersOK})
+	b, err := json.Marshal(fenceMemory{BootID: f.bootID, Policy: f.policy, Hosts: f.hosts,
+		StorageAck: f.storageAck, Listed: f.listed, Fenced: f.fenced, PeersOK: f.peersOK})
 	f.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if err := replaceFile(path, b); err != nil {
+	if err := atomicfile.Write(path, b, 0o640); err != nil {
 		return fmt.Errorf("fence memory: %w", err)
 	}
 	return nil
-}
-
-// replaceFile writes a file whole or not at all (a write to a temporary
-// name, then a rename), for the state a restarted agent reads. No fsync:
-// only an agent crash needs it, and the page cache survives that; a host
-// crash takes the VMs with it.
-func replaceFile(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // load restores what a previous agent process saved, if it ran since this
@@ -191,13 +199,20 @@ func (f *fencer) load(path string) error {
 	if m.Hosts != nil {
 		f.hosts = m.Hosts
 	}
-	if m.BootID == "" || m.BootID != bootID() {
+	if m.BootID == "" || m.BootID != f.bootID {
 		return nil // leases from before a reboot cover nothing
 	}
-	now := boottime()
+	now := boottime.Now()
 	for ds, t := range m.StorageAck {
 		if t > 0 && t <= now {
 			f.storageAck[ds] = t
+		}
+	}
+	for ds, vms := range m.Listed {
+		for vm, t := range vms {
+			if t > 0 && t <= now {
+				f.setListed(ds, vm, t)
+			}
 		}
 	}
 	for vm, e := range m.Fenced {
@@ -209,13 +224,16 @@ func (f *fencer) load(path string) error {
 	return nil
 }
 
-// bootID identifies this boot of the machine.
-func bootID() string {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return ""
+// setListed records that a heartbeat sent at t listed vm. Callers hold mu.
+func (f *fencer) setListed(ds, vm string, t time.Duration) {
+	m := f.listed[ds]
+	if m == nil {
+		m = map[string]time.Duration{}
+		f.listed[ds] = m
 	}
-	return strings.TrimSpace(string(b))
+	if t > m[vm] {
+		m[vm] = t
+	}
 }
 
 // runStorageHeartbeats sends datastore heartbeats and records the answers.
@@ -286,7 +304,7 @@ func (a *Agent) reportStorage(ctx context.Context) {
 }
 
 func (a *Agent) heartbeatOne(ctx context.Context, ds string, arb Arbiter, lease int64, vms []ArbiterVM) {
-	sent := boottime()
+	sent := boottime.Now()
 	hctx, cancel := context.WithTimeout(ctx, a.cfg.Fence.StorageInterval*2)
 	fenced, err := arb.Heartbeat(hctx, a.cfg.Host, lease, vms)
 	cancel()
@@ -303,6 +321,16 @@ func (a *Agent) heartbeatOne(ctx context.Context, ds string, arb Arbiter, lease 
 		f.storageAck[ds] = sent
 	}
 	delete(f.storageFailSince, ds)
+	listed := map[string]bool{}
+	for _, v := range vms {
+		f.setListed(ds, v.Name, sent)
+		listed[v.Name] = true
+	}
+	for vm := range f.listed[ds] {
+		if !listed[vm] {
+			delete(f.listed[ds], vm) // gone from here: nothing to remember
+		}
+	}
 	for vm, epoch := range fenced {
 		if epoch > f.fenced[vm] {
 			f.fenced[vm] = epoch
@@ -345,7 +373,7 @@ func (a *Agent) probePeers(ctx context.Context) {
 	if len(hosts) == 0 {
 		return // no snapshot yet: unknown peers count as unreachable
 	}
-	start := boottime()
+	start := boottime.Now()
 	var mu sync.Mutex
 	reached := 1 // this host
 	var wg sync.WaitGroup
@@ -431,9 +459,10 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 }
 
 func (a *Agent) fenceOnce(ctx context.Context) {
-	now := boottime()
+	now := boottime.Now()
 	fc := a.cfg.Fence
 	etcdOK := a.leaseValid(now)
+	leaseEnd := a.leaseEnd()
 	f := a.fence
 	f.mu.Lock()
 	peersOK := f.peersOK > 0 && now-f.peersOK < fc.StorageTTL
@@ -442,36 +471,83 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 		verdict
 	}
 	var kills []victim
+	var guarded []wdVM
 	for _, st := range a.drv.List() {
 		if !st.Running {
 			continue
 		}
 		p, known := f.policy[st.Name]
 		if !known {
-			p = vmPolicy{HA: true} // unknown VMs are treated as HA power-off: when in doubt, fence
+			// Unknown VMs are treated as restartable HA VMs with the
+			// power-off response: when in doubt, fence.
+			p = vmPolicy{HA: true, Restartable: true}
 		}
 		v := decide(etcdOK, p, st, f.fenced[st.Name], f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK)
 		if v.kill {
 			kills = append(kills, victim{st.Name, v})
 		}
+		// A VM being killed still counts until it is gone: if the kill
+		// does not complete, the watchdog must reset the host in time.
+		if p.Restartable {
+			var se time.Duration
+			for _, ds := range p.Datastores {
+				if t, ok := f.listed[ds][st.Name]; ok {
+					se = max(se, hatiming.StorageEnd(t))
+				}
+			}
+			guarded = append(guarded, wdVM{name: st.Name, storageEnd: se})
+		}
 	}
 	f.mu.Unlock()
+	d, any := watchdogDeadline(leaseEnd, guarded)
+	a.wd.set(d, any, leaseEnd)
+	// Kills run in parallel and apart from this loop, which keeps the
+	// watchdog deadline current meanwhile.
 	for _, k := range kills {
-		if err := a.drv.Kill(ctx, k.name); err != nil {
-			a.log.Error("self-fence: kill failed", "vm", k.name, "err", err)
-			continue
+		if !a.startKill(k.name) {
+			continue // already being killed
 		}
-		if k.fenced && a.busyWith(k.name) == opMigrateOut {
-			// After a cut-over the leader fences the paused source at the
-			// storage; this is usually that copy ending, not a host in
-			// trouble, and the migration's own events say which.
-			a.log.Info("migration source stopped by its storage fence", "vm", k.name, "reason", k.reason)
-			a.event(ctx, "migration.source-stopped", k.name, "source copy of a migrating VM stopped: "+k.reason)
-			continue
-		}
-		a.log.Warn("self-fenced", "vm", k.name, "reason", k.reason)
-		a.event(ctx, store.EvSelfFence, k.name, "killed by self-fencing: "+k.reason)
+		go func() {
+			defer a.endKill(k.name)
+			a.selfFence(ctx, k.name, k.verdict)
+		}()
 	}
+}
+
+// selfFence kills one VM for the reason the rule gave.
+func (a *Agent) selfFence(ctx context.Context, name string, v verdict) {
+	if err := a.drv.Kill(ctx, name); err != nil {
+		a.log.Error("self-fence: kill failed", "vm", name, "err", err)
+		return
+	}
+	if v.fenced && a.busyWith(name) == opMigrateOut {
+		// After a cut-over the leader fences the paused source at the
+		// storage; this is usually that copy ending, not a host in
+		// trouble, and the migration's own events say which.
+		a.log.Info("migration source stopped by its storage fence", "vm", name, "reason", v.reason)
+		a.event(ctx, "migration.source-stopped", name, "source copy of a migrating VM stopped: "+v.reason)
+		return
+	}
+	a.log.Warn("self-fenced", "vm", name, "reason", v.reason)
+	a.event(ctx, store.EvSelfFence, name, "killed by self-fencing: "+v.reason)
+}
+
+// startKill marks a VM as being killed by self-fencing; false if it
+// already is.
+func (a *Agent) startKill(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.killing[name] {
+		return false
+	}
+	a.killing[name] = true
+	return true
+}
+
+func (a *Agent) endKill(name string) {
+	a.mu.Lock()
+	delete(a.killing, name)
+	a.mu.Unlock()
 }
 
 // storageLeaseValid reports whether every datastore of a VM is a shared

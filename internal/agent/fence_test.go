@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
@@ -45,7 +46,7 @@ func TestDecide(t *testing.T) {
 func TestStorageLeaseValid(t *testing.T) {
 	fc := DefaultFenceConfig()
 	arbiters := map[string]Arbiter{"shared": nil}
-	f := newFencer()
+	f := newFencer("boot-a")
 	now := 100 * time.Second
 	f.storageAck["shared"] = now - 500*time.Millisecond
 	if !f.storageLeaseValid(now, []string{"shared"}, arbiters, fc) {
@@ -72,27 +73,29 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 			Disks: []spec.Disk{{Name: "d", Datastore: "shared"}},
 			HA:    spec.HA{Enabled: true, IsolationResponse: spec.IsolationLeaveRunning},
 		}}}}},
-		Hosts: map[string]*store.Host{"h1": {Name: "h1", AgentURL: "http://10.1.1.1:7481"}, "h2": {Name: "h2", AgentURL: "http://10.1.1.2:7481"}},
+		Hosts:      map[string]*store.Host{"h1": {Name: "h1", AgentURL: "http://10.1.1.1:7481"}, "h2": {Name: "h2", AgentURL: "http://10.1.1.2:7481"}},
+		Datastores: map[string]*store.Datastore{"shared": {Name: "shared", Type: store.DatastoreShared}},
 	}
-	before := newFencer()
+	before := newFencer("boot-a")
 	if !before.learn(snap, "h1") {
 		t.Fatal("first snapshot reported as unchanged")
 	}
 	if before.learn(snap, "h1") {
 		t.Fatal("same snapshot reported as a change")
 	}
-	acked := boottime() - 300*time.Millisecond
+	acked := boottime.Now() - 300*time.Millisecond
 	before.storageAck["shared"] = acked
 	before.fenced["old"] = 4
+	before.setListed("shared", "web", acked)
 	before.peersOK = acked
 	if err := before.save(path); err != nil {
 		t.Fatal(err)
 	}
-	after := newFencer()
+	after := newFencer("boot-a")
 	if err := after.load(path); err != nil {
 		t.Fatal(err)
 	}
-	want := vmPolicy{HA: true, LeaveRunning: true, Datastores: []string{"shared"}}
+	want := vmPolicy{HA: true, LeaveRunning: true, Restartable: true, Datastores: []string{"shared"}}
 	if got := after.policy["web"]; !reflect.DeepEqual(got, want) {
 		t.Errorf("policy after restart = %+v, want %+v", got, want)
 	}
@@ -101,6 +104,18 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	}
 	// The leases carry over exactly: the storage lease still counts from
 	// the previous process's acknowledged send.
+	if after.listed["shared"]["web"] != acked {
+		t.Errorf("the heartbeat that listed web, after restart: %v, want %v", after.listed["shared"]["web"], acked)
+	}
+	// Another boot of the host (the lab's resets share the kernel) inherits
+	// no lease at all.
+	other := newFencer("boot-b")
+	if err := other.load(path); err != nil {
+		t.Fatal(err)
+	}
+	if len(other.storageAck) != 0 || len(other.listed) != 0 || other.peersOK != 0 {
+		t.Errorf("a new boot inherited leases: %v %v %v", other.storageAck, other.listed, other.peersOK)
+	}
 	if after.storageAck["shared"] != acked || after.peersOK != acked || after.fenced["old"] != 4 {
 		t.Errorf("leases after restart: storage %v peers %v fenced %v, want %v %v 4", after.storageAck["shared"], after.peersOK, after.fenced["old"], acked, acked)
 	}
@@ -111,7 +126,7 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	if after.storageLeaseValid(acked+fc.StorageTTL, []string{"shared"}, map[string]Arbiter{"shared": nil}, fc) {
 		t.Error("inherited storage lease still valid past StorageTTL")
 	}
-	if err := newFencer().load(filepath.Join(t.TempDir(), "missing.json")); err != nil {
+	if err := newFencer("boot-a").load(filepath.Join(t.TempDir(), "missing.json")); err != nil {
 		t.Errorf("a first start has no memory and that is not an error: %v", err)
 	}
 }

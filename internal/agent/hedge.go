@@ -18,7 +18,10 @@ const hedgeAfter = 150 * time.Millisecond
 // within after. It returns the first success; when both fail, an answer
 // from etcd (say, "lease not found") is preferred over a timeout. Only
 // idempotent calls may be hedged.
-func hedged[T any](ctx context.Context, after time.Duration, call func(context.Context) (T, error)) (T, error) {
+//
+// onHedge, if not nil, is called when the second call goes out: a sign
+// that some etcd member does not answer.
+func hedged[T any](ctx context.Context, after time.Duration, onHedge func(), call func(context.Context) (T, error)) (T, error) {
 	type result struct {
 		v   T
 		err error
@@ -49,6 +52,9 @@ func hedged[T any](ctx context.Context, after time.Duration, call func(context.C
 		case <-hedge.C: // fires once, while the first call is still out
 			pending++
 			go run()
+			if onHedge != nil {
+				onHedge()
+			}
 		}
 	}
 }

@@ -40,7 +40,7 @@ func TestHedged(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			var calls atomic.Int32
-			got, err := hedged(ctx, 20*time.Millisecond, func(ctx context.Context) (int32, error) {
+			got, err := hedged(ctx, 20*time.Millisecond, nil, func(ctx context.Context) (int32, error) {
 				return c.answer(ctx, calls.Add(1))
 			})
 			if got != c.want || !errors.Is(err, c.wantErr) || calls.Load() != c.wantCalls {

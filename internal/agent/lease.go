@@ -13,19 +13,10 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
-)
 
-// boottime reads CLOCK_BOOTTIME, which keeps counting while the machine
-// is suspended (Go's monotonic clock does not), so a host that slept
-// through its lease expiry knows it.
-func boottime() time.Duration {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		panic(fmt.Sprintf("CLOCK_BOOTTIME: %v", err)) // present on every Linux since 2.6.39
-	}
-	return time.Duration(ts.Nano())
-}
+	"github.com/vigilha/vigil/internal/atomicfile"
+	"github.com/vigilha/vigil/internal/boottime"
+)
 
 // leaseKeeper holds the host's etcd lease with its own KeepAliveOnce loop.
 // etcd's KeepAlive helper hides when each renewal was sent; self-fencing
@@ -36,6 +27,7 @@ type leaseKeeper struct {
 	ttl      time.Duration
 	interval time.Duration
 	idFile   string
+	bootID   string
 	log      *slog.Logger
 
 	mu sync.Mutex
@@ -45,10 +37,12 @@ type leaseKeeper struct {
 	lastAckSend time.Duration
 	// lost is set when etcd said the lease no longer exists.
 	lost bool
+	// onHedge is told when a renewal had to be sent twice.
+	onHedge func()
 }
 
-func newLeaseKeeper(c *clientv3.Client, ttl, interval time.Duration, idFile string, log *slog.Logger) *leaseKeeper {
-	return &leaseKeeper{c: c, ttl: ttl, interval: interval, idFile: idFile, log: log}
+func newLeaseKeeper(c *clientv3.Client, ttl, interval time.Duration, idFile, bootID string, log *slog.Logger) *leaseKeeper {
+	return &leaseKeeper{c: c, ttl: ttl, interval: interval, idFile: idFile, bootID: bootID, log: log}
 }
 
 // load restores the lease and the send time of its last acknowledged
@@ -62,12 +56,12 @@ func (k *leaseKeeper) load() {
 		return
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return
+	if len(f) != 3 || f[2] != k.bootID {
+		return // from another boot of the host: its times mean nothing now
 	}
 	id, err1 := strconv.ParseInt(f[0], 10, 64)
 	sent, err2 := strconv.ParseInt(f[1], 10, 64)
-	if err1 != nil || err2 != nil || id == 0 || sent <= 0 || time.Duration(sent) > boottime() {
+	if err1 != nil || err2 != nil || id == 0 || sent <= 0 || time.Duration(sent) > boottime.Now() {
 		return // unreadable, or recorded before this machine booted
 	}
 	k.set(clientv3.LeaseID(id), time.Duration(sent))
@@ -78,7 +72,7 @@ func (k *leaseKeeper) load() {
 // which only makes a restarted agent fence sooner.
 func (k *leaseKeeper) persist() {
 	id, sent, _ := k.state()
-	_ = replaceFile(k.idFile, []byte(fmt.Sprintf("%d %d\n", int64(id), int64(sent))))
+	_ = atomicfile.Write(k.idFile, []byte(fmt.Sprintf("%d %d %s\n", int64(id), int64(sent), k.bootID)), 0o640)
 }
 
 // acquire resumes the lease recorded by a previous agent process if etcd
@@ -95,8 +89,8 @@ func (k *leaseKeeper) acquire(ctx context.Context) (clientv3.LeaseID, error) {
 		// all), never before; a second TTL covers an election on top.
 		// Past that, one attempt still asks: if etcd has the lease, nobody
 		// can have failed this host over.
-		for attempt := 0; ctx.Err() == nil && (attempt == 0 || boottime() < recorded+2*k.ttl); attempt++ {
-			sent := boottime()
+		for attempt := 0; ctx.Err() == nil && (attempt == 0 || boottime.Now() < recorded+2*k.ttl); attempt++ {
+			sent := boottime.Now()
 			rctx, cancel := context.WithTimeout(ctx, k.interval*2)
 			resp, err := k.c.KeepAliveOnce(rctx, id)
 			cancel()
@@ -117,7 +111,7 @@ func (k *leaseKeeper) acquire(ctx context.Context) (clientv3.LeaseID, error) {
 			}
 		}
 	}
-	sent := boottime()
+	sent := boottime.Now()
 	gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	resp, err := k.c.Grant(gctx, int64(k.ttl/time.Second))
 	cancel()
@@ -179,7 +173,7 @@ func (k *leaseKeeper) run(ctx context.Context) {
 			k.mu.Unlock()
 			k.log.Warn("host lease expired in etcd", "lease", fmt.Sprintf("%x", int64(id)))
 		case ctx.Err() == nil:
-			k.log.Debug("lease renewal failed", "err", err, "since_ack", boottime()-k.lastAck())
+			k.log.Debug("lease renewal failed", "err", err, "since_ack", boottime.Now()-k.lastAck())
 		}
 	}
 }
@@ -193,8 +187,8 @@ func (k *leaseKeeper) renew(ctx context.Context, id clientv3.LeaseID) (time.Dura
 		sent time.Duration
 		resp *clientv3.LeaseKeepAliveResponse
 	}
-	r, err := hedged(ctx, hedgeAfter, func(ctx context.Context) (renewal, error) {
-		sent := boottime()
+	r, err := hedged(ctx, hedgeAfter, k.onHedge, func(ctx context.Context) (renewal, error) {
+		sent := boottime.Now()
 		resp, err := k.c.KeepAliveOnce(ctx, id)
 		return renewal{sent, resp}, err
 	})

@@ -148,7 +148,14 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 			nbdDisks = append(nbdDisks, i)
 		}
 	}
-	if _, err := a.drv.Start(ctx, cfg); err != nil {
+	covered, err := a.coverStart(ctx, v)
+	if err != nil {
+		fail(err)
+		return
+	}
+	_, err = a.drv.Start(ctx, cfg)
+	covered()
+	if err != nil {
 		fail(err)
 		return
 	}

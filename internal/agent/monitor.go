@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
@@ -65,7 +66,7 @@ func (a *Agent) setRestarts(name string, r []time.Time) {
 func (a *Agent) onUnexpectedExit(ctx context.Context, snap *store.Snapshot, v *store.VMState, ls driver.Status) {
 	name := v.Record.Name()
 	s := v.Record.VM.Spec
-	msg := fmt.Sprintf("QEMU (pid %d) ended unexpectedly: %s", ls.PID, ls.ExitReason)
+	msg := fmt.Sprintf("QEMU (pid %d) ended unexpectedly: %s", ls.PID, exitText(ls.ExitReason))
 	if !s.HA.Enabled || s.HA.Priority == spec.PriorityDisabled {
 		a.reportExit(ctx, v, ls)
 		return
@@ -93,7 +94,7 @@ func (a *Agent) checkHeartbeats(ctx context.Context) {
 	a.mu.Lock()
 	snap := a.lastSnap
 	a.mu.Unlock()
-	if snap == nil || !a.leaseValid(boottime()) {
+	if snap == nil || !a.leaseValid(boottime.Now()) {
 		return
 	}
 	now := time.Now()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -54,6 +55,27 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	return nil
 }
 
+// memberSlow records that an etcd request had to be hedged: some member
+// does not answer. The state watch may be sitting on that member, where it
+// would hear nothing, so the agent re-reads the state often for a while.
+func (a *Agent) memberSlow() {
+	a.mu.Lock()
+	a.slowUntil = time.Now().Add(30 * time.Second)
+	a.mu.Unlock()
+	a.trigger()
+}
+
+// resyncEvery is how often the agent re-reads the state without a watch
+// event: rarely while every member answers, often while one does not.
+func (a *Agent) resyncEvery() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if time.Now().Before(a.slowUntil) {
+		return 200 * time.Millisecond
+	}
+	return 2 * time.Second
+}
+
 // readState reads the cluster state within a second, hedged: a frozen or
 // crashed member answers nothing, and the hedge reaches another one. Both
 // reads are linearizable, so whichever answers first is as good as the
@@ -61,7 +83,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 func (a *Agent) readState(ctx context.Context) (*store.Snapshot, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	return hedged(ctx, hedgeAfter, a.st.Snapshot)
+	return hedged(ctx, hedgeAfter, a.memberSlow, a.st.Snapshot)
 }
 
 func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.VMState, ls driver.Status, have bool) {
@@ -135,7 +157,7 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		// It ended by itself (crash or guest power-off) and nobody has asked
 		// for a new start: leave it for the operator or HA to decide.
 
-	case !a.leaseValid(boottime()):
+	case !a.leaseValid(boottime.Now()):
 		// Without a surely valid lease the leader may be moving this VM
 		// right now: never start anything then.
 
@@ -163,7 +185,7 @@ func (a *Agent) reportExit(ctx context.Context, v *store.VMState, ls driver.Stat
 		a.event(ctx, store.EvVMStopped, name, "the guest powered itself off")
 	default:
 		st.State, st.Reason = store.StateFailed, "qemu-"+ls.ExitReason
-		st.Message = fmt.Sprintf("QEMU (pid %d) ended unexpectedly: %s", ls.PID, ls.ExitReason)
+		st.Message = fmt.Sprintf("QEMU (pid %d) ended unexpectedly: %s", ls.PID, exitText(ls.ExitReason))
 		a.event(ctx, store.EvVMFailed, name, st.Message)
 	}
 	a.putStatus(ctx, v, st)
@@ -212,7 +234,13 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 		fail(err)
 		return
 	}
+	covered, err := a.coverStart(ctx, v)
+	if err != nil {
+		fail(err)
+		return
+	}
 	ls, err := a.drv.Start(ctx, cfg)
+	covered()
 	if err != nil {
 		fail(err)
 		return
@@ -311,6 +339,17 @@ func (a *Agent) do(ctx context.Context, name, op string, fn func(context.Context
 	}()
 }
 
-func (a *Agent) onDriverEvent(_ context.Context, ev driver.Event) {
+func (a *Agent) onDriverEvent(ctx context.Context, ev driver.Event) {
 	a.log.Debug("driver event", "vm", ev.Status.Name, "type", ev.Type, "qemu", ev.Status.QEMUStatus, "exit", ev.Status.ExitReason)
+	if ev.Type == driver.EventReattached {
+		a.event(ctx, store.EvVMReattached, ev.Status.Name, fmt.Sprintf("reattached to running QEMU pid %d after agent restart", ev.Status.PID))
+	}
+}
+
+// exitText explains an exit reason the driver gave.
+func exitText(reason string) string {
+	if reason == "unresponsive" {
+		return "unresponsive (it did not answer on QMP after the agent restarted, so the agent killed it)"
+	}
+	return reason
 }

@@ -46,6 +46,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/vms/{name}/stop", s.powerVM(store.PowerStopped))
 	mux.HandleFunc("GET /api/v1/vms/{name}/console", s.console)
 	mux.HandleFunc("GET /api/v1/hosts", s.listHosts)
+	mux.HandleFunc("GET /api/v1/hosts/{name}", s.listHosts)
 	mux.HandleFunc("GET /api/v1/events", s.events)
 	mux.HandleFunc("GET /api/v1/networks", s.listNetworks)
 	mux.HandleFunc("POST /api/v1/vms/{name}/test-failover", s.testFailover)
@@ -437,7 +438,18 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 			Name: ph.Name, State: state, Alive: ph.Alive, Maintenance: ph.Maintenance,
 			Capacity: ph.Capacity, Used: ph.Used, VMs: vms, QEMU: h.Capabilities.QEMUVersion,
 			Accel: h.Capabilities.Accel, Datastores: h.Datastores, MgmtIP: h.MgmtIP, StartedAt: h.StartedAt,
+			Fencing: FencingOf(h, snap.Config),
 		})
+	}
+	if name := r.PathValue("name"); name != "" {
+		for _, h := range out {
+			if h.Name == name {
+				writeJSON(w, http.StatusOK, h)
+				return
+			}
+		}
+		writeErr(w, http.StatusNotFound, fmt.Errorf("host %q not found", name))
+		return
 	}
 	writeJSON(w, http.StatusOK, out)
 }

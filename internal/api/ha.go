@@ -185,10 +185,25 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid config", Fields: spec.FieldErrors{{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"}}})
 		return
 	}
+	snap, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
 	if err := s.st.PutConfig(r.Context(), c); err != nil {
 		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}
-	s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("admission control tolerates %d host failures", c.HostFailuresToTolerate)})
+	old := snap.Config
+	if c.HostFailuresToTolerate != old.HostFailuresToTolerate {
+		s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("admission control tolerates %d host failures", c.HostFailuresToTolerate)})
+	}
+	if c.AllowNoWatchdog != old.AllowNoWatchdog {
+		msg := "ha.allow-no-watchdog off: restartable HA VMs run only on hosts with a usable watchdog"
+		if c.AllowNoWatchdog {
+			msg = "WARNING: ha.allow-no-watchdog on: restartable HA VMs may run on hosts without a usable watchdog; an agent that hangs there leaves its VMs answering on the network after HA restarted them elsewhere"
+		}
+		s.emit(r.Context(), store.Event{Type: "config.changed", Message: msg})
+	}
 	writeJSON(w, http.StatusOK, c)
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/vigilha/vigil/internal/spec"
@@ -132,6 +133,46 @@ type Host struct {
 	Datastores  []string        `json:"datastores"`
 	MgmtIP      string          `json:"mgmtIP,omitempty"`
 	StartedAt   time.Time       `json:"startedAt"`
+	Fencing     Fencing         `json:"fencing"`
+}
+
+// Fencing is how a host fences itself when its agent cannot.
+type Fencing struct {
+	// Watchdog is the host's watchdog as its agent reports it; absent when
+	// the host has none.
+	Watchdog *store.WatchdogState `json:"watchdog,omitempty"`
+	// Summary is one line for tables: "watchdog 1s armed", "none", ...
+	Summary string `json:"summary"`
+	// Warning is set when the host runs restartable HA VMs without a
+	// usable watchdog because the cluster allows it.
+	Warning string `json:"warning,omitempty"`
+}
+
+// FencingOf describes a host's fencing under the cluster configuration.
+func FencingOf(h *store.Host, cfg store.ClusterConfig) Fencing {
+	f := Fencing{Watchdog: h.Fencing.Watchdog}
+	w := h.Fencing.Watchdog
+	switch {
+	case w == nil:
+		f.Summary = "none"
+	case !w.Usable && w.Problem == "":
+		f.Summary = "watchdog (probing)"
+	case !w.Usable:
+		f.Summary = "watchdog UNUSABLE"
+	case w.Armed:
+		f.Summary = fmt.Sprintf("watchdog %s armed", time.Duration(w.TimeoutMS)*time.Millisecond)
+	default:
+		f.Summary = fmt.Sprintf("watchdog %s", time.Duration(w.TimeoutMS)*time.Millisecond)
+	}
+	if !h.WatchdogUsable() {
+		if cfg.AllowNoWatchdog {
+			f.Summary += " (allowed)"
+			f.Warning = "no usable watchdog, and ha.allow-no-watchdog lets HA VMs run here: a hung agent would leave them answering on the network after HA restarted them elsewhere"
+		} else {
+			f.Summary += ": takes no HA VMs"
+		}
+	}
+	return f
 }
 
 // Error is the body of every error response.

@@ -225,3 +225,108 @@ func short(id string) string {
 	}
 	return id
 }
+
+// Poller is a client of the VM's service: it asks GET / on a fresh
+// connection every interval and remembers which instance (boot id)
+// answered. It checks the invariant as a user of the network sees it: once
+// a newer instance of the VM has answered, an older one never answers
+// again. Two instances running at once on one IP break it.
+type Poller struct {
+	c      *guestclient.Client
+	ip     string
+	mu     sync.Mutex
+	seen   []Answer
+	polls  int
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Answer is one reply the poller got.
+type Answer struct {
+	At      time.Time
+	BootID  string
+	Counter int64
+}
+
+// StartPoller polls every interval until Stop.
+func StartPoller(c *guestclient.Client, ip string, every time.Duration) *Poller {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Poller{c: c, ip: ip, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for ctx.Err() == nil {
+			rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			cnt, err := c.Counter(rctx, ip)
+			rcancel()
+			p.mu.Lock()
+			p.polls++
+			if err == nil {
+				p.seen = append(p.seen, Answer{At: time.Now(), BootID: cnt.BootID, Counter: cnt.Counter})
+			}
+			p.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-time.After(every):
+			}
+		}
+	}()
+	return p
+}
+
+// PollReport is what a poller saw.
+type PollReport struct {
+	Polls, Answers int
+	// BootIDs are the instances that answered, in the order they first did.
+	BootIDs []string
+	// Stale are the answers of an older instance after a newer one had
+	// answered.
+	Stale []Answer
+}
+
+// Err fails when an older instance answered after a newer one.
+func (r PollReport) Err() error {
+	if len(r.Stale) == 0 {
+		return nil
+	}
+	return fmt.Errorf("network split brain: an older instance answered %d time(s) after a newer one had, first at %s (boot %s, counter %d)",
+		len(r.Stale), r.Stale[0].At.Format("15:04:05.000"), short(r.Stale[0].BootID), r.Stale[0].Counter)
+}
+
+func (r PollReport) String() string {
+	return fmt.Sprintf("%d polls, %d answers from %d instance(s), %d stale answers", r.Polls, r.Answers, len(r.BootIDs), len(r.Stale))
+}
+
+// Report returns what the poller saw so far.
+func (p *Poller) Report() PollReport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return VerifyAnswers(p.seen, p.polls)
+}
+
+// Stop ends polling and returns the report.
+func (p *Poller) Stop() PollReport {
+	p.cancel()
+	<-p.done
+	return p.Report()
+}
+
+// VerifyAnswers checks a sequence of answers: once an instance answered,
+// every instance that first answered before it is stale.
+func VerifyAnswers(answers []Answer, polls int) PollReport {
+	r := PollReport{Polls: polls, Answers: len(answers)}
+	order := map[string]int{}
+	newest := -1
+	for _, a := range answers {
+		i, ok := order[a.BootID]
+		if !ok {
+			i = len(r.BootIDs)
+			order[a.BootID] = i
+			r.BootIDs = append(r.BootIDs, a.BootID)
+		}
+		if i < newest {
+			r.Stale = append(r.Stale, a)
+		}
+		newest = max(newest, i)
+	}
+	return r
+}

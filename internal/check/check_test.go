@@ -31,3 +31,23 @@ func TestVerifyLedger(t *testing.T) {
 		}
 	}
 }
+
+func TestVerifyAnswers(t *testing.T) {
+	a := func(b string) Answer { return Answer{BootID: b} }
+	for _, c := range []struct {
+		name  string
+		in    []Answer
+		stale int
+	}{
+		{"one instance", []Answer{a("x"), a("x")}, 0},
+		{"a clean failover", []Answer{a("x"), a("x"), a("y"), a("y")}, 0},
+		{"the old instance answers after the new one", []Answer{a("x"), a("y"), a("x"), a("y"), a("x")}, 2},
+		{"three instances in order", []Answer{a("x"), a("y"), a("z")}, 0},
+		{"back to the second after the third", []Answer{a("x"), a("y"), a("z"), a("y")}, 1},
+	} {
+		r := VerifyAnswers(c.in, len(c.in))
+		if len(r.Stale) != c.stale || (r.Err() != nil) != (c.stale > 0) {
+			t.Errorf("%s: %d stale (%v), want %d", c.name, len(r.Stale), r.Err(), c.stale)
+		}
+	}
+}

@@ -77,6 +77,11 @@ type daemonOpts struct {
 	storageIP  string
 	leaseTTL   time.Duration
 	cutover    time.Duration
+
+	watchdogSocket string
+	bootIDFile     string
+	shutdownPolicy string
+	drainTimeout   time.Duration
 }
 
 func (o *daemonOpts) registerCommon(cmd *cobra.Command) {
@@ -112,6 +117,10 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.DurationVar(&o.cutover, "debug-cutover-delay", 0, "fault injection for tests: hold a migration destination this long between the placement flip and its resume")
 	_ = f.MarkHidden("debug-cutover-delay")
 	f.DurationVar(&o.leaseTTL, "lease-ttl", defaultLeaseTTL, "host lease TTL (whole seconds); failure detection and self-fencing are measured against it")
+	f.StringVar(&o.watchdogSocket, "watchdog-socket", "/run/vigil/watchdog.sock", "the watchdog feeder's socket (`vigil watchdog`); empty: this host has no watchdog")
+	f.StringVar(&o.bootIDFile, "boot-id-file", "", "read this host's boot id from this file instead of the kernel's (the lab gives each of its hosts one)")
+	f.StringVar(&o.shutdownPolicy, "shutdown-policy", agent.ShutdownKeepArmed, "what stopping the agent does while restartable HA VMs run: keep-armed (they keep running; the watchdog resets the host unless an agent is back in time) or migrate (enter maintenance mode and move them away first)")
+	f.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Minute, "with --shutdown-policy=migrate, how long a stop waits for the VMs to move away")
 }
 
 var nonLabel = regexp.MustCompile(`[^a-z0-9-]+`)
@@ -216,7 +225,11 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 		return err
 	}
 	defer unlock()
-	ctx, cancel := context.WithCancel(ctx)
+	// The daemon runs on a context of its own: a stop signal (sigCtx) ends
+	// it only once the agent's shutdown policy is done (a drain keeps the
+	// agent, and this host's etcd member, running while VMs move away).
+	sigCtx := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 
 	endpoints := splitList(o.etcdEndpoints)
@@ -255,14 +268,31 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 			}()
 		}
 	}
+	var a *agent.Agent
 	if o.runAgent {
-		a, closeAgent, err := o.newAgent(ctx, log, endpoints)
+		var closeAgent func()
+		a, closeAgent, err = o.newAgent(ctx, log, endpoints)
 		if err != nil {
 			return err
 		}
 		defer closeAgent()
 		go func() { errc <- a.Run(ctx) }()
 	}
+	go func() {
+		select {
+		case <-sigCtx.Done():
+		case <-ctx.Done():
+			return
+		}
+		if a != nil {
+			dctx, dcancel := context.WithTimeout(ctx, o.drainTimeout)
+			if err := a.Drain(dctx); err != nil {
+				log.Error("stopping without a complete drain", "err", err)
+			}
+			dcancel()
+		}
+		cancel()
+	}()
 	err = <-errc
 	cancel()
 	if ctx.Err() != nil && err == nil {
@@ -384,6 +414,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		Datastores: dss, ImageDir: o.imageDir, Capacity: capacity,
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise,
 		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, DebugCutoverDelay: o.cutover,
+		WatchdogSocket: o.watchdogSocket, BootIDFile: o.bootIDFile, ShutdownPolicy: o.shutdownPolicy,
 	})
 	if err != nil {
 		c.Close()

@@ -137,7 +137,13 @@ func newConfigCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Cluster configuration"}
 	set := &cobra.Command{
 		Use:   "set KEY VALUE",
-		Short: "Set a cluster setting: host-failures-to-tolerate N (admission control; 0 turns it off)",
+		Short: "Set a cluster setting: host-failures-to-tolerate N (admission control; 0 turns it off), ha.allow-no-watchdog true|false",
+		Long: "Set a cluster setting:\n" +
+			"  host-failures-to-tolerate N   admission control: refuse power-ons that HA could not restart after N host failures (0: off)\n" +
+			"  ha.allow-no-watchdog BOOL     let hosts without a usable watchdog run restartable HA VMs. Without a watchdog, an agent\n" +
+			"                                that hangs while its VMs run leaves them answering on the network after HA restarted\n" +
+			"                                them elsewhere (their disks stay safe: the storage fence holds). Shown as a warning in\n" +
+			"                                `vigil host list`.",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -155,8 +161,14 @@ func newConfigCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("host-failures-to-tolerate: %q is not a number", args[1])
 				}
 				cfg.HostFailuresToTolerate = n
+			case "ha.allow-no-watchdog":
+				b, err := strconv.ParseBool(args[1])
+				if err != nil {
+					return fmt.Errorf("ha.allow-no-watchdog: %q is not true or false", args[1])
+				}
+				cfg.AllowNoWatchdog = b
 			default:
-				return errors.New("unknown setting " + args[0] + " (known: host-failures-to-tolerate)")
+				return errors.New("unknown setting " + args[0] + " (known: host-failures-to-tolerate, ha.allow-no-watchdog)")
 			}
 			if err := c.SetConfig(cmd.Context(), cfg); err != nil {
 				return err

@@ -36,17 +36,67 @@ func newHostCmd(g *globals) *cobra.Command {
 				return printJSON(g.out, hosts)
 			}
 			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tCPU\tMEMORY\tVMS\tQEMU\tACCEL")
+			fmt.Fprintln(tw, "NAME\tSTATE\tCPU\tMEMORY\tVMS\tQEMU\tACCEL\tFENCING")
+			var warnings []string
 			for _, h := range hosts {
-				fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s/%s\t%s\t%s\t%s\n", h.Name, h.State,
+				fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s/%s\t%s\t%s\t%s\t%s\n", h.Name, h.State,
 					h.Used.CPUs, h.Capacity.CPUs, spec.Size(h.Used.Memory), spec.Size(h.Capacity.Memory),
-					dash(strings.Join(h.VMs, ",")), dash(h.QEMU), dash(h.Accel))
+					dash(strings.Join(h.VMs, ",")), dash(h.QEMU), dash(h.Accel), dash(h.Fencing.Summary))
+				if h.Fencing.Warning != "" {
+					warnings = append(warnings, "WARNING: "+h.Name+": "+h.Fencing.Warning)
+				} else if w := h.Fencing.Watchdog; w != nil && !w.Usable && w.Problem != "" {
+					warnings = append(warnings, h.Name+": watchdog unusable: "+w.Problem)
+				}
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, w := range warnings {
+				fmt.Fprintln(g.out, w)
+			}
+			return nil
+		},
+	}
+	o.register(list)
+	var so output
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one host: state, capacity, VMs and fencing (watchdog)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := so.check(); err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			h, err := c.GetHost(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if so.json() {
+				return printJSON(g.out, h)
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "Name:\t%s\nState:\t%s\nCPU:\t%d/%d\nMemory:\t%s/%s\nVMs:\t%s\nQEMU:\t%s (%s)\nDatastores:\t%s\nFencing:\t%s\n",
+				h.Name, h.State, h.Used.CPUs, h.Capacity.CPUs, spec.Size(h.Used.Memory), spec.Size(h.Capacity.Memory),
+				dash(strings.Join(h.VMs, ",")), dash(h.QEMU), dash(h.Accel), dash(strings.Join(h.Datastores, ",")), h.Fencing.Summary)
+			if w := h.Fencing.Watchdog; w != nil {
+				fmt.Fprintf(tw, "  device:\t%s (%s)\n  timeout:\t%s accepted, slack %s\n  armed:\t%t\n  nowayout:\t%t\n",
+					w.Device, dash(w.Identity), time.Duration(w.TimeoutMS)*time.Millisecond, time.Duration(w.SlackMS)*time.Millisecond, w.Armed, w.NoWayOut)
+				if w.Problem != "" {
+					fmt.Fprintf(tw, "  problem:\t%s\n", w.Problem)
+				}
+			}
+			if h.Fencing.Warning != "" {
+				fmt.Fprintf(tw, "WARNING:\t%s\n", h.Fencing.Warning)
 			}
 			return tw.Flush()
 		},
 	}
-	o.register(list)
-	cmd.AddCommand(list, newHostMaintenanceCmd(g))
+	so.register(show)
+	cmd.AddCommand(list, show, newHostMaintenanceCmd(g))
 	return cmd
 }
 

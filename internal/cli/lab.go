@@ -10,12 +10,14 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vigilha/vigil/internal/driver/qemu"
 	"github.com/vigilha/vigil/internal/image"
 	"github.com/vigilha/vigil/internal/lab"
+	"github.com/vigilha/vigil/internal/lab/boardwd"
 	"github.com/vigilha/vigil/internal/lab/netlab"
 )
 
@@ -49,17 +51,20 @@ func newLabCmd(g *globals) *cobra.Command {
 	for _, f := range []struct {
 		name, short string
 		do          func(*lab.Lab, context.Context, string) error
+		process     func(*lab.Lab, context.Context, string, string) error
 	}{
-		{"crash", "Power loss: SIGKILL every process of HOST (QEMUs included) and take its links down", (*lab.Lab).Crash},
-		{"freeze", "Freeze every process of HOST (cgroup freezer)", (*lab.Lab).Freeze},
-		{"thaw", "Thaw a frozen HOST", (*lab.Lab).Thaw},
-		{"isolate", "Cut all of HOST's networks", (*lab.Lab).Isolate},
-		{"cut-storage", "Cut only HOST's storage network", (*lab.Lab).CutStorage},
-		{"heal", "Undo every fault of HOST; a crashed host reboots (agent started again, no VMs)", (*lab.Lab).Heal},
-		{"stop-agent", "SIGKILL only HOST's agent (its VMs keep running)", (*lab.Lab).StopAgent},
-		{"start-agent", "Start HOST's agent again", (*lab.Lab).StartAgent},
+		{"crash", "Power loss: SIGKILL every process of HOST (QEMUs included), take its links down, power its board watchdog off", (*lab.Lab).Crash, nil},
+		{"freeze", "Freeze every process of HOST (cgroup freezer); with --process, only one: agent, feeder, qemu:VM (or, for `freeze storage`, the storage control process)", (*lab.Lab).Freeze, (*lab.Lab).FreezeProcess},
+		{"thaw", "Thaw a frozen HOST (with --process, one frozen process)", (*lab.Lab).Thaw, (*lab.Lab).ThawProcess},
+		{"kill", "SIGKILL one process of HOST (--process agent|feeder|qemu:VM, or control|qsd of the storage node)", nil, (*lab.Lab).KillProcess},
+		{"isolate", "Cut all of HOST's networks", (*lab.Lab).Isolate, nil},
+		{"cut-storage", "Cut only HOST's storage network", (*lab.Lab).CutStorage, nil},
+		{"heal", "Undo every fault of HOST; a crashed host reboots (agent started again, no VMs)", (*lab.Lab).Heal, nil},
+		{"stop-agent", "SIGKILL only HOST's agent (its VMs keep running)", (*lab.Lab).StopAgent, nil},
+		{"start-agent", "Start HOST's agent again", (*lab.Lab).StartAgent, nil},
 	} {
-		cmd.AddCommand(&cobra.Command{
+		var process string
+		c := &cobra.Command{
 			Use:   f.name + " HOST",
 			Short: f.short,
 			Args:  cobra.ExactArgs(1),
@@ -68,14 +73,33 @@ func newLabCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := f.do(l, cmd.Context(), args[0]); err != nil {
-					return fmt.Errorf("%s %s: %w", f.name, args[0], err)
+				host := args[0]
+				if process == "" && f.process != nil && host == "storage" {
+					process = lab.RoleStorageControl // the storage node is never failed whole
 				}
-				fmt.Fprintf(g.out, "%s %s: done\n", f.name, args[0])
+				if process == "" && f.do == nil {
+					return fmt.Errorf("%s %s: --process is required", f.name, host)
+				}
+				what := host
+				if process != "" {
+					what = host + " process " + process
+					err = f.process(l, cmd.Context(), host, process)
+				} else {
+					err = f.do(l, cmd.Context(), host)
+				}
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", f.name, what, err)
+				}
+				fmt.Fprintf(g.out, "%s %s: done\n", f.name, what)
 				return nil
 			},
-		})
+		}
+		if f.process != nil {
+			c.Flags().StringVar(&process, "process", "", "only this process: agent, feeder or qemu:VM on a host; control (vigil storage serve) or qsd on the storage node")
+		}
+		cmd.AddCommand(c)
 	}
+	cmd.AddCommand(newLabBoardWatchdogCmd(g, o))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "partition HOST...",
 		Short: "Cut the management network between the named hosts and the rest (storage and VM networks stay up)",
@@ -134,6 +158,44 @@ func newLabUpCmd(g *globals, o *labOpts) *cobra.Command {
 	f.StringVar(&cfg.HostMemory, "host-memory", "2Gi", "memory each host declares")
 	f.StringVar(&cfg.ImageDir, "image-dir", DefaultImageDir, "guest images (from `vigil image build`)")
 	f.StringArrayVar(&cfg.AgentArgs, "agent-arg", nil, "extra argument for every agent (repeatable), e.g. --agent-arg=--lease-ttl=3s")
+	f.StringVar(&cfg.Watchdog, "watchdog", lab.WatchdogBoard, "each host's emulated watchdog: board (a hardware watchdog, outside the host), kernel (softdog: freezes with the host) or none")
+	f.DurationVar(&cfg.WatchdogTimeout, "watchdog-timeout", time.Second, "the emulated watchdog's timeout")
+	f.DurationVar(&cfg.RebootDelay, "reboot-delay", 10*time.Second, "how long a host reset by its watchdog stays down")
+	return cmd
+}
+
+// newLabBoardWatchdogCmd is the process the lab runs as each host's
+// emulated hardware watchdog.
+func newLabBoardWatchdogCmd(g *globals, o *labOpts) *cobra.Command {
+	var cfg boardwd.Config
+	var host string
+	var delay time.Duration
+	cmd := &cobra.Command{
+		Use:    "board-watchdog",
+		Short:  "Run a lab host's emulated hardware watchdog (started by the lab)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := g.logger().With("host", host)
+			cfg.Log = log
+			cfg.Reset = func(ctx context.Context) {
+				l, err := lab.Open(o.dir, log)
+				if err == nil {
+					err = l.WatchdogReset(ctx, host, delay)
+				}
+				if err != nil {
+					log.Error("watchdog reset", "err", err)
+				}
+			}
+			return boardwd.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&host, "host", "", "the lab host this watchdog resets")
+	f.StringVar(&cfg.Path, "device", "", "the FIFO the host's feeder opens")
+	f.DurationVar(&cfg.Timeout, "timeout", time.Second, "watchdog timeout")
+	f.BoolVar(&cfg.NoWayOut, "nowayout", false, "ignore the magic close")
+	f.DurationVar(&delay, "reboot-delay", 10*time.Second, "how long the host stays down after a reset")
 	return cmd
 }
 
@@ -211,13 +273,17 @@ func newLabStatusCmd(g *globals, o *labOpts) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tNAMESPACE\tTASKS\tFREEZER\tLINKS\tFAULTS")
+			fmt.Fprintln(tw, "NODE\tNAMESPACE\tTASKS\tFREEZER\tLINKS\tWATCHDOG\tFAULTS")
 			for _, n := range st {
 				var links []string
 				for _, lk := range n.Links {
 					links = append(links, lk.Name+":"+lk.State)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", n.Node, n.Namespace, n.Tasks, dash(n.Freezer), strings.Join(links, " "), faultText(n.Faults))
+				wd := "-"
+				if n.Node != netlab.StorageNode {
+					wd = l.WatchdogState("host" + strings.TrimPrefix(n.Node, "h"))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Node, n.Namespace, n.Tasks, dash(n.Freezer), strings.Join(links, " "), wd, faultText(n.Faults))
 			}
 			return tw.Flush()
 		},
@@ -261,6 +327,9 @@ func faultText(f netlab.Faults) string {
 	}
 	for _, p := range f.Partitions {
 		out = append(out, fmt.Sprintf("partition#%d", p))
+	}
+	for _, p := range f.FrozenProcs {
+		out = append(out, "frozen:"+p)
 	}
 	return dash(strings.Join(out, ","))
 }

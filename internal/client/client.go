@@ -203,6 +203,15 @@ func (c *Client) ListHosts(ctx context.Context) ([]api.Host, error) {
 	return out, c.do(ctx, http.MethodGet, "/api/v1/hosts", nil, &out)
 }
 
+// GetHost returns one host.
+func (c *Client) GetHost(ctx context.Context, name string) (*api.Host, error) {
+	var out api.Host
+	if err := c.do(ctx, http.MethodGet, "/api/v1/hosts/"+url.PathEscape(name), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Event is one entry of the event log.
 type Event = store.Event
 

@@ -130,6 +130,9 @@ const (
 	EventExited       EventType = "exited"
 	EventStateChanged EventType = "state-changed"
 	EventReset        EventType = "reset"
+	// EventReattached: a VM found after an agent restart answers on its
+	// control channel again.
+	EventReattached EventType = "reattached"
 )
 
 // Event is a lifecycle event of one VM.

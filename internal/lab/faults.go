@@ -19,20 +19,31 @@ func (l *Lab) node(host string) (string, error) {
 }
 
 // Crash is a power loss: every process of the host (agent, etcd member,
-// QEMUs) is SIGKILLed and its links go down.
+// QEMUs) is SIGKILLed and its links go down; its board watchdog loses
+// power too.
 func (l *Lab) Crash(ctx context.Context, host string) error {
 	n, err := l.node(host)
 	if err != nil {
+		return err
+	}
+	if err := l.net.KillBoard(ctx, n); err != nil {
 		return err
 	}
 	return l.net.Crash(ctx, n)
 }
 
 // Freeze stops every process of the host (cgroup freezer), as a hung host.
+// A board watchdog keeps running and resets the host; a kernel watchdog
+// (softdog) freezes with it.
 func (l *Lab) Freeze(ctx context.Context, host string) error {
 	n, err := l.node(host)
 	if err != nil {
 		return err
+	}
+	if l.st.Config.Watchdog == WatchdogKernel {
+		if err := l.net.FreezeBoard(ctx, n, true); err != nil {
+			return err
+		}
 	}
 	return l.net.Freeze(ctx, n)
 }
@@ -43,7 +54,10 @@ func (l *Lab) Thaw(ctx context.Context, host string) error {
 	if err != nil {
 		return err
 	}
-	return l.net.Thaw(ctx, n)
+	if err := l.net.Thaw(ctx, n); err != nil {
+		return err
+	}
+	return l.net.FreezeBoard(ctx, n, false)
 }
 
 // Isolate cuts all of the host's networks.
@@ -90,17 +104,28 @@ func (l *Lab) Heal(ctx context.Context, host string) error {
 	if err != nil {
 		return err
 	}
-	if f.Crashed || !l.agentAlive(host) {
-		return l.startAgent(ctx, host)
+	if err := l.net.FreezeBoard(ctx, n, false); err != nil {
+		return err
 	}
-	return nil
+	if f.Crashed {
+		return l.powerOn(ctx, host)
+	}
+	// A host reset by its watchdog is booting by itself; anything else
+	// (an agent stopped with stop-agent, say) is started again.
+	if err := l.startBoard(ctx, host); err != nil {
+		return err
+	}
+	return l.startDaemons(ctx, host)
 }
 
 // StopAgent SIGKILLs only the host's agent process (an agent crash): its
 // VMs keep running.
 func (l *Lab) StopAgent(ctx context.Context, host string) error {
-	pid := l.st.Pids[host]
-	if pid == 0 || !l.agentAlive(host) {
+	pid, err := l.AgentPID(host)
+	if err != nil {
+		return err
+	}
+	if pid == 0 {
 		return fmt.Errorf("no agent running on %s", host)
 	}
 	return killWait(ctx, pid)
@@ -108,32 +133,14 @@ func (l *Lab) StopAgent(ctx context.Context, host string) error {
 
 // StartAgent starts the host's agent again (after StopAgent).
 func (l *Lab) StartAgent(ctx context.Context, host string) error {
-	if l.agentAlive(host) {
+	if pid, _ := l.AgentPID(host); pid != 0 {
 		return fmt.Errorf("the agent of %s is already running", host)
 	}
 	return l.startAgent(ctx, host)
 }
 
-// AgentPID is the pid of the host's agent process.
-func (l *Lab) AgentPID(host string) int { return l.st.Pids[host] }
-
-func (l *Lab) agentAlive(host string) bool {
-	n, err := l.node(host)
-	if err != nil {
-		return false
-	}
-	pid := l.st.Pids[host]
-	procs, err := l.net.Procs(n)
-	if err != nil {
-		return false
-	}
-	for _, p := range procs {
-		if p == pid {
-			return processAlive(pid)
-		}
-	}
-	return false
-}
+// AgentPID is the pid of the host's agent process, or 0.
+func (l *Lab) AgentPID(host string) (int, error) { return l.ProcessPID(host, RoleAgent) }
 
 // Exec runs a command inside the host's network namespace.
 func (l *Lab) Exec(ctx context.Context, host string, argv ...string) (*exec.Cmd, error) {

@@ -54,8 +54,28 @@ type Config struct {
 	HostMemory string
 	// AgentArgs are extra arguments for every agent (timing knobs).
 	AgentArgs []string
-	Log       *slog.Logger
+	// Watchdog is each host's emulated watchdog: WatchdogBoard (default),
+	// WatchdogKernel or WatchdogNone.
+	Watchdog string
+	// WatchdogTimeout is the emulated device's timeout (default 1 s), and
+	// RebootDelay how long a host reset by it stays down (default 10 s).
+	WatchdogTimeout time.Duration
+	RebootDelay     time.Duration
+	Log             *slog.Logger
 }
+
+// Where each lab host's emulated watchdog sits.
+const (
+	// WatchdogBoard is a hardware watchdog: outside the host, so it fires
+	// whatever the host's processes do, frozen ones included.
+	WatchdogBoard = "board"
+	// WatchdogKernel is softdog: it freezes with the host (a frozen
+	// kernel), though not with a single hung process.
+	WatchdogKernel = "kernel"
+	// WatchdogNone: the hosts have no watchdog (HA VMs then need
+	// `vigil config set ha.allow-no-watchdog true`).
+	WatchdogNone = "none"
+)
 
 // state is what the lab records in Dir/lab.json so that later commands
 // (crash, heal, env, down) can act on it.
@@ -63,7 +83,6 @@ type state struct {
 	Config Config              `json:"config"`
 	Hosts  []string            `json:"hosts"`
 	Args   map[string][]string `json:"args"`
-	Pids   map[string]int      `json:"pids"`
 }
 
 // Lab is a handle on a running lab.
@@ -116,6 +135,19 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if cfg.Accel == "" {
 		cfg.Accel = "auto"
 	}
+	switch cfg.Watchdog {
+	case "":
+		cfg.Watchdog = WatchdogBoard
+	case WatchdogBoard, WatchdogKernel, WatchdogNone:
+	default:
+		return nil, fmt.Errorf("lab: watchdog %q: want %s, %s or %s", cfg.Watchdog, WatchdogBoard, WatchdogKernel, WatchdogNone)
+	}
+	if cfg.WatchdogTimeout == 0 {
+		cfg.WatchdogTimeout = time.Second
+	}
+	if cfg.RebootDelay == 0 {
+		cfg.RebootDelay = 10 * time.Second
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -130,7 +162,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab network: %w", err)
 	}
-	l := &Lab{dir: dir, net: n, log: cfg.Log, st: state{Config: cfg, Args: map[string][]string{}, Pids: map[string]int{}}}
+	l := &Lab{dir: dir, net: n, log: cfg.Log, st: state{Config: cfg, Args: map[string][]string{}}}
 	for k := 1; k <= cfg.Hosts; k++ {
 		l.st.Hosts = append(l.st.Hosts, HostName(k))
 	}
@@ -156,7 +188,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	}
 	for k := 1; k <= cfg.Hosts; k++ {
 		l.st.Args[HostName(k)] = l.agentArgs(k)
-		if err := l.startAgent(ctx, HostName(k)); err != nil {
+	}
+	// Saved before any host boots: a board watchdog's reset restarts the
+	// agent from this record.
+	if err := l.save(); err != nil {
+		return fail(err)
+	}
+	for k := 1; k <= cfg.Hosts; k++ {
+		if err := l.powerOn(ctx, HostName(k)); err != nil {
 			return fail(err)
 		}
 	}
@@ -308,11 +347,10 @@ func (l *Lab) startStorage(ctx context.Context) error {
 		"--dir", filepath.Join(l.dir, "storage"),
 		"--listen", stor + ":" + strconv.Itoa(storagePort),
 		"--nbd", stor + ":" + strconv.Itoa(nbdPort)}
-	pid, err := l.net.Spawn(ctx, netlab.StorageNode, netlab.ProcSpec{Name: "storage", Argv: args})
-	if err != nil {
+	if _, err := l.net.Spawn(ctx, netlab.StorageNode, netlab.ProcSpec{Name: "storage", Argv: args}); err != nil {
 		return fmt.Errorf("start storage server: %w", err)
 	}
-	l.st.Args["storage"], l.st.Pids["storage"] = args, pid
+	l.st.Args["storage"] = args
 	return l.save()
 }
 
@@ -338,6 +376,11 @@ func (l *Lab) agentArgs(k int) []string {
 		"--accel", c.Accel,
 		"--datastore", "local=" + filepath.Join(l.dir, host, "datastores", "local"),
 		"--shared-datastore", "shared=" + l.storageURL(),
+		"--boot-id-file", l.bootIDPath(host),
+		"--watchdog-socket", l.feederSocket(host),
+	}
+	if c.Watchdog == WatchdogNone {
+		args[len(args)-1] = ""
 	}
 	if c.ImageDir != "" {
 		args = append(args, "--image-dir", c.ImageDir)
@@ -365,12 +408,10 @@ func (l *Lab) startAgent(ctx context.Context, host string) error {
 	if err := os.MkdirAll(filepath.Join(l.dir, host), 0o755); err != nil {
 		return err
 	}
-	pid, err := l.net.Spawn(ctx, "h"+strconv.Itoa(k), netlab.ProcSpec{Name: "agent", Argv: args})
-	if err != nil {
+	if _, err := l.net.Spawn(ctx, "h"+strconv.Itoa(k), netlab.ProcSpec{Name: "agent", Argv: args}); err != nil {
 		return fmt.Errorf("start agent on %s: %w", host, err)
 	}
-	l.st.Pids[host] = pid
-	return l.save()
+	return nil
 }
 
 // waitReady waits until the API answers and every host is up.
@@ -391,8 +432,17 @@ func (l *Lab) waitReady(ctx context.Context, limit time.Duration) error {
 					up++
 				}
 			}
-			last = fmt.Sprintf("%d of %d hosts up", up, len(l.st.Hosts))
-			if up == len(l.st.Hosts) {
+			fenced := 0
+			for _, h := range hosts {
+				if h.Fencing.Watchdog != nil && h.Fencing.Watchdog.Usable {
+					fenced++
+				}
+			}
+			if l.st.Config.Watchdog == WatchdogNone {
+				fenced = len(hosts)
+			}
+			last = fmt.Sprintf("%d of %d hosts up, %d with a usable watchdog", up, len(l.st.Hosts), fenced)
+			if up == len(l.st.Hosts) && fenced == up {
 				if _, err := c.Events(ctx, client.EventFilter{Type: "leader.elected", Limit: 1}); err == nil {
 					return nil
 				}

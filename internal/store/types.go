@@ -83,6 +83,11 @@ type ClusterConfig struct {
 	// if the HA VMs could not all restart after any N hosts fail. 0 turns
 	// admission control off.
 	HostFailuresToTolerate int `json:"hostFailuresToTolerate"`
+	// AllowNoWatchdog lets hosts without a usable watchdog run restartable
+	// HA VMs. Without a watchdog a hung agent can leave a VM answering on
+	// the network after HA restarted it elsewhere (its disk stays safe:
+	// the storage fence holds).
+	AllowNoWatchdog bool `json:"allowNoWatchdog,omitempty"`
 }
 
 // DefaultClusterConfig is the configuration of a new cluster.
@@ -131,7 +136,35 @@ type Host struct {
 	Networks     []string     `json:"networks,omitempty"`
 	StartedAt    time.Time    `json:"startedAt"`
 	Version      string       `json:"version,omitempty"`
+	// Fencing is how the host fences itself when its agent cannot.
+	Fencing Fencing `json:"fencing"`
 }
+
+// Fencing is a host's means of self-fencing beyond its agent.
+type Fencing struct {
+	// Watchdog is the host's watchdog; nil when it has none configured.
+	Watchdog *WatchdogState `json:"watchdog,omitempty"`
+}
+
+// WatchdogState is a host's watchdog as its agent reports it.
+type WatchdogState struct {
+	Device   string `json:"device"`
+	Identity string `json:"identity,omitempty"`
+	// TimeoutMS is the timeout the device accepted; SlackMS the feeder's
+	// allowance for the device's lateness and the reset itself.
+	TimeoutMS int64 `json:"timeoutMS,omitempty"`
+	SlackMS   int64 `json:"slackMS,omitempty"`
+	NoWayOut  bool  `json:"nowayout,omitempty"`
+	// Armed: the host runs restartable VMs and the watchdog guards them.
+	Armed bool `json:"armed"`
+	// Usable is false when the device cannot be used, or its timing does
+	// not fit the host lease; Problem says why.
+	Usable  bool   `json:"usable"`
+	Problem string `json:"problem,omitempty"`
+}
+
+// WatchdogUsable reports whether the host has a usable watchdog.
+func (h *Host) WatchdogUsable() bool { return h.Fencing.Watchdog != nil && h.Fencing.Watchdog.Usable }
 
 // Capabilities is what the host's QEMU can do, fed to placement.
 type Capabilities struct {

@@ -32,6 +32,10 @@ type LabOptions struct {
 	HostCPUs   int
 	HostMemory string
 	AgentArgs  []string
+	// Watchdog is lab.WatchdogBoard (default), WatchdogKernel or
+	// WatchdogNone; RebootDelay how long a host reset by it stays down.
+	Watchdog    string
+	RebootDelay time.Duration
 }
 
 // StartLab builds a lab in a directory of its own and tears it down when
@@ -51,6 +55,7 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	l, err := lab.Up(ctx, lab.Config{
 		Dir: dir, Hosts: o.Hosts, Bin: Binary(t), ImageDir: ImageDir(t), Accel: "tcg",
 		HostCPUs: o.HostCPUs, HostMemory: o.HostMemory, AgentArgs: o.AgentArgs,
+		Watchdog: o.Watchdog, RebootDelay: o.RebootDelay,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {

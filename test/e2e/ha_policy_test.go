@@ -11,6 +11,7 @@ import (
 	"github.com/vigilha/vigil/internal/api"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/lab"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/testenv"
 )
@@ -158,8 +159,10 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 		v := l.CreateVM(testenv.HASpec(t, n, nil), n)
 		ips[n] = v.IP
 	}
+	sampler := check.StartSampler(names, 20*time.Millisecond)
+	defer sampler.Stop()
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	faults := []string{"crash", "freeze", "partition", "isolate", "cut-storage"}
+	faults := []string{"crash", "freeze", "partition", "isolate", "cut-storage", "hang-agent", "hang-qemu"}
 	end := time.Now().Add(dur)
 	round := 0
 	acks := map[string][]check.Ack{}
@@ -172,12 +175,22 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 			l.WaitAnswering(g, ips[n], 3*recoveryLimit)
 		}
 		writers := map[string]*check.Writer{}
+		pollers := map[string]*check.Poller{}
 		for _, n := range names {
 			writers[n] = check.StartWriter(g, ips[n], 150*time.Millisecond)
+			pollers[n] = check.StartPoller(g, ips[n], 250*time.Millisecond)
 		}
 		t.Logf("round %d: %s %s", round, fault, host)
 		var err error
 		switch fault {
+		case "hang-agent":
+			err = l.FreezeProcess(ctx, host, lab.RoleAgent)
+		case "hang-qemu":
+			vm := names[rng.IntN(len(names))]
+			cur := l.WaitVM(vm, 2*recoveryLimit, "running", func(v api.VM) bool { return v.State == "running" })
+			host = cur.Host
+			t.Logf("round %d: the QEMU of %s on %s", round, vm, host)
+			err = l.FreezeProcess(ctx, host, lab.RoleQEMUPrefix+vm)
 		case "crash":
 			err = l.Crash(ctx, host)
 		case "freeze":
@@ -205,13 +218,19 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 		time.Sleep(2 * time.Second) // a few acknowledged appends after recovery, every round
 		for _, n := range names {
 			acks[n] = append(acks[n], writers[n].Stop()...)
+			if err := pollers[n].Stop().Err(); err != nil {
+				t.Fatalf("round %d (%s %s): %s: %v", round, fault, host, n, err)
+			}
+			if twice := sampler.Twice(n); len(twice) > 0 {
+				t.Fatalf("round %d (%s %s): two QEMUs of %s at once at %s", round, fault, host, n, twice[0].Format("15:04:05.000"))
+			}
 			waitOneQEMU(t, n, 20*time.Second)
 			verifyLedger(t, g, ips[n], acks[n])
 		}
 	}
 	t.Logf("%d chaos rounds in %s", round, dur)
 	evs := l.Events(time.Now().Add(-dur - time.Minute))
-	t.Logf("failovers: %d restart placements, %d self-fences", count(evs, "vm.restart-placed"), count(evs, "host.self-fence"))
+	t.Logf("failovers: %d restart placements, %d self-fences, %d watchdog resets", count(evs, "vm.restart-placed"), count(evs, "host.self-fence"), count(evs, "host.watchdog-reset"))
 }
 
 func waitOneQEMU(t *testing.T, vm string, limit time.Duration) {

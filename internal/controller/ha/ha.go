@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/controller/placement"
+	"github.com/vigilha/vigil/internal/hatiming"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -72,7 +73,7 @@ type Config struct {
 
 // DefaultConfig matches the agents' defaults (docs/ha.md).
 func DefaultConfig() Config {
-	return Config{Grace: 200 * time.Millisecond, IsolationGrace: 2 * time.Second, StorageStale: 1500 * time.Millisecond, SuspectAfter: 750 * time.Millisecond,
+	return Config{Grace: hatiming.Grace, IsolationGrace: hatiming.IsolationGrace, StorageStale: hatiming.StorageStale, SuspectAfter: 750 * time.Millisecond,
 		ClassTimeout: 30 * time.Second, DependencyTimeout: 60 * time.Second}
 }
 
@@ -139,10 +140,15 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 	}
 	// Liveness, heartbeats and class timeouts change with time alone; a
 	// host in its grace period gets a pass the moment the grace ends.
+	// A host whose datastore heartbeat is still fresh gets a pass the
+	// moment it goes stale.
 	next := 250 * time.Millisecond
-	for _, since := range c.down {
+	for h, since := range c.down {
 		if left := since.Add(c.cfg.Grace).Sub(c.now()); left > 0 && left < next {
 			next = left + time.Millisecond
+		}
+		if hb, ok := c.freshest(p, h); ok && hb.Age < c.cfg.StorageStale && c.cfg.StorageStale-hb.Age < next {
+			next = c.cfg.StorageStale - hb.Age + time.Millisecond
 		}
 	}
 	return next, errors.Join(errs...)

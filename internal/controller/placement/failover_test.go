@@ -16,7 +16,8 @@ func snapWith(hosts []string, vms map[string]string, prio map[string]string) *st
 		Datastores:  map[string]*store.Datastore{"shared": {Name: "shared", Type: store.DatastoreShared}},
 		Maintenance: map[string]bool{}, Rules: map[string]*store.Rule{}}
 	for _, h := range hosts {
-		s.Hosts[h] = &store.Host{Name: h, Capacity: store.Resources{CPUs: 2, Memory: 2 << 30}, Datastores: []string{"shared"}}
+		s.Hosts[h] = &store.Host{Name: h, Capacity: store.Resources{CPUs: 2, Memory: 2 << 30}, Datastores: []string{"shared"},
+			Fencing: store.Fencing{Watchdog: &store.WatchdogState{Device: "/dev/watchdog", Usable: true}}}
 		s.Alive[h] = store.Alive{}
 	}
 	for name, h := range vms {
@@ -92,5 +93,34 @@ func TestForCombinations(t *testing.T) {
 	forCombinations([]string{"a", "b", "c"}, 2, func(s []string) bool { got = append(got, strings.Join(s, "")); return true })
 	if strings.Join(got, ",") != "ab,ac,bc" {
 		t.Errorf("combinations = %v", got)
+	}
+}
+
+// A restartable HA VM goes only to hosts that can fence themselves with a
+// watchdog, unless the cluster allows otherwise; a VM that HA never
+// restarts elsewhere goes anywhere.
+func TestWatchdogRequiredForRestartableVMs(t *testing.T) {
+	s := snapWith([]string{"h1", "h2"}, nil, nil)
+	s.Hosts["h1"].Fencing.Watchdog = nil
+	s.Hosts["h2"].Fencing.Watchdog.Usable = false
+	s.Hosts["h2"].Fencing.Watchdog.Problem = "cannot open"
+	v := haVM("x", "", "")
+	_, err := Place(RequestFor(s, v), Hosts(s, ""))
+	if err == nil || !strings.Contains(err.Error(), "no usable watchdog") || !strings.Contains(err.Error(), "ha.allow-no-watchdog") {
+		t.Fatalf("restartable VM on hosts without a watchdog: %v", err)
+	}
+	s.Hosts["h2"].Fencing.Watchdog.Usable = true
+	if d, err := Place(RequestFor(s, v), Hosts(s, "")); err != nil || d.Host != "h2" {
+		t.Fatalf("want h2, the host with a watchdog: %+v %v", d, err)
+	}
+	s.Hosts["h2"].Fencing.Watchdog.Usable = false
+	s.Config.AllowNoWatchdog = true
+	if _, err := Place(RequestFor(s, v), Hosts(s, "")); err != nil {
+		t.Fatalf("ha.allow-no-watchdog set: %v", err)
+	}
+	s.Config.AllowNoWatchdog = false
+	v.Record.VM.Spec.HA.Priority = spec.PriorityDisabled
+	if _, err := Place(RequestFor(s, v), Hosts(s, "")); err != nil {
+		t.Fatalf("a VM HA never restarts elsewhere needs no watchdog: %v", err)
 	}
 }

@@ -23,6 +23,9 @@ type Host struct {
 	// Used is the demand of the VMs already placed on the host.
 	Used       store.Resources
 	Datastores []string
+	// Watchdog: the host has a usable watchdog, so that a hung agent cannot
+	// leave a VM running after HA restarted it elsewhere.
+	Watchdog bool
 	// VMs are the names of the VMs placed on the host.
 	VMs []string
 }
@@ -47,6 +50,10 @@ type Request struct {
 	Pinned string
 	// Avoid lists hosts to skip (the one being evacuated or that failed).
 	Avoid []string
+	// NeedsWatchdog: the VM is restartable elsewhere, so its host must be
+	// able to fence itself with a watchdog (unless the cluster allows
+	// otherwise).
+	NeedsWatchdog bool
 
 	placedOn map[string]string // VM -> host, filled by Place
 }
@@ -91,7 +98,14 @@ type check func(r *Request, h *Host) string
 
 // feasibility is the list of steps, in the order their reasons are reported.
 func feasibility() []check {
-	return []check{checkAlive, checkPinned, checkHostRules, checkDatastores, checkAffinity, checkAntiAffinity, checkCapacity}
+	return []check{checkAlive, checkPinned, checkWatchdog, checkHostRules, checkDatastores, checkAffinity, checkAntiAffinity, checkCapacity}
+}
+
+func checkWatchdog(r *Request, h *Host) string {
+	if r.NeedsWatchdog && !h.Watchdog {
+		return "host has no usable watchdog, which HA VMs need (see `vigil host show`; `vigil config set ha.allow-no-watchdog true` allows it)"
+	}
+	return ""
 }
 
 func checkAlive(r *Request, h *Host) string {

@@ -38,7 +38,7 @@ func Hosts(snap *store.Snapshot, exclude string) []Host {
 		}
 		out = append(out, Host{
 			Name: name, Alive: alive, Maintenance: snap.Maintenance[name],
-			Capacity: h.Capacity, Datastores: dss,
+			Capacity: h.Capacity, Datastores: dss, Watchdog: h.WatchdogUsable(),
 		})
 	}
 	for i := range out {
@@ -74,6 +74,9 @@ func Hosts(snap *store.Snapshot, exclude string) []Host {
 func RequestFor(snap *store.Snapshot, v *store.VMState) *Request {
 	vm := &v.Record.VM
 	r := &Request{VM: vm.Metadata.Name, Demand: Demand(vm), Hosts: vm.Spec.Placement.Hosts}
+	if ok, _ := Restartable(snap, v); ok && !snap.Config.AllowNoWatchdog {
+		r.NeedsWatchdog = true
+	}
 	for _, d := range vm.Spec.Disks {
 		if !slices.Contains(r.Datastores, d.Datastore) {
 			r.Datastores = append(r.Datastores, d.Datastore)

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vigilha/vigil/internal/atomicfile"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/hostnet"
 	"github.com/vigilha/vigil/internal/qmp"
@@ -243,7 +244,7 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	started := time.Now()
 	rec := persisted{Config: *cfg, Accel: accel, StartedAt: started}
 	b, _ := json.MarshalIndent(rec, "", "  ")
-	if err := writeFileAtomic(p.Config, b); err != nil {
+	if err := atomicfile.Write(p.Config, b, 0o640); err != nil {
 		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
 	}
 	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
@@ -272,11 +273,13 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	}
 	in := newInstance(d, cfg.Name, p, rec, proc)
 	if err := in.attach(ctx); err != nil {
+		in.stop()
 		_ = proc.signal(unix.SIGKILL)
 		proc.wait(ctx, 5*time.Second)
 		proc.close()
 		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
 	}
+	go in.watchExit()
 	d.log.Info("vm started", "vm", cfg.Name, "pid", proc.pid, "accel", accel, "took", time.Since(started).Round(time.Millisecond))
 	return in, nil
 }
@@ -309,8 +312,12 @@ func waitReady(ctx context.Context, pid int, name string, p runtimePaths, exited
 	}
 }
 
-// Recover reattaches to VMs whose runtime directories survive from an
-// earlier agent, and reports the ones whose QEMU is gone.
+// Recover finds the VMs whose runtime directories survive from an earlier
+// agent and reports them: running ones with their process (QMP is
+// reconnected in the background, and a QEMU that does not answer within
+// reattachWithin is killed), and the ones whose QEMU is gone. It does not
+// wait for QMP: every QEMU found is registered at once, so that fencing
+// covers it and nothing starts a second copy of it.
 func (d *Driver) Recover(ctx context.Context) ([]driver.Status, error) {
 	entries, err := os.ReadDir(d.cfg.RunDir)
 	if err != nil {
@@ -352,15 +359,12 @@ func (d *Driver) Recover(ctx context.Context) ([]driver.Status, error) {
 			continue
 		}
 		in := newInstance(d, name, p, rec, proc)
-		if err := in.attach(ctx); err != nil {
-			d.log.Error("recover: cannot reattach; QEMU left running untouched", "vm", name, "pid", proc.pid, "err", err)
-			proc.close()
-			continue
-		}
 		d.mu.Lock()
 		d.vms[name] = in
 		d.mu.Unlock()
-		d.log.Info("vm reattached", "vm", name, "pid", proc.pid, "status", in.snapshot().QEMUStatus)
+		go in.watchExit()
+		go in.reattach(ctx)
+		d.log.Info("found running vm", "vm", name, "pid", proc.pid)
 		out = append(out, in.snapshot())
 	}
 	return out, nil
@@ -414,7 +418,7 @@ func (d *Driver) Kill(ctx context.Context, name string) error {
 	if !in.snapshot().Running {
 		return nil
 	}
-	in.markKilled()
+	in.markKilled("killed")
 	if err := in.proc.signal(unix.SIGKILL); err != nil {
 		return fmt.Errorf("kill %s: %w", name, err)
 	}
@@ -502,17 +506,6 @@ func (d *Driver) Close() {
 	for _, in := range d.vms {
 		in.stop()
 	}
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // rotate keeps a log from growing without bound across restarts.

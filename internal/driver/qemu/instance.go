@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/qmp"
 )
@@ -31,7 +33,9 @@ type instance struct {
 	qmp            *qmp.Client
 	status         driver.Status
 	shutdownReason string
-	killed         bool
+	// killReason is set when the driver killed the process: "killed", or
+	// "unresponsive" for a QEMU that did not answer after an agent restart.
+	killReason string
 }
 
 func newInstance(d *Driver, name string, p runtimePaths, rec persisted, proc *process) *instance {
@@ -46,7 +50,8 @@ func newInstance(d *Driver, name string, p runtimePaths, rec persisted, proc *pr
 	}
 }
 
-// attach connects QMP, learns the run state, and starts the watchers.
+// attach connects QMP, learns the run state, and starts the watchers of
+// QMP events and guest heartbeats. The caller watches the exit.
 func (in *instance) attach(ctx context.Context) error {
 	c, err := dialRetry(ctx, in.paths.QMP, 5*time.Second)
 	if err != nil {
@@ -65,10 +70,47 @@ func (in *instance) attach(ctx context.Context) error {
 	in.qmp = c
 	in.status.QEMUStatus = st.Status
 	in.mu.Unlock()
-	go in.watchExit()
 	go in.watchEvents(c, events, unsubscribe)
 	go in.readHeartbeats()
 	return nil
+}
+
+// reattachWithin bounds how long a restarted agent tries to reach a QEMU it
+// found running (QMP may not answer at once, e.g. while QEMU is still
+// starting) before it kills it: a VM the agent cannot control must not run.
+const reattachWithin = 10 * time.Second
+
+// reattach connects QMP to a QEMU found after an agent restart, retrying
+// for reattachWithin, and kills the QEMU if it never answers. An agent
+// that stops meanwhile leaves it alone.
+func (in *instance) reattach(ctx context.Context) {
+	actx, cancel := context.WithTimeout(ctx, reattachWithin)
+	defer cancel()
+	start := time.Now()
+	var err error
+	for {
+		if err = in.attach(actx); err == nil {
+			in.d.log.Info("vm reattached", "vm", in.name, "pid", in.proc.pid, "status", in.snapshot().QEMUStatus, "took", time.Since(start).Round(time.Millisecond))
+			in.d.emit(driver.EventReattached, in.snapshot())
+			return
+		}
+		select {
+		case <-in.done:
+			return // it exited by itself
+		case <-actx.Done():
+		case <-time.After(200 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if ctx.Err() != nil {
+		return // the agent is stopping; the VM keeps running
+	}
+	in.d.log.Error("QEMU does not answer on QMP after the agent restart: killing it", "vm", in.name, "pid", in.proc.pid, "within", reattachWithin, "err", err)
+	in.markKilled("unresponsive")
+	if err := in.proc.signal(unix.SIGKILL); err != nil {
+		in.d.log.Error("kill unresponsive QEMU", "vm", in.name, "err", err)
+	}
 }
 
 func dialRetry(ctx context.Context, path string, limit time.Duration) (*qmp.Client, error) {
@@ -96,8 +138,8 @@ func (in *instance) watchExit() {
 	in.mu.Lock()
 	reason := in.shutdownReason
 	switch {
-	case in.killed:
-		reason = "killed"
+	case in.killReason != "":
+		reason = in.killReason
 	case reason == "":
 		reason = "crashed"
 	}
@@ -206,9 +248,11 @@ func (in *instance) snapshot() driver.Status {
 	return in.status
 }
 
-func (in *instance) markKilled() {
+func (in *instance) markKilled(reason string) {
 	in.mu.Lock()
-	in.killed = true
+	if in.killReason == "" {
+		in.killReason = reason
+	}
 	in.mu.Unlock()
 }
 

@@ -33,11 +33,14 @@ type Faults struct {
 	// host from some other host. Reported by Status and Heal; the state
 	// file keeps partitions in one list instead.
 	Partitions []int `json:"partitions,omitempty"`
+	// FrozenProcs label the node's processes frozen alone (FreezeProc).
+	// Reported by Status and Heal; the state file keeps them apart.
+	FrozenProcs []string `json:"frozen_procs,omitempty"`
 }
 
 // Any reports whether any fault is active.
 func (f Faults) Any() bool {
-	return f.Crashed || f.Frozen || f.Isolated || f.StorageCut || len(f.Partitions) > 0
+	return f.Crashed || f.Frozen || f.Isolated || f.StorageCut || len(f.Partitions) > 0 || len(f.FrozenProcs) > 0
 }
 
 // Partition is a cut of the management network between Group and every
@@ -62,6 +65,7 @@ func (l *Lab) update(ctx context.Context, fn func(st *state, save func() error) 
 		return err
 	}
 	pruneProcs(st)
+	pruneFrozen(st)
 	return fn(st, func() error { return l.ss.save(st) })
 }
 
@@ -80,7 +84,12 @@ func (st *state) nodeFaults(node string) Faults {
 	if p := st.Faults[node]; p != nil {
 		f = *p
 	}
-	f.Partitions = nil
+	f.Partitions, f.FrozenProcs = nil, nil
+	for _, p := range st.FrozenProcs {
+		if p.Node == node {
+			f.FrozenProcs = append(f.FrozenProcs, p.Label)
+		}
+	}
 	if hostIndex(node) > 0 {
 		// Every partition splits the whole host set, so it affects every
 		// host; the storage server has no management interface.
@@ -405,6 +414,16 @@ func (l *Lab) HealAll(ctx context.Context) (map[string]Faults, error) {
 func (l *Lab) healLocked(ctx context.Context, st *state, save func() error, n string) error {
 	var errs []error
 	f := st.faults(n)
+	st.FrozenProcs = slices.DeleteFunc(st.FrozenProcs, func(p frozenProc) bool {
+		if p.Node != n {
+			return false
+		}
+		if err := thawFrozen(ctx, l.y, p); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		return true
+	})
 	if err := setFreezer(ctx, l.y.cgroup(n), "THAWED"); err != nil {
 		errs = append(errs, err)
 	} else {

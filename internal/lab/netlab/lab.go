@@ -173,6 +173,9 @@ func build(ctx context.Context, ss stateStore, st *state, log *slog.Logger) erro
 	// exists. Names that are never created are trimmed on failure below.
 	for _, node := range y.nodes() {
 		st.Cgroups = append(st.Cgroups, y.cgroup(node))
+		if node != StorageNode {
+			st.Cgroups = append(st.Cgroups, y.boardCgroup(node))
+		}
 	}
 	st.Namespaces = nsNames
 	st.NFTables = []nftTable{{Namespace: y.switchNS(), Family: "bridge", Name: y.nftTable()}}

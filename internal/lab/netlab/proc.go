@@ -76,6 +76,11 @@ type ProcSpec struct {
 	Env []string
 	// WorkDir is the working directory; empty means the lab directory.
 	WorkDir string
+	// Board places the process on the host's board instead of in the
+	// host: in the host's board cgroup and the switch's namespace, so that
+	// crashing, freezing or cutting off the host does not touch it (an
+	// emulated hardware watchdog). Crash does not kill it; KillBoard does.
+	Board bool
 }
 
 // LogPath returns the file that receives stdout and stderr of the process
@@ -106,6 +111,12 @@ func (l *Lab) Spawn(ctx context.Context, node string, spec ProcSpec) (int, error
 	}
 	ns := l.y.nsName(n)
 	cg := l.y.cgroup(n)
+	if spec.Board {
+		if n == StorageNode {
+			return 0, fmt.Errorf("spawn on %s: the storage server has no board", n)
+		}
+		ns, cg = l.y.switchNS(), l.y.boardCgroup(n)
+	}
 	nsid, err := netNSID(ns)
 	if err != nil {
 		return 0, fmt.Errorf("spawn on %s: %w", n, err)
@@ -113,7 +124,7 @@ func (l *Lab) Spawn(ctx context.Context, node string, spec ProcSpec) (int, error
 
 	var pid int
 	err = l.update(ctx, func(st *state, save func() error) error {
-		if f := st.Faults[n]; f != nil && (f.Crashed || f.Frozen) {
+		if f := st.Faults[n]; f != nil && (f.Crashed || f.Frozen && !spec.Board) {
 			return fmt.Errorf("node is crashed or frozen (%+v); Heal it first", *f)
 		}
 		logPath := l.LogPath(n, name)
@@ -268,6 +279,19 @@ func (l *Lab) Exec(ctx context.Context, node string, argv ...string) (ExecResult
 		return res, fmt.Errorf("exec %q on %s: %w", argv, node, errors.Join(err, ctx.Err()))
 	}
 	return res, nil
+}
+
+// BoardProcs returns the pids in a host's board cgroup.
+func (l *Lab) BoardProcs(node string) ([]int, error) {
+	n, err := l.y.resolve(node)
+	if err != nil {
+		return nil, fmt.Errorf("board procs: %w", err)
+	}
+	pids, err := treeProcs(l.y.boardCgroup(n))
+	if err != nil {
+		return nil, fmt.Errorf("board procs %s: %w", n, err)
+	}
+	return pids, nil
 }
 
 // Procs returns the pids currently in node's cgroup, including cgroups

@@ -62,9 +62,22 @@ type state struct {
 	// Files are files created in the lab directory (logs).
 	Files []string `json:"files"`
 
+	// FrozenProcs are single processes frozen in a cgroup of their own
+	// below their node's (FreezeProc).
+	FrozenProcs []frozenProc `json:"frozen_procs,omitempty"`
+
 	Faults        map[string]*Faults `json:"faults"`
 	Partitions    []Partition        `json:"partitions"`
 	NextPartition int                `json:"next_partition"`
+}
+
+// frozenProc is one process frozen alone.
+type frozenProc struct {
+	Node       string `json:"node"`
+	PID        int    `json:"pid"`
+	StartTicks uint64 `json:"start_ticks"`
+	Cgroup     string `json:"cgroup"`
+	Label      string `json:"label,omitempty"`
 }
 
 type nftTable struct {
