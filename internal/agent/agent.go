@@ -242,7 +242,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
-
 	watch := a.st.Watch(ctx, store.StatePrefix)
 	// The watch can sit on a member that stopped answering (gRPC's
 	// keepalive floor is 10 s), so the loop also re-reads on a timer, a

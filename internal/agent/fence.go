@@ -149,9 +149,9 @@ func (f *fencer) learn(snap *store.Snapshot, self string) bool {
 // lease's: the restarted process inherits exactly the leases the previous
 // one held, and no more.
 type fenceMemory struct {
-	BootID     string                   `json:"bootID"`
-	Policy     map[string]vmPolicy      `json:"policy"`
-	Hosts      map[string]string        `json:"hosts"`
+	BootID     string                              `json:"bootID"`
+	Policy     map[string]vmPolicy                 `json:"policy"`
+	Hosts      map[string]string                   `json:"hosts"`
 	StorageAck map[string]time.Duration            `json:"storageAck"`
 	Listed     map[string]map[string]time.Duration `json:"listed"`
 	Fenced     map[string]int64                    `json:"fenced"`

@@ -22,7 +22,9 @@ import (
 // The leader restarts a VM only once its host's lease has expired plus the
 // grace AND no fresh datastore heartbeat of the host lists the VM, so the
 // later of the two bounds holds (docs/ha.md).
-func authorisation(leaseEnd, storageEnd time.Duration) time.Duration { return max(leaseEnd, storageEnd) }
+func authorisation(leaseEnd, storageEnd time.Duration) time.Duration {
+	return max(leaseEnd, storageEnd)
+}
 
 // wdVM is one restartable VM as the watchdog deadline sees it.
 type wdVM struct {
@@ -240,7 +242,7 @@ func (w *armer) timingProblem(t watchdog.Timing) string {
 	switch {
 	case lease < 2*w.leaseTTL/8:
 		return fmt.Sprintf("watchdog timeout %s (+ slack %s + tick %s) is too long for the host lease TTL %s: the agent could extend the watchdog deadline only %s after each lease renewal; use a device timeout of at most %s or a longer --lease-ttl",
-			t.Timeout, t.Slack, t.Tick, w.leaseTTL, lease.Round(time.Millisecond), (w.leaseTTL+hatiming.Grace-t.Slack-t.Tick-2*w.leaseTTL/8).Truncate(time.Second))
+			t.Timeout, t.Slack, t.Tick, w.leaseTTL, lease.Round(time.Millisecond), (w.leaseTTL + hatiming.Grace - t.Slack - t.Tick - 2*w.leaseTTL/8).Truncate(time.Second))
 	case storage < 2*w.fc.StorageInterval:
 		return fmt.Sprintf("watchdog timeout %s (+ slack %s + tick %s) is too long for the datastore heartbeat staleness %s: the agent could extend the deadline only %s after each heartbeat",
 			t.Timeout, t.Slack, t.Tick, hatiming.StorageStale, storage.Round(time.Millisecond))

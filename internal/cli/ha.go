@@ -144,7 +144,7 @@ func newConfigCmd(g *globals) *cobra.Command {
 			"                                that hangs while its VMs run leaves them answering on the network after HA restarted\n" +
 			"                                them elsewhere (their disks stay safe: the storage fence holds). Shown as a warning in\n" +
 			"                                `vigil host list`.",
-		Args:  cobra.ExactArgs(2),
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {

@@ -137,8 +137,10 @@ func (y layout) cgroup(node string) string { return filepath.Join(y.cgroupParent
 // boardCgroup holds a host's board processes (its emulated hardware): a
 // sibling of the host's cgroup, so crashing or freezing the host leaves it
 // alone.
-func (y layout) boardCgroup(node string) string { return filepath.Join(y.cgroupParent(), node+"-board") }
-func (y layout) nftTable() string          { return "vigil_" + y.prefix }
+func (y layout) boardCgroup(node string) string {
+	return filepath.Join(y.cgroupParent(), node+"-board")
+}
+func (y layout) nftTable() string { return "vigil_" + y.prefix }
 
 // nodes returns every node with a cgroup and a network presence: h1..hN and
 // the storage server.
