@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command (a): install what is missing, build Vigil and the guest image, bring up a
 # real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
-# VMs with HA, live-migrate one, crash the host of the other, and print the failover timeline.
+# VMs with HA, live-migrate one, crash the host of the other, hang the agent of the first one's host
+# (its watchdog resets the host before HA restarts the VM), and print the failover timelines.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
 #   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
 set -euo pipefail
@@ -63,11 +64,24 @@ for _ in $(seq 1 120); do "$V" lab exec "$other" -- curl -sf -m 1 "http://$ip1/h
 echo "its service answers again $(( ($(date +%s%N) - start) / 1000000 )) ms after the crash; its ledger kept every acknowledged write:"
 "$V" lab exec "$other" -- curl -s "http://$ip1/ledger"; echo
 
-say "the failover timeline (vigil events)"
-"$V" events --since 2m | grep -v -e vm.created -e vm.placed -e host.up -e leader.elected || true
+host2=$(guest ha-guest2 host); watcher=$other; [ "$watcher" = "$host2" ] && watcher=$(for h in host1 host2 host3; do [ "$h" != "$host2" ] && [ "$h" != "$host1" ] && echo "$h"; done | head -1)
+say "hang only the agent of $host2 (SIGSTOP-like freeze; ha-guest2's QEMU keeps running): its watchdog must reset the host before HA restarts the VM elsewhere, so a client never hears two instances"
+"$V" host list | sed -n "1p;/^$host2 /p"
+start=$(date +%s%N)
+"$V" lab freeze "$host2" --process agent
+for _ in $(seq 1 600); do
+  h=$(guest ha-guest2 host 2>/dev/null || true); s=$(guest ha-guest2 state 2>/dev/null || true)
+  [ -n "$h" ] && [ "$h" != "$host2" ] && [ "$s" = running ] && break
+  sleep 0.1
+done
+echo "ha-guest2 is running on $(guest ha-guest2 host), $(( ($(date +%s%N) - start) / 1000000 )) ms after the hang; $host2's board watchdog: $("$V" lab status | awk -v n="h${host2#host}" '$1==n {for (i=6; i<NF; i++) printf "%s ", $i}')"
 
-say "heal $host1: it reboots empty and rejoins"
+say "the failover timelines (vigil events)"
+"$V" events --since 2m | grep -v -e vm.created -e vm.placed -e host.up -e leader.elected -e watchdog-armed || true
+
+say "heal $host1 (crashed) and $host2 (reset by its watchdog): they boot empty and rejoin"
 "$V" lab heal "$host1"
+"$V" lab heal "$host2"
 sleep 3
 "$V" host list
 "$V" vm list

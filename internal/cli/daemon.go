@@ -158,6 +158,11 @@ func newUpCmd(g *globals) *cobra.Command {
 			if len(o.apiListen) == 0 {
 				o.apiListen = []string{client.DefaultAddr, "unix://" + filepath.Join(o.dataDir, "api.sock")}
 			}
+			// A single host restarts nothing elsewhere: no watchdog unless
+			// one is asked for.
+			if !cmd.Flags().Changed("watchdog-socket") {
+				o.watchdogSocket = ""
+			}
 			return runDaemon(cmd.Context(), g, o)
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,10 +15,10 @@ import (
 func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks on the lab"}
 	var runs int
-	var vm, want, jsonOut string
+	var vm, want, jsonOut, fault string
 	failover := &cobra.Command{
 		Use:   "failover",
-		Short: "Crash the host of a protected VM N times; print crash -> lease expired / restart placed / QEMU started / answering",
+		Short: "Crash (or hang the agent of) the host of a protected VM N times; print fault -> watchdog reset / lease expired / restart placed / QEMU started / answering",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := o.open(g, cmd)
@@ -25,7 +26,7 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 				return err
 			}
 			start := time.Now()
-			res, err := l.BenchFailover(cmd.Context(), vm, runs, want, g.out)
+			res, err := l.BenchFailover(cmd.Context(), vm, runs, want, fault, g.out)
 			var follower, leader []lab.FailoverRun
 			for _, r := range res {
 				if r.EtcdLeader {
@@ -52,6 +53,37 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	failover.Flags().StringVar(&vm, "vm", "ha-guest1", "the protected VM whose host is crashed")
 	failover.Flags().StringVar(&want, "case", "any", "follower: crash only etcd followers; leader: only the etcd leader; any")
 	failover.Flags().StringVar(&jsonOut, "json", "", "also write every run to this JSON file")
+	failover.Flags().StringVar(&fault, "fault", lab.FaultCrash, "crash: power loss of the host; hang-agent: hang only its agent (the watchdog must reset the host)")
+	var arRuns int
+	var arVM string
+	agentRestart := &cobra.Command{
+		Use:   "agent-restart",
+		Short: "Kill the agent of a protected VM's host and start it again at once, N times; print kill -> lease held again",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			res, err := l.BenchAgentRestart(cmd.Context(), arVM, arRuns, g.out)
+			var ds []time.Duration
+			kept := 0
+			for _, r := range res {
+				ds = append(ds, r.Rejoined)
+				if r.Kept {
+					kept++
+				}
+			}
+			if len(ds) > 0 {
+				slices.Sort(ds)
+				fmt.Fprintf(g.out, "agent restart -> lease held again: median %s, min %s, max %s (n=%d); VM kept, no watchdog reset: %d of %d\n",
+					ds[len(ds)/2].Round(time.Millisecond), ds[0].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond), len(ds), kept, len(res))
+			}
+			return err
+		},
+	}
+	agentRestart.Flags().IntVar(&arRuns, "runs", 5, "number of restarts")
+	agentRestart.Flags().StringVar(&arVM, "vm", "ha-guest1", "the protected VM whose host's agent is restarted")
 	var soakVMs []string
 	var soakFor time.Duration
 	var burners int
@@ -68,8 +100,8 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.out, "soak of %s, %d VMs, %d burners: false failovers %d (self-fences %d, fences %d, restarts placed %d, local restarts %d, resets %d, QEMUs changed %v); lease expiries %d, suspicions %d, leader elections %d\n",
-				r.Duration.Round(time.Second), r.VMs, r.Burners, r.FalseFailovers(), r.SelfFences, r.Fenced, r.RestartsPlaced, r.LocalRestarts, r.Resets, r.QEMUChanged, r.LeaseExpired, r.Suspected, r.LeaderChanges)
+			fmt.Fprintf(g.out, "soak of %s, %d VMs, %d burners: false failovers %d (self-fences %d, fences %d, restarts placed %d, local restarts %d, resets %d, watchdog resets %d, QEMUs changed %v); lease expiries %d, suspicions %d, leader elections %d\n",
+				r.Duration.Round(time.Second), r.VMs, r.Burners, r.FalseFailovers(), r.SelfFences, r.Fenced, r.RestartsPlaced, r.LocalRestarts, r.Resets, r.WatchdogResets, r.QEMUChanged, r.LeaseExpired, r.Suspected, r.LeaderChanges)
 			return nil
 		},
 	}
@@ -97,6 +129,6 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	benchMigrate.Flags().IntVar(&migRuns, "runs", 5, "number of migrations")
 	benchMigrate.Flags().StringVar(&migVM, "vm", "ha-guest1", "the running VM to migrate")
 	benchMigrate.Flags().StringVar(&migTitle, "title", "live migration", "title of the summary")
-	cmd.AddCommand(failover, soak, benchMigrate)
+	cmd.AddCommand(failover, agentRestart, soak, benchMigrate)
 	return cmd
 }

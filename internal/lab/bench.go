@@ -15,13 +15,24 @@ import (
 	"github.com/vigilha/vigil/internal/store"
 )
 
-// FailoverRun is one measured failover: crash of the host of a protected
+// Faults a failover benchmark injects.
+const (
+	// FaultCrash is a power loss of the VM's host.
+	FaultCrash = "crash"
+	// FaultHangAgent hangs only the agent of the VM's host: its watchdog
+	// must reset the host before the VM restarts elsewhere.
+	FaultHangAgent = "hang-agent"
+)
+
+// FailoverRun is one measured failover: a fault on the host of a protected
 // VM, and when each step of the recovery was seen.
 type FailoverRun struct {
+	Fault       string `json:"fault"`
 	Crashed     string `json:"crashed"`
 	EtcdLeader  bool   `json:"etcdLeader"`
 	VigilLeader bool   `json:"vigilLeader"`
-	// Durations from the crash.
+	// Durations from the fault.
+	WatchdogReset time.Duration `json:"watchdogReset,omitempty"`
 	LeaseExpired  time.Duration `json:"leaseExpired"`
 	RestartPlaced time.Duration `json:"restartPlaced"`
 	QEMUStarted   time.Duration `json:"qemuStarted"`
@@ -30,11 +41,14 @@ type FailoverRun struct {
 	MaxQEMUs      int           `json:"maxQemus"`
 }
 
-// BenchFailover crashes the host of VM runs times, measuring each step,
-// and heals it afterwards. want selects the case: "follower" (the crashed
-// host is an etcd follower), "leader", or "any"; the VM is moved (test
-// failover) until its host matches.
-func (l *Lab) BenchFailover(ctx context.Context, vm string, runs int, want string, out io.Writer) ([]FailoverRun, error) {
+// BenchFailover injects fault (FaultCrash or FaultHangAgent) on the host of
+// VM runs times, measuring each step, and heals it afterwards. want selects
+// the case: "follower" (the failed host is an etcd follower), "leader", or
+// "any"; the VM is moved (test failover) until its host matches.
+func (l *Lab) BenchFailover(ctx context.Context, vm string, runs int, want, fault string, out io.Writer) ([]FailoverRun, error) {
+	if fault != FaultCrash && fault != FaultHangAgent {
+		return nil, fmt.Errorf("fault %q: want %s or %s", fault, FaultCrash, FaultHangAgent)
+	}
 	c, err := l.Client()
 	if err != nil {
 		return nil, err
@@ -61,13 +75,17 @@ func (l *Lab) BenchFailover(ctx context.Context, vm string, runs int, want strin
 			i--
 			continue
 		}
-		run, err := l.crashOnce(ctx, c, vm, v.Host, v.IP, cl)
+		run, err := l.failOnce(ctx, c, fault, vm, v.Host, v.IP, cl)
 		if err != nil {
 			return results, fmt.Errorf("run %d: %w", i+1, err)
 		}
 		results = append(results, run)
-		fmt.Fprintf(out, "run %d: crashed %s (etcd leader %v, vigil leader %v): lease expired %s, restart placed %s, QEMU started %s (on %s), answering %s, max QEMUs %d\n",
-			i+1, run.Crashed, run.EtcdLeader, run.VigilLeader, ms(run.LeaseExpired), ms(run.RestartPlaced), ms(run.QEMUStarted), run.NewHost, ms(run.Answering), run.MaxQEMUs)
+		wd := ""
+		if run.WatchdogReset > 0 {
+			wd = "watchdog reset " + ms(run.WatchdogReset) + ", "
+		}
+		fmt.Fprintf(out, "run %d: %s %s (etcd leader %v, vigil leader %v): %slease expired %s, restart placed %s, QEMU started %s (on %s), answering %s, max QEMUs %d\n",
+			i+1, fault, run.Crashed, run.EtcdLeader, run.VigilLeader, wd, ms(run.LeaseExpired), ms(run.RestartPlaced), ms(run.QEMUStarted), run.NewHost, ms(run.Answering), run.MaxQEMUs)
 		if err := l.Heal(ctx, run.Crashed); err != nil {
 			return results, fmt.Errorf("heal %s: %w", run.Crashed, err)
 		}
@@ -151,16 +169,22 @@ func (l *Lab) waitHostUp(ctx context.Context, c *client.Client, host string, lim
 	return fmt.Errorf("host %s not back after %s", host, limit)
 }
 
-func (l *Lab) crashOnce(ctx context.Context, c *client.Client, vm, host, ip string, cl *api.Cluster) (FailoverRun, error) {
-	run := FailoverRun{Crashed: host, EtcdLeader: cl.EtcdLeader == host, VigilLeader: cl.VigilLeader == host}
+func (l *Lab) failOnce(ctx context.Context, c *client.Client, fault, vm, host, ip string, cl *api.Cluster) (FailoverRun, error) {
+	run := FailoverRun{Fault: fault, Crashed: host, EtcdLeader: cl.EtcdLeader == host, VigilLeader: cl.VigilLeader == host}
 	g, err := l.Guests(l.otherHost(host), 500*time.Millisecond)
 	if err != nil {
 		return run, err
 	}
+	before, _ := l.BoardStatus(host)
 	sampler := check.StartSampler([]string{vm}, 20*time.Millisecond)
 	oldPIDs := check.QEMUProcs(vm)
 	t0 := time.Now()
-	if err := l.Crash(ctx, host); err != nil {
+	if fault == FaultHangAgent {
+		err = l.FreezeProcess(ctx, host, RoleAgent)
+	} else {
+		err = l.Crash(ctx, host)
+	}
+	if err != nil {
 		sampler.Stop()
 		return run, err
 	}
@@ -185,6 +209,9 @@ func (l *Lab) crashOnce(ctx context.Context, c *client.Client, vm, host, ip stri
 		time.Sleep(10 * time.Millisecond)
 	}
 	run.MaxQEMUs = sampler.Stop()[vm]
+	if after, err := l.BoardStatus(host); err == nil && after.Fires > before.Fires {
+		run.WatchdogReset = after.LastFire.Sub(t0)
+	}
 	evs, err := c.Events(ctx, client.EventFilter{Since: t0.Add(-time.Second)})
 	if err != nil {
 		return run, err
@@ -213,10 +240,11 @@ func Summarize(runs []FailoverRun) []Summary {
 		name string
 		get  func(FailoverRun) time.Duration
 	}{
-		{"crash -> lease expired", func(r FailoverRun) time.Duration { return r.LeaseExpired }},
-		{"crash -> restart placed", func(r FailoverRun) time.Duration { return r.RestartPlaced }},
-		{"crash -> QEMU started on a survivor", func(r FailoverRun) time.Duration { return r.QEMUStarted }},
-		{"crash -> guest service answering", func(r FailoverRun) time.Duration { return r.Answering }},
+		{"fault -> watchdog reset of the host", func(r FailoverRun) time.Duration { return r.WatchdogReset }},
+		{"fault -> lease expired", func(r FailoverRun) time.Duration { return r.LeaseExpired }},
+		{"fault -> restart placed", func(r FailoverRun) time.Duration { return r.RestartPlaced }},
+		{"fault -> QEMU started on a survivor", func(r FailoverRun) time.Duration { return r.QEMUStarted }},
+		{"fault -> guest service answering", func(r FailoverRun) time.Duration { return r.Answering }},
 	}
 	var out []Summary
 	for _, s := range steps {
@@ -247,4 +275,62 @@ func FormatSummary(title string, ss []Summary) string {
 		fmt.Fprintf(&b, "  %-38s median %-8s min %-8s max %-8s (n=%d)\n", s.Step, ms(s.Median), ms(s.Min), ms(s.Max), s.N)
 	}
 	return b.String()
+}
+
+// AgentRestartRun is one measured agent restart.
+type AgentRestartRun struct {
+	Host string `json:"host"`
+	// Rejoined is kill -> the new agent process holds the host lease again
+	// (its "agent joined the cluster" event).
+	Rejoined time.Duration `json:"rejoined"`
+	// Kept: the VM kept its QEMU and the watchdog did not fire.
+	Kept bool `json:"kept"`
+}
+
+// BenchAgentRestart kills the agent of VM's host and starts it again at
+// once, runs times, as a service manager restarts a crashed agent, and
+// measures how long the host goes without an agent holding its lease: the
+// restart window that self-fencing and the watchdog allow (docs/ha.md).
+func (l *Lab) BenchAgentRestart(ctx context.Context, vm string, runs int, out io.Writer) ([]AgentRestartRun, error) {
+	c, err := l.Client()
+	if err != nil {
+		return nil, err
+	}
+	var res []AgentRestartRun
+	for i := 0; i < runs; i++ {
+		v, err := l.waitServing(ctx, c, vm, 3*time.Minute)
+		if err != nil {
+			return res, err
+		}
+		pids := check.QEMUProcs(vm)
+		before, _ := l.BoardStatus(v.Host)
+		t0 := time.Now()
+		if err := l.StopAgent(ctx, v.Host); err != nil {
+			return res, err
+		}
+		if err := l.StartAgent(ctx, v.Host); err != nil {
+			return res, err
+		}
+		run := AgentRestartRun{Host: v.Host}
+		for deadline := time.Now().Add(30 * time.Second); run.Rejoined == 0 && time.Now().Before(deadline); {
+			evs, err := c.Events(ctx, client.EventFilter{Since: t0, Host: v.Host, Type: store.EvHostUp})
+			if err == nil {
+				for _, ev := range evs {
+					if ev.Message == "agent joined the cluster" {
+						run.Rejoined = ev.Time.Sub(t0)
+					}
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(5 * time.Second)
+		after, _ := l.BoardStatus(v.Host)
+		run.Kept = slices.Equal(check.QEMUProcs(vm), pids) && after.Fires == before.Fires
+		res = append(res, run)
+		fmt.Fprintf(out, "run %d: agent of %s killed and started: lease held again after %s; VM kept its QEMU and no watchdog reset: %t\n", i+1, run.Host, ms(run.Rejoined), run.Kept)
+		if run.Rejoined == 0 {
+			return res, fmt.Errorf("the agent of %s did not rejoin", v.Host)
+		}
+	}
+	return res, nil
 }

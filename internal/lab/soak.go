@@ -28,12 +28,25 @@ type SoakResult struct {
 	Resets         int
 	LeaderChanges  int
 	QEMUChanged    []string
+	// WatchdogResets counts the hosts' watchdogs firing.
+	WatchdogResets int
 }
 
 // FalseFailovers counts the events that moved or killed a VM although
 // nothing failed.
 func (r SoakResult) FalseFailovers() int {
-	return r.SelfFences + r.Fenced + r.RestartsPlaced + r.LocalRestarts + r.Resets + len(r.QEMUChanged)
+	return r.SelfFences + r.Fenced + r.RestartsPlaced + r.LocalRestarts + r.Resets + len(r.QEMUChanged) + r.WatchdogResets
+}
+
+// watchdogFires sums the fires of every host's watchdog.
+func (l *Lab) watchdogFires() int {
+	n := 0
+	for _, h := range l.Hosts() {
+		if st, err := l.BoardStatus(h); err == nil {
+			n += st.Fires
+		}
+	}
+	return n
 }
 
 // Soak runs the given HA VMs for d with burners threads spinning (to
@@ -51,6 +64,7 @@ func (l *Lab) Soak(ctx context.Context, vms []string, d time.Duration, burners i
 		}
 		pids[vm] = check.QEMUProcs(vm)
 	}
+	fires := l.watchdogFires()
 	bctx, stop := context.WithCancel(ctx)
 	defer stop()
 	for i := 0; i < burners; i++ {
@@ -70,7 +84,7 @@ func (l *Lab) Soak(ctx context.Context, vms []string, d time.Duration, burners i
 		}
 	}
 	stop()
-	r := SoakResult{Duration: time.Since(start), VMs: len(vms), Burners: burners}
+	r := SoakResult{Duration: time.Since(start), VMs: len(vms), Burners: burners, WatchdogResets: l.watchdogFires() - fires}
 	evs, err := c.Events(ctx, client.EventFilter{Since: start})
 	if err != nil {
 		return r, err

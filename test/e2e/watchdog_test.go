@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -259,4 +261,43 @@ func TestHostFreezeThaw_KernelWatchdogFreezesToo(t *testing.T) {
 	l.WaitVM("frz1", 5*time.Second, "still on "+after.Host, func(x api.VM) bool { return x.Host == after.Host && x.State == "running" })
 	waitHostAlive(t, l, v.Host, 60*time.Second)
 	t.Logf("timeline:\n%s", testenv.Timeline(l.Events(t0)))
+}
+
+// TestSoak_NoFalseFailoversUnderLoad runs two HA VMs with both cores
+// saturated for VIGIL_SOAK (default 1 min, bounded for CI; `VIGIL_SOAK=30m`
+// for the real soak): nothing fails, so every fence, restart, self-fence or
+// watchdog reset would be a false one. The watchdog's feeding window after
+// a lease renewal (0.95 s) must hold on a loaded host.
+func TestSoak_NoFalseFailoversUnderLoad(t *testing.T) {
+	d := time.Minute
+	if s := os.Getenv("VIGIL_SOAK"); s != "" {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("VIGIL_SOAK=%q: %v", s, err)
+		}
+		d = v
+	}
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "0"); err != nil {
+		t.Fatalf("config: %v: %s", err, out)
+	}
+	for _, n := range []string{"soak1", "soak2"} {
+		haGuest(t, l, n, nil)
+	}
+	r, err := l.Soak(context.Background(), []string{"soak1", "soak2"}, d, 2, testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("soak of %s with 2 burners: false failovers %d (self-fences %d, fences %d, restarts placed %d, local restarts %d, resets %d, watchdog resets %d, QEMUs changed %v); lease expiries %d, suspicions %d",
+		r.Duration.Round(time.Second), r.FalseFailovers(), r.SelfFences, r.Fenced, r.RestartsPlaced, r.LocalRestarts, r.Resets, r.WatchdogResets, r.QEMUChanged, r.LeaseExpired, r.Suspected)
+	if r.FalseFailovers() != 0 || r.LeaseExpired != 0 {
+		t.Errorf("false failovers on a loaded cluster where nothing failed: %d (lease expiries %d)", r.FalseFailovers(), r.LeaseExpired)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
