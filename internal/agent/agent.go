@@ -50,8 +50,9 @@ type Config struct {
 	KeepaliveInterval time.Duration
 	// StopTimeout bounds a graceful guest shutdown before QEMU is quit.
 	StopTimeout time.Duration
-	// Arbiters are the shared datastores' heartbeat endpoints, by name.
-	Arbiters map[string]Arbiter
+	// Arbiters are the datastores' authorities over who writes a VM's
+	// disks (storage generations, heartbeats), by datastore name.
+	Arbiters map[string]storage.Arbiter
 	// Fence is the self-fencing timing.
 	Fence FenceConfig
 	// WatchdogSocket is the watchdog feeder's socket (`vigil watchdog`);

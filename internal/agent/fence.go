@@ -18,25 +18,9 @@ import (
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/hatiming"
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
-
-// Arbiter is the datastore-heartbeat endpoint of a shared datastore. The
-// storage server is the arbiter of who may write a VM's disks: the leader
-// fences there before any restart, and an agent learns of a fence in its
-// heartbeat's answer.
-type Arbiter interface {
-	// Heartbeat tells the storage this host is alive and which VMs it runs,
-	// and returns the VMs this host is fenced from, with their epochs.
-	Heartbeat(ctx context.Context, host string, lease int64, vms []ArbiterVM) (fenced map[string]int64, err error)
-}
-
-// ArbiterVM is one running VM as a datastore heartbeat reports it.
-type ArbiterVM struct {
-	Name         string `json:"name"`
-	Epoch        int64  `json:"epoch"`
-	LeaveRunning bool   `json:"leaveRunning,omitempty"`
-}
 
 // FenceConfig is the timing of self-fencing. See docs/ha.md for the proof
 // that it keeps a VM from running twice.
@@ -75,8 +59,10 @@ type fencer struct {
 	storageAck map[string]time.Duration
 	// storageFailSince is when heartbeats to a datastore started failing.
 	storageFailSince map[string]time.Time
-	// fenced is, per VM, the highest epoch some datastore fenced us at.
-	fenced map[string]int64
+	// revoked is, per datastore and VM UID, the highest generation the
+	// datastore said this host may no longer write: that one and every
+	// older one are revoked for good.
+	revoked map[string]map[string]int64
 	// listed is, per datastore and VM, the send time of the last
 	// acknowledged heartbeat that listed the VM: the leader restarts no VM
 	// that a fresh heartbeat lists.
@@ -105,7 +91,7 @@ type vmPolicy struct {
 
 func newFencer(bootID string) *fencer {
 	return &fencer{storageAck: map[string]time.Duration{}, storageFailSince: map[string]time.Time{},
-		fenced: map[string]int64{}, listed: map[string]map[string]time.Duration{}, policy: map[string]vmPolicy{},
+		revoked: map[string]map[string]int64{}, listed: map[string]map[string]time.Duration{}, policy: map[string]vmPolicy{},
 		hosts: map[string]string{}, bootID: bootID}
 }
 
@@ -154,7 +140,7 @@ type fenceMemory struct {
 	Hosts      map[string]string                   `json:"hosts"`
 	StorageAck map[string]time.Duration            `json:"storageAck"`
 	Listed     map[string]map[string]time.Duration `json:"listed"`
-	Fenced     map[string]int64                    `json:"fenced"`
+	Revoked    map[string]map[string]int64         `json:"revoked"`
 	PeersOK    time.Duration                       `json:"peersOK"`
 }
 
@@ -164,7 +150,7 @@ func (f *fencer) save(path string) error {
 	defer f.saveMu.Unlock()
 	f.mu.Lock()
 	b, err := json.Marshal(fenceMemory{BootID: f.bootID, Policy: f.policy, Hosts: f.hosts,
-		StorageAck: f.storageAck, Listed: f.listed, Fenced: f.fenced, PeersOK: f.peersOK})
+		StorageAck: f.storageAck, Listed: f.listed, Revoked: f.revoked, PeersOK: f.peersOK})
 	f.mu.Unlock()
 	if err != nil {
 		return err
@@ -215,13 +201,39 @@ func (f *fencer) load(path string) error {
 			}
 		}
 	}
-	for vm, e := range m.Fenced {
-		f.fenced[vm] = e
+	for ds, vms := range m.Revoked {
+		for uid, g := range vms {
+			f.setRevoked(ds, uid, g)
+		}
 	}
 	if m.PeersOK > 0 && m.PeersOK <= now {
 		f.peersOK = m.PeersOK
 	}
 	return nil
+}
+
+// setRevoked records that generation g (and so every older one) of a VM
+// is revoked for this host at a datastore. Callers hold mu.
+func (f *fencer) setRevoked(ds, uid string, g int64) {
+	m := f.revoked[ds]
+	if m == nil {
+		m = map[string]int64{}
+		f.revoked[ds] = m
+	}
+	if g > m[uid] {
+		m[uid] = g
+	}
+}
+
+// isRevoked reports whether a running instance's generation was revoked at
+// any of its datastores, and at which. Callers hold mu.
+func (f *fencer) isRevoked(st driver.Status) (string, int64, bool) {
+	for ds, g := range st.Grants {
+		if g > 0 && g <= f.revoked[ds][st.UID] {
+			return ds, g, true
+		}
+	}
+	return "", 0, false
 }
 
 // setListed records that a heartbeat sent at t listed vm. Callers hold mu.
@@ -245,9 +257,9 @@ func (a *Agent) runStorageHeartbeats(ctx context.Context) {
 	}
 	round := func() {
 		lease, _, _ := a.lease.state()
-		vms := a.runningForArbiter()
 		var wg sync.WaitGroup
 		for name, arb := range a.cfg.Arbiters {
+			vms := a.runningForArbiter(name)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -303,10 +315,10 @@ func (a *Agent) reportStorage(ctx context.Context) {
 	}
 }
 
-func (a *Agent) heartbeatOne(ctx context.Context, ds string, arb Arbiter, lease int64, vms []ArbiterVM) {
+func (a *Agent) heartbeatOne(ctx context.Context, ds string, arb storage.Arbiter, lease int64, vms []storage.HeldVM) {
 	sent := boottime.Now()
 	hctx, cancel := context.WithTimeout(ctx, a.cfg.Fence.StorageInterval*2)
-	fenced, err := arb.Heartbeat(hctx, a.cfg.Host, lease, vms)
+	verdicts, err := arb.Heartbeat(hctx, a.cfg.Host, lease, vms)
 	cancel()
 	f := a.fence
 	f.mu.Lock()
@@ -323,7 +335,9 @@ func (a *Agent) heartbeatOne(ctx context.Context, ds string, arb Arbiter, lease 
 	delete(f.storageFailSince, ds)
 	listed := map[string]bool{}
 	for _, v := range vms {
-		f.setListed(ds, v.Name, sent)
+		if verdicts[v.UID].Authorised {
+			f.setListed(ds, v.Name, sent)
+		}
 		listed[v.Name] = true
 	}
 	for vm := range f.listed[ds] {
@@ -331,22 +345,24 @@ func (a *Agent) heartbeatOne(ctx context.Context, ds string, arb Arbiter, lease 
 			delete(f.listed[ds], vm) // gone from here: nothing to remember
 		}
 	}
-	for vm, epoch := range fenced {
-		if epoch > f.fenced[vm] {
-			f.fenced[vm] = epoch
+	for uid, v := range verdicts {
+		if !v.Authorised {
+			f.setRevoked(ds, uid, int64(v.Generation))
 		}
 	}
 }
 
-// runningForArbiter lists the running local VMs for a heartbeat.
-func (a *Agent) runningForArbiter() []ArbiterVM {
+// runningForArbiter lists the running local VMs that hold a generation of
+// datastore ds, for its heartbeat.
+func (a *Agent) runningForArbiter(ds string) []storage.HeldVM {
 	a.fence.mu.Lock()
 	pol := a.fence.policy
 	a.fence.mu.Unlock()
-	var out []ArbiterVM
+	var out []storage.HeldVM
 	for _, st := range a.drv.List() {
-		if st.Running {
-			out = append(out, ArbiterVM{Name: st.Name, Epoch: st.Epoch, LeaveRunning: pol[st.Name].LeaveRunning})
+		if g := st.Grants[ds]; st.Running && g > 0 {
+			out = append(out, storage.HeldVM{VMRef: storage.VMRef{Name: st.Name, UID: st.UID}, Generation: storage.Generation(g),
+				LeaveRunning: pol[st.Name].LeaveRunning})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -409,21 +425,34 @@ func (a *Agent) probePeers(ctx context.Context) {
 type verdict struct {
 	kill   bool
 	reason string
-	// fenced: the storage fenced the VM (rule 1), rather than a lease lapse.
+	// fenced: the storage revoked the VM's generation (rule 1), rather
+	// than a lease lapse.
 	fenced bool
 }
 
-// decide is the self-fencing rule, kept pure for its table test. An HA VM
-// keeps running while the host's etcd lease is surely valid; past that,
-// only while a storage lease says nobody fenced it and either the host is
-// not isolated (a control-plane outage) or the VM's isolation response is
-// leave-running. A VM fenced at the storage is killed at once.
-func decide(etcdOK bool, p vmPolicy, running driver.Status, fencedEpoch int64, storageOK, peersOK bool) verdict {
+// revocation is rule 1's input: the storage revoked the instance's
+// generation at a datastore.
+type revocation struct {
+	revoked bool
+	ds      string
+	gen     int64
+}
+
+// decide is the self-fencing rule, kept pure for its table test. A VM the
+// leader may restart elsewhere keeps running while the host's etcd lease is
+// surely valid; past that, only while a storage lease says its generation
+// is still authorised and either the host is not isolated (a control-plane
+// outage) or the VM's isolation response is leave-running. A VM whose
+// generation the storage revoked is killed at once.
+func decide(etcdOK bool, p vmPolicy, running driver.Status, rev revocation, storageOK, peersOK bool) verdict {
 	switch {
-	case fencedEpoch >= running.Epoch && fencedEpoch > 0:
-		return verdict{true, fmt.Sprintf("fenced at the storage (epoch %d)", fencedEpoch), true}
-	case !p.HA:
-		return verdict{} // the leader never restarts a non-HA VM elsewhere
+	case rev.revoked:
+		return verdict{true, fmt.Sprintf("its storage generation %d at %s was revoked", rev.gen, rev.ds), true}
+	case !p.Restartable:
+		// The leader never restarts it elsewhere (not HA, restart priority
+		// disabled, or a disk on a host-local datastore), so it cannot run
+		// twice: it survives any loss of the control plane.
+		return verdict{}
 	case etcdOK:
 		return verdict{}
 	case storageOK && p.LeaveRunning:
@@ -482,7 +511,8 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 			// power-off response: when in doubt, fence.
 			p = vmPolicy{HA: true, Restartable: true}
 		}
-		v := decide(etcdOK, p, st, f.fenced[st.Name], f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK)
+		ds, gen, revoked := f.isRevoked(st)
+		v := decide(etcdOK, p, st, revocation{revoked, ds, gen}, f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK)
 		if v.kill {
 			kills = append(kills, victim{st.Name, v})
 		}
@@ -554,7 +584,7 @@ func (a *Agent) endKill(name string) {
 // one (an arbiter) that acknowledged a heartbeat sent less than
 // StorageTTL - Margin ago. A VM with no disk on an arbiter has no storage
 // lease: only a shared datastore can vouch that nobody else runs it.
-func (f *fencer) storageLeaseValid(now time.Duration, dss []string, arbiters map[string]Arbiter, fc FenceConfig) bool {
+func (f *fencer) storageLeaseValid(now time.Duration, dss []string, arbiters map[string]storage.Arbiter, fc FenceConfig) bool {
 	if len(dss) == 0 {
 		return false
 	}

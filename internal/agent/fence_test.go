@@ -9,43 +9,71 @@ import (
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
 
 func TestDecide(t *testing.T) {
-	ha := vmPolicy{HA: true, Datastores: []string{"shared"}}
-	leave := vmPolicy{HA: true, LeaveRunning: true, Datastores: []string{"shared"}}
+	ha := vmPolicy{HA: true, Restartable: true, Datastores: []string{"shared"}}
+	leave := vmPolicy{HA: true, Restartable: true, LeaveRunning: true, Datastores: []string{"shared"}}
 	plain := vmPolicy{HA: false}
+	local := vmPolicy{HA: true, Datastores: []string{"local"}} // HA, but never restarted elsewhere
 	run := driver.Status{Name: "vm", Epoch: 3, Running: true}
+	revoked := revocation{true, "shared", 3}
 	cases := []struct {
 		name                    string
 		etcdOK                  bool
 		p                       vmPolicy
-		fenced                  int64
+		rev                     revocation
 		storageOK, peersOK, die bool
 	}{
-		{"lease valid keeps HA VM", true, ha, 0, false, false, false},
-		{"fenced at storage kills even with a valid lease", true, ha, 3, true, true, true},
-		{"fenced at an older epoch does not kill", true, ha, 2, true, true, false},
-		{"fenced kills a non-HA VM too", false, plain, 5, false, false, true},
-		{"non-HA survives lease loss", false, plain, 0, false, false, false},
-		{"control-plane outage: storage lease and peers keep it", false, ha, 0, true, true, false},
-		{"isolated, power-off: killed despite storage", false, ha, 0, true, false, true},
-		{"isolated, leave-running: kept under storage lease", false, leave, 0, true, false, false},
-		{"leave-running without storage lease: killed", false, leave, 0, false, false, true},
-		{"both leases lapsed: killed", false, ha, 0, false, true, true},
+		{"lease valid keeps HA VM", true, ha, revocation{}, false, false, false},
+		{"revoked at the storage kills even with a valid lease", true, ha, revoked, true, true, true},
+		{"revoked kills a non-HA VM too", false, plain, revoked, false, false, true},
+		{"non-HA survives lease loss", false, plain, revocation{}, false, false, false},
+		{"HA on a local disk survives lease loss: nothing restarts it elsewhere", false, local, revocation{}, false, false, false},
+		{"control-plane outage: storage lease and peers keep it", false, ha, revocation{}, true, true, false},
+		{"isolated, power-off: killed despite storage", false, ha, revocation{}, true, false, true},
+		{"isolated, leave-running: kept under storage lease", false, leave, revocation{}, true, false, false},
+		{"leave-running without storage lease: killed", false, leave, revocation{}, false, false, true},
+		{"both leases lapsed: killed", false, ha, revocation{}, false, true, true},
 	}
 	for _, c := range cases {
-		v := decide(c.etcdOK, c.p, run, c.fenced, c.storageOK, c.peersOK)
+		v := decide(c.etcdOK, c.p, run, c.rev, c.storageOK, c.peersOK)
 		if v.kill != c.die {
 			t.Errorf("%s: kill=%v (%s), want %v", c.name, v.kill, v.reason, c.die)
 		}
 	}
 }
 
+// A revocation covers the generation the storage answered about and every
+// older one, never a newer one: a restart in progress (the driver's start
+// placeholder carries its new generation) is not killed by a revocation of
+// the instance before it, and a re-created VM (another UID) is not touched
+// by its namesake's.
+func TestRevocationCoversOlderGenerationsOnly(t *testing.T) {
+	f := newFencer("boot-a")
+	f.setRevoked("shared", "uid-1", 2)
+	for _, c := range []struct {
+		name string
+		st   driver.Status
+		want bool
+	}{
+		{"the revoked generation", driver.Status{UID: "uid-1", Grants: map[string]int64{"shared": 2}}, true},
+		{"an older one", driver.Status{UID: "uid-1", Grants: map[string]int64{"shared": 1}}, true},
+		{"a start in progress with a newer generation", driver.Status{UID: "uid-1", Grants: map[string]int64{"shared": 3}, Running: true}, false},
+		{"a re-created VM of the same name", driver.Status{Name: "vm", UID: "uid-2", Grants: map[string]int64{"shared": 1}}, false},
+		{"a VM on another datastore", driver.Status{UID: "uid-1", Grants: map[string]int64{"other": 2}}, false},
+	} {
+		if _, _, got := f.isRevoked(c.st); got != c.want {
+			t.Errorf("%s: revoked %t, want %t", c.name, got, c.want)
+		}
+	}
+}
+
 func TestStorageLeaseValid(t *testing.T) {
 	fc := DefaultFenceConfig()
-	arbiters := map[string]Arbiter{"shared": nil}
+	arbiters := map[string]storage.Arbiter{"shared": nil}
 	f := newFencer("boot-a")
 	now := 100 * time.Second
 	f.storageAck["shared"] = now - 500*time.Millisecond
@@ -85,7 +113,7 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	}
 	acked := boottime.Now() - 300*time.Millisecond
 	before.storageAck["shared"] = acked
-	before.fenced["old"] = 4
+	before.setRevoked("shared", "uid-old", 4)
 	before.setListed("shared", "web", acked)
 	before.peersOK = acked
 	if err := before.save(path); err != nil {
@@ -116,14 +144,14 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	if len(other.storageAck) != 0 || len(other.listed) != 0 || other.peersOK != 0 {
 		t.Errorf("a new boot inherited leases: %v %v %v", other.storageAck, other.listed, other.peersOK)
 	}
-	if after.storageAck["shared"] != acked || after.peersOK != acked || after.fenced["old"] != 4 {
-		t.Errorf("leases after restart: storage %v peers %v fenced %v, want %v %v 4", after.storageAck["shared"], after.peersOK, after.fenced["old"], acked, acked)
+	if after.storageAck["shared"] != acked || after.peersOK != acked || after.revoked["shared"]["uid-old"] != 4 {
+		t.Errorf("leases after restart: storage %v peers %v revoked %v, want %v %v 4", after.storageAck["shared"], after.peersOK, after.revoked, acked, acked)
 	}
 	fc := DefaultFenceConfig()
-	if !after.storageLeaseValid(acked+100*time.Millisecond, []string{"shared"}, map[string]Arbiter{"shared": nil}, fc) {
+	if !after.storageLeaseValid(acked+100*time.Millisecond, []string{"shared"}, map[string]storage.Arbiter{"shared": nil}, fc) {
 		t.Error("inherited storage lease not valid 100 ms after its send")
 	}
-	if after.storageLeaseValid(acked+fc.StorageTTL, []string{"shared"}, map[string]Arbiter{"shared": nil}, fc) {
+	if after.storageLeaseValid(acked+fc.StorageTTL, []string{"shared"}, map[string]storage.Arbiter{"shared": nil}, fc) {
 		t.Error("inherited storage lease still valid past StorageTTL")
 	}
 	if err := newFencer("boot-a").load(filepath.Join(t.TempDir(), "missing.json")); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/driver/qemu"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -122,21 +123,27 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 	start := time.Now()
 	rep := &store.MigrationTarget{ID: p.ID, Phase: "preparing"}
 	a.reportTarget(ctx, name, rep)
+	var grants map[string]int64
 	fail := func(err error) {
 		a.log.Error("migration: destination failed", "vm", name, "err", err)
 		rep.Phase, rep.Error = "failed", err.Error()
 		a.reportTarget(ctx, name, rep)
-		a.dropIncoming(ctx, v)
+		a.dropIncoming(ctx, v, grants)
 	}
 	if a.cfg.StorageIP == "" {
 		fail(errors.New("this host has no storage/migration network address (--storage-ip)"))
 		return
 	}
-	// The destination opens the disks at the plan's epoch (the source's):
-	// the storage serves both hosts until the cut-over.
+	// The destination opens the disks under generations prepared for it:
+	// the storage serves both hosts until the cut-over commits them.
 	incV := *v
 	incV.Placement.Epoch = p.Epoch
-	cfg, err := a.vmConfig(ctx, &incV, networks)
+	grants, err := a.prepareIncoming(ctx, v.Record)
+	if err != nil {
+		fail(err)
+		return
+	}
+	cfg, err := a.vmConfig(ctx, &incV, grants, networks)
 	if err != nil {
 		fail(err)
 		return
@@ -180,7 +187,7 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 		return
 	}
 	if !flipped(nv, p) {
-		a.dropIncoming(ctx, v)
+		a.dropIncoming(ctx, v, grants)
 		return
 	}
 	if d := a.cfg.DebugCutoverDelay; d > 0 {
@@ -220,6 +227,16 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, s
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// The cut-over at the storage: the source's generations are revoked
+	// and drained before this copy runs (in post-copy the source stopped
+	// its vCPUs when it switched, before we got here).
+	if st, err := a.drv.Inspect(name); err != nil || !st.Running {
+		fail("the destination QEMU is gone")
+		return
+	} else if err := a.commitIncoming(ctx, storage.VMRef{Name: name, UID: st.UID}, st.Grants); err != nil {
+		fail("cut-over at the storage: " + err.Error())
+		return
 	}
 	if err := mig.FinishIncoming(ctx, name); err != nil {
 		fail(err.Error())
@@ -289,17 +306,19 @@ func (a *Agent) hostAlive(host string) bool {
 }
 
 // dropIncoming removes a prepared destination after a failed or cancelled
-// migration, including its partial copies of local disks: they never
-// became the VM's disks (placement never named this host).
-func (a *Agent) dropIncoming(ctx context.Context, v *store.VMState) {
+// migration, including its partial copies of local disks (they never
+// became the VM's disks: placement never named this host) and its prepared
+// generations (the source's stay untouched).
+func (a *Agent) dropIncoming(ctx context.Context, v *store.VMState, grants map[string]int64) {
 	name := v.Record.Name()
 	if st, err := a.drv.Inspect(name); err == nil && st.Running {
 		_ = a.drv.Kill(ctx, name)
 	}
 	a.releaseDisks(ctx, v)
+	a.abortIncoming(ctx, refOf(v.Record), grants)
 	for _, d := range v.Record.VM.Spec.Disks {
 		if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
-			_ = ds.Delete(ctx, name, d)
+			_ = ds.Delete(ctx, refOf(v.Record), d)
 		}
 	}
 	_ = a.drv.Destroy(name)
@@ -528,7 +547,7 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 	if p.SharedNothing {
 		for _, d := range v.Record.VM.Spec.Disks {
 			if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
-				_ = ds.Delete(ctx, name, d) // the disk now lives on the target
+				_ = ds.Delete(ctx, refOf(v.Record), d) // the disk now lives on the target
 			}
 		}
 	}

@@ -163,7 +163,7 @@ func (a *Agent) evict(ctx context.Context, v *store.VMState, running bool) {
 func (a *Agent) releaseDisks(ctx context.Context, v *store.VMState) {
 	for _, d := range v.Record.VM.Spec.Disks {
 		if ds, ok := a.cfg.Datastores[d.Datastore]; ok {
-			if err := ds.Release(ctx, v.Record.Name(), d); err != nil {
+			if err := ds.Release(ctx, refOf(v.Record), d); err != nil {
 				a.log.Debug("release disk", "vm", v.Record.Name(), "disk", d.Name, "err", err)
 			}
 		}

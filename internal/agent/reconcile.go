@@ -229,7 +229,12 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 		a.putStatus(ctx, v, &store.VMStatus{State: store.StateFailed, Reason: "start-failed", Message: err.Error(), StartRequest: rec.StartRequest})
 		a.event(ctx, store.EvVMFailed, name, "start failed: "+err.Error())
 	}
-	cfg, err := a.vmConfig(ctx, v, networks)
+	grants, err := a.grant(ctx, rec)
+	if err != nil {
+		fail(err)
+		return
+	}
+	cfg, err := a.vmConfig(ctx, v, grants, networks)
 	if err != nil {
 		fail(err)
 		return
@@ -283,7 +288,7 @@ func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) bo
 		if !ok {
 			continue
 		}
-		if err := ds.Delete(ctx, name, d); err != nil {
+		if err := ds.Delete(ctx, refOf(v.Record), d); err != nil {
 			a.log.Error("delete disk", "vm", name, "disk", d.Name, "err", err)
 			return false
 		}
@@ -348,8 +353,11 @@ func (a *Agent) onDriverEvent(ctx context.Context, ev driver.Event) {
 
 // exitText explains an exit reason the driver gave.
 func exitText(reason string) string {
-	if reason == "unresponsive" {
+	switch reason {
+	case "unresponsive":
 		return "unresponsive (it did not answer on QMP after the agent restarted, so the agent killed it)"
+	case "exited-unwatched":
+		return "it exited while the agent was down, and not by a guest power-off the agent saw"
 	}
 	return reason
 }

@@ -13,17 +13,20 @@ import (
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/hostnet"
 	"github.com/vigilha/vigil/internal/image"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
 
 // vmConfig resolves a VM record for this host: image paths, disks on the
-// datastores, bridges for its networks.
-func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, networks map[string]*store.Network) (*driver.VMConfig, error) {
+// datastores under the generations they granted, bridges for its networks.
+func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[string]int64, networks map[string]*store.Network) (*driver.VMConfig, error) {
 	rec := v.Record
 	s := rec.VM.Spec
 	cfg := &driver.VMConfig{
 		Name:      rec.Name(),
+		UID:       rec.UID(),
 		Epoch:     v.Placement.Epoch,
+		Grants:    grants,
 		CPUs:      s.CPUs,
 		MemoryMiB: s.Memory.MiB(),
 		Kernel:    s.Boot.Kernel,
@@ -50,7 +53,7 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, networks map[str
 		if !ok {
 			return nil, fmt.Errorf("disk %s: datastore %q is not available on host %s", d.Name, d.Datastore, a.cfg.Host)
 		}
-		dc, err := ds.Prepare(ctx, rec.Name(), v.Placement.Epoch, d)
+		dc, err := ds.Prepare(ctx, refOf(rec), storage.Generation(grants[d.Datastore]), d)
 		if err != nil {
 			return nil, err
 		}

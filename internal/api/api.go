@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/vigilha/vigil/internal/controller/placement"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/ipam"
@@ -200,6 +202,7 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 	}
 	var errs spec.FieldErrors
 	rec := &store.VMRecord{VM: *vm, Power: store.PowerRunning, CreatedAt: time.Now(), StartRequest: 1}
+	rec.VM.Metadata.UID = uuid.NewString()
 	for i, n := range vm.Spec.NICs {
 		field := fmt.Sprintf("spec.nics[%d]", i)
 		net, ok := snap.Networks[n.Network]

@@ -385,7 +385,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		}
 		dss[name] = ds
 	}
-	arbiters := map[string]agent.Arbiter{}
+	arbiters := map[string]storage.Arbiter{}
 	for _, d := range o.shared {
 		name, url, ok := strings.Cut(d, "=")
 		if !ok || spec.ValidName(name) != nil || !strings.HasPrefix(url, "http://") {
@@ -394,7 +394,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		}
 		sc := shared.NewClient(url)
 		dss[name] = shared.NewDatastore(name, o.host, sc)
-		arbiters[name] = agentArbiter{sc}
+		arbiters[name] = sc
 	}
 	var capacity store.Resources
 	capacity.CPUs = o.cpus

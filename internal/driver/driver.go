@@ -58,8 +58,14 @@ type Capabilities struct {
 // VMConfig is a VM resolved for one host: paths, bridges and the
 // accelerator are concrete.
 type VMConfig struct {
-	Name      string
-	Epoch     int64
+	Name string
+	// UID is the VM's identity (a VM re-created under its name has another).
+	UID   string
+	Epoch int64
+	// Grants are the storage generations the VM's datastores granted this
+	// start, by datastore: the instance may write there only while they
+	// stay authorised.
+	Grants    map[string]int64
 	CPUs      int
 	MemoryMiB int64
 	// Accel is "kvm", "tcg", or "" for the host's resolved default.
@@ -105,8 +111,11 @@ type NICConfig struct {
 // Status is a VM's state as the driver sees it.
 type Status struct {
 	Name  string
+	UID   string
 	Epoch int64
-	PID   int
+	// Grants are the storage generations of this instance (see VMConfig).
+	Grants map[string]int64
+	PID    int
 	// Running is true while the process lives.
 	Running bool
 	// QEMUStatus is QMP's run state: running, paused, inmigrate,

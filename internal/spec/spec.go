@@ -25,7 +25,12 @@ type VM struct {
 
 // Metadata names a VM and carries free-form labels used by rules.
 type Metadata struct {
-	Name   string            `yaml:"name" json:"name"`
+	Name string `yaml:"name" json:"name"`
+	// UID is the VM's identity, assigned by Vigil when the VM is created
+	// (a value in a submitted spec is replaced). A VM deleted and created
+	// again under the same name is another VM: nothing about the old one
+	// (its storage generations, fences, restart history) applies to it.
+	UID    string            `yaml:"uid" json:"uid,omitempty"`
 	Labels map[string]string `yaml:"labels" json:"labels,omitempty"`
 }
 

@@ -43,6 +43,15 @@ type VMRecord struct {
 // Name returns the VM's name.
 func (r *VMRecord) Name() string { return r.VM.Metadata.Name }
 
+// UID returns the VM's identity. A record from before UIDs existed has
+// none; its name stands in for it.
+func (r *VMRecord) UID() string {
+	if r.VM.Metadata.UID != "" {
+		return r.VM.Metadata.UID
+	}
+	return "name-" + r.VM.Metadata.Name
+}
+
 // NICNet is a NIC's resolved network identity: the address the IPAM gave it
 // and its stable MAC. It never changes for the life of the VM, so the VM
 // keeps them on every host.

@@ -20,32 +20,9 @@ import (
 	"github.com/vigilha/vigil/internal/controller/placement"
 	"github.com/vigilha/vigil/internal/hatiming"
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
-
-// Arbiter is a shared datastore's storage server as the leader uses it.
-type Arbiter interface {
-	// Fence revokes host's access to the VMs' disks up to their epochs and
-	// returns once no further write from the host can land.
-	Fence(ctx context.Context, host string, vms map[string]int64) error
-	// Heartbeats returns each host's latest datastore heartbeat.
-	Heartbeats(ctx context.Context) (map[string]Heartbeat, error)
-}
-
-// Heartbeat is a host's latest datastore heartbeat as the storage saw it.
-type Heartbeat struct {
-	// Age is how long ago the storage received it (storage's clock).
-	Age time.Duration
-	// VMs are the VMs the host said it runs.
-	VMs []HeartbeatVM
-}
-
-// HeartbeatVM is one VM in a datastore heartbeat.
-type HeartbeatVM struct {
-	Name         string
-	Epoch        int64
-	LeaveRunning bool
-}
 
 // Config is the controller's timing.
 type Config struct {
@@ -82,7 +59,7 @@ type Controller struct {
 	st       *store.Store
 	log      *slog.Logger
 	cfg      Config
-	arbiter  func(ds *store.Datastore) Arbiter
+	arbiter  func(ds *store.Datastore) storage.Arbiter
 	now      func() time.Time
 	down     map[string]time.Time // host -> when its lease was first seen expired
 	said     map[string]string    // dedupe key -> last message, so each decision is one event
@@ -92,7 +69,7 @@ type Controller struct {
 
 // New creates the controller; arbiter returns the storage server of a
 // shared datastore.
-func New(st *store.Store, log *slog.Logger, cfg Config, arbiter func(*store.Datastore) Arbiter) *Controller {
+func New(st *store.Store, log *slog.Logger, cfg Config, arbiter func(*store.Datastore) storage.Arbiter) *Controller {
 	return &Controller{st: st, log: log, cfg: cfg, arbiter: arbiter, now: time.Now,
 		down: map[string]time.Time{}, said: map[string]string{}, placedAt: map[string]time.Time{}, readyAt: map[string]time.Time{}}
 }
@@ -104,7 +81,7 @@ func (c *Controller) Name() string { return "ha" }
 // the work found.
 type pass struct {
 	snap       *store.Snapshot
-	heartbeats map[string]map[string]Heartbeat // datastore -> host -> heartbeat
+	heartbeats map[string]map[string]storage.HostHeartbeat // datastore -> host -> heartbeat
 	hbErr      map[string]error
 	ready      []string // VMs fenced and ready to be placed elsewhere
 	avoid      map[string][]string
@@ -113,7 +90,7 @@ type pass struct {
 
 // Reconcile takes one step for every host and VM that needs HA action.
 func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.Duration, error) {
-	p := &pass{snap: snap, heartbeats: map[string]map[string]Heartbeat{}, hbErr: map[string]error{},
+	p := &pass{snap: snap, heartbeats: map[string]map[string]storage.HostHeartbeat{}, hbErr: map[string]error{},
 		avoid: map[string][]string{}, why: map[string]string{}}
 	for name, ds := range snap.Datastores {
 		if ds.Type != store.DatastoreShared || ds.Server == "" {
@@ -180,8 +157,8 @@ func (c *Controller) watchHosts(ctx context.Context, p *pass) {
 }
 
 // freshest is the youngest datastore heartbeat of a host.
-func (c *Controller) freshest(p *pass, host string) (Heartbeat, bool) {
-	var best Heartbeat
+func (c *Controller) freshest(p *pass, host string) (storage.HostHeartbeat, bool) {
+	var best storage.HostHeartbeat
 	found := false
 	for _, hbs := range p.heartbeats {
 		if hb, ok := hbs[host]; ok && (!found || hb.Age < best.Age) {
@@ -354,7 +331,7 @@ func (c *Controller) fence(ctx context.Context, p *pass, v *store.VMState, reaso
 			continue
 		}
 		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := c.arbiter(ds).Fence(fctx, host, map[string]int64{name: epoch})
+		err := c.arbiter(ds).Revoke(fctx, storage.VMRef{Name: name, UID: v.Record.UID()}, host)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("fence %s from %s at %s: %w", host, name, dsName, err)

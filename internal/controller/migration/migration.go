@@ -23,26 +23,19 @@ const (
 	MaxPerCluster      = 5
 )
 
-// Fencer revokes a host's access to a VM's disks at a shared datastore.
-type Fencer interface {
-	Fence(ctx context.Context, host string, vms map[string]int64) error
-}
-
 // Controller is the migration controller.
 type Controller struct {
-	st     *store.Store
-	log    *slog.Logger
-	fencer func(*store.Datastore) Fencer
-	now    func() time.Time
-	said   map[string]string
-	// fenced remembers the plans whose source was fenced after the flip.
-	fenced map[string]bool
+	st   *store.Store
+	log  *slog.Logger
+	now  func() time.Time
+	said map[string]string
 }
 
-// New creates the controller; fencer returns a shared datastore's storage
-// server.
-func New(st *store.Store, log *slog.Logger, fencer func(*store.Datastore) Fencer) *Controller {
-	return &Controller{st: st, log: log, fencer: fencer, now: time.Now, said: map[string]string{}, fenced: map[string]bool{}}
+// New creates the controller. The cut-over at the storage (the source's
+// generations revoked before the destination runs) is the destination
+// agent's Commit; the controller only moves placement.
+func New(st *store.Store, log *slog.Logger) *Controller {
+	return &Controller{st: st, log: log, now: time.Now, said: map[string]string{}}
 }
 
 // Name identifies the controller.
@@ -244,7 +237,7 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 			}
 			return end(store.MigFailed, "source: "+src.Error)
 		case src != nil && (src.Phase == "completed" || src.Phase == "postcopy-ready"):
-			return c.flip(ctx, name, v, m, &p, src.Phase == "completed")
+			return c.flip(ctx, name, v, m, &p)
 		case p.Phase == store.MigScheduled && tgt != nil && tgt.Phase == "ready":
 			p.Phase = store.MigRunning
 			return c.st.PutMigrationPlan(ctx, name, m.PlanRev, &p)
@@ -253,14 +246,10 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 
 	case store.MigSwitchover:
 		postcopy := src != nil && (src.Phase == "postcopy-ready" || src.Phase == "postcopy")
-		if !postcopy {
-			c.fenceSource(ctx, snap, name, v, &p)
-		}
 		switch {
 		case tgt != nil && tgt.Phase == "resumed" && postcopy && (src == nil || src.Phase != "completed"):
 			return nil // the destination runs; the source still serves pages
 		case tgt != nil && tgt.Phase == "resumed":
-			c.fenceSource(ctx, snap, name, v, &p)
 			msg := ""
 			if src != nil {
 				pr := src.Progress
@@ -281,8 +270,10 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 
 // flip is the cut-over: placement moves to the target with epoch + 1 and
 // the plan enters switchover, in one transaction. If it fails the source
-// resumes the VM (the source agent sees the plan failed).
-func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m *store.MigrationState, p *store.MigrationPlan, fence bool) error {
+// resumes the VM (the source agent sees the plan failed). The destination
+// then commits its generations at the storage, which revokes and drains
+// the source's, before it resumes.
+func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m *store.MigrationState, p *store.MigrationPlan) error {
 	next := store.Placement{Host: p.Target, Epoch: v.Placement.Epoch + 1, Reason: "live migration from " + p.Source, Time: c.now()}
 	p.Phase = store.MigSwitchover
 	err := c.st.FlipForMigration(ctx, name, v.Placement, v.PlacementRev, next, m.PlanRev, p)
@@ -294,47 +285,7 @@ func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m 
 	}
 	c.emit(ctx, store.Event{Type: "migration.switchover", VM: name, Host: p.Target,
 		Message: fmt.Sprintf("cut-over: placement moved to %s (epoch %d); resuming there", p.Target, next.Epoch)})
-	if fence {
-		c.fenceSource(ctx, nil, name, v, p)
-	}
 	return nil
-}
-
-// fenceSource revokes the source's access to the VM's disks at the
-// migration's epoch, once placement has moved and the source has nothing
-// left to give (pre-copy completed, or post-copy done: a post-copy source
-// still serves pages after the flip and must not be fenced, since its
-// agent kills fenced VMs): whatever the source does from now on (a bug, a
-// thawed process), it cannot write them. The
-// destination's exports are at the same epoch on another host, so they are
-// untouched, and nothing waits for this: it is a second guard, done once
-// per plan (retried while the plan is in switchover).
-func (c *Controller) fenceSource(ctx context.Context, snap *store.Snapshot, name string, v *store.VMState, p *store.MigrationPlan) {
-	if c.fencer == nil || c.fenced[p.ID] {
-		return
-	}
-	if snap == nil {
-		var err error
-		if snap, err = c.st.Snapshot(ctx); err != nil {
-			return
-		}
-	}
-	seen := map[string]bool{}
-	for _, d := range v.Record.VM.Spec.Disks {
-		ds := snap.Datastores[d.Datastore]
-		if ds == nil || ds.Type != store.DatastoreShared || seen[ds.Name] {
-			continue
-		}
-		seen[ds.Name] = true
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := c.fencer(ds).Fence(fctx, p.Source, map[string]int64{name: p.Epoch})
-		cancel()
-		if err != nil {
-			c.log.Warn("migration: fence the source after the cut-over", "vm", name, "source", p.Source, "err", err)
-			return
-		}
-	}
-	c.fenced[p.ID] = true
 }
 
 // evacuate requests a migration for every VM on a host in maintenance

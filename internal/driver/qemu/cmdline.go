@@ -17,6 +17,9 @@ type runtimePaths struct {
 	Heartbeat string
 	Log       string
 	Config    string
+	// Shutdown records the reason of the last QMP SHUTDOWN event, for an
+	// agent that restarts after QEMU exited.
+	Shutdown string
 }
 
 func pathsFor(dir string) runtimePaths {
@@ -24,6 +27,7 @@ func pathsFor(dir string) runtimePaths {
 		Dir:       dir,
 		QMP:       dir + "/qmp.sock",
 		Pidfile:   dir + "/qemu.pid",
+		Shutdown:  dir + "/shutdown",
 		Console:   dir + "/console.log",
 		Heartbeat: dir + "/heartbeat.sock",
 		Log:       dir + "/qemu.log",

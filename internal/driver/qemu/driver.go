@@ -188,10 +188,10 @@ func (d *Driver) Start(ctx context.Context, cfg *driver.VMConfig) (driver.Status
 		delete(d.vms, cfg.Name)
 	}
 	// Hold a placeholder so that a concurrent Start of the same VM fails.
-	// It carries the epoch: self-fencing compares it with the host's
-	// storage fences, and an older fence of this VM on this host must not
-	// look as if it covered the start in progress.
-	placeholder := &instance{name: cfg.Name, status: driver.Status{Name: cfg.Name, Epoch: cfg.Epoch, Running: true}}
+	// It carries the generations: self-fencing compares them with the
+	// storage's verdicts, and a revoked older generation of this VM must
+	// not look as if it covered the start in progress.
+	placeholder := &instance{name: cfg.Name, status: driver.Status{Name: cfg.Name, UID: cfg.UID, Epoch: cfg.Epoch, Grants: cfg.Grants, Running: true}}
 	d.vms[cfg.Name] = placeholder
 	d.mu.Unlock()
 
@@ -219,7 +219,7 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	if err := os.MkdirAll(p.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("start %s: runtime directory: %w", cfg.Name, err)
 	}
-	for _, f := range []string{p.QMP, p.Heartbeat, p.Pidfile} {
+	for _, f := range []string{p.QMP, p.Heartbeat, p.Pidfile, p.Shutdown} {
 		_ = os.Remove(f)
 	}
 	rotate(p.Console, 4<<20)
@@ -347,10 +347,17 @@ func (d *Driver) Recover(ctx context.Context) ([]driver.Status, error) {
 		}
 		proc, err := findProcess(p.Pidfile, name)
 		if err != nil {
-			st := driver.Status{Name: name, Epoch: rec.Config.Epoch, Accel: rec.Accel, StartedAt: rec.StartedAt,
+			st := driver.Status{Name: name, UID: rec.Config.UID, Epoch: rec.Config.Epoch, Grants: rec.Config.Grants, Accel: rec.Accel, StartedAt: rec.StartedAt,
 				ExitReason: "crashed", ExitedAt: time.Now()}
+			// QEMU removes its pidfile when it exits cleanly. Only a guest
+			// power-off that an agent saw (the marker) is one: a QEMU that a
+			// service manager stopped with the agent is not the guest
+			// powering off, and an HA VM must not stay off for it.
 			if _, statErr := os.Stat(p.Pidfile); errors.Is(statErr, os.ErrNotExist) {
-				st.ExitReason = "stopped"
+				st.ExitReason = "exited-unwatched"
+				if b, err := os.ReadFile(p.Shutdown); err == nil && strings.TrimSpace(string(b)) == "guest-shutdown" {
+					st.ExitReason = "guest-shutdown"
+				}
 			}
 			d.mu.Lock()
 			d.vms[name] = &instance{name: name, paths: p, rec: rec, status: st, done: closedChan()}

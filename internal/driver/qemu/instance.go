@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -44,7 +45,7 @@ func newInstance(d *Driver, name string, p runtimePaths, rec persisted, proc *pr
 		d: d, name: name, paths: p, rec: rec, proc: proc,
 		ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		status: driver.Status{
-			Name: name, Epoch: rec.Config.Epoch, PID: proc.pid, Running: true,
+			Name: name, UID: rec.Config.UID, Epoch: rec.Config.Epoch, Grants: rec.Config.Grants, PID: proc.pid, Running: true,
 			Accel: rec.Accel, StartedAt: rec.StartedAt,
 		},
 	}
@@ -189,6 +190,9 @@ func (in *instance) handleEvent(ev qmp.Event) {
 		}
 		_ = json.Unmarshal(ev.Data, &d)
 		in.shutdownReason = d.Reason
+		if in.paths.Shutdown != "" {
+			_ = os.WriteFile(in.paths.Shutdown, []byte(d.Reason+"\n"), 0o640)
+		}
 	case "STOP":
 		in.status.QEMUStatus = "paused"
 		emit = driver.EventStateChanged

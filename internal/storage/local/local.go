@@ -8,14 +8,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
 )
 
 // Datastore is a directory of disk images.
@@ -55,19 +59,38 @@ func StoredFormat(d spec.Disk) string {
 // Prepare creates the disk on first use: a blank image of the spec's size,
 // or a qcow2 overlay whose backing file is the spec's image, so that the
 // image itself is never written and can back many VMs.
-func (s *Datastore) Prepare(ctx context.Context, vm string, _ int64, d spec.Disk) (driver.DiskConfig, error) {
-	path := s.DiskPath(vm, d)
+func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, _ storage.Generation, d spec.Disk) (driver.DiskConfig, error) {
+	path := s.DiskPath(vm.Name, d)
 	cfg := driver.DiskConfig{Name: d.Name, Path: path, Format: StoredFormat(d), DirectIO: true}
-	if _, err := os.Stat(path); err == nil {
+	exists, err := Exists(path)
+	if err != nil {
+		return cfg, fmt.Errorf("disk %s of %s: %w", d.Name, vm.Name, err)
+	}
+	if exists {
 		return cfg, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return cfg, fmt.Errorf("disk %s of %s: %w", d.Name, vm, err)
+		return cfg, fmt.Errorf("disk %s of %s: %w", d.Name, vm.Name, err)
 	}
 	if err := CreateImage(ctx, path, d); err != nil {
-		return cfg, fmt.Errorf("disk %s of %s: %w", d.Name, vm, err)
+		return cfg, fmt.Errorf("disk %s of %s: %w", d.Name, vm.Name, err)
 	}
 	return cfg, nil
+}
+
+// Exists reports whether a disk image exists. Only "no such file" means it
+// does not: any other error (a permission, an I/O error on a sick disk)
+// is returned, because taking it for "missing" would create a blank disk
+// over the VM's data.
+func Exists(path string) (bool, error) {
+	_, err := os.Stat(path)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, err
 }
 
 // CreateImage makes a disk image at path with qemu-img, atomically: a
@@ -92,7 +115,12 @@ func CreateImage(ctx context.Context, path string, d spec.Disk) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qemu-img %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	// Never over an existing disk: one that appeared meanwhile is kept.
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+		_ = os.Remove(tmp)
+		if errors.Is(err, unix.EEXIST) {
+			return nil
+		}
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	return nil
@@ -120,13 +148,13 @@ func imageFormat(ctx context.Context, path string) (string, error) {
 }
 
 // Release does nothing: a local file needs no export.
-func (s *Datastore) Release(context.Context, string, spec.Disk) error { return nil }
+func (s *Datastore) Release(context.Context, storage.VMRef, spec.Disk) error { return nil }
 
 // Delete removes a VM's disk, and the VM's directory once it is empty.
-func (s *Datastore) Delete(_ context.Context, vm string, d spec.Disk) error {
-	path := s.DiskPath(vm, d)
+func (s *Datastore) Delete(_ context.Context, vm storage.VMRef, d spec.Disk) error {
+	path := s.DiskPath(vm.Name, d)
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("delete disk %s of %s: %w", d.Name, vm, err)
+		return fmt.Errorf("delete disk %s of %s: %w", d.Name, vm.Name, err)
 	}
 	_ = os.Remove(filepath.Dir(path))
 	return nil

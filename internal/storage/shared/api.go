@@ -3,7 +3,8 @@ package shared
 import (
 	"errors"
 	"fmt"
-	"time"
+
+	"github.com/vigilha/vigil/internal/storage"
 )
 
 // The wire types of the control API. Server and Client share them so the two
@@ -32,10 +33,12 @@ type CreateDiskResponse struct {
 
 // ExportRequest is the body of POST /v1/exports.
 type ExportRequest struct {
-	VM    string `json:"vm"`
-	Disk  string `json:"disk"`
-	Host  string `json:"host"`
-	Epoch int64  `json:"epoch"`
+	VM   string `json:"vm"`
+	UID  string `json:"uid"`
+	Disk string `json:"disk"`
+	Host string `json:"host"`
+	// Generation is the one the server granted (or prepared) for Host.
+	Generation int64 `json:"generation"`
 }
 
 // ExportResponse is the answer to POST /v1/exports: the NBD export a QEMU on
@@ -49,10 +52,11 @@ type ExportResponse struct {
 
 // Export is one NBD export as GET /v1/exports lists it.
 type Export struct {
-	VM    string `json:"vm"`
-	Disk  string `json:"disk"`
-	Host  string `json:"host"`
-	Epoch int64  `json:"epoch"`
+	VM         string `json:"vm"`
+	UID        string `json:"uid"`
+	Disk       string `json:"disk"`
+	Host       string `json:"host"`
+	Generation int64  `json:"generation"`
 	// Export is the NBD export name.
 	Export string `json:"export"`
 	// Deleting is true while a hard delete waits for QEMU to drain the
@@ -61,65 +65,41 @@ type Export struct {
 	Deleting bool `json:"deleting,omitempty"`
 }
 
-// FenceRequest is the body of POST /v1/fence.
-type FenceRequest struct {
-	Host string `json:"host"`
-	// VMs maps each VM to the placement epoch up to which Host loses access.
-	VMs map[string]int64 `json:"vms"`
+// GenerationRequest is the body of POST /v1/generations/{op}: grant,
+// prepare and revoke name a host; commit and abort a generation.
+type GenerationRequest struct {
+	VM         string `json:"vm"`
+	UID        string `json:"uid"`
+	Host       string `json:"host,omitempty"`
+	Generation int64  `json:"generation,omitempty"`
 }
 
-// FenceResponse is the answer to POST /v1/fence.
-type FenceResponse struct {
-	// Fenced names the exports that this call deleted.
-	Fenced []string `json:"fenced"`
-}
-
-// Fence is one recorded fence: Host may not access VM's disks at Epoch or
-// below, ever.
-type Fence struct {
-	Host  string `json:"host"`
-	VM    string `json:"vm"`
-	Epoch int64  `json:"epoch"`
-}
-
-// HeartbeatVM is one VM a host reports running in its datastore heartbeat.
-type HeartbeatVM struct {
-	Name  string `json:"name"`
-	Epoch int64  `json:"epoch"`
-	// LeaveRunning is the VM's isolation response, for the HA leader to
-	// tell whether an isolated host keeps it.
-	LeaveRunning bool `json:"leaveRunning,omitempty"`
+// GenerationResponse is the answer: the generation granted or prepared.
+type GenerationResponse struct {
+	Generation int64 `json:"generation"`
 }
 
 // HeartbeatRequest is the body of POST /v1/heartbeats/{host}.
 type HeartbeatRequest struct {
 	// Lease is the host's etcd lease ID, so the leader can tell a restarted
 	// agent (same lease) from a new incarnation.
-	Lease int64         `json:"lease"`
-	VMs   []HeartbeatVM `json:"vms"`
+	Lease int64            `json:"lease"`
+	VMs   []storage.HeldVM `json:"vms"`
 }
 
-// HeartbeatResponse is the answer to a heartbeat: the fences recorded
-// against the host, so that its agent learns of them within one heartbeat
-// and kills the fenced VMs.
+// HeartbeatResponse is the answer to a heartbeat: the verdict on each VM
+// generation the host reported (by UID), so that its agent learns of a
+// revocation within one heartbeat and kills that VM.
 type HeartbeatResponse struct {
-	Fenced map[string]int64 `json:"fenced"`
+	Verdicts map[string]storage.Verdict `json:"verdicts"`
 }
 
-// HostHeartbeat is a host's latest datastore heartbeat, aged on the storage
-// server's monotonic clock (never the host's).
-type HostHeartbeat struct {
-	// Age is how long ago the storage server received the heartbeat.
-	Age   time.Duration `json:"-"`
-	Lease int64         `json:"lease"`
-	VMs   []HeartbeatVM `json:"vms"`
-}
-
-// hostHeartbeatJSON is HostHeartbeat on the wire.
+// hostHeartbeatJSON is a storage.HostHeartbeat on the wire, aged on the
+// storage server's monotonic clock (never the host's).
 type hostHeartbeatJSON struct {
-	AgeMS int64         `json:"age_ms"`
-	Lease int64         `json:"lease"`
-	VMs   []HeartbeatVM `json:"vms"`
+	AgeMS int64            `json:"age_ms"`
+	Lease int64            `json:"lease"`
+	VMs   []storage.HeldVM `json:"vms"`
 }
 
 // errorBody is every error answer. Code lets clients branch without
@@ -131,7 +111,7 @@ type errorBody struct {
 
 // Error codes of the API.
 const (
-	codeFenced   = "fenced"    // the host is fenced from the VM at this epoch
+	codeFenced   = "fenced"    // the generation is not authorised (revoked, superseded)
 	codeStale    = "stale"     // a newer export for the same host exists
 	codeInUse    = "in-use"    // the disk is exported
 	codeNotFound = "not-found" // no such disk
@@ -140,10 +120,11 @@ const (
 	codeBusy     = "busy"      // a previous export is still being torn down
 )
 
-// ErrFenced is wrapped by the error of an export refused because the host
-// is fenced from the VM at that epoch or later: that host must not touch the
-// disk again until a newer placement.
-var ErrFenced = errors.New("host is fenced from the vm")
+// ErrFenced is wrapped by the error of a request the VM's generations
+// refuse: an export for a generation that is not authorised (revoked,
+// superseded), a commit of a superseded generation, a grant for a deleted
+// VM.
+var ErrFenced = errors.New("not authorised by the vm's generation")
 
 // ErrStale is wrapped when the server already has a newer export of the
 // disk for the same host: the request comes from an older placement.

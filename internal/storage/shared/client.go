@@ -28,7 +28,7 @@ type Client struct {
 	http *http.Client
 }
 
-var _ storage.Fencer = (*Client)(nil)
+var _ storage.Arbiter = (*Client)(nil)
 
 // NewClient returns a client of the storage server at baseURL
 // (http://HOST:PORT).
@@ -67,15 +67,16 @@ func (c *Client) DeleteDisk(ctx context.Context, vm, disk string, force bool) er
 	return nil
 }
 
-// Export gives host an NBD export of a VM's disk for placement epoch, and
-// returns where QEMU on that host connects. It fails with ErrFenced if the
-// host was fenced from the VM at that epoch or later, and with ErrStale if
-// the host already has an export of a newer epoch.
-func (c *Client) Export(ctx context.Context, vm, disk, host string, epoch int64) (driver.NBDTarget, error) {
+// Export gives host an NBD export of a VM's disk for a generation the
+// server granted or prepared for it, and returns where QEMU on that host
+// connects. It fails with ErrFenced if that generation is not authorised
+// for the host (revoked, superseded), and with ErrStale if the host already
+// has an export of a newer generation.
+func (c *Client) Export(ctx context.Context, vm storage.VMRef, disk, host string, gen storage.Generation) (driver.NBDTarget, error) {
 	var resp ExportResponse
-	err := c.do(ctx, http.MethodPost, "/v1/exports", ExportRequest{VM: vm, Disk: disk, Host: host, Epoch: epoch}, &resp)
+	err := c.do(ctx, http.MethodPost, "/v1/exports", ExportRequest{VM: vm.Name, UID: vm.UID, Disk: disk, Host: host, Generation: int64(gen)}, &resp)
 	if err != nil {
-		return driver.NBDTarget{}, fmt.Errorf("export %s/%s to %s at epoch %d: %w", vm, disk, host, epoch, err)
+		return driver.NBDTarget{}, fmt.Errorf("export %s/%s to %s at generation %d: %w", vm.Name, disk, host, gen, err)
 	}
 	h := resp.Host
 	// A server bound to a wildcard address cannot name itself; the address
@@ -97,22 +98,57 @@ func (c *Client) Unexport(ctx context.Context, vm, disk, host string) error {
 	return nil
 }
 
-// Fence revokes host's access to the disks of the given VMs, each up to and
-// including its epoch, and returns once no further write from that host can
-// reach them (storage.Fencer). It is idempotent; on error, retry it.
-func (c *Client) Fence(ctx context.Context, host string, vms map[string]int64) error {
-	_, err := c.FenceExports(ctx, host, vms)
+// Grant makes host the writer of vm's disks under a new generation, once
+// every older one is revoked and drained (storage.Arbiter).
+func (c *Client) Grant(ctx context.Context, vm storage.VMRef, host string) (storage.Generation, error) {
+	return c.generation(ctx, "grant", GenerationRequest{VM: vm.Name, UID: vm.UID, Host: host})
+}
+
+// Prepare reserves the next generation for a migration's destination.
+func (c *Client) Prepare(ctx context.Context, vm storage.VMRef, host string) (storage.Generation, error) {
+	return c.generation(ctx, "prepare", GenerationRequest{VM: vm.Name, UID: vm.UID, Host: host})
+}
+
+// Commit makes a prepared generation the writer (the cut-over).
+func (c *Client) Commit(ctx context.Context, vm storage.VMRef, gen storage.Generation) error {
+	_, err := c.generation(ctx, "commit", GenerationRequest{VM: vm.Name, UID: vm.UID, Generation: int64(gen)})
 	return err
 }
 
-// FenceExports is Fence that also returns the names of the exports the
-// call deleted.
-func (c *Client) FenceExports(ctx context.Context, host string, vms map[string]int64) ([]string, error) {
-	var resp FenceResponse
-	if err := c.do(ctx, http.MethodPost, "/v1/fence", FenceRequest{Host: host, VMs: vms}, &resp); err != nil {
-		return nil, fmt.Errorf("fence %s from %v: %w", host, vms, err)
+// Abort drops a prepared generation.
+func (c *Client) Abort(ctx context.Context, vm storage.VMRef, gen storage.Generation) error {
+	_, err := c.generation(ctx, "abort", GenerationRequest{VM: vm.Name, UID: vm.UID, Generation: int64(gen)})
+	return err
+}
+
+// Revoke takes vm's disks away from host (a fence), and returns once no
+// further write from it can land.
+func (c *Client) Revoke(ctx context.Context, vm storage.VMRef, host string) error {
+	_, err := c.generation(ctx, "revoke", GenerationRequest{VM: vm.Name, UID: vm.UID, Host: host})
+	return err
+}
+
+// Forget removes a deleted VM's generations for good.
+func (c *Client) Forget(ctx context.Context, vm storage.VMRef) error {
+	_, err := c.generation(ctx, "forget", GenerationRequest{VM: vm.Name, UID: vm.UID})
+	return err
+}
+
+func (c *Client) generation(ctx context.Context, op string, req GenerationRequest) (storage.Generation, error) {
+	var resp GenerationResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/generations/"+op, req, &resp); err != nil {
+		return 0, fmt.Errorf("%s vm %s: %w", op, req.VM, err)
 	}
-	return resp.Fenced, nil
+	return storage.Generation(resp.Generation), nil
+}
+
+// Generations lists what the server knows of every VM's generations.
+func (c *Client) Generations(ctx context.Context) ([]vmGen, error) {
+	var resp []vmGen
+	if err := c.do(ctx, http.MethodGet, "/v1/generations", nil, &resp); err != nil {
+		return nil, fmt.Errorf("list generations: %w", err)
+	}
+	return resp, nil
 }
 
 // Exports lists the server's NBD exports.
@@ -124,42 +160,33 @@ func (c *Client) Exports(ctx context.Context) ([]Export, error) {
 	return resp, nil
 }
 
-// Fences lists the recorded fences.
-func (c *Client) Fences(ctx context.Context) ([]Fence, error) {
-	var resp []Fence
-	if err := c.do(ctx, http.MethodGet, "/v1/fences", nil, &resp); err != nil {
-		return nil, fmt.Errorf("list fences: %w", err)
-	}
-	return resp, nil
-}
-
-// Heartbeat sends host's datastore heartbeat: its lease and the VMs it
-// runs. The answer is the VMs host is fenced from, with the fences' epochs;
-// an agent kills a VM fenced at its epoch or later.
-func (c *Client) Heartbeat(ctx context.Context, host string, lease int64, vms []HeartbeatVM) (fenced map[string]int64, err error) {
+// Heartbeat sends host's datastore heartbeat: its lease and the VM
+// generations it runs. The answer is the verdict on each, by UID; an agent
+// kills a VM whose generation is no longer authorised.
+func (c *Client) Heartbeat(ctx context.Context, host string, lease int64, vms []storage.HeldVM) (map[string]storage.Verdict, error) {
 	if vms == nil {
-		vms = []HeartbeatVM{}
+		vms = []storage.HeldVM{}
 	}
 	var resp HeartbeatResponse
 	if err := c.do(ctx, http.MethodPost, "/v1/heartbeats/"+esc(host), HeartbeatRequest{Lease: lease, VMs: vms}, &resp); err != nil {
 		return nil, fmt.Errorf("heartbeat of %s: %w", host, err)
 	}
-	if resp.Fenced == nil {
-		resp.Fenced = map[string]int64{}
+	if resp.Verdicts == nil {
+		resp.Verdicts = map[string]storage.Verdict{}
 	}
-	return resp.Fenced, nil
+	return resp.Verdicts, nil
 }
 
 // Heartbeats returns every host's latest heartbeat, aged on the server's
 // clock.
-func (c *Client) Heartbeats(ctx context.Context) (map[string]HostHeartbeat, error) {
+func (c *Client) Heartbeats(ctx context.Context) (map[string]storage.HostHeartbeat, error) {
 	var resp map[string]hostHeartbeatJSON
 	if err := c.do(ctx, http.MethodGet, "/v1/heartbeats", nil, &resp); err != nil {
 		return nil, fmt.Errorf("list heartbeats: %w", err)
 	}
-	out := make(map[string]HostHeartbeat, len(resp))
+	out := make(map[string]storage.HostHeartbeat, len(resp))
 	for h, hb := range resp {
-		out[h] = HostHeartbeat{Age: time.Duration(hb.AgeMS) * time.Millisecond, Lease: hb.Lease, VMs: hb.VMs}
+		out[h] = storage.HostHeartbeat{Age: time.Duration(hb.AgeMS) * time.Millisecond, Lease: hb.Lease, VMs: hb.VMs}
 	}
 	return out, nil
 }

@@ -35,14 +35,14 @@ func (s *Datastore) Shared() bool { return true }
 // Client is the storage server client the datastore uses.
 func (s *Datastore) Client() *Client { return s.c }
 
-// Prepare creates the disk on first use and exports it to this host for the
-// VM's placement epoch. It fails (wrapping ErrFenced) if this host was
-// fenced from the VM at that epoch or later.
-func (s *Datastore) Prepare(ctx context.Context, vm string, epoch int64, d spec.Disk) (driver.DiskConfig, error) {
-	if _, err := s.c.CreateDisk(ctx, vm, d.Name, int64(d.Size), d.Format, d.Image); err != nil {
+// Prepare creates the disk on first use and exports it to this host under
+// the generation the server granted (or prepared for) it. It fails
+// (wrapping ErrFenced) if that generation is not authorised for this host.
+func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.Generation, d spec.Disk) (driver.DiskConfig, error) {
+	if _, err := s.c.CreateDisk(ctx, vm.Name, d.Name, int64(d.Size), d.Format, d.Image); err != nil {
 		return driver.DiskConfig{}, fmt.Errorf("datastore %s: %w", s.name, err)
 	}
-	t, err := s.c.Export(ctx, vm, d.Name, s.host, epoch)
+	t, err := s.c.Export(ctx, vm, d.Name, s.host, gen)
 	if err != nil {
 		return driver.DiskConfig{}, fmt.Errorf("datastore %s: %w", s.name, err)
 	}
@@ -52,8 +52,8 @@ func (s *Datastore) Prepare(ctx context.Context, vm string, epoch int64, d spec.
 }
 
 // Release removes this host's export of the disk.
-func (s *Datastore) Release(ctx context.Context, vm string, d spec.Disk) error {
-	if err := s.c.Unexport(ctx, vm, d.Name, s.host); err != nil {
+func (s *Datastore) Release(ctx context.Context, vm storage.VMRef, d spec.Disk) error {
+	if err := s.c.Unexport(ctx, vm.Name, d.Name, s.host); err != nil {
 		return fmt.Errorf("datastore %s: %w", s.name, err)
 	}
 	return nil
@@ -61,9 +61,12 @@ func (s *Datastore) Release(ctx context.Context, vm string, d spec.Disk) error {
 
 // Delete removes the disk of a VM being deleted from the storage server,
 // with the exports hosts that died left behind (no instance of a deleted VM
-// may run anywhere), and the VM's fences.
-func (s *Datastore) Delete(ctx context.Context, vm string, d spec.Disk) error {
-	if err := s.c.DeleteDisk(ctx, vm, d.Name, true); err != nil {
+// may run anywhere), and forgets the VM's generations for good.
+func (s *Datastore) Delete(ctx context.Context, vm storage.VMRef, d spec.Disk) error {
+	if err := s.c.Forget(ctx, vm); err != nil {
+		return fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	if err := s.c.DeleteDisk(ctx, vm.Name, d.Name, true); err != nil {
 		return fmt.Errorf("datastore %s: %w", s.name, err)
 	}
 	return nil

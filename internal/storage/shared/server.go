@@ -5,25 +5,33 @@
 // The storage server (`vigil storage serve`) runs one qemu-storage-daemon,
 // which opens each image once (cache.direct=on) and exports it to each host
 // that runs the VM under an export name of its own. The server is also the
-// arbiter of who may write a disk: the HA leader fences a host there
-// (POST /v1/fence) before restarting its VMs elsewhere, and hosts send their
-// datastore heartbeats there, so the leader can tell an isolated host from a
-// dead one.
+// arbiter of who may write a disk (storage.Arbiter): every start of a VM asks
+// it for a generation, and hosts send their datastore heartbeats there, so
+// the leader can tell an isolated host from a dead one.
 //
-// # The fence
+// # Generations
 //
-// A fence of (host, VM) at epoch F means: no export of that VM's disks for
-// that host at an epoch ≤ F may exist, now or ever. The server, holding the
-// lock that serialises every export operation:
+// For each VM (by UID) the server keeps a high-water mark, the current
+// generation and its holder (the host that may write), and at most one
+// prepared generation (a live migration's destination). An export for
+// (host, generation) exists only while that generation is the current one
+// held by the host, or the prepared one for it. Every change (grant,
+// prepare, commit, abort, revoke, forget), holding the lock that
+// serialises every export operation:
 //
-//  1. records max(F, previous) in the state file (written to a temporary
-//     file, fsynced, renamed over state.json, directory fsynced);
-//  2. hard-deletes (block-export-del mode=hard) every export of the VM's
-//     disks for that host at an epoch ≤ F;
+//  1. records the new state in the state file (written to a temporary file,
+//     fsynced, renamed over state.json, directory fsynced);
+//  2. hard-deletes (block-export-del mode=hard) every export of the VM that
+//     the new state does not authorise, on every host;
 //  3. waits until QEMU reports each one deleted (BLOCK_EXPORT_DELETED, or
 //     its absence from query-block-exports, which is removed in the same
 //     main-loop callback that emits the event);
 //  4. only then answers 200.
+//
+// A grant takes the high-water mark + 1, so generations never repeat and
+// only move forward, whatever happens to etcd. A restart on the same host
+// is a new generation like any other: the dead QEMU's in-flight writes are
+// drained (step 3) before the new one can write.
 //
 // Why that is enough: QEMU removes a hard-deleted export's name at once (no
 // new connection can find it) and shuts down its clients' sockets (requests
@@ -33,15 +41,16 @@
 // reference, to have completed. Step 3 is not a formality: a write QEMU had
 // already read off the socket is not cancelled by the hard delete; it lands
 // after the client was disconnected (a slow disk makes that hundreds of
-// milliseconds, see TestFenceDrainsInFlightWrites), and only then is the
+// milliseconds, see TestRevokeDrainsInFlightWrites), and only then is the
 // export deleted. So once step 3 is over, nothing that client sent can still
-// reach the image. Because step 1 precedes step 2 and both
-// happen under the lock that export creation takes, a concurrent or later
-// export request at epoch ≤ F sees the fence and is refused; the fence is on
-// disk before any export is deleted, so a restarted server refuses too. An
-// export name carries its host and epoch, so a stale QEMU that reconnects
-// (NBD clients do, with reconnect-delay) can never reach the export created
-// for a newer placement, even on the same host.
+// reach the image. Because step 1 precedes step 2 and both happen under the
+// lock that export creation takes, a concurrent or later export request of
+// a generation no longer authorised is refused; the state is on disk before
+// any export is deleted, so a restarted server refuses too. An export name
+// carries the host, the generation and a digest of the VM's UID, so a stale
+// QEMU that reconnects (NBD clients do, with reconnect-delay) can never
+// reach an export created for a newer generation, or for another VM of the
+// same name.
 //
 // NBD has no authentication: the storage network is trusted, and a host is
 // kept away from other hosts' exports only by using its own export names.
@@ -49,7 +58,7 @@
 // The storage node itself is assumed reliable: if qemu-storage-daemon dies,
 // Serve returns an error and every export is gone (the VMs' NBD clients fail
 // their I/O after their reconnect delay). A restarted server re-creates the
-// exports it had, except those that a fence forbids.
+// exports it had that the generations still authorise.
 package shared
 
 import (
@@ -70,6 +79,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/local"
 )
 
@@ -119,10 +129,11 @@ type server struct {
 
 	// mu guards the maps below. It is held only for short, non-blocking
 	// sections, so listing and heartbeats never wait for an operation.
-	mu      sync.Mutex
-	fences  map[fenceKey]int64
-	exports map[exportKey]*export
-	nodes   map[diskKey]*blockNode
+	mu        sync.Mutex
+	gens      map[string]*vmGen // by VM UID
+	forgotten map[string]bool   // UIDs of deleted VMs
+	exports   map[exportKey]*export
+	nodes     map[diskKey]*blockNode
 
 	hbMu       sync.Mutex
 	heartbeats map[string]heartbeat
@@ -152,7 +163,7 @@ func (n *blockNode) top() string { return n.nodes[0] }
 type heartbeat struct {
 	received time.Time // carries the monotonic reading: ages use it
 	lease    int64
-	vms      []HeartbeatVM
+	vms      []storage.HeldVM
 }
 
 // serverOptions are knobs for tests.
@@ -195,10 +206,11 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	s := &server{
 		log: log, opts: opts, nbdHost: nbdHost, nbdPort: nbdPort,
 		imagesDir: filepath.Join(dir, "images"), statePath: filepath.Join(dir, "state.json"),
-		ctx:     ctx,
-		fences:  map[fenceKey]int64{},
-		exports: map[exportKey]*export{},
-		nodes:   map[diskKey]*blockNode{},
+		ctx:       ctx,
+		gens:      map[string]*vmGen{},
+		forgotten: map[string]bool{},
+		exports:   map[exportKey]*export{},
+		nodes:     map[diskKey]*blockNode{},
 
 		heartbeats: map[string]heartbeat{},
 	}
@@ -209,8 +221,12 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	if err != nil {
 		return fmt.Errorf("storage server: %w", err)
 	}
-	for _, f := range st.Fences {
-		s.fences[fenceKey{f.Host, f.VM}] = f.Epoch
+	for _, g := range st.Generations {
+		g := g
+		s.gens[g.UID] = &g
+	}
+	for _, uid := range st.Forgotten {
+		s.forgotten[uid] = true
 	}
 	// Listen before starting the daemon: a taken port fails fast.
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -247,7 +263,7 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("storage server up", "listen", ln.Addr().String(), "nbd", cfg.NBDAddr, "dir", dir,
-		"fences", len(s.fences), "exports", len(s.exports))
+		"vms", len(s.gens), "exports", len(s.exports))
 
 	var result error
 	select {
@@ -268,22 +284,23 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	return result
 }
 
-// restore re-creates the exports of a previous run that no fence forbids,
-// so that a server restart does not cost running VMs their disks. Failures
-// only cost availability, so they are logged and skipped.
+// restore re-creates the exports of a previous run that their generation
+// still authorises, so that a server restart does not cost running VMs
+// their disks. Failures only cost availability, so they are logged and
+// skipped.
 func (s *server) restore(exports []Export) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	for _, e := range exports {
-		if f, ok := s.fences[fenceKey{e.Host, e.VM}]; ok && f >= e.Epoch {
-			s.log.Info("not restoring fenced export", "export", e.Export, "fence", f)
+		if g := s.gens[e.UID]; !g.authorised(e.Host, e.Generation) {
+			s.log.Info("not restoring an export its generation no longer authorises", "export", e.Export)
 			continue
 		}
-		if _, err := s.addExport(ExportRequest{VM: e.VM, Disk: e.Disk, Host: e.Host, Epoch: e.Epoch}); err != nil {
+		if _, err := s.addExport(ExportRequest{VM: e.VM, UID: e.UID, Disk: e.Disk, Host: e.Host, Generation: e.Generation}); err != nil {
 			s.log.Warn("cannot restore export", "export", e.Export, "err", err)
 		}
 	}
-	if err := s.persist(s.fencesCopy()); err != nil {
+	if err := s.persist(s.gensCopy(), s.forgottenCopy()); err != nil {
 		s.log.Warn("save state", "err", err)
 	}
 }
@@ -311,14 +328,21 @@ func nodeNames(vm, disk string) (file, format string) {
 // exportID is QEMU's ID of an export (any length; names are [a-z0-9-], so
 // '.' separates them unambiguously).
 func exportID(r ExportRequest) string {
-	return fmt.Sprintf("x.%s.%s.%s.e%d", r.VM, r.Disk, r.Host, r.Epoch)
+	return fmt.Sprintf("x.%s.%s.%s.g%d.%s", r.VM, r.Disk, r.Host, r.Generation, uidTag(r.UID))
 }
 
-// exportName is the NBD export name a host opens. It carries the epoch so
-// that a stale QEMU's reconnection can never reach an export created for a
-// newer placement of the VM on the same host.
+// exportName is the NBD export name a host opens. It carries the
+// generation and the VM's identity, so that a stale QEMU's reconnection can
+// never reach an export created for a newer generation of the VM on the
+// same host, nor one of another VM of the same name.
 func exportName(r ExportRequest) string {
-	return fmt.Sprintf("%s/%s@%s/e%d", r.VM, r.Disk, r.Host, r.Epoch)
+	return fmt.Sprintf("%s/%s@%s/g%d.%s", r.VM, r.Disk, r.Host, r.Generation, uidTag(r.UID))
+}
+
+// uidTag is a short, name-safe digest of a VM's UID.
+func uidTag(uid string) string {
+	h := sha256.Sum256([]byte(uid))
+	return hex.EncodeToString(h[:4])
 }
 
 // diskPath finds a disk's image and its format; ok is false if it has none.
@@ -380,8 +404,7 @@ func (s *server) createDisk(ctx context.Context, r CreateDiskRequest) (CreateDis
 
 // deleteDisk removes a disk that no host has exported. With force (the
 // VM is being deleted cluster-wide), exports left by hosts that died are
-// removed first, as a fence removes them, and the VM's fences are forgotten
-// so that a new VM of the same name starts clean.
+// removed first, as a revoke removes them.
 func (s *server) deleteDisk(ctx context.Context, vm, disk string, force bool) error {
 	if err := validNames("vm", vm, "disk", disk); err != nil {
 		return err
@@ -406,20 +429,6 @@ func (s *server) deleteDisk(ctx context.Context, vm, disk string, force bool) er
 		}
 		hosts = nil
 	}
-	if force {
-		fences := s.fencesCopy()
-		for k := range fences {
-			if k.vm == vm {
-				delete(fences, k)
-			}
-		}
-		if err := s.persist(fences); err != nil {
-			return fmt.Errorf("delete disk %s/%s: forget fences: %w", vm, disk, err)
-		}
-		s.mu.Lock()
-		s.fences = fences
-		s.mu.Unlock()
-	}
 	if len(hosts) > 0 {
 		sort.Strings(hosts)
 		return &httpError{http.StatusConflict, codeInUse, fmt.Errorf("disk %s/%s is exported (%v): unexport it first", vm, disk, hosts)}
@@ -438,34 +447,39 @@ func (s *server) deleteDisk(ctx context.Context, vm, disk string, force bool) er
 	return nil
 }
 
-// exportDisk gives a host an NBD export of a disk, unless the host is
-// fenced from the VM at the request's epoch or later.
+// exportDisk gives a host an NBD export of a disk, if the VM's generation
+// authorises the host: it is the current one held by that host, or the one
+// prepared for it by a migration.
 func (s *server) exportDisk(ctx context.Context, r ExportRequest) (ExportResponse, error) {
 	if err := validNames("vm", r.VM, "disk", r.Disk, "host", r.Host); err != nil {
 		return ExportResponse{}, err
 	}
-	if r.Epoch < 0 {
-		return ExportResponse{}, invalid("epoch: must not be negative")
+	if err := validRef(storage.VMRef{Name: r.VM, UID: r.UID}, r.Host); err != nil {
+		return ExportResponse{}, err
 	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	// The fence check and the export creation below are one critical
-	// section with respect to fences (opMu): see the package doc.
+	// The check and the export creation below are one critical section
+	// with respect to every generation change (opMu): see the package doc.
 	s.mu.Lock()
-	f, fenced := s.fences[fenceKey{r.Host, r.VM}]
+	g := s.gens[r.UID]
 	old := s.exports[exportKey{r.VM, r.Disk, r.Host}]
 	s.mu.Unlock()
-	if fenced && f >= r.Epoch {
+	if !g.authorised(r.Host, r.Generation) {
+		cur := "none"
+		if g != nil {
+			cur = fmt.Sprintf("%d held by %q, prepared %d for %q", g.Current, g.Holder, g.Pending, g.PendingHost)
+		}
 		return ExportResponse{}, &httpError{http.StatusConflict, codeFenced,
-			fmt.Errorf("host %s is fenced from vm %s up to epoch %d; an export at epoch %d is refused", r.Host, r.VM, f, r.Epoch)}
+			fmt.Errorf("generation %d of vm %s is not authorised for host %s (current: %s); the export is refused", r.Generation, r.VM, r.Host, cur)}
 	}
 	if old != nil {
 		switch {
-		case old.info.Epoch == r.Epoch && !old.info.Deleting:
+		case old.info.Generation == r.Generation && old.info.UID == r.UID && !old.info.Deleting:
 			return s.target(old), nil
-		case old.info.Epoch > r.Epoch:
+		case old.info.UID == r.UID && old.info.Generation > r.Generation:
 			return ExportResponse{}, &httpError{http.StatusConflict, codeStale,
-				fmt.Errorf("host %s already has %s at epoch %d; epoch %d is stale", r.Host, old.info.Export, old.info.Epoch, r.Epoch)}
+				fmt.Errorf("host %s already has %s at generation %d; generation %d is stale", r.Host, old.info.Export, old.info.Generation, r.Generation)}
 		}
 		// An older placement's export (or this one, being deleted) must be
 		// gone before the new one exists: its QEMU is stale.
@@ -477,9 +491,9 @@ func (s *server) exportDisk(ctx context.Context, r ExportRequest) (ExportRespons
 	if err != nil {
 		return ExportResponse{}, err
 	}
-	if err := s.persist(s.fencesCopy()); err != nil {
+	if err := s.persist(s.gensCopy(), s.forgottenCopy()); err != nil {
 		// The state file only helps a restarted server restore exports;
-		// the fences in it are unchanged.
+		// the generations in it are unchanged.
 		s.log.Warn("save state", "err", err)
 	}
 	return s.target(e), nil
@@ -496,7 +510,7 @@ func (s *server) addExport(r ExportRequest) (*export, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &export{id: exportID(r), info: Export{VM: r.VM, Disk: r.Disk, Host: r.Host, Epoch: r.Epoch, Export: exportName(r)}}
+	e := &export{id: exportID(r), info: Export{VM: r.VM, UID: r.UID, Disk: r.Disk, Host: r.Host, Generation: r.Generation, Export: exportName(r)}}
 	ctx, cancel := s.qctx()
 	defer cancel()
 	// Every export of a node is writable: the block layer lets several
@@ -513,7 +527,7 @@ func (s *server) addExport(r ExportRequest) (*export, error) {
 	s.mu.Lock()
 	s.exports[exportKey{r.VM, r.Disk, r.Host}] = e
 	s.mu.Unlock()
-	s.log.Info("exported", "export", e.info.Export, "vm", r.VM, "disk", r.Disk, "host", r.Host, "epoch", r.Epoch)
+	s.log.Info("exported", "export", e.info.Export, "vm", r.VM, "disk", r.Disk, "host", r.Host, "generation", r.Generation)
 	return e, nil
 }
 
@@ -690,95 +704,21 @@ func (s *server) unexport(ctx context.Context, vm, disk, host string) error {
 	if err := s.removeExports(ctx, []*export{e}); err != nil {
 		return fmt.Errorf("unexport %s: %w", e.info.Export, err)
 	}
-	if err := s.persist(s.fencesCopy()); err != nil {
+	if err := s.persist(s.gensCopy(), s.forgottenCopy()); err != nil {
 		s.log.Warn("save state", "err", err)
 	}
 	return nil
 }
 
-// fence is the safety mechanism; the package doc explains the order.
-func (s *server) fence(ctx context.Context, r FenceRequest) ([]string, error) {
-	if err := validNames("host", r.Host); err != nil {
-		return nil, err
-	}
-	if len(r.VMs) == 0 {
-		return nil, invalid("vms: at least one VM is required")
-	}
-	for vm, epoch := range r.VMs {
-		if err := validNames("vm", vm); err != nil {
-			return nil, err
-		}
-		if epoch < 0 {
-			return nil, invalid("vms[%s]: epoch must not be negative", vm)
-		}
-	}
-	start := time.Now()
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-
-	// 1. Record the fence durably before touching any export.
-	fences := s.fencesCopy()
-	changed := false
-	for vm, epoch := range r.VMs {
-		k := fenceKey{r.Host, vm}
-		if cur, ok := fences[k]; !ok || epoch > cur {
-			fences[k] = epoch
-			changed = true
-		}
-	}
-	if changed {
-		if err := s.persist(fences); err != nil {
-			return nil, fmt.Errorf("fence %s: record fence: %w", r.Host, err)
-		}
-	}
-	s.mu.Lock()
-	s.fences = fences
-	var victims []*export
-	for k, e := range s.exports {
-		if k.host == r.Host {
-			if _, ok := r.VMs[k.vm]; ok && e.info.Epoch <= fences[fenceKey{r.Host, k.vm}] {
-				victims = append(victims, e)
-			}
-		}
-	}
-	s.mu.Unlock()
-	sort.Slice(victims, func(i, j int) bool { return victims[i].info.Export < victims[j].info.Export })
-	names := make([]string, len(victims))
-	for i, e := range victims {
-		names[i] = e.info.Export
-	}
-	s.log.Info("fencing", "host", r.Host, "vms", r.VMs, "exports", names)
-
-	// 2, 3. Hard-delete the host's exports and wait until QEMU drained them.
-	if err := s.removeExports(ctx, victims); err != nil {
-		return nil, &httpError{http.StatusServiceUnavailable, codeBusy,
-			fmt.Errorf("fence %s: recorded, but its exports are not drained yet (retry): %w", r.Host, err)}
-	}
-	if len(victims) > 0 {
-		if err := s.persist(fences); err != nil {
-			s.log.Warn("save state", "err", err)
-		}
-	}
-	s.log.Info("fenced", "host", r.Host, "vms", r.VMs, "exports", names, "took", time.Since(start))
-	return names, nil
-}
-
-func (s *server) fencesCopy() map[fenceKey]int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := make(map[fenceKey]int64, len(s.fences)+1)
-	for k, v := range s.fences {
-		m[k] = v
-	}
-	return m
-}
-
-// persist writes the given fences and the current live exports. Callers
-// hold opMu, which orders writers of the state file.
-func (s *server) persist(fences map[fenceKey]int64) error {
+// persist writes the given generations and the current live exports.
+// Callers hold opMu, which orders writers of the state file.
+func (s *server) persist(gens map[string]*vmGen, forgotten map[string]bool) error {
 	var st persistedState
-	for k, e := range fences {
-		st.Fences = append(st.Fences, Fence{Host: k.host, VM: k.vm, Epoch: e})
+	for _, g := range gens {
+		st.Generations = append(st.Generations, *g)
+	}
+	for uid := range forgotten {
+		st.Forgotten = append(st.Forgotten, uid)
 	}
 	s.mu.Lock()
 	for _, e := range s.exports {
@@ -801,21 +741,8 @@ func (s *server) listExports() []Export {
 	return out
 }
 
-func (s *server) listFences() []Fence {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]Fence, 0, len(s.fences))
-	for k, e := range s.fences {
-		out = append(out, Fence{Host: k.host, VM: k.vm, Epoch: e})
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].Host < out[j].Host || out[i].Host == out[j].Host && out[i].VM < out[j].VM
-	})
-	return out
-}
-
 // heartbeat records a host's heartbeat at the server's receive time and
-// returns the host's fences.
+// returns the verdict on each VM generation it runs.
 func (s *server) heartbeat(host string, r HeartbeatRequest) (HeartbeatResponse, error) {
 	if err := validNames("host", host); err != nil {
 		return HeartbeatResponse{}, err
@@ -823,12 +750,10 @@ func (s *server) heartbeat(host string, r HeartbeatRequest) (HeartbeatResponse, 
 	s.hbMu.Lock()
 	s.heartbeats[host] = heartbeat{received: time.Now(), lease: r.Lease, vms: r.VMs}
 	s.hbMu.Unlock()
-	resp := HeartbeatResponse{Fenced: map[string]int64{}}
+	resp := HeartbeatResponse{Verdicts: map[string]storage.Verdict{}}
 	s.mu.Lock()
-	for k, e := range s.fences {
-		if k.host == host {
-			resp.Fenced[k.vm] = e
-		}
+	for _, v := range r.VMs {
+		resp.Verdicts[v.UID] = storage.Verdict{Generation: v.Generation, Authorised: s.gens[v.UID].authorised(host, int64(v.Generation))}
 	}
 	s.mu.Unlock()
 	return resp, nil
@@ -841,7 +766,7 @@ func (s *server) listHeartbeats() map[string]hostHeartbeatJSON {
 	for h, hb := range s.heartbeats {
 		vms := hb.vms
 		if vms == nil {
-			vms = []HeartbeatVM{}
+			vms = []storage.HeldVM{}
 		}
 		out[h] = hostHeartbeatJSON{AgeMS: time.Since(hb.received).Milliseconds(), Lease: hb.lease, VMs: vms}
 	}
@@ -905,19 +830,34 @@ func (s *server) routes() http.Handler {
 		err := s.unexport(r.Context(), r.PathValue("vm"), r.PathValue("disk"), r.PathValue("host"))
 		s.reply(w, r, struct{}{}, err)
 	})
-	mux.HandleFunc("POST /v1/fence", func(w http.ResponseWriter, r *http.Request) {
-		var req FenceRequest
+	mux.HandleFunc("POST /v1/generations/{op}", func(w http.ResponseWriter, r *http.Request) {
+		var req GenerationRequest
 		if !decode(w, r, &req) {
 			return
 		}
-		names, err := s.fence(r.Context(), req)
-		if names == nil {
-			names = []string{}
+		vm := storage.VMRef{Name: req.VM, UID: req.UID}
+		var gen int64
+		var err error
+		switch r.PathValue("op") {
+		case "grant":
+			gen, err = s.grant(r.Context(), vm, req.Host)
+		case "prepare":
+			gen, err = s.prepare(r.Context(), vm, req.Host)
+		case "commit":
+			gen, err = req.Generation, s.commit(r.Context(), vm, req.Generation)
+		case "abort":
+			err = s.abort(r.Context(), vm, req.Generation)
+		case "revoke":
+			err = s.revoke(r.Context(), vm, req.Host)
+		case "forget":
+			err = s.forget(r.Context(), vm)
+		default:
+			err = &httpError{http.StatusNotFound, codeInvalid, fmt.Errorf("no generation operation %q (grant, prepare, commit, abort, revoke, forget)", r.PathValue("op"))}
 		}
-		s.reply(w, r, FenceResponse{Fenced: names}, err)
+		s.reply(w, r, GenerationResponse{Generation: gen}, err)
 	})
-	mux.HandleFunc("GET /v1/fences", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, s.listFences())
+	mux.HandleFunc("GET /v1/generations", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.listGenerations())
 	})
 	mux.HandleFunc("POST /v1/heartbeats/{host}", func(w http.ResponseWriter, r *http.Request) {
 		var req HeartbeatRequest

@@ -16,12 +16,26 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
 )
 
 const (
 	mib       = 1 << 20
 	blockSize = 4096
 )
+
+// ref names a test VM.
+func ref(name string) storage.VMRef { return storage.VMRef{Name: name, UID: "uid-" + name} }
+
+// grant grants host a generation of vm and fails the test on error.
+func grant(t *testing.T, c *Client, vm storage.VMRef, host string) storage.Generation {
+	t.Helper()
+	g, err := c.Grant(ctxT(t), vm, host)
+	if err != nil {
+		t.Fatalf("grant %s to %s: %v", vm.Name, host, err)
+	}
+	return g
+}
 
 // TestDiskRoundTrip: disks are created idempotently, data written through
 // an export reads back, overlays see their base image, and a disk cannot be
@@ -32,6 +46,7 @@ func TestDiskRoundTrip(t *testing.T) {
 	ts := startServer(t, "")
 	ctx := ctxT(t)
 	c := ts.c
+	web := ref("web")
 
 	path, err := c.CreateDisk(ctx, "web", "root", 16*mib, "qcow2", "")
 	if err != nil {
@@ -50,18 +65,25 @@ func TestDiskRoundTrip(t *testing.T) {
 	if _, err := c.CreateDisk(ctx, "Web/..", "root", mib, "raw", ""); !errors.As(err, &ae) || ae.StatusCode != 400 {
 		t.Fatalf("bad name: %v, want 400", err)
 	}
-	if _, err := c.Export(ctx, "web", "nope", "h1", 1); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Export(ctx, web, "root", "h1", 1); !errors.Is(err, ErrFenced) {
+		t.Fatalf("export without a granted generation: %v, want ErrFenced", err)
+	}
+	g := grant(t, c, web, "h1")
+	if g != 1 {
+		t.Fatalf("first generation %d, want 1", g)
+	}
+	if _, err := c.Export(ctx, web, "nope", "h1", g); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("export of a missing disk: %v, want ErrNotFound", err)
 	}
 
-	nt, err := c.Export(ctx, "web", "root", "h1", 1)
+	nt, err := c.Export(ctx, web, "root", "h1", g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if nt.Host != "127.0.0.1" || nt.Export != "web/root@h1/e1" {
+	if nt.Host != "127.0.0.1" || !strings.HasPrefix(nt.Export, "web/root@h1/g1.") {
 		t.Fatalf("target %+v", nt)
 	}
-	if again, err := c.Export(ctx, "web", "root", "h1", 1); err != nil || again != nt {
+	if again, err := c.Export(ctx, web, "root", "h1", g); err != nil || again != nt {
 		t.Fatalf("idempotent export: %+v, %v", again, err)
 	}
 	if out, err := qemuIO(t, nt, "write -P 0xab 1M 1M", "read -P 0xab 1M 1M", "read -P 0 0 1M"); err != nil {
@@ -70,8 +92,12 @@ func TestDiskRoundTrip(t *testing.T) {
 	if err := c.DeleteDisk(ctx, "web", "root", false); !errors.Is(err, ErrInUse) {
 		t.Fatalf("delete while exported: %v, want ErrInUse", err)
 	}
-	// A fresh export (another host) reads what the first wrote.
-	nt2, err := c.Export(ctx, "web", "root", "h2", 1)
+	// A migration's destination reads what the source wrote.
+	pg, err := c.Prepare(ctx, web, "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nt2, err := c.Export(ctx, web, "root", "h2", pg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +134,7 @@ func TestDiskRoundTrip(t *testing.T) {
 	if p, err := c.CreateDisk(ctx, "db", "data", 0, "raw", base); err != nil || !strings.HasSuffix(p, "db/data.qcow2") {
 		t.Fatalf("overlay: %q, %v", p, err)
 	}
-	nt3, err := c.Export(ctx, "db", "data", "h1", 3)
+	nt3, err := c.Export(ctx, ref("db"), "data", "h1", grant(t, c, ref("db"), "h1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,22 +165,24 @@ type writeRecord struct {
 	err        error
 }
 
-// TestFenceRunningWriter is the fence's safety property against a QEMU
-// configured like the driver's (NBD with reconnect), writing in a loop:
-// once Fence returns, none of its later writes reaches the disk, the host
-// cannot get an export back at the fenced epoch, and another host can at a
-// newer one.
-func TestFenceRunningWriter(t *testing.T) {
+// TestGrantRevokesRunningWriter is the arbiter's safety property against a
+// QEMU configured like the driver's (NBD with reconnect), writing in a
+// loop, when another host is granted the VM (HA restarts it there): once
+// Grant returns, none of the old writer's later writes reaches the disk,
+// its generation can never be exported again, and the new one can.
+func TestGrantRevokesRunningWriter(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	ts := startServer(t, "")
 	ctx := ctxT(t)
 	c := ts.c
+	web := ref("web")
 	const size = 16 * mib
 	if _, err := c.CreateDisk(ctx, "web", "root", size, "qcow2", ""); err != nil {
 		t.Fatal(err)
 	}
-	nt1, err := c.Export(ctx, "web", "root", "h1", 1)
+	g1 := grant(t, c, web, "h1")
+	nt1, err := c.Export(ctx, web, "root", "h1", g1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,14 +193,14 @@ func TestFenceRunningWriter(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		records  []writeRecord
-		fenceEnd atomic.Pointer[time.Time]
+		grantEnd atomic.Pointer[time.Time]
 	)
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
 		after := 0
 		for b := 0; b < size/blockSize; b++ {
-			fe := fenceEnd.Load()
+			fe := grantEnd.Load()
 			if fe != nil && after >= 3 {
 				return
 			}
@@ -202,26 +230,26 @@ func TestFenceRunningWriter(t *testing.T) {
 		}
 	}
 
-	fenceStart := time.Now()
-	fenced, err := c.FenceExports(ctx, "h1", map[string]int64{"web": 1})
+	start := time.Now()
+	g2, err := c.Grant(ctx, web, "h2")
 	end := time.Now()
-	fenceEnd.Store(&end)
+	grantEnd.Store(&end)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("fence took %v, deleted %v", end.Sub(fenceStart), fenced)
-	if len(fenced) != 1 || fenced[0] != nt1.Export {
-		t.Fatalf("fenced %v, want [%s]", fenced, nt1.Export)
+	t.Logf("grant to h2 (revoking h1) took %v", end.Sub(start))
+	if g2 != g1+1 {
+		t.Fatalf("generation %d after %d", g2, g1)
 	}
 	<-writerDone
 
-	if _, err := c.Export(ctx, "web", "root", "h1", 1); !errors.Is(err, ErrFenced) {
-		t.Fatalf("re-export to the fenced host at the fenced epoch: %v, want ErrFenced", err)
+	if _, err := c.Export(ctx, web, "root", "h1", g1); !errors.Is(err, ErrFenced) {
+		t.Fatalf("re-export of the revoked generation: %v, want ErrFenced", err)
 	}
 	if out, err := qemuIO(t, nt1, "write -P 0x66 0 4k"); err == nil {
-		t.Errorf("the fenced export name still accepts writes:\n%s", out)
+		t.Errorf("the revoked export name still accepts writes:\n%s", out)
 	}
-	nt2, err := c.Export(ctx, "web", "root", "h2", 2)
+	nt2, err := c.Export(ctx, web, "root", "h2", g2)
 	if err != nil {
 		t.Fatalf("export to the new host: %v", err)
 	}
@@ -234,37 +262,40 @@ func TestFenceRunningWriter(t *testing.T) {
 		case r.sent.After(end):
 			after++
 			if !allBytes(blk, 0) {
-				t.Errorf("block %d written %v after the fence returned landed on disk", r.block, r.sent.Sub(end))
+				t.Errorf("block %d written %v after the grant returned landed on disk", r.block, r.sent.Sub(end))
 			}
-		case r.done.Before(fenceStart) && r.err == nil:
+		case r.done.Before(start) && r.err == nil:
 			before++
 			if !allBytes(blk, 0x5a) {
-				t.Errorf("block %d acknowledged before the fence is not on disk", r.block)
+				t.Errorf("block %d acknowledged before the grant is not on disk", r.block)
 			}
 		default:
 			during++
 		}
 	}
 	if after == 0 || before == 0 {
-		t.Fatalf("test did not exercise the fence: %d writes before, %d after", before, after)
+		t.Fatalf("test did not exercise the grant: %d writes before, %d after", before, after)
 	}
-	t.Logf("writes: %d acknowledged before the fence (all on disk), %d during, %d after (none on disk)", before, during, after)
+	t.Logf("writes: %d acknowledged before the grant (all on disk), %d during, %d after (none on disk)", before, during, after)
 }
 
-// TestFenceFrozenWriter: a writer frozen (SIGSTOP) while holding its
-// connection, with writes queued, is fenced; when it thaws, every queued and
-// later write fails and none lands.
-func TestFenceFrozenWriter(t *testing.T) {
+// TestRevokeFrozenWriter: a writer frozen (SIGSTOP) while holding its
+// connection, with a write queued, is revoked (the leader fences it);
+// when it thaws, every queued and later write fails and none lands, and
+// the host never gets that generation back.
+func TestRevokeFrozenWriter(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	ts := startServer(t, "")
 	ctx := ctxT(t)
 	c := ts.c
+	db := ref("db")
 	const size = 8 * mib
 	if _, err := c.CreateDisk(ctx, "db", "data", size, "raw", ""); err != nil {
 		t.Fatal(err)
 	}
-	nt1, err := c.Export(ctx, "db", "data", "h1", 4)
+	g1 := grant(t, c, db, "h1")
+	nt1, err := c.Export(ctx, db, "data", "h1", g1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,28 +313,31 @@ func TestFenceFrozenWriter(t *testing.T) {
 	// see further lines already buffered.)
 	p.send(t, fmt.Sprintf("write -P 0x22 %d %d", 100*blockSize, blockSize))
 	start := time.Now()
-	if err := c.Fence(ctx, "h1", map[string]int64{"db": 5}); err != nil {
+	if err := c.Revoke(ctx, db, "h1"); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("fence of a frozen client took %v", time.Since(start))
+	t.Logf("revoke of a frozen client took %v", time.Since(start))
 	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.result(t); err == nil {
-		t.Errorf("the queued write succeeded after the fence")
+		t.Errorf("the queued write succeeded after the revoke")
 	}
 	for b := 101; b < 120; b++ {
 		if err := p.do(t, fmt.Sprintf("write -P 0x33 %d %d", b*blockSize, blockSize)); err == nil {
-			t.Errorf("a write to block %d succeeded after the fence", b)
+			t.Errorf("a write to block %d succeeded after the revoke", b)
 		}
 	}
-
-	for _, e := range []int64{4, 5} {
-		if _, err := c.Export(ctx, "db", "data", "h1", e); !errors.Is(err, ErrFenced) {
-			t.Fatalf("re-export to h1 at epoch %d: %v, want ErrFenced", e, err)
-		}
+	if _, err := c.Export(ctx, db, "data", "h1", g1); !errors.Is(err, ErrFenced) {
+		t.Fatalf("re-export of the revoked generation to h1: %v, want ErrFenced", err)
 	}
-	nt2, err := c.Export(ctx, "db", "data", "h2", 6)
+	// Nobody holds the VM now: even the generation that replaced h1's is
+	// not anyone's, until a grant.
+	if _, err := c.Export(ctx, db, "data", "h1", g1+1); !errors.Is(err, ErrFenced) {
+		t.Fatalf("export of the revoke's own generation: %v, want ErrFenced", err)
+	}
+	g3 := grant(t, c, db, "h2")
+	nt2, err := c.Export(ctx, db, "data", "h2", g3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,36 +347,42 @@ func TestFenceFrozenWriter(t *testing.T) {
 	}
 	if !allBytes(img[10*blockSize:], 0) {
 		i := bytes.IndexFunc(img[10*blockSize:], func(r rune) bool { return r != 0 })
-		t.Errorf("a write after the fence landed near offset %d", 10*blockSize+i)
+		t.Errorf("a write after the revoke landed near offset %d", 10*blockSize+i)
 	}
-	// The host gets access back only with a newer placement.
-	if _, err := c.Export(ctx, "db", "data", "h1", 6); err != nil {
-		t.Fatalf("export to h1 at a newer epoch: %v", err)
+	// The host gets access back only with a grant of its own.
+	g4 := grant(t, c, db, "h1")
+	if _, err := c.Export(ctx, db, "data", "h1", g4); err != nil || g4 <= g3 {
+		t.Fatalf("export to h1 at a newer generation %d: %v", g4, err)
 	}
 }
 
-// TestFenceDrainsInFlightWrites: writes a host had in flight inside the
-// storage server when it was fenced (a slow disk, here QEMU's throttle
-// filter) have either landed when Fence returns or never land: the image
-// does not change after the fence returned.
-func TestFenceDrainsInFlightWrites(t *testing.T) {
+// TestRevokeDrainsInFlightWrites: writes a host had in flight inside the
+// storage server when it was revoked (a slow disk, here QEMU's throttle
+// filter) have either landed when Revoke returns or never land: the image
+// does not change after it returned.
+func TestRevokeDrainsInFlightWrites(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	ts := startServerOpts(t, "", serverOptions{writeIOPS: 4})
 	ctx := ctxT(t)
 	c := ts.c
+	db := ref("db")
 	const size = mib
 	if _, err := c.CreateDisk(ctx, "db", "data", size, "raw", ""); err != nil {
 		t.Fatal(err)
 	}
-	nt1, err := c.Export(ctx, "db", "data", "h1", 1)
+	nt1, err := c.Export(ctx, db, "data", "h1", grant(t, c, db, "h1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The reader's export exists before the fence: adding an export drains
-	// the node, which would flush the in-flight writes and hide a fence
-	// that returns too early.
-	nt2, err := c.Export(ctx, "db", "data", "h2", 2)
+	// The reader (a migration's destination) has its export before the
+	// revoke: adding an export drains the node, which would flush the
+	// in-flight writes and hide a revoke that returns too early.
+	pg, err := c.Prepare(ctx, db, "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nt2, err := c.Export(ctx, db, "data", "h2", pg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +390,7 @@ func TestFenceDrainsInFlightWrites(t *testing.T) {
 	if err := p.do(t, "write -P 0x11 0 4k"); err != nil {
 		t.Fatal(err)
 	}
-	// Asynchronous writes, one line at a time (see TestFenceFrozenWriter):
+	// Asynchronous writes, one line at a time (see TestRevokeFrozenWriter):
 	// at 4 writes/s they queue up in the daemon's throttle.
 	for b := 1; b <= 3; b++ {
 		p.send(t, fmt.Sprintf("aio_write -P 0x22 %d %d", b*blockSize, blockSize))
@@ -358,7 +398,7 @@ func TestFenceDrainsInFlightWrites(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond)
 	start := time.Now()
-	if err := c.Fence(ctx, "h1", map[string]int64{"db": 1}); err != nil {
+	if err := c.Revoke(ctx, db, "h1"); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
@@ -375,21 +415,78 @@ func TestFenceDrainsInFlightWrites(t *testing.T) {
 			t.Errorf("block %d is torn", b)
 		}
 	}
-	t.Logf("fence with writes in flight took %v; %d of 3 in-flight writes landed before it returned", took, landed)
+	t.Logf("revoke with writes in flight took %v; %d of 3 in-flight writes landed before it returned", took, landed)
 	if !bytes.Equal(first, second) {
-		t.Fatalf("the image changed after the fence returned: an in-flight write landed late")
+		t.Fatalf("the image changed after the revoke returned: an in-flight write landed late")
 	}
 }
 
-// TestFenceRacesExports: export requests for the fenced host racing the
-// fence either complete before it (and are revoked by it) or are refused;
-// none survives it.
-func TestFenceRacesExports(t *testing.T) {
+// TestRestartOnSameHostDrainsTheDeadWriter is the lost-write case: a VM's
+// QEMU dies with writes still in flight inside the storage server (a slow
+// disk), and the VM restarts on the same host. The restart's new
+// generation must revoke and drain the dead QEMU's export before the new
+// one exists: otherwise the dead instance's late writes land on blocks the
+// new instance has written and acknowledged since, and lose them.
+func TestRestartOnSameHostDrainsTheDeadWriter(t *testing.T) {
+	needQEMU(t)
+	t.Parallel()
+	ts := startServerOpts(t, "", serverOptions{writeIOPS: 4})
+	ctx := ctxT(t)
+	c := ts.c
+	web := ref("web")
+	const size = mib
+	if _, err := c.CreateDisk(ctx, "web", "data", size, "raw", ""); err != nil {
+		t.Fatal(err)
+	}
+	g1 := grant(t, c, web, "h1")
+	nt1, err := c.Export(ctx, web, "data", "h1", g1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := startIOProc(t, nt1)
+	if err := old.do(t, "write -P 0x11 0 4k"); err != nil {
+		t.Fatal(err)
+	}
+	for b := 1; b <= 3; b++ {
+		old.send(t, fmt.Sprintf("aio_write -P 0x22 %d %d", b*blockSize, blockSize))
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	// The old QEMU dies; its writes are still queued in the daemon.
+	if err := old.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = old.cmd.Wait()
+	// The restart on the same host.
+	g2 := grant(t, c, web, "h1")
+	nt2, err := c.Export(ctx, web, "data", "h1", g2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nt2.Export == nt1.Export {
+		t.Fatalf("the restart reuses the dead instance's export %s", nt1.Export)
+	}
+	// The new instance writes the same blocks, and they are acknowledged.
+	if out, err := qemuIO(t, nt2, "write -P 0x33 4k 12k", "read -P 0x33 4k 12k"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	time.Sleep(1500 * time.Millisecond) // long past the throttle's queue
+	img := readImage(t, nt2, size)
+	if !allBytes(img[blockSize:4*blockSize], 0x33) {
+		t.Fatalf("an acknowledged write of the restarted VM was overwritten by the dead instance's late writes")
+	}
+}
+
+// TestGrantRacesExports: export requests of the old holder racing a grant
+// to another host either complete before it (and are revoked by it) or
+// are refused; none survives it.
+func TestGrantRacesExports(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	ts := startServer(t, "")
 	ctx := ctxT(t)
 	c := ts.c
+	app := ref("app")
 	disks := []string{"a", "b", "c"}
 	for _, d := range disks {
 		if _, err := c.CreateDisk(ctx, "app", d, mib, "raw", ""); err != nil {
@@ -410,7 +507,7 @@ func TestFenceRacesExports(t *testing.T) {
 		return out
 	}
 	for round := 0; round < 10; round++ {
-		epoch := int64(10 + round)
+		g := grant(t, c, app, "h1")
 		var wg sync.WaitGroup
 		var refused, exported atomic.Int32
 		for _, d := range disks {
@@ -418,7 +515,7 @@ func TestFenceRacesExports(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for {
-					_, err := c.Export(ctx, "app", d, "h1", epoch)
+					_, err := c.Export(ctx, app, d, "h1", g)
 					switch {
 					case errors.Is(err, ErrFenced):
 						refused.Add(1)
@@ -432,15 +529,13 @@ func TestFenceRacesExports(t *testing.T) {
 			}()
 		}
 		time.Sleep(time.Duration(5+round) * time.Millisecond)
-		if err := c.Fence(ctx, "h1", map[string]int64{"app": epoch}); err != nil {
-			t.Fatal(err)
-		}
+		grant(t, c, app, "h2")
 		if s := survivors(); len(s) > 0 {
-			t.Fatalf("round %d: %v survived the fence", round, s)
+			t.Fatalf("round %d: %v survived the grant", round, s)
 		}
 		wg.Wait()
 		if s := survivors(); len(s) > 0 {
-			t.Fatalf("round %d: %v created after the fence", round, s)
+			t.Fatalf("round %d: %v created after the grant", round, s)
 		}
 		if refused.Load() != int32(len(disks)) || exported.Load() == 0 {
 			t.Fatalf("round %d: %d exports, %d exporters refused", round, exported.Load(), refused.Load())
@@ -448,22 +543,52 @@ func TestFenceRacesExports(t *testing.T) {
 	}
 }
 
-// TestTwoWritersOneDisk: two hosts may have one disk open writable at the
-// same time (live migration), and each sees the other's writes.
-func TestTwoWritersOneDisk(t *testing.T) {
+// TestMigrationGenerations: a migration's destination gets a prepared
+// generation: source and destination both have the disk open and see each
+// other's writes until the cut-over (Commit), which revokes the source; an
+// aborted migration leaves the source's generation untouched; a superseded
+// prepared generation cannot be committed.
+func TestMigrationGenerations(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	ts := startServer(t, "")
 	ctx := ctxT(t)
 	c := ts.c
+	mig := ref("mig")
 	if _, err := c.CreateDisk(ctx, "mig", "root", 8*mib, "qcow2", ""); err != nil {
 		t.Fatal(err)
 	}
-	src, err := c.Export(ctx, "mig", "root", "h1", 7)
+	if _, err := c.Prepare(ctx, mig, "h2"); !errors.Is(err, ErrFenced) {
+		t.Fatalf("prepare with nothing running: %v, want ErrFenced", err)
+	}
+	gs := grant(t, c, mig, "h1")
+	src, err := c.Export(ctx, mig, "root", "h1", gs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := c.Export(ctx, "mig", "root", "h2", 7)
+	// An aborted attempt first.
+	ga, err := c.Prepare(ctx, mig, "h3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Export(ctx, mig, "root", "h3", ga); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Abort(ctx, mig, ga); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Export(ctx, mig, "root", "h3", ga); !errors.Is(err, ErrFenced) {
+		t.Fatalf("export of an aborted generation: %v, want ErrFenced", err)
+	}
+	if err := c.Commit(ctx, mig, ga); !errors.Is(err, ErrFenced) {
+		t.Fatalf("commit of an aborted generation: %v, want ErrFenced", err)
+	}
+	// The real migration.
+	gd, err := c.Prepare(ctx, mig, "h2")
+	if err != nil || gd <= ga {
+		t.Fatalf("prepare: %d, %v (after %d)", gd, err, ga)
+	}
+	dst, err := c.Export(ctx, mig, "root", "h2", gd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -484,37 +609,55 @@ func TestTwoWritersOneDisk(t *testing.T) {
 			t.Fatalf("%s: %v", s.cmd, err)
 		}
 	}
-	ex, err := c.Exports(ctx)
-	if err != nil || len(ex) != 2 {
-		t.Fatalf("exports %v, %v", ex, err)
+	if ex, err := c.Exports(ctx); err != nil || len(ex) != 2 {
+		t.Fatalf("exports before the cut-over %v, %v", ex, err)
+	}
+	if err := c.Commit(ctx, mig, gd); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Commit(ctx, mig, gd); err != nil {
+		t.Fatalf("a second commit (a retry) must succeed: %v", err)
+	}
+	if err := p1.do(t, "write -P 0x44 2M 4k"); err == nil {
+		t.Error("the source still writes after the cut-over")
+	}
+	if _, err := c.Export(ctx, mig, "root", "h1", gs); !errors.Is(err, ErrFenced) {
+		t.Fatalf("re-export of the source's generation: %v, want ErrFenced", err)
+	}
+	if err := p2.do(t, "read -P 0x33 1M 4k"); err != nil {
+		t.Fatalf("the destination lost its disk at the cut-over: %v", err)
 	}
 }
 
-// TestRestartKeepsFences: fences survive a server restart (the state file),
-// and exports that no fence forbids are re-created.
-func TestRestartKeepsFences(t *testing.T) {
+// TestRestartKeepsGenerations: generations survive a server restart (the
+// state file) and keep moving forward; exports that their generation still
+// authorises are re-created, the others are not.
+func TestRestartKeepsGenerations(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	dir := t.TempDir()
 	ts := startServer(t, dir)
 	ctx := ctxT(t)
 	c := ts.c
+	db, web := ref("db"), ref("web")
 	for _, vm := range []string{"db", "web"} {
 		if _, err := c.CreateDisk(ctx, vm, "root", 4*mib, "qcow2", ""); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := c.Export(ctx, "db", "root", "h1", 1); err != nil {
+	gdb := grant(t, c, db, "h1")
+	if _, err := c.Export(ctx, db, "root", "h1", gdb); err != nil {
 		t.Fatal(err)
 	}
-	web, err := c.Export(ctx, "web", "root", "h3", 4)
+	gweb := grant(t, c, web, "h3")
+	wnt, err := c.Export(ctx, web, "root", "h3", gweb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := qemuIO(t, web, "write -P 0x77 0 64k"); err != nil {
+	if out, err := qemuIO(t, wnt, "write -P 0x77 0 64k"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if err := c.Fence(ctx, "h1", map[string]int64{"db": 1}); err != nil {
+	if err := c.Revoke(ctx, db, "h1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := ts.stop(t); err != nil {
@@ -523,37 +666,35 @@ func TestRestartKeepsFences(t *testing.T) {
 
 	ts2 := startServer(t, dir)
 	c2 := ts2.c
-	fences, err := c2.Fences(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(fences) != 1 || fences[0] != (Fence{Host: "h1", VM: "db", Epoch: 1}) {
-		t.Fatalf("fences after restart: %+v", fences)
-	}
-	if _, err := c2.Export(ctx, "db", "root", "h1", 1); !errors.Is(err, ErrFenced) {
-		t.Fatalf("export to the fenced host after restart: %v, want ErrFenced", err)
+	if _, err := c2.Export(ctx, db, "root", "h1", gdb); !errors.Is(err, ErrFenced) {
+		t.Fatalf("export of the revoked generation after restart: %v, want ErrFenced", err)
 	}
 	ex, err := c2.Exports(ctx)
-	if err != nil || len(ex) != 1 || ex[0].Export != web.Export {
-		t.Fatalf("exports after restart: %+v, %v (want only %s)", ex, err, web.Export)
+	if err != nil || len(ex) != 1 || ex[0].Export != wnt.Export {
+		t.Fatalf("exports after restart: %+v, %v (want only %s)", ex, err, wnt.Export)
 	}
 	// The restored export serves the same data under the same name.
-	web2, err := c2.Export(ctx, "web", "root", "h3", 4)
-	if err != nil || web2.Export != web.Export {
-		t.Fatalf("restored export: %+v, %v", web2, err)
+	wnt2, err := c2.Export(ctx, web, "root", "h3", gweb)
+	if err != nil || wnt2.Export != wnt.Export {
+		t.Fatalf("restored export: %+v, %v", wnt2, err)
 	}
-	if out, err := qemuIO(t, web2, "read -P 0x77 0 64k"); err != nil {
+	if out, err := qemuIO(t, wnt2, "read -P 0x77 0 64k"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	// A newer epoch replaces the host's export; an older one is stale.
-	web5, err := c2.Export(ctx, "web", "root", "h3", 5)
-	if err != nil || web5.Export != "web/root@h3/e5" {
-		t.Fatalf("newer export: %+v, %v", web5, err)
+	// Generations keep moving forward across the restart.
+	if g := grant(t, c2, db, "h2"); g <= gdb+1 {
+		t.Fatalf("generation %d after a restart, not past %d", g, gdb+1)
 	}
-	if _, err := c2.Export(ctx, "web", "root", "h3", 4); !errors.Is(err, ErrStale) {
-		t.Fatalf("older export: %v, want ErrStale", err)
+	// A restart of web on the same host replaces its export; the old
+	// generation is stale.
+	gweb2 := grant(t, c2, web, "h3")
+	if _, err := c2.Export(ctx, web, "root", "h3", gweb2); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := qemuIO(t, web2, "read 0 4k"); err == nil {
+	if _, err := c2.Export(ctx, web, "root", "h3", gweb); !errors.Is(err, ErrFenced) {
+		t.Fatalf("older generation: %v, want ErrFenced", err)
+	}
+	if _, err := qemuIO(t, wnt2, "read 0 4k"); err == nil {
 		t.Fatalf("the replaced export still serves")
 	}
 }
@@ -586,26 +727,29 @@ func TestDaemonDeath(t *testing.T) {
 	}
 }
 
-// TestHeartbeats: heartbeats are aged on the server's clock and their
-// answer carries the host's fences.
+// TestHeartbeats: heartbeats are aged on the server's clock, and their
+// answer is the verdict on each VM generation the host runs: the current
+// authorisation, not the history.
 func TestHeartbeats(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	ts := startServer(t, "")
 	ctx := ctxT(t)
 	c := ts.c
-	fenced, err := c.Heartbeat(ctx, "h1", 7, []HeartbeatVM{{Name: "web", Epoch: 3}, {Name: "db", Epoch: 2, LeaveRunning: true}})
-	if err != nil || len(fenced) != 0 {
-		t.Fatalf("first heartbeat: %v, %v", fenced, err)
+	web, db := ref("web"), ref("db")
+	gw, gd := grant(t, c, web, "h1"), grant(t, c, db, "h1")
+	held := []storage.HeldVM{{VMRef: web, Generation: gw}, {VMRef: db, Generation: gd, LeaveRunning: true}}
+	v, err := c.Heartbeat(ctx, "h1", 7, held)
+	if err != nil || !v[web.UID].Authorised || !v[db.UID].Authorised {
+		t.Fatalf("first heartbeat: %v, %v", v, err)
 	}
-	if err := c.Fence(ctx, "h1", map[string]int64{"web": 3}); err != nil {
+	if err := c.Revoke(ctx, web, "h1"); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
 	h2Sent := time.Now()
-	fenced, err = c.Heartbeat(ctx, "h2", 8, nil)
-	if err != nil || len(fenced) != 0 {
-		t.Fatalf("h2 heartbeat: %v, %v", fenced, err)
+	if _, err = c.Heartbeat(ctx, "h2", 8, nil); err != nil {
+		t.Fatal(err)
 	}
 	hbs, err := c.Heartbeats(ctx)
 	if err != nil {
@@ -615,21 +759,29 @@ func TestHeartbeats(t *testing.T) {
 	if len(hbs) != 2 || h1.Age < 200*time.Millisecond || h1.Age > 10*time.Second || h2.Age > time.Since(h2Sent) || h2.Age >= h1.Age {
 		t.Fatalf("ages: %+v", hbs)
 	}
-	if h1.Lease != 7 || len(h1.VMs) != 2 || h1.VMs[1] != (HeartbeatVM{Name: "db", Epoch: 2, LeaveRunning: true}) || h2.Lease != 8 || h2.VMs == nil {
+	if h1.Lease != 7 || len(h1.VMs) != 2 || h1.VMs[1] != held[1] || h2.Lease != 8 || h2.VMs == nil {
 		t.Fatalf("heartbeats: %+v", hbs)
 	}
 	h1Sent := time.Now()
-	fenced, err = c.Heartbeat(ctx, "h1", 7, nil)
-	if err != nil || len(fenced) != 1 || fenced["web"] != 3 {
-		t.Fatalf("h1's fences in its heartbeat answer: %v, %v", fenced, err)
+	v, err = c.Heartbeat(ctx, "h1", 7, held)
+	if err != nil || v[web.UID].Authorised || v[web.UID].Generation != gw || !v[db.UID].Authorised {
+		t.Fatalf("verdicts after web was revoked: %v, %v", v, err)
 	}
 	if hbs, _ := c.Heartbeats(ctx); hbs["h1"].Age > time.Since(h1Sent) {
 		t.Fatalf("h1's age did not reset: %v", hbs["h1"].Age)
 	}
+	// A re-created web (a new UID) is another VM: the old one's
+	// revocation does not touch it.
+	web2 := storage.VMRef{Name: "web", UID: "uid-web-2"}
+	g := grant(t, c, web2, "h1")
+	v, err = c.Heartbeat(ctx, "h1", 7, []storage.HeldVM{{VMRef: web2, Generation: g}})
+	if err != nil || !v[web2.UID].Authorised || g != 1 {
+		t.Fatalf("a re-created VM: generation %d, verdicts %v, %v", g, v, err)
+	}
 }
 
-// TestDatastore: the agent-side Datastore creates, exports, releases and
-// deletes, and refuses a fenced host.
+// TestDatastore: the agent-side Datastore creates, exports under a granted
+// generation, releases and deletes, and refuses a revoked generation.
 func TestDatastore(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
@@ -639,32 +791,34 @@ func TestDatastore(t *testing.T) {
 	if ds.Name() != "shared" || !ds.Shared() {
 		t.Fatalf("name %q shared %v", ds.Name(), ds.Shared())
 	}
+	vm1 := ref("vm1")
 	d := spec.Disk{Name: "root", Size: 8 * spec.MiB, Format: "qcow2", Datastore: "shared"}
-	cfg, err := ds.Prepare(ctx, "vm1", 2, d)
+	g := grant(t, ts.c, vm1, "h1")
+	cfg, err := ds.Prepare(ctx, vm1, g, d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Name != "root" || cfg.Format != "raw" || cfg.NBD == nil || cfg.NBD.Export != "vm1/root@h1/e2" || cfg.Path != "" {
+	if cfg.Name != "root" || cfg.Format != "raw" || cfg.NBD == nil || !strings.HasPrefix(cfg.NBD.Export, "vm1/root@h1/g1.") || cfg.Path != "" {
 		t.Fatalf("disk config %+v", cfg)
 	}
 	if out, err := qemuIO(t, *cfg.NBD, "write -P 1 0 4k", "read -P 1 0 4k"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if err := ds.Release(ctx, "vm1", d); err != nil {
+	if err := ds.Release(ctx, vm1, d); err != nil {
 		t.Fatal(err)
 	}
-	if err := ts.c.Fence(ctx, "h1", map[string]int64{"vm1": 2}); err != nil {
+	if err := ts.c.Revoke(ctx, vm1, "h1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ds.Prepare(ctx, "vm1", 2, d); !errors.Is(err, ErrFenced) {
-		t.Fatalf("prepare on a fenced host: %v", err)
+	if _, err := ds.Prepare(ctx, vm1, g, d); !errors.Is(err, ErrFenced) {
+		t.Fatalf("prepare with a revoked generation: %v", err)
 	}
 	// Deleting the VM's disk (the VM is being deleted) removes what any
-	// host still has exported, and forgets the VM's fences.
-	if _, err := ds.Prepare(ctx, "vm1", 3, d); err != nil {
+	// host still has exported, and the VM can never be granted again.
+	if _, err := ds.Prepare(ctx, vm1, grant(t, ts.c, vm1, "h1"), d); err != nil {
 		t.Fatal(err)
 	}
-	if err := ds.Delete(ctx, "vm1", d); err != nil {
+	if err := ds.Delete(ctx, vm1, d); err != nil {
 		t.Fatalf("delete while prepared: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(ts.dir, "images", "vm1")); !errors.Is(err, os.ErrNotExist) {
@@ -673,39 +827,58 @@ func TestDatastore(t *testing.T) {
 	if exps, _ := ts.c.Exports(ctx); len(exps) != 0 {
 		t.Fatalf("exports left after deleting the disk: %v", exps)
 	}
+	if _, err := ts.c.Grant(ctx, vm1, "h1"); !errors.Is(err, ErrFenced) {
+		t.Fatalf("grant of a deleted VM: %v, want ErrFenced", err)
+	}
 }
 
-// TestForceDeleteRemovesStaleExportsAndFences: deleting a VM's disk with
-// force removes exports that dead hosts left, and forgets the VM's fences,
-// so a new VM of the same name can be exported again from epoch 1.
-func TestForceDeleteRemovesStaleExportsAndFences(t *testing.T) {
+// TestRecreatedVMStartsClean: a VM migrated away from h1 (revoking h1),
+// deleted, and created again under the same name (a new UID) runs on h1
+// from generation 1: nothing of its namesake applies, while the old VM's
+// generations stay refused.
+func TestRecreatedVMStartsClean(t *testing.T) {
 	needQEMU(t)
 	ts := startServer(t, "")
 	c, ctx := ts.c, ctxT(t)
-	if _, err := c.CreateDisk(ctx, "old", "root", 1<<20, "qcow2", ""); err != nil {
+	old := storage.VMRef{Name: "app", UID: "uid-app-1"}
+	if _, err := c.CreateDisk(ctx, "app", "root", mib, "qcow2", ""); err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range []string{"h1", "h2"} {
-		if _, err := c.Export(ctx, "old", "root", h, 2); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.Fence(ctx, "h1", map[string]int64{"old": 2}); err != nil {
+	g1 := grant(t, c, old, "h1")
+	if _, err := c.Export(ctx, old, "root", "h1", g1); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteDisk(ctx, "old", "root", false); !errors.Is(err, ErrInUse) {
+	pg, err := c.Prepare(ctx, old, "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Export(ctx, old, "root", "h2", pg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Commit(ctx, old, pg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteDisk(ctx, "app", "root", false); !errors.Is(err, ErrInUse) {
 		t.Fatalf("delete of an exported disk without force: %v, want ErrInUse", err)
 	}
-	if err := c.DeleteDisk(ctx, "old", "root", true); err != nil {
+	if err := c.Forget(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteDisk(ctx, "app", "root", true); err != nil {
 		t.Fatalf("force delete: %v", err)
 	}
 	if exps, _ := c.Exports(ctx); len(exps) != 0 {
 		t.Errorf("exports left after a force delete: %v", exps)
 	}
-	if _, err := c.CreateDisk(ctx, "old", "root", 1<<20, "qcow2", ""); err != nil {
+	recreated := storage.VMRef{Name: "app", UID: "uid-app-2"}
+	if _, err := c.CreateDisk(ctx, "app", "root", mib, "qcow2", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Export(ctx, "old", "root", "h1", 1); err != nil {
-		t.Errorf("a new VM of the same name is still fenced on h1: %v", err)
+	g := grant(t, c, recreated, "h1")
+	if _, err := c.Export(ctx, recreated, "root", "h1", g); err != nil || g != 1 {
+		t.Errorf("the re-created VM on h1: generation %d, %v", g, err)
+	}
+	if _, err := c.Grant(ctx, old, "h1"); !errors.Is(err, ErrFenced) {
+		t.Errorf("the deleted namesake was granted again: %v", err)
 	}
 }

@@ -10,17 +10,16 @@ import (
 	"github.com/vigilha/vigil/internal/atomicfile"
 )
 
-// persistedState is Dir/state.json. Fences are the part safety depends on;
-// exports are kept only so that a restarted server can serve the VMs that
-// were running (their NBD clients reconnect), and are re-checked against the
-// fences before being re-created.
+// persistedState is Dir/state.json. The generations (and the UIDs of
+// deleted VMs) are the part safety depends on; exports are kept only so
+// that a restarted server can serve the VMs that were running (their NBD
+// clients reconnect), and are re-checked against the generations before
+// being re-created.
 type persistedState struct {
-	Fences  []Fence  `json:"fences"`
-	Exports []Export `json:"exports"`
+	Generations []vmGen  `json:"generations"`
+	Forgotten   []string `json:"forgotten,omitempty"`
+	Exports     []Export `json:"exports"`
 }
-
-// fenceKey identifies a fence: one host, one VM.
-type fenceKey struct{ host, vm string }
 
 // loadState reads the state file; a missing file is an empty state, a
 // corrupt one is an error (starting without the fences it held would give
@@ -35,7 +34,7 @@ func loadState(path string) (persistedState, error) {
 		return st, fmt.Errorf("read state: %w", err)
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("state file %s is corrupt (refusing to start without its fences): %w", path, err)
+		return st, fmt.Errorf("state file %s is corrupt (refusing to start without its generations): %w", path, err)
 	}
 	return st, nil
 }
@@ -43,12 +42,13 @@ func loadState(path string) (persistedState, error) {
 // saveState replaces the state file atomically and durably: the new content
 // is fsynced under a temporary name, renamed over the old file, and the
 // directory fsynced so the rename itself survives a crash. When it returns
-// nil the fences are on disk.
+// nil the generations are on disk.
 func saveState(path string, st persistedState) error {
-	sort.Slice(st.Fences, func(i, j int) bool {
-		a, b := st.Fences[i], st.Fences[j]
-		return a.Host < b.Host || a.Host == b.Host && a.VM < b.VM
+	sort.Slice(st.Generations, func(i, j int) bool {
+		a, b := st.Generations[i], st.Generations[j]
+		return a.Name < b.Name || a.Name == b.Name && a.UID < b.UID
 	})
+	sort.Strings(st.Forgotten)
 	sort.Slice(st.Exports, func(i, j int) bool { return st.Exports[i].Export < st.Exports[j].Export })
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {

@@ -1,0 +1,85 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// refOf is how the VM is named to its datastores.
+func refOf(rec *store.VMRecord) storage.VMRef {
+	return storage.VMRef{Name: rec.Name(), UID: rec.UID()}
+}
+
+// arbitersOf returns the VM's datastores that have an arbiter, in order.
+func (a *Agent) arbitersOf(rec *store.VMRecord) []string {
+	var out []string
+	for _, d := range rec.VM.Spec.Disks {
+		if _, ok := a.cfg.Arbiters[d.Datastore]; ok && !slices.Contains(out, d.Datastore) {
+			out = append(out, d.Datastore)
+		}
+	}
+	return out
+}
+
+// grant asks each of the VM's datastores for a new generation for this
+// host: every start does, so that a start never writes beside an older
+// instance, on any host, even one whose QEMU died with writes in flight.
+func (a *Agent) grant(ctx context.Context, rec *store.VMRecord) (map[string]int64, error) {
+	grants := map[string]int64{}
+	for _, ds := range a.arbitersOf(rec) {
+		g, err := a.cfg.Arbiters[ds].Grant(ctx, refOf(rec), a.cfg.Host)
+		if err != nil {
+			return nil, fmt.Errorf("datastore %s: %w", ds, err)
+		}
+		grants[ds] = int64(g)
+	}
+	return grants, nil
+}
+
+// prepareIncoming reserves a generation at each datastore for this host,
+// a migration's destination; the source keeps writing until the commit.
+func (a *Agent) prepareIncoming(ctx context.Context, rec *store.VMRecord) (map[string]int64, error) {
+	grants := map[string]int64{}
+	for _, ds := range a.arbitersOf(rec) {
+		g, err := a.cfg.Arbiters[ds].Prepare(ctx, refOf(rec), a.cfg.Host)
+		if err != nil {
+			a.abortIncoming(ctx, refOf(rec), grants)
+			return nil, fmt.Errorf("datastore %s: %w", ds, err)
+		}
+		grants[ds] = int64(g)
+	}
+	return grants, nil
+}
+
+// commitIncoming is the storage's side of a cut-over: the destination's
+// generations become the writers, and the source's are revoked and drained
+// before it returns; the destination resumes only after it.
+func (a *Agent) commitIncoming(ctx context.Context, ref storage.VMRef, grants map[string]int64) error {
+	for ds, g := range grants {
+		arb, ok := a.cfg.Arbiters[ds]
+		if !ok {
+			return fmt.Errorf("datastore %s is not available on %s", ds, a.cfg.Host)
+		}
+		if err := arb.Commit(ctx, ref, storage.Generation(g)); err != nil {
+			return fmt.Errorf("datastore %s: %w", ds, err)
+		}
+	}
+	return nil
+}
+
+// abortIncoming drops a destination's prepared generations (a migration
+// that failed before its cut-over): the source's stay untouched. Best
+// effort: a later grant supersedes them anyway.
+func (a *Agent) abortIncoming(ctx context.Context, ref storage.VMRef, grants map[string]int64) {
+	for ds, g := range grants {
+		if arb, ok := a.cfg.Arbiters[ds]; ok {
+			if err := arb.Abort(ctx, ref, storage.Generation(g)); err != nil {
+				a.log.Debug("abort prepared generation", "vm", ref.Name, "datastore", ds, "err", err)
+			}
+		}
+	}
+}
