@@ -107,8 +107,10 @@ type Agent struct {
 	busy map[string]string // vm -> operation in flight
 	// slowUntil: some etcd member stopped answering recently.
 	slowUntil time.Time
-	// killing are the VMs self-fencing is killing.
-	killing map[string]bool
+	// killing are the VMs self-fencing is killing; fencedBy says why it
+	// killed each, so that their exit is reported as fenced, not crashed.
+	killing  map[string]bool
+	fencedBy map[string]string
 	// hostRec is the host record last written to etcd.
 	hostRec *store.Host
 	// lastSnap is the last snapshot reconcile read (for the guest monitor).
@@ -168,6 +170,7 @@ func New(cfg Config) (*Agent, error) {
 		kick:     make(chan struct{}, 1),
 		busy:     map[string]string{},
 		killing:  map[string]bool{},
+		fencedBy: map[string]string{},
 		wd:       newArmer(cfg.WatchdogSocket, cfg.LeaseTTL, cfg.Fence, log),
 		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
 		evq:      make(chan store.Event, 1024),

@@ -444,7 +444,7 @@ type revocation struct {
 // is still authorised and either the host is not isolated (a control-plane
 // outage) or the VM's isolation response is leave-running. A VM whose
 // generation the storage revoked is killed at once.
-func decide(etcdOK bool, p vmPolicy, running driver.Status, rev revocation, storageOK, peersOK bool) verdict {
+func decide(etcdOK bool, p vmPolicy, running driver.Status, rev revocation, storageOK, peersOK, isolationOK bool) verdict {
 	switch {
 	case rev.revoked:
 		return verdict{true, fmt.Sprintf("its storage generation %d at %s was revoked", rev.gen, rev.ds), true}
@@ -458,6 +458,10 @@ func decide(etcdOK bool, p vmPolicy, running driver.Status, rev revocation, stor
 	case storageOK && p.LeaveRunning:
 		return verdict{}
 	case storageOK && peersOK:
+		return verdict{}
+	case storageOK && isolationOK:
+		// Cut off from the management network for less than the isolation
+		// timeout, storage fine: a blip moves nothing (hatiming).
 		return verdict{}
 	case !storageOK:
 		return verdict{kill: true, reason: "host lease and storage lease both lapsed"}
@@ -492,6 +496,8 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 	fc := a.cfg.Fence
 	etcdOK := a.leaseValid(now)
 	leaseEnd := a.leaseEnd()
+	_, leaseSent, _ := a.lease.state()
+	isolationOK := leaseSent > 0 && now-leaseSent < hatiming.IsolationTimeout-fc.Margin
 	f := a.fence
 	f.mu.Lock()
 	peersOK := f.peersOK > 0 && now-f.peersOK < fc.StorageTTL
@@ -512,7 +518,7 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 			p = vmPolicy{HA: true, Restartable: true}
 		}
 		ds, gen, revoked := f.isRevoked(st)
-		v := decide(etcdOK, p, st, revocation{revoked, ds, gen}, f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK)
+		v := decide(etcdOK, p, st, revocation{revoked, ds, gen}, f.storageLeaseValid(now, p.Datastores, a.cfg.Arbiters, fc), peersOK, isolationOK)
 		if v.kill {
 			kills = append(kills, victim{st.Name, v})
 		}
@@ -546,6 +552,9 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 
 // selfFence kills one VM for the reason the rule gave.
 func (a *Agent) selfFence(ctx context.Context, name string, v verdict) {
+	a.mu.Lock()
+	a.fencedBy[name] = v.reason
+	a.mu.Unlock()
 	if err := a.drv.Kill(ctx, name); err != nil {
 		a.log.Error("self-fence: kill failed", "vm", name, "err", err)
 		return

@@ -21,25 +21,27 @@ func TestDecide(t *testing.T) {
 	run := driver.Status{Name: "vm", Epoch: 3, Running: true}
 	revoked := revocation{true, "shared", 3}
 	cases := []struct {
-		name                    string
-		etcdOK                  bool
-		p                       vmPolicy
-		rev                     revocation
-		storageOK, peersOK, die bool
+		name                                 string
+		etcdOK                               bool
+		p                                    vmPolicy
+		rev                                  revocation
+		storageOK, peersOK, isolationOK, die bool
 	}{
-		{"lease valid keeps HA VM", true, ha, revocation{}, false, false, false},
-		{"revoked at the storage kills even with a valid lease", true, ha, revoked, true, true, true},
-		{"revoked kills a non-HA VM too", false, plain, revoked, false, false, true},
-		{"non-HA survives lease loss", false, plain, revocation{}, false, false, false},
-		{"HA on a local disk survives lease loss: nothing restarts it elsewhere", false, local, revocation{}, false, false, false},
-		{"control-plane outage: storage lease and peers keep it", false, ha, revocation{}, true, true, false},
-		{"isolated, power-off: killed despite storage", false, ha, revocation{}, true, false, true},
-		{"isolated, leave-running: kept under storage lease", false, leave, revocation{}, true, false, false},
-		{"leave-running without storage lease: killed", false, leave, revocation{}, false, false, true},
-		{"both leases lapsed: killed", false, ha, revocation{}, false, true, true},
+		{"lease valid keeps HA VM", true, ha, revocation{}, false, false, false, false},
+		{"revoked at the storage kills even with a valid lease", true, ha, revoked, true, true, true, true},
+		{"revoked kills a non-HA VM too", false, plain, revoked, false, false, false, true},
+		{"non-HA survives lease loss", false, plain, revocation{}, false, false, false, false},
+		{"HA on a local disk survives lease loss: nothing restarts it elsewhere", false, local, revocation{}, false, false, false, false},
+		{"control-plane outage: storage lease and peers keep it", false, ha, revocation{}, true, true, false, false},
+		{"a management blip shorter than the isolation timeout, storage fine: kept", false, ha, revocation{}, true, false, true, false},
+		{"isolated past the isolation timeout, power-off: killed despite storage", false, ha, revocation{}, true, false, false, true},
+		{"isolated, leave-running: kept under storage lease", false, leave, revocation{}, true, false, false, false},
+		{"leave-running without storage lease: killed", false, leave, revocation{}, false, false, false, true},
+		{"within the isolation timeout but the storage lease lapsed too: killed", false, ha, revocation{}, false, false, true, true},
+		{"both leases lapsed: killed", false, ha, revocation{}, false, true, false, true},
 	}
 	for _, c := range cases {
-		v := decide(c.etcdOK, c.p, run, c.rev, c.storageOK, c.peersOK)
+		v := decide(c.etcdOK, c.p, run, c.rev, c.storageOK, c.peersOK, c.isolationOK)
 		if v.kill != c.die {
 			t.Errorf("%s: kill=%v (%s), want %v", c.name, v.kill, v.reason, c.die)
 		}

@@ -544,15 +544,58 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 		a.log.Error("migration: quit source", "vm", name, "err", err)
 	}
 	a.releaseDisks(ctx, v)
+	_ = a.drv.Destroy(name)
 	if p.SharedNothing {
-		for _, d := range v.Record.VM.Spec.Disks {
-			if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
-				_ = ds.Delete(ctx, refOf(v.Record), d) // the disk now lives on the target
+		a.dropSourceDisks(ctx, v, p)
+	}
+	a.event(ctx, "migration.source-done", name, fmt.Sprintf("left for %s: QEMU downtime %d ms, total %d ms", p.Target, rep.Progress.DowntimeMS, rep.Progress.TotalMS))
+}
+
+// dropSourceDisks deletes the source's copies of a shared-nothing VM's
+// local disks once the destination runs on its own copies and says so in
+// etcd (its status, running at the new epoch). Until then the source's copy
+// is the only one known good: if the destination does not resume, the copy
+// stays here, and an event says where it is.
+func (a *Agent) dropSourceDisks(ctx context.Context, v *store.VMState, p store.MigrationPlan) {
+	name := v.Record.Name()
+	deadline := time.Now().Add(5 * time.Minute)
+	for ctx.Err() == nil {
+		snap, err := a.st.Snapshot(ctx)
+		if err == nil {
+			switch took, lost := destinationTookOver(snap, name, p); {
+			case took:
+				for _, d := range v.Record.VM.Spec.Disks {
+					if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
+						_ = ds.Delete(ctx, refOf(v.Record), d) // the disk now lives on the target
+					}
+				}
+				return
+			case lost:
+				a.event(ctx, "migration.source-disk-kept", name, "the destination did not resume on its disk copy: "+a.cfg.Host+" keeps its copy of the VM's local disks")
+				return
 			}
 		}
+		if time.Now().After(deadline) {
+			a.event(ctx, "migration.source-disk-kept", name, "the destination's status never showed it running: "+a.cfg.Host+" keeps its copy of the VM's local disks")
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	_ = a.drv.Destroy(name)
-	a.event(ctx, "migration.source-done", name, fmt.Sprintf("left for %s: QEMU downtime %d ms, total %d ms", p.Target, rep.Progress.DowntimeMS, rep.Progress.TotalMS))
+}
+
+// destinationTookOver says whether a migration's destination runs the VM
+// (or the VM was deleted), or can no longer do so.
+func destinationTookOver(snap *store.Snapshot, name string, p store.MigrationPlan) (took, lost bool) {
+	v := snap.VMs[name]
+	if v == nil {
+		return true, false // deleted: its disks go with it
+	}
+	if st := v.Status; st != nil && st.Host == p.Target && st.Epoch == p.Epoch+1 && st.State == store.StateRunning {
+		return true, false
+	}
+	m := snap.Migrations[name]
+	failed := m != nil && m.Plan != nil && m.Plan.ID == p.ID && m.Plan.Phase == store.MigFailed
+	return false, failed || !flipped(v, p)
 }
 
 // recoverSource decides what a restarted agent does with a migration it

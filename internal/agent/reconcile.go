@@ -145,15 +145,20 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		}
 
 	case have && current && (st.State == store.StateRunning || st.State == store.StateStarting) && ls.Epoch == pl.Epoch:
-		// QEMU ended on its own: a guest power-off is reported; anything
-		// else is VM monitoring's business.
-		if ls.ExitReason == "guest-shutdown" || ls.ExitReason == "stopped" {
+		// QEMU ended: by self-fencing (not a crash: no local restart, no
+		// restart budget; HA decides where it runs next), a guest power-off
+		// (reported), or anything else: VM monitoring's business.
+		switch why, fenced := a.fencedReason(name); {
+		case fenced:
+			a.putStatus(ctx, v, &store.VMStatus{State: store.StateFenced, Reason: "fenced", StartRequest: rec.StartRequest,
+				Message: "killed by self-fencing: " + why})
+		case ls.ExitReason == "guest-shutdown" || ls.ExitReason == "stopped":
 			a.reportExit(ctx, v, ls)
-		} else {
+		default:
 			a.onUnexpectedExit(ctx, snap, v, ls)
 		}
 
-	case current && st.StartRequest == rec.StartRequest && (st.State == store.StateFailed || st.State == store.StateStopped):
+	case current && st.StartRequest == rec.StartRequest && (st.State == store.StateFailed || st.State == store.StateStopped || st.State == store.StateFenced):
 		// It ended by itself (crash or guest power-off) and nobody has asked
 		// for a new start: leave it for the operator or HA to decide.
 
@@ -214,6 +219,14 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 	rec := v.Record
 	name := rec.Name()
 	a.inheritRestarts(v)
+	a.mu.Lock()
+	delete(a.fencedBy, name)
+	a.mu.Unlock()
+	if st := v.Status; st != nil && st.StartRequest != rec.StartRequest {
+		// An operator's `vm start`: it clears VM monitoring's history, so
+		// that a VM left failed at its restart limit gets its budget back.
+		a.setRestarts(name, nil)
+	}
 	// "starting" is for people watching, and the start does not wait for
 	// it: a write that went to a dead etcd member would hold a failover
 	// back until gRPC gives up on the connection. The outcome is written
@@ -276,9 +289,13 @@ func (a *Agent) stopVM(ctx context.Context, v *store.VMState) {
 func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) bool {
 	name := v.Record.Name()
 	if running {
+		// No graceful guest shutdown: the VM's disks are deleted next, so
+		// there is nothing for the guest to flush, and a guest that ignores
+		// the power button (still booting, say) would hold the delete for
+		// the whole stop timeout.
 		a.putStatus(ctx, v, &store.VMStatus{State: store.StateStopping, StartRequest: v.Record.StartRequest})
-		if err := a.drv.Stop(ctx, name, min(a.cfg.StopTimeout, 30*time.Second)); err != nil {
-			a.log.Error("delete: stop", "vm", name, "err", err)
+		if err := a.drv.Kill(ctx, name); err != nil {
+			a.log.Error("delete: kill", "vm", name, "err", err)
 			return false
 		}
 	}
@@ -298,6 +315,14 @@ func (a *Agent) deleteVM(ctx context.Context, v *store.VMState, running bool) bo
 	}
 	a.putStatus(ctx, v, &store.VMStatus{State: store.StateDeleted})
 	return true
+}
+
+// fencedReason says whether self-fencing killed the VM, and why.
+func (a *Agent) fencedReason(name string) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	why, ok := a.fencedBy[name]
+	return why, ok
 }
 
 // backOff keeps the reconcile loop from retrying a failed operation on a

@@ -18,6 +18,11 @@ type Member struct {
 	Leader    bool     `json:"leader"`
 	Reachable bool     `json:"reachable"`
 	RaftTerm  uint64   `json:"raftTerm,omitempty"`
+	// Revision is the member's current etcd revision (every write adds
+	// one); DBSize and DBSizeInUse its database file and the data in it.
+	Revision    int64 `json:"revision,omitempty"`
+	DBSize      int64 `json:"dbSize,omitempty"`
+	DBSizeInUse int64 `json:"dbSizeInUse,omitempty"`
 }
 
 // Cluster is the control plane's state: etcd members, the etcd leader and
@@ -48,6 +53,7 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			mem.Reachable, mem.RaftTerm = true, st.RaftTerm
+			mem.Revision, mem.DBSize, mem.DBSizeInUse = st.Header.Revision, st.DbSize, st.DbSizeInUse
 			mem.Leader = st.Leader == m.ID
 			break
 		}

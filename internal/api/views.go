@@ -59,7 +59,7 @@ func StateOf(v *store.VMState) string {
 	switch st.State {
 	case store.StateDeleted:
 		return store.StateStopped
-	case store.StateStopped, store.StateFailed:
+	case store.StateStopped, store.StateFailed, store.StateFenced:
 		if rec.Power == store.PowerRunning && st.StartRequest != rec.StartRequest {
 			return store.StateStarting // a new start was asked for
 		}

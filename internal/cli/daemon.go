@@ -61,6 +61,9 @@ type daemonOpts struct {
 	apiListen      []string
 	etcdHeartbeat  time.Duration
 	etcdElection   time.Duration
+	etcdRetention  time.Duration
+	etcdQuota      string
+	etcdDefrag     time.Duration
 	networks       []string
 	datastoreDefs  []string
 
@@ -97,6 +100,9 @@ func (o *daemonOpts) registerServer(cmd *cobra.Command) {
 	f.StringSliceVar(&o.apiListen, "api-listen", nil, "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default "+client.DefaultAddr+" and unix://DATA_DIR/api.sock)")
 	f.DurationVar(&o.etcdHeartbeat, "etcd-heartbeat", defaultEtcdHeartbeat, "embedded etcd's Raft heartbeat interval")
 	f.DurationVar(&o.etcdElection, "etcd-election-timeout", defaultEtcdElection, "embedded etcd's Raft election timeout")
+	f.DurationVar(&o.etcdRetention, "etcd-compaction-retention", server.DefaultCompactionRetention, "history the embedded etcd keeps (periodic auto-compaction)")
+	f.StringVar(&o.etcdQuota, "etcd-quota", "2Gi", "embedded etcd's backend quota")
+	f.DurationVar(&o.etcdDefrag, "etcd-defrag-interval", time.Hour, "how often the leader defragments one etcd member whose database is mostly free space (never the etcd leader; 0: never)")
 	f.StringArrayVar(&o.networks, "network", nil, "VM network to define if absent: name=NAME,bridge=BR,subnet=CIDR,gateway=IP,pool=FIRST-LAST[,netns=NS][,managed]")
 	f.StringArrayVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared[,server=HOST:PORT][,dir=PATH]")
 }
@@ -312,6 +318,7 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		ExternalEtcd: splitList(o.etcdEndpoints),
 		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
+		CompactionRetention: o.etcdRetention, DefragEvery: o.etcdDefrag,
 		APIListen: o.apiListen, Log: log,
 		Datastores:  []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
 		Controllers: controllers,
@@ -325,6 +332,13 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		if err := server.ParseInitialCluster(o.initialCluster); err != nil {
 			return cfg, err
 		}
+	}
+	if o.etcdQuota != "" {
+		q, err := spec.ParseSize(o.etcdQuota)
+		if err != nil || q < 16*spec.MiB {
+			return cfg, fmt.Errorf("--etcd-quota %q: want a size of at least 16Mi, e.g. 2Gi", o.etcdQuota)
+		}
+		cfg.QuotaBytes = int64(q)
 	}
 	for _, n := range o.networks {
 		net, err := parseNetworkFlag(n)

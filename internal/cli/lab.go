@@ -59,7 +59,7 @@ func newLabCmd(g *globals) *cobra.Command {
 		{"kill", "SIGKILL one process of HOST (--process agent|feeder|qemu:VM, or control|qsd of the storage node)", nil, (*lab.Lab).KillProcess},
 		{"isolate", "Cut all of HOST's networks", (*lab.Lab).Isolate, nil},
 		{"cut-storage", "Cut only HOST's storage network", (*lab.Lab).CutStorage, nil},
-		{"heal", "Undo every fault of HOST; a crashed host reboots (agent started again, no VMs)", (*lab.Lab).Heal, nil},
+		{"heal", "Undo every fault of HOST; a crashed host reboots (agent started again, no VMs); `heal storage` restores the storage node's control process and port", (*lab.Lab).Heal, nil},
 		{"stop-agent", "SIGKILL only HOST's agent (its VMs keep running)", (*lab.Lab).StopAgent, nil},
 		{"start-agent", "Start HOST's agent again", (*lab.Lab).StartAgent, nil},
 	} {
@@ -113,6 +113,22 @@ func newLabCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("partition: %w", err)
 			}
 			fmt.Fprintf(g.out, "partitioned %s from the other hosts (management network)\n", strings.Join(args, ","))
+			return nil
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "cut-storage-control",
+		Short: "Cut the storage server's control API off from every host at once (its NBD exports keep serving); `heal storage` undoes it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			if err := l.CutStorageControl(cmd.Context()); err != nil {
+				return fmt.Errorf("cut-storage-control: %w", err)
+			}
+			fmt.Fprintln(g.out, "storage control API cut off from every host (NBD still served)")
 			return nil
 		},
 	})
@@ -330,6 +346,9 @@ func faultText(f netlab.Faults) string {
 	}
 	for _, p := range f.FrozenProcs {
 		out = append(out, "frozen:"+p)
+	}
+	for _, p := range f.CutPorts {
+		out = append(out, fmt.Sprintf("port-%d-cut", p))
 	}
 	return dash(strings.Join(out, ","))
 }

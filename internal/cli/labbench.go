@@ -102,6 +102,8 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 			}
 			fmt.Fprintf(g.out, "soak of %s, %d VMs, %d burners: false failovers %d (self-fences %d, fences %d, restarts placed %d, local restarts %d, resets %d, watchdog resets %d, QEMUs changed %v); lease expiries %d, suspicions %d, leader elections %d\n",
 				r.Duration.Round(time.Second), r.VMs, r.Burners, r.FalseFailovers(), r.SelfFences, r.Fenced, r.RestartsPlaced, r.LocalRestarts, r.Resets, r.WatchdogResets, r.QEMUChanged, r.LeaseExpired, r.Suspected, r.LeaderChanges)
+			fmt.Fprintf(g.out, "etcd: %d revisions (%.0f per VM-hour); etcd leader's database %.1f MiB -> %.1f MiB\n",
+				r.Revisions, r.RevisionsPerVMHour(), float64(r.DBStart)/(1<<20), float64(r.DBEnd)/(1<<20))
 			return nil
 		},
 	}

@@ -11,11 +11,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/vigilha/vigil/internal/netnsdial"
 )
 
 // Client reaches guests from one network namespace.
@@ -34,45 +33,7 @@ func New(nsName string, timeout time.Duration) *Client {
 }
 
 func (c *Client) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	d := net.Dialer{}
-	if c.netns == "" {
-		return d.DialContext(ctx, network, addr)
-	}
-	target, err := netns.GetFromName(c.netns)
-	if err != nil {
-		return nil, fmt.Errorf("network namespace %q: %w", c.netns, err)
-	}
-	defer target.Close()
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: err}
-			return // the thread is discarded with the goroutine
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			ch <- result{err: fmt.Errorf("enter %q: %w", c.netns, err)}
-			return
-		}
-		conn, err := d.DialContext(ctx, network, addr)
-		if serr := netns.Set(orig); serr != nil {
-			if conn != nil {
-				conn.Close()
-			}
-			ch <- result{err: fmt.Errorf("leave %q: %w", c.netns, serr)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{conn, err}
-	}()
-	r := <-ch
-	return r.conn, r.err
+	return netnsdial.Dial(ctx, c.netns, network, addr)
 }
 
 // Counter is the guest's answer to GET /.

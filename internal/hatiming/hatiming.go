@@ -15,10 +15,20 @@ const (
 	// host's datastore heartbeat no longer shows the host alive. The leader
 	// does not restart a VM that a fresher heartbeat of its host lists.
 	StorageStale = 2 * time.Second
-	// IsolationGrace is how long, after a lease expiry, the leader waits
-	// before fencing a VM that its host's fresh heartbeat still lists (a
-	// live host whose lease etcd revoked early gets it back meanwhile).
-	IsolationGrace = 2 * time.Second
+	// IsolationTimeout is how long a host may lose its lease while its
+	// datastore heartbeats still arrive (the management network is cut,
+	// the storage path is fine) before the isolation response applies: an
+	// agent keeps its power-off VMs until IsolationTimeout − margin after
+	// its last renewal, and the leader fences them no earlier than
+	// IsolationTimeout after it saw the lease expire. 5 s rides out twice
+	// the longest of the usual management-network blips (a switch reboot
+	// of a port, an RSTP reconvergence, an LACP member failing over all
+	// take 1-3 s), which are the commonest cause of spurious failovers in
+	// Proxmox and Pacemaker clusters, and costs a truly isolated host's VMs
+	// 3.5 s more than killing them at the lease deadline. It also covers a
+	// live host whose lease etcd revoked early (etcd-io/etcd#15247): the
+	// host gets a lease back within a second.
+	IsolationTimeout = 5 * time.Second
 )
 
 // LeaseEnd is the earliest moment at which the leader can restart a VM on

@@ -93,9 +93,28 @@ func (l *Lab) Partition(ctx context.Context, hosts ...string) error {
 	return err
 }
 
+// CutStorageControl makes the storage server's control API unreachable
+// from every host at once, while its NBD exports keep serving: datastore
+// heartbeats and storage operations fail everywhere, the VMs' disk I/O
+// goes on.
+func (l *Lab) CutStorageControl(ctx context.Context) error {
+	return l.net.CutPort(ctx, netlab.StorageNode, storagePort)
+}
+
 // Heal undoes every fault of the host. A crashed host reboots: its links
-// come back and its agent starts again, with no VMs running.
+// come back and its agent starts again, with no VMs running. "storage"
+// heals the storage node: its cut control port, a frozen control process,
+// a killed one (started again on its state).
 func (l *Lab) Heal(ctx context.Context, host string) error {
+	if host == "storage" || host == netlab.StorageNode {
+		if _, err := l.net.Heal(ctx, netlab.StorageNode); err != nil {
+			return err
+		}
+		if pid, _ := l.ProcessPID("storage", RoleStorageControl); pid == 0 {
+			return l.restartStorage(ctx)
+		}
+		return nil
+	}
 	n, err := l.node(host)
 	if err != nil {
 		return err

@@ -307,6 +307,16 @@ func (l *Lab) APIEndpoints() []string {
 	return eps
 }
 
+// EtcdEndpoints are the etcd members' client URLs, on the management
+// network (reachable from inside the lab's hosts).
+func (l *Lab) EtcdEndpoints() []string {
+	var out []string
+	for s := 1; s <= l.st.Config.Servers; s++ {
+		out = append(out, fmt.Sprintf("http://%s:%d", l.addr(s, netlab.Mgmt), etcdClientPort))
+	}
+	return out
+}
+
 // Env is the shell line that points the CLI at the lab.
 func (l *Lab) Env() string { return "export VIGIL_ADDR=" + strings.Join(l.APIEndpoints(), ",") }
 
@@ -352,6 +362,20 @@ func (l *Lab) startStorage(ctx context.Context) error {
 	}
 	l.st.Args["storage"] = args
 	return l.save()
+}
+
+// restartStorage starts the storage server again on its state (after a
+// kill of its control process: it takes over the images from the daemon
+// the dead one left).
+func (l *Lab) restartStorage(ctx context.Context) error {
+	args := l.st.Args["storage"]
+	if len(args) == 0 {
+		return fmt.Errorf("no storage server command line recorded")
+	}
+	if _, err := l.net.Spawn(ctx, netlab.StorageNode, netlab.ProcSpec{Name: "storage", Argv: args}); err != nil {
+		return fmt.Errorf("restart storage server: %w", err)
+	}
+	return nil
 }
 
 func (l *Lab) agentArgs(k int) []string {

@@ -30,6 +30,32 @@ type SoakResult struct {
 	QEMUChanged    []string
 	// WatchdogResets counts the hosts' watchdogs firing.
 	WatchdogResets int
+	// Revisions is how many etcd revisions (writes) the soak took, and
+	// DBStart, DBEnd the etcd leader's database size before and after.
+	Revisions      int64
+	DBStart, DBEnd int64
+}
+
+// RevisionsPerVMHour is the keyspace growth: etcd writes per VM per hour.
+func (r SoakResult) RevisionsPerVMHour() float64 {
+	if r.VMs == 0 || r.Duration <= 0 {
+		return 0
+	}
+	return float64(r.Revisions) / float64(r.VMs) / r.Duration.Hours()
+}
+
+// etcdState reads the etcd leader's revision and database size.
+func etcdState(ctx context.Context, c *client.Client) (rev, db int64) {
+	cl, err := c.Cluster(ctx)
+	if err != nil {
+		return 0, 0
+	}
+	for _, m := range cl.Members {
+		if m.Leader {
+			return m.Revision, m.DBSize
+		}
+	}
+	return 0, 0
 }
 
 // FalseFailovers counts the events that moved or killed a VM although
@@ -65,6 +91,7 @@ func (l *Lab) Soak(ctx context.Context, vms []string, d time.Duration, burners i
 		pids[vm] = check.QEMUProcs(vm)
 	}
 	fires := l.watchdogFires()
+	rev0, db0 := etcdState(ctx, c)
 	bctx, stop := context.WithCancel(ctx)
 	defer stop()
 	for i := 0; i < burners; i++ {
@@ -85,6 +112,8 @@ func (l *Lab) Soak(ctx context.Context, vms []string, d time.Duration, burners i
 	}
 	stop()
 	r := SoakResult{Duration: time.Since(start), VMs: len(vms), Burners: burners, WatchdogResets: l.watchdogFires() - fires}
+	rev1, db1 := etcdState(ctx, c)
+	r.Revisions, r.DBStart, r.DBEnd = rev1-rev0, db0, db1
 	evs, err := c.Events(ctx, client.EventFilter{Since: start})
 	if err != nil {
 		return r, err

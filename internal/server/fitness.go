@@ -15,9 +15,20 @@ import (
 // host that lost its storage network can restart nothing: it must give way
 // to a host that reaches every datastore. When no host does, it stays (some
 // leader is better than none: lifecycle and migrations still need one).
-func leadershipFit(snap *store.Snapshot, self string) (bool, string) {
+func leadershipFit(snap *store.Snapshot, self string, now time.Time) (bool, string) {
 	mine := snap.Storage[self]
 	if mine == nil || len(mine.Unreachable) == 0 {
+		return true, ""
+	}
+	// Agents report a datastore unreachable after their heartbeats failed
+	// for a few seconds, each on its own schedule. A loss that the others
+	// have not had time to report yet may be a datastore down for every
+	// host: resigning then would only pass the problem around.
+	settled := false
+	for _, since := range mine.Unreachable {
+		settled = settled || now.Sub(since) >= settleAfter
+	}
+	if !settled {
 		return true, ""
 	}
 	hosts := make([]string, 0, len(snap.Alive))
@@ -41,6 +52,11 @@ func leadershipFit(snap *store.Snapshot, self string) (bool, string) {
 	return true, ""
 }
 
+// settleAfter is how long after its heartbeats began failing a host's
+// datastore loss counts against its leadership: the agents' report delay
+// (3 s) plus time for every other host to have reported too.
+const settleAfter = 5 * time.Second
+
 // checkFit reads the cluster state and applies leadershipFit. A failed
 // read counts as fit: without etcd there is no election to give way in.
 func (s *Server) checkFit(ctx context.Context, st *store.Store) (bool, string) {
@@ -50,5 +66,5 @@ func (s *Server) checkFit(ctx context.Context, st *store.Store) (bool, string) {
 	if err != nil {
 		return true, ""
 	}
-	return leadershipFit(snap, s.cfg.Name)
+	return leadershipFit(snap, s.cfg.Name, time.Now())
 }

@@ -41,6 +41,15 @@ type Config struct {
 	ClusterState       string
 	// HeartbeatInterval and ElectionTimeout tune the embedded etcd's Raft.
 	HeartbeatInterval, ElectionTimeout time.Duration
+	// CompactionRetention is how much history the embedded etcd keeps
+	// (periodic auto-compaction); QuotaBytes its backend quota (0: etcd's
+	// 2 GiB). Without compaction every status write stays in the history
+	// until the quota makes etcd refuse writes, and nothing fails over.
+	CompactionRetention time.Duration
+	QuotaBytes          int64
+	// DefragEvery is how often the leader looks for members to
+	// defragment (0: never).
+	DefragEvery time.Duration
 	// APIListen are the endpoints the REST API serves on.
 	APIListen []string
 	// Bootstrap objects created on first start (when absent).
@@ -57,6 +66,8 @@ type Server struct {
 	etcd   *embed.Etcd
 	client *clientv3.Client
 	log    *slog.Logger
+	// sessions opens election sessions (newSession).
+	sessions func(context.Context, *clientv3.Client) (*concurrency.Session, error)
 }
 
 // Endpoints returns the etcd client endpoints this member offers to
@@ -76,7 +87,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: cfg.Log.With("member", cfg.Name)}
+	s := &Server{cfg: cfg, log: cfg.Log.With("member", cfg.Name), sessions: newSession}
 	endpoints := cfg.ExternalEtcd
 	if len(endpoints) == 0 {
 		e, err := startEmbedded(ctx, cfg)
@@ -114,6 +125,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// DefaultCompactionRetention is the etcd history the embedded members keep:
+// far more than any watch of Vigil's lags (watches that fall behind
+// re-read the state anyway), little enough that a busy cluster's history
+// stays megabytes.
+const DefaultCompactionRetention = 10 * time.Minute
+
 func startEmbedded(ctx context.Context, cfg Config) (*embed.Etcd, error) {
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
@@ -144,6 +161,15 @@ func startEmbedded(ctx context.Context, cfg Config) (*embed.Etcd, error) {
 	}
 	if cfg.ElectionTimeout > 0 {
 		ec.ElectionMs = uint(cfg.ElectionTimeout / time.Millisecond)
+	}
+	retention := cfg.CompactionRetention
+	if retention == 0 {
+		retention = DefaultCompactionRetention
+	}
+	ec.AutoCompactionMode = "periodic"
+	ec.AutoCompactionRetention = retention.String()
+	if cfg.QuotaBytes > 0 {
+		ec.QuotaBackendBytes = cfg.QuotaBytes
 	}
 	// The data directory decides: a member that has data rejoins with it.
 	if _, err := os.Stat(filepath.Join(ec.Dir, "member")); err == nil {
@@ -224,34 +250,9 @@ func (s *Server) Run(ctx context.Context) error {
 // Losing the session (etcd unreachable) ends the term at once.
 func (s *Server) lead(ctx context.Context, st *store.Store) {
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(s.client, concurrency.WithTTL(2), concurrency.WithContext(ctx))
-		if err != nil {
-			s.log.Warn("leader election: no session", "err", err)
-			sleep(ctx, time.Second)
+		sess, el, ok := s.campaign(ctx, st)
+		if !ok {
 			continue
-		}
-		if fit, why := s.checkFit(ctx, st); !fit {
-			// Stand aside; re-check soon, the storage may come back.
-			s.log.Debug("not campaigning for leadership", "reason", why)
-			sess.Close()
-			sleep(ctx, time.Second)
-			continue
-		}
-		el := concurrency.NewElection(sess, store.ElectionPrefix)
-		if err := el.Campaign(ctx, s.cfg.Name); err != nil {
-			sess.Close()
-			sleep(ctx, 200*time.Millisecond)
-			continue
-		}
-		select {
-		case <-sess.Done():
-			// The session lapsed on the client while the campaign waited
-			// (its keepalives go unanswered while etcd elects a leader of
-			// its own): a term begun now would end at once. Start over.
-			s.log.Debug("won the election on a lapsed session; campaigning again")
-			endTerm(el, sess)
-			continue
-		default:
 		}
 		s.log.Info("elected leader; starting controllers")
 		_ = st.Emit(ctx, store.Event{Type: "leader.elected", Host: s.cfg.Name, Message: "became the control-plane leader"})
@@ -280,19 +281,67 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 				}
 			}
 		}()
+		// Every write the controllers make in this term is guarded by the
+		// election key: once the term ends (the session lapsed while this
+		// process was frozen, say), a pass still in flight with an old
+		// snapshot can write nothing.
+		term := st.Guarded(el.Key(), el.Rev())
 		var rs []controller.Reconciler
 		if s.cfg.Controllers != nil {
-			rs = s.cfg.Controllers(st, s.log)
+			rs = s.cfg.Controllers(term, s.log)
 		} else {
-			rs = []controller.Reconciler{lifecycle.New(st, s.log)}
+			rs = []controller.Reconciler{lifecycle.New(term, s.log)}
 		}
 		// A short resync: a watch can go quiet on a frozen member.
-		m := controller.NewManager(st, s.log, 2*time.Second, rs...)
+		m := controller.NewManager(term, s.log, 2*time.Second, rs...)
+		go runDefrag(lctx, st.Client(), term, s.cfg.DefragEvery, s.log)
 		m.Run(lctx)
 		cancel()
 		endTerm(el, sess)
 		s.log.Info("leadership ended")
 	}
+}
+
+// newSession opens the session a candidate campaigns with: its lease is
+// the leadership term's (TTL 2 s).
+func newSession(ctx context.Context, c *clientv3.Client) (*concurrency.Session, error) {
+	return concurrency.NewSession(c, concurrency.WithTTL(2), concurrency.WithContext(ctx))
+}
+
+// campaign runs one campaign and reports whether it won a term that can
+// start: one whose session is still alive.
+func (s *Server) campaign(ctx context.Context, st *store.Store) (*concurrency.Session, *concurrency.Election, bool) {
+	sess, err := s.sessions(ctx, s.client)
+	if err != nil {
+		s.log.Warn("leader election: no session", "err", err)
+		sleep(ctx, time.Second)
+		return nil, nil, false
+	}
+	if fit, why := s.checkFit(ctx, st); !fit {
+		// Stand aside; re-check soon, the storage may come back.
+		s.log.Debug("not campaigning for leadership", "reason", why)
+		sess.Close()
+		sleep(ctx, time.Second)
+		return nil, nil, false
+	}
+	el := concurrency.NewElection(sess, store.ElectionPrefix)
+	if err := el.Campaign(ctx, s.cfg.Name); err != nil {
+		sess.Close()
+		sleep(ctx, 200*time.Millisecond)
+		return nil, nil, false
+	}
+	select {
+	case <-sess.Done():
+		// The session lapsed on the client while the campaign waited (its
+		// keepalives go unanswered while etcd elects a leader of its own),
+		// though etcd still holds its key: a term begun now would end at
+		// once. Give the key up and start over on a fresh session.
+		s.log.Debug("won the election on a lapsed session; campaigning again")
+		endTerm(el, sess)
+		return nil, nil, false
+	default:
+	}
+	return sess, el, true
 }
 
 // endTerm gives up the election key (bounded: etcd may be unreachable,

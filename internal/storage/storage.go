@@ -28,4 +28,3 @@ type Datastore interface {
 	// Delete removes a VM's disk.
 	Delete(ctx context.Context, vm VMRef, d spec.Disk) error
 }
-

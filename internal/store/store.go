@@ -55,9 +55,46 @@ var ErrExists = errors.New("already exists")
 // ErrNotFound means the object does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrNotLeader means a write of a leader's controllers was refused because
+// its leadership term has ended: another server leads now.
+var ErrNotLeader = errors.New("not the leader any more: the leadership term ended")
+
 // Store is typed access to Vigil's keys in etcd.
 type Store struct {
 	c *clientv3.Client
+	// guard, when set, is added to every write that controllers make: it
+	// compares the leader's election key, so that a stale leader (frozen
+	// and resumed mid-pass with an old snapshot) cannot write.
+	guard     []clientv3.Cmp
+	guardKey  string
+	guardRev  int64
+	guardDesc string
+}
+
+// Guarded returns a store whose writes succeed only while the election key
+// key still has creation revision rev: the term of the leader that won it.
+// The leader's controllers write through it; agents and the API do not.
+func (s *Store) Guarded(key string, rev int64) *Store {
+	return &Store{c: s.c, guard: []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", rev)},
+		guardKey: key, guardRev: rev, guardDesc: fmt.Sprintf("%s@%d", key, rev)}
+}
+
+// commit runs one transaction: cmps (and the term guard) must hold for ops
+// to apply. A refusal is ErrNotLeader when the term ended, else ErrConflict.
+func (s *Store) commit(ctx context.Context, what string, cmps []clientv3.Cmp, ops ...clientv3.Op) error {
+	resp, err := s.c.Txn(ctx).If(append(cmps, s.guard...)...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if len(s.guard) > 0 {
+		if g, err := s.c.Get(ctx, s.guardKey); err == nil && (len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != s.guardRev) {
+			return fmt.Errorf("%s: %w (%s)", what, ErrNotLeader, s.guardDesc)
+		}
+	}
+	return fmt.Errorf("%s: %w", what, ErrConflict)
 }
 
 // opTimeout bounds every store operation. etcd's client balancer keeps
@@ -375,16 +412,8 @@ func (s *Store) UpdateVMRecord(ctx context.Context, rec *VMRecord, rev int64) er
 	ctx, cancel := op(ctx)
 	defer cancel()
 	k := vmSpecKey(rec.Name())
-	resp, err := s.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).
-		Then(clientv3.OpPut(k, mustJSON(rec))).Commit()
-	if err != nil {
-		return fmt.Errorf("update vm %s: %w", rec.Name(), err)
-	}
-	if !resp.Succeeded {
-		return fmt.Errorf("update vm %s: %w", rec.Name(), ErrConflict)
-	}
-	return nil
+	return s.commit(ctx, "update vm "+rec.Name(), []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)},
+		clientv3.OpPut(k, mustJSON(rec)))
 }
 
 // SetPlacement changes a VM's placement if it is unchanged since rev (0: it
@@ -397,17 +426,10 @@ func (s *Store) SetPlacement(ctx context.Context, vm string, old Placement, rev 
 		return fmt.Errorf("placement of %s: epoch %d does not exceed %d", vm, p.Epoch, old.Epoch)
 	}
 	k := placementKey(vm)
-	resp, err := s.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", rev),
-			clientv3.Compare(clientv3.CreateRevision(vmSpecKey(vm)), ">", 0)).
-		Then(clientv3.OpPut(k, mustJSON(p))).Commit()
-	if err != nil {
-		return fmt.Errorf("place %s on %s: %w", vm, p.Host, err)
-	}
-	if !resp.Succeeded {
-		return fmt.Errorf("place %s on %s: %w", vm, p.Host, ErrConflict)
-	}
-	return nil
+	return s.commit(ctx, fmt.Sprintf("place %s on %s", vm, p.Host), []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(k), "=", rev),
+		clientv3.Compare(clientv3.CreateRevision(vmSpecKey(vm)), ">", 0),
+	}, clientv3.OpPut(k, mustJSON(p)))
 }
 
 // PutStatus records a VM's status, but only while the placement that the
@@ -439,22 +461,16 @@ func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
 	for _, n := range rec.NICs {
 		ops = append(ops, clientv3.OpDelete(ipamKey(n.Network, n.IP)))
 	}
-	resp, err := s.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(vmSpecKey(name)), "=", rev)).
-		Then(ops...).Commit()
-	if err != nil {
-		return fmt.Errorf("delete vm %s: %w", name, err)
-	}
-	if !resp.Succeeded {
-		return fmt.Errorf("delete vm %s: %w", name, ErrConflict)
-	}
-	return nil
+	return s.commit(ctx, "delete vm "+name, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(vmSpecKey(name)), "=", rev)}, ops...)
 }
 
 // put writes one JSON value; what names it in the error.
 func (s *Store) put(ctx context.Context, key string, v any, what string) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
+	if len(s.guard) > 0 {
+		return s.commit(ctx, what, nil, clientv3.OpPut(key, mustJSON(v)))
+	}
 	if _, err := s.c.Put(ctx, key, mustJSON(v)); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -541,10 +557,7 @@ func (s *Store) PutRequest(ctx context.Context, vm, kind string) error {
 func (s *Store) DeleteRequest(ctx context.Context, vm string) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
-	if _, err := s.c.Delete(ctx, requestsPfx+vm); err != nil {
-		return fmt.Errorf("request for %s: %w", vm, err)
-	}
-	return nil
+	return s.commit(ctx, "request for "+vm, nil, clientv3.OpDelete(requestsPfx+vm))
 }
 
 // PutMigrationRequest records a migration request (replacing an older one).
@@ -558,18 +571,11 @@ func (s *Store) PutMigrationPlan(ctx context.Context, vm string, rev int64, p *M
 	ctx, cancel := op(ctx)
 	defer cancel()
 	k := migPfx + vm + "/plan"
-	txn := s.c.Txn(ctx)
+	var cmps []clientv3.Cmp
 	if rev > 0 {
-		txn = txn.If(clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
 	}
-	resp, err := txn.Then(clientv3.OpPut(k, mustJSON(p))).Commit()
-	if err != nil {
-		return fmt.Errorf("migration plan of %s: %w", vm, err)
-	}
-	if !resp.Succeeded {
-		return fmt.Errorf("migration plan of %s: %w", vm, ErrConflict)
-	}
-	return nil
+	return s.commit(ctx, "migration plan of "+vm, cmps, clientv3.OpPut(k, mustJSON(p)))
 }
 
 // FlipForMigration moves a VM's placement to the migration target and
@@ -581,18 +587,10 @@ func (s *Store) FlipForMigration(ctx context.Context, vm string, old Placement, 
 	if next.Epoch <= old.Epoch {
 		return fmt.Errorf("flip %s: epoch %d does not exceed %d", vm, next.Epoch, old.Epoch)
 	}
-	resp, err := s.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(placementKey(vm)), "=", placementRev),
-			clientv3.Compare(clientv3.ModRevision(migPfx+vm+"/plan"), "=", planRev)).
-		Then(clientv3.OpPut(placementKey(vm), mustJSON(next)), clientv3.OpPut(migPfx+vm+"/plan", mustJSON(plan))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("flip %s to %s: %w", vm, next.Host, err)
-	}
-	if !resp.Succeeded {
-		return fmt.Errorf("flip %s to %s: %w", vm, next.Host, ErrConflict)
-	}
-	return nil
+	return s.commit(ctx, fmt.Sprintf("flip %s to %s", vm, next.Host), []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(placementKey(vm)), "=", placementRev),
+		clientv3.Compare(clientv3.ModRevision(migPfx+vm+"/plan"), "=", planRev),
+	}, clientv3.OpPut(placementKey(vm), mustJSON(next)), clientv3.OpPut(migPfx+vm+"/plan", mustJSON(plan)))
 }
 
 // PutMigrationTarget records the destination agent's report.

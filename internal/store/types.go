@@ -22,6 +22,11 @@ const (
 	StateStopped   = "stopped"
 	StateMigrating = "migrating"
 	StateFailed    = "failed"
+	// StateFenced: the host's agent killed the VM because it could no
+	// longer prove it may run it there (its lease lapsed, or the storage
+	// revoked its generation). It is not a crash: it costs no restart of
+	// the VM-monitoring budget, and only HA places it again.
+	StateFenced = "fenced"
 	// StateDeleted is reported by an agent once it removed a deleting VM's
 	// process and local files; the leader then removes its keys.
 	StateDeleted = "deleted"

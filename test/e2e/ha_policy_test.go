@@ -162,14 +162,28 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 	sampler := check.StartSampler(names, 20*time.Millisecond)
 	defer sampler.Stop()
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	faults := []string{"crash", "freeze", "partition", "isolate", "cut-storage", "hang-agent", "hang-qemu"}
+	faults := []string{"crash", "freeze", "partition", "isolate", "cut-storage", "hang-agent", "hang-qemu",
+		"blip", "storage-control", "recreate"}
+	// Faults that must move nothing: a VM restart or move in their round is
+	// a false failover.
+	harmless := map[string]bool{"blip": true, "storage-control": true}
 	end := time.Now().Add(dur)
-	round := 0
+	round, falseFailovers := 0, 0
 	acks := map[string][]check.Ack{}
 	for time.Now().Before(end) {
 		round++
 		host := l.Hosts()[rng.IntN(len(l.Hosts()))]
 		fault := faults[rng.IntN(len(faults))]
+		if fault == "recreate" {
+			// Delete one VM and create it again under its name, under
+			// load: it is a new VM (new disk, new ledger).
+			n := names[rng.IntN(len(names))]
+			t.Logf("round %d: delete and re-create %s", round, n)
+			ips[n] = recreate(t, l, n)
+			acks[n] = nil
+			continue
+		}
+		roundStart := time.Now()
 		g := l.Guest(host)
 		for _, n := range names {
 			l.WaitAnswering(g, ips[n], 3*recoveryLimit)
@@ -201,15 +215,37 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 			err = l.Isolate(ctx, host)
 		case "cut-storage":
 			err = l.CutStorage(ctx, host)
+		case "blip":
+			// A short management-network blip: 1-3 s.
+			err = l.Partition(ctx, host)
+		case "storage-control":
+			// The storage server's control path gone for every host, its
+			// NBD exports still serving: a hang of its process, or its
+			// control port cut.
+			host = "storage"
+			if rng.IntN(2) == 0 {
+				err = l.FreezeProcess(ctx, "storage", lab.RoleStorageControl)
+			} else {
+				err = l.CutStorageControl(ctx)
+			}
 		}
 		if err != nil {
 			t.Fatalf("round %d: %s %s: %v", round, fault, host, err)
 		}
-		time.Sleep(time.Duration(5+rng.IntN(15)) * time.Second)
+		switch fault {
+		case "blip":
+			time.Sleep(time.Second + time.Duration(rng.IntN(2000))*time.Millisecond)
+		case "storage-control":
+			time.Sleep(time.Duration(2+rng.IntN(8)) * time.Second)
+		default:
+			time.Sleep(time.Duration(5+rng.IntN(15)) * time.Second)
+		}
 		if err := l.Heal(ctx, host); err != nil {
 			t.Fatalf("round %d: heal %s: %v", round, host, err)
 		}
-		waitHostAlive(t, l, host, 60*time.Second)
+		if host != "storage" {
+			waitHostAlive(t, l, host, 60*time.Second)
+		}
 		// Every VM runs exactly once again, answers, and lost nothing.
 		for _, n := range names {
 			l.WaitVM(n, 2*recoveryLimit, "running", func(v api.VM) bool { return v.State == "running" })
@@ -227,10 +263,41 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 			waitOneQEMU(t, n, 20*time.Second)
 			verifyLedger(t, g, ips[n], acks[n])
 		}
+		if harmless[fault] {
+			evs := l.Events(roundStart)
+			if n := count(evs, "vm.restart-placed") + count(evs, "vm.fenced") + count(evs, "host.self-fence") + count(evs, "vm.restarted"); n > 0 {
+				falseFailovers += n
+				t.Errorf("round %d (%s %s): %d false failovers:\n%s", round, fault, host, n, testenv.Timeline(evs))
+			}
+		}
 	}
 	t.Logf("%d chaos rounds in %s", round, dur)
 	evs := l.Events(time.Now().Add(-dur - time.Minute))
-	t.Logf("failovers: %d restart placements, %d self-fences, %d watchdog resets", count(evs, "vm.restart-placed"), count(evs, "host.self-fence"), count(evs, "host.watchdog-reset"))
+	t.Logf("failovers: %d restart placements, %d self-fences, %d watchdog resets; false failovers in rounds that required none: %d",
+		count(evs, "vm.restart-placed"), count(evs, "host.self-fence"), count(evs, "host.watchdog-reset"), falseFailovers)
+}
+
+// recreate deletes a VM, waits until it is gone, creates it again from the
+// same spec, waits until it answers, and returns its address.
+func recreate(t *testing.T, l *testenv.Lab, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	if err := l.Client.DeleteVM(ctx, name); err != nil {
+		t.Fatalf("delete %s: %v", name, err)
+	}
+	deadline := time.Now().Add(2 * recoveryLimit)
+	for {
+		if _, err := l.Client.GetVM(ctx, name); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still exists after its delete", name)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	v := l.CreateVM(testenv.HASpec(t, name, nil), name)
+	l.WaitAnswering(l.Guest(""), v.IP, 2*recoveryLimit)
+	return v.IP
 }
 
 func waitOneQEMU(t *testing.T, vm string, limit time.Duration) {

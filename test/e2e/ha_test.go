@@ -302,6 +302,24 @@ func TestQEMUCrash_RestartsOnSameHostThenGivesUp(t *testing.T) {
 	if !hasEvent(evs, "alarm.restart-limit", "qc1") {
 		t.Errorf("no alarm.restart-limit event:\n%s", testenv.Timeline(evs))
 	}
+	// The operator's way out: `vm start` runs it again with its restart
+	// budget back.
+	if out, err := l.Vigil("vm", "start", "qc1"); err != nil {
+		t.Fatalf("vm start: %v: %s", err, out)
+	}
+	again := l.WaitVM("qc1", 60*time.Second, "running after vm start", func(x api.VM) bool { return x.State == "running" && x.PID != 0 })
+	pids := check.QEMUProcs("qc1")
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("qc1", 60*time.Second, "restarted by VM monitoring again", func(x api.VM) bool {
+		return x.State == "running" && x.PID != 0 && x.PID != again.PID && x.Host == v.Host
+	})
+	// And HA takes over when its host goes.
+	if err := l.Crash(context.Background(), v.Host); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("qc1", recoveryLimit, "running elsewhere", movedFrom(v.Host))
 }
 
 func TestGuestHang_ResetsVM(t *testing.T) {

@@ -28,15 +28,12 @@ import (
 type Config struct {
 	// Grace is waited after a lease expires before acting on it.
 	Grace time.Duration
-	// IsolationGrace is waited, after a lease expired, before fencing a
-	// VM that its host's datastore heartbeat still shows running. A host
-	// that is really isolated kills such VMs itself (power-off response)
-	// before the leader sees its lease expire; one that is alive and
-	// connected gets its lease back within this time. The second case
-	// happens: an etcd leader that was paused (a frozen host) revokes,
-	// when it wakes, leases that expired in its stale view, and its
-	// proposals are forwarded to the real leader (etcd-io/etcd#15247).
-	IsolationGrace time.Duration
+	// IsolationTimeout is waited, after a lease expired, before fencing a
+	// VM that its host's datastore heartbeat still shows running: a host
+	// cut off from the management network only (its storage path fine)
+	// keeps its VMs that long, and a short blip moves nothing
+	// (hatiming.IsolationTimeout has the reasons).
+	IsolationTimeout time.Duration
 	// StorageStale is the age after which a datastore heartbeat no longer
 	// shows the host alive; it must be at least the agents' storage TTL.
 	StorageStale time.Duration
@@ -46,12 +43,22 @@ type Config struct {
 	// class's VMs to run; DependencyTimeout bounds restartAfter waits.
 	ClassTimeout      time.Duration
 	DependencyTimeout time.Duration
+	// StorageLossConfirm is how long a host's storage loss must be seen
+	// (by the host, by the storage, and against another host that reaches
+	// it) before its VMs move.
+	StorageLossConfirm time.Duration
+	// MaxStartFailures is how many failed starts in a row (on as many
+	// hosts) HA tries before it leaves a VM failed with an alarm, so that
+	// one VM that cannot start (its image missing everywhere, say) does
+	// not hold back the lower priority classes forever.
+	MaxStartFailures int
 }
 
 // DefaultConfig matches the agents' defaults (docs/ha.md).
 func DefaultConfig() Config {
-	return Config{Grace: hatiming.Grace, IsolationGrace: hatiming.IsolationGrace, StorageStale: hatiming.StorageStale, SuspectAfter: 750 * time.Millisecond,
-		ClassTimeout: 30 * time.Second, DependencyTimeout: 60 * time.Second}
+	return Config{Grace: hatiming.Grace, IsolationTimeout: hatiming.IsolationTimeout, StorageStale: hatiming.StorageStale, SuspectAfter: 750 * time.Millisecond,
+		ClassTimeout: 30 * time.Second, DependencyTimeout: 60 * time.Second, MaxStartFailures: 3,
+		StorageLossConfirm: 2 * time.Second}
 }
 
 // Controller is the HA controller.
@@ -65,13 +72,21 @@ type Controller struct {
 	said     map[string]string    // dedupe key -> last message, so each decision is one event
 	placedAt map[string]time.Time // vm -> when a restart was placed
 	readyAt  map[string]time.Time // vm -> when it was first ready to restart
+	// startFailures counts a VM's failed starts in a row, per start
+	// request (a `vm start` begins a new count): UID -> request -> epochs
+	// that failed.
+	startFailures map[string]map[int64]map[int64]bool
+	// lostSince: when a host's loss of a datastore was first confirmed
+	// ("host/datastore").
+	lostSince map[string]time.Time
 }
 
 // New creates the controller; arbiter returns the storage server of a
 // shared datastore.
 func New(st *store.Store, log *slog.Logger, cfg Config, arbiter func(*store.Datastore) storage.Arbiter) *Controller {
 	return &Controller{st: st, log: log, cfg: cfg, arbiter: arbiter, now: time.Now,
-		down: map[string]time.Time{}, said: map[string]string{}, placedAt: map[string]time.Time{}, readyAt: map[string]time.Time{}}
+		down: map[string]time.Time{}, said: map[string]string{}, placedAt: map[string]time.Time{}, readyAt: map[string]time.Time{},
+		startFailures: map[string]map[int64]map[int64]bool{}, lostSince: map[string]time.Time{}}
 }
 
 // Name identifies the controller.
@@ -106,6 +121,7 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 		p.heartbeats[name] = hb
 	}
 	c.watchHosts(ctx, p)
+	c.storageDown(ctx, snap)
 	var errs []error
 	for _, name := range snap.SortedVMNames() {
 		if err := c.reconcileVM(ctx, p, snap.VMs[name]); err != nil && !errors.Is(err, store.ErrConflict) {
@@ -194,6 +210,9 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 		return nil
 	}
 	current := st != nil && st.Host == pl.Host && st.Epoch == pl.Epoch
+	if current && st.State == store.StateRunning {
+		delete(c.startFailures, rec.UID()) // a start that worked ends a run of failed ones
+	}
 	downSince, hostDown := c.down[pl.Host]
 	_, registered := p.snap.Hosts[pl.Host]
 	restartable, why := placement.Restartable(p.snap, v)
@@ -216,14 +235,26 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 		if current && st.Reason == "evicted" {
 			// The agent stopped it and said so; fence anyway (cheap, and it
 			// revokes the export), then move it.
-			return c.fenceAndReady(ctx, p, v, "evicted: "+pl.Reason)
+			return c.fenceAndReady(ctx, p, v, "evicted: "+pl.Reason, true)
 		}
 		return nil
 
+	case restartable && current && st.State == store.StateFenced:
+		// Its host's agent killed it (a lease it could not renew, a
+		// revoked generation) and is back: not a crash, so HA places it
+		// again, on any host including that one.
+		return c.fenceAndReady(ctx, p, v, "fenced on "+pl.Host+": "+st.Message, false)
+
 	case restartable && current && st.State == store.StateFailed && st.Reason == "start-failed":
+		if n := c.countStartFailure(v); n >= c.cfg.MaxStartFailures {
+			delete(c.placedAt, name) // lower priority classes stop waiting for it
+			c.sayOnce(ctx, "vm:"+name, "start-failures", store.Event{Type: "alarm.start-failed", VM: name, Host: pl.Host,
+				Message: fmt.Sprintf("failed to start %d times in a row (last on %s: %s); HA stops moving it and lower-priority VMs go on; `vigil vm start %s` tries again", n, pl.Host, st.Message, name)})
+			return nil
+		}
 		return c.evict(ctx, v, "the VM failed to start on "+pl.Host)
 
-	case restartable && c.storageLost(p.snap, v):
+	case restartable && c.storageLost(p, v):
 		c.emit(ctx, store.Event{Type: store.EvAlarmStorageLost, VM: name, Host: pl.Host,
 			Message: fmt.Sprintf("host %s lost its storage path; moving the VM", pl.Host)})
 		return c.evict(ctx, v, "storage lost on "+pl.Host)
@@ -241,19 +272,102 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 	return nil
 }
 
-// storageLost reports whether the VM's host cannot reach one of its
-// datastores.
-func (c *Controller) storageLost(snap *store.Snapshot, v *store.VMState) bool {
-	ss := snap.Storage[v.Placement.Host]
-	if ss == nil {
-		return false
+// countStartFailure records that the VM failed to start at its current
+// placement and returns how many placements in a row have failed for its
+// current start request.
+func (c *Controller) countStartFailure(v *store.VMState) int {
+	uid, req := v.Record.UID(), v.Record.StartRequest
+	byReq := c.startFailures[uid]
+	if byReq == nil || byReq[req] == nil {
+		byReq = map[int64]map[int64]bool{req: {}}
+		c.startFailures[uid] = byReq
 	}
+	byReq[req][v.Placement.Epoch] = true
+	return len(byReq[req])
+}
+
+// storageLost reports whether the VM's host cannot reach one of its
+// datastores while some other live host can: only then is moving the VM
+// worth anything. A datastore that no host reaches (its storage server
+// restarting, its control process hung) moves nothing; it raises an alarm
+// instead (storageDown).
+func (c *Controller) storageLost(p *pass, v *store.VMState) bool {
+	host := v.Placement.Host
+	ss := p.snap.Storage[host]
+	lost := false
 	for _, d := range v.Record.VM.Spec.Disks {
-		if _, cut := ss.Unreachable[d.Datastore]; cut {
+		key := host + "/" + d.Datastore
+		cut := false
+		if ss != nil {
+			_, cut = ss.Unreachable[d.Datastore]
+		}
+		hb, heard := p.heartbeats[d.Datastore][host]
+		// The host's report can lag the storage's own view by a heartbeat
+		// interval either way (a datastore coming back reaches the hosts
+		// one after the other), so the loss counts only while the storage
+		// has not heard from the host either, another host reaches it,
+		// and that has held for StorageLossConfirm.
+		if cut && (!heard || hb.Age >= c.cfg.StorageStale) && c.reachedByAnother(p, d.Datastore, host) {
+			since, ok := c.lostSince[key]
+			if !ok {
+				c.lostSince[key] = c.now()
+				continue
+			}
+			lost = lost || c.now().Sub(since) >= c.cfg.StorageLossConfirm
+			continue
+		}
+		delete(c.lostSince, key)
+	}
+	return lost
+}
+
+// reachedByAnother reports whether the datastore works right now for a
+// live host other than host: the leader read the datastore's heartbeats in
+// this pass, and that host's is fresh. Agents' own reports come up to a
+// heartbeat interval apart, so they alone would move VMs off the first
+// host to report a datastore that is down for everyone.
+func (c *Controller) reachedByAnother(p *pass, ds, host string) bool {
+	for name, hb := range p.heartbeats[ds] {
+		if _, alive := p.snap.Alive[name]; alive && name != host && hb.Age < c.cfg.StorageStale {
 			return true
 		}
 	}
 	return false
+}
+
+// storageDown raises one alarm per datastore that every live host reports
+// unreachable, and one event when it is back.
+func (c *Controller) storageDown(ctx context.Context, snap *store.Snapshot) {
+	for name, ds := range snap.Datastores {
+		if ds.Type != store.DatastoreShared {
+			continue
+		}
+		reporters, reached := 0, false
+		for h := range snap.Alive {
+			host := snap.Hosts[h]
+			if host == nil || !slices.Contains(host.Datastores, name) {
+				continue
+			}
+			if st := snap.Storage[h]; st != nil && !st.Unreachable[name].IsZero() {
+				reporters++
+			} else {
+				reached = true
+			}
+		}
+		down := reporters > 0 && !reached
+		state := ""
+		if down {
+			state = "down"
+		}
+		ev := store.Event{}
+		switch {
+		case down:
+			ev = store.Event{Type: "alarm.datastore-unreachable", Message: fmt.Sprintf("datastore %s is unreachable from every host: nothing is moved (its VMs keep running on their hosts' leases; the VMs' disk I/O may fail meanwhile)", name)}
+		case c.said["ds:"+name] == "down":
+			ev = store.Event{Type: "datastore.reachable", Message: fmt.Sprintf("datastore %s is reachable again", name)}
+		}
+		c.sayOnce(ctx, "ds:"+name, state, ev)
+	}
 }
 
 // evict asks the VM's (live) host to stop it, so it can move.
@@ -281,8 +395,10 @@ func (c *Controller) failover(ctx context.Context, p *pass, v *store.VMState, re
 		c.sayOnce(ctx, "vm:"+name, "left-running", store.Event{Type: store.EvHostIsolated, VM: name, Host: host,
 			Message: fmt.Sprintf("host %s is isolated but alive (datastore heartbeat fresh); isolation response leave-running: not restarting", host)})
 		return nil
-	case alive && stillRuns && c.now().Sub(c.down[host]) < c.cfg.IsolationGrace:
-		return nil // the lease may come back (see IsolationGrace)
+	case alive && stillRuns && c.now().Sub(c.down[host]) < c.cfg.IsolationTimeout:
+		c.sayOnce(ctx, "vm:"+name, "isolation-wait", store.Event{Type: store.EvHostIsolated, VM: name, Host: host,
+			Message: fmt.Sprintf("host %s lost its lease but its datastore heartbeat is fresh (management network cut?): waiting up to the isolation timeout (%s) before applying the isolation response", host, c.cfg.IsolationTimeout)})
+		return nil
 	case alive && stillRuns:
 		// Fence now so the isolated host learns it at its next heartbeat and
 		// kills the VM; restart only once it reports the VM gone.
@@ -293,7 +409,7 @@ func (c *Controller) failover(ctx context.Context, p *pass, v *store.VMState, re
 			Message: fmt.Sprintf("host %s is isolated but alive; fenced the VM there, waiting for the host to stop it", host)})
 		return nil
 	}
-	return c.fenceAndReady(ctx, p, v, reason)
+	return c.fenceAndReady(ctx, p, v, reason, true)
 }
 
 // hostStillRuns reports whether the VM's host shows a fresh datastore
@@ -351,7 +467,9 @@ func (c *Controller) fence(ctx context.Context, p *pass, v *store.VMState, reaso
 	return nil
 }
 
-func (c *Controller) fenceAndReady(ctx context.Context, p *pass, v *store.VMState, reason string) error {
+// fenceAndReady fences the VM's host and readies the VM for placement,
+// on a host other than its own unless its own may take it back.
+func (c *Controller) fenceAndReady(ctx context.Context, p *pass, v *store.VMState, reason string, avoidHost bool) error {
 	if err := c.fence(ctx, p, v, reason); err != nil {
 		return err
 	}
@@ -360,7 +478,9 @@ func (c *Controller) fenceAndReady(ctx context.Context, p *pass, v *store.VMStat
 		c.readyAt[name] = c.now()
 	}
 	p.ready = append(p.ready, name)
-	p.avoid[name] = []string{v.Placement.Host}
+	if avoidHost {
+		p.avoid[name] = []string{v.Placement.Host}
+	}
 	p.why[name] = reason
 	return nil
 }

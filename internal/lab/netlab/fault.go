@@ -29,6 +29,10 @@ type Faults struct {
 	Isolated bool `json:"isolated,omitempty"`
 	// StorageCut: the node's storage network is cut at the switch.
 	StorageCut bool `json:"storage_cut,omitempty"`
+	// CutPorts are TCP ports of the node that nothing reaches (cut at the
+	// switch, every host at once), e.g. a server's control port while its
+	// data port keeps serving.
+	CutPorts []int `json:"cut_ports,omitempty"`
 	// Partitions are the IDs of management partitions that separate this
 	// host from some other host. Reported by Status and Heal; the state
 	// file keeps partitions in one list instead.
@@ -40,7 +44,7 @@ type Faults struct {
 
 // Any reports whether any fault is active.
 func (f Faults) Any() bool {
-	return f.Crashed || f.Frozen || f.Isolated || f.StorageCut || len(f.Partitions) > 0 || len(f.FrozenProcs) > 0
+	return f.Crashed || f.Frozen || f.Isolated || f.StorageCut || len(f.CutPorts) > 0 || len(f.Partitions) > 0 || len(f.FrozenProcs) > 0
 }
 
 // Partition is a cut of the management network between Group and every
@@ -124,6 +128,14 @@ func renderFaults(st *state) string {
 			if f.Isolated || f.StorageCut && p.net == Storage {
 				cut = append(cut, p.swEnd)
 			}
+		}
+		var ends []string
+		for _, p := range y.ports(node) {
+			ends = append(ends, p.swEnd)
+		}
+		for _, tcp := range f.CutPorts {
+			fmt.Fprintf(&b, "\t\toifname %s tcp dport %d drop comment \"%s port %d cut\"\n", nftSet(ends), tcp, node, tcp)
+			fmt.Fprintf(&b, "\t\tiifname %s tcp sport %d drop comment \"%s port %d cut\"\n", nftSet(ends), tcp, node, tcp)
 		}
 		if len(cut) > 0 {
 			why := "storage cut"
@@ -321,6 +333,15 @@ func (l *Lab) Isolate(ctx context.Context, node string) error {
 	return l.setNetFault(ctx, "isolate", node, func(f *Faults) { f.Isolated = true })
 }
 
+// CutPort makes a TCP port of a node unreachable from every other node (at
+// the switch), while its other ports keep working.
+func (l *Lab) CutPort(ctx context.Context, node string, port int) error {
+	if port <= 0 || port > 65535 {
+		return fmt.Errorf("cut port %d: not a port", port)
+	}
+	return l.setNetFault(ctx, fmt.Sprintf("cut port %d", port), node, func(f *Faults) { f.CutPorts = addUnique(f.CutPorts, port) })
+}
+
 // CutStorage cuts only a node's storage/migration network at the switch.
 func (l *Lab) CutStorage(ctx context.Context, node string) error {
 	return l.setNetFault(ctx, "cut storage", node, func(f *Faults) { f.StorageCut = true })
@@ -435,7 +456,7 @@ func (l *Lab) healLocked(ctx context.Context, st *state, save func() error, n st
 		f.Crashed = false
 	}
 	old, oldParts := *f, st.Partitions
-	f.Isolated, f.StorageCut = false, false
+	f.Isolated, f.StorageCut, f.CutPorts = false, false, nil
 	if hostIndex(n) > 0 {
 		st.Partitions = nil
 	}
