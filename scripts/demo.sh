@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # README command (a): install what is missing, build Vigil and the guest image, bring up a
 # real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
-# VMs with HA, live-migrate one, crash the host of the other, hang the agent of the first one's host
-# (its watchdog resets the host before HA restarts the VM), and print the failover timelines.
+# VMs with HA, live-migrate one, blip the management network of the other's host (nothing moves),
+# crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
+# restarts the VM), and print the failover timelines.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
 #   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
 set -euo pipefail
@@ -50,6 +51,13 @@ say "live-migrate ha-guest2 off $(guest ha-guest2 host) (the placement pipeline 
 printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 "$V" vm migrate ha-guest2
 printf 'after (on %s): ' "$(guest ha-guest2 host)"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
+
+say "a 2 s management-network blip on $host1 (its storage path stays up): its lease expires, but the storage still hears it, so HA waits the isolation timeout (5 s) and nothing moves"
+pid1=$(guest ha-guest1 pid)
+"$V" lab partition "$host1"; sleep 2; "$V" lab heal "$host1"
+sleep 8
+"$V" events --since 12s | grep -e lease-expired -e isolated -e host.up -e fenced -e restart -e self-fence || true
+echo "ha-guest1's QEMU before the blip: pid $pid1; after: pid $(guest ha-guest1 pid) on $(guest ha-guest1 host)"
 
 say "crash $host1 (SIGKILL of every process of the host, QEMU included; links down)"
 start=$(date +%s%N)

@@ -14,8 +14,13 @@ go build -o bin/vigil ./cmd/vigil
 CGO_ENABLED=0 go build -ldflags="-s -w" -o bin/vigil-guest ./cmd/vigil-guest
 bin/vigil image build --guest-binary bin/vigil-guest
 
-echo "== vet"
+echo "== vet, gofmt, staticcheck"
 go vet ./...
+unformatted=$(gofmt -l cmd internal test)
+if [ -n "$unformatted" ]; then echo "not gofmt-formatted: $unformatted" >&2; exit 1; fi
+staticcheck="$(go env GOPATH)/bin/staticcheck"
+[ -x "$staticcheck" ] || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+"$staticcheck" ./...
 
 echo "== unit tests"
 go test -count=1 -timeout 10m $(go list ./... | grep -v /test/)

@@ -560,9 +560,9 @@ func (a *Agent) selfFence(ctx context.Context, name string, v verdict) {
 		return
 	}
 	if v.fenced && a.busyWith(name) == opMigrateOut {
-		// After a cut-over the leader fences the paused source at the
-		// storage; this is usually that copy ending, not a host in
-		// trouble, and the migration's own events say which.
+		// At the cut-over the destination's commit revokes the paused
+		// source's generation; this is usually that copy ending, not a
+		// host in trouble, and the migration's own events say which.
 		a.log.Info("migration source stopped by its storage fence", "vm", name, "reason", v.reason)
 		a.event(ctx, "migration.source-stopped", name, "source copy of a migrating VM stopped: "+v.reason)
 		return

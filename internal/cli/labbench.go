@@ -131,6 +131,73 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	benchMigrate.Flags().IntVar(&migRuns, "runs", 5, "number of migrations")
 	benchMigrate.Flags().StringVar(&migVM, "vm", "ha-guest1", "the running VM to migrate")
 	benchMigrate.Flags().StringVar(&migTitle, "title", "live migration", "title of the summary")
-	cmd.AddCommand(failover, agentRestart, soak, benchMigrate)
+	var blipVMs []string
+	var blipCount int
+	var blipMin, blipMax time.Duration
+	var blipSeed uint64
+	blips := &cobra.Command{
+		Use:   "blips",
+		Short: "Cut the management network of the VMs' hosts N times for a random 1.5-2.5 s; count false failovers (target 0)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(blipVMs) == 0 || blipCount < 1 || blipMin <= 0 || blipMax < blipMin {
+				return fmt.Errorf("need --vm, --count >= 1 and 0 < --min <= --max (got %v, %d, %s, %s)", blipVMs, blipCount, blipMin, blipMax)
+			}
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			if blipSeed == 0 {
+				blipSeed = uint64(time.Now().UnixNano())
+			}
+			fmt.Fprintf(g.out, "%d management blips of %s-%s over the hosts of %v (seed %d)\n", blipCount, blipMin, blipMax, blipVMs, blipSeed)
+			r, err := l.BenchBlips(cmd.Context(), blipVMs, blipCount, blipMin, blipMax, blipSeed, g.out)
+			fmt.Fprintf(g.out, "blips: %d, of which %d expired the host's lease; false failovers: %d\n", r.Blips, r.LeaseExpired, len(r.False))
+			for _, f := range r.False {
+				fmt.Fprintln(g.out, "  "+f)
+			}
+			if err == nil && len(r.False) > 0 {
+				err = fmt.Errorf("%d false failovers in %d blips", len(r.False), r.Blips)
+			}
+			return err
+		},
+	}
+	blips.Flags().StringSliceVar(&blipVMs, "vm", []string{"ha-guest1"}, "HA VMs whose hosts are cut in turn (they must exist)")
+	blips.Flags().IntVar(&blipCount, "count", 100, "number of blips")
+	blips.Flags().DurationVar(&blipMin, "min", 1500*time.Millisecond, "shortest blip")
+	blips.Flags().DurationVar(&blipMax, "max", 2500*time.Millisecond, "longest blip")
+	blips.Flags().Uint64Var(&blipSeed, "seed", 0, "random seed of the durations (0: from the clock)")
+	var defragMiB, defragRuns int
+	defrag := &cobra.Command{
+		Use:   "defrag",
+		Short: "Grow etcd's history, compact it, defragment a member that is not the etcd leader; print the pause its clients see",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if defragMiB < 1 || defragRuns < 1 {
+				return fmt.Errorf("--mib and --runs must be at least 1")
+			}
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			var took, maxRead []time.Duration
+			for i := 0; i < defragRuns; i++ {
+				r, err := l.BenchDefrag(cmd.Context(), defragMiB, g.out)
+				if err != nil {
+					return err
+				}
+				took, maxRead = append(took, r.Took), append(maxRead, r.MaxRead)
+			}
+			slices.Sort(took)
+			slices.Sort(maxRead)
+			fmt.Fprintf(g.out, "defragmentation of a member after %d MiB of history: median %s (min %s, max %s); longest read from that member meanwhile: median %s (n=%d)\n",
+				defragMiB, took[len(took)/2].Round(time.Millisecond), took[0].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond),
+				maxRead[len(maxRead)/2].Round(time.Millisecond), len(took))
+			return nil
+		},
+	}
+	defrag.Flags().IntVar(&defragMiB, "mib", 64, "history to write and compact away before each defragmentation, in MiB")
+	defrag.Flags().IntVar(&defragRuns, "runs", 3, "number of defragmentations")
+	cmd.AddCommand(failover, agentRestart, soak, benchMigrate, blips, defrag)
 	return cmd
 }

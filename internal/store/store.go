@@ -79,6 +79,29 @@ func (s *Store) Guarded(key string, rev int64) *Store {
 		guardKey: key, guardRev: rev, guardDesc: fmt.Sprintf("%s@%d", key, rev)}
 }
 
+// CheckTerm returns ErrNotLeader if this store is guarded and its
+// leadership term has ended. Controllers call it before side effects
+// outside etcd (a revocation at the storage), which no etcd transaction
+// can guard: a stale leader resumed mid-pass then stops there. A process
+// frozen between the check and the call can still revoke once; revoking
+// only takes access away, so the worst it does is kill a VM that HA then
+// restarts (docs/ha.md).
+func (s *Store) CheckTerm(ctx context.Context) error {
+	if len(s.guard) == 0 {
+		return nil
+	}
+	ctx, cancel := op(ctx)
+	defer cancel()
+	g, err := s.c.Get(ctx, s.guardKey)
+	if err != nil {
+		return fmt.Errorf("check the leadership term: %w", err)
+	}
+	if len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != s.guardRev {
+		return fmt.Errorf("%w (%s)", ErrNotLeader, s.guardDesc)
+	}
+	return nil
+}
+
 // commit runs one transaction: cmps (and the term guard) must hold for ops
 // to apply. A refusal is ErrNotLeader when the term ended, else ErrConflict.
 func (s *Store) commit(ctx context.Context, what string, cmps []clientv3.Cmp, ops ...clientv3.Op) error {

@@ -3,63 +3,19 @@ package store
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"net/url"
-	"path/filepath"
 	"testing"
-	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
+	"github.com/vigilha/vigil/internal/etcdtest"
 	"github.com/vigilha/vigil/internal/spec"
 )
-
-// startEtcd runs a real single-member etcd for a test.
-func startEtcd(t *testing.T) *clientv3.Client {
-	t.Helper()
-	port := func() int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", port()))
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", port()))
-	ec := embed.NewConfig()
-	ec.Name, ec.Dir, ec.LogLevel = "t", t.TempDir(), "error"
-	ec.Logger, ec.LogOutputs = "zap", []string{filepath.Join(ec.Dir, "etcd.log")}
-	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	ec.InitialCluster = "t=" + pu.String()
-	e, err := embed.StartEtcd(ec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("etcd not ready")
-	}
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
 
 // A leader whose term ended (its session lapsed: in the field, its process
 // was frozen past the session TTL and resumed mid-pass, with the snapshot it
 // read before) can write nothing, while the new leader can.
 func TestGuardedWritesFailAfterTheTermEnds(t *testing.T) {
-	c := startEtcd(t)
+	c := etcdtest.Start(t)
 	ctx := context.Background()
 	st := New(c)
 	rec := &VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: "vm1"}, Spec: spec.VMSpec{CPUs: 1, Memory: 256 * spec.MiB}}, Power: PowerRunning}

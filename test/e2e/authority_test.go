@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"syscall"
@@ -328,4 +330,70 @@ func TestLeaseRevokedEarly_NothingMoves(t *testing.T) {
 		t.Fatalf("the revocation was not seen as a lease expiry: the test proved nothing\n%s", testenv.Timeline(evs))
 	}
 	noneOf(t, l, t0, "an early lease revocation", "vm.fenced", "vm.restart-placed", "host.self-fence", "host.watchdog-reset")
+}
+
+// TestUnstartableVM_LowerClassesGoOn: a high-priority VM that cannot start
+// on any survivor (its kernel is gone) no longer holds back the lower
+// classes: after a bounded number of failed starts HA raises an alarm and
+// the low-priority VM of the same crashed host is restarted. Before the
+// bound, the high VM cycled start-failed -> evict -> place forever and the
+// low one was never placed.
+func TestUnstartableVM_LowerClassesGoOn(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, f := range []string{"vmlinuz", "initramfs.img"} {
+		b, err := os.ReadFile(filepath.Join(testenv.DefaultImageDir, "vigil-guest", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hi := l.CreateVM(testenv.HASpec(t, "hi1", func(vm *spec.VM) {
+		vm.Spec.Boot = spec.Boot{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initramfs.img")}
+		vm.Spec.HA.Priority = spec.PriorityHigh
+		vm.Spec.HA.Monitoring.GuestHeartbeat = false
+	}), "hi1")
+	lo, g := haGuest(t, l, "lo1", func(vm *spec.VM) {
+		vm.Spec.HA.Priority = spec.PriorityLow
+		vm.Spec.Placement.Hosts.Should = []string{hi.Host}
+	})
+	if lo.Host != hi.Host {
+		t.Fatalf("test setup: lo1 on %s, hi1 on %s", lo.Host, hi.Host)
+	}
+	// The kernel disappears (an image deleted, a path that only the old
+	// host had): no survivor can start hi1.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := l.Crash(ctx, hi.Host); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("lo1", 2*recoveryLimit, "restarted elsewhere", movedFrom(hi.Host))
+	l.WaitAnswering(g, lo.IP, recoveryLimit)
+	evs := l.Events(t0)
+	if !hasEvent(evs, "alarm.start-failed", "hi1") {
+		t.Fatalf("no alarm.start-failed for hi1:\n%s", testenv.Timeline(evs))
+	}
+	// HA stopped moving hi1: no more placements of it.
+	placed := func() int {
+		n := 0
+		for _, e := range l.Events(t0) {
+			if e.VM == "hi1" && e.Type == "vm.restart-placed" {
+				n++
+			}
+		}
+		return n
+	}
+	before := placed()
+	time.Sleep(10 * time.Second)
+	if after := placed(); after != before {
+		t.Errorf("HA kept placing hi1 after its alarm: %d -> %d placements", before, after)
+	}
+	if got := check.QEMUProcs("hi1"); len(got) != 0 {
+		t.Errorf("hi1 has QEMUs %v, want none (it cannot start)", got)
+	}
 }

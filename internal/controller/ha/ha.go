@@ -440,6 +440,9 @@ func (c *Controller) fence(ctx context.Context, p *pass, v *store.VMState, reaso
 	if f := p.snap.Fences[name]; f != nil && f.Host == host && f.Epoch >= epoch {
 		return nil // already fenced for this placement
 	}
+	if err := c.st.CheckTerm(ctx); err != nil {
+		return fmt.Errorf("fence %s from %s: %w", host, name, err)
+	}
 	var fenced []string
 	for _, dsName := range datastoresOf(v) {
 		ds := p.snap.Datastores[dsName]

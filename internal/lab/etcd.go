@@ -1,0 +1,41 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/vigilha/vigil/internal/netnsdial"
+)
+
+// EtcdClient returns an etcd client of the lab's cluster that connects
+// from inside host's network namespace (etcd serves only on the lab's
+// management network), to the given endpoints (default: every member).
+// Tests and benchmarks use it to do to etcd what etcd itself sometimes
+// does (revoke a lease early, grow its history); the caller closes it.
+func (l *Lab) EtcdClient(host string, endpoints ...string) (*clientv3.Client, error) {
+	ns, err := l.Namespace(host)
+	if err != nil {
+		return nil, err
+	}
+	if len(endpoints) == 0 {
+		endpoints = l.EtcdEndpoints()
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return netnsdial.Dial(ctx, ns, "tcp", addr)
+		})},
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client in %s: %w", host, err)
+	}
+	return c, nil
+}
