@@ -159,14 +159,17 @@ func (l *Lab) waitHostUp(ctx context.Context, c *client.Client, host string, lim
 		hosts, err := c.ListHosts(ctx)
 		if err == nil {
 			for _, h := range hosts {
-				if h.Name == host && h.Alive {
+				// With a watchdog, the host takes HA VMs again only once
+				// its agent reports the watchdog usable.
+				wd := h.Fencing.Watchdog
+				if h.Name == host && h.Alive && (l.st.Config.Watchdog == WatchdogNone || wd != nil && wd.Usable) {
 					return nil
 				}
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return fmt.Errorf("host %s not back after %s", host, limit)
+	return fmt.Errorf("host %s not back (alive, with a usable watchdog) after %s", host, limit)
 }
 
 func (l *Lab) failOnce(ctx context.Context, c *client.Client, fault, vm, host, ip string, cl *api.Cluster) (FailoverRun, error) {
