@@ -97,7 +97,7 @@ func (o *daemonOpts) registerServer(cmd *cobra.Command) {
 	f.StringVar(&o.clientURL, "etcd-client-url", upEtcdClientURL, "URL the embedded etcd member serves clients on")
 	f.StringVar(&o.peerURL, "etcd-peer-url", upEtcdPeerURL, "URL the embedded etcd member talks to its peers on")
 	f.StringVar(&o.initialCluster, "initial-cluster", "", "embedded etcd's initial cluster, name=peerURL,... (default: this member alone)")
-	f.StringSliceVar(&o.apiListen, "api-listen", nil, "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default "+client.DefaultAddr+" and unix://DATA_DIR/api.sock)")
+	f.StringSliceVar(&o.apiListen, "api-listen", nil, "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default "+client.DefaultAddr+")")
 	f.DurationVar(&o.etcdHeartbeat, "etcd-heartbeat", defaultEtcdHeartbeat, "embedded etcd's Raft heartbeat interval")
 	f.DurationVar(&o.etcdElection, "etcd-election-timeout", defaultEtcdElection, "embedded etcd's Raft election timeout")
 	f.DurationVar(&o.etcdRetention, "etcd-compaction-retention", server.DefaultCompactionRetention, "history the embedded etcd keeps (periodic auto-compaction)")
@@ -175,6 +175,7 @@ func newUpCmd(g *globals) *cobra.Command {
 	o.registerCommon(cmd)
 	o.registerServer(cmd)
 	o.registerAgent(cmd)
+	cmd.Flags().Lookup("api-listen").Usage = "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + " and unix://DATA_DIR/api.sock)"
 	cmd.Flags().StringVar(&netns, "netns", upNetns, "network namespace holding the default VM network's bridge")
 	return cmd
 }
@@ -217,6 +218,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	o.registerCommon(cmd)
 	o.registerServer(cmd)
 	o.registerAgent(cmd)
+	cmd.Flags().Lookup("api-listen").Usage = "with --server: REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + ")"
 	cmd.Flags().BoolVar(&o.runServer, "server", false, "also run a control-plane member in this process")
 	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "etcd endpoints the agent uses (default with --server: this member's)")
 	return cmd

@@ -46,7 +46,7 @@ func newRoot(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "vigil",
 		Short:         "High availability for QEMU/KVM virtual machines",
-		Long:          "Vigil turns Linux hosts running QEMU into a cluster with live migration, HA restart, fault tolerance and load balancing.",
+		Long:          "Vigil turns Linux hosts running QEMU into a cluster with HA restart (storage and watchdog fencing), live migration, maintenance mode, placement rules and admission control.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       Version,
@@ -58,7 +58,35 @@ func newRoot(g *globals) *cobra.Command {
 		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
 		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g),
 	)
+	rejectUnknownSubcommands(root)
 	return root
+}
+
+// rejectUnknownSubcommands makes every command group (a command that only
+// holds subcommands) fail on an argument that names no subcommand. Cobra
+// prints the group's help and exits 0 for `vigil host maintenanse enter
+// h1`, so a script would go on as if the host were evacuated.
+func rejectUnknownSubcommands(cmd *cobra.Command) {
+	for _, c := range cmd.Commands() {
+		rejectUnknownSubcommands(c)
+	}
+	if !cmd.HasSubCommands() || cmd.Run != nil || cmd.RunE != nil {
+		return
+	}
+	cmd.Args = cobra.ArbitraryArgs
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += "; did you mean " + strings.Join(s, " or ") + "?"
+		}
+		return fmt.Errorf("%s (see `%s --help`)", msg, cmd.CommandPath())
+	}
 }
 
 // client builds an API client from --addr, $VIGIL_ADDR or the default.

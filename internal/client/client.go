@@ -123,9 +123,9 @@ func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]b
 		resp, err := c.clients[idx].Do(req)
 		if err != nil {
 			cancel()
-			if ctx.Err() == nil && (unreachable(err) || actx.Err() != nil) && i+1 < len(c.eps) {
+			if ctx.Err() == nil && (unreachable(err) || actx.Err() != nil) {
 				errs = append(errs, fmt.Errorf("%s: %w", ep, err))
-				continue
+				continue // the next endpoint, or, after the last, the hint below
 			}
 			if len(errs) > 0 {
 				return nil, fmt.Errorf("%s %s via %s: %w (earlier: %w)", method, path, ep, err, errors.Join(errs...))
@@ -154,7 +154,7 @@ func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]b
 		}
 		return raw, nil
 	}
-	return nil, fmt.Errorf("no Vigil API reachable (is `vigil up` running? set --addr or VIGIL_ADDR): %w", errors.Join(errs...))
+	return nil, fmt.Errorf("no Vigil API reachable at %d endpoint(s) (is `vigil up` or the cluster running? set --addr or VIGIL_ADDR): %w", len(c.eps), errors.Join(errs...))
 }
 
 // ListVMs lists every VM.
