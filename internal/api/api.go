@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/uuid"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/controller/placement"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/ipam"
@@ -93,7 +94,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, code int, err error) {
-	body := Error{Error: err.Error()}
+	body := v1.Error{Error: err.Error()}
 	var fe spec.FieldErrors
 	if errors.As(err, &fe) {
 		body.Fields = fe
@@ -121,7 +122,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	out := make([]VM, 0, len(snap.VMs))
+	out := make([]v1.VM, 0, len(snap.VMs))
 	for _, name := range snap.SortedVMNames() {
 		out = append(out, ViewIn(snap, snap.VMs[name], false))
 	}
@@ -423,7 +424,7 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hosts := placement.Hosts(snap, "")
-	out := make([]Host, 0, len(hosts))
+	out := make([]v1.Host, 0, len(hosts))
 	for _, ph := range hosts {
 		h := snap.Hosts[ph.Name]
 		state := "up"
@@ -437,9 +438,9 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 		if vms == nil {
 			vms = []string{}
 		}
-		out = append(out, Host{
+		out = append(out, v1.Host{
 			Name: ph.Name, State: state, Alive: ph.Alive, Maintenance: ph.Maintenance,
-			Capacity: ph.Capacity, Used: ph.Used, VMs: vms, QEMU: h.Capabilities.QEMUVersion,
+			Capacity: v1.Resources(ph.Capacity), Used: v1.Resources(ph.Used), VMs: vms, QEMU: h.Capabilities.QEMUVersion,
 			Accel: h.Capabilities.Accel, Datastores: h.Datastores, MgmtIP: h.MgmtIP, StartedAt: h.StartedAt,
 			Fencing: FencingOf(h, snap.Config),
 		})
@@ -483,12 +484,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	vm, host, typ := q.Get("vm"), q.Get("host"), q.Get("type")
-	out := make([]store.Event, 0, len(evs))
+	out := make([]v1.Event, 0, len(evs))
 	for _, ev := range evs {
 		if vm != "" && ev.VM != vm || host != "" && ev.Host != host || typ != "" && ev.Type != typ {
 			continue
 		}
-		out = append(out, ev)
+		out = append(out, v1.Event(ev))
 	}
 	if limit > 0 && len(out) > limit {
 		out = out[len(out)-limit:]
@@ -502,9 +503,9 @@ func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	out := make([]*store.Network, 0, len(snap.Networks))
+	out := make([]v1.Network, 0, len(snap.Networks))
 	for _, n := range snap.Networks {
-		out = append(out, n)
+		out = append(out, v1.Network(*n))
 	}
 	writeJSON(w, http.StatusOK, out)
 }

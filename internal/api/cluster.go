@@ -8,30 +8,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/store"
 )
-
-// Member is one etcd member as the API reports it.
-type Member struct {
-	Name      string   `json:"name"`
-	ClientURL []string `json:"clientURLs"`
-	Leader    bool     `json:"leader"`
-	Reachable bool     `json:"reachable"`
-	RaftTerm  uint64   `json:"raftTerm,omitempty"`
-	// Revision is the member's current etcd revision (every write adds
-	// one); DBSize and DBSizeInUse its database file and the data in it.
-	Revision    int64 `json:"revision,omitempty"`
-	DBSize      int64 `json:"dbSize,omitempty"`
-	DBSizeInUse int64 `json:"dbSizeInUse,omitempty"`
-}
-
-// Cluster is the control plane's state: etcd members, the etcd leader and
-// the Vigil leader (the server running the controllers).
-type Cluster struct {
-	Members     []Member `json:"members"`
-	EtcdLeader  string   `json:"etcdLeader"`
-	VigilLeader string   `json:"vigilLeader"`
-}
 
 func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 	c := s.st.Client()
@@ -42,9 +21,9 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	out := Cluster{}
+	out := v1.Cluster{}
 	for _, m := range ml.Members {
-		mem := Member{Name: m.Name, ClientURL: m.ClientURLs}
+		mem := v1.Member{Name: m.Name, ClientURL: m.ClientURLs}
 		for _, u := range m.ClientURLs {
 			sctx, scancel := context.WithTimeout(ctx, time.Second)
 			st, err := c.Status(sctx, u)

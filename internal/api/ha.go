@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/controller/placement"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
@@ -51,15 +52,6 @@ func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, ViewOf(v, false))
 }
 
-// Drill is the answer of an HA drill: what would happen if hosts failed.
-type Drill struct {
-	Failed []string            `json:"failed"`
-	Steps  []placement.Restart `json:"steps"`
-	// Unprotected are the failed hosts' running VMs that HA would not
-	// restart, with why.
-	Unprotected map[string]string `json:"unprotected,omitempty"`
-}
-
 // drill simulates host failures without acting.
 func (s *Server) drill(w http.ResponseWriter, r *http.Request) {
 	hosts := strings.Split(r.URL.Query().Get("hosts"), ",")
@@ -83,8 +75,10 @@ func (s *Server) drill(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("name at least one host: ?hosts=host2"))
 		return
 	}
-	d := Drill{Failed: failed, Steps: []placement.Restart{}, Unprotected: map[string]string{}}
-	d.Steps = append(d.Steps, placement.PlanFailover(snap, failed)...)
+	d := v1.Drill{Failed: failed, Steps: []v1.Restart{}, Unprotected: map[string]string{}}
+	for _, rs := range placement.PlanFailover(snap, failed) {
+		d.Steps = append(d.Steps, v1.Restart(rs))
+	}
 	for _, name := range snap.SortedVMNames() {
 		v := snap.VMs[name]
 		if placement.Consumes(v) && contains(failed, v.Placement.Host) && !v.Record.VM.Spec.HA.Enabled {
@@ -109,9 +103,9 @@ func (s *Server) listRules(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	out := make([]*store.Rule, 0, len(snap.Rules))
+	out := make([]v1.Rule, 0, len(snap.Rules))
 	for _, rule := range snap.Rules {
-		out = append(out, rule)
+		out = append(out, v1.Rule(*rule))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	writeJSON(w, http.StatusOK, out)
@@ -119,7 +113,7 @@ func (s *Server) listRules(w http.ResponseWriter, r *http.Request) {
 
 // createRule adds a VM-VM rule after checking it field by field.
 func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
-	var rule store.Rule
+	var rule v1.Rule
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rule); err != nil {
@@ -130,10 +124,10 @@ func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
 	if err := spec.ValidName(rule.Name); err != nil {
 		errs = append(errs, spec.FieldError{Field: "name", Message: err.Error()})
 	}
-	if rule.Kind != store.RuleAffinity && rule.Kind != store.RuleAntiAffinity {
+	if rule.Kind != v1.RuleAffinity && rule.Kind != v1.RuleAntiAffinity {
 		errs = append(errs, spec.FieldError{Field: "kind", Message: fmt.Sprintf("must be affinity or anti-affinity, got %q", rule.Kind)})
 	}
-	if rule.Strength != store.RuleMust && rule.Strength != store.RuleShould {
+	if rule.Strength != v1.RuleMust && rule.Strength != v1.RuleShould {
 		errs = append(errs, spec.FieldError{Field: "strength", Message: fmt.Sprintf("must be must or should, got %q", rule.Strength)})
 	}
 	if len(rule.VMs) < 2 {
@@ -145,10 +139,11 @@ func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if len(errs) > 0 {
-		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid rule: " + errs.Error(), Fields: errs})
+		writeJSON(w, http.StatusBadRequest, v1.Error{Error: "invalid rule: " + errs.Error(), Fields: errs})
 		return
 	}
-	if err := s.st.PutRule(r.Context(), &rule); err != nil {
+	sr := store.Rule(rule)
+	if err := s.st.PutRule(r.Context(), &sr); err != nil {
 		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}
@@ -170,11 +165,11 @@ func (s *Server) getConfig(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, snap.Config)
+	writeJSON(w, http.StatusOK, v1.ClusterConfig(snap.Config))
 }
 
 func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
-	var c store.ClusterConfig
+	var c v1.ClusterConfig
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
@@ -182,7 +177,7 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c.HostFailuresToTolerate < 0 || c.HostFailuresToTolerate > 32 {
-		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid config", Fields: spec.FieldErrors{{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"}}})
+		writeJSON(w, http.StatusBadRequest, v1.Error{Error: "invalid config", Fields: spec.FieldErrors{{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"}}})
 		return
 	}
 	snap, err := s.st.Snapshot(r.Context())
@@ -190,7 +185,7 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	if err := s.st.PutConfig(r.Context(), c); err != nil {
+	if err := s.st.PutConfig(r.Context(), store.ClusterConfig(c)); err != nil {
 		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}

@@ -7,37 +7,14 @@ import (
 	"net/http"
 	"time"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/controller/migration"
 	"github.com/vigilha/vigil/internal/store"
 )
 
-// MigrateRequest is the body of POST /api/v1/vms/{name}/migrate.
-type MigrateRequest struct {
-	To string `json:"to,omitempty"`
-}
-
-// Migration is the API's view of a VM's latest migration.
-type Migration struct {
-	ID       string                  `json:"id"`
-	VM       string                  `json:"vm"`
-	Phase    string                  `json:"phase"`
-	Source   string                  `json:"source"`
-	Target   string                  `json:"target"`
-	Reason   string                  `json:"reason"`
-	Shared   bool                    `json:"sharedStorage"`
-	Postcopy bool                    `json:"postcopyAllowed"`
-	Step     string                  `json:"step,omitempty"` // the source's or destination's current step
-	Progress store.MigrationProgress `json:"progress"`
-	Steps    []string                `json:"escalations,omitempty"`
-	Error    string                  `json:"error,omitempty"`
-	Started  time.Time               `json:"startedAt,omitzero"`
-	Finished time.Time               `json:"finishedAt,omitzero"`
-	Dest     *store.MigrationTarget  `json:"destination,omitempty"`
-}
-
 // migrationView renders a VM's migration state.
-func migrationView(vm string, m *store.MigrationState) Migration {
-	out := Migration{VM: vm}
+func migrationView(vm string, m *store.MigrationState) v1.Migration {
+	out := v1.Migration{VM: vm}
 	if m.Request != nil {
 		out.ID, out.Reason, out.Target, out.Phase = m.Request.ID, m.Request.Reason, m.Request.To, "requested"
 	}
@@ -47,10 +24,10 @@ func migrationView(vm string, m *store.MigrationState) Migration {
 	}
 	if t := m.Target; t != nil && t.ID == out.ID {
 		out.Step = "destination " + t.Phase
-		out.Dest = t
+		out.Dest = &v1.MigrationEndpoint{Phase: t.Phase, URI: t.URI, Error: t.Error, PrepareMS: t.PrepareMS, UpdatedAt: t.UpdatedAt}
 	}
 	if s := m.Source; s != nil && s.ID == out.ID {
-		out.Step, out.Progress, out.Steps = s.Phase, s.Progress, s.Steps
+		out.Step, out.Progress, out.Steps = s.Phase, v1.MigrationProgress(s.Progress), s.Steps
 		if out.Error == "" {
 			out.Error = s.Error
 		}
@@ -62,7 +39,7 @@ func migrationView(vm string, m *store.MigrationState) Migration {
 // migration controller carries it out.
 func (s *Server) migrate(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	var req MigrateRequest
+	var req v1.MigrateRequest
 	if b, _ := io.ReadAll(io.LimitReader(r.Body, maxBody)); len(b) > 0 {
 		if err := json.Unmarshal(b, &req); err != nil {
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("migrate: %w", err))
@@ -161,6 +138,3 @@ func (s *Server) maintenance(on bool) http.HandlerFunc {
 		w.WriteHeader(http.StatusAccepted)
 	}
 }
-
-// Escalations returns the stall detector's steps.
-func (m *Migration) Escalations() []string { return m.Steps }

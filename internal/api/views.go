@@ -4,37 +4,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vigilha/vigil/internal/spec"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/store"
 )
-
-// VM is the API's view of a VM: desired and observed state merged into
-// what an operator wants to read.
-type VM struct {
-	Name  string `json:"name"`
-	State string `json:"state"`
-	Host  string `json:"host"`
-	IP    string `json:"ip"`
-	Power string `json:"power"`
-	Epoch int64  `json:"epoch"`
-	CPUs  int    `json:"cpus"`
-	// Memory is in bytes; MemoryText is the same, readable.
-	Memory     int64          `json:"memory"`
-	MemoryText string         `json:"memoryText"`
-	PID        int            `json:"pid,omitempty"`
-	Accel      string         `json:"accel,omitempty"`
-	HA         bool           `json:"ha"`
-	Priority   string         `json:"priority,omitempty"`
-	Reason     string         `json:"reason,omitempty"`
-	Message    string         `json:"message,omitempty"`
-	NICs       []store.NICNet `json:"nics,omitempty"`
-	CreatedAt  time.Time      `json:"createdAt"`
-	StartedAt  time.Time      `json:"startedAt,omitzero"`
-	UpdatedAt  time.Time      `json:"updatedAt,omitzero"`
-	Heartbeat  time.Time      `json:"heartbeatAt,omitzero"`
-	// Spec is included by `vm show`.
-	Spec *spec.VM `json:"spec,omitempty"`
-}
 
 // StateOf derives the user-facing state from desired and observed state.
 // A status from another host or an older epoch says nothing about the
@@ -74,7 +46,7 @@ func StateOf(v *store.VMState) string {
 
 // ViewIn renders a VM in the context of a snapshot: a VM whose host has no
 // live lease is shown failed, not with its host's last (stale) report.
-func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) VM {
+func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) v1.VM {
 	out := ViewOf(v, withSpec)
 	if m := snap.Migrations[v.Record.Name()]; m.Active() && m.Plan.Phase != store.MigQueued && out.State == store.StateRunning {
 		out.State = store.StateMigrating
@@ -92,13 +64,16 @@ func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) VM {
 }
 
 // ViewOf renders one VM.
-func ViewOf(v *store.VMState, withSpec bool) VM {
+func ViewOf(v *store.VMState, withSpec bool) v1.VM {
 	rec := v.Record
 	s := rec.VM.Spec
-	out := VM{
-		Name: rec.Name(), State: StateOf(v), Host: v.Placement.Host, Power: rec.Power,
+	out := v1.VM{
+		Name: rec.Name(), UID: rec.UID(), State: StateOf(v), Host: v.Placement.Host, Power: rec.Power,
 		Epoch: v.Placement.Epoch, CPUs: s.CPUs, Memory: int64(s.Memory), MemoryText: s.Memory.String(),
-		HA: s.HA.Enabled, NICs: rec.NICs, CreatedAt: rec.CreatedAt,
+		HA: s.HA.Enabled, CreatedAt: rec.CreatedAt,
+	}
+	for _, n := range rec.NICs {
+		out.NICs = append(out.NICs, v1.NIC{Network: n.Network, IP: n.IP, Prefix: n.Prefix, Gateway: n.Gateway, MAC: n.MAC})
 	}
 	if s.HA.Enabled {
 		out.Priority = s.HA.Priority
@@ -119,39 +94,14 @@ func ViewOf(v *store.VMState, withSpec bool) VM {
 	return out
 }
 
-// Host is the API's view of a host.
-type Host struct {
-	Name        string          `json:"name"`
-	State       string          `json:"state"` // up, down, maintenance
-	Alive       bool            `json:"alive"`
-	Maintenance bool            `json:"maintenance"`
-	Capacity    store.Resources `json:"capacity"`
-	Used        store.Resources `json:"used"`
-	VMs         []string        `json:"vms"`
-	QEMU        string          `json:"qemu"`
-	Accel       string          `json:"accel"`
-	Datastores  []string        `json:"datastores"`
-	MgmtIP      string          `json:"mgmtIP,omitempty"`
-	StartedAt   time.Time       `json:"startedAt"`
-	Fencing     Fencing         `json:"fencing"`
-}
-
-// Fencing is how a host fences itself when its agent cannot.
-type Fencing struct {
-	// Watchdog is the host's watchdog as its agent reports it; absent when
-	// the host has none.
-	Watchdog *store.WatchdogState `json:"watchdog,omitempty"`
-	// Summary is one line for tables: "watchdog 1s armed", "none", ...
-	Summary string `json:"summary"`
-	// Warning is set when the host runs restartable HA VMs without a
-	// usable watchdog because the cluster allows it.
-	Warning string `json:"warning,omitempty"`
-}
-
 // FencingOf describes a host's fencing under the cluster configuration.
-func FencingOf(h *store.Host, cfg store.ClusterConfig) Fencing {
-	f := Fencing{Watchdog: h.Fencing.Watchdog}
+func FencingOf(h *store.Host, cfg store.ClusterConfig) v1.Fencing {
+	var f v1.Fencing
 	w := h.Fencing.Watchdog
+	if w != nil {
+		f.Watchdog = &v1.Watchdog{Device: w.Device, Identity: w.Identity, TimeoutMS: w.TimeoutMS, SlackMS: w.SlackMS,
+			NoWayOut: w.NoWayOut, Armed: w.Armed, Usable: w.Usable, Problem: w.Problem}
+	}
 	switch {
 	case w == nil:
 		f.Summary = "none"
@@ -173,10 +123,4 @@ func FencingOf(h *store.Host, cfg store.ClusterConfig) Fencing {
 		}
 	}
 	return f
-}
-
-// Error is the body of every error response.
-type Error struct {
-	Error  string            `json:"error"`
-	Fields []spec.FieldError `json:"fields,omitempty"`
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vigilha/vigil/internal/store"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 )
 
 func newHACmd(g *globals) *cobra.Command {
@@ -89,15 +89,15 @@ func newRuleCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.CreateRule(cmd.Context(), store.Rule{Name: args[0], Kind: kind, Strength: strength, VMs: args[1:]}); err != nil {
+			if err := c.CreateRule(cmd.Context(), v1.Rule{Name: args[0], Kind: kind, Strength: strength, VMs: args[1:]}); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.out, "rule %s: %s %s %s\n", args[0], strength, kind, strings.Join(args[1:], ", "))
 			return nil
 		},
 	}
-	create.Flags().StringVar(&kind, "kind", store.RuleAntiAffinity, "affinity (run together) or anti-affinity (run apart)")
-	create.Flags().StringVar(&strength, "strength", store.RuleMust, "must (never broken) or should (preferred)")
+	create.Flags().StringVar(&kind, "kind", v1.RuleAntiAffinity, "affinity (run together) or anti-affinity (run apart)")
+	create.Flags().StringVar(&strength, "strength", v1.RuleMust, "must (never broken) or should (preferred)")
 	list := &cobra.Command{
 		Use:  "list",
 		Args: cobra.NoArgs,

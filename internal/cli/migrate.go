@@ -11,10 +11,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/spec"
-	"github.com/vigilha/vigil/internal/store"
 )
 
 func newVMMigrateCmd(g *globals) *cobra.Command {
@@ -76,15 +75,15 @@ func followMigration(ctx context.Context, g *globals, c *client.Client, name, id
 				fmt.Fprintln(g.out, line)
 			}
 			last = line
-			if store.MigrationDone(m.Phase) {
+			if m.Done() {
 				if tty {
 					fmt.Fprintln(g.out)
 				}
 				switch m.Phase {
-				case store.MigCompleted:
+				case v1.MigrationCompleted:
 					fmt.Fprintf(g.out, "vm %s migrated %s -> %s: QEMU downtime %d ms, total %d ms\n", name, m.Source, m.Target, m.Progress.DowntimeMS, m.Progress.TotalMS)
 					return nil
-				case store.MigCancelled:
+				case v1.MigrationCancelled:
 					fmt.Fprintf(g.out, "vm %s: migration cancelled; it keeps running on %s\n", name, m.Source)
 					return nil
 				}
@@ -99,7 +98,7 @@ func followMigration(ctx context.Context, g *globals, c *client.Client, name, id
 	}
 }
 
-func progressLine(m *api.Migration) string {
+func progressLine(m *v1.Migration) string {
 	p := m.Progress
 	var b strings.Builder
 	if m.Source == "" && m.Target == "" {
@@ -201,9 +200,9 @@ func waitEvacuated(ctx context.Context, g *globals, c *client.Client, host strin
 		if err == nil {
 			var left, moving []string
 			for _, v := range vms {
-				if v.Host == host && (v.State == store.StateRunning || v.State == store.StateMigrating || v.State == store.StateStarting) {
+				if v.Host == host && (v.State == v1.StateRunning || v.State == v1.StateMigrating || v.State == v1.StateStarting) {
 					left = append(left, v.Name)
-					if v.State == store.StateMigrating {
+					if v.State == v1.StateMigrating {
 						moving = append(moving, v.Name)
 					}
 				}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/spec"
 )
@@ -154,7 +154,7 @@ func newVMShowCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func printVM(g *globals, v *api.VM) {
+func printVM(g *globals, v *v1.VM) {
 	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	row("Name", v.Name)

@@ -1,4 +1,5 @@
-// Package client talks to Vigil's REST API on behalf of the CLI. It takes
+// Package client talks to Vigil's REST API (the wire types of apis/v1) on
+// behalf of the CLI and the lab. It takes
 // a list of endpoints and moves to the next when one cannot be reached, so
 // the CLI keeps working when a server host is down.
 package client
@@ -18,9 +19,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/endpoint"
-	"github.com/vigilha/vigil/internal/store"
 )
 
 // DefaultAddr is where `vigil up` serves its API, whatever its data
@@ -56,7 +56,7 @@ func New(addrs string) (*Client, error) {
 // Error is an error answer from the API.
 type Error struct {
 	Status int
-	Body   api.Error
+	Body   v1.Error
 }
 
 func (e *Error) Error() string {
@@ -158,32 +158,32 @@ func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]b
 }
 
 // ListVMs lists every VM.
-func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
-	var out []api.VM
+func (c *Client) ListVMs(ctx context.Context) ([]v1.VM, error) {
+	var out []v1.VM
 	return out, c.do(ctx, http.MethodGet, "/api/v1/vms", nil, &out)
 }
 
 // GetVM returns one VM with its spec.
-func (c *Client) GetVM(ctx context.Context, name string) (*api.VM, error) {
-	var out api.VM
+func (c *Client) GetVM(ctx context.Context, name string) (*v1.VM, error) {
+	var out v1.VM
 	return &out, c.do(ctx, http.MethodGet, "/api/v1/vms/"+url.PathEscape(name), nil, &out)
 }
 
 // CreateVM creates a VM from a JSON or YAML document.
-func (c *Client) CreateVM(ctx context.Context, doc []byte) (*api.VM, error) {
-	var out api.VM
+func (c *Client) CreateVM(ctx context.Context, doc []byte) (*v1.VM, error) {
+	var out v1.VM
 	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms", doc, &out)
 }
 
 // StartVM asks for a VM to run.
-func (c *Client) StartVM(ctx context.Context, name string) (*api.VM, error) {
-	var out api.VM
+func (c *Client) StartVM(ctx context.Context, name string) (*v1.VM, error) {
+	var out v1.VM
 	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/start", nil, &out)
 }
 
 // StopVM asks for a VM to shut down.
-func (c *Client) StopVM(ctx context.Context, name string) (*api.VM, error) {
-	var out api.VM
+func (c *Client) StopVM(ctx context.Context, name string) (*v1.VM, error) {
+	var out v1.VM
 	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/stop", nil, &out)
 }
 
@@ -198,14 +198,14 @@ func (c *Client) Console(ctx context.Context, name string, bytes int) ([]byte, e
 }
 
 // ListHosts lists the hosts.
-func (c *Client) ListHosts(ctx context.Context) ([]api.Host, error) {
-	var out []api.Host
+func (c *Client) ListHosts(ctx context.Context) ([]v1.Host, error) {
+	var out []v1.Host
 	return out, c.do(ctx, http.MethodGet, "/api/v1/hosts", nil, &out)
 }
 
 // GetHost returns one host.
-func (c *Client) GetHost(ctx context.Context, name string) (*api.Host, error) {
-	var out api.Host
+func (c *Client) GetHost(ctx context.Context, name string) (*v1.Host, error) {
+	var out v1.Host
 	if err := c.do(ctx, http.MethodGet, "/api/v1/hosts/"+url.PathEscape(name), nil, &out); err != nil {
 		return nil, err
 	}
@@ -213,7 +213,7 @@ func (c *Client) GetHost(ctx context.Context, name string) (*api.Host, error) {
 }
 
 // Event is one entry of the event log.
-type Event = store.Event
+type Event = v1.Event
 
 // EventFilter selects events.
 type EventFilter struct {
@@ -223,7 +223,7 @@ type EventFilter struct {
 }
 
 // Events lists events, oldest first.
-func (c *Client) Events(ctx context.Context, f EventFilter) ([]store.Event, error) {
+func (c *Client) Events(ctx context.Context, f EventFilter) ([]v1.Event, error) {
 	q := url.Values{}
 	if !f.Since.IsZero() {
 		q.Set("since", f.Since.Format(time.RFC3339Nano))
@@ -236,13 +236,13 @@ func (c *Client) Events(ctx context.Context, f EventFilter) ([]store.Event, erro
 			q.Set(k, v)
 		}
 	}
-	var out []store.Event
+	var out []v1.Event
 	return out, c.do(ctx, http.MethodGet, "/api/v1/events?"+q.Encode(), nil, &out)
 }
 
 // Networks lists the VM networks.
-func (c *Client) Networks(ctx context.Context) ([]store.Network, error) {
-	var out []store.Network
+func (c *Client) Networks(ctx context.Context) ([]v1.Network, error) {
+	var out []v1.Network
 	return out, c.do(ctx, http.MethodGet, "/api/v1/networks", nil, &out)
 }
 
@@ -253,19 +253,19 @@ func (c *Client) TestFailover(ctx context.Context, name, to string) error {
 }
 
 // Drill simulates the failure of hosts without acting.
-func (c *Client) Drill(ctx context.Context, hosts []string) (*api.Drill, error) {
-	var out api.Drill
+func (c *Client) Drill(ctx context.Context, hosts []string) (*v1.Drill, error) {
+	var out v1.Drill
 	return &out, c.do(ctx, http.MethodGet, "/api/v1/ha/drill?hosts="+url.QueryEscape(strings.Join(hosts, ",")), nil, &out)
 }
 
 // Rules lists the VM-VM rules.
-func (c *Client) Rules(ctx context.Context) ([]store.Rule, error) {
-	var out []store.Rule
+func (c *Client) Rules(ctx context.Context) ([]v1.Rule, error) {
+	var out []v1.Rule
 	return out, c.do(ctx, http.MethodGet, "/api/v1/rules", nil, &out)
 }
 
 // CreateRule adds a VM-VM rule.
-func (c *Client) CreateRule(ctx context.Context, r store.Rule) error {
+func (c *Client) CreateRule(ctx context.Context, r v1.Rule) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -279,13 +279,13 @@ func (c *Client) DeleteRule(ctx context.Context, name string) error {
 }
 
 // Config reads the cluster configuration.
-func (c *Client) Config(ctx context.Context) (store.ClusterConfig, error) {
-	var out store.ClusterConfig
+func (c *Client) Config(ctx context.Context) (v1.ClusterConfig, error) {
+	var out v1.ClusterConfig
 	return out, c.do(ctx, http.MethodGet, "/api/v1/config", nil, &out)
 }
 
 // SetConfig replaces the cluster configuration.
-func (c *Client) SetConfig(ctx context.Context, cfg store.ClusterConfig) error {
+func (c *Client) SetConfig(ctx context.Context, cfg v1.ClusterConfig) error {
 	b, err := json.Marshal(cfg)
 	if err != nil {
 		return err
@@ -294,21 +294,21 @@ func (c *Client) SetConfig(ctx context.Context, cfg store.ClusterConfig) error {
 }
 
 // Cluster reports the control plane: etcd members and leaders.
-func (c *Client) Cluster(ctx context.Context) (*api.Cluster, error) {
-	var out api.Cluster
+func (c *Client) Cluster(ctx context.Context) (*v1.Cluster, error) {
+	var out v1.Cluster
 	return &out, c.do(ctx, http.MethodGet, "/api/v1/cluster", nil, &out)
 }
 
 // Migrate asks for a live migration of a VM (to "" lets placement choose).
-func (c *Client) Migrate(ctx context.Context, name, to string) (*api.Migration, error) {
-	b, _ := json.Marshal(api.MigrateRequest{To: to})
-	var out api.Migration
+func (c *Client) Migrate(ctx context.Context, name, to string) (*v1.Migration, error) {
+	b, _ := json.Marshal(v1.MigrateRequest{To: to})
+	var out v1.Migration
 	return &out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/migrate", b, &out)
 }
 
 // Migration returns a VM's latest migration.
-func (c *Client) Migration(ctx context.Context, name string) (*api.Migration, error) {
-	var out api.Migration
+func (c *Client) Migration(ctx context.Context, name string) (*v1.Migration, error) {
+	var out v1.Migration
 	return &out, c.do(ctx, http.MethodGet, "/api/v1/vms/"+url.PathEscape(name)+"/migration", nil, &out)
 }
 

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/store"
@@ -172,7 +172,7 @@ func (l *Lab) waitHostUp(ctx context.Context, c *client.Client, host string, lim
 	return fmt.Errorf("host %s not back (alive, with a usable watchdog) after %s", host, limit)
 }
 
-func (l *Lab) failOnce(ctx context.Context, c *client.Client, fault, vm, host, ip string, cl *api.Cluster) (FailoverRun, error) {
+func (l *Lab) failOnce(ctx context.Context, c *client.Client, fault, vm, host, ip string, cl *v1.Cluster) (FailoverRun, error) {
 	run := FailoverRun{Fault: fault, Crashed: host, EtcdLeader: cl.EtcdLeader == host, VigilLeader: cl.VigilLeader == host}
 	g, err := l.Guests(l.otherHost(host), 500*time.Millisecond)
 	if err != nil {

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/guestclient"
-	"github.com/vigilha/vigil/internal/store"
 )
 
 // MigrationRun is one measured live migration.
@@ -79,7 +79,7 @@ func (l *Lab) BenchMigrate(ctx context.Context, vm string, runs int, out io.Writ
 		var m *migrationView
 		for {
 			mv, err := c.Migration(ctx, vm)
-			if err == nil && store.MigrationDone(mv.Phase) {
+			if err == nil && mv.Done() {
 				m = &migrationView{phase: mv.Phase, err: mv.Error, pr: mv.Progress, steps: mv.Escalations()}
 				if mv.Dest != nil {
 					m.prepare = time.Duration(mv.Dest.PrepareMS) * time.Millisecond
@@ -92,7 +92,7 @@ func (l *Lab) BenchMigrate(ctx context.Context, vm string, runs int, out io.Writ
 		time.Sleep(500 * time.Millisecond)
 		stop()
 		wg.Wait()
-		if m.phase != store.MigCompleted {
+		if m.phase != v1.MigrationCompleted {
 			return res, fmt.Errorf("run %d: migration %s: %s", i+1, m.phase, m.err)
 		}
 		after, err := g.Counter(ctx, v.IP)
@@ -109,7 +109,7 @@ func (l *Lab) BenchMigrate(ctx context.Context, vm string, runs int, out io.Writ
 
 type migrationView struct {
 	phase, err string
-	pr         store.MigrationProgress
+	pr         v1.MigrationProgress
 	steps      []string
 	prepare    time.Duration
 }

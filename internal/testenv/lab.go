@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/guestclient"
 	"github.com/vigilha/vigil/internal/lab"
@@ -153,21 +153,21 @@ func HASpec(t testing.TB, name string, edit func(*spec.VM)) []byte {
 }
 
 // CreateVM creates a VM from a document and waits until it runs.
-func (l *Lab) CreateVM(doc []byte, name string) api.VM {
+func (l *Lab) CreateVM(doc []byte, name string) v1.VM {
 	l.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := l.Client.CreateVM(ctx, doc); err != nil {
 		l.t.Fatalf("create %s: %v", name, err)
 	}
-	return l.WaitVM(name, 90*time.Second, "running", func(v api.VM) bool { return v.State == "running" })
+	return l.WaitVM(name, 90*time.Second, "running", func(v v1.VM) bool { return v.State == "running" })
 }
 
 // WaitVM polls until cond holds or fails the test after limit.
-func (l *Lab) WaitVM(name string, limit time.Duration, what string, cond func(api.VM) bool) api.VM {
+func (l *Lab) WaitVM(name string, limit time.Duration, what string, cond func(v1.VM) bool) v1.VM {
 	l.t.Helper()
 	deadline := time.Now().Add(limit)
-	var last api.VM
+	var last v1.VM
 	var lastErr error
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -18,7 +18,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/guestclient"
 )
@@ -185,10 +185,10 @@ func (u *Up) LogTail(n int) string {
 }
 
 // WaitVM polls until cond holds for the VM, or fails the test after limit.
-func (u *Up) WaitVM(name string, limit time.Duration, what string, cond func(api.VM) bool) api.VM {
+func (u *Up) WaitVM(name string, limit time.Duration, what string, cond func(v1.VM) bool) v1.VM {
 	u.t.Helper()
 	deadline := time.Now().Add(limit)
-	var last api.VM
+	var last v1.VM
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		v, err := u.Client.GetVM(ctx, name)

@@ -12,7 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/guestclient"
 	"github.com/vigilha/vigil/internal/lab"
@@ -66,7 +66,7 @@ func TestRecreatedVM_RunsOnTheHostThatFencedItsNamesake(t *testing.T) {
 			t.Fatalf("migrate the re-created VM to %s: %v: %s", src, err, out)
 		}
 	}
-	l.WaitVM("again", recoveryLimit, "running on "+src, func(x api.VM) bool { return x.Host == src && x.State == "running" })
+	l.WaitVM("again", recoveryLimit, "running on "+src, func(x v1.VM) bool { return x.Host == src && x.State == "running" })
 	pids := check.QEMUProcs("again")
 	time.Sleep(10 * time.Second)
 	if now := check.QEMUProcs("again"); len(now) != 1 || !slices.Equal(now, pids) {
@@ -82,10 +82,10 @@ func TestRecreatedVM_RunsOnTheHostThatFencedItsNamesake(t *testing.T) {
 func TestStorageControlHang_NoVMTouched(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	ctx := context.Background()
-	v1, g := haGuest(t, l, "sc1", nil)
+	vm1, g := haGuest(t, l, "sc1", nil)
 	v2, _ := haGuest(t, l, "sc2", nil)
 	pids := map[string][]int{"sc1": check.QEMUProcs("sc1"), "sc2": check.QEMUProcs("sc2")}
-	w := check.StartWriter(g, v1.IP, 200*time.Millisecond)
+	w := check.StartWriter(g, vm1.IP, 200*time.Millisecond)
 	time.Sleep(time.Second)
 	t0 := time.Now()
 	// A hang long enough for every agent to report the datastore lost (3 s).
@@ -110,7 +110,7 @@ func TestStorageControlHang_NoVMTouched(t *testing.T) {
 			t.Errorf("%s: the storage control outage changed its QEMU: %v -> %v", vm, pids[vm], now)
 		}
 	}
-	verifyLedger(t, g, v1.IP, w.Stop())
+	verifyLedger(t, g, vm1.IP, w.Stop())
 	if _, err := g.Counter(ctx, v2.IP); err != nil {
 		t.Errorf("sc2 stopped serving: %v", err)
 	}
@@ -190,7 +190,7 @@ func TestSelfFencedVM_IsFencedNotCrashed(t *testing.T) {
 	if err := l.Heal(ctx, v.Host); err != nil {
 		t.Fatal(err)
 	}
-	l.WaitVM("sf1", recoveryLimit, "running again", func(x api.VM) bool { return x.State == "running" })
+	l.WaitVM("sf1", recoveryLimit, "running again", func(x v1.VM) bool { return x.State == "running" })
 	l.WaitAnswering(g, v.IP, recoveryLimit)
 	evs := l.Events(t0)
 	if !hasEvent(evs, "host.self-fence", "sf1") || !hasEvent(evs, "vm.restart-placed", "sf1") {
@@ -234,7 +234,7 @@ func TestHealedHost_VMComesBack(t *testing.T) {
 	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "0"); err != nil {
 		t.Fatalf("config: %v: %s", err, out)
 	}
-	var v api.VM
+	var v v1.VM
 	var g *guestclient.Client
 	for i, h := range []string{"host1", "host2", "host3"} {
 		v, g = haGuest(t, l, "full"+strconv.Itoa(i+1), func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{h} })
@@ -246,7 +246,7 @@ func TestHealedHost_VMComesBack(t *testing.T) {
 	if err := l.Crash(ctx, "host3"); err != nil {
 		t.Fatal(err)
 	}
-	l.WaitVM("full3", recoveryLimit, "down", func(x api.VM) bool { return x.State != "running" })
+	l.WaitVM("full3", recoveryLimit, "down", func(x v1.VM) bool { return x.State != "running" })
 	time.Sleep(8 * time.Second)
 	if evs := l.Events(t0); !hasEvent(evs, "vm.fenced", "full3") || hasEvent(evs, "vm.restart-placed", "full3") {
 		t.Fatalf("want full3 fenced and not placed anywhere (no room):\n%s", testenv.Timeline(evs))
@@ -254,7 +254,7 @@ func TestHealedHost_VMComesBack(t *testing.T) {
 	if err := l.Heal(ctx, "host3"); err != nil {
 		t.Fatal(err)
 	}
-	l.WaitVM("full3", recoveryLimit, "running on host3 again", func(x api.VM) bool { return x.State == "running" && x.Host == "host3" })
+	l.WaitVM("full3", recoveryLimit, "running on host3 again", func(x v1.VM) bool { return x.State == "running" && x.Host == "host3" })
 	l.WaitAnswering(g, v.IP, recoveryLimit)
 }
 
@@ -280,7 +280,7 @@ func TestQEMUStoppedWhileAgentDown_HAVMRestarts(t *testing.T) {
 	if err := l.StartAgent(ctx, v.Host); err != nil {
 		t.Fatal(err)
 	}
-	after := l.WaitVM("term1", recoveryLimit, "running again", func(x api.VM) bool {
+	after := l.WaitVM("term1", recoveryLimit, "running again", func(x v1.VM) bool {
 		return x.State == "running" && x.PID != 0 && !slices.Contains(old, x.PID)
 	})
 	if after.Power != "running" {

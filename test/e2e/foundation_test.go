@@ -15,7 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/testenv"
 )
@@ -25,11 +25,11 @@ const guestSpec = "../../examples/guest.yaml"
 // bootLimit bounds guest boot under TCG (6-10 s is typical on 2 cores).
 const bootLimit = 90 * time.Second
 
-func running(v api.VM) bool { return v.State == "running" }
+func running(v v1.VM) bool { return v.State == "running" }
 
 // createGuest creates a VM from the example spec with a name of its own
 // and waits until its HTTP service answers.
-func createGuest(t *testing.T, u *testenv.Up, name string) api.VM {
+func createGuest(t *testing.T, u *testenv.Up, name string) v1.VM {
 	t.Helper()
 	if out, err := u.Vigil("vm", "create", "-f", guestSpec, "--name", name); err != nil {
 		t.Fatalf("vm create: %v: %s", err, out)
@@ -172,7 +172,7 @@ func TestQEMUCrash_StatusSaysFailed(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	v := u.WaitVM("crash1", 15*time.Second, "failed", func(v api.VM) bool { return v.State == "failed" })
+	v := u.WaitVM("crash1", 15*time.Second, "failed", func(v v1.VM) bool { return v.State == "failed" })
 	if !strings.Contains(v.Message, "crashed") {
 		t.Errorf("status message %q does not say QEMU crashed", v.Message)
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/lab"
@@ -201,7 +201,7 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 			err = l.FreezeProcess(ctx, host, lab.RoleAgent)
 		case "hang-qemu":
 			vm := names[rng.IntN(len(names))]
-			cur := l.WaitVM(vm, 2*recoveryLimit, "running", func(v api.VM) bool { return v.State == "running" })
+			cur := l.WaitVM(vm, 2*recoveryLimit, "running", func(v v1.VM) bool { return v.State == "running" })
 			host = cur.Host
 			t.Logf("round %d: the QEMU of %s on %s", round, vm, host)
 			err = l.FreezeProcess(ctx, host, lab.RoleQEMUPrefix+vm)
@@ -248,7 +248,7 @@ func TestChaos_InvariantsHoldUnderRandomFaults(t *testing.T) {
 		}
 		// Every VM runs exactly once again, answers, and lost nothing.
 		for _, n := range names {
-			l.WaitVM(n, 2*recoveryLimit, "running", func(v api.VM) bool { return v.State == "running" })
+			l.WaitVM(n, 2*recoveryLimit, "running", func(v v1.VM) bool { return v.State == "running" })
 			l.WaitAnswering(g, ips[n], 2*recoveryLimit)
 		}
 		time.Sleep(2 * time.Second) // a few acknowledged appends after recovery, every round

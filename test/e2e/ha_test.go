@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/guestclient"
@@ -22,7 +22,7 @@ const recoveryLimit = 90 * time.Second
 
 // haGuest creates an HA guest from examples/ha-guest.yaml and waits until
 // it answers; it returns the VM and a guest client from another host.
-func haGuest(t *testing.T, l *testenv.Lab, name string, edit func(*spec.VM)) (api.VM, *guestclient.Client) {
+func haGuest(t *testing.T, l *testenv.Lab, name string, edit func(*spec.VM)) (v1.VM, *guestclient.Client) {
 	t.Helper()
 	v := l.CreateVM(testenv.HASpec(t, name, edit), name)
 	g := l.Guest(v.Host)
@@ -32,7 +32,7 @@ func haGuest(t *testing.T, l *testenv.Lab, name string, edit func(*spec.VM)) (ap
 
 // haGuestOnLeader starts an HA guest on the host that runs the Vigil
 // leader: the cases where the failing host also runs the control plane.
-func haGuestOnLeader(t *testing.T, l *testenv.Lab, name string) (api.VM, *guestclient.Client) {
+func haGuestOnLeader(t *testing.T, l *testenv.Lab, name string) (v1.VM, *guestclient.Client) {
 	t.Helper()
 	cl, err := l.Client.Cluster(context.Background())
 	if err != nil || cl.VigilLeader == "" {
@@ -46,8 +46,8 @@ func haGuestOnLeader(t *testing.T, l *testenv.Lab, name string) (api.VM, *guestc
 	return v, g
 }
 
-func movedFrom(host string) func(api.VM) bool {
-	return func(v api.VM) bool { return v.State == "running" && v.Host != "" && v.Host != host }
+func movedFrom(host string) func(v1.VM) bool {
+	return func(v v1.VM) bool { return v.State == "running" && v.Host != "" && v.Host != host }
 }
 
 func hasEvent(evs []client.Event, typ, vm string) bool {
@@ -283,7 +283,7 @@ func TestQEMUCrash_RestartsOnSameHostThenGivesUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i <= 2 {
-			after := l.WaitVM("qc1", 60*time.Second, "restarted", func(x api.VM) bool {
+			after := l.WaitVM("qc1", 60*time.Second, "restarted", func(x v1.VM) bool {
 				return x.State == "running" && x.PID != 0 && x.PID != pids[0]
 			})
 			if after.Host != v.Host {
@@ -292,7 +292,7 @@ func TestQEMUCrash_RestartsOnSameHostThenGivesUp(t *testing.T) {
 			l.WaitAnswering(g, v.IP, bootLimit)
 			continue
 		}
-		l.WaitVM("qc1", 30*time.Second, "failed", func(x api.VM) bool { return x.State == "failed" })
+		l.WaitVM("qc1", 30*time.Second, "failed", func(x v1.VM) bool { return x.State == "failed" })
 	}
 	time.Sleep(3 * time.Second)
 	if n := len(check.QEMUProcs("qc1")); n != 0 {
@@ -307,12 +307,12 @@ func TestQEMUCrash_RestartsOnSameHostThenGivesUp(t *testing.T) {
 	if out, err := l.Vigil("vm", "start", "qc1"); err != nil {
 		t.Fatalf("vm start: %v: %s", err, out)
 	}
-	again := l.WaitVM("qc1", 60*time.Second, "running after vm start", func(x api.VM) bool { return x.State == "running" && x.PID != 0 })
+	again := l.WaitVM("qc1", 60*time.Second, "running after vm start", func(x v1.VM) bool { return x.State == "running" && x.PID != 0 })
 	pids := check.QEMUProcs("qc1")
 	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	l.WaitVM("qc1", 60*time.Second, "restarted by VM monitoring again", func(x api.VM) bool {
+	l.WaitVM("qc1", 60*time.Second, "restarted by VM monitoring again", func(x v1.VM) bool {
 		return x.State == "running" && x.PID != 0 && x.PID != again.PID && x.Host == v.Host
 	})
 	// And HA takes over when its host goes.
@@ -387,10 +387,10 @@ func TestLeaderCrash_NewLeaderFailsOver(t *testing.T) {
 // everything carries on.
 func TestQuorumLoss_VMsKeepRunning(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
-	v1, g := haGuest(t, l, "q1", nil)
+	vm1, g := haGuest(t, l, "q1", nil)
 	v2, _ := haGuest(t, l, "q2", func(vm *spec.VM) { vm.Spec.HA.IsolationResponse = spec.IsolationLeaveRunning })
 	pids := map[string][]int{"q1": check.QEMUProcs("q1"), "q2": check.QEMUProcs("q2")}
-	before, _ := g.Counter(context.Background(), v1.IP)
+	before, _ := g.Counter(context.Background(), vm1.IP)
 	t0 := time.Now()
 	cutPeers(t, l, true)
 	defer cutPeers(t, l, false)
@@ -415,7 +415,7 @@ func TestQuorumLoss_VMsKeepRunning(t *testing.T) {
 			t.Errorf("%s: QEMU changed during quorum loss: %v -> %v", vm, pids[vm], now)
 		}
 	}
-	c, err := g.Counter(context.Background(), v1.IP)
+	c, err := g.Counter(context.Background(), vm1.IP)
 	if err != nil || c.BootID != before.BootID {
 		t.Errorf("q1 stopped serving during quorum loss: %+v %v", c, err)
 	}
@@ -425,10 +425,10 @@ func TestQuorumLoss_VMsKeepRunning(t *testing.T) {
 	// An agent that restarts during the outage cannot reach etcd at all:
 	// it must keep q1 on what it remembers (q1's policy, its peers) and the
 	// storage lease, not kill it as an unknown VM.
-	if err := l.StopAgent(context.Background(), v1.Host); err != nil {
+	if err := l.StopAgent(context.Background(), vm1.Host); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.StartAgent(context.Background(), v1.Host); err != nil {
+	if err := l.StartAgent(context.Background(), vm1.Host); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(6 * time.Second)
@@ -455,7 +455,7 @@ func TestQuorumLoss_VMsKeepRunning(t *testing.T) {
 		if now := check.QEMUProcs(vm); !slices.Equal(now, pids[vm]) {
 			t.Errorf("%s: QEMU changed after quorum returned: %v -> %v", vm, pids[vm], now)
 		}
-		l.WaitVM(vm, 10*time.Second, "running", func(x api.VM) bool { return x.State == "running" })
+		l.WaitVM(vm, 10*time.Second, "running", func(x v1.VM) bool { return x.State == "running" })
 	}
 	evs := l.Events(t0)
 	for _, bad := range []string{"vm.fenced", "vm.restart-placed", "host.self-fence"} {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/guestclient"
 	"github.com/vigilha/vigil/internal/spec"
@@ -69,8 +69,8 @@ func (p *prober) stop() (time.Duration, int, []string) {
 	return p.maxGap, p.answers, p.problems
 }
 
-func migrated(l *testenv.Lab, name, to string) api.VM {
-	return l.WaitVM(name, 2*time.Minute, "running on "+to, func(v api.VM) bool { return v.State == "running" && v.Host == to })
+func migrated(l *testenv.Lab, name, to string) v1.VM {
+	return l.WaitVM(name, 2*time.Minute, "running on "+to, func(v v1.VM) bool { return v.State == "running" && v.Host == to })
 }
 
 func otherThan(l *testenv.Lab, hosts ...string) string {
@@ -219,12 +219,12 @@ func TestMigrate_CancelAndBadTargets(t *testing.T) {
 	if out, err := l.Vigil("vm", "migrate", "can1", "--to", to, "--detach"); err != nil {
 		t.Fatalf("migrate --detach: %v\n%s", err, out)
 	}
-	l.WaitVM("can1", 30*time.Second, "migrating", func(x api.VM) bool { return x.State == "migrating" })
+	l.WaitVM("can1", 30*time.Second, "migrating", func(x v1.VM) bool { return x.State == "migrating" })
 	time.Sleep(2 * time.Second)
 	if out, err := l.Vigil("vm", "migrate", "can1", "--cancel"); err != nil || !strings.Contains(out, "cancelled") {
 		t.Fatalf("migrate --cancel: %v\n%s", err, out)
 	}
-	after := l.WaitVM("can1", 30*time.Second, "running", func(x api.VM) bool { return x.State == "running" })
+	after := l.WaitVM("can1", 30*time.Second, "running", func(x v1.VM) bool { return x.State == "running" })
 	if after.Host != v.Host {
 		t.Errorf("a cancelled migration moved the VM to %s", after.Host)
 	}
@@ -401,7 +401,7 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 			// Generous, but far below TCP's retransmission timeout: a side
 			// that waits for its socket to fail instead of the dead peer's
 			// lease misses it (it took 154 s in post-copy before).
-			after := l.WaitVM(name, time.Minute, "running on a live host", func(x api.VM) bool { return x.State == "running" && x.Host != victim })
+			after := l.WaitVM(name, time.Minute, "running on a live host", func(x v1.VM) bool { return x.State == "running" && x.Host != victim })
 			placed := time.Since(crashed)
 			l.WaitAnswering(g, v.IP, recoveryLimit)
 			waitOneQEMU(t, name, 30*time.Second)
@@ -466,7 +466,7 @@ func TestMigrate_HostDeathDuringDiskMirror(t *testing.T) {
 				t.Fatal(err)
 			}
 			if kill == "target" {
-				after := l.WaitVM(name, time.Minute, "running on the source", func(x api.VM) bool { return x.State == "running" && x.Host == source })
+				after := l.WaitVM(name, time.Minute, "running on the source", func(x v1.VM) bool { return x.State == "running" && x.Host == source })
 				l.WaitAnswering(g, v.IP, recoveryLimit)
 				time.Sleep(3 * time.Second)
 				c, err := g.Counter(context.Background(), v.IP)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilha/vigil/internal/api"
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/lab"
@@ -64,7 +64,7 @@ func TestAgentHang_WatchdogResetsHostBeforeFailover(t *testing.T) {
 	for _, hang := range []time.Duration{10 * time.Second, 20 * time.Second, 60 * time.Second} {
 		t.Run(hang.String(), func(t *testing.T) {
 			l := l.For(t)
-			cur := l.WaitVM("hang1", recoveryLimit, "running", func(x api.VM) bool { return x.State == "running" })
+			cur := l.WaitVM("hang1", recoveryLimit, "running", func(x v1.VM) bool { return x.State == "running" })
 			host := cur.Host
 			g := l.Guest(host)
 			l.WaitAnswering(g, cur.IP, recoveryLimit)
@@ -152,7 +152,7 @@ func TestQEMUFrozen_AgentRestart_NeverTwoCopies(t *testing.T) {
 	if err := l.ThawProcess(ctx, v.Host, lab.RoleQEMUPrefix+"qfrz1"); err != nil {
 		t.Fatal(err)
 	}
-	after := l.WaitVM("qfrz1", recoveryLimit, "running again", func(x api.VM) bool {
+	after := l.WaitVM("qfrz1", recoveryLimit, "running again", func(x v1.VM) bool {
 		return x.State == "running" && x.PID != 0 && !slices.Contains(old, x.PID)
 	})
 	l.WaitAnswering(g, v.IP, recoveryLimit)
@@ -258,7 +258,7 @@ func TestHostFreezeThaw_KernelWatchdogFreezesToo(t *testing.T) {
 	if n := len(check.QEMUProcs("frz1")); n != 1 {
 		t.Errorf("%d QEMU processes of frz1 after thaw, want 1", n)
 	}
-	l.WaitVM("frz1", 5*time.Second, "still on "+after.Host, func(x api.VM) bool { return x.Host == after.Host && x.State == "running" })
+	l.WaitVM("frz1", 5*time.Second, "still on "+after.Host, func(x v1.VM) bool { return x.Host == after.Host && x.State == "running" })
 	waitHostAlive(t, l, v.Host, 60*time.Second)
 	t.Logf("timeline:\n%s", testenv.Timeline(l.Events(t0)))
 }

@@ -1,0 +1,294 @@
+// Package v1 is Vigil's REST API wire format (/api/v1): the types that the
+// API server sends and receives and that every client decodes. It depends
+// on nothing but the VM spec, so a client (the CLI, a web UI backend, a
+// Terraform provider) links no server, controller or etcd schema code, and
+// the etcd schema can change without changing the wire.
+package v1
+
+import (
+	"time"
+
+	"github.com/vigilha/vigil/internal/spec"
+)
+
+// Prefix is the path prefix of every endpoint of this version.
+const Prefix = "/api/v1"
+
+// VM states, as the API derives them from desired and observed state.
+const (
+	StatePending   = "pending"
+	StateStarting  = "starting"
+	StateRunning   = "running"
+	StateStopping  = "stopping"
+	StateStopped   = "stopped"
+	StateMigrating = "migrating"
+	StateFailed    = "failed"
+	StateFenced    = "fenced"
+)
+
+// Desired power states.
+const (
+	PowerRunning = "running"
+	PowerStopped = "stopped"
+)
+
+// VM is the API's view of a VM: desired and observed state merged into
+// what an operator wants to read.
+type VM struct {
+	Name  string `json:"name"`
+	UID   string `json:"uid,omitempty"`
+	State string `json:"state"`
+	Host  string `json:"host"`
+	IP    string `json:"ip"`
+	Power string `json:"power"`
+	Epoch int64  `json:"epoch"`
+	CPUs  int    `json:"cpus"`
+	// Memory is in bytes; MemoryText is the same, readable.
+	Memory     int64     `json:"memory"`
+	MemoryText string    `json:"memoryText"`
+	PID        int       `json:"pid,omitempty"`
+	Accel      string    `json:"accel,omitempty"`
+	HA         bool      `json:"ha"`
+	Priority   string    `json:"priority,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	Message    string    `json:"message,omitempty"`
+	NICs       []NIC     `json:"nics,omitempty"`
+	CreatedAt  time.Time `json:"createdAt"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	UpdatedAt  time.Time `json:"updatedAt,omitzero"`
+	Heartbeat  time.Time `json:"heartbeatAt,omitzero"`
+	// Spec is included by `vm show`.
+	Spec *spec.VM `json:"spec,omitempty"`
+}
+
+// NIC is a VM's interface with its resolved network identity.
+type NIC struct {
+	Network string `json:"network"`
+	IP      string `json:"ip"`
+	Prefix  int    `json:"prefix"`
+	Gateway string `json:"gateway,omitempty"`
+	MAC     string `json:"mac"`
+}
+
+// Resources are vCPUs and memory in bytes.
+type Resources struct {
+	CPUs   int   `json:"cpus"`
+	Memory int64 `json:"memory"`
+}
+
+// Host is the API's view of a host.
+type Host struct {
+	Name        string    `json:"name"`
+	State       string    `json:"state"` // up, down, maintenance
+	Alive       bool      `json:"alive"`
+	Maintenance bool      `json:"maintenance"`
+	Capacity    Resources `json:"capacity"`
+	Used        Resources `json:"used"`
+	VMs         []string  `json:"vms"`
+	QEMU        string    `json:"qemu"`
+	Accel       string    `json:"accel"`
+	Datastores  []string  `json:"datastores"`
+	MgmtIP      string    `json:"mgmtIP,omitempty"`
+	StartedAt   time.Time `json:"startedAt"`
+	Fencing     Fencing   `json:"fencing"`
+}
+
+// Fencing is how a host fences itself when its agent cannot.
+type Fencing struct {
+	// Watchdog is the host's watchdog as its agent reports it; absent when
+	// the host has none.
+	Watchdog *Watchdog `json:"watchdog,omitempty"`
+	// Summary is one line for tables: "watchdog 1s armed", "none", ...
+	Summary string `json:"summary"`
+	// Warning is set when the host runs restartable HA VMs without a
+	// usable watchdog because the cluster allows it.
+	Warning string `json:"warning,omitempty"`
+}
+
+// Watchdog is a host's watchdog device as its agent reports it.
+type Watchdog struct {
+	Device   string `json:"device"`
+	Identity string `json:"identity,omitempty"`
+	// TimeoutMS is the timeout the device accepted; SlackMS the feeder's
+	// allowance for the device's lateness and the reset itself.
+	TimeoutMS int64 `json:"timeoutMS,omitempty"`
+	SlackMS   int64 `json:"slackMS,omitempty"`
+	NoWayOut  bool  `json:"nowayout,omitempty"`
+	// Armed: the host runs restartable VMs and the watchdog guards them.
+	Armed bool `json:"armed"`
+	// Usable is false when the device cannot be used, or its timing does
+	// not fit the host lease; Problem says why.
+	Usable  bool   `json:"usable"`
+	Problem string `json:"problem,omitempty"`
+}
+
+// Member is one etcd member as the API reports it.
+type Member struct {
+	Name      string   `json:"name"`
+	ClientURL []string `json:"clientURLs"`
+	Leader    bool     `json:"leader"`
+	Reachable bool     `json:"reachable"`
+	RaftTerm  uint64   `json:"raftTerm,omitempty"`
+	// Revision is the member's current etcd revision (every write adds
+	// one); DBSize and DBSizeInUse its database file and the data in it.
+	Revision    int64 `json:"revision,omitempty"`
+	DBSize      int64 `json:"dbSize,omitempty"`
+	DBSizeInUse int64 `json:"dbSizeInUse,omitempty"`
+}
+
+// Cluster is the control plane's state: etcd members, the etcd leader and
+// the Vigil leader (the server running the controllers).
+type Cluster struct {
+	Members     []Member `json:"members"`
+	EtcdLeader  string   `json:"etcdLeader"`
+	VigilLeader string   `json:"vigilLeader"`
+}
+
+// Drill is the answer of an HA drill: what would happen if hosts failed.
+type Drill struct {
+	Failed []string  `json:"failed"`
+	Steps  []Restart `json:"steps"`
+	// Unprotected are the failed hosts' running VMs that HA would not
+	// restart, with why.
+	Unprotected map[string]string `json:"unprotected,omitempty"`
+}
+
+// Restart is one VM that a drill would restart, and where.
+type Restart struct {
+	VM       string `json:"vm"`
+	From     string `json:"from"`
+	Priority string `json:"priority"`
+	Target   string `json:"target,omitempty"`
+	// Problem says why the VM would not restart (no capacity, rules...).
+	Problem string `json:"problem,omitempty"`
+}
+
+// MigrateRequest is the body of POST /api/v1/vms/{name}/migrate.
+type MigrateRequest struct {
+	To string `json:"to,omitempty"`
+}
+
+// Migration is the API's view of a VM's latest migration.
+type Migration struct {
+	ID       string             `json:"id"`
+	VM       string             `json:"vm"`
+	Phase    string             `json:"phase"`
+	Source   string             `json:"source"`
+	Target   string             `json:"target"`
+	Reason   string             `json:"reason"`
+	Shared   bool               `json:"sharedStorage"`
+	Postcopy bool               `json:"postcopyAllowed"`
+	Step     string             `json:"step,omitempty"` // the source's or destination's current step
+	Progress MigrationProgress  `json:"progress"`
+	Steps    []string           `json:"escalations,omitempty"`
+	Error    string             `json:"error,omitempty"`
+	Started  time.Time          `json:"startedAt,omitzero"`
+	Finished time.Time          `json:"finishedAt,omitzero"`
+	Dest     *MigrationEndpoint `json:"destination,omitempty"`
+}
+
+// Escalations lists the stall detector's steps so far.
+func (m *Migration) Escalations() []string { return m.Steps }
+
+// Migration phases the API reports beyond the plan's own.
+const (
+	MigrationRequested = "requested"
+	MigrationCompleted = "completed"
+	MigrationFailed    = "failed"
+	MigrationCancelled = "cancelled"
+)
+
+// Done reports whether the migration has ended, one way or the other.
+func (m *Migration) Done() bool {
+	switch m.Phase {
+	case MigrationCompleted, MigrationFailed, MigrationCancelled:
+		return true
+	}
+	return false
+}
+
+// MigrationProgress is the source's view of a running migration.
+type MigrationProgress struct {
+	QEMUStatus       string  `json:"qemuStatus,omitempty"`
+	Transferred      int64   `json:"transferred"`
+	Remaining        int64   `json:"remaining"`
+	Total            int64   `json:"total"`
+	DirtyRate        int64   `json:"dirtyRate"` // bytes/s
+	MbitPerSec       float64 `json:"mbps"`
+	ExpectedDowntime int64   `json:"expectedDowntimeMs"`
+	DowntimeLimit    int64   `json:"downtimeLimitMs,omitempty"`
+	Throttle         int     `json:"cpuThrottle,omitempty"`
+	DiskDone         int64   `json:"diskDone,omitempty"`
+	DiskTotal        int64   `json:"diskTotal,omitempty"`
+	// Final figures.
+	MirrorMS   int64 `json:"mirrorMs,omitempty"`
+	DowntimeMS int64 `json:"downtimeMs,omitempty"`
+	TotalMS    int64 `json:"totalMs,omitempty"`
+	SetupMS    int64 `json:"setupMs,omitempty"`
+}
+
+// MigrationEndpoint is the destination's side of a migration.
+type MigrationEndpoint struct {
+	Phase     string    `json:"phase"`
+	URI       string    `json:"uri,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	PrepareMS int64     `json:"prepareMs,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error  string            `json:"error"`
+	Fields []spec.FieldError `json:"fields,omitempty"`
+}
+
+// Event is one entry of the cluster's event log.
+type Event struct {
+	Time    time.Time         `json:"time"`
+	Type    string            `json:"type"`
+	VM      string            `json:"vm"`
+	Host    string            `json:"host"`
+	Message string            `json:"message"`
+	Fields  map[string]string `json:"fields,omitempty"`
+}
+
+// Rule kinds and strengths.
+const (
+	RuleAffinity     = "affinity"
+	RuleAntiAffinity = "anti-affinity"
+	RuleMust         = "must"
+	RuleShould       = "should"
+)
+
+// Rule is a VM-VM placement rule.
+type Rule struct {
+	Name     string   `json:"name"`
+	Kind     string   `json:"kind"`
+	Strength string   `json:"strength"`
+	VMs      []string `json:"vms"`
+}
+
+// Network is a VM network definition.
+type Network struct {
+	Name   string `json:"name"`
+	Bridge string `json:"bridge"`
+	// Netns, when set, is the network namespace holding the bridge.
+	Netns string `json:"netns,omitempty"`
+	// Managed networks are created by the agent when missing.
+	Managed   bool   `json:"managed,omitempty"`
+	Subnet    string `json:"subnet"`
+	Gateway   string `json:"gateway,omitempty"`
+	PoolStart string `json:"poolStart"`
+	PoolEnd   string `json:"poolEnd"`
+}
+
+// ClusterConfig is the cluster-wide HA configuration.
+type ClusterConfig struct {
+	// HostFailuresToTolerate is admission control's N: a power-on is refused
+	// if the HA VMs could not all restart after any N hosts fail. 0 turns
+	// admission control off.
+	HostFailuresToTolerate int `json:"hostFailuresToTolerate"`
+	// AllowNoWatchdog lets hosts without a usable watchdog run restartable
+	// HA VMs.
+	AllowNoWatchdog bool `json:"allowNoWatchdog,omitempty"`
+}
