@@ -18,9 +18,9 @@ import (
 	"github.com/google/uuid"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
-	"github.com/vigilha/vigil/internal/controller/placement"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/ipam"
+	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -255,7 +255,7 @@ func admit(snap *store.Snapshot, v *store.VMState) error {
 		c.VMs[k] = x
 	}
 	c.VMs[v.Record.Name()] = v
-	return placement.Admit(&c, v, snap.Config.HostFailuresToTolerate)
+	return scheduler.Admit(&c, v, snap.Config.HostFailuresToTolerate)
 }
 
 func anyHostHas(snap *store.Snapshot, ds string) bool {
@@ -343,7 +343,7 @@ func (s *Server) admitStart(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("vm %s: %w", name, store.ErrNotFound)
 	}
-	if placement.Consumes(v) && v.Record.Power == store.PowerRunning {
+	if scheduler.Consumes(v) && v.Record.Power == store.PowerRunning {
 		return nil // already holds its capacity
 	}
 	next := *v
@@ -423,7 +423,7 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	hosts := placement.Hosts(snap, "")
+	hosts := scheduler.Hosts(snap, "")
 	out := make([]v1.Host, 0, len(hosts))
 	for _, ph := range hosts {
 		h := snap.Hosts[ph.Name]

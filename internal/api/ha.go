@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
-	"github.com/vigilha/vigil/internal/controller/placement"
+	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -21,7 +21,7 @@ func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if ok, why := placement.Restartable(snap, v); !ok {
+	if ok, why := scheduler.Restartable(snap, v); !ok {
 		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s cannot fail over: %s", name, why))
 		return
 	}
@@ -29,7 +29,7 @@ func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is %s; a test failover needs it running", name, StateOf(v)))
 		return
 	}
-	req := placement.RequestFor(snap, v)
+	req := scheduler.RequestFor(snap, v)
 	req.Pinned, req.Avoid = "", []string{v.Placement.Host}
 	kind := store.RequestTestFailover
 	if to := r.URL.Query().Get("to"); to != "" {
@@ -40,7 +40,7 @@ func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
 		req.Hosts.Must = []string{to}
 		kind += ":" + to
 	}
-	if _, err := placement.Place(req, placement.Hosts(snap, name)); err != nil {
+	if _, err := scheduler.Place(req, scheduler.Hosts(snap, name)); err != nil {
 		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s has nowhere to fail over to: %w", name, err))
 		return
 	}
@@ -76,12 +76,12 @@ func (s *Server) drill(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := v1.Drill{Failed: failed, Steps: []v1.Restart{}, Unprotected: map[string]string{}}
-	for _, rs := range placement.PlanFailover(snap, failed) {
+	for _, rs := range scheduler.PlanFailover(snap, failed) {
 		d.Steps = append(d.Steps, v1.Restart(rs))
 	}
 	for _, name := range snap.SortedVMNames() {
 		v := snap.VMs[name]
-		if placement.Consumes(v) && contains(failed, v.Placement.Host) && !v.Record.VM.Spec.HA.Enabled {
+		if scheduler.Consumes(v) && contains(failed, v.Placement.Host) && !v.Record.VM.Spec.HA.Enabled {
 			d.Unprotected[name] = "HA is not enabled"
 		}
 	}

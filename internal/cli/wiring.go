@@ -14,7 +14,7 @@ import (
 )
 
 // controllers builds the leader's reconcilers.
-func controllers(st *store.Store, log *slog.Logger) []controller.Reconciler {
+func controllers(st store.Writer, log *slog.Logger) []controller.Reconciler {
 	var mu sync.Mutex
 	clients := map[string]*shared.Client{}
 	arbiter := func(ds *store.Datastore) storage.Arbiter {

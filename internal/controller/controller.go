@@ -25,14 +25,14 @@ type Reconciler interface {
 
 // Manager runs reconcilers while this server leads.
 type Manager struct {
-	st          *store.Store
+	st          store.Reader
 	reconcilers []Reconciler
 	resync      time.Duration
 	log         *slog.Logger
 }
 
 // NewManager creates a manager; resync is the period of unconditional passes.
-func NewManager(st *store.Store, log *slog.Logger, resync time.Duration, rs ...Reconciler) *Manager {
+func NewManager(st store.Reader, log *slog.Logger, resync time.Duration, rs ...Reconciler) *Manager {
 	return &Manager{st: st, reconcilers: rs, resync: resync, log: log}
 }
 

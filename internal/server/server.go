@@ -56,7 +56,7 @@ type Config struct {
 	Networks   []*store.Network
 	Datastores []*store.Datastore
 	// Controllers builds the reconcilers the leader runs.
-	Controllers func(*store.Store, *slog.Logger) []controller.Reconciler
+	Controllers func(store.Writer, *slog.Logger) []controller.Reconciler
 	Log         *slog.Logger
 }
 

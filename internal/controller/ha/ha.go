@@ -17,8 +17,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vigilha/vigil/internal/controller/placement"
 	"github.com/vigilha/vigil/internal/hatiming"
+	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
@@ -63,7 +63,7 @@ func DefaultConfig() Config {
 
 // Controller is the HA controller.
 type Controller struct {
-	st       *store.Store
+	st       store.Writer
 	log      *slog.Logger
 	cfg      Config
 	arbiter  func(ds *store.Datastore) storage.Arbiter
@@ -83,7 +83,7 @@ type Controller struct {
 
 // New creates the controller; arbiter returns the storage server of a
 // shared datastore.
-func New(st *store.Store, log *slog.Logger, cfg Config, arbiter func(*store.Datastore) storage.Arbiter) *Controller {
+func New(st store.Writer, log *slog.Logger, cfg Config, arbiter func(*store.Datastore) storage.Arbiter) *Controller {
 	return &Controller{st: st, log: log, cfg: cfg, arbiter: arbiter, now: time.Now,
 		down: map[string]time.Time{}, said: map[string]string{}, placedAt: map[string]time.Time{}, readyAt: map[string]time.Time{},
 		startFailures: map[string]map[int64]map[int64]bool{}, lostSince: map[string]time.Time{}}
@@ -215,7 +215,7 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 	}
 	downSince, hostDown := c.down[pl.Host]
 	_, registered := p.snap.Hosts[pl.Host]
-	restartable, why := placement.Restartable(p.snap, v)
+	restartable, why := scheduler.Restartable(p.snap, v)
 
 	switch {
 	case !registered:
@@ -507,8 +507,8 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 		return nil
 	}
 	snap := p.snap
-	placement.OrderForRestart(snap, p.ready)
-	hosts := placement.Hosts(snap, "")
+	scheduler.OrderForRestart(snap, p.ready)
+	hosts := scheduler.Hosts(snap, "")
 	now := c.now()
 	var errs []error
 	blockedRank := c.busyClass(snap, now)
@@ -526,12 +526,12 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 			blockedRank = rank
 			continue
 		}
-		req := placement.RequestFor(snap, v)
+		req := scheduler.RequestFor(snap, v)
 		req.Pinned, req.Avoid = "", p.avoid[name]
 		if _, to, ok := strings.Cut(v.Placement.Reason, "test failover to "); ok && v.Placement.Evict {
 			req.Hosts.Must = []string{to}
 		}
-		d, err := placement.Place(req, hosts)
+		d, err := scheduler.Place(req, hosts)
 		if err != nil {
 			c.sayOnce(ctx, "vm:"+name, "unplaceable:"+err.Error(), store.Event{Type: store.EvAlarmNoCapacity, VM: name, Message: "cannot restart: " + err.Error()})
 			continue

@@ -10,13 +10,13 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/vigilha/vigil/internal/controller/placement"
+	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/store"
 )
 
 // Controller is the lifecycle controller.
 type Controller struct {
-	st  *store.Store
+	st  store.Writer
 	log *slog.Logger
 	// unplaceable remembers the last refusal per VM, so the event log gets
 	// one event per new reason rather than one per pass.
@@ -25,7 +25,7 @@ type Controller struct {
 }
 
 // New creates the controller.
-func New(st *store.Store, log *slog.Logger) *Controller {
+func New(st store.Writer, log *slog.Logger) *Controller {
 	return &Controller{st: st, log: log, unplaceable: map[string]string{}}
 }
 
@@ -91,7 +91,7 @@ func (c *Controller) reconcileVM(ctx context.Context, snap *store.Snapshot, v *s
 
 func (c *Controller) place(ctx context.Context, snap *store.Snapshot, v *store.VMState) (time.Duration, error) {
 	name := v.Record.Name()
-	d, err := placement.Place(placement.RequestFor(snap, v), placement.Hosts(snap, name))
+	d, err := scheduler.Place(scheduler.RequestFor(snap, v), scheduler.Hosts(snap, name))
 	if err != nil {
 		if c.unplaceable[name] != err.Error() {
 			c.unplaceable[name] = err.Error()

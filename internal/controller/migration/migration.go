@@ -13,7 +13,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/vigilha/vigil/internal/controller/placement"
+	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -25,7 +25,7 @@ const (
 
 // Controller is the migration controller.
 type Controller struct {
-	st   *store.Store
+	st   store.Writer
 	log  *slog.Logger
 	now  func() time.Time
 	said map[string]string
@@ -34,7 +34,7 @@ type Controller struct {
 // New creates the controller. The cut-over at the storage (the source's
 // generations revoked before the destination runs) is the destination
 // agent's Commit; the controller only moves placement.
-func New(st *store.Store, log *slog.Logger) *Controller {
+func New(st store.Writer, log *slog.Logger) *Controller {
 	return &Controller{st: st, log: log, now: time.Now, said: map[string]string{}}
 }
 
@@ -86,7 +86,7 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 
 // Target chooses a migration target for a VM, or explains why none fits.
 func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
-	req := placement.RequestFor(snap, v)
+	req := scheduler.RequestFor(snap, v)
 	req.Pinned = ""
 	req.Avoid = []string{v.Placement.Host}
 	if to != "" {
@@ -100,7 +100,7 @@ func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
 	}
 	// Local disks are copied, so a local datastore counts as reachable on
 	// every host that has one of that name.
-	d, err := placement.Place(req, placement.Hosts(snap, v.Record.Name()))
+	d, err := scheduler.Place(req, scheduler.Hosts(snap, v.Record.Name()))
 	if err != nil {
 		return "", err
 	}
@@ -295,7 +295,7 @@ func (c *Controller) evacuate(ctx context.Context, snap *store.Snapshot) error {
 	for _, name := range snap.SortedVMNames() {
 		v := snap.VMs[name]
 		h := v.Placement.Host
-		if h == "" || !snap.Maintenance[h] || !placement.Consumes(v) {
+		if h == "" || !snap.Maintenance[h] || !scheduler.Consumes(v) {
 			continue
 		}
 		m := snap.Migrations[name]

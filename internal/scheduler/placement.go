@@ -1,8 +1,12 @@
-// Package placement chooses a host for a VM: feasibility (capacity,
-// datastores, rules), then scoring (spread and preferences), then the best
-// host. Each step is a small pure function, as in Nomad's scheduler, so the
-// pipeline is testable alone and explains every refusal.
-package placement
+// Package scheduler is the one component that ranks hosts for a VM, for
+// every caller: a create or start (controller/lifecycle), an HA restart
+// (controller/ha, and the drills and admission control that simulate one),
+// a live migration's target (controller/migration), and later DRS. A
+// placement is feasibility (capacity, datastores, rules, fencing), then
+// scoring (spread and preferences), then the best host. Each step is a
+// small pure function, as in Nomad's scheduler, so the pipeline is
+// testable alone and explains every refusal.
+package scheduler
 
 import (
 	"fmt"
