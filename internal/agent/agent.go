@@ -208,7 +208,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, st := range recovered {
 		a.log.Info("found vm from before the restart", "vm", st.Name, "running", st.Running, "pid", st.PID)
 	}
-	if p, ok := a.drv.(interface{ StartProbe(context.Context) }); ok {
+	if p, ok := a.drv.(driver.Prober); ok {
 		p.StartProbe(ctx)
 	}
 	go a.runStorageHeartbeats(ctx)
@@ -331,7 +331,7 @@ func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 		MgmtIP:       a.cfg.MgmtIP,
 		StorageIP:    a.cfg.StorageIP,
 		Capacity:     capacity,
-		Capabilities: store.Capabilities{QEMUVersion: caps.QEMUVersion, Accel: caps.Accel},
+		Capabilities: store.Capabilities{QEMUVersion: caps.Version, Accel: caps.Accel},
 		Datastores:   dss,
 		StartedAt:    time.Now(),
 		Version:      a.cfg.Version,

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/driver"
-	"github.com/vigilha/vigil/internal/driver/qemu"
+	"github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -45,19 +45,23 @@ func (a *Agent) reconcileMigrations(ctx context.Context, snap *store.Snapshot) {
 		}
 		p := *m.Plan
 		v := snap.VMs[name]
-		switch {
-		case p.Target == a.cfg.Host && (p.Phase == store.MigScheduled || p.Phase == store.MigRunning) && (m.Target == nil || m.Target.ID != p.ID):
+		var targetID, sourceID string
+		var targetPhase migration.TargetPhase
+		if m.Target != nil {
+			targetID, targetPhase = m.Target.ID, m.Target.Phase
+		}
+		if m.Source != nil {
+			sourceID = m.Source.ID
+		}
+		switch migration.AgentDuty(a.cfg.Host, migration.Plan{ID: p.ID, Source: p.Source, Target: p.Target, Phase: p.Phase}, targetID, targetPhase, sourceID) {
+		case migration.PrepareIncoming:
 			a.do(ctx, name, opMigrateIn, func(ctx context.Context) { a.migrateIn(ctx, mig, v, p, snap.Networks) })
-		case p.Target == a.cfg.Host && p.Phase == store.MigSwitchover && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready":
-			// A restarted agent finds the cut-over done but the VM not resumed.
+		case migration.ResumeIncoming:
 			rep := *m.Target
 			a.do(ctx, name, opMigrateIn, func(ctx context.Context) { a.resumeIncoming(ctx, mig, name, p.Source, &rep) })
-		case p.Source == a.cfg.Host && m.Target != nil && m.Target.ID == p.ID && m.Target.Phase == "ready" && (m.Source == nil || m.Source.ID != p.ID):
+		case migration.MigrateOut:
 			a.do(ctx, name, opMigrateOut, func(ctx context.Context) { a.migrateOut(ctx, mig, v, p, *m.Target) })
-		case p.Source == a.cfg.Host && m.Source != nil && m.Source.ID == p.ID:
-			// The source report exists but no operation runs: this agent
-			// restarted mid-migration. Finish what QEMU finished, abort the
-			// rest; either way exactly one copy keeps running.
+		case migration.RecoverSource:
 			a.do(ctx, name, opMigrateOut, func(ctx context.Context) { a.recoverSource(ctx, mig, v, p) })
 		}
 	}
@@ -102,7 +106,7 @@ func (a *Agent) waitPlan(ctx context.Context, vm, id string, cond func(*store.Mi
 			if m == nil || m.Plan == nil || m.Plan.ID != id || v == nil {
 				return m, v, fmt.Errorf("migration %s of %s is gone", id, vm)
 			}
-			if cond(m, v) || store.MigrationDone(m.Plan.Phase) {
+			if cond(m, v) || m.Plan.Phase.Done() {
 				return m, v, nil
 			}
 		}
@@ -121,12 +125,12 @@ func (a *Agent) waitPlan(ctx context.Context, vm, id string, cond func(*store.Mi
 func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, networks map[string]*store.Network) {
 	name := v.Record.Name()
 	start := time.Now()
-	rep := &store.MigrationTarget{ID: p.ID, Phase: "preparing"}
+	rep := &store.MigrationTarget{ID: p.ID, Phase: migration.TargetPreparing}
 	a.reportTarget(ctx, name, rep)
 	var grants map[string]int64
 	fail := func(err error) {
 		a.log.Error("migration: destination failed", "vm", name, "err", err)
-		rep.Phase, rep.Error = "failed", err.Error()
+		rep.Phase, rep.Error = migration.TargetFailed, err.Error()
 		a.reportTarget(ctx, name, rep)
 		a.dropIncoming(ctx, v, grants)
 	}
@@ -175,12 +179,12 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 		fail(err)
 		return
 	}
-	rep.Phase, rep.URI, rep.PrepareMS = "ready", inc.URI, time.Since(start).Milliseconds()
+	rep.Phase, rep.URI, rep.PrepareMS = migration.TargetReady, inc.URI, time.Since(start).Milliseconds()
 	for _, n := range inc.NBD {
 		rep.NBD = append(rep.NBD, store.MigrationNBD{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export})
 	}
 	a.reportTarget(ctx, name, rep)
-	a.event(ctx, "migration.prepared", name, fmt.Sprintf("destination ready in %s: incoming %s", time.Since(start).Round(time.Millisecond), inc.URI))
+	a.event(ctx, migration.EvPrepared, name, fmt.Sprintf("destination ready in %s: incoming %s", time.Since(start).Round(time.Millisecond), inc.URI))
 
 	_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
 	if ctx.Err() != nil {
@@ -203,7 +207,7 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 // the flip comes first, so it waits until the source has switched.
 func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, source string, rep *store.MigrationTarget) {
 	fail := func(why string) {
-		rep.Phase, rep.Error = "failed", why
+		rep.Phase, rep.Error = migration.TargetFailed, why
 		a.reportTarget(ctx, name, rep)
 		_ = a.drv.Kill(ctx, name)
 	}
@@ -211,12 +215,12 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, s
 	postcopy := false
 	for time.Now().Before(deadline) {
 		info, err := mig.IncomingStatus(ctx, name)
-		if err == nil && (info.Status == "completed" || info.Status == "postcopy-active") {
-			postcopy = info.Status == "postcopy-active"
+		if err == nil && (info.Status == driver.MigrationCompleted || info.Status == driver.MigrationPostcopyActive) {
+			postcopy = info.Status == driver.MigrationPostcopyActive
 			break
 		}
-		if err == nil && (info.Status == "failed" || info.Status == "postcopy-paused") {
-			fail("incoming migration " + info.Status)
+		if err == nil && (info.Status == driver.MigrationFailed || info.Status == driver.MigrationPostcopyPaused) {
+			fail("incoming migration " + info.Detail)
 			return
 		}
 		if !a.hostAlive(source) {
@@ -242,7 +246,7 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, s
 		fail(err.Error())
 		return
 	}
-	rep.Phase = "resumed"
+	rep.Phase = migration.TargetResumed
 	a.reportTarget(ctx, name, rep)
 	a.mu.Lock()
 	a.monitorSince[name] = time.Now()
@@ -275,10 +279,10 @@ func (a *Agent) watchPostcopy(ctx context.Context, mig driver.Migrator, name, so
 			if st, ierr := a.drv.Inspect(name); ierr != nil || !st.Running {
 				return
 			}
-		case info.Status == "completed":
+		case info.Status == driver.MigrationCompleted:
 			return
-		case info.Status == "postcopy-paused" || info.Status == "failed":
-			reason = "post-copy lost the source (" + info.Status + ")"
+		case info.Status == driver.MigrationPostcopyPaused || info.Status == driver.MigrationFailed:
+			reason = "post-copy lost the source (" + info.Detail + ")"
 		case !a.hostAlive(source):
 			reason = "post-copy lost the source: host " + source + "'s lease expired"
 		}
@@ -327,14 +331,14 @@ func (a *Agent) dropIncoming(ctx context.Context, v *store.VMState, grants map[s
 // migrateOut is the source's part.
 func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, tgt store.MigrationTarget) {
 	name := v.Record.Name()
-	rep := &store.MigrationSource{ID: p.ID, Phase: "precopy"}
-	fail := func(phase string, err error) {
+	rep := &store.MigrationSource{ID: p.ID, Phase: migration.SourcePrecopy}
+	fail := func(phase migration.SourcePhase, err error) {
 		a.log.Warn("migration aborted", "vm", name, "phase", phase, "err", err)
 		rep.Phase, rep.Error = phase, err.Error()
 		a.reportSource(ctx, name, rep)
 	}
 	if p.SharedNothing {
-		rep.Phase = "mirroring"
+		rep.Phase = migration.SourceMirroring
 		a.reportSource(ctx, name, rep)
 		var targets []driver.MirrorTarget
 		for _, n := range tgt.NBD {
@@ -349,13 +353,13 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 			}
 		})
 		if err != nil {
-			fail("failed", fmt.Errorf("disk mirror: %w", err))
+			fail(migration.SourceFailed, fmt.Errorf("disk mirror: %w", err))
 			return
 		}
 		rep.Progress.MirrorMS = time.Since(mirrorStart).Milliseconds()
 		if a.cancelled(ctx, name, p.ID) {
 			_ = mig.EndMirrors(ctx, name, true)
-			fail("cancelled", errors.New("cancelled during the disk mirror"))
+			fail(migration.SourceCancelled, errors.New("cancelled during the disk mirror"))
 			return
 		}
 	}
@@ -363,20 +367,22 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 	if maxDown == 0 {
 		maxDown = defaultMaxDown
 	}
-	ms := driver.MigrateSpec{URI: tgt.URI, Postcopy: p.Postcopy, DowntimeLimit: initialDowntime, AutoConverge: true,
+	// Auto-converge starts dormant: the stall detector wakes it up.
+	dormant := migration.DormantThrottle()
+	ms := driver.MigrateSpec{URI: tgt.URI, Postcopy: p.Postcopy, DowntimeLimit: initialDowntime, AutoConverge: &dormant,
 		MaxBandwidth: int64(v.Record.VM.Spec.Migration.MaxBandwidth)}
 	if !p.Postcopy {
 		ms.Multifd = multifdChannels
 	}
 	if err := mig.StartMigration(ctx, name, ms); err != nil {
 		a.endMirrors(ctx, mig, name, p, true)
-		fail("failed", err)
+		fail(migration.SourceFailed, err)
 		return
 	}
-	rep.Phase = "precopy"
+	rep.Phase = migration.SourcePrecopy
 	rep.Progress.DowntimeLimit = initialDowntime.Milliseconds()
 	a.reportSource(ctx, name, rep)
-	det := qemu.NewStallDetector(qemu.StallPolicy{InitialDowntime: initialDowntime, MaxDowntime: maxDown, AllowPostcopy: p.Postcopy,
+	det := migration.NewStallDetector(migration.StallPolicy{InitialDowntime: initialDowntime, MaxDowntime: maxDown, AllowPostcopy: p.Postcopy,
 		AutoConverge: true, StallWindow: 3 * time.Second, Timeout: 5 * time.Minute}, time.Now())
 	lastReport := time.Now()
 	for {
@@ -388,12 +394,12 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 		// Check the plan first, and bound every QEMU call: a destination
 		// that vanished can leave QEMU's migration stuck in the network,
 		// and the abort must not wait for it.
-		if rep.Phase != "postcopy" && a.cancelled(ctx, name, p.ID) {
+		if rep.Phase != migration.SourcePostcopy && a.cancelled(ctx, name, p.ID) {
 			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_ = mig.CancelMigration(qctx, name)
 			cancel()
 			a.endMirrors(ctx, mig, name, p, true)
-			fail("cancelled", errors.New("cancelled by request or by the leader"))
+			fail(migration.SourceCancelled, errors.New("cancelled by request or by the leader"))
 			return
 		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -407,32 +413,32 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 		// QEMU would notice a dead post-copy destination only when TCP
 		// gives up; its lease expiring is the earlier sign, and until this
 		// copy is gone the leader's HA restart cannot start here.
-		lostTarget := info.Status == "postcopy-active" && !a.hostAlive(p.Target)
+		lostTarget := info.Status == driver.MigrationPostcopyActive && !a.hostAlive(p.Target)
 		switch {
-		case info.Status == "completed":
+		case info.Status == driver.MigrationCompleted:
 			a.finishSource(ctx, mig, v, p, rep, info)
 			return
-		case lostTarget || info.Status == "postcopy-paused" || info.Status == "postcopy-recover-setup":
+		case lostTarget || info.Status == driver.MigrationPostcopyPaused:
 			// The destination (which runs the VM since the switch) is gone:
 			// the VM's state is split and cannot be rebuilt here. This copy
 			// is stopped and stale; HA restarts the VM from its disks.
 			_ = a.drv.Kill(ctx, name)
 			a.releaseDisks(ctx, v)
 			_ = a.drv.Destroy(name)
-			fail("failed", errors.New("post-copy lost the destination; the VM restarts from its disks"))
+			fail(migration.SourceFailed, errors.New("post-copy lost the destination; the VM restarts from its disks"))
 			return
-		case info.Status == "failed":
+		case info.Status == driver.MigrationFailed:
 			a.endMirrors(ctx, mig, name, p, true)
 			_ = mig.ResumeSource(ctx, name)
-			fail("failed", fmt.Errorf("QEMU: %s", orDefault(info.Error, "migration failed")))
+			fail(migration.SourceFailed, fmt.Errorf("QEMU: %s", orDefault(info.Error, "migration failed")))
 			return
-		case info.Status == "cancelled":
+		case info.Status == driver.MigrationCancelled:
 			a.endMirrors(ctx, mig, name, p, true)
-			fail("cancelled", errors.New("cancelled"))
+			fail(migration.SourceCancelled, errors.New("cancelled"))
 			return
 		}
-		if rep.Phase != "postcopy" {
-			act := det.Observe(qemu.SampleOf(time.Now(), info))
+		if rep.Phase != migration.SourcePostcopy {
+			act := det.Observe(migration.SampleOf(time.Now(), info))
 			if done := a.escalate(ctx, mig, v, p, rep, act); done {
 				return
 			}
@@ -446,56 +452,54 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 
 // escalate carries out one stall-detector step; it returns true when the
 // migration ended (aborted).
-func (a *Agent) escalate(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, act qemu.Action) bool {
+func (a *Agent) escalate(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, act migration.Action) bool {
 	name := v.Record.Name()
 	switch act.Kind {
-	case qemu.None:
+	case migration.Continue:
 		return false
-	case qemu.RaiseDowntime, qemu.EnableAutoConverge, qemu.IncreaseThrottle:
-		params := act.Params
-		if act.Kind == qemu.RaiseDowntime {
-			params = map[string]any{"downtime-limit": act.Downtime.Milliseconds()}
+	case migration.RaiseDowntime, migration.EnableAutoConverge, migration.IncreaseThrottle:
+		if act.Kind == migration.RaiseDowntime {
 			rep.Progress.DowntimeLimit = act.Downtime.Milliseconds()
 		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := mig.TuneMigration(qctx, name, params)
+		err := mig.TuneMigration(qctx, name, act.Tuning)
 		cancel()
 		if err != nil {
 			a.log.Warn("migration: tune", "vm", name, "err", err)
 		}
 		rep.Steps = append(rep.Steps, act.Reason)
-		a.event(ctx, "migration.escalated", name, act.Reason)
+		a.event(ctx, migration.EvEscalated, name, act.Reason)
 		return false
-	case qemu.StartPostcopy:
+	case migration.StartPostcopy:
 		// Post-copy runs the VM on the destination from the switch on, so
 		// placement must move first: ask the leader for the flip.
 		rep.Steps = append(rep.Steps, act.Reason)
-		rep.Phase = "postcopy-ready"
+		rep.Phase = migration.SourcePostcopyReady
 		a.reportSource(ctx, name, rep)
-		a.event(ctx, "migration.escalated", name, act.Reason+"; waiting for the cut-over before switching to post-copy")
+		a.event(ctx, migration.EvEscalated, name, act.Reason+"; waiting for the cut-over before switching to post-copy")
 		_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
 		if !flipped(nv, p) {
 			_ = mig.CancelMigration(ctx, name)
-			rep.Phase, rep.Error = "failed", "the cut-over for post-copy did not happen"
+			rep.Phase, rep.Error = migration.SourceFailed, "the cut-over for post-copy did not happen"
 			a.reportSource(ctx, name, rep)
 			return true
 		}
 		if err := mig.StartPostcopy(ctx, name); err != nil {
 			// Placement already names the target, which waits for a switch
 			// that will not come: HA takes it from here.
-			rep.Phase, rep.Error = "failed", "post-copy: "+err.Error()
+			rep.Phase, rep.Error = migration.SourceFailed, "post-copy: "+err.Error()
 			a.reportSource(ctx, name, rep)
 			return true
 		}
-		rep.Phase = "postcopy"
+		rep.Phase = migration.SourcePostcopy
 		a.reportSource(ctx, name, rep)
 		return false
-	case qemu.Abort:
+	case migration.Abort:
 		_ = mig.CancelMigration(ctx, name)
 		a.endMirrors(ctx, mig, name, p, true)
-		rep.Phase, rep.Error = "failed", act.Reason
+		rep.Phase, rep.Error = migration.SourceFailed, act.Reason
 		a.reportSource(ctx, name, rep)
-		a.event(ctx, "migration.aborted", name, act.Reason)
+		a.event(ctx, migration.EvAborted, name, act.Reason)
 		return true
 	}
 	return false
@@ -508,9 +512,9 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 	name := v.Record.Name()
 	a.endMirrors(ctx, mig, name, p, false)
 	rep.Progress.DowntimeMS, rep.Progress.TotalMS, rep.Progress.SetupMS = info.Downtime.Milliseconds(), info.TotalTime.Milliseconds(), info.SetupTime.Milliseconds()
-	postcopy := rep.Phase == "postcopy"
+	postcopy := rep.Phase == migration.SourcePostcopy
 	if !postcopy {
-		rep.Phase = "completed"
+		rep.Phase = migration.SourceCompleted
 		a.reportSource(ctx, name, rep)
 		_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
 		if ctx.Err() != nil {
@@ -525,9 +529,9 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 			if err := mig.ResumeSource(ctx, name); err != nil {
 				a.log.Error("migration: resume source after a failed cut-over", "vm", name, "err", err)
 			}
-			rep.Phase, rep.Error = "resumed", "cut-over failed; the VM continues on the source"
+			rep.Phase, rep.Error = migration.SourceResumed, "cut-over failed; the VM continues on the source"
 			a.reportSource(ctx, name, rep)
-			a.event(ctx, "migration.failed", name, rep.Error)
+			a.event(ctx, migration.EvFailed, name, rep.Error)
 			return
 		default:
 			// Placement moved somewhere else (HA): this paused copy is stale.
@@ -536,7 +540,7 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 			return
 		}
 	} else {
-		rep.Phase = "completed"
+		rep.Phase = migration.SourceCompleted
 		a.reportSource(ctx, name, rep)
 	}
 	// Cut-over done: the destination resumes; this copy goes.
@@ -548,7 +552,7 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 	if p.SharedNothing {
 		a.dropSourceDisks(ctx, v, p)
 	}
-	a.event(ctx, "migration.source-done", name, fmt.Sprintf("left for %s: QEMU downtime %d ms, total %d ms", p.Target, rep.Progress.DowntimeMS, rep.Progress.TotalMS))
+	a.event(ctx, migration.EvSourceDone, name, fmt.Sprintf("left for %s: QEMU downtime %d ms, total %d ms", p.Target, rep.Progress.DowntimeMS, rep.Progress.TotalMS))
 }
 
 // dropSourceDisks deletes the source's copies of a shared-nothing VM's
@@ -571,12 +575,12 @@ func (a *Agent) dropSourceDisks(ctx context.Context, v *store.VMState, p store.M
 				}
 				return
 			case lost:
-				a.event(ctx, "migration.source-disk-kept", name, "the destination did not resume on its disk copy: "+a.cfg.Host+" keeps its copy of the VM's local disks")
+				a.event(ctx, migration.EvSourceDiskKept, name, "the destination did not resume on its disk copy: "+a.cfg.Host+" keeps its copy of the VM's local disks")
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			a.event(ctx, "migration.source-disk-kept", name, "the destination's status never showed it running: "+a.cfg.Host+" keeps its copy of the VM's local disks")
+			a.event(ctx, migration.EvSourceDiskKept, name, "the destination's status never showed it running: "+a.cfg.Host+" keeps its copy of the VM's local disks")
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -594,7 +598,7 @@ func destinationTookOver(snap *store.Snapshot, name string, p store.MigrationPla
 		return true, false
 	}
 	m := snap.Migrations[name]
-	failed := m != nil && m.Plan != nil && m.Plan.ID == p.ID && m.Plan.Phase == store.MigFailed
+	failed := m != nil && m.Plan != nil && m.Plan.ID == p.ID && m.Plan.Phase == migration.Failed
 	return false, failed || !flipped(v, p)
 }
 
@@ -608,17 +612,17 @@ func (a *Agent) recoverSource(ctx context.Context, mig driver.Migrator, v *store
 		return
 	}
 	switch info.Status {
-	case "completed":
-		rep.Phase = "precopy"
+	case driver.MigrationCompleted:
+		rep.Phase = migration.SourcePrecopy
 		a.finishSource(ctx, mig, v, p, rep, info)
-	case "active", "setup", "device", "pre-switchover":
+	case driver.MigrationActive, driver.MigrationSetup:
 		_ = mig.CancelMigration(ctx, name)
 		a.endMirrors(ctx, mig, name, p, true)
-		rep.Phase, rep.Error = "failed", "the source agent restarted during the migration; cancelled"
+		rep.Phase, rep.Error = migration.SourceFailed, "the source agent restarted during the migration; cancelled"
 		a.reportSource(ctx, name, rep)
 	default:
 		_ = mig.ResumeSource(ctx, name)
-		rep.Phase, rep.Error = "failed", "the source agent restarted during the migration ("+info.Status+")"
+		rep.Phase, rep.Error = migration.SourceFailed, "the source agent restarted during the migration ("+info.Detail+")"
 		a.reportSource(ctx, name, rep)
 	}
 }
@@ -639,11 +643,11 @@ func (a *Agent) cancelled(ctx context.Context, vm, id string) bool {
 	}
 	m := snap.Migrations[vm]
 	return m != nil && m.Request != nil && m.Request.ID == id && m.Request.Cancel ||
-		m != nil && m.Plan != nil && m.Plan.ID == id && slices.Contains([]string{store.MigFailed, store.MigCancelled}, m.Plan.Phase)
+		m != nil && m.Plan != nil && m.Plan.ID == id && slices.Contains([]migration.PlanPhase{migration.Failed, migration.Cancelled}, m.Plan.Phase)
 }
 
 func fillProgress(pr *store.MigrationProgress, info driver.MigrationInfo) {
-	pr.QEMUStatus = info.Status
+	pr.QEMUStatus = info.Detail
 	pr.Transferred, pr.Remaining, pr.Total = info.Transferred, info.Remaining, info.Total
 	pr.DirtyRate, pr.MbitPerSec = info.DirtyRate, info.Mbps
 	pr.ExpectedDowntime = info.ExpectedDowntime.Milliseconds()

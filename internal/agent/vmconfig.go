@@ -115,7 +115,7 @@ func (a *Agent) handler() http.Handler {
 
 // serveConsole returns the tail of a VM's serial console log.
 func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request) {
-	cp, ok := a.drv.(interface{ ConsolePath(string) string })
+	cp, ok := a.drv.(driver.Console)
 	if !ok {
 		http.Error(w, "this driver keeps no console log", http.StatusNotImplemented)
 		return

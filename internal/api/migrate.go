@@ -16,18 +16,18 @@ import (
 func migrationView(vm string, m *store.MigrationState) v1.Migration {
 	out := v1.Migration{VM: vm}
 	if m.Request != nil {
-		out.ID, out.Reason, out.Target, out.Phase = m.Request.ID, m.Request.Reason, m.Request.To, "requested"
+		out.ID, out.Reason, out.Target, out.Phase = m.Request.ID, m.Request.Reason, m.Request.To, v1.MigrationRequested
 	}
 	if p := m.Plan; p != nil && (m.Request == nil || p.ID == m.Request.ID) {
-		out.ID, out.Phase, out.Source, out.Target = p.ID, p.Phase, p.Source, p.Target
+		out.ID, out.Phase, out.Source, out.Target = p.ID, string(p.Phase), p.Source, p.Target
 		out.Shared, out.Postcopy, out.Error, out.Started, out.Finished = !p.SharedNothing, p.Postcopy, p.Error, p.StartedAt, p.FinishedAt
 	}
 	if t := m.Target; t != nil && t.ID == out.ID {
-		out.Step = "destination " + t.Phase
-		out.Dest = &v1.MigrationEndpoint{Phase: t.Phase, URI: t.URI, Error: t.Error, PrepareMS: t.PrepareMS, UpdatedAt: t.UpdatedAt}
+		out.Step = "destination " + string(t.Phase)
+		out.Dest = &v1.MigrationEndpoint{Phase: string(t.Phase), URI: t.URI, Error: t.Error, PrepareMS: t.PrepareMS, UpdatedAt: t.UpdatedAt}
 	}
 	if s := m.Source; s != nil && s.ID == out.ID {
-		out.Step, out.Progress, out.Steps = s.Phase, v1.MigrationProgress(s.Progress), s.Steps
+		out.Step, out.Progress, out.Steps = string(s.Phase), v1.MigrationProgress(s.Progress), s.Steps
 		if out.Error == "" {
 			out.Error = s.Error
 		}
@@ -85,7 +85,7 @@ func (s *Server) cancelMigration(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := snap.Migrations[name]
-	if m == nil || m.Request == nil || (m.Plan != nil && m.Plan.ID == m.Request.ID && store.MigrationDone(m.Plan.Phase)) {
+	if m == nil || m.Request == nil || (m.Plan != nil && m.Plan.ID == m.Request.ID && m.Plan.Phase.Done()) {
 		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s has no migration in progress", name))
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -48,7 +49,7 @@ func StateOf(v *store.VMState) string {
 // live lease is shown failed, not with its host's last (stale) report.
 func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) v1.VM {
 	out := ViewOf(v, withSpec)
-	if m := snap.Migrations[v.Record.Name()]; m.Active() && m.Plan.Phase != store.MigQueued && out.State == store.StateRunning {
+	if m := snap.Migrations[v.Record.Name()]; m.Active() && m.Plan.Phase != migration.Queued && out.State == store.StateRunning {
 		out.State = store.StateMigrating
 	}
 	if _, alive := snap.Alive[v.Placement.Host]; v.Placement.Host != "" && !alive {

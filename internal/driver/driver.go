@@ -44,15 +44,24 @@ var ErrNotFound = errors.New("vm not found on this host")
 // ErrAlreadyRunning means Start found the VM already running here.
 var ErrAlreadyRunning = errors.New("vm already running on this host")
 
-// Capabilities is what a host's hypervisor can do, fed to placement.
+// Capabilities is what a host's hypervisor can do, fed to placement. The
+// driver declares them in driver-neutral terms, so that callers never
+// interpret a hypervisor's version.
 type Capabilities struct {
-	QEMUVersion  string `json:"qemuVersion"`
-	QEMUMajor    int    `json:"qemuMajor"`
-	QEMUMinor    int    `json:"qemuMinor"`
-	Accel        string `json:"accel"` // the accelerator "auto" resolves to: kvm or tcg
-	AccelReason  string `json:"accelReason"`
-	LiveMigrate  bool   `json:"liveMigrate"`  // safe live migration (QEMU >= 10)
-	IgnoreShared bool   `json:"ignoreShared"` // x-ignore-shared, needed by FT checkpoints
+	// Hypervisor and Version name it, for display ("QEMU", "10.0.2").
+	Hypervisor string `json:"hypervisor"`
+	Version    string `json:"version"`
+	Accel      string `json:"accel"` // the accelerator "auto" resolves to: kvm or tcg
+	// AccelReason says why (the KVM probe's verdict).
+	AccelReason string `json:"accelReason"`
+	// LiveMigration: this host can send and receive live migrations safely.
+	LiveMigration bool `json:"liveMigration"`
+	// Postcopy and Multifd: the migration modes it supports.
+	Postcopy bool `json:"postcopy"`
+	Multifd  bool `json:"multifd"`
+	// SharedMemoryMigration: it can migrate without copying RAM that both
+	// sides share (what FT checkpoints need).
+	SharedMemoryMigration bool `json:"sharedMemoryMigration"`
 }
 
 // VMConfig is a VM resolved for one host: paths, bridges and the
@@ -149,4 +158,18 @@ type Event struct {
 	Type   EventType
 	Status Status
 	Time   time.Time
+}
+
+// Optional abilities a driver may have beyond Driver. Callers check for
+// them by these names (a type assertion), never by anonymous interfaces.
+
+// Prober resolves something slow about the host (the accelerator) in the
+// background, so that an agent can serve while it runs.
+type Prober interface {
+	StartProbe(ctx context.Context)
+}
+
+// Console gives the path of a VM's serial console log.
+type Console interface {
+	ConsolePath(name string) string
 }

@@ -28,7 +28,7 @@ type Migrator interface {
 	// MigrationInfo is the source's view of the migration.
 	MigrationInfo(ctx context.Context, name string) (MigrationInfo, error)
 	// TuneMigration changes parameters of a running migration.
-	TuneMigration(ctx context.Context, name string, params map[string]any) error
+	TuneMigration(ctx context.Context, name string, t Tuning) error
 	// StartPostcopy switches a running migration to post-copy.
 	StartPostcopy(ctx context.Context, name string) error
 	// CancelMigration aborts it; the source keeps running.
@@ -72,12 +72,68 @@ type MigrateSpec struct {
 	Multifd       int
 	DowntimeLimit time.Duration
 	MaxBandwidth  int64
-	AutoConverge  bool
+	// AutoConverge, when set, enables vCPU throttling with these settings
+	// from the start (it cannot be enabled mid-migration; TuneMigration
+	// changes the settings later).
+	AutoConverge *Throttle
+}
+
+// Tuning changes a running migration; zero fields stay as they are.
+type Tuning struct {
+	// DowntimeLimit is the longest pause allowed for the final copy.
+	DowntimeLimit time.Duration
+	// Throttle changes the vCPU throttle of a migration started with
+	// AutoConverge.
+	Throttle *Throttle
+	// PostcopyBandwidth caps the post-copy phase, in bytes/s.
+	PostcopyBandwidth int64
+}
+
+// Throttle is auto-converge's vCPU throttle, in percent.
+type Throttle struct {
+	// TriggerThreshold: throttle once the guest dirties memory faster than
+	// this share of what the link sends (100: only when it outpaces it).
+	TriggerThreshold int
+	// Initial and Increment: the first throttle, and the step per round.
+	Initial, Increment int
+	// Max caps the throttle.
+	Max int
+}
+
+// MigrationStatus is where a migration is, in driver-neutral terms.
+type MigrationStatus string
+
+// Migration statuses.
+const (
+	// MigrationNone: no migration has run.
+	MigrationNone MigrationStatus = "none"
+	// MigrationSetup: starting; nothing copied yet.
+	MigrationSetup MigrationStatus = "setup"
+	// MigrationActive: copying (pre-copy, or the final switch).
+	MigrationActive MigrationStatus = "active"
+	// MigrationPostcopyActive: the destination runs, pages follow on demand.
+	MigrationPostcopyActive MigrationStatus = "postcopy-active"
+	// MigrationPostcopyPaused: the post-copy link broke; the VM's state is
+	// split between the hosts.
+	MigrationPostcopyPaused MigrationStatus = "postcopy-paused"
+	// MigrationCompleted: the whole state reached the destination.
+	MigrationCompleted  MigrationStatus = "completed"
+	MigrationFailed     MigrationStatus = "failed"
+	MigrationCancelling MigrationStatus = "cancelling"
+	MigrationCancelled  MigrationStatus = "cancelled"
+)
+
+// Running reports whether a migration is under way (pre-copy or
+// post-copy).
+func (s MigrationStatus) Running() bool {
+	return s == MigrationSetup || s == MigrationActive || s == MigrationPostcopyActive || s == MigrationCancelling
 }
 
 // MigrationInfo is a migration's state as the hypervisor reports it.
 type MigrationInfo struct {
-	Status           string
+	Status MigrationStatus
+	// Detail is the hypervisor's own name for the status, for reports.
+	Detail           string
 	Transferred      int64
 	Remaining        int64
 	Total            int64

@@ -3,6 +3,7 @@ package store
 import (
 	"time"
 
+	"github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/spec"
 )
 
@@ -304,22 +305,6 @@ const (
 	RequestTestFailover = "test-failover"
 )
 
-// Migration phases (MigrationPlan.Phase).
-const (
-	MigQueued     = "queued"     // waiting for a migration slot (limits per host and cluster)
-	MigScheduled  = "scheduled"  // target chosen; the target agent prepares an incoming QEMU
-	MigRunning    = "migrating"  // the source agent migrates (mirror, pre-copy, maybe post-copy)
-	MigSwitchover = "switchover" // placement flipped to the target; the target resumes the VM
-	MigCompleted  = "completed"
-	MigFailed     = "failed"
-	MigCancelled  = "cancelled"
-)
-
-// MigrationDone reports whether a phase is final.
-func MigrationDone(phase string) bool {
-	return phase == MigCompleted || phase == MigFailed || phase == MigCancelled
-}
-
 // MigrationRequest is an operator's (or maintenance mode's) request to
 // move a running VM; the API writes it.
 type MigrationRequest struct {
@@ -342,19 +327,19 @@ type MigrationPlan struct {
 	// cut-over flips placement to Epoch+1 on the target.
 	Epoch int64 `json:"epoch"`
 	// SharedNothing: the disks are host-local and are mirrored over NBD.
-	SharedNothing bool      `json:"sharedNothing"`
-	Postcopy      bool      `json:"postcopy"`
-	Phase         string    `json:"phase"`
-	Error         string    `json:"error,omitempty"`
-	StartedAt     time.Time `json:"startedAt"`
-	FinishedAt    time.Time `json:"finishedAt,omitzero"`
+	SharedNothing bool                `json:"sharedNothing"`
+	Postcopy      bool                `json:"postcopy"`
+	Phase         migration.PlanPhase `json:"phase"`
+	Error         string              `json:"error,omitempty"`
+	StartedAt     time.Time           `json:"startedAt"`
+	FinishedAt    time.Time           `json:"finishedAt,omitzero"`
 }
 
 // MigrationTarget is the destination agent's report.
 type MigrationTarget struct {
-	ID    string `json:"id"`
-	Phase string `json:"phase"` // preparing, ready, resumed, failed
-	URI   string `json:"uri,omitempty"`
+	ID    string                `json:"id"`
+	Phase migration.TargetPhase `json:"phase"`
+	URI   string                `json:"uri,omitempty"`
 	// NBD lists, per disk index, where the source mirrors that disk.
 	NBD       []MigrationNBD `json:"nbd,omitempty"`
 	Error     string         `json:"error,omitempty"`
@@ -372,12 +357,9 @@ type MigrationNBD struct {
 
 // MigrationSource is the source agent's report, with live progress.
 type MigrationSource struct {
-	ID string `json:"id"`
-	// Phase: mirroring, precopy, postcopy-ready (waiting for the flip),
-	// postcopy, completed (destination paused, waiting for the flip),
-	// resumed (cut-over failed, VM continues here), cancelled, failed.
-	Phase    string            `json:"phase"`
-	Progress MigrationProgress `json:"progress"`
+	ID       string                `json:"id"`
+	Phase    migration.SourcePhase `json:"phase"`
+	Progress MigrationProgress     `json:"progress"`
 	// Steps are the stall detector's escalations, in order.
 	Steps     []string  `json:"steps,omitempty"`
 	Error     string    `json:"error,omitempty"`
@@ -415,5 +397,5 @@ type MigrationState struct {
 
 // Active reports whether the migration is under way (planned, not final).
 func (m *MigrationState) Active() bool {
-	return m != nil && m.Plan != nil && m.Request != nil && m.Plan.ID == m.Request.ID && !MigrationDone(m.Plan.Phase)
+	return m != nil && m.Plan != nil && m.Request != nil && m.Plan.ID == m.Request.ID && !m.Plan.Phase.Done()
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -47,7 +48,7 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 	active := 0
 	outbound := map[string]int{}
 	for _, name := range snap.SortedVMNames() {
-		if m := snap.Migrations[name]; m.Active() && m.Plan.Phase != store.MigQueued {
+		if m := snap.Migrations[name]; m.Active() && m.Plan.Phase != migration.Queued {
 			active++
 			outbound[m.Plan.Source]++
 		}
@@ -71,7 +72,7 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 			again = 100 * time.Millisecond
 			continue
 		}
-		if !store.MigrationDone(m.Plan.Phase) {
+		if !m.Plan.Phase.Done() {
 			if err := c.follow(ctx, snap, name, m, &active, outbound); err != nil && !errors.Is(err, store.ErrConflict) {
 				errs = append(errs, fmt.Errorf("migration of %s: %w", name, err))
 			}
@@ -122,11 +123,11 @@ func (c *Controller) plan(ctx context.Context, snap *store.Snapshot, name string
 	req := m.Request
 	p := &store.MigrationPlan{ID: req.ID, StartedAt: c.now()}
 	fail := func(msg string) error {
-		p.Phase, p.Error, p.FinishedAt = store.MigFailed, msg, c.now()
+		p.Phase, p.Error, p.FinishedAt = migration.Failed, msg, c.now()
 		if err := c.st.PutMigrationPlan(ctx, name, 0, p); err != nil {
 			return err
 		}
-		c.emit(ctx, store.Event{Type: "migration.failed", VM: name, Host: p.Source, Message: "migration refused: " + msg})
+		c.emit(ctx, store.Event{Type: migration.EvFailed, VM: name, Host: p.Source, Message: "migration refused: " + msg})
 		return nil
 	}
 	if !ok {
@@ -136,7 +137,7 @@ func (c *Controller) plan(ctx context.Context, snap *store.Snapshot, name string
 	st := v.Status
 	switch {
 	case req.Cancel:
-		p.Phase, p.FinishedAt = store.MigCancelled, c.now()
+		p.Phase, p.FinishedAt = migration.Cancelled, c.now()
 		return c.st.PutMigrationPlan(ctx, name, 0, p)
 	case v.Record.Power != store.PowerRunning || st == nil || st.State != store.StateRunning || st.Host != v.Placement.Host || st.Epoch != v.Placement.Epoch:
 		return fail("the VM is not running")
@@ -156,14 +157,14 @@ func (c *Controller) plan(ctx context.Context, snap *store.Snapshot, name string
 	// Post-copy cannot be combined with mirroring local disks here: after
 	// the switch the destination writes, and the source's copy falls behind.
 	p.Postcopy = (allow == nil || *allow) && !p.SharedNothing
-	p.Phase = store.MigScheduled
+	p.Phase = migration.Scheduled
 	if outbound[p.Source] >= MaxOutboundPerHost || *active >= MaxPerCluster {
-		p.Phase = store.MigQueued
+		p.Phase = migration.Queued
 	}
 	if err := c.st.PutMigrationPlan(ctx, name, 0, p); err != nil {
 		return err
 	}
-	if p.Phase == store.MigScheduled {
+	if p.Phase == migration.Scheduled {
 		*active++
 		outbound[p.Source]++
 	}
@@ -171,99 +172,58 @@ func (c *Controller) plan(ctx context.Context, snap *store.Snapshot, name string
 	if p.SharedNothing {
 		mode = "shared-nothing: disks mirrored over NBD first"
 	}
-	c.emit(ctx, store.Event{Type: "migration.scheduled", VM: name, Host: p.Source,
+	c.emit(ctx, store.Event{Type: migration.EvScheduled, VM: name, Host: p.Source,
 		Message: fmt.Sprintf("live migration %s -> %s scheduled (%s; post-copy %v; %s)", p.Source, p.Target, mode, p.Postcopy, p.Phase)})
 	return nil
 }
 
-// follow advances a planned migration by one step.
+// follow advances a planned migration by one step: the protocol decides
+// (migration.Leader), the controller writes.
 func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name string, m *store.MigrationState, active *int, outbound map[string]int) error {
 	p := *m.Plan
 	v, ok := snap.VMs[name]
-	end := func(phase, msg string) error {
-		p.Phase, p.Error, p.FinishedAt = phase, msg, c.now()
+	_, sourceAlive := snap.Alive[p.Source]
+	_, targetAlive := snap.Alive[p.Target]
+	view := migration.LeaderView{
+		Phase: p.Phase, Source: p.Source, Target: p.Target, CancelRequested: m.Request.Cancel,
+		SlotFree: outbound[p.Source] < MaxOutboundPerHost && *active < MaxPerCluster,
+		VMGone:   !ok, SourceAlive: sourceAlive, TargetAlive: targetAlive,
+	}
+	if ok {
+		view.PlacementMoved = v.Placement.Host != p.Source || v.Placement.Epoch != p.Epoch
+	}
+	if src := m.Source; src != nil && src.ID == p.ID {
+		view.SourceReport = &migration.Report[migration.SourcePhase]{Phase: src.Phase, Error: src.Error}
+	}
+	if tgt := m.Target; tgt != nil && tgt.ID == p.ID {
+		view.TargetReport = &migration.Report[migration.TargetPhase]{Phase: tgt.Phase, Error: tgt.Error}
+	}
+	step := migration.Leader(view)
+	switch step.Move {
+	case migration.Advance:
+		if p.Phase == migration.Queued {
+			*active++
+			outbound[p.Source]++
+		}
+		p.Phase = step.Phase
+		return c.st.PutMigrationPlan(ctx, name, m.PlanRev, &p)
+	case migration.Flip:
+		return c.flip(ctx, name, v, m, &p)
+	case migration.End:
+		msg := step.Reason
+		if step.Phase == migration.Completed && m.Source != nil && m.Source.ID == p.ID {
+			pr := m.Source.Progress
+			msg = fmt.Sprintf("downtime %d ms (QEMU), total %d ms", pr.DowntimeMS, pr.TotalMS)
+		}
+		p.Phase, p.Error, p.FinishedAt = step.Phase, msg, c.now()
 		if err := c.st.PutMigrationPlan(ctx, name, m.PlanRev, &p); err != nil {
 			return err
 		}
-		typ := "migration." + phase
-		text := fmt.Sprintf("live migration %s -> %s %s", p.Source, p.Target, phase)
+		text := fmt.Sprintf("live migration %s -> %s %s", p.Source, p.Target, step.Phase)
 		if msg != "" {
 			text += ": " + msg
 		}
-		c.emit(ctx, store.Event{Type: typ, VM: name, Host: p.Target, Message: text})
-		return nil
-	}
-	if !ok {
-		return end(store.MigFailed, "the VM was deleted")
-	}
-	src, tgt := m.Source, m.Target
-	if src != nil && src.ID != p.ID {
-		src = nil
-	}
-	if tgt != nil && tgt.ID != p.ID {
-		tgt = nil
-	}
-	_, sourceAlive := snap.Alive[p.Source]
-	_, targetAlive := snap.Alive[p.Target]
-
-	switch p.Phase {
-	case store.MigQueued:
-		if m.Request.Cancel {
-			return end(store.MigCancelled, "")
-		}
-		if outbound[p.Source] < MaxOutboundPerHost && *active < MaxPerCluster {
-			p.Phase = store.MigScheduled
-			*active++
-			outbound[p.Source]++
-			return c.st.PutMigrationPlan(ctx, name, m.PlanRev, &p)
-		}
-		return nil
-
-	case store.MigScheduled, store.MigRunning:
-		switch {
-		case m.Request.Cancel && (src == nil || src.Phase != "completed" && src.Phase != "postcopy-ready"):
-			return end(store.MigCancelled, "cancelled by request")
-		case !sourceAlive:
-			return end(store.MigFailed, "source host "+p.Source+" is down")
-		case !targetAlive:
-			return end(store.MigFailed, "target host "+p.Target+" is down")
-		case v.Placement.Host != p.Source || v.Placement.Epoch != p.Epoch:
-			return end(store.MigFailed, "the VM's placement changed under the migration")
-		case tgt != nil && tgt.Phase == "failed":
-			return end(store.MigFailed, "destination: "+tgt.Error)
-		case src != nil && (src.Phase == "failed" || src.Phase == "cancelled"):
-			if src.Phase == "cancelled" {
-				return end(store.MigCancelled, src.Error)
-			}
-			return end(store.MigFailed, "source: "+src.Error)
-		case src != nil && (src.Phase == "completed" || src.Phase == "postcopy-ready"):
-			return c.flip(ctx, name, v, m, &p)
-		case p.Phase == store.MigScheduled && tgt != nil && tgt.Phase == "ready":
-			p.Phase = store.MigRunning
-			return c.st.PutMigrationPlan(ctx, name, m.PlanRev, &p)
-		}
-		return nil
-
-	case store.MigSwitchover:
-		postcopy := src != nil && (src.Phase == "postcopy-ready" || src.Phase == "postcopy")
-		switch {
-		case tgt != nil && tgt.Phase == "resumed" && postcopy && (src == nil || src.Phase != "completed"):
-			return nil // the destination runs; the source still serves pages
-		case tgt != nil && tgt.Phase == "resumed":
-			msg := ""
-			if src != nil {
-				pr := src.Progress
-				msg = fmt.Sprintf("downtime %d ms (QEMU), total %d ms", pr.DowntimeMS, pr.TotalMS)
-			}
-			return end(store.MigCompleted, msg)
-		case !targetAlive:
-			// The VM was moved to a host that died before resuming it: HA
-			// restarts it from its disks (docs/migration.md).
-			return end(store.MigFailed, "target host "+p.Target+" died during the cut-over; HA restarts the VM")
-		case tgt != nil && tgt.Phase == "failed":
-			return end(store.MigFailed, "destination failed after the cut-over: "+tgt.Error+"; HA restarts the VM")
-		}
-		return nil
+		c.emit(ctx, store.Event{Type: migration.EventFor(step.Phase), VM: name, Host: p.Target, Message: text})
 	}
 	return nil
 }
@@ -275,7 +235,7 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 // the source's, before it resumes.
 func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m *store.MigrationState, p *store.MigrationPlan) error {
 	next := store.Placement{Host: p.Target, Epoch: v.Placement.Epoch + 1, Reason: "live migration from " + p.Source, Time: c.now()}
-	p.Phase = store.MigSwitchover
+	p.Phase = migration.Switchover
 	err := c.st.FlipForMigration(ctx, name, v.Placement, v.PlacementRev, next, m.PlanRev, p)
 	if errors.Is(err, store.ErrConflict) {
 		return err // something changed: the next pass decides again
@@ -283,7 +243,7 @@ func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m 
 	if err != nil {
 		return err
 	}
-	c.emit(ctx, store.Event{Type: "migration.switchover", VM: name, Host: p.Target,
+	c.emit(ctx, store.Event{Type: migration.EvSwitchover, VM: name, Host: p.Target,
 		Message: fmt.Sprintf("cut-over: placement moved to %s (epoch %d); resuming there", p.Target, next.Epoch)})
 	return nil
 }

@@ -125,14 +125,10 @@ func (d *Driver) Fingerprint(ctx context.Context) (driver.Capabilities, error) {
 	if err != nil {
 		return driver.Capabilities{}, err
 	}
+	safe := d.major >= MinSafeMajor // live migration under TCG, x-ignore-shared: QEMU >= 10
 	return driver.Capabilities{
-		QEMUVersion:  v,
-		QEMUMajor:    d.major,
-		QEMUMinor:    d.minor,
-		Accel:        c.Accel,
-		AccelReason:  c.Reason,
-		LiveMigrate:  d.major >= MinSafeMajor,
-		IgnoreShared: d.major >= MinSafeMajor,
+		Hypervisor: "QEMU", Version: v, Accel: c.Accel, AccelReason: c.Reason,
+		LiveMigration: safe, Postcopy: safe, Multifd: safe, SharedMemoryMigration: safe,
 	}, nil
 }
 

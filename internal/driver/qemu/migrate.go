@@ -26,7 +26,12 @@ import (
 	"github.com/vigilha/vigil/internal/qmp"
 )
 
-var _ driver.Migrator = (*Driver)(nil)
+var (
+	_ driver.Driver   = (*Driver)(nil)
+	_ driver.Migrator = (*Driver)(nil)
+	_ driver.Prober   = (*Driver)(nil)
+	_ driver.Console  = (*Driver)(nil)
+)
 
 const (
 	// qmpCallTimeout bounds one QMP command, so a wedged QEMU fails the
@@ -133,10 +138,34 @@ func migrationPostcopy(status string) bool {
 	return strings.HasPrefix(status, "postcopy-")
 }
 
+// statusOf maps QEMU's MigrationStatus (QAPI, QEMU 10.0) to the driver's.
+func statusOf(qs string) driver.MigrationStatus {
+	switch {
+	case qs == "" || qs == qmp.MigrationStatusNone:
+		return driver.MigrationNone
+	case qs == qmp.MigrationStatusSetup:
+		return driver.MigrationSetup
+	case qs == qmp.MigrationStatusCompleted:
+		return driver.MigrationCompleted
+	case qs == qmp.MigrationStatusFailed:
+		return driver.MigrationFailed
+	case qs == qmp.MigrationStatusCancelled:
+		return driver.MigrationCancelled
+	case qs == qmp.MigrationStatusCancelling:
+		return driver.MigrationCancelling
+	case qs == qmp.MigrationStatusPostcopyActive:
+		return driver.MigrationPostcopyActive
+	case migrationPostcopy(qs): // postcopy-paused, postcopy-recover-setup, postcopy-recover
+		return driver.MigrationPostcopyPaused
+	}
+	return driver.MigrationActive // active, device, pre-switchover, wait-unplug, colo
+}
+
 // toInfo converts QEMU's report to the driver's.
 func toInfo(m qmp.MigrationInfo) driver.MigrationInfo {
 	out := driver.MigrationInfo{
-		Status:           m.Status,
+		Status:           statusOf(m.Status),
+		Detail:           m.Status,
 		ExpectedDowntime: time.Duration(m.ExpectedDowntime) * time.Millisecond,
 		Downtime:         time.Duration(m.Downtime) * time.Millisecond,
 		TotalTime:        time.Duration(m.TotalTime) * time.Millisecond,
@@ -144,8 +173,8 @@ func toInfo(m qmp.MigrationInfo) driver.MigrationInfo {
 		Throttle:         int(m.CPUThrottlePercentage),
 		Error:            m.ErrorDesc,
 	}
-	if out.Status == "" {
-		out.Status = qmp.MigrationStatusNone
+	if out.Detail == "" {
+		out.Detail = qmp.MigrationStatusNone
 	}
 	if r := m.RAM; r != nil {
 		out.Transferred, out.Remaining, out.Total = r.Transferred, r.Remaining, r.Total
@@ -154,12 +183,6 @@ func toInfo(m qmp.MigrationInfo) driver.MigrationInfo {
 		out.DirtySyncCount = r.DirtySyncCount
 	}
 	return out
-}
-
-// SampleOf turns a MigrationInfo into a stall detector sample taken at at.
-func SampleOf(at time.Time, m driver.MigrationInfo) Sample {
-	return Sample{At: at, Status: m.Status, Remaining: m.Remaining, Transferred: m.Transferred, Total: m.Total,
-		DirtyRate: m.DirtyRate, DirtySyncCount: m.DirtySyncCount, ExpectedDowntime: m.ExpectedDowntime, Throttle: m.Throttle}
 }
 
 // queryInfo is query-migrate, converted.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -274,7 +275,7 @@ func (d *Driver) startMigration(ctx context.Context, name string, s driver.Migra
 	} else if migrationRunning(mi.Status) || migrationPostcopy(mi.Status) {
 		return fmt.Errorf("a migration is already %s", mi.Status)
 	}
-	caps := map[string]bool{"events": true, "postcopy-ram": s.Postcopy, "multifd": s.Multifd > 0, "auto-converge": s.AutoConverge}
+	caps := map[string]bool{"events": true, "postcopy-ram": s.Postcopy, "multifd": s.Multifd > 0, "auto-converge": s.AutoConverge != nil}
 	if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetCapabilities(ctx, caps) }); err != nil {
 		return fmt.Errorf("capabilities: %w", err)
 	}
@@ -286,10 +287,8 @@ func (d *Driver) startMigration(ctx context.Context, name string, s driver.Migra
 	if s.Multifd > 0 {
 		params["multifd-channels"] = s.Multifd
 	}
-	if s.AutoConverge {
-		for k, v := range dormantAutoConverge() {
-			params[k] = v
-		}
+	if s.AutoConverge != nil {
+		maps.Copy(params, throttleParams(*s.AutoConverge))
 	}
 	if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetParameters(ctx, params) }); err != nil {
 		return fmt.Errorf("parameters: %w", err)
@@ -298,7 +297,7 @@ func (d *Driver) startMigration(ctx context.Context, name string, s driver.Migra
 		return err
 	}
 	d.log.Info("migration started", "vm", name, "uri", s.URI, "postcopy", s.Postcopy, "multifd", s.Multifd,
-		"downtime", downtime, "maxBandwidth", s.MaxBandwidth, "autoConverge", s.AutoConverge)
+		"downtime", downtime, "maxBandwidth", s.MaxBandwidth, "autoConverge", s.AutoConverge != nil)
 	return nil
 }
 
@@ -316,10 +315,18 @@ func (d *Driver) MigrationInfo(ctx context.Context, name string) (driver.Migrati
 }
 
 // TuneMigration changes parameters of a running migration
-// (migrate-set-parameters, QEMU's names and units: downtime-limit in ms,
-// max-bandwidth in bytes/s, throttle-trigger-threshold and cpu-throttle-*
-// in percent), e.g. a StallDetector action's Params.
-func (d *Driver) TuneMigration(ctx context.Context, name string, params map[string]any) error {
+// (migrate-set-parameters).
+func (d *Driver) TuneMigration(ctx context.Context, name string, t driver.Tuning) error {
+	params := map[string]any{}
+	if t.DowntimeLimit > 0 {
+		params["downtime-limit"] = t.DowntimeLimit.Milliseconds()
+	}
+	if t.Throttle != nil {
+		maps.Copy(params, throttleParams(*t.Throttle))
+	}
+	if t.PostcopyBandwidth > 0 {
+		params["max-postcopy-bandwidth"] = t.PostcopyBandwidth
+	}
 	if len(params) == 0 {
 		return nil
 	}
@@ -332,6 +339,19 @@ func (d *Driver) TuneMigration(ctx context.Context, name string, params map[stri
 	}
 	d.log.Info("migration tuned", "vm", name, "params", params)
 	return nil
+}
+
+// throttleParams are QEMU's parameters for a throttle (percent; zero
+// fields left out, i.e. unchanged).
+func throttleParams(t driver.Throttle) map[string]any {
+	out := map[string]any{}
+	for k, v := range map[string]int{"throttle-trigger-threshold": t.TriggerThreshold, "cpu-throttle-initial": t.Initial,
+		"cpu-throttle-increment": t.Increment, "max-cpu-throttle": t.Max} {
+		if v > 0 {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // StartPostcopy switches a running pre-copy migration to post-copy: the

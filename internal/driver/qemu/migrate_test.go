@@ -20,6 +20,7 @@ import (
 	"github.com/vigilha/vigil/internal/guest/dirty"
 	"github.com/vigilha/vigil/internal/guest/httpapi"
 	"github.com/vigilha/vigil/internal/guest/ledger"
+	"github.com/vigilha/vigil/internal/protocol/migration"
 )
 
 // These tests migrate the real guest between two QEMUs on this host, each
@@ -213,9 +214,9 @@ func waitMigration(ctx context.Context, t *testing.T, h *migHost, name string) d
 			t.Fatal(err)
 		}
 		switch info.Status {
-		case "completed":
+		case driver.MigrationCompleted:
 			return info
-		case "failed", "cancelled":
+		case driver.MigrationFailed, driver.MigrationCancelled:
 			t.Fatalf("migration %s: %s", info.Status, info.Error)
 		}
 		select {
@@ -227,7 +228,7 @@ func waitMigration(ctx context.Context, t *testing.T, h *migHost, name string) d
 }
 
 // waitIncomingStatus waits for the destination to report status.
-func waitIncomingStatus(ctx context.Context, h *migHost, name, status string) (driver.MigrationInfo, error) {
+func waitIncomingStatus(ctx context.Context, h *migHost, name string, status driver.MigrationStatus) (driver.MigrationInfo, error) {
 	for {
 		di, err := h.d.IncomingStatus(ctx, name)
 		if err == nil && di.Status == status {
@@ -413,7 +414,7 @@ func TestMigratePrecopy(t *testing.T) {
 	if ack2.Seq != ack.Seq+1 || ack2.BootID != before.BootID {
 		t.Errorf("ledger append on the destination = %+v, want seq %d", ack2, ack.Seq+1)
 	}
-	if di, err := dst.d.IncomingStatus(ctx, name); err != nil || di.Status != "completed" {
+	if di, err := dst.d.IncomingStatus(ctx, name); err != nil || di.Status != driver.MigrationCompleted {
 		t.Errorf("IncomingStatus = %+v, %v", di, err)
 	}
 	checkConsole(t, dst, name)
@@ -450,14 +451,14 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startProber(src, dst)
-	policy := StallPolicy{InitialDowntime: 300 * time.Millisecond, MaxDowntime: time.Second, AllowPostcopy: true,
+	policy := migration.StallPolicy{InitialDowntime: 300 * time.Millisecond, MaxDowntime: time.Second, AllowPostcopy: true,
 		AutoConverge: true, StallWindow: 1500 * time.Millisecond, Timeout: time.Minute}
 	start := time.Now()
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Postcopy: true, AutoConverge: true,
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Postcopy: true, AutoConverge: dormant(),
 		DowntimeLimit: policy.InitialDowntime, MaxBandwidth: 32 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	det := NewStallDetector(policy, start)
+	det := migration.NewStallDetector(policy, start)
 	var info driver.MigrationInfo
 	var postcopyAt, resumedAt time.Time
 	lastLog := time.Time{}
@@ -477,9 +478,9 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 				info.DirtySyncCount, info.ExpectedDowntime, info.Throttle)
 		}
 		switch info.Status {
-		case "failed", "cancelled":
+		case driver.MigrationFailed, driver.MigrationCancelled:
 			t.Fatalf("migration %s: %s", info.Status, info.Error)
-		case "postcopy-active":
+		case driver.MigrationPostcopyActive:
 			// The guest must run on the destination for post-copy to
 			// finish: flip, then FinishIncoming, as soon as it can.
 			if resumedAt.IsZero() {
@@ -491,30 +492,30 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 			}
 			continue
 		}
-		if info.Status == "completed" {
+		if info.Status == driver.MigrationCompleted {
 			break
 		}
-		act := det.Observe(SampleOf(time.Now(), info))
+		act := det.Observe(migration.SampleOf(time.Now(), info))
 		switch act.Kind {
-		case None:
+		case migration.Continue:
 			continue
-		case RaiseDowntime, EnableAutoConverge, IncreaseThrottle:
-			if err := src.d.TuneMigration(ctx, name, act.Params); err != nil {
+		case migration.RaiseDowntime, migration.EnableAutoConverge, migration.IncreaseThrottle:
+			if err := src.d.TuneMigration(ctx, name, act.Tuning); err != nil {
 				t.Fatal(err)
 			}
-		case StartPostcopy:
+		case migration.StartPostcopy:
 			// Post-copy at full speed ends within one poll here; capped,
 			// it lasts long enough for the destination to be resumed in
 			// the middle of it, as the agent does (it flips placement
 			// first), and to run on pages it has to fault in.
-			if err := src.d.TuneMigration(ctx, name, map[string]any{"max-postcopy-bandwidth": 16 << 20}); err != nil {
+			if err := src.d.TuneMigration(ctx, name, driver.Tuning{PostcopyBandwidth: 16 << 20}); err != nil {
 				t.Fatal(err)
 			}
 			if err := src.d.StartPostcopy(ctx, name); err != nil {
 				t.Fatal(err)
 			}
 			postcopyAt = time.Now()
-		case Abort:
+		case migration.Abort:
 			t.Fatalf("stall detector aborted: %s", act.Reason)
 		}
 		t.Logf("%5.1fs step %v: %s", time.Since(start).Seconds(), act.Kind, act.Reason)
@@ -630,7 +631,7 @@ func TestMigrateSharedNothing(t *testing.T) {
 	p := startProber(src, dst)
 	time.Sleep(300 * time.Millisecond)
 	migStart := time.Now()
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: true}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: dormant()}); err != nil {
 		t.Fatal(err)
 	}
 	info := waitMigration(ctx, t, src, name)
@@ -714,7 +715,7 @@ func TestMigrateCancelAndResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: true, MaxBandwidth: 16 << 20}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: dormant(), MaxBandwidth: 16 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	for {
@@ -722,11 +723,11 @@ func TestMigrateCancelAndResume(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.Status == "active" && info.Transferred > 16<<20 {
+		if info.Status == driver.MigrationActive && info.Transferred > 16<<20 {
 			t.Logf("cancelling at %.1f MiB transferred, %.1f MiB remaining", mibOf(info.Transferred), mibOf(info.Remaining))
 			break
 		}
-		if info.Status != "setup" && info.Status != "active" {
+		if info.Status != driver.MigrationSetup && info.Status != driver.MigrationActive {
 			t.Fatalf("migration %+v before the cancel", info)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -736,7 +737,7 @@ func TestMigrateCancelAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("CancelMigration took %v", time.Since(cancelStart).Round(time.Millisecond))
-	if info, err := src.d.MigrationInfo(ctx, name); err != nil || info.Status != "cancelled" {
+	if info, err := src.d.MigrationInfo(ctx, name); err != nil || info.Status != driver.MigrationCancelled {
 		t.Fatalf("after cancel: %+v, %v", info, err)
 	}
 	var s1, s2 httpapi.Status
@@ -746,7 +747,7 @@ func TestMigrateCancelAndResume(t *testing.T) {
 		t.Fatalf("source after cancel: %+v then %+v (before %+v)", s1, s2, s0)
 	}
 	// The destination stays up (exit-on-error off) and says why.
-	if di, err := waitIncomingStatus(ctx, dst, name, "failed"); err != nil {
+	if di, err := waitIncomingStatus(ctx, dst, name, driver.MigrationFailed); err != nil {
 		t.Error(err)
 	} else {
 		t.Logf("destination after the cancel: migration %s: %s", di.Status, di.Error)
@@ -769,7 +770,7 @@ func TestMigrateCancelAndResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: true}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: dormant()}); err != nil {
 		t.Fatal(err)
 	}
 	info := waitMigration(ctx, t, src, name)
@@ -908,4 +909,10 @@ func TestIncomingNBDExportWritable(t *testing.T) {
 	if err != nil || strings.Contains(out, "failed") {
 		t.Fatalf("the write is not in the image: %v: %s", err, out)
 	}
+}
+
+// dormant is the auto-converge setting the agent starts migrations with.
+func dormant() *driver.Throttle {
+	d := migration.DormantThrottle()
+	return &d
 }

@@ -1,10 +1,12 @@
-package qemu
+package migration
 
 import (
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
 )
 
 const mib = 1 << 20
@@ -20,13 +22,13 @@ type scenario struct {
 	expected    func(k int) time.Duration // expected-downtime in round k (0: none)
 	dirtyRate   int64
 	throttle    int
-	status      func(t time.Duration) string // nil: always active
+	status      func(t time.Duration) driver.MigrationStatus // nil: always active
 }
 
 const total = 256 * mib
 
 func (sc scenario) sample(t0 time.Time, t time.Duration) Sample {
-	x := Sample{At: t0.Add(t), Status: "active", Total: total, DirtyRate: sc.dirtyRate, Throttle: sc.throttle}
+	x := Sample{At: t0.Add(t), Status: driver.MigrationActive, Total: total, DirtyRate: sc.dirtyRate, Throttle: sc.throttle}
 	if sc.status != nil {
 		x.Status = sc.status(t)
 	}
@@ -47,7 +49,7 @@ func (sc scenario) sample(t0 time.Time, t time.Duration) Sample {
 	return x
 }
 
-// step is a non-None action the detector took, at a time since start.
+// step is a non-Continue action the detector took, at a time since start.
 type step struct {
 	at   time.Duration
 	kind ActionKind
@@ -213,14 +215,14 @@ func TestStallDetector(t *testing.T) {
 			name:   "only pre-copy is judged",
 			policy: all,
 			sc: scenario{bulk: 2 * time.Second, round: time.Second, start: level(64 * mib),
-				status: func(t time.Duration) string {
+				status: func(t time.Duration) driver.MigrationStatus {
 					switch {
 					case t < time.Second:
-						return "setup"
+						return driver.MigrationSetup
 					case t < 3*time.Second:
-						return "active"
+						return driver.MigrationActive
 					case t < 20*time.Second:
-						return "postcopy-active"
+						return driver.MigrationPostcopyActive
 					}
 					return "completed"
 				}},
@@ -235,10 +237,10 @@ func TestStallDetector(t *testing.T) {
 			var actions []Action
 			for at := time.Duration(0); at <= tc.run; at += 250 * time.Millisecond {
 				a := det.Observe(tc.sc.sample(t0, at))
-				if a.Kind != None {
+				if a.Kind != Continue {
 					got = append(got, step{at, a.Kind})
 					actions = append(actions, a)
-					t.Logf("%6v %-20v %s %v", at, a.Kind, a.Reason, a.Params)
+					t.Logf("%6v %-20v %s %v", at, a.Kind, a.Reason, a.Tuning)
 				}
 			}
 			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
@@ -267,37 +269,43 @@ func TestStallDetectorParams(t *testing.T) {
 	sc := scenario{bulk: time.Second, round: 250 * time.Millisecond, start: level(64 * mib)}
 	var acts []Action
 	for at := time.Duration(0); at < time.Minute; at += 250 * time.Millisecond {
-		if a := det.Observe(sc.sample(t0, at)); a.Kind != None {
+		if a := det.Observe(sc.sample(t0, at)); a.Kind != Continue {
 			acts = append(acts, a)
 		}
 	}
 	want := []struct {
 		kind   ActionKind
-		params string
+		tuning driver.Tuning
 	}{
-		{RaiseDowntime, "map[downtime-limit:500]"},
-		{EnableAutoConverge, "map[cpu-throttle-increment:10 cpu-throttle-initial:20 max-cpu-throttle:99 throttle-trigger-threshold:50]"},
-		{IncreaseThrottle, "map[cpu-throttle-increment:20 cpu-throttle-initial:40]"},
-		{IncreaseThrottle, "map[cpu-throttle-increment:40 cpu-throttle-initial:80]"},
-		{StartPostcopy, "map[]"},
+		{RaiseDowntime, driver.Tuning{DowntimeLimit: 500 * time.Millisecond}},
+		{EnableAutoConverge, driver.Tuning{Throttle: &driver.Throttle{TriggerThreshold: 50, Initial: 20, Increment: 10, Max: 99}}},
+		{IncreaseThrottle, driver.Tuning{Throttle: &driver.Throttle{Initial: 40, Increment: 20}}},
+		{IncreaseThrottle, driver.Tuning{Throttle: &driver.Throttle{Initial: 80, Increment: 40}}},
+		{StartPostcopy, driver.Tuning{}},
 	}
 	if len(acts) != len(want) {
 		t.Fatalf("got %d actions %+v, want %d", len(acts), acts, len(want))
 	}
 	for i, w := range want {
-		if acts[i].Kind != w.kind || fmt.Sprint(acts[i].Params) != w.params {
-			t.Errorf("action %d = %v %v, want %v %s", i, acts[i].Kind, acts[i].Params, w.kind, w.params)
+		if acts[i].Kind != w.kind || !sameTuning(acts[i].Tuning, w.tuning) {
+			t.Errorf("action %d = %v %+v, want %v %+v", i, acts[i].Kind, acts[i].Tuning, w.kind, w.tuning)
 		}
 	}
 	if acts[0].Downtime != 500*time.Millisecond || det.Downtime() != 500*time.Millisecond {
 		t.Errorf("downtime %v / %v, want 500ms (capped at MaxDowntime)", acts[0].Downtime, det.Downtime())
 	}
-	// The dormant settings StartMigration uses are within QEMU's ranges
-	// and really dormant.
-	d := dormantAutoConverge()
-	if d["throttle-trigger-threshold"] != 100 || d["max-cpu-throttle"] != 1 || d["cpu-throttle-initial"] != 1 {
-		t.Errorf("dormant auto-converge = %v", d)
+	// The dormant settings a migration starts with are within QEMU's
+	// ranges and really dormant.
+	if d := DormantThrottle(); d.TriggerThreshold != 100 || d.Max != 1 || d.Initial != 1 {
+		t.Errorf("dormant auto-converge = %+v", d)
 	}
+}
+
+func sameTuning(a, b driver.Tuning) bool {
+	if a.DowntimeLimit != b.DowntimeLimit || (a.Throttle == nil) != (b.Throttle == nil) {
+		return false
+	}
+	return a.Throttle == nil || *a.Throttle == *b.Throttle
 }
 
 func TestStallDetectorDefaults(t *testing.T) {
@@ -306,7 +314,7 @@ func TestStallDetectorDefaults(t *testing.T) {
 		det.p.StallWindow != 3*time.Second || det.p.Timeout != 5*time.Minute {
 		t.Errorf("defaults = %+v", det.p)
 	}
-	for k, s := range map[ActionKind]string{None: "none", RaiseDowntime: "raise-downtime", StartPostcopy: "start-postcopy", Abort: "abort", 42: "action(42)"} {
+	for k, s := range map[ActionKind]string{Continue: "continue", RaiseDowntime: "raise-downtime", StartPostcopy: "start-postcopy", Abort: "abort", 42: "action(42)"} {
 		if k.String() != s {
 			t.Errorf("%d.String() = %q, want %q", int(k), k.String(), s)
 		}

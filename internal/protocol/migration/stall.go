@@ -1,8 +1,10 @@
-package qemu
+package migration
 
 import (
 	"fmt"
 	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
 )
 
 // ActionKind is what the stall detector asks the agent to do.
@@ -10,15 +12,15 @@ type ActionKind int
 
 // Action kinds, in escalation order.
 const (
-	// None: keep going.
-	None ActionKind = iota
-	// RaiseDowntime: set downtime-limit to Action.Downtime (Params has it
-	// in QEMU's milliseconds).
+	// Continue: keep going.
+	Continue ActionKind = iota
+	// RaiseDowntime: apply Action.Tuning (a higher downtime limit,
+	// Action.Downtime).
 	RaiseDowntime
-	// EnableAutoConverge: apply Action.Params (migrate-set-parameters) to
-	// wake the auto-converge throttle up.
+	// EnableAutoConverge: apply Action.Tuning to wake the auto-converge
+	// throttle up.
 	EnableAutoConverge
-	// IncreaseThrottle: apply Action.Params to throttle the vCPUs harder.
+	// IncreaseThrottle: apply Action.Tuning to throttle the vCPUs harder.
 	IncreaseThrottle
 	// StartPostcopy: switch the migration to post-copy.
 	StartPostcopy
@@ -26,7 +28,7 @@ const (
 	Abort
 )
 
-var actionNames = [...]string{"none", "raise-downtime", "enable-auto-converge", "increase-throttle", "start-postcopy", "abort"}
+var actionNames = [...]string{"continue", "raise-downtime", "enable-auto-converge", "increase-throttle", "start-postcopy", "abort"}
 
 // String names the kind for logs and reports.
 func (k ActionKind) String() string {
@@ -58,7 +60,7 @@ type StallPolicy struct {
 // Sample is one query-migrate observation of the source.
 type Sample struct {
 	At     time.Time
-	Status string // QEMU's MigrationStatus: setup, active, postcopy-active...
+	Status driver.MigrationStatus
 	// Remaining, Transferred and Total are RAM bytes.
 	Remaining, Transferred, Total int64
 	DirtyRate                     int64 // bytes/s
@@ -72,14 +74,14 @@ type Action struct {
 	Kind ActionKind
 	// Downtime is the new downtime-limit of a RaiseDowntime.
 	Downtime time.Duration
-	// Params are migrate-set-parameters arguments for RaiseDowntime,
-	// EnableAutoConverge and IncreaseThrottle.
-	Params map[string]any
+	// Tuning is what RaiseDowntime, EnableAutoConverge and
+	// IncreaseThrottle apply (driver.Migrator.TuneMigration).
+	Tuning driver.Tuning
 	// Reason explains the step (for events and the migration report).
 	Reason string
 }
 
-// Auto-converge settings. StartMigration sets the dormant ones with the
+// Auto-converge settings. The migration starts with the dormant ones (the
 // capability, because the capability cannot be turned on mid-migration but
 // its parameters can be changed at any time.
 const (
@@ -92,17 +94,19 @@ const (
 	throttleSteps          = 2  // IncreaseThrottle steps after EnableAutoConverge
 )
 
-// dormantAutoConverge are the parameters that keep auto-converge from
-// biting until the stall detector wakes it up: QEMU would otherwise
+// DormantThrottle is the auto-converge setting a migration starts with
+// (driver.MigrateSpec.AutoConverge): it keeps the throttle from biting
+// until the stall detector wakes it up. The hypervisor would otherwise
 // throttle the guest as soon as it dirties faster than the link sends,
 // before a higher downtime limit has had a chance.
-func dormantAutoConverge() map[string]any {
-	return map[string]any{
-		"throttle-trigger-threshold": dormantThrottleTrigger,
-		"cpu-throttle-initial":       dormantThrottle,
-		"cpu-throttle-increment":     dormantThrottle,
-		"max-cpu-throttle":           dormantThrottle,
-	}
+func DormantThrottle() driver.Throttle {
+	return driver.Throttle{TriggerThreshold: dormantThrottleTrigger, Initial: dormantThrottle, Increment: dormantThrottle, Max: dormantThrottle}
+}
+
+// SampleOf turns a driver's MigrationInfo into a sample taken at at.
+func SampleOf(at time.Time, m driver.MigrationInfo) Sample {
+	return Sample{At: at, Status: m.Status, Remaining: m.Remaining, Transferred: m.Transferred, Total: m.Total,
+		DirtyRate: m.DirtyRate, DirtySyncCount: m.DirtySyncCount, ExpectedDowntime: m.ExpectedDowntime, Throttle: m.Throttle}
 }
 
 // progressMargin is how much lower (as a fraction) a round's starting
@@ -115,7 +119,7 @@ const progressMargin = 0.05
 // time, in the way of KubeVirt's migration monitor. It is pure (no QMP, no
 // clock of its own) so that every decision is table-tested; the agent feeds
 // it samples and carries out the actions (TuneMigration, StartPostcopy,
-// CancelMigration). It depends on nothing else in this package.
+// CancelMigration).
 //
 // # Progress
 //
@@ -207,14 +211,14 @@ func (s *StallDetector) Downtime() time.Duration { return s.downtime }
 // nothing to judge, post-copy needs no help and cannot be aborted, and a
 // finished migration is over.
 func (s *StallDetector) Observe(x Sample) Action {
-	if s.finished || x.Status != "active" {
-		return Action{Kind: None}
+	if s.finished || x.Status != driver.MigrationActive {
+		return Action{Kind: Continue}
 	}
 	s.track(x)
 	elapsed := x.At.Sub(s.start)
 	if elapsed >= s.p.Timeout {
 		if !s.lastStep.IsZero() && x.At.Sub(s.lastStep) < s.p.StallWindow {
-			return Action{Kind: None} // the last step still has its window
+			return Action{Kind: Continue} // the last step still has its window
 		}
 		if s.p.AllowPostcopy {
 			return s.step(x, Action{Kind: StartPostcopy, Reason: fmt.Sprintf(
@@ -225,7 +229,7 @@ func (s *StallDetector) Observe(x Sample) Action {
 			"timeout: migration did not converge in %s (%s)", s.p.Timeout, describe(x))}
 	}
 	if x.At.Sub(s.ref) < s.p.StallWindow || s.rounds < 1 {
-		return Action{Kind: None}
+		return Action{Kind: Continue}
 	}
 	stalled := fmt.Sprintf("no progress for %s (%s)", x.At.Sub(s.ref).Round(100*time.Millisecond), describe(x))
 	switch {
@@ -234,25 +238,21 @@ func (s *StallDetector) Observe(x Sample) Action {
 		prev := s.downtime
 		s.downtime = d
 		return s.step(x, Action{Kind: RaiseDowntime, Downtime: d,
-			Params: map[string]any{"downtime-limit": d.Milliseconds()},
+			Tuning: driver.Tuning{DowntimeLimit: d},
 			Reason: fmt.Sprintf("%s: raising the downtime limit from %s to %s", stalled, prev, d)})
 	case s.p.AutoConverge && !s.acEnabled:
 		s.acEnabled = true
-		return s.step(x, Action{Kind: EnableAutoConverge, Params: map[string]any{
-			"throttle-trigger-threshold": activeThrottleTrigger,
-			"cpu-throttle-initial":       s.throttleIn,
-			"cpu-throttle-increment":     s.throttleInc,
-			"max-cpu-throttle":           maxThrottle,
-		}, Reason: fmt.Sprintf("%s at the maximum downtime %s: enabling auto-converge (throttle from %d%%, +%d%% per round)",
+		return s.step(x, Action{Kind: EnableAutoConverge, Tuning: driver.Tuning{Throttle: &driver.Throttle{
+			TriggerThreshold: activeThrottleTrigger, Initial: s.throttleIn, Increment: s.throttleInc, Max: maxThrottle,
+		}}, Reason: fmt.Sprintf("%s at the maximum downtime %s: enabling auto-converge (throttle from %d%%, +%d%% per round)",
 			stalled, s.downtime, s.throttleIn, s.throttleInc)})
 	case s.acEnabled && s.throttleN < throttleSteps && x.Throttle < maxThrottle:
 		s.throttleN++
 		s.throttleIn = min(2*s.throttleIn, maxThrottle)
 		s.throttleInc = min(2*s.throttleInc, maxThrottle)
-		return s.step(x, Action{Kind: IncreaseThrottle, Params: map[string]any{
-			"cpu-throttle-initial":   s.throttleIn,
-			"cpu-throttle-increment": s.throttleInc,
-		}, Reason: fmt.Sprintf("%s with the CPU throttled at %d%%: throttling harder (from %d%%, +%d%% per round)",
+		return s.step(x, Action{Kind: IncreaseThrottle, Tuning: driver.Tuning{Throttle: &driver.Throttle{
+			Initial: s.throttleIn, Increment: s.throttleInc,
+		}}, Reason: fmt.Sprintf("%s with the CPU throttled at %d%%: throttling harder (from %d%%, +%d%% per round)",
 			stalled, x.Throttle, s.throttleIn, s.throttleInc)})
 	case s.p.AllowPostcopy:
 		return s.step(x, Action{Kind: StartPostcopy, Reason: stalled + ": pre-copy cannot converge; switching to post-copy"})
