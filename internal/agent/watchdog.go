@@ -259,6 +259,11 @@ func (w *armer) watchdogWindows(t watchdog.Timing) (lease, storage time.Duration
 // and raises the events that go with it.
 func (a *Agent) reportWatchdog(ctx context.Context, st watchdog.Status, err error) {
 	ws := a.wd.state(st, err)
+	if st.Info.BootReset && ws != nil {
+		// Not tied to a change of state: the registration may already
+		// have written this state, and then no change ever comes.
+		a.reportBootReset(ctx, ws.Device)
+	}
 	a.mu.Lock()
 	if a.hostRec == nil || reflect.DeepEqual(a.hostRec.Fencing.Watchdog, ws) {
 		a.mu.Unlock()
@@ -287,9 +292,6 @@ func (a *Agent) reportWatchdog(ctx context.Context, st watchdog.Status, err erro
 	}
 	if ws != nil && !ws.Usable && (was == nil || was.Problem != ws.Problem) {
 		a.event(ctx, "alarm.watchdog-unusable", "", "this host cannot take restartable HA VMs: "+ws.Problem)
-	}
-	if st.Info.BootReset {
-		a.reportBootReset(ctx, ws.Device)
 	}
 }
 

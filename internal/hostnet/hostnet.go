@@ -10,17 +10,17 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"time"
 
+	"github.com/vigilha/vigil/internal/nsthread"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // inNetns runs fn on an OS thread switched into the named namespace ("" is
-// the caller's own). The thread is discarded if it cannot be switched back,
-// so no goroutine ever runs in a namespace it did not ask for.
+// the caller's own). The thread is discarded afterwards (nsthread), so no
+// goroutine ever runs in a namespace it did not ask for.
 func inNetns(name string, fn func() error) error {
 	if name == "" {
 		return fn()
@@ -30,28 +30,12 @@ func inNetns(name string, fn func() error) error {
 		return fmt.Errorf("network namespace %q: %w", name, err)
 	}
 	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("current network namespace: %w", err)
-			return // the locked thread exits with the goroutine
-		}
-		defer orig.Close()
+	return nsthread.Run(func() error {
 		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter network namespace %q: %w", name, err)
-			return
+			return fmt.Errorf("enter network namespace %q: %w", name, err)
 		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace %q: %w", name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+		return fn()
+	})
 }
 
 // handleFor returns a netlink handle operating inside the named namespace.
@@ -214,29 +198,14 @@ func ensureNamedNetns(name string) error {
 		ns.Close()
 		return nil
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	return nsthread.Run(func() error {
 		ns, err := netns.NewNamed(name) // also switches this thread into it
 		if err != nil {
-			errc <- fmt.Errorf("create network namespace %q: %w", name, err)
-			return
+			return fmt.Errorf("create network namespace %q: %w", name, err)
 		}
 		ns.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leave new network namespace %q: %w", name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	return <-errc
+		return nil
+	})
 }
 
 // DeleteNetns removes a named network namespace created by EnsureBridge.

@@ -8,8 +8,8 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime"
 
+	"github.com/vigilha/vigil/internal/nsthread"
 	"github.com/vishvananda/netns"
 )
 
@@ -25,34 +25,13 @@ func Dial(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 		return nil, fmt.Errorf("network namespace %q: %w", ns, err)
 	}
 	defer target.Close()
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: err}
-			return // the thread is discarded with the goroutine
-		}
-		defer orig.Close()
+	var conn net.Conn
+	err = nsthread.Run(func() error {
 		if err := netns.Set(target); err != nil {
-			ch <- result{err: fmt.Errorf("enter %q: %w", ns, err)}
-			return
+			return fmt.Errorf("enter %q: %w", ns, err)
 		}
-		conn, err := d.DialContext(ctx, network, addr)
-		if serr := netns.Set(orig); serr != nil {
-			if conn != nil {
-				conn.Close()
-			}
-			ch <- result{err: fmt.Errorf("leave %q: %w", ns, serr)}
-			return // the thread stays locked, in the wrong namespace, and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		ch <- result{conn, err}
-	}()
-	r := <-ch
-	return r.conn, r.err
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
 }

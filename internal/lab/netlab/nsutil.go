@@ -11,29 +11,16 @@ import (
 	"strconv"
 	"unsafe"
 
+	"github.com/vigilha/vigil/internal/nsthread"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
-
-// onFreshThread runs fn on a goroutine locked to its own OS thread and never
-// unlocks it. When the goroutine returns, the Go runtime destroys the thread
-// instead of returning it to the pool, so whatever namespace fn switched the
-// thread into can never leak into unrelated goroutines, even if switching
-// back would have failed.
-func onFreshThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- fn()
-	}()
-	return <-errc
-}
 
 // inNetNS runs fn on a throw-away thread inside the named namespace. Sockets
 // created and processes forked by fn belong to that namespace; both outlive
 // the thread.
 func inNetNS(name string, fn func() error) error {
-	return onFreshThread(func() error {
+	return nsthread.Run(func() error {
 		fd, err := unix.Open(filepath.Join(netnsDir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("open netns %s: %w", name, err)
@@ -79,7 +66,7 @@ func createNetNS(name string) error {
 		return fmt.Errorf("create netns %s: %w", name, err)
 	}
 	f.Close()
-	err = onFreshThread(func() error {
+	err = nsthread.Run(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("unshare: %w", err)
 		}
