@@ -11,6 +11,8 @@ export PATH="$PATH:/usr/local/go/bin"
 
 echo "== build"
 go build -o bin/vigil ./cmd/vigil
+# The same with fault-injection flags, for the tests that need them.
+go build -tags faults -o bin/vigil-faults ./cmd/vigil
 CGO_ENABLED=0 go build -ldflags="-s -w" -o bin/vigil-guest ./cmd/vigil-guest
 bin/vigil image build --guest-binary bin/vigil-guest
 
@@ -21,9 +23,12 @@ if [ -n "$unformatted" ]; then echo "not gofmt-formatted: $unformatted" >&2; exi
 staticcheck="$(go env GOPATH)/bin/staticcheck"
 [ -x "$staticcheck" ] || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 "$staticcheck" ./...
+# The fault-injection build (build tag faults) must stay clean too.
+go vet -tags faults ./internal/cli
+"$staticcheck" -tags faults ./internal/cli
 
 echo "== unit tests"
 go test -count=1 -timeout 10m $(go list ./... | grep -v /test/)
 
 echo "== integration tests"
-VIGIL_BIN="$PWD/bin/vigil" go test -count=1 -p 1 -timeout 50m -v ./test/...
+VIGIL_BIN="$PWD/bin/vigil" VIGIL_FAULTS_BIN="$PWD/bin/vigil-faults" go test -count=1 -p 1 -timeout 50m -v ./test/...

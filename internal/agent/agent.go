@@ -33,8 +33,9 @@ type Config struct {
 	Driver  driver.Driver
 	// Datastores this host reaches, by name.
 	Datastores map[string]storage.Datastore
-	// ImageDir holds guest images built by `vigil image build`.
-	ImageDir string
+	// Image returns the kernel and initramfs of a named guest image (a
+	// VM's boot.image); nil: the host has no images.
+	Image func(name string) (kernel, initrd string)
 	// Capacity is what this host offers to VMs; zero values mean
 	// DefaultVCPUsPerCPU per CPU and the machine's memory.
 	Capacity store.Resources
@@ -64,11 +65,12 @@ type Config struct {
 	// ShutdownPolicy is what a graceful stop does while restartable VMs
 	// run here: ShutdownKeepArmed or ShutdownMigrate.
 	ShutdownPolicy string
-	// DebugCutoverDelay holds a migration destination between the
-	// placement flip and its resume. Fault injection for tests only.
-	DebugCutoverDelay time.Duration
-	Version           string
-	Log               *slog.Logger
+	// Faults are fault-injection hooks. Only a binary built with the
+	// `faults` build tag (the lab's tests) can set them; the product
+	// leaves them nil.
+	Faults  Faults
+	Version string
+	Log     *slog.Logger
 }
 
 // Shutdown policies: what a graceful stop of the agent does while it runs
@@ -89,10 +91,26 @@ const (
 // capacity is not declared. Memory is never overcommitted.
 const DefaultVCPUsPerCPU = 4
 
+// Faults are points where a test binary injects a fault.
+type Faults struct {
+	// BeforeResume runs on a migration destination between the placement
+	// flip and the resume, so a test can fail a host exactly there.
+	BeforeResume func(vm string)
+}
+
+// stateStore is what the agent reads and writes in the cluster state: the
+// store's Reader and HostWriter seams, and the host's liveness key.
+// *store.Store implements it; unit tests use internal/store/memstore.
+type stateStore interface {
+	store.Reader
+	store.HostWriter
+	PutAlive(ctx context.Context, host string, lease clientv3.LeaseID, startedAt time.Time) error
+}
+
 // Agent runs one host.
 type Agent struct {
 	cfg   Config
-	st    *store.Store
+	st    stateStore
 	drv   driver.Driver
 	log   *slog.Logger
 	lease *leaseKeeper

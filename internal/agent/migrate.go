@@ -194,11 +194,8 @@ func (a *Agent) migrateIn(ctx context.Context, mig driver.Migrator, v *store.VMS
 		a.dropIncoming(ctx, v, grants)
 		return
 	}
-	if d := a.cfg.DebugCutoverDelay; d > 0 {
-		// Fault injection for tests: hold the cut-over between the flip and
-		// the resume, so a test can fail a host exactly there.
-		a.log.Warn("debug: delaying the resume after the cut-over", "vm", name, "delay", d)
-		time.Sleep(d)
+	if f := a.cfg.Faults.BeforeResume; f != nil {
+		f(name)
 	}
 	a.resumeIncoming(ctx, mig, name, p.Source, rep)
 }

@@ -6,13 +6,11 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/hostnet"
-	"github.com/vigilha/vigil/internal/image"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -36,9 +34,10 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[strin
 		cfg.Accel = s.Accel
 	}
 	if s.Boot.Image != "" {
-		dir := filepath.Join(a.cfg.ImageDir, s.Boot.Image)
-		cfg.Kernel = filepath.Join(dir, image.KernelFile)
-		cfg.Initrd = filepath.Join(dir, image.InitramfsFile)
+		if a.cfg.Image == nil {
+			return nil, fmt.Errorf("image %q: host %s has no image directory", s.Boot.Image, a.cfg.Host)
+		}
+		cfg.Kernel, cfg.Initrd = a.cfg.Image(s.Boot.Image)
 		for _, f := range []string{cfg.Kernel, cfg.Initrd} {
 			if _, err := os.Stat(f); err != nil {
 				return nil, fmt.Errorf("image %q is not on host %s (%s missing): run `vigil image build` there", s.Boot.Image, a.cfg.Host, f)

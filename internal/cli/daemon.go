@@ -79,7 +79,7 @@ type daemonOpts struct {
 	mgmtIP     string
 	storageIP  string
 	leaseTTL   time.Duration
-	cutover    time.Duration
+	faultOpts  // fault injection: faults builds only (faults_on.go)
 
 	watchdogSocket string
 	bootIDFile     string
@@ -120,8 +120,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.advertise, "agent-advertise", "", "how servers reach the agent endpoint (default: --agent-listen)")
 	f.StringVar(&o.mgmtIP, "mgmt-ip", "", "this host's address on the management network")
 	f.StringVar(&o.storageIP, "storage-ip", "", "this host's address on the storage and migration network")
-	f.DurationVar(&o.cutover, "debug-cutover-delay", 0, "fault injection for tests: hold a migration destination this long between the placement flip and its resume")
-	_ = f.MarkHidden("debug-cutover-delay")
+	o.faultOpts.addFlags(f)
 	f.DurationVar(&o.leaseTTL, "lease-ttl", defaultLeaseTTL, "host lease TTL (whole seconds); failure detection and self-fencing are measured against it")
 	f.StringVar(&o.watchdogSocket, "watchdog-socket", "/run/vigil/watchdog.sock", "the watchdog feeder's socket (`vigil watchdog`); empty: this host has no watchdog")
 	f.StringVar(&o.bootIDFile, "boot-id-file", "", "read this host's boot id from this file instead of the kernel's (the lab gives each of its hosts one)")
@@ -432,9 +431,9 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	}
 	a, err := agent.New(agent.Config{
 		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Driver: drv,
-		Datastores: dss, ImageDir: o.imageDir, Capacity: capacity,
+		Datastores: dss, Image: image.Files(o.imageDir), Capacity: capacity,
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise,
-		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, DebugCutoverDelay: o.cutover,
+		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, Faults: o.faults(log),
 		WatchdogSocket: o.watchdogSocket, BootIDFile: o.bootIDFile, ShutdownPolicy: o.shutdownPolicy,
 	})
 	if err != nil {

@@ -113,6 +113,15 @@ type Manifest struct {
 	BuiltAt time.Time `json:"built_at"`
 }
 
+// Files returns the resolver of image names to their kernel and initramfs
+// under dir, as the agent takes it.
+func Files(dir string) func(name string) (kernel, initrd string) {
+	return func(name string) (string, string) {
+		d := filepath.Join(dir, name)
+		return filepath.Join(d, KernelFile), filepath.Join(d, InitramfsFile)
+	}
+}
+
 // ReadManifest reads dir/manifest.json.
 func ReadManifest(dir string) (Manifest, error) {
 	var m Manifest

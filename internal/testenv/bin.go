@@ -18,8 +18,14 @@ import (
 // DefaultImageDir is where `vigil image build` puts images by default.
 const DefaultImageDir = "/var/lib/vigil/images"
 
-var buildOnce struct {
-	sync.Once
+// builds holds one build per set of build tags, per test process.
+var builds struct {
+	sync.Mutex
+	done map[string]*build
+}
+
+type build struct {
+	once sync.Once
 	path string
 	err  error
 }
@@ -28,33 +34,55 @@ var buildOnce struct {
 // ./cmd/vigil (once per test process).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("VIGIL_BIN"); p != "" {
+	return binary(t, "VIGIL_BIN", "")
+}
+
+// FaultsBinary returns a vigil binary built with the `faults` tag, which
+// adds fault-injection flags the product does not have (internal/cli
+// faults_on.go): $VIGIL_FAULTS_BIN, or a fresh build.
+func FaultsBinary(t testing.TB) string {
+	t.Helper()
+	return binary(t, "VIGIL_FAULTS_BIN", "faults")
+}
+
+func binary(t testing.TB, env, tags string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
 		return p
 	}
-	buildOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "vigil-test-bin-")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		out := filepath.Join(dir, "vigil")
-		cmd := exec.Command("go", "build", "-o", out, "./cmd/vigil")
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			buildOnce.err = fmt.Errorf("go build ./cmd/vigil: %v: %s", err, b)
-			return
-		}
-		buildOnce.path = out
-	})
-	if buildOnce.err != nil {
-		t.Fatalf("vigil binary: %v", buildOnce.err)
+	builds.Lock()
+	if builds.done == nil {
+		builds.done = map[string]*build{}
 	}
-	return buildOnce.path
+	b := builds.done[tags]
+	if b == nil {
+		b = &build{}
+		builds.done[tags] = b
+	}
+	builds.Unlock()
+	b.once.Do(func() { b.path, b.err = goBuild(tags) })
+	if b.err != nil {
+		t.Fatalf("vigil binary: %v", b.err)
+	}
+	return b.path
+}
+
+func goBuild(tags string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "vigil-test-bin-")
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "vigil")
+	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, "./cmd/vigil")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build -tags %q ./cmd/vigil: %v: %s", tags, err, b)
+	}
+	return out, nil
 }
 
 func moduleRoot() (string, error) {

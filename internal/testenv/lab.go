@@ -32,6 +32,9 @@ type LabOptions struct {
 	HostCPUs   int
 	HostMemory string
 	AgentArgs  []string
+	// Faults runs the lab on FaultsBinary, for AgentArgs that inject
+	// faults (e.g. --debug-cutover-delay).
+	Faults bool
 	// Watchdog is lab.WatchdogBoard (default), WatchdogKernel or
 	// WatchdogNone; RebootDelay how long a host reset by it stays down.
 	Watchdog    string
@@ -46,6 +49,10 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	if o.Hosts == 0 {
 		o.Hosts = 3
 	}
+	bin := Binary(t)
+	if o.Faults {
+		bin = FaultsBinary(t)
+	}
 	dir, err := os.MkdirTemp("", "vigil-lab-")
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +60,7 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{
-		Dir: dir, Hosts: o.Hosts, Bin: Binary(t), ImageDir: ImageDir(t), Accel: "tcg",
+		Dir: dir, Hosts: o.Hosts, Bin: bin, ImageDir: ImageDir(t), Accel: "tcg",
 		HostCPUs: o.HostCPUs, HostMemory: o.HostMemory, AgentArgs: o.AgentArgs,
 		Watchdog: o.Watchdog, RebootDelay: o.RebootDelay,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),

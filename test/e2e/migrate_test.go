@@ -332,7 +332,7 @@ func TestMaintenance_EvacuatesHostRespectingAntiAffinity(t *testing.T) {
 // up running (HA restarts it when the migrated state died with a host),
 // and no acknowledged write is lost or written by two instances.
 func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
-	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4, AgentArgs: []string{"--debug-cutover-delay=4s"}})
+	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4, Faults: true, AgentArgs: []string{"--debug-cutover-delay=4s"}})
 	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "0"); err != nil {
 		t.Fatal(out)
 	}

@@ -214,13 +214,15 @@ func (l *Lab) Spawn(ctx context.Context, node string, spec ProcSpec) (int, error
 	return pid, nil
 }
 
-// placed reports whether pid is in the cgroup and the network namespace.
+// placed reports whether pid is in the cgroup (or one below it: a process
+// may move itself into a nested cgroup at once, as Vigil does per VM) and
+// in the network namespace.
 func placed(pid int, cg string, ns nsID) bool {
 	id, err := pidNetNS(pid)
 	if err != nil || id != ns {
 		return false
 	}
-	pids, err := cgroupProcs(cg)
+	pids, err := treeProcs(cg)
 	return err == nil && slices.Contains(pids, pid)
 }
 
