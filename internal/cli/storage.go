@@ -5,12 +5,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vigilha/vigil/internal/storage/shared"
+	storageserver "github.com/vigilha/vigil/internal/storage/shared/server"
 )
 
 func newStorageCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "storage", Short: "Run the shared datastore's storage server"}
-	var cfg shared.ServerConfig
+	var cfg storageserver.ServerConfig
 	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve a shared datastore: disk images over NBD, fencing and datastore heartbeats",
@@ -24,7 +24,7 @@ func newStorageCmd(g *globals) *cobra.Command {
 				return errors.New("--dir, --listen and --nbd are required")
 			}
 			cfg.Log = g.logger()
-			return shared.Serve(cmd.Context(), cfg)
+			return storageserver.Serve(cmd.Context(), cfg)
 		},
 	}
 	serve.Flags().StringVar(&cfg.Dir, "dir", "", "directory of the images and the server's state (fences)")

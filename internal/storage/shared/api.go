@@ -94,30 +94,30 @@ type HeartbeatResponse struct {
 	Verdicts map[string]storage.Verdict `json:"verdicts"`
 }
 
-// hostHeartbeatJSON is a storage.HostHeartbeat on the wire, aged on the
+// HostHeartbeatJSON is a storage.HostHeartbeat on the wire, aged on the
 // storage server's monotonic clock (never the host's).
-type hostHeartbeatJSON struct {
+type HostHeartbeatJSON struct {
 	AgeMS int64            `json:"age_ms"`
 	Lease int64            `json:"lease"`
 	VMs   []storage.HeldVM `json:"vms"`
 }
 
-// errorBody is every error answer. Code lets clients branch without
+// ErrorBody is every error answer. Code lets clients branch without
 // parsing messages.
-type errorBody struct {
+type ErrorBody struct {
 	Error string `json:"error"`
 	Code  string `json:"code,omitempty"`
 }
 
 // Error codes of the API.
 const (
-	codeFenced   = "fenced"    // the generation is not authorised (revoked, superseded)
-	codeStale    = "stale"     // a newer export for the same host exists
-	codeInUse    = "in-use"    // the disk is exported
-	codeNotFound = "not-found" // no such disk
-	codeConflict = "conflict"  // the disk exists with another format
-	codeInvalid  = "invalid"   // a malformed request
-	codeBusy     = "busy"      // a previous export is still being torn down
+	CodeFenced   = "fenced"    // the generation is not authorised (revoked, superseded)
+	CodeStale    = "stale"     // a newer export for the same host exists
+	CodeInUse    = "in-use"    // the disk is exported
+	CodeNotFound = "not-found" // no such disk
+	CodeConflict = "conflict"  // the disk exists with another format
+	CodeInvalid  = "invalid"   // a malformed request
+	CodeBusy     = "busy"      // a previous export is still being torn down
 )
 
 // ErrFenced is wrapped by the error of a request the VM's generations
@@ -151,14 +151,35 @@ func (e *APIError) Error() string {
 // Unwrap maps the answer's code to the package's sentinel errors.
 func (e *APIError) Unwrap() error {
 	switch e.Code {
-	case codeFenced:
+	case CodeFenced:
 		return ErrFenced
-	case codeStale:
+	case CodeStale:
 		return ErrStale
-	case codeInUse:
+	case CodeInUse:
 		return ErrInUse
-	case codeNotFound:
+	case CodeNotFound:
 		return ErrNotFound
 	}
 	return nil
+}
+
+// VMGenerations is what the server knows of one VM's generations.
+type VMGenerations struct {
+	Name string `json:"name"`
+	UID  string `json:"uid"`
+	// HWM is the highest generation ever granted or prepared: the next is
+	// HWM + 1, so generations never repeat and only move forward.
+	HWM int64 `json:"hwm"`
+	// Current is the generation that may write, held by Holder ("" when a
+	// revoke left it to nobody).
+	Current int64  `json:"current"`
+	Holder  string `json:"holder,omitempty"`
+	// Pending is a live migration's prepared generation for PendingHost.
+	Pending     int64  `json:"pending,omitempty"`
+	PendingHost string `json:"pendingHost,omitempty"`
+}
+
+// Authorised reports whether gen may write from host.
+func (g *VMGenerations) Authorised(host string, gen int64) bool {
+	return g != nil && gen > 0 && (gen == g.Current && host == g.Holder || gen == g.Pending && host == g.PendingHost)
 }

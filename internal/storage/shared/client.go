@@ -143,8 +143,8 @@ func (c *Client) generation(ctx context.Context, op string, req GenerationReques
 }
 
 // Generations lists what the server knows of every VM's generations.
-func (c *Client) Generations(ctx context.Context) ([]vmGen, error) {
-	var resp []vmGen
+func (c *Client) Generations(ctx context.Context) ([]VMGenerations, error) {
+	var resp []VMGenerations
 	if err := c.do(ctx, http.MethodGet, "/v1/generations", nil, &resp); err != nil {
 		return nil, fmt.Errorf("list generations: %w", err)
 	}
@@ -180,7 +180,7 @@ func (c *Client) Heartbeat(ctx context.Context, host string, lease int64, vms []
 // Heartbeats returns every host's latest heartbeat, aged on the server's
 // clock.
 func (c *Client) Heartbeats(ctx context.Context) (map[string]storage.HostHeartbeat, error) {
-	var resp map[string]hostHeartbeatJSON
+	var resp map[string]HostHeartbeatJSON
 	if err := c.do(ctx, http.MethodGet, "/v1/heartbeats", nil, &resp); err != nil {
 		return nil, fmt.Errorf("list heartbeats: %w", err)
 	}
@@ -226,7 +226,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var eb errorBody
+		var eb ErrorBody
 		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
 			eb.Error = strings.TrimSpace(string(b))
 		}

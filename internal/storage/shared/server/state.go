@@ -1,9 +1,10 @@
-package shared
+package server
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/storage/shared"
 	"os"
 	"sort"
 
@@ -16,9 +17,9 @@ import (
 // clients reconnect), and are re-checked against the generations before
 // being re-created.
 type persistedState struct {
-	Generations []vmGen  `json:"generations"`
-	Forgotten   []string `json:"forgotten,omitempty"`
-	Exports     []Export `json:"exports"`
+	Generations []shared.VMGenerations `json:"generations"`
+	Forgotten   []string               `json:"forgotten,omitempty"`
+	Exports     []shared.Export        `json:"exports"`
 }
 
 // loadState reads the state file; a missing file is an empty state, a

@@ -1,6 +1,7 @@
-// Package shared is the shared datastore: a storage server that owns every
-// VM disk image of the datastore and serves them to hosts over NBD, the Go
-// client of its control API, and the agent-side Datastore.
+// Package server is the shared datastore's storage server, the daemon
+// behind `vigil storage serve`: it owns every VM disk image of the datastore
+// and serves them to hosts over NBD. Its control API's wire types, its Go
+// client and the agent-side Datastore are in the parent package shared.
 //
 // The storage server (`vigil storage serve`) runs one qemu-storage-daemon,
 // which opens each image once (cache.direct=on) and exports it to each host
@@ -59,7 +60,7 @@
 // Serve returns an error and every export is gone (the VMs' NBD clients fail
 // their I/O after their reconnect delay). A restarted server re-creates the
 // exports it had that the generations still authorise.
-package shared
+package server
 
 import (
 	"context"
@@ -68,6 +69,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/storage/shared"
 	"log/slog"
 	"net"
 	"net/http"
@@ -130,8 +132,8 @@ type server struct {
 	// mu guards the maps below. It is held only for short, non-blocking
 	// sections, so listing and heartbeats never wait for an operation.
 	mu        sync.Mutex
-	gens      map[string]*vmGen // by VM UID
-	forgotten map[string]bool   // UIDs of deleted VMs
+	gens      map[string]*shared.VMGenerations // by VM UID
+	forgotten map[string]bool                  // UIDs of deleted VMs
 	exports   map[exportKey]*export
 	nodes     map[diskKey]*blockNode
 
@@ -145,7 +147,7 @@ type exportKey struct{ vm, disk, host string }
 
 // export is one NBD export as the server tracks it.
 type export struct {
-	info Export
+	info shared.Export
 	id   string // QEMU's export ID
 }
 
@@ -207,7 +209,7 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 		log: log, opts: opts, nbdHost: nbdHost, nbdPort: nbdPort,
 		imagesDir: filepath.Join(dir, "images"), statePath: filepath.Join(dir, "state.json"),
 		ctx:       ctx,
-		gens:      map[string]*vmGen{},
+		gens:      map[string]*shared.VMGenerations{},
 		forgotten: map[string]bool{},
 		exports:   map[exportKey]*export{},
 		nodes:     map[diskKey]*blockNode{},
@@ -288,15 +290,15 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 // still authorises, so that a server restart does not cost running VMs
 // their disks. Failures only cost availability, so they are logged and
 // skipped.
-func (s *server) restore(exports []Export) {
+func (s *server) restore(exports []shared.Export) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	for _, e := range exports {
-		if g := s.gens[e.UID]; !g.authorised(e.Host, e.Generation) {
+		if g := s.gens[e.UID]; !g.Authorised(e.Host, e.Generation) {
 			s.log.Info("not restoring an export its generation no longer authorises", "export", e.Export)
 			continue
 		}
-		if _, err := s.addExport(ExportRequest{VM: e.VM, UID: e.UID, Disk: e.Disk, Host: e.Host, Generation: e.Generation}); err != nil {
+		if _, err := s.addExport(shared.ExportRequest{VM: e.VM, UID: e.UID, Disk: e.Disk, Host: e.Host, Generation: e.Generation}); err != nil {
 			s.log.Warn("cannot restore export", "export", e.Export, "err", err)
 		}
 	}
@@ -327,7 +329,7 @@ func nodeNames(vm, disk string) (file, format string) {
 
 // exportID is QEMU's ID of an export (any length; names are [a-z0-9-], so
 // '.' separates them unambiguously).
-func exportID(r ExportRequest) string {
+func exportID(r shared.ExportRequest) string {
 	return fmt.Sprintf("x.%s.%s.%s.g%d.%s", r.VM, r.Disk, r.Host, r.Generation, uidTag(r.UID))
 }
 
@@ -335,7 +337,7 @@ func exportID(r ExportRequest) string {
 // generation and the VM's identity, so that a stale QEMU's reconnection can
 // never reach an export created for a newer generation of the VM on the
 // same host, nor one of another VM of the same name.
-func exportName(r ExportRequest) string {
+func exportName(r shared.ExportRequest) string {
 	return fmt.Sprintf("%s/%s@%s/g%d.%s", r.VM, r.Disk, r.Host, r.Generation, uidTag(r.UID))
 }
 
@@ -357,26 +359,26 @@ func (s *server) diskPath(vm, disk string) (path, format string, ok bool) {
 }
 
 // createDisk creates a disk if it does not exist.
-func (s *server) createDisk(ctx context.Context, r CreateDiskRequest) (CreateDiskResponse, error) {
+func (s *server) createDisk(ctx context.Context, r shared.CreateDiskRequest) (shared.CreateDiskResponse, error) {
 	if err := validNames("vm", r.VM, "disk", r.Disk); err != nil {
-		return CreateDiskResponse{}, err
+		return shared.CreateDiskResponse{}, err
 	}
 	if r.Format == "" {
 		r.Format = "qcow2"
 	}
 	if r.Format != "qcow2" && r.Format != "raw" {
-		return CreateDiskResponse{}, invalid("format %q: must be qcow2 or raw", r.Format)
+		return shared.CreateDiskResponse{}, invalid("format %q: must be qcow2 or raw", r.Format)
 	}
 	d := spec.Disk{Name: r.Disk, Size: spec.Size(r.Size), Format: r.Format, Image: r.Image}
 	if r.Image != "" {
 		if !filepath.IsAbs(r.Image) {
-			return CreateDiskResponse{}, invalid("image %q: must be an absolute path on the storage node", r.Image)
+			return shared.CreateDiskResponse{}, invalid("image %q: must be an absolute path on the storage node", r.Image)
 		}
 		if _, err := os.Stat(r.Image); err != nil {
-			return CreateDiskResponse{}, invalid("image: %v", err)
+			return shared.CreateDiskResponse{}, invalid("image: %v", err)
 		}
 	} else if r.Size <= 0 {
-		return CreateDiskResponse{}, invalid("size: must be positive for a disk without an image")
+		return shared.CreateDiskResponse{}, invalid("size: must be positive for a disk without an image")
 	}
 	want := local.StoredFormat(d)
 
@@ -384,22 +386,22 @@ func (s *server) createDisk(ctx context.Context, r CreateDiskRequest) (CreateDis
 	defer s.diskMu.Unlock()
 	if path, format, ok := s.diskPath(r.VM, r.Disk); ok {
 		if format != want {
-			return CreateDiskResponse{}, &httpError{http.StatusConflict, codeConflict,
+			return shared.CreateDiskResponse{}, &httpError{http.StatusConflict, shared.CodeConflict,
 				fmt.Errorf("disk %s/%s exists as %s, not %s", r.VM, r.Disk, format, want)}
 		}
-		return CreateDiskResponse{Path: path}, nil
+		return shared.CreateDiskResponse{Path: path}, nil
 	}
 	path := filepath.Join(s.imagesDir, r.VM, r.Disk+"."+want)
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return CreateDiskResponse{}, fmt.Errorf("create disk %s/%s: %w", r.VM, r.Disk, err)
+		return shared.CreateDiskResponse{}, fmt.Errorf("create disk %s/%s: %w", r.VM, r.Disk, err)
 	}
 	// CreateImage writes under a temporary name and renames, so an export
 	// never opens a half-made image.
 	if err := local.CreateImage(ctx, path, d); err != nil {
-		return CreateDiskResponse{}, fmt.Errorf("create disk %s/%s: %w", r.VM, r.Disk, err)
+		return shared.CreateDiskResponse{}, fmt.Errorf("create disk %s/%s: %w", r.VM, r.Disk, err)
 	}
 	s.log.Info("disk created", "vm", r.VM, "disk", r.Disk, "path", path, "size", r.Size, "image", r.Image)
-	return CreateDiskResponse{Path: path}, nil
+	return shared.CreateDiskResponse{Path: path}, nil
 }
 
 // deleteDisk removes a disk that no host has exported. With force (the
@@ -425,13 +427,13 @@ func (s *server) deleteDisk(ctx context.Context, vm, disk string, force bool) er
 	s.mu.Unlock()
 	if force && len(stale) > 0 {
 		if err := s.removeExports(ctx, stale); err != nil {
-			return &httpError{http.StatusServiceUnavailable, codeBusy, fmt.Errorf("delete disk %s/%s: stale exports not drained yet (retry): %w", vm, disk, err)}
+			return &httpError{http.StatusServiceUnavailable, shared.CodeBusy, fmt.Errorf("delete disk %s/%s: stale exports not drained yet (retry): %w", vm, disk, err)}
 		}
 		hosts = nil
 	}
 	if len(hosts) > 0 {
 		sort.Strings(hosts)
-		return &httpError{http.StatusConflict, codeInUse, fmt.Errorf("disk %s/%s is exported (%v): unexport it first", vm, disk, hosts)}
+		return &httpError{http.StatusConflict, shared.CodeInUse, fmt.Errorf("disk %s/%s is exported (%v): unexport it first", vm, disk, hosts)}
 	}
 	if err := s.closeNode(diskKey{vm, disk}); err != nil {
 		return err
@@ -450,12 +452,12 @@ func (s *server) deleteDisk(ctx context.Context, vm, disk string, force bool) er
 // exportDisk gives a host an NBD export of a disk, if the VM's generation
 // authorises the host: it is the current one held by that host, or the one
 // prepared for it by a migration.
-func (s *server) exportDisk(ctx context.Context, r ExportRequest) (ExportResponse, error) {
+func (s *server) exportDisk(ctx context.Context, r shared.ExportRequest) (shared.ExportResponse, error) {
 	if err := validNames("vm", r.VM, "disk", r.Disk, "host", r.Host); err != nil {
-		return ExportResponse{}, err
+		return shared.ExportResponse{}, err
 	}
 	if err := validRef(storage.VMRef{Name: r.VM, UID: r.UID}, r.Host); err != nil {
-		return ExportResponse{}, err
+		return shared.ExportResponse{}, err
 	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
@@ -465,12 +467,12 @@ func (s *server) exportDisk(ctx context.Context, r ExportRequest) (ExportRespons
 	g := s.gens[r.UID]
 	old := s.exports[exportKey{r.VM, r.Disk, r.Host}]
 	s.mu.Unlock()
-	if !g.authorised(r.Host, r.Generation) {
+	if !g.Authorised(r.Host, r.Generation) {
 		cur := "none"
 		if g != nil {
 			cur = fmt.Sprintf("%d held by %q, prepared %d for %q", g.Current, g.Holder, g.Pending, g.PendingHost)
 		}
-		return ExportResponse{}, &httpError{http.StatusConflict, codeFenced,
+		return shared.ExportResponse{}, &httpError{http.StatusConflict, shared.CodeFenced,
 			fmt.Errorf("generation %d of vm %s is not authorised for host %s (current: %s); the export is refused", r.Generation, r.VM, r.Host, cur)}
 	}
 	if old != nil {
@@ -478,18 +480,18 @@ func (s *server) exportDisk(ctx context.Context, r ExportRequest) (ExportRespons
 		case old.info.Generation == r.Generation && old.info.UID == r.UID && !old.info.Deleting:
 			return s.target(old), nil
 		case old.info.UID == r.UID && old.info.Generation > r.Generation:
-			return ExportResponse{}, &httpError{http.StatusConflict, codeStale,
+			return shared.ExportResponse{}, &httpError{http.StatusConflict, shared.CodeStale,
 				fmt.Errorf("host %s already has %s at generation %d; generation %d is stale", r.Host, old.info.Export, old.info.Generation, r.Generation)}
 		}
 		// An older placement's export (or this one, being deleted) must be
 		// gone before the new one exists: its QEMU is stale.
 		if err := s.removeExports(ctx, []*export{old}); err != nil {
-			return ExportResponse{}, &httpError{http.StatusServiceUnavailable, codeBusy, fmt.Errorf("replace %s: %w", old.info.Export, err)}
+			return shared.ExportResponse{}, &httpError{http.StatusServiceUnavailable, shared.CodeBusy, fmt.Errorf("replace %s: %w", old.info.Export, err)}
 		}
 	}
 	e, err := s.addExport(r)
 	if err != nil {
-		return ExportResponse{}, err
+		return shared.ExportResponse{}, err
 	}
 	if err := s.persist(s.gensCopy(), s.forgottenCopy()); err != nil {
 		// The state file only helps a restarted server restore exports;
@@ -499,18 +501,18 @@ func (s *server) exportDisk(ctx context.Context, r ExportRequest) (ExportRespons
 	return s.target(e), nil
 }
 
-func (s *server) target(e *export) ExportResponse {
-	return ExportResponse{Host: s.nbdHost, Port: s.nbdPort, Export: e.info.Export}
+func (s *server) target(e *export) shared.ExportResponse {
+	return shared.ExportResponse{Host: s.nbdHost, Port: s.nbdPort, Export: e.info.Export}
 }
 
 // addExport opens the disk's block node if needed and adds the export.
 // Callers hold opMu and have checked fences.
-func (s *server) addExport(r ExportRequest) (*export, error) {
+func (s *server) addExport(r shared.ExportRequest) (*export, error) {
 	node, err := s.openNode(r.VM, r.Disk)
 	if err != nil {
 		return nil, err
 	}
-	e := &export{id: exportID(r), info: Export{VM: r.VM, UID: r.UID, Disk: r.Disk, Host: r.Host, Generation: r.Generation, Export: exportName(r)}}
+	e := &export{id: exportID(r), info: shared.Export{VM: r.VM, UID: r.UID, Disk: r.Disk, Host: r.Host, Generation: r.Generation, Export: exportName(r)}}
 	ctx, cancel := s.qctx()
 	defer cancel()
 	// Every export of a node is writable: the block layer lets several
@@ -544,7 +546,7 @@ func (s *server) openNode(vm, disk string) (*blockNode, error) {
 	}
 	path, format, ok := s.diskPath(vm, disk)
 	if !ok {
-		return nil, &httpError{http.StatusNotFound, codeNotFound, fmt.Errorf("disk %s/%s does not exist", vm, disk)}
+		return nil, &httpError{http.StatusNotFound, shared.CodeNotFound, fmt.Errorf("disk %s/%s does not exist", vm, disk)}
 	}
 	file, fmtNode := nodeNames(vm, disk)
 	n = &blockNode{path: path}
@@ -712,7 +714,7 @@ func (s *server) unexport(ctx context.Context, vm, disk, host string) error {
 
 // persist writes the given generations and the current live exports.
 // Callers hold opMu, which orders writers of the state file.
-func (s *server) persist(gens map[string]*vmGen, forgotten map[string]bool) error {
+func (s *server) persist(gens map[string]*shared.VMGenerations, forgotten map[string]bool) error {
 	var st persistedState
 	for _, g := range gens {
 		st.Generations = append(st.Generations, *g)
@@ -730,10 +732,10 @@ func (s *server) persist(gens map[string]*vmGen, forgotten map[string]bool) erro
 	return saveState(s.statePath, st)
 }
 
-func (s *server) listExports() []Export {
+func (s *server) listExports() []shared.Export {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Export, 0, len(s.exports))
+	out := make([]shared.Export, 0, len(s.exports))
 	for _, e := range s.exports {
 		out = append(out, e.info)
 	}
@@ -743,32 +745,32 @@ func (s *server) listExports() []Export {
 
 // heartbeat records a host's heartbeat at the server's receive time and
 // returns the verdict on each VM generation it runs.
-func (s *server) heartbeat(host string, r HeartbeatRequest) (HeartbeatResponse, error) {
+func (s *server) heartbeat(host string, r shared.HeartbeatRequest) (shared.HeartbeatResponse, error) {
 	if err := validNames("host", host); err != nil {
-		return HeartbeatResponse{}, err
+		return shared.HeartbeatResponse{}, err
 	}
 	s.hbMu.Lock()
 	s.heartbeats[host] = heartbeat{received: time.Now(), lease: r.Lease, vms: r.VMs}
 	s.hbMu.Unlock()
-	resp := HeartbeatResponse{Verdicts: map[string]storage.Verdict{}}
+	resp := shared.HeartbeatResponse{Verdicts: map[string]storage.Verdict{}}
 	s.mu.Lock()
 	for _, v := range r.VMs {
-		resp.Verdicts[v.UID] = storage.Verdict{Generation: v.Generation, Authorised: s.gens[v.UID].authorised(host, int64(v.Generation))}
+		resp.Verdicts[v.UID] = storage.Verdict{Generation: v.Generation, Authorised: s.gens[v.UID].Authorised(host, int64(v.Generation))}
 	}
 	s.mu.Unlock()
 	return resp, nil
 }
 
-func (s *server) listHeartbeats() map[string]hostHeartbeatJSON {
+func (s *server) listHeartbeats() map[string]shared.HostHeartbeatJSON {
 	s.hbMu.Lock()
 	defer s.hbMu.Unlock()
-	out := make(map[string]hostHeartbeatJSON, len(s.heartbeats))
+	out := make(map[string]shared.HostHeartbeatJSON, len(s.heartbeats))
 	for h, hb := range s.heartbeats {
 		vms := hb.vms
 		if vms == nil {
 			vms = []storage.HeldVM{}
 		}
-		out[h] = hostHeartbeatJSON{AgeMS: time.Since(hb.received).Milliseconds(), Lease: hb.lease, VMs: vms}
+		out[h] = shared.HostHeartbeatJSON{AgeMS: time.Since(hb.received).Milliseconds(), Lease: hb.lease, VMs: vms}
 	}
 	return out
 }
@@ -784,7 +786,7 @@ func (e *httpError) Error() string { return e.err.Error() }
 func (e *httpError) Unwrap() error { return e.err }
 
 func invalid(format string, a ...any) error {
-	return &httpError{http.StatusBadRequest, codeInvalid, fmt.Errorf(format, a...)}
+	return &httpError{http.StatusBadRequest, shared.CodeInvalid, fmt.Errorf(format, a...)}
 }
 
 // validNames checks (field, value) pairs. Names are also path components
@@ -804,7 +806,7 @@ func (s *server) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("POST /v1/disks", func(w http.ResponseWriter, r *http.Request) {
-		var req CreateDiskRequest
+		var req shared.CreateDiskRequest
 		if !decode(w, r, &req) {
 			return
 		}
@@ -816,7 +818,7 @@ func (s *server) routes() http.Handler {
 		s.reply(w, r, struct{}{}, err)
 	})
 	mux.HandleFunc("POST /v1/exports", func(w http.ResponseWriter, r *http.Request) {
-		var req ExportRequest
+		var req shared.ExportRequest
 		if !decode(w, r, &req) {
 			return
 		}
@@ -831,7 +833,7 @@ func (s *server) routes() http.Handler {
 		s.reply(w, r, struct{}{}, err)
 	})
 	mux.HandleFunc("POST /v1/generations/{op}", func(w http.ResponseWriter, r *http.Request) {
-		var req GenerationRequest
+		var req shared.GenerationRequest
 		if !decode(w, r, &req) {
 			return
 		}
@@ -852,15 +854,15 @@ func (s *server) routes() http.Handler {
 		case "forget":
 			err = s.forget(r.Context(), vm)
 		default:
-			err = &httpError{http.StatusNotFound, codeInvalid, fmt.Errorf("no generation operation %q (grant, prepare, commit, abort, revoke, forget)", r.PathValue("op"))}
+			err = &httpError{http.StatusNotFound, shared.CodeInvalid, fmt.Errorf("no generation operation %q (grant, prepare, commit, abort, revoke, forget)", r.PathValue("op"))}
 		}
-		s.reply(w, r, GenerationResponse{Generation: gen}, err)
+		s.reply(w, r, shared.GenerationResponse{Generation: gen}, err)
 	})
 	mux.HandleFunc("GET /v1/generations", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.listGenerations())
 	})
 	mux.HandleFunc("POST /v1/heartbeats/{host}", func(w http.ResponseWriter, r *http.Request) {
-		var req HeartbeatRequest
+		var req shared.HeartbeatRequest
 		if !decode(w, r, &req) {
 			return
 		}
@@ -889,13 +891,13 @@ func (s *server) reply(w http.ResponseWriter, r *http.Request, v any, err error)
 	} else {
 		s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
-	writeJSON(w, status, errorBody{Error: err.Error(), Code: code})
+	writeJSON(w, status, shared.ErrorBody{Error: err.Error(), Code: code})
 }
 
 // decode reads a JSON body of at most 1 MiB, answering 400 itself on error.
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(v); err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad request body: " + err.Error(), Code: codeInvalid})
+		writeJSON(w, http.StatusBadRequest, shared.ErrorBody{Error: "bad request body: " + err.Error(), Code: shared.CodeInvalid})
 		return false
 	}
 	return true

@@ -1,9 +1,10 @@
-package shared
+package server
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/storage/shared"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,7 @@ const (
 func ref(name string) storage.VMRef { return storage.VMRef{Name: name, UID: "uid-" + name} }
 
 // grant grants host a generation of vm and fails the test on error.
-func grant(t *testing.T, c *Client, vm storage.VMRef, host string) storage.Generation {
+func grant(t *testing.T, c *shared.Client, vm storage.VMRef, host string) storage.Generation {
 	t.Helper()
 	g, err := c.Grant(ctxT(t), vm, host)
 	if err != nil {
@@ -58,22 +59,22 @@ func TestDiskRoundTrip(t *testing.T) {
 	if p2, err := c.CreateDisk(ctx, "web", "root", 16*mib, "qcow2", ""); err != nil || p2 != path {
 		t.Fatalf("idempotent create: %q, %v", p2, err)
 	}
-	var ae *APIError
+	var ae *shared.APIError
 	if _, err := c.CreateDisk(ctx, "web", "root", 16*mib, "raw", ""); !errors.As(err, &ae) || ae.StatusCode != 409 {
 		t.Fatalf("create with another format: %v, want 409", err)
 	}
 	if _, err := c.CreateDisk(ctx, "Web/..", "root", mib, "raw", ""); !errors.As(err, &ae) || ae.StatusCode != 400 {
 		t.Fatalf("bad name: %v, want 400", err)
 	}
-	if _, err := c.Export(ctx, web, "root", "h1", 1); !errors.Is(err, ErrFenced) {
-		t.Fatalf("export without a granted generation: %v, want ErrFenced", err)
+	if _, err := c.Export(ctx, web, "root", "h1", 1); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("export without a granted generation: %v, want shared.ErrFenced", err)
 	}
 	g := grant(t, c, web, "h1")
 	if g != 1 {
 		t.Fatalf("first generation %d, want 1", g)
 	}
-	if _, err := c.Export(ctx, web, "nope", "h1", g); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("export of a missing disk: %v, want ErrNotFound", err)
+	if _, err := c.Export(ctx, web, "nope", "h1", g); !errors.Is(err, shared.ErrNotFound) {
+		t.Fatalf("export of a missing disk: %v, want shared.ErrNotFound", err)
 	}
 
 	nt, err := c.Export(ctx, web, "root", "h1", g)
@@ -89,8 +90,8 @@ func TestDiskRoundTrip(t *testing.T) {
 	if out, err := qemuIO(t, nt, "write -P 0xab 1M 1M", "read -P 0xab 1M 1M", "read -P 0 0 1M"); err != nil {
 		t.Fatalf("qemu-io: %v\n%s", err, out)
 	}
-	if err := c.DeleteDisk(ctx, "web", "root", false); !errors.Is(err, ErrInUse) {
-		t.Fatalf("delete while exported: %v, want ErrInUse", err)
+	if err := c.DeleteDisk(ctx, "web", "root", false); !errors.Is(err, shared.ErrInUse) {
+		t.Fatalf("delete while exported: %v, want shared.ErrInUse", err)
 	}
 	// A migration's destination reads what the source wrote.
 	pg, err := c.Prepare(ctx, web, "h2")
@@ -243,8 +244,8 @@ func TestGrantRevokesRunningWriter(t *testing.T) {
 	}
 	<-writerDone
 
-	if _, err := c.Export(ctx, web, "root", "h1", g1); !errors.Is(err, ErrFenced) {
-		t.Fatalf("re-export of the revoked generation: %v, want ErrFenced", err)
+	if _, err := c.Export(ctx, web, "root", "h1", g1); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("re-export of the revoked generation: %v, want shared.ErrFenced", err)
 	}
 	if out, err := qemuIO(t, nt1, "write -P 0x66 0 4k"); err == nil {
 		t.Errorf("the revoked export name still accepts writes:\n%s", out)
@@ -328,13 +329,13 @@ func TestRevokeFrozenWriter(t *testing.T) {
 			t.Errorf("a write to block %d succeeded after the revoke", b)
 		}
 	}
-	if _, err := c.Export(ctx, db, "data", "h1", g1); !errors.Is(err, ErrFenced) {
-		t.Fatalf("re-export of the revoked generation to h1: %v, want ErrFenced", err)
+	if _, err := c.Export(ctx, db, "data", "h1", g1); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("re-export of the revoked generation to h1: %v, want shared.ErrFenced", err)
 	}
 	// Nobody holds the VM now: even the generation that replaced h1's is
 	// not anyone's, until a grant.
-	if _, err := c.Export(ctx, db, "data", "h1", g1+1); !errors.Is(err, ErrFenced) {
-		t.Fatalf("export of the revoke's own generation: %v, want ErrFenced", err)
+	if _, err := c.Export(ctx, db, "data", "h1", g1+1); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("export of the revoke's own generation: %v, want shared.ErrFenced", err)
 	}
 	g3 := grant(t, c, db, "h2")
 	nt2, err := c.Export(ctx, db, "data", "h2", g3)
@@ -517,7 +518,7 @@ func TestGrantRacesExports(t *testing.T) {
 				for {
 					_, err := c.Export(ctx, app, d, "h1", g)
 					switch {
-					case errors.Is(err, ErrFenced):
+					case errors.Is(err, shared.ErrFenced):
 						refused.Add(1)
 						return
 					case err != nil:
@@ -558,8 +559,8 @@ func TestMigrationGenerations(t *testing.T) {
 	if _, err := c.CreateDisk(ctx, "mig", "root", 8*mib, "qcow2", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Prepare(ctx, mig, "h2"); !errors.Is(err, ErrFenced) {
-		t.Fatalf("prepare with nothing running: %v, want ErrFenced", err)
+	if _, err := c.Prepare(ctx, mig, "h2"); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("prepare with nothing running: %v, want shared.ErrFenced", err)
 	}
 	gs := grant(t, c, mig, "h1")
 	src, err := c.Export(ctx, mig, "root", "h1", gs)
@@ -577,11 +578,11 @@ func TestMigrationGenerations(t *testing.T) {
 	if err := c.Abort(ctx, mig, ga); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Export(ctx, mig, "root", "h3", ga); !errors.Is(err, ErrFenced) {
-		t.Fatalf("export of an aborted generation: %v, want ErrFenced", err)
+	if _, err := c.Export(ctx, mig, "root", "h3", ga); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("export of an aborted generation: %v, want shared.ErrFenced", err)
 	}
-	if err := c.Commit(ctx, mig, ga); !errors.Is(err, ErrFenced) {
-		t.Fatalf("commit of an aborted generation: %v, want ErrFenced", err)
+	if err := c.Commit(ctx, mig, ga); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("commit of an aborted generation: %v, want shared.ErrFenced", err)
 	}
 	// The real migration.
 	gd, err := c.Prepare(ctx, mig, "h2")
@@ -621,8 +622,8 @@ func TestMigrationGenerations(t *testing.T) {
 	if err := p1.do(t, "write -P 0x44 2M 4k"); err == nil {
 		t.Error("the source still writes after the cut-over")
 	}
-	if _, err := c.Export(ctx, mig, "root", "h1", gs); !errors.Is(err, ErrFenced) {
-		t.Fatalf("re-export of the source's generation: %v, want ErrFenced", err)
+	if _, err := c.Export(ctx, mig, "root", "h1", gs); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("re-export of the source's generation: %v, want shared.ErrFenced", err)
 	}
 	if err := p2.do(t, "read -P 0x33 1M 4k"); err != nil {
 		t.Fatalf("the destination lost its disk at the cut-over: %v", err)
@@ -666,8 +667,8 @@ func TestRestartKeepsGenerations(t *testing.T) {
 
 	ts2 := startServer(t, dir)
 	c2 := ts2.c
-	if _, err := c2.Export(ctx, db, "root", "h1", gdb); !errors.Is(err, ErrFenced) {
-		t.Fatalf("export of the revoked generation after restart: %v, want ErrFenced", err)
+	if _, err := c2.Export(ctx, db, "root", "h1", gdb); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("export of the revoked generation after restart: %v, want shared.ErrFenced", err)
 	}
 	ex, err := c2.Exports(ctx)
 	if err != nil || len(ex) != 1 || ex[0].Export != wnt.Export {
@@ -691,8 +692,8 @@ func TestRestartKeepsGenerations(t *testing.T) {
 	if _, err := c2.Export(ctx, web, "root", "h3", gweb2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c2.Export(ctx, web, "root", "h3", gweb); !errors.Is(err, ErrFenced) {
-		t.Fatalf("older generation: %v, want ErrFenced", err)
+	if _, err := c2.Export(ctx, web, "root", "h3", gweb); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("older generation: %v, want shared.ErrFenced", err)
 	}
 	if _, err := qemuIO(t, wnt2, "read 0 4k"); err == nil {
 		t.Fatalf("the replaced export still serves")
@@ -780,14 +781,14 @@ func TestHeartbeats(t *testing.T) {
 	}
 }
 
-// TestDatastore: the agent-side Datastore creates, exports under a granted
+// TestDatastore: the agent-side shared.Datastore creates, exports under a granted
 // generation, releases and deletes, and refuses a revoked generation.
 func TestDatastore(t *testing.T) {
 	needQEMU(t)
 	t.Parallel()
 	ts := startServer(t, "")
 	ctx := ctxT(t)
-	ds := NewDatastore("shared", "h1", ts.c)
+	ds := shared.NewDatastore("shared", "h1", ts.c)
 	if ds.Name() != "shared" || !ds.Shared() {
 		t.Fatalf("name %q shared %v", ds.Name(), ds.Shared())
 	}
@@ -810,7 +811,7 @@ func TestDatastore(t *testing.T) {
 	if err := ts.c.Revoke(ctx, vm1, "h1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ds.Prepare(ctx, vm1, g, d); !errors.Is(err, ErrFenced) {
+	if _, err := ds.Prepare(ctx, vm1, g, d); !errors.Is(err, shared.ErrFenced) {
 		t.Fatalf("prepare with a revoked generation: %v", err)
 	}
 	// Deleting the VM's disk (the VM is being deleted) removes what any
@@ -827,8 +828,8 @@ func TestDatastore(t *testing.T) {
 	if exps, _ := ts.c.Exports(ctx); len(exps) != 0 {
 		t.Fatalf("exports left after deleting the disk: %v", exps)
 	}
-	if _, err := ts.c.Grant(ctx, vm1, "h1"); !errors.Is(err, ErrFenced) {
-		t.Fatalf("grant of a deleted VM: %v, want ErrFenced", err)
+	if _, err := ts.c.Grant(ctx, vm1, "h1"); !errors.Is(err, shared.ErrFenced) {
+		t.Fatalf("grant of a deleted VM: %v, want shared.ErrFenced", err)
 	}
 }
 
@@ -858,8 +859,8 @@ func TestRecreatedVMStartsClean(t *testing.T) {
 	if err := c.Commit(ctx, old, pg); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteDisk(ctx, "app", "root", false); !errors.Is(err, ErrInUse) {
-		t.Fatalf("delete of an exported disk without force: %v, want ErrInUse", err)
+	if err := c.DeleteDisk(ctx, "app", "root", false); !errors.Is(err, shared.ErrInUse) {
+		t.Fatalf("delete of an exported disk without force: %v, want shared.ErrInUse", err)
 	}
 	if err := c.Forget(ctx, old); err != nil {
 		t.Fatal(err)
@@ -878,7 +879,7 @@ func TestRecreatedVMStartsClean(t *testing.T) {
 	if _, err := c.Export(ctx, recreated, "root", "h1", g); err != nil || g != 1 {
 		t.Errorf("the re-created VM on h1: generation %d, %v", g, err)
 	}
-	if _, err := c.Grant(ctx, old, "h1"); !errors.Is(err, ErrFenced) {
+	if _, err := c.Grant(ctx, old, "h1"); !errors.Is(err, shared.ErrFenced) {
 		t.Errorf("the deleted namesake was granted again: %v", err)
 	}
 }

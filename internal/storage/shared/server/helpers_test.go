@@ -1,10 +1,11 @@
-package shared
+package server
 
 import (
 	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/storage/shared"
 	"io"
 	"log/slog"
 	"net"
@@ -45,7 +46,7 @@ func freePort(t *testing.T) int {
 
 // testServer is a running Serve.
 type testServer struct {
-	c      *Client
+	c      *shared.Client
 	dir    string
 	cancel context.CancelFunc
 	done   chan error
@@ -66,7 +67,7 @@ func startServerOpts(t *testing.T, dir string, opts serverOptions) *testServer {
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	nbd := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{c: NewClient("http://" + listen), dir: dir, cancel: cancel, done: make(chan error, 1)}
+	ts := &testServer{c: shared.NewClient("http://" + listen), dir: dir, cancel: cancel, done: make(chan error, 1)}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() {
 		ts.done <- serve(ctx, ServerConfig{Dir: dir, Listen: listen, NBDAddr: nbd, Log: log}, opts)

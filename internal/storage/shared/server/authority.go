@@ -1,8 +1,9 @@
-package shared
+package server
 
 import (
 	"context"
 	"fmt"
+	"github.com/vigilha/vigil/internal/storage/shared"
 	"maps"
 	"net/http"
 	"slices"
@@ -11,27 +12,6 @@ import (
 
 	"github.com/vigilha/vigil/internal/storage"
 )
-
-// vmGen is what the server knows of one VM's generations.
-type vmGen struct {
-	Name string `json:"name"`
-	UID  string `json:"uid"`
-	// HWM is the highest generation ever granted or prepared: the next is
-	// HWM + 1, so generations never repeat and only move forward.
-	HWM int64 `json:"hwm"`
-	// Current is the generation that may write, held by Holder ("" when a
-	// revoke left it to nobody).
-	Current int64  `json:"current"`
-	Holder  string `json:"holder,omitempty"`
-	// Pending is a live migration's prepared generation for PendingHost.
-	Pending     int64  `json:"pending,omitempty"`
-	PendingHost string `json:"pendingHost,omitempty"`
-}
-
-// authorised reports whether gen may write from host.
-func (g *vmGen) authorised(host string, gen int64) bool {
-	return g != nil && gen > 0 && (gen == g.Current && host == g.Holder || gen == g.Pending && host == g.PendingHost)
-}
 
 // The generation operations follow the fence's order (see the package
 // doc): under opMu, the new state is made durable first, then every export
@@ -71,7 +51,7 @@ func (s *server) prepare(ctx context.Context, vm storage.VMRef, host string) (in
 	}
 	next := s.genOf(vm)
 	if next.Current == 0 || next.Holder == "" {
-		return 0, &httpError{http.StatusConflict, codeFenced, fmt.Errorf("vm %s has no running generation to migrate from", vm.Name)}
+		return 0, &httpError{http.StatusConflict, shared.CodeFenced, fmt.Errorf("vm %s has no running generation to migrate from", vm.Name)}
 	}
 	if next.Holder == host {
 		return 0, invalid("host %s already holds vm %s", host, vm.Name)
@@ -97,7 +77,7 @@ func (s *server) commit(ctx context.Context, vm storage.VMRef, gen int64) error 
 	case next.Current == gen && gen > 0:
 		return nil
 	case next.Pending != gen || gen == 0:
-		return &httpError{http.StatusConflict, codeFenced,
+		return &httpError{http.StatusConflict, shared.CodeFenced,
 			fmt.Errorf("generation %d of vm %s is not prepared (current %d on %q, prepared %d): it was superseded", gen, vm.Name, next.Current, next.Holder, next.Pending)}
 	}
 	next.Current, next.Holder, next.Pending, next.PendingHost = next.Pending, next.PendingHost, 0, ""
@@ -163,18 +143,18 @@ func (s *server) forget(ctx context.Context, vm storage.VMRef) error {
 }
 
 // genOf returns a copy of vm's generation record (new if none).
-func (s *server) genOf(vm storage.VMRef) vmGen {
+func (s *server) genOf(vm storage.VMRef) shared.VMGenerations {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if g := s.gens[vm.UID]; g != nil {
 		return *g
 	}
-	return vmGen{Name: vm.Name, UID: vm.UID}
+	return shared.VMGenerations{Name: vm.Name, UID: vm.UID}
 }
 
 // commitGen makes a new generation record durable, installs it, and
 // removes every export it no longer authorises. Callers hold opMu.
-func (s *server) commitGen(ctx context.Context, vm storage.VMRef, next vmGen, what string) error {
+func (s *server) commitGen(ctx context.Context, vm storage.VMRef, next shared.VMGenerations, what string) error {
 	start := time.Now()
 	next.Name = vm.Name
 	s.mu.Lock()
@@ -204,14 +184,14 @@ func (s *server) dropUnauthorised(ctx context.Context, vm storage.VMRef, what st
 	g := s.gens[vm.UID]
 	var victims []*export
 	for k, e := range s.exports {
-		if k.vm == vm.Name && !(e.info.UID == vm.UID && g.authorised(e.info.Host, e.info.Generation)) {
+		if k.vm == vm.Name && !(e.info.UID == vm.UID && g.Authorised(e.info.Host, e.info.Generation)) {
 			victims = append(victims, e)
 		}
 	}
 	s.mu.Unlock()
 	sort.Slice(victims, func(i, j int) bool { return victims[i].info.Export < victims[j].info.Export })
 	if err := s.removeExports(ctx, victims); err != nil {
-		return &httpError{http.StatusServiceUnavailable, codeBusy,
+		return &httpError{http.StatusServiceUnavailable, shared.CodeBusy,
 			fmt.Errorf("%s vm %s: recorded, but older exports are not drained yet (retry): %w", what, vm.Name, err)}
 	}
 	if len(victims) > 0 {
@@ -229,10 +209,10 @@ func (s *server) isForgotten(uid string) bool {
 }
 
 func forgottenErr(vm storage.VMRef) error {
-	return &httpError{http.StatusConflict, codeFenced, fmt.Errorf("vm %s (uid %s) was deleted: it can never run again", vm.Name, vm.UID)}
+	return &httpError{http.StatusConflict, shared.CodeFenced, fmt.Errorf("vm %s (uid %s) was deleted: it can never run again", vm.Name, vm.UID)}
 }
 
-func (s *server) gensCopy() map[string]*vmGen {
+func (s *server) gensCopy() map[string]*shared.VMGenerations {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return maps.Clone(s.gens)
@@ -244,14 +224,14 @@ func (s *server) forgottenCopy() map[string]bool {
 	return maps.Clone(s.forgotten)
 }
 
-func (s *server) listGenerations() []vmGen {
+func (s *server) listGenerations() []shared.VMGenerations {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]vmGen, 0, len(s.gens))
+	out := make([]shared.VMGenerations, 0, len(s.gens))
 	for _, g := range s.gens {
 		out = append(out, *g)
 	}
-	slices.SortFunc(out, func(a, b vmGen) int {
+	slices.SortFunc(out, func(a, b shared.VMGenerations) int {
 		if a.Name != b.Name {
 			return cmpString(a.Name, b.Name)
 		}
