@@ -5,9 +5,9 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"io"
 	"log/slog"
 	"net/http"
@@ -85,14 +85,6 @@ func (s *Server) logRequests(h http.Handler) http.Handler {
 	})
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
 func writeErr(w http.ResponseWriter, code int, err error) {
 	body := v1.Error{Error: err.Error()}
 	var fe spec.FieldErrors
@@ -100,7 +92,7 @@ func writeErr(w http.ResponseWriter, code int, err error) {
 		body.Fields = fe
 		body.Error = "invalid VM spec: " + fe.Error()
 	}
-	writeJSON(w, code, body)
+	httpjson.WriteIndented(w, code, body)
 }
 
 // statusFor maps store errors to HTTP codes.
@@ -126,7 +118,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	for _, name := range snap.SortedVMNames() {
 		out = append(out, ViewIn(snap, snap.VMs[name], false))
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.WriteIndented(w, http.StatusOK, out)
 }
 
 // snapshotVM reads the cluster and the VM named in the path; on failure
@@ -146,7 +138,7 @@ func (s *Server) snapshotVM(w http.ResponseWriter, r *http.Request) (snap *store
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 	if snap, v, ok := s.snapshotVM(w, r); ok {
-		writeJSON(w, http.StatusOK, ViewIn(snap, v, true))
+		httpjson.WriteIndented(w, http.StatusOK, ViewIn(snap, v, true))
 	}
 }
 
@@ -186,7 +178,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.emit(r.Context(), store.Event{Type: store.EvVMCreated, VM: rec.Name(), Message: fmt.Sprintf("created (%d vCPU, %s)", vm.Spec.CPUs, vm.Spec.Memory)})
-		writeJSON(w, http.StatusCreated, ViewOf(&store.VMState{Record: rec}, true))
+		httpjson.WriteIndented(w, http.StatusCreated, ViewOf(&store.VMState{Record: rec}, true))
 		return
 	}
 }
@@ -328,7 +320,7 @@ func (s *Server) powerVM(power string) http.HandlerFunc {
 			verb = "stop"
 		}
 		s.emit(r.Context(), store.Event{Type: "vm." + verb + "-requested", VM: name, Message: verb + " requested"})
-		writeJSON(w, http.StatusAccepted, ViewOf(v, false))
+		httpjson.WriteIndented(w, http.StatusAccepted, ViewOf(v, false))
 	}
 }
 
@@ -370,7 +362,7 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.emit(r.Context(), store.Event{Type: "vm.delete-requested", VM: name, Message: "delete requested"})
-	writeJSON(w, http.StatusAccepted, ViewOf(v, false))
+	httpjson.WriteIndented(w, http.StatusAccepted, ViewOf(v, false))
 }
 
 // console proxies a VM's serial log from the agent of its host.
@@ -448,14 +440,14 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 	if name := r.PathValue("name"); name != "" {
 		for _, h := range out {
 			if h.Name == name {
-				writeJSON(w, http.StatusOK, h)
+				httpjson.WriteIndented(w, http.StatusOK, h)
 				return
 			}
 		}
 		writeErr(w, http.StatusNotFound, fmt.Errorf("host %q not found", name))
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.WriteIndented(w, http.StatusOK, out)
 }
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
@@ -494,7 +486,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if limit > 0 && len(out) > limit {
 		out = out[len(out)-limit:]
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.WriteIndented(w, http.StatusOK, out)
 }
 
 func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) {
@@ -507,11 +499,9 @@ func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) {
 	for _, n := range snap.Networks {
 		out = append(out, v1.Network(*n))
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.WriteIndented(w, http.StatusOK, out)
 }
 
 func (s *Server) emit(ctx context.Context, ev store.Event) {
-	if err := s.st.Emit(ctx, ev); err != nil {
-		s.log.Debug("event not recorded", "err", err)
-	}
+	store.RecordEvent(ctx, s.st, s.log, ev)
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"net/http"
 	"sort"
 	"time"
@@ -46,5 +47,5 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 	if resp, err := c.Get(ctx, store.ElectionPrefix+"/", clientv3.WithFirstCreate()...); err == nil && len(resp.Kvs) > 0 {
 		out.VigilLeader = string(resp.Kvs[0].Value)
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.WriteIndented(w, http.StatusOK, out)
 }

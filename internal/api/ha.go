@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"io"
 	"net/http"
 	"sort"
@@ -49,7 +50,7 @@ func (s *Server) testFailover(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.emit(r.Context(), store.Event{Type: "vm.test-failover-requested", VM: name, Host: v.Placement.Host, Message: "test failover requested"})
-	writeJSON(w, http.StatusAccepted, ViewOf(v, false))
+	httpjson.WriteIndented(w, http.StatusAccepted, ViewOf(v, false))
 }
 
 // drill simulates host failures without acting.
@@ -85,7 +86,7 @@ func (s *Server) drill(w http.ResponseWriter, r *http.Request) {
 			d.Unprotected[name] = "HA is not enabled"
 		}
 	}
-	writeJSON(w, http.StatusOK, d)
+	httpjson.WriteIndented(w, http.StatusOK, d)
 }
 
 func contains(list []string, s string) bool {
@@ -108,7 +109,7 @@ func (s *Server) listRules(w http.ResponseWriter, r *http.Request) {
 		out = append(out, v1.Rule(*rule))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	writeJSON(w, http.StatusOK, out)
+	httpjson.WriteIndented(w, http.StatusOK, out)
 }
 
 // createRule adds a VM-VM rule after checking it field by field.
@@ -139,7 +140,7 @@ func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if len(errs) > 0 {
-		writeJSON(w, http.StatusBadRequest, v1.Error{Error: "invalid rule: " + errs.Error(), Fields: errs})
+		httpjson.WriteIndented(w, http.StatusBadRequest, v1.Error{Error: "invalid rule: " + errs.Error(), Fields: errs})
 		return
 	}
 	sr := store.Rule(rule)
@@ -148,7 +149,7 @@ func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.emit(r.Context(), store.Event{Type: "rule.created", Message: fmt.Sprintf("rule %s: %s %s %s", rule.Name, rule.Strength, rule.Kind, strings.Join(rule.VMs, ","))})
-	writeJSON(w, http.StatusCreated, rule)
+	httpjson.WriteIndented(w, http.StatusCreated, rule)
 }
 
 func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request) {
@@ -165,7 +166,7 @@ func (s *Server) getConfig(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, v1.ClusterConfig(snap.Config))
+	httpjson.WriteIndented(w, http.StatusOK, v1.ClusterConfig(snap.Config))
 }
 
 func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
@@ -177,7 +178,7 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c.HostFailuresToTolerate < 0 || c.HostFailuresToTolerate > 32 {
-		writeJSON(w, http.StatusBadRequest, v1.Error{Error: "invalid config", Fields: spec.FieldErrors{{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"}}})
+		httpjson.WriteIndented(w, http.StatusBadRequest, v1.Error{Error: "invalid config", Fields: spec.FieldErrors{{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"}}})
 		return
 	}
 	snap, err := s.st.Snapshot(r.Context())
@@ -200,5 +201,5 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		}
 		s.emit(r.Context(), store.Event{Type: "config.changed", Message: msg})
 	}
-	writeJSON(w, http.StatusOK, c)
+	httpjson.WriteIndented(w, http.StatusOK, c)
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"io"
 	"net/http"
 	"time"
@@ -73,7 +74,7 @@ func (s *Server) migrate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, migrationView(name, &store.MigrationState{Request: mr}))
+	httpjson.WriteIndented(w, http.StatusAccepted, migrationView(name, &store.MigrationState{Request: mr}))
 }
 
 // cancelMigration asks for the VM's migration to be aborted.
@@ -95,7 +96,7 @@ func (s *Server) cancelMigration(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, migrationView(name, m))
+	httpjson.WriteIndented(w, http.StatusAccepted, migrationView(name, m))
 }
 
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {
@@ -110,7 +111,7 @@ func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("vm %s has never migrated: %w", name, store.ErrNotFound))
 		return
 	}
-	writeJSON(w, http.StatusOK, migrationView(name, m))
+	httpjson.WriteIndented(w, http.StatusOK, migrationView(name, m))
 }
 
 // maintenance puts a host in or out of maintenance mode.

@@ -1,7 +1,8 @@
 // Package atomicfile replaces files whole or not at all: the new content is
 // written under a temporary name and renamed over the old file, so a reader
 // (or a process restarted after a crash) sees either the old content or
-// the new, never a torn mix.
+// the new, never a torn mix. Each write has a temporary file of its own, so
+// two writers racing on one path leave one of their contents, whole.
 package atomicfile
 
 import (
@@ -15,38 +16,46 @@ import (
 // That is enough for state that only a restarted process reads, and that a
 // host crash makes moot anyway.
 func Write(path string, b []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return write(path, b, perm, false)
 }
 
 // WriteSync replaces path with b durably: the content is fsynced before the
 // rename and the directory after it, so once WriteSync returns, the new
 // content survives a power loss.
 func WriteSync(path string, b []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	return write(path, b, perm, true)
+}
+
+func write(path string, b []byte, perm os.FileMode, durable bool) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", path, err)
+	if _, err := f.Write(b); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if durable {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", path, err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("install %s: %w", path, err)
+	}
+	if !durable {
+		return nil
 	}
 	d, err := os.Open(filepath.Dir(path))
 	if err != nil {

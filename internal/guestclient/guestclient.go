@@ -8,7 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"net"
 	"net/http"
 	"strings"
@@ -59,22 +59,13 @@ type Ack struct {
 	BootID string `json:"boot_id"`
 }
 
-func (c *Client) do(ctx context.Context, method, ip, path, body string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+ip+path, strings.NewReader(body))
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+func (c *Client) do(ctx context.Context, method, ip, path string, in, out any) error {
+	status, b, err := httpjson.Call(ctx, c.http, method, "http://"+ip+path, in, 64<<20)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+	if status >= 300 {
+		return fmt.Errorf("%s %s: %d %s: %s", method, path, status, http.StatusText(status), strings.TrimSpace(string(b)))
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
@@ -87,29 +78,29 @@ func (c *Client) do(ctx context.Context, method, ip, path, body string, out any)
 // Counter reads (and increments) the guest's in-memory counter.
 func (c *Client) Counter(ctx context.Context, ip string) (Counter, error) {
 	var out Counter
-	return out, c.do(ctx, http.MethodGet, ip, "/", "", &out)
+	return out, c.do(ctx, http.MethodGet, ip, "/", nil, &out)
 }
 
 // Healthy reports whether the guest answers /healthz.
 func (c *Client) Healthy(ctx context.Context, ip string) error {
-	return c.do(ctx, http.MethodGet, ip, "/healthz", "", nil)
+	return c.do(ctx, http.MethodGet, ip, "/healthz", nil, nil)
 }
 
 // Append adds a record to the guest's durable ledger.
 func (c *Client) Append(ctx context.Context, ip, payload string) (Ack, error) {
 	var out Ack
-	return out, c.do(ctx, http.MethodPost, ip, "/ledger", payload, &out)
+	return out, c.do(ctx, http.MethodPost, ip, "/ledger", httpjson.Raw(payload), &out)
 }
 
 // Ledger reads every record of the guest's ledger.
 func (c *Client) Ledger(ctx context.Context, ip string) ([]Record, error) {
 	var out []Record
-	return out, c.do(ctx, http.MethodGet, ip, "/ledger", "", &out)
+	return out, c.do(ctx, http.MethodGet, ip, "/ledger", nil, &out)
 }
 
 // Dirty starts (mb > 0) or stops (mb = 0) the guest's memory dirtier.
 func (c *Client) Dirty(ctx context.Context, ip string, mb int) error {
-	return c.do(ctx, http.MethodPost, ip, fmt.Sprintf("/dirty?mb=%d", mb), "", nil)
+	return c.do(ctx, http.MethodPost, ip, fmt.Sprintf("/dirty?mb=%d", mb), nil, nil)
 }
 
 // Hang makes the guest stop serving and stop its heartbeat.

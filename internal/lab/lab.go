@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/atomicfile"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -270,11 +271,7 @@ func (l *Lab) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(l.dir, stateFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(l.dir, stateFile))
+	return atomicfile.Write(filepath.Join(l.dir, stateFile), b, 0o644)
 }
 
 // Dir is the lab directory.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"log/slog"
 )
 
 // The seams between the store and its users. The etcd Store implements
@@ -53,3 +54,19 @@ var (
 	_ Writer     = (*Store)(nil)
 	_ HostWriter = (*Store)(nil)
 )
+
+// EventWriter is what writes to the event log: Writer and HostWriter both
+// are.
+type EventWriter interface {
+	Emit(ctx context.Context, ev Event) error
+}
+
+// RecordEvent logs ev and writes it to the event log. Events are a record,
+// never a precondition of what follows: one that cannot be written is
+// logged and dropped.
+func RecordEvent(ctx context.Context, w EventWriter, log *slog.Logger, ev Event) {
+	log.Info(ev.Message, "event", ev.Type, "vm", ev.VM, "host", ev.Host)
+	if err := w.Emit(ctx, ev); err != nil {
+		log.Debug("event not recorded", "event", ev.Type, "err", err)
+	}
+}

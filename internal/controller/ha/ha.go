@@ -197,10 +197,7 @@ func (c *Controller) sayOnce(ctx context.Context, key, state string, ev store.Ev
 }
 
 func (c *Controller) emit(ctx context.Context, ev store.Event) {
-	c.log.Info(ev.Message, "event", ev.Type, "vm", ev.VM, "host", ev.Host)
-	if err := c.st.Emit(ctx, ev); err != nil {
-		c.log.Debug("event not recorded", "err", err)
-	}
+	store.RecordEvent(ctx, c.st, c.log, ev)
 }
 
 func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState) error {

@@ -110,7 +110,5 @@ func (c *Controller) place(ctx context.Context, snap *store.Snapshot, v *store.V
 }
 
 func (c *Controller) emit(ctx context.Context, ev store.Event) {
-	if err := c.st.Emit(ctx, ev); err != nil {
-		c.log.Debug("event not recorded", "err", err)
-	}
+	store.RecordEvent(ctx, c.st, c.log, ev)
 }

@@ -290,8 +290,5 @@ func (c *Controller) evacuate(ctx context.Context, snap *store.Snapshot) error {
 }
 
 func (c *Controller) emit(ctx context.Context, ev store.Event) {
-	c.log.Info(ev.Message, "event", ev.Type, "vm", ev.VM)
-	if err := c.st.Emit(ctx, ev); err != nil {
-		c.log.Debug("event not recorded", "err", err)
-	}
+	store.RecordEvent(ctx, c.st, c.log, ev)
 }

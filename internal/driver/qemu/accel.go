@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/vigilha/vigil/internal/atomicfile"
 	"io"
 	"os"
 	"os/exec"
@@ -118,10 +119,7 @@ func (d *Driver) storeProbe(c accelChoice) {
 	}
 	b, _ := json.Marshal(c)
 	if err := os.MkdirAll(filepath.Dir(d.cfg.ProbeCache), 0o755); err == nil {
-		tmp := d.cfg.ProbeCache + ".tmp"
-		if os.WriteFile(tmp, b, 0o644) == nil {
-			_ = os.Rename(tmp, d.cfg.ProbeCache)
-		}
+		_ = atomicfile.Write(d.cfg.ProbeCache, b, 0o644) // a cache: the next start probes again
 	}
 }
 

@@ -14,9 +14,9 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"io"
 	"log/slog"
 	"net/http"
@@ -156,7 +156,7 @@ func (s *Server) Counter() uint64 {
 }
 
 func (s *Server) root(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, Status{
+	httpjson.Write(w, http.StatusOK, Status{
 		Counter:  s.counter.Add(1),
 		BootID:   s.cfg.BootID,
 		Hostname: s.cfg.Hostname,
@@ -165,7 +165,7 @@ func (s *Server) root(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	httpjson.Write(w, http.StatusOK, map[string]bool{"ok": true})
 }
 
 func (s *Server) ledgerAppend(w http.ResponseWriter, r *http.Request) {
@@ -196,7 +196,7 @@ func (s *Server) ledgerAppend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, LedgerAck{Seq: rec.Seq, BootID: rec.BootID})
+	httpjson.Write(w, http.StatusOK, LedgerAck{Seq: rec.Seq, BootID: rec.BootID})
 }
 
 func (s *Server) ledgerList(w http.ResponseWriter, _ *http.Request) {
@@ -209,7 +209,7 @@ func (s *Server) ledgerList(w http.ResponseWriter, _ *http.Request) {
 	for i, r := range recs {
 		out[i] = LedgerRecord{Seq: r.Seq, BootID: r.BootID, TimeNS: r.TimeNS, Payload: string(r.Payload)}
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.Write(w, http.StatusOK, out)
 }
 
 func (s *Server) dirtyStart(w http.ResponseWriter, r *http.Request) {
@@ -232,25 +232,19 @@ func (s *Server) dirtyStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.cfg.Log.Info("dirtier", "mb", mb, "rate_mbps", rate)
-	writeJSON(w, http.StatusOK, st)
+	httpjson.Write(w, http.StatusOK, st)
 }
 
 func (s *Server) dirtyStatus(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.cfg.Dirtier.Status())
+	httpjson.Write(w, http.StatusOK, s.cfg.Dirtier.Status())
 }
 
 func (s *Server) hang(w http.ResponseWriter, _ *http.Request) {
 	s.cfg.Log.Warn("hang requested: heartbeats stop, HTTP stops answering until reset")
 	s.cfg.Hang.Hang()
-	writeJSON(w, http.StatusOK, HangResponse{Hung: true})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v) // a failed write means the client left
+	httpjson.Write(w, http.StatusOK, HangResponse{Hung: true})
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, Error{Error: msg})
+	httpjson.Write(w, status, Error{Error: msg})
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -198,29 +199,8 @@ func (ss stateStore) save(s *state) error {
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	tmp, err := os.CreateTemp(ss.dir, StateFile+".tmp*")
-	if err != nil {
+	if err := atomicfile.WriteSync(ss.path(), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write state: %w", err)
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), ss.path())
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write state: %w", err)
-	}
-	if d, err := os.Open(ss.dir); err == nil {
-		// Make the rename itself durable; failure here only weakens
-		// durability across power loss, which a lab can live with.
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }

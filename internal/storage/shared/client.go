@@ -1,11 +1,10 @@
 package shared
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"net"
 	"net/http"
 	"net/url"
@@ -201,36 +200,16 @@ func esc(s string) string { return url.PathEscape(s) }
 // do sends one request and decodes a 200 answer into out, or an error
 // answer into an *APIError.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	status, b, err := httpjson.Call(ctx, c.http, method, c.base+path, in, 16<<20)
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("read answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
+	if status != http.StatusOK {
 		var eb ErrorBody
 		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
 			eb.Error = strings.TrimSpace(string(b))
 		}
-		return &APIError{StatusCode: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return &APIError{StatusCode: status, Code: eb.Code, Message: eb.Error}
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

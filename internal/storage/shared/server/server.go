@@ -69,6 +69,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"github.com/vigilha/vigil/internal/storage/shared"
 	"log/slog"
 	"net"
@@ -803,7 +804,7 @@ func validNames(pairs ...string) error {
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("POST /v1/disks", func(w http.ResponseWriter, r *http.Request) {
 		var req shared.CreateDiskRequest
@@ -826,7 +827,7 @@ func (s *server) routes() http.Handler {
 		s.reply(w, r, resp, err)
 	})
 	mux.HandleFunc("GET /v1/exports", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, s.listExports())
+		httpjson.Write(w, http.StatusOK, s.listExports())
 	})
 	mux.HandleFunc("DELETE /v1/exports/{vm}/{disk}/{host}", func(w http.ResponseWriter, r *http.Request) {
 		err := s.unexport(r.Context(), r.PathValue("vm"), r.PathValue("disk"), r.PathValue("host"))
@@ -859,7 +860,7 @@ func (s *server) routes() http.Handler {
 		s.reply(w, r, shared.GenerationResponse{Generation: gen}, err)
 	})
 	mux.HandleFunc("GET /v1/generations", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, s.listGenerations())
+		httpjson.Write(w, http.StatusOK, s.listGenerations())
 	})
 	mux.HandleFunc("POST /v1/heartbeats/{host}", func(w http.ResponseWriter, r *http.Request) {
 		var req shared.HeartbeatRequest
@@ -870,7 +871,7 @@ func (s *server) routes() http.Handler {
 		s.reply(w, r, resp, err)
 	})
 	mux.HandleFunc("GET /v1/heartbeats", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, s.listHeartbeats())
+		httpjson.Write(w, http.StatusOK, s.listHeartbeats())
 	})
 	return mux
 }
@@ -878,7 +879,7 @@ func (s *server) routes() http.Handler {
 // reply writes v, or err with its status (500 for errors without one).
 func (s *server) reply(w http.ResponseWriter, r *http.Request, v any, err error) {
 	if err == nil {
-		writeJSON(w, http.StatusOK, v)
+		httpjson.Write(w, http.StatusOK, v)
 		return
 	}
 	status, code := http.StatusInternalServerError, ""
@@ -891,20 +892,14 @@ func (s *server) reply(w http.ResponseWriter, r *http.Request, v any, err error)
 	} else {
 		s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
-	writeJSON(w, status, shared.ErrorBody{Error: err.Error(), Code: code})
+	httpjson.Write(w, status, shared.ErrorBody{Error: err.Error(), Code: code})
 }
 
 // decode reads a JSON body of at most 1 MiB, answering 400 itself on error.
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(v); err != nil {
-		writeJSON(w, http.StatusBadRequest, shared.ErrorBody{Error: "bad request body: " + err.Error(), Code: shared.CodeInvalid})
+		httpjson.Write(w, http.StatusBadRequest, shared.ErrorBody{Error: "bad request body: " + err.Error(), Code: shared.CodeInvalid})
 		return false
 	}
 	return true
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
