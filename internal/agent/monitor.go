@@ -71,6 +71,12 @@ func (a *Agent) onUnexpectedExit(ctx context.Context, snap *store.Snapshot, v *s
 		a.reportExit(ctx, v, ls)
 		return
 	}
+	if !a.leaseValid(boottime.Now()) {
+		// Never start without a surely valid lease: the leader may be
+		// placing this VM elsewhere right now. The next pass with the
+		// lease back restarts it here, or finds it placed elsewhere.
+		return
+	}
 	recent, ok := restartBudget(a.restartsOf(v), time.Now(), s.HA.Monitoring)
 	if !ok {
 		a.setRestarts(name, recent)
