@@ -592,8 +592,11 @@ func (c *Controller) waitingFor(snap *store.Snapshot, v *store.VMState, now time
 		if !ok || d.Record.Power != store.PowerRunning {
 			continue // gone or meant to be off: nothing to wait for
 		}
+		// A status from a host that is down is not the dependency running
+		// (it ran on the same failed host and waits for its own restart).
 		st := d.Status
-		if st == nil || st.Host != d.Placement.Host || st.Epoch != d.Placement.Epoch || st.State != store.StateRunning {
+		_, alive := snap.Alive[d.Placement.Host]
+		if st == nil || !alive || st.Host != d.Placement.Host || st.Epoch != d.Placement.Epoch || st.State != store.StateRunning {
 			return dep
 		}
 	}

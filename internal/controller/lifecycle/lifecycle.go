@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"time"
 
 	"github.com/vigilha/vigil/internal/scheduler"
@@ -39,9 +40,14 @@ const EventsKept = 20000
 func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.Duration, error) {
 	var errs []error
 	again := time.Duration(0)
+	// Placements made in this pass go into a view of the snapshot, so that
+	// each one sees those before it (capacity, anti-affinity): VMs created
+	// together must not all land on the one host that looked emptiest.
+	view := *snap
+	view.VMs = maps.Clone(snap.VMs)
 	for _, name := range snap.SortedVMNames() {
-		v := snap.VMs[name]
-		wait, err := c.reconcileVM(ctx, snap, v)
+		v := view.VMs[name]
+		wait, err := c.reconcileVM(ctx, &view, v)
 		if err != nil && !errors.Is(err, store.ErrConflict) {
 			errs = append(errs, err)
 		}
@@ -104,6 +110,9 @@ func (c *Controller) place(ctx context.Context, snap *store.Snapshot, v *store.V
 	if err := c.st.SetPlacement(ctx, name, v.Placement, v.PlacementRev, p); err != nil {
 		return 0, err
 	}
+	placed := *v
+	placed.Placement = p
+	snap.VMs[name] = &placed
 	c.emit(ctx, store.Event{Type: store.EvVMPlaced, VM: name, Host: d.Host,
 		Message: fmt.Sprintf("placed on %s (epoch %d)", d.Host, p.Epoch)})
 	return 0, nil
