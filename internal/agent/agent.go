@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/agent/console"
+	"github.com/vigilha/vigil/internal/agent/fencing"
 	"log/slog"
 	"net/http"
 	"os"
@@ -55,7 +57,7 @@ type Config struct {
 	// disks (storage generations, heartbeats), by datastore name.
 	Arbiters map[string]storage.Arbiter
 	// Fence is the self-fencing timing.
-	Fence FenceConfig
+	Fence fencing.Config
 	// WatchdogSocket is the watchdog feeder's socket (`vigil watchdog`);
 	// empty when the host has no watchdog.
 	WatchdogSocket string
@@ -116,7 +118,7 @@ type Agent struct {
 	lease *leaseKeeper
 
 	kick     chan struct{}
-	fence    *fencer
+	fence    *fencing.Memory
 	peerHTTP *http.Client
 	evq      chan store.Event
 
@@ -160,8 +162,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 60 * time.Second
 	}
-	if cfg.Fence == (FenceConfig{}) {
-		cfg.Fence = DefaultFenceConfig()
+	if cfg.Fence == (fencing.Config{}) {
+		cfg.Fence = fencing.DefaultConfig()
 	}
 	if cfg.Fence.Margin >= cfg.LeaseTTL {
 		return nil, fmt.Errorf("agent: fence margin %s must be less than the lease TTL %s", cfg.Fence.Margin, cfg.LeaseTTL)
@@ -201,14 +203,14 @@ func New(cfg Config) (*Agent, error) {
 	boot := a.bootID()
 	a.lease = newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), boot, log)
 	a.lease.onHedge = a.memberSlow
-	a.fence = newFencer(boot)
+	a.fence = fencing.NewMemory(boot)
 	return a, nil
 }
 
 // Run serves until ctx ends. VMs keep running when it returns.
 func (a *Agent) Run(ctx context.Context) error {
 	a.lease.load()
-	if err := a.fence.load(a.fenceMemoryPath()); err != nil {
+	if err := a.fence.Load(a.fenceMemoryPath()); err != nil {
 		a.log.Warn("ignoring what a previous agent process learned for self-fencing", "err", err)
 	}
 	// Fencing and the watchdog run before the agent reaches etcd, and
@@ -442,7 +444,7 @@ func (a *Agent) serveHTTP(ctx context.Context) (*http.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: console.Handler(a.cfg.Host, a.drv), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {
 			a.log.Error("agent http server", "err", err)
@@ -454,11 +456,9 @@ func (a *Agent) serveHTTP(ctx context.Context) (*http.Server, error) {
 // guardedVMs names the restartable VMs running here: those the watchdog
 // guards.
 func (a *Agent) guardedVMs() []string {
-	a.fence.mu.Lock()
-	defer a.fence.mu.Unlock()
 	var out []string
 	for _, st := range a.drv.List() {
-		if p, known := a.fence.policy[st.Name]; st.Running && (!known || p.Restartable) {
+		if p, known := a.fence.Policy(st.Name); st.Running && (!known || p.Restartable) {
 			out = append(out, st.Name)
 		}
 	}

@@ -30,7 +30,18 @@ func (h *harness) runRestartable() {
 	if _, err := h.drv.Start(context.Background(), &driver.VMConfig{Name: "web", UID: rec.UID(), Epoch: 1, Grants: map[string]int64{"shared": 1}}); err != nil {
 		h.t.Fatal(err)
 	}
-	h.a.fence.policy["web"] = vmPolicy{HA: true, Restartable: true, Datastores: []string{"shared"}}
+	h.learn()
+}
+
+// learn has self-fencing learn the VMs' policies from the store, as a
+// reconcile pass does.
+func (h *harness) learn() {
+	h.t.Helper()
+	snap, err := h.st.Snapshot(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.a.fence.Learn(snap, self)
 }
 
 // fence runs one round of the self-fencing loop and waits for its kills.
@@ -65,10 +76,10 @@ func TestSelfFenceOnlyWhenBothLeasesLapsed(t *testing.T) {
 			h.runRestartable()
 			h.a.lease.set(1, c.leaseSent)
 			if c.storageAck != 0 {
-				h.a.fence.storageAck["shared"] = c.storageAck
+				h.a.fence.HeartbeatAnswered("shared", c.storageAck, nil, nil)
 			}
 			if c.peersOK {
-				h.a.fence.peersOK = ago(100 * time.Millisecond)
+				h.a.fence.PeersReached(ago(100 * time.Millisecond))
 			}
 			h.fence()
 			if killed := h.drv.Kills("web") == 1 && !h.drv.Running("web"); killed != c.kill {
@@ -124,7 +135,8 @@ func TestWatchdogWantedOnlyWhileRestartableVMRuns(t *testing.T) {
 	if _, err := h.drv.Start(context.Background(), &driver.VMConfig{Name: "plain"}); err != nil {
 		t.Fatal(err)
 	}
-	h.a.fence.policy["plain"] = vmPolicy{HA: false}
+	h.addVM(vmRecord("plain", nil), self, 1)
+	h.learn()
 	h.fence()
 	if want, _ := h.wdWant(); want {
 		t.Fatal("watchdog wanted for a VM that HA never restarts elsewhere")
@@ -194,7 +206,8 @@ func TestDrainEntersMaintenanceOnlyWhenVMsMustMove(t *testing.T) {
 	if _, err := h.drv.Start(context.Background(), &driver.VMConfig{Name: "plain"}); err != nil {
 		t.Fatal(err)
 	}
-	h.a.fence.policy["plain"] = vmPolicy{}
+	h.addVM(vmRecord("plain", nil), self, 1)
+	h.learn()
 	if err := drain(h); err != nil || maintenance(h) {
 		t.Fatalf("migrate with nothing restartable: %v, maintenance %v; want neither", err, maintenance(h))
 	}

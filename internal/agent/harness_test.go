@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vigilha/vigil/internal/agent/fencing"
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/driver/fake"
@@ -47,7 +48,7 @@ func newHarness(t *testing.T) *harness {
 	m.AddHost(store.Host{Name: self}, true)
 	m.AddHost(store.Host{Name: "h2"}, true)
 	ttl := 2 * time.Second
-	fc := DefaultFenceConfig()
+	fc := fencing.DefaultConfig()
 	a := &Agent{
 		cfg:  Config{Host: self, DataDir: dir, Driver: drv, LeaseTTL: ttl, KeepaliveInterval: ttl / 8, StopTimeout: time.Second, Fence: fc, Log: log},
 		st:   memState{m},
@@ -62,7 +63,7 @@ func newHarness(t *testing.T) *harness {
 		retryAt:      map[string]time.Time{},
 	}
 	a.lease = newLeaseKeeper(nil, ttl, ttl/8, filepath.Join(dir, "lease"), "", log)
-	a.fence = newFencer("")
+	a.fence = fencing.NewMemory("")
 	h := &harness{t: t, a: a, drv: drv, st: m}
 	h.renewLease()
 	return h

@@ -20,8 +20,8 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if a.fence.learn(snap, a.cfg.Host) {
-		if err := a.fence.save(a.fenceMemoryPath()); err != nil {
+	if a.fence.Learn(snap, a.cfg.Host) {
+		if err := a.fence.Save(a.fenceMemoryPath()); err != nil {
 			a.log.Warn("cannot save what self-fencing learned", "err", err)
 		}
 	}

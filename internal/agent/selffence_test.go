@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/agent/fencing"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -53,9 +54,9 @@ func (d *slowKillDriver) Kill(ctx context.Context, name string) error {
 // last of several large VMs does not miss its deadline behind the others.
 func TestSelfFenceKillsAllAtOnce(t *testing.T) {
 	drv := &slowKillDriver{vms: []string{"a", "b", "c"}, all: make(chan struct{}), killed: make(chan string, 3)}
-	a := &Agent{cfg: Config{Host: "h1", LeaseTTL: 2 * time.Second, Fence: DefaultFenceConfig()}, drv: drv, log: slog.Default(),
+	a := &Agent{cfg: Config{Host: "h1", LeaseTTL: 2 * time.Second, Fence: fencing.DefaultConfig()}, drv: drv, log: slog.Default(),
 		lease: newLeaseKeeper(nil, 2*time.Second, 250*time.Millisecond, "", "", slog.Default()),
-		fence: newFencer(""), evq: make(chan store.Event, 16), wd: newArmer("", 2*time.Second, DefaultFenceConfig(), slog.Default()),
+		fence: fencing.NewMemory(""), evq: make(chan store.Event, 16), wd: newArmer("", 2*time.Second, fencing.DefaultConfig(), slog.Default()),
 		busy: map[string]string{}, killing: map[string]bool{}, fencedBy: map[string]string{}}
 	// No lease and no storage lease: every VM (unknown ones are treated as
 	// restartable HA VMs) must be killed.

@@ -3,10 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/vigilha/vigil/internal/driver"
@@ -102,39 +99,4 @@ func kernelCmdline(rec *store.VMRecord) string {
 		parts = append(parts, extra)
 	}
 	return strings.Join(parts, " ")
-}
-
-// handler serves host-local data to the servers.
-func (a *Agent) handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/vms/{name}/console", a.serveConsole)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	return mux
-}
-
-// serveConsole returns the tail of a VM's serial console log.
-func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request) {
-	cp, ok := a.drv.(driver.Console)
-	if !ok {
-		http.Error(w, "this driver keeps no console log", http.StatusNotImplemented)
-		return
-	}
-	name := r.PathValue("name")
-	limit := int64(64 << 10)
-	if s := r.URL.Query().Get("bytes"); s != "" {
-		if n, err := strconv.ParseInt(s, 10, 64); err == nil && n > 0 {
-			limit = min(n, 16<<20)
-		}
-	}
-	f, err := os.Open(cp.ConsolePath(name))
-	if err != nil {
-		http.Error(w, fmt.Sprintf("no console log for %s on %s", name, a.cfg.Host), http.StatusNotFound)
-		return
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > limit {
-		_, _ = f.Seek(fi.Size()-limit, io.SeekStart)
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = io.Copy(w, f)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vigilha/vigil/internal/agent/fencing"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -58,7 +59,7 @@ type armer struct {
 	c        *watchdog.Client // nil: this host has no watchdog
 	log      *slog.Logger
 	leaseTTL time.Duration
-	fc       FenceConfig
+	fc       fencing.Config
 	kick     chan struct{}
 
 	mu       sync.Mutex
@@ -74,7 +75,7 @@ type armer struct {
 	sentAt    time.Time
 }
 
-func newArmer(socket string, leaseTTL time.Duration, fc FenceConfig, log *slog.Logger) *armer {
+func newArmer(socket string, leaseTTL time.Duration, fc fencing.Config, log *slog.Logger) *armer {
 	a := &armer{log: log, leaseTTL: leaseTTL, fc: fc, kick: make(chan struct{}, 1), pending: map[string]bool{}}
 	if socket != "" {
 		a.c = watchdog.NewClient(socket)
@@ -322,9 +323,7 @@ func (a *Agent) leaseEnd() time.Duration {
 // that (ha.allow-no-watchdog); placement keeps such VMs away otherwise.
 func (a *Agent) coverStart(ctx context.Context, v *store.VMState) (func(), error) {
 	name := v.Record.Name()
-	a.fence.mu.Lock()
-	p, known := a.fence.policy[name]
-	a.fence.mu.Unlock()
+	p, known := a.fence.Policy(name)
 	if known && !p.Restartable {
 		return func() {}, nil
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/vigilha/vigil/internal/agent/fencing"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -44,7 +45,7 @@ func TestWatchdogDeadline(t *testing.T) {
 // A VM whose start is in progress is not listed by the driver yet: the
 // deadline must cover it with the lease alone.
 func TestArmerCoversStartsInProgress(t *testing.T) {
-	w := newArmer("", 2*time.Second, DefaultFenceConfig(), nil)
+	w := newArmer("", 2*time.Second, fencing.DefaultConfig(), nil)
 	w.pending["new"] = true
 	w.set(20*time.Second, true, 15*time.Second)
 	if !w.want || w.deadline != 15*time.Second {
@@ -62,7 +63,7 @@ func TestArmerCoversStartsInProgress(t *testing.T) {
 }
 
 func TestWatchdogTimingMustFitTheLease(t *testing.T) {
-	w := newArmer("/run/x.sock", 2*time.Second, DefaultFenceConfig(), nil)
+	w := newArmer("/run/x.sock", 2*time.Second, fencing.DefaultConfig(), nil)
 	ms := time.Millisecond
 	if p := w.timingProblem(watchdogTiming(time.Second, 200*ms, 50*ms)); p != "" {
 		t.Errorf("the default timing (W 1 s, E 200 ms, tick 50 ms) with T = 2 s: %s", p)
@@ -98,7 +99,7 @@ func TestArmerDisarmsAtOnceWhenNothingIsGuarded(t *testing.T) {
 		t.Fatal(err)
 	}
 	go f.Run(ctx)
-	w := newArmer(sock, 2*time.Second, DefaultFenceConfig(), slog.New(slog.DiscardHandler))
+	w := newArmer(sock, 2*time.Second, fencing.DefaultConfig(), slog.New(slog.DiscardHandler))
 	go w.run(ctx, func(watchdog.Status, error) {})
 	// Armed with a deadline 0.6 s away, as after the last lease renewal of
 	// a host that has just lost its lease.

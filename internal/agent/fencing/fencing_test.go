@@ -1,4 +1,4 @@
-package agent
+package fencing
 
 import (
 	"path/filepath"
@@ -14,36 +14,35 @@ import (
 )
 
 func TestDecide(t *testing.T) {
-	ha := vmPolicy{HA: true, Restartable: true, Datastores: []string{"shared"}}
-	leave := vmPolicy{HA: true, Restartable: true, LeaveRunning: true, Datastores: []string{"shared"}}
-	plain := vmPolicy{HA: false}
-	local := vmPolicy{HA: true, Datastores: []string{"local"}} // HA, but never restarted elsewhere
-	run := driver.Status{Name: "vm", Epoch: 3, Running: true}
-	revoked := revocation{true, "shared", 3}
+	ha := Policy{HA: true, Restartable: true, Datastores: []string{"shared"}}
+	leave := Policy{HA: true, Restartable: true, LeaveRunning: true, Datastores: []string{"shared"}}
+	plain := Policy{HA: false}
+	local := Policy{HA: true, Datastores: []string{"local"}} // HA, but never restarted elsewhere
+	revoked := Revocation{true, "shared", 3}
 	cases := []struct {
 		name                                 string
 		etcdOK                               bool
-		p                                    vmPolicy
-		rev                                  revocation
+		p                                    Policy
+		rev                                  Revocation
 		storageOK, peersOK, isolationOK, die bool
 	}{
-		{"lease valid keeps HA VM", true, ha, revocation{}, false, false, false, false},
+		{"lease valid keeps HA VM", true, ha, Revocation{}, false, false, false, false},
 		{"revoked at the storage kills even with a valid lease", true, ha, revoked, true, true, true, true},
 		{"revoked kills a non-HA VM too", false, plain, revoked, false, false, false, true},
-		{"non-HA survives lease loss", false, plain, revocation{}, false, false, false, false},
-		{"HA on a local disk survives lease loss: nothing restarts it elsewhere", false, local, revocation{}, false, false, false, false},
-		{"control-plane outage: storage lease and peers keep it", false, ha, revocation{}, true, true, false, false},
-		{"a management blip shorter than the isolation timeout, storage fine: kept", false, ha, revocation{}, true, false, true, false},
-		{"isolated past the isolation timeout, power-off: killed despite storage", false, ha, revocation{}, true, false, false, true},
-		{"isolated, leave-running: kept under storage lease", false, leave, revocation{}, true, false, false, false},
-		{"leave-running without storage lease: killed", false, leave, revocation{}, false, false, false, true},
-		{"within the isolation timeout but the storage lease lapsed too: killed", false, ha, revocation{}, false, false, true, true},
-		{"both leases lapsed: killed", false, ha, revocation{}, false, true, false, true},
+		{"non-HA survives lease loss", false, plain, Revocation{}, false, false, false, false},
+		{"HA on a local disk survives lease loss: nothing restarts it elsewhere", false, local, Revocation{}, false, false, false, false},
+		{"control-plane outage: storage lease and peers keep it", false, ha, Revocation{}, true, true, false, false},
+		{"a management blip shorter than the isolation timeout, storage fine: kept", false, ha, Revocation{}, true, false, true, false},
+		{"isolated past the isolation timeout, power-off: killed despite storage", false, ha, Revocation{}, true, false, false, true},
+		{"isolated, leave-running: kept under storage lease", false, leave, Revocation{}, true, false, false, false},
+		{"leave-running without storage lease: killed", false, leave, Revocation{}, false, false, false, true},
+		{"within the isolation timeout but the storage lease lapsed too: killed", false, ha, Revocation{}, false, false, true, true},
+		{"both leases lapsed: killed", false, ha, Revocation{}, false, true, false, true},
 	}
 	for _, c := range cases {
-		v := decide(c.etcdOK, c.p, run, c.rev, c.storageOK, c.peersOK, c.isolationOK)
-		if v.kill != c.die {
-			t.Errorf("%s: kill=%v (%s), want %v", c.name, v.kill, v.reason, c.die)
+		v := Decide(c.etcdOK, c.p, c.rev, c.storageOK, c.peersOK, c.isolationOK)
+		if v.Kill != c.die {
+			t.Errorf("%s: kill=%v (%s), want %v", c.name, v.Kill, v.Reason, c.die)
 		}
 	}
 }
@@ -54,7 +53,7 @@ func TestDecide(t *testing.T) {
 // the instance before it, and a re-created VM (another UID) is not touched
 // by its namesake's.
 func TestRevocationCoversOlderGenerationsOnly(t *testing.T) {
-	f := newFencer("boot-a")
+	f := NewMemory("boot-a")
 	f.setRevoked("shared", "uid-1", 2)
 	for _, c := range []struct {
 		name string
@@ -74,21 +73,21 @@ func TestRevocationCoversOlderGenerationsOnly(t *testing.T) {
 }
 
 func TestStorageLeaseValid(t *testing.T) {
-	fc := DefaultFenceConfig()
+	fc := DefaultConfig()
 	arbiters := map[string]storage.Arbiter{"shared": nil}
-	f := newFencer("boot-a")
+	f := NewMemory("boot-a")
 	now := 100 * time.Second
 	f.storageAck["shared"] = now - 500*time.Millisecond
-	if !f.storageLeaseValid(now, []string{"shared"}, arbiters, fc) {
+	if !f.storageLeaseValid(Inputs{Now: now, Arbiters: arbiters, Config: fc}, []string{"shared"}) {
 		t.Error("a heartbeat acked 0.5 s ago must hold the storage lease")
 	}
-	if f.storageLeaseValid(now+fc.StorageTTL, []string{"shared"}, arbiters, fc) {
+	if f.storageLeaseValid(Inputs{Now: now + fc.StorageTTL, Arbiters: arbiters, Config: fc}, []string{"shared"}) {
 		t.Error("the storage lease must lapse StorageTTL - margin after the send")
 	}
-	if f.storageLeaseValid(now, []string{"shared", "local"}, arbiters, fc) {
+	if f.storageLeaseValid(Inputs{Now: now, Arbiters: arbiters, Config: fc}, []string{"shared", "local"}) {
 		t.Error("a disk on a non-shared datastore cannot be vouched for")
 	}
-	if f.storageLeaseValid(now, nil, arbiters, fc) {
+	if f.storageLeaseValid(Inputs{Now: now, Arbiters: arbiters, Config: fc}, nil) {
 		t.Error("a diskless VM has no storage lease")
 	}
 }
@@ -106,11 +105,11 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 		Hosts:      map[string]*store.Host{"h1": {Name: "h1", AgentURL: "http://10.1.1.1:7481"}, "h2": {Name: "h2", AgentURL: "http://10.1.1.2:7481"}},
 		Datastores: map[string]*store.Datastore{"shared": {Name: "shared", Type: store.DatastoreShared}},
 	}
-	before := newFencer("boot-a")
-	if !before.learn(snap, "h1") {
+	before := NewMemory("boot-a")
+	if !before.Learn(snap, "h1") {
 		t.Fatal("first snapshot reported as unchanged")
 	}
-	if before.learn(snap, "h1") {
+	if before.Learn(snap, "h1") {
 		t.Fatal("same snapshot reported as a change")
 	}
 	acked := boottime.Now() - 300*time.Millisecond
@@ -118,14 +117,14 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	before.setRevoked("shared", "uid-old", 4)
 	before.setListed("shared", "web", acked)
 	before.peersOK = acked
-	if err := before.save(path); err != nil {
+	if err := before.Save(path); err != nil {
 		t.Fatal(err)
 	}
-	after := newFencer("boot-a")
-	if err := after.load(path); err != nil {
+	after := NewMemory("boot-a")
+	if err := after.Load(path); err != nil {
 		t.Fatal(err)
 	}
-	want := vmPolicy{HA: true, LeaveRunning: true, Restartable: true, Datastores: []string{"shared"}}
+	want := Policy{HA: true, LeaveRunning: true, Restartable: true, Datastores: []string{"shared"}}
 	if got := after.policy["web"]; !reflect.DeepEqual(got, want) {
 		t.Errorf("policy after restart = %+v, want %+v", got, want)
 	}
@@ -139,8 +138,8 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	}
 	// Another boot of the host (the lab's resets share the kernel) inherits
 	// no lease at all.
-	other := newFencer("boot-b")
-	if err := other.load(path); err != nil {
+	other := NewMemory("boot-b")
+	if err := other.Load(path); err != nil {
 		t.Fatal(err)
 	}
 	if len(other.storageAck) != 0 || len(other.listed) != 0 || other.peersOK != 0 {
@@ -149,14 +148,14 @@ func TestFenceMemorySurvivesRestart(t *testing.T) {
 	if after.storageAck["shared"] != acked || after.peersOK != acked || after.revoked["shared"]["uid-old"] != 4 {
 		t.Errorf("leases after restart: storage %v peers %v revoked %v, want %v %v 4", after.storageAck["shared"], after.peersOK, after.revoked, acked, acked)
 	}
-	fc := DefaultFenceConfig()
-	if !after.storageLeaseValid(acked+100*time.Millisecond, []string{"shared"}, map[string]storage.Arbiter{"shared": nil}, fc) {
+	fc := DefaultConfig()
+	if !after.storageLeaseValid(Inputs{Now: acked + 100*time.Millisecond, Arbiters: map[string]storage.Arbiter{"shared": nil}, Config: fc}, []string{"shared"}) {
 		t.Error("inherited storage lease not valid 100 ms after its send")
 	}
-	if after.storageLeaseValid(acked+fc.StorageTTL, []string{"shared"}, map[string]storage.Arbiter{"shared": nil}, fc) {
+	if after.storageLeaseValid(Inputs{Now: acked + fc.StorageTTL, Arbiters: map[string]storage.Arbiter{"shared": nil}, Config: fc}, []string{"shared"}) {
 		t.Error("inherited storage lease still valid past StorageTTL")
 	}
-	if err := newFencer("boot-a").load(filepath.Join(t.TempDir(), "missing.json")); err != nil {
+	if err := NewMemory("boot-a").Load(filepath.Join(t.TempDir(), "missing.json")); err != nil {
 		t.Errorf("a first start has no memory and that is not an error: %v", err)
 	}
 }
