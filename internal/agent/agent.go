@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"github.com/vigilha/vigil/internal/agent/console"
 	"github.com/vigilha/vigil/internal/agent/fencing"
+	"github.com/vigilha/vigil/internal/agent/monitor"
 	"log/slog"
 	"net/http"
 	"os"
@@ -135,11 +136,9 @@ type Agent struct {
 	hostRec *store.Host
 	// lastSnap is the last snapshot reconcile read (for the guest monitor).
 	lastSnap *store.Snapshot
-	// restartLog, monitorSince and hangAlarm are VM monitoring's memory.
-	restartLog   map[string][]time.Time
-	monitorSince map[string]time.Time
-	hangAlarm    map[string]bool
-	retryAt      map[string]time.Time
+	// mon is VM monitoring's memory.
+	mon     *monitor.History
+	retryAt map[string]time.Time
 }
 
 // New checks the configuration and creates an agent.
@@ -195,10 +194,8 @@ func New(cfg Config) (*Agent, error) {
 		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
 		evq:      make(chan store.Event, 1024),
 
-		restartLog:   map[string][]time.Time{},
-		monitorSince: map[string]time.Time{},
-		hangAlarm:    map[string]bool{},
-		retryAt:      map[string]time.Time{},
+		mon:     monitor.NewHistory(),
+		retryAt: map[string]time.Time{},
 	}
 	boot := a.bootID()
 	a.lease = newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), boot, log)

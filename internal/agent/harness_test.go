@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vigilha/vigil/internal/agent/fencing"
+	"github.com/vigilha/vigil/internal/agent/monitor"
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/driver/fake"
@@ -55,12 +56,10 @@ func newHarness(t *testing.T) *harness {
 		drv:  drv,
 		log:  log,
 		kick: make(chan struct{}, 1), busy: map[string]string{}, killing: map[string]bool{}, fencedBy: map[string]string{},
-		wd:           newArmer("", ttl, fc, log),
-		evq:          make(chan store.Event, 1024),
-		restartLog:   map[string][]time.Time{},
-		monitorSince: map[string]time.Time{},
-		hangAlarm:    map[string]bool{},
-		retryAt:      map[string]time.Time{},
+		wd:      newArmer("", ttl, fc, log),
+		evq:     make(chan store.Event, 1024),
+		mon:     monitor.NewHistory(),
+		retryAt: map[string]time.Time{},
 	}
 	a.lease = newLeaseKeeper(nil, ttl, ttl/8, filepath.Join(dir, "lease"), "", log)
 	a.fence = fencing.NewMemory("")

@@ -142,9 +142,7 @@ func (a *Agent) resumeIncoming(ctx context.Context, mig driver.Migrator, name, s
 	}
 	rep.Phase = migration.TargetResumed
 	a.reportTarget(ctx, name, rep)
-	a.mu.Lock()
-	a.monitorSince[name] = time.Now()
-	a.mu.Unlock()
+	a.mon.Started(name, time.Now())
 	a.event(ctx, store.EvVMRunning, name, "resumed here after live migration")
 	if postcopy {
 		a.watchPostcopy(ctx, mig, name, source)

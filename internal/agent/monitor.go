@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/vigilha/vigil/internal/agent/monitor"
 	"time"
 
 	"github.com/vigilha/vigil/internal/boottime"
@@ -10,55 +11,6 @@ import (
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
-
-// restartBudget decides whether VM monitoring may restart a VM again: at
-// most MaxFailures restarts inside FailureWindow (vSphere's maxFailures /
-// maxFailureWindow). It returns the restart times still inside the window.
-func restartBudget(past []time.Time, now time.Time, m spec.Monitoring) (recent []time.Time, ok bool) {
-	for _, t := range past {
-		if now.Sub(t) < m.FailureWindow.D() {
-			recent = append(recent, t)
-		}
-	}
-	return recent, len(recent) < m.MaxFailures
-}
-
-// restartsOf returns the VM's recent monitoring restarts: what the agent
-// remembers, or else what the last status recorded.
-func (a *Agent) restartsOf(v *store.VMState) []time.Time {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if r, ok := a.restartLog[v.Record.Name()]; ok {
-		return r
-	}
-	if v.Status != nil {
-		return v.Status.Restarts
-	}
-	return nil
-}
-
-// inheritRestarts carries the VM's restart history over from the status
-// its previous host wrote: the restart limit counts per VM, so a VM that
-// HA moved after failing to start here does not start over with a fresh
-// budget on the next host. What another host wrote is newer than what
-// this agent remembers from an earlier stay of the VM.
-func (a *Agent) inheritRestarts(v *store.VMState) {
-	if v.Status == nil {
-		return
-	}
-	name := v.Record.Name()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if _, ok := a.restartLog[name]; !ok || v.Status.Host != a.cfg.Host {
-		a.restartLog[name] = v.Status.Restarts
-	}
-}
-
-func (a *Agent) setRestarts(name string, r []time.Time) {
-	a.mu.Lock()
-	a.restartLog[name] = r
-	a.mu.Unlock()
-}
 
 // onUnexpectedExit is VM monitoring's answer to a QEMU that ended without
 // being asked to: restart it here if the budget allows, else leave it
@@ -77,16 +29,16 @@ func (a *Agent) onUnexpectedExit(ctx context.Context, snap *store.Snapshot, v *s
 		// lease back restarts it here, or finds it placed elsewhere.
 		return
 	}
-	recent, ok := restartBudget(a.restartsOf(v), time.Now(), s.HA.Monitoring)
+	recent, ok := monitor.Budget(a.mon.Restarts(v), time.Now(), s.HA.Monitoring)
 	if !ok {
-		a.setRestarts(name, recent)
+		a.mon.SetRestarts(name, recent)
 		a.putStatus(ctx, v, &store.VMStatus{State: store.StateFailed, Reason: "restart-limit", StartRequest: v.Record.StartRequest, Restarts: recent,
 			Message: fmt.Sprintf("%s; %d restarts within %s: giving up", msg, len(recent), s.HA.Monitoring.FailureWindow.D())})
 		a.event(ctx, store.EvAlarmRestartLimit, name, fmt.Sprintf("%s; restart limit of %d per %s reached, VM left failed", msg, s.HA.Monitoring.MaxFailures, s.HA.Monitoring.FailureWindow.D()))
 		return
 	}
 	recent = append(recent, time.Now())
-	a.setRestarts(name, recent)
+	a.mon.SetRestarts(name, recent)
 	a.event(ctx, store.EvVMRestarted, name, fmt.Sprintf("%s; restarting on the same host (restart %d of %d allowed per %s)", msg, len(recent), s.HA.Monitoring.MaxFailures, s.HA.Monitoring.FailureWindow.D()))
 	a.do(ctx, name, "restart", func(ctx context.Context) { a.startVM(ctx, v, snap.Networks) })
 }
@@ -114,37 +66,24 @@ func (a *Agent) checkHeartbeats(ctx context.Context) {
 		if !s.HA.Enabled || !m.GuestHeartbeat || ls.LastHeartbeat.IsZero() {
 			continue // monitoring starts with the guest's first heartbeat
 		}
-		a.mu.Lock()
-		since := a.monitorSince[ls.Name]
-		a.mu.Unlock()
-		last := ls.LastHeartbeat
-		if since.After(last) {
-			last = since
-		}
-		if now.Sub(last) < m.HeartbeatTimeout.D() {
+		silentFor, silent := monitor.Silent(ls.LastHeartbeat, a.mon.Since(ls.Name), now, m.HeartbeatTimeout.D())
+		if !silent {
 			continue
 		}
-		recent, ok := restartBudget(a.restartsOf(v), now, m)
+		recent, ok := monitor.Budget(a.mon.Restarts(v), now, m)
 		if !ok {
-			a.mu.Lock()
-			alarmed := a.hangAlarm[ls.Name]
-			a.hangAlarm[ls.Name] = true
-			a.mu.Unlock()
-			if !alarmed {
-				a.event(ctx, store.EvAlarmRestartLimit, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset limit of %d per %s reached, VM left as is", now.Sub(last).Round(time.Second), m.MaxFailures, m.FailureWindow.D()))
+			if a.mon.Alarm(ls.Name) {
+				a.event(ctx, store.EvAlarmRestartLimit, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset limit of %d per %s reached, VM left as is", silentFor.Round(time.Second), m.MaxFailures, m.FailureWindow.D()))
 			}
 			continue
 		}
+		a.mon.Reset(ls.Name, recent, now)
 		recent = append(recent, now)
-		a.setRestarts(ls.Name, recent)
-		a.mu.Lock()
-		a.monitorSince[ls.Name] = now
-		a.mu.Unlock()
 		if err := a.drv.Reset(ctx, ls.Name); err != nil {
 			a.log.Error("guest monitor: reset failed", "vm", ls.Name, "err", err)
 			continue
 		}
-		a.event(ctx, store.EvVMReset, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset the VM (reset %d of %d allowed per %s)", now.Sub(last).Round(time.Second), len(recent), m.MaxFailures, m.FailureWindow.D()))
+		a.event(ctx, store.EvVMReset, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset the VM (reset %d of %d allowed per %s)", silentFor.Round(time.Second), len(recent), m.MaxFailures, m.FailureWindow.D()))
 		a.putStatus(ctx, v, a.runningStatus(v.Record, ls))
 	}
 }

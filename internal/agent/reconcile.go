@@ -201,9 +201,7 @@ func (a *Agent) reportExit(ctx context.Context, v *store.VMState, ls driver.Stat
 func (a *Agent) putStatus(ctx context.Context, v *store.VMState, st *store.VMStatus) {
 	st.Host, st.Epoch, st.UpdatedAt = a.cfg.Host, v.Placement.Epoch, time.Now()
 	if st.Restarts == nil && st.State != store.StateDeleted {
-		a.mu.Lock()
-		st.Restarts = a.restartLog[v.Record.Name()]
-		a.mu.Unlock()
+		st.Restarts = a.mon.Remembered(v.Record.Name())
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -218,14 +216,14 @@ func (a *Agent) putStatus(ctx context.Context, v *store.VMState, st *store.VMSta
 func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[string]*store.Network) {
 	rec := v.Record
 	name := rec.Name()
-	a.inheritRestarts(v)
+	a.mon.Inherit(v, a.cfg.Host)
 	a.mu.Lock()
 	delete(a.fencedBy, name)
 	a.mu.Unlock()
 	if st := v.Status; st != nil && st.StartRequest != rec.StartRequest {
 		// An operator's `vm start`: it clears VM monitoring's history, so
 		// that a VM left failed at its restart limit gets its budget back.
-		a.setRestarts(name, nil)
+		a.mon.SetRestarts(name, nil)
 	}
 	// "starting" is for people watching, and the start does not wait for
 	// it: a write that went to a dead etcd member would hold a failover
@@ -263,10 +261,7 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 		fail(err)
 		return
 	}
-	a.mu.Lock()
-	a.monitorSince[name] = time.Now()
-	delete(a.hangAlarm, name)
-	a.mu.Unlock()
+	a.mon.Started(name, time.Now())
 	<-starting
 	a.putStatus(ctx, v, a.runningStatus(rec, ls))
 	a.event(ctx, store.EvVMRunning, name, fmt.Sprintf("running: QEMU pid %d (%s)", ls.PID, ls.Accel))

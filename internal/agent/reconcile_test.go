@@ -458,9 +458,7 @@ func TestHungGuestIsResetWithinBudget(t *testing.T) {
 		t.Fatal("reset again before the guest had heartbeatTimeout to come back")
 	}
 	// Still silent a minute later: the budget (1 per hour) is spent.
-	h.a.mu.Lock()
-	h.a.monitorSince["web"] = time.Now().Add(-time.Minute)
-	h.a.mu.Unlock()
+	h.a.mon.Started("web", time.Now().Add(-time.Minute))
 	h.a.checkHeartbeats(ctx)
 	h.a.checkHeartbeats(ctx)
 	if h.drv.Resets("web") != 1 {
