@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"github.com/vigilha/vigil/internal/agent/console"
 	"github.com/vigilha/vigil/internal/agent/fencing"
+	"github.com/vigilha/vigil/internal/agent/migration"
 	"github.com/vigilha/vigil/internal/agent/monitor"
 	"log/slog"
 	"net/http"
@@ -137,7 +138,9 @@ type Agent struct {
 	// lastSnap is the last snapshot reconcile read (for the guest monitor).
 	lastSnap *store.Snapshot
 	// mon is VM monitoring's memory.
-	mon     *monitor.History
+	mon *monitor.History
+	// migr is the host's side of live migration.
+	migr    *migration.Reconciler
 	retryAt map[string]time.Time
 }
 
@@ -201,7 +204,14 @@ func New(cfg Config) (*Agent, error) {
 	a.lease = newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), boot, log)
 	a.lease.onHedge = a.memberSlow
 	a.fence = fencing.NewMemory(boot)
+	a.migr = a.newMigrations()
 	return a, nil
+}
+
+// newMigrations is the agent's migration reconciler.
+func (a *Agent) newMigrations() *migration.Reconciler {
+	return migration.New(migration.Config{Host: a.cfg.Host, StorageIP: a.cfg.StorageIP, Datastores: a.cfg.Datastores,
+		BeforeResume: a.cfg.Faults.BeforeResume}, migrationHost{a}, a.st, a.drv, a.mon, a.log)
 }
 
 // Run serves until ctx ends. VMs keep running when it returns.

@@ -63,6 +63,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	a.lease = newLeaseKeeper(nil, ttl, ttl/8, filepath.Join(dir, "lease"), "", log)
 	a.fence = fencing.NewMemory("")
+	a.migr = a.newMigrations()
 	h := &harness{t: t, a: a, drv: drv, st: m}
 	h.renewLease()
 	return h

@@ -28,7 +28,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.mu.Lock()
 	a.lastSnap = snap
 	a.mu.Unlock()
-	a.reconcileMigrations(ctx, snap)
+	a.migr.Reconcile(ctx, snap)
 	local := map[string]driver.Status{}
 	for _, st := range a.drv.List() {
 		local[st.Name] = st

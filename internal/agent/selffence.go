@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	agentmigration "github.com/vigilha/vigil/internal/agent/migration"
 	"sort"
 	"time"
 
@@ -71,7 +72,7 @@ func (a *Agent) selfFence(ctx context.Context, name string, v fencing.Verdict) {
 		a.log.Error("self-fence: kill failed", "vm", name, "err", err)
 		return
 	}
-	if v.Fenced && a.busyWith(name) == opMigrateOut {
+	if v.Fenced && a.busyWith(name) == agentmigration.OpOut {
 		// At the cut-over the destination's commit revokes the paused
 		// source's generation; this is usually that copy ending, not a
 		// host in trouble, and the migration's own events say which.

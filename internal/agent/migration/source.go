@@ -1,4 +1,4 @@
-package agent
+package migration
 
 // The source side of a live migration: send, escalate a stalled one, and
 // finish (hand over the disks, end the mirrors, stop the copy).
@@ -10,22 +10,22 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/driver"
-	"github.com/vigilha/vigil/internal/protocol/migration"
+	proto "github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/store"
 )
 
 // migrateOut is the source's part.
-func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, tgt store.MigrationTarget) {
+func (r *Reconciler) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, tgt store.MigrationTarget) {
 	name := v.Record.Name()
-	rep := &store.MigrationSource{ID: p.ID, Phase: migration.SourcePrecopy}
-	fail := func(phase migration.SourcePhase, err error) {
-		a.log.Warn("migration aborted", "vm", name, "phase", phase, "err", err)
+	rep := &store.MigrationSource{ID: p.ID, Phase: proto.SourcePrecopy}
+	fail := func(phase proto.SourcePhase, err error) {
+		r.log.Warn("migration aborted", "vm", name, "phase", phase, "err", err)
 		rep.Phase, rep.Error = phase, err.Error()
-		a.reportSource(ctx, name, rep)
+		r.reportSource(ctx, name, rep)
 	}
 	if p.SharedNothing {
-		rep.Phase = migration.SourceMirroring
-		a.reportSource(ctx, name, rep)
+		rep.Phase = proto.SourceMirroring
+		r.reportSource(ctx, name, rep)
 		var targets []driver.MirrorTarget
 		for _, n := range tgt.NBD {
 			targets = append(targets, driver.MirrorTarget{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export})
@@ -35,17 +35,17 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 			rep.Progress.DiskDone, rep.Progress.DiskTotal = done, total
 			if time.Since(last) > reportInterval {
 				last = time.Now()
-				a.reportSource(ctx, name, rep)
+				r.reportSource(ctx, name, rep)
 			}
 		})
 		if err != nil {
-			fail(migration.SourceFailed, fmt.Errorf("disk mirror: %w", err))
+			fail(proto.SourceFailed, fmt.Errorf("disk mirror: %w", err))
 			return
 		}
 		rep.Progress.MirrorMS = time.Since(mirrorStart).Milliseconds()
-		if a.cancelled(ctx, name, p.ID) {
+		if r.cancelled(ctx, name, p.ID) {
 			_ = mig.EndMirrors(ctx, name, true)
-			fail(migration.SourceCancelled, errors.New("cancelled during the disk mirror"))
+			fail(proto.SourceCancelled, errors.New("cancelled during the disk mirror"))
 			return
 		}
 	}
@@ -54,21 +54,21 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 		maxDown = defaultMaxDown
 	}
 	// Auto-converge starts dormant: the stall detector wakes it up.
-	dormant := migration.DormantThrottle()
+	dormant := proto.DormantThrottle()
 	ms := driver.MigrateSpec{URI: tgt.URI, Postcopy: p.Postcopy, DowntimeLimit: initialDowntime, AutoConverge: &dormant,
 		MaxBandwidth: int64(v.Record.VM.Spec.Migration.MaxBandwidth)}
 	if !p.Postcopy {
 		ms.Multifd = multifdChannels
 	}
 	if err := mig.StartMigration(ctx, name, ms); err != nil {
-		a.endMirrors(ctx, mig, name, p, true)
-		fail(migration.SourceFailed, err)
+		r.endMirrors(ctx, mig, name, p, true)
+		fail(proto.SourceFailed, err)
 		return
 	}
-	rep.Phase = migration.SourcePrecopy
+	rep.Phase = proto.SourcePrecopy
 	rep.Progress.DowntimeLimit = initialDowntime.Milliseconds()
-	a.reportSource(ctx, name, rep)
-	det := migration.NewStallDetector(migration.StallPolicy{InitialDowntime: initialDowntime, MaxDowntime: maxDown, AllowPostcopy: p.Postcopy,
+	r.reportSource(ctx, name, rep)
+	det := proto.NewStallDetector(proto.StallPolicy{InitialDowntime: initialDowntime, MaxDowntime: maxDown, AllowPostcopy: p.Postcopy,
 		AutoConverge: true, StallWindow: 3 * time.Second, Timeout: 5 * time.Minute}, time.Now())
 	lastReport := time.Now()
 	for {
@@ -80,112 +80,112 @@ func (a *Agent) migrateOut(ctx context.Context, mig driver.Migrator, v *store.VM
 		// Check the plan first, and bound every QEMU call: a destination
 		// that vanished can leave QEMU's migration stuck in the network,
 		// and the abort must not wait for it.
-		if rep.Phase != migration.SourcePostcopy && a.cancelled(ctx, name, p.ID) {
+		if rep.Phase != proto.SourcePostcopy && r.cancelled(ctx, name, p.ID) {
 			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_ = mig.CancelMigration(qctx, name)
 			cancel()
-			a.endMirrors(ctx, mig, name, p, true)
-			fail(migration.SourceCancelled, errors.New("cancelled by request or by the leader"))
+			r.endMirrors(ctx, mig, name, p, true)
+			fail(proto.SourceCancelled, errors.New("cancelled by request or by the leader"))
 			return
 		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		info, err := mig.MigrationInfo(qctx, name)
 		cancel()
 		if err != nil {
-			a.log.Debug("migration: query", "vm", name, "err", err)
+			r.log.Debug("migration: query", "vm", name, "err", err)
 			continue
 		}
 		fillProgress(&rep.Progress, info)
 		// QEMU would notice a dead post-copy destination only when TCP
 		// gives up; its lease expiring is the earlier sign, and until this
 		// copy is gone the leader's HA restart cannot start here.
-		lostTarget := info.Status == driver.MigrationPostcopyActive && !a.hostAlive(p.Target)
+		lostTarget := info.Status == driver.MigrationPostcopyActive && !r.hostAlive(p.Target)
 		switch {
 		case info.Status == driver.MigrationCompleted:
-			a.finishSource(ctx, mig, v, p, rep, info)
+			r.finishSource(ctx, mig, v, p, rep, info)
 			return
 		case lostTarget || info.Status == driver.MigrationPostcopyPaused:
 			// The destination (which runs the VM since the switch) is gone:
 			// the VM's state is split and cannot be rebuilt here. This copy
 			// is stopped and stale; HA restarts the VM from its disks.
-			_ = a.drv.Kill(ctx, name)
-			a.releaseDisks(ctx, v)
-			_ = a.drv.Destroy(name)
-			fail(migration.SourceFailed, errors.New("post-copy lost the destination; the VM restarts from its disks"))
+			_ = r.drv.Kill(ctx, name)
+			r.host.ReleaseDisks(ctx, v)
+			_ = r.drv.Destroy(name)
+			fail(proto.SourceFailed, errors.New("post-copy lost the destination; the VM restarts from its disks"))
 			return
 		case info.Status == driver.MigrationFailed:
-			a.endMirrors(ctx, mig, name, p, true)
+			r.endMirrors(ctx, mig, name, p, true)
 			_ = mig.ResumeSource(ctx, name)
-			fail(migration.SourceFailed, fmt.Errorf("QEMU: %s", orDefault(info.Error, "migration failed")))
+			fail(proto.SourceFailed, fmt.Errorf("QEMU: %s", orDefault(info.Error, "migration failed")))
 			return
 		case info.Status == driver.MigrationCancelled:
-			a.endMirrors(ctx, mig, name, p, true)
-			fail(migration.SourceCancelled, errors.New("cancelled"))
+			r.endMirrors(ctx, mig, name, p, true)
+			fail(proto.SourceCancelled, errors.New("cancelled"))
 			return
 		}
-		if rep.Phase != migration.SourcePostcopy {
-			act := det.Observe(migration.SampleOf(time.Now(), info))
-			if done := a.escalate(ctx, mig, v, p, rep, act); done {
+		if rep.Phase != proto.SourcePostcopy {
+			act := det.Observe(proto.SampleOf(time.Now(), info))
+			if done := r.escalate(ctx, mig, v, p, rep, act); done {
 				return
 			}
 		}
 		if time.Since(lastReport) >= reportInterval {
 			lastReport = time.Now()
-			a.reportSource(ctx, name, rep)
+			r.reportSource(ctx, name, rep)
 		}
 	}
 }
 
 // escalate carries out one stall-detector step; it returns true when the
 // migration ended (aborted).
-func (a *Agent) escalate(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, act migration.Action) bool {
+func (r *Reconciler) escalate(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, act proto.Action) bool {
 	name := v.Record.Name()
 	switch act.Kind {
-	case migration.Continue:
+	case proto.Continue:
 		return false
-	case migration.RaiseDowntime, migration.EnableAutoConverge, migration.IncreaseThrottle:
-		if act.Kind == migration.RaiseDowntime {
+	case proto.RaiseDowntime, proto.EnableAutoConverge, proto.IncreaseThrottle:
+		if act.Kind == proto.RaiseDowntime {
 			rep.Progress.DowntimeLimit = act.Downtime.Milliseconds()
 		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := mig.TuneMigration(qctx, name, act.Tuning)
 		cancel()
 		if err != nil {
-			a.log.Warn("migration: tune", "vm", name, "err", err)
+			r.log.Warn("migration: tune", "vm", name, "err", err)
 		}
 		rep.Steps = append(rep.Steps, act.Reason)
-		a.event(ctx, migration.EvEscalated, name, act.Reason)
+		r.host.Event(ctx, proto.EvEscalated, name, act.Reason)
 		return false
-	case migration.StartPostcopy:
+	case proto.StartPostcopy:
 		// Post-copy runs the VM on the destination from the switch on, so
 		// placement must move first: ask the leader for the flip.
 		rep.Steps = append(rep.Steps, act.Reason)
-		rep.Phase = migration.SourcePostcopyReady
-		a.reportSource(ctx, name, rep)
-		a.event(ctx, migration.EvEscalated, name, act.Reason+"; waiting for the cut-over before switching to post-copy")
-		_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
+		rep.Phase = proto.SourcePostcopyReady
+		r.reportSource(ctx, name, rep)
+		r.host.Event(ctx, proto.EvEscalated, name, act.Reason+"; waiting for the cut-over before switching to post-copy")
+		_, nv, _ := r.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
 		if !flipped(nv, p) {
 			_ = mig.CancelMigration(ctx, name)
-			rep.Phase, rep.Error = migration.SourceFailed, "the cut-over for post-copy did not happen"
-			a.reportSource(ctx, name, rep)
+			rep.Phase, rep.Error = proto.SourceFailed, "the cut-over for post-copy did not happen"
+			r.reportSource(ctx, name, rep)
 			return true
 		}
 		if err := mig.StartPostcopy(ctx, name); err != nil {
 			// Placement already names the target, which waits for a switch
 			// that will not come: HA takes it from here.
-			rep.Phase, rep.Error = migration.SourceFailed, "post-copy: "+err.Error()
-			a.reportSource(ctx, name, rep)
+			rep.Phase, rep.Error = proto.SourceFailed, "post-copy: "+err.Error()
+			r.reportSource(ctx, name, rep)
 			return true
 		}
-		rep.Phase = migration.SourcePostcopy
-		a.reportSource(ctx, name, rep)
+		rep.Phase = proto.SourcePostcopy
+		r.reportSource(ctx, name, rep)
 		return false
-	case migration.Abort:
+	case proto.Abort:
 		_ = mig.CancelMigration(ctx, name)
-		a.endMirrors(ctx, mig, name, p, true)
-		rep.Phase, rep.Error = migration.SourceFailed, act.Reason
-		a.reportSource(ctx, name, rep)
-		a.event(ctx, migration.EvAborted, name, act.Reason)
+		r.endMirrors(ctx, mig, name, p, true)
+		rep.Phase, rep.Error = proto.SourceFailed, act.Reason
+		r.reportSource(ctx, name, rep)
+		r.host.Event(ctx, proto.EvAborted, name, act.Reason)
 		return true
 	}
 	return false
@@ -194,15 +194,15 @@ func (a *Agent) escalate(ctx context.Context, mig driver.Migrator, v *store.VMSt
 // finishSource handles a completed migration on the source: the
 // destination is paused with the full state; report it, wait for the
 // cut-over, then quit here (or resume here if the cut-over failed).
-func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, info driver.MigrationInfo) {
+func (r *Reconciler) finishSource(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan, rep *store.MigrationSource, info driver.MigrationInfo) {
 	name := v.Record.Name()
-	a.endMirrors(ctx, mig, name, p, false)
+	r.endMirrors(ctx, mig, name, p, false)
 	rep.Progress.DowntimeMS, rep.Progress.TotalMS, rep.Progress.SetupMS = info.Downtime.Milliseconds(), info.TotalTime.Milliseconds(), info.SetupTime.Milliseconds()
-	postcopy := rep.Phase == migration.SourcePostcopy
+	postcopy := rep.Phase == proto.SourcePostcopy
 	if !postcopy {
-		rep.Phase = migration.SourceCompleted
-		a.reportSource(ctx, name, rep)
-		_, nv, _ := a.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
+		rep.Phase = proto.SourceCompleted
+		r.reportSource(ctx, name, rep)
+		_, nv, _ := r.waitPlan(ctx, name, p.ID, func(_ *store.MigrationState, v *store.VMState) bool { return flipped(v, p) })
 		if ctx.Err() != nil {
 			return
 		}
@@ -213,32 +213,32 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 			// The plan ended without the flip: the VM continues here,
 			// where its state is.
 			if err := mig.ResumeSource(ctx, name); err != nil {
-				a.log.Error("migration: resume source after a failed cut-over", "vm", name, "err", err)
+				r.log.Error("migration: resume source after a failed cut-over", "vm", name, "err", err)
 			}
-			rep.Phase, rep.Error = migration.SourceResumed, "cut-over failed; the VM continues on the source"
-			a.reportSource(ctx, name, rep)
-			a.event(ctx, migration.EvFailed, name, rep.Error)
+			rep.Phase, rep.Error = proto.SourceResumed, "cut-over failed; the VM continues on the source"
+			r.reportSource(ctx, name, rep)
+			r.host.Event(ctx, proto.EvFailed, name, rep.Error)
 			return
 		default:
 			// Placement moved somewhere else (HA): this paused copy is stale.
-			_ = a.drv.Kill(ctx, name)
-			a.releaseDisks(ctx, v)
+			_ = r.drv.Kill(ctx, name)
+			r.host.ReleaseDisks(ctx, v)
 			return
 		}
 	} else {
-		rep.Phase = migration.SourceCompleted
-		a.reportSource(ctx, name, rep)
+		rep.Phase = proto.SourceCompleted
+		r.reportSource(ctx, name, rep)
 	}
 	// Cut-over done: the destination resumes; this copy goes.
-	if err := a.drv.Kill(ctx, name); err != nil {
-		a.log.Error("migration: quit source", "vm", name, "err", err)
+	if err := r.drv.Kill(ctx, name); err != nil {
+		r.log.Error("migration: quit source", "vm", name, "err", err)
 	}
-	a.releaseDisks(ctx, v)
-	_ = a.drv.Destroy(name)
+	r.host.ReleaseDisks(ctx, v)
+	_ = r.drv.Destroy(name)
 	if p.SharedNothing {
-		a.dropSourceDisks(ctx, v, p)
+		r.dropSourceDisks(ctx, v, p)
 	}
-	a.event(ctx, migration.EvSourceDone, name, fmt.Sprintf("left for %s: QEMU downtime %d ms, total %d ms", p.Target, rep.Progress.DowntimeMS, rep.Progress.TotalMS))
+	r.host.Event(ctx, proto.EvSourceDone, name, fmt.Sprintf("left for %s: QEMU downtime %d ms, total %d ms", p.Target, rep.Progress.DowntimeMS, rep.Progress.TotalMS))
 }
 
 // dropSourceDisks deletes the source's copies of a shared-nothing VM's
@@ -246,37 +246,37 @@ func (a *Agent) finishSource(ctx context.Context, mig driver.Migrator, v *store.
 // etcd (its status, running at the new epoch). Until then the source's copy
 // is the only one known good: if the destination does not resume, the copy
 // stays here, and an event says where it is.
-func (a *Agent) dropSourceDisks(ctx context.Context, v *store.VMState, p store.MigrationPlan) {
+func (r *Reconciler) dropSourceDisks(ctx context.Context, v *store.VMState, p store.MigrationPlan) {
 	name := v.Record.Name()
 	deadline := time.Now().Add(5 * time.Minute)
 	for ctx.Err() == nil {
-		snap, err := a.st.Snapshot(ctx)
+		snap, err := r.st.Snapshot(ctx)
 		if err == nil {
 			switch took, lost := destinationTookOver(snap, name, p); {
 			case took:
 				for _, d := range v.Record.VM.Spec.Disks {
-					if ds, ok := a.cfg.Datastores[d.Datastore]; ok && !ds.Shared() {
+					if ds, ok := r.datastores[d.Datastore]; ok && !ds.Shared() {
 						_ = ds.Delete(ctx, refOf(v.Record), d) // the disk now lives on the target
 					}
 				}
 				return
 			case lost:
-				a.event(ctx, migration.EvSourceDiskKept, name, "the destination did not resume on its disk copy: "+a.cfg.Host+" keeps its copy of the VM's local disks")
+				r.host.Event(ctx, proto.EvSourceDiskKept, name, "the destination did not resume on its disk copy: "+r.self+" keeps its copy of the VM's local disks")
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			a.event(ctx, migration.EvSourceDiskKept, name, "the destination's status never showed it running: "+a.cfg.Host+" keeps its copy of the VM's local disks")
+			r.host.Event(ctx, proto.EvSourceDiskKept, name, "the destination's status never showed it running: "+r.self+" keeps its copy of the VM's local disks")
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 }
 
-func (a *Agent) endMirrors(ctx context.Context, mig driver.Migrator, name string, p store.MigrationPlan, abort bool) {
+func (r *Reconciler) endMirrors(ctx context.Context, mig driver.Migrator, name string, p store.MigrationPlan, abort bool) {
 	if p.SharedNothing {
 		if err := mig.EndMirrors(ctx, name, abort); err != nil {
-			a.log.Warn("migration: end mirrors", "vm", name, "err", err)
+			r.log.Warn("migration: end mirrors", "vm", name, "err", err)
 		}
 	}
 }

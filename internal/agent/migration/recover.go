@@ -1,4 +1,4 @@
-package agent
+package migration
 
 // Migrations that a restarted agent finds under way as the source.
 
@@ -6,7 +6,7 @@ import (
 	"context"
 
 	"github.com/vigilha/vigil/internal/driver"
-	"github.com/vigilha/vigil/internal/protocol/migration"
+	proto "github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -21,13 +21,13 @@ func destinationTookOver(snap *store.Snapshot, name string, p store.MigrationPla
 		return true, false
 	}
 	m := snap.Migrations[name]
-	failed := m != nil && m.Plan != nil && m.Plan.ID == p.ID && m.Plan.Phase == migration.Failed
+	failed := m != nil && m.Plan != nil && m.Plan.ID == p.ID && m.Plan.Phase == proto.Failed
 	return false, failed || !flipped(v, p)
 }
 
 // recoverSource decides what a restarted agent does with a migration it
 // was running as the source.
-func (a *Agent) recoverSource(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan) {
+func (r *Reconciler) recoverSource(ctx context.Context, mig driver.Migrator, v *store.VMState, p store.MigrationPlan) {
 	name := v.Record.Name()
 	rep := &store.MigrationSource{ID: p.ID}
 	info, err := mig.MigrationInfo(ctx, name)
@@ -36,16 +36,16 @@ func (a *Agent) recoverSource(ctx context.Context, mig driver.Migrator, v *store
 	}
 	switch info.Status {
 	case driver.MigrationCompleted:
-		rep.Phase = migration.SourcePrecopy
-		a.finishSource(ctx, mig, v, p, rep, info)
+		rep.Phase = proto.SourcePrecopy
+		r.finishSource(ctx, mig, v, p, rep, info)
 	case driver.MigrationActive, driver.MigrationSetup:
 		_ = mig.CancelMigration(ctx, name)
-		a.endMirrors(ctx, mig, name, p, true)
-		rep.Phase, rep.Error = migration.SourceFailed, "the source agent restarted during the migration; cancelled"
-		a.reportSource(ctx, name, rep)
+		r.endMirrors(ctx, mig, name, p, true)
+		rep.Phase, rep.Error = proto.SourceFailed, "the source agent restarted during the migration; cancelled"
+		r.reportSource(ctx, name, rep)
 	default:
 		_ = mig.ResumeSource(ctx, name)
-		rep.Phase, rep.Error = migration.SourceFailed, "the source agent restarted during the migration ("+info.Detail+")"
-		a.reportSource(ctx, name, rep)
+		rep.Phase, rep.Error = proto.SourceFailed, "the source agent restarted during the migration ("+info.Detail+")"
+		r.reportSource(ctx, name, rep)
 	}
 }
