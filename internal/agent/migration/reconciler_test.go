@@ -29,6 +29,7 @@ type host struct {
 	prepared map[string]int64
 	aborted  []int64
 	prepErr  error
+	snap     *store.Snapshot
 }
 
 func newHost() *host { return &host{busy: map[string]string{}, prepared: map[string]int64{}} }
@@ -59,7 +60,11 @@ func (h *host) Event(_ context.Context, typ, _, _ string) {
 	h.events = append(h.events, typ)
 }
 
-func (h *host) LastSnapshot() *store.Snapshot { return nil }
+func (h *host) LastSnapshot() *store.Snapshot {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.snap
+}
 
 func (h *host) VMConfig(_ context.Context, v *store.VMState, grants map[string]int64, _ map[string]*store.Network) (*driver.VMConfig, error) {
 	return &driver.VMConfig{Name: v.Record.Name(), UID: v.Record.UID(), Epoch: v.Placement.Epoch, Grants: grants}, nil
@@ -185,5 +190,32 @@ func TestDestinationWithoutStorageAddressFails(t *testing.T) {
 	}
 	if drv.Starts("web") != 0 {
 		t.Fatal("a QEMU was started anyway")
+	}
+}
+
+// A destination in post-copy whose QEMU monitor stops answering (as it can
+// while the guest waits on pages from a dead source) is still killed once
+// the source host's lease is gone: the guest's memory is lost, and waiting
+// on the monitor would leave the VM hung for good.
+func TestPostcopyDestinationKilledWhenSourceDiesAndMonitorHangs(t *testing.T) {
+	drv, h := fake.New(), newHost()
+	if _, err := drv.Start(context.Background(), &driver.VMConfig{Name: "web", UID: "u-web", Incoming: "defer"}); err != nil {
+		t.Fatal(err)
+	}
+	drv.SetUnresponsive("web", true)
+	h.snap = &store.Snapshot{Alive: map[string]store.Alive{"h2": {}}} // h1, the source, is gone
+	r := New(Config{Host: "h2", StorageIP: "10.0.2.2"}, h, memstore.New(), drv, monitor.NewHistory(), slog.New(slog.DiscardHandler))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.watchPostcopy(context.Background(), drv, "web", "h1")
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the destination was left running with its source gone")
+	}
+	if drv.Running("web") {
+		t.Fatal("the destination still runs")
 	}
 }

@@ -167,16 +167,18 @@ func (r *Reconciler) watchPostcopy(ctx context.Context, mig driver.Migrator, nam
 		cancel()
 		reason := ""
 		switch {
+		case err == nil && info.Status == driver.MigrationCompleted:
+			return
+		case err == nil && (info.Status == driver.MigrationPostcopyPaused || info.Status == driver.MigrationFailed):
+			reason = "post-copy lost the source (" + info.Detail + ")"
+		case !r.hostAlive(source):
+			// Whether or not the monitor answers: QEMU's monitor can stall
+			// while the guest waits on pages from a dead source.
+			reason = "post-copy lost the source: host " + source + "'s lease expired"
 		case err != nil:
 			if st, ierr := r.drv.Inspect(name); ierr != nil || !st.Running {
 				return
 			}
-		case info.Status == driver.MigrationCompleted:
-			return
-		case info.Status == driver.MigrationPostcopyPaused || info.Status == driver.MigrationFailed:
-			reason = "post-copy lost the source (" + info.Detail + ")"
-		case !r.hostAlive(source):
-			reason = "post-copy lost the source: host " + source + "'s lease expired"
 		}
 		if reason != "" {
 			r.log.Error("post-copy lost its source; killing the destination", "vm", name, "source", source, "reason", reason)

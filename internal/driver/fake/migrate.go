@@ -60,13 +60,17 @@ func (d *Driver) FinishIncoming(_ context.Context, name string) error {
 	return nil
 }
 
-// IncomingStatus is the destination's view.
+// IncomingStatus is the destination's view; an unresponsive monitor
+// answers with an error.
 func (d *Driver) IncomingStatus(_ context.Context, name string) (driver.MigrationInfo, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	v, err := d.get(name)
 	if err != nil {
 		return driver.MigrationInfo{}, err
+	}
+	if v.unresponsive {
+		return driver.MigrationInfo{}, fmt.Errorf("%s: %w", name, ErrUnresponsive)
 	}
 	return v.incoming, nil
 }
