@@ -99,6 +99,10 @@ func Leader(v LeaderView) LeaderStep {
 	case Switchover:
 		postcopy := src != nil && src.Phase.Postcopy()
 		switch {
+		case tgt != nil && tgt.Phase == TargetResumed && postcopy && !v.SourceAlive:
+			// The pages the source still held died with it: the destination
+			// kills its copy and the VM restarts from its disks.
+			return end(Failed, "source host "+v.Source+" died during post-copy; the VM restarts from its disks")
 		case tgt != nil && tgt.Phase == TargetResumed && postcopy:
 			return LeaderStep{Move: Wait} // the destination runs; the source still serves pages
 		case tgt != nil && tgt.Phase == TargetResumed:

@@ -49,6 +49,16 @@ func TestLeader(t *testing.T) {
 		// The source dying after the flip does not end the migration: the
 		// destination holds the state and resumes.
 		{"switchover, source died", with(func(v *LeaderView) { v.Phase = Switchover; v.SourceAlive = false }), Wait, ""},
+		// In post-copy it does: the pages the source still held are gone,
+		// the destination kills its copy, and the VM restarts from its
+		// disks; a plan left in switchover would show the VM migrating for
+		// good.
+		{"post-copy, source died: failed", with(func(v *LeaderView) {
+			v.Phase = Switchover
+			v.SourceAlive = false
+			v.TargetReport = tgt(TargetResumed)
+			v.SourceReport = src(SourcePostcopy)
+		}), End, Failed},
 	} {
 		got := Leader(tc.view)
 		if got.Move != tc.move || got.Phase != tc.phase {
