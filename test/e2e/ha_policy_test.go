@@ -96,14 +96,24 @@ func TestRulesAndPriority_DuringFailover(t *testing.T) {
 	if hiAfter.Host == "host3" {
 		t.Errorf("hi restarted on host3 next to other, breaking the must anti-affinity rule")
 	}
-	evs := l.Events(t0)
+	// Agents queue their events and write them when etcd takes writes
+	// again (the crashed host was an etcd member): wait until both events
+	// are in the log, with their original times, before comparing them.
+	var evs []client.Event
 	var hiRunning, loPlaced time.Time
-	for _, ev := range evs {
-		if ev.VM == "hi" && ev.Type == "vm.running" && hiRunning.IsZero() {
-			hiRunning = ev.Time
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		evs = l.Events(t0)
+		hiRunning, loPlaced = time.Time{}, time.Time{}
+		for _, ev := range evs {
+			if ev.VM == "hi" && ev.Type == "vm.running" && hiRunning.IsZero() {
+				hiRunning = ev.Time
+			}
+			if ev.VM == "lo" && ev.Type == "vm.restart-placed" && loPlaced.IsZero() {
+				loPlaced = ev.Time
+			}
 		}
-		if ev.VM == "lo" && ev.Type == "vm.restart-placed" && loPlaced.IsZero() {
-			loPlaced = ev.Time
+		if !hiRunning.IsZero() && !loPlaced.IsZero() {
+			break
 		}
 	}
 	if hiRunning.IsZero() || loPlaced.IsZero() || loPlaced.Before(hiRunning) {
