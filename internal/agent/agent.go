@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -140,8 +141,10 @@ type Agent struct {
 	// mon is VM monitoring's memory.
 	mon *monitor.History
 	// migr is the host's side of live migration.
-	migr    *migration.Reconciler
-	retryAt map[string]time.Time
+	migr *migration.Reconciler
+	// bootResetSaid: this boot's host.watchdog-reset event was raised.
+	bootResetSaid atomic.Bool
+	retryAt       map[string]time.Time
 }
 
 // New checks the configuration and creates an agent.

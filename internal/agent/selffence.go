@@ -42,7 +42,7 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 	in := fencing.Inputs{Now: now, EtcdOK: a.leaseValid(now),
 		IsolationOK: leaseSent > 0 && now-leaseSent < hatiming.IsolationTimeout-a.cfg.Fence.Margin,
 		Arbiters:    a.cfg.Arbiters, Config: a.cfg.Fence}
-	kills, guarded := a.fence.Evaluate(in, a.drv.List(), hatiming.StorageEnd)
+	kills, guarded := a.fence.Evaluate(in, a.drv.List())
 	vms := make([]wdVM, 0, len(guarded))
 	for name, se := range guarded {
 		vms = append(vms, wdVM{name: name, storageEnd: se})

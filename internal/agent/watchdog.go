@@ -298,12 +298,19 @@ func (a *Agent) reportWatchdog(ctx context.Context, st watchdog.Status, err erro
 
 // reportBootReset raises one event per boot when the watchdog says it
 // caused the last reset of this host.
+// The marker file carries that across agent restarts; the flag spares the
+// watchdog loop a file read on each of its reports.
 func (a *Agent) reportBootReset(ctx context.Context, device string) {
+	if a.bootResetSaid.Load() {
+		return
+	}
 	marker := filepath.Join(a.cfg.DataDir, "watchdog-reset-reported")
 	id := a.bootID()
 	if b, err := os.ReadFile(marker); err == nil && strings.TrimSpace(string(b)) == id {
+		a.bootResetSaid.Store(true)
 		return
 	}
+	a.bootResetSaid.Store(true)
 	a.event(ctx, "host.watchdog-reset", "", fmt.Sprintf("this host was reset by its watchdog %s before this boot: its agent had stopped extending the watchdog deadline (hung, or killed and not restarted in time)", device))
 	_ = os.WriteFile(marker, []byte(id+"\n"), 0o640)
 }

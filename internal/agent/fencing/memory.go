@@ -13,6 +13,7 @@ import (
 	"github.com/vigilha/vigil/internal/atomicfile"
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/hatiming"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
@@ -196,9 +197,9 @@ type Kill struct {
 // Evaluate applies the rule to every running VM, all under one lock: the
 // VMs to kill, and the VMs the watchdog must guard (a VM being killed still
 // counts until it is gone: if the kill does not complete, the watchdog
-// must reset the host in time). storageEnd maps a heartbeat's send time to
-// the end of the storage lease it gave.
-func (m *Memory) Evaluate(in Inputs, running []driver.Status, storageEnd func(sent time.Duration) time.Duration) (kills []Kill, guarded map[string]time.Duration) {
+// must reset the host in time), with the end of the storage lease that
+// covers each (hatiming.StorageEnd of the last heartbeat that listed it).
+func (m *Memory) Evaluate(in Inputs, running []driver.Status) (kills []Kill, guarded map[string]time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	guarded = map[string]time.Duration{}
@@ -222,7 +223,7 @@ func (m *Memory) Evaluate(in Inputs, running []driver.Status, storageEnd func(se
 			var se time.Duration
 			for _, ds := range p.Datastores {
 				if t, ok := m.listed[ds][st.Name]; ok {
-					se = max(se, storageEnd(t))
+					se = max(se, hatiming.StorageEnd(t))
 				}
 			}
 			guarded[st.Name] = se
