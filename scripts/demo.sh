@@ -89,6 +89,10 @@ echo "ha-guest1 runs on $(guest ha-guest1 host): QEMU started there $(event_ms h
 echo "its service answered again $(( (answered - start) / 1000000 )) ms after the crash (polled with curl every 0.1 s; most of it is the guest booting under TCG); its ledger kept every acknowledged write:"
 "$V" lab exec "$other" -- curl -s "http://$ip1/ledger"; echo
 
+# Two hosts down at once would take etcd's majority with them (3 members): bring host1 back first.
+"$V" lab heal "$host1"
+for _ in $(seq 1 300); do "$V" host list 2>/dev/null | grep -q "^$host1 *up" && break; sleep 0.2; done
+
 host2=$(guest ha-guest2 host); watcher=$other; [ "$watcher" = "$host2" ] && watcher=$(for h in host1 host2 host3; do [ "$h" != "$host2" ] && [ "$h" != "$host1" ] && echo "$h"; done | head -1)
 say "hang only the agent of $host2 (SIGSTOP-like freeze; ha-guest2's QEMU keeps running): its watchdog must reset the host before HA restarts the VM elsewhere, so a client never hears two instances"
 "$V" host list | sed -n "1p;/^$host2 /p"
@@ -104,12 +108,29 @@ echo "ha-guest2 runs on $(guest ha-guest2 host): QEMU started there $(event_ms h
 say "the failover timelines (vigil events)"
 "$V" events --since 2m | grep -v -e vm.created -e vm.placed -e host.up -e leader.elected -e watchdog-armed || true
 
-say "heal $host1 (crashed) and $host2 (reset by its watchdog): they boot empty and rejoin"
-"$V" lab heal "$host1"
+say "heal $host2 (reset by its watchdog): it boots empty and rejoins"
 "$V" lab heal "$host2"
 sleep 3
 "$V" host list
 "$V" vm list
+
+say "a replicated disk (no SAN): rep-guest1's ledger lives on its host and, synchronously, on a replica host"
+"$V" vm create -f examples/replicated-guest.yaml --wait 90s
+replica() { "$V" vm show rep-guest1 -o json | json '[x["replica"] for x in d.get("disks",[]) if x.get("replica")][0]["'"$1"'"]'; }
+for _ in $(seq 1 240); do [ "$(replica state 2>/dev/null)" = UpToDate ] && break; sleep 0.5; done
+"$V" vm show rep-guest1 | grep -e '^Host' -e '^Replica'
+ip3=$(guest rep-guest1 ip); host3=$(guest rep-guest1 host); rhost=$(replica host)
+watcher=$(for h in host1 host2 host3; do [ "$h" != "$host3" ] && [ "$h" != "$rhost" ] && echo "$h"; done | head -1)
+for _ in $(seq 1 120); do "$V" lab exec "$watcher" -- curl -sf -m 1 "http://$ip3/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+for i in 1 2 3; do "$V" lab exec "$watcher" -- curl -s -XPOST -d "payment $i" "http://$ip3/ledger"; echo; done
+say "crash rep-guest1's host $host3: HA restarts it on $rhost, from the replica etcd records UpToDate"
+start=$(date +%s%N)
+"$V" lab crash "$host3"
+for _ in $(seq 1 600); do [ "$(guest rep-guest1 host)" = "$rhost" ] && "$V" lab exec "$watcher" -- curl -sf -m 1 "http://$ip3/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+echo "rep-guest1 answers on $(guest rep-guest1 host) $(( ($(date +%s%N) - start) / 1000000 )) ms after the crash; its ledger:"
+"$V" lab exec "$watcher" -- curl -s "http://$ip3/ledger"; echo
+"$V" lab heal "$host3"
+echo "$host3 rejoins; its stale copy becomes the replica and is resynced: $("$V" vm show rep-guest1 | grep '^Replica')"
 cat <<MSG
 
 The lab keeps running. Try:

@@ -8,10 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/agent/console"
-	"github.com/vigilha/vigil/internal/agent/fencing"
-	"github.com/vigilha/vigil/internal/agent/migration"
-	"github.com/vigilha/vigil/internal/agent/monitor"
 	"log/slog"
 	"net/http"
 	"os"
@@ -21,11 +17,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vigilha/vigil/internal/agent/console"
+	"github.com/vigilha/vigil/internal/agent/fencing"
+	"github.com/vigilha/vigil/internal/agent/migration"
+	"github.com/vigilha/vigil/internal/agent/monitor"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
 	"github.com/vigilha/vigil/internal/watchdog"
 )
@@ -61,6 +63,11 @@ type Config struct {
 	Arbiters map[string]storage.Arbiter
 	// Fence is the self-fencing timing.
 	Fence fencing.Config
+	// Replicated is the host's replicated datastore (also in Datastores),
+	// nil when it takes part in none; ReplicationSyncSpeed caps a resync
+	// (bytes/s).
+	Replicated           *replicated.Datastore
+	ReplicationSyncSpeed int64
 	// WatchdogSocket is the watchdog feeder's socket (`vigil watchdog`);
 	// empty when the host has no watchdog.
 	WatchdogSocket string
@@ -245,6 +252,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.runPeerProbe(ctx)
 	go a.emitEvents(ctx)
 	go a.runGuestMonitor(ctx)
+	if a.cfg.Replicated != nil {
+		go a.runReplication(ctx)
+	}
 
 	srv, err := a.serveHTTP(ctx)
 	if err != nil {

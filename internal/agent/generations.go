@@ -5,6 +5,11 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/vigilha/vigil/internal/agent/fencing"
+	"github.com/vigilha/vigil/internal/agent/replication"
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/spec"
+
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -37,7 +42,47 @@ func (a *Agent) grant(ctx context.Context, rec *store.VMRecord) (map[string]int6
 		}
 		grants[ds] = int64(g)
 	}
+	if r := a.cfg.Replicated; r != nil {
+		var disks []spec.Disk
+		for _, d := range rec.VM.Spec.Disks {
+			if d.Datastore == r.Name() {
+				disks = append(disks, d)
+			}
+		}
+		if len(disks) > 0 {
+			g, err := r.Grant(ctx, refOf(rec), disks)
+			if err != nil {
+				return nil, err
+			}
+			grants[r.Name()] = int64(g)
+		}
+	}
 	return grants, nil
+}
+
+// runReplication runs this host's replication duties: serving the
+// replicas it keeps, and watching those of the VMs it runs.
+func (a *Agent) runReplication(ctx context.Context) {
+	rep, ok := a.drv.(driver.Replicator)
+	if !ok {
+		a.log.Error("the driver cannot run replicated disks; the replicated datastore is not served")
+		return
+	}
+	defer a.cfg.Replicated.Server().Close()
+	replication.New(replication.Config{
+		Host: a.cfg.Host, Datastore: a.cfg.Replicated, Driver: a.drv, Replicator: rep,
+		Store: a.st, Events: a.st, Log: a.log, SyncSpeed: a.cfg.ReplicationSyncSpeed,
+		Fence: func(ctx context.Context, vm string, gen int64, reason string) {
+			st, err := a.drv.Inspect(vm)
+			if err != nil || !st.Running || st.Grants[a.cfg.Replicated.Name()] != gen {
+				return // gone, or a newer instance: not the one superseded
+			}
+			if a.startKill(vm) {
+				defer a.endKill(vm)
+				a.selfFence(ctx, vm, fencing.Verdict{Kill: true, Fenced: true, Reason: reason})
+			}
+		},
+	}).Run(ctx)
 }
 
 // prepareIncoming reserves a generation at each datastore for this host,

@@ -7,13 +7,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/httpjson"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/vigilha/vigil/internal/httpjson"
 
 	"github.com/google/uuid"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/vigilha/vigil/internal/ipam"
 	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -53,6 +55,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/events", s.events)
 	mux.HandleFunc("GET /api/v1/networks", s.listNetworks)
 	mux.HandleFunc("POST /api/v1/vms/{name}/test-failover", s.testFailover)
+	mux.HandleFunc("POST /api/v1/vms/{name}/promote", s.promote)
 	mux.HandleFunc("GET /api/v1/ha/drill", s.drill)
 	mux.HandleFunc("GET /api/v1/rules", s.listRules)
 	mux.HandleFunc("POST /api/v1/rules", s.createRule)
@@ -229,6 +232,11 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 		for i, d := range vm.Spec.Disks {
 			if !anyHostHas(snap, d.Datastore) {
 				errs = append(errs, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d].datastore", i), Message: fmt.Sprintf("no host reaches a datastore named %q", d.Datastore)})
+			}
+			if snap.ReplicatedDatastore(d.Datastore) {
+				if err := replicated.Supported(d); err != nil {
+					errs = append(errs, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d]", i), Message: err.Error()})
+				}
 			}
 		}
 	}

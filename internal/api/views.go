@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"time"
 
+	preplication "github.com/vigilha/vigil/internal/protocol/replication"
+
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/protocol/migration"
+	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -49,6 +52,7 @@ func StateOf(v *store.VMState) string {
 // live lease is shown failed, not with its host's last (stale) report.
 func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) v1.VM {
 	out := ViewOf(v, withSpec)
+	out.Disks = disksIn(snap, v)
 	if m := snap.Migrations[v.Record.Name()]; m.Active() && m.Plan.Phase != migration.Queued && out.State == store.StateRunning {
 		out.State = store.StateMigrating
 	}
@@ -60,6 +64,40 @@ func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) v1.VM {
 			out.Message = "host " + v.Placement.Host + " is not responding (its lease expired)"
 			out.PID = 0
 		}
+	}
+	return out
+}
+
+// disksIn renders a VM's disks with their replicas.
+func disksIn(snap *store.Snapshot, v *store.VMState) []v1.Disk {
+	rs := snap.Replicas[v.Record.Name()]
+	if rs != nil && rs.UID != v.Record.UID() {
+		rs = nil
+	}
+	_, primaryAlive := snap.Alive[v.Placement.Host]
+	var out []v1.Disk
+	for _, d := range v.Record.VM.Spec.Disks {
+		od := v1.Disk{Name: d.Name, Datastore: d.Datastore, Size: int64(d.Size)}
+		if snap.ReplicatedDatastore(d.Datastore) {
+			r := &v1.Replica{State: string(preplication.Outdated), Replication: string(preplication.Off), Reason: "not started yet"}
+			if rs != nil {
+				r.Host, r.Primary, r.Generation = rs.Peer, rs.Primary, rs.Generation
+				if rd := rs.Disks[d.Name]; rd != nil {
+					r.State, r.Replication, r.SyncPercent, r.Since, r.Reason = string(rd.State), string(rd.Replication), rd.SyncPercent, rd.Since, rd.Reason
+				}
+				if rs.Peer == "" {
+					r.Reason = "no replica host chosen yet"
+				}
+				if !primaryAlive && v.Placement.Host != "" {
+					r.Blocked = scheduler.ReplicaBlocks(snap, v, rs.Peer)
+				}
+			}
+			if r.State == string(preplication.UpToDate) {
+				r.SyncPercent = 100
+			}
+			od.Replica = r
+		}
+		out = append(out, od)
 	}
 	return out
 }

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/local"
+	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/storage/shared"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -67,19 +70,22 @@ type daemonOpts struct {
 	networks       []string
 	datastoreDefs  []string
 
-	accel      string
-	imageDir   string
-	probeCache string
-	cpus       int
-	memory     string
-	datastores []string
-	shared     []string
-	listen     string
-	advertise  string
-	mgmtIP     string
-	storageIP  string
-	leaseTTL   time.Duration
-	faultOpts  // fault injection: faults builds only (faults_on.go)
+	accel       string
+	imageDir    string
+	probeCache  string
+	cpus        int
+	memory      string
+	datastores  []string
+	shared      []string
+	replicated  string
+	replicaPort int
+	syncSpeed   string
+	listen      string
+	advertise   string
+	mgmtIP      string
+	storageIP   string
+	leaseTTL    time.Duration
+	faultOpts   // fault injection: faults builds only (faults_on.go)
 
 	watchdogSocket string
 	bootIDFile     string
@@ -104,7 +110,7 @@ func (o *daemonOpts) registerServer(cmd *cobra.Command) {
 	f.StringVar(&o.etcdQuota, "etcd-quota", "2Gi", "embedded etcd's backend quota")
 	f.DurationVar(&o.etcdDefrag, "etcd-defrag-interval", time.Hour, "how often the leader defragments one etcd member whose database is mostly free space (never the etcd leader; 0: never)")
 	f.StringArrayVar(&o.networks, "network", nil, "VM network to define if absent: name=NAME,bridge=BR,subnet=CIDR,gateway=IP,pool=FIRST-LAST[,netns=NS][,managed]")
-	f.StringArrayVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared[,server=HOST:PORT][,dir=PATH]")
+	f.StringArrayVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared|replicated[,server=HOST:PORT][,dir=PATH]")
 }
 
 func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
@@ -116,6 +122,9 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
 	f.StringSliceVar(&o.datastores, "datastore", nil, "datastore this host reaches: NAME=DIR for a local directory (default local=DATA_DIR/datastores/local)")
 	f.StringArrayVar(&o.shared, "shared-datastore", nil, "shared datastore this host reaches: NAME=http://STORAGE-SERVER:PORT (repeatable)")
+	f.StringVar(&o.replicated, "replicated-datastore", "", "replicated datastore this host takes part in: NAME=/dir/for/its/copies (served to peers on --storage-ip)")
+	f.IntVar(&o.replicaPort, "replica-port", replicated.DefaultPort, "TCP port of this host's replica server (NBD) on its storage-network address")
+	f.StringVar(&o.syncSpeed, "replication-sync-speed", "100Mi", "bandwidth cap of a replica resync, per disk (bytes/s; 0: none), so that it cannot starve the guests")
 	f.StringVar(&o.listen, "agent-listen", "", "agent endpoint for host-local data such as consoles (default unix://DATA_DIR/agent.sock)")
 	f.StringVar(&o.advertise, "agent-advertise", "", "how servers reach the agent endpoint (default: --agent-listen)")
 	f.StringVar(&o.mgmtIP, "mgmt-ip", "", "this host's address on the management network")
@@ -411,6 +420,39 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		dss[name] = shared.NewDatastore(name, o.host, sc)
 		arbiters[name] = sc
 	}
+	var rep *replicated.Datastore
+	if o.replicated != "" {
+		name, dir, ok := strings.Cut(o.replicated, "=")
+		if !ok || spec.ValidName(name) != nil || !filepath.IsAbs(dir) || o.storageIP == "" {
+			c.Close()
+			return nil, nil, fmt.Errorf("--replicated-datastore %q: want NAME=/absolute/dir, and --storage-ip set (replicas are served on the storage network)", o.replicated)
+		}
+		st := store.New(c)
+		rep, err = replicated.NewDatastore(replicated.Config{
+			Name: name, Host: o.host, Dir: dir, Port: o.replicaPort, Records: st,
+			Server: replicated.NewServer(dir, net.JoinHostPort(o.storageIP, strconv.Itoa(o.replicaPort)), "", log),
+			Peers: func(ctx context.Context, host string) (string, error) {
+				h, err := st.GetHost(ctx, host)
+				if err != nil {
+					return "", err
+				}
+				if h.StorageIP == "" {
+					return "", fmt.Errorf("host %s has no storage-network address", host)
+				}
+				return h.StorageIP, nil
+			},
+		})
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		dss[name] = rep
+	}
+	syncSpeed, err := spec.ParseSize(o.syncSpeed)
+	if err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("--replication-sync-speed: %w", err)
+	}
 	var capacity store.Resources
 	capacity.CPUs = o.cpus
 	if o.memory != "" {
@@ -435,6 +477,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise,
 		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, Faults: o.faults(log),
 		WatchdogSocket: o.watchdogSocket, BootIDFile: o.bootIDFile, ShutdownPolicy: o.shutdownPolicy,
+		Replicated: rep, ReplicationSyncSpeed: int64(syncSpeed),
 	})
 	if err != nil {
 		c.Close()
@@ -496,8 +539,8 @@ func parseNetworkFlag(s string) (*store.Network, error) {
 func parseDatastoreFlag(s string) (*store.Datastore, error) {
 	kv := parseKV(s)
 	d := &store.Datastore{Name: kv["name"], Type: kv["type"], Server: kv["server"], Dir: kv["dir"]}
-	if spec.ValidName(d.Name) != nil || (d.Type != store.DatastoreLocal && d.Type != store.DatastoreShared) {
-		return nil, fmt.Errorf("--define-datastore %q: want name=NAME,type=local|shared[,server=HOST:PORT][,dir=PATH]", s)
+	if spec.ValidName(d.Name) != nil || (d.Type != store.DatastoreLocal && d.Type != store.DatastoreShared && d.Type != store.DatastoreReplicated) {
+		return nil, fmt.Errorf("--define-datastore %q: want name=NAME,type=local|shared|replicated[,server=HOST:PORT][,dir=PATH]", s)
 	}
 	return d, nil
 }

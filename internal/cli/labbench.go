@@ -198,6 +198,34 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	}
 	defrag.Flags().IntVar(&defragMiB, "mib", 64, "history to write and compact away before each defragmentation, in MiB")
 	defrag.Flags().IntVar(&defragRuns, "runs", 3, "number of defragmentations")
-	cmd.AddCommand(failover, agentRestart, soak, benchMigrate, blips, defrag)
+	var repOps, repSeq int
+	replication := &cobra.Command{
+		Use:   "replication",
+		Short: "Guest disk latency and throughput on a local vs a replicated disk, the initial sync, and a crash of the replicated VM's primary",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			r, err := l.BenchReplication(cmd.Context(), repOps, repSeq, g.out)
+			if err != nil {
+				return err
+			}
+			ratio := func(a, b int64) float64 {
+				if b == 0 {
+					return 0
+				}
+				return float64(a) / float64(b)
+			}
+			fmt.Fprintf(g.out, "replicated vs local: 4 KiB O_DSYNC p50 %.2fx, p99 %.2fx; sequential %.2fx; failover to the replica host %s\n",
+				ratio(r.Replicated.P50US, r.Local.P50US), ratio(r.Replicated.P99US, r.Local.P99US),
+				r.Replicated.SeqMiBps/max(r.Local.SeqMiBps, 1e-9), r.Failover.Round(time.Millisecond))
+			return nil
+		},
+	}
+	replication.Flags().IntVar(&repOps, "ops", 2000, "synchronous 4 KiB writes per disk")
+	replication.Flags().IntVar(&repSeq, "seq-mib", 128, "MiB written sequentially per disk")
+	cmd.AddCommand(failover, agentRestart, soak, benchMigrate, blips, defrag, replication)
 	return cmd
 }

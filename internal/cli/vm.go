@@ -19,6 +19,7 @@ import (
 
 func newVMCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, inspect and control VMs"}
+	cmd.AddCommand(newVMPromoteCmd(g))
 	cmd.AddCommand(newVMCreateCmd(g), newVMListCmd(g), newVMShowCmd(g),
 		newVMPowerCmd(g, "start"), newVMPowerCmd(g, "stop"), newVMDeleteCmd(g), newVMConsoleCmd(g), newVMMigrateCmd(g))
 	return cmd
@@ -188,6 +189,23 @@ func printVM(g *globals, v *v1.VM) {
 			boot = "kernel " + b.Kernel
 		}
 		row("Boot", boot)
+	}
+	for _, d := range v.Disks {
+		r := d.Replica
+		if r == nil {
+			continue
+		}
+		desc := fmt.Sprintf("on %s: %s, %s", dash(r.Host), r.State, r.Replication)
+		if r.Replication == "SyncSource" {
+			desc += fmt.Sprintf(" %.1f%%", r.SyncPercent)
+		}
+		if r.State != "UpToDate" && r.Reason != "" {
+			desc += " (" + r.Reason + ")"
+		}
+		row("Replica of "+d.Name, desc)
+		if r.Blocked != "" {
+			row("HA blocked", r.Blocked)
+		}
 	}
 	if v.HA {
 		row("HA", "enabled, priority "+v.Priority)
@@ -374,4 +392,29 @@ func age(t time.Time) string {
 		return fmt.Sprintf("%dh", int(d.Hours()))
 	}
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func newVMPromoteCmd(g *globals) *cobra.Command {
+	var accept bool
+	cmd := &cobra.Command{
+		Use:   "promote NAME --accept-data-loss",
+		Short: "Let HA start a VM from its replica although etcd does not record it UpToDate (its primary is gone); the writes it missed are lost",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !accept {
+				return fmt.Errorf("vm %s: starting from a replica that is not UpToDate loses every write it missed; repeat with --accept-data-loss", args[0])
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.Promote(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "vm %s: override recorded; HA starts it from its replica (follow with `vigil events -f --vm %s`)\n", args[0], args[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&accept, "accept-data-loss", false, "confirm that the writes the replica missed are lost")
+	return cmd
 }

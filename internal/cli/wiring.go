@@ -8,6 +8,7 @@ import (
 	"github.com/vigilha/vigil/internal/controller/ha"
 	"github.com/vigilha/vigil/internal/controller/lifecycle"
 	"github.com/vigilha/vigil/internal/controller/migration"
+	"github.com/vigilha/vigil/internal/controller/replication"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/shared"
 	"github.com/vigilha/vigil/internal/store"
@@ -31,5 +32,6 @@ func controllers(st store.Writer, log *slog.Logger) []controller.Reconciler {
 		lifecycle.New(st, log),
 		ha.New(st, log, ha.DefaultConfig(), arbiter),
 		migration.New(st, log),
+		replication.New(st, log),
 	}
 }

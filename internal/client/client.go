@@ -246,6 +246,12 @@ func (c *Client) Networks(ctx context.Context) ([]v1.Network, error) {
 	return out, c.do(ctx, http.MethodGet, "/api/v1/networks", nil, &out)
 }
 
+// Promote lets HA start a VM from its replica although the replica is not
+// UpToDate (the operator accepts losing the writes it missed).
+func (c *Client) Promote(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/promote?acceptDataLoss=true", nil, nil)
+}
+
 // TestFailover asks the leader to restart an HA VM on another host (on
 // to, when it is not empty).
 func (c *Client) TestFailover(ctx context.Context, name, to string) error {

@@ -100,6 +100,12 @@ type DiskConfig struct {
 	// DirectIO bypasses the host page cache (cache=none), so that a write
 	// acknowledged to the guest is on the datastore, not in this host's RAM.
 	DirectIO bool
+	// Replicated opens Path (raw) as one half of a pair: a write completes
+	// only once Replica has it too, and a failed write stops the VM
+	// (werror=stop) instead of completing. With Replica nil the VM starts
+	// degraded, writing the local copy alone until a replica is attached.
+	Replicated bool
+	Replica    *NBDTarget
 }
 
 // NBDTarget is an NBD export.
@@ -172,4 +178,42 @@ type Prober interface {
 // Console gives the path of a VM's serial console log.
 type Console interface {
 	ConsolePath(name string) string
+}
+
+// Replicator is a driver that can manage replicated disks (DiskConfig
+// Replicated) while their VM runs: drop a failed replica so that writes go
+// on to the local copy alone, and attach a replica again after syncing it.
+type Replicator interface {
+	// WatchReplicas delivers a ReplicaEvent whenever a write or read of one
+	// of the VM's replicated disks fails on one copy, until cancel.
+	WatchReplicas(name string) (events <-chan ReplicaEvent, cancel func(), err error)
+	// DropReplica takes disk's replica out of its pair: from then on a
+	// write completes once the local copy has it. The caller records the
+	// replica Outdated first.
+	DropReplica(ctx context.Context, name string, disk int) error
+	// AttachReplica syncs the whole disk to target (capped at speed
+	// bytes/s, 0: unlimited), mirroring every guest write to it
+	// synchronously meanwhile, and then makes it the disk's replica again
+	// in one step: from then on a write completes only once both copies
+	// have it. progress gets the bytes done and the total.
+	AttachReplica(ctx context.Context, name string, disk int, target NBDTarget, speed int64, progress func(done, total int64)) error
+	// ReplicaAttached reports whether disk's writes go to a replica.
+	ReplicaAttached(ctx context.Context, name string, disk int) (bool, error)
+	// DiskIOFailed reports whether a failed request of this disk paused
+	// the VM.
+	DiskIOFailed(ctx context.Context, name string, disk int) (bool, error)
+	// ResumeAfterIOError resumes the VM if a failed write paused it, and
+	// reports whether it did.
+	ResumeAfterIOError(ctx context.Context, name string) (bool, error)
+}
+
+// ReplicaEvent is a failed request on one copy of a replicated disk.
+type ReplicaEvent struct {
+	Disk int
+	// Local: the local copy failed (not the replica).
+	Local bool
+	// Paused: the device stopped the VM on an error (werror=stop); the
+	// event does not say which copy failed.
+	Paused bool
+	Detail string
 }

@@ -8,11 +8,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/vigilha/vigil/internal/httpjson"
 	"net"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/vigilha/vigil/internal/guest/diskbench"
+	"github.com/vigilha/vigil/internal/httpjson"
 
 	"github.com/vigilha/vigil/internal/netnsdial"
 )
@@ -101,6 +103,13 @@ func (c *Client) Ledger(ctx context.Context, ip string) ([]Record, error) {
 // Dirty starts (mb > 0) or stops (mb = 0) the guest's memory dirtier.
 func (c *Client) Dirty(ctx context.Context, ip string, mb int) error {
 	return c.do(ctx, http.MethodPost, ip, fmt.Sprintf("/dirty?mb=%d", mb), nil, nil)
+}
+
+// DiskBench runs the guest's disk benchmark on its scratch disk (the
+// second one): ops synchronous 4 KiB writes, then seqMiB MiB sequential.
+func (c *Client) DiskBench(ctx context.Context, ip string, ops, seqMiB int) (diskbench.Result, error) {
+	var out diskbench.Result
+	return out, c.do(ctx, http.MethodPost, ip, fmt.Sprintf("/diskbench?ops=%d&seqmib=%d", ops, seqMiB), nil, &out)
 }
 
 // Hang makes the guest stop serving and stop its heartbeat.

@@ -11,13 +11,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/atomicfile"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vigilha/vigil/internal/atomicfile"
 
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/guestclient"
@@ -397,6 +398,7 @@ func (l *Lab) agentArgs(k int) []string {
 		"--accel", c.Accel,
 		"--datastore", "local=" + filepath.Join(l.dir, host, "datastores", "local"),
 		"--shared-datastore", "shared=" + l.storageURL(),
+		"--replicated-datastore", "replicated=" + filepath.Join(l.dir, host, "datastores", "replicated"),
 		"--boot-id-file", l.bootIDPath(host),
 		"--watchdog-socket", l.feederSocket(host),
 	}
@@ -415,6 +417,7 @@ func (l *Lab) agentArgs(k int) []string {
 			"--api-listen", fmt.Sprintf("http://%s:%d", mgmt, apiPort),
 			"--network", fmt.Sprintf("name=default,bridge=vmbr0,subnet=%s,pool=%s", vm, pool),
 			"--define-datastore", "name=shared,type=shared,server="+l.storageURL(),
+			"--define-datastore", "name=replicated,type=replicated",
 		)
 	}
 	return append(args, c.AgentArgs...)

@@ -5,6 +5,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
+
+	preplication "github.com/vigilha/vigil/internal/protocol/replication"
 
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
@@ -35,11 +38,36 @@ func Restartable(snap *store.Snapshot, v *store.VMState) (bool, string) {
 		return false, "not meant to run"
 	}
 	for _, d := range s.Disks {
-		if !snap.SharedDatastore(d.Datastore) {
+		if !snap.SharedDatastore(d.Datastore) && !snap.ReplicatedDatastore(d.Datastore) {
 			return false, fmt.Sprintf("disk %s is on host-local datastore %s", d.Name, d.Datastore)
 		}
 	}
 	return true, ""
+}
+
+// ReplicaBlocks says why a restart of v on host would start it from a
+// replica that etcd does not record UpToDate (and no operator override
+// allows it), or "" when it would not.
+func ReplicaBlocks(snap *store.Snapshot, v *store.VMState, host string) string {
+	rs := snap.Replicas[v.Record.Name()]
+	if rs == nil || rs.UID != v.Record.UID() || host != rs.Peer || rs.AllUpToDate() {
+		return ""
+	}
+	if rs.Override != nil && rs.Override.Host == host && rs.Override.Generation == rs.Generation {
+		return ""
+	}
+	names := make([]string, 0, len(rs.Disks))
+	for n := range rs.Disks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if d := rs.Disks[n]; d.State != preplication.UpToDate {
+			return fmt.Sprintf("the replica of disk %s on %s is %s (since %s: %s); the VM is not started from it automatically: `vigil vm promote %s --accept-data-loss` starts it there, losing the writes it missed",
+				n, host, d.State, d.Since.UTC().Format(time.RFC3339), d.Reason, v.Record.Name())
+		}
+	}
+	return "the replica is not UpToDate"
 }
 
 // OrderForRestart sorts VMs by restart priority (high first), then name.

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	preplication "github.com/vigilha/vigil/internal/protocol/replication"
+
 	"github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
@@ -226,5 +228,48 @@ func TestSpreadingAndPreferences(t *testing.T) {
 	_, err := Place(req("a", 256), []Host{full})
 	if err == nil || !strings.Contains(err.Error(), "cpu: needs 1 vCPU, 0 free of 2") {
 		t.Fatalf("cpu shortfall: %v", err)
+	}
+}
+
+// A replicated disk restarts its VM only on its replica's host, and only
+// while etcd records that replica UpToDate (or an operator overrode it).
+func TestReplicatedDisksRestartOnTheirReplicaHost(t *testing.T) {
+	s := snapWith([]string{"h1", "h2", "h3"}, nil, nil)
+	s.Datastores["replicated"] = &store.Datastore{Name: "replicated", Type: store.DatastoreReplicated}
+	for _, h := range s.Hosts {
+		h.Datastores = append(h.Datastores, "replicated")
+	}
+	v := haVM("rep", "h1", "")
+	v.Record.VM.Metadata.UID = "u1"
+	v.Record.VM.Spec.Disks[0].Datastore = "replicated"
+	s.VMs["rep"] = v
+	rd := &store.ReplicaDisk{State: preplication.Outdated, Replication: preplication.Off, Reason: "replica lost"}
+	s.Replicas = map[string]*store.ReplicaSet{"rep": {UID: "u1", Primary: "h1", Peer: "h3", Generation: 4, Disks: map[string]*store.ReplicaDisk{"d": rd}}}
+	if ok, why := Restartable(s, v); !ok {
+		t.Fatalf("a replicated HA VM is not restartable: %s", why)
+	}
+	plan := PlanFailover(s, []string{"h1"})
+	if len(plan) != 1 || plan[0].Target != "h3" {
+		t.Fatalf("failover plan %+v, want the VM on h3 (its replica's host) only", plan)
+	}
+	if why := ReplicaBlocks(s, v, "h3"); !strings.Contains(why, "Outdated") || !strings.Contains(why, "vigil vm promote rep --accept-data-loss") {
+		t.Fatalf("an Outdated replica does not block the restart: %q", why)
+	}
+	s.Replicas["rep"].Override = &store.ReplicaOverride{Host: "h3", Generation: 3}
+	if why := ReplicaBlocks(s, v, "h3"); why == "" {
+		t.Fatal("an override given at an older generation unblocks the restart")
+	}
+	s.Replicas["rep"].Override.Generation = 4
+	if why := ReplicaBlocks(s, v, "h3"); why != "" {
+		t.Fatalf("the operator's override still blocks: %q", why)
+	}
+	s.Replicas["rep"].Override = nil
+	rd.State = preplication.UpToDate
+	if why := ReplicaBlocks(s, v, "h3"); why != "" {
+		t.Fatalf("an UpToDate replica blocks: %q", why)
+	}
+	s.Alive = map[string]store.Alive{"h2": {}}
+	if _, err := Place(RequestFor(s, v), Hosts(s, "")); err == nil || !strings.Contains(err.Error(), "replicated disks are on h1 and h3") {
+		t.Fatalf("with h1 and h3 down the VM has nowhere to go: %v", err)
 	}
 }

@@ -52,6 +52,9 @@ type Request struct {
 	AntiMust, AntiShould     []string
 	// Pinned, when set, is the only acceptable host (local disks live there).
 	Pinned string
+	// Copies, when set, are the only acceptable hosts: those holding a copy
+	// of the VM's replicated disks (its primary and its replica's host).
+	Copies []string
 	// Avoid lists hosts to skip (the one being evacuated or that failed).
 	Avoid []string
 	// NeedsWatchdog: the VM is restartable elsewhere, so its host must be
@@ -102,7 +105,7 @@ type check func(r *Request, h *Host) string
 
 // feasibility is the list of steps, in the order their reasons are reported.
 func feasibility() []check {
-	return []check{checkAlive, checkPinned, checkWatchdog, checkHostRules, checkDatastores, checkAffinity, checkAntiAffinity, checkCapacity}
+	return []check{checkAlive, checkPinned, checkCopies, checkWatchdog, checkHostRules, checkDatastores, checkAffinity, checkAntiAffinity, checkCapacity}
 }
 
 func checkWatchdog(r *Request, h *Host) string {
@@ -127,6 +130,13 @@ func checkAlive(r *Request, h *Host) string {
 func checkPinned(r *Request, h *Host) string {
 	if r.Pinned != "" && r.Pinned != h.Name {
 		return fmt.Sprintf("the VM's local disks are on %s", r.Pinned)
+	}
+	return ""
+}
+
+func checkCopies(r *Request, h *Host) string {
+	if len(r.Copies) > 0 && !slices.Contains(r.Copies, h.Name) {
+		return fmt.Sprintf("the VM's replicated disks are on %s", strings.Join(r.Copies, " and "))
 	}
 	return ""
 }

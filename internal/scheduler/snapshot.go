@@ -81,7 +81,17 @@ func RequestFor(snap *store.Snapshot, v *store.VMState) *Request {
 		if !slices.Contains(r.Datastores, d.Datastore) {
 			r.Datastores = append(r.Datastores, d.Datastore)
 		}
-		if !snap.SharedDatastore(d.Datastore) && v.Placement.Host != "" {
+		switch rs := snap.Replicas[vm.Metadata.Name]; {
+		case snap.ReplicatedDatastore(d.Datastore):
+			if rs != nil && rs.UID == v.Record.UID() {
+				r.Copies = nil
+				for _, h := range []string{rs.Primary, rs.Peer} {
+					if h != "" {
+						r.Copies = append(r.Copies, h)
+					}
+				}
+			}
+		case !snap.SharedDatastore(d.Datastore) && v.Placement.Host != "":
 			r.Pinned = v.Placement.Host
 		}
 	}

@@ -36,6 +36,11 @@ type Writer interface {
 	FlipForMigration(ctx context.Context, vm string, old Placement, placementRev int64, next Placement, planRev int64, plan *MigrationPlan) error
 	Emit(ctx context.Context, ev Event) error
 	PruneEvents(ctx context.Context, keep int) error
+	// GetReplicaSet and CASReplicaSet read and compare-and-swap a VM's
+	// replica record (the HA fence of a replicated datastore, the choice
+	// of a peer).
+	GetReplicaSet(ctx context.Context, vm string) (*ReplicaSet, error)
+	CASReplicaSet(ctx context.Context, vm string, rev int64, next *ReplicaSet) (*ReplicaSet, error)
 }
 
 // HostWriter is what a host's agent writes.

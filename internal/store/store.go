@@ -35,6 +35,7 @@ const (
 	configKey   = stateRoot + "config"
 	requestsPfx = stateRoot + "requests/"
 	migPfx      = stateRoot + "migrations/"
+	replicasPfx = stateRoot + "replicas/"
 	eventsPfx   = Root + "events/"
 	// ElectionPrefix is where servers campaign for leadership.
 	ElectionPrefix = Root + "election"
@@ -188,6 +189,15 @@ type Snapshot struct {
 	Requests map[string]string
 	// Migrations maps VM -> its latest migration.
 	Migrations map[string]*MigrationState
+	// Replicas maps VM -> where the copies of its replicated disks are.
+	Replicas map[string]*ReplicaSet
+}
+
+// ReplicatedDatastore reports whether the datastore keeps a synchronous
+// replica of each disk on a peer host.
+func (s *Snapshot) ReplicatedDatastore(name string) bool {
+	ds, ok := s.Datastores[name]
+	return ok && ds.Type == DatastoreReplicated
 }
 
 // SharedDatastore reports whether every host reaching the datastore sees
@@ -247,6 +257,7 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 		Config:      DefaultClusterConfig(),
 		Requests:    map[string]string{},
 		Migrations:  map[string]*MigrationState{},
+		Replicas:    map[string]*ReplicaSet{},
 	}
 	vm := func(name string) *VMState {
 		v := snap.VMs[name]
@@ -286,6 +297,11 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 			var f Fence
 			err = json.Unmarshal(kv.Value, &f)
 			snap.Fences[strings.TrimPrefix(k, fencesPfx)] = &f
+		case strings.HasPrefix(k, replicasPfx):
+			var rs ReplicaSet
+			err = json.Unmarshal(kv.Value, &rs)
+			rs.Rev = kv.ModRevision
+			snap.Replicas[strings.TrimPrefix(k, replicasPfx)] = &rs
 		case strings.HasPrefix(k, storagePfx):
 			var ss StorageState
 			err = json.Unmarshal(kv.Value, &ss)
@@ -480,7 +496,7 @@ func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
 	name := rec.Name()
-	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name), clientv3.OpDelete(migPfx+name+"/", clientv3.WithPrefix())}
+	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name), clientv3.OpDelete(migPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(replicasPfx + name)}
 	for _, n := range rec.NICs {
 		ops = append(ops, clientv3.OpDelete(ipamKey(n.Network, n.IP)))
 	}

@@ -246,6 +246,9 @@ const (
 const (
 	DatastoreLocal  = "local"
 	DatastoreShared = "shared"
+	// DatastoreReplicated keeps each disk on its VM's host and one
+	// synchronous replica on a peer host (docs/storage.md).
+	DatastoreReplicated = "replicated"
 )
 
 // Datastore is a cluster-wide datastore definition. Hosts list the

@@ -137,11 +137,18 @@ func (l *Lab) Vigil(args ...string) (string, error) {
 // to the parsed spec.
 func HASpec(t testing.TB, name string, edit func(*spec.VM)) []byte {
 	t.Helper()
+	return ExampleSpec(t, "ha-guest.yaml", name, edit)
+}
+
+// ExampleSpec is examples/FILE as name, edited by edit (which may be nil),
+// as the JSON the API takes.
+func ExampleSpec(t testing.TB, file, name string, edit func(*spec.VM)) []byte {
+	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "examples", "ha-guest.yaml"))
+	b, err := os.ReadFile(filepath.Join(root, "examples", file))
 	if err != nil {
 		t.Fatal(err)
 	}

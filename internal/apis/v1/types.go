@@ -57,8 +57,39 @@ type VM struct {
 	StartedAt  time.Time `json:"startedAt,omitzero"`
 	UpdatedAt  time.Time `json:"updatedAt,omitzero"`
 	Heartbeat  time.Time `json:"heartbeatAt,omitzero"`
+	// Disks are the VM's disks and, on a replicated datastore, their
+	// replicas.
+	Disks []Disk `json:"disks,omitempty"`
 	// Spec is included by `vm show`.
 	Spec *spec.VM `json:"spec,omitempty"`
+}
+
+// Disk is one of a VM's disks.
+type Disk struct {
+	Name      string `json:"name"`
+	Datastore string `json:"datastore"`
+	Size      int64  `json:"size,omitempty"`
+	// Replica is the disk's replica on a replicated datastore.
+	Replica *Replica `json:"replica,omitempty"`
+}
+
+// Replica is where a disk's replica lives and how far it can be trusted,
+// in DRBD's words: State is the replica's disk state (UpToDate,
+// Inconsistent, Outdated), Replication the link's state (Established,
+// SyncSource, Off).
+type Replica struct {
+	Host        string    `json:"host"`
+	State       string    `json:"state"`
+	Replication string    `json:"replication"`
+	SyncPercent float64   `json:"syncPercent"`
+	Since       time.Time `json:"since,omitzero"`
+	Reason      string    `json:"reason,omitempty"`
+	// Primary is the host whose copy the VM runs on; Generation the start
+	// generation the peer serves.
+	Primary    string `json:"primary"`
+	Generation int64  `json:"generation"`
+	// Blocked says why HA does not restart the VM on the replica's host.
+	Blocked string `json:"blocked,omitempty"`
 }
 
 // NIC is a VM's interface with its resolved network identity.

@@ -21,6 +21,7 @@ import (
 	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -91,6 +92,10 @@ func New(st store.Writer, log *slog.Logger, cfg Config, arbiter func(*store.Data
 
 // Name identifies the controller.
 func (c *Controller) Name() string { return "ha" }
+
+// EvReplicaBlocked: a restart would start the VM from a replica etcd does
+// not record UpToDate, so it waits for the old primary or an operator.
+const EvReplicaBlocked = "alarm.replica-blocked"
 
 // pass is one reconcile pass: the snapshot, the datastore heartbeats and
 // the work found.
@@ -443,6 +448,19 @@ func (c *Controller) fence(ctx context.Context, p *pass, v *store.VMState, reaso
 	var fenced []string
 	for _, dsName := range datastoresOf(v) {
 		ds := p.snap.Datastores[dsName]
+		if ds != nil && ds.Type == store.DatastoreReplicated {
+			// The peer serves only the new generation: the old primary's
+			// replica writes fail, and it cannot record the replica
+			// Outdated to write on alone (its generation is gone).
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := replicated.Revoke(rctx, c.st, storage.VMRef{Name: name, UID: v.Record.UID()}, host)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("fence %s from %s at %s: %w", host, name, dsName, err)
+			}
+			fenced = append(fenced, dsName)
+			continue
+		}
 		if ds == nil || ds.Type != store.DatastoreShared {
 			continue
 		}
@@ -531,6 +549,10 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 		d, err := scheduler.Place(req, hosts)
 		if err != nil {
 			c.sayOnce(ctx, "vm:"+name, "unplaceable:"+err.Error(), store.Event{Type: store.EvAlarmNoCapacity, VM: name, Message: "cannot restart: " + err.Error()})
+			continue
+		}
+		if why := scheduler.ReplicaBlocks(snap, v, d.Host); why != "" {
+			c.sayOnce(ctx, "vm:"+name, "replica-blocked", store.Event{Type: EvReplicaBlocked, VM: name, Host: d.Host, Message: "not restarted: " + why})
 			continue
 		}
 		next := store.Placement{Host: d.Host, Epoch: v.Placement.Epoch + 1, Reason: "HA restart: " + p.why[name], Time: now}

@@ -87,6 +87,13 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 
 // Target chooses a migration target for a VM, or explains why none fits.
 func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
+	for _, d := range v.Record.VM.Spec.Disks {
+		if snap.ReplicatedDatastore(d.Datastore) {
+			// Moving keeps redundancy only if the mirror, the replica and
+			// the quorum hand over together; until that is built, say so.
+			return "", fmt.Errorf("disk %s is on replicated datastore %s: live migration of a replicated VM is not supported yet (its copies stay on their hosts; HA restarts it on its replica's host)", d.Name, d.Datastore)
+		}
+	}
 	req := scheduler.RequestFor(snap, v)
 	req.Pinned = ""
 	req.Avoid = []string{v.Placement.Host}

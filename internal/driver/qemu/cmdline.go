@@ -111,6 +111,9 @@ func diskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
 	}
 	proto := fmt.Sprintf("file%d", i)
 	node := fmt.Sprintf("disk%d", i)
+	if d.Replicated {
+		return replicatedDiskArgs(i, d, boot)
+	}
 	var protoOpts string
 	switch {
 	case d.NBD != nil:
@@ -131,6 +134,39 @@ func diskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
 	}
 	return []string{"-blockdev", protoOpts, "-blockdev", format, "-device", dev}, nil
 }
+
+// replicatedDiskArgs opens a replicated disk as a quorum node over the
+// local copy and the peer's NBD replica, with vote-threshold 2: a write
+// completes only once both copies have it, and a failed replica write
+// fails the guest's request, which werror=stop turns into a pause instead
+// of an error the guest sees (docs/storage.md). Reads come from the local
+// copy (read-pattern fifo). Without a replica the second child is a second
+// node on the local file (without its own lock): writes then need only the
+// local copy, and a resync later replaces that child by the replica.
+func replicatedDiskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
+	if d.Format != "raw" || d.Path == "" {
+		return nil, fmt.Errorf("disk %s: a replicated disk is a raw local file", d.Name)
+	}
+	local := fmt.Sprintf("driver=file,node-name=%s,filename=%s,cache.direct=on", localNode(i), escapeOpt(d.Path))
+	second := fmt.Sprintf("driver=file,node-name=%s,filename=%s,cache.direct=on,locking=off", shadowNode(i), escapeOpt(d.Path))
+	child := shadowNode(i)
+	if r := d.Replica; r != nil {
+		second = fmt.Sprintf("driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%d,export=%s,reconnect-delay=0,open-timeout=5",
+			replicaNode(i), escapeOpt(r.Host), r.Port, escapeOpt(r.Export))
+		child = replicaNode(i)
+	}
+	q := fmt.Sprintf("driver=quorum,node-name=%s,vote-threshold=2,read-pattern=fifo,children.0=%s,children.1=%s", diskNode(i), localNode(i), child)
+	dev := fmt.Sprintf("virtio-blk-pci,drive=%s,id=vd%d,serial=%s,werror=stop,rerror=stop", diskNode(i), i, escapeOpt(d.Name))
+	if boot {
+		dev += ",bootindex=0"
+	}
+	return []string{"-blockdev", local, "-blockdev", second, "-blockdev", q, "-device", dev}, nil
+}
+
+// Node names of a replicated disk's graph.
+func localNode(i int) string   { return fmt.Sprintf("file%d", i) }
+func replicaNode(i int) string { return fmt.Sprintf("replica%d", i) }
+func shadowNode(i int) string  { return fmt.Sprintf("shadow%d", i) }
 
 // escapeOpt doubles commas, QEMU's escape inside option values, so that a
 // path with a comma cannot inject options.

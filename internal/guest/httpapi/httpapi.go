@@ -16,7 +16,6 @@ package httpapi
 import (
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/httpjson"
 	"io"
 	"log/slog"
 	"net/http"
@@ -25,7 +24,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/vigilha/vigil/internal/httpjson"
+
 	"github.com/vigilha/vigil/internal/guest/dirty"
+	"github.com/vigilha/vigil/internal/guest/diskbench"
 	"github.com/vigilha/vigil/internal/guest/hang"
 	"github.com/vigilha/vigil/internal/guest/ledger"
 )
@@ -97,6 +99,8 @@ type Config struct {
 	Dirtier *dirty.Dirtier
 	// Hang is thrown by POST /hang; nil gives a private switch.
 	Hang *hang.Switch
+	// ScratchDevice is the disk /diskbench writes (default /dev/vdb).
+	ScratchDevice string
 	// Now is the clock for ledger timestamps; default time.Now.
 	Now func() time.Time
 	// Log receives notable events; nil discards them.
@@ -136,6 +140,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /dirty", s.dirtyStart)
 	s.mux.HandleFunc("GET /dirty", s.dirtyStatus)
 	s.mux.HandleFunc("POST /hang", s.hang)
+	s.mux.HandleFunc("POST /diskbench", s.diskbench)
 	return s
 }
 
@@ -247,4 +252,27 @@ func (s *Server) hang(w http.ResponseWriter, _ *http.Request) {
 
 func writeError(w http.ResponseWriter, status int, msg string) {
 	httpjson.Write(w, status, Error{Error: msg})
+}
+
+// diskbench measures the scratch disk (the second disk, /dev/vdb, never the
+// ledger's): POST /diskbench?ops=N&seqmib=M.
+func (s *Server) diskbench(w http.ResponseWriter, r *http.Request) {
+	ops, err := strconv.Atoi(r.URL.Query().Get("ops"))
+	if err != nil {
+		ops = 1000
+	}
+	seq, err := strconv.Atoi(r.URL.Query().Get("seqmib"))
+	if err != nil {
+		seq = 64
+	}
+	dev := s.cfg.ScratchDevice
+	if dev == "" {
+		dev = "/dev/vdb"
+	}
+	res, err := diskbench.Run(dev, ops, seq)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	httpjson.Write(w, http.StatusOK, res)
 }

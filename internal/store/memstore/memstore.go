@@ -21,12 +21,13 @@ import (
 
 // Store is the in-memory state. The zero value is not usable; use New.
 type Store struct {
-	mu        sync.Mutex
-	rev       int64
-	s         store.Snapshot
-	events    []store.Event
-	termEnded bool
-	watchers  []chan struct{}
+	mu         sync.Mutex
+	rev        int64
+	s          store.Snapshot
+	events     []store.Event
+	termEnded  bool
+	watchers   []chan struct{}
+	replicaRev map[string]int64
 	// Now stamps events that carry no time (default time.Now).
 	Now func() time.Time
 }
@@ -38,8 +39,8 @@ func New() *Store {
 		Networks: map[string]*store.Network{}, IPAM: map[string]map[string]string{}, Datastores: map[string]*store.Datastore{},
 		Maintenance: map[string]bool{}, Rules: map[string]*store.Rule{}, Fences: map[string]*store.Fence{},
 		Storage: map[string]*store.StorageState{}, Config: store.DefaultClusterConfig(), Requests: map[string]string{},
-		Migrations: map[string]*store.MigrationState{},
-	}}
+		Migrations: map[string]*store.MigrationState{}, Replicas: map[string]*store.ReplicaSet{},
+	}, replicaRev: map[string]int64{}}
 }
 
 var (
@@ -173,6 +174,8 @@ func (m *Store) DeleteVM(_ context.Context, rec *store.VMRecord, rev int64) erro
 	delete(m.s.Fences, name)
 	delete(m.s.Requests, name)
 	delete(m.s.Migrations, name)
+	delete(m.s.Replicas, name)
+	delete(m.replicaRev, name)
 	for _, n := range rec.NICs {
 		delete(m.s.IPAM[n.Network], n.IP)
 	}
@@ -191,6 +194,36 @@ func (m *Store) PutFence(_ context.Context, vm string, f *store.Fence) error {
 	m.s.Fences[vm] = &cp
 	m.changed()
 	return nil
+}
+
+// GetReplicaSet returns a copy of a VM's replica record.
+func (m *Store) GetReplicaSet(_ context.Context, vm string) (*store.ReplicaSet, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rs, ok := m.s.Replicas[vm]
+	if !ok {
+		return nil, fmt.Errorf("replica set of %s: %w", vm, store.ErrNotFound)
+	}
+	out := rs.Clone()
+	out.Rev = m.replicaRev[vm]
+	return out, nil
+}
+
+// CASReplicaSet writes a VM's replica record if it is still at rev.
+func (m *Store) CASReplicaSet(_ context.Context, vm string, rev int64, next *store.ReplicaSet) (*store.ReplicaSet, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.guard("replica set of " + vm); err != nil {
+		return nil, err
+	}
+	if m.replicaRev[vm] != rev {
+		return nil, fmt.Errorf("replica set of %s: %w", vm, store.ErrConflict)
+	}
+	m.s.Replicas[vm] = next.Clone()
+	m.replicaRev[vm] = m.changed()
+	out := next.Clone()
+	out.Rev = m.replicaRev[vm]
+	return out, nil
 }
 
 // DeleteRequest removes a VM's pending request.

@@ -3,12 +3,13 @@ package server
 import (
 	"context"
 	"fmt"
-	"github.com/vigilha/vigil/internal/storage/shared"
 	"maps"
 	"net/http"
 	"slices"
 	"sort"
 	"time"
+
+	"github.com/vigilha/vigil/internal/storage/shared"
 
 	"github.com/vigilha/vigil/internal/storage"
 )

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/storage/shared"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vigilha/vigil/internal/qsd"
+	"github.com/vigilha/vigil/internal/storage/shared"
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/qmp"
@@ -127,7 +129,7 @@ func ctxT(t *testing.T) context.Context {
 // opened as raw as a VM would.
 func imageOpts(nt driver.NBDTarget) string {
 	return fmt.Sprintf("driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=%s,file.server.port=%d,file.export=%s",
-		nt.Host, nt.Port, escapeOpt(nt.Export))
+		nt.Host, nt.Port, qsd.EscapeOpt(nt.Export))
 }
 
 // qemuIO runs one-shot qemu-io commands against an export.
@@ -264,7 +266,7 @@ func startVM(t *testing.T, nt driver.NBDTarget) *vmProc {
 	cmd := exec.Command("qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
 		"-qmp", "unix:"+sock+",server=on,wait=off",
 		"-blockdev", fmt.Sprintf("driver=nbd,node-name=nbd0,server.type=inet,server.host=%s,server.port=%d,export=%s,reconnect-delay=2",
-			nt.Host, nt.Port, escapeOpt(nt.Export)),
+			nt.Host, nt.Port, qsd.EscapeOpt(nt.Export)),
 		"-blockdev", "driver=raw,node-name=disk0,file=nbd0")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -69,8 +69,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/httpjson"
-	"github.com/vigilha/vigil/internal/storage/shared"
 	"log/slog"
 	"net"
 	"net/http"
@@ -81,6 +79,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/storage/shared"
+
+	"github.com/vigilha/vigil/internal/qsd"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/local"
@@ -113,7 +115,7 @@ const (
 type server struct {
 	log       *slog.Logger
 	opts      serverOptions
-	d         *daemon
+	d         *qsd.Daemon
 	nbdHost   string
 	nbdPort   int
 	imagesDir string
@@ -238,16 +240,16 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	}
 	defer ln.Close()
 
-	s.d, err = startDaemon(ctx, cfg.QSDBinary, dir, log)
+	s.d, err = qsd.Start(ctx, cfg.QSDBinary, dir, log)
 	if err != nil {
 		return fmt.Errorf("storage server: %w", err)
 	}
-	defer s.d.stop()
+	defer s.d.Stop()
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
 	// max-connections 0 is unlimited: QEMU's default (100 since 9.1) would
 	// cap the whole datastore at 100 VM disks. The storage network is
 	// trusted (NBD has no authentication anyway).
-	err = s.d.qmp.Execute(qctx, "nbd-server-start", map[string]any{
+	err = s.d.QMP.Execute(qctx, "nbd-server-start", map[string]any{
 		"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": nbdHost, "port": nbdPortStr}},
 		"max-connections": 0,
 	}, nil)
@@ -271,8 +273,8 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	var result error
 	select {
 	case <-ctx.Done():
-	case <-s.d.exited:
-		result = fmt.Errorf("storage server: qemu-storage-daemon exited (%v): %s", s.d.exitErr, s.d.stderr)
+	case <-s.d.Exited():
+		result = fmt.Errorf("storage server: %w", s.d.Err())
 	case err := <-served:
 		result = fmt.Errorf("storage server: http: %w", err)
 	}
@@ -519,7 +521,7 @@ func (s *server) addExport(r shared.ExportRequest) (*export, error) {
 	// Every export of a node is writable: the block layer lets several
 	// writers share a node (export BlockBackends share all permissions),
 	// which live migration needs while both hosts have the disk open.
-	err = s.d.qmp.Execute(ctx, "block-export-add", map[string]any{
+	err = s.d.QMP.Execute(ctx, "block-export-add", map[string]any{
 		"type": "nbd", "id": e.id, "node-name": node.top(), "name": e.info.Export,
 		"writable": true,
 	}, nil)
@@ -554,7 +556,7 @@ func (s *server) openNode(vm, disk string) (*blockNode, error) {
 	ctx, cancel := s.qctx()
 	defer cancel()
 	add := func(args map[string]any) error {
-		if err := s.d.qmp.Execute(ctx, "blockdev-add", args, nil); err != nil {
+		if err := s.d.QMP.Execute(ctx, "blockdev-add", args, nil); err != nil {
 			return err
 		}
 		n.nodes = append([]string{args["node-name"].(string)}, n.nodes...)
@@ -587,7 +589,7 @@ func (s *server) openNode(vm, disk string) (*blockNode, error) {
 // tests can keep writes in flight inside the daemon (a slow disk).
 func (s *server) addThrottle(ctx context.Context, n *blockNode, below string, add func(map[string]any) error) error {
 	group := "g-" + below[2:]
-	err := s.d.qmp.Execute(ctx, "object-add", map[string]any{
+	err := s.d.QMP.Execute(ctx, "object-add", map[string]any{
 		"qom-type": "throttle-group", "id": group,
 		"limits": map[string]any{"iops-write": s.opts.writeIOPS},
 	}, nil)
@@ -637,13 +639,13 @@ func (s *server) closeNodes(n *blockNode) error {
 	ctx, cancel := s.qctx()
 	defer cancel()
 	for len(n.nodes) > 0 {
-		if err := s.d.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": n.nodes[0]}, nil); err != nil {
+		if err := s.d.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": n.nodes[0]}, nil); err != nil {
 			return fmt.Errorf("close %s (node %s): %w", n.path, n.nodes[0], err)
 		}
 		n.nodes = n.nodes[1:]
 	}
 	for len(n.objects) > 0 {
-		if err := s.d.qmp.Execute(ctx, "object-del", map[string]any{"id": n.objects[0]}, nil); err != nil {
+		if err := s.d.QMP.Execute(ctx, "object-del", map[string]any{"id": n.objects[0]}, nil); err != nil {
 			return fmt.Errorf("close %s (object %s): %w", n.path, n.objects[0], err)
 		}
 		n.objects = n.objects[1:]
@@ -672,7 +674,7 @@ func (s *server) removeExports(ctx context.Context, list []*export) error {
 	}
 	s.mu.Unlock()
 	start := time.Now()
-	if err := s.d.deleteExports(ctx, ids); err != nil {
+	if err := s.d.DeleteExports(ctx, ids); err != nil {
 		return err
 	}
 	s.mu.Lock()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/storage/shared"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vigilha/vigil/internal/storage/shared"
 
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"

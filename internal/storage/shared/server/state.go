@@ -4,9 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/vigilha/vigil/internal/storage/shared"
 	"os"
 	"sort"
+
+	"github.com/vigilha/vigil/internal/storage/shared"
 
 	"github.com/vigilha/vigil/internal/atomicfile"
 )

@@ -1,4 +1,7 @@
-package server
+// Package qsd runs a qemu-storage-daemon and drives it over QMP: the
+// process (started, watched, stopped; a stale one left by a previous owner
+// killed first) and the export operations both datastores need.
+package qsd
 
 import (
 	"bufio"
@@ -21,13 +24,11 @@ import (
 	"github.com/vigilha/vigil/internal/qmp"
 )
 
-// daemon is the one qemu-storage-daemon that owns every image of the
-// datastore. One process must own them all: two processes opening one qcow2
-// for writing would corrupt its metadata, and only one process can serve two
-// hosts the same block node (live migration).
-type daemon struct {
-	cmd    *exec.Cmd
-	qmp    *qmp.Client
+// Daemon is one qemu-storage-daemon process and its QMP monitor.
+type Daemon struct {
+	cmd *exec.Cmd
+	// QMP is the daemon's monitor.
+	QMP    *qmp.Client
 	log    *slog.Logger
 	stderr *tail
 
@@ -57,9 +58,9 @@ func (t *tail) String() string {
 	return strings.Join(t.lines, "; ")
 }
 
-// startDaemon launches qemu-storage-daemon with its QMP monitor on a unix
+// Start launches qemu-storage-daemon with its QMP monitor on a unix
 // socket in dir and connects to it.
-func startDaemon(ctx context.Context, binary, dir string, log *slog.Logger) (*daemon, error) {
+func Start(ctx context.Context, binary, dir string, log *slog.Logger) (*Daemon, error) {
 	sock := filepath.Join(dir, "qsd.sock")
 	pidfile := filepath.Join(dir, "qsd.pid")
 	if len(sock) >= 108 {
@@ -74,7 +75,7 @@ func startDaemon(ctx context.Context, binary, dir string, log *slog.Logger) (*da
 	_ = os.Remove(sock)
 
 	cmd := exec.Command(binary,
-		"--chardev", "socket,id=mon,path="+escapeOpt(sock)+",server=on,wait=off",
+		"--chardev", "socket,id=mon,path="+EscapeOpt(sock)+",server=on,wait=off",
 		"--monitor", "chardev=mon",
 		"--pidfile", pidfile)
 	// If the server dies, the daemon must not live on alone: nobody would
@@ -82,7 +83,7 @@ func startDaemon(ctx context.Context, binary, dir string, log *slog.Logger) (*da
 	// forking thread exits; nothing in this process locks and ends threads,
 	// and a daemon that survives anyway is killed by the next server.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	d := &daemon{cmd: cmd, log: log, stderr: &tail{}, exited: make(chan struct{})}
+	d := &Daemon{cmd: cmd, log: log, stderr: &tail{}, exited: make(chan struct{})}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("qemu-storage-daemon: %w", err)
@@ -110,25 +111,25 @@ func startDaemon(ctx context.Context, binary, dir string, log *slog.Logger) (*da
 		c, err := qmp.Dial(dctx, sock)
 		cancel()
 		if err == nil {
-			d.qmp = c
+			d.QMP = c
 			return d, nil
 		}
 		select {
 		case <-d.exited:
 			return nil, fmt.Errorf("qemu-storage-daemon exited at start (%v): %s", d.exitErr, d.stderr)
 		case <-ctx.Done():
-			d.kill()
+			d.Kill()
 			return nil, fmt.Errorf("qemu-storage-daemon: %w", ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			d.kill()
+			d.Kill()
 			return nil, fmt.Errorf("qemu-storage-daemon: monitor not reachable: %w", err)
 		}
 	}
 }
 
-func (d *daemon) readOutput(r io.ReadCloser) {
+func (d *Daemon) readOutput(r io.ReadCloser) {
 	defer r.Close()
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
@@ -138,13 +139,13 @@ func (d *daemon) readOutput(r io.ReadCloser) {
 	}
 }
 
-// stop quits the daemon (which flushes and closes every image), and kills
+// Stop quits the daemon (which flushes and closes every image), and kills
 // it if it does not exit in time.
-func (d *daemon) stop() {
+func (d *Daemon) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if d.qmp != nil {
-		if err := d.qmp.Quit(ctx); err != nil {
+	if d.QMP != nil {
+		if err := d.QMP.Quit(ctx); err != nil {
 			d.log.Warn("qemu-storage-daemon quit", "err", err)
 		}
 	}
@@ -152,14 +153,27 @@ func (d *daemon) stop() {
 	case <-d.exited:
 	case <-ctx.Done():
 		d.log.Warn("qemu-storage-daemon did not exit; killing it")
-		d.kill()
+		d.Kill()
 	}
-	if d.qmp != nil {
-		d.qmp.Close()
+	if d.QMP != nil {
+		d.QMP.Close()
 	}
 }
 
-func (d *daemon) kill() {
+// Err describes how the daemon ended, with its last output lines; valid
+// once Exited is closed.
+func (d *Daemon) Err() error {
+	return fmt.Errorf("qemu-storage-daemon exited (%v): %s", d.exitErr, d.stderr)
+}
+
+// Exited is closed once the process has been reaped.
+func (d *Daemon) Exited() <-chan struct{} { return d.exited }
+
+// Pid is the daemon's process ID.
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
+
+// Kill ends the daemon at once.
+func (d *Daemon) Kill() {
 	_ = d.cmd.Process.Kill()
 	<-d.exited
 }
@@ -205,49 +219,49 @@ func zombie(stat []byte) bool {
 	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
 }
 
-// escapeOpt doubles commas, QEMU's escape inside option values.
-func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+// EscapeOpt doubles commas, QEMU's escape inside option values.
+func EscapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
-// blockExportInfo is an element of query-block-exports.
-type blockExportInfo struct {
+// ExportInfo is an element of query-block-exports.
+type ExportInfo struct {
 	ID           string `json:"id"`
 	NodeName     string `json:"node-name"`
 	ShuttingDown bool   `json:"shutting-down"`
 }
 
-// queryExports lists QEMU's exports by ID. An export is listed until the
+// QueryExports lists QEMU's exports by ID. An export is listed until the
 // moment QEMU emits BLOCK_EXPORT_DELETED for it (both happen in the same
 // main-loop callback, after its last request completed and its block
 // backend was released), so absence means the same as the event.
-func (d *daemon) queryExports(ctx context.Context) (map[string]blockExportInfo, error) {
-	var list []blockExportInfo
-	if err := d.qmp.Execute(ctx, "query-block-exports", nil, &list); err != nil {
+func (d *Daemon) QueryExports(ctx context.Context) (map[string]ExportInfo, error) {
+	var list []ExportInfo
+	if err := d.QMP.Execute(ctx, "query-block-exports", nil, &list); err != nil {
 		return nil, err
 	}
-	m := make(map[string]blockExportInfo, len(list))
+	m := make(map[string]ExportInfo, len(list))
 	for _, e := range list {
 		m[e.ID] = e
 	}
 	return m, nil
 }
 
-// deleteExports hard-deletes the exports with the given IDs and returns
+// DeleteExports hard-deletes the exports with the given IDs and returns
 // once QEMU reports every one of them deleted. Hard mode closes the client
 // connections at once (requests not yet read off the socket are dropped);
 // the deletion completes only when the requests already being processed
 // have finished, so after it no request of those clients can touch the
 // image.
-func (d *daemon) deleteExports(ctx context.Context, ids []string) error {
+func (d *Daemon) DeleteExports(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
 	// Subscribe before deleting: QEMU may emit the event before the reply.
-	sub := d.qmp.Events(256)
+	sub := d.QMP.Events(256)
 	defer sub.Cancel()
 	pending := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		pending[id] = true
-		err := d.qmp.Execute(ctx, "block-export-del", map[string]any{"id": id, "mode": "hard"}, nil)
+		err := d.QMP.Execute(ctx, "block-export-del", map[string]any{"id": id, "mode": "hard"}, nil)
 		if err == nil {
 			continue
 		}
@@ -258,7 +272,7 @@ func (d *daemon) deleteExports(ctx context.Context, ids []string) error {
 		if !errors.As(err, &qe) {
 			return fmt.Errorf("delete export %s: %w", id, err)
 		}
-		live, qerr := d.queryExports(ctx)
+		live, qerr := d.QueryExports(ctx)
 		if qerr != nil {
 			return fmt.Errorf("delete export %s: %w (and: %w)", id, err, qerr)
 		}
@@ -272,7 +286,7 @@ func (d *daemon) deleteExports(ctx context.Context, ids []string) error {
 	poll := time.NewTicker(100 * time.Millisecond)
 	defer poll.Stop()
 	check := func() error {
-		live, err := d.queryExports(ctx)
+		live, err := d.QueryExports(ctx)
 		if err != nil {
 			return err
 		}
@@ -290,7 +304,7 @@ func (d *daemon) deleteExports(ctx context.Context, ids []string) error {
 		select {
 		case ev, ok := <-sub.C:
 			if !ok {
-				return fmt.Errorf("wait for export deletion: %w", d.qmp.Err())
+				return fmt.Errorf("wait for export deletion: %w", d.QMP.Err())
 			}
 			if ev.Name == "BLOCK_EXPORT_DELETED" {
 				if id := eventID(ev); id != "" {

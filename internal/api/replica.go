@@ -1,0 +1,48 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/storage/replicated"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// promote is the operator's override of the replica promotion rule: it
+// lets HA start the VM from its replica although etcd does not record it
+// UpToDate, losing the writes the replica missed. It must be asked for
+// explicitly (acceptDataLoss), and is logged as an event.
+func (s *Server) promote(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if r.URL.Query().Get("acceptDataLoss") != "true" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("promoting the replica of %s may lose every write it missed: repeat with --accept-data-loss", name))
+		return
+	}
+	snap, v, ok := s.snapshotVM(w, r)
+	if !ok {
+		return
+	}
+	rs := snap.Replicas[name]
+	if rs == nil || rs.UID != v.Record.UID() {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s has no replicated disks", name))
+		return
+	}
+	if _, alive := snap.Alive[rs.Primary]; alive {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s: its primary %s is alive; a promotion is for a primary that is gone", name, rs.Primary))
+		return
+	}
+	reason := fmt.Sprintf("operator override: start %s from its replica on %s although it is not UpToDate", name, rs.Peer)
+	if _, err := replicated.Override(r.Context(), s.st, name, reason, time.Now()); err != nil {
+		code := http.StatusInternalServerError
+		if !errors.Is(err, store.ErrConflict) {
+			code = http.StatusConflict
+		}
+		writeErr(w, code, err)
+		return
+	}
+	s.emit(r.Context(), store.Event{Type: "vm.replica-override", VM: name, Host: rs.Peer, Message: reason + "; writes it missed are lost"})
+	httpjson.WriteIndented(w, http.StatusAccepted, ViewIn(snap, v, false))
+}

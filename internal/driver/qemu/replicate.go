@@ -1,0 +1,426 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/qmp"
+)
+
+var _ driver.Replicator = (*Driver)(nil)
+
+// resyncJob names the block job that syncs and re-attaches a replica.
+func resyncJob(i int) string { return fmt.Sprintf("resync%d", i) }
+
+// replicaClient returns the QMP client and configuration of a VM whose
+// process runs (paused or not).
+func (d *Driver) replicaClient(name string, disk int) (*qmp.Client, driver.DiskConfig, error) {
+	in, err := d.get(name)
+	if err != nil {
+		return nil, driver.DiskConfig{}, err
+	}
+	disks := in.rec.Config.Disks
+	if disk < 0 || disk >= len(disks) || !disks[disk].Replicated {
+		return nil, driver.DiskConfig{}, fmt.Errorf("%s has no replicated disk %d", name, disk)
+	}
+	c, err := d.QMP(name)
+	if err != nil {
+		return nil, driver.DiskConfig{}, err
+	}
+	return c, disks[disk], nil
+}
+
+// WatchReplicas turns QEMU's QUORUM_REPORT_BAD (one child of a quorum
+// failed a request) and BLOCK_IO_ERROR (the device stopped on an error)
+// into ReplicaEvents.
+func (d *Driver) WatchReplicas(name string) (<-chan driver.ReplicaEvent, func(), error) {
+	c, err := d.QMP(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	sub := c.Events(64)
+	out := make(chan driver.ReplicaEvent, 16)
+	go func() {
+		defer close(out)
+		for ev := range sub.C {
+			var data struct {
+				NodeName string `json:"node-name"`
+				Type     string `json:"type"`
+				Error    string `json:"error"`
+				Action   string `json:"action"`
+				Reason   string `json:"reason"`
+			}
+			_ = json.Unmarshal(ev.Data, &data)
+			var re driver.ReplicaEvent
+			switch ev.Name {
+			case "QUORUM_REPORT_BAD":
+				i, local, ok := childDisk(data.NodeName)
+				if !ok {
+					continue
+				}
+				re = driver.ReplicaEvent{Disk: i, Local: local, Detail: fmt.Sprintf("%s request failed on %s: %s", data.Type, data.NodeName, data.Error)}
+			case "BLOCK_IO_ERROR":
+				i, ok := nodeIndex(data.NodeName, "disk")
+				if !ok {
+					continue
+				}
+				re = driver.ReplicaEvent{Disk: i, Paused: true, Detail: "I/O error (" + data.Reason + "), action " + data.Action}
+			default:
+				continue
+			}
+			select {
+			case out <- re:
+			default: // a burst: the watcher re-reads the state anyway
+			}
+		}
+	}()
+	return out, sub.Cancel, nil
+}
+
+// childDisk maps a quorum child's node name to its disk index, and says
+// whether it is the local copy.
+func childDisk(node string) (int, bool, bool) {
+	if i, ok := nodeIndex(node, "file"); ok {
+		return i, true, true
+	}
+	if i, ok := nodeIndex(node, "shadow"); ok {
+		return i, true, true
+	}
+	if i, ok := nodeIndex(node, "replica"); ok {
+		return i, false, true
+	}
+	return 0, false, false
+}
+
+func nodeIndex(node, prefix string) (int, bool) {
+	rest, ok := strings.CutPrefix(node, prefix)
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(rest)
+	return i, err == nil
+}
+
+// quorumChildren lists the child links of disk's quorum node: link name
+// by child node name.
+func quorumChildren(ctx context.Context, c *qmp.Client, disk int) (map[string]string, error) {
+	var g struct {
+		Nodes []struct {
+			ID   int64  `json:"id"`
+			Name string `json:"name"`
+		} `json:"nodes"`
+		Edges []struct {
+			Parent int64  `json:"parent"`
+			Child  int64  `json:"child"`
+			Name   string `json:"name"`
+		} `json:"edges"`
+	}
+	// x-debug-query-block-graph is the only query that names a node's
+	// child links, which x-blockdev-change needs to remove one.
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "x-debug-query-block-graph", nil, &g) }); err != nil {
+		return nil, fmt.Errorf("block graph: %w", err)
+	}
+	names := map[int64]string{}
+	for _, n := range g.Nodes {
+		names[n.ID] = n.Name
+	}
+	out := map[string]string{}
+	for _, e := range g.Edges {
+		if names[e.Parent] == diskNode(disk) {
+			out[names[e.Child]] = e.Name
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("disk %d has no quorum node", disk)
+	}
+	return out, nil
+}
+
+// ReplicaAttached reports whether disk's pair is exactly the local copy
+// and the replica. A pair that also holds the local second child (a drop
+// that did not finish) is not: writes complete there without the replica.
+func (d *Driver) ReplicaAttached(ctx context.Context, name string, disk int) (bool, error) {
+	c, _, err := d.replicaClient(name, disk)
+	if err != nil {
+		return false, err
+	}
+	ch, err := quorumChildren(ctx, c, disk)
+	if err != nil {
+		return false, err
+	}
+	_, replica := ch[replicaNode(disk)]
+	_, shadow := ch[shadowNode(disk)]
+	return replica && !shadow, nil
+}
+
+// DropReplica replaces disk's replica child by a second node on the local
+// file. Quorum refuses to drop below its vote threshold, so the new child
+// is added before the replica is removed.
+func (d *Driver) DropReplica(ctx context.Context, name string, disk int) error {
+	c, cfg, err := d.replicaClient(name, disk)
+	if err != nil {
+		return err
+	}
+	ch, err := quorumChildren(ctx, c, disk)
+	if err != nil {
+		return err
+	}
+	if _, ok := ch[shadowNode(disk)]; !ok {
+		// A resync's pivot leaves the node it replaced without a parent.
+		delNode(ctx, c, shadowNode(disk))
+		if err := call(ctx, func(ctx context.Context) error {
+			return c.Execute(ctx, "blockdev-add", map[string]any{
+				"driver": "file", "node-name": shadowNode(disk), "filename": cfg.Path,
+				"cache": map[string]any{"direct": true}, "locking": "off",
+			}, nil)
+		}); err != nil {
+			return fmt.Errorf("drop replica of disk %d: %w", disk, err)
+		}
+		if err := call(ctx, func(ctx context.Context) error {
+			return c.Execute(ctx, "x-blockdev-change", map[string]any{"parent": diskNode(disk), "node": shadowNode(disk)}, nil)
+		}); err != nil {
+			return fmt.Errorf("drop replica of disk %d: %w", disk, err)
+		}
+	}
+	if link, ok := ch[replicaNode(disk)]; ok {
+		if err := call(ctx, func(ctx context.Context) error {
+			return c.Execute(ctx, "x-blockdev-change", map[string]any{"parent": diskNode(disk), "child": link}, nil)
+		}); err != nil {
+			return fmt.Errorf("drop replica of disk %d: %w", disk, err)
+		}
+	}
+	// The NBD node may linger without a parent (a failed resync too).
+	delNode(ctx, c, replicaNode(disk))
+	return nil
+}
+
+// delNode removes a node that may not exist.
+func delNode(ctx context.Context, c *qmp.Client, node string) {
+	_ = call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+	})
+}
+
+// AttachReplica mirrors disk's quorum into target and, once the mirror is
+// in sync, completes it with `replaces` naming the local second child: in
+// one drained step, QEMU puts the replica in that child's place. During
+// the sync, copy-mode write-blocking writes every guest write to the
+// replica too before it completes; a replica failure only fails the job.
+func (d *Driver) AttachReplica(ctx context.Context, name string, disk int, target driver.NBDTarget, speed int64, progress func(done, total int64)) error {
+	c, _, err := d.replicaClient(name, disk)
+	if err != nil {
+		return err
+	}
+	ch, err := quorumChildren(ctx, c, disk)
+	if err != nil {
+		return err
+	}
+	_, replica := ch[replicaNode(disk)]
+	_, shadow := ch[shadowNode(disk)]
+	switch {
+	case replica && !shadow:
+		return nil
+	case replica && shadow:
+		// A drop that did not finish: finish it, then sync.
+		if err := d.DropReplica(ctx, name, disk); err != nil {
+			return err
+		}
+	case !shadow:
+		return fmt.Errorf("disk %d has neither a replica nor a local second child", disk)
+	}
+	job := resyncJob(disk)
+	cleanup := func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = call(cctx, func(ctx context.Context) error {
+			return c.Execute(ctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
+		})
+		waitJobGone(cctx, c, job)
+		delNode(cctx, c, replicaNode(disk))
+	}
+	// Leftovers of an attempt that failed or that a previous agent left.
+	cleanup()
+	if err := call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "blockdev-add", map[string]any{
+			"driver": "nbd", "node-name": replicaNode(disk),
+			"server":          map[string]any{"type": "inet", "host": target.Host, "port": strconv.Itoa(target.Port)},
+			"export":          target.Export,
+			"reconnect-delay": 0, "open-timeout": 5,
+		}, nil)
+	}); err != nil {
+		return fmt.Errorf("attach replica of disk %d: open %s: %w", disk, target.Export, err)
+	}
+	args := map[string]any{
+		"job-id": job, "device": diskNode(disk), "target": replicaNode(disk), "replaces": shadowNode(disk),
+		"sync": "full", "copy-mode": "write-blocking", "on-target-error": "report", "auto-dismiss": false,
+	}
+	if speed > 0 {
+		args["speed"] = speed
+	}
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "blockdev-mirror", args, nil) }); err != nil {
+		cleanup()
+		return fmt.Errorf("attach replica of disk %d: %w", disk, err)
+	}
+	if err := runResync(ctx, c, job, progress); err != nil {
+		cleanup()
+		return fmt.Errorf("attach replica of disk %d: %w", disk, err)
+	}
+	ch, err = quorumChildren(ctx, c, disk)
+	if err != nil {
+		return err
+	}
+	if _, ok := ch[replicaNode(disk)]; !ok {
+		return fmt.Errorf("attach replica of disk %d: the sync completed but the replica is not in the pair", disk)
+	}
+	// The local second child it replaced has no parent now: close it.
+	delNode(ctx, c, shadowNode(disk))
+	return nil
+}
+
+// runResync follows the job until it is ready, completes it, and waits
+// for it to conclude without error.
+func runResync(ctx context.Context, c *qmp.Client, job string, progress func(done, total int64)) error {
+	completed := false
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var jobs []struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+			Done   int64  `json:"current-progress"`
+			Total  int64  `json:"total-progress"`
+			Error  string `json:"error"`
+		}
+		if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-jobs", nil, &jobs) }); err != nil {
+			return err
+		}
+		found := false
+		for _, j := range jobs {
+			if j.ID != job {
+				continue
+			}
+			found = true
+			if progress != nil {
+				progress(j.Done, j.Total)
+			}
+			switch j.Status {
+			case "ready":
+				if !completed {
+					if err := call(ctx, func(ctx context.Context) error {
+						return c.Execute(ctx, "block-job-complete", map[string]any{"device": job}, nil)
+					}); err != nil {
+						return fmt.Errorf("complete sync: %w", err)
+					}
+					completed = true
+				}
+			case "concluded":
+				_ = call(ctx, func(ctx context.Context) error {
+					return c.Execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
+				})
+				if j.Error != "" {
+					return errors.New("sync failed: " + j.Error)
+				}
+				if !completed {
+					return errors.New("sync ended before it was in sync")
+				}
+				return nil
+			}
+		}
+		if !found {
+			return errors.New("the sync job vanished")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// waitJobGone waits until no job named job exists (dismissing a concluded one).
+func waitJobGone(ctx context.Context, c *qmp.Client, job string) {
+	for {
+		var jobs []struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+		}
+		if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-jobs", nil, &jobs) }); err != nil {
+			return
+		}
+		found := false
+		for _, j := range jobs {
+			if j.ID == job {
+				found = true
+				if j.Status == "concluded" {
+					_ = call(ctx, func(ctx context.Context) error {
+						return c.Execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
+					})
+				}
+			}
+		}
+		if !found {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// DiskIOFailed reports whether a failed request of disk's device paused
+// the VM (its device's io-status is not "ok" while the VM is stopped on an
+// I/O error).
+func (d *Driver) DiskIOFailed(ctx context.Context, name string, disk int) (bool, error) {
+	c, paused, err := d.ioErrorPaused(ctx, name)
+	if err != nil || !paused {
+		return false, err
+	}
+	var blocks []struct {
+		IOStatus string `json:"io-status"`
+		Inserted *struct {
+			NodeName string `json:"node-name"`
+		} `json:"inserted"`
+	}
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-block", nil, &blocks) }); err != nil {
+		return false, err
+	}
+	for _, b := range blocks {
+		if b.Inserted != nil && b.Inserted.NodeName == diskNode(disk) {
+			return b.IOStatus != "" && b.IOStatus != "ok", nil
+		}
+	}
+	return false, nil
+}
+
+// ioErrorPaused reports whether a failed request stopped the VM.
+func (d *Driver) ioErrorPaused(ctx context.Context, name string) (*qmp.Client, bool, error) {
+	c, err := d.QMP(name)
+	if err != nil {
+		return nil, false, err
+	}
+	st, err := callT(ctx, c.QueryStatus)
+	if err != nil {
+		return nil, false, err
+	}
+	return c, st.Status == "io-error", nil
+}
+
+// ResumeAfterIOError continues a VM that a failed write paused.
+func (d *Driver) ResumeAfterIOError(ctx context.Context, name string) (bool, error) {
+	c, paused, err := d.ioErrorPaused(ctx, name)
+	if err != nil || !paused {
+		return false, err
+	}
+	if err := call(ctx, c.Cont); err != nil {
+		return false, fmt.Errorf("resume after I/O error: %w", err)
+	}
+	return true, nil
+}

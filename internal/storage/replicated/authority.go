@@ -1,0 +1,257 @@
+// Package replicated is the replicated datastore (the DRBD role): each VM
+// disk lives on its host's local storage and has one synchronous replica on
+// a peer host, served over NBD by the peer's qemu-storage-daemon. The
+// guest's disk is a quorum node over the two copies with vote-threshold 2,
+// so a guest write completes only once both have it (protocol C); when the
+// replica fails, the write fails, the VM pauses (werror=stop), and it goes
+// on only after etcd records the replica Outdated. docs/storage.md has the
+// states, the ordering proof and the operator override.
+//
+// etcd's ReplicaSet record is the authority over which copy may be used:
+// every change is a compare-and-swap on it, and a copy is promoted only if
+// the record says it is UpToDate.
+package replicated
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	preplication "github.com/vigilha/vigil/internal/protocol/replication"
+
+	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Records reads and compare-and-swaps ReplicaSet records (store.Store).
+type Records interface {
+	GetReplicaSet(ctx context.Context, vm string) (*store.ReplicaSet, error)
+	CASReplicaSet(ctx context.Context, vm string, rev int64, next *store.ReplicaSet) (*store.ReplicaSet, error)
+}
+
+// ErrOutdated means the only copy a start could use is not UpToDate: the
+// VM is not started from it without an operator's override.
+var ErrOutdated = errors.New("the replica is not UpToDate")
+
+// ErrSuperseded means the caller's generation is not the current one any
+// more (a failover or a fence moved on): it must stop writing.
+var ErrSuperseded = errors.New("the generation was superseded")
+
+// update applies change to the VM's record in a compare-and-swap loop;
+// change returns the next record, or an error to give up with.
+func update(ctx context.Context, recs Records, vm string, change func(cur *store.ReplicaSet) (*store.ReplicaSet, error)) (*store.ReplicaSet, error) {
+	for attempt := 0; ; attempt++ {
+		cur, err := recs.GetReplicaSet(ctx, vm)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+		next, err := change(cur)
+		if err != nil {
+			return nil, err
+		}
+		if next == nil {
+			return cur, nil // nothing to change
+		}
+		var rev int64
+		if cur != nil {
+			rev = cur.Rev
+		}
+		out, err := recs.CASReplicaSet(ctx, vm, rev, next)
+		if err == nil {
+			return out, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= 20 {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Grant makes host the writer of the VM's replicated disks under a new
+// generation. On the primary it is a restart; on the peer it is a
+// promotion, allowed only when every disk's replica is UpToDate (or the
+// operator overrode that for this host), and the roles swap: the old
+// primary's copy becomes the replica, Outdated, and is resynced in full
+// before it is trusted again (it may hold writes the guest never saw
+// complete). A first start creates the record with no peer yet.
+func Grant(ctx context.Context, recs Records, vm storage.VMRef, host string, disks []string, now time.Time) (*store.ReplicaSet, error) {
+	return update(ctx, recs, vm.Name, func(cur *store.ReplicaSet) (*store.ReplicaSet, error) {
+		return grantNext(cur, vm, host, disks, now)
+	})
+}
+
+func grantNext(cur *store.ReplicaSet, vm storage.VMRef, host string, disks []string, now time.Time) (*store.ReplicaSet, error) {
+	if cur == nil || cur.UID != vm.UID {
+		// A first start (or a VM re-created under the name): this host's
+		// copy is the only one; a peer is chosen and synced afterwards.
+		rs := &store.ReplicaSet{UID: vm.UID, Primary: host, Generation: 1, Disks: map[string]*store.ReplicaDisk{}}
+		if cur != nil && cur.Generation >= rs.Generation {
+			rs.Generation = cur.Generation + 1 // generations only move forward
+		}
+		for _, d := range disks {
+			rs.Disks[d] = &store.ReplicaDisk{State: preplication.Outdated, Replication: preplication.Off, Since: now, Reason: "no peer chosen yet"}
+		}
+		return rs, nil
+	}
+	next := cur.Clone()
+	next.Generation++
+	for _, d := range disks {
+		if next.Disks[d] == nil {
+			next.Disks[d] = &store.ReplicaDisk{State: preplication.Outdated, Replication: preplication.Off, Since: now, Reason: "new disk"}
+		}
+	}
+	// An override holds only for the generation it was given at: any
+	// start or fence since makes it void.
+	override := cur.Override != nil && cur.Override.Host == host && cur.Override.Generation == cur.Generation
+	next.Override = nil
+	switch host {
+	case cur.Primary:
+		// A restart here: the last instance may have died with writes on
+		// the local copy that the replica lacks (a write that failed on the
+		// replica, or a crash between the two). The guest may read them and
+		// build on them, so the replica is trusted again only after a full
+		// resync (DRBD resyncs its activity log for the same reason).
+		for _, d := range next.Disks {
+			if d.State != preplication.Outdated || d.Replication != preplication.Off {
+				d.State, d.Replication, d.SyncPercent, d.Since, d.Reason = preplication.Outdated, preplication.Off, 0, now,
+					"restart on the primary: the local copy may hold writes the replica lacks; resynced in full"
+			}
+		}
+		return next, nil
+	case cur.Peer:
+		if !cur.AllUpToDate() && !override {
+			return nil, fmt.Errorf("vm %s: %w on %s (%s); it is not started from there without `vigil vm promote %s --accept-data-loss`",
+				vm.Name, ErrOutdated, host, describe(cur), vm.Name)
+		}
+		next.Primary, next.Peer = host, cur.Primary
+		reason := "former primary: may hold writes the guest never saw complete; resynced in full"
+		if override {
+			reason = "former primary, newer than the copy promoted by operator override; resynced in full from it"
+		}
+		for _, d := range next.Disks {
+			d.State, d.Replication, d.SyncPercent, d.Since, d.Reason = preplication.Outdated, preplication.Off, 0, now, reason
+		}
+		return next, nil
+	}
+	return nil, fmt.Errorf("vm %s: its replicated disks are on %s (primary) and %s (replica); it can start only there", vm.Name, cur.Primary, orNone(cur.Peer))
+}
+
+// describe summarises why a record's replica is not UpToDate.
+func describe(rs *store.ReplicaSet) string {
+	var names []string
+	for n := range rs.Disks {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		d := rs.Disks[n]
+		if d.State != preplication.UpToDate {
+			return fmt.Sprintf("disk %s is %s since %s: %s", n, d.State, d.Since.UTC().Format(time.RFC3339), d.Reason)
+		}
+	}
+	return "no disks"
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// Transition is a change the primary makes to one disk's replica state,
+// valid only while it holds the current generation.
+type Transition struct {
+	Disk        string
+	State       preplication.DiskState
+	Replication preplication.ReplState
+	SyncPercent float64
+	Reason      string
+}
+
+// Set applies t on behalf of host at generation gen. It fails with
+// ErrSuperseded when host is no longer the primary at gen: the caller has
+// been fenced and must stop the VM, never go on writing.
+func Set(ctx context.Context, recs Records, vm string, host string, gen int64, now time.Time, ts ...Transition) (*store.ReplicaSet, error) {
+	return update(ctx, recs, vm, func(cur *store.ReplicaSet) (*store.ReplicaSet, error) {
+		if cur == nil || cur.Primary != host || cur.Generation != gen {
+			return nil, fmt.Errorf("vm %s: %w (this host %s at generation %d)", vm, ErrSuperseded, host, gen)
+		}
+		next := cur.Clone()
+		changed := next.Override != nil
+		next.Override = nil // the primary is alive and writing: no promotion is due
+		for _, t := range ts {
+			d := next.Disks[t.Disk]
+			if d == nil {
+				d = &store.ReplicaDisk{}
+				next.Disks[t.Disk] = d
+			}
+			if d.State != t.State {
+				d.Since = now
+			}
+			if d.State != t.State || d.Replication != t.Replication || d.SyncPercent != t.SyncPercent || d.Reason != t.Reason {
+				changed = true
+			}
+			d.State, d.Replication, d.SyncPercent, d.Reason = t.State, t.Replication, t.SyncPercent, t.Reason
+		}
+		if !changed {
+			return nil, nil
+		}
+		return next, nil
+	})
+}
+
+// Revoke is the HA leader's fence: a new generation that nobody holds
+// replaces the current one, so the peer stops serving the old primary's
+// instance (its writes fail, and it cannot record the replica Outdated to
+// go on: its generation is gone). The disks' states are kept: they stay
+// true, and now nothing can change them but a start.
+func Revoke(ctx context.Context, recs Records, vm storage.VMRef, host string) error {
+	_, err := update(ctx, recs, vm.Name, func(cur *store.ReplicaSet) (*store.ReplicaSet, error) {
+		if cur == nil || cur.UID != vm.UID || cur.Primary != host {
+			return nil, nil
+		}
+		next := cur.Clone()
+		next.Generation++
+		return next, nil
+	})
+	return err
+}
+
+// SetPeer makes host the VM's peer (a new replica, empty or stale: it is
+// Outdated until a full sync completes).
+func SetPeer(ctx context.Context, recs Records, vm string, peer string, now time.Time) (*store.ReplicaSet, error) {
+	return update(ctx, recs, vm, func(cur *store.ReplicaSet) (*store.ReplicaSet, error) {
+		if cur == nil || cur.Peer == peer || cur.Primary == peer {
+			return nil, nil
+		}
+		next := cur.Clone()
+		next.Peer = peer
+		for _, d := range next.Disks {
+			d.State, d.Replication, d.SyncPercent, d.Since, d.Reason = preplication.Outdated, preplication.Off, 0, now, "new peer "+peer+": not synced yet"
+		}
+		return next, nil
+	})
+}
+
+// Override records an operator's permission to start the VM from the
+// peer's copy although it is not UpToDate.
+func Override(ctx context.Context, recs Records, vm string, reason string, now time.Time) (*store.ReplicaSet, error) {
+	return update(ctx, recs, vm, func(cur *store.ReplicaSet) (*store.ReplicaSet, error) {
+		if cur == nil {
+			return nil, fmt.Errorf("vm %s has no replicated disks", vm)
+		}
+		if cur.Peer == "" {
+			return nil, fmt.Errorf("vm %s has no replica to start from", vm)
+		}
+		next := cur.Clone()
+		next.Override = &store.ReplicaOverride{Host: cur.Peer, Generation: cur.Generation, Reason: reason, Time: now}
+		return next, nil
+	})
+}

@@ -1,0 +1,196 @@
+package replicated
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	preplication "github.com/vigilha/vigil/internal/protocol/replication"
+
+	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/store/memstore"
+)
+
+var (
+	t0  = time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	vm1 = storage.VMRef{Name: "vm1", UID: "u1"}
+)
+
+func upToDate(t *testing.T, recs Records, host string, gen int64) {
+	t.Helper()
+	if _, err := Set(context.Background(), recs, vm1.Name, host, gen, t0, Transition{Disk: "ledger", State: preplication.UpToDate, Replication: preplication.Established}); err != nil {
+		t.Fatalf("record UpToDate: %v", err)
+	}
+}
+
+// TestPromotionOnlyFromUpToDate: the peer's copy is promoted only while
+// etcd records it UpToDate; the roles then swap and the old primary's copy
+// is Outdated, to be resynced in full.
+func TestPromotionOnlyFromUpToDate(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	rs, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Primary != "h1" || rs.Generation != 1 || rs.Disks["ledger"].State != preplication.Outdated {
+		t.Fatalf("first grant: %+v", rs)
+	}
+	if _, err := Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0); err == nil {
+		t.Fatal("a host holding no copy was granted the VM")
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h2", t0); err != nil {
+		t.Fatal(err)
+	}
+	// Not synced yet: the peer may not take over.
+	if _, err := Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0); !errors.Is(err, ErrOutdated) {
+		t.Fatalf("promotion of an Outdated replica: err = %v, want ErrOutdated", err)
+	}
+	upToDate(t, recs, "h1", 1)
+	rs, err = Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0)
+	if err != nil {
+		t.Fatalf("promotion of an UpToDate replica: %v", err)
+	}
+	if rs.Primary != "h2" || rs.Peer != "h1" || rs.Generation != 2 || rs.Disks["ledger"].State != preplication.Outdated {
+		t.Fatalf("after promotion: %+v %+v", rs, rs.Disks["ledger"])
+	}
+	// The old primary, at its old generation, can record nothing any more.
+	if _, err := Set(ctx, recs, vm1.Name, "h1", 1, t0, Transition{Disk: "ledger", State: preplication.Outdated, Replication: preplication.Off}); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("old primary's write: err = %v, want ErrSuperseded", err)
+	}
+	// Its copy is Outdated: promoting it back is refused.
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); !errors.Is(err, ErrOutdated) {
+		t.Fatalf("promotion back to the stale copy: err = %v, want ErrOutdated", err)
+	}
+}
+
+// TestRevokeStopsTheOldPrimaryGoingOnAlone: after the leader's fence the
+// old primary cannot record the replica Outdated, which it must do before
+// it writes on without it; the replica stays promotable.
+func TestRevokeStopsTheOldPrimaryGoingOnAlone(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h2", t0); err != nil {
+		t.Fatal(err)
+	}
+	upToDate(t, recs, "h1", 1)
+	if err := Revoke(ctx, recs, vm1, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Set(ctx, recs, vm1.Name, "h1", 1, t0, Transition{Disk: "ledger", State: preplication.Outdated, Replication: preplication.Off}); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("fenced primary recorded the replica Outdated: %v", err)
+	}
+	rs, err := Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0)
+	if err != nil {
+		t.Fatalf("promotion after the fence: %v", err)
+	}
+	if rs.Generation != 3 {
+		t.Fatalf("generation %d, want 3 (grant 1, fence 2, promotion 3)", rs.Generation)
+	}
+}
+
+// TestOutdatedFirstThenNoPromotion: once the primary recorded the replica
+// Outdated (to go on alone), a crash of the primary does not promote it.
+func TestOutdatedFirstThenNoPromotion(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h2", t0); err != nil {
+		t.Fatal(err)
+	}
+	upToDate(t, recs, "h1", 1)
+	if _, err := Set(ctx, recs, vm1.Name, "h1", 1, t0, Transition{Disk: "ledger", State: preplication.Outdated, Replication: preplication.Off, Reason: "replica lost"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Revoke(ctx, recs, vm1, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0); !errors.Is(err, ErrOutdated) {
+		t.Fatalf("promotion of a replica recorded Outdated: err = %v", err)
+	}
+	// The operator's override allows it, once.
+	if _, err := Override(ctx, recs, vm1.Name, "test", t0); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0)
+	if err != nil {
+		t.Fatalf("promotion with the override: %v", err)
+	}
+	if rs.Override != nil || rs.Primary != "h2" {
+		t.Fatalf("override not consumed by the promotion: %+v", rs)
+	}
+}
+
+// TestRecreatedVMStartsAfresh: a VM re-created under the same name gets a
+// new record whose generations still move forward.
+func TestRecreatedVMStartsAfresh(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	for i := 0; i < 3; i++ {
+		if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs, err := Grant(ctx, recs, storage.VMRef{Name: "vm1", UID: "u2"}, "h3", []string{"ledger"}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.UID != "u2" || rs.Primary != "h3" || rs.Peer != "" || rs.Generation != 4 {
+		t.Fatalf("re-created VM's record: %+v", rs)
+	}
+}
+
+// TestSetOnlyChangesWhatChanged: a transition equal to the record writes
+// nothing (no etcd churn from the primary's loop).
+func TestSetOnlyChangesWhatChanged(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Set(ctx, recs, vm1.Name, "h1", 1, t0, Transition{Disk: "ledger", State: preplication.UpToDate, Replication: preplication.Established})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Set(ctx, recs, vm1.Name, "h1", 1, t0.Add(time.Hour), Transition{Disk: "ledger", State: preplication.UpToDate, Replication: preplication.Established})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Rev != b.Rev || !b.Disks["ledger"].Since.Equal(t0) {
+		t.Fatalf("an unchanged state was written again: rev %d -> %d, since %v", a.Rev, b.Rev, b.Disks["ledger"].Since)
+	}
+}
+
+// A restart on the primary distrusts the replica until a full resync (the
+// dead instance may have left writes on the local copy only), and voids an
+// operator's override.
+func TestRestartOnPrimaryDistrustsTheReplica(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h2", t0); err != nil {
+		t.Fatal(err)
+	}
+	upToDate(t, recs, "h1", 1)
+	if _, err := Override(ctx, recs, vm1.Name, "test", t0); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Disks["ledger"].State != preplication.Outdated || rs.Override != nil {
+		t.Fatalf("after a restart on the primary: %+v, override %+v", rs.Disks["ledger"], rs.Override)
+	}
+	if _, err := Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0); !errors.Is(err, ErrOutdated) {
+		t.Fatalf("promotion right after a restart on the primary: %v", err)
+	}
+}

@@ -1,0 +1,252 @@
+package replicated
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	preplication "github.com/vigilha/vigil/internal/protocol/replication"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/storage"
+)
+
+// DefaultPort is where each host's replica server listens on its storage
+// network address.
+const DefaultPort = 7483
+
+// peerWait bounds how long a start waits for the peer to serve the new
+// generation before it starts degraded (after recording the replica
+// Outdated).
+const peerWait = 10 * time.Second
+
+// Peers resolves a host's storage-network address.
+type Peers func(ctx context.Context, host string) (ip string, err error)
+
+// Datastore is the replicated datastore as one host sees it: the host's
+// copies live under Dir, its replica Server serves the copies it keeps for
+// other primaries, and the record in etcd says which copy may be used.
+type Datastore struct {
+	name   string
+	host   string
+	dir    string
+	port   int
+	recs   Records
+	server *Server
+	peers  Peers
+	now    func() time.Time
+}
+
+var _ storage.Datastore = (*Datastore)(nil)
+
+// Config configures a host's replicated datastore.
+type Config struct {
+	Name, Host, Dir string
+	Port            int
+	Records         Records
+	Server          *Server
+	Peers           Peers
+}
+
+// NewDatastore returns the datastore.
+func NewDatastore(c Config) (*Datastore, error) {
+	if err := os.MkdirAll(c.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("datastore %s: %w", c.Name, err)
+	}
+	if c.Port == 0 {
+		c.Port = DefaultPort
+	}
+	return &Datastore{name: c.Name, host: c.Host, dir: c.Dir, port: c.Port, recs: c.Records, server: c.Server, peers: c.Peers, now: time.Now}, nil
+}
+
+// Name is the datastore's name.
+func (s *Datastore) Name() string { return s.name }
+
+// Shared is false: each copy is on one host. The VM runs where one of its
+// copies is (the record says which hosts).
+func (s *Datastore) Shared() bool { return false }
+
+// Server is this host's replica server.
+func (s *Datastore) Server() *Server { return s.server }
+
+// Records is the record store the datastore uses.
+func (s *Datastore) Records() Records { return s.recs }
+
+// Dir is where this host keeps its copies.
+func (s *Datastore) Dir() string { return s.dir }
+
+// Port is the replica servers' port.
+func (s *Datastore) Port() int { return s.port }
+
+// PeerIP is a host's storage-network address.
+func (s *Datastore) PeerIP(ctx context.Context, host string) (string, error) {
+	return s.peers(ctx, host)
+}
+
+// Target is the NBD export of vm's disk on peer for generation gen.
+func (s *Datastore) Target(ctx context.Context, peer string, vm storage.VMRef, disk string, gen int64) (driver.NBDTarget, error) {
+	ip, err := s.peers(ctx, peer)
+	if err != nil {
+		return driver.NBDTarget{}, fmt.Errorf("peer %s: %w", peer, err)
+	}
+	return driver.NBDTarget{Host: ip, Port: s.port, Export: ExportName(vm.UID, disk, gen)}, nil
+}
+
+// Grant makes this host the writer of the VM's disks on this datastore
+// under a new generation (a start; a promotion on the peer).
+func (s *Datastore) Grant(ctx context.Context, vm storage.VMRef, disks []spec.Disk) (storage.Generation, error) {
+	names := make([]string, 0, len(disks))
+	for _, d := range disks {
+		if err := Supported(d); err != nil {
+			return 0, err
+		}
+		names = append(names, d.Name)
+	}
+	rs, err := Grant(ctx, s.recs, vm, s.host, names, s.now())
+	if err != nil {
+		return 0, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	return storage.Generation(rs.Generation), nil
+}
+
+// Supported checks that a disk can live on a replicated datastore: a raw
+// disk of a given size (the quorum pairs two raw copies byte for byte).
+func Supported(d spec.Disk) error {
+	switch {
+	case d.Image != "":
+		return fmt.Errorf("disk %s: a replicated datastore holds blank raw disks; an image-backed disk cannot be replicated yet", d.Name)
+	case d.Format != "" && d.Format != "raw":
+		return fmt.Errorf("disk %s: format %q: a replicated datastore holds raw disks (set format: raw)", d.Name, d.Format)
+	case d.Size <= 0:
+		return fmt.Errorf("disk %s: a replicated disk needs a size", d.Name)
+	}
+	return nil
+}
+
+// Prepare readies this host's copy of a disk as the primary's, under the
+// generation Grant gave: it stops serving the copy as a replica (draining
+// the old primary's writes: the promotion's fence), creates it if it is a
+// first start, and attaches the peer's replica when the record says it is
+// UpToDate and the peer serves this generation. Otherwise the VM starts
+// degraded, and only once the record says the replica is not UpToDate.
+func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.Generation, d spec.Disk) (driver.DiskConfig, error) {
+	if err := Supported(d); err != nil {
+		return driver.DiskConfig{}, err
+	}
+	path := CopyPath(s.dir, vm.Name, d.Name)
+	cfg := driver.DiskConfig{Name: d.Name, Path: path, Format: "raw", DirectIO: true, Replicated: true}
+	if err := s.server.Claim(ctx, vm.Name, d.Name, int64(gen)); err != nil {
+		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	if err := ensureCopy(path, vm.UID, int64(d.Size)); err != nil {
+		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
+	}
+	if err := writeMark(path, vm.UID, int64(gen)); err != nil {
+		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
+	}
+	rs, err := s.recs.GetReplicaSet(ctx, vm.Name)
+	if err != nil {
+		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
+		return cfg, fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation)
+	}
+	rd := rs.Disks[d.Name]
+	if rs.Peer == "" || rd == nil || rd.State != preplication.UpToDate {
+		return cfg, nil // degraded: the record already says the replica is not UpToDate
+	}
+	t, err := s.Target(ctx, rs.Peer, vm, d.Name, int64(gen))
+	if err == nil {
+		err = WaitExport(ctx, t, peerWait)
+	}
+	if err == nil {
+		cfg.Replica = &t
+		return cfg, nil
+	}
+	// The peer does not serve: start degraded, but only after the record
+	// says so, since from the first write on the peer's copy lacks data.
+	if _, serr := Set(ctx, s.recs, vm.Name, s.host, int64(gen), s.now(), Transition{Disk: d.Name, State: preplication.Outdated,
+		Replication: preplication.Off, Reason: fmt.Sprintf("peer %s did not serve generation %d at start: %v", rs.Peer, gen, err)}); serr != nil {
+		return cfg, fmt.Errorf("datastore %s: %w", s.name, serr)
+	}
+	return cfg, nil
+}
+
+// WaitExport waits until the NBD export t answers, for at most limit.
+func WaitExport(ctx context.Context, t driver.NBDTarget, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var last error
+	for {
+		last = probeExport(ctx, t)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("export %s on %s:%d: %w", t.Export, t.Host, t.Port, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// probeExport opens the export read-only with qemu-img, which speaks the
+// NBD handshake: the export exists and answers.
+func probeExport(ctx context.Context, t driver.NBDTarget) error {
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	opts := fmt.Sprintf("driver=nbd,server.type=inet,server.host=%s,server.port=%d,export=%s", t.Host, t.Port, t.Export)
+	out, err := exec.CommandContext(pctx, "qemu-img", "info", "--image-opts", opts).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Reachable reports whether something accepts connections on the peer's
+// replica port within timeout: the failure detector of a running pair.
+func Reachable(ctx context.Context, ip string, port int, timeout time.Duration) bool {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var dialer net.Dialer
+	c, err := dialer.DialContext(dctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// Release does nothing: the local copy stays, and the replica server
+// serves it again if this host becomes the peer.
+func (s *Datastore) Release(context.Context, storage.VMRef, spec.Disk) error { return nil }
+
+// Delete removes this host's copy of a deleted VM's disk. The peer's copy
+// is removed by the peer's agent once the VM and its record are gone.
+func (s *Datastore) Delete(ctx context.Context, vm storage.VMRef, d spec.Disk) error {
+	if err := s.server.Unserve(ctx, vm.Name, d.Name); err != nil {
+		return fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	return RemoveCopy(s.dir, vm.Name, d.Name)
+}
+
+// RemoveCopy deletes a copy and its generation file, and the VM's
+// directory once empty.
+func RemoveCopy(dir, vm, disk string) error {
+	path := CopyPath(dir, vm, disk)
+	for _, p := range []string{path, path + ".gen"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("delete copy %s: %w", p, err)
+		}
+	}
+	_ = os.Remove(filepath.Dir(path))
+	return nil
+}

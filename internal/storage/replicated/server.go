@@ -1,0 +1,329 @@
+package replicated
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/vigilha/vigil/internal/atomicfile"
+	"github.com/vigilha/vigil/internal/qsd"
+	"github.com/vigilha/vigil/internal/storage"
+)
+
+// Server serves this host's replica copies to their primaries over NBD,
+// from one qemu-storage-daemon listening on the storage network. Each
+// export is named after the generation it serves (ExportName): a primary
+// of an older generation cannot open it, and serving a new generation first
+// hard-deletes the old export, which closes the old primary's connection
+// and drains its in-flight writes. The highest generation served is kept
+// on disk beside the copy, so that a copy never serves an older generation
+// again, even if etcd's history were lost.
+type Server struct {
+	dir    string
+	listen string
+	binary string
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	d      *qsd.Daemon
+	served map[string]int64 // key(vm, disk) -> generation served
+	// claimed maps key(vm, disk) -> the generation under which this host
+	// runs the VM on its copy: the copy is not served to anyone at that
+	// generation or an older one.
+	claimed map[string]int64
+}
+
+// NewServer returns a server of the copies under dir, listening on listen
+// (the host's storage-network address and the replica port) once started.
+func NewServer(dir, listen, binary string, log *slog.Logger) *Server {
+	if binary == "" {
+		binary = "qemu-storage-daemon"
+	}
+	return &Server{dir: dir, listen: listen, binary: binary, log: log, served: map[string]int64{}, claimed: map[string]int64{}}
+}
+
+// ExportName is the NBD export of one disk's replica for one generation.
+func ExportName(uid, disk string, gen int64) string {
+	return fmt.Sprintf("r-%s-%s-g%d", uid, disk, gen)
+}
+
+// CopyPath is where a VM's copy of a disk lives on a host, both as the
+// primary's local disk and as a replica.
+func CopyPath(dir, vm, disk string) string {
+	return filepath.Join(dir, vm, disk+".raw")
+}
+
+func key(vm, disk string) string { return vm + "/" + disk }
+
+// daemon returns the running daemon, starting one (and its NBD server) if
+// there is none or it died: a dead daemon's exports died with it, and the
+// next reconcile serves them again.
+func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
+	if s.d != nil {
+		select {
+		case <-s.d.Exited():
+			s.log.Warn("replica server: qemu-storage-daemon died; starting it again", "err", s.d.Err())
+			s.d, s.served = nil, map[string]int64{}
+		default:
+			return s.d, nil
+		}
+	}
+	rundir := filepath.Join(s.dir, ".qsd")
+	if err := os.MkdirAll(rundir, 0o750); err != nil {
+		return nil, fmt.Errorf("replica server: %w", err)
+	}
+	d, err := qsd.Start(ctx, s.binary, rundir, s.log)
+	if err != nil {
+		return nil, fmt.Errorf("replica server: %w", err)
+	}
+	host, port, err := net.SplitHostPort(s.listen)
+	if err != nil {
+		d.Kill()
+		return nil, fmt.Errorf("replica server: listen address %q: %w", s.listen, err)
+	}
+	// max-connections 0: unlimited (QEMU's default caps a server at 100).
+	if err := d.QMP.Execute(ctx, "nbd-server-start", map[string]any{
+		"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": host, "port": port}},
+		"max-connections": 0,
+	}, nil); err != nil {
+		d.Kill()
+		return nil, fmt.Errorf("replica server: NBD server on %s: %w", s.listen, err)
+	}
+	s.log.Info("replica server serving", "listen", s.listen, "pid", d.Pid())
+	s.d = d
+	return d, nil
+}
+
+// Serve serves vm's copy of disk to the primary of generation gen,
+// creating an empty copy of size bytes if there is none. An export of an
+// older generation is hard-deleted and drained first; a generation older
+// than one this copy served before is refused.
+func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := key(vm.Name, disk)
+	// First: a daemon that died took its exports with it.
+	d, err := s.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	if g, ok := s.served[k]; ok && g == gen {
+		return nil
+	}
+	if c, ok := s.claimed[k]; ok && gen <= c {
+		return fmt.Errorf("replica of %s/%s: this host runs the VM on its copy at generation %d", vm.Name, disk, c)
+	}
+	if err := s.unserveLocked(ctx, d, vm.Name, disk); err != nil {
+		return err
+	}
+	path := CopyPath(s.dir, vm.Name, disk)
+	if err := ensureCopy(path, vm.UID, size); err != nil {
+		return fmt.Errorf("replica of %s/%s: %w", vm.Name, disk, err)
+	}
+	_, hwm, err := readMark(path)
+	if err != nil {
+		return err
+	}
+	if gen < hwm {
+		return fmt.Errorf("replica of %s/%s: generation %d is older than %d, which this copy served already", vm.Name, disk, gen, hwm)
+	}
+	// Durable before the export exists: a restarted server never serves
+	// an older generation again.
+	if err := writeMark(path, vm.UID, gen); err != nil {
+		return fmt.Errorf("replica of %s/%s: %w", vm.Name, disk, err)
+	}
+	node := nodeName(vm.Name, disk)
+	if err := d.QMP.Execute(ctx, "blockdev-add", map[string]any{
+		"driver": "file", "node-name": node, "filename": path,
+		"cache": map[string]any{"direct": true}, "aio": "threads",
+	}, nil); err != nil {
+		return fmt.Errorf("replica of %s/%s: open copy: %w", vm.Name, disk, err)
+	}
+	name := ExportName(vm.UID, disk, gen)
+	if err := d.QMP.Execute(ctx, "block-export-add", map[string]any{
+		"type": "nbd", "id": node, "node-name": node, "name": name, "writable": true,
+	}, nil); err != nil {
+		_ = d.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		return fmt.Errorf("replica of %s/%s: export: %w", vm.Name, disk, err)
+	}
+	s.served[k] = gen
+	s.log.Info("serving replica", "vm", vm.Name, "disk", disk, "generation", gen, "export", name)
+	return nil
+}
+
+// Claim stops serving vm's copy of disk (as Unserve) because this host is
+// about to run the VM on it at generation gen: until a newer generation
+// makes this host the peer again, the copy is not served. It starts the
+// daemon if none runs, which kills one a previous agent may have left
+// serving the copy.
+func (s *Server) Claim(ctx context.Context, vm, disk string, gen int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, err := s.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.unserveLocked(ctx, d, vm, disk); err != nil {
+		return err
+	}
+	s.claimed[key(vm, disk)] = gen
+	return nil
+}
+
+// Unserve stops serving vm's copy of disk, and returns once every request
+// of the primary it was served to has finished: after it, nobody but this
+// host writes the copy. It is what a promotion does before the copy is
+// opened as the new primary's disk.
+func (s *Server) Unserve(ctx context.Context, vm, disk string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.d == nil {
+		return nil // nothing served since this agent started, and no daemon of an earlier one survives (qsd.Start kills it)
+	}
+	return s.unserveLocked(ctx, s.d, vm, disk)
+}
+
+func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk string) error {
+	node := nodeName(vm, disk)
+	if err := d.DeleteExports(ctx, []string{node}); err != nil {
+		return fmt.Errorf("replica of %s/%s: stop serving: %w", vm, disk, err)
+	}
+	open, err := nodeExists(ctx, d, node)
+	if err != nil {
+		return fmt.Errorf("replica of %s/%s: %w", vm, disk, err)
+	}
+	if open {
+		if err := d.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil); err != nil {
+			return fmt.Errorf("replica of %s/%s: close copy: %w", vm, disk, err)
+		}
+	}
+	delete(s.served, key(vm, disk))
+	return nil
+}
+
+// ServedKeys lists the "vm/disk" replicas this server exports.
+func (s *Server) ServedKeys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.served))
+	for k := range s.served {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Close stops the daemon (closing every copy).
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.d != nil {
+		s.d.Stop()
+		s.d = nil
+	}
+}
+
+func nodeName(vm, disk string) string { return "rep-" + vm + "-" + disk }
+
+// nodeExists reports whether the daemon has a block node of that name.
+func nodeExists(ctx context.Context, d *qsd.Daemon, node string) (bool, error) {
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+	}
+	if err := d.QMP.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		return false, fmt.Errorf("list block nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if n.NodeName == node {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// A copy's mark (DISK.raw.gen) names the VM (by UID) the copy belongs to
+// and the highest generation it served or ran under: a copy of a deleted
+// VM is never taken for a new VM of the same name, and a copy never
+// serves an older generation again.
+func readMark(path string) (uid string, gen int64, err error) {
+	b, err := os.ReadFile(path + ".gen")
+	if errors.Is(err, os.ErrNotExist) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("replica mark of %s: %w", path, err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return "", 0, fmt.Errorf("replica mark of %s: %q", path, b)
+	}
+	g, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return "", 0, fmt.Errorf("replica mark of %s: %w", path, err)
+	}
+	return f[0], g, nil
+}
+
+func writeMark(path, uid string, gen int64) error {
+	return atomicfile.WriteSync(path+".gen", []byte(uid+" "+strconv.FormatInt(gen, 10)+"\n"), 0o640)
+}
+
+// ensureCopy makes sure path is a copy of the VM with this UID: a copy
+// left by a deleted VM of the same name is removed first, then an empty
+// copy of size bytes is created if there is none.
+func ensureCopy(path, uid string, size int64) error {
+	owner, _, err := readMark(path)
+	if err != nil {
+		return err
+	}
+	if owner != "" && owner != uid {
+		for _, p := range []string{path, path + ".gen"} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove the copy of a deleted VM: %w", err)
+			}
+		}
+	}
+	if err := createRaw(path, size); err != nil {
+		return err
+	}
+	if owner != uid {
+		return writeMark(path, uid, 0)
+	}
+	return nil
+}
+
+// createRaw makes an empty raw copy of size bytes if there is none (a
+// sparse file: a full sync writes only what the primary holds).
+func createRaw(path string, size int64) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return err
+	}
+	tmp := path + ".creating"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
