@@ -120,7 +120,7 @@ replica() { "$V" vm show rep-guest1 -o json | json '[x["replica"] for x in d.get
 for _ in $(seq 1 240); do [ "$(replica state 2>/dev/null)" = UpToDate ] && break; sleep 0.5; done
 "$V" vm show rep-guest1 | grep -e '^Host' -e '^Replica'
 ip3=$(guest rep-guest1 ip); host3=$(guest rep-guest1 host); rhost=$(replica host)
-watcher=$(for h in host1 host2 host3; do [ "$h" != "$host3" ] && [ "$h" != "$rhost" ] && echo "$h"; done | head -1)
+watcher=$(for h in host1 host2 host3; do if [ "$h" != "$host3" ] && [ "$h" != "$rhost" ]; then echo "$h"; fi; done | head -1)
 for _ in $(seq 1 120); do "$V" lab exec "$watcher" -- curl -sf -m 1 "http://$ip3/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
 for i in 1 2 3; do "$V" lab exec "$watcher" -- curl -s -XPOST -d "payment $i" "http://$ip3/ledger"; echo; done
 say "crash rep-guest1's host $host3: HA restarts it on $rhost, from the replica etcd records UpToDate"
@@ -130,7 +130,8 @@ for _ in $(seq 1 600); do [ "$(guest rep-guest1 host)" = "$rhost" ] && "$V" lab 
 echo "rep-guest1 answers on $(guest rep-guest1 host) $(( ($(date +%s%N) - start) / 1000000 )) ms after the crash; its ledger:"
 "$V" lab exec "$watcher" -- curl -s "http://$ip3/ledger"; echo
 "$V" lab heal "$host3"
-echo "$host3 rejoins; its stale copy becomes the replica and is resynced: $("$V" vm show rep-guest1 | grep '^Replica')"
+for _ in $(seq 1 240); do [ "$(replica state 2>/dev/null)" = UpToDate ] && break; sleep 0.5; done
+echo "$host3 rejoined; its stale copy became the replica and was resynced in full: $("$V" vm show rep-guest1 | grep '^Replica')"
 cat <<MSG
 
 The lab keeps running. Try:

@@ -197,8 +197,9 @@ type Replicator interface {
 	// in one step: from then on a write completes only once both copies
 	// have it. progress gets the bytes done and the total.
 	AttachReplica(ctx context.Context, name string, disk int, target NBDTarget, speed int64, progress func(done, total int64)) error
-	// ReplicaAttached reports whether disk's writes go to a replica.
-	ReplicaAttached(ctx context.Context, name string, disk int) (bool, error)
+	// ReplicaAttached reports whether disk's writes go to a replica, and
+	// to which export.
+	ReplicaAttached(ctx context.Context, name string, disk int) (bool, NBDTarget, error)
 	// DiskIOFailed reports whether a failed request of this disk paused
 	// the VM.
 	DiskIOFailed(ctx context.Context, name string, disk int) (bool, error)

@@ -73,9 +73,11 @@ func maxGap(acks []check.Ack, from time.Time) time.Duration {
 }
 
 // The replica's host crashes: the VM goes on (after recording the replica
-// Outdated), the replica comes back and is resynced to UpToDate, then the
-// primary's host crashes: the VM restarts on the replica's host with every
-// acknowledged append, and never runs twice.
+// Outdated), the replica comes back and is resynced to UpToDate; the
+// replication link is cut while both hosts reach etcd: only the primary
+// goes on, and the copies converge after the heal; then the primary's host
+// crashes: the VM restarts on the replica's host with every acknowledged
+// append, and never runs twice.
 func TestReplicated_ReplicaLossResyncThenPrimaryCrash(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	v, g := repGuest(t, l, "rep1")
@@ -109,6 +111,29 @@ func TestReplicated_ReplicaLossResyncThenPrimaryCrash(t *testing.T) {
 	}
 	l.WaitVM("rep1", 3*time.Minute, "with its replica UpToDate again", replicaState("UpToDate", "Established"))
 	t.Logf("replica resynced %s after %s came back", time.Since(t1).Round(time.Millisecond), peer)
+
+	// The storage network between the two is cut while both still reach
+	// etcd: only the primary goes on (after recording the replica
+	// Outdated); the peer is not promoted; after the heal the copies
+	// converge again.
+	tc := time.Now()
+	if err := l.CutStorage(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	cut := l.WaitVM("rep1", time.Minute, "with its replica recorded Outdated after the link cut", replicaState("Outdated", "Off"))
+	time.Sleep(2 * time.Second)
+	if acks := w.Acks(); len(acks) == 0 || !acks[len(acks)-1].At.After(tc.Add(time.Second)) {
+		t.Fatal("no acknowledged append since the replication link was cut: the primary did not go on")
+	}
+	if cut.Host != primary || cut.PID != v.PID {
+		t.Fatalf("the link cut moved or restarted the VM: now %s pid %d", cut.Host, cut.PID)
+	}
+	if err := l.Heal(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("rep1", 3*time.Minute, "with its replica UpToDate after the link came back", replicaState("UpToDate", "Established"))
+	t.Logf("replication link cut: recorded Outdated, the primary went on (longest pause %s), UpToDate again %s after the cut began",
+		maxGap(w.Acks(), tc).Round(time.Millisecond), time.Since(tc).Round(time.Millisecond))
 
 	t2 := time.Now()
 	if err := l.Crash(ctx, primary); err != nil {

@@ -418,11 +418,19 @@ func (p *primary) step(ctx context.Context) {
 			resume = false
 			continue
 		}
-		attached, err := cfg.Replicator.ReplicaAttached(ctx, p.vm.Name, d.index)
+		attached, target, err := cfg.Replicator.ReplicaAttached(ctx, p.vm.Name, d.index)
 		if err != nil {
 			p.log.Debug("replication: disk state unknown", "disk", d.spec.Name, "err", err)
 			resume = false
 			continue
+		}
+		// The pair must be with the record's peer: a replica that moved to
+		// another host leaves the old one attached until it is dropped, and
+		// the record's state is about the new one.
+		wrongPeer := false
+		if attached {
+			want, terr := cfg.Datastore.Target(ctx, rs.Peer, p.vm, d.spec.Name, p.gen)
+			wrongPeer = rs.Peer == "" || terr != nil || want != target
 		}
 		ioFailed, err := cfg.Replicator.DiskIOFailed(ctx, p.vm.Name, d.index)
 		if err != nil {
@@ -436,7 +444,7 @@ func (p *primary) step(ctx context.Context) {
 			delete(p.localFailed, d.index)
 			delete(p.localSaid, d.index)
 		}
-		view := preplication.PrimaryView{Attached: attached, ReplicaFailed: p.replicaFailed[d.index], LocalFailed: p.localFailed[d.index],
+		view := preplication.PrimaryView{Attached: attached, ReplicaFailed: p.replicaFailed[d.index] || wrongPeer, LocalFailed: p.localFailed[d.index],
 			PeerLost: peerLost, IOPaused: ioFailed, HasPeer: rs.Peer != "", RetryDue: time.Now().After(p.retryAt[d.index])}
 		p.mu.Unlock()
 		if rd := rs.Disks[d.spec.Name]; rd != nil {
@@ -453,7 +461,11 @@ func (p *primary) step(ctx context.Context) {
 				p.event(ctx, EvLocalDiskError, fmt.Sprintf("the local copy of disk %s failed a request; the VM stays paused (its replica on %s is %s)", d.spec.Name, orNone(rs.Peer), stateOf(rs, d.spec.Name)))
 			}
 		case preplication.Degrade:
-			if !p.degrade(ctx, d, rs, reasonOf(view.ReplicaFailed, view.PeerLost)) {
+			why := reasonOf(view.ReplicaFailed, view.PeerLost)
+			if wrongPeer {
+				why = "the replica moved to " + orNone(rs.Peer)
+			}
+			if !p.degrade(ctx, d, rs, why) {
 				resume = false
 			}
 		case preplication.RecordUpToDate:

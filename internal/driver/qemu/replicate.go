@@ -143,20 +143,65 @@ func quorumChildren(ctx context.Context, c *qmp.Client, disk int) (map[string]st
 }
 
 // ReplicaAttached reports whether disk's pair is exactly the local copy
-// and the replica. A pair that also holds the local second child (a drop
-// that did not finish) is not: writes complete there without the replica.
-func (d *Driver) ReplicaAttached(ctx context.Context, name string, disk int) (bool, error) {
+// and a replica, and which export that replica is. A pair that also holds
+// the local second child (a drop that did not finish) is not attached:
+// writes complete there without the replica.
+func (d *Driver) ReplicaAttached(ctx context.Context, name string, disk int) (bool, driver.NBDTarget, error) {
 	c, _, err := d.replicaClient(name, disk)
 	if err != nil {
-		return false, err
+		return false, driver.NBDTarget{}, err
 	}
 	ch, err := quorumChildren(ctx, c, disk)
 	if err != nil {
-		return false, err
+		return false, driver.NBDTarget{}, err
 	}
 	_, replica := ch[replicaNode(disk)]
 	_, shadow := ch[shadowNode(disk)]
-	return replica && !shadow, nil
+	if !replica || shadow {
+		return false, driver.NBDTarget{}, nil
+	}
+	t, err := nbdTargetOf(ctx, c, replicaNode(disk))
+	return err == nil, t, err
+}
+
+// nbdTargetOf reads which export an NBD client node is connected to, from
+// the node's options as QEMU reports them.
+func nbdTargetOf(ctx context.Context, c *qmp.Client, node string) (driver.NBDTarget, error) {
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+		Image    struct {
+			FullBackingFilename string `json:"full-backing-filename"`
+		} `json:"image"`
+		File string `json:"file"`
+	}
+	if err := call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
+	}); err != nil {
+		return driver.NBDTarget{}, err
+	}
+	for _, n := range nodes {
+		if n.NodeName != node {
+			continue
+		}
+		// QEMU names an NBD node nbd://HOST:PORT/EXPORT.
+		rest, ok := strings.CutPrefix(n.File, "nbd://")
+		hostport, export, ok2 := strings.Cut(rest, "/")
+		host, port, err := splitHostPort(hostport)
+		if !ok || !ok2 || err != nil {
+			return driver.NBDTarget{}, fmt.Errorf("node %s: unexpected NBD file name %q", node, n.File)
+		}
+		return driver.NBDTarget{Host: host, Port: port, Export: export}, nil
+	}
+	return driver.NBDTarget{}, fmt.Errorf("no node %s", node)
+}
+
+func splitHostPort(hp string) (string, int, error) {
+	i := strings.LastIndexByte(hp, ':')
+	if i < 0 {
+		return "", 0, fmt.Errorf("no port in %q", hp)
+	}
+	p, err := strconv.Atoi(hp[i+1:])
+	return hp[:i], p, err
 }
 
 // DropReplica replaces disk's replica child by a second node on the local

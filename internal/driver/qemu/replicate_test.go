@@ -79,8 +79,8 @@ func TestReplicatedDiskWritePath(t *testing.T) {
 	if err := h.d.AttachReplica(ctx, name, 0, target, 0, func(done, total int64) { last = total }); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := h.d.ReplicaAttached(ctx, name, 0); err != nil || !ok {
-		t.Fatalf("replica not attached after the sync: %v %v", ok, err)
+	if ok, got, err := h.d.ReplicaAttached(ctx, name, 0); err != nil || !ok || got != target {
+		t.Fatalf("replica not attached after the sync: %v %+v %v (want %+v)", ok, got, err, target)
 	}
 	t.Logf("initial sync: %d bytes", last)
 	for i := 0; i < 5; i++ {

@@ -231,6 +231,9 @@ func SetPeer(ctx context.Context, recs Records, vm string, peer string, now time
 		if cur == nil || cur.Peer == peer || cur.Primary == peer {
 			return nil, nil
 		}
+		if cur.Override != nil {
+			return nil, fmt.Errorf("vm %s: an operator override to start from %s is pending", vm, cur.Peer)
+		}
 		next := cur.Clone()
 		next.Peer = peer
 		for _, d := range next.Disks {
