@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,7 +149,8 @@ func (m *Manager) reconcile(ctx context.Context) {
 			for _, d := range disks {
 				serving[name+"/"+d.spec.Name] = true
 				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				if err := m.cfg.Datastore.Server().Serve(sctx, ref, d.spec.Name, int64(d.spec.Size), rs.Generation); err != nil {
+				oldClient, _ := m.cfg.Datastore.PeerIP(sctx, rs.Primary)
+				if err := m.cfg.Datastore.Server().Serve(sctx, ref, d.spec.Name, int64(d.spec.Size), rs.Generation, oldClient); err != nil {
 					m.log.Warn("replication: cannot serve replica", "vm", name, "disk", d.spec.Name, "err", err)
 				}
 				cancel()
@@ -355,23 +355,12 @@ func (p *primary) probe(ctx context.Context) {
 		p.mu.Unlock()
 		if !already {
 			p.log.Warn("replication: peer unreachable; aborting the connections to it", "peer", ip, "attempts", fails)
-			if err := abortConnections(ctx, ip, port); err != nil {
+			if err := replicated.AbortConnections(ctx, "dport = :"+strconv.Itoa(port), ip); err != nil {
 				p.log.Warn("replication: cannot abort connections to the peer", "peer", ip, "err", err)
 			}
 			p.nudge()
 		}
 	}
-}
-
-// abortConnections destroys this network namespace's TCP connections to
-// ip:port (SOCK_DESTROY, as `ss -K` does): their pending requests fail at
-// once instead of after TCP's retransmission timeout.
-func abortConnections(ctx context.Context, ip string, port int) error {
-	out, err := exec.CommandContext(ctx, "ss", "-K", "-t", "dst", ip, "dport", "=", strconv.Itoa(port)).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ss -K: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
 }
 
 func (p *primary) event(ctx context.Context, typ, msg string) {

@@ -143,7 +143,20 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	}
 	path := CopyPath(s.dir, vm.Name, d.Name)
 	cfg := driver.DiskConfig{Name: d.Name, Path: path, Format: "raw", DirectIO: true, Replicated: true}
-	if err := s.server.Claim(ctx, vm.Name, d.Name, int64(gen)); err != nil {
+	rs, err := s.recs.GetReplicaSet(ctx, vm.Name)
+	if err != nil {
+		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
+		return cfg, fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation)
+	}
+	// After a promotion the record's peer is the old primary: the client
+	// this copy's export may still be serving.
+	oldClient := ""
+	if rs.Peer != "" {
+		oldClient, _ = s.peers(ctx, rs.Peer)
+	}
+	if err := s.server.Claim(ctx, vm.Name, d.Name, int64(gen), oldClient); err != nil {
 		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
 	}
 	if err := ensureCopy(path, vm.UID, int64(d.Size)); err != nil {
@@ -151,13 +164,6 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	}
 	if err := writeMark(path, vm.UID, int64(gen)); err != nil {
 		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
-	}
-	rs, err := s.recs.GetReplicaSet(ctx, vm.Name)
-	if err != nil {
-		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
-	}
-	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
-		return cfg, fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation)
 	}
 	rd := rs.Disks[d.Name]
 	if rs.Peer == "" || rd == nil || rd.State != preplication.UpToDate {

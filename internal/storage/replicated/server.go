@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vigilha/vigil/internal/atomicfile"
 	"github.com/vigilha/vigil/internal/qsd"
@@ -105,7 +107,13 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 // creating an empty copy of size bytes if there is none. An export of an
 // older generation is hard-deleted and drained first; a generation older
 // than one this copy served before is refused.
-func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64) error {
+//
+// oldClient is the storage address of the host the previous generation's
+// export may still be serving (the primary), or "": if that host died with
+// a request half-received, the export's drain waits for its TCP connection
+// to time out (minutes), so after a short wait its connections to this
+// server are aborted.
+func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key(vm.Name, disk)
@@ -120,7 +128,7 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 	if c, ok := s.claimed[k]; ok && gen <= c {
 		return fmt.Errorf("replica of %s/%s: this host runs the VM on its copy at generation %d", vm.Name, disk, c)
 	}
-	if err := s.unserveLocked(ctx, d, vm.Name, disk); err != nil {
+	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient); err != nil {
 		return err
 	}
 	path := CopyPath(s.dir, vm.Name, disk)
@@ -163,14 +171,14 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 // makes this host the peer again, the copy is not served. It starts the
 // daemon if none runs, which kills one a previous agent may have left
 // serving the copy.
-func (s *Server) Claim(ctx context.Context, vm, disk string, gen int64) error {
+func (s *Server) Claim(ctx context.Context, vm, disk string, gen int64, oldClient string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, err := s.daemon(ctx)
 	if err != nil {
 		return err
 	}
-	if err := s.unserveLocked(ctx, d, vm, disk); err != nil {
+	if err := s.unserveLocked(ctx, d, vm, disk, oldClient); err != nil {
 		return err
 	}
 	s.claimed[key(vm, disk)] = gen
@@ -187,12 +195,27 @@ func (s *Server) Unserve(ctx context.Context, vm, disk string) error {
 	if s.d == nil {
 		return nil // nothing served since this agent started, and no daemon of an earlier one survives (qsd.Start kills it)
 	}
-	return s.unserveLocked(ctx, s.d, vm, disk)
+	return s.unserveLocked(ctx, s.d, vm, disk, "")
 }
 
-func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk string) error {
+func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk, oldClient string) error {
 	node := nodeName(vm, disk)
-	if err := d.DeleteExports(ctx, []string{node}); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- d.DeleteExports(ctx, []string{node}) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(drainPatience):
+		if oldClient != "" {
+			_, port, _ := net.SplitHostPort(s.listen)
+			s.log.Warn("replica export still draining; aborting the old primary's connections", "vm", vm, "disk", disk, "client", oldClient)
+			if aerr := AbortConnections(ctx, "sport = :"+port, oldClient); aerr != nil {
+				s.log.Warn("cannot abort the old primary's connections", "err", aerr)
+			}
+		}
+		err = <-done
+	}
+	if err != nil {
 		return fmt.Errorf("replica of %s/%s: stop serving: %w", vm, disk, err)
 	}
 	open, err := nodeExists(ctx, d, node)
@@ -227,6 +250,23 @@ func (s *Server) Close() {
 		s.d.Stop()
 		s.d = nil
 	}
+}
+
+// drainPatience is how long an export's deletion may wait for the old
+// primary's last requests before its connections are aborted.
+const drainPatience = 2 * time.Second
+
+// AbortConnections destroys this network namespace's TCP connections that
+// match filter (an ss(8) filter on the local side, e.g. "dport = :7483")
+// and whose remote address is ip (SOCK_DESTROY, as `ss -K`): their pending
+// requests fail at once, not after TCP's retransmission timeout.
+func AbortConnections(ctx context.Context, filter, ip string) error {
+	args := append([]string{"-K", "-t", "dst", ip}, strings.Fields(filter)...)
+	out, err := exec.CommandContext(ctx, "ss", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ss %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 func nodeName(vm, disk string) string { return "rep-" + vm + "-" + disk }
