@@ -149,7 +149,7 @@ func (m *Manager) reconcile(ctx context.Context) {
 			for _, d := range disks {
 				serving[name+"/"+d.spec.Name] = true
 				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				oldClient, _ := m.cfg.Datastore.PeerIP(sctx, rs.Primary)
+				oldClient := func() string { ip, _ := m.cfg.Datastore.PeerIP(sctx, rs.Primary); return ip }
 				if err := m.cfg.Datastore.Server().Serve(sctx, ref, d.spec.Name, int64(d.spec.Size), rs.Generation, oldClient); err != nil {
 					m.log.Warn("replication: cannot serve replica", "vm", name, "disk", d.spec.Name, "err", err)
 				}
@@ -238,6 +238,7 @@ type primary struct {
 	syncing       map[int]bool
 	retryAt       map[int]time.Time
 	peerLost      bool
+	peerName      string
 	peerIP        string
 	wg            sync.WaitGroup // resyncs
 }
@@ -381,16 +382,23 @@ func (p *primary) step(ctx context.Context) {
 		cfg.Fence(ctx, p.vm.Name, p.gen, fmt.Sprintf("generation %d of the replicated disks was superseded (record: primary %s, generation %d)", p.gen, rs.Primary, rs.Generation))
 		return
 	}
-	peerIP := ""
-	if rs.Peer != "" {
-		if ip, err := cfg.Datastore.PeerIP(ctx, rs.Peer); err == nil {
-			peerIP = ip
+	// The peer's address is read from etcd only when the peer changes, not
+	// on every step.
+	p.mu.Lock()
+	known := p.peerName == rs.Peer && (rs.Peer == "" || p.peerIP != "")
+	p.mu.Unlock()
+	if !known {
+		peerIP := ""
+		if rs.Peer != "" {
+			if ip, err := cfg.Datastore.PeerIP(ctx, rs.Peer); err == nil {
+				peerIP = ip
+			}
 		}
+		p.mu.Lock()
+		p.peerName, p.peerIP, p.peerLost = rs.Peer, peerIP, false
+		p.mu.Unlock()
 	}
 	p.mu.Lock()
-	if p.peerIP != peerIP {
-		p.peerIP, p.peerLost = peerIP, false
-	}
 	peerLost := p.peerLost
 	p.mu.Unlock()
 
@@ -447,12 +455,12 @@ func (p *primary) step(ctx context.Context) {
 			p.localSaid[d.index] = true
 			p.mu.Unlock()
 			if !said {
-				p.event(ctx, EvLocalDiskError, fmt.Sprintf("the local copy of disk %s failed a request; the VM stays paused (its replica on %s is %s)", d.spec.Name, orNone(rs.Peer), stateOf(rs, d.spec.Name)))
+				p.event(ctx, EvLocalDiskError, fmt.Sprintf("the local copy of disk %s failed a request; the VM stays paused (its replica on %s is %s)", d.spec.Name, replicated.OrNone(rs.Peer), stateOf(rs, d.spec.Name)))
 			}
 		case preplication.Degrade:
 			why := reasonOf(view.ReplicaFailed, view.PeerLost)
 			if wrongPeer {
-				why = "the replica moved to " + orNone(rs.Peer)
+				why = "the replica moved to " + replicated.OrNone(rs.Peer)
 			}
 			if !p.degrade(ctx, d, rs, why) {
 				resume = false
@@ -512,13 +520,6 @@ func stateOf(rs *store.ReplicaSet, disk string) string {
 		return string(d.State)
 	}
 	return "unknown"
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
 }
 
 // degrade records the replica Outdated, then drops it. It reports whether

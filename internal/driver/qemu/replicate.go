@@ -335,14 +335,8 @@ func runResync(ctx context.Context, c *qmp.Client, job string, progress func(don
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		var jobs []struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-			Done   int64  `json:"current-progress"`
-			Total  int64  `json:"total-progress"`
-			Error  string `json:"error"`
-		}
-		if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-jobs", nil, &jobs) }); err != nil {
+		jobs, err := queryJobs(ctx, c)
+		if err != nil {
 			return err
 		}
 		found := false
@@ -388,14 +382,26 @@ func runResync(ctx context.Context, c *qmp.Client, job string, progress func(don
 	}
 }
 
+// jobInfo is an element of query-jobs.
+type jobInfo struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	Done   int64  `json:"current-progress"`
+	Total  int64  `json:"total-progress"`
+	Error  string `json:"error"`
+}
+
+func queryJobs(ctx context.Context, c *qmp.Client) ([]jobInfo, error) {
+	var jobs []jobInfo
+	err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-jobs", nil, &jobs) })
+	return jobs, err
+}
+
 // waitJobGone waits until no job named job exists (dismissing a concluded one).
 func waitJobGone(ctx context.Context, c *qmp.Client, job string) {
 	for {
-		var jobs []struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-		}
-		if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-jobs", nil, &jobs) }); err != nil {
+		jobs, err := queryJobs(ctx, c)
+		if err != nil {
 			return
 		}
 		found := false

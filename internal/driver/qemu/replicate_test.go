@@ -59,7 +59,7 @@ func TestReplicatedDiskWritePath(t *testing.T) {
 	serve := func(gen int64) (*replicated.Server, driver.NBDTarget) {
 		s := replicated.NewServer(peerDir, fmt.Sprintf("127.0.0.1:%d", port), "", log)
 		t.Cleanup(s.Close)
-		if err := s.Serve(ctx, ref, "ledger", 64<<20, gen, ""); err != nil {
+		if err := s.Serve(ctx, ref, "ledger", 64<<20, gen, nil); err != nil {
 			t.Fatal(err)
 		}
 		return s, driver.NBDTarget{Host: "127.0.0.1", Port: port, Export: replicated.ExportName("u1", "ledger", gen)}

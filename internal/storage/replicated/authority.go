@@ -139,7 +139,7 @@ func grantNext(cur *store.ReplicaSet, vm storage.VMRef, host string, disks []str
 		}
 		return next, nil
 	}
-	return nil, fmt.Errorf("vm %s: its replicated disks are on %s (primary) and %s (replica); it can start only there", vm.Name, cur.Primary, orNone(cur.Peer))
+	return nil, fmt.Errorf("vm %s: its replicated disks are on %s (primary) and %s (replica); it can start only there", vm.Name, cur.Primary, OrNone(cur.Peer))
 }
 
 // describe summarises why a record's replica is not UpToDate.
@@ -158,7 +158,8 @@ func describe(rs *store.ReplicaSet) string {
 	return "no disks"
 }
 
-func orNone(s string) string {
+// OrNone names an empty host "none", for messages.
+func OrNone(s string) string {
 	if s == "" {
 		return "none"
 	}

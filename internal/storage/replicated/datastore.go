@@ -152,9 +152,12 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	}
 	// After a promotion the record's peer is the old primary: the client
 	// this copy's export may still be serving.
-	oldClient := ""
-	if rs.Peer != "" {
-		oldClient, _ = s.peers(ctx, rs.Peer)
+	oldClient := func() string {
+		ip := ""
+		if rs.Peer != "" {
+			ip, _ = s.peers(ctx, rs.Peer)
+		}
+		return ip
 	}
 	if err := s.server.Claim(ctx, vm.Name, d.Name, int64(gen), oldClient); err != nil {
 		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)

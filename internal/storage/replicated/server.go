@@ -108,12 +108,13 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 // older generation is hard-deleted and drained first; a generation older
 // than one this copy served before is refused.
 //
-// oldClient is the storage address of the host the previous generation's
-// export may still be serving (the primary), or "": if that host died with
+// oldClient resolves the storage address of the host the previous
+// generation's export may still be serving (the primary), or ""; it is
+// called only if the drain stalls: if that host died with
 // a request half-received, the export's drain waits for its TCP connection
 // to time out (minutes), so after a short wait its connections to this
 // server are aborted.
-func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient string) error {
+func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient func() string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key(vm.Name, disk)
@@ -171,7 +172,7 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 // makes this host the peer again, the copy is not served. It starts the
 // daemon if none runs, which kills one a previous agent may have left
 // serving the copy.
-func (s *Server) Claim(ctx context.Context, vm, disk string, gen int64, oldClient string) error {
+func (s *Server) Claim(ctx context.Context, vm, disk string, gen int64, oldClient func() string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, err := s.daemon(ctx)
@@ -195,10 +196,10 @@ func (s *Server) Unserve(ctx context.Context, vm, disk string) error {
 	if s.d == nil {
 		return nil // nothing served since this agent started, and no daemon of an earlier one survives (qsd.Start kills it)
 	}
-	return s.unserveLocked(ctx, s.d, vm, disk, "")
+	return s.unserveLocked(ctx, s.d, vm, disk, nil)
 }
 
-func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk, oldClient string) error {
+func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk string, oldClient func() string) error {
 	node := nodeName(vm, disk)
 	done := make(chan error, 1)
 	go func() { done <- d.DeleteExports(ctx, []string{node}) }()
@@ -206,10 +207,10 @@ func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk, old
 	select {
 	case err = <-done:
 	case <-time.After(drainPatience):
-		if oldClient != "" {
+		if ip := resolve(oldClient); ip != "" {
 			_, port, _ := net.SplitHostPort(s.listen)
-			s.log.Warn("replica export still draining; aborting the old primary's connections", "vm", vm, "disk", disk, "client", oldClient)
-			if aerr := AbortConnections(ctx, "sport = :"+port, oldClient); aerr != nil {
+			s.log.Warn("replica export still draining; aborting the old primary's connections", "vm", vm, "disk", disk, "client", ip)
+			if aerr := AbortConnections(ctx, "sport = :"+port, ip); aerr != nil {
 				s.log.Warn("cannot abort the old primary's connections", "err", aerr)
 			}
 		}
@@ -250,6 +251,13 @@ func (s *Server) Close() {
 		s.d.Stop()
 		s.d = nil
 	}
+}
+
+func resolve(f func() string) string {
+	if f == nil {
+		return ""
+	}
+	return f()
 }
 
 // drainPatience is how long an export's deletion may wait for the old
