@@ -81,6 +81,11 @@ type Placement struct {
 	// the leader can move it while the host is alive (VM monitoring,
 	// storage loss, test failover).
 	Evict bool `json:"evict,omitempty"`
+	// Restart marks a placement made by HA to restart the VM, or an
+	// eviction to retry such a restart elsewhere. Lower priority classes
+	// wait for it to run: the mark lives in etcd, not in the leader's
+	// memory, so the wait holds across a change of leader.
+	Restart bool `json:"restart,omitempty"`
 }
 
 // Fence records that a host's access to a VM's disks was revoked at the

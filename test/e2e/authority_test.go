@@ -391,7 +391,7 @@ func TestUnstartableVM_LowerClassesGoOn(t *testing.T) {
 	before := placed()
 	time.Sleep(10 * time.Second)
 	if after := placed(); after != before {
-		t.Errorf("HA kept placing hi1 after its alarm: %d -> %d placements", before, after)
+		t.Errorf("HA kept placing hi1 after its alarm: %d -> %d placements:\n%s", before, after, testenv.Timeline(l.Events(t0)))
 	}
 	if got := check.QEMUProcs("hi1"); len(got) != 0 {
 		t.Errorf("hi1 has QEMUs %v, want none (it cannot start)", got)

@@ -64,15 +64,15 @@ func DefaultConfig() Config {
 
 // Controller is the HA controller.
 type Controller struct {
-	st       store.Writer
-	log      *slog.Logger
-	cfg      Config
-	arbiter  func(ds *store.Datastore) storage.Arbiter
-	now      func() time.Time
-	down     map[string]time.Time // host -> when its lease was first seen expired
-	said     map[string]string    // dedupe key -> last message, so each decision is one event
-	placedAt map[string]time.Time // vm -> when a restart was placed
-	readyAt  map[string]time.Time // vm -> when it was first ready to restart
+	st      store.Writer
+	log     *slog.Logger
+	cfg     Config
+	arbiter func(ds *store.Datastore) storage.Arbiter
+	now     func() time.Time
+	down    map[string]time.Time // host -> when its lease was first seen expired
+	said    map[string]string    // dedupe key -> last message, so each decision is one event
+	gaveUp  map[string]int64     // vm -> the epoch at which HA stopped retrying its start
+	readyAt map[string]time.Time // vm -> when it was first ready to restart
 	// startFailures counts a VM's failed starts in a row, per start
 	// request (a `vm start` begins a new count): UID -> request -> epochs
 	// that failed.
@@ -86,7 +86,7 @@ type Controller struct {
 // shared datastore.
 func New(st store.Writer, log *slog.Logger, cfg Config, arbiter func(*store.Datastore) storage.Arbiter) *Controller {
 	return &Controller{st: st, log: log, cfg: cfg, arbiter: arbiter, now: time.Now,
-		down: map[string]time.Time{}, said: map[string]string{}, placedAt: map[string]time.Time{}, readyAt: map[string]time.Time{},
+		down: map[string]time.Time{}, said: map[string]string{}, gaveUp: map[string]int64{}, readyAt: map[string]time.Time{},
 		startFailures: map[string]map[int64]map[int64]bool{}, lostSince: map[string]time.Time{}}
 }
 
@@ -214,6 +214,7 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 	current := st != nil && st.Host == pl.Host && st.Epoch == pl.Epoch
 	if current && st.State == store.StateRunning {
 		delete(c.startFailures, rec.UID()) // a start that worked ends a run of failed ones
+		delete(c.gaveUp, name)
 	}
 	downSince, hostDown := c.down[pl.Host]
 	_, registered := p.snap.Hosts[pl.Host]
@@ -249,24 +250,24 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 
 	case restartable && current && st.State == store.StateFailed && st.Reason == "start-failed":
 		if n := c.countStartFailure(v); n >= c.cfg.MaxStartFailures {
-			delete(c.placedAt, name) // lower priority classes stop waiting for it
+			c.gaveUp[name] = pl.Epoch // lower priority classes stop waiting for it
 			c.sayOnce(ctx, "vm:"+name, "start-failures", store.Event{Type: "alarm.start-failed", VM: name, Host: pl.Host,
 				Message: fmt.Sprintf("failed to start %d times in a row (last on %s: %s); HA stops moving it and lower-priority VMs go on; `vigil vm start %s` tries again", n, pl.Host, st.Message, name)})
 			return nil
 		}
-		return c.evict(ctx, v, "the VM failed to start on "+pl.Host)
+		return c.evict(ctx, v, "the VM failed to start on "+pl.Host, pl.Restart)
 
 	case restartable && c.storageLost(p, v):
 		c.emit(ctx, store.Event{Type: store.EvAlarmStorageLost, VM: name, Host: pl.Host,
 			Message: fmt.Sprintf("host %s lost its storage path; moving the VM", pl.Host)})
-		return c.evict(ctx, v, "storage lost on "+pl.Host)
+		return c.evict(ctx, v, "storage lost on "+pl.Host, false)
 
 	case restartable && strings.HasPrefix(p.snap.Requests[name], store.RequestTestFailover):
 		reason := "test failover"
 		if _, to, ok := strings.Cut(p.snap.Requests[name], ":"); ok && to != "" {
 			reason += " to " + to
 		}
-		if err := c.evict(ctx, v, reason); err != nil {
+		if err := c.evict(ctx, v, reason, false); err != nil {
 			return err
 		}
 		return c.st.DeleteRequest(ctx, name)
@@ -373,9 +374,9 @@ func (c *Controller) storageDown(ctx context.Context, snap *store.Snapshot) {
 }
 
 // evict asks the VM's (live) host to stop it, so it can move.
-func (c *Controller) evict(ctx context.Context, v *store.VMState, reason string) error {
+func (c *Controller) evict(ctx context.Context, v *store.VMState, reason string, restart bool) error {
 	pl := v.Placement
-	next := store.Placement{Host: pl.Host, Epoch: pl.Epoch + 1, Reason: reason, Time: c.now(), Evict: true}
+	next := store.Placement{Host: pl.Host, Epoch: pl.Epoch + 1, Reason: reason, Time: c.now(), Evict: true, Restart: restart}
 	if err := c.st.SetPlacement(ctx, v.Record.Name(), pl, v.PlacementRev, next); err != nil {
 		return err
 	}
@@ -555,7 +556,7 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 			c.sayOnce(ctx, "vm:"+name, "replica-blocked", store.Event{Type: EvReplicaBlocked, VM: name, Host: d.Host, Message: "not restarted: " + why})
 			continue
 		}
-		next := store.Placement{Host: d.Host, Epoch: v.Placement.Epoch + 1, Reason: "HA restart: " + p.why[name], Time: now}
+		next := store.Placement{Host: d.Host, Epoch: v.Placement.Epoch + 1, Reason: "HA restart: " + p.why[name], Time: now, Restart: true}
 		if err := c.st.SetPlacement(ctx, name, v.Placement, v.PlacementRev, next); err != nil {
 			errs = append(errs, err)
 			continue
@@ -567,7 +568,6 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 				hosts[i].VMs = append(hosts[i].VMs, name)
 			}
 		}
-		c.placedAt[name] = now
 		delete(c.readyAt, name)
 		c.said["vm:"+name] = ""
 		c.emit(ctx, store.Event{Type: store.EvRestartPlaced, VM: name, Host: d.Host,
@@ -580,19 +580,22 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 
 // busyClass returns the highest priority rank (lowest number) with a
 // restart placed less than ClassTimeout ago whose VM is not running yet,
-// or -1. Lower classes wait for it.
+// or -1. Lower classes wait for it. It reads the restarts from the store
+// (Placement.Restart), so a new leader keeps the order its predecessor
+// began; the placement's time is the old leader's clock, which only skews
+// the ClassTimeout by the hosts' clock difference.
 func (c *Controller) busyClass(snap *store.Snapshot, now time.Time) int {
 	busy := -1
-	for name, at := range c.placedAt {
-		v, ok := snap.VMs[name]
-		if !ok {
-			delete(c.placedAt, name) // deleted meanwhile
+	for name, v := range snap.VMs {
+		pl, st := v.Placement, v.Status
+		if !pl.Restart || v.Record == nil || v.Record.Power != store.PowerRunning || v.Record.Deleting {
 			continue
 		}
-		st := v.Status
-		running := st != nil && st.Host == v.Placement.Host && st.Epoch == v.Placement.Epoch && st.State == store.StateRunning
-		if running || now.Sub(at) > c.cfg.ClassTimeout {
-			delete(c.placedAt, name)
+		running := st != nil && st.Host == pl.Host && st.Epoch == pl.Epoch && st.State == store.StateRunning
+		if running || now.Sub(pl.Time) > c.cfg.ClassTimeout {
+			continue
+		}
+		if e, ok := c.gaveUp[name]; ok && e == pl.Epoch {
 			continue
 		}
 		if r := spec.PriorityRank(v.Record.VM.Spec.HA.Priority); busy < 0 || r < busy {

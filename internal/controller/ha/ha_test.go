@@ -10,33 +10,37 @@ import (
 	"github.com/vigilha/vigil/internal/store"
 )
 
-// TestBusyClass covers the priority gate, including a restarted VM that
-// was deleted meanwhile (once a nil dereference that crashed the leader).
+// TestBusyClass covers the priority gate: only a restart placed by HA,
+// not running yet and younger than ClassTimeout holds lower classes back,
+// and not once HA gave up on the VM's start.
 func TestBusyClass(t *testing.T) {
 	c := New(nil, slog.Default(), DefaultConfig(), nil)
 	now := time.Now()
-	vm := func(prio, state string) *store.VMState {
+	vm := func(prio, state string, placed time.Time, restart bool) *store.VMState {
 		return &store.VMState{
-			Record:    &store.VMRecord{VM: spec.VM{Spec: spec.VMSpec{HA: spec.HA{Enabled: true, Priority: prio}}}},
-			Placement: store.Placement{Host: "h2", Epoch: 2},
+			Record:    &store.VMRecord{VM: spec.VM{Spec: spec.VMSpec{HA: spec.HA{Enabled: true, Priority: prio}}}, Power: store.PowerRunning},
+			Placement: store.Placement{Host: "h2", Epoch: 2, Time: placed, Restart: restart},
 			Status:    &store.VMStatus{Host: "h2", Epoch: 2, State: state},
 		}
 	}
 	snap := &store.Snapshot{VMs: map[string]*store.VMState{
-		"hi":  vm(spec.PriorityHigh, store.StateStarting),
-		"med": vm(spec.PriorityMedium, store.StateRunning),
+		"med":     vm(spec.PriorityMedium, store.StateStarting, now, true),
+		"running": vm(spec.PriorityHigh, store.StateRunning, now, true),
+		"old":     vm(spec.PriorityHigh, store.StateStarting, now.Add(-time.Hour), true),
+		"user":    vm(spec.PriorityHigh, store.StateStarting, now, false),
 	}}
-	c.placedAt = map[string]time.Time{"hi": now, "med": now, "gone": now, "old": now.Add(-time.Hour)}
-	snap.VMs["old"] = vm(spec.PriorityHigh, store.StateStarting)
+	if got := c.busyClass(snap, now); got != spec.PriorityRank(spec.PriorityMedium) {
+		t.Errorf("busyClass = %d, want the medium class (only med is an HA restart in flight)", got)
+	}
+	snap.VMs["hi"] = vm(spec.PriorityHigh, store.StateFailed, now, true)
 	if got := c.busyClass(snap, now); got != spec.PriorityRank(spec.PriorityHigh) {
-		t.Errorf("busyClass = %d, want the high class (hi is placed, not yet running)", got)
+		t.Errorf("busyClass = %d, want the high class (hi failed once; HA retries it)", got)
 	}
-	for _, gone := range []string{"gone", "med", "old"} {
-		if _, ok := c.placedAt[gone]; ok {
-			t.Errorf("%s should be forgotten (deleted, running, or past the class timeout)", gone)
-		}
+	c.gaveUp["hi"] = 2
+	if got := c.busyClass(snap, now); got != spec.PriorityRank(spec.PriorityMedium) {
+		t.Errorf("busyClass = %d, want the medium class once HA gave up on hi", got)
 	}
-	delete(c.placedAt, "hi")
+	delete(snap.VMs, "med")
 	if got := c.busyClass(snap, now); got != -1 {
 		t.Errorf("busyClass = %d with nothing in flight, want -1", got)
 	}

@@ -128,6 +128,13 @@ func (cl *cluster) running(vm string) { cl.report(vm, store.StateRunning, "") }
 
 // pass runs one reconcile over a fresh snapshot, as the manager does, and
 // fails the test on an error.
+// newLeader replaces the controller with a fresh one, as when another
+// server takes the leadership: everything it knows comes from the store.
+func (cl *cluster) newLeader() {
+	cl.c = New(cl.st, slog.New(slog.DiscardHandler), testConfig(), func(*store.Datastore) storage.Arbiter { return cl.arb })
+	cl.c.now = func() time.Time { return cl.now }
+}
+
 func (cl *cluster) pass() {
 	cl.t.Helper()
 	if err := cl.tryPass(); err != nil {

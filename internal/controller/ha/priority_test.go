@@ -147,3 +147,23 @@ func TestRestartAfterGivesUpAfterDependencyTimeout(t *testing.T) {
 	cl.pass()
 	cl.wantOn("app", "h2")
 }
+
+// The class gate survives a change of leader: a new leader, which placed
+// nothing itself, still holds the low class back while the high VM the
+// old leader restarted is not running yet (a CI run once saw the low VM
+// start half a second after the high one when the leadership moved).
+func TestClassGateSurvivesLeaderChange(t *testing.T) {
+	cl := newCluster(t, "h1", "h2")
+	cl.run(haVM("hi", spec.PriorityHigh), "h1")
+	cl.run(haVM("lo", spec.PriorityLow), "h1")
+	cl.failH1()
+	cl.wantOn("hi", "h2")
+	cl.newLeader()
+	cl.pass()
+	cl.advance(tGrace)
+	cl.pass()
+	cl.wantUnmoved("lo", "h1")
+	cl.running("hi")
+	cl.pass()
+	cl.wantOn("lo", "h2")
+}
