@@ -123,6 +123,14 @@ ip3=$(guest rep-guest1 ip); host3=$(guest rep-guest1 host); rhost=$(replica host
 watcher=$(for h in host1 host2 host3; do if [ "$h" != "$host3" ] && [ "$h" != "$rhost" ]; then echo "$h"; fi; done | head -1)
 for _ in $(seq 1 120); do "$V" lab exec "$watcher" -- curl -sf -m 1 "http://$ip3/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
 for i in 1 2 3; do "$V" lab exec "$watcher" -- curl -s -XPOST -d "payment $i" "http://$ip3/ledger"; echo; done
+say "crash the replica's host $rhost: rep-guest1 goes on alone (replica recorded Outdated first), then resyncs only what it missed"
+"$V" lab crash "$rhost"
+for _ in $(seq 1 120); do [ "$(replica state 2>/dev/null)" = Outdated ] && break; sleep 0.5; done
+for i in 4 5 6; do "$V" lab exec "$watcher" -- curl -s -XPOST -d "payment $i" "http://$ip3/ledger"; echo; done
+"$V" vm show rep-guest1 | grep '^Replica'
+"$V" lab heal "$rhost"
+for _ in $(seq 1 240); do [ "$(replica state 2>/dev/null)" = UpToDate ] && break; sleep 0.5; done
+"$V" vm show rep-guest1 | grep -e '^Replica' -e '^Last sync'
 say "crash rep-guest1's host $host3: HA restarts it on $rhost, from the replica etcd records UpToDate"
 start=$(date +%s%N)
 "$V" lab crash "$host3"

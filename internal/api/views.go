@@ -84,6 +84,10 @@ func disksIn(snap *store.Snapshot, v *store.VMState) []v1.Disk {
 				r.Host, r.Primary, r.Generation = rs.Peer, rs.Primary, rs.Generation
 				if rd := rs.Disks[d.Name]; rd != nil {
 					r.State, r.Replication, r.SyncPercent, r.Since, r.Reason = string(rd.State), string(rd.Replication), rd.SyncPercent, rd.Since, rd.Reason
+					if ls := rd.LastSync; ls != nil {
+						r.LastSync = &v1.ReplicaSync{Incremental: ls.Incremental, Fallback: ls.Fallback, Bytes: ls.Bytes, Rounds: ls.Rounds,
+							Seconds: ls.Duration.Seconds(), PauseMillis: ls.Pause.Milliseconds(), At: ls.At}
+					}
 				}
 				if rs.Peer == "" {
 					r.Reason = "no replica host chosen yet"

@@ -199,16 +199,17 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	defrag.Flags().IntVar(&defragMiB, "mib", 64, "history to write and compact away before each defragmentation, in MiB")
 	defrag.Flags().IntVar(&defragRuns, "runs", 3, "number of defragmentations")
 	var repOps, repSeq int
+	var repOutage time.Duration
 	replication := &cobra.Command{
 		Use:   "replication",
-		Short: "Guest disk latency and throughput on a local vs a replicated disk, the initial sync, and a crash of the replicated VM's primary",
+		Short: "Guest disk latency and throughput on a local vs a replicated disk, the initial sync, the resync after an outage of the replica's host, and a crash of the replicated VM's primary",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := o.open(g, cmd)
 			if err != nil {
 				return err
 			}
-			r, err := l.BenchReplication(cmd.Context(), repOps, repSeq, g.out)
+			r, err := l.BenchReplication(cmd.Context(), repOps, repSeq, repOutage, g.out)
 			if err != nil {
 				return err
 			}
@@ -226,6 +227,7 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	}
 	replication.Flags().IntVar(&repOps, "ops", 2000, "synchronous 4 KiB writes per disk")
 	replication.Flags().IntVar(&repSeq, "seq-mib", 128, "MiB written sequentially per disk")
+	replication.Flags().DurationVar(&repOutage, "outage", time.Minute, "how long the replica's host stays down while the guest writes, before the resync is measured (0: skip)")
 	cmd.AddCommand(failover, agentRestart, soak, benchMigrate, blips, defrag, replication)
 	return cmd
 }

@@ -203,6 +203,13 @@ func printVM(g *globals, v *v1.VM) {
 			desc += " (" + r.Reason + ")"
 		}
 		row("Replica of "+d.Name, desc)
+		if ls := r.LastSync; ls != nil {
+			how := "full"
+			if ls.Incremental {
+				how = fmt.Sprintf("incremental (%d rounds, VM paused %d ms)", ls.Rounds, ls.PauseMillis)
+			}
+			row("Last sync", fmt.Sprintf("%s, %s copied in %.1fs at %s", how, mib(ls.Bytes), ls.Seconds, ls.At.Local().Format("15:04:05")))
+		}
 		if r.Blocked != "" {
 			row("HA blocked", r.Blocked)
 		}

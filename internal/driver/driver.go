@@ -191,12 +191,16 @@ type Replicator interface {
 	// write completes once the local copy has it. The caller records the
 	// replica Outdated first.
 	DropReplica(ctx context.Context, name string, disk int) error
-	// AttachReplica syncs the whole disk to target (capped at speed
-	// bytes/s, 0: unlimited), mirroring every guest write to it
-	// synchronously meanwhile, and then makes it the disk's replica again
-	// in one step: from then on a write completes only once both copies
-	// have it. progress gets the bytes done and the total.
-	AttachReplica(ctx context.Context, name string, disk int, target NBDTarget, speed int64, progress func(done, total int64)) error
+	// AttachReplica syncs target with the disk and then makes it the
+	// disk's replica again: from then on a write completes only once both
+	// copies have it. A full sync copies the whole disk, mirroring every
+	// guest write to target synchronously meanwhile, and attaches in one
+	// drained step. An incremental one (SyncOptions.Incremental) copies
+	// what the disk wrote since DropReplica, in rounds while the guest
+	// runs, and attaches after a last round with the VM paused; it falls
+	// back to a full sync when no record of those writes exists or the
+	// guest writes faster than the rounds copy.
+	AttachReplica(ctx context.Context, name string, disk int, target NBDTarget, opts SyncOptions) (SyncResult, error)
 	// ReplicaAttached reports whether disk's writes go to a replica, and
 	// to which export.
 	ReplicaAttached(ctx context.Context, name string, disk int) (bool, NBDTarget, error)
@@ -206,6 +210,34 @@ type Replicator interface {
 	// ResumeAfterIOError resumes the VM if a failed write paused it, and
 	// reports whether it did.
 	ResumeAfterIOError(ctx context.Context, name string) (bool, error)
+}
+
+// SyncOptions tune AttachReplica.
+type SyncOptions struct {
+	// Speed caps the sync, in bytes/s (0: unlimited).
+	Speed int64
+	// Incremental asks for a sync of only the writes since DropReplica.
+	// The caller asks only when target is the very copy that was dropped,
+	// unchanged since: the record of writes says what that copy lacks and
+	// nothing about any other.
+	Incremental bool
+	// Progress gets the bytes done and the total of the running pass.
+	Progress func(done, total int64)
+}
+
+// SyncResult says what AttachReplica did.
+type SyncResult struct {
+	// Incremental: only the writes since the drop were copied.
+	Incremental bool
+	// Fallback says why an incremental sync that was asked for was full.
+	Fallback string
+	// Bytes is what was copied, over all rounds.
+	Bytes int64
+	// Rounds is the number of copy passes (1 for a full sync).
+	Rounds int
+	// Pause is how long the VM was paused for the last round and the
+	// attach (incremental syncs only).
+	Pause time.Duration
 }
 
 // ReplicaEvent is a failed request on one copy of a replicated disk.

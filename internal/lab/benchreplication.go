@@ -27,6 +27,15 @@ type ReplicationBench struct {
 	Failover time.Duration
 	// NewHost is where it answered; ReplicaHost where the replica was.
 	NewHost, ReplicaHost string
+	// Outage is how long the replica's host was down while the guest
+	// wrote OutageWritten bytes (4 KiB O_DSYNC writes and 1 MiB sequential
+	// ones over a 4 MiB working set of its scratch disk); ResyncWait is
+	// from the host's return to every disk UpToDate again, and Resyncs
+	// what each disk's resync did.
+	Outage        time.Duration
+	OutageWritten int64
+	ResyncWait    time.Duration
+	Resyncs       map[string]v1.ReplicaSync
 }
 
 // benchSpec is a guest with the ledger on the shared datastore and a
@@ -45,7 +54,7 @@ func benchSpec(name, ds string, size spec.Size) *spec.VM {
 // BenchReplication measures the replicated datastore against a local disk:
 // the guest's 4 KiB O_DSYNC write latency and sequential throughput on
 // each, the initial full sync, and a crash of the replicated VM's primary.
-func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, out io.Writer) (ReplicationBench, error) {
+func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, outage time.Duration, out io.Writer) (ReplicationBench, error) {
 	var r ReplicationBench
 	c, err := l.Client()
 	if err != nil {
@@ -102,6 +111,11 @@ func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, out io.Writ
 			r.ReplicaHost = d.Replica.Host
 		}
 	}
+	if outage > 0 {
+		if err := l.benchResync(ctx, c, v, r.ReplicaHost, outage, &r, out); err != nil {
+			return r, err
+		}
+	}
 	primary := v.Host
 	t0 := time.Now()
 	if err := l.Crash(ctx, primary); err != nil {
@@ -117,6 +131,79 @@ func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, out io.Writ
 		return r, err
 	}
 	return r, nil
+}
+
+// benchResync crashes the replica's host, has the guest write for outage,
+// brings the host back and measures the resync.
+func (l *Lab) benchResync(ctx context.Context, c *client.Client, v *v1.VM, peer string, outage time.Duration, r *ReplicationBench, out io.Writer) error {
+	client := ""
+	for _, h := range l.st.Hosts {
+		if h != v.Host && h != peer {
+			client = h
+		}
+	}
+	g, err := l.Guests(client, time.Minute)
+	if err != nil {
+		return err
+	}
+	if err := l.Crash(ctx, peer); err != nil {
+		return err
+	}
+	if err := waitReplicaState(ctx, c, v.Name, "Outdated", time.Minute); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	for time.Since(t0) < outage {
+		if _, err := g.DiskBench(ctx, v.IP, 250, 4); err != nil {
+			return fmt.Errorf("writes during the outage: %w", err)
+		}
+		r.OutageWritten += 250*4096 + 4<<20
+	}
+	r.Outage = time.Since(t0)
+	t1 := time.Now()
+	if err := l.Heal(ctx, peer); err != nil {
+		return err
+	}
+	if err := waitReplica(ctx, c, v.Name, 5*time.Minute); err != nil {
+		return err
+	}
+	r.ResyncWait = time.Since(t1)
+	nv, err := c.GetVM(ctx, v.Name)
+	if err != nil {
+		return err
+	}
+	r.Resyncs = map[string]v1.ReplicaSync{}
+	for _, d := range nv.Disks {
+		if d.Replica == nil || d.Replica.LastSync == nil {
+			continue
+		}
+		ls := *d.Replica.LastSync
+		r.Resyncs[d.Name] = ls
+		how := "full (" + ls.Fallback + ")"
+		if ls.Incremental {
+			how = fmt.Sprintf("incremental, %d rounds, VM paused %d ms", ls.Rounds, ls.PauseMillis)
+		}
+		fmt.Fprintf(out, "resync of %s after %s down (%.1f MiB written meanwhile): %s, %.2f MiB copied in %.2fs\n",
+			d.Name, r.Outage.Round(time.Second), float64(r.OutageWritten)/(1<<20), how, float64(ls.Bytes)/(1<<20), ls.Seconds)
+	}
+	fmt.Fprintf(out, "replica host %s back -> every disk UpToDate after %s\n", peer, r.ResyncWait.Round(time.Millisecond))
+	return nil
+}
+
+// waitReplicaState waits until some replicated disk of vm is in state.
+func waitReplicaState(ctx context.Context, c *client.Client, vm, state string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if v, err := c.GetVM(ctx, vm); err == nil {
+			for _, d := range v.Disks {
+				if d.Replica != nil && d.Replica.State == state {
+					return nil
+				}
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: no replica %s after %s", vm, state, limit)
 }
 
 // waitReplica waits until every replicated disk of vm is UpToDate.

@@ -52,6 +52,28 @@ type ReplicaDisk struct {
 	Since time.Time `json:"since"`
 	// Reason says why the state is what it is.
 	Reason string `json:"reason,omitempty"`
+	// Copy is the identity of the copy the peer serves
+	// (replicated.CopyIdentity), published by the peer before it serves
+	// it: the primary syncs incrementally only to the copy it last synced.
+	Copy string `json:"copy,omitempty"`
+	// LastSync is what the last completed sync did.
+	LastSync *ReplicaSync `json:"lastSync,omitempty"`
+}
+
+// ReplicaSync describes a completed sync of a replica.
+type ReplicaSync struct {
+	// Incremental: only the writes since the replica was dropped were
+	// copied; Fallback says why a sync was full when an incremental one
+	// was tried.
+	Incremental bool   `json:"incremental"`
+	Fallback    string `json:"fallback,omitempty"`
+	// Bytes copied, in Rounds passes, over Duration; the VM was paused
+	// for Pause (the last round of an incremental sync).
+	Bytes    int64         `json:"bytes"`
+	Rounds   int           `json:"rounds"`
+	Duration time.Duration `json:"duration"`
+	Pause    time.Duration `json:"pause,omitempty"`
+	At       time.Time     `json:"at"`
 }
 
 // ReplicaOverride is an operator's override of the promotion rule.
@@ -79,6 +101,10 @@ func (r *ReplicaSet) Clone() *ReplicaSet {
 	out.Disks = make(map[string]*ReplicaDisk, len(r.Disks))
 	for k, d := range r.Disks {
 		c := *d
+		if d.LastSync != nil {
+			ls := *d.LastSync
+			c.LastSync = &ls
+		}
 		out.Disks[k] = &c
 	}
 	if r.Override != nil {

@@ -56,6 +56,43 @@ func repGuest(t *testing.T, l *testenv.Lab, name string) (v1.VM, *guestclient.Cl
 	return v, g
 }
 
+// wantIncremental checks that the replica's last sync copied only about
+// what the guest wrote while the replica was away: incremental, and at
+// most the ledger records acknowledged since from (4 KiB each) plus, per
+// copy round, one 64 KiB bitmap cluster more (an append can re-dirty the
+// cluster a round just copied) and two for the rounding at either end.
+// A full sync would copy the whole 64 MiB disk.
+func wantIncremental(t *testing.T, v v1.VM, acks []check.Ack, from time.Time) {
+	t.Helper()
+	r := replicaOf(v)
+	ls := r.LastSync
+	if ls == nil {
+		t.Fatalf("no last sync recorded for the replica: %+v", r)
+	}
+	n := 0
+	for _, a := range acks {
+		if a.At.After(from) && !a.At.After(ls.At) {
+			n++
+		}
+	}
+	limit := int64(n)*4096 + int64(ls.Rounds+2)*(64<<10)
+	t.Logf("resync: incremental %v, %d KiB copied in %d rounds (VM paused %d ms), %.2fs; %d appends acknowledged meanwhile (limit %d KiB)%s",
+		ls.Incremental, ls.Bytes>>10, ls.Rounds, ls.PauseMillis, ls.Seconds, n, limit>>10, fallback(ls.Fallback))
+	if !ls.Incremental {
+		t.Fatalf("the resync after a short outage was full: %s", ls.Fallback)
+	}
+	if ls.Bytes <= 0 || ls.Bytes > limit {
+		t.Fatalf("the incremental resync copied %d bytes, want between 1 and %d (what %d appends wrote, with the bitmap's rounding)", ls.Bytes, limit, n)
+	}
+}
+
+func fallback(why string) string {
+	if why == "" {
+		return ""
+	}
+	return " (fallback: " + why + ")"
+}
+
 // maxGap is the longest time between two acknowledged appends after from.
 func maxGap(acks []check.Ack, from time.Time) time.Duration {
 	var gap time.Duration
@@ -109,8 +146,9 @@ func TestReplicated_ReplicaLossResyncThenPrimaryCrash(t *testing.T) {
 	if err := l.Heal(ctx, peer); err != nil {
 		t.Fatal(err)
 	}
-	l.WaitVM("rep1", 3*time.Minute, "with its replica UpToDate again", replicaState("UpToDate", "Established"))
+	synced := l.WaitVM("rep1", 3*time.Minute, "with its replica UpToDate again", replicaState("UpToDate", "Established"))
 	t.Logf("replica resynced %s after %s came back", time.Since(t1).Round(time.Millisecond), peer)
+	wantIncremental(t, synced, w.Acks(), t0)
 
 	// The storage network between the two is cut while both still reach
 	// etcd: only the primary goes on (after recording the replica
@@ -131,7 +169,8 @@ func TestReplicated_ReplicaLossResyncThenPrimaryCrash(t *testing.T) {
 	if err := l.Heal(ctx, peer); err != nil {
 		t.Fatal(err)
 	}
-	l.WaitVM("rep1", 3*time.Minute, "with its replica UpToDate after the link came back", replicaState("UpToDate", "Established"))
+	synced = l.WaitVM("rep1", 3*time.Minute, "with its replica UpToDate after the link came back", replicaState("UpToDate", "Established"))
+	wantIncremental(t, synced, w.Acks(), tc)
 	t.Logf("replication link cut: recorded Outdated, the primary went on (longest pause %s), UpToDate again %s after the cut began",
 		maxGap(w.Acks(), tc).Round(time.Millisecond), time.Since(tc).Round(time.Millisecond))
 

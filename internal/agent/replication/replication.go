@@ -150,7 +150,13 @@ func (m *Manager) reconcile(ctx context.Context) {
 				serving[name+"/"+d.spec.Name] = true
 				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				oldClient := func() string { ip, _ := m.cfg.Datastore.PeerIP(sctx, rs.Primary); return ip }
-				if err := m.cfg.Datastore.Server().Serve(sctx, ref, d.spec.Name, int64(d.spec.Size), rs.Generation, oldClient); err != nil {
+				publish := func(identity string) error {
+					if rd := rs.Disks[d.spec.Name]; rd != nil && rd.Copy == identity {
+						return nil
+					}
+					return replicated.PublishCopy(sctx, m.cfg.Datastore.Records(), name, m.cfg.Host, rs.Generation, d.spec.Name, identity)
+				}
+				if err := m.cfg.Datastore.Server().Serve(sctx, ref, d.spec.Name, int64(d.spec.Size), rs.Generation, oldClient, publish); err != nil {
 					m.log.Warn("replication: cannot serve replica", "vm", name, "disk", d.spec.Name, "err", err)
 				}
 				cancel()
@@ -240,14 +246,22 @@ type primary struct {
 	peerLost      bool
 	peerName      string
 	peerIP        string
-	wg            sync.WaitGroup // resyncs
+	// synced maps a disk to the identity of the copy this VM's QEMU last
+	// synced and attached: while the peer serves that same copy, a resync
+	// copies only what QEMU recorded since the drop.
+	synced map[int]string
+	// incFailed counts a disk's incremental syncs that failed in a row:
+	// after maxIncrementalFailures the next one is full, in case what
+	// fails is the incremental way itself.
+	incFailed map[int]int
+	wg        sync.WaitGroup // resyncs
 }
 
 func (m *Manager) startPrimary(ctx context.Context, vm storage.VMRef, gen int64, disks []diskRef) *primary {
 	pctx, cancel := context.WithCancel(ctx)
 	p := &primary{m: m, vm: vm, gen: gen, disks: disks, log: m.log.With("vm", vm.Name, "generation", gen),
 		cancel: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1),
-		replicaFailed: map[int]bool{}, localFailed: map[int]bool{}, localSaid: map[int]bool{}, syncing: map[int]bool{}, retryAt: map[int]time.Time{}}
+		replicaFailed: map[int]bool{}, localFailed: map[int]bool{}, localSaid: map[int]bool{}, syncing: map[int]bool{}, retryAt: map[int]time.Time{}, synced: map[int]string{}, incFailed: map[int]int{}}
 	go p.run(pctx)
 	go p.probe(pctx)
 	return p
@@ -426,8 +440,11 @@ func (p *primary) step(ctx context.Context) {
 		// the record's state is about the new one.
 		wrongPeer := false
 		if attached {
+			// An address that cannot be read now (etcd electing a leader
+			// after a member's crash) says nothing about the peer: the
+			// check waits for the next step.
 			want, terr := cfg.Datastore.Target(ctx, rs.Peer, p.vm, d.spec.Name, p.gen)
-			wrongPeer = rs.Peer == "" || terr != nil || want != target
+			wrongPeer = rs.Peer == "" || (terr == nil && want != target)
 		}
 		ioFailed, err := cfg.Replicator.DiskIOFailed(ctx, p.vm.Name, d.index)
 		if err != nil {
@@ -553,7 +570,10 @@ func (p *primary) degrade(ctx context.Context, d diskRef, rs *store.ReplicaSet, 
 }
 
 // resync syncs the peer's copy and attaches it, recording Inconsistent and
-// SyncSource while it runs and UpToDate once attached.
+// SyncSource while it runs and UpToDate once attached. The sync is
+// incremental when the peer serves the very copy this QEMU last synced
+// (its identity, published by the peer before it serves, is unchanged);
+// otherwise it is full.
 func (p *primary) resync(ctx context.Context, d diskRef, rs *store.ReplicaSet) {
 	cfg := p.m.cfg
 	recs := cfg.Datastore.Records()
@@ -561,10 +581,25 @@ func (p *primary) resync(ctx context.Context, d diskRef, rs *store.ReplicaSet) {
 	if err == nil {
 		err = replicated.WaitExport(ctx, t, time.Second)
 	}
+	if err == nil {
+		// Read after the export answers: the identity is the served copy's.
+		rs, err = recs.GetReplicaSet(ctx, p.vm.Name)
+	}
 	if err != nil {
 		p.log.Debug("replication: peer does not serve the replica yet", "peer", rs.Peer, "err", err)
 		p.backoff(d.index, 2*time.Second)
 		return
+	}
+	identity := ""
+	if rd := rs.Disks[d.spec.Name]; rd != nil {
+		identity = rd.Copy
+	}
+	p.mu.Lock()
+	incremental := identity != "" && p.synced[d.index] == identity && p.incFailed[d.index] < maxIncrementalFailures
+	p.mu.Unlock()
+	kind := "full"
+	if incremental {
+		kind = "incremental"
 	}
 	set := func(tr replicated.Transition) error {
 		tr.Disk = d.spec.Name
@@ -574,44 +609,65 @@ func (p *primary) resync(ctx context.Context, d diskRef, rs *store.ReplicaSet) {
 		}
 		return err
 	}
-	if err := set(replicated.Transition{State: preplication.Inconsistent, Replication: preplication.SyncSource, Reason: "full sync to " + rs.Peer}); err != nil {
+	if err := set(replicated.Transition{State: preplication.Inconsistent, Replication: preplication.SyncSource, Reason: kind + " sync to " + rs.Peer}); err != nil {
 		p.backoff(d.index, 2*time.Second)
 		return
 	}
 	started := time.Now()
-	p.event(ctx, EvReplicaSyncing, fmt.Sprintf("syncing disk %s to %s (full, capped at %d MiB/s)", d.spec.Name, rs.Peer, cfg.SyncSpeed>>20))
+	p.event(ctx, EvReplicaSyncing, fmt.Sprintf("syncing disk %s to %s (%s, capped at %d MiB/s)", d.spec.Name, rs.Peer, kind, cfg.SyncSpeed>>20))
 	var lastPct float64
 	lastWrite := time.Now()
-	var bytes int64
 	progress := func(done, total int64) {
-		bytes = done
 		if total <= 0 || time.Since(lastWrite) < 2*time.Second {
 			return
 		}
 		pct := float64(int(1000*float64(done)/float64(total))) / 10
 		if pct != lastPct {
 			lastPct, lastWrite = pct, time.Now()
-			_ = set(replicated.Transition{State: preplication.Inconsistent, Replication: preplication.SyncSource, SyncPercent: pct, Reason: "full sync to " + rs.Peer})
+			_ = set(replicated.Transition{State: preplication.Inconsistent, Replication: preplication.SyncSource, SyncPercent: pct, Reason: kind + " sync to " + rs.Peer})
 		}
 	}
-	if err := cfg.Replicator.AttachReplica(ctx, p.vm.Name, d.index, t, cfg.SyncSpeed, progress); err != nil {
+	res, err := cfg.Replicator.AttachReplica(ctx, p.vm.Name, d.index, t, driver.SyncOptions{Speed: cfg.SyncSpeed, Incremental: incremental, Progress: progress})
+	if err != nil {
 		p.log.Warn("replication: sync failed", "disk", d.spec.Name, "peer", rs.Peer, "err", err)
 		_ = set(replicated.Transition{State: preplication.Outdated, Replication: preplication.Off, Reason: "sync to " + rs.Peer + " failed: " + err.Error()})
 		p.backoff(d.index, 5*time.Second)
+		if incremental {
+			p.mu.Lock()
+			p.incFailed[d.index]++
+			p.mu.Unlock()
+		}
 		return
 	}
-	if err := set(replicated.Transition{State: preplication.UpToDate, Replication: preplication.Established}); err != nil {
+	took := time.Since(started)
+	last := &store.ReplicaSync{Incremental: res.Incremental, Fallback: res.Fallback, Bytes: res.Bytes, Rounds: res.Rounds,
+		Duration: took, Pause: res.Pause, At: time.Now()}
+	if err := set(replicated.Transition{State: preplication.UpToDate, Replication: preplication.Established, LastSync: last}); err != nil {
 		p.log.Warn("replication: replica attached but not recorded UpToDate yet", "disk", d.spec.Name, "err", err)
 	}
 	p.mu.Lock()
 	p.peerLost = false
+	p.synced[d.index] = identity
+	delete(p.incFailed, d.index)
 	// Failures reported before the pivot were of the old replica (events
 	// of its last requests can arrive late): the new one starts clean. A
 	// real failure after the pivot pauses the VM, which is seen anyway.
 	delete(p.replicaFailed, d.index)
 	p.mu.Unlock()
-	p.event(ctx, EvReplicaSynced, fmt.Sprintf("disk %s UpToDate on %s: %d MiB copied in %d ms", d.spec.Name, rs.Peer, bytes>>20, time.Since(started).Milliseconds()))
+	how := fmt.Sprintf("full sync, %s copied", mib(res.Bytes))
+	if res.Incremental {
+		how = fmt.Sprintf("incremental sync, %s copied in %d rounds, VM paused %d ms for the last", mib(res.Bytes), res.Rounds, res.Pause.Milliseconds())
+	} else if res.Fallback != "" {
+		how += " (not incremental: " + res.Fallback + ")"
+	}
+	p.event(ctx, EvReplicaSynced, fmt.Sprintf("disk %s UpToDate on %s: %s, in %d ms", d.spec.Name, rs.Peer, how, took.Milliseconds()))
 }
+
+// maxIncrementalFailures is how many incremental syncs of a disk may fail
+// in a row before the next one is full.
+const maxIncrementalFailures = 3
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 func (p *primary) backoff(disk int, d time.Duration) {
 	p.mu.Lock()

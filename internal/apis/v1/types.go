@@ -90,6 +90,22 @@ type Replica struct {
 	Generation int64  `json:"generation"`
 	// Blocked says why HA does not restart the VM on the replica's host.
 	Blocked string `json:"blocked,omitempty"`
+	// LastSync is what the last completed sync did.
+	LastSync *ReplicaSync `json:"lastSync,omitempty"`
+}
+
+// ReplicaSync describes a replica's last completed sync: incremental (the
+// writes since the replica was lost) or full (Fallback says why, when an
+// incremental one was tried), what it copied and how long the VM was
+// paused for its last round.
+type ReplicaSync struct {
+	Incremental bool      `json:"incremental"`
+	Fallback    string    `json:"fallback,omitempty"`
+	Bytes       int64     `json:"bytes"`
+	Rounds      int       `json:"rounds"`
+	Seconds     float64   `json:"seconds"`
+	PauseMillis int64     `json:"pauseMillis"`
+	At          time.Time `json:"at"`
 }
 
 // NIC is a VM's interface with its resolved network identity.

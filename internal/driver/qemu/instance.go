@@ -92,6 +92,7 @@ func (in *instance) reattach(ctx context.Context) {
 	for {
 		if err = in.attach(actx); err == nil {
 			in.d.log.Info("vm reattached", "vm", in.name, "pid", in.proc.pid, "status", in.snapshot().QEMUStatus, "took", time.Since(start).Round(time.Millisecond))
+			in.resumeInterruptedResync(ctx)
 			in.d.emit(driver.EventReattached, in.snapshot())
 			return
 		}
@@ -301,4 +302,28 @@ func (in *instance) stop() {
 	if c != nil {
 		c.Close()
 	}
+}
+
+// resumeInterruptedResync resumes a VM that an earlier agent paused for the
+// last round of a replica resync and died before resuming (the marker it
+// left says so). The replica is not in the pair then (that step is what
+// the pause was for), so the VM goes on degraded, as before the resync.
+func (in *instance) resumeInterruptedResync(ctx context.Context) {
+	marker := in.paths.Dir + "/" + resyncPauseMarker
+	if _, err := os.Stat(marker); err != nil {
+		return
+	}
+	c, err := in.d.QMP(in.name)
+	if err != nil {
+		return
+	}
+	st, err := callT(ctx, c.QueryStatus)
+	if err == nil && st.Status == qmp.RunStatePaused {
+		if err := call(ctx, c.Cont); err != nil {
+			in.d.log.Error("cannot resume a VM paused by an interrupted resync", "vm", in.name, "err", err)
+			return
+		}
+		in.d.log.Warn("resumed a VM that an interrupted resync left paused", "vm", in.name)
+	}
+	_ = os.Remove(marker)
 }

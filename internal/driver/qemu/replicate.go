@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -216,7 +217,25 @@ func (d *Driver) DropReplica(ctx context.Context, name string, disk int) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := ch[shadowNode(disk)]; !ok {
+	_, replica := ch[replicaNode(disk)]
+	_, shadow := ch[shadowNode(disk)]
+	if replica && !shadow {
+		// The pair is whole: every write so far is on the replica. From
+		// here on a dirty bitmap records what the replica misses, before
+		// anything can miss it, so that a resync to this same copy copies
+		// only that. A bitmap left from an earlier drop is kept: it covers
+		// everything since then, a superset.
+		if _, ok, err := sinceDropCount(ctx, c, disk); err != nil {
+			return fmt.Errorf("drop replica of disk %d: %w", disk, err)
+		} else if !ok {
+			if err := call(ctx, func(ctx context.Context) error {
+				return c.Execute(ctx, "block-dirty-bitmap-add", map[string]any{"node": diskNode(disk), "name": sinceDrop(disk)}, nil)
+			}); err != nil {
+				return fmt.Errorf("drop replica of disk %d: start recording writes: %w", disk, err)
+			}
+		}
+	}
+	if !shadow {
 		// A resync's pivot leaves the node it replaced without a parent.
 		delNode(ctx, c, shadowNode(disk))
 		if err := call(ctx, func(ctx context.Context) error {
@@ -252,45 +271,297 @@ func delNode(ctx context.Context, c *qmp.Client, node string) {
 	})
 }
 
-// AttachReplica mirrors disk's quorum into target and, once the mirror is
-// in sync, completes it with `replaces` naming the local second child: in
-// one drained step, QEMU puts the replica in that child's place. During
-// the sync, copy-mode write-blocking writes every guest write to the
-// replica too before it completes; a replica failure only fails the job.
-func (d *Driver) AttachReplica(ctx context.Context, name string, disk int, target driver.NBDTarget, speed int64, progress func(done, total int64)) error {
+// AttachReplica makes target disk's replica again, after an incremental
+// sync when asked and possible, else after a full one.
+func (d *Driver) AttachReplica(ctx context.Context, name string, disk int, target driver.NBDTarget, opts driver.SyncOptions) (driver.SyncResult, error) {
+	var res driver.SyncResult
 	c, _, err := d.replicaClient(name, disk)
 	if err != nil {
-		return err
+		return res, err
 	}
 	ch, err := quorumChildren(ctx, c, disk)
 	if err != nil {
-		return err
+		return res, err
 	}
 	_, replica := ch[replicaNode(disk)]
 	_, shadow := ch[shadowNode(disk)]
 	switch {
 	case replica && !shadow:
-		return nil
+		return res, nil
 	case replica && shadow:
 		// A drop that did not finish: finish it, then sync.
 		if err := d.DropReplica(ctx, name, disk); err != nil {
-			return err
+			return res, err
 		}
 	case !shadow:
-		return fmt.Errorf("disk %d has neither a replica nor a local second child", disk)
+		return res, fmt.Errorf("disk %d has neither a replica nor a local second child", disk)
 	}
+	if opts.Incremental {
+		_, ok, err := sinceDropCount(ctx, c, disk)
+		switch {
+		case err != nil:
+			return res, fmt.Errorf("attach replica of disk %d: %w", disk, err)
+		case !ok:
+			res.Fallback = "no record of the writes since the replica was dropped (this QEMU never had the replica in its pair)"
+		default:
+			r, err := d.attachIncremental(ctx, c, name, disk, target, opts)
+			if err == nil || !errors.Is(err, errNotConverging) {
+				return r, err
+			}
+			res.Fallback, res.Bytes, res.Rounds = err.Error(), r.Bytes, r.Rounds
+		}
+	}
+	n, err := attachFull(ctx, c, disk, target, opts)
+	res.Bytes += n
+	res.Rounds++
+	if err != nil {
+		return res, err
+	}
+	// The replica holds everything now: the record of what it missed is
+	// void.
+	removeSinceDrop(ctx, c, disk)
+	return res, nil
+}
+
+// attachFull mirrors disk's quorum into target and, once the mirror is in
+// sync, completes it with `replaces` naming the local second child: in one
+// drained step, QEMU puts the replica in that child's place. During the
+// sync, copy-mode write-blocking writes every guest write to the replica
+// too before it completes; a replica failure only fails the job.
+func attachFull(ctx context.Context, c *qmp.Client, disk int, target driver.NBDTarget, opts driver.SyncOptions) (int64, error) {
 	job := resyncJob(disk)
-	cleanup := func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		_ = call(cctx, func(ctx context.Context) error {
-			return c.Execute(ctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
-		})
-		waitJobGone(cctx, c, job)
-		delNode(cctx, c, replicaNode(disk))
-	}
+	cleanup := func() { dropSyncTarget(ctx, c, disk) }
 	// Leftovers of an attempt that failed or that a previous agent left.
 	cleanup()
+	if err := openSyncTarget(ctx, c, disk, target); err != nil {
+		return 0, err
+	}
+	args := map[string]any{
+		"job-id": job, "device": diskNode(disk), "target": replicaNode(disk), "replaces": shadowNode(disk),
+		"sync": "full", "copy-mode": "write-blocking", "on-target-error": "report", "auto-dismiss": false,
+	}
+	if opts.Speed > 0 {
+		args["speed"] = opts.Speed
+	}
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "blockdev-mirror", args, nil) }); err != nil {
+		cleanup()
+		return 0, fmt.Errorf("attach replica of disk %d: %w", disk, err)
+	}
+	var copied int64
+	progress := func(done, total int64) {
+		copied = done
+		if opts.Progress != nil {
+			opts.Progress(done, total)
+		}
+	}
+	if err := runResync(ctx, c, job, progress); err != nil {
+		cleanup()
+		return copied, fmt.Errorf("attach replica of disk %d: %w", disk, err)
+	}
+	ch, err := quorumChildren(ctx, c, disk)
+	if err != nil {
+		return copied, err
+	}
+	if _, ok := ch[replicaNode(disk)]; !ok {
+		return copied, fmt.Errorf("attach replica of disk %d: the sync completed but the replica is not in the pair", disk)
+	}
+	// The local second child it replaced has no parent now: close it.
+	delNode(ctx, c, shadowNode(disk))
+	return copied, nil
+}
+
+// errNotConverging: the guest dirties the disk faster than the rounds of
+// an incremental sync copy it.
+var errNotConverging = errors.New("the guest writes faster than the incremental sync copies")
+
+// Incremental sync tuning: rounds copy while the guest runs until what is
+// left is at most lastRoundMax, which the last round copies with the VM
+// paused; after maxRounds with more than lastRoundLimit left, the sync is
+// full instead (its write-blocking mirror slows the guest's writes to the
+// replica's pace, so it always ends).
+const (
+	maxRounds      = 10
+	lastRoundMax   = 4 << 20
+	lastRoundLimit = 64 << 20
+)
+
+// attachIncremental copies what the since-drop bitmap records to target,
+// in rounds of blockdev-backup sync=bitmap (bitmap-mode on-success: each
+// round clears what it copied and keeps what the guest wrote meanwhile;
+// a failed round leaves the bitmap whole). The last round runs with the
+// VM paused, and then target joins the pair in the local second child's
+// place, before the VM goes on: no write can complete in between without
+// reaching both copies.
+func (d *Driver) attachIncremental(ctx context.Context, c *qmp.Client, name string, disk int, target driver.NBDTarget, opts driver.SyncOptions) (driver.SyncResult, error) {
+	res := driver.SyncResult{Incremental: true}
+	in, err := d.get(name)
+	if err != nil {
+		return res, err
+	}
+	dropSyncTarget(ctx, c, disk)
+	if err := openSyncTarget(ctx, c, disk, target); err != nil {
+		return res, err
+	}
+	fail := func(err error) (driver.SyncResult, error) {
+		dropSyncTarget(ctx, c, disk)
+		return res, err
+	}
+	left := int64(0)
+	for {
+		n, _, err := sinceDropCount(ctx, c, disk)
+		if err != nil {
+			return fail(err)
+		}
+		left = n
+		if left <= lastRoundMax || res.Rounds >= maxRounds {
+			break
+		}
+		copied, err := backupRound(ctx, c, disk, opts.Speed, 100*time.Millisecond, opts.Progress)
+		res.Bytes += copied
+		res.Rounds++
+		if err != nil {
+			return fail(fmt.Errorf("attach replica of disk %d: round %d: %w", disk, res.Rounds, err))
+		}
+	}
+	if left > lastRoundLimit {
+		return fail(fmt.Errorf("%w: %d MiB still to copy after %d rounds", errNotConverging, left>>20, res.Rounds))
+	}
+
+	// The last round, paused. The marker lets an agent that dies here
+	// resume the VM when it finds it again (reattach).
+	st, err := callT(ctx, c.QueryStatus)
+	if err != nil {
+		return fail(err)
+	}
+	marker := in.paths.Dir + "/" + resyncPauseMarker
+	if st.Running {
+		if err := os.WriteFile(marker, []byte("paused for the last round of a replica resync\n"), 0o640); err != nil {
+			return fail(fmt.Errorf("attach replica of disk %d: %w", disk, err))
+		}
+	}
+	paused := time.Now()
+	resume := func() {
+		if !st.Running {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := call(rctx, c.Cont); err != nil {
+			d.log.Error("replication: cannot resume the VM after the last resync round", "vm", name, "err", err)
+			return
+		}
+		_ = os.Remove(marker)
+	}
+	if st.Running {
+		if err := call(ctx, c.Stop); err != nil {
+			_ = os.Remove(marker)
+			return fail(fmt.Errorf("attach replica of disk %d: pause: %w", disk, err))
+		}
+	}
+	copied, err := backupRound(ctx, c, disk, 0, 2*time.Millisecond, opts.Progress)
+	res.Bytes += copied
+	res.Rounds++
+	if err == nil {
+		err = joinPair(ctx, c, disk)
+	}
+	if err != nil {
+		resume()
+		return fail(fmt.Errorf("attach replica of disk %d: last round: %w", disk, err))
+	}
+	removeSinceDrop(ctx, c, disk)
+	resume()
+	res.Pause = time.Since(paused)
+	return res, nil
+}
+
+// resyncPauseMarker, in a VM's runtime directory, says that an agent
+// paused the VM for the last round of a resync: an agent that finds it on
+// a paused VM resumes it.
+const resyncPauseMarker = "resync-paused"
+
+// joinPair puts the sync target in the local second child's place in
+// disk's quorum: add it as a child, then remove the second child.
+func joinPair(ctx context.Context, c *qmp.Client, disk int) error {
+	if err := call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "x-blockdev-change", map[string]any{"parent": diskNode(disk), "node": replicaNode(disk)}, nil)
+	}); err != nil {
+		return fmt.Errorf("add the replica to the pair: %w", err)
+	}
+	ch, err := quorumChildren(ctx, c, disk)
+	if err != nil {
+		return err
+	}
+	if link, ok := ch[shadowNode(disk)]; ok {
+		if err := call(ctx, func(ctx context.Context) error {
+			return c.Execute(ctx, "x-blockdev-change", map[string]any{"parent": diskNode(disk), "child": link}, nil)
+		}); err != nil {
+			return fmt.Errorf("remove the local second child: %w", err)
+		}
+	}
+	delNode(ctx, c, shadowNode(disk))
+	return nil
+}
+
+// backupRound copies what the since-drop bitmap records, as of the
+// round's start, to the sync target, and returns the bytes copied. It
+// polls the job every poll: finely for the round the VM waits paused for.
+func backupRound(ctx context.Context, c *qmp.Client, disk int, speed int64, poll time.Duration, progress func(done, total int64)) (int64, error) {
+	job := resyncJob(disk)
+	args := map[string]any{
+		"job-id": job, "device": diskNode(disk), "target": replicaNode(disk),
+		"sync": "bitmap", "bitmap": sinceDrop(disk), "bitmap-mode": "on-success",
+		"on-target-error": "report", "auto-dismiss": false,
+	}
+	if speed > 0 {
+		args["speed"] = speed
+	}
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "blockdev-backup", args, nil) }); err != nil {
+		return 0, err
+	}
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	for {
+		jobs, err := queryJobs(ctx, c)
+		if err != nil {
+			return 0, err
+		}
+		var j *jobInfo
+		for i := range jobs {
+			if jobs[i].ID == job {
+				j = &jobs[i]
+			}
+		}
+		if j == nil {
+			return 0, errors.New("the copy job vanished")
+		}
+		if progress != nil {
+			progress(j.Done, j.Total)
+		}
+		if j.Status == "concluded" {
+			_ = call(ctx, func(ctx context.Context) error {
+				return c.Execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
+			})
+			if j.Error != "" {
+				return j.Done, errors.New(j.Error)
+			}
+			return j.Done, nil
+		}
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			_ = call(cctx, func(ctx context.Context) error {
+				return c.Execute(ctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
+			})
+			waitJobGone(cctx, c, job)
+			cancel()
+			return j.Done, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// openSyncTarget opens target as disk's replica node, not yet in the pair.
+func openSyncTarget(ctx context.Context, c *qmp.Client, disk int, target driver.NBDTarget) error {
 	if err := call(ctx, func(ctx context.Context) error {
 		return c.Execute(ctx, "blockdev-add", map[string]any{
 			"driver": "nbd", "node-name": replicaNode(disk),
@@ -301,31 +572,59 @@ func (d *Driver) AttachReplica(ctx context.Context, name string, disk int, targe
 	}); err != nil {
 		return fmt.Errorf("attach replica of disk %d: open %s: %w", disk, target.Export, err)
 	}
-	args := map[string]any{
-		"job-id": job, "device": diskNode(disk), "target": replicaNode(disk), "replaces": shadowNode(disk),
-		"sync": "full", "copy-mode": "write-blocking", "on-target-error": "report", "auto-dismiss": false,
-	}
-	if speed > 0 {
-		args["speed"] = speed
-	}
-	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "blockdev-mirror", args, nil) }); err != nil {
-		cleanup()
-		return fmt.Errorf("attach replica of disk %d: %w", disk, err)
-	}
-	if err := runResync(ctx, c, job, progress); err != nil {
-		cleanup()
-		return fmt.Errorf("attach replica of disk %d: %w", disk, err)
-	}
-	ch, err = quorumChildren(ctx, c, disk)
-	if err != nil {
-		return err
-	}
-	if _, ok := ch[replicaNode(disk)]; !ok {
-		return fmt.Errorf("attach replica of disk %d: the sync completed but the replica is not in the pair", disk)
-	}
-	// The local second child it replaced has no parent now: close it.
-	delNode(ctx, c, shadowNode(disk))
 	return nil
+}
+
+// dropSyncTarget cancels a sync job of disk and closes its target node,
+// if either exists (an attempt that failed, or one a previous agent left).
+func dropSyncTarget(ctx context.Context, c *qmp.Client, disk int) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	job := resyncJob(disk)
+	_ = call(cctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
+	})
+	waitJobGone(cctx, c, job)
+	delNode(cctx, c, replicaNode(disk))
+}
+
+// sinceDrop names the dirty bitmap that records disk's writes since its
+// replica was dropped.
+func sinceDrop(disk int) string { return fmt.Sprintf("since-drop%d", disk) }
+
+// sinceDropCount returns how many bytes the since-drop bitmap marks, and
+// whether it exists.
+func sinceDropCount(ctx context.Context, c *qmp.Client, disk int) (int64, bool, error) {
+	var nodes []struct {
+		NodeName     string `json:"node-name"`
+		DirtyBitmaps []struct {
+			Name  string `json:"name"`
+			Count int64  `json:"count"`
+		} `json:"dirty-bitmaps"`
+	}
+	if err := call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
+	}); err != nil {
+		return 0, false, fmt.Errorf("block nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if n.NodeName != diskNode(disk) {
+			continue
+		}
+		for _, b := range n.DirtyBitmaps {
+			if b.Name == sinceDrop(disk) {
+				return b.Count, true, nil
+			}
+		}
+	}
+	return 0, false, nil
+}
+
+// removeSinceDrop deletes the since-drop bitmap, if any.
+func removeSinceDrop(ctx context.Context, c *qmp.Client, disk int) {
+	_ = call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": diskNode(disk), "name": sinceDrop(disk)}, nil)
+	})
 }
 
 // runResync follows the job until it is ready, completes it, and waits

@@ -135,7 +135,7 @@ func grantNext(cur *store.ReplicaSet, vm storage.VMRef, host string, disks []str
 			reason = "former primary, newer than the copy promoted by operator override; resynced in full from it"
 		}
 		for _, d := range next.Disks {
-			d.State, d.Replication, d.SyncPercent, d.Since, d.Reason = preplication.Outdated, preplication.Off, 0, now, reason
+			d.State, d.Replication, d.SyncPercent, d.Since, d.Reason, d.Copy = preplication.Outdated, preplication.Off, 0, now, reason, ""
 		}
 		return next, nil
 	}
@@ -174,6 +174,8 @@ type Transition struct {
 	Replication preplication.ReplState
 	SyncPercent float64
 	Reason      string
+	// LastSync, if set, records a completed sync.
+	LastSync *store.ReplicaSync
 }
 
 // Set applies t on behalf of host at generation gen. It fails with
@@ -200,12 +202,40 @@ func Set(ctx context.Context, recs Records, vm string, host string, gen int64, n
 				changed = true
 			}
 			d.State, d.Replication, d.SyncPercent, d.Reason = t.State, t.Replication, t.SyncPercent, t.Reason
+			if t.LastSync != nil {
+				ls := *t.LastSync
+				d.LastSync, changed = &ls, true
+			}
 		}
 		if !changed {
 			return nil, nil
 		}
 		return next, nil
 	})
+}
+
+// PublishCopy records, on behalf of peer, the identity of the copy of disk
+// it is about to serve at generation gen. It changes nothing unless peer
+// is the record's peer at that generation: a peer that is not (any more)
+// serves nobody the record points at.
+func PublishCopy(ctx context.Context, recs Records, vm, peer string, gen int64, disk, identity string) error {
+	_, err := update(ctx, recs, vm, func(cur *store.ReplicaSet) (*store.ReplicaSet, error) {
+		if cur == nil || cur.Peer != peer || cur.Generation != gen {
+			return nil, fmt.Errorf("vm %s: %s is not the peer at generation %d", vm, peer, gen)
+		}
+		if d := cur.Disks[disk]; d != nil && d.Copy == identity {
+			return nil, nil
+		}
+		next := cur.Clone()
+		d := next.Disks[disk]
+		if d == nil {
+			d = &store.ReplicaDisk{State: preplication.Outdated, Replication: preplication.Off, Reason: "new disk"}
+			next.Disks[disk] = d
+		}
+		d.Copy = identity
+		return next, nil
+	})
+	return err
 }
 
 // Revoke is the HA leader's fence: a new generation that nobody holds
@@ -238,7 +268,7 @@ func SetPeer(ctx context.Context, recs Records, vm string, peer string, now time
 		next := cur.Clone()
 		next.Peer = peer
 		for _, d := range next.Disks {
-			d.State, d.Replication, d.SyncPercent, d.Since, d.Reason = preplication.Outdated, preplication.Off, 0, now, "new peer "+peer+": not synced yet"
+			d.State, d.Replication, d.SyncPercent, d.Since, d.Reason, d.Copy = preplication.Outdated, preplication.Off, 0, now, "new peer "+peer+": not synced yet", ""
 		}
 		return next, nil
 	})

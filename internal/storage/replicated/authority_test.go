@@ -194,3 +194,56 @@ func TestRestartOnPrimaryDistrustsTheReplica(t *testing.T) {
 		t.Fatalf("promotion right after a restart on the primary: %v", err)
 	}
 }
+
+// TestCopyIdentity: only the record's peer, at the record's generation,
+// publishes the identity of the copy it serves; a new peer or a promotion
+// clears it, so that a primary never takes one copy's identity for
+// another's (which would make it resync only part of what is missing).
+func TestCopyIdentity(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h2", t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := PublishCopy(ctx, recs, vm1.Name, "h3", 1, "ledger", "x@b"); err == nil {
+		t.Fatal("a host that is not the peer published a copy identity")
+	}
+	if err := PublishCopy(ctx, recs, vm1.Name, "h2", 0, "ledger", "x@b"); err == nil {
+		t.Fatal("the peer published a copy identity for an old generation")
+	}
+	if err := PublishCopy(ctx, recs, vm1.Name, "h2", 1, "ledger", "a@b"); err != nil {
+		t.Fatal(err)
+	}
+	copyOf := func() string {
+		rs, err := recs.GetReplicaSet(ctx, vm1.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs.Disks["ledger"].Copy
+	}
+	if got := copyOf(); got != "a@b" {
+		t.Fatalf("copy identity %q, want a@b", got)
+	}
+	upToDate(t, recs, "h1", 1)
+	if got := copyOf(); got != "a@b" {
+		t.Fatalf("the primary's state change lost the copy identity: %q", got)
+	}
+	if _, err := Grant(ctx, recs, vm1, "h2", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if got := copyOf(); got != "" {
+		t.Fatalf("after promotion the new peer (the old primary) still has identity %q", got)
+	}
+	if err := PublishCopy(ctx, recs, vm1.Name, "h1", 2, "ledger", "c@b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h3", t0); err != nil {
+		t.Fatal(err)
+	}
+	if got := copyOf(); got != "" {
+		t.Fatalf("a new peer inherited the old peer's identity %q", got)
+	}
+}

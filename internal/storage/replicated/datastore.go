@@ -165,7 +165,9 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	if err := ensureCopy(path, vm.UID, int64(d.Size)); err != nil {
 		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
 	}
-	if err := writeMark(path, vm.UID, int64(gen)); err != nil {
+	// The VM runs on this copy now: whatever identity it had as a replica
+	// no longer says what it holds.
+	if err := writeMark(path, mark{UID: vm.UID, Gen: int64(gen), ID: newCopyID()}); err != nil {
 		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
 	}
 	rd := rs.Disks[d.Name]

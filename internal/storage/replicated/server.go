@@ -2,6 +2,8 @@ package replicated
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,10 +34,13 @@ type Server struct {
 	listen string
 	binary string
 	log    *slog.Logger
+	bootID string // this kernel's boot, part of every copy's identity
 
 	mu     sync.Mutex
 	d      *qsd.Daemon
 	served map[string]int64 // key(vm, disk) -> generation served
+	// identity maps key(vm, disk) -> the served copy's CopyIdentity.
+	identity map[string]string
 	// claimed maps key(vm, disk) -> the generation under which this host
 	// runs the VM on its copy: the copy is not served to anyone at that
 	// generation or an older one.
@@ -48,8 +53,19 @@ func NewServer(dir, listen, binary string, log *slog.Logger) *Server {
 	if binary == "" {
 		binary = "qemu-storage-daemon"
 	}
-	return &Server{dir: dir, listen: listen, binary: binary, log: log, served: map[string]int64{}, claimed: map[string]int64{}}
+	boot := "unknown-" + newCopyID() // unknown: every restart counts as a reboot
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		boot = strings.TrimSpace(string(b))
+	}
+	return &Server{dir: dir, listen: listen, binary: binary, log: log, bootID: boot, served: map[string]int64{}, identity: map[string]string{}, claimed: map[string]int64{}}
 }
+
+// CopyIdentity names a served copy as it is: the copy's own identity and
+// the boot of the kernel serving it. It changes when the copy is re-created
+// or run on, and when its host reboots (a crash may lose writes the copy
+// had acknowledged from its disk's volatile cache): a primary syncs
+// incrementally only to the identity it last synced.
+func CopyIdentity(id, bootID string) string { return id + "@" + bootID }
 
 // ExportName is the NBD export of one disk's replica for one generation.
 func ExportName(uid, disk string, gen int64) string {
@@ -114,7 +130,11 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 // a request half-received, the export's drain waits for its TCP connection
 // to time out (minutes), so after a short wait its connections to this
 // server are aborted.
-func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient func() string) error {
+//
+// publish, if not nil, gets the copy's identity (CopyIdentity) before the
+// export exists; Serve fails if it does: a primary that reads the
+// identity after the export answers reads this copy's.
+func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient func() string, publish func(identity string) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key(vm.Name, disk)
@@ -124,6 +144,13 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 		return err
 	}
 	if g, ok := s.served[k]; ok && g == gen {
+		if publish != nil && s.identity[k] != "" {
+			// Served already; a record that lost the identity (a peer
+			// change back and forth) gets it again.
+			if err := publish(s.identity[k]); err != nil {
+				return fmt.Errorf("replica of %s/%s: publish its identity: %w", vm.Name, disk, err)
+			}
+		}
 		return nil
 	}
 	if c, ok := s.claimed[k]; ok && gen <= c {
@@ -136,17 +163,26 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 	if err := ensureCopy(path, vm.UID, size); err != nil {
 		return fmt.Errorf("replica of %s/%s: %w", vm.Name, disk, err)
 	}
-	_, hwm, err := readMark(path)
+	m, err := readMark(path)
 	if err != nil {
 		return err
 	}
-	if gen < hwm {
-		return fmt.Errorf("replica of %s/%s: generation %d is older than %d, which this copy served already", vm.Name, disk, gen, hwm)
+	if gen < m.Gen {
+		return fmt.Errorf("replica of %s/%s: generation %d is older than %d, which this copy served already", vm.Name, disk, gen, m.Gen)
 	}
 	// Durable before the export exists: a restarted server never serves
 	// an older generation again.
-	if err := writeMark(path, vm.UID, gen); err != nil {
+	m.Gen = gen
+	if m.ID == "" {
+		m.ID = newCopyID() // a mark from before identities: unknown history
+	}
+	if err := writeMark(path, m); err != nil {
 		return fmt.Errorf("replica of %s/%s: %w", vm.Name, disk, err)
+	}
+	if publish != nil {
+		if err := publish(CopyIdentity(m.ID, s.bootID)); err != nil {
+			return fmt.Errorf("replica of %s/%s: publish its identity: %w", vm.Name, disk, err)
+		}
 	}
 	node := nodeName(vm.Name, disk)
 	if err := d.QMP.Execute(ctx, "blockdev-add", map[string]any{
@@ -163,6 +199,7 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 		return fmt.Errorf("replica of %s/%s: export: %w", vm.Name, disk, err)
 	}
 	s.served[k] = gen
+	s.identity[k] = CopyIdentity(m.ID, s.bootID)
 	s.log.Info("serving replica", "vm", vm.Name, "disk", disk, "generation", gen, "export", name)
 	return nil
 }
@@ -295,83 +332,110 @@ func nodeExists(ctx context.Context, d *qsd.Daemon, node string) (bool, error) {
 	return false, nil
 }
 
-// A copy's mark (DISK.raw.gen) names the VM (by UID) the copy belongs to
-// and the highest generation it served or ran under: a copy of a deleted
-// VM is never taken for a new VM of the same name, and a copy never
-// serves an older generation again.
-func readMark(path string) (uid string, gen int64, err error) {
+// A copy's mark (DISK.raw.gen) names the VM (by UID) the copy belongs to,
+// the highest generation it served or ran under, and the copy's identity:
+// a copy of a deleted VM is never taken for a new VM of the same name, a
+// copy never serves an older generation again, and a copy that was
+// re-created or written outside replication gets a new identity.
+type mark struct {
+	UID string
+	Gen int64
+	// ID is random, made when the copy is created and again whenever a
+	// host runs the VM on it (its writes then are not a replica's).
+	ID string
+}
+
+func readMark(path string) (mark, error) {
 	b, err := os.ReadFile(path + ".gen")
 	if errors.Is(err, os.ErrNotExist) {
-		return "", 0, nil
+		return mark{}, nil
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("replica mark of %s: %w", path, err)
+		return mark{}, fmt.Errorf("replica mark of %s: %w", path, err)
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return "", 0, fmt.Errorf("replica mark of %s: %q", path, b)
+	if len(f) != 2 && len(f) != 3 {
+		return mark{}, fmt.Errorf("replica mark of %s: %q", path, b)
 	}
 	g, err := strconv.ParseInt(f[1], 10, 64)
 	if err != nil {
-		return "", 0, fmt.Errorf("replica mark of %s: %w", path, err)
+		return mark{}, fmt.Errorf("replica mark of %s: %w", path, err)
 	}
-	return f[0], g, nil
+	m := mark{UID: f[0], Gen: g}
+	if len(f) == 3 {
+		m.ID = f[2]
+	}
+	return m, nil
 }
 
-func writeMark(path, uid string, gen int64) error {
-	return atomicfile.WriteSync(path+".gen", []byte(uid+" "+strconv.FormatInt(gen, 10)+"\n"), 0o640)
+func writeMark(path string, m mark) error {
+	if m.ID == "" {
+		m.ID = newCopyID()
+	}
+	return atomicfile.WriteSync(path+".gen", []byte(m.UID+" "+strconv.FormatInt(m.Gen, 10)+" "+m.ID+"\n"), 0o640)
+}
+
+// newCopyID is a fresh random copy identity.
+func newCopyID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // ensureCopy makes sure path is a copy of the VM with this UID: a copy
 // left by a deleted VM of the same name is removed first, then an empty
-// copy of size bytes is created if there is none.
+// copy of size bytes is created if there is none, with a new identity.
 func ensureCopy(path, uid string, size int64) error {
-	owner, _, err := readMark(path)
+	m, err := readMark(path)
 	if err != nil {
 		return err
 	}
-	if owner != "" && owner != uid {
+	if m.UID != "" && m.UID != uid {
 		for _, p := range []string{path, path + ".gen"} {
 			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("remove the copy of a deleted VM: %w", err)
 			}
 		}
 	}
-	if err := createRaw(path, size); err != nil {
+	created, err := createRaw(path, size)
+	if err != nil {
 		return err
 	}
-	if owner != uid {
-		return writeMark(path, uid, 0)
+	if m.UID != uid {
+		return writeMark(path, mark{UID: uid, ID: newCopyID()})
+	}
+	if created {
+		return writeMark(path, mark{UID: uid, Gen: m.Gen, ID: newCopyID()})
 	}
 	return nil
 }
 
 // createRaw makes an empty raw copy of size bytes if there is none (a
 // sparse file: a full sync writes only what the primary holds).
-func createRaw(path string, size int64) error {
+func createRaw(path string, size int64) (bool, error) {
 	if _, err := os.Stat(path); err == nil {
-		return nil
+		return false, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return err
+		return false, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return err
+		return false, err
 	}
 	tmp := path + ".creating"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := f.Truncate(size); err != nil {
 		f.Close()
-		return err
+		return false, err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return err
+		return false, err
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return false, err
 	}
-	return os.Rename(tmp, path)
+	return true, os.Rename(tmp, path)
 }
