@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -236,6 +237,37 @@ type request struct {
 // is discarded; QEMU may still have run the command. If the connection is
 // gone the error wraps ErrClosed.
 func (c *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	for attempt := 1; ; attempt++ {
+		err := c.execute(ctx, command, args, result)
+		var qe *Error
+		if attempt < 3 && errors.As(err, &qe) && malformedRequest(qe) {
+			// QEMU rejected the request as malformed before running it: a
+			// CI run once saw qemu-storage-daemon report "QMP input member
+			// 'xecute' is unexpected" for a well-formed request (a byte
+			// lost on its monitor). Nothing ran, so sending it again is
+			// safe.
+			continue
+		}
+		return err
+	}
+}
+
+// malformedRequest reports whether QEMU refused a request as malformed,
+// which it does before dispatching it (qmp_dispatch's checks of the
+// request object, and the JSON parser's errors).
+func malformedRequest(e *Error) bool {
+	if e.Class != "GenericError" {
+		return false
+	}
+	for _, p := range []string{"QMP input member", "QMP input lacks member", "JSON parse error", "Expecting "} {
+		if strings.HasPrefix(e.Desc, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Client) execute(ctx context.Context, command string, args any, result any) error {
 	req := request{Execute: command, ID: c.nextID.Add(1)}
 	if args != nil {
 		raw, err := json.Marshal(args)

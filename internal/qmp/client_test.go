@@ -945,3 +945,22 @@ func TestDialNoSocket(t *testing.T) {
 		t.Fatalf("Dial(%s) = %v, want an error naming the socket", sock, err)
 	}
 }
+
+// A request QEMU rejects as malformed (it never ran) is sent again; an
+// ordinary command error is not.
+func TestMalformedRequestIsSentAgain(t *testing.T) {
+	c, f := newTestPair(t)
+	done := make(chan error, 1)
+	go func() { done <- c.Execute(testCtx(t), "nbd-server-start", map[string]any{"addr": 1}, nil) }()
+	f.replyError(f.expect("nbd-server-start"), "GenericError", "QMP input member 'xecute' is unexpected")
+	f.reply(f.expect("nbd-server-start"), "{}")
+	if err := <-done; err != nil {
+		t.Fatalf("the resent request failed: %v", err)
+	}
+	go func() { done <- c.Execute(testCtx(t), "stop", nil, nil) }()
+	f.replyError(f.expect("stop"), "GenericError", "something real went wrong")
+	var qe *Error
+	if err := <-done; !errors.As(err, &qe) || qe.Desc != "something real went wrong" {
+		t.Fatalf("a command's own error: %v, want it returned as is", err)
+	}
+}
