@@ -464,7 +464,10 @@ func (a *Agent) serveHTTP(ctx context.Context) (*http.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	srv := &http.Server{Handler: console.Handler(a.cfg.Host, a.drv), ReadHeaderTimeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", a.metricsHandler())
+	mux.Handle("/", console.Handler(a.cfg.Host, a.drv))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {
 			a.log.Error("agent http server", "err", err)

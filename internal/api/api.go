@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vigilha/vigil/internal/httpjson"
@@ -442,7 +443,7 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 			Name: ph.Name, State: state, Alive: ph.Alive, Maintenance: ph.Maintenance,
 			Capacity: v1.Resources(ph.Capacity), Used: v1.Resources(ph.Used), VMs: vms, QEMU: h.Capabilities.QEMUVersion,
 			Accel: h.Capabilities.Accel, Datastores: h.Datastores, MgmtIP: h.MgmtIP, StartedAt: h.StartedAt,
-			Fencing: FencingOf(h, snap.Config),
+			Fencing: FencingOf(h, snap.Config), MetricsURL: metricsURL(h.AgentURL),
 		})
 	}
 	if name := r.PathValue("name"); name != "" {
@@ -456,6 +457,15 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpjson.WriteIndented(w, http.StatusOK, out)
+}
+
+// metricsURL is the agent endpoint's /metrics, when the endpoint is HTTP
+// (an agent on a unix socket is reachable only from its own host).
+func metricsURL(agentURL string) string {
+	if !strings.HasPrefix(agentURL, "http://") && !strings.HasPrefix(agentURL, "https://") {
+		return ""
+	}
+	return strings.TrimSuffix(agentURL, "/") + "/metrics"
 }
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {

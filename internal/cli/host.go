@@ -92,6 +92,9 @@ func newHostCmd(g *globals) *cobra.Command {
 			if h.Fencing.Warning != "" {
 				fmt.Fprintf(tw, "WARNING:\t%s\n", h.Fencing.Warning)
 			}
+			if h.MetricsURL != "" {
+				fmt.Fprintf(tw, "Metrics:\t%s\n", h.MetricsURL)
+			}
 			return tw.Flush()
 		},
 	}

@@ -212,6 +212,20 @@ type Replicator interface {
 	ResumeAfterIOError(ctx context.Context, name string) (bool, error)
 }
 
+// DiskStatter is a driver that reports a running VM's disk I/O counters.
+type DiskStatter interface {
+	DiskStats(ctx context.Context, name string) ([]DiskStats, error)
+}
+
+// DiskStats are one disk's I/O counters since its VM's process started.
+type DiskStats struct {
+	Disk                  string
+	ReadBytes, WriteBytes uint64
+	ReadOps, WriteOps     uint64
+	// WriteTime is the total time its write requests took.
+	WriteTime time.Duration
+}
+
 // SyncOptions tune AttachReplica.
 type SyncOptions struct {
 	// Speed caps the sync, in bytes/s (0: unlimited).

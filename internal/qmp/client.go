@@ -259,7 +259,7 @@ func malformedRequest(e *Error) bool {
 	if e.Class != "GenericError" {
 		return false
 	}
-	for _, p := range []string{"QMP input member", "QMP input lacks member", "JSON parse error", "Expecting "} {
+	for _, p := range []string{"QMP input member", "QMP input lacks member", "JSON parse error"} {
 		if strings.HasPrefix(e.Desc, p) {
 			return true
 		}

@@ -138,6 +138,9 @@ type Host struct {
 	MgmtIP      string    `json:"mgmtIP,omitempty"`
 	StartedAt   time.Time `json:"startedAt"`
 	Fencing     Fencing   `json:"fencing"`
+	// MetricsURL is the host agent's Prometheus endpoint (docs/metrics.md),
+	// when it is reachable over HTTP.
+	MetricsURL string `json:"metricsURL,omitempty"`
 }
 
 // Fencing is how a host fences itself when its agent cannot.

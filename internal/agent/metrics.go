@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"context"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vigilha/vigil/internal/boottime"
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/metrics"
+)
+
+// metricsSource is what the agent's /metrics reads at each scrape.
+type metricsSource struct{ a *Agent }
+
+func (s metricsSource) Host() metrics.HostSample {
+	a := s.a
+	capacity := a.cfg.Capacity
+	if capacity.CPUs == 0 {
+		capacity.CPUs = DefaultVCPUsPerCPU * runtime.NumCPU()
+	}
+	if capacity.Memory == 0 {
+		capacity.Memory = machineMemory()
+	}
+	h := metrics.HostSample{Name: a.cfg.Host, CPUs: capacity.CPUs, MemoryBytes: capacity.Memory}
+	if a.lease != nil {
+		if id, sent, _ := a.lease.state(); id != 0 && sent > 0 {
+			// The keeper counts in boot time (it runs through suspends);
+			// the metric is wall-clock time.
+			h.LeaseRenewed = time.Now().Add(-(boottime.Now() - sent))
+		}
+	}
+	if a.wd != nil {
+		a.wd.mu.Lock()
+		h.WatchdogArmed = a.wd.armed
+		a.wd.mu.Unlock()
+	}
+	return h
+}
+
+func (s metricsSource) VMs() []driver.Status { return s.a.drv.List() }
+
+func (s metricsSource) DiskStats(ctx context.Context, vm string) ([]driver.DiskStats, error) {
+	if ds, ok := s.a.drv.(driver.DiskStatter); ok {
+		return ds.DiskStats(ctx, vm)
+	}
+	return nil, nil
+}
+
+// metricsHandler serves the host's metrics, and the process's own.
+func (a *Agent) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		metrics.NewHostCollector(metricsSource{a}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second})
+}

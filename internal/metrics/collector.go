@@ -1,0 +1,111 @@
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/procfs"
+
+	"github.com/vigilha/vigil/internal/driver"
+)
+
+// HostSample is the host's own state at a scrape.
+type HostSample struct {
+	Name        string
+	CPUs        int
+	MemoryBytes int64
+	// LeaseRenewed is when etcd last acknowledged the host's lease (zero:
+	// never yet).
+	LeaseRenewed  time.Time
+	WatchdogArmed bool
+}
+
+// Source is what a host's collector reads at each scrape.
+type Source interface {
+	Host() HostSample
+	VMs() []driver.Status
+	// DiskStats reads a running VM's disk counters (QMP; a driver that
+	// has none returns nil).
+	DiskStats(ctx context.Context, vm string) ([]driver.DiskStats, error)
+}
+
+// HostCollector collects a host's and its VMs' metrics at each scrape,
+// from the source and from /proc: nothing is cached between scrapes.
+type HostCollector struct {
+	src Source
+	// perVM bounds each VM's QMP query, so that one wedged QEMU cannot
+	// hold a scrape.
+	perVM time.Duration
+}
+
+// NewHostCollector returns a collector over src.
+func NewHostCollector(src Source) *HostCollector {
+	return &HostCollector{src: src, perVM: 500 * time.Millisecond}
+}
+
+// Describe sends every agent metric's descriptor.
+func (c *HostCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range Definitions() {
+		ch <- d.desc()
+	}
+}
+
+// Collect reads the source and /proc and sends the samples.
+func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
+	h := c.src.Host()
+	emit := func(d Definition, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d.desc(), d.valueType(), v, labels...)
+	}
+	emit(HostCPUs, float64(h.CPUs), h.Name)
+	emit(HostMemory, float64(h.MemoryBytes), h.Name)
+	if !h.LeaseRenewed.IsZero() {
+		emit(HostLease, unix(h.LeaseRenewed), h.Name)
+	}
+	emit(HostWatchdog, boolean(h.WatchdogArmed), h.Name)
+	running := 0
+	for _, st := range c.src.VMs() {
+		if !st.Running {
+			continue
+		}
+		running++
+		emit(VMRunning, 1, st.Name, h.Name)
+		if !st.StartedAt.IsZero() {
+			emit(VMStart, unix(st.StartedAt), st.Name, h.Name)
+		}
+		if !st.LastHeartbeat.IsZero() {
+			emit(VMHeartbeat, unix(st.LastHeartbeat), st.Name, h.Name)
+		}
+		if st.PID > 0 {
+			if p, err := procfs.NewProc(st.PID); err == nil {
+				if s, err := p.Stat(); err == nil {
+					emit(VMCPU, s.CPUTime(), st.Name, h.Name)
+					emit(VMRSS, float64(s.ResidentMemory()), st.Name, h.Name)
+				}
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.perVM)
+		disks, err := c.src.DiskStats(ctx, st.Name)
+		cancel()
+		if err != nil {
+			continue // the VM is starting or going; the next scrape has it
+		}
+		for _, d := range disks {
+			emit(VMDiskReadBytes, float64(d.ReadBytes), st.Name, h.Name, d.Disk)
+			emit(VMDiskWriteBytes, float64(d.WriteBytes), st.Name, h.Name, d.Disk)
+			emit(VMDiskReadOps, float64(d.ReadOps), st.Name, h.Name, d.Disk)
+			emit(VMDiskWriteOps, float64(d.WriteOps), st.Name, h.Name, d.Disk)
+			emit(VMDiskWriteTime, d.WriteTime.Seconds(), st.Name, h.Name, d.Disk)
+		}
+	}
+	emit(HostVMs, float64(running), h.Name)
+}
+
+func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+func boolean(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

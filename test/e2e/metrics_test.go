@@ -1,0 +1,137 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/vigilha/vigil/internal/metrics"
+	"github.com/vigilha/vigil/internal/netnsdial"
+	"github.com/vigilha/vigil/internal/testenv"
+)
+
+// scrape reads a metrics endpoint and parses it with the Prometheus text
+// parser; it returns the families, the size and the time the answer took.
+func scrape(t *testing.T, hc *http.Client, url string) (map[string]*dto.MetricFamily, int, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	took := time.Since(start)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: %d %v", url, resp.StatusCode, err)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("scrape %s: not Prometheus text: %v", url, err)
+	}
+	return fams, len(body), took
+}
+
+// sample returns the value of a family's sample whose labels include want.
+func sample(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f := fams[name]
+	if f == nil {
+		return 0, false
+	}
+	for _, m := range f.GetMetric() {
+		ok := true
+		for k, v := range want {
+			found := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == v {
+					found = true
+				}
+			}
+			ok = ok && found
+		}
+		if !ok {
+			continue
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// Every host's agent serves /metrics at the URL `host show` gives; the VM's
+// host exports every documented metric, and the VM's disk-write counter
+// grows while a client appends to its ledger.
+func TestMetrics_HostAndVMCounters(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	ctx := context.Background()
+	v, g := haGuest(t, l, "met1", nil)
+	// Scrape from inside a lab host (the lab's networks exist only there),
+	// as a Prometheus on the management network would.
+	ns, err := l.Namespace(l.Hosts()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return netnsdial.Dial(ctx, ns, network, addr)
+	}}}
+	hosts, err := l.Client.ListHosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := ""
+	for _, h := range hosts {
+		if h.MetricsURL == "" {
+			t.Fatalf("host %s has no metricsURL", h.Name)
+		}
+		fams, size, took := scrape(t, hc, h.MetricsURL)
+		if n, ok := sample(fams, "vigil_host_capacity_cpus", map[string]string{"host": h.Name}); !ok || n != float64(h.Capacity.CPUs) {
+			t.Errorf("%s: vigil_host_capacity_cpus %v (%v), want %d", h.Name, n, ok, h.Capacity.CPUs)
+		}
+		t.Logf("%s: %s answered %d bytes in %s", h.Name, h.MetricsURL, size, took.Round(time.Microsecond))
+		if h.Name == v.Host {
+			url = h.MetricsURL
+		}
+	}
+	fams, _, _ := scrape(t, hc, url)
+	for _, d := range metrics.Definitions() {
+		if fams[d.Name] == nil {
+			t.Errorf("documented metric %s missing on %s", d.Name, v.Host)
+		}
+	}
+	ledger := map[string]string{"vm": "met1", "host": v.Host, "disk": "ledger"}
+	before, ok := sample(fams, "vigil_vm_disk_write_bytes_total", ledger)
+	if !ok {
+		t.Fatalf("no vigil_vm_disk_write_bytes_total%v", ledger)
+	}
+	for i := 0; i < 10; i++ {
+		if _, err := g.Append(ctx, v.IP, fmt.Sprintf("m%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fams, _, _ = scrape(t, hc, url)
+	after, _ := sample(fams, "vigil_vm_disk_write_bytes_total", ledger)
+	if after < before+10*4096 {
+		t.Fatalf("disk write counter %v -> %v after 10 acknowledged 4 KiB appends", before, after)
+	}
+	t.Logf("ledger disk write counter %v -> %v bytes after 10 appends", before, after)
+}
