@@ -353,7 +353,9 @@ func (a *Agent) watchLease(ctx context.Context) {
 	}
 }
 
-func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
+// capacity is what this host offers to VMs: as configured, or derived
+// from the machine.
+func (a *Agent) capacity() store.Resources {
 	capacity := a.cfg.Capacity
 	if capacity.CPUs == 0 {
 		capacity.CPUs = DefaultVCPUsPerCPU * runtime.NumCPU()
@@ -361,6 +363,11 @@ func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 	if capacity.Memory == 0 {
 		capacity.Memory = machineMemory()
 	}
+	return capacity
+}
+
+func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
+	capacity := a.capacity()
 	dss := make([]string, 0, len(a.cfg.Datastores))
 	for name := range a.cfg.Datastores {
 		dss = append(dss, name)

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"net/http"
-	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,13 +19,7 @@ type metricsSource struct{ a *Agent }
 
 func (s metricsSource) Host() metrics.HostSample {
 	a := s.a
-	capacity := a.cfg.Capacity
-	if capacity.CPUs == 0 {
-		capacity.CPUs = DefaultVCPUsPerCPU * runtime.NumCPU()
-	}
-	if capacity.Memory == 0 {
-		capacity.Memory = machineMemory()
-	}
+	capacity := a.capacity()
 	h := metrics.HostSample{Name: a.cfg.Host, CPUs: capacity.CPUs, MemoryBytes: capacity.Memory}
 	if a.lease != nil {
 		if id, sent, _ := a.lease.state(); id != 0 && sent > 0 {
@@ -36,9 +29,7 @@ func (s metricsSource) Host() metrics.HostSample {
 		}
 	}
 	if a.wd != nil {
-		a.wd.mu.Lock()
-		h.WatchdogArmed = a.wd.armed
-		a.wd.mu.Unlock()
+		h.WatchdogArmed = a.wd.isArmed()
 	}
 	return h
 }

@@ -152,6 +152,13 @@ func (w *armer) kickNow() {
 	}
 }
 
+// isArmed reports whether the feeder last said the watchdog is armed.
+func (w *armer) isArmed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.armed
+}
+
 // last is what the feeder last said.
 func (w *armer) last() (watchdog.Status, error) {
 	w.mu.Lock()

@@ -577,7 +577,8 @@ func (p *primary) degrade(ctx context.Context, d diskRef, rs *store.ReplicaSet, 
 func (p *primary) resync(ctx context.Context, d diskRef, rs *store.ReplicaSet) {
 	cfg := p.m.cfg
 	recs := cfg.Datastore.Records()
-	t, err := cfg.Datastore.Target(ctx, rs.Peer, p.vm, d.spec.Name, p.gen)
+	peer := rs.Peer
+	t, err := cfg.Datastore.Target(ctx, peer, p.vm, d.spec.Name, p.gen)
 	if err == nil {
 		err = replicated.WaitExport(ctx, t, time.Second)
 	}
@@ -585,8 +586,11 @@ func (p *primary) resync(ctx context.Context, d diskRef, rs *store.ReplicaSet) {
 		// Read after the export answers: the identity is the served copy's.
 		rs, err = recs.GetReplicaSet(ctx, p.vm.Name)
 	}
+	if err == nil && rs.Peer != peer {
+		err = fmt.Errorf("the peer changed to %s", replicated.OrNone(rs.Peer))
+	}
 	if err != nil {
-		p.log.Debug("replication: peer does not serve the replica yet", "peer", rs.Peer, "err", err)
+		p.log.Debug("replication: peer does not serve the replica yet", "peer", peer, "err", err)
 		p.backoff(d.index, 2*time.Second)
 		return
 	}
@@ -602,7 +606,9 @@ func (p *primary) resync(ctx context.Context, d diskRef, rs *store.ReplicaSet) {
 		kind = "incremental"
 	}
 	set := func(tr replicated.Transition) error {
-		tr.Disk = d.spec.Name
+		// Each state is about the copy on this peer: if the record moved
+		// to another peer meanwhile, none of them applies to it.
+		tr.Disk, tr.Peer = d.spec.Name, peer
 		_, err := replicated.Set(ctx, recs, p.vm.Name, cfg.Host, p.gen, time.Now(), tr)
 		if errors.Is(err, replicated.ErrSuperseded) {
 			cfg.Fence(ctx, p.vm.Name, p.gen, err.Error())

@@ -252,12 +252,8 @@ func (d *Driver) DropReplica(ctx context.Context, name string, disk int) error {
 			return fmt.Errorf("drop replica of disk %d: %w", disk, err)
 		}
 	}
-	if link, ok := ch[replicaNode(disk)]; ok {
-		if err := call(ctx, func(ctx context.Context) error {
-			return c.Execute(ctx, "x-blockdev-change", map[string]any{"parent": diskNode(disk), "child": link}, nil)
-		}); err != nil {
-			return fmt.Errorf("drop replica of disk %d: %w", disk, err)
-		}
+	if err := removeChild(ctx, c, disk, ch, replicaNode(disk)); err != nil {
+		return fmt.Errorf("drop replica of disk %d: %w", disk, err)
 	}
 	// The NBD node may linger without a parent (a failed resync too).
 	delNode(ctx, c, replicaNode(disk))
@@ -491,15 +487,23 @@ func joinPair(ctx context.Context, c *qmp.Client, disk int) error {
 	if err != nil {
 		return err
 	}
-	if link, ok := ch[shadowNode(disk)]; ok {
-		if err := call(ctx, func(ctx context.Context) error {
-			return c.Execute(ctx, "x-blockdev-change", map[string]any{"parent": diskNode(disk), "child": link}, nil)
-		}); err != nil {
-			return fmt.Errorf("remove the local second child: %w", err)
-		}
+	if err := removeChild(ctx, c, disk, ch, shadowNode(disk)); err != nil {
+		return fmt.Errorf("remove the local second child: %w", err)
 	}
 	delNode(ctx, c, shadowNode(disk))
 	return nil
+}
+
+// removeChild takes node out of disk's quorum if it is a child (ch is
+// quorumChildren's answer).
+func removeChild(ctx context.Context, c *qmp.Client, disk int, ch map[string]string, node string) error {
+	link, ok := ch[node]
+	if !ok {
+		return nil
+	}
+	return call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "x-blockdev-change", map[string]any{"parent": diskNode(disk), "child": link}, nil)
+	})
 }
 
 // backupRound copies what the since-drop bitmap records, as of the
@@ -548,13 +552,7 @@ func backupRound(ctx context.Context, c *qmp.Client, disk int, speed int64, poll
 		}
 		select {
 		case <-ctx.Done():
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			_ = call(cctx, func(ctx context.Context) error {
-				return c.Execute(ctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
-			})
-			waitJobGone(cctx, c, job)
-			cancel()
-			return j.Done, ctx.Err()
+			return j.Done, ctx.Err() // the caller's dropSyncTarget cancels the job
 		case <-tick.C:
 		}
 	}

@@ -176,7 +176,15 @@ type Transition struct {
 	Reason      string
 	// LastSync, if set, records a completed sync.
 	LastSync *store.ReplicaSync
+	// Peer, if set, is the peer the transition is about: it applies only
+	// while the record's peer is still that host (a sync to the old peer
+	// must not make a new one UpToDate).
+	Peer string
 }
+
+// ErrPeerChanged means a transition was about a peer that is not the
+// record's peer any more.
+var ErrPeerChanged = errors.New("the replica's peer changed")
 
 // Set applies t on behalf of host at generation gen. It fails with
 // ErrSuperseded when host is no longer the primary at gen: the caller has
@@ -190,6 +198,9 @@ func Set(ctx context.Context, recs Records, vm string, host string, gen int64, n
 		changed := next.Override != nil
 		next.Override = nil // the primary is alive and writing: no promotion is due
 		for _, t := range ts {
+			if t.Peer != "" && t.Peer != cur.Peer {
+				return nil, fmt.Errorf("vm %s: %w: %s, not %s", vm, ErrPeerChanged, OrNone(cur.Peer), t.Peer)
+			}
 			d := next.Disks[t.Disk]
 			if d == nil {
 				d = &store.ReplicaDisk{}

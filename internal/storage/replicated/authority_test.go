@@ -247,3 +247,28 @@ func TestCopyIdentity(t *testing.T) {
 		t.Fatalf("a new peer inherited the old peer's identity %q", got)
 	}
 }
+
+// A transition about one peer does not apply once the record names
+// another: a sync that finished to the old peer must not make the new,
+// unsynced one UpToDate (it could then be promoted).
+func TestTransitionForAnotherPeerRefused(t *testing.T) {
+	ctx := context.Background()
+	recs := memstore.New()
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h2", t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetPeer(ctx, recs, vm1.Name, "h3", t0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Set(ctx, recs, vm1.Name, "h1", 1, t0, Transition{Disk: "ledger", Peer: "h2", State: preplication.UpToDate, Replication: preplication.Established})
+	if !errors.Is(err, ErrPeerChanged) {
+		t.Fatalf("UpToDate about h2 with h3 the peer: err = %v, want ErrPeerChanged", err)
+	}
+	rs, _ := recs.GetReplicaSet(ctx, vm1.Name)
+	if rs.Disks["ledger"].State != preplication.Outdated {
+		t.Fatalf("the new peer's copy became %s", rs.Disks["ledger"].State)
+	}
+}
