@@ -548,11 +548,24 @@ func (c *Controller) placeReady(ctx context.Context, p *pass) error {
 			req.Hosts.Must = []string{to}
 		}
 		d, err := scheduler.Place(req, hosts)
+		why := ""
+		if err == nil {
+			why = scheduler.ReplicaBlocks(snap, v, d.Host)
+		}
+		if (err != nil || why != "") && len(req.Avoid) > 0 {
+			// The host it failed to start on is avoided, but when no other
+			// can take it (a replicated VM whose other copy's host is down)
+			// it is tried there again: the start-failure budget bounds that.
+			req.Avoid = nil
+			if d2, err2 := scheduler.Place(req, hosts); err2 == nil && scheduler.ReplicaBlocks(snap, v, d2.Host) == "" {
+				d, err, why = d2, nil, ""
+			}
+		}
 		if err != nil {
 			c.sayOnce(ctx, "vm:"+name, "unplaceable:"+err.Error(), store.Event{Type: store.EvAlarmNoCapacity, VM: name, Message: "cannot restart: " + err.Error()})
 			continue
 		}
-		if why := scheduler.ReplicaBlocks(snap, v, d.Host); why != "" {
+		if why != "" {
 			c.sayOnce(ctx, "vm:"+name, "replica-blocked", store.Event{Type: EvReplicaBlocked, VM: name, Host: d.Host, Message: "not restarted: " + why})
 			continue
 		}

@@ -80,3 +80,27 @@ func TestOutdatedReplicaBlocksUntilOverride(t *testing.T) {
 	cl.pass()
 	cl.wantOn("rep", "h3")
 }
+
+// A replicated VM whose start failed on its replica's host, while its
+// primary's host is still down, is tried there again: no other host holds
+// a copy, and avoiding the one that does would strand it until the dead
+// host came back (seen in the lab: a transient etcd error failed a start).
+func TestFailedStartOnOnlyCopyIsRetriedThere(t *testing.T) {
+	cl := repCluster(t, preplication.UpToDate)
+	cl.killHost("h1")
+	cl.pass()
+	cl.advance(tGrace)
+	cl.pass()
+	cl.wantOn("rep", "h3")
+	cl.report("rep", store.StateFailed, "start-failed")
+	cl.pass()
+	if p := cl.placement("rep"); p.Host != "h3" || !p.Evict {
+		t.Fatalf("placement %+v, want h3 asked to stop it", p)
+	}
+	cl.report("rep", store.StateStopped, "evicted")
+	cl.pass()
+	cl.wantOn("rep", "h3")
+	if p := cl.placement("rep"); p.Evict || p.Epoch < 3 {
+		t.Fatalf("placement %+v, want a new restart placement on h3", p)
+	}
+}

@@ -40,29 +40,31 @@ var ErrOutdated = errors.New("the replica is not UpToDate")
 var ErrSuperseded = errors.New("the generation was superseded")
 
 // update applies change to the VM's record in a compare-and-swap loop;
-// change returns the next record, or an error to give up with.
+// change returns the next record, or an error to give up with. A lost
+// compare is retried on the fresh record; so is a failure to reach etcd
+// (its member died mid-call, as when the crashed host ran one), for up to
+// transientFor: change is recomputed from a fresh read, so a write that
+// did apply before the answer was lost is seen, never applied blindly twice.
 func update(ctx context.Context, recs Records, vm string, change func(cur *store.ReplicaSet) (*store.ReplicaSet, error)) (*store.ReplicaSet, error) {
+	var unreachableSince time.Time
 	for attempt := 0; ; attempt++ {
-		cur, err := recs.GetReplicaSet(ctx, vm)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return nil, err
-		}
-		next, err := change(cur)
-		if err != nil {
-			return nil, err
-		}
-		if next == nil {
-			return cur, nil // nothing to change
-		}
-		var rev int64
-		if cur != nil {
-			rev = cur.Rev
-		}
-		out, err := recs.CASReplicaSet(ctx, vm, rev, next)
-		if err == nil {
+		out, err := updateOnce(ctx, recs, vm, change)
+		var refused errChange
+		switch {
+		case errors.As(err, &refused):
+			return nil, refused.err
+		case err == nil:
 			return out, nil
-		}
-		if !errors.Is(err, store.ErrConflict) || attempt >= 20 {
+		case ctx.Err() != nil:
+			return nil, err
+		case store.Transient(err):
+			if unreachableSince.IsZero() {
+				unreachableSince = time.Now()
+			}
+			if time.Since(unreachableSince) > transientFor {
+				return nil, err
+			}
+		case !errors.Is(err, store.ErrConflict) || attempt >= 20:
 			return nil, err
 		}
 		select {
@@ -72,6 +74,34 @@ func update(ctx context.Context, recs Records, vm string, change func(cur *store
 		}
 	}
 }
+
+// transientFor bounds how long update keeps trying to reach etcd: long
+// enough for the client to give up on a dead member and use another.
+const transientFor = 15 * time.Second
+
+func updateOnce(ctx context.Context, recs Records, vm string, change func(cur *store.ReplicaSet) (*store.ReplicaSet, error)) (*store.ReplicaSet, error) {
+	cur, err := recs.GetReplicaSet(ctx, vm)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	next, err := change(cur)
+	if err != nil {
+		return nil, errChange{err}
+	}
+	if next == nil {
+		return cur, nil // nothing to change
+	}
+	var rev int64
+	if cur != nil {
+		rev = cur.Rev
+	}
+	return recs.CASReplicaSet(ctx, vm, rev, next)
+}
+
+// errChange carries change's own refusal out of updateOnce unretried.
+type errChange struct{ err error }
+
+func (e errChange) Error() string { return e.err.Error() }
 
 // Grant makes host the writer of the VM's replicated disks under a new
 // generation. On the primary it is a restart; on the peer it is a

@@ -3,12 +3,17 @@ package replicated
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	preplication "github.com/vigilha/vigil/internal/protocol/replication"
 
 	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/store"
 	"github.com/vigilha/vigil/internal/store/memstore"
 )
 
@@ -270,5 +275,48 @@ func TestTransitionForAnotherPeerRefused(t *testing.T) {
 	rs, _ := recs.GetReplicaSet(ctx, vm1.Name)
 	if rs.Disks["ledger"].State != preplication.Outdated {
 		t.Fatalf("the new peer's copy became %s", rs.Disks["ledger"].State)
+	}
+}
+
+// lostAnswers applies a CAS and then reports etcd unreachable, as a call
+// to a member that crashed after the write committed does, n times.
+type lostAnswers struct {
+	*memstore.Store
+	n int
+}
+
+func (l *lostAnswers) CASReplicaSet(ctx context.Context, vm string, rev int64, next *store.ReplicaSet) (*store.ReplicaSet, error) {
+	out, err := l.Store.CASReplicaSet(ctx, vm, rev, next)
+	if err == nil && l.n > 0 {
+		l.n--
+		return nil, fmt.Errorf("replica set of %s: %w", vm, status.Error(codes.Unavailable, "error reading from server: connection timed out"))
+	}
+	return out, err
+}
+
+// TestGrantSurvivesLostAnswer: a start whose grant reached etcd but whose
+// answer was lost (the member it used crashed) still gets a generation,
+// the newest one, instead of failing the start.
+func TestGrantSurvivesLostAnswer(t *testing.T) {
+	ctx := context.Background()
+	recs := &lostAnswers{Store: memstore.New()}
+	if _, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	recs.n = 2
+	rs, err := Grant(ctx, recs, vm1, "h1", []string{"ledger"}, t0)
+	if err != nil {
+		t.Fatalf("grant with two lost answers: %v", err)
+	}
+	cur, err := recs.GetReplicaSet(ctx, vm1.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Generation != cur.Generation || rs.Generation < 2 {
+		t.Fatalf("granted generation %d, record at %d: the start would not hold the newest generation", rs.Generation, cur.Generation)
+	}
+	// A refusal is not retried: it is an answer.
+	if _, err := Grant(ctx, recs, vm1, "h3", []string{"ledger"}, t0); err == nil {
+		t.Fatal("a host holding no copy was granted the VM")
 	}
 }
