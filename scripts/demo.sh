@@ -3,7 +3,8 @@
 # real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
 # VMs with HA, live-migrate one, blip the management network of the other's host (nothing moves),
 # crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
-# restarts the VM), and print the failover timelines.
+# restarts the VM), print the failover timelines, show a replicated disk through two crashes, then a
+# CPU alarm that live-migrates a burning guest away, and the audit trail.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
 #   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
 set -euo pipefail
@@ -140,6 +141,34 @@ echo "rep-guest1 answers on $(guest rep-guest1 host) $(( ($(date +%s%N) - start)
 "$V" lab heal "$host3"
 for _ in $(seq 1 240); do [ "$(replica state 2>/dev/null)" = UpToDate ] && break; sleep 0.5; done
 echo "$host3 rejoined; its stale copy became the replica and was resynced in full: $("$V" vm show rep-guest1 | grep '^Replica')"
+say "alarms: ha-guest2 burns its vCPU; an alarm on vm.cpu fires (a webhook would be told) and live-migrates it off its host"
+cat > /tmp/vigil-demo-alarm.yaml <<'YAML'
+apiVersion: vigil/v1
+kind: Alarm
+metadata: {name: ha-guest2-hot}
+spec:
+  metric: vm.cpu
+  operator: ">"
+  threshold: 0.5
+  for: 10s
+  clearFor: 10s
+  severity: warning
+  scope: {vms: [ha-guest2]}
+  actions: [{type: migrate-away}]
+YAML
+"$V" alarm delete ha-guest2-hot >/dev/null 2>&1 || true
+"$V" alarm create -f /tmp/vigil-demo-alarm.yaml
+from=$(guest ha-guest2 host)
+"$V" lab exec "$other" -- curl -s -XPOST "http://$ip2/burn?seconds=300"; echo
+for _ in $(seq 1 180); do [ "$(guest ha-guest2 host)" != "$from" ] && [ "$(guest ha-guest2 state)" = running ] && break; sleep 1; done
+"$V" alarm status | grep -e '^ALARM' -e ha-guest2-hot
+echo "ha-guest2 moved $from -> $(guest ha-guest2 host); its counter goes on: $("$V" lab exec "$other" -- curl -s "http://$ip2/")"
+"$V" lab exec "$other" -- curl -s -XPOST "http://$ip2/burn?seconds=0"; echo
+alarm_state() { "$V" alarm status -o json | json '[a["state"] for a in d if a["alarm"]=="ha-guest2-hot"][0]'; }
+for _ in $(seq 1 120); do [ "$(alarm_state)" = resolved ] && break; sleep 1; done
+"$V" events --type alarm --since 5m
+say "the audit trail: every change, who made it (here root over the API's unix socket) and how it ended"
+"$V" events --type audit --since 30m --limit 8
 cat <<MSG
 
 The lab keeps running. Try:

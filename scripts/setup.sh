@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Vigil needs on a Debian 12 machine, only where it is missing:
 # QEMU 10.x from bookworm-backports (7.2 corrupts busy guests in TCG live migration),
-# qemu-utils, nftables, iproute2, ethtool, and python3/curl for the acceptance checks.
+# qemu-utils, nftables, iproute2, ethtool, python3/curl for the acceptance checks, and Debian's
+# prometheus (promtool checks the shipped alert rules).
 # Fails loudly when QEMU 10.x cannot be installed.
 set -euo pipefail
 
@@ -39,7 +40,7 @@ add_backports() {
 }
 
 need=()
-for pair in ip:iproute2 nft:nftables ethtool:ethtool python3:python3 curl:curl dpkg-deb:dpkg cpio:cpio; do
+for pair in ip:iproute2 nft:nftables ethtool:ethtool python3:python3 curl:curl dpkg-deb:dpkg cpio:cpio promtool:prometheus; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -61,6 +62,12 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt_update
   log "installing ${need[*]}"
   apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || die "could not install ${need[*]}"
+  if [[ " ${need[*]} " == *" prometheus "* ]]; then
+    # Only promtool and the prometheus binary are wanted (CI checks the shipped rules, and tests
+    # start their own Prometheus): the package's own daemon on :9090 is stopped.
+    { systemctl stop prometheus && systemctl disable prometheus; } >/dev/null 2>&1 \
+      || service prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
 
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || die "Go 1.26 is required (not found)"

@@ -27,6 +27,10 @@ staticcheck="$(go env GOPATH)/bin/staticcheck"
 go vet -tags faults ./internal/cli
 "$staticcheck" -tags faults ./internal/cli
 
+echo "== shipped Prometheus alert rules"
+promtool check rules deploy/prometheus/vigil-rules.yaml
+(cd deploy/prometheus && promtool test rules vigil-rules.test.yaml)
+
 echo "== unit tests"
 go test -count=1 -timeout 10m $(go list ./... | grep -v /test/)
 

@@ -68,6 +68,10 @@ type Config struct {
 	// (bytes/s).
 	Replicated           *replicated.Datastore
 	ReplicationSyncSpeed int64
+	// HostCgroup is the cgroup whose use is the host's (CPU, memory,
+	// pressure): "/" on a real host, the lab host's own cgroup in the lab,
+	// whose hosts share one kernel.
+	HostCgroup string
 	// WatchdogSocket is the watchdog feeder's socket (`vigil watchdog`);
 	// empty when the host has no watchdog.
 	WatchdogSocket string

@@ -37,6 +37,8 @@ type leaseKeeper struct {
 	lastAckSend time.Duration
 	// lost is set when etcd said the lease no longer exists.
 	lost bool
+	// lastLatency is how long the last acknowledged renewal took.
+	lastLatency time.Duration
 	// onHedge is told when a renewal had to be sent twice.
 	onHedge func()
 }
@@ -162,6 +164,7 @@ func (k *leaseKeeper) run(ctx context.Context) {
 			k.mu.Lock()
 			if k.id == id && sent > k.lastAckSend {
 				k.lastAckSend = sent
+				k.lastLatency = boottime.Now() - sent
 			}
 			k.mu.Unlock()
 			k.persist()
@@ -193,6 +196,14 @@ func (k *leaseKeeper) renew(ctx context.Context, id clientv3.LeaseID) (time.Dura
 		return renewal{sent, resp}, err
 	})
 	return r.sent, r.resp, err
+}
+
+// latency returns how long the last acknowledged renewal took, and the
+// lease's TTL, the deadline it must beat.
+func (k *leaseKeeper) latency() (last, ttl time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lastLatency, k.ttl
 }
 
 func (k *leaseKeeper) lastAck() time.Duration {

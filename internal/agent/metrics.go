@@ -28,8 +28,24 @@ func (s metricsSource) Host() metrics.HostSample {
 			h.LeaseRenewed = time.Now().Add(-(boottime.Now() - sent))
 		}
 	}
+	if a.lease != nil {
+		h.LeaseLatency, h.LeaseTTL = a.lease.latency()
+	}
+	if acks := a.fence.HeartbeatAcks(); len(acks) > 0 {
+		h.DatastoreHeartbeats = map[string]time.Time{}
+		for ds, sent := range acks {
+			h.DatastoreHeartbeats[ds] = time.Now().Add(-(boottime.Now() - sent))
+		}
+	}
 	if a.wd != nil {
 		h.WatchdogArmed = a.wd.isArmed()
+	}
+	if a.cfg.HostCgroup != "" {
+		u, err := (metrics.Cgroup{Root: "/sys/fs/cgroup", Path: a.cfg.HostCgroup}).Read()
+		if err != nil {
+			a.log.Debug("cannot read the host's cgroup", "err", err)
+		}
+		h.Usage = u
 	}
 	return h
 }

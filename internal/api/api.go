@@ -45,30 +45,35 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /api/v1/vms", s.listVMs)
-	mux.HandleFunc("POST /api/v1/vms", s.createVM)
+	mux.HandleFunc("POST /api/v1/vms", s.audited("vm.create", s.createVM))
 	mux.HandleFunc("GET /api/v1/vms/{name}", s.getVM)
-	mux.HandleFunc("DELETE /api/v1/vms/{name}", s.deleteVM)
-	mux.HandleFunc("POST /api/v1/vms/{name}/start", s.powerVM(store.PowerRunning))
-	mux.HandleFunc("POST /api/v1/vms/{name}/stop", s.powerVM(store.PowerStopped))
+	mux.HandleFunc("DELETE /api/v1/vms/{name}", s.audited("vm.delete", s.deleteVM))
+	mux.HandleFunc("POST /api/v1/vms/{name}/start", s.audited("vm.start", s.powerVM(store.PowerRunning)))
+	mux.HandleFunc("POST /api/v1/vms/{name}/stop", s.audited("vm.stop", s.powerVM(store.PowerStopped)))
 	mux.HandleFunc("GET /api/v1/vms/{name}/console", s.console)
 	mux.HandleFunc("GET /api/v1/hosts", s.listHosts)
 	mux.HandleFunc("GET /api/v1/hosts/{name}", s.listHosts)
 	mux.HandleFunc("GET /api/v1/events", s.events)
 	mux.HandleFunc("GET /api/v1/networks", s.listNetworks)
-	mux.HandleFunc("POST /api/v1/vms/{name}/test-failover", s.testFailover)
-	mux.HandleFunc("POST /api/v1/vms/{name}/promote", s.promote)
+	mux.HandleFunc("POST /api/v1/vms/{name}/test-failover", s.audited("vm.test-failover", s.testFailover))
+	mux.HandleFunc("POST /api/v1/vms/{name}/promote", s.audited("vm.promote", s.promote))
 	mux.HandleFunc("GET /api/v1/ha/drill", s.drill)
 	mux.HandleFunc("GET /api/v1/rules", s.listRules)
-	mux.HandleFunc("POST /api/v1/rules", s.createRule)
-	mux.HandleFunc("DELETE /api/v1/rules/{name}", s.deleteRule)
+	mux.HandleFunc("POST /api/v1/rules", s.audited("rule.create", s.createRule))
+	mux.HandleFunc("DELETE /api/v1/rules/{name}", s.audited("rule.delete", s.deleteRule))
 	mux.HandleFunc("GET /api/v1/config", s.getConfig)
 	mux.HandleFunc("GET /api/v1/cluster", s.cluster)
-	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", s.migrate)
-	mux.HandleFunc("DELETE /api/v1/vms/{name}/migration", s.cancelMigration)
+	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", s.audited("vm.migrate", s.migrate))
+	mux.HandleFunc("DELETE /api/v1/vms/{name}/migration", s.audited("vm.migrate-cancel", s.cancelMigration))
 	mux.HandleFunc("GET /api/v1/vms/{name}/migration", s.getMigration)
-	mux.HandleFunc("POST /api/v1/hosts/{host}/maintenance", s.maintenance(true))
-	mux.HandleFunc("DELETE /api/v1/hosts/{host}/maintenance", s.maintenance(false))
-	mux.HandleFunc("PUT /api/v1/config", s.putConfig)
+	mux.HandleFunc("POST /api/v1/hosts/{host}/maintenance", s.audited("host.maintenance-enter", s.maintenance(true)))
+	mux.HandleFunc("DELETE /api/v1/hosts/{host}/maintenance", s.audited("host.maintenance-exit", s.maintenance(false)))
+	mux.HandleFunc("PUT /api/v1/config", s.audited("config.update", s.putConfig))
+	mux.HandleFunc("GET /api/v1/alarms", s.listAlarms)
+	mux.HandleFunc("POST /api/v1/alarms", s.audited("alarm.create", s.createAlarm))
+	mux.HandleFunc("GET /api/v1/alarms/status", s.alarmStatus)
+	mux.HandleFunc("DELETE /api/v1/alarms/{name}", s.audited("alarm.delete", s.deleteAlarm))
+	mux.HandleFunc("POST /api/v1/alarms/{name}/ack", s.audited("alarm.ack", s.ackAlarm))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -181,6 +186,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, statusFor(err), err)
 			return
 		}
+		noteAudit(r, rec.Name(), "")
 		s.emit(r.Context(), store.Event{Type: store.EvVMCreated, VM: rec.Name(), Message: fmt.Sprintf("created (%d vCPU, %s)", vm.Spec.CPUs, vm.Spec.Memory)})
 		httpjson.WriteIndented(w, http.StatusCreated, ViewOf(&store.VMState{Record: rec}, true))
 		return
@@ -496,7 +502,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	vm, host, typ := q.Get("vm"), q.Get("host"), q.Get("type")
 	out := make([]v1.Event, 0, len(evs))
 	for _, ev := range evs {
-		if vm != "" && ev.VM != vm || host != "" && ev.Host != host || typ != "" && ev.Type != typ {
+		if vm != "" && ev.VM != vm || host != "" && ev.Host != host || !typeMatches(ev.Type, typ) {
 			continue
 		}
 		out = append(out, v1.Event(ev))
@@ -505,6 +511,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		out = out[len(out)-limit:]
 	}
 	httpjson.WriteIndented(w, http.StatusOK, out)
+}
+
+// typeMatches reports whether an event of type t passes the filter want:
+// the same type, or one under it ("audit" takes "audit.vm.stop").
+func typeMatches(t, want string) bool {
+	return want == "" || t == want || strings.HasPrefix(t, want+".")
 }
 
 func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) {

@@ -67,6 +67,7 @@ type daemonOpts struct {
 	etcdRetention  time.Duration
 	etcdQuota      string
 	etcdDefrag     time.Duration
+	alarmInterval  time.Duration
 	networks       []string
 	datastoreDefs  []string
 
@@ -80,6 +81,7 @@ type daemonOpts struct {
 	replicated  string
 	replicaPort int
 	syncSpeed   string
+	hostCgroup  string
 	listen      string
 	advertise   string
 	mgmtIP      string
@@ -108,6 +110,7 @@ func (o *daemonOpts) registerServer(cmd *cobra.Command) {
 	f.DurationVar(&o.etcdElection, "etcd-election-timeout", defaultEtcdElection, "embedded etcd's Raft election timeout")
 	f.DurationVar(&o.etcdRetention, "etcd-compaction-retention", server.DefaultCompactionRetention, "history the embedded etcd keeps (periodic auto-compaction)")
 	f.StringVar(&o.etcdQuota, "etcd-quota", "2Gi", "embedded etcd's backend quota")
+	f.DurationVar(&o.alarmInterval, "alarm-interval", 10*time.Second, "how often the leader scrapes every agent's metrics and evaluates the alarms")
 	f.DurationVar(&o.etcdDefrag, "etcd-defrag-interval", time.Hour, "how often the leader defragments one etcd member whose database is mostly free space (never the etcd leader; 0: never)")
 	f.StringArrayVar(&o.networks, "network", nil, "VM network to define if absent: name=NAME,bridge=BR,subnet=CIDR,gateway=IP,pool=FIRST-LAST[,netns=NS][,managed]")
 	f.StringArrayVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared|replicated[,server=HOST:PORT][,dir=PATH]")
@@ -124,6 +127,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringArrayVar(&o.shared, "shared-datastore", nil, "shared datastore this host reaches: NAME=http://STORAGE-SERVER:PORT (repeatable)")
 	f.StringVar(&o.replicated, "replicated-datastore", "", "replicated datastore this host takes part in: NAME=/dir/for/its/copies (served to peers on --storage-ip)")
 	f.IntVar(&o.replicaPort, "replica-port", replicated.DefaultPort, "TCP port of this host's replica server (NBD) on its storage-network address")
+	f.StringVar(&o.hostCgroup, "host-cgroup", "/", "the cgroup whose CPU and memory use is this host's, relative to each cgroup hierarchy's root: / (the root cgroup) on a real host; self (the agent's own) on a lab host, whose processes share a cgroup of their own; empty: report none")
 	f.StringVar(&o.syncSpeed, "replication-sync-speed", "100Mi", "bandwidth cap of a replica resync, per disk (bytes/s; 0: none), so that it cannot starve the guests")
 	f.StringVar(&o.listen, "agent-listen", "", "agent endpoint for host-local data such as consoles (default unix://DATA_DIR/agent.sock)")
 	f.StringVar(&o.advertise, "agent-advertise", "", "how servers reach the agent endpoint (default: --agent-listen)")
@@ -328,7 +332,7 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		ExternalEtcd: splitList(o.etcdEndpoints),
 		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
-		CompactionRetention: o.etcdRetention, DefragEvery: o.etcdDefrag,
+		CompactionRetention: o.etcdRetention, DefragEvery: o.etcdDefrag, AlarmInterval: o.alarmInterval,
 		APIListen: o.apiListen, Log: log,
 		Datastores:  []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
 		Controllers: controllers,
@@ -477,7 +481,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise,
 		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, Faults: o.faults(log),
 		WatchdogSocket: o.watchdogSocket, BootIDFile: o.bootIDFile, ShutdownPolicy: o.shutdownPolicy,
-		Replicated: rep, ReplicationSyncSpeed: int64(syncSpeed),
+		Replicated: rep, ReplicationSyncSpeed: int64(syncSpeed), HostCgroup: o.hostCgroup,
 	})
 	if err != nil {
 		c.Close()

@@ -162,7 +162,7 @@ func newEventsCmd(g *globals) *cobra.Command {
 	o.register(cmd)
 	cmd.Flags().StringVar(&f.VM, "vm", "", "only events of this VM")
 	cmd.Flags().StringVar(&f.Host, "host", "", "only events of this host")
-	cmd.Flags().StringVar(&f.Type, "type", "", "only events of this type")
+	cmd.Flags().StringVar(&f.Type, "type", "", "only events of this type or under it (audit: every audit.* event, the calls that changed something and who made them)")
 	cmd.Flags().IntVar(&f.Limit, "limit", 200, "at most this many of the newest events (0: all)")
 	cmd.Flags().DurationVar(&since, "since", 0, "only events of the last DURATION (e.g. 10m)")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events")

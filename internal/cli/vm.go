@@ -38,13 +38,7 @@ func newVMCreateCmd(g *globals) *cobra.Command {
 			if file == "" {
 				return errors.New("give the spec with -f FILE")
 			}
-			var data []byte
-			var err error
-			if file == "-" {
-				data, err = readAll(os.Stdin)
-			} else {
-				data, err = os.ReadFile(file)
-			}
+			data, err := readInput(file)
 			if err != nil {
 				return fmt.Errorf("read spec: %w", err)
 			}
@@ -78,14 +72,25 @@ func newVMCreateCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func specError(file string, err error) error {
+func specError(file string, err error) error { return invalidError(file, "VM spec", err) }
+
+// invalidError lists a document's field errors, one per line.
+func invalidError(file, what string, err error) error {
 	fes := spec.AsFieldErrors(err)
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s is not a valid VM spec:", file)
+	fmt.Fprintf(&b, "%s is not a valid %s:", file, what)
 	for _, fe := range fes {
 		b.WriteString("\n  " + fe.Error())
 	}
 	return errors.New(b.String())
+}
+
+// readInput reads a file, or stdin for "-".
+func readInput(file string) ([]byte, error) {
+	if file == "-" {
+		return readAll(os.Stdin)
+	}
+	return os.ReadFile(file)
 }
 
 func newVMListCmd(g *globals) *cobra.Command {

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vigilha/vigil/internal/alarm"
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/endpoint"
 )
@@ -330,4 +331,37 @@ func (c *Client) Maintenance(ctx context.Context, host string, on bool) error {
 		method = http.MethodPost
 	}
 	return c.do(ctx, method, "/api/v1/hosts/"+url.PathEscape(host)+"/maintenance", nil, nil)
+}
+
+// Alarms lists the alarm definitions.
+func (c *Client) Alarms(ctx context.Context) ([]*alarm.Definition, error) {
+	var out []*alarm.Definition
+	return out, c.do(ctx, http.MethodGet, "/api/v1/alarms", nil, &out)
+}
+
+// CreateAlarm adds an alarm from its YAML or JSON definition.
+func (c *Client) CreateAlarm(ctx context.Context, def []byte) (*alarm.Definition, error) {
+	var out alarm.Definition
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/alarms", def, &out)
+}
+
+// DeleteAlarm removes an alarm and its state.
+func (c *Client) DeleteAlarm(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/alarms/"+url.PathEscape(name), nil, nil)
+}
+
+// AlarmStatus returns every alarm's current state.
+func (c *Client) AlarmStatus(ctx context.Context) ([]v1.AlarmStatus, error) {
+	var out []v1.AlarmStatus
+	return out, c.do(ctx, http.MethodGet, "/api/v1/alarms/status", nil, &out)
+}
+
+// AckAlarm acknowledges a firing alarm on target (empty: on every target).
+func (c *Client) AckAlarm(ctx context.Context, name, target string) ([]*alarm.Instance, error) {
+	b, err := json.Marshal(v1.AckRequest{Target: target})
+	if err != nil {
+		return nil, err
+	}
+	var out []*alarm.Instance
+	return out, c.do(ctx, http.MethodPost, "/api/v1/alarms/"+url.PathEscape(name)+"/ack", b, &out)
 }

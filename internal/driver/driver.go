@@ -138,6 +138,10 @@ type Status struct {
 	QEMUStatus string
 	Accel      string
 	StartedAt  time.Time
+	// CPUs and MemoryMiB are the instance's configured size (what the
+	// guest was given, not what it uses).
+	CPUs      int
+	MemoryMiB int64
 	// ExitReason says why the process ended: guest-shutdown, host-qmp-quit,
 	// host-signal, killed, or crashed (gone with no shutdown event).
 	ExitReason string
@@ -224,6 +228,17 @@ type DiskStats struct {
 	ReadOps, WriteOps     uint64
 	// WriteTime is the total time its write requests took.
 	WriteTime time.Duration
+	// WriteLatency counts the write requests by latency (nil until the
+	// driver has one).
+	WriteLatency *LatencyHistogram
+}
+
+// LatencyHistogram counts requests by latency: Counts[i] those under
+// Bounds[i] and at least Bounds[i-1]; the last, len(Bounds), those at
+// least the last bound.
+type LatencyHistogram struct {
+	Bounds []time.Duration
+	Counts []uint64
 }
 
 // SyncOptions tune AttachReplica.

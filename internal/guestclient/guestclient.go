@@ -112,6 +112,11 @@ func (c *Client) DiskBench(ctx context.Context, ip string, ops, seqMiB int) (dis
 	return out, c.do(ctx, http.MethodPost, ip, fmt.Sprintf("/diskbench?ops=%d&seqmib=%d", ops, seqMiB), nil, &out)
 }
 
+// Burn keeps every online vCPU of the guest busy for d (0: stops it).
+func (c *Client) Burn(ctx context.Context, ip string, d time.Duration) error {
+	return c.do(ctx, http.MethodPost, ip, fmt.Sprintf("/burn?seconds=%d", int(d.Seconds())), nil, nil)
+}
+
 // Hang makes the guest stop serving and stop its heartbeat.
 func (c *Client) Hang(ctx context.Context, ip string) error {
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -23,6 +23,7 @@ import (
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/guestclient"
 	"github.com/vigilha/vigil/internal/lab/netlab"
+	"github.com/vigilha/vigil/internal/metrics"
 )
 
 // DefaultDir is the lab directory when none is given.
@@ -189,7 +190,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		return fail(err)
 	}
 	for k := 1; k <= cfg.Hosts; k++ {
-		l.st.Args[HostName(k)] = l.agentArgs(k)
+		args := l.agentArgs(k)
+		// A host's CPU and memory come from its own accounting cgroups
+		// (lab hosts share one kernel); without them it reports none.
+		cg := ""
+		if ok, err := l.net.Accounted(ctx, l.net.Hosts()[k-1]); err == nil && ok {
+			cg = metrics.SelfPath
+		}
+		l.st.Args[HostName(k)] = append(args, "--host-cgroup", cg)
 	}
 	// Saved before any host boots: a board watchdog's reset restarts the
 	// agent from this record.
@@ -418,6 +426,9 @@ func (l *Lab) agentArgs(k int) []string {
 			"--network", fmt.Sprintf("name=default,bridge=vmbr0,subnet=%s,pool=%s", vm, pool),
 			"--define-datastore", "name=shared,type=shared,server="+l.storageURL(),
 			"--define-datastore", "name=replicated,type=replicated",
+			// Alarms act within seconds in the lab (its tests and demo);
+			// a production cluster keeps the 10 s default.
+			"--alarm-interval", "3s",
 		)
 	}
 	return append(args, c.AgentArgs...)

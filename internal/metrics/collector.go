@@ -17,8 +17,16 @@ type HostSample struct {
 	MemoryBytes int64
 	// LeaseRenewed is when etcd last acknowledged the host's lease (zero:
 	// never yet).
-	LeaseRenewed  time.Time
-	WatchdogArmed bool
+	LeaseRenewed time.Time
+	// LeaseLatency is how long the last acknowledged renewal took (zero:
+	// none yet); LeaseTTL the lease's TTL.
+	LeaseLatency, LeaseTTL time.Duration
+	// DatastoreHeartbeats maps a datastore to when its last answered
+	// heartbeat was sent.
+	DatastoreHeartbeats map[string]time.Time
+	WatchdogArmed       bool
+	// Usage is the host cgroup's use (nil: unreadable).
+	Usage *CgroupUsage
 }
 
 // Source is what a host's collector reads at each scrape.
@@ -63,6 +71,24 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(HostLease, unix(h.LeaseRenewed), h.Name)
 	}
 	emit(HostWatchdog, boolean(h.WatchdogArmed), h.Name)
+	if h.LeaseLatency > 0 {
+		emit(HostLeaseLatency, h.LeaseLatency.Seconds(), h.Name)
+	}
+	if h.LeaseTTL > 0 {
+		emit(HostLeaseTTL, h.LeaseTTL.Seconds(), h.Name)
+	}
+	for ds, t := range h.DatastoreHeartbeats {
+		emit(HostDatastoreHeartbeat, unix(t), h.Name, ds)
+	}
+	if u := h.Usage; u != nil {
+		emit(HostCPU, u.CPU.Seconds(), h.Name)
+		emit(HostMemoryUsed, float64(u.MemoryBytes), h.Name)
+		for _, r := range []string{"cpu", "memory", "io"} {
+			if d, ok := u.Pressure[r]; ok {
+				emit(HostPressure, d.Seconds(), h.Name, r)
+			}
+		}
+	}
 	running := 0
 	for _, st := range c.src.VMs() {
 		if !st.Running {
@@ -72,6 +98,12 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(VMRunning, 1, st.Name, h.Name)
 		if !st.StartedAt.IsZero() {
 			emit(VMStart, unix(st.StartedAt), st.Name, h.Name)
+		}
+		if st.CPUs > 0 {
+			emit(VMCPUs, float64(st.CPUs), st.Name, h.Name)
+		}
+		if st.MemoryMiB > 0 {
+			emit(VMMemory, float64(st.MemoryMiB)*(1<<20), st.Name, h.Name)
 		}
 		if !st.LastHeartbeat.IsZero() {
 			emit(VMHeartbeat, unix(st.LastHeartbeat), st.Name, h.Name)
@@ -96,9 +128,26 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 			emit(VMDiskReadOps, float64(d.ReadOps), st.Name, h.Name, d.Disk)
 			emit(VMDiskWriteOps, float64(d.WriteOps), st.Name, h.Name, d.Disk)
 			emit(VMDiskWriteTime, d.WriteTime.Seconds(), st.Name, h.Name, d.Disk)
+			if lh := d.WriteLatency; lh != nil {
+				ch <- latencyHistogram(lh, d.WriteTime, st.Name, h.Name, d.Disk)
+			}
 		}
 	}
 	emit(HostVMs, float64(running), h.Name)
+}
+
+// latencyHistogram turns QEMU's bins (counts per interval) into a
+// Prometheus histogram (cumulative buckets). Its sum is the disk's total
+// write time, which is exactly the sum of the latencies it counts.
+func latencyHistogram(lh *driver.LatencyHistogram, total time.Duration, labels ...string) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(lh.Bounds))
+	var cum uint64
+	for i, b := range lh.Bounds {
+		cum += lh.Counts[i]
+		buckets[b.Seconds()] = cum
+	}
+	cum += lh.Counts[len(lh.Bounds)]
+	return prometheus.MustNewConstHistogram(VMDiskWriteLatency.desc(), cum, total.Seconds(), buckets, labels...)
 }
 
 func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }

@@ -18,8 +18,9 @@ type Kind string
 
 // Metric kinds.
 const (
-	Gauge   Kind = "gauge"
-	Counter Kind = "counter"
+	Gauge     Kind = "gauge"
+	Counter   Kind = "counter"
+	Histogram Kind = "histogram"
 )
 
 // Definition is one metric Vigil exports.
@@ -54,6 +55,10 @@ var (
 		"CPU time of the VM's QEMU process (vCPUs and emulation), user and system.", "/proc/PID/stat of QEMU"}
 	VMRSS = Definition{"vigil_vm_memory_rss_bytes", Gauge, []string{"vm", "host"},
 		"Resident memory of the VM's QEMU process.", "/proc/PID/stat of QEMU"}
+	VMCPUs = Definition{"vigil_vm_vcpus", Gauge, []string{"vm", "host"},
+		"vCPUs the VM was given; rate(vigil_vm_cpu_seconds_total) divided by it is the VM's CPU use from 0 to 1.", "the VM's spec"}
+	VMMemory = Definition{"vigil_vm_memory_bytes", Gauge, []string{"vm", "host"},
+		"Memory the VM was given.", "the VM's spec"}
 	VMHeartbeat = Definition{"vigil_vm_guest_heartbeat_timestamp_seconds", Gauge, []string{"vm", "host"},
 		"When the guest's heartbeat (virtio-serial) last arrived (Unix time); absent before the first.", "the driver"}
 	VMDiskReadBytes = Definition{"vigil_vm_disk_read_bytes_total", Counter, []string{"vm", "host", "disk"},
@@ -67,6 +72,9 @@ var (
 	VMDiskWriteTime = Definition{"vigil_vm_disk_write_time_seconds_total", Counter, []string{"vm", "host", "disk"},
 		"Total time the disk's write requests took; divided by the ops' rate it is the mean write latency.", "QMP query-blockstats"}
 
+	VMDiskWriteLatency = Definition{"vigil_vm_disk_write_latency_seconds", Histogram, []string{"vm", "host", "disk"},
+		"Write requests by latency (for percentiles: histogram_quantile); counted from the first scrape of the VM's QEMU process on.", "QMP block-latency-histogram-set, query-blockstats"}
+
 	HostCPUs = Definition{"vigil_host_capacity_cpus", Gauge, []string{"host"},
 		"vCPUs this host offers to VMs (declared, or derived from its CPUs).", "the agent's configuration"}
 	HostMemory = Definition{"vigil_host_capacity_memory_bytes", Gauge, []string{"host"},
@@ -75,14 +83,27 @@ var (
 		"VMs whose QEMU runs on this host.", "the driver"}
 	HostLease = Definition{"vigil_host_lease_renewal_timestamp_seconds", Gauge, []string{"host"},
 		"When etcd last acknowledged this host's lease renewal (Unix time); absent before the first.", "the agent's lease keeper"}
+	HostLeaseLatency = Definition{"vigil_host_lease_renewal_latency_seconds", Gauge, []string{"host"},
+		"How long the last acknowledged lease renewal took, from send to etcd's answer.", "the agent's lease keeper"}
+	HostLeaseTTL = Definition{"vigil_host_lease_ttl_seconds", Gauge, []string{"host"},
+		"The host lease's TTL: the deadline a renewal must beat before the leader may declare the host down.", "the agent's configuration"}
+	HostDatastoreHeartbeat = Definition{"vigil_host_datastore_heartbeat_timestamp_seconds", Gauge, []string{"host", "datastore"},
+		"When the last datastore heartbeat that the datastore answered was sent (Unix time); absent before the first.", "the agent's storage heartbeats"}
+	HostCPU = Definition{"vigil_host_cpu_seconds_total", Counter, []string{"host"},
+		"CPU time used by the host's processes (agent, QEMUs, storage daemons), from the host's cgroup: the root cgroup on a real host, its own cgroup on a lab host.", "cgroup cpuacct.usage (v1) or cpu.stat (v2)"}
+	HostMemoryUsed = Definition{"vigil_host_memory_used_bytes", Gauge, []string{"host"},
+		"Memory in use by the host's processes, without reclaimable page cache (the working set), from the host's cgroup.", "cgroup memory.usage_in_bytes and memory.stat (v1) or memory.current and memory.stat (v2)"}
+	HostPressure = Definition{"vigil_host_pressure_stall_seconds_total", Counter, []string{"host", "resource"},
+		"Time some of the host's tasks stalled waiting for a resource (cpu, memory, io), where the kernel keeps pressure-stall information for the host's cgroup (cgroup v2).", "cgroup cpu.pressure, memory.pressure, io.pressure"}
 	HostWatchdog = Definition{"vigil_host_watchdog_armed", Gauge, []string{"host"},
 		"1 while this host's watchdog is armed (it resets the host if the agent stops feeding it).", "the agent's watchdog client"}
 )
 
 // Definitions lists every metric Vigil exports, for the docs.
 func Definitions() []Definition {
-	ds := []Definition{VMRunning, VMStart, VMCPU, VMRSS, VMHeartbeat, VMDiskReadBytes, VMDiskWriteBytes, VMDiskReadOps,
-		VMDiskWriteOps, VMDiskWriteTime, HostCPUs, HostMemory, HostVMs, HostLease, HostWatchdog}
+	ds := []Definition{VMRunning, VMStart, VMCPU, VMRSS, VMCPUs, VMMemory, VMHeartbeat, VMDiskReadBytes, VMDiskWriteBytes, VMDiskReadOps,
+		VMDiskWriteOps, VMDiskWriteTime, VMDiskWriteLatency, HostCPUs, HostMemory, HostVMs, HostLease, HostLeaseLatency, HostLeaseTTL,
+		HostDatastoreHeartbeat, HostCPU, HostMemoryUsed, HostPressure, HostWatchdog}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].Name < ds[j].Name })
 	return ds
 }
@@ -110,10 +131,16 @@ handle.
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", d.Name, d.Kind, "`"+strings.Join(d.Labels, "`, `")+"`", d.Help, d.Source)
 	}
 	b.WriteString(`
-Not exported yet (the observability issue lists them): per-host CPU, memory and pressure from the host's
-cgroup, allocation, per-datastore heartbeat times, the leader's cluster metrics (failovers, fences,
-migrations, controller passes), disk latency histograms, network I/O. Reserved names for the replicated
-datastore and FT: ` + "`vigil_vm_replica_*`" + `, ` + "`vigil_vm_ft_*`" + `.
+A lab host's CPU, memory and pressure come from cgroups of its own (lab hosts share one kernel; the lab
+puts each host's processes in a cpuacct and a memory cgroup, and its agent runs with
+` + "`--host-cgroup self`" + `); a real host's come from its root cgroup. Pressure-stall series exist only on cgroup
+v2. The disk latency histogram's ` + "`_sum`" + ` is QEMU's total write time since the process started, while its
+buckets count from the moment the agent attached (the first milliseconds of a boot are missing from them).
+
+The leader's alarms (docs/alarms.md) read these same series: it scrapes every agent.
+
+Not exported yet: allocation, the leader's cluster metrics (failovers, fences, migrations, controller
+passes), network I/O. Reserved names for the replicated datastore and FT: ` + "`vigil_vm_replica_*`" + `, ` + "`vigil_vm_ft_*`" + `.
 `)
 	return b.String()
 }

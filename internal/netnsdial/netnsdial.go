@@ -35,3 +35,26 @@ func Dial(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 	})
 	return conn, err
 }
+
+// Listen opens a listener inside network namespace ns ("" is the
+// caller's own); the socket stays there, so it can be served from any
+// thread (a test's webhook receiver on a lab network, say).
+func Listen(ns, network, addr string) (net.Listener, error) {
+	if ns == "" {
+		return net.Listen(network, addr)
+	}
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace %q: %w", ns, err)
+	}
+	defer target.Close()
+	var ln net.Listener
+	err = nsthread.Run(func() error {
+		if err := netns.Set(target); err != nil {
+			return fmt.Errorf("enter %q: %w", ns, err)
+		}
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/api"
 	"github.com/vigilha/vigil/internal/controller"
+	"github.com/vigilha/vigil/internal/controller/alarms"
 	"github.com/vigilha/vigil/internal/controller/lifecycle"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/store"
@@ -55,6 +56,9 @@ type Config struct {
 	// Bootstrap objects created on first start (when absent).
 	Networks   []*store.Network
 	Datastores []*store.Datastore
+	// AlarmInterval is the leader's alarm round: scrape every agent,
+	// evaluate the alarms (0: alarms.DefaultInterval).
+	AlarmInterval time.Duration
 	// Controllers builds the reconcilers the leader runs.
 	Controllers func(store.Writer, *slog.Logger) []controller.Reconciler
 	Log         *slog.Logger
@@ -212,7 +216,7 @@ func (s *Server) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("api: %w", err)
 		}
-		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: api.ConnContext}
 		servers = append(servers, srv)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -295,6 +299,9 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 		// A short resync: a watch can go quiet on a frozen member.
 		m := controller.NewManager(term, s.log, 2*time.Second, rs...)
 		go runDefrag(lctx, st.Client(), term, s.cfg.DefragEvery, s.log)
+		// Alarms run beside the reconcilers, never in their pass: a slow
+		// scrape must not delay a failover.
+		go alarms.New(alarms.Config{Store: term, Log: s.log.With("component", "alarms"), Interval: s.cfg.AlarmInterval}).Run(lctx)
 		m.Run(lctx)
 		cancel()
 		endTerm(el, sess)

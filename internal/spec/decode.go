@@ -4,6 +4,7 @@ import (
 	"encoding"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -75,6 +76,29 @@ func ParseNamed(data []byte, name string) (*VM, error) {
 	}
 	return &vm, nil
 }
+
+// Decode strictly decodes one YAML or JSON document into out (a pointer
+// to a struct with json tags), naming the field path of every unknown key
+// and mistyped value, as Parse does for VM specs. It does not validate.
+func Decode(data []byte, out any) FieldErrors {
+	if len(data) > maxDocumentBytes {
+		return FieldErrors{{Message: fmt.Sprintf("document is %d bytes; the limit is %d", len(data), maxDocumentBytes)}}
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return FieldErrors{{Message: "not valid YAML or JSON: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
+	}
+	if root.Kind == 0 || len(root.Content) == 0 {
+		return FieldErrors{{Message: "empty document"}}
+	}
+	var errs FieldErrors
+	decodeNode(root.Content[0], reflect.ValueOf(out).Elem(), "", &errs)
+	return errs
+}
+
+// CoveredBy reports whether field, or a field containing it, already
+// has an error in errs (so that validation does not add a second one).
+func CoveredBy(field string, errs FieldErrors) bool { return coveredBy(field, errs) }
 
 func coveredBy(field string, errs FieldErrors) bool {
 	for _, e := range errs {
@@ -181,6 +205,17 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string, errs *FieldErrors) {
 			return
 		}
 		v.SetInt(i)
+	case reflect.Float64:
+		if n.Kind != yaml.ScalarNode {
+			fail("expected a number")
+			return
+		}
+		f, err := strconv.ParseFloat(n.Value, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			fail("%q is not a number", n.Value)
+			return
+		}
+		v.SetFloat(f)
 	case reflect.Bool:
 		b, ok := parseBool(n)
 		if !ok {

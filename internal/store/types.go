@@ -216,6 +216,8 @@ type Event struct {
 	Host    string            `json:"host"`
 	Message string            `json:"message"`
 	Fields  map[string]string `json:"fields,omitempty"`
+	// Actor is who made the call an audit event records.
+	Actor string `json:"actor,omitempty"`
 }
 
 // Event types.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,8 @@ func sample(fams map[string]*dto.MetricFamily, name string, want map[string]stri
 			return m.GetCounter().GetValue(), true
 		case m.GetGauge() != nil:
 			return m.GetGauge().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
 		}
 	}
 	return 0, false
@@ -99,6 +102,7 @@ func TestMetrics_HostAndVMCounters(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := ""
+	hostMem := map[string]float64{}
 	for _, h := range hosts {
 		if h.MetricsURL == "" {
 			t.Fatalf("host %s has no metricsURL", h.Name)
@@ -107,18 +111,40 @@ func TestMetrics_HostAndVMCounters(t *testing.T) {
 		if n, ok := sample(fams, "vigil_host_capacity_cpus", map[string]string{"host": h.Name}); !ok || n != float64(h.Capacity.CPUs) {
 			t.Errorf("%s: vigil_host_capacity_cpus %v (%v), want %d", h.Name, n, ok, h.Capacity.CPUs)
 		}
-		t.Logf("%s: %s answered %d bytes in %s", h.Name, h.MetricsURL, size, took.Round(time.Microsecond))
+		// Each lab host's use comes from its own cgroups: something, and
+		// not the whole machine's.
+		cpu, okC := sample(fams, "vigil_host_cpu_seconds_total", map[string]string{"host": h.Name})
+		mem, okM := sample(fams, "vigil_host_memory_used_bytes", map[string]string{"host": h.Name})
+		if !okC || !okM || cpu <= 0 || mem <= 0 {
+			t.Errorf("%s: host cpu %v s (%v), memory %v bytes (%v): want its own cgroup's use", h.Name, cpu, okC, mem, okM)
+		}
+		hostMem[h.Name] = mem
+		t.Logf("%s: %s answered %d bytes in %s (host cgroup: %.1f CPU-s, %.0f MiB)", h.Name, h.MetricsURL, size, took.Round(time.Microsecond), cpu, mem/(1<<20))
 		if h.Name == v.Host {
 			url = h.MetricsURL
 		}
 	}
 	fams, _, _ := scrape(t, hc, url)
+	// The VM's host holds the VM's QEMU in its cgroup; the others do not.
+	// Read from one machine-wide cgroup, every host would show the same.
+	rss, _ := sample(fams, "vigil_vm_memory_rss_bytes", map[string]string{"vm": "met1"})
+	for h, m := range hostMem {
+		if h != v.Host && hostMem[v.Host]-m < rss/2 {
+			t.Errorf("host memory: %s (runs met1, QEMU RSS %.0f MiB) %.0f MiB, %s %.0f MiB: the VM's memory is not in its host's cgroup",
+				v.Host, rss/(1<<20), hostMem[v.Host]/(1<<20), h, m/(1<<20))
+		}
+	}
+	_, v2 := os.Stat("/sys/fs/cgroup/cgroup.controllers")
 	for _, d := range metrics.Definitions() {
+		if d.Name == metrics.HostPressure.Name && v2 != nil {
+			continue // pressure-stall information per cgroup exists on cgroup v2 only
+		}
 		if fams[d.Name] == nil {
 			t.Errorf("documented metric %s missing on %s", d.Name, v.Host)
 		}
 	}
 	ledger := map[string]string{"vm": "met1", "host": v.Host, "disk": "ledger"}
+	countBefore, _ := sample(fams, "vigil_vm_disk_write_latency_seconds", ledger)
 	before, ok := sample(fams, "vigil_vm_disk_write_bytes_total", ledger)
 	if !ok {
 		t.Fatalf("no vigil_vm_disk_write_bytes_total%v", ledger)
@@ -133,5 +159,9 @@ func TestMetrics_HostAndVMCounters(t *testing.T) {
 	if after < before+10*4096 {
 		t.Fatalf("disk write counter %v -> %v after 10 acknowledged 4 KiB appends", before, after)
 	}
-	t.Logf("ledger disk write counter %v -> %v bytes after 10 appends", before, after)
+	countAfter, _ := sample(fams, "vigil_vm_disk_write_latency_seconds", ledger)
+	if countAfter < countBefore+10 {
+		t.Fatalf("write latency histogram counted %v -> %v writes over 10 acknowledged appends", countBefore, countAfter)
+	}
+	t.Logf("ledger disk write counter %v -> %v bytes, latency histogram %v -> %v writes, after 10 appends", before, after, countBefore, countAfter)
 }

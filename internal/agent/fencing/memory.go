@@ -150,6 +150,18 @@ func (m *Memory) HeartbeatAnswered(ds string, sent time.Duration, vms []storage.
 	}
 }
 
+// HeartbeatAcks returns, per datastore, the boot time at which the last
+// heartbeat that datastore answered was sent (for the host's metrics).
+func (m *Memory) HeartbeatAcks() map[string]time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]time.Duration, len(m.storageAck))
+	for ds, t := range m.storageAck {
+		out[ds] = t
+	}
+	return out
+}
+
 // Unreachable returns the datastores whose heartbeats have failed for at
 // least after, and whether that set differs from the one last reported.
 func (m *Memory) Unreachable(now time.Time, after time.Duration) (cut map[string]time.Time, changed bool) {

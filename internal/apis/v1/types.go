@@ -8,6 +8,7 @@ package v1
 import (
 	"time"
 
+	"github.com/vigilha/vigil/internal/alarm"
 	"github.com/vigilha/vigil/internal/spec"
 )
 
@@ -300,6 +301,8 @@ type Event struct {
 	Host    string            `json:"host"`
 	Message string            `json:"message"`
 	Fields  map[string]string `json:"fields,omitempty"`
+	// Actor is who made the call an audit event records (audit.* types).
+	Actor string `json:"actor,omitempty"`
 }
 
 // Rule kinds and strengths.
@@ -341,4 +344,21 @@ type ClusterConfig struct {
 	// AllowNoWatchdog lets hosts without a usable watchdog run restartable
 	// HA VMs.
 	AllowNoWatchdog bool `json:"allowNoWatchdog,omitempty"`
+}
+
+// AlarmStatus is one alarm's current state: its worst instance's state
+// (ok when it has none) and every instance (one per target).
+type AlarmStatus struct {
+	Alarm     string            `json:"alarm"`
+	Severity  string            `json:"severity"`
+	Metric    string            `json:"metric"`
+	Condition string            `json:"condition"`
+	State     alarm.State       `json:"state"`
+	Instances []*alarm.Instance `json:"instances"`
+}
+
+// AckRequest names the target whose alarm to acknowledge (empty: every
+// firing one).
+type AckRequest struct {
+	Target string `json:"target,omitempty"`
 }

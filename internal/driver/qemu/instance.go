@@ -46,7 +46,7 @@ func newInstance(d *Driver, name string, p runtimePaths, rec persisted, proc *pr
 		ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		status: driver.Status{
 			Name: name, UID: rec.Config.UID, Epoch: rec.Config.Epoch, Grants: rec.Config.Grants, PID: proc.pid, Running: true,
-			Accel: rec.Accel, StartedAt: rec.StartedAt,
+			Accel: rec.Accel, StartedAt: rec.StartedAt, CPUs: rec.Config.CPUs, MemoryMiB: rec.Config.MemoryMiB,
 		},
 	}
 }
@@ -71,6 +71,7 @@ func (in *instance) attach(ctx context.Context) error {
 	in.qmp = c
 	in.status.QEMUStatus = st.Status
 	in.mu.Unlock()
+	setLatencyHistograms(ctx, c, len(in.rec.Config.Disks), in.d.log.With("vm", in.name))
 	go in.watchEvents(c, events, unsubscribe)
 	go in.readHeartbeats()
 	return nil

@@ -8,6 +8,8 @@
 //	POST /dirty       ?mb=N[&rate_mbps=R] start (mb=0: stop) the memory dirtier
 //	GET  /dirty       dirty.Status
 //	POST /hang        {"hung":true}; afterwards every request blocks forever
+//	POST /burn        ?seconds=N keep every online vCPU busy for N s (0: stop); burn.Status
+//	GET  /burn        burn.Status
 //
 // Errors are {"error":"..."} with a 4xx/5xx status; the ledger endpoints
 // answer 503 when the guest has no ledger disk.
@@ -26,6 +28,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/httpjson"
 
+	"github.com/vigilha/vigil/internal/guest/burn"
 	"github.com/vigilha/vigil/internal/guest/dirty"
 	"github.com/vigilha/vigil/internal/guest/diskbench"
 	"github.com/vigilha/vigil/internal/guest/hang"
@@ -44,6 +47,10 @@ type Status struct {
 	Hostname string `json:"hostname"`
 	// UptimeMS is the time since the guest kernel booted.
 	UptimeMS int64 `json:"uptime_ms"`
+	// CPUs is how many vCPUs are online now; MemTotalKiB the kernel's
+	// MemTotal (both change with hot-plug and ballooning).
+	CPUs        int   `json:"cpus"`
+	MemTotalKiB int64 `json:"mem_total_kib"`
 }
 
 // LedgerAck is the body of a successful POST /ledger, sent only once the
@@ -99,6 +106,8 @@ type Config struct {
 	Dirtier *dirty.Dirtier
 	// Hang is thrown by POST /hang; nil gives a private switch.
 	Hang *hang.Switch
+	// Burner backs /burn; nil gives a private one.
+	Burner *burn.Burner
 	// ScratchDevice is the disk /diskbench writes (default /dev/vdb).
 	ScratchDevice string
 	// Now is the clock for ledger timestamps; default time.Now.
@@ -132,6 +141,9 @@ func New(cfg Config) *Server {
 	if cfg.Dirtier == nil {
 		cfg.Dirtier = dirty.New(0)
 	}
+	if cfg.Burner == nil {
+		cfg.Burner = burn.New()
+	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /{$}", s.root)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
@@ -140,6 +152,8 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /dirty", s.dirtyStart)
 	s.mux.HandleFunc("GET /dirty", s.dirtyStatus)
 	s.mux.HandleFunc("POST /hang", s.hang)
+	s.mux.HandleFunc("POST /burn", s.burnStart)
+	s.mux.HandleFunc("GET /burn", s.burnStatus)
 	s.mux.HandleFunc("POST /diskbench", s.diskbench)
 	return s
 }
@@ -166,7 +180,26 @@ func (s *Server) root(w http.ResponseWriter, _ *http.Request) {
 		BootID:   s.cfg.BootID,
 		Hostname: s.cfg.Hostname,
 		UptimeMS: s.cfg.Uptime().Milliseconds(),
+		CPUs:     burn.OnlineCPUs(), MemTotalKiB: burn.MemTotalKiB(),
 	})
+}
+
+// maxBurn bounds one burn, so that a forgotten one ends by itself.
+const maxBurn = time.Hour
+
+func (s *Server) burnStart(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.Atoi(r.URL.Query().Get("seconds"))
+	if err != nil || n < 0 || time.Duration(n)*time.Second > maxBurn {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("seconds: want a whole number from 0 (stop) to %d", int(maxBurn.Seconds())))
+		return
+	}
+	st := s.cfg.Burner.Start(time.Duration(n) * time.Second)
+	s.cfg.Log.Info("cpu burner", "seconds", n, "threads", st.Threads)
+	httpjson.Write(w, http.StatusOK, st)
+}
+
+func (s *Server) burnStatus(w http.ResponseWriter, _ *http.Request) {
+	httpjson.Write(w, http.StatusOK, s.cfg.Burner.Status())
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

@@ -199,6 +199,9 @@ func build(ctx context.Context, ss stateStore, st *state, log *slog.Logger) erro
 			return fmt.Errorf("create cgroup: %w", err)
 		}
 	}
+	if err := createAcctCgroups(ss, st, y); err != nil {
+		return err
+	}
 	if err := ensureNetnsDir(); err != nil {
 		return err
 	}
@@ -430,6 +433,12 @@ func downLocked(ctx context.Context, ss stateStore, st *state, log *slog.Logger)
 			st.Cgroups = remove(st.Cgroups, cg)
 		}
 	}
+	for _, cg := range slices.Clone(st.AcctCgroups) {
+		if !ownedAcctCgroup(y, cg) {
+			errs = append(errs, fmt.Errorf("refusing foreign cgroup %q in state", cg))
+			st.AcctCgroups = remove(st.AcctCgroups, cg)
+		}
+	}
 	for _, n := range slices.Clone(st.Namespaces) {
 		if !strings.HasPrefix(n, y.prefix+"-") || strings.ContainsRune(n, '/') {
 			errs = append(errs, fmt.Errorf("refusing foreign namespace %q in state", n))
@@ -493,6 +502,13 @@ func downLocked(ctx context.Context, ss stateStore, st *state, log *slog.Logger)
 	}
 
 	// 4. Cgroups, children before the parent.
+	for _, cg := range slices.Backward(slices.Clone(st.AcctCgroups)) {
+		if err := removeCgroup(ctx, cg); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st.AcctCgroups = remove(st.AcctCgroups, cg)
+	}
 	for _, cg := range slices.Backward(slices.Clone(st.Cgroups)) {
 		if err := removeCgroup(ctx, cg); err != nil {
 			errs = append(errs, err)

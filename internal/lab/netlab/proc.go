@@ -22,7 +22,8 @@ const logDir = "logs"
 const spawnTimeout = 10 * time.Second
 
 // trampoline is what every process started in a node runs as first, with
-// arguments: cgroup.procs path (empty: no cgroup), namespace path, nsenter,
+// arguments: cgroup.procs paths, space-separated (empty: no cgroup; the
+// freezer's first, then a host's accounting cgroups), namespace path, nsenter,
 // unshare, the sysfs script below, then the payload's argv.
 //
 // The shell moves itself ($$) into the node's freezer cgroup before it
@@ -33,7 +34,7 @@ const spawnTimeout = 10 * time.Second
 // sysfs script; every step execs the next, so the pid Spawn returns is the
 // payload's own pid throughout. Exit code 125 marks a failed cgroup join.
 const trampoline = `cg=$1 ns=$2 nsenter=$3 unshare=$4 sysfs=$5; shift 5
-if [ -n "$cg" ]; then echo $$ >"$cg" || exit 125; fi
+for c in $cg; do echo $$ >"$c" || exit 125; done
 exec "$nsenter" --net="$ns" "$unshare" --mount --propagation slave sh -c "$sysfs" netlab-sysfs "$@"`
 
 // sysfsScript gives the process a /sys that shows its own network
@@ -143,7 +144,13 @@ func (l *Lab) Spawn(ctx context.Context, node string, spec ProcSpec) (int, error
 		fmt.Fprintf(lf, "=== %s netlab: starting %q in %s\n", time.Now().Format(time.RFC3339Nano), spec.Argv, ns)
 
 		// Not tied to ctx: the process must outlive this call.
-		cmd, err := nodeCommand(context.Background(), filepath.Join(cg, "cgroup.procs"), ns, spec.Argv)
+		procs := []string{filepath.Join(cg, "cgroup.procs")}
+		if !spec.Board {
+			for _, a := range acctCgroupsOf(st, n) {
+				procs = append(procs, filepath.Join(a, "cgroup.procs"))
+			}
+		}
+		cmd, err := nodeCommand(context.Background(), strings.Join(procs, " "), ns, spec.Argv)
 		if err != nil {
 			return err
 		}

@@ -51,6 +51,9 @@ type state struct {
 	Namespaces []string `json:"namespaces"`
 	// Cgroups are absolute freezer cgroup directories, parents first.
 	Cgroups []string `json:"cgroups"`
+	// AcctCgroups are absolute cpuacct and memory cgroup directories
+	// (acct.go), parents first: they only count a host's use.
+	AcctCgroups []string `json:"acct_cgroups,omitempty"`
 	// NFTables are nftables tables, each inside one of Namespaces.
 	NFTables []nftTable `json:"nft_tables"`
 	// Links are informational: they live inside Namespaces and vanish with
@@ -120,7 +123,7 @@ func (s *state) faults(node string) *Faults {
 
 // empty reports whether nothing the lab created is left.
 func (s *state) empty() bool {
-	return len(s.Namespaces) == 0 && len(s.Cgroups) == 0 && len(s.NFTables) == 0 &&
+	return len(s.Namespaces) == 0 && len(s.Cgroups) == 0 && len(s.AcctCgroups) == 0 && len(s.NFTables) == 0 &&
 		len(s.Procs) == 0 && len(s.Files) == 0
 }
 
