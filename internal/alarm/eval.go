@@ -148,7 +148,8 @@ func Evaluate(d *Definition, target string, kind Kind, cur *Instance, r *Reading
 				next.ClearSince = now
 			}
 			if now.Sub(next.ClearSince) >= d.ClearForOrDefault() {
-				return resolve(fmt.Sprintf("%s for %s", describe(r.Value), d.ClearForOrDefault())), tr
+				return resolve(fmt.Sprintf("%s = %.3g, clear of %s %g (with its hysteresis) for %s",
+					d.Spec.Metric, r.Value, d.Spec.Operator, d.Spec.Threshold, d.ClearForOrDefault())), tr
 			}
 			return next, tr
 		}

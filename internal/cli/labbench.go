@@ -228,6 +228,27 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	replication.Flags().IntVar(&repOps, "ops", 2000, "synchronous 4 KiB writes per disk")
 	replication.Flags().IntVar(&repSeq, "seq-mib", 128, "MiB written sequentially per disk")
 	replication.Flags().DurationVar(&repOutage, "outage", time.Minute, "how long the replica's host stays down while the guest writes, before the resync is measured (0: skip)")
-	cmd.AddCommand(failover, agentRestart, soak, benchMigrate, blips, defrag, replication)
+	var metVMs, metScrapes int
+	benchMetrics := &cobra.Command{
+		Use:   "metrics",
+		Short: "The cost of scraping an agent's /metrics with N VMs on its host (lab up with room for them: --host-cpus, --host-memory)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			r, err := l.BenchMetrics(cmd.Context(), metVMs, metScrapes, g.out)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "scrape of %s with %d VMs, %d scrapes: median %s (max %s), %d bytes (max %d), %d series\n",
+				r.Host, r.VMs, r.Scrapes, r.MedianTime.Round(10*time.Microsecond), r.MaxTime.Round(10*time.Microsecond), r.MedianBytes, r.MaxBytes, r.Series)
+			return nil
+		},
+	}
+	benchMetrics.Flags().IntVar(&metVMs, "vms", 20, "VMs to run on the scraped host")
+	benchMetrics.Flags().IntVar(&metScrapes, "scrapes", 21, "scrapes to take")
+	cmd.AddCommand(failover, agentRestart, soak, benchMigrate, blips, defrag, replication, benchMetrics)
 	return cmd
 }

@@ -23,10 +23,11 @@ var Version = "dev"
 
 // globals are the flags every command shares.
 type globals struct {
-	addr     string
-	logLevel string
-	out      io.Writer
-	errOut   io.Writer
+	addr      string
+	logLevel  string
+	logFormat string
+	out       io.Writer
+	errOut    io.Writer
 }
 
 // Execute runs the CLI and returns the process exit code.
@@ -53,6 +54,13 @@ func newRoot(g *globals) *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.addr, "addr", "", "API endpoints, comma-separated (http://HOST:PORT or unix:///PATH); default $VIGIL_ADDR, then "+client.DefaultAddr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level of daemons: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text (logfmt) or json; etcd's own log goes to the same sink with component=etcd")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.logFormat != "text" && g.logFormat != "json" {
+			return fmt.Errorf("--log-format: %q is not text or json", g.logFormat)
+		}
+		return nil
+	}
 	root.AddCommand(
 		newUpCmd(g), newServerCmd(g), newAgentCmd(g),
 		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
@@ -107,7 +115,14 @@ func (g *globals) quietLogger(cmd *cobra.Command) *slog.Logger {
 	if f := cmd.Flags().Lookup("log-level"); f != nil && f.Changed {
 		return g.logger()
 	}
-	return slog.New(slog.NewTextHandler(g.errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(g.handler(slog.LevelWarn))
+}
+
+func (g *globals) handler(lvl slog.Level) slog.Handler {
+	if g.logFormat == "json" {
+		return slog.NewJSONHandler(g.errOut, &slog.HandlerOptions{Level: lvl})
+	}
+	return slog.NewTextHandler(g.errOut, &slog.HandlerOptions{Level: lvl})
 }
 
 func (g *globals) logger() *slog.Logger {
@@ -115,7 +130,7 @@ func (g *globals) logger() *slog.Logger {
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 		lvl = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(g.errOut, &slog.HandlerOptions{Level: lvl}))
+	return slog.New(g.handler(lvl))
 }
 
 // output is the -o flag of list and show commands.

@@ -139,9 +139,10 @@ func startEmbedded(ctx context.Context, cfg Config) (*embed.Etcd, error) {
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = filepath.Join(cfg.DataDir, "etcd")
-	ec.LogLevel = "error"
 	ec.Logger = "zap"
-	ec.LogOutputs = []string{filepath.Join(cfg.DataDir, "etcd.log")}
+	// etcd's warnings and errors go to Vigil's own log, tagged
+	// component=etcd; its info chatter does not.
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdLogger(cfg.Log, slog.LevelWarn))
 	cu, err := url.Parse(cfg.ClientURL)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client URL %q: %w", cfg.ClientURL, err)
