@@ -2,7 +2,7 @@
 # Installs what Vigil needs on a Debian 12 machine, only where it is missing:
 # QEMU 10.x from bookworm-backports (7.2 corrupts busy guests in TCG live migration),
 # qemu-utils, nftables, iproute2, ethtool, python3/curl for the acceptance checks, and Debian's
-# prometheus (promtool checks the shipped alert rules).
+# prometheus (promtool checks the shipped alert rules), and tmux (the test of vigil top).
 # Fails loudly when QEMU 10.x cannot be installed.
 set -euo pipefail
 
@@ -40,7 +40,7 @@ add_backports() {
 }
 
 need=()
-for pair in ip:iproute2 nft:nftables ethtool:ethtool python3:python3 curl:curl dpkg-deb:dpkg cpio:cpio promtool:prometheus; do
+for pair in ip:iproute2 nft:nftables ethtool:ethtool python3:python3 curl:curl dpkg-deb:dpkg cpio:cpio promtool:prometheus tmux:tmux; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -151,6 +151,10 @@ type Agent struct {
 	lastSnap *store.Snapshot
 	// mon is VM monitoring's memory.
 	mon *monitor.History
+	// resetsDone are the reset requests already carried out, by VM, until
+	// the snapshot no longer shows them (only the guest monitor's
+	// goroutine touches it).
+	resetsDone map[string]string
 	// migr is the host's side of live migration.
 	migr *migration.Reconciler
 	// bootResetSaid: this boot's host.watchdog-reset event was raised.
@@ -211,7 +215,7 @@ func New(cfg Config) (*Agent, error) {
 		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
 		evq:      make(chan store.Event, 1024),
 
-		mon:     monitor.NewHistory(),
+		mon: monitor.NewHistory(), resetsDone: map[string]string{},
 		retryAt: map[string]time.Time{},
 	}
 	boot := a.bootID()

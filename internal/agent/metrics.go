@@ -30,6 +30,7 @@ func (s metricsSource) Host() metrics.HostSample {
 	}
 	if a.lease != nil {
 		h.LeaseLatency, h.LeaseTTL = a.lease.latency()
+		h.LeaseValid = a.leaseValid(boottime.Now())
 	}
 	if acks := a.fence.HeartbeatAcks(); len(acks) > 0 {
 		h.DatastoreHeartbeats = map[string]time.Time{}

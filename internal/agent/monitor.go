@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/vigilha/vigil/internal/agent/monitor"
+	"strings"
 	"time"
 
 	"github.com/vigilha/vigil/internal/boottime"
@@ -55,6 +56,7 @@ func (a *Agent) checkHeartbeats(ctx context.Context) {
 	if snap == nil || !a.leaseValid(boottime.Now()) {
 		return
 	}
+	a.serveResets(ctx, snap)
 	now := time.Now()
 	for _, ls := range a.drv.List() {
 		v, ok := snap.VMs[ls.Name]
@@ -85,6 +87,42 @@ func (a *Agent) checkHeartbeats(ctx context.Context) {
 		}
 		a.event(ctx, store.EvVMReset, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset the VM (reset %d of %d allowed per %s)", silentFor.Round(time.Second), len(recent), m.MaxFailures, m.FailureWindow.D()))
 		a.putStatus(ctx, v, a.runningStatus(v.Record, ls))
+	}
+}
+
+// serveResets resets the guests of the VMs running here that have a reset
+// request (an alarm's restart action), then deletes the request. Each
+// request is unique (it carries its time), so one that is still in a stale
+// snapshot is never served twice.
+func (a *Agent) serveResets(ctx context.Context, snap *store.Snapshot) {
+	if a.resetsDone == nil {
+		a.resetsDone = map[string]string{}
+	}
+	for name, done := range a.resetsDone {
+		if snap.Requests[name] != done {
+			delete(a.resetsDone, name) // the snapshot caught up with the deletion
+		}
+	}
+	for name, req := range snap.Requests {
+		kind, why, _ := strings.Cut(req, ":")
+		v := snap.VMs[name]
+		if kind != store.RequestReset || v == nil || v.Placement.Host != a.cfg.Host || a.isBusy(name) || a.resetsDone[name] == req {
+			continue
+		}
+		ls, err := a.drv.Inspect(name)
+		if err != nil || !ls.Running {
+			continue
+		}
+		if err := a.drv.Reset(ctx, name); err != nil {
+			a.log.Error("reset on request failed", "vm", name, "err", err)
+			continue
+		}
+		// Once: a snapshot taken before the deletion still shows it.
+		a.resetsDone[name] = req
+		if err := a.st.DeleteRequest(ctx, name); err != nil {
+			a.log.Warn("reset done; its request not deleted", "vm", name, "err", err)
+		}
+		a.event(ctx, store.EvVMReset, name, "reset the guest on request: "+why)
 	}
 }
 

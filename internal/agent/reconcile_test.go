@@ -501,3 +501,28 @@ func TestCrashedHAVMNotRestartedWithoutASurelyValidLease(t *testing.T) {
 		t.Fatalf("status %s with %d restarts, want running with 1", st.State, len(st.Restarts))
 	}
 }
+
+// A reset request (an alarm's restart action) resets the guest of a VM
+// running here once, even while a stale snapshot still shows the request,
+// and is deleted; a request for a VM on another host is left alone.
+func TestResetRequestServedOnce(t *testing.T) {
+	h := newHarness(t)
+	h.allowNoWatchdog()
+	rec := vmRecord("web", haSpec(1))
+	h.leaveRunning(rec, false)
+	h.st.SetRequest("web", store.RequestReset+":alarm hot at 1")
+	h.reconcile()
+	ctx := context.Background()
+	h.a.checkHeartbeats(ctx)
+	if h.drv.Resets("web") != 1 {
+		t.Fatalf("resets = %d, want 1", h.drv.Resets("web"))
+	}
+	h.a.checkHeartbeats(ctx) // the snapshot it reads still has the request
+	if h.drv.Resets("web") != 1 {
+		t.Fatalf("resets = %d from one request, want 1", h.drv.Resets("web"))
+	}
+	if snap, _ := h.st.Snapshot(ctx); snap.Requests["web"] != "" {
+		t.Fatalf("request left after the reset: %q", snap.Requests["web"])
+	}
+	wantEvent(t, h.events("web"), store.EvVMReset)
+}

@@ -82,6 +82,10 @@ const (
 	// normal placement, rules and limits, at most MaxMovesPerHour times an
 	// hour per VM.
 	ActionMigrateAway = "migrate-away"
+	// ActionRestart resets the VM's guest on its host (system_reset, as
+	// VM monitoring does for a hung guest), at most MaxRestartsPerHour
+	// times an hour per VM.
+	ActionRestart = "restart"
 )
 
 // Severities.
@@ -102,6 +106,10 @@ const (
 // it leave a hot host and try two more before Vigil stops moving it,
 // far below KubeVirt's alert on 12 migrations a day.
 const MaxMovesPerHour = 3
+
+// MaxRestartsPerHour bounds the restart action the same way: a guest that
+// trips the alarm again after each reset is left alone after three.
+const MaxRestartsPerHour = 3
 
 // MinActionInterval is the least time between two rounds of an alarm's
 // actions for the same target: an alarm that resolves and fires again
@@ -239,12 +247,12 @@ func (d *Definition) Validate() spec.FieldErrors {
 			if !strings.HasPrefix(a.URL, "http://") && !strings.HasPrefix(a.URL, "https://") {
 				add(f+".url", "a webhook needs an http:// or https:// URL, got %q", a.URL)
 			}
-		case ActionMigrateAway:
+		case ActionMigrateAway, ActionRestart:
 			if ok && m.Kind != KindVM {
-				add(f+".type", "migrate-away moves a VM: it needs a VM metric, not %s", d.Spec.Metric)
+				add(f+".type", "%s acts on a VM: it needs a VM metric, not %s", a.Type, d.Spec.Metric)
 			}
 		default:
-			add(f+".type", "must be event, webhook or migrate-away, got %q", a.Type)
+			add(f+".type", "must be event, webhook, migrate-away or restart, got %q", a.Type)
 		}
 		if a.Type != ActionWebhook && a.URL != "" {
 			add(f+".url", "only a webhook takes a URL")

@@ -48,6 +48,7 @@ type Instance struct {
 	// are the migrate-away moves of the last hour.
 	LastActions time.Time   `json:"lastActions,omitzero"`
 	Moves       []time.Time `json:"moves,omitempty"`
+	Restarts    []time.Time `json:"restarts,omitempty"`
 	// Rev is the stored record's revision (compare-and-swap).
 	Rev int64 `json:"-"`
 }
@@ -87,7 +88,7 @@ func Evaluate(d *Definition, target string, kind Kind, cur *Instance, r *Reading
 	if cur != nil {
 		from = cur.State
 		cp := *cur
-		cp.Moves = slices.Clone(cur.Moves)
+		cp.Moves, cp.Restarts = slices.Clone(cur.Moves), slices.Clone(cur.Restarts)
 		next = &cp
 	}
 	tr := Transition{From: from, To: from}
@@ -117,7 +118,7 @@ func Evaluate(d *Definition, target string, kind Kind, cur *Instance, r *Reading
 			keep := next
 			next = &Instance{Alarm: d.Name(), Target: target, Kind: kind}
 			if keep != nil {
-				next.LastActions, next.Moves, next.Rev = keep.LastActions, keep.Moves, keep.Rev
+				next.LastActions, next.Moves, next.Restarts, next.Rev = keep.LastActions, keep.Moves, keep.Restarts, keep.Rev
 			}
 			next.State, next.Since = StatePending, now
 			tr.To, tr.Why = StatePending, describe(r.Value)
@@ -190,6 +191,13 @@ func gc(in *Instance, now time.Time) *Instance {
 func (in *Instance) MayMove(now time.Time) bool {
 	in.Moves = slices.DeleteFunc(in.Moves, func(t time.Time) bool { return now.Sub(t) >= time.Hour })
 	return len(in.Moves) < MaxMovesPerHour
+}
+
+// MayRestart reports whether the restart action may reset the target now
+// (at most MaxRestartsPerHour in the last hour).
+func (in *Instance) MayRestart(now time.Time) bool {
+	in.Restarts = slices.DeleteFunc(in.Restarts, func(t time.Time) bool { return now.Sub(t) >= time.Hour })
+	return len(in.Restarts) < MaxRestartsPerHour
 }
 
 // Ack marks a firing instance acknowledged by who.

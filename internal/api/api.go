@@ -18,10 +18,13 @@ import (
 	"github.com/vigilha/vigil/internal/httpjson"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/ipam"
+	"github.com/vigilha/vigil/internal/metrics"
+	"github.com/vigilha/vigil/internal/metrics/scrape"
 	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage/replicated"
@@ -30,12 +33,18 @@ import (
 
 // Server serves the API.
 type Server struct {
-	st  *store.Store
-	log *slog.Logger
+	st      *store.Store
+	log     *slog.Logger
+	metrics *metrics.Cluster
+	// scraper reads the host agents' metrics for /api/v1/stats.
+	scraper scrape.Scraper
 }
 
-// New creates the API server.
-func New(st *store.Store, log *slog.Logger) *Server { return &Server{st: st, log: log} }
+// New creates the API server; it serves the member's metrics m at
+// /metrics (nil: none).
+func New(st *store.Store, log *slog.Logger, m *metrics.Cluster) *Server {
+	return &Server{st: st, log: log, metrics: m, scraper: scrape.HTTP{Client: &http.Client{}}}
+}
 
 // maxBody bounds request bodies.
 const maxBody = 1 << 20
@@ -43,6 +52,9 @@ const maxBody = 1 << 20
 // Handler returns the API's routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /api/v1/vms", s.listVMs)
 	mux.HandleFunc("POST /api/v1/vms", s.audited("vm.create", s.createVM))
@@ -69,6 +81,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/hosts/{host}/maintenance", s.audited("host.maintenance-enter", s.maintenance(true)))
 	mux.HandleFunc("DELETE /api/v1/hosts/{host}/maintenance", s.audited("host.maintenance-exit", s.maintenance(false)))
 	mux.HandleFunc("PUT /api/v1/config", s.audited("config.update", s.putConfig))
+	mux.HandleFunc("GET /api/v1/stats", s.stats)
 	mux.HandleFunc("GET /api/v1/alarms", s.listAlarms)
 	mux.HandleFunc("POST /api/v1/alarms", s.audited("alarm.create", s.createAlarm))
 	mux.HandleFunc("GET /api/v1/alarms/status", s.alarmStatus)
@@ -175,6 +188,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if err := admit(snap, &store.VMState{Record: rec}); err != nil {
+			s.refused()
 			writeErr(w, http.StatusConflict, err)
 			return
 		}
@@ -255,6 +269,13 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 
 // admit applies admission control to a VM about to power on (v's record
 // says running). The snapshot is copied, never changed.
+// refused counts a power-on refused by admission control.
+func (s *Server) refused() {
+	if s.metrics != nil {
+		s.metrics.AdmissionRefusals.Inc()
+	}
+}
+
 func admit(snap *store.Snapshot, v *store.VMState) error {
 	c := *snap
 	c.VMs = make(map[string]*store.VMState, len(snap.VMs)+1)
@@ -358,6 +379,7 @@ func (s *Server) admitStart(ctx context.Context, name string) error {
 	rec.Power = store.PowerRunning
 	next.Record = &rec
 	if err := admit(snap, &next); err != nil {
+		s.refused()
 		return fmt.Errorf("%w: %w", errRefused, err)
 	}
 	return nil

@@ -31,7 +31,7 @@ func serve(t *testing.T, a *Server, ln net.Listener) {
 // client's address. Reads leave none.
 func TestAuditRecordsWhoDidWhat(t *testing.T) {
 	st := store.New(etcdtest.Start(t))
-	a := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	uln, err := net.Listen("unix", sock)
 	if err != nil {

@@ -365,3 +365,10 @@ func (c *Client) AckAlarm(ctx context.Context, name, target string) ([]*alarm.In
 	var out []*alarm.Instance
 	return out, c.do(ctx, http.MethodPost, "/api/v1/alarms/"+url.PathEscape(name)+"/ack", b, &out)
 }
+
+// Stats returns every host's and VM's counters, from one scrape of each
+// host agent by the API's member.
+func (c *Client) Stats(ctx context.Context) (v1.Stats, error) {
+	var out v1.Stats
+	return out, c.do(ctx, http.MethodGet, "/api/v1/stats", nil, &out)
+}

@@ -29,7 +29,19 @@ type Manager struct {
 	reconcilers []Reconciler
 	resync      time.Duration
 	log         *slog.Logger
+	// timed receives how long each pass and each state read took (nil:
+	// not measured).
+	timed Timings
 }
+
+// Timings receives the manager's timings, for the member's metrics.
+type Timings interface {
+	Pass(controller string, d time.Duration)
+	Read(d time.Duration)
+}
+
+// Measure sends the manager's timings to t.
+func (m *Manager) Measure(t Timings) { m.timed = t }
 
 // NewManager creates a manager; resync is the period of unconditional passes.
 func NewManager(st store.Reader, log *slog.Logger, resync time.Duration, rs ...Reconciler) *Manager {
@@ -65,8 +77,12 @@ func (m *Manager) Run(ctx context.Context) {
 			return // the term ended while a wakeup was pending
 		}
 		sctx, scancel := context.WithTimeout(ctx, time.Second)
+		readStart := time.Now()
 		snap, err := m.st.Snapshot(sctx)
 		scancel()
+		if err == nil && m.timed != nil {
+			m.timed.Read(time.Since(readStart))
+		}
 		next := m.resync
 		if err != nil {
 			if ctx.Err() == nil {
@@ -76,8 +92,12 @@ func (m *Manager) Run(ctx context.Context) {
 		} else {
 			for _, r := range m.reconcilers {
 				rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+				passStart := time.Now()
 				again, err := m.pass(rctx, r, snap)
 				rcancel()
+				if m.timed != nil {
+					m.timed.Pass(r.Name(), time.Since(passStart))
+				}
 				if err != nil && ctx.Err() == nil {
 					m.log.Warn("controller pass failed", "controller", r.Name(), "err", err)
 					again = time.Second

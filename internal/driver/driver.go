@@ -142,6 +142,8 @@ type Status struct {
 	// guest was given, not what it uses).
 	CPUs      int
 	MemoryMiB int64
+	// NICs is how many network interfaces it has (taps TapName(vm, i)).
+	NICs int
 	// ExitReason says why the process ended: guest-shutdown, host-qmp-quit,
 	// host-signal, killed, or crashed (gone with no shutdown event).
 	ExitReason string

@@ -313,6 +313,16 @@ func (l *Lab) APIEndpoints() []string {
 	return eps
 }
 
+// MemberMetricsURLs are the control-plane members' /metrics, on their
+// management addresses (reachable from inside the lab's hosts).
+func (l *Lab) MemberMetricsURLs() []string {
+	var out []string
+	for s := 1; s <= l.st.Config.Servers; s++ {
+		out = append(out, fmt.Sprintf("http://%s:%d/metrics", l.addr(s, netlab.Mgmt), apiPort))
+	}
+	return out
+}
+
 // EtcdEndpoints are the etcd members' client URLs, on the management
 // network (reachable from inside the lab's hosts).
 func (l *Lab) EtcdEndpoints() []string {

@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"context"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"github.com/prometheus/procfs"
 
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/hostnet"
 )
 
 // HostSample is the host's own state at a scrape.
@@ -26,6 +29,8 @@ type HostSample struct {
 	// heartbeat was sent.
 	DatastoreHeartbeats map[string]time.Time
 	WatchdogArmed       bool
+	// LeaseValid: the host surely holds its lease (it is not self-fencing).
+	LeaseValid bool
 	// Usage is the host cgroup's use (nil: unreadable).
 	Usage *CgroupUsage
 }
@@ -46,11 +51,13 @@ type HostCollector struct {
 	// perVM bounds each VM's QMP query, so that one wedged QEMU cannot
 	// hold a scrape.
 	perVM time.Duration
+	// sysNet is where the host's network devices are (/sys/class/net).
+	sysNet string
 }
 
 // NewHostCollector returns a collector over src.
 func NewHostCollector(src Source) *HostCollector {
-	return &HostCollector{src: src, perVM: 500 * time.Millisecond}
+	return &HostCollector{src: src, perVM: 500 * time.Millisecond, sysNet: "/sys/class/net"}
 }
 
 // Describe sends every agent metric's descriptor.
@@ -138,6 +145,16 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 				}
 			}
 		}
+		for n := range st.NICs {
+			dir := filepath.Join(c.sysNet, hostnet.TapName(st.Name, n), "statistics")
+			rx, errR := readInt(filepath.Join(dir, "tx_bytes")) // the tap sends what the guest receives
+			tx, errT := readInt(filepath.Join(dir, "rx_bytes"))
+			if errR == nil && errT == nil {
+				nic := strconv.Itoa(n)
+				emit(VMNetReceive, float64(rx), st.Name, h.Name, nic)
+				emit(VMNetTransmit, float64(tx), st.Name, h.Name, nic)
+			}
+		}
 		for _, d := range disks[i] {
 			emit(VMDiskReadBytes, float64(d.ReadBytes), st.Name, h.Name, d.Disk)
 			emit(VMDiskWriteBytes, float64(d.WriteBytes), st.Name, h.Name, d.Disk)
@@ -150,6 +167,14 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	running := len(vms)
+	var cpus, mem float64
+	for _, st := range vms {
+		cpus += float64(st.CPUs)
+		mem += float64(st.MemoryMiB) * (1 << 20)
+	}
+	emit(HostAllocatedCPUs, cpus, h.Name)
+	emit(HostAllocatedMemory, mem, h.Name)
+	emit(HostLeaseValid, boolean(h.LeaseValid), h.Name)
 	emit(HostVMs, float64(running), h.Name)
 }
 

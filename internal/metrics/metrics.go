@@ -72,6 +72,10 @@ var (
 	VMDiskWriteTime = Definition{"vigil_vm_disk_write_time_seconds_total", Counter, []string{"vm", "host", "disk"},
 		"Total time the disk's write requests took; divided by the ops' rate it is the mean write latency.", "QMP query-blockstats"}
 
+	VMNetReceive = Definition{"vigil_vm_network_receive_bytes_total", Counter, []string{"vm", "host", "nic"},
+		"Bytes the guest received on the NIC (its tap device's transmit counter).", "/sys/class/net/TAP/statistics"}
+	VMNetTransmit = Definition{"vigil_vm_network_transmit_bytes_total", Counter, []string{"vm", "host", "nic"},
+		"Bytes the guest sent on the NIC (its tap device's receive counter).", "/sys/class/net/TAP/statistics"}
 	VMDiskWriteLatency = Definition{"vigil_vm_disk_write_latency_seconds", Histogram, []string{"vm", "host", "disk"},
 		"Write requests by latency (for percentiles: histogram_quantile); counted from the first scrape of the VM's QEMU process on.", "QMP block-latency-histogram-set, query-blockstats"}
 
@@ -79,6 +83,12 @@ var (
 		"vCPUs this host offers to VMs (declared, or derived from its CPUs).", "the agent's configuration"}
 	HostMemory = Definition{"vigil_host_capacity_memory_bytes", Gauge, []string{"host"},
 		"Memory this host offers to VMs.", "the agent's configuration"}
+	HostAllocatedCPUs = Definition{"vigil_host_allocated_cpus", Gauge, []string{"host"},
+		"vCPUs given to the VMs running on this host (against vigil_host_capacity_cpus).", "the driver"}
+	HostAllocatedMemory = Definition{"vigil_host_allocated_memory_bytes", Gauge, []string{"host"},
+		"Memory given to the VMs running on this host (against vigil_host_capacity_memory_bytes).", "the driver"}
+	HostLeaseValid = Definition{"vigil_host_lease_valid", Gauge, []string{"host"},
+		"1 while the host holds a lease it surely still has (its agent's fencing clock); 0 while it self-fences.", "the agent's lease keeper"}
 	HostVMs = Definition{"vigil_host_vms_running", Gauge, []string{"host"},
 		"VMs whose QEMU runs on this host.", "the driver"}
 	HostLease = Definition{"vigil_host_lease_renewal_timestamp_seconds", Gauge, []string{"host"},
@@ -102,7 +112,7 @@ var (
 // Definitions lists every metric Vigil exports, for the docs.
 func Definitions() []Definition {
 	ds := []Definition{VMRunning, VMStart, VMCPU, VMRSS, VMCPUs, VMMemory, VMHeartbeat, VMDiskReadBytes, VMDiskWriteBytes, VMDiskReadOps,
-		VMDiskWriteOps, VMDiskWriteTime, VMDiskWriteLatency, HostCPUs, HostMemory, HostVMs, HostLease, HostLeaseLatency, HostLeaseTTL,
+		VMDiskWriteOps, VMDiskWriteTime, VMDiskWriteLatency, VMNetReceive, VMNetTransmit, HostCPUs, HostMemory, HostAllocatedCPUs, HostAllocatedMemory, HostLeaseValid, HostVMs, HostLease, HostLeaseLatency, HostLeaseTTL,
 		HostDatastoreHeartbeat, HostCPU, HostMemoryUsed, HostPressure, HostWatchdog}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].Name < ds[j].Name })
 	return ds
@@ -131,6 +141,27 @@ handle.
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", d.Name, d.Kind, "`"+strings.Join(d.Labels, "`, `")+"`", d.Help, d.Source)
 	}
 	b.WriteString(`
+## On every control-plane member
+
+Every ` + "`vigil server`" + ` (and every ` + "`vigil agent --server`" + `) serves these at ` + "`/metrics`" + ` on its API endpoints
+(` + "`--api-listen`" + `). The cluster gauges are read from etcd at each scrape, so every member gives the same.
+The counters and histograms are kept by the leader's process: they start from zero in a new leader's
+process and stay frozen in a former leader's. Query them summed over every member, with ` + "`rate()`" + ` or
+` + "`increase()`" + ` first (each handles its own process's restarts):
+` + "`sum(increase(vigil_failover_seconds_count[1h]))`" + ` counts the failovers of the last hour across leader
+changes, ` + "`sum(increase(vigil_leader_terms_total[1d]))`" + ` the leader changes of a day.
+
+| metric | type | labels | meaning | from |
+|---|---|---|---|---|
+`)
+	for _, d := range ClusterDefinitions() {
+		labels := "`" + strings.Join(d.Labels, "`, `") + "`"
+		if len(d.Labels) == 0 {
+			labels = "none"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", d.Name, d.Kind, labels, d.Help, d.Source)
+	}
+	b.WriteString(`
 A lab host's CPU, memory and pressure come from cgroups of its own (lab hosts share one kernel; the lab
 puts each host's processes in a cpuacct and a memory cgroup, and its agent runs with
 ` + "`--host-cgroup self`" + `); a real host's come from its root cgroup. Pressure-stall series exist only on cgroup
@@ -139,8 +170,7 @@ buckets count from the moment the agent attached (the first milliseconds of a bo
 
 The leader's alarms (docs/alarms.md) read these same series: it scrapes every agent.
 
-Not exported yet: allocation, the leader's cluster metrics (failovers, fences, migrations, controller
-passes), network I/O. Reserved names for the replicated datastore and FT: ` + "`vigil_vm_replica_*`" + `, ` + "`vigil_vm_ft_*`" + `.
+Not exported yet: allocation, the guest's own view of its memory (balloon). Reserved names for the replicated datastore and FT: ` + "`vigil_vm_replica_*`" + `, ` + "`vigil_vm_ft_*`" + `.
 `)
 	return b.String()
 }

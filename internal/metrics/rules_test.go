@@ -35,7 +35,7 @@ func TestRulesHaveSeverityAndRunbook(t *testing.T) {
 		t.Fatal(err)
 	}
 	known := map[string]bool{"up": true}
-	for _, d := range Definitions() {
+	for _, d := range append(Definitions(), ClusterDefinitions()...) {
 		known[d.Name] = true
 	}
 	n := 0

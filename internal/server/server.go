@@ -23,7 +23,9 @@ import (
 	"github.com/vigilha/vigil/internal/controller"
 	"github.com/vigilha/vigil/internal/controller/alarms"
 	"github.com/vigilha/vigil/internal/controller/lifecycle"
+	"github.com/vigilha/vigil/internal/controller/observe"
 	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -206,7 +208,8 @@ func startEmbedded(ctx context.Context, cfg Config) (*embed.Etcd, error) {
 // Run serves the API and campaigns for leadership until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	st := store.New(s.client)
-	a := api.New(st, s.log)
+	m := metrics.NewCluster(st.Snapshot, api.StateOf)
+	a := api.New(st, s.log, m)
 	var servers []*http.Server
 	for _, addr := range s.cfg.APIListen {
 		ep, err := endpoint.Parse(addr)
@@ -240,7 +243,7 @@ func (s *Server) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.lead(ctx, st)
+		s.lead(ctx, st, m)
 	}()
 	select {
 	case <-ctx.Done():
@@ -253,13 +256,14 @@ func (s *Server) Run(ctx context.Context) error {
 
 // lead campaigns for leadership and runs the controllers while it holds it.
 // Losing the session (etcd unreachable) ends the term at once.
-func (s *Server) lead(ctx context.Context, st *store.Store) {
+func (s *Server) lead(ctx context.Context, st *store.Store, met *metrics.Cluster) {
 	for ctx.Err() == nil {
 		sess, el, ok := s.campaign(ctx, st)
 		if !ok {
 			continue
 		}
 		s.log.Info("elected leader; starting controllers")
+		met.LeaderTerms.Inc()
 		_ = st.Emit(ctx, store.Event{Type: "leader.elected", Host: s.cfg.Name, Message: "became the control-plane leader"})
 		lctx, cancel := context.WithCancel(ctx)
 		go func() {
@@ -298,7 +302,11 @@ func (s *Server) lead(ctx context.Context, st *store.Store) {
 			rs = []controller.Reconciler{lifecycle.New(term, s.log)}
 		}
 		// A short resync: a watch can go quiet on a frozen member.
+		// The observer turns what the passes see into the member's
+		// metrics; it writes nothing.
+		rs = append(rs, observe.New(met))
 		m := controller.NewManager(term, s.log, 2*time.Second, rs...)
+		m.Measure(met)
 		go runDefrag(lctx, st.Client(), term, s.cfg.DefragEvery, s.log)
 		// Alarms run beside the reconcilers, never in their pass: a slow
 		// scrape must not delay a failover.

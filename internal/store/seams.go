@@ -51,6 +51,8 @@ type HostWriter interface {
 	SetMaintenance(ctx context.Context, host string, on bool, m Maintenance) error
 	PutMigrationTarget(ctx context.Context, vm string, t *MigrationTarget) error
 	PutMigrationSource(ctx context.Context, vm string, r *MigrationSource) error
+	// DeleteRequest removes a VM's request this host carried out (a reset).
+	DeleteRequest(ctx context.Context, vm string) error
 	Emit(ctx context.Context, ev Event) error
 }
 

@@ -313,6 +313,9 @@ const (
 	// RequestTestFailover restarts one HA VM elsewhere, to rehearse. A
 	// target host may follow after a colon: "test-failover:host3".
 	RequestTestFailover = "test-failover"
+	// RequestReset asks the VM's host to reset its guest (system_reset),
+	// as "reset:WHY"; the host deletes the request once done.
+	RequestReset = "reset"
 )
 
 // MigrationRequest is an operator's (or maintenance mode's) request to

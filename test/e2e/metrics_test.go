@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +166,41 @@ func TestMetrics_HostAndVMCounters(t *testing.T) {
 		t.Fatalf("write latency histogram counted %v -> %v writes over 10 acknowledged appends", countBefore, countAfter)
 	}
 	t.Logf("ledger disk write counter %v -> %v bytes, latency histogram %v -> %v writes, after 10 appends", before, after, countBefore, countAfter)
+
+	// vigil top, in a real terminal (tmux), refreshes in place: after a
+	// few refreshes the pane shows every host and the VM with rates.
+	screen := topScreen(t, l)
+	for _, h := range hosts {
+		if !regexp.MustCompile(`(?m)^` + h.Name + `\s+up\s+\d+% of \d+\s+\d+% of `).MatchString(screen) {
+			t.Errorf("vigil top shows no CPU and memory for %s:\n%s", h.Name, screen)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^met1\s+running\s+` + v.Host + `\s+ha\s+\d+% of 1\s+[\d.]+ MiB of 256.0 MiB\s+[\d.]+ \S+/s / [\d.]+ \S+/s\s+[\d.]+ \S+/s / [\d.]+ \S+/s`).MatchString(screen) {
+		t.Errorf("vigil top shows no rates for met1:\n%s", screen)
+	}
+	if n := strings.Count(screen, "vigil top - "); n != 1 {
+		t.Errorf("the pane holds %d screens, want one (refreshed in place):\n%s", n, screen)
+	}
+}
+
+// topScreen runs `vigil top` in a detached tmux session of its own for a
+// few refreshes and returns what the terminal shows.
+func topScreen(t *testing.T, l *testenv.Lab) string {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Fatal("tmux is not installed (scripts/setup.sh installs it)")
+	}
+	session := fmt.Sprintf("vigil-top-%d", os.Getpid())
+	cmd := fmt.Sprintf("%s --addr %s top --interval 1s; sleep 60", testenv.Binary(t), strings.Join(l.APIEndpoints(), ","))
+	if out, err := exec.Command("tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd).CombinedOutput(); err != nil {
+		t.Fatalf("tmux: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("tmux", "kill-session", "-t", session).Run() })
+	time.Sleep(5 * time.Second)
+	out, err := exec.Command("tmux", "capture-pane", "-p", "-t", session).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tmux capture-pane: %v: %s", err, out)
+	}
+	t.Logf("vigil top in tmux:\n%s", out)
+	return string(out)
 }

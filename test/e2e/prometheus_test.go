@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/netnsdial"
+	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/testenv"
 )
 
@@ -62,8 +63,10 @@ type promSample struct {
 // TestPrometheus_ScrapesTheLab: Debian's real Prometheus, on the lab's
 // management network with a generated config, scrapes every host agent
 // of a 3-host lab: every documented metric is there, a VM's disk-write
-// counter grows while its guest appends to its ledger, and the shipped
-// alert rules load and evaluate against the live series.
+// counter grows while its guest appends to its ledger, a crash of a host
+// that runs neither the etcd nor the Vigil leader counts one more failover
+// in the leader's histogram (read across every member) and one host down,
+// and the shipped alert rules load and evaluate against the live series.
 func TestPrometheus_ScrapesTheLab(t *testing.T) {
 	prom, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -71,13 +74,31 @@ func TestPrometheus_ScrapesTheLab(t *testing.T) {
 	}
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	ctx := context.Background()
-	v, g := haGuest(t, l, "prom1", nil)
 	hosts, err := l.Client.ListHosts(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var targets []string
-	promHost, promIP := l.Hosts()[0], ""
+	var targets, members []string
+	for _, m := range l.MemberMetricsURLs() {
+		u, _ := url.Parse(m)
+		members = append(members, fmt.Sprintf("%q", u.Host))
+	}
+	cl, err := l.Client.Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Prometheus runs on a host that is neither leader, so that the crash
+	// below can take that host; the VM runs there too.
+	victim := ""
+	for _, h := range l.Hosts() {
+		if h != cl.VigilLeader && h != cl.EtcdLeader {
+			victim = h
+		}
+	}
+	if victim == "" {
+		t.Fatalf("no host runs neither leader: %+v", cl)
+	}
+	promHost, promIP := cl.VigilLeader, ""
 	for _, h := range hosts {
 		u, err := url.Parse(h.MetricsURL)
 		if err != nil || h.MetricsURL == "" {
@@ -98,7 +119,9 @@ rule_files: [%q]
 scrape_configs:
   - job_name: vigil-agents
     static_configs: [{targets: [%s]}]
-`, rules, strings.Join(targets, ", "))
+  - job_name: vigil-members
+    static_configs: [{targets: [%s]}]
+`, rules, strings.Join(targets, ", "), strings.Join(members, ", "))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -145,8 +168,8 @@ scrape_configs:
 	}
 	// Every target up.
 	for {
-		up := promQuery(t, hc, base, `sum(up{job="vigil-agents"})`)
-		if len(up) == 1 && up[0].Value == float64(len(hosts)) {
+		up := promQuery(t, hc, base, `sum(up)`)
+		if len(up) == 1 && up[0].Value == float64(len(hosts)+len(members)) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -154,9 +177,14 @@ scrape_configs:
 		}
 		time.Sleep(time.Second)
 	}
+	v, g := haGuest(t, l, "prom1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{victim} })
+	if v.Host != victim {
+		t.Fatalf("test setup: prom1 on %s, want %s", v.Host, victim)
+	}
+	time.Sleep(3 * time.Second) // a scrape of the VM's series
 	// Every documented metric present (pressure only where cgroup v2 keeps it).
 	_, v2 := os.Stat("/sys/fs/cgroup/cgroup.controllers")
-	for _, d := range metrics.Definitions() {
+	for _, d := range append(metrics.Definitions(), metrics.ClusterDefinitions()...) {
 		if d.Name == metrics.HostPressure.Name && v2 != nil {
 			continue
 		}
@@ -191,6 +219,33 @@ scrape_configs:
 		}
 		time.Sleep(time.Second)
 	}
+	// A crash of the VM's host, which runs neither leader: the leader's
+	// failover histogram counts one more failover, and the members count
+	// the host down.
+	before := promQuery(t, hc, base, `sum(vigil_failover_seconds_count)`)
+	if len(before) != 1 {
+		t.Fatalf("no failover histogram in Prometheus: %+v", before)
+	}
+	if err := l.Crash(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Heal(context.Background(), victim) })
+	l.WaitVM("prom1", 2*time.Minute, "restarted off "+victim, movedFrom(victim))
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		now := promQuery(t, hc, base, `sum(vigil_failover_seconds_count)`)
+		down := promQuery(t, hc, base, `max(vigil_cluster_hosts{state="down"})`)
+		if len(now) == 1 && now[0].Value == before[0].Value+1 && len(down) == 1 && down[0].Value == 1 {
+			sum := promQuery(t, hc, base, `sum(vigil_failover_seconds_sum)`)
+			t.Logf("Prometheus: failovers %v -> %v (this one %.1f s from the lease expiry), 1 host down", before[0].Value, now[0].Value, sum[0].Value)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the crash of %s: failovers %v -> %+v, hosts down %+v", victim, before[0].Value, now, down)
+		}
+		time.Sleep(time.Second)
+	}
+
 	// The shipped rules loaded and evaluate on live series without error.
 	rresp, err := hc.Get(base + "/api/v1/rules")
 	if err != nil {

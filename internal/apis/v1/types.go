@@ -362,3 +362,49 @@ type AlarmStatus struct {
 type AckRequest struct {
 	Target string `json:"target,omitempty"`
 }
+
+// Stats is a snapshot of every host's and VM's counters, from one scrape
+// of each host agent's metrics (GET /api/v1/stats; `vigil top` turns two
+// of them into rates).
+type Stats struct {
+	Time  time.Time   `json:"time"`
+	Hosts []HostStats `json:"hosts"`
+	VMs   []VMStats   `json:"vms"`
+}
+
+// HostStats is one host's use: its cgroup's CPU time so far and memory in
+// use, against what it declares. Scraped is false when its agent did not
+// answer (the figures are then zero).
+type HostStats struct {
+	Name           string  `json:"name"`
+	State          string  `json:"state"`
+	Scraped        bool    `json:"scraped"`
+	CPUs           int     `json:"cpus"`
+	MemoryBytes    int64   `json:"memoryBytes"`
+	CPUSeconds     float64 `json:"cpuSeconds"`
+	MemoryUsed     float64 `json:"memoryUsedBytes"`
+	VMs            int     `json:"vms"`
+	WatchdogArmed  bool    `json:"watchdogArmed"`
+	Maintenance    bool    `json:"maintenance,omitempty"`
+	ScrapeError    string  `json:"scrapeError,omitempty"`
+	LeaseLatencyMS float64 `json:"leaseLatencyMs,omitempty"`
+}
+
+// VMStats is one VM's state and counters so far (zero when its host's
+// agent did not answer).
+type VMStats struct {
+	Name        string  `json:"name"`
+	Host        string  `json:"host"`
+	State       string  `json:"state"`
+	HA          bool    `json:"ha"`
+	Role        string  `json:"role"`
+	CPUs        int     `json:"cpus"`
+	MemoryBytes int64   `json:"memoryBytes"`
+	StartedAt   float64 `json:"startedAt"`
+	CPUSeconds  float64 `json:"cpuSeconds"`
+	RSSBytes    float64 `json:"rssBytes"`
+	DiskRead    float64 `json:"diskReadBytes"`
+	DiskWrite   float64 `json:"diskWriteBytes"`
+	NetReceive  float64 `json:"netReceiveBytes"`
+	NetTransmit float64 `json:"netTransmitBytes"`
+}

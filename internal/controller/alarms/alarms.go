@@ -13,12 +13,12 @@ import (
 	"net/http"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/vigilha/vigil/internal/alarm"
 	"github.com/vigilha/vigil/internal/controller/migration"
+	"github.com/vigilha/vigil/internal/metrics/scrape"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -31,19 +31,15 @@ type Store interface {
 	AlarmInstances(ctx context.Context) ([]*alarm.Instance, error)
 	CASAlarmInstance(ctx context.Context, key string, rev int64, in *alarm.Instance) (int64, error)
 	PutMigrationRequest(ctx context.Context, vm string, r *store.MigrationRequest) error
+	PutRequest(ctx context.Context, vm, kind string) error
 	Emit(ctx context.Context, ev store.Event) error
 	CheckTerm(ctx context.Context) error
-}
-
-// Scraper reads one host's metrics.
-type Scraper interface {
-	Scrape(ctx context.Context, host, url string) (*alarm.Scrape, error)
 }
 
 // Config configures the loop.
 type Config struct {
 	Store   Store
-	Scraper Scraper
+	Scraper scrape.Scraper
 	// Webhooks posts the webhook actions' notifications.
 	Webhooks *http.Client
 	Log      *slog.Logger
@@ -90,7 +86,7 @@ func New(cfg Config) *Controller {
 		cfg.Webhooks = &http.Client{}
 	}
 	if cfg.Scraper == nil {
-		cfg.Scraper = HTTPScraper{Client: &http.Client{}}
+		cfg.Scraper = scrape.HTTP{Client: &http.Client{}}
 	}
 	return &Controller{cfg: cfg, prev: map[string]*alarm.Scrape{}, cur: map[string]*alarm.Scrape{}, written: map[string]time.Time{}}
 }
@@ -188,47 +184,18 @@ func (c *Controller) Round(ctx context.Context) error {
 // scrape reads every live host's metrics at once, each bounded by
 // ScrapeTimeout, keeping the previous scrape for rates.
 func (c *Controller) scrape(ctx context.Context, snap *store.Snapshot) {
-	type result struct {
-		host string
-		s    *alarm.Scrape
-	}
-	results := make(chan result)
-	n := 0
-	for name, h := range snap.Hosts {
-		if _, alive := snap.Alive[name]; !alive || h.AgentURL == "" {
-			continue
-		}
-		url := strings.TrimSuffix(h.AgentURL, "/") + "/metrics"
-		if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
-			continue
-		}
-		n++
-		go func() {
-			sctx, cancel := context.WithTimeout(ctx, c.cfg.ScrapeTimeout)
-			defer cancel()
-			s, err := c.cfg.Scraper.Scrape(sctx, name, url)
-			if err != nil {
-				c.cfg.Log.Debug("alarms: scrape failed", "host", name, "err", err)
-			}
-			results <- result{name, s}
-		}()
-	}
-	seen := map[string]bool{}
-	for range n {
-		r := <-results
-		if r.s == nil {
-			delete(c.prev, r.host)
-			delete(c.cur, r.host)
-			continue
-		}
-		seen[r.host] = true
-		c.prev[r.host], c.cur[r.host] = c.cur[r.host], r.s
+	got, failed := scrape.Hosts(ctx, c.cfg.Scraper, snap, c.cfg.ScrapeTimeout)
+	for h, err := range failed {
+		c.cfg.Log.Debug("alarms: scrape failed", "host", h, "err", err)
 	}
 	for h := range c.cur {
-		if !seen[h] {
+		if got[h] == nil {
 			delete(c.prev, h)
 			delete(c.cur, h)
 		}
+	}
+	for h, s := range got {
+		c.prev[h], c.cur[h] = c.cur[h], s
 	}
 }
 
@@ -361,10 +328,41 @@ func (c *Controller) transition(ctx context.Context, snap *store.Snapshot, d *al
 		return
 	}
 	for _, a := range d.Spec.Actions {
-		if a.Type == alarm.ActionMigrateAway {
+		switch a.Type {
+		case alarm.ActionMigrateAway:
 			c.migrateAway(ctx, snap, d, next)
+		case alarm.ActionRestart:
+			c.restart(ctx, snap, d, next)
 		}
 	}
+}
+
+// restart asks the VM's host to reset its guest, at most
+// MaxRestartsPerHour times an hour.
+func (c *Controller) restart(ctx context.Context, snap *store.Snapshot, d *alarm.Definition, in *alarm.Instance) {
+	say := func(msg string) {
+		c.emit(ctx, store.Event{Type: "alarm.action", VM: in.Target, Host: in.Host, Message: fmt.Sprintf("alarm %s: %s", d.Name(), msg),
+			Fields: map[string]string{"alarm": d.Name(), "action": alarm.ActionRestart}})
+	}
+	now := c.cfg.Now()
+	if !in.MayRestart(now) {
+		say(fmt.Sprintf("not resetting %s: it was reset %d times in the last hour (the limit)", in.Target, alarm.MaxRestartsPerHour))
+		return
+	}
+	v := snap.VMs[in.Target]
+	if v == nil || v.Status == nil || v.Status.State != store.StateRunning {
+		say(fmt.Sprintf("not resetting %s: it is not running", in.Target))
+		return
+	}
+	if err := c.cfg.Store.PutRequest(ctx, in.Target, fmt.Sprintf("%s:alarm %s at %s", store.RequestReset, d.Name(), now.Format(time.RFC3339Nano))); err != nil {
+		say(fmt.Sprintf("not resetting %s: %v", in.Target, err))
+		return
+	}
+	in.Restarts = append(in.Restarts, now)
+	if rev, err := c.cfg.Store.CASAlarmInstance(ctx, in.Key(), in.Rev, in); err == nil {
+		in.Rev = rev
+	}
+	say(fmt.Sprintf("resetting %s on %s (reset %d of at most %d an hour)", in.Target, v.Placement.Host, len(in.Restarts), alarm.MaxRestartsPerHour))
 }
 
 // notify posts a webhook notification in the background, with retries;

@@ -318,3 +318,27 @@ func TestDefaultsSeededOnce(t *testing.T) {
 		t.Fatal("a deleted default came back with a new leader")
 	}
 }
+
+// TestRestartActionAsksTheHostOnce: a restart action writes one reset
+// request for the VM when the alarm fires, none while it stays firing.
+func TestRestartActionAsksTheHostOnce(t *testing.T) {
+	r := newRig(t)
+	d := r.st.defs["web-cpu"]
+	d.Spec.Actions = []alarm.Action{{Type: alarm.ActionRestart}}
+	r.round(0.1)
+	for i := 0; i < 6; i++ {
+		r.round(0.95)
+	}
+	snap, err := r.st.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req := snap.Requests["web1"]; !strings.HasPrefix(req, store.RequestReset+":alarm web-cpu") {
+		t.Fatalf("request %q, want a reset by the alarm", req)
+	}
+	r.st.SetRequest("web1", "") // the host served it
+	r.round(0.95)
+	if snap, _ := r.st.Snapshot(context.Background()); snap.Requests["web1"] != "" {
+		t.Fatalf("a second reset while the alarm stayed firing: %q", snap.Requests["web1"])
+	}
+}

@@ -480,6 +480,12 @@ func (m *Store) AddRule(r store.Rule) {
 }
 
 // SetRequest records an operator request for a VM (store.RequestTestFailover...).
+// PutRequest records a pending request for a VM (store.Store's).
+func (m *Store) PutRequest(_ context.Context, vm, kind string) error {
+	m.SetRequest(vm, kind)
+	return nil
+}
+
 func (m *Store) SetRequest(vm, kind string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -1,4 +1,7 @@
-package alarms
+// Package scrape reads a host agent's /metrics over HTTP and parses it with
+// the Prometheus text parser, for the leader's alarms and `vigil top`:
+// both see the series Prometheus sees.
+package scrape
 
 import (
 	"context"
@@ -6,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -13,18 +17,18 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/vigilha/vigil/internal/alarm"
+	"github.com/vigilha/vigil/internal/store"
 )
 
 // scrapeLimit bounds an agent's exposition (docs/metrics.md: a host with
 // 20 VMs serves well under 200 KiB).
 const scrapeLimit = 8 << 20
 
-// HTTPScraper reads a host agent's /metrics over HTTP and parses it with
-// the Prometheus text parser: the alarms see the series Prometheus sees.
-type HTTPScraper struct{ Client *http.Client }
+// HTTP scrapes over an HTTP client.
+type HTTP struct{ Client *http.Client }
 
 // Scrape fetches and parses one host's metrics.
-func (h HTTPScraper) Scrape(ctx context.Context, host, url string) (*alarm.Scrape, error) {
+func (h HTTP) Scrape(ctx context.Context, host, url string) (*alarm.Scrape, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -77,4 +81,48 @@ func FromFamilies(host string, at time.Time, fams map[string]*dto.MetricFamily) 
 		}
 	}
 	return s
+}
+
+// Scraper reads one host's metrics.
+type Scraper interface {
+	Scrape(ctx context.Context, host, url string) (*alarm.Scrape, error)
+}
+
+// Hosts scrapes every live host with an agent URL at once, each bounded by
+// timeout, and returns the scrapes that succeeded, by host, and the
+// failures.
+func Hosts(ctx context.Context, s Scraper, snap *store.Snapshot, timeout time.Duration) (map[string]*alarm.Scrape, map[string]error) {
+	type result struct {
+		host string
+		s    *alarm.Scrape
+		err  error
+	}
+	results := make(chan result)
+	n := 0
+	for name, h := range snap.Hosts {
+		if _, alive := snap.Alive[name]; !alive || h.AgentURL == "" {
+			continue
+		}
+		url := strings.TrimSuffix(h.AgentURL, "/") + "/metrics"
+		if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
+			continue
+		}
+		n++
+		go func() {
+			sctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			sc, err := s.Scrape(sctx, name, url)
+			results <- result{name, sc, err}
+		}()
+	}
+	ok, failed := map[string]*alarm.Scrape{}, map[string]error{}
+	for range n {
+		r := <-results
+		if r.err != nil {
+			failed[r.host] = r.err
+			continue
+		}
+		ok[r.host] = r.s
+	}
+	return ok, failed
 }

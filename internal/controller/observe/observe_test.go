@@ -1,0 +1,95 @@
+package observe
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/vigilha/vigil/internal/metrics"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+	"github.com/vigilha/vigil/internal/store/memstore"
+)
+
+// TestFailoverIsTimedFromTheLeaseExpiry: a VM restarted by HA counts one
+// failover, timed from the first pass that saw its old host without a
+// lease to the first that sees it running on the new one; a fence counts
+// once; what the first pass finds (an earlier term's) counts nothing.
+func TestFailoverIsTimedFromTheLeaseExpiry(t *testing.T) {
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	st := memstore.New()
+	st.Now = func() time.Time { return now }
+	for _, h := range []string{"h1", "h2"} {
+		st.AddHost(store.Host{Name: h}, true)
+	}
+	st.AddVM(store.VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: "web1", UID: "u1"}, Spec: spec.VMSpec{CPUs: 1, Memory: spec.GiB}}, Power: store.PowerRunning})
+	st.Place("web1", store.Placement{Host: "h1", Epoch: 1})
+	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h1", Epoch: 1})
+	m := metrics.NewCluster(st.Snapshot, func(*store.VMState) string { return "x" })
+	o := New(m)
+	o.now = func() time.Time { return now }
+	pass := func() {
+		snap, err := st.Snapshot(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := o.Reconcile(context.Background(), snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pass()
+	now = now.Add(time.Second)
+	st.SetAlive("h1", false)
+	pass() // the lease expiry is seen here
+	now = now.Add(2 * time.Second)
+	if err := st.PutFence(context.Background(), "web1", &store.Fence{Host: "h1", Epoch: 1, Time: now}); err != nil {
+		t.Fatal(err)
+	}
+	st.Place("web1", store.Placement{Host: "h2", Epoch: 2, Restart: true})
+	pass()
+	now = now.Add(3 * time.Second)
+	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h2", Epoch: 2})
+	pass()
+	pass()
+	if n := testutil.CollectAndCount(m.Failovers); n != 1 {
+		t.Fatalf("%d failover series", n)
+	}
+	if got := testutil.ToFloat64(m.Fences); got != 1 {
+		t.Fatalf("fences %v, want 1", got)
+	}
+	h := histogram(t, m)
+	if h.count != 1 || h.sum != 5 {
+		t.Fatalf("failover histogram count %d sum %v, want 1 and 5 s (lease expiry seen -> running)", h.count, h.sum)
+	}
+	// A new leader finds the same restart: it counts nothing again.
+	m2 := metrics.NewCluster(st.Snapshot, func(*store.VMState) string { return "x" })
+	o2 := New(m2)
+	snap, _ := st.Snapshot(context.Background())
+	_, _ = o2.Reconcile(context.Background(), snap)
+	if h := histogram(t, m2); h.count != 0 || testutil.ToFloat64(m2.Fences) != 0 {
+		t.Fatalf("a new term counted what happened before it: %+v", h)
+	}
+}
+
+type hist struct {
+	count uint64
+	sum   float64
+}
+
+func histogram(t *testing.T, m *metrics.Cluster) hist {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == metrics.Failovers.Name {
+			h := f.GetMetric()[0].GetHistogram()
+			return hist{h.GetSampleCount(), h.GetSampleSum()}
+		}
+	}
+	t.Fatal("no failover histogram")
+	return hist{}
+}

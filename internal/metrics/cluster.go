@@ -1,0 +1,140 @@
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// The metrics of a control-plane member (`vigil server`, `vigil agent
+// --server`), served at /metrics on its API endpoints. The cluster's
+// gauges are read from etcd at each scrape, by any member; the counters
+// and histograms are kept by the leader's process and start from zero in
+// a new leader's (docs/metrics.md says how to query across a change).
+var (
+	ClusterHosts = Definition{"vigil_cluster_hosts", Gauge, []string{"state"},
+		"Hosts by state: up (lease alive), down (no lease), maintenance (up and in maintenance).", "etcd, at each scrape"}
+	ClusterVMs = Definition{"vigil_cluster_vms", Gauge, []string{"state"},
+		"VMs by state (running, starting, stopped, failed, fenced, pending, ...), as vigil vm list shows them.", "etcd, at each scrape"}
+	Failovers = Definition{"vigil_failover_seconds", Histogram, nil,
+		"HA restarts, by time from the leader seeing the failed host's lease expire to the VM running on its new host (the host died up to one lease TTL before that).", "the leader"}
+	Fences = Definition{"vigil_fences_total", Counter, nil,
+		"Storage fences of a VM's previous host before HA restarted it elsewhere.", "the leader"}
+	Migrations = Definition{"vigil_migrations_total", Counter, []string{"outcome"},
+		"Live migrations that ended, by outcome (the plan's final phase: done, aborted, failed, ...).", "the leader"}
+	MigrationSeconds = Definition{"vigil_migration_seconds", Histogram, nil,
+		"Duration of live migrations that completed, from plan to cut-over.", "the leader"}
+	MigrationDowntime = Definition{"vigil_migration_downtime_seconds", Histogram, nil,
+		"Downtime of live migrations that completed (the VM paused), as the source QEMU reported it.", "the leader"}
+	AdmissionRefusals = Definition{"vigil_admission_refusals_total", Counter, nil,
+		"Power-ons and creations refused by admission control (HA could not restart them after the tolerated host failures).", "the API server"}
+	ControllerPass = Definition{"vigil_controller_pass_seconds", Histogram, []string{"controller"},
+		"Duration of one reconcile pass of a leader controller.", "the leader"}
+	SnapshotRead = Definition{"vigil_etcd_snapshot_read_seconds", Histogram, nil,
+		"Latency of the leader's read of the cluster state from etcd (one range read per pass).", "the leader"}
+	LeaderTerms = Definition{"vigil_leader_terms_total", Counter, nil,
+		"Leadership terms this member won; summed over members, increase() counts leader changes.", "the member"}
+)
+
+// ClusterDefinitions lists a member's metrics, for the docs.
+func ClusterDefinitions() []Definition {
+	return []Definition{ClusterHosts, ClusterVMs, Failovers, Fences, Migrations, MigrationSeconds, MigrationDowntime,
+		AdmissionRefusals, ControllerPass, SnapshotRead, LeaderTerms}
+}
+
+// Cluster holds a member's metrics: one per process, registered in its
+// own registry (no package-level state).
+type Cluster struct {
+	Registry          *prometheus.Registry
+	Failovers         prometheus.Histogram
+	Fences            prometheus.Counter
+	Migrations        *prometheus.CounterVec
+	MigrationSeconds  prometheus.Histogram
+	MigrationDowntime prometheus.Histogram
+	AdmissionRefusals prometheus.Counter
+	ControllerPass    *prometheus.HistogramVec
+	SnapshotRead      prometheus.Histogram
+	LeaderTerms       prometheus.Counter
+}
+
+// NewCluster creates a member's metrics; state reads the cluster for the
+// gauges at each scrape, vmState names a VM's state.
+func NewCluster(state func(ctx context.Context) (*store.Snapshot, error), vmState func(*store.VMState) string) *Cluster {
+	h := func(d Definition, buckets []float64) prometheus.HistogramOpts {
+		return prometheus.HistogramOpts{Name: d.Name, Help: d.Help, Buckets: buckets}
+	}
+	secs := []float64{0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300}
+	c := &Cluster{
+		Registry:          prometheus.NewRegistry(),
+		Failovers:         prometheus.NewHistogram(h(Failovers, secs)),
+		Fences:            prometheus.NewCounter(prometheus.CounterOpts{Name: Fences.Name, Help: Fences.Help}),
+		Migrations:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: Migrations.Name, Help: Migrations.Help}, Migrations.Labels),
+		MigrationSeconds:  prometheus.NewHistogram(h(MigrationSeconds, secs)),
+		MigrationDowntime: prometheus.NewHistogram(h(MigrationDowntime, []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10})),
+		AdmissionRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: AdmissionRefusals.Name, Help: AdmissionRefusals.Help}),
+		ControllerPass:    prometheus.NewHistogramVec(h(ControllerPass, prometheus.ExponentialBuckets(0.0005, 4, 9)), ControllerPass.Labels),
+		SnapshotRead:      prometheus.NewHistogram(h(SnapshotRead, prometheus.ExponentialBuckets(0.0005, 4, 9))),
+		LeaderTerms:       prometheus.NewCounter(prometheus.CounterOpts{Name: LeaderTerms.Name, Help: LeaderTerms.Help}),
+	}
+	c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		c.Failovers, c.Fences, c.Migrations, c.MigrationSeconds, c.MigrationDowntime, c.AdmissionRefusals,
+		c.ControllerPass, c.SnapshotRead, c.LeaderTerms, &stateCollector{state: state, vmState: vmState})
+	return c
+}
+
+// stateCollector reads the cluster's gauges from etcd at each scrape.
+type stateCollector struct {
+	state   func(ctx context.Context) (*store.Snapshot, error)
+	vmState func(*store.VMState) string
+}
+
+func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- ClusterHosts.desc()
+	ch <- ClusterVMs.desc()
+}
+
+func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	snap, err := s.state(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(ClusterHosts.desc(), err)
+		return
+	}
+	hosts := map[string]int{"up": 0, "down": 0, "maintenance": 0}
+	for name := range snap.Hosts {
+		_, alive := snap.Alive[name]
+		switch {
+		case !alive:
+			hosts["down"]++
+		case snap.Maintenance[name]:
+			hosts["maintenance"]++
+		default:
+			hosts["up"]++
+		}
+	}
+	for st, n := range hosts {
+		ch <- prometheus.MustNewConstMetric(ClusterHosts.desc(), prometheus.GaugeValue, float64(n), st)
+	}
+	vms := map[string]int{}
+	for _, v := range snap.VMs {
+		if v.Record != nil {
+			vms[s.vmState(v)]++
+		}
+	}
+	for st, n := range vms {
+		ch <- prometheus.MustNewConstMetric(ClusterVMs.desc(), prometheus.GaugeValue, float64(n), st)
+	}
+}
+
+// Pass records one controller pass (controller.Timings).
+func (c *Cluster) Pass(controller string, d time.Duration) {
+	c.ControllerPass.WithLabelValues(controller).Observe(d.Seconds())
+}
+
+// Read records one read of the cluster state (controller.Timings).
+func (c *Cluster) Read(d time.Duration) { c.SnapshotRead.Observe(d.Seconds()) }
