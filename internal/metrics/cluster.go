@@ -80,6 +80,11 @@ func NewCluster(state func(ctx context.Context) (*store.Snapshot, error), vmStat
 		SnapshotRead:      prometheus.NewHistogram(h(SnapshotRead, prometheus.ExponentialBuckets(0.0005, 4, 9))),
 		LeaderTerms:       prometheus.NewCounter(prometheus.CounterOpts{Name: LeaderTerms.Name, Help: LeaderTerms.Help}),
 	}
+	// Every outcome exists from the start (at 0), so that rate() and
+	// increase() see the first one.
+	for _, o := range []string{"completed", "failed", "cancelled"} {
+		c.Migrations.WithLabelValues(o)
+	}
 	c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		c.Failovers, c.Fences, c.Migrations, c.MigrationSeconds, c.MigrationDowntime, c.AdmissionRefusals,
 		c.ControllerPass, c.SnapshotRead, c.LeaderTerms, &stateCollector{state: state, vmState: vmState})
