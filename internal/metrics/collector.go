@@ -44,6 +44,9 @@ type Source interface {
 	DiskStats(ctx context.Context, vm string) ([]driver.DiskStats, error)
 }
 
+// maxParallelQMP bounds the VMs asked for their disks at once in a scrape.
+const maxParallelQMP = 32
+
 // HostCollector collects a host's and its VMs' metrics at each scrape,
 // from the source and from /proc: nothing is cached between scrapes.
 type HostCollector struct {
@@ -97,9 +100,10 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	// Each VM's QEMU is asked for its disks at once, not one after the
-	// other: a scrape costs about the slowest QMP answer, not their sum
-	// (TCG guests on a busy host answer in tens of ms each).
+	// Each VM's QEMU is asked for its disks at once (up to
+	// maxParallelQMP), not one after the other: a scrape costs about the
+	// slowest QMP answer, not their sum (TCG guests on a busy host answer
+	// in tens of ms each).
 	var vms []driver.Status
 	for _, st := range c.src.VMs() {
 		if st.Running {
@@ -108,7 +112,7 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	disks := make([][]driver.DiskStats, len(vms))
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
+	sem := make(chan struct{}, maxParallelQMP)
 	for i, st := range vms {
 		wg.Add(1)
 		go func() {
