@@ -240,23 +240,39 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	}
 	defer ln.Close()
 
-	s.d, err = qsd.Start(ctx, cfg.QSDBinary, dir, log)
-	if err != nil {
-		return fmt.Errorf("storage server: %w", err)
+	// A daemon that dies while it starts (seen once in CI: it aborted on
+	// its QMP input, well-formed on our side) is started once more:
+	// nothing is exported yet, so nothing is lost.
+	for attempt := 1; ; attempt++ {
+		s.d, err = qsd.Start(ctx, cfg.QSDBinary, dir, log)
+		if err != nil {
+			return fmt.Errorf("storage server: %w", err)
+		}
+		qctx, cancel := context.WithTimeout(ctx, opTimeout)
+		// max-connections 0 is unlimited: QEMU's default (100 since 9.1)
+		// would cap the whole datastore at 100 VM disks. The storage
+		// network is trusted (NBD has no authentication anyway).
+		err = s.d.QMP.Execute(qctx, "nbd-server-start", map[string]any{
+			"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": nbdHost, "port": nbdPortStr}},
+			"max-connections": 0,
+		}, nil)
+		cancel()
+		if err == nil {
+			break
+		}
+		died := false
+		select {
+		case <-s.d.Exited():
+			died = true
+		case <-time.After(200 * time.Millisecond):
+		}
+		s.d.Stop()
+		if !died || attempt >= 2 || ctx.Err() != nil {
+			return fmt.Errorf("storage server: start NBD server on %s: %w", cfg.NBDAddr, err)
+		}
+		log.Warn("qemu-storage-daemon died while starting; starting it again", "err", err)
 	}
 	defer s.d.Stop()
-	qctx, cancel := context.WithTimeout(ctx, opTimeout)
-	// max-connections 0 is unlimited: QEMU's default (100 since 9.1) would
-	// cap the whole datastore at 100 VM disks. The storage network is
-	// trusted (NBD has no authentication anyway).
-	err = s.d.QMP.Execute(qctx, "nbd-server-start", map[string]any{
-		"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": nbdHost, "port": nbdPortStr}},
-		"max-connections": 0,
-	}, nil)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("storage server: start NBD server on %s: %w", cfg.NBDAddr, err)
-	}
 	s.restore(st.Exports)
 
 	srv := &http.Server{
