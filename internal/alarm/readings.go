@@ -75,8 +75,8 @@ type Scrape struct {
 	Series map[string][]Sample
 }
 
-// value returns the one sample of name whose labels include match.
-func (s *Scrape) value(name string, match map[string]string) (Sample, bool) {
+// Value returns the first sample of name whose labels include match.
+func (s *Scrape) Value(name string, match map[string]string) (Sample, bool) {
 	if s == nil {
 		return Sample{}, false
 	}
@@ -124,18 +124,18 @@ func Compute(prev, cur *Scrape, into Readings) {
 		dt = cur.At.Sub(prev.At).Seconds()
 	}
 	// Host metrics.
-	capCPUs, okC := cur.value("vigil_host_capacity_cpus", h)
-	capMem, okM := cur.value("vigil_host_capacity_memory_bytes", h)
-	if c, ok := cur.value("vigil_host_cpu_seconds_total", h); ok && okC && capCPUs.Value > 0 && dt > 0 {
-		if p, ok := prev.value("vigil_host_cpu_seconds_total", h); ok && c.Value >= p.Value {
+	capCPUs, okC := cur.Value("vigil_host_capacity_cpus", h)
+	capMem, okM := cur.Value("vigil_host_capacity_memory_bytes", h)
+	if c, ok := cur.Value("vigil_host_cpu_seconds_total", h); ok && okC && capCPUs.Value > 0 && dt > 0 {
+		if p, ok := prev.Value("vigil_host_cpu_seconds_total", h); ok && c.Value >= p.Value {
 			into.set("host.cpu", cur.Host, cur.Host, (c.Value-p.Value)/dt/capCPUs.Value)
 		}
 	}
-	if m, ok := cur.value("vigil_host_memory_used_bytes", h); ok && okM && capMem.Value > 0 {
+	if m, ok := cur.Value("vigil_host_memory_used_bytes", h); ok && okM && capMem.Value > 0 {
 		into.set("host.memory", cur.Host, cur.Host, m.Value/capMem.Value)
 	}
-	if l, ok := cur.value("vigil_host_lease_renewal_latency_seconds", h); ok {
-		if ttl, ok := cur.value("vigil_host_lease_ttl_seconds", h); ok && ttl.Value > 0 {
+	if l, ok := cur.Value("vigil_host_lease_renewal_latency_seconds", h); ok {
+		if ttl, ok := cur.Value("vigil_host_lease_ttl_seconds", h); ok && ttl.Value > 0 {
 			into.set("host.lease-renewal-latency", cur.Host, cur.Host, l.Value/ttl.Value)
 		}
 	}
@@ -150,19 +150,19 @@ func Compute(prev, cur *Scrape, into Readings) {
 	for _, run := range cur.Series["vigil_vm_running"] {
 		vm := run.Labels["vm"]
 		v := map[string]string{"vm": vm}
-		if c, ok := cur.value("vigil_vm_cpu_seconds_total", v); ok && dt > 0 {
-			p, okP := prev.value("vigil_vm_cpu_seconds_total", v)
-			n, okN := cur.value("vigil_vm_vcpus", v)
+		if c, ok := cur.Value("vigil_vm_cpu_seconds_total", v); ok && dt > 0 {
+			p, okP := prev.Value("vigil_vm_cpu_seconds_total", v)
+			n, okN := cur.Value("vigil_vm_vcpus", v)
 			if okP && okN && n.Value > 0 && c.Value >= p.Value && sameStart(prev, cur, v) {
 				into.set("vm.cpu", vm, cur.Host, (c.Value-p.Value)/dt/n.Value)
 			}
 		}
-		if rss, ok := cur.value("vigil_vm_memory_rss_bytes", v); ok {
-			if m, ok := cur.value("vigil_vm_memory_bytes", v); ok && m.Value > 0 {
+		if rss, ok := cur.Value("vigil_vm_memory_rss_bytes", v); ok {
+			if m, ok := cur.Value("vigil_vm_memory_bytes", v); ok && m.Value > 0 {
 				into.set("vm.memory", vm, cur.Host, rss.Value/m.Value)
 			}
 		}
-		if hb, ok := cur.value("vigil_vm_guest_heartbeat_timestamp_seconds", v); ok {
+		if hb, ok := cur.Value("vigil_vm_guest_heartbeat_timestamp_seconds", v); ok {
 			into.set("vm.heartbeat-age", vm, cur.Host, unixSeconds(cur.At)-hb.Value)
 		}
 		if prev != nil && sameStart(prev, cur, v) {
@@ -180,8 +180,8 @@ func Compute(prev, cur *Scrape, into Readings) {
 // sameStart reports whether the VM's QEMU is the same process in both
 // scrapes (its counters did not restart in between).
 func sameStart(prev, cur *Scrape, v map[string]string) bool {
-	a, okA := prev.value("vigil_vm_start_timestamp_seconds", v)
-	b, okB := cur.value("vigil_vm_start_timestamp_seconds", v)
+	a, okA := prev.Value("vigil_vm_start_timestamp_seconds", v)
+	b, okB := cur.Value("vigil_vm_start_timestamp_seconds", v)
 	return okA && okB && a.Value == b.Value
 }
 
@@ -195,9 +195,9 @@ func diskLatency(prev, cur *Scrape, vm string) (mean, p99 float64, ok bool) {
 			continue
 		}
 		d := map[string]string{"vm": vm, "disk": ops.Labels["disk"]}
-		pOps, ok1 := prev.value("vigil_vm_disk_write_ops_total", d)
-		t, ok2 := cur.value("vigil_vm_disk_write_time_seconds_total", d)
-		pT, ok3 := prev.value("vigil_vm_disk_write_time_seconds_total", d)
+		pOps, ok1 := prev.Value("vigil_vm_disk_write_ops_total", d)
+		t, ok2 := cur.Value("vigil_vm_disk_write_time_seconds_total", d)
+		pT, ok3 := prev.Value("vigil_vm_disk_write_time_seconds_total", d)
 		if !ok1 || !ok2 || !ok3 {
 			continue
 		}
@@ -205,8 +205,8 @@ func diskLatency(prev, cur *Scrape, vm string) (mean, p99 float64, ok bool) {
 		if n := ops.Value - pOps.Value; n > 0 {
 			mean = math.Max(mean, (t.Value-pT.Value)/n)
 		}
-		h, ok4 := cur.value("vigil_vm_disk_write_latency_seconds", d)
-		pH, ok5 := prev.value("vigil_vm_disk_write_latency_seconds", d)
+		h, ok4 := cur.Value("vigil_vm_disk_write_latency_seconds", d)
+		pH, ok5 := prev.Value("vigil_vm_disk_write_latency_seconds", d)
 		if ok4 && ok5 {
 			if q := quantile(0.99, h.Buckets, pH.Buckets); !math.IsNaN(q) {
 				if math.IsNaN(p99) || q > p99 {

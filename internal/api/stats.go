@@ -69,16 +69,8 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 
 // value is the first sample of name whose labels include match (0: none).
 func value(sc *alarm.Scrape, name string, match map[string]string) float64 {
-next:
-	for _, smp := range sc.Series[name] {
-		for k, v := range match {
-			if smp.Labels[k] != v {
-				continue next
-			}
-		}
-		return smp.Value
-	}
-	return 0
+	smp, _ := sc.Value(name, match)
+	return smp.Value
 }
 
 // sum adds a VM's samples of name over its disks or NICs.

@@ -340,10 +340,7 @@ func (c *Controller) transition(ctx context.Context, snap *store.Snapshot, d *al
 // restart asks the VM's host to reset its guest, at most
 // MaxRestartsPerHour times an hour.
 func (c *Controller) restart(ctx context.Context, snap *store.Snapshot, d *alarm.Definition, in *alarm.Instance) {
-	say := func(msg string) {
-		c.emit(ctx, store.Event{Type: "alarm.action", VM: in.Target, Host: in.Host, Message: fmt.Sprintf("alarm %s: %s", d.Name(), msg),
-			Fields: map[string]string{"alarm": d.Name(), "action": alarm.ActionRestart}})
-	}
+	say := func(msg string) { c.sayAction(ctx, d, in, alarm.ActionRestart, msg) }
 	now := c.cfg.Now()
 	if !in.MayRestart(now) {
 		say(fmt.Sprintf("not resetting %s: it was reset %d times in the last hour (the limit)", in.Target, alarm.MaxRestartsPerHour))
@@ -359,9 +356,7 @@ func (c *Controller) restart(ctx context.Context, snap *store.Snapshot, d *alarm
 		return
 	}
 	in.Restarts = append(in.Restarts, now)
-	if rev, err := c.cfg.Store.CASAlarmInstance(ctx, in.Key(), in.Rev, in); err == nil {
-		in.Rev = rev
-	}
+	c.save(ctx, in)
 	say(fmt.Sprintf("resetting %s on %s (reset %d of at most %d an hour)", in.Target, v.Placement.Host, len(in.Restarts), alarm.MaxRestartsPerHour))
 }
 
@@ -385,10 +380,7 @@ func (c *Controller) notify(ctx context.Context, url string, n Notification) {
 // the migration controller (placement, rules, limits), at most
 // MaxMovesPerHour times an hour.
 func (c *Controller) migrateAway(ctx context.Context, snap *store.Snapshot, d *alarm.Definition, in *alarm.Instance) {
-	say := func(msg string) {
-		c.emit(ctx, store.Event{Type: "alarm.action", VM: in.Target, Host: in.Host, Message: fmt.Sprintf("alarm %s: %s", d.Name(), msg),
-			Fields: map[string]string{"alarm": d.Name(), "action": alarm.ActionMigrateAway}})
-	}
+	say := func(msg string) { c.sayAction(ctx, d, in, alarm.ActionMigrateAway, msg) }
 	now := c.cfg.Now()
 	if !in.MayMove(now) {
 		say(fmt.Sprintf("not moving %s: it was moved %d times in the last hour (the limit)", in.Target, alarm.MaxMovesPerHour))
@@ -414,10 +406,22 @@ func (c *Controller) migrateAway(ctx context.Context, snap *store.Snapshot, d *a
 		return
 	}
 	in.Moves = append(in.Moves, now)
+	c.save(ctx, in)
+	say(fmt.Sprintf("live-migrating %s off %s (to %s, as placement chooses now; move %d of at most %d an hour)", in.Target, v.Placement.Host, to, len(in.Moves), alarm.MaxMovesPerHour))
+}
+
+// sayAction records what an action did, or why it did not.
+func (c *Controller) sayAction(ctx context.Context, d *alarm.Definition, in *alarm.Instance, action, msg string) {
+	c.emit(ctx, store.Event{Type: "alarm.action", VM: in.Target, Host: in.Host, Message: fmt.Sprintf("alarm %s: %s", d.Name(), msg),
+		Fields: map[string]string{"alarm": d.Name(), "action": action}})
+}
+
+// save records an instance whose action history changed; a lost compare
+// leaves it to the next round, which reads the record afresh.
+func (c *Controller) save(ctx context.Context, in *alarm.Instance) {
 	if rev, err := c.cfg.Store.CASAlarmInstance(ctx, in.Key(), in.Rev, in); err == nil {
 		in.Rev = rev
 	}
-	say(fmt.Sprintf("live-migrating %s off %s (to %s, as placement chooses now; move %d of at most %d an hour)", in.Target, v.Placement.Host, to, len(in.Moves), alarm.MaxMovesPerHour))
 }
 
 func (c *Controller) emit(ctx context.Context, ev store.Event) {
