@@ -26,6 +26,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
@@ -151,6 +152,8 @@ type Agent struct {
 	lastSnap *store.Snapshot
 	// mon is VM monitoring's memory.
 	mon *monitor.History
+	// restarts counts the restarts VM monitoring and alarms did here.
+	restarts *metrics.Restarts
 	// resetsDone are the reset requests already carried out, by VM, until
 	// the snapshot no longer shows them (only the guest monitor's
 	// goroutine touches it).
@@ -215,7 +218,7 @@ func New(cfg Config) (*Agent, error) {
 		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
 		evq:      make(chan store.Event, 1024),
 
-		mon: monitor.NewHistory(), resetsDone: map[string]string{},
+		mon: monitor.NewHistory(), resetsDone: map[string]string{}, restarts: metrics.NewRestarts(),
 		retryAt: map[string]time.Time{},
 	}
 	boot := a.bootID()

@@ -15,6 +15,7 @@ import (
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/driver/fake"
+	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
@@ -56,10 +57,11 @@ func newHarness(t *testing.T) *harness {
 		drv:  drv,
 		log:  log,
 		kick: make(chan struct{}, 1), busy: map[string]string{}, killing: map[string]bool{}, fencedBy: map[string]string{},
-		wd:      newArmer("", ttl, fc, log),
-		evq:     make(chan store.Event, 1024),
-		mon:     monitor.NewHistory(),
-		retryAt: map[string]time.Time{},
+		wd:       newArmer("", ttl, fc, log),
+		evq:      make(chan store.Event, 1024),
+		mon:      monitor.NewHistory(),
+		restarts: metrics.NewRestarts(),
+		retryAt:  map[string]time.Time{},
 	}
 	a.lease = newLeaseKeeper(nil, ttl, ttl/8, filepath.Join(dir, "lease"), "", log)
 	a.fence = fencing.NewMemory("")

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/procfs"
 
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
@@ -48,14 +49,24 @@ func (s metricsSource) Host() metrics.HostSample {
 		}
 		h.Usage = u
 	}
+	if a.cfg.HostCgroup == "/" {
+		// The root cgroup is a whole kernel's: its load is this host's.
+		if fs, err := procfs.NewDefaultFS(); err == nil {
+			if l, err := fs.LoadAvg(); err == nil {
+				h.Load = &[3]float64{l.Load1, l.Load5, l.Load15}
+			}
+		}
+	}
 	return h
 }
 
 func (s metricsSource) VMs() []driver.Status { return s.a.drv.List() }
 
-func (s metricsSource) DiskStats(ctx context.Context, vm string) ([]driver.DiskStats, error) {
-	if ds, ok := s.a.drv.(driver.DiskStatter); ok {
-		return ds.DiskStats(ctx, vm)
+func (s metricsSource) Restarts() *metrics.Restarts { return s.a.restarts }
+
+func (s metricsSource) Stats(ctx context.Context, vm string) (*driver.VMStats, error) {
+	if ds, ok := s.a.drv.(driver.Statter); ok {
+		return ds.Stats(ctx, vm)
 	}
 	return nil, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -40,6 +41,7 @@ func (a *Agent) onUnexpectedExit(ctx context.Context, snap *store.Snapshot, v *s
 	}
 	recent = append(recent, time.Now())
 	a.mon.SetRestarts(name, recent)
+	a.restarts.Inc(name, metrics.RestartQEMUExit)
 	a.event(ctx, store.EvVMRestarted, name, fmt.Sprintf("%s; restarting on the same host (restart %d of %d allowed per %s)", msg, len(recent), s.HA.Monitoring.MaxFailures, s.HA.Monitoring.FailureWindow.D()))
 	a.do(ctx, name, "restart", func(ctx context.Context) { a.startVM(ctx, v, snap.Networks) })
 }
@@ -85,6 +87,7 @@ func (a *Agent) checkHeartbeats(ctx context.Context) {
 			a.log.Error("guest monitor: reset failed", "vm", ls.Name, "err", err)
 			continue
 		}
+		a.restarts.Inc(ls.Name, metrics.RestartGuestHeartbeat)
 		a.event(ctx, store.EvVMReset, ls.Name, fmt.Sprintf("no guest heartbeat for %s; reset the VM (reset %d of %d allowed per %s)", silentFor.Round(time.Second), len(recent), m.MaxFailures, m.FailureWindow.D()))
 		a.putStatus(ctx, v, a.runningStatus(v.Record, ls))
 	}
@@ -119,6 +122,7 @@ func (a *Agent) serveResets(ctx context.Context, snap *store.Snapshot) {
 		}
 		// Once: a snapshot taken before the deletion still shows it.
 		a.resetsDone[name] = req
+		a.restarts.Inc(name, metrics.RestartAlarm)
 		if err := a.st.DeleteRequest(ctx, name); err != nil {
 			a.log.Warn("reset done; its request not deleted", "vm", name, "err", err)
 		}

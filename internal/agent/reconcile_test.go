@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/metrics"
+
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/driver/fake"
 	"github.com/vigilha/vigil/internal/spec"
@@ -216,6 +218,9 @@ func TestCrashedHAVMRestartedWithinLimitThenFailed(t *testing.T) {
 	h.reconcile()
 	if h.drv.Starts("web") != 3 {
 		t.Fatalf("starts = %d, want 3 (no restart past the limit)", h.drv.Starts("web"))
+	}
+	if n := h.a.restarts.Of("web")[metrics.RestartQEMUExit]; n != 2 {
+		t.Fatalf("vigil_vm_restarts_total = %v, want 2 (the restarts done, not the one refused)", n)
 	}
 }
 

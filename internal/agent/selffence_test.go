@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/metrics"
+
 	"github.com/vigilha/vigil/internal/agent/fencing"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/store"
@@ -57,7 +59,7 @@ func TestSelfFenceKillsAllAtOnce(t *testing.T) {
 	a := &Agent{cfg: Config{Host: "h1", LeaseTTL: 2 * time.Second, Fence: fencing.DefaultConfig()}, drv: drv, log: slog.Default(),
 		lease: newLeaseKeeper(nil, 2*time.Second, 250*time.Millisecond, "", "", slog.Default()),
 		fence: fencing.NewMemory(""), evq: make(chan store.Event, 16), wd: newArmer("", 2*time.Second, fencing.DefaultConfig(), slog.Default()),
-		busy: map[string]string{}, killing: map[string]bool{}, fencedBy: map[string]string{}}
+		busy: map[string]string{}, killing: map[string]bool{}, fencedBy: map[string]string{}, restarts: metrics.NewRestarts()}
 	// No lease and no storage lease: every VM (unknown ones are treated as
 	// restartable HA VMs) must be killed.
 	a.fenceOnce(context.Background())

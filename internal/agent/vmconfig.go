@@ -53,6 +53,7 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[strin
 		if err != nil {
 			return nil, err
 		}
+		dc.Datastore = d.Datastore
 		cfg.Disks = append(cfg.Disks, dc)
 	}
 	for i, n := range rec.NICs {

@@ -30,6 +30,7 @@ func Metrics() []Metric {
 	return []Metric{
 		{"vm.cpu", KindVM, "fraction", "CPU used by the VM's QEMU against its vCPUs (1: every vCPU busy), over the last scrape interval."},
 		{"vm.memory", KindVM, "fraction", "Resident memory of the VM's QEMU against the memory the VM was given."},
+		{"vm.guest-memory", KindVM, "fraction", "Memory the guest uses against what its kernel manages (1 - MemAvailable/MemTotal), as the guest's balloon driver reports it: the guest's own view, which QEMU's resident memory is not."},
 		{"vm.disk-write-latency", KindVM, "seconds", "Mean write latency over the last scrape interval, of the VM's slowest disk."},
 		{"vm.disk-write-latency-p99", KindVM, "seconds", "99th percentile of write latency over the last scrape interval, of the VM's slowest disk (QEMU's latency histogram)."},
 		{"vm.heartbeat-age", KindVM, "seconds", "Time since the guest's last heartbeat."},
@@ -160,6 +161,11 @@ func Compute(prev, cur *Scrape, into Readings) {
 		if rss, ok := cur.Value("vigil_vm_memory_rss_bytes", v); ok {
 			if m, ok := cur.Value("vigil_vm_memory_bytes", v); ok && m.Value > 0 {
 				into.set("vm.memory", vm, cur.Host, rss.Value/m.Value)
+			}
+		}
+		if total, ok := cur.Value("vigil_vm_guest_memory_total_bytes", v); ok && total.Value > 0 {
+			if avail, ok := cur.Value("vigil_vm_guest_memory_available_bytes", v); ok {
+				into.set("vm.guest-memory", vm, cur.Host, 1-avail.Value/total.Value)
 			}
 		}
 		if hb, ok := cur.Value("vigil_vm_guest_heartbeat_timestamp_seconds", v); ok {

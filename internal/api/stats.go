@@ -55,6 +55,9 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 			vs.StartedAt = value(sc, "vigil_vm_start_timestamp_seconds", l)
 			vs.CPUSeconds = value(sc, "vigil_vm_cpu_seconds_total", l)
 			vs.RSSBytes = value(sc, "vigil_vm_memory_rss_bytes", l)
+			if total := value(sc, "vigil_vm_guest_memory_total_bytes", l); total > 0 {
+				vs.GuestUsedBytes = total - value(sc, "vigil_vm_guest_memory_available_bytes", l)
+			}
 			vs.DiskRead = sum(sc, "vigil_vm_disk_read_bytes_total", name)
 			vs.DiskWrite = sum(sc, "vigil_vm_disk_write_bytes_total", name)
 			vs.NetReceive = sum(sc, "vigil_vm_network_receive_bytes_total", name)

@@ -242,8 +242,9 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.out, "scrape of %s with %d VMs, %d scrapes: median %s (max %s), %d bytes (max %d), %d series\n",
-				r.Host, r.VMs, r.Scrapes, r.MedianTime.Round(10*time.Microsecond), r.MaxTime.Round(10*time.Microsecond), r.MedianBytes, r.MaxBytes, r.Series)
+			fmt.Fprintf(g.out, "scrape of %s with %d VMs, %d scrapes: median %s (max %s), %d bytes (max %d), %d series; VMs whose QEMU missed the scrape's budget: median %.0f, scrapes with none %d of %d\n",
+				r.Host, r.VMs, r.Scrapes, r.MedianTime.Round(10*time.Microsecond), r.MaxTime.Round(10*time.Microsecond), r.MedianBytes, r.MaxBytes, r.Series,
+				r.MedianStale, r.FreshScrapes, r.Scrapes)
 			return nil
 		},
 	}

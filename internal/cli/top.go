@@ -103,7 +103,7 @@ func renderTop(w io.Writer, prev, cur *v1.Stats) {
 	_ = tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tSTATE\tHOST\tROLE\tCPU\tMEMORY\tDISK R/W\tNET RX/TX")
+	fmt.Fprintln(tw, "VM\tSTATE\tHOST\tROLE\tCPU\tMEMORY\tDISK R/W\tNET RX/TX\tGUEST USES")
 	pv := map[string]v1.VMStats{}
 	if prev != nil {
 		for _, v := range prev.VMs {
@@ -123,7 +123,11 @@ func renderTop(w io.Writer, prev, cur *v1.Stats) {
 		if v.RSSBytes > 0 && v.MemoryBytes > 0 {
 			mem = fmt.Sprintf("%s of %s", bytesIEC(v.RSSBytes), bytesIEC(float64(v.MemoryBytes)))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.State, dash(v.Host), v.Role, cpu, mem, disk, net)
+		guest := "-"
+		if v.GuestUsedBytes > 0 {
+			guest = bytesIEC(v.GuestUsedBytes)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.State, dash(v.Host), v.Role, cpu, mem, disk, net, guest)
 	}
 	_ = tw.Flush()
 }

@@ -92,9 +92,11 @@ type VMConfig struct {
 // DiskConfig is one disk as the hypervisor opens it: a local file, or an
 // NBD export served by a datastore.
 type DiskConfig struct {
-	Name   string
-	Path   string // local image file
-	Format string // qcow2 or raw (the format of Path, or of the NBD export's data)
+	Name string
+	// Datastore names the datastore the disk lives on (for its metrics).
+	Datastore string
+	Path      string // local image file
+	Format    string // qcow2 or raw (the format of Path, or of the NBD export's data)
 	// NBD, when set, opens the disk over the network instead of Path.
 	NBD *NBDTarget
 	// DirectIO bypasses the host page cache (cache=none), so that a write
@@ -218,14 +220,41 @@ type Replicator interface {
 	ResumeAfterIOError(ctx context.Context, name string) (bool, error)
 }
 
-// DiskStatter is a driver that reports a running VM's disk I/O counters.
-type DiskStatter interface {
-	DiskStats(ctx context.Context, name string) ([]DiskStats, error)
+// Statter is a driver that reports a running VM's counters from its
+// hypervisor: disk I/O and the guest's own view of its memory.
+type Statter interface {
+	Stats(ctx context.Context, name string) (*VMStats, error)
+}
+
+// VMStats are a running VM's counters, read in one visit to its
+// hypervisor.
+type VMStats struct {
+	Disks []DiskStats
+	// Memory is the guest's view of its memory, as its balloon driver
+	// reports it (nil: the guest has no balloon driver, or it has not
+	// reported yet).
+	Memory *GuestMemory
+	// BalloonBytes is the memory the guest has with the balloon as it
+	// is now (the VM's memory, less what the balloon took; 0: unknown).
+	BalloonBytes uint64
+}
+
+// GuestMemory is what a guest's balloon driver reports of its memory.
+type GuestMemory struct {
+	// Total is the memory the guest kernel manages (MemTotal).
+	Total uint64
+	// Available is what it could give to new work without swapping
+	// (MemAvailable); Free is unused outright (MemFree).
+	Available, Free uint64
+	// Updated is when the guest last reported.
+	Updated time.Time
 }
 
 // DiskStats are one disk's I/O counters since its VM's process started.
 type DiskStats struct {
-	Disk                  string
+	Disk string
+	// Datastore is where the disk lives.
+	Datastore             string
 	ReadBytes, WriteBytes uint64
 	ReadOps, WriteOps     uint64
 	// WriteTime is the total time its write requests took.

@@ -44,6 +44,9 @@ type Counter struct {
 	BootID   string `json:"boot_id"`
 	Hostname string `json:"hostname"`
 	UptimeMS int64  `json:"uptime_ms"`
+	// CPUs are the guest's online vCPUs; MemTotalKiB its kernel's MemTotal.
+	CPUs        int   `json:"cpus"`
+	MemTotalKiB int64 `json:"mem_total_kib"`
 }
 
 // Record is one ledger record.

@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
+	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/netnsdial"
 	"github.com/vigilha/vigil/internal/spec"
 )
@@ -25,6 +27,11 @@ type MetricsBench struct {
 	MedianTime, MaxTime   time.Duration
 	MedianBytes, MaxBytes int
 	Series                int
+	// MedianStale is the median count of VMs reported with their
+	// previous answer (vigil_host_scrape_stale_vms); FreshScrapes the
+	// scrapes in which every VM's QEMU answered in time.
+	MedianStale  float64
+	FreshScrapes int
 }
 
 // BenchMetrics starts vms small VMs on the first host (each with a disk,
@@ -94,6 +101,7 @@ func (l *Lab) BenchMetrics(ctx context.Context, vms, scrapes int, out io.Writer)
 	}}}
 	var times []time.Duration
 	var sizes []int
+	var stales []float64
 	for range scrapes {
 		start := time.Now()
 		resp, err := hc.Get(url)
@@ -112,6 +120,17 @@ func (l *Lab) BenchMetrics(ctx context.Context, vms, scrapes int, out io.Writer)
 			if len(line) > 0 && line[0] != '#' {
 				r.Series++
 			}
+			if v, ok := bytes.CutPrefix(line, []byte(metrics.HostScrapeStale.Name+"{")); ok {
+				if _, num, ok := bytes.Cut(v, []byte("} ")); ok {
+					n, err := strconv.ParseFloat(string(num), 64)
+					if err == nil {
+						stales = append(stales, n)
+						if n == 0 {
+							r.FreshScrapes++
+						}
+					}
+				}
+			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -119,5 +138,9 @@ func (l *Lab) BenchMetrics(ctx context.Context, vms, scrapes int, out io.Writer)
 	slices.Sort(sizes)
 	r.MedianTime, r.MaxTime = times[len(times)/2], times[len(times)-1]
 	r.MedianBytes, r.MaxBytes = sizes[len(sizes)/2], sizes[len(sizes)-1]
+	if len(stales) > 0 {
+		slices.Sort(stales)
+		r.MedianStale = stales[len(stales)/2]
+	}
 	return r, nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/vigilha/vigil/internal/protocol/replication"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -20,8 +21,12 @@ var (
 		"Hosts by state: up (lease alive), down (no lease), maintenance (up and in maintenance).", "etcd, at each scrape"}
 	ClusterVMs = Definition{"vigil_cluster_vms", Gauge, []string{"state"},
 		"VMs by state (running, starting, stopped, failed, fenced, pending, ...), as vigil vm list shows them.", "etcd, at each scrape"}
+	ReplicaState = Definition{"vigil_vm_replica_state", Gauge, []string{"vm", "disk", "datastore", "primary", "peer", "state"},
+		"A replicated disk's replica, by its disk state (UpToDate, Inconsistent, Outdated): 1 for the state it is in, 0 for the others. peer is the host keeping the replica (where HA restarts the VM).", "etcd, at each scrape"}
+	ReplicaSync = Definition{"vigil_vm_replica_sync_ratio", Gauge, []string{"vm", "disk", "datastore"},
+		"How much of a replicated disk the replica has, from 0 to 1: 1 when UpToDate, a running sync's progress while one runs, 0 while Outdated.", "etcd, at each scrape"}
 	Failovers = Definition{"vigil_failover_seconds", Histogram, nil,
-		"HA restarts, by time from the leader seeing the failed host's lease expire to the VM running on its new host (the host died up to one lease TTL before that).", "the leader"}
+		"HA restarts, by time from the failed host's last datastore heartbeat (it died within one heartbeat interval after; on a VM with no shared datastore: from the leader seeing its lease expire, up to one lease TTL after it died) to the VM running on its new host.", "the leader"}
 	Fences = Definition{"vigil_fences_total", Counter, nil,
 		"Storage fences of a VM's previous host before HA restarted it elsewhere.", "the leader"}
 	Migrations = Definition{"vigil_migrations_total", Counter, []string{"outcome"},
@@ -36,14 +41,16 @@ var (
 		"Duration of one reconcile pass of a leader controller.", "the leader"}
 	SnapshotRead = Definition{"vigil_etcd_snapshot_read_seconds", Histogram, nil,
 		"Latency of the leader's read of the cluster state from etcd (one range read per pass).", "the leader"}
+	EtcdRequestSeconds = Definition{"vigil_etcd_request_seconds", Histogram, []string{"method"},
+		"Latency of this member's requests to etcd, by call (KV/Range, KV/Txn, Lease/LeaseGrant, ...), with the errors' too; kept by every member, not only the leader.", "the member's etcd client"}
 	LeaderTerms = Definition{"vigil_leader_terms_total", Counter, nil,
 		"Leadership terms this member won; summed over members, increase() counts leader changes.", "the member"}
 )
 
 // ClusterDefinitions lists a member's metrics, for the docs.
 func ClusterDefinitions() []Definition {
-	return []Definition{ClusterHosts, ClusterVMs, Failovers, Fences, Migrations, MigrationSeconds, MigrationDowntime,
-		AdmissionRefusals, ControllerPass, SnapshotRead, LeaderTerms}
+	return []Definition{ClusterHosts, ClusterVMs, ReplicaState, ReplicaSync, Failovers, Fences, Migrations, MigrationSeconds, MigrationDowntime,
+		AdmissionRefusals, ControllerPass, SnapshotRead, EtcdRequestSeconds, LeaderTerms}
 }
 
 // Cluster holds a member's metrics: one per process, registered in its
@@ -100,6 +107,8 @@ type stateCollector struct {
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- ClusterHosts.desc()
 	ch <- ClusterVMs.desc()
+	ch <- ReplicaState.desc()
+	ch <- ReplicaSync.desc()
 }
 
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -133,6 +142,30 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for st, n := range vms {
 		ch <- prometheus.MustNewConstMetric(ClusterVMs.desc(), prometheus.GaugeValue, float64(n), st)
+	}
+	for name, v := range snap.VMs {
+		rs := snap.Replicas[name]
+		if v.Record == nil || rs == nil || rs.UID != v.Record.UID() {
+			continue
+		}
+		for _, d := range v.Record.VM.Spec.Disks {
+			rd := rs.Disks[d.Name]
+			if rd == nil || !snap.ReplicatedDatastore(d.Datastore) {
+				continue
+			}
+			for _, st := range []replication.DiskState{replication.UpToDate, replication.Inconsistent, replication.Outdated} {
+				ch <- prometheus.MustNewConstMetric(ReplicaState.desc(), prometheus.GaugeValue, boolean(rd.State == st),
+					name, d.Name, d.Datastore, rs.Primary, rs.Peer, string(st))
+			}
+			ratio := rd.SyncPercent / 100
+			switch {
+			case rd.State == replication.UpToDate:
+				ratio = 1
+			case rd.State == replication.Outdated:
+				ratio = 0
+			}
+			ch <- prometheus.MustNewConstMetric(ReplicaSync.desc(), prometheus.GaugeValue, ratio, name, d.Name, d.Datastore)
+		}
 	}
 }
 

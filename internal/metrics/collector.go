@@ -33,34 +33,124 @@ type HostSample struct {
 	LeaseValid bool
 	// Usage is the host cgroup's use (nil: unreadable).
 	Usage *CgroupUsage
+	// Load is the kernel's load average over 1, 5 and 15 minutes (nil:
+	// not this host's own, as on a lab host, which shares the kernel).
+	Load *[3]float64
 }
 
 // Source is what a host's collector reads at each scrape.
 type Source interface {
 	Host() HostSample
 	VMs() []driver.Status
-	// DiskStats reads a running VM's disk counters (QMP; a driver that
-	// has none returns nil).
-	DiskStats(ctx context.Context, vm string) ([]driver.DiskStats, error)
+	// Stats reads a running VM's counters from its hypervisor (QMP; a
+	// driver that has none returns nil).
+	Stats(ctx context.Context, vm string) (*driver.VMStats, error)
+	// Restarts counts the VMs' restarts on this host.
+	Restarts() *Restarts
 }
 
-// maxParallelQMP bounds the VMs asked for their disks at once in a scrape.
+// maxParallelQMP bounds the VMs asked for their counters at once.
 const maxParallelQMP = 32
 
 // HostCollector collects a host's and its VMs' metrics at each scrape,
-// from the source and from /proc: nothing is cached between scrapes.
+// from the source and from /proc.
+//
+// A scrape asks every VM's QEMU for its counters, all at once, but waits
+// for their answers only up to a budget (wait). A QEMU that answers later
+// (a TCG guest on a busy host answers when its main loop gets a CPU) is
+// reported with its previous answer, and its late answer serves the next
+// scrape: so a scrape's time is bounded by the budget, not by the slowest
+// QEMU, and a value is at most one scrape old. Answers are kept per QEMU
+// process (a restarted QEMU's counters start again) and dropped with it.
 type HostCollector struct {
 	src Source
-	// perVM bounds each VM's QMP query, so that one wedged QEMU cannot
-	// hold a scrape.
+	// wait is how long a scrape waits for the VMs' answers.
+	wait time.Duration
+	// perVM bounds each VM's query, so that a wedged QEMU's queries do
+	// not pile up.
 	perVM time.Duration
 	// sysNet is where the host's network devices are (/sys/class/net).
 	sysNet string
+
+	mu sync.Mutex
+	// answers holds each VM's last answer; asking the VMs being asked.
+	answers map[string]answer
+	asking  map[string]bool
+}
+
+// answer is one VM's counters, from one QEMU process.
+type answer struct {
+	pid   int
+	stats *driver.VMStats
+	at    time.Time
 }
 
 // NewHostCollector returns a collector over src.
 func NewHostCollector(src Source) *HostCollector {
-	return &HostCollector{src: src, perVM: 500 * time.Millisecond, sysNet: "/sys/class/net"}
+	return &HostCollector{src: src, wait: 20 * time.Millisecond, perVM: 2 * time.Second, sysNet: "/sys/class/net",
+		answers: map[string]answer{}, asking: map[string]bool{}}
+}
+
+// ask asks each VM not already being asked for its counters, and returns
+// a channel closed once all of these answered or gave up.
+func (c *HostCollector) ask(vms []driver.Status) <-chan struct{} {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxParallelQMP)
+	c.mu.Lock()
+	for _, st := range vms {
+		if c.asking[st.Name] {
+			continue // a previous scrape's query is still out
+		}
+		c.asking[st.Name] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), c.perVM)
+			defer cancel()
+			s, err := c.src.Stats(ctx, st.Name)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			delete(c.asking, st.Name)
+			if err == nil && s != nil {
+				c.answers[st.Name] = answer{pid: st.PID, stats: s, at: time.Now()}
+			} // an error: the VM is starting or going; a later scrape has it
+		}()
+	}
+	c.mu.Unlock()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	return done
+}
+
+// latest returns each VM's last answer from its current QEMU process, and
+// how many of them are older than since (or missing); it forgets the
+// answers of processes that are gone.
+func (c *HostCollector) latest(vms []driver.Status, since time.Time) ([]*driver.VMStats, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pids := make(map[string]int, len(vms))
+	for _, st := range vms {
+		pids[st.Name] = st.PID
+	}
+	for name, a := range c.answers {
+		if pid, ok := pids[name]; !ok || pid != a.pid {
+			delete(c.answers, name)
+		}
+	}
+	out := make([]*driver.VMStats, len(vms))
+	stale := 0
+	for i, st := range vms {
+		a, ok := c.answers[st.Name]
+		if ok {
+			out[i] = a.stats
+		}
+		if !ok || a.at.Before(since) {
+			stale++
+		}
+	}
+	return out, stale
 }
 
 // Describe sends every agent metric's descriptor.
@@ -91,6 +181,11 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 	for ds, t := range h.DatastoreHeartbeats {
 		emit(HostDatastoreHeartbeat, unix(t), h.Name, ds)
 	}
+	if l := h.Load; l != nil {
+		emit(HostLoad1, l[0], h.Name)
+		emit(HostLoad5, l[1], h.Name)
+		emit(HostLoad15, l[2], h.Name)
+	}
 	if u := h.Usage; u != nil {
 		emit(HostCPU, u.CPU.Seconds(), h.Name)
 		emit(HostMemoryUsed, float64(u.MemoryBytes), h.Name)
@@ -100,33 +195,19 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	// Each VM's QEMU is asked for its disks at once (up to
-	// maxParallelQMP), not one after the other: a scrape costs about the
-	// slowest QMP answer, not their sum (TCG guests on a busy host answer
-	// in tens of ms each).
 	var vms []driver.Status
 	for _, st := range c.src.VMs() {
 		if st.Running {
 			vms = append(vms, st)
 		}
 	}
-	disks := make([][]driver.DiskStats, len(vms))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, maxParallelQMP)
-	for i, st := range vms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			ctx, cancel := context.WithTimeout(context.Background(), c.perVM)
-			defer cancel()
-			if d, err := c.src.DiskStats(ctx, st.Name); err == nil {
-				disks[i] = d // an error: the VM is starting or going; the next scrape has it
-			}
-		}()
+	begin := time.Now()
+	select {
+	case <-c.ask(vms):
+	case <-time.After(c.wait):
 	}
-	wg.Wait()
+	stats, stale := c.latest(vms, begin)
+	emit(HostScrapeStale, float64(stale), h.Name)
 	for i, st := range vms {
 		emit(VMRunning, 1, st.Name, h.Name)
 		if !st.StartedAt.IsZero() {
@@ -159,15 +240,32 @@ func (c *HostCollector) Collect(ch chan<- prometheus.Metric) {
 				emit(VMNetTransmit, float64(tx), st.Name, h.Name, nic)
 			}
 		}
-		for _, d := range disks[i] {
-			emit(VMDiskReadBytes, float64(d.ReadBytes), st.Name, h.Name, d.Disk)
-			emit(VMDiskWriteBytes, float64(d.WriteBytes), st.Name, h.Name, d.Disk)
-			emit(VMDiskReadOps, float64(d.ReadOps), st.Name, h.Name, d.Disk)
-			emit(VMDiskWriteOps, float64(d.WriteOps), st.Name, h.Name, d.Disk)
-			emit(VMDiskWriteTime, d.WriteTime.Seconds(), st.Name, h.Name, d.Disk)
+		for cause, n := range c.src.Restarts().Of(st.Name) {
+			emit(VMRestarts, float64(n), st.Name, h.Name, cause)
+		}
+		s := stats[i]
+		if s == nil {
+			continue
+		}
+		for _, d := range s.Disks {
+			l := []string{st.Name, h.Name, d.Disk, d.Datastore}
+			emit(VMDiskReadBytes, float64(d.ReadBytes), l...)
+			emit(VMDiskWriteBytes, float64(d.WriteBytes), l...)
+			emit(VMDiskReadOps, float64(d.ReadOps), l...)
+			emit(VMDiskWriteOps, float64(d.WriteOps), l...)
+			emit(VMDiskWriteTime, d.WriteTime.Seconds(), l...)
 			if lh := d.WriteLatency; lh != nil {
-				ch <- latencyHistogram(lh, d.WriteTime, st.Name, h.Name, d.Disk)
+				ch <- latencyHistogram(lh, d.WriteTime, l...)
 			}
+		}
+		if m := s.Memory; m != nil {
+			emit(VMGuestMemoryTotal, float64(m.Total), st.Name, h.Name)
+			emit(VMGuestMemoryAvailable, float64(m.Available), st.Name, h.Name)
+			emit(VMGuestMemoryFree, float64(m.Free), st.Name, h.Name)
+			emit(VMGuestMemoryUpdated, unix(m.Updated), st.Name, h.Name)
+		}
+		if s.BalloonBytes > 0 {
+			emit(VMBalloon, float64(s.BalloonBytes), st.Name, h.Name)
 		}
 	}
 	running := len(vms)

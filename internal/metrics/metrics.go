@@ -61,24 +61,45 @@ var (
 		"Memory the VM was given.", "the VM's spec"}
 	VMHeartbeat = Definition{"vigil_vm_guest_heartbeat_timestamp_seconds", Gauge, []string{"vm", "host"},
 		"When the guest's heartbeat (virtio-serial) last arrived (Unix time); absent before the first.", "the driver"}
-	VMDiskReadBytes = Definition{"vigil_vm_disk_read_bytes_total", Counter, []string{"vm", "host", "disk"},
+	VMDiskReadBytes = Definition{"vigil_vm_disk_read_bytes_total", Counter, []string{"vm", "host", "disk", "datastore"},
 		"Bytes the guest read from the disk.", "QMP query-blockstats"}
-	VMDiskWriteBytes = Definition{"vigil_vm_disk_write_bytes_total", Counter, []string{"vm", "host", "disk"},
+	VMDiskWriteBytes = Definition{"vigil_vm_disk_write_bytes_total", Counter, []string{"vm", "host", "disk", "datastore"},
 		"Bytes the guest wrote to the disk.", "QMP query-blockstats"}
-	VMDiskReadOps = Definition{"vigil_vm_disk_read_ops_total", Counter, []string{"vm", "host", "disk"},
+	VMDiskReadOps = Definition{"vigil_vm_disk_read_ops_total", Counter, []string{"vm", "host", "disk", "datastore"},
 		"Read requests the guest completed on the disk.", "QMP query-blockstats"}
-	VMDiskWriteOps = Definition{"vigil_vm_disk_write_ops_total", Counter, []string{"vm", "host", "disk"},
+	VMDiskWriteOps = Definition{"vigil_vm_disk_write_ops_total", Counter, []string{"vm", "host", "disk", "datastore"},
 		"Write requests the guest completed on the disk.", "QMP query-blockstats"}
-	VMDiskWriteTime = Definition{"vigil_vm_disk_write_time_seconds_total", Counter, []string{"vm", "host", "disk"},
+	VMDiskWriteTime = Definition{"vigil_vm_disk_write_time_seconds_total", Counter, []string{"vm", "host", "disk", "datastore"},
 		"Total time the disk's write requests took; divided by the ops' rate it is the mean write latency.", "QMP query-blockstats"}
 
 	VMNetReceive = Definition{"vigil_vm_network_receive_bytes_total", Counter, []string{"vm", "host", "nic"},
 		"Bytes the guest received on the NIC (its tap device's transmit counter).", "/sys/class/net/TAP/statistics"}
 	VMNetTransmit = Definition{"vigil_vm_network_transmit_bytes_total", Counter, []string{"vm", "host", "nic"},
 		"Bytes the guest sent on the NIC (its tap device's receive counter).", "/sys/class/net/TAP/statistics"}
-	VMDiskWriteLatency = Definition{"vigil_vm_disk_write_latency_seconds", Histogram, []string{"vm", "host", "disk"},
+	VMDiskWriteLatency = Definition{"vigil_vm_disk_write_latency_seconds", Histogram, []string{"vm", "host", "disk", "datastore"},
 		"Write requests by latency (for percentiles: histogram_quantile); counted from the first scrape of the VM's QEMU process on.", "QMP block-latency-histogram-set, query-blockstats"}
 
+	VMGuestMemoryTotal = Definition{"vigil_vm_guest_memory_total_bytes", Gauge, []string{"vm", "host"},
+		"Memory the guest kernel manages (its MemTotal), as the guest's balloon driver reports it; absent until the guest reports.", "QMP qom-get guest-stats of the balloon device"}
+	VMGuestMemoryAvailable = Definition{"vigil_vm_guest_memory_available_bytes", Gauge, []string{"vm", "host"},
+		"Memory the guest could give to new work without swapping (its MemAvailable): the guest's own view of its free memory.", "QMP qom-get guest-stats of the balloon device"}
+	VMGuestMemoryFree = Definition{"vigil_vm_guest_memory_free_bytes", Gauge, []string{"vm", "host"},
+		"Memory the guest leaves unused outright (its MemFree).", "QMP qom-get guest-stats of the balloon device"}
+	VMGuestMemoryUpdated = Definition{"vigil_vm_guest_memory_updated_timestamp_seconds", Gauge, []string{"vm", "host"},
+		"When the guest last reported its memory (Unix time; it is asked every 5 s).", "QMP qom-get guest-stats of the balloon device"}
+	VMBalloon = Definition{"vigil_vm_balloon_bytes", Gauge, []string{"vm", "host"},
+		"Memory the guest has with its balloon as it is now: vigil_vm_memory_bytes less what the balloon took back.", "QMP query-balloon"}
+	VMRestarts = Definition{"vigil_vm_restarts_total", Counter, []string{"vm", "host", "cause"},
+		"Restarts of the VM on this host by this agent: cause qemu-exit (its QEMU ended unexpectedly and VM monitoring started it again), guest-heartbeat (its guest's heartbeat stopped and VM monitoring reset it), alarm (an alarm's restart action reset it). Counted by the agent's process, from zero when it starts.", "the agent's VM monitoring"}
+
+	HostScrapeStale = Definition{"vigil_host_scrape_stale_vms", Gauge, []string{"host"},
+		"Running VMs whose QEMU did not answer this scrape within its 20 ms budget: their disk and guest memory series are their previous answer's, or absent before the first. A VM stale scrape after scrape has a QEMU that does not answer.", "the agent's collector"}
+	HostLoad1 = Definition{"vigil_host_load1", Gauge, []string{"host"},
+		"The kernel's load average over 1 minute; only on a host with a kernel of its own (--host-cgroup /), not on a lab host.", "/proc/loadavg"}
+	HostLoad5 = Definition{"vigil_host_load5", Gauge, []string{"host"},
+		"The kernel's load average over 5 minutes (as vigil_host_load1).", "/proc/loadavg"}
+	HostLoad15 = Definition{"vigil_host_load15", Gauge, []string{"host"},
+		"The kernel's load average over 15 minutes (as vigil_host_load1).", "/proc/loadavg"}
 	HostCPUs = Definition{"vigil_host_capacity_cpus", Gauge, []string{"host"},
 		"vCPUs this host offers to VMs (declared, or derived from its CPUs).", "the agent's configuration"}
 	HostMemory = Definition{"vigil_host_capacity_memory_bytes", Gauge, []string{"host"},
@@ -113,7 +134,9 @@ var (
 func Definitions() []Definition {
 	ds := []Definition{VMRunning, VMStart, VMCPU, VMRSS, VMCPUs, VMMemory, VMHeartbeat, VMDiskReadBytes, VMDiskWriteBytes, VMDiskReadOps,
 		VMDiskWriteOps, VMDiskWriteTime, VMDiskWriteLatency, VMNetReceive, VMNetTransmit, HostCPUs, HostMemory, HostAllocatedCPUs, HostAllocatedMemory, HostLeaseValid, HostVMs, HostLease, HostLeaseLatency, HostLeaseTTL,
-		HostDatastoreHeartbeat, HostCPU, HostMemoryUsed, HostPressure, HostWatchdog}
+		HostDatastoreHeartbeat, HostCPU, HostMemoryUsed, HostPressure, HostWatchdog,
+		VMGuestMemoryTotal, VMGuestMemoryAvailable, VMGuestMemoryFree, VMGuestMemoryUpdated, VMBalloon, VMRestarts,
+		HostLoad1, HostLoad5, HostLoad15, HostScrapeStale}
 	sort.Slice(ds, func(i, j int) bool { return ds[i].Name < ds[j].Name })
 	return ds
 }
@@ -170,7 +193,16 @@ buckets count from the moment the agent attached (the first milliseconds of a bo
 
 The leader's alarms (docs/alarms.md) read these same series: it scrapes every agent.
 
-Not exported yet: allocation, the guest's own view of its memory (balloon). Reserved names for the replicated datastore and FT: ` + "`vigil_vm_replica_*`" + `, ` + "`vigil_vm_ft_*`" + `.
+A scrape asks every VM's QEMU for its disk and balloon counters at once and waits for them up to 20 ms. A QEMU
+that answers later (a TCG guest on a busy host answers when its main loop gets a CPU) is reported with its
+answer to the previous scrape, and its late answer serves the next one: a scrape takes about the same time
+whatever its VMs do, and a VM's disk and guest memory values are at most one scrape old. A VM whose QEMU has not
+answered once since it started has no disk or guest memory series yet.
+
+The guest memory series need the guest's virtio_balloon driver (Vigil's guest image loads it); every VM gets a
+balloon device, which the guest is asked to report through every 5 s.
+
+Reserved for FT: ` + "`vigil_vm_ft_*`" + ` (epoch lag, checkpoint pause).
 `)
 	return b.String()
 }

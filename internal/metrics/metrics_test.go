@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -12,6 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/protocol/replication"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
 )
 
 // docs/metrics.md is what Doc generates: a metric added or changed without
@@ -29,13 +33,28 @@ func TestDocInSync(t *testing.T) {
 type fakeSource struct {
 	host  HostSample
 	vms   []driver.Status
-	disks map[string][]driver.DiskStats
+	stats map[string]*driver.VMStats
+	// slow VMs answer only once their channel is closed (or the query's
+	// context ends).
+	slow map[string]chan struct{}
 }
 
 func (f fakeSource) Host() HostSample     { return f.host }
 func (f fakeSource) VMs() []driver.Status { return f.vms }
-func (f fakeSource) DiskStats(_ context.Context, vm string) ([]driver.DiskStats, error) {
-	d, ok := f.disks[vm]
+func (f fakeSource) Restarts() *Restarts {
+	r := NewRestarts()
+	r.Inc("web", RestartAlarm)
+	return r
+}
+func (f fakeSource) Stats(ctx context.Context, vm string) (*driver.VMStats, error) {
+	if ch, ok := f.slow[vm]; ok {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	d, ok := f.stats[vm]
 	if !ok {
 		return nil, errors.New("no QMP")
 	}
@@ -54,9 +73,14 @@ func TestHostCollector(t *testing.T) {
 			{Name: "db", Running: true, StartedAt: started},
 			{Name: "gone", Running: false},
 		},
-		disks: map[string][]driver.DiskStats{"web": {{Disk: "ledger", WriteBytes: 4096, WriteOps: 1, WriteTime: 2 * time.Millisecond}}},
+		stats: map[string]*driver.VMStats{"web": {
+			Disks:        []driver.DiskStats{{Disk: "ledger", Datastore: "local", WriteBytes: 4096, WriteOps: 1, WriteTime: 2 * time.Millisecond}},
+			Memory:       &driver.GuestMemory{Total: 100 << 20, Available: 60 << 20, Free: 40 << 20, Updated: started},
+			BalloonBytes: 128 << 20,
+		}},
 	}
 	c := NewHostCollector(src)
+	c.wait = time.Minute // every answer is prompt here
 	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
 		t.Fatalf("lint: %v %+v", err, problems)
 	}
@@ -66,17 +90,28 @@ func TestHostCollector(t *testing.T) {
 vigil_host_vms_running{host="h1"} 2
 # HELP vigil_vm_disk_write_bytes_total Bytes the guest wrote to the disk.
 # TYPE vigil_vm_disk_write_bytes_total counter
-vigil_vm_disk_write_bytes_total{disk="ledger",host="h1",vm="web"} 4096
+vigil_vm_disk_write_bytes_total{datastore="local",disk="ledger",host="h1",vm="web"} 4096
+# HELP vigil_vm_guest_memory_available_bytes Memory the guest could give to new work without swapping (its MemAvailable): the guest's own view of its free memory.
+# TYPE vigil_vm_guest_memory_available_bytes gauge
+vigil_vm_guest_memory_available_bytes{host="h1",vm="web"} 6.291456e+07
 # HELP vigil_vm_running 1 while the VM's QEMU process runs on this host.
 # TYPE vigil_vm_running gauge
 vigil_vm_running{host="h1",vm="db"} 1
 vigil_vm_running{host="h1",vm="web"} 1
+# HELP vigil_vm_restarts_total Restarts of the VM on this host by this agent: cause qemu-exit (its QEMU ended unexpectedly and VM monitoring started it again), guest-heartbeat (its guest's heartbeat stopped and VM monitoring reset it), alarm (an alarm's restart action reset it). Counted by the agent's process, from zero when it starts.
+# TYPE vigil_vm_restarts_total counter
+vigil_vm_restarts_total{cause="alarm",host="h1",vm="db"} 0
+vigil_vm_restarts_total{cause="alarm",host="h1",vm="web"} 1
+vigil_vm_restarts_total{cause="guest-heartbeat",host="h1",vm="db"} 0
+vigil_vm_restarts_total{cause="guest-heartbeat",host="h1",vm="web"} 0
+vigil_vm_restarts_total{cause="qemu-exit",host="h1",vm="db"} 0
+vigil_vm_restarts_total{cause="qemu-exit",host="h1",vm="web"} 0
 # HELP vigil_host_lease_renewal_timestamp_seconds When etcd last acknowledged this host's lease renewal (Unix time); absent before the first.
 # TYPE vigil_host_lease_renewal_timestamp_seconds gauge
 vigil_host_lease_renewal_timestamp_seconds{host="h1"} 1.80000006e+09
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "vigil_host_vms_running", "vigil_vm_disk_write_bytes_total",
-		"vigil_vm_running", "vigil_host_lease_renewal_timestamp_seconds"); err != nil {
+		"vigil_vm_guest_memory_available_bytes", "vigil_vm_running", "vigil_vm_restarts_total", "vigil_host_lease_renewal_timestamp_seconds"); err != nil {
 		t.Fatal(err)
 	}
 	// This test process stands in for web's QEMU: its CPU time and RSS
@@ -91,9 +126,119 @@ vigil_host_lease_renewal_timestamp_seconds{host="h1"} 1.80000006e+09
 	for _, mf := range mfs {
 		seen[mf.GetName()] = true
 	}
-	for _, name := range []string{"vigil_vm_cpu_seconds_total", "vigil_vm_memory_rss_bytes", "vigil_vm_guest_heartbeat_timestamp_seconds", "vigil_host_watchdog_armed"} {
+	for _, name := range []string{"vigil_vm_cpu_seconds_total", "vigil_vm_memory_rss_bytes", "vigil_vm_guest_heartbeat_timestamp_seconds", "vigil_host_watchdog_armed",
+		"vigil_vm_balloon_bytes", "vigil_vm_guest_memory_total_bytes"} {
 		if !seen[name] {
 			t.Errorf("%s missing", name)
 		}
+	}
+}
+
+// A scrape does not wait for a QEMU that answers late: it reports the VMs
+// that answered, and the late answer serves the next scrape. An answer
+// from a QEMU process that has since been replaced is never reported.
+func TestHostCollectorDoesNotWaitForSlowQEMU(t *testing.T) {
+	gate := make(chan struct{})
+	src := fakeSource{
+		host: HostSample{Name: "h1"},
+		vms:  []driver.Status{{Name: "fast", Running: true, PID: 10}, {Name: "slow", Running: true, PID: 20}},
+		stats: map[string]*driver.VMStats{
+			"fast": {Disks: []driver.DiskStats{{Disk: "d", Datastore: "local", WriteBytes: 1}}},
+			"slow": {Disks: []driver.DiskStats{{Disk: "d", Datastore: "local", WriteBytes: 2}}},
+		},
+		slow: map[string]chan struct{}{"slow": gate},
+	}
+	c := NewHostCollector(src)
+	c.wait = 200 * time.Millisecond
+	writes := func(c *HostCollector) map[string]bool {
+		t.Helper()
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(c)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, mf := range mfs {
+			if mf.GetName() == "vigil_host_scrape_stale_vms" {
+				seen[fmt.Sprintf("stale=%v", mf.GetMetric()[0].GetGauge().GetValue())] = true
+			}
+			if mf.GetName() != "vigil_vm_disk_write_bytes_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "vm" {
+						seen[l.GetValue()] = true
+					}
+				}
+			}
+		}
+		return seen
+	}
+	begin := time.Now()
+	first := writes(c)
+	if took := time.Since(begin); took > 1500*time.Millisecond { // a query gives up after perVM (2 s)
+		t.Fatalf("a scrape waited %s for a QEMU that does not answer", took)
+	}
+	if !first["fast"] || first["slow"] || !first["stale=1"] {
+		t.Fatalf("first scrape: want fast only, and one stale VM, got %v", first)
+	}
+	close(gate) // slow answers now, after the scrape
+	deadline := time.Now().Add(10 * time.Second)
+	for !writes(c)["slow"] {
+		if time.Now().After(deadline) {
+			t.Fatal("slow's late answer never reached a scrape")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// slow's QEMU is replaced (a restart): its old answer is dropped, and
+	// the new process's answer is reported once it comes.
+	src.vms[1].PID = 21
+	src.slow["slow"] = make(chan struct{})
+	c.src = src
+	if got := writes(c); got["slow"] {
+		t.Fatalf("the answer of slow's previous QEMU was reported for its new one: %v", got)
+	}
+	close(src.slow["slow"])
+	for !writes(c)["slow"] {
+		if time.Now().After(deadline) {
+			t.Fatal("slow's new QEMU never reached a scrape")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A member reports each replicated disk's replica state from etcd: one
+// series per state, 1 for the current one, and the sync's progress; a
+// replica record of an older VM of the same name is not reported.
+func TestReplicaStateFromEtcd(t *testing.T) {
+	vm := func(name, uid string) *store.VMState {
+		r := &store.VMRecord{}
+		r.VM.Metadata.Name, r.VM.Metadata.UID = name, uid
+		r.VM.Spec.Disks = []spec.Disk{{Name: "data", Datastore: "rep"}, {Name: "scratch", Datastore: "local"}}
+		return &store.VMState{Record: r}
+	}
+	snap := &store.Snapshot{
+		VMs:        map[string]*store.VMState{"db": vm("db", "u1"), "old": vm("old", "u3")},
+		Datastores: map[string]*store.Datastore{"rep": {Name: "rep", Type: store.DatastoreReplicated}, "local": {Name: "local", Type: store.DatastoreLocal}},
+		Replicas: map[string]*store.ReplicaSet{
+			"db":  {UID: "u1", Primary: "h1", Peer: "h2", Disks: map[string]*store.ReplicaDisk{"data": {State: replication.Inconsistent, Replication: replication.SyncSource, SyncPercent: 40}}},
+			"old": {UID: "u2", Primary: "h1", Peer: "h3", Disks: map[string]*store.ReplicaDisk{"data": {State: replication.UpToDate}}},
+		},
+	}
+	c := &stateCollector{state: func(context.Context) (*store.Snapshot, error) { return snap, nil }, vmState: func(*store.VMState) string { return "running" }}
+	want := `
+# HELP vigil_vm_replica_state A replicated disk's replica, by its disk state (UpToDate, Inconsistent, Outdated): 1 for the state it is in, 0 for the others. peer is the host keeping the replica (where HA restarts the VM).
+# TYPE vigil_vm_replica_state gauge
+vigil_vm_replica_state{datastore="rep",disk="data",peer="h2",primary="h1",state="Inconsistent",vm="db"} 1
+vigil_vm_replica_state{datastore="rep",disk="data",peer="h2",primary="h1",state="Outdated",vm="db"} 0
+vigil_vm_replica_state{datastore="rep",disk="data",peer="h2",primary="h1",state="UpToDate",vm="db"} 0
+# HELP vigil_vm_replica_sync_ratio How much of a replicated disk the replica has, from 0 to 1: 1 when UpToDate, a running sync's progress while one runs, 0 while Outdated.
+# TYPE vigil_vm_replica_sync_ratio gauge
+vigil_vm_replica_sync_ratio{datastore="rep",disk="data",vm="db"} 0.4
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), ReplicaState.Name, ReplicaSync.Name); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.etcd.io/etcd/server/v3/embed"
+	"google.golang.org/grpc"
 
 	"github.com/vigilha/vigil/internal/api"
 	"github.com/vigilha/vigil/internal/controller"
@@ -71,7 +72,9 @@ type Server struct {
 	cfg    Config
 	etcd   *embed.Etcd
 	client *clientv3.Client
-	log    *slog.Logger
+	// etcdRequests times the client's requests (a member metric).
+	etcdRequests *metrics.EtcdRequests
+	log          *slog.Logger
 	// sessions opens election sessions (newSession).
 	sessions func(context.Context, *clientv3.Client) (*concurrency.Session, error)
 }
@@ -103,10 +106,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.etcd = e
 		endpoints = []string{cfg.ClientURL}
 	}
+	s.etcdRequests = metrics.NewEtcdRequests()
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      quietZap(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(s.etcdRequests.Intercept)},
 	})
 	if err != nil {
 		s.Close()
@@ -209,6 +214,7 @@ func startEmbedded(ctx context.Context, cfg Config) (*embed.Etcd, error) {
 func (s *Server) Run(ctx context.Context) error {
 	st := store.New(s.client)
 	m := metrics.NewCluster(st.Snapshot, api.StateOf)
+	m.Registry.MustRegister(s.etcdRequests)
 	a := api.New(st, s.log, m)
 	var servers []*http.Server
 	for _, addr := range s.cfg.APIListen {

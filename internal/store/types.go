@@ -95,6 +95,11 @@ type Fence struct {
 	Epoch  int64     `json:"epoch"`
 	Reason string    `json:"reason"`
 	Time   time.Time `json:"time"`
+	// LastHeard is when the host's last datastore heartbeat reached one of
+	// the VM's datastores, as the leader learnt at the fence (zero: the VM
+	// has no datastore with heartbeats): a dead host died within one
+	// heartbeat interval after it.
+	LastHeard time.Time `json:"lastHeard,omitzero"`
 }
 
 // ClusterConfig holds cluster-wide HA settings.

@@ -403,8 +403,11 @@ type VMStats struct {
 	StartedAt   float64 `json:"startedAt"`
 	CPUSeconds  float64 `json:"cpuSeconds"`
 	RSSBytes    float64 `json:"rssBytes"`
-	DiskRead    float64 `json:"diskReadBytes"`
-	DiskWrite   float64 `json:"diskWriteBytes"`
-	NetReceive  float64 `json:"netReceiveBytes"`
-	NetTransmit float64 `json:"netTransmitBytes"`
+	// GuestUsedBytes is what the guest itself says it uses (MemTotal less
+	// MemAvailable, from its balloon driver; 0: it has not said).
+	GuestUsedBytes float64 `json:"guestUsedBytes"`
+	DiskRead       float64 `json:"diskReadBytes"`
+	DiskWrite      float64 `json:"diskWriteBytes"`
+	NetReceive     float64 `json:"netReceiveBytes"`
+	NetTransmit    float64 `json:"netTransmitBytes"`
 }

@@ -76,6 +76,25 @@ func TestFenceRevokesBeforeRestartIsPlaced(t *testing.T) {
 	}
 }
 
+// The fence records when the dead host was last heard at the datastore
+// (its last heartbeat), the mark a failover is timed from.
+func TestFenceRecordsTheHostsLastHeartbeat(t *testing.T) {
+	cl := newCluster(t, "h1", "h2")
+	cl.run(haVM("vm1", spec.PriorityHigh), "h1")
+	cl.killHost("h1")
+	cl.arb.setHeartbeat("h1", storage.HostHeartbeat{Age: 5 * time.Second}) // stale: the host is dead
+	cl.pass()
+	cl.advance(tGrace)
+	cl.pass()
+	f := cl.fence("vm1")
+	if f == nil {
+		t.Fatal("no fence")
+	}
+	if want := f.Time.Add(-5 * time.Second); !f.LastHeard.Equal(want) {
+		t.Fatalf("fence last heard %s, want %s (5 s before the fence)", f.LastHeard, want)
+	}
+}
+
 // A revocation the storage refuses stops the failover: no fence record,
 // no restart, and the pass reports the error. The next pass tries again.
 func TestFailedRevokeRestartsNothing(t *testing.T) {

@@ -474,6 +474,13 @@ func (c *Controller) fence(ctx context.Context, p *pass, v *store.VMState, reaso
 		fenced = append(fenced, dsName)
 	}
 	f := &store.Fence{Host: host, Epoch: epoch, Reason: reason, Time: c.now()}
+	for _, dsName := range datastoresOf(v) {
+		if hb, ok := p.heartbeats[dsName][host]; ok {
+			if heard := f.Time.Add(-hb.Age); heard.After(f.LastHeard) {
+				f.LastHeard = heard
+			}
+		}
+	}
 	if err := c.st.PutFence(ctx, name, f); err != nil {
 		return err
 	}

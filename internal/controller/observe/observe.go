@@ -64,9 +64,17 @@ func (o *Observer) Reconcile(_ context.Context, snap *store.Snapshot) (time.Dura
 		if pl.Restart && running && o.counted[name] != pl.Epoch {
 			o.counted[name] = pl.Epoch
 			if f := snap.Fences[name]; f != nil && !first {
-				if down, ok := o.downSeen[f.Host]; ok && down.Before(now) {
+				// From the earliest sign of the failure the leader has:
+				// the host's last datastore heartbeat (it died within
+				// one heartbeat interval after), else its lease seen
+				// expired (it died up to one TTL before), else the fence.
+				down, ok := o.downSeen[f.Host]
+				switch {
+				case !f.LastHeard.IsZero() && f.LastHeard.Before(now) && (!ok || f.LastHeard.Before(down)):
+					o.m.Failovers.Observe(now.Sub(f.LastHeard).Seconds())
+				case ok && down.Before(now):
 					o.m.Failovers.Observe(now.Sub(down).Seconds())
-				} else if !f.Time.IsZero() && f.Time.Before(now) {
+				case !f.Time.IsZero() && f.Time.Before(now):
 					// The host came back (or this term began) before
 					// the restart ran: from the fence, the next best mark.
 					o.m.Failovers.Observe(now.Sub(f.Time).Seconds())

@@ -73,6 +73,49 @@ func TestFailoverIsTimedFromTheLeaseExpiry(t *testing.T) {
 	}
 }
 
+// A fence that says when the dead host was last heard at its datastore
+// times the failover from then: closer to the crash than the lease expiry.
+func TestFailoverIsTimedFromTheLastHeartbeat(t *testing.T) {
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	st := memstore.New()
+	st.Now = func() time.Time { return now }
+	for _, h := range []string{"h1", "h2"} {
+		st.AddHost(store.Host{Name: h}, true)
+	}
+	st.AddVM(store.VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: "web1", UID: "u1"}, Spec: spec.VMSpec{CPUs: 1, Memory: spec.GiB}}, Power: store.PowerRunning})
+	st.Place("web1", store.Placement{Host: "h1", Epoch: 1})
+	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h1", Epoch: 1})
+	m := metrics.NewCluster(st.Snapshot, func(*store.VMState) string { return "x" })
+	o := New(m)
+	o.now = func() time.Time { return now }
+	pass := func() {
+		snap, err := st.Snapshot(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := o.Reconcile(context.Background(), snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pass()
+	crash := now.Add(500 * time.Millisecond) // the last heartbeat went out just before
+	now = now.Add(3 * time.Second)
+	st.SetAlive("h1", false)
+	pass() // the lease expiry is seen here, 2.5 s after the last heartbeat
+	now = now.Add(time.Second)
+	if err := st.PutFence(context.Background(), "web1", &store.Fence{Host: "h1", Epoch: 1, Time: now, LastHeard: crash}); err != nil {
+		t.Fatal(err)
+	}
+	st.Place("web1", store.Placement{Host: "h2", Epoch: 2, Restart: true})
+	pass()
+	now = now.Add(2 * time.Second)
+	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h2", Epoch: 2})
+	pass()
+	if h := histogram(t, m); h.count != 1 || h.sum != 5.5 {
+		t.Fatalf("failover histogram count %d sum %v, want 1 and 5.5 s (last heartbeat -> running)", h.count, h.sum)
+	}
+}
+
 type hist struct {
 	count uint64
 	sum   float64

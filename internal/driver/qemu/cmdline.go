@@ -38,6 +38,13 @@ func pathsFor(dir string) runtimePaths {
 // HeartbeatPort is the virtio-serial port name the guest writes to.
 const HeartbeatPort = "org.vigil.heartbeat"
 
+// balloonID is the balloon device's id; balloonPollSeconds how often the
+// guest is asked for its memory statistics (a few bytes over virtio).
+const (
+	balloonID          = "balloon0"
+	balloonPollSeconds = 5
+)
+
 // firstTapFD is the descriptor number of the first tap handed to QEMU
 // (ExtraFiles start at 3).
 const firstTapFD = 3
@@ -66,6 +73,10 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		"-device", "virtio-serial-pci,id=vser0",
 		"-chardev", "socket,id=hb0,path=" + escapeOpt(p.Heartbeat) + ",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=hb0,name=" + HeartbeatPort,
+		// The balloon's guest statistics are the guest's own view of its
+		// memory (metrics); the balloon itself lets memory be taken back
+		// from a running guest.
+		"-device", fmt.Sprintf("virtio-balloon-pci,id=%s,guest-stats-polling-interval=%d", balloonID, balloonPollSeconds),
 	}
 	if accel == "kvm" {
 		a = append(a, "-cpu", "host")

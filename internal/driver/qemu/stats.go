@@ -11,7 +11,7 @@ import (
 	"github.com/vigilha/vigil/internal/qmp"
 )
 
-var _ driver.DiskStatter = (*Driver)(nil)
+var _ driver.Statter = (*Driver)(nil)
 
 // writeLatencyBounds are the bins of the disks' write latency histograms:
 // from what a local SSD does to what a stalled network path does, dense
@@ -47,9 +47,11 @@ func setLatencyHistogram(ctx context.Context, c *qmp.Client, dev string, log *sl
 	}
 }
 
-// DiskStats reads the VM's disk counters with query-blockstats. Each disk
-// is the device vdN (its index among the VM's disks).
-func (d *Driver) DiskStats(ctx context.Context, name string) ([]driver.DiskStats, error) {
+// Stats reads the VM's counters: its disks (query-blockstats) and what
+// its guest reports through the balloon device. A guest without a balloon
+// driver, or a VM started without the device, has no memory stats; that
+// is not an error.
+func (d *Driver) Stats(ctx context.Context, name string) (*driver.VMStats, error) {
 	in, err := d.get(name)
 	if err != nil {
 		return nil, err
@@ -58,6 +60,16 @@ func (d *Driver) DiskStats(ctx context.Context, name string) ([]driver.DiskStats
 	if err != nil {
 		return nil, err
 	}
+	disks, err := diskStats(ctx, c, in.rec.Config.Disks, d.log.With("vm", name))
+	if err != nil {
+		return nil, fmt.Errorf("disk stats of %s: %w", name, err)
+	}
+	st := &driver.VMStats{Disks: disks}
+	st.Memory, st.BalloonBytes = balloonStats(ctx, c)
+	return st, nil
+}
+
+func diskStats(ctx context.Context, c *qmp.Client, disks []driver.DiskConfig, log *slog.Logger) ([]driver.DiskStats, error) {
 	var devs []struct {
 		QDev  string `json:"qdev"`
 		Stats struct {
@@ -73,9 +85,8 @@ func (d *Driver) DiskStats(ctx context.Context, name string) ([]driver.DiskStats
 		} `json:"stats"`
 	}
 	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-blockstats", nil, &devs) }); err != nil {
-		return nil, fmt.Errorf("disk stats of %s: %w", name, err)
+		return nil, err
 	}
-	disks := in.rec.Config.Disks
 	var out []driver.DiskStats
 	for _, dev := range devs {
 		// qdev is the device's QOM path, e.g. /machine/peripheral/vd0/virtio-backend.
@@ -83,7 +94,7 @@ func (d *Driver) DiskStats(ctx context.Context, name string) ([]driver.DiskStats
 		if _, err := fmt.Sscanf(strings.TrimPrefix(dev.QDev, "/machine/peripheral/"), "vd%d", &i); err != nil || i < 0 || i >= len(disks) {
 			continue
 		}
-		ds := driver.DiskStats{Disk: disks[i].Name, ReadBytes: dev.Stats.RdBytes, WriteBytes: dev.Stats.WrBytes,
+		ds := driver.DiskStats{Disk: disks[i].Name, Datastore: disks[i].Datastore, ReadBytes: dev.Stats.RdBytes, WriteBytes: dev.Stats.WrBytes,
 			ReadOps: dev.Stats.RdOps, WriteOps: dev.Stats.WrOps, WriteTime: time.Duration(dev.Stats.WrTotalNS)}
 		if h := dev.Stats.WrHist; h != nil && len(h.Bins) == len(h.Boundaries)+1 {
 			lh := &driver.LatencyHistogram{Counts: h.Bins}
@@ -93,9 +104,45 @@ func (d *Driver) DiskStats(ctx context.Context, name string) ([]driver.DiskStats
 			ds.WriteLatency = lh
 		} else {
 			// Not set at attach (it failed): ask now; the next query has it.
-			setLatencyHistogram(ctx, c, dev.QDev, d.log.With("vm", name))
+			setLatencyHistogram(ctx, c, dev.QDev, log)
 		}
 		out = append(out, ds)
 	}
 	return out, nil
+}
+
+// balloonDevice is the QOM path of every VM's balloon device.
+const balloonDevice = "/machine/peripheral/" + balloonID
+
+// balloonStats reads the guest's memory report and the balloon's size. A
+// statistic the guest has never reported reads as 2^64-1; a guest that has
+// not reported at all has last-update 0.
+func balloonStats(ctx context.Context, c *qmp.Client) (*driver.GuestMemory, uint64) {
+	var actual struct {
+		Actual uint64 `json:"actual"`
+	}
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "query-balloon", nil, &actual) }); err != nil {
+		return nil, 0 // no balloon device (a VM started before it was added), or no answer
+	}
+	var gs struct {
+		Stats      map[string]uint64 `json:"stats"`
+		LastUpdate int64             `json:"last-update"`
+	}
+	args := map[string]any{"path": balloonDevice, "property": "guest-stats"}
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "qom-get", args, &gs) }); err != nil || gs.LastUpdate == 0 {
+		return nil, actual.Actual
+	}
+	const unset = ^uint64(0)
+	total, avail, free := gs.Stats["stat-total-memory"], gs.Stats["stat-available-memory"], gs.Stats["stat-free-memory"]
+	if total == unset || total == 0 {
+		return nil, actual.Actual
+	}
+	m := &driver.GuestMemory{Total: total, Updated: time.Unix(gs.LastUpdate, 0)}
+	if avail != unset {
+		m.Available = avail
+	}
+	if free != unset {
+		m.Free = free
+	}
+	return m, actual.Actual
 }
