@@ -167,6 +167,10 @@ echo "ha-guest2 moved $from -> $(guest ha-guest2 host); its counter goes on: $("
 alarm_state() { "$V" alarm status -o json | json '[a["state"] for a in d if a["alarm"]=="ha-guest2-hot"][0]'; }
 for _ in $(seq 1 120); do [ "$(alarm_state)" = resolved ] && break; sleep 1; done
 "$V" events --type alarm --since 5m
+say "metrics: vigil top (two refreshes; GUEST USES is the guest's own view, from its balloon driver), and a few of host1's Prometheus series"
+"$V" top -n 2 --interval 3s | python3 -c "import sys; print(sys.stdin.read().split('\x1b[H\x1b[2J')[-1].rstrip())"
+url=$("$V" host show host1 -o json | json 'd["metricsURL"]')
+"$V" lab exec host1 -- curl -s "$url" | grep -E '^vigil_(vm_guest_memory_available_bytes|vm_restarts_total|host_scrape_stale_vms|host_cpu_seconds_total)' | head -8
 say "the audit trail: every change, who made it (here root over the API's unix socket) and how it ended"
 "$V" events --type audit --since 30m --limit 8
 cat <<MSG

@@ -74,6 +74,7 @@ type daemonOpts struct {
 	accel       string
 	imageDir    string
 	probeCache  string
+	qemuNice    int
 	cpus        int
 	memory      string
 	datastores  []string
@@ -121,6 +122,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.accel, "accel", qemu.AccelAuto, "accelerator: auto (KVM only if a real guest boots under it), kvm, or tcg")
 	f.StringVar(&o.imageDir, "image-dir", DefaultImageDir, "where guest images built by `vigil image build` live")
 	f.StringVar(&o.probeCache, "accel-probe-cache", DefaultProbeCache, "where the KVM probe's verdict is cached")
+	f.IntVar(&o.qemuNice, "qemu-nice", 5, "the CPU niceness of every QEMU (0-19; the agent runs at 0), so that the host's agent and storage daemons win the CPU over busy guests (lease renewals, watchdog feeding, replica writes); 0: QEMU runs at the agent's")
 	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: 4 per CPU)")
 	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
 	f.StringSliceVar(&o.datastores, "datastore", nil, "datastore this host reaches: NAME=DIR for a local directory (default local=DATA_DIR/datastores/local)")
@@ -375,6 +377,9 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	if len(endpoints) == 0 {
 		return nil, nil, errors.New("agent: no etcd endpoints")
 	}
+	if o.qemuNice < 0 || o.qemuNice > 19 {
+		return nil, nil, fmt.Errorf("--qemu-nice %d: must be 0 to 19", o.qemuNice)
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          3 * time.Second,
@@ -389,7 +394,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	initrd := filepath.Join(o.imageDir, "vigil-guest", image.InitramfsFile)
 	drv, err := qemu.New(qemu.Config{
 		RunDir: filepath.Join(o.dataDir, "run"), Accel: o.accel,
-		ProbeKernel: kernel, ProbeInitrd: initrd, ProbeCache: o.probeCache, Log: log,
+		ProbeKernel: kernel, ProbeInitrd: initrd, ProbeCache: o.probeCache, Nice: o.qemuNice, Log: log,
 	})
 	if err != nil {
 		c.Close()

@@ -87,7 +87,7 @@ type answer struct {
 
 // NewHostCollector returns a collector over src.
 func NewHostCollector(src Source) *HostCollector {
-	return &HostCollector{src: src, wait: 20 * time.Millisecond, perVM: 2 * time.Second, sysNet: "/sys/class/net",
+	return &HostCollector{src: src, wait: 10 * time.Millisecond, perVM: 2 * time.Second, sysNet: "/sys/class/net",
 		answers: map[string]answer{}, asking: map[string]bool{}}
 }
 

@@ -93,7 +93,7 @@ var (
 		"Restarts of the VM on this host by this agent: cause qemu-exit (its QEMU ended unexpectedly and VM monitoring started it again), guest-heartbeat (its guest's heartbeat stopped and VM monitoring reset it), alarm (an alarm's restart action reset it). Counted by the agent's process, from zero when it starts.", "the agent's VM monitoring"}
 
 	HostScrapeStale = Definition{"vigil_host_scrape_stale_vms", Gauge, []string{"host"},
-		"Running VMs whose QEMU did not answer this scrape within its 20 ms budget: their disk and guest memory series are their previous answer's, or absent before the first. A VM stale scrape after scrape has a QEMU that does not answer.", "the agent's collector"}
+		"Running VMs whose QEMU did not answer this scrape within its 10 ms budget: their disk and guest memory series are their previous answer's, or absent before the first. A VM stale scrape after scrape has a QEMU that does not answer.", "the agent's collector"}
 	HostLoad1 = Definition{"vigil_host_load1", Gauge, []string{"host"},
 		"The kernel's load average over 1 minute; only on a host with a kernel of its own (--host-cgroup /), not on a lab host.", "/proc/loadavg"}
 	HostLoad5 = Definition{"vigil_host_load5", Gauge, []string{"host"},
@@ -193,7 +193,7 @@ buckets count from the moment the agent attached (the first milliseconds of a bo
 
 The leader's alarms (docs/alarms.md) read these same series: it scrapes every agent.
 
-A scrape asks every VM's QEMU for its disk and balloon counters at once and waits for them up to 20 ms. A QEMU
+A scrape asks every VM's QEMU for its disk and balloon counters at once and waits for them up to 10 ms. A QEMU
 that answers later (a TCG guest on a busy host answers when its main loop gets a CPU) is reported with its
 answer to the previous scrape, and its late answer serves the next one: a scrape takes about the same time
 whatever its VMs do, and a VM's disk and guest memory values are at most one scrape old. A VM whose QEMU has not

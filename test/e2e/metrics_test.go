@@ -145,10 +145,14 @@ func TestMetrics_HostAndVMCounters(t *testing.T) {
 	}
 	// A VM's QEMU answers a scrape asynchronously: its disk and guest
 	// memory series may take a scrape or two after its first.
-	ledger := map[string]string{"vm": "met1", "host": v.Host, "disk": "ledger", "datastore": "local"}
+	ledger := map[string]string{"vm": "met1", "host": v.Host, "disk": "ledger", "datastore": "shared"} // examples/ha-guest.yaml
+	var disk, mem bool
 	fams := scrapeUntil(t, hc, url, "met1's disk and guest memory series", func(fams map[string]*dto.MetricFamily) bool {
-		_, disk := sample(fams, "vigil_vm_disk_write_bytes_total", ledger)
-		_, mem := sample(fams, "vigil_vm_guest_memory_available_bytes", map[string]string{"vm": "met1"})
+		_, disk = sample(fams, "vigil_vm_disk_write_bytes_total", ledger)
+		_, mem = sample(fams, "vigil_vm_guest_memory_available_bytes", map[string]string{"vm": "met1"})
+		if !disk || !mem {
+			t.Logf("waiting: disk series %v%v %v, guest memory %v", "vigil_vm_disk_write_bytes_total", ledger, disk, mem)
+		}
 		return disk && mem
 	})
 	// The guest's own view of its memory: under what it was given, and

@@ -41,7 +41,13 @@ type Config struct {
 	ProbeKernel, ProbeInitrd string
 	// ProbeCache remembers the probe's verdict across restarts.
 	ProbeCache string
-	Log        *slog.Logger
+	// Nice is every QEMU's CPU niceness (0: QEMU runs at the agent's, 0
+	// too unless its service says otherwise). The host's own work (its agent's lease renewals and
+	// watchdog feeding, metrics, the storage daemons serving replicas)
+	// then wins the CPU over busy guests: a host whose guests saturate
+	// its CPUs must not miss its lease or starve its watchdog for it.
+	Nice int
+	Log  *slog.Logger
 }
 
 // Driver runs VMs as QEMU processes.
@@ -262,11 +268,15 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // reaps QEMU while this agent lives
+	d.renice(cmd.Process.Pid, cfg.Name)
 	proc, err := waitReady(ctx, cmd.Process.Pid, cfg.Name, p, exited)
 	if err != nil {
 		_ = cmd.Process.Kill()
 		return nil, fmt.Errorf("start %s: qemu failed: %s", cfg.Name, lastLines(p.Log, 3, err))
 	}
+	// Again once QMP answers: by then QEMU has made its vCPU threads,
+	// and any thread it makes later inherits the niceness of its maker.
+	d.renice(proc.pid, cfg.Name)
 	in := newInstance(d, cfg.Name, p, rec, proc)
 	if err := in.attach(ctx); err != nil {
 		in.stop()
@@ -278,6 +288,19 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	go in.watchExit()
 	d.log.Info("vm started", "vm", cfg.Name, "pid", proc.pid, "accel", accel, "took", time.Since(started).Round(time.Millisecond))
 	return in, nil
+}
+
+// renice sets the CPU niceness of every thread of a QEMU to cfg.Nice.
+// QEMU leads a process group of its own (it runs in its own session), and
+// setpriority on a process group reaches every thread of its processes,
+// where on a single PID it would reach only the main thread.
+func (d *Driver) renice(pid int, vm string) {
+	if d.cfg.Nice == 0 {
+		return
+	}
+	if err := unix.Setpriority(unix.PRIO_PGRP, pid, d.cfg.Nice); err != nil {
+		d.log.Warn("cannot lower the QEMU's CPU priority", "vm", vm, "pid", pid, "nice", d.cfg.Nice, "err", err)
+	}
 }
 
 // waitReady waits until a freshly started QEMU listens on its QMP socket,
