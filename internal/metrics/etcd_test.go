@@ -5,7 +5,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 )
 
@@ -24,14 +23,8 @@ func TestEtcdRequestsTimesEachCall(t *testing.T) {
 	if err := e.Intercept(context.Background(), "/etcdserverpb.KV/Txn", nil, nil, nil, fail); !errors.Is(err, boom) {
 		t.Fatalf("error %v, want the call's", err)
 	}
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(e)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := map[string]uint64{}
-	for _, mf := range mfs {
+	for _, mf := range gather(t, e) {
 		for _, m := range mf.GetMetric() {
 			got[m.GetLabel()[0].GetValue()] = m.GetHistogram().GetSampleCount()
 		}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -116,14 +118,8 @@ vigil_host_lease_renewal_timestamp_seconds{host="h1"} 1.80000006e+09
 	}
 	// This test process stands in for web's QEMU: its CPU time and RSS
 	// come from /proc.
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	seen := map[string]bool{}
-	for _, mf := range mfs {
+	for _, mf := range gather(t, c) {
 		seen[mf.GetName()] = true
 	}
 	for _, name := range []string{"vigil_vm_cpu_seconds_total", "vigil_vm_memory_rss_bytes", "vigil_vm_guest_heartbeat_timestamp_seconds", "vigil_host_watchdog_armed",
@@ -152,14 +148,8 @@ func TestHostCollectorDoesNotWaitForSlowQEMU(t *testing.T) {
 	c.wait = 200 * time.Millisecond
 	writes := func(c *HostCollector) map[string]bool {
 		t.Helper()
-		reg := prometheus.NewPedanticRegistry()
-		reg.MustRegister(c)
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
 		seen := map[string]bool{}
-		for _, mf := range mfs {
+		for _, mf := range gather(t, c) {
 			if mf.GetName() == "vigil_host_scrape_stale_vms" {
 				seen[fmt.Sprintf("stale=%v", mf.GetMetric()[0].GetGauge().GetValue())] = true
 			}
@@ -241,4 +231,16 @@ vigil_vm_replica_sync_ratio{datastore="rep",disk="data",vm="db"} 0.4
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), ReplicaState.Name, ReplicaSync.Name); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// gather collects c once, through a registry that checks what it gets.
+func gather(t *testing.T, c prometheus.Collector) []*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mfs
 }

@@ -18,38 +18,20 @@ import (
 // lease to the first that sees it running on the new one; a fence counts
 // once; what the first pass finds (an earlier term's) counts nothing.
 func TestFailoverIsTimedFromTheLeaseExpiry(t *testing.T) {
-	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
-	st := memstore.New()
-	st.Now = func() time.Time { return now }
-	for _, h := range []string{"h1", "h2"} {
-		st.AddHost(store.Host{Name: h}, true)
-	}
-	st.AddVM(store.VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: "web1", UID: "u1"}, Spec: spec.VMSpec{CPUs: 1, Memory: spec.GiB}}, Power: store.PowerRunning})
-	st.Place("web1", store.Placement{Host: "h1", Epoch: 1})
-	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h1", Epoch: 1})
-	m := metrics.NewCluster(st.Snapshot, func(*store.VMState) string { return "x" })
-	o := New(m)
-	o.now = func() time.Time { return now }
-	pass := func() {
-		snap, err := st.Snapshot(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := o.Reconcile(context.Background(), snap); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f := newFixture(t)
+	st, m, pass := f.st, f.m, f.pass
+	now := f.now
 	pass()
-	now = now.Add(time.Second)
+	*now = now.Add(time.Second)
 	st.SetAlive("h1", false)
 	pass() // the lease expiry is seen here
-	now = now.Add(2 * time.Second)
-	if err := st.PutFence(context.Background(), "web1", &store.Fence{Host: "h1", Epoch: 1, Time: now}); err != nil {
+	*now = now.Add(2 * time.Second)
+	if err := st.PutFence(context.Background(), "web1", &store.Fence{Host: "h1", Epoch: 1, Time: *now}); err != nil {
 		t.Fatal(err)
 	}
 	st.Place("web1", store.Placement{Host: "h2", Epoch: 2, Restart: true})
 	pass()
-	now = now.Add(3 * time.Second)
+	*now = now.Add(3 * time.Second)
 	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h2", Epoch: 2})
 	pass()
 	pass()
@@ -76,20 +58,54 @@ func TestFailoverIsTimedFromTheLeaseExpiry(t *testing.T) {
 // A fence that says when the dead host was last heard at its datastore
 // times the failover from then: closer to the crash than the lease expiry.
 func TestFailoverIsTimedFromTheLastHeartbeat(t *testing.T) {
-	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
-	st := memstore.New()
-	st.Now = func() time.Time { return now }
-	for _, h := range []string{"h1", "h2"} {
-		st.AddHost(store.Host{Name: h}, true)
+	f := newFixture(t)
+	st, m, pass := f.st, f.m, f.pass
+	now := f.now
+	pass()
+	crash := now.Add(500 * time.Millisecond) // the last heartbeat went out just before
+	*now = now.Add(3 * time.Second)
+	st.SetAlive("h1", false)
+	pass() // the lease expiry is seen here, 2.5 s after the last heartbeat
+	*now = now.Add(time.Second)
+	if err := st.PutFence(context.Background(), "web1", &store.Fence{Host: "h1", Epoch: 1, Time: *now, LastHeard: crash}); err != nil {
+		t.Fatal(err)
 	}
-	st.AddVM(store.VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: "web1", UID: "u1"}, Spec: spec.VMSpec{CPUs: 1, Memory: spec.GiB}}, Power: store.PowerRunning})
-	st.Place("web1", store.Placement{Host: "h1", Epoch: 1})
-	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h1", Epoch: 1})
-	m := metrics.NewCluster(st.Snapshot, func(*store.VMState) string { return "x" })
-	o := New(m)
+	st.Place("web1", store.Placement{Host: "h2", Epoch: 2, Restart: true})
+	pass()
+	*now = now.Add(2 * time.Second)
+	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h2", Epoch: 2})
+	pass()
+	if h := histogram(t, m); h.count != 1 || h.sum != 5.5 {
+		t.Fatalf("failover histogram count %d sum %v, want 1 and 5.5 s (last heartbeat -> running)", h.count, h.sum)
+	}
+}
+
+// fixture is an observer over a store with web1 running on h1, and a
+// clock the test moves (now).
+type fixture struct {
+	st  *memstore.Store
+	m   *metrics.Cluster
+	now *time.Time
+	// pass runs one observer pass over a fresh snapshot.
+	pass func()
+}
+
+func newFixture(t *testing.T) *fixture {
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	f := &fixture{st: memstore.New(), now: &now}
+	f.st.Now = func() time.Time { return now }
+	for _, h := range []string{"h1", "h2"} {
+		f.st.AddHost(store.Host{Name: h}, true)
+	}
+	f.st.AddVM(store.VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: "web1", UID: "u1"}, Spec: spec.VMSpec{CPUs: 1, Memory: spec.GiB}}, Power: store.PowerRunning})
+	f.st.Place("web1", store.Placement{Host: "h1", Epoch: 1})
+	f.st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h1", Epoch: 1})
+	f.m = metrics.NewCluster(f.st.Snapshot, func(*store.VMState) string { return "x" })
+	o := New(f.m)
 	o.now = func() time.Time { return now }
-	pass := func() {
-		snap, err := st.Snapshot(context.Background())
+	f.pass = func() {
+		t.Helper()
+		snap, err := f.st.Snapshot(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,23 +113,7 @@ func TestFailoverIsTimedFromTheLastHeartbeat(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pass()
-	crash := now.Add(500 * time.Millisecond) // the last heartbeat went out just before
-	now = now.Add(3 * time.Second)
-	st.SetAlive("h1", false)
-	pass() // the lease expiry is seen here, 2.5 s after the last heartbeat
-	now = now.Add(time.Second)
-	if err := st.PutFence(context.Background(), "web1", &store.Fence{Host: "h1", Epoch: 1, Time: now, LastHeard: crash}); err != nil {
-		t.Fatal(err)
-	}
-	st.Place("web1", store.Placement{Host: "h2", Epoch: 2, Restart: true})
-	pass()
-	now = now.Add(2 * time.Second)
-	st.SetStatus("web1", store.VMStatus{State: store.StateRunning, Host: "h2", Epoch: 2})
-	pass()
-	if h := histogram(t, m); h.count != 1 || h.sum != 5.5 {
-		t.Fatalf("failover histogram count %d sum %v, want 1 and 5.5 s (last heartbeat -> running)", h.count, h.sum)
-	}
+	return f
 }
 
 type hist struct {
