@@ -1,13 +1,15 @@
 package api
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
-	"github.com/vigilha/vigil/internal/httpjson"
 	"io"
 	"net/http"
 	"sort"
 	"strings"
+
+	"github.com/vigilha/vigil/internal/httpjson"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/scheduler"
@@ -177,8 +179,20 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("config: %w", err))
 		return
 	}
+	var bad spec.FieldErrors
 	if c.HostFailuresToTolerate < 0 || c.HostFailuresToTolerate > 32 {
-		httpjson.WriteIndented(w, http.StatusBadRequest, v1.Error{Error: "invalid config", Fields: spec.FieldErrors{{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"}}})
+		bad = append(bad, spec.FieldError{Field: "hostFailuresToTolerate", Message: "must be between 0 and 32"})
+	}
+	switch c.DRSAutomation {
+	case "", store.DRSManual, store.DRSPartial, store.DRSFull:
+	default:
+		bad = append(bad, spec.FieldError{Field: "drsAutomation", Message: fmt.Sprintf("must be manual, partial or full, got %q", c.DRSAutomation)})
+	}
+	if c.DRSThreshold < 0 || c.DRSThreshold > 5 {
+		bad = append(bad, spec.FieldError{Field: "drsThreshold", Message: fmt.Sprintf("must be 1 to 5, got %d", c.DRSThreshold)})
+	}
+	if len(bad) > 0 {
+		httpjson.WriteIndented(w, http.StatusBadRequest, v1.Error{Error: "invalid config", Fields: bad})
 		return
 	}
 	snap, err := s.st.Snapshot(r.Context())
@@ -194,6 +208,9 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 	if c.HostFailuresToTolerate != old.HostFailuresToTolerate {
 		s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("admission control tolerates %d host failures", c.HostFailuresToTolerate)})
 	}
+	if c.DRSAutomation != old.DRSAutomation || c.DRSThreshold != old.DRSThreshold {
+		s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("DRS automation %s, migration threshold %d", orDefault(c.DRSAutomation, store.DRSManual), cmp.Or(c.DRSThreshold, 3))})
+	}
 	if c.AllowNoWatchdog != old.AllowNoWatchdog {
 		msg := "ha.allow-no-watchdog off: restartable HA VMs run only on hosts with a usable watchdog"
 		if c.AllowNoWatchdog {
@@ -202,4 +219,11 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		s.emit(r.Context(), store.Event{Type: "config.changed", Message: msg})
 	}
 	httpjson.WriteIndented(w, http.StatusOK, c)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/agent"
 	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/controller/drs"
 	"github.com/vigilha/vigil/internal/driver/qemu"
 	"github.com/vigilha/vigil/internal/image"
 	"github.com/vigilha/vigil/internal/server"
@@ -75,6 +76,8 @@ type daemonOpts struct {
 	imageDir    string
 	probeCache  string
 	qemuNice    int
+	drsInterval time.Duration
+	drsWindow   time.Duration
 	cpus        int
 	memory      string
 	datastores  []string
@@ -112,6 +115,8 @@ func (o *daemonOpts) registerServer(cmd *cobra.Command) {
 	f.DurationVar(&o.etcdRetention, "etcd-compaction-retention", server.DefaultCompactionRetention, "history the embedded etcd keeps (periodic auto-compaction)")
 	f.StringVar(&o.etcdQuota, "etcd-quota", "2Gi", "embedded etcd's backend quota")
 	f.DurationVar(&o.alarmInterval, "alarm-interval", 10*time.Second, "how often the leader scrapes every agent's metrics and evaluates the alarms")
+	f.DurationVar(&o.drsInterval, "drs-interval", drs.DefaultInterval, "how often the leader's load balancer (DRS) measures demand and plans moves")
+	f.DurationVar(&o.drsWindow, "drs-window", drs.DefaultWindow, "the window over which DRS smooths each VM's demand: load that lasts less barely moves the balance")
 	f.DurationVar(&o.etcdDefrag, "etcd-defrag-interval", time.Hour, "how often the leader defragments one etcd member whose database is mostly free space (never the etcd leader; 0: never)")
 	f.StringArrayVar(&o.networks, "network", nil, "VM network to define if absent: name=NAME,bridge=BR,subnet=CIDR,gateway=IP,pool=FIRST-LAST[,netns=NS][,managed]")
 	f.StringArrayVar(&o.datastoreDefs, "define-datastore", nil, "datastore to define: name=NAME,type=local|shared|replicated[,server=HOST:PORT][,dir=PATH]")
@@ -334,7 +339,7 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		ExternalEtcd: splitList(o.etcdEndpoints),
 		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
-		CompactionRetention: o.etcdRetention, DefragEvery: o.etcdDefrag, AlarmInterval: o.alarmInterval,
+		CompactionRetention: o.etcdRetention, DefragEvery: o.etcdDefrag, AlarmInterval: o.alarmInterval, DRSInterval: o.drsInterval, DRSWindow: o.drsWindow,
 		APIListen: o.apiListen, Log: log,
 		Datastores:  []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
 		Controllers: controllers,

@@ -143,7 +143,10 @@ func newConfigCmd(g *globals) *cobra.Command {
 			"  ha.allow-no-watchdog BOOL     let hosts without a usable watchdog run restartable HA VMs. Without a watchdog, an agent\n" +
 			"                                that hangs while its VMs run leaves them answering on the network after HA restarted\n" +
 			"                                them elsewhere (their disks stay safe: the storage fence holds). Shown as a warning in\n" +
-			"                                `vigil host list`.",
+			"                                `vigil host list`.\n" +
+			"  drs-automation LEVEL          the load balancer: manual (it recommends moves, the default), partial (it places new\n" +
+			"                                VMs only) or full (it live-migrates VMs itself) (docs/drs.md)\n" +
+			"  drs-threshold N               its migration threshold, 1 (conservative) to 5 (aggressive), default 3",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -167,8 +170,21 @@ func newConfigCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("ha.allow-no-watchdog: %q is not true or false", args[1])
 				}
 				cfg.AllowNoWatchdog = b
+			case "drs-automation":
+				switch args[1] {
+				case "manual", "partial", "full":
+					cfg.DRSAutomation = args[1]
+				default:
+					return fmt.Errorf("drs-automation: %q is not manual, partial or full", args[1])
+				}
+			case "drs-threshold":
+				n, err := strconv.Atoi(args[1])
+				if err != nil || n < 1 || n > 5 {
+					return fmt.Errorf("drs-threshold: %q is not a number from 1 to 5", args[1])
+				}
+				cfg.DRSThreshold = n
 			default:
-				return errors.New("unknown setting " + args[0] + " (known: host-failures-to-tolerate, ha.allow-no-watchdog)")
+				return errors.New("unknown setting " + args[0] + " (known: host-failures-to-tolerate, ha.allow-no-watchdog, drs-automation, drs-threshold)")
 			}
 			if err := c.SetConfig(cmd.Context(), cfg); err != nil {
 				return err

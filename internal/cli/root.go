@@ -64,7 +64,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(
 		newUpCmd(g), newServerCmd(g), newAgentCmd(g),
 		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
-		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g),
+		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g), newDRSCmd(g),
 	)
 	rejectUnknownSubcommands(root)
 	return root

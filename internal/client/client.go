@@ -300,6 +300,28 @@ func (c *Client) SetConfig(ctx context.Context, cfg v1.ClusterConfig) error {
 	return c.do(ctx, http.MethodPut, "/api/v1/config", b, nil)
 }
 
+// DRSRecommendations lists the load balancer's current recommendations.
+func (c *Client) DRSRecommendations(ctx context.Context) ([]v1.DRSMove, error) {
+	var out []v1.DRSMove
+	return out, c.do(ctx, http.MethodGet, "/api/v1/drs/recommendations", nil, &out)
+}
+
+// DRSApply carries out a recommendation.
+func (c *Client) DRSApply(ctx context.Context, id string) (v1.DRSMove, error) {
+	var out v1.DRSMove
+	return out, c.do(ctx, http.MethodPost, "/api/v1/drs/recommendations/"+url.PathEscape(id)+"/apply", nil, &out)
+}
+
+// DRSHistory lists the load balancer's moves of the last since (0: all kept).
+func (c *Client) DRSHistory(ctx context.Context, since time.Duration) ([]v1.DRSMove, error) {
+	var out []v1.DRSMove
+	path := "/api/v1/drs/history"
+	if since > 0 {
+		path += "?since=" + url.QueryEscape(since.String())
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
 // Cluster reports the control plane: etcd members and leaders.
 func (c *Client) Cluster(ctx context.Context) (*v1.Cluster, error) {
 	var out v1.Cluster

@@ -439,6 +439,7 @@ func (l *Lab) agentArgs(k int) []string {
 			// Alarms act within seconds in the lab (its tests and demo);
 			// a production cluster keeps the 10 s default.
 			"--alarm-interval", "3s",
+			"--drs-interval", "10s", "--drs-window", "30s",
 		)
 	}
 	return append(args, c.AgentArgs...)

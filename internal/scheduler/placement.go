@@ -189,16 +189,24 @@ func checkCapacity(r *Request, h *Host) string {
 	return ""
 }
 
-// score ranks a feasible host: spread load (most free memory fraction
-// wins), then honour should-rules. Higher is better.
-func score(r *Request, h *Host) float64 {
+// Fits returns why h cannot take r ("" when it can), with the other VMs
+// where placedOn says they run: one host's feasibility, for a caller that
+// models moves (DRS) rather than placing one VM.
+func Fits(r *Request, h *Host, placedOn map[string]string) string {
+	r.placedOn = placedOn
+	for _, c := range feasibility() {
+		if why := c(r, h); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
+// Preference is how much h honours r's should-rules (host should and
+// should-not, VM affinity and anti-affinity should): higher is better; the
+// same weights as placement's score.
+func Preference(r *Request, h *Host) float64 {
 	s := 0.0
-	if h.Capacity.Memory > 0 {
-		s += float64(h.Free().Memory-r.Demand.Memory) / float64(h.Capacity.Memory)
-	}
-	if h.Capacity.CPUs > 0 {
-		s += 0.5 * float64(h.Free().CPUs-r.Demand.CPUs) / float64(h.Capacity.CPUs)
-	}
 	if slices.Contains(r.Hosts.Should, h.Name) {
 		s += 10
 	}
@@ -215,6 +223,20 @@ func score(r *Request, h *Host) float64 {
 			s += 5
 		}
 	}
+	return s
+}
+
+// score ranks a feasible host: spread load (most free memory fraction
+// wins), then honour should-rules. Higher is better.
+func score(r *Request, h *Host) float64 {
+	s := 0.0
+	if h.Capacity.Memory > 0 {
+		s += float64(h.Free().Memory-r.Demand.Memory) / float64(h.Capacity.Memory)
+	}
+	if h.Capacity.CPUs > 0 {
+		s += 0.5 * float64(h.Free().CPUs-r.Demand.CPUs) / float64(h.Capacity.CPUs)
+	}
+	s += Preference(r, h)
 	for _, other := range r.AffineMust {
 		if other != r.VM && slices.Contains(h.VMs, other) {
 			s += 20

@@ -23,6 +23,7 @@ import (
 	"github.com/vigilha/vigil/internal/api"
 	"github.com/vigilha/vigil/internal/controller"
 	"github.com/vigilha/vigil/internal/controller/alarms"
+	"github.com/vigilha/vigil/internal/controller/drs"
 	"github.com/vigilha/vigil/internal/controller/lifecycle"
 	"github.com/vigilha/vigil/internal/controller/observe"
 	"github.com/vigilha/vigil/internal/endpoint"
@@ -62,6 +63,9 @@ type Config struct {
 	// AlarmInterval is the leader's alarm round: scrape every agent,
 	// evaluate the alarms (0: alarms.DefaultInterval).
 	AlarmInterval time.Duration
+	// DRSInterval and DRSWindow are the load balancer's pass interval and
+	// demand smoothing window (drs.Default*: 0).
+	DRSInterval, DRSWindow time.Duration
 	// Controllers builds the reconcilers the leader runs.
 	Controllers func(store.Writer, *slog.Logger) []controller.Reconciler
 	Log         *slog.Logger
@@ -317,6 +321,8 @@ func (s *Server) lead(ctx context.Context, st *store.Store, met *metrics.Cluster
 		// Alarms run beside the reconcilers, never in their pass: a slow
 		// scrape must not delay a failover.
 		go alarms.New(alarms.Config{Store: term, Log: s.log.With("component", "alarms"), Interval: s.cfg.AlarmInterval}).Run(lctx)
+		// So does the load balancer, which scrapes too.
+		go drs.New(drs.Config{Store: term, Log: s.log.With("component", "drs"), Interval: s.cfg.DRSInterval, Window: s.cfg.DRSWindow}).Run(lctx)
 		m.Run(lctx)
 		cancel()
 		endTerm(el, sess)

@@ -49,6 +49,16 @@ type VMSpec struct {
 	Placement Placement `yaml:"placement" json:"placement"`
 	// Migration is the per-VM live migration policy.
 	Migration MigrationPolicy `yaml:"migration" json:"migration"`
+	// DRS overrides the cluster's load-balancing automation for this VM.
+	DRS DRSPolicy `yaml:"drs" json:"drs,omitzero"`
+}
+
+// DRSPolicy is a VM's load-balancing setting.
+type DRSPolicy struct {
+	// Automation is manual (DRS only recommends moving this VM), partial
+	// (the same: initial placement only), full (DRS moves it itself), or
+	// disabled (DRS never moves it); empty follows the cluster.
+	Automation string `yaml:"automation" json:"automation,omitempty"`
 }
 
 // Boot says how the VM boots: from a built guest image (kernel and

@@ -93,6 +93,7 @@ func TestParse_FieldErrors(t *testing.T) {
 		{"nothing to boot", base("    image: vigil-guest\n", "    cmdline: x\n"), "spec.boot", "nothing to boot"},
 		{"relative kernel", base("image: vigil-guest", "kernel: vmlinuz"), "spec.boot.kernel", "absolute path"},
 		{"duplicate key", base("cpus: 2", "cpus: 2\n  cpus: 3"), "spec.cpus", "given twice"},
+		{"bad drs automation", base("cpus: 2", "cpus: 2\n  drs:\n    automation: sometimes"), "spec.drs.automation", "must be manual, partial, full or disabled"},
 		{"not yaml", "{{{", "", "not valid YAML"},
 		{"empty", "", "", "empty document"},
 		{"scalar document", "hello", "", "expected a mapping"},

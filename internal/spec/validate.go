@@ -92,6 +92,11 @@ func (v *VM) Validate() FieldErrors {
 			add("spec.placement.hosts", "host %q is in both must and mustNot", host)
 		}
 	}
+	switch s.DRS.Automation {
+	case "", "manual", "partial", "full", "disabled":
+	default:
+		add("spec.drs.automation", "must be manual, partial, full or disabled, got %q", s.DRS.Automation)
+	}
 	if b := s.Migration.MaxBandwidth; b != 0 && b < MiB {
 		add("spec.migration.maxBandwidth", "must be at least 1Mi (per second), got %s", b)
 	}

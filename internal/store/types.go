@@ -113,6 +113,12 @@ type ClusterConfig struct {
 	// the network after HA restarted it elsewhere (its disk stays safe:
 	// the storage fence holds).
 	AllowNoWatchdog bool `json:"allowNoWatchdog,omitempty"`
+	// DRSAutomation is the load balancer's level: manual (recommendations
+	// only; the default), partial (initial placement only) or full.
+	DRSAutomation string `json:"drsAutomation,omitempty"`
+	// DRSThreshold is its migration threshold, 1 (conservative) to 5
+	// (aggressive); 0 means the default, 3.
+	DRSThreshold int `json:"drsThreshold,omitempty"`
 }
 
 // DefaultClusterConfig is the configuration of a new cluster.

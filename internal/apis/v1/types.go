@@ -344,6 +344,12 @@ type ClusterConfig struct {
 	// AllowNoWatchdog lets hosts without a usable watchdog run restartable
 	// HA VMs.
 	AllowNoWatchdog bool `json:"allowNoWatchdog,omitempty"`
+	// DRSAutomation is the load balancer's level: manual (recommendations
+	// only; the default), partial (initial placement only) or full.
+	DRSAutomation string `json:"drsAutomation,omitempty"`
+	// DRSThreshold is its migration threshold, 1 (conservative) to 5
+	// (aggressive); 0 means the default, 3.
+	DRSThreshold int `json:"drsThreshold,omitempty"`
 }
 
 // AlarmStatus is one alarm's current state: its worst instance's state
@@ -410,4 +416,21 @@ type VMStats struct {
 	DiskWrite      float64 `json:"diskWriteBytes"`
 	NetReceive     float64 `json:"netReceiveBytes"`
 	NetTransmit    float64 `json:"netTransmitBytes"`
+}
+
+// DRSMove is a load-balancing move, recommended or made, with why.
+type DRSMove struct {
+	ID              string    `json:"id"`
+	VM              string    `json:"vm"`
+	From            string    `json:"from"`
+	To              string    `json:"to"`
+	ImbalanceBefore float64   `json:"imbalanceBefore"`
+	ImbalanceAfter  float64   `json:"imbalanceAfter"`
+	Gain            float64   `json:"gain"`
+	Cost            float64   `json:"cost"`
+	Rules           string    `json:"rules"`
+	Why             string    `json:"why"`
+	At              time.Time `json:"at"`
+	// By is who made the move: drs, or the operator who applied it.
+	By string `json:"by,omitempty"`
 }

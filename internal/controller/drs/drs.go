@@ -1,0 +1,325 @@
+// Package drs is the leader's load balancer: every interval it scrapes
+// every agent, smooths each VM's measured CPU and memory demand, asks the
+// balancer (internal/balance) which live migrations even out the hosts'
+// load for what they cost, and, by the cluster's automation level, makes
+// them (full) or records them as recommendations (manual, partial). Like
+// the alarms, it runs beside the reconcilers, never in their pass.
+package drs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"time"
+
+	"github.com/vigilha/vigil/internal/alarm"
+	"github.com/vigilha/vigil/internal/balance"
+	"github.com/vigilha/vigil/internal/metrics/scrape"
+	"github.com/vigilha/vigil/internal/scheduler"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Store is what the controller reads and writes.
+type Store interface {
+	Snapshot(ctx context.Context) (*store.Snapshot, error)
+	PutDRSRecommendations(ctx context.Context, recs []store.DRSMove) error
+	AddDRSHistory(ctx context.Context, m store.DRSMove) error
+	DRSHistory(ctx context.Context, since time.Time) ([]store.DRSMove, error)
+	PutMigrationRequest(ctx context.Context, vm string, r *store.MigrationRequest) error
+	store.EventWriter
+}
+
+// Config configures the controller.
+type Config struct {
+	Store   Store
+	Scraper scrape.Scraper
+	Log     *slog.Logger
+	// Interval is the time between passes; Window the time over which a
+	// VM's demand is smoothed (an exponential moving average), so that a
+	// burst shorter than it barely moves the balance.
+	Interval, Window time.Duration
+	// Cooldown is the base of the anti-churn cool-down.
+	Cooldown time.Duration
+	Now      func() time.Time
+}
+
+// Defaults.
+const (
+	DefaultInterval = time.Minute
+	DefaultWindow   = 5 * time.Minute
+	// MaxMovesPerPass bounds the migrations DRS has in flight: it starts
+	// no more while its own are running.
+	MaxMovesPerPass = 2
+	// migrationBandwidth and migrationDowntime are what a live migration
+	// is assumed to reach, and pause a VM, before any was measured here.
+	migrationBandwidth = 1 << 30 // a 10 GbE migration network
+	migrationDowntime  = 0.05
+)
+
+// Controller is the balancer of one leadership term.
+type Controller struct {
+	cfg    Config
+	prev   map[string]*alarm.Scrape
+	demand map[string]*demand
+	said   map[string]bool // recommendation ids already announced
+}
+
+// demand is a VM's smoothed demand, from one QEMU process.
+type demand struct {
+	started float64 // the process's start time, from its metrics
+	cpu     float64 // cores
+	mem     float64 // bytes
+	samples int
+}
+
+// New returns a controller.
+func New(cfg Config) *Controller {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
+	}
+	if cfg.Cooldown <= 0 {
+		cfg.Cooldown = balance.BaseCooldown
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Scraper == nil {
+		cfg.Scraper = scrape.HTTP{Client: &http.Client{}}
+	}
+	return &Controller{cfg: cfg, prev: map[string]*alarm.Scrape{}, demand: map[string]*demand{}, said: map[string]bool{}}
+}
+
+// Run runs passes until ctx ends.
+func (c *Controller) Run(ctx context.Context) {
+	t := time.NewTicker(c.cfg.Interval)
+	defer t.Stop()
+	for {
+		if err := c.Pass(ctx); err != nil && ctx.Err() == nil {
+			c.cfg.Log.Debug("drs: pass failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Pass measures, plans and acts once.
+func (c *Controller) Pass(ctx context.Context) error {
+	snap, err := c.cfg.Store.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	got, _ := scrape.Hosts(ctx, c.cfg.Scraper, snap, 5*time.Second)
+	for h, s := range got {
+		c.measure(c.prev[h], s)
+		c.prev[h] = s
+	}
+	now := c.cfg.Now()
+	history, err := c.cfg.Store.DRSHistory(ctx, now.Add(-24*time.Hour))
+	if err != nil {
+		return err
+	}
+	auto := snap.Config.DRSAutomation
+	if auto == "" {
+		auto = store.DRSManual
+	}
+	level, err := balance.LevelOf(max(snap.Config.DRSThreshold, 0))
+	if snap.Config.DRSThreshold == 0 {
+		level, err = balance.LevelOf(balance.DefaultThreshold)
+	}
+	if err != nil {
+		return err
+	}
+	p, inFlight := c.problem(snap, history, now)
+	p.Level = level
+	p.MaxMoves = max(MaxMovesPerPass-inFlight, 0)
+	moves, before, after := balance.Plan(p)
+	if len(moves) > 0 || inFlight == 0 {
+		c.cfg.Log.Debug("drs pass", "imbalance", before, "after", after, "moves", len(moves), "automation", auto)
+	}
+	recs := make([]store.DRSMove, 0, len(moves))
+	for _, m := range moves {
+		recs = append(recs, c.describe(m, p, now))
+	}
+	// A VM's own automation level, where its spec sets one, overrides the
+	// cluster's: its moves are made only at full, recommended otherwise.
+	var doNow, recommend []store.DRSMove
+	for _, r := range recs {
+		a := auto
+		if v := snap.VMs[r.VM]; v != nil && v.Record != nil && v.Record.VM.Spec.DRS.Automation != "" {
+			a = v.Record.VM.Spec.DRS.Automation
+		}
+		if a == store.DRSFull {
+			doNow = append(doNow, r)
+		} else {
+			recommend = append(recommend, r)
+		}
+	}
+	if len(recommend) > 0 || inFlight == 0 {
+		if err := c.cfg.Store.PutDRSRecommendations(ctx, recommend); err != nil {
+			return err
+		}
+	}
+	for _, r := range recommend {
+		if !c.said[r.ID] {
+			c.said[r.ID] = true
+			c.emit(ctx, store.Event{Type: "drs.recommendation", VM: r.VM, Host: r.From, Message: fmt.Sprintf("recommended (`vigil drs apply %s`): %s", r.ID, r.Why)})
+		}
+	}
+	for _, r := range doNow {
+		req := &store.MigrationRequest{ID: r.ID + "-" + fmt.Sprint(now.UnixNano()), To: r.To, Reason: "drs", RequestedAt: now}
+		if err := c.cfg.Store.PutMigrationRequest(ctx, r.VM, req); err != nil {
+			c.emit(ctx, store.Event{Type: "drs.move-failed", VM: r.VM, Host: r.From, Message: fmt.Sprintf("could not request the move to %s: %v", r.To, err)})
+			continue
+		}
+		r.By = "drs"
+		if err := c.cfg.Store.AddDRSHistory(ctx, r); err != nil {
+			c.cfg.Log.Warn("drs: move requested, history not recorded", "vm", r.VM, "err", err)
+		}
+		c.emit(ctx, store.Event{Type: "drs.move", VM: r.VM, Host: r.From, Message: "live-migrating: " + r.Why})
+	}
+	return nil
+}
+
+// measure updates the VMs' smoothed demand from a host's two latest
+// scrapes: CPU from the rate of their QEMU's CPU time, memory from what
+// the guest says it uses (its resident memory where the guest says
+// nothing).
+func (c *Controller) measure(prev, cur *alarm.Scrape) {
+	if prev == nil || cur == nil {
+		return
+	}
+	dt := cur.At.Sub(prev.At).Seconds()
+	if dt <= 0 {
+		return
+	}
+	alpha := 1 - math.Exp(-dt/c.cfg.Window.Seconds())
+	for _, run := range cur.Series["vigil_vm_running"] {
+		vm := run.Labels["vm"]
+		l := map[string]string{"vm": vm}
+		start, _ := cur.Value("vigil_vm_start_timestamp_seconds", l)
+		pStart, _ := prev.Value("vigil_vm_start_timestamp_seconds", l)
+		cpu, ok1 := cur.Value("vigil_vm_cpu_seconds_total", l)
+		pCPU, ok2 := prev.Value("vigil_vm_cpu_seconds_total", l)
+		if !ok1 || !ok2 || start.Value != pStart.Value || cpu.Value < pCPU.Value {
+			continue // a new QEMU process: its rate starts next time
+		}
+		rate := (cpu.Value - pCPU.Value) / dt
+		mem := 0.0
+		if total, ok := cur.Value("vigil_vm_guest_memory_total_bytes", l); ok {
+			avail, _ := cur.Value("vigil_vm_guest_memory_available_bytes", l)
+			mem = total.Value - avail.Value
+		} else if rss, ok := cur.Value("vigil_vm_memory_rss_bytes", l); ok {
+			mem = rss.Value
+		}
+		d := c.demand[vm]
+		if d == nil || d.started != start.Value {
+			c.demand[vm] = &demand{started: start.Value, cpu: rate, mem: mem, samples: 1}
+			continue
+		}
+		d.cpu += alpha * (rate - d.cpu)
+		d.mem += alpha * (mem - d.mem)
+		d.samples++
+	}
+}
+
+// problem builds the balancer's input from the cluster and the measured
+// demand, and counts DRS's own migrations still running.
+func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now time.Time) (balance.Problem, int) {
+	var p balance.Problem
+	for _, h := range scheduler.Hosts(snap, "") {
+		p.Hosts = append(p.Hosts, balance.Host{Name: h.Name, CPUs: float64(h.Capacity.CPUs), Memory: float64(h.Capacity.Memory), Sched: h})
+	}
+	moved := map[string][]time.Time{}
+	p.Avoid = map[string]bool{}
+	for _, m := range history {
+		moved[m.VM] = append(moved[m.VM], m.At)
+		if now.Sub(m.At) < c.cfg.Cooldown {
+			p.Avoid[m.To+">"+m.From] = true
+		}
+	}
+	inFlight := 0
+	for _, name := range snap.SortedVMNames() {
+		v := snap.VMs[name]
+		if v.Record == nil || !scheduler.Consumes(v) {
+			continue
+		}
+		migrating := pending(snap.Migrations[name])
+		if migrating && snap.Migrations[name].Request.Reason == "drs" {
+			inFlight++
+		}
+		st := v.Status
+		if st == nil || st.State != store.StateRunning || st.Host != v.Placement.Host {
+			continue
+		}
+		vm := balance.VM{Name: name, Host: v.Placement.Host, MoveSeconds: c.moveSeconds(snap, v), Downtime: migrationDowntime}
+		if d := c.demand[name]; d != nil {
+			vm.CPU, vm.Memory = d.cpu, d.mem
+			if d.samples < 2 {
+				vm.Fixed = "demand not measured long enough yet"
+			}
+		} else {
+			vm.Fixed = "no demand measured yet"
+		}
+		req := scheduler.RequestFor(snap, v)
+		req.Pinned = "" // local disks are copied along (shared-nothing)
+		vm.Req = req
+		switch {
+		case v.Record.VM.Spec.DRS.Automation == "disabled":
+			vm.Fixed = "DRS is disabled for this VM (spec.drs.automation)"
+		case migrating:
+			vm.Fixed = "migrating"
+		case len(req.Copies) > 0:
+			vm.Fixed = "its disks are replicated: live migration of a replicated VM is not supported yet"
+		default:
+			if why := balance.Cooldown(moved[name], now, c.cfg.Cooldown); why != "" {
+				vm.Fixed = why
+			}
+		}
+		p.VMs = append(p.VMs, vm)
+	}
+	return p, inFlight
+}
+
+// pending reports whether a migration is asked for and not over: planned
+// and running, or requested and not planned yet.
+func pending(m *store.MigrationState) bool {
+	return m != nil && m.Request != nil && !m.Request.Cancel && (m.Plan == nil || m.Plan.ID != m.Request.ID || !m.Plan.Phase.Done())
+}
+
+// moveSeconds is a live migration's expected time: the VM's memory, and
+// its host-local disks (copied along), at the assumed bandwidth.
+func (c *Controller) moveSeconds(snap *store.Snapshot, v *store.VMState) float64 {
+	bytes := float64(v.Record.VM.Spec.Memory)
+	for _, d := range v.Record.VM.Spec.Disks {
+		if !snap.SharedDatastore(d.Datastore) {
+			bytes += float64(d.Size)
+		}
+	}
+	return bytes / migrationBandwidth
+}
+
+// describe turns a move into its record, with why in words.
+func (c *Controller) describe(m balance.Move, p balance.Problem, now time.Time) store.DRSMove {
+	var cpu float64
+	for _, v := range p.VMs {
+		if v.Name == m.VM {
+			cpu = v.CPU
+		}
+	}
+	why := fmt.Sprintf("%s (%.2f cores of demand) from %s to %s: imbalance %.3f -> %.3f (gain %.3f, cost %.3f); %s",
+		m.VM, cpu, m.From, m.To, m.Before, m.After, m.Gain, m.Cost, m.Rules)
+	return store.DRSMove{ID: m.VM + "-" + m.From + "-" + m.To, VM: m.VM, From: m.From, To: m.To, ImbalanceBefore: m.Before,
+		ImbalanceAfter: m.After, Gain: m.Gain, Cost: m.Cost, Rules: m.Rules, Why: why, At: now}
+}
+
+func (c *Controller) emit(ctx context.Context, ev store.Event) {
+	store.RecordEvent(ctx, c.cfg.Store, c.cfg.Log, ev)
+}

@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/testenv"
+)
+
+// TestDRS_SpreadsBusyVMs: three guests burning their vCPU, gathered on one
+// host by live migration (lab hosts declare 4 vCPUs here, so that three
+// 1-vCPU VMs and a fourth fit on one). In manual automation DRS recommends moves and nothing moves; an
+// operator applies one; in full automation DRS spreads the rest, every move
+// in its history with why, no VM moved more than twice, and a VM that must
+// run on host1 never leaves it. Every guest answers with the same boot
+// throughout (live migrations, no restart).
+func TestDRS_SpreadsBusyVMs(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
+	ctx := context.Background()
+	cfg, err := l.Client.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HostFailuresToTolerate = 0
+	if err := l.Client.SetConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"busy1", "busy2", "busy3", "pinned"}
+	for _, n := range names {
+		l.CreateVM(testenv.HASpec(t, n, func(vm *spec.VM) {
+			if n == "pinned" {
+				vm.Spec.Placement.Hosts = spec.HostRule{Must: []string{"host1"}}
+			}
+		}), n)
+	}
+	// Gathered on host1 by hand, as an operator would (no rule keeps them).
+	for _, n := range names {
+		v := l.WaitVM(n, 2*time.Minute, "running", func(v v1.VM) bool { return v.State == "running" })
+		if v.Host != "host1" {
+			if _, err := l.Client.Migrate(ctx, n, "host1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	g, err := l.Guests("host3", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boots := map[string]string{}
+	for _, n := range names {
+		v := l.WaitVM(n, 2*time.Minute, "running on host1", func(v v1.VM) bool { return v.State == "running" && v.Host == "host1" })
+		l.WaitAnswering(g, v.IP, bootLimit)
+		c, err := g.Counter(ctx, v.IP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		boots[n] = c.BootID
+		if n != "pinned" {
+			if err := g.Burn(ctx, v.IP, 15*time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Manual: recommendations appear, nothing moves by itself.
+	deadline := time.Now().Add(2 * time.Minute)
+	var recs []v1.DRSMove
+	for len(recs) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no DRS recommendation in 2 minutes with three busy VMs on one host")
+		}
+		time.Sleep(2 * time.Second)
+		if recs, err = l.Client.DRSRecommendations(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("recommended: %s", recs[0].Why)
+	time.Sleep(25 * time.Second) // two more passes
+	for _, n := range names {
+		if v := vmNamed(t, l, n); v.Host != "host1" {
+			t.Fatalf("manual automation: %s moved to %s by itself", n, v.Host)
+		}
+	}
+	applied, err := l.Client.DRSApply(ctx, recs[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied.VM == "pinned" {
+		t.Fatal("DRS recommended moving the VM that must run on host1")
+	}
+	l.WaitVM(applied.VM, 2*time.Minute, "moved to "+applied.To, func(v v1.VM) bool { return v.State == "running" && v.Host == applied.To })
+	// Full: DRS spreads what is left.
+	cfg.DRSAutomation = "full"
+	if err := l.Client.SetConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	moves := map[string]int{}
+	last := map[string]string{}
+	spread := func() bool {
+		hosts := map[string]bool{}
+		for _, n := range names[:3] {
+			v := vmNamed(t, l, n)
+			if last[n] != "" && v.Host != "" && v.Host != last[n] {
+				moves[n]++
+			}
+			if v.Host != "" {
+				last[n] = v.Host
+			}
+			if v.State == "running" {
+				hosts[v.Host] = true
+			}
+		}
+		if v := vmNamed(t, l, "pinned"); v.Host != "host1" {
+			t.Fatalf("pinned left host1 (must rule): on %s", v.Host)
+		}
+		return len(hosts) == 3
+	}
+	for !spread() {
+		if time.Since(start) > 5*time.Minute {
+			t.Fatalf("the busy VMs are not one per host 5 minutes after full automation: %v", last)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("balanced %s after full automation was set: %v", time.Since(start).Round(time.Second), last)
+	// It stays balanced: no move for 30 s more.
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(time.Second) {
+		spread()
+	}
+	hist, err := l.Client.DRSHistory(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perVM := map[string]int{}
+	for _, m := range hist {
+		perVM[m.VM]++
+		if m.Why == "" || m.Gain <= 0 || m.By == "" {
+			t.Errorf("history entry without its explanation: %+v", m)
+		}
+		t.Logf("DRS history: %s %s -> %s by %s: %s", m.VM, m.From, m.To, m.By, m.Why)
+	}
+	for _, n := range names[:3] {
+		if moves[n] > perVM[n] {
+			t.Errorf("%s moved %d times, %d in the DRS history: something else moved it", n, moves[n], perVM[n])
+		}
+		if perVM[n] > 2 {
+			t.Errorf("%s moved %d times by DRS (anti-churn bar 2)", n, perVM[n])
+		}
+	}
+	for _, n := range names {
+		v := vmNamed(t, l, n)
+		c, err := g.Counter(ctx, v.IP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.BootID != boots[n] {
+			t.Errorf("%s rebooted (boot %s -> %s): DRS moves must be live migrations", n, boots[n], c.BootID)
+		}
+		_ = g.Burn(ctx, v.IP, 0)
+	}
+}
+
+func vmNamed(t *testing.T, l *testenv.Lab, name string) v1.VM {
+	t.Helper()
+	v, err := l.Client.GetVM(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *v
+}
