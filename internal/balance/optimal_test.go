@@ -149,4 +149,3 @@ func applied(vms []VM, moves []Move) []VM {
 	}
 	return out
 }
-
