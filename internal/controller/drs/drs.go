@@ -12,11 +12,13 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/vigilha/vigil/internal/alarm"
 	"github.com/vigilha/vigil/internal/balance"
 	"github.com/vigilha/vigil/internal/metrics/scrape"
+	pmigration "github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -53,7 +55,7 @@ const (
 	// no more while its own are running.
 	MaxMovesPerPass = 2
 	// migrationBandwidth and migrationDowntime are what a live migration
-	// is assumed to reach, and pause a VM, before any was measured here.
+	// is assumed to reach, and pause a VM, before any completed here.
 	migrationBandwidth = 1 << 30 // a 10 GbE migration network
 	migrationDowntime  = 0.05
 )
@@ -137,7 +139,7 @@ func (c *Controller) Pass(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p, inFlight := c.problem(snap, history, now)
+	p, inFlight := c.problem(snap, history, now, learnCosts(snap))
 	p.Level = level
 	p.MaxMoves = max(MaxMovesPerPass-inFlight, 0)
 	moves, before, after := balance.Plan(p)
@@ -232,7 +234,7 @@ func (c *Controller) measure(prev, cur *alarm.Scrape) {
 
 // problem builds the balancer's input from the cluster and the measured
 // demand, and counts DRS's own migrations still running.
-func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now time.Time) (balance.Problem, int) {
+func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now time.Time, costs costs) (balance.Problem, int) {
 	var p balance.Problem
 	for _, h := range scheduler.Hosts(snap, "") {
 		p.Hosts = append(p.Hosts, balance.Host{Name: h.Name, CPUs: float64(h.Capacity.CPUs), Memory: float64(h.Capacity.Memory), Sched: h})
@@ -259,7 +261,8 @@ func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now 
 		if st == nil || st.State != store.StateRunning || st.Host != v.Placement.Host {
 			continue
 		}
-		vm := balance.VM{Name: name, Host: v.Placement.Host, MoveSeconds: c.moveSeconds(snap, v), Downtime: migrationDowntime}
+		vm := balance.VM{Name: name, Host: v.Placement.Host}
+		vm.MoveSeconds, vm.Downtime = costs.of(snap, v)
 		if d := c.demand[name]; d != nil {
 			vm.CPU, vm.Memory = d.cpu, d.mem
 			if d.samples < 2 {
@@ -294,16 +297,58 @@ func pending(m *store.MigrationState) bool {
 	return m != nil && m.Request != nil && !m.Request.Cancel && (m.Plan == nil || m.Plan.ID != m.Request.ID || !m.Plan.Phase.Done())
 }
 
-// moveSeconds is a live migration's expected time: the VM's memory, and
-// its host-local disks (copied along), at the assumed bandwidth.
-func (c *Controller) moveSeconds(snap *store.Snapshot, v *store.VMState) float64 {
+// costs is what the cluster's completed live migrations say a migration
+// takes: the median stream throughput and downtime, and each VM's own last
+// figures.
+type costs struct {
+	bandwidth, downtime float64 // bytes/s, seconds
+	own                 map[string]store.MigrationProgress
+}
+
+// learnCosts reads the completed migrations in the snapshot (each VM's
+// latest), falling back to the assumed figures where there is none.
+func learnCosts(snap *store.Snapshot) costs {
+	c := costs{bandwidth: migrationBandwidth, downtime: migrationDowntime, own: map[string]store.MigrationProgress{}}
+	var bws, downs []float64
+	for name, m := range snap.Migrations {
+		if m == nil || m.Plan == nil || m.Plan.Phase != pmigration.Completed || m.Source == nil {
+			continue
+		}
+		pr := m.Source.Progress
+		if pr.TotalMS <= 0 || pr.Transferred <= 0 {
+			continue
+		}
+		c.own[name] = pr
+		bws = append(bws, float64(pr.Transferred)/(float64(pr.TotalMS)/1000))
+		downs = append(downs, float64(pr.DowntimeMS)/1000)
+	}
+	if len(bws) > 0 {
+		c.bandwidth, c.downtime = median(bws), median(downs)
+	}
+	return c
+}
+
+// of is a VM's expected migration time and downtime: its own last ones
+// where it migrated before (its last dirty rate included), else its
+// memory and host-local disks (copied along) at the cluster's median
+// throughput.
+func (c costs) of(snap *store.Snapshot, v *store.VMState) (seconds, downtime float64) {
 	bytes := float64(v.Record.VM.Spec.Memory)
 	for _, d := range v.Record.VM.Spec.Disks {
 		if !snap.SharedDatastore(d.Datastore) {
 			bytes += float64(d.Size)
 		}
 	}
-	return bytes / migrationBandwidth
+	if pr, ok := c.own[v.Record.Name()]; ok {
+		return float64(pr.TotalMS) / 1000, float64(pr.DowntimeMS) / 1000
+	}
+	return bytes / c.bandwidth, c.downtime
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // describe turns a move into its record, with why in words.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/alarm"
+	pmigration "github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 	"github.com/vigilha/vigil/internal/store/memstore"
@@ -220,5 +221,39 @@ func TestPerVMAutomation(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("busy2 (manual) not recommended: %+v", s.recs)
+	}
+}
+
+// A move's cost comes from the migration history: a VM that migrated
+// before is expected to take what it took; others, their memory at the
+// median throughput of the completed migrations, with their median
+// downtime. Failed migrations teach nothing.
+func TestCostsFromHistory(t *testing.T) {
+	vm := func(name string, mem spec.Size) *store.VMState {
+		return &store.VMState{Record: &store.VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: name}, Spec: spec.VMSpec{Memory: mem,
+			Disks: []spec.Disk{{Name: "d", Datastore: "shared", Size: 64 << 20}}}}}}
+	}
+	done := func(bytes, totalMS, downMS int64, phase pmigration.PlanPhase) *store.MigrationState {
+		return &store.MigrationState{Plan: &store.MigrationPlan{Phase: phase},
+			Source: &store.MigrationSource{Progress: store.MigrationProgress{Transferred: bytes, TotalMS: totalMS, DowntimeMS: downMS}}}
+	}
+	snap := &store.Snapshot{
+		VMs:        map[string]*store.VMState{"a": vm("a", 1<<30), "b": vm("b", 512<<20)},
+		Datastores: map[string]*store.Datastore{"shared": {Name: "shared", Type: store.DatastoreShared}},
+		Migrations: map[string]*store.MigrationState{
+			"a": done(1<<30, 2000, 30, pmigration.Completed),
+			"x": done(1<<30, 100, 900, pmigration.Failed),
+		},
+	}
+	c := learnCosts(snap)
+	if s, d := c.of(snap, snap.VMs["a"]); s != 2 || d != 0.03 {
+		t.Fatalf("a (migrated before in 2 s, 30 ms down): expected %v s, %v s down", s, d)
+	}
+	if s, d := c.of(snap, snap.VMs["b"]); s != 1 || d != 0.03 {
+		t.Fatalf("b (512 MiB at the median 512 MiB/s): expected %v s, %v s down", s, d)
+	}
+	empty := learnCosts(&store.Snapshot{})
+	if s, _ := empty.of(snap, snap.VMs["b"]); s != 0.5 {
+		t.Fatalf("no history: b expected %v s, want 0.5 (512 MiB at the assumed 1 GiB/s)", s)
 	}
 }
