@@ -60,8 +60,8 @@ func newHarness(t *testing.T) *harness {
 		wd:       newArmer("", ttl, fc, log),
 		evq:      make(chan store.Event, 1024),
 		mon:      monitor.NewHistory(),
-		restarts: metrics.NewRestarts(),
-		retryAt:  map[string]time.Time{},
+		restarts: metrics.NewRestarts(), resizeTried: map[string]int{},
+		retryAt: map[string]time.Time{},
 	}
 	a.lease = newLeaseKeeper(nil, ttl, ttl/8, filepath.Join(dir, "lease"), "", log)
 	a.fence = fencing.NewMemory("")

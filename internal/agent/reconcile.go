@@ -143,6 +143,9 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		if !current || st.State != store.StateRunning || st.PID != ls.PID {
 			a.putStatus(ctx, v, a.runningStatus(rec, ls))
 		}
+		if want := rec.VM.Spec.CPUs; want > ls.CPUs && current {
+			a.growCPUs(ctx, v, ls, want)
+		}
 
 	case have && current && (st.State == store.StateRunning || st.State == store.StateStarting) && ls.Epoch == pl.Epoch:
 		// QEMU ended: by self-fencing (not a crash: no local restart, no

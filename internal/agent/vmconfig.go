@@ -23,6 +23,7 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[strin
 		Epoch:     v.Placement.Epoch,
 		Grants:    grants,
 		CPUs:      s.CPUs,
+		MaxCPUs:   s.MaxCPUs,
 		MemoryMiB: s.Memory.MiB(),
 		Kernel:    s.Boot.Kernel,
 		Initrd:    s.Boot.Initrd,

@@ -76,6 +76,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/config", s.getConfig)
 	mux.HandleFunc("GET /api/v1/cluster", s.cluster)
 	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", s.audited("vm.migrate", s.migrate))
+	mux.HandleFunc("POST /api/v1/vms/{name}/resize", s.audited("vm.resize", s.resize))
 	mux.HandleFunc("DELETE /api/v1/vms/{name}/migration", s.audited("vm.migrate-cancel", s.cancelMigration))
 	mux.HandleFunc("GET /api/v1/vms/{name}/migration", s.getMigration)
 	mux.HandleFunc("POST /api/v1/hosts/{host}/maintenance", s.audited("host.maintenance-enter", s.maintenance(true)))
@@ -223,6 +224,14 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 	var errs spec.FieldErrors
 	rec := &store.VMRecord{VM: *vm, Power: store.PowerRunning, CreatedAt: time.Now(), StartRequest: 1}
 	rec.VM.Metadata.UID = uuid.NewString()
+	if rec.VM.Spec.MaxCPUs == 0 {
+		// Room to grow (vCPU hot-plug) up to the largest host, fixed now
+		// so that every host starts the VM with the same CPU layout.
+		rec.VM.Spec.MaxCPUs = rec.VM.Spec.CPUs
+		for _, h := range snap.Hosts {
+			rec.VM.Spec.MaxCPUs = min(max(rec.VM.Spec.MaxCPUs, h.Capacity.CPUs), spec.MaxCPUs)
+		}
+	}
 	for i, n := range vm.Spec.NICs {
 		field := fmt.Sprintf("spec.nics[%d]", i)
 		net, ok := snap.Networks[n.Network]

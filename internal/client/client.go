@@ -300,6 +300,16 @@ func (c *Client) SetConfig(ctx context.Context, cfg v1.ClusterConfig) error {
 	return c.do(ctx, http.MethodPut, "/api/v1/config", b, nil)
 }
 
+// Resize changes a VM's vCPUs and memory (0: unchanged).
+func (c *Client) Resize(ctx context.Context, name string, cpus int, memory int64) (v1.ResizeResult, error) {
+	var out v1.ResizeResult
+	b, err := json.Marshal(v1.ResizeRequest{CPUs: cpus, Memory: memory})
+	if err != nil {
+		return out, err
+	}
+	return out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/resize", b, &out)
+}
+
 // DRSRecommendations lists the load balancer's current recommendations.
 func (c *Client) DRSRecommendations(ctx context.Context) ([]v1.DRSMove, error) {
 	var out []v1.DRSMove

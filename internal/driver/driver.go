@@ -74,8 +74,14 @@ type VMConfig struct {
 	// Grants are the storage generations the VM's datastores granted this
 	// start, by datastore: the instance may write there only while they
 	// stay authorised.
-	Grants    map[string]int64
-	CPUs      int
+	Grants map[string]int64
+	CPUs   int
+	// MaxCPUs is how many vCPUs the VM can grow to while it runs (0 or
+	// CPUs: none). Every vCPU past the first is then a CPU device of its
+	// own (vcpuK), on the command line at start and added live by SetCPUs,
+	// so that a migration target started with the VM's current count has
+	// exactly the source's devices.
+	MaxCPUs   int
 	MemoryMiB int64
 	// Accel is "kvm", "tcg", or "" for the host's resolved default.
 	Accel   string
@@ -218,6 +224,13 @@ type Replicator interface {
 	// ResumeAfterIOError resumes the VM if a failed write paused it, and
 	// reports whether it did.
 	ResumeAfterIOError(ctx context.Context, name string) (bool, error)
+}
+
+// Resizer is a driver that can change a running VM's resources.
+type Resizer interface {
+	// SetCPUs grows a running VM to n vCPUs (hot-plug); shrinking is
+	// refused (it takes effect at the next start).
+	SetCPUs(ctx context.Context, name string, n int) error
 }
 
 // Statter is a driver that reports a running VM's counters from its

@@ -20,6 +20,7 @@ import (
 	"github.com/vigilha/vigil/internal/guest/acpi"
 	"github.com/vigilha/vigil/internal/guest/cmdline"
 	"github.com/vigilha/vigil/internal/guest/conslog"
+	"github.com/vigilha/vigil/internal/guest/cpuhp"
 	"github.com/vigilha/vigil/internal/guest/dirty"
 	"github.com/vigilha/vigil/internal/guest/hang"
 	"github.com/vigilha/vigil/internal/guest/heartbeat"
@@ -127,6 +128,7 @@ func Run(ctx context.Context, o Options) error {
 	var presses <-chan struct{}
 	if o.Init {
 		presses = acpi.Watch(ctx, acpi.Config{Log: log})
+		go cpuhp.Watch(ctx, "/sys/devices/system/cpu", log)
 	}
 
 	apiCfg := httpapi.Config{

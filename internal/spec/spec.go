@@ -36,12 +36,17 @@ type Metadata struct {
 
 // VMSpec is the hardware and policy of a VM.
 type VMSpec struct {
-	CPUs   int    `yaml:"cpus" json:"cpus"`
-	Memory Size   `yaml:"memory" json:"memory"`
-	Boot   Boot   `yaml:"boot" json:"boot"`
-	Disks  []Disk `yaml:"disks" json:"disks,omitempty"`
-	NICs   []NIC  `yaml:"nics" json:"nics,omitempty"`
-	HA     HA     `yaml:"ha" json:"ha"`
+	CPUs int `yaml:"cpus" json:"cpus"`
+	// MaxCPUs is how many vCPUs the VM can grow to while it runs (vCPU
+	// hot-plug); the API sets it at creation when the spec leaves it out,
+	// to the largest host's vCPUs. 0 (a VM created before it existed):
+	// no room to grow.
+	MaxCPUs int    `yaml:"maxCpus" json:"maxCpus,omitempty"`
+	Memory  Size   `yaml:"memory" json:"memory"`
+	Boot    Boot   `yaml:"boot" json:"boot"`
+	Disks   []Disk `yaml:"disks" json:"disks,omitempty"`
+	NICs    []NIC  `yaml:"nics" json:"nics,omitempty"`
+	HA      HA     `yaml:"ha" json:"ha"`
 	// Accel forces the accelerator for this VM: "kvm" or "tcg". Empty or
 	// "auto" uses the host's choice (KVM only where a real guest boots).
 	Accel string `yaml:"accel" json:"accel,omitempty"`

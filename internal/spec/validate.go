@@ -57,6 +57,9 @@ func (v *VM) Validate() FieldErrors {
 	if s.CPUs < 1 || s.CPUs > MaxCPUs {
 		add("spec.cpus", "must be between 1 and %d, got %d", MaxCPUs, s.CPUs)
 	}
+	if s.MaxCPUs != 0 && (s.MaxCPUs < s.CPUs || s.MaxCPUs > MaxCPUs) {
+		add("spec.maxCpus", "must be between spec.cpus (%d) and %d, got %d", s.CPUs, MaxCPUs, s.MaxCPUs)
+	}
 	switch {
 	case s.Memory == 0:
 		add("spec.memory", "required, e.g. 256Mi")

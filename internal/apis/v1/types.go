@@ -434,3 +434,17 @@ type DRSMove struct {
 	// By is who made the move: drs, or the operator who applied it.
 	By string `json:"by,omitempty"`
 }
+
+// ResizeRequest changes a VM's vCPUs and memory (0: unchanged).
+type ResizeRequest struct {
+	CPUs   int   `json:"cpus,omitempty"`
+	Memory int64 `json:"memory,omitempty"`
+}
+
+// ResizeResult says what a resize changed live and what waits for the
+// VM's next start.
+type ResizeResult struct {
+	VM        VM       `json:"vm"`
+	Live      []string `json:"live,omitempty"`
+	NextStart []string `json:"nextStart,omitempty"`
+}

@@ -61,7 +61,7 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		"-machine", "q35",
 		"-accel", accel,
 		"-m", strconv.FormatInt(cfg.MemoryMiB, 10),
-		"-smp", strconv.Itoa(max(cfg.CPUs, 1)),
+		"-smp", smp(cfg),
 		"-nodefaults", "-no-user-config",
 		"-display", "none", "-vga", "none",
 		"-sandbox", "on",
@@ -80,6 +80,9 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 	}
 	if accel == "kvm" {
 		a = append(a, "-cpu", "host")
+	}
+	for k := 1; hotplug(cfg) && k < cfg.CPUs; k++ {
+		a = append(a, "-device", cpuDevice(accel, k))
 	}
 	if cfg.Kernel != "" {
 		a = append(a, "-kernel", cfg.Kernel)
@@ -110,6 +113,33 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		a = append(a, "-incoming", cfg.Incoming, "-S")
 	}
 	return a, nil
+}
+
+// hotplug reports whether the VM has room to grow its vCPUs.
+func hotplug(cfg *driver.VMConfig) bool { return cfg.MaxCPUs > max(cfg.CPUs, 1) }
+
+// smp is the -smp option: with room to grow, one boot vCPU and cores for
+// every possible one (the others are CPU devices, cpuDevice), in a fixed
+// topology, so that a device's core-id never depends on QEMU's defaults.
+func smp(cfg *driver.VMConfig) string {
+	if !hotplug(cfg) {
+		return strconv.Itoa(max(cfg.CPUs, 1))
+	}
+	return fmt.Sprintf("1,sockets=1,cores=%d,threads=1,maxcpus=%d", cfg.MaxCPUs, cfg.MaxCPUs)
+}
+
+// cpuType is the CPU device type of the accelerator's CPU model: -cpu
+// host under KVM, QEMU's default qemu64 under TCG.
+func cpuType(accel string) string {
+	if accel == "kvm" {
+		return "host-x86_64-cpu"
+	}
+	return "qemu64-x86_64-cpu"
+}
+
+// cpuDevice is vCPU k (k ≥ 1) as a device.
+func cpuDevice(accel string, k int) string {
+	return fmt.Sprintf("%s,id=vcpu%d,socket-id=0,core-id=%d,thread-id=0", cpuType(accel), k, k)
 }
 
 func diskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
