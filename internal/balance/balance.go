@@ -125,7 +125,19 @@ type Problem struct {
 	// Avoid lists host pairs "from>to" that recently traded a VM the
 	// other way: a move back would only trade places.
 	Avoid map[string]bool
+	// Keep lists moves ("vm>from>to") recommended before: one that is
+	// still nearly as good as the best (keepRatio) is proposed again, so
+	// that recommendations do not flip between VMs of about the same
+	// demand from one pass to the next.
+	Keep map[string]bool
 }
+
+// keepRatio: a move recommended before is kept while it brings at least
+// this share of the best move's net benefit.
+const keepRatio = 0.8
+
+// Key names a move for Problem.Keep.
+func (m Move) Key() string { return m.VM + ">" + m.From + ">" + m.To }
 
 // Plan proposes the moves of one pass, in order, and the imbalance
 // before and after them.
@@ -276,22 +288,29 @@ func (m *model) choose(p Problem, avoid map[string]bool, more bool) (Move, bool)
 	if len(cands) == 0 {
 		return Move{}, false
 	}
-	if !more {
-		return cands[0].Move, true
-	}
 	best, bestScore := cands[0].Move, math.Inf(-1)
+	var kept Move
+	keptScore := math.Inf(-1)
 	for _, c := range cands[:min(lookahead, len(cands))] {
-		m.apply(c.Move)
-		avoid[c.To+">"+c.From] = true
-		next := 0.0
-		if n := m.candidates(p, avoid); len(n) > 0 {
-			next = n[0].net
+		score := c.net
+		if more {
+			m.apply(c.Move)
+			avoid[c.To+">"+c.From] = true
+			if n := m.candidates(p, avoid); len(n) > 0 {
+				score += n[0].net
+			}
+			delete(avoid, c.To+">"+c.From)
+			m.apply(Move{VM: c.VM, From: c.To, To: c.From})
 		}
-		delete(avoid, c.To+">"+c.From)
-		m.apply(Move{VM: c.VM, From: c.To, To: c.From})
-		if score := c.net + next; score > bestScore+1e-12 {
+		if score > bestScore+1e-12 {
 			best, bestScore = c.Move, score
 		}
+		if p.Keep[c.Key()] && score > keptScore {
+			kept, keptScore = c.Move, score
+		}
+	}
+	if keptScore >= keepRatio*bestScore && !math.IsInf(keptScore, -1) {
+		return kept, true
 	}
 	return best, true
 }

@@ -241,3 +241,23 @@ func TestDocTableMatchesLevels(t *testing.T) {
 		}
 	}
 }
+
+// A move recommended before is proposed again while it stays nearly as
+// good as the best, so that recommendations do not flip between VMs of
+// about the same demand from pass to pass.
+func TestKeptRecommendationIsStable(t *testing.T) {
+	hs, vms := cluster([]string{"h1", "h2"}, map[string]string{"a": "h1", "b": "h1", "c": "h1"}, map[string]float64{"a": 1, "b": 0.95, "c": 0.1})
+	l := level(t, 3)
+	moves, _, _ := Plan(Problem{Hosts: hs, VMs: vms, Level: l, MaxMoves: 1})
+	if len(moves) != 1 || moves[0].VM != "a" {
+		t.Fatalf("moves %+v, want a (the busiest)", moves)
+	}
+	moves, _, _ = Plan(Problem{Hosts: hs, VMs: vms, Level: l, MaxMoves: 1, Keep: map[string]bool{"b>h1>h2": true}})
+	if len(moves) != 1 || moves[0].VM != "b" {
+		t.Fatalf("moves %+v, want b (recommended before, nearly as good)", moves)
+	}
+	moves, _, _ = Plan(Problem{Hosts: hs, VMs: vms, Level: l, MaxMoves: 1, Keep: map[string]bool{"c>h1>h2": true}})
+	if len(moves) != 1 || moves[0].VM != "a" {
+		t.Fatalf("moves %+v, want a (c, recommended before, gains far less)", moves)
+	}
+}

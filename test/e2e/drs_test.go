@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,9 +84,22 @@ func TestDRS_SpreadsBusyVMs(t *testing.T) {
 			t.Fatalf("manual automation: %s moved to %s by itself", n, v.Host)
 		}
 	}
-	applied, err := l.Client.DRSApply(ctx, recs[0].ID)
-	if err != nil {
-		t.Fatal(err)
+	// Apply what is recommended now (the list is recomputed every pass;
+	// an operator lists, then applies, and lists again if it changed).
+	var applied v1.DRSMove
+	for attempt := 0; ; attempt++ {
+		if recs, err = l.Client.DRSRecommendations(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) == 0 {
+			t.Fatal("the recommendations went away with the load still on host1")
+		}
+		if applied, err = l.Client.DRSApply(ctx, recs[0].ID); err == nil {
+			break
+		}
+		if attempt == 5 || !strings.Contains(err.Error(), "no DRS recommendation") {
+			t.Fatal(err)
+		}
 	}
 	if applied.VM == "pinned" {
 		t.Fatal("DRS recommended moving the VM that must run on host1")

@@ -66,6 +66,8 @@ type Controller struct {
 	prev   map[string]*alarm.Scrape
 	demand map[string]*demand
 	said   map[string]bool // recommendation ids already announced
+	// kept are the moves recommended at the last pass (balance.Move.Key).
+	kept map[string]bool
 }
 
 // demand is a VM's smoothed demand, from one QEMU process.
@@ -142,6 +144,7 @@ func (c *Controller) Pass(ctx context.Context) error {
 	p, inFlight := c.problem(snap, history, now, learnCosts(snap))
 	p.Level = level
 	p.MaxMoves = max(MaxMovesPerPass-inFlight, 0)
+	p.Keep = c.kept
 	moves, before, after := balance.Plan(p)
 	if len(moves) > 0 || inFlight == 0 {
 		c.cfg.Log.Debug("drs pass", "imbalance", before, "after", after, "moves", len(moves), "automation", auto)
@@ -169,7 +172,9 @@ func (c *Controller) Pass(ctx context.Context) error {
 			return err
 		}
 	}
+	c.kept = map[string]bool{}
 	for _, r := range recommend {
+		c.kept[balance.Move{VM: r.VM, From: r.From, To: r.To}.Key()] = true
 		if !c.said[r.ID] {
 			c.said[r.ID] = true
 			c.emit(ctx, store.Event{Type: "drs.recommendation", VM: r.VM, Host: r.From, Message: fmt.Sprintf("recommended (`vigil drs apply %s`): %s", r.ID, r.Why)})
