@@ -45,6 +45,10 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if m := snap.Migrations[name]; m.Active() || m != nil && m.Request != nil && !m.Request.Cancel && (m.Plan == nil || m.Plan.ID != m.Request.ID) {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is migrating: resize it once the migration is over", name))
+		return
+	}
 	running := StateOf(v) == store.StateRunning
 	cur := v.Record.VM.Spec
 	out := v1.ResizeResult{}
