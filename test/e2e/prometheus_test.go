@@ -214,8 +214,17 @@ scrape_configs:
 			time.Sleep(time.Second)
 		}
 	}
-	if got := promQuery(t, hc, base, `max(vigil_vm_replica_state{vm="prom2",state="UpToDate"})`); len(got) != 1 || got[0].Value != 1 {
-		t.Errorf("Prometheus does not see prom2's replica UpToDate: %+v", got)
+	// The API said UpToDate a moment ago; Prometheus sees it at its next
+	// scrape of a member (every second here).
+	for q := `max(vigil_vm_replica_state{vm="prom2",state="UpToDate"})`; ; time.Sleep(time.Second) {
+		got := promQuery(t, hc, base, q)
+		if len(got) == 1 && got[0].Value == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("Prometheus does not see prom2's replica UpToDate: %+v", got)
+			break
+		}
 	}
 	// The disk-write counter grows while the guest appends.
 	q := `vigil_vm_disk_write_bytes_total{vm="prom1",disk="ledger"}`
