@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/vigilha/vigil/internal/balance"
 	"github.com/vigilha/vigil/internal/httpjson"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
@@ -209,7 +210,7 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("admission control tolerates %d host failures", c.HostFailuresToTolerate)})
 	}
 	if c.DRSAutomation != old.DRSAutomation || c.DRSThreshold != old.DRSThreshold {
-		s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("DRS automation %s, migration threshold %d", orDefault(c.DRSAutomation, store.DRSManual), cmp.Or(c.DRSThreshold, 3))})
+		s.emit(r.Context(), store.Event{Type: "config.changed", Message: fmt.Sprintf("DRS automation %s, migration threshold %d", cmp.Or(c.DRSAutomation, store.DRSManual), cmp.Or(c.DRSThreshold, balance.DefaultThreshold))})
 	}
 	if c.AllowNoWatchdog != old.AllowNoWatchdog {
 		msg := "ha.allow-no-watchdog off: restartable HA VMs run only on hosts with a usable watchdog"
@@ -219,11 +220,4 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		s.emit(r.Context(), store.Event{Type: "config.changed", Message: msg})
 	}
 	httpjson.WriteIndented(w, http.StatusOK, c)
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

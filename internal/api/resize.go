@@ -45,7 +45,7 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if m := snap.Migrations[name]; m.Active() || m != nil && m.Request != nil && !m.Request.Cancel && (m.Plan == nil || m.Plan.ID != m.Request.ID) {
+	if snap.Migrations[name].Pending() {
 		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is migrating: resize it once the migration is over", name))
 		return
 	}

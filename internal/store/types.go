@@ -423,3 +423,10 @@ type MigrationState struct {
 func (m *MigrationState) Active() bool {
 	return m != nil && m.Plan != nil && m.Request != nil && m.Plan.ID == m.Request.ID && !m.Plan.Phase.Done()
 }
+
+// Pending reports whether a migration is asked for and not over: under
+// way, or requested (and not cancelled) and not planned yet. Whatever would
+// start a migration of its own (maintenance, DRS, a resize) waits for it.
+func (m *MigrationState) Pending() bool {
+	return m.Active() || m != nil && m.Request != nil && !m.Request.Cancel && (m.Plan == nil || m.Plan.ID != m.Request.ID)
+}

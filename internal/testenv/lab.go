@@ -75,9 +75,18 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	if err != nil {
 		t.Fatal(err)
 	}
+	started := time.Now()
 	t.Cleanup(func() {
 		if t.Failed() {
 			dumpLogs(t, dir)
+			// The events last: a CI summary shows the last lines before the
+			// failure, and the timeline says most about what happened.
+			ectx, ecancel := context.WithTimeout(context.Background(), 5*time.Second)
+			evs, err := c.Events(ectx, client.EventFilter{Since: started})
+			ecancel()
+			if err == nil {
+				t.Logf("==== the lab's last events\n%s", Timeline(evs[max(0, len(evs)-15):]))
+			}
 		}
 		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer dcancel()

@@ -202,10 +202,3 @@ func (r *Reconciler) cancelled(ctx context.Context, vm, id string) bool {
 func refOf(rec *store.VMRecord) storage.VMRef {
 	return storage.VMRef{Name: rec.Name(), UID: rec.UID()}
 }
-
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
-}

@@ -4,6 +4,7 @@ package migration
 // finish (hand over the disks, end the mirrors, stop the copy).
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,7 +117,7 @@ func (r *Reconciler) migrateOut(ctx context.Context, mig driver.Migrator, v *sto
 		case info.Status == driver.MigrationFailed:
 			r.endMirrors(ctx, mig, name, p, true)
 			_ = mig.ResumeSource(ctx, name)
-			fail(proto.SourceFailed, fmt.Errorf("QEMU: %s", orDefault(info.Error, "migration failed")))
+			fail(proto.SourceFailed, fmt.Errorf("QEMU: %s", cmp.Or(info.Error, "migration failed")))
 			return
 		case info.Status == driver.MigrationCancelled:
 			r.endMirrors(ctx, mig, name, p, true)

@@ -7,6 +7,7 @@
 package drs
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -125,19 +126,25 @@ func (c *Controller) Pass(ctx context.Context) error {
 		c.measure(c.prev[h], s)
 		c.prev[h] = s
 	}
+	// Forget what is gone, so that a long-lived leader does not keep every
+	// VM and host it ever saw.
+	for vm := range c.demand {
+		if _, ok := snap.VMs[vm]; !ok {
+			delete(c.demand, vm)
+		}
+	}
+	for h := range c.prev {
+		if _, ok := snap.Hosts[h]; !ok {
+			delete(c.prev, h)
+		}
+	}
 	now := c.cfg.Now()
 	history, err := c.cfg.Store.DRSHistory(ctx, now.Add(-24*time.Hour))
 	if err != nil {
 		return err
 	}
-	auto := snap.Config.DRSAutomation
-	if auto == "" {
-		auto = store.DRSManual
-	}
-	level, err := balance.LevelOf(max(snap.Config.DRSThreshold, 0))
-	if snap.Config.DRSThreshold == 0 {
-		level, err = balance.LevelOf(balance.DefaultThreshold)
-	}
+	auto := cmp.Or(snap.Config.DRSAutomation, store.DRSManual)
+	level, err := balance.LevelOf(cmp.Or(snap.Config.DRSThreshold, balance.DefaultThreshold))
 	if err != nil {
 		return err
 	}
@@ -258,7 +265,7 @@ func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now 
 		if v.Record == nil || !scheduler.Consumes(v) {
 			continue
 		}
-		migrating := pending(snap.Migrations[name])
+		migrating := snap.Migrations[name].Pending()
 		if migrating && snap.Migrations[name].Request.Reason == "drs" {
 			inFlight++
 		}
@@ -294,12 +301,6 @@ func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now 
 		p.VMs = append(p.VMs, vm)
 	}
 	return p, inFlight
-}
-
-// pending reports whether a migration is asked for and not over: planned
-// and running, or requested and not planned yet.
-func pending(m *store.MigrationState) bool {
-	return m != nil && m.Request != nil && !m.Request.Cancel && (m.Plan == nil || m.Plan.ID != m.Request.ID || !m.Plan.Phase.Done())
 }
 
 // costs is what the cluster's completed live migrations say a migration

@@ -266,7 +266,7 @@ func (c *Controller) evacuate(ctx context.Context, snap *store.Snapshot) error {
 			continue
 		}
 		m := snap.Migrations[name]
-		if m.Active() || m != nil && m.Request != nil && (m.Plan == nil || m.Plan.ID != m.Request.ID) {
+		if m.Pending() {
 			continue // under way, or requested and not planned yet
 		}
 		st := v.Status
