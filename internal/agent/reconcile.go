@@ -140,10 +140,12 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		}
 
 	case running:
-		if !current || st.State != store.StateRunning || st.PID != ls.PID {
+		if !current || st.State != store.StateRunning || st.PID != ls.PID || st.Shape == nil || *st.Shape != *shapeOf(ls) {
 			a.putStatus(ctx, v, a.runningStatus(rec, ls))
 		}
-		if want := rec.VM.Spec.CPUs; want > ls.CPUs && current {
+		// Only up to the room the instance was started with; past it the
+		// count takes effect at the next start.
+		if want := min(rec.VM.Spec.CPUs, max(ls.MaxCPUs, ls.CPUs)); want > ls.CPUs && current {
 			a.growCPUs(ctx, v, ls, want)
 		}
 
@@ -180,6 +182,7 @@ func (a *Agent) runningStatus(rec *store.VMRecord, ls driver.Status) *store.VMSt
 	return &store.VMStatus{
 		State: store.StateRunning, PID: ls.PID, Accel: ls.Accel,
 		StartedAt: ls.StartedAt, HeartbeatAt: ls.LastHeartbeat, StartRequest: rec.StartRequest,
+		Shape: shapeOf(ls),
 	}
 }
 
@@ -383,4 +386,9 @@ func exitText(reason string) string {
 		return "it exited while the agent was down, and not by a guest power-off the agent saw"
 	}
 	return reason
+}
+
+// shapeOf is the size a running instance was given.
+func shapeOf(ls driver.Status) *store.Shape {
+	return &store.Shape{CPUs: ls.CPUs, MaxCPUs: ls.MaxCPUs, MemoryMiB: ls.MemoryMiB}
 }

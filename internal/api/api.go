@@ -59,6 +59,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/vms", s.listVMs)
 	mux.HandleFunc("POST /api/v1/vms", s.audited("vm.create", s.createVM))
 	mux.HandleFunc("GET /api/v1/vms/{name}", s.getVM)
+	mux.HandleFunc("PUT /api/v1/vms/{name}", s.audited("vm.update", s.updateVM))
 	mux.HandleFunc("DELETE /api/v1/vms/{name}", s.audited("vm.delete", s.deleteVM))
 	mux.HandleFunc("POST /api/v1/vms/{name}/start", s.audited("vm.start", s.powerVM(store.PowerRunning)))
 	mux.HandleFunc("POST /api/v1/vms/{name}/stop", s.audited("vm.stop", s.powerVM(store.PowerStopped)))

@@ -49,24 +49,19 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is migrating: resize it once the migration is over", name))
 		return
 	}
-	running := StateOf(v) == store.StateRunning
 	cur := v.Record.VM.Spec
 	out := v1.ResizeResult{}
 	if req.CPUs != 0 && req.CPUs != cur.CPUs {
-		switch {
-		case !running:
-			out.NextStart = append(out.NextStart, "cpus")
-		case req.CPUs < cur.CPUs:
-			out.NextStart = append(out.NextStart, "cpus (removing vCPUs from a running VM is not supported)")
-		case req.CPUs > max(cur.MaxCPUs, cur.CPUs):
-			writeErr(w, http.StatusConflict, fmt.Errorf("vm %s can grow to %d vCPUs while it runs (spec.maxCpus); stop it to give it %d", name, max(cur.MaxCPUs, cur.CPUs), req.CPUs))
+		// A resize never raises spec.maxCpus past the running room.
+		live, why, err := cpuChange(snap, v, req.CPUs, cur.MaxCPUs)
+		if err != nil {
+			writeErr(w, statusOfChange(err), err)
 			return
-		default:
-			if why := roomOnHost(snap, v, req.CPUs-cur.CPUs); why != "" {
-				writeErr(w, http.StatusConflict, fmt.Errorf("cannot grow %s to %d vCPUs on %s: %s (move it to a host with room first: `vigil vm migrate`)", name, req.CPUs, v.Placement.Host, why))
-				return
-			}
+		}
+		if live {
 			out.Live = append(out.Live, "cpus")
+		} else {
+			out.NextStart = append(out.NextStart, "cpus"+why)
 		}
 	}
 	if req.Memory != 0 && spec.Size(req.Memory) != cur.Memory {

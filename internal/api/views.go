@@ -113,7 +113,7 @@ func ViewOf(v *store.VMState, withSpec bool) v1.VM {
 	out := v1.VM{
 		Name: rec.Name(), UID: rec.UID(), State: StateOf(v), Host: v.Placement.Host, Power: rec.Power,
 		Epoch: v.Placement.Epoch, CPUs: s.CPUs, Memory: int64(s.Memory), MemoryText: s.Memory.String(),
-		HA: s.HA.Enabled, CreatedAt: rec.CreatedAt,
+		HA: s.HA.Enabled, CreatedAt: rec.CreatedAt, Revision: v.RecordRev,
 	}
 	for _, n := range rec.NICs {
 		out.NICs = append(out.NICs, v1.NIC{Network: n.Network, IP: n.IP, Prefix: n.Prefix, Gateway: n.Gateway, MAC: n.MAC})

@@ -19,7 +19,7 @@ import (
 
 func newVMCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, inspect and control VMs"}
-	cmd.AddCommand(newVMPromoteCmd(g), newVMResizeCmd(g))
+	cmd.AddCommand(newVMPromoteCmd(g), newVMResizeCmd(g), newVMApplyCmd(g))
 	cmd.AddCommand(newVMCreateCmd(g), newVMListCmd(g), newVMShowCmd(g),
 		newVMPowerCmd(g, "start"), newVMPowerCmd(g, "stop"), newVMDeleteCmd(g), newVMConsoleCmd(g), newVMMigrateCmd(g))
 	return cmd

@@ -101,6 +101,11 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 }
 
 func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+	return c.rawWith(ctx, method, path, body, nil)
+}
+
+// rawWith is raw with extra request headers.
+func (c *Client) rawWith(ctx context.Context, method, path string, body []byte, hdr http.Header) ([]byte, error) {
 	c.mu.Lock()
 	start := c.preferred
 	c.mu.Unlock()
@@ -120,6 +125,9 @@ func (c *Client) raw(ctx context.Context, method, path string, body []byte) ([]b
 		}
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
+		}
+		for k, vs := range hdr {
+			req.Header[k] = vs
 		}
 		resp, err := c.clients[idx].Do(req)
 		if err != nil {
@@ -308,6 +316,24 @@ func (c *Client) Resize(ctx context.Context, name string, cpus int, memory int64
 		return out, err
 	}
 	return out, c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/resize", b, &out)
+}
+
+// UpdateVM replaces a VM's spec (a YAML or JSON document), based on the
+// VM's revision rev; dryRun only says what would change.
+func (c *Client) UpdateVM(ctx context.Context, name string, doc []byte, rev int64, dryRun bool) (v1.ApplyResult, error) {
+	var out v1.ApplyResult
+	path := "/api/v1/vms/" + url.PathEscape(name)
+	if dryRun {
+		path += "?dryRun=true"
+	}
+	raw, err := c.rawWith(ctx, http.MethodPut, path, doc, http.Header{"If-Match": {`"` + strconv.FormatInt(rev, 10) + `"`}})
+	if err != nil {
+		return out, err
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return out, fmt.Errorf("PUT %s: decode answer: %w", path, err)
+	}
+	return out, nil
 }
 
 // DRSRecommendations lists the load balancer's current recommendations.

@@ -149,6 +149,7 @@ type Status struct {
 	// CPUs and MemoryMiB are the instance's configured size (what the
 	// guest was given, not what it uses).
 	CPUs      int
+	MaxCPUs   int
 	MemoryMiB int64
 	// NICs is how many network interfaces it has (taps TapName(vm, i)).
 	NICs int

@@ -147,6 +147,29 @@ type VMStatus struct {
 	StartRequest int64     `json:"startRequest"`
 	// Restarts counts restarts by VM monitoring inside the failure window.
 	Restarts []time.Time `json:"restarts,omitempty"`
+	// Shape is the size the running instance was given, which differs
+	// from the spec's while a change waits for the next start. A migration
+	// target starts with it, since QEMU migrates only between instances of
+	// the same shape.
+	Shape *Shape `json:"shape,omitempty"`
+}
+
+// Shape is a running instance's size.
+type Shape struct {
+	CPUs      int   `json:"cpus"`
+	MaxCPUs   int   `json:"maxCpus,omitempty"`
+	MemoryMiB int64 `json:"memoryMiB"`
+}
+
+// RunningShape is the shape of the VM's current instance, if its status
+// says it runs (or migrates) where it is placed.
+func (v *VMState) RunningShape() *Shape {
+	st := v.Status
+	if st == nil || st.Shape == nil || st.Host != v.Placement.Host || st.Epoch != v.Placement.Epoch ||
+		st.State != StateRunning && st.State != StateMigrating {
+		return nil
+	}
+	return st.Shape
 }
 
 // Resources is CPU and memory capacity or demand.

@@ -2,18 +2,25 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/testenv"
 )
 
 // TestResize_VCPUHotplug: a running guest grows from 1 to 2 vCPUs live;
 // the guest sees 2 online with the same boot and its counter going on;
-// a live migration afterwards keeps the shape; a resize past maxCpus is
-// refused with the reason and changes nothing; bad input names the field.
+// a live migration afterwards keeps the shape (and the running memory,
+// though the spec asks for more at the next start); a resize past maxCpus
+// is refused with the reason and changes nothing; bad input names the
+// field; `vm apply` of a bad spec changes nothing, of a good one grows the
+// guest to 3 vCPUs live and changes its HA priority.
 func TestResize_VCPUHotplug(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
 	ctx := context.Background()
@@ -55,8 +62,15 @@ func TestResize_VCPUHotplug(t *testing.T) {
 	waitCPUs(v.IP, 2, "after the hot-plug")
 	t.Logf("grow1: 1 -> 2 vCPUs live, seen by the guest, same boot")
 
+	// More memory waits for the next start (no memory hot-plug yet): the
+	// running instance keeps its size, and a live migration must start its
+	// target with that size, not the spec's.
+	if res, err := l.Client.Resize(ctx, "grow1", 0, 512<<20); err != nil || len(res.NextStart) != 1 {
+		t.Fatalf("resize --memory 512Mi: %+v %v, want it recorded for the next start", res, err)
+	}
+
 	// A live migration keeps the shape: the target is started with the
-	// same CPU devices.
+	// same CPU devices and the memory the source runs with.
 	to := ""
 	for _, h := range l.Hosts() {
 		if h != v.Host {
@@ -80,5 +94,42 @@ func TestResize_VCPUHotplug(t *testing.T) {
 	}
 	if now := vmNamed(t, l, "grow1"); now.CPUs != 2 {
 		t.Fatalf("after refused resizes the VM has %d vCPUs, want 2", now.CPUs)
+	}
+
+	// vm apply: a bad spec names the field and changes nothing; a good one
+	// makes what it can live (a third vCPU, the HA priority).
+	cur := vmNamed(t, l, "grow1")
+	if cur.Spec == nil {
+		t.Fatal("vm show has no spec")
+	}
+	file := filepath.Join(t.TempDir(), "grow1.json")
+	write := func(doc []byte) {
+		t.Helper()
+		if err := os.WriteFile(file, doc, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := *cur.Spec
+	good.Spec.CPUs, good.Spec.HA.Priority = 3, spec.PriorityHigh
+	doc, err := json.Marshal(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write([]byte(strings.Replace(string(doc), `"cpus":3`, `"cpus":"three"`, 1)))
+	if out, err := l.Vigil("vm", "apply", "-f", file); err == nil || !strings.Contains(out, "spec.cpus") {
+		t.Fatalf("apply of a bad spec: %v: %s, want a refusal naming spec.cpus", err, out)
+	}
+	if now := vmNamed(t, l, "grow1"); now.Revision != cur.Revision {
+		t.Fatalf("a bad spec changed the VM (revision %d -> %d)", cur.Revision, now.Revision)
+	}
+	write(doc)
+	out, err := l.Vigil("vm", "apply", "-f", file)
+	if err != nil || !strings.Contains(out, "spec.cpus") || !strings.Contains(out, "spec.ha") {
+		t.Fatalf("apply: %v: %s, want spec.cpus and spec.ha changed now", err, out)
+	}
+	t.Logf("vm apply: %s", strings.TrimSpace(out))
+	waitCPUs(v.IP, 3, "after vm apply")
+	if now := vmNamed(t, l, "grow1"); now.Priority != spec.PriorityHigh {
+		t.Fatalf("after vm apply the HA priority is %q", now.Priority)
 	}
 }

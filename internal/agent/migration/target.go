@@ -50,6 +50,11 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 		return
 	}
 	cfg.Incoming = "defer"
+	if sh := v.RunningShape(); sh != nil {
+		// The source's size, not the spec's: a change that waits for the
+		// next start must not make the two instances differ.
+		cfg.CPUs, cfg.MaxCPUs, cfg.MemoryMiB = sh.CPUs, sh.MaxCPUs, sh.MemoryMiB
+	}
 	var nbdDisks []int
 	for i, d := range v.Record.VM.Spec.Disks {
 		if ds, ok := r.datastores[d.Datastore]; ok && !ds.Shared() {

@@ -63,6 +63,9 @@ type VM struct {
 	Disks []Disk `json:"disks,omitempty"`
 	// Spec is included by `vm show`.
 	Spec *spec.VM `json:"spec,omitempty"`
+	// Revision is the revision of the VM's spec and desired state: a
+	// change (PUT, `vm apply`) names it in If-Match.
+	Revision int64 `json:"revision,omitempty"`
 }
 
 // Disk is one of a VM's disks.
@@ -447,4 +450,14 @@ type ResizeResult struct {
 	VM        VM       `json:"vm"`
 	Live      []string `json:"live,omitempty"`
 	NextStart []string `json:"nextStart,omitempty"`
+}
+
+// ApplyResult says what a spec update changed now (Live) and what waits
+// for the VM's next start, by field. DryRun: nothing was written.
+type ApplyResult struct {
+	VM        VM       `json:"vm"`
+	Live      []string `json:"live,omitempty"`
+	NextStart []string `json:"nextStart,omitempty"`
+	Unchanged bool     `json:"unchanged,omitempty"`
+	DryRun    bool     `json:"dryRun,omitempty"`
 }

@@ -185,7 +185,8 @@ func (d *Driver) Start(ctx context.Context, cfg *driver.VMConfig) (driver.Status
 	c := *cfg
 	c.Grants = maps.Clone(cfg.Grants)
 	v := &vm{cfg: c, status: driver.Status{Name: cfg.Name, UID: cfg.UID, Epoch: cfg.Epoch, Grants: maps.Clone(cfg.Grants),
-		PID: d.pid, Running: true, QEMUStatus: qs, Accel: accel, StartedAt: d.Now()},
+		PID: d.pid, Running: true, QEMUStatus: qs, Accel: accel, StartedAt: d.Now(),
+		CPUs: cfg.CPUs, MaxCPUs: cfg.MaxCPUs, MemoryMiB: cfg.MemoryMiB, NICs: len(cfg.NICs)},
 		migration: driver.MigrationInfo{Status: driver.MigrationNone}, incoming: driver.MigrationInfo{Status: driver.MigrationNone}}
 	d.vms[cfg.Name] = v
 	return copyStatus(v.status), nil

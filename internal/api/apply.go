@@ -1,0 +1,285 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// updateVM replaces a VM's spec (`vigil vm apply`, PUT /api/v1/vms/NAME).
+// The caller names the revision it read (If-Match), so that a change made
+// meanwhile by someone else is never overwritten unseen. What can change
+// on a running VM changes now (policy, more vCPUs); a new size waits for
+// the next start, and the answer names every field and when it takes
+// effect. What Vigil cannot change (a disk, a NIC, the boot of a running
+// VM) is refused with the field named, and nothing is written.
+func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	dry := r.URL.Query().Get("dryRun") == "true"
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
+		return
+	}
+	if len(body) > maxBody {
+		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", maxBody))
+		return
+	}
+	rev, err := ifMatch(r)
+	if err != nil {
+		writeErr(w, http.StatusPreconditionRequired, err)
+		return
+	}
+	vm, err := spec.Parse(body)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	if vm.Metadata.Name != name {
+		writeErr(w, http.StatusBadRequest, spec.FieldErrors{{Field: "metadata.name", Message: fmt.Sprintf("is %q, but the request is for VM %q (a VM cannot be renamed)", vm.Metadata.Name, name)}})
+		return
+	}
+	snap, v, ok := s.snapshotVM(w, r)
+	if !ok {
+		return
+	}
+	if v.RecordRev != rev {
+		writeErr(w, http.StatusPreconditionFailed, fmt.Errorf("vm %s changed since revision %d (it is at %d): read it again (`vigil vm show %s -o json`) and apply on top of that", name, rev, v.RecordRev, name))
+		return
+	}
+	if v.Record.Deleting {
+		writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is being deleted", name))
+		return
+	}
+	next := *v.Record
+	ch, err := planUpdate(snap, v, vm, &next)
+	if err != nil {
+		writeErr(w, statusOfChange(err), err)
+		return
+	}
+	if errs := next.VM.Validate(); len(errs) > 0 {
+		writeErr(w, http.StatusBadRequest, errs)
+		return
+	}
+	if next.Power == store.PowerRunning {
+		if err := admit(snap, &store.VMState{Record: &next, Placement: v.Placement, Status: v.Status}); err != nil {
+			s.refused()
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+	}
+	out := v1.ApplyResult{Live: ch.live, NextStart: ch.nextStart, Unchanged: len(ch.live)+len(ch.nextStart) == 0, DryRun: dry}
+	if dry || out.Unchanged {
+		out.VM = ViewIn(snap, v, true)
+		httpjson.WriteIndented(w, http.StatusOK, out)
+		return
+	}
+	if err := s.st.UpdateVMRecord(r.Context(), &next, v.RecordRev); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			writeErr(w, http.StatusPreconditionFailed, fmt.Errorf("vm %s changed while this change was being made: read it again and apply on top of that", name))
+			return
+		}
+		writeErr(w, statusFor(err), err)
+		return
+	}
+	noteAudit(r, name, "")
+	msg := "spec changed"
+	if len(ch.live) > 0 {
+		msg += "; now: " + strings.Join(ch.live, ", ")
+	}
+	if len(ch.nextStart) > 0 {
+		msg += "; at the next start: " + strings.Join(ch.nextStart, ", ")
+	}
+	s.emit(r.Context(), store.Event{Type: "vm.updated", VM: name, Message: msg})
+	nv, err := s.st.VM(r.Context(), name)
+	if err != nil {
+		nv = &store.VMState{Record: &next, Placement: v.Placement, Status: v.Status}
+	}
+	out.VM = ViewOf(nv, true)
+	httpjson.WriteIndented(w, http.StatusAccepted, out)
+}
+
+// ifMatch reads the record revision the caller's change is based on.
+func ifMatch(r *http.Request) (int64, error) {
+	h := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
+	if h == "" {
+		return 0, errors.New("say which revision of the VM this change is based on (If-Match: the revision `vigil vm show NAME -o json` gives); `vigil vm apply` does this for you")
+	}
+	rev, err := strconv.ParseInt(h, 10, 64)
+	if err != nil || rev <= 0 {
+		return 0, fmt.Errorf("If-Match %q is not a VM revision", h)
+	}
+	return rev, nil
+}
+
+// change is what an update does: fields changed now and fields that wait
+// for the VM's next start.
+type change struct{ live, nextStart []string }
+
+// refusal is an update Vigil cannot make; nothing is written.
+type refusal struct {
+	code int
+	err  error
+}
+
+func (e refusal) Error() string { return e.err.Error() }
+func (e refusal) Unwrap() error { return e.err }
+
+func statusOfChange(err error) int {
+	var rf refusal
+	if errors.As(err, &rf) {
+		return rf.code
+	}
+	var fe spec.FieldErrors
+	if errors.As(err, &fe) {
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}
+
+// planUpdate fills next (a copy of v's record) with the new spec and says
+// what changes when. The VM's identity (UID), its resolved NICs and its
+// disks stay as they are; room to grow (maxCpus) is kept when the new spec
+// leaves it out.
+func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store.VMRecord) (change, error) {
+	cur := v.Record.VM
+	var ch change
+	var bad spec.FieldErrors
+	next.VM = *vm
+	next.VM.Metadata.UID = cur.Metadata.UID
+	ns := &next.VM.Spec
+	if ns.MaxCPUs == 0 {
+		ns.MaxCPUs = max(cur.Spec.MaxCPUs, ns.CPUs)
+	}
+	// Disks and NICs: hot-plug is not built, and a changed disk would lose
+	// data; a NIC whose address the file leaves out keeps the one it has.
+	if len(ns.Disks) != len(cur.Spec.Disks) {
+		bad = append(bad, spec.FieldError{Field: "spec.disks", Message: fmt.Sprintf("has %d disks, the VM has %d: adding or removing disks is not supported yet", len(ns.Disks), len(cur.Spec.Disks))})
+	} else {
+		for i := range ns.Disks {
+			if !reflect.DeepEqual(ns.Disks[i], cur.Spec.Disks[i]) {
+				bad = append(bad, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d]", i), Message: fmt.Sprintf("differs from disk %s as the VM has it: changing a disk is not supported (its data would not follow)", cur.Spec.Disks[i].Name)})
+			}
+		}
+	}
+	if len(ns.NICs) != len(v.Record.NICs) {
+		bad = append(bad, spec.FieldError{Field: "spec.nics", Message: fmt.Sprintf("has %d NICs, the VM has %d: adding or removing NICs is not supported yet", len(ns.NICs), len(v.Record.NICs))})
+	} else {
+		for i, n := range ns.NICs {
+			have := v.Record.NICs[i]
+			if n.Network != have.Network || n.IP != "" && n.IP != have.IP || n.MAC != "" && !strings.EqualFold(n.MAC, have.MAC) {
+				bad = append(bad, spec.FieldError{Field: fmt.Sprintf("spec.nics[%d]", i), Message: fmt.Sprintf("differs from the VM's NIC %d (network %s, ip %s, mac %s): changing a NIC is not supported yet", i, have.Network, have.IP, have.MAC)})
+			}
+		}
+		ns.NICs = cur.Spec.NICs
+	}
+	running := StateOf(v) == store.StateRunning || StateOf(v) == store.StateMigrating
+	if running {
+		for _, f := range []struct {
+			field    string
+			old, new any
+		}{{"spec.boot", cur.Spec.Boot, ns.Boot}, {"spec.accel", cur.Spec.Accel, ns.Accel}} {
+			if !reflect.DeepEqual(f.old, f.new) {
+				bad = append(bad, spec.FieldError{Field: f.field, Message: "cannot change while the VM runs: stop it, apply, and start it"})
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return ch, bad
+	}
+
+	// Size: more vCPUs go in live where the running instance has room.
+	if ns.CPUs != cur.Spec.CPUs {
+		live, why, err := cpuChange(snap, v, ns.CPUs, ns.MaxCPUs)
+		if err != nil {
+			return ch, err
+		}
+		if live {
+			ch.live = append(ch.live, "spec.cpus")
+		} else {
+			ch.nextStart = append(ch.nextStart, "spec.cpus"+why)
+		}
+	}
+	hw := func(field string, old, new any, why string) {
+		if reflect.DeepEqual(old, new) {
+			return
+		}
+		if running {
+			ch.nextStart = append(ch.nextStart, field+why)
+		} else {
+			ch.nextStart = append(ch.nextStart, field)
+		}
+	}
+	hw("spec.maxCpus", cur.Spec.MaxCPUs, ns.MaxCPUs, "")
+	hw("spec.memory", cur.Spec.Memory, ns.Memory, " (memory hot-plug is not supported yet)")
+	hw("spec.boot", cur.Spec.Boot, ns.Boot, "")
+	hw("spec.accel", cur.Spec.Accel, ns.Accel, "")
+	// Policy: read by the controllers and agents on their next pass.
+	for _, f := range []struct {
+		field    string
+		old, new any
+	}{
+		{"spec.ha", cur.Spec.HA, ns.HA},
+		{"spec.placement", cur.Spec.Placement, ns.Placement},
+		{"spec.migration", cur.Spec.Migration, ns.Migration},
+		{"spec.drs", cur.Spec.DRS, ns.DRS},
+	} {
+		if !equalJSON(f.old, f.new) {
+			ch.live = append(ch.live, f.field)
+		}
+	}
+	if !maps.Equal(cur.Metadata.Labels, vm.Metadata.Labels) {
+		ch.live = append(ch.live, "metadata.labels")
+	}
+	return ch, nil
+}
+
+// cpuChange says whether a running VM goes to want vCPUs live (hot-plug),
+// or why it waits for the next start, or why it is refused. maxCPUs is
+// the room the spec asks for.
+func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int) (live bool, why string, err error) {
+	name := v.Record.Name()
+	cur := v.Record.VM.Spec
+	state := StateOf(v)
+	if state != store.StateRunning && state != store.StateMigrating {
+		return false, "", nil
+	}
+	if snap.Migrations[name].Pending() {
+		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s is migrating: change its vCPUs once the migration is over", name)}
+	}
+	room := max(cur.MaxCPUs, cur.CPUs)
+	if sh := v.RunningShape(); sh != nil {
+		room = max(sh.MaxCPUs, sh.CPUs)
+	}
+	switch {
+	case want < cur.CPUs:
+		return false, " (removing vCPUs from a running VM is not supported)", nil
+	case want > room && maxCPUs > room:
+		return false, fmt.Sprintf(" (the running instance has room for %d; spec.maxCpus %d applies at the next start)", room, maxCPUs), nil
+	case want > room:
+		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s can grow to %d vCPUs while it runs (spec.maxCpus); stop it to give it %d", name, room, want)}
+	}
+	if why := roomOnHost(snap, v, want-cur.CPUs); why != "" {
+		return false, "", refusal{http.StatusConflict, fmt.Errorf("cannot grow %s to %d vCPUs on %s: %s (move it to a host with room first: `vigil vm migrate`)", name, want, v.Placement.Host, why)}
+	}
+	return true, "", nil
+}
+
+// equalJSON compares two values as the API shows them, so that a nil and
+// an empty list are the same policy.
+func equalJSON(a, b any) bool {
+	x, err1 := json.Marshal(a)
+	y, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && string(x) == string(y)
+}
