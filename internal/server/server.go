@@ -311,6 +311,10 @@ func (s *Server) lead(ctx context.Context, st *store.Store, met *metrics.Cluster
 		} else {
 			rs = []controller.Reconciler{lifecycle.New(term, s.log)}
 		}
+		// The load balancer scrapes, so it runs beside the reconcilers;
+		// its trigger, which only reads the passes' snapshots, is one.
+		balancer := drs.New(drs.Config{Store: term, Log: s.log.With("component", "drs"), Interval: s.cfg.DRSInterval, Window: s.cfg.DRSWindow})
+		rs = append(rs, balancer.Trigger())
 		// A short resync: a watch can go quiet on a frozen member.
 		// The observer turns what the passes see into the member's
 		// metrics; it writes nothing.
@@ -320,9 +324,9 @@ func (s *Server) lead(ctx context.Context, st *store.Store, met *metrics.Cluster
 		go runDefrag(lctx, st.Client(), term, s.cfg.DefragEvery, s.log)
 		// Alarms run beside the reconcilers, never in their pass: a slow
 		// scrape must not delay a failover.
-		go alarms.New(alarms.Config{Store: term, Log: s.log.With("component", "alarms"), Interval: s.cfg.AlarmInterval}).Run(lctx)
-		// So does the load balancer, which scrapes too.
-		go drs.New(drs.Config{Store: term, Log: s.log.With("component", "drs"), Interval: s.cfg.DRSInterval, Window: s.cfg.DRSWindow}).Run(lctx)
+		go alarms.New(alarms.Config{Store: term, Log: s.log.With("component", "alarms"), Interval: s.cfg.AlarmInterval,
+			OnFire: func(name string) { balancer.Wake("alarm " + name + " fired") }}).Run(lctx)
+		go balancer.Run(lctx)
 		m.Run(lctx)
 		cancel()
 		endTerm(el, sess)

@@ -49,6 +49,9 @@ type Config struct {
 	ScrapeTimeout time.Duration
 	// Now is the clock (tests step it).
 	Now func() time.Time
+	// OnFire, if set, is told the name of each alarm that fires (the load
+	// balancer passes at once on it).
+	OnFire func(alarm string)
 }
 
 // Defaults.
@@ -317,6 +320,9 @@ func (c *Controller) transition(ctx context.Context, snap *store.Snapshot, d *al
 		ev.VM = next.Target
 	}
 	c.emit(ctx, ev)
+	if tr.To == alarm.StateFiring && c.cfg.OnFire != nil {
+		c.cfg.OnFire(d.Name())
+	}
 	if tr.To == alarm.StateResolved || tr.Act {
 		for _, a := range d.Spec.Actions {
 			if a.Type == alarm.ActionWebhook {

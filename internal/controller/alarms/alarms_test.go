@@ -214,6 +214,8 @@ func (r *rig) hook() Notification {
 // webhook hears that too.
 func TestAlarmFiresActsAndResolves(t *testing.T) {
 	r := newRig(t)
+	var told []string
+	r.c.cfg.OnFire = func(name string) { told = append(told, name) }
 	r.round(0.1) // first scrape: no rate yet
 	r.round(0.95)
 	if r.state() != alarm.StatePending {
@@ -238,6 +240,9 @@ func TestAlarmFiresActsAndResolves(t *testing.T) {
 	r.st.mu.Unlock()
 	if len(moves) != 1 || moves[0] != "web1:alarm web-cpu" {
 		t.Fatalf("migration requests %v, want one for web1", moves)
+	}
+	if len(told) != 1 || told[0] != "web-cpu" {
+		t.Fatalf("OnFire told %v, want web-cpu once (it wakes the load balancer)", told)
 	}
 	// Still hot: no second round of actions.
 	r.round(0.95)
@@ -265,6 +270,9 @@ func TestAlarmFiresActsAndResolves(t *testing.T) {
 	}
 	if fired != 1 || resolved != 1 {
 		t.Fatalf("%d firing and %d resolved events, want 1 and 1", fired, resolved)
+	}
+	if len(told) != 1 {
+		t.Fatalf("OnFire told %v, want one firing", told)
 	}
 }
 

@@ -45,7 +45,10 @@ type Config struct {
 	Interval, Window time.Duration
 	// Cooldown is the base of the anti-churn cool-down.
 	Cooldown time.Duration
-	Now      func() time.Time
+	// WakeDelay is how long a pass on an event (Wake) waits, for the new
+	// state to be measured.
+	WakeDelay time.Duration
+	Now       func() time.Time
 }
 
 // Defaults.
@@ -69,6 +72,8 @@ type Controller struct {
 	said   map[string]bool // recommendation ids already announced
 	// kept are the moves recommended at the last pass (balance.Move.Key).
 	kept map[string]bool
+	// wake asks for a pass before the next tick (Wake).
+	wake chan string
 }
 
 // demand is a VM's smoothed demand, from one QEMU process.
@@ -93,10 +98,24 @@ func New(cfg Config) *Controller {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.WakeDelay <= 0 {
+		cfg.WakeDelay = min(5*time.Second, cfg.Interval/2)
+	}
 	if cfg.Scraper == nil {
 		cfg.Scraper = scrape.HTTP{Client: &http.Client{}}
 	}
-	return &Controller{cfg: cfg, prev: map[string]*alarm.Scrape{}, demand: map[string]*demand{}, said: map[string]bool{}}
+	return &Controller{cfg: cfg, prev: map[string]*alarm.Scrape{}, demand: map[string]*demand{}, said: map[string]bool{},
+		wake: make(chan string, 1)}
+}
+
+// Wake asks for a pass now (a host joined or left maintenance, an alarm
+// fired), rather than at the next tick. It never blocks: wakes that come
+// while one is pending make one pass.
+func (c *Controller) Wake(why string) {
+	select {
+	case c.wake <- why:
+	default:
+	}
 }
 
 // Run runs passes until ctx ends.
@@ -111,6 +130,15 @@ func (c *Controller) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case why := <-c.wake:
+			// Not at once: a host that just joined has not been scraped
+			// yet, and an alarm's action (a migration) is under way.
+			c.cfg.Log.Debug("drs: pass on an event", "why", why)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(c.cfg.WakeDelay):
+			}
 		}
 	}
 }
