@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -147,6 +148,9 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		// count takes effect at the next start.
 		if want := min(rec.VM.Spec.CPUs, max(ls.MaxCPUs, ls.CPUs)); want > ls.CPUs && current {
 			a.growCPUs(ctx, v, ls, want)
+		}
+		if want := liveMemory(rec.VM.Spec.Memory.MiB(), ls); want > 0 && current {
+			a.setMemory(ctx, v, ls, want)
 		}
 
 	case have && current && (st.State == store.StateRunning || st.State == store.StateStarting) && ls.Epoch == pl.Epoch:
@@ -390,5 +394,6 @@ func exitText(reason string) string {
 
 // shapeOf is the size a running instance was given.
 func shapeOf(ls driver.Status) *store.Shape {
-	return &store.Shape{CPUs: ls.CPUs, MaxCPUs: ls.MaxCPUs, MemoryMiB: ls.MemoryMiB}
+	return &store.Shape{CPUs: ls.CPUs, MaxCPUs: ls.MaxCPUs, MemoryMiB: ls.MemoryMiB,
+		MaxMemoryMiB: ls.MaxMemoryMiB, CurrentMemoryMiB: cmp.Or(ls.CurrentMemoryMiB, ls.MemoryMiB)}
 }

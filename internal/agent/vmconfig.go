@@ -25,8 +25,10 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[strin
 		CPUs:      s.CPUs,
 		MaxCPUs:   s.MaxCPUs,
 		MemoryMiB: s.Memory.MiB(),
-		Kernel:    s.Boot.Kernel,
-		Initrd:    s.Boot.Initrd,
+		// Room to grow only above the boot memory, whole blocks.
+		MaxMemoryMiB: max(s.MaxMemory.MiB(), s.Memory.MiB()),
+		Kernel:       s.Boot.Kernel,
+		Initrd:       s.Boot.Initrd,
 	}
 	if s.Accel != "auto" {
 		cfg.Accel = s.Accel

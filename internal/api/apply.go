@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -162,6 +163,9 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 	if ns.MaxCPUs == 0 {
 		ns.MaxCPUs = max(cur.Spec.MaxCPUs, ns.CPUs)
 	}
+	if ns.MaxMemory == 0 && cur.Spec.MaxMemory != 0 {
+		ns.MaxMemory = max(cur.Spec.MaxMemory, ns.Memory)
+	}
 	// Disks and NICs: hot-plug is not built, and a changed disk would lose
 	// data; a NIC whose address the file leaves out keeps the one it has.
 	if len(ns.Disks) != len(cur.Spec.Disks) {
@@ -222,7 +226,18 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 		}
 	}
 	hw("spec.maxCpus", cur.Spec.MaxCPUs, ns.MaxCPUs, "")
-	hw("spec.memory", cur.Spec.Memory, ns.Memory, " (memory hot-plug is not supported yet)")
+	if ns.Memory != cur.Spec.Memory {
+		live, why, err := memoryChange(snap, v, ns.Memory, ns.MaxMemory)
+		if err != nil {
+			return ch, err
+		}
+		if live {
+			ch.live = append(ch.live, "spec.memory")
+		} else {
+			ch.nextStart = append(ch.nextStart, "spec.memory"+why)
+		}
+	}
+	hw("spec.maxMemory", cur.Spec.MaxMemory, ns.MaxMemory, "")
 	hw("spec.boot", cur.Spec.Boot, ns.Boot, "")
 	hw("spec.accel", cur.Spec.Accel, ns.Accel, "")
 	// Policy: read by the controllers and agents on their next pass.
@@ -274,6 +289,55 @@ func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int) (live 
 		return false, "", refusal{http.StatusConflict, fmt.Errorf("cannot grow %s to %d vCPUs on %s: %s (move it to a host with room first: `vigil vm migrate`)", name, want, v.Placement.Host, why)}
 	}
 	return true, "", nil
+}
+
+// memoryChange says whether a running VM goes to want live (virtio-mem
+// plugs what is above its boot memory, the balloon takes back what is
+// below), or why it waits for the next start, or why it is refused.
+// maxMemory is the room the spec asks for.
+func memoryChange(snap *store.Snapshot, v *store.VMState, want, maxMemory spec.Size) (live bool, why string, err error) {
+	name := v.Record.Name()
+	cur := v.Record.VM.Spec
+	state := StateOf(v)
+	if state != store.StateRunning && state != store.StateMigrating {
+		return false, "", nil
+	}
+	if snap.Migrations[name].Pending() {
+		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s is migrating: change its memory once the migration is over", name)}
+	}
+	boot, room := cur.Memory.MiB(), max(cur.MaxMemory, cur.Memory).MiB()
+	if sh := v.RunningShape(); sh != nil {
+		boot, room = sh.MemoryMiB, max(sh.MaxMemoryMiB, sh.MemoryMiB)
+	}
+	mib := want.MiB()
+	switch {
+	case mib > room && maxMemory.MiB() > room:
+		return false, fmt.Sprintf(" (the running instance can grow to %d MiB; spec.maxMemory %s applies at the next start)", room, maxMemory), nil
+	case mib > room:
+		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s can grow to %s while it runs (spec.maxMemory); stop it to give it %s", name, spec.Size(room)*spec.MiB, want)}
+	case mib > boot && (mib-boot)%spec.HotplugBlock.MiB() != 0:
+		return false, "", refusal{http.StatusBadRequest, spec.FieldErrors{{Field: "memory", Message: fmt.Sprintf("must be its boot memory (%d MiB) plus whole %s blocks while it runs", boot, spec.HotplugBlock)}}}
+	}
+	if more := int64(want - cur.Memory); more > 0 {
+		if why := memoryOnHost(snap, v, more); why != "" {
+			return false, "", refusal{http.StatusConflict, fmt.Errorf("cannot grow %s to %s on %s: %s (move it to a host with room first: `vigil vm migrate`)", name, want, v.Placement.Host, why)}
+		}
+	}
+	return true, "", nil
+}
+
+// memoryOnHost says why the VM's host cannot give it more bytes of memory
+// ("" when it can).
+func memoryOnHost(snap *store.Snapshot, v *store.VMState, more int64) string {
+	for _, h := range scheduler.Hosts(snap, "") {
+		if h.Name == v.Placement.Host {
+			if free := h.Free().Memory; free < more {
+				return fmt.Sprintf("%s free of %s, %s more needed", spec.Size(max(free, 0)), spec.Size(h.Capacity.Memory), spec.Size(more))
+			}
+			return ""
+		}
+	}
+	return "the host is unknown"
 }
 
 // equalJSON compares two values as the API shows them, so that a nil and

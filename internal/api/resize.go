@@ -15,8 +15,10 @@ import (
 )
 
 // resize changes a VM's vCPUs and memory. A running VM grows its vCPUs
-// live (hot-plug, up to spec.maxCpus, if its host has room); the rest
-// (fewer vCPUs, memory) is recorded and takes effect at its next start,
+// live (hot-plug, up to the maxCpus it was started with, if its host has
+// room) and changes its memory live (virtio-mem up to the maxMemory it was
+// started with, the balloon below its boot memory); the rest (fewer vCPUs,
+// more than that room) is recorded and takes effect at its next start,
 // and the answer says which is which.
 func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
@@ -65,7 +67,17 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if req.Memory != 0 && spec.Size(req.Memory) != cur.Memory {
-		out.NextStart = append(out.NextStart, "memory (memory hot-plug is not supported yet)")
+		// A resize never raises spec.maxMemory past the running room.
+		live, why, err := memoryChange(snap, v, spec.Size(req.Memory), cur.MaxMemory)
+		if err != nil {
+			writeErr(w, statusOfChange(err), err)
+			return
+		}
+		if live {
+			out.Live = append(out.Live, "memory")
+		} else {
+			out.NextStart = append(out.NextStart, "memory"+why)
+		}
 	}
 	change := func(rec *store.VMRecord) error {
 		if req.CPUs != 0 {
@@ -74,6 +86,9 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 		}
 		if req.Memory != 0 {
 			rec.VM.Spec.Memory = spec.Size(req.Memory)
+			if rec.VM.Spec.MaxMemory != 0 {
+				rec.VM.Spec.MaxMemory = max(rec.VM.Spec.MaxMemory, rec.VM.Spec.Memory)
+			}
 		}
 		if errs := rec.VM.Validate(); len(errs) > 0 {
 			return errs

@@ -81,8 +81,14 @@ type VMConfig struct {
 	// own (vcpuK), on the command line at start and added live by SetCPUs,
 	// so that a migration target started with the VM's current count has
 	// exactly the source's devices.
-	MaxCPUs   int
-	MemoryMiB int64
+	MaxCPUs int
+	// MemoryMiB is the boot memory (-m). MaxMemoryMiB, when larger, is
+	// what the VM can grow to while it runs: the rest is a virtio-mem
+	// device (vmem0) whose plugged size makes up the difference.
+	// CurrentMemoryMiB is the memory the VM should have now (0: MemoryMiB):
+	// above the boot memory, plugged with virtio-mem; below it, taken back
+	// by the balloon. A migration target starts with the source's.
+	MemoryMiB, MaxMemoryMiB, CurrentMemoryMiB int64
 	// Accel is "kvm", "tcg", or "" for the host's resolved default.
 	Accel   string
 	Kernel  string
@@ -148,9 +154,11 @@ type Status struct {
 	StartedAt  time.Time
 	// CPUs and MemoryMiB are the instance's configured size (what the
 	// guest was given, not what it uses).
-	CPUs      int
-	MaxCPUs   int
-	MemoryMiB int64
+	CPUs    int
+	MaxCPUs int
+	// MemoryMiB is the boot memory, MaxMemoryMiB the room to grow, and
+	// CurrentMemoryMiB what it was last set to (see VMConfig).
+	MemoryMiB, MaxMemoryMiB, CurrentMemoryMiB int64
 	// NICs is how many network interfaces it has (taps TapName(vm, i)).
 	NICs int
 	// ExitReason says why the process ended: guest-shutdown, host-qmp-quit,
@@ -232,6 +240,10 @@ type Resizer interface {
 	// SetCPUs grows a running VM to n vCPUs (hot-plug); shrinking is
 	// refused (it takes effect at the next start).
 	SetCPUs(ctx context.Context, name string, n int) error
+	// SetMemory gives a running VM mib MiB: above its boot memory by
+	// plugging virtio-mem blocks (up to its maximum), below it by inflating
+	// the balloon. The guest gives memory back as far as it can.
+	SetMemory(ctx context.Context, name string, mib int64) error
 }
 
 // Statter is a driver that reports a running VM's counters from its
@@ -324,3 +336,14 @@ type ReplicaEvent struct {
 	Paused bool
 	Detail string
 }
+
+// Memory is the memory the VM should have now.
+func (c *VMConfig) Memory() int64 {
+	if c.CurrentMemoryMiB > 0 {
+		return c.CurrentMemoryMiB
+	}
+	return c.MemoryMiB
+}
+
+// MemoryHotplug reports whether the VM has room to grow its memory.
+func (c *VMConfig) MemoryHotplug() bool { return c.MaxMemoryMiB > c.MemoryMiB }

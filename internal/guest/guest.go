@@ -27,6 +27,7 @@ import (
 	"github.com/vigilha/vigil/internal/guest/httpapi"
 	"github.com/vigilha/vigil/internal/guest/kmod"
 	"github.com/vigilha/vigil/internal/guest/ledger"
+	"github.com/vigilha/vigil/internal/guest/memhp"
 	"github.com/vigilha/vigil/internal/guest/netcfg"
 	"github.com/vigilha/vigil/internal/guest/sysinit"
 )
@@ -99,6 +100,10 @@ func Run(ctx context.Context, o Options) error {
 			log.Error("hostname", "err", err)
 		}
 		start := time.Now()
+		// Before virtio_mem loads: memory plugged at boot comes online too.
+		if err := memhp.AutoOnline("/sys/devices/system/memory"); err != nil {
+			log.Warn("hot-plugged memory will stay offline", "err", err)
+		}
 		if err := kmod.LoadOrderFile(ctx, o.ModulesOrder, o.ModulesDir, log); err != nil {
 			log.Warn("some modules failed to load", "err", err)
 		}

@@ -45,10 +45,11 @@ const (
 
 // GuestModules returns the kernel modules the guest needs (virtio PCI
 // transport, NIC, disk, serial ports, the balloon (which reports the
-// guest's memory to the host), ACPI power button and its input
-// events); Build adds their dependencies.
+// guest's memory to the host, and gives memory back), virtio-mem (memory
+// hot-plug), ACPI power button and its input events); Build adds their
+// dependencies.
 func GuestModules() []string {
-	return []string{"virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_balloon", "button", "evdev"}
+	return []string{"virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_balloon", "virtio_mem", "button", "evdev"}
 }
 
 // busyboxApplets are linked into /bin for poking at a guest by hand.

@@ -41,12 +41,17 @@ type VMSpec struct {
 	// hot-plug); the API sets it at creation when the spec leaves it out,
 	// to the largest host's vCPUs. 0 (a VM created before it existed):
 	// no room to grow.
-	MaxCPUs int    `yaml:"maxCpus" json:"maxCpus,omitempty"`
-	Memory  Size   `yaml:"memory" json:"memory"`
-	Boot    Boot   `yaml:"boot" json:"boot"`
-	Disks   []Disk `yaml:"disks" json:"disks,omitempty"`
-	NICs    []NIC  `yaml:"nics" json:"nics,omitempty"`
-	HA      HA     `yaml:"ha" json:"ha"`
+	MaxCPUs int  `yaml:"maxCpus" json:"maxCpus,omitempty"`
+	Memory  Size `yaml:"memory" json:"memory"`
+	// MaxMemory is how much memory the VM can grow to while it runs
+	// (virtio-mem hot-plug); the API sets it at creation when the spec
+	// leaves it out, to twice the memory. 0 (a VM created before it
+	// existed): no room to grow; shrinking (the balloon) needs none.
+	MaxMemory Size   `yaml:"maxMemory" json:"maxMemory,omitempty"`
+	Boot      Boot   `yaml:"boot" json:"boot"`
+	Disks     []Disk `yaml:"disks" json:"disks,omitempty"`
+	NICs      []NIC  `yaml:"nics" json:"nics,omitempty"`
+	HA        HA     `yaml:"ha" json:"ha"`
 	// Accel forces the accelerator for this VM: "kvm" or "tcg". Empty or
 	// "auto" uses the host's choice (KVM only where a real guest boots).
 	Accel string `yaml:"accel" json:"accel,omitempty"`

@@ -19,6 +19,9 @@ const (
 	MaxDisks   = 16
 	MaxNICs    = 8
 	MaxNameLen = 63
+	// HotplugBlock is the granularity of memory hot-plug (virtio-mem's
+	// block size on x86).
+	HotplugBlock = 2 * MiB
 )
 
 var labelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
@@ -69,6 +72,14 @@ func (v *VM) Validate() FieldErrors {
 		add("spec.memory", "must be ≤ %s, got %s", MaxMemory, s.Memory)
 	case s.Memory%MiB != 0:
 		add("spec.memory", "must be a whole number of MiB, got %d bytes", int64(s.Memory))
+	}
+	if s.MaxMemory != 0 && s.MaxMemory != s.Memory {
+		switch {
+		case s.MaxMemory < s.Memory || s.MaxMemory > MaxMemory:
+			add("spec.maxMemory", "must be between spec.memory (%s) and %s, got %s", s.Memory, MaxMemory, s.MaxMemory)
+		case s.MaxMemory%HotplugBlock != 0 || s.Memory%HotplugBlock != 0:
+			add("spec.maxMemory", "with room to grow, spec.memory and spec.maxMemory must be multiples of %s (virtio-mem's block), got %s and %s", HotplugBlock, s.Memory, s.MaxMemory)
+		}
 	}
 	validateBoot(s, add)
 	validateDisks(s, add)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/vigilha/vigil/internal/protocol/migration"
@@ -156,10 +157,17 @@ type VMStatus struct {
 
 // Shape is a running instance's size.
 type Shape struct {
-	CPUs      int   `json:"cpus"`
-	MaxCPUs   int   `json:"maxCpus,omitempty"`
-	MemoryMiB int64 `json:"memoryMiB"`
+	CPUs    int `json:"cpus"`
+	MaxCPUs int `json:"maxCpus,omitempty"`
+	// MemoryMiB is the boot memory; MaxMemoryMiB the room to grow;
+	// CurrentMemoryMiB what it has now (plugged or ballooned).
+	MemoryMiB        int64 `json:"memoryMiB"`
+	MaxMemoryMiB     int64 `json:"maxMemoryMiB,omitempty"`
+	CurrentMemoryMiB int64 `json:"currentMemoryMiB,omitempty"`
 }
+
+// Memory is the memory the instance has now, in MiB.
+func (s *Shape) Memory() int64 { return cmp.Or(s.CurrentMemoryMiB, s.MemoryMiB) }
 
 // RunningShape is the shape of the VM's current instance, if its status
 // says it runs (or migrates) where it is placed.

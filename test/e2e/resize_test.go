@@ -16,8 +16,8 @@ import (
 
 // TestResize_VCPUHotplug: a running guest grows from 1 to 2 vCPUs live;
 // the guest sees 2 online with the same boot and its counter going on;
-// a live migration afterwards keeps the shape (and the running memory,
-// though the spec asks for more at the next start); a resize past maxCpus
+// a live migration afterwards keeps the shape (2 vCPUs, though the spec
+// asks for 1 at the next start); a resize past maxCpus
 // is refused with the reason and changes nothing; bad input names the
 // field; `vm apply` of a bad spec changes nothing, of a good one grows the
 // guest to 3 vCPUs live and changes its HA priority.
@@ -62,15 +62,15 @@ func TestResize_VCPUHotplug(t *testing.T) {
 	waitCPUs(v.IP, 2, "after the hot-plug")
 	t.Logf("grow1: 1 -> 2 vCPUs live, seen by the guest, same boot")
 
-	// More memory waits for the next start (no memory hot-plug yet): the
-	// running instance keeps its size, and a live migration must start its
-	// target with that size, not the spec's.
-	if res, err := l.Client.Resize(ctx, "grow1", 0, 512<<20); err != nil || len(res.NextStart) != 1 {
-		t.Fatalf("resize --memory 512Mi: %+v %v, want it recorded for the next start", res, err)
+	// Fewer vCPUs wait for the next start: the running instance keeps its
+	// 2, and a live migration must start its target with those, not the
+	// spec's 1.
+	if res, err := l.Client.Resize(ctx, "grow1", 1, 0); err != nil || len(res.NextStart) != 1 {
+		t.Fatalf("resize --cpus 1: %+v %v, want it recorded for the next start", res, err)
 	}
 
 	// A live migration keeps the shape: the target is started with the
-	// same CPU devices and the memory the source runs with.
+	// same CPU devices as the source runs with.
 	to := ""
 	for _, h := range l.Hosts() {
 		if h != v.Host {
@@ -92,8 +92,8 @@ func TestResize_VCPUHotplug(t *testing.T) {
 	if _, err := l.Client.Resize(ctx, "grow1", -1, 0); err == nil || !strings.Contains(err.Error(), "cpus") {
 		t.Fatalf("resize to -1 vCPUs: %v, want a field error on cpus", err)
 	}
-	if now := vmNamed(t, l, "grow1"); now.CPUs != 2 {
-		t.Fatalf("after refused resizes the VM has %d vCPUs, want 2", now.CPUs)
+	if now := vmNamed(t, l, "grow1"); now.CPUs != 1 {
+		t.Fatalf("after refused resizes the VM's spec has %d vCPUs, want 1", now.CPUs)
 	}
 
 	// vm apply: a bad spec names the field and changes nothing; a good one
@@ -131,5 +131,73 @@ func TestResize_VCPUHotplug(t *testing.T) {
 	waitCPUs(v.IP, 3, "after vm apply")
 	if now := vmNamed(t, l, "grow1"); now.Priority != spec.PriorityHigh {
 		t.Fatalf("after vm apply the HA priority is %q", now.Priority)
+	}
+}
+
+// TestResize_MemoryHotplug: a running guest grows from 256 to 512 MiB live
+// (virtio-mem) and its kernel sees the memory, with the same boot and its
+// counter going on; a live migration keeps the grown shape; then it
+// shrinks below its boot memory (virtio-mem unplugs, the balloon takes the
+// rest) and its kernel sees less; a resize past maxMemory is refused with
+// the reason and changes nothing.
+func TestResize_MemoryHotplug(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	ctx := context.Background()
+	v, g := haGuest(t, l, "mem1", nil)
+	if v.Spec == nil || v.Spec.Spec.MaxMemory != 512<<20 {
+		t.Fatalf("spec %+v: want maxMemory 512Mi (twice the memory) by default", v.Spec)
+	}
+	before, err := g.Counter(ctx, v.IP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitMem := func(what string, ok func(kib int64) bool) int64 {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			c, err := g.Counter(ctx, v.IP)
+			if err == nil && ok(c.MemTotalKiB) {
+				if c.BootID != before.BootID || c.Counter <= before.Counter {
+					t.Fatalf("%s: boot %s counter %d, was boot %s counter %d: the guest restarted", what, c.BootID, c.Counter, before.BootID, before.Counter)
+				}
+				return c.MemTotalKiB
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the guest's MemTotal is %d KiB after 90 s (was %d KiB; %v)", what, c.MemTotalKiB, before.MemTotalKiB, err)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	res, err := l.Client.Resize(ctx, "mem1", 0, 512<<20)
+	if err != nil || len(res.Live) != 1 {
+		t.Fatalf("resize --memory 512Mi: %+v %v, want it live", res, err)
+	}
+	grown := waitMem("after the hot-plug", func(kib int64) bool { return kib >= before.MemTotalKiB+200<<10 })
+	t.Logf("mem1: MemTotal %d -> %d KiB live, same boot", before.MemTotalKiB, grown)
+
+	to := ""
+	for _, h := range l.Hosts() {
+		if h != v.Host {
+			to = h
+			break
+		}
+	}
+	if _, err := l.Client.Migrate(ctx, "mem1", to); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("mem1", 2*time.Minute, "migrated to "+to, func(x v1.VM) bool { return x.State == "running" && x.Host == to })
+	waitMem("after the live migration", func(kib int64) bool { return kib >= before.MemTotalKiB+200<<10 })
+	t.Logf("mem1: migrated %s -> %s with its plugged memory, same boot", v.Host, to)
+
+	if _, err := l.Client.Resize(ctx, "mem1", 0, 1<<30); err == nil || !strings.Contains(err.Error(), "maxMemory") {
+		t.Fatalf("resize to 1Gi: %v, want a refusal naming maxMemory", err)
+	}
+	if res, err := l.Client.Resize(ctx, "mem1", 0, 192<<20); err != nil || len(res.Live) != 1 {
+		t.Fatalf("resize --memory 192Mi: %+v %v, want it live", res, err)
+	}
+	shrunk := waitMem("after the shrink", func(kib int64) bool { return kib <= before.MemTotalKiB-40<<10 })
+	t.Logf("mem1: MemTotal %d -> %d KiB live (unplugged, then ballooned below the boot memory), same boot", grown, shrunk)
+	if now := vmNamed(t, l, "mem1"); now.Memory != 192<<20 {
+		t.Fatalf("the VM's spec has %d bytes, want 192Mi", now.Memory)
 	}
 }

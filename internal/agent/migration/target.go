@@ -53,7 +53,8 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 	if sh := v.RunningShape(); sh != nil {
 		// The source's size, not the spec's: a change that waits for the
 		// next start must not make the two instances differ.
-		cfg.CPUs, cfg.MaxCPUs, cfg.MemoryMiB = sh.CPUs, sh.MaxCPUs, sh.MemoryMiB
+		cfg.CPUs, cfg.MaxCPUs = sh.CPUs, sh.MaxCPUs
+		cfg.MemoryMiB, cfg.MaxMemoryMiB, cfg.CurrentMemoryMiB = sh.MemoryMiB, sh.MaxMemoryMiB, sh.CurrentMemoryMiB
 	}
 	var nbdDisks []int
 	for i, d := range v.Record.VM.Spec.Disks {

@@ -186,7 +186,7 @@ func (d *Driver) Start(ctx context.Context, cfg *driver.VMConfig) (driver.Status
 	c.Grants = maps.Clone(cfg.Grants)
 	v := &vm{cfg: c, status: driver.Status{Name: cfg.Name, UID: cfg.UID, Epoch: cfg.Epoch, Grants: maps.Clone(cfg.Grants),
 		PID: d.pid, Running: true, QEMUStatus: qs, Accel: accel, StartedAt: d.Now(),
-		CPUs: cfg.CPUs, MaxCPUs: cfg.MaxCPUs, MemoryMiB: cfg.MemoryMiB, NICs: len(cfg.NICs)},
+		CPUs: cfg.CPUs, MaxCPUs: cfg.MaxCPUs, MemoryMiB: cfg.MemoryMiB, MaxMemoryMiB: cfg.MaxMemoryMiB, CurrentMemoryMiB: cfg.Memory(), NICs: len(cfg.NICs)},
 		migration: driver.MigrationInfo{Status: driver.MigrationNone}, incoming: driver.MigrationInfo{Status: driver.MigrationNone}}
 	d.vms[cfg.Name] = v
 	return copyStatus(v.status), nil

@@ -41,7 +41,12 @@ const HeartbeatPort = "org.vigil.heartbeat"
 // balloonID is the balloon device's id; balloonPollSeconds how often the
 // guest is asked for its memory statistics (a few bytes over virtio).
 const (
-	balloonID          = "balloon0"
+	balloonID = "balloon0"
+	// vmemID and vmemBackendID name the virtio-mem device and its memory;
+	// vmemBlockMiB is its block size on x86.
+	vmemID             = "vmem0"
+	vmemBackendID      = "memhp0"
+	vmemBlockMiB       = 2
 	balloonPollSeconds = 5
 )
 
@@ -60,7 +65,7 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		"-name", cfg.Name,
 		"-machine", "q35",
 		"-accel", accel,
-		"-m", strconv.FormatInt(cfg.MemoryMiB, 10),
+		"-m", memoryOpt(cfg),
 		"-smp", smp(cfg),
 		"-nodefaults", "-no-user-config",
 		"-display", "none", "-vga", "none",
@@ -80,6 +85,13 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 	}
 	if accel == "kvm" {
 		a = append(a, "-cpu", "host")
+	}
+	if cfg.MemoryHotplug() {
+		// The room to grow is a virtio-mem device over a RAM backend of
+		// its size: nothing is allocated until blocks are plugged.
+		a = append(a,
+			"-object", fmt.Sprintf("memory-backend-ram,id=%s,size=%dM", vmemBackendID, cfg.MaxMemoryMiB-cfg.MemoryMiB),
+			"-device", fmt.Sprintf("virtio-mem-pci,id=%s,memdev=%s,requested-size=%dM", vmemID, vmemBackendID, plugged(cfg)))
 	}
 	for k := 1; hotplug(cfg) && k < cfg.CPUs; k++ {
 		a = append(a, "-device", cpuDevice(accel, k))
@@ -113,6 +125,25 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		a = append(a, "-incoming", cfg.Incoming, "-S")
 	}
 	return a, nil
+}
+
+// memoryOpt is the -m option: the boot memory, and the maximum when the
+// VM can grow.
+func memoryOpt(cfg *driver.VMConfig) string {
+	if !cfg.MemoryHotplug() {
+		return strconv.FormatInt(cfg.MemoryMiB, 10)
+	}
+	return fmt.Sprintf("%d,maxmem=%dM", cfg.MemoryMiB, cfg.MaxMemoryMiB)
+}
+
+// plugged is the virtio-mem size that gives the VM its current memory, in
+// MiB: whole blocks, within the device.
+func plugged(cfg *driver.VMConfig) int64 {
+	if !cfg.MemoryHotplug() {
+		return 0
+	}
+	p := min(max(cfg.Memory()-cfg.MemoryMiB, 0), cfg.MaxMemoryMiB-cfg.MemoryMiB)
+	return p - p%vmemBlockMiB
 }
 
 // hotplug reports whether the VM has room to grow its vCPUs.

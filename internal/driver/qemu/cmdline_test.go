@@ -58,3 +58,31 @@ func TestCPULayout(t *testing.T) {
 		t.Fatalf("no balloon: %v", option(fixed, "-device"))
 	}
 }
+
+// A VM with room to grow its memory boots with its boot memory and a
+// virtio-mem device over the rest, plugged to its current size (a
+// migration target of a grown VM); one without has neither.
+func TestMemoryLayout(t *testing.T) {
+	p := pathsFor("/run/x")
+	grown, err := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256, MaxMemoryMiB: 512, CurrentMemoryMiB: 384}, "tcg", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := option(grown, "-m"); !slices.Equal(got, []string{"256,maxmem=512M"}) {
+		t.Fatalf("-m %v", got)
+	}
+	if got := option(grown, "-object"); !slices.Equal(got, []string{"memory-backend-ram,id=memhp0,size=256M"}) {
+		t.Fatalf("-object %v", got)
+	}
+	if !slices.Contains(option(grown, "-device"), "virtio-mem-pci,id=vmem0,memdev=memhp0,requested-size=128M") {
+		t.Fatalf("no virtio-mem device plugged to 128M: %v", option(grown, "-device"))
+	}
+	ballooned, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256, MaxMemoryMiB: 512, CurrentMemoryMiB: 192}, "tcg", p)
+	if !slices.Contains(option(ballooned, "-device"), "virtio-mem-pci,id=vmem0,memdev=memhp0,requested-size=0M") {
+		t.Fatalf("a VM below its boot memory has memory plugged: %v", option(ballooned, "-device"))
+	}
+	fixed, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256}, "tcg", p)
+	if got := option(fixed, "-m"); !slices.Equal(got, []string{"256"}) || len(option(fixed, "-object")) != 0 {
+		t.Fatalf("without maxMemory: -m %v, -object %v", got, option(fixed, "-object"))
+	}
+}

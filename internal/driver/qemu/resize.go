@@ -62,3 +62,66 @@ func (d *Driver) setCPUs(in *instance, n int) error {
 	}
 	return nil
 }
+
+// SetMemory gives a running VM mib MiB. Above its boot memory, the
+// virtio-mem device plugs the difference (the guest onlines it); at or
+// below it, the device unplugs what it had and the balloon takes the rest
+// back (the guest gives up pages as it can). The two never both hold
+// memory, so the guest's total is always mib once it has done its part.
+// The new size is persisted with the VM's configuration.
+func (d *Driver) SetMemory(ctx context.Context, name string, mib int64) error {
+	in, err := d.get(name)
+	if err != nil {
+		return err
+	}
+	in.mu.Lock()
+	cfg := in.rec.Config
+	in.mu.Unlock()
+	boot, cur := cfg.MemoryMiB, cfg.Memory()
+	switch {
+	case mib == cur:
+		return nil
+	case mib > boot && !cfg.MemoryHotplug():
+		return fmt.Errorf("%s was started with %d MiB and no room to grow; more takes a restart", name, boot)
+	case mib > cfg.MaxMemoryMiB && cfg.MemoryHotplug():
+		return fmt.Errorf("%s can grow to %d MiB while it runs (maxMemory), not %d; more takes a restart with a larger spec.maxMemory", name, cfg.MaxMemoryMiB, mib)
+	case mib > boot && (mib-boot)%vmemBlockMiB != 0:
+		return fmt.Errorf("%s: %d MiB is not a whole number of %d MiB blocks above its boot memory (%d MiB)", name, mib, vmemBlockMiB, boot)
+	case mib < 64:
+		return fmt.Errorf("%s: %d MiB is too little for a guest", name, mib)
+	}
+	c, err := d.QMP(name)
+	if err != nil {
+		return err
+	}
+	next := cfg
+	next.CurrentMemoryMiB = mib
+	if cfg.MemoryHotplug() {
+		if err := call(ctx, func(ctx context.Context) error {
+			return c.Execute(ctx, "qom-set", map[string]any{"path": "/machine/peripheral/" + vmemID, "property": "requested-size", "value": plugged(&next) << 20}, nil)
+		}); err != nil {
+			return fmt.Errorf("set the virtio-mem size of %s: %w", name, err)
+		}
+	}
+	// The balloon's target is the boot memory's share: all of it (the
+	// balloon deflated) when growing.
+	target := min(mib, boot)
+	if err := call(ctx, func(ctx context.Context) error {
+		return c.Execute(ctx, "balloon", map[string]any{"value": target << 20}, nil)
+	}); err != nil {
+		return fmt.Errorf("set the balloon of %s: %w", name, err)
+	}
+	in.mu.Lock()
+	in.rec.Config.CurrentMemoryMiB = mib
+	in.status.CurrentMemoryMiB = mib
+	rec := in.rec
+	in.mu.Unlock()
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(in.paths.Config, b, 0o640); err != nil {
+		return fmt.Errorf("record the memory of %s: %w", name, err)
+	}
+	return nil
+}
