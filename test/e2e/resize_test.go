@@ -168,12 +168,13 @@ func TestResize_MemoryHotplug(t *testing.T) {
 			time.Sleep(time.Second)
 		}
 	}
+	t0 := time.Now()
 	res, err := l.Client.Resize(ctx, "mem1", 0, 512<<20)
 	if err != nil || len(res.Live) != 1 {
 		t.Fatalf("resize --memory 512Mi: %+v %v, want it live", res, err)
 	}
 	grown := waitMem("after the hot-plug", func(kib int64) bool { return kib >= before.MemTotalKiB+200<<10 })
-	t.Logf("mem1: MemTotal %d -> %d KiB live, same boot", before.MemTotalKiB, grown)
+	t.Logf("mem1: MemTotal %d -> %d KiB live, same boot; seen by the guest %.1f s after the resize", before.MemTotalKiB, grown, time.Since(t0).Seconds())
 
 	to := ""
 	for _, h := range l.Hosts() {
@@ -192,11 +193,12 @@ func TestResize_MemoryHotplug(t *testing.T) {
 	if _, err := l.Client.Resize(ctx, "mem1", 0, 1<<30); err == nil || !strings.Contains(err.Error(), "maxMemory") {
 		t.Fatalf("resize to 1Gi: %v, want a refusal naming maxMemory", err)
 	}
+	t0 = time.Now()
 	if res, err := l.Client.Resize(ctx, "mem1", 0, 192<<20); err != nil || len(res.Live) != 1 {
 		t.Fatalf("resize --memory 192Mi: %+v %v, want it live", res, err)
 	}
 	shrunk := waitMem("after the shrink", func(kib int64) bool { return kib <= before.MemTotalKiB-40<<10 })
-	t.Logf("mem1: MemTotal %d -> %d KiB live (unplugged, then ballooned below the boot memory), same boot", grown, shrunk)
+	t.Logf("mem1: MemTotal %d -> %d KiB live (unplugged, then ballooned below the boot memory), same boot; seen %.1f s after the resize", grown, shrunk, time.Since(t0).Seconds())
 	if now := vmNamed(t, l, "mem1"); now.Memory != 192<<20 {
 		t.Fatalf("the VM's spec has %d bytes, want 192Mi", now.Memory)
 	}
