@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command (a): install what is missing, build Vigil and the guest image, bring up a
 # real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
-# VMs with HA, live-migrate one and grow its memory live, blip the management network of the other's host (nothing moves),
+# VMs with HA, live-migrate one and shrink its memory live, blip the management network of the other's host (nothing moves),
 # crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
 # restarts the VM), print the failover timelines, show a replicated disk through two crashes, then a
 # CPU alarm that live-migrates a burning guest away, and the audit trail.
@@ -69,8 +69,8 @@ printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 "$V" vm migrate ha-guest2
 printf 'after (on %s): ' "$(guest ha-guest2 host)"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 
-say "grow ha-guest2's memory live to 512Mi (virtio-mem hot-plug; the guest onlines it): its own mem_total_kib grows, same boot id"
-"$V" vm resize ha-guest2 --memory 512Mi
+say "take 64Mi back from ha-guest2 live (the balloon; growing needs spec.maxMemory, docs/drs.md): its own mem_total_kib drops, same boot id"
+"$V" vm resize ha-guest2 --memory 192Mi
 sleep 3
 printf 'after the resize: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 

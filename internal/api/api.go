@@ -233,11 +233,6 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 			rec.VM.Spec.MaxCPUs = min(max(rec.VM.Spec.MaxCPUs, h.Capacity.CPUs), spec.MaxCPUs)
 		}
 	}
-	if rec.VM.Spec.MaxMemory == 0 && rec.VM.Spec.Memory%spec.HotplugBlock == 0 {
-		// Room to grow (memory hot-plug): twice the memory. Only address
-		// space is reserved; nothing is allocated until it is plugged.
-		rec.VM.Spec.MaxMemory = min(2*rec.VM.Spec.Memory, spec.MaxMemory)
-	}
 	for i, n := range vm.Spec.NICs {
 		field := fmt.Sprintf("spec.nics[%d]", i)
 		net, ok := snap.Networks[n.Network]

@@ -205,7 +205,7 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 
 	// Size: more vCPUs go in live where the running instance has room.
 	if ns.CPUs != cur.Spec.CPUs {
-		live, why, err := cpuChange(snap, v, ns.CPUs, ns.MaxCPUs)
+		live, why, err := cpuChange(snap, v, ns.CPUs, ns.MaxCPUs, true)
 		if err != nil {
 			return ch, err
 		}
@@ -227,7 +227,7 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 	}
 	hw("spec.maxCpus", cur.Spec.MaxCPUs, ns.MaxCPUs, "")
 	if ns.Memory != cur.Spec.Memory {
-		live, why, err := memoryChange(snap, v, ns.Memory, ns.MaxMemory)
+		live, why, err := memoryChange(snap, v, ns.Memory, ns.MaxMemory, true)
 		if err != nil {
 			return ch, err
 		}
@@ -262,8 +262,10 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 
 // cpuChange says whether a running VM goes to want vCPUs live (hot-plug),
 // or why it waits for the next start, or why it is refused. maxCPUs is
-// the room the spec asks for.
-func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int) (live bool, why string, err error) {
+// the room the spec asks for. Past the running room, a whole spec
+// (whole, `vm apply`) takes effect at the next start; a resize, which
+// asks for a live change, is refused.
+func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int, whole bool) (live bool, why string, err error) {
 	name := v.Record.Name()
 	cur := v.Record.VM.Spec
 	state := StateOf(v)
@@ -280,7 +282,7 @@ func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int) (live 
 	switch {
 	case want < cur.CPUs:
 		return false, " (removing vCPUs from a running VM is not supported)", nil
-	case want > room && maxCPUs > room:
+	case want > room && (maxCPUs > room || whole):
 		return false, fmt.Sprintf(" (the running instance has room for %d; spec.maxCpus %d applies at the next start)", room, maxCPUs), nil
 	case want > room:
 		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s can grow to %d vCPUs while it runs (spec.maxCpus); stop it to give it %d", name, room, want)}
@@ -294,8 +296,8 @@ func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int) (live 
 // memoryChange says whether a running VM goes to want live (virtio-mem
 // plugs what is above its boot memory, the balloon takes back what is
 // below), or why it waits for the next start, or why it is refused.
-// maxMemory is the room the spec asks for.
-func memoryChange(snap *store.Snapshot, v *store.VMState, want, maxMemory spec.Size) (live bool, why string, err error) {
+// maxMemory is the room the spec asks for; whole is cpuChange's spec.
+func memoryChange(snap *store.Snapshot, v *store.VMState, want, maxMemory spec.Size, whole bool) (live bool, why string, err error) {
 	name := v.Record.Name()
 	cur := v.Record.VM.Spec
 	state := StateOf(v)
@@ -311,8 +313,8 @@ func memoryChange(snap *store.Snapshot, v *store.VMState, want, maxMemory spec.S
 	}
 	mib := want.MiB()
 	switch {
-	case mib > room && maxMemory.MiB() > room:
-		return false, fmt.Sprintf(" (the running instance can grow to %d MiB; spec.maxMemory %s applies at the next start)", room, maxMemory), nil
+	case mib > room && (maxMemory.MiB() > room || whole):
+		return false, fmt.Sprintf(" (the running instance can grow to %d MiB; more at the next start)", room), nil
 	case mib > room:
 		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s can grow to %s while it runs (spec.maxMemory); stop it to give it %s", name, spec.Size(room)*spec.MiB, want)}
 	case mib > boot && (mib-boot)%spec.HotplugBlock.MiB() != 0:

@@ -55,7 +55,7 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 	out := v1.ResizeResult{}
 	if req.CPUs != 0 && req.CPUs != cur.CPUs {
 		// A resize never raises spec.maxCpus past the running room.
-		live, why, err := cpuChange(snap, v, req.CPUs, cur.MaxCPUs)
+		live, why, err := cpuChange(snap, v, req.CPUs, cur.MaxCPUs, false)
 		if err != nil {
 			writeErr(w, statusOfChange(err), err)
 			return
@@ -68,7 +68,7 @@ func (s *Server) resize(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Memory != 0 && spec.Size(req.Memory) != cur.Memory {
 		// A resize never raises spec.maxMemory past the running room.
-		live, why, err := memoryChange(snap, v, spec.Size(req.Memory), cur.MaxMemory)
+		live, why, err := memoryChange(snap, v, spec.Size(req.Memory), cur.MaxMemory, false)
 		if err != nil {
 			writeErr(w, statusOfChange(err), err)
 			return

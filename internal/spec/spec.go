@@ -44,9 +44,8 @@ type VMSpec struct {
 	MaxCPUs int  `yaml:"maxCpus" json:"maxCpus,omitempty"`
 	Memory  Size `yaml:"memory" json:"memory"`
 	// MaxMemory is how much memory the VM can grow to while it runs
-	// (virtio-mem hot-plug); the API sets it at creation when the spec
-	// leaves it out, to twice the memory. 0 (a VM created before it
-	// existed): no room to grow; shrinking (the balloon) needs none.
+	// (virtio-mem hot-plug). 0 or Memory: no room to grow, which is the
+	// default (docs/drs.md says why); shrinking (the balloon) needs none.
 	MaxMemory Size   `yaml:"maxMemory" json:"maxMemory,omitempty"`
 	Boot      Boot   `yaml:"boot" json:"boot"`
 	Disks     []Disk `yaml:"disks" json:"disks,omitempty"`

@@ -176,6 +176,80 @@ func TestDRS_SpreadsBusyVMs(t *testing.T) {
 	}
 }
 
+// TestDRS_NoisyLoadMakesNoMoves: a balanced cluster (two guests per host)
+// whose load is noisy: each host's guests burn their vCPUs together for
+// 30 s in turn, host after host, so that at every moment one host is busy
+// and two are idle. Moving a guest would only move the noise, and full
+// automation makes no move at all over two full cycles (3 minutes).
+func TestDRS_NoisyLoadMakesNoMoves(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
+	ctx := context.Background()
+	cfg, err := l.Client.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HostFailuresToTolerate = 0
+	if err := l.Client.SetConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"noisy1", "noisy2", "noisy3", "noisy4", "noisy5", "noisy6"}
+	for _, n := range names {
+		l.CreateVM(testenv.HASpec(t, n, nil), n)
+	}
+	g, err := l.Guests("host3", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byHost := map[string][]v1.VM{}
+	for _, n := range names {
+		v := l.WaitVM(n, 2*time.Minute, "running", func(v v1.VM) bool { return v.State == "running" })
+		l.WaitAnswering(g, v.IP, bootLimit)
+		byHost[v.Host] = append(byHost[v.Host], v)
+	}
+	hosts := l.Hosts()
+	for _, h := range hosts {
+		if len(byHost[h]) != 2 {
+			t.Fatalf("test setup: placement put %d guests on %s, want 2 per host: %v", len(byHost[h]), h, byHost)
+		}
+	}
+	cfg.DRSAutomation = "full"
+	if err := l.Client.SetConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	const slot = 30 * time.Second
+	start := time.Now()
+	for cycle := 0; cycle < 2; cycle++ {
+		for _, h := range hosts {
+			for _, v := range byHost[h] {
+				if err := g.Burn(ctx, v.IP, slot); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for end := time.Now().Add(slot); time.Now().Before(end); time.Sleep(2 * time.Second) {
+				for _, hv := range byHost {
+					for _, v := range hv {
+						if now := vmNamed(t, l, v.Name); now.Host != v.Host {
+							t.Fatalf("%s moved %s -> %s %s into the noise (cycle %d, %s busy)", v.Name, v.Host, now.Host, time.Since(start).Round(time.Second), cycle+1, h)
+						}
+					}
+				}
+			}
+		}
+	}
+	hist, err := l.Client.DRSHistory(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range hist {
+		t.Errorf("DRS moved %s %s -> %s: %s", m.VM, m.From, m.To, m.Why)
+	}
+	recs, err := l.Client.DRSRecommendations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after %s of noise: %d DRS moves, %d pending recommendations", time.Since(start).Round(time.Second), len(hist), len(recs))
+}
+
 func vmNamed(t *testing.T, l *testenv.Lab, name string) v1.VM {
 	t.Helper()
 	v, err := l.Client.GetVM(context.Background(), name)

@@ -134,19 +134,24 @@ func TestResize_VCPUHotplug(t *testing.T) {
 	}
 }
 
-// TestResize_MemoryHotplug: a running guest grows from 256 to 512 MiB live
-// (virtio-mem) and its kernel sees the memory, with the same boot and its
-// counter going on; a live migration keeps the grown shape; then it
-// shrinks below its boot memory (virtio-mem unplugs, the balloon takes the
-// rest) and its kernel sees less; a resize past maxMemory is refused with
-// the reason and changes nothing.
+// TestResize_MemoryHotplug: a guest with room to grow (maxMemory 512Mi)
+// live-migrated while its firmware still runs comes up on the destination
+// (pre-copy: QEMU 10.0 loses it with post-copy enabled, docs/drs.md); it
+// grows from 256 to 512 MiB live (virtio-mem) and its kernel sees the
+// memory, with the same boot and its counter going on; a live migration
+// keeps the grown shape; then it shrinks below its boot memory (virtio-mem
+// unplugs, the balloon takes the rest) and its kernel sees less; a resize
+// past maxMemory is refused with the reason and changes nothing.
 func TestResize_MemoryHotplug(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	ctx := context.Background()
-	v, g := haGuest(t, l, "mem1", nil)
-	if v.Spec == nil || v.Spec.Spec.MaxMemory != 512<<20 {
-		t.Fatalf("spec %+v: want maxMemory 512Mi (twice the memory) by default", v.Spec)
+	v := l.CreateVM(testenv.HASpec(t, "mem1", func(vm *spec.VM) { vm.Spec.MaxMemory = 512 << 20 }), "mem1")
+	if _, err := l.Client.Migrate(ctx, "mem1", ""); err != nil {
+		t.Fatal(err)
 	}
+	v = l.WaitVM("mem1", 2*time.Minute, "migrated while booting", func(x v1.VM) bool { return x.State == "running" && x.Host != v.Host })
+	g := l.Guest(v.Host)
+	l.WaitAnswering(g, v.IP, bootLimit)
 	before, err := g.Counter(ctx, v.IP)
 	if err != nil {
 		t.Fatal(err)

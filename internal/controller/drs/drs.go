@@ -53,6 +53,10 @@ type Config struct {
 
 // Defaults.
 const (
+	// LongWindows is how many smoothing windows the long view of demand
+	// spans: a move must pay off under both views, so that load which
+	// swings faster than that (noise) moves nothing.
+	LongWindows     = 4
 	DefaultInterval = time.Minute
 	DefaultWindow   = 5 * time.Minute
 	// MaxMovesPerPass bounds the migrations DRS has in flight: it starts
@@ -81,7 +85,10 @@ type demand struct {
 	started float64 // the process's start time, from its metrics
 	cpu     float64 // cores
 	mem     float64 // bytes
-	samples int
+	// cpuLong and memLong are the same over LongWindows windows: the
+	// trend that a move must also be good for (see Pass).
+	cpuLong, memLong float64
+	samples          int
 }
 
 // New returns a controller.
@@ -176,11 +183,32 @@ func (c *Controller) Pass(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p, inFlight := c.problem(snap, history, now, learnCosts(snap))
+	costs := learnCosts(snap)
+	p, inFlight := c.problem(snap, history, now, costs, false)
 	p.Level = level
 	p.MaxMoves = max(MaxMovesPerPass-inFlight, 0)
 	p.Keep = c.kept
 	moves, before, after := balance.Plan(p)
+	// Noise: load that swings faster than the long view moves nothing. A
+	// move planned on the recent demand stands only if the long view
+	// would move that VM too (its target may differ among hosts the long
+	// view finds equal); real skew shows in both.
+	lp, _ := c.problem(snap, history, now, costs, true)
+	lp.Level, lp.MaxMoves = level, len(lp.VMs)
+	longMoves, _, _ := balance.Plan(lp)
+	trend := map[string]bool{}
+	for _, m := range longMoves {
+		trend[m.VM] = true
+	}
+	kept := moves[:0]
+	for _, m := range moves {
+		if trend[m.VM] {
+			kept = append(kept, m)
+		} else {
+			c.cfg.Log.Debug("drs: move left out as noise", "vm", m.VM, "from", m.From, "to", m.To)
+		}
+	}
+	moves = kept
 	if len(moves) > 0 || inFlight == 0 {
 		c.cfg.Log.Debug("drs pass", "imbalance", before, "after", after, "moves", len(moves), "automation", auto)
 	}
@@ -243,6 +271,7 @@ func (c *Controller) measure(prev, cur *alarm.Scrape) {
 		return
 	}
 	alpha := 1 - math.Exp(-dt/c.cfg.Window.Seconds())
+	alphaLong := 1 - math.Exp(-dt/(LongWindows*c.cfg.Window.Seconds()))
 	for _, run := range cur.Series["vigil_vm_running"] {
 		vm := run.Labels["vm"]
 		l := map[string]string{"vm": vm}
@@ -263,18 +292,20 @@ func (c *Controller) measure(prev, cur *alarm.Scrape) {
 		}
 		d := c.demand[vm]
 		if d == nil || d.started != start.Value {
-			c.demand[vm] = &demand{started: start.Value, cpu: rate, mem: mem, samples: 1}
+			c.demand[vm] = &demand{started: start.Value, cpu: rate, mem: mem, cpuLong: rate, memLong: mem, samples: 1}
 			continue
 		}
 		d.cpu += alpha * (rate - d.cpu)
 		d.mem += alpha * (mem - d.mem)
+		d.cpuLong += alphaLong * (rate - d.cpuLong)
+		d.memLong += alphaLong * (mem - d.memLong)
 		d.samples++
 	}
 }
 
 // problem builds the balancer's input from the cluster and the measured
 // demand, and counts DRS's own migrations still running.
-func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now time.Time, costs costs) (balance.Problem, int) {
+func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now time.Time, costs costs, long bool) (balance.Problem, int) {
 	var p balance.Problem
 	for _, h := range scheduler.Hosts(snap, "") {
 		p.Hosts = append(p.Hosts, balance.Host{Name: h.Name, CPUs: float64(h.Capacity.CPUs), Memory: float64(h.Capacity.Memory), Sched: h})
@@ -305,6 +336,9 @@ func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now 
 		vm.MoveSeconds, vm.Downtime = costs.of(snap, v)
 		if d := c.demand[name]; d != nil {
 			vm.CPU, vm.Memory = d.cpu, d.mem
+			if long {
+				vm.CPU, vm.Memory = d.cpuLong, d.memLong
+			}
 			if d.samples < 2 {
 				vm.Fixed = "demand not measured long enough yet"
 			}
