@@ -86,9 +86,14 @@ type demand struct {
 	cpu     float64 // cores
 	mem     float64 // bytes
 	// cpuLong and memLong are the same over LongWindows windows: the
-	// trend that a move must also be good for (see Pass).
-	cpuLong, memLong float64
+	// trend that a move must also be good for (see Pass). They are
+	// bias-corrected (divided by longWeight, the weight the samples so far
+	// carry), so that until the long window has filled they are the mean
+	// of what was measured, not the first sample's value.
+	cpuLong, memLong, longWeight float64
 	samples          int
+	// since is when this process's demand was first measured.
+	since time.Time
 }
 
 // New returns a controller.
@@ -292,13 +297,15 @@ func (c *Controller) measure(prev, cur *alarm.Scrape) {
 		}
 		d := c.demand[vm]
 		if d == nil || d.started != start.Value {
-			c.demand[vm] = &demand{started: start.Value, cpu: rate, mem: mem, cpuLong: rate, memLong: mem, samples: 1}
+			c.demand[vm] = &demand{started: start.Value, cpu: rate, mem: mem, cpuLong: alphaLong * rate, memLong: alphaLong * mem,
+				longWeight: alphaLong, samples: 1, since: cur.At}
 			continue
 		}
 		d.cpu += alpha * (rate - d.cpu)
 		d.mem += alpha * (mem - d.mem)
 		d.cpuLong += alphaLong * (rate - d.cpuLong)
 		d.memLong += alphaLong * (mem - d.memLong)
+		d.longWeight += alphaLong * (1 - d.longWeight)
 		d.samples++
 	}
 }
@@ -336,10 +343,13 @@ func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now 
 		vm.MoveSeconds, vm.Downtime = costs.of(snap, v)
 		if d := c.demand[name]; d != nil {
 			vm.CPU, vm.Memory = d.cpu, d.mem
-			if long {
-				vm.CPU, vm.Memory = d.cpuLong, d.memLong
+			if long && d.longWeight > 0 {
+				vm.CPU, vm.Memory = d.cpuLong/d.longWeight, d.memLong/d.longWeight
 			}
-			if d.samples < 2 {
+			// The long view needs history before it can tell noise from
+			// a trend: half its span (two windows; TestNoiseMovesNothing
+			// moves a VM with one).
+			if d.samples < 2 || now.Sub(d.since) < LongWindows*c.cfg.Window/2 {
 				vm.Fixed = "demand not measured long enough yet"
 			}
 		} else {

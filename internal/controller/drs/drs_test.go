@@ -99,7 +99,8 @@ func fixture(t *testing.T, auto string) (*drsStore, *Controller, *time.Time) {
 	}
 	s := &drsStore{Store: ms}
 	c := New(Config{Store: s, Scraper: fakeScraper{st: ms, now: &now, demand: demand}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Interval: 10 * time.Second, Window: 30 * time.Second, Now: func() time.Time { return now }})
+		// A short window: a VM can move once measured for two windows (10 s).
+		Interval: 10 * time.Second, Window: 5 * time.Second, Now: func() time.Time { return now }})
 	return s, c, &now
 }
 
@@ -255,5 +256,95 @@ func TestCostsFromHistory(t *testing.T) {
 	empty := learnCosts(&store.Snapshot{})
 	if s, _ := empty.of(snap, snap.VMs["b"]); s != 0.5 {
 		t.Fatalf("no history: b expected %v s, want 0.5 (512 MiB at the assumed 1 GiB/s)", s)
+	}
+}
+
+// noisyScraper serves CPU time accrued at a demand that changes over time
+// (cores, by VM name, at the test's clock).
+type noisyScraper struct {
+	st     *memstore.Store
+	now    *time.Time
+	demand func(vm, host string, at time.Time) float64
+	mu     sync.Mutex
+	cpu    map[string]float64
+	last   map[string]time.Time
+}
+
+func (f *noisyScraper) Scrape(_ context.Context, host, _ string) (*alarm.Scrape, error) {
+	snap, err := f.st.Snapshot(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := &alarm.Scrape{Host: host, At: *f.now, Series: map[string][]alarm.Sample{}}
+	for name, v := range snap.VMs {
+		if v.Placement.Host != host {
+			continue
+		}
+		if last, ok := f.last[name]; ok {
+			f.cpu[name] += f.now.Sub(last).Seconds() * f.demand(name, host, *f.now)
+		}
+		f.last[name] = *f.now
+		l := map[string]string{"vm": name, "host": host}
+		s.Series["vigil_vm_running"] = append(s.Series["vigil_vm_running"], alarm.Sample{Labels: l, Value: 1})
+		s.Series["vigil_vm_start_timestamp_seconds"] = append(s.Series["vigil_vm_start_timestamp_seconds"], alarm.Sample{Labels: l, Value: 1_800_000_000})
+		s.Series["vigil_vm_cpu_seconds_total"] = append(s.Series["vigil_vm_cpu_seconds_total"], alarm.Sample{Labels: l, Value: f.cpu[name]})
+		s.Series["vigil_vm_memory_rss_bytes"] = append(s.Series["vigil_vm_memory_rss_bytes"], alarm.Sample{Labels: l, Value: 200 << 20})
+	}
+	return s, nil
+}
+
+// Noise moves nothing: six VMs, two per host, whose hosts take turns at
+// being busy (both VMs burn for 30 s, host after host). The recent view
+// of demand sees one hot host at every moment; the long view sees them
+// even, so full automation makes no move in 10 minutes. The same VMs
+// gathered with steady load still get spread (both views agree).
+func TestNoiseMovesNothing(t *testing.T) {
+	for _, noisy := range []bool{true, false} {
+		now := time.Unix(1_800_000_100, 0)
+		ms := memstore.New()
+		ms.Now = func() time.Time { return now }
+		hosts := []string{"h1", "h2", "h3"}
+		for i, h := range hosts {
+			ms.AddHost(store.Host{Name: h, AgentURL: fmt.Sprintf("http://10.0.0.%d:7483", i+1), Capacity: store.Resources{CPUs: 4, Memory: 8 << 30},
+				Datastores: []string{"shared"}}, true)
+		}
+		ms.AddDatastore(store.Datastore{Name: "shared", Type: store.DatastoreShared})
+		ms.SetConfig(store.ClusterConfig{DRSAutomation: store.DRSFull})
+		for i := range 6 {
+			name, h := fmt.Sprintf("vm%d", i+1), hosts[i/2]
+			if !noisy {
+				h = "h1" // steady skew: all on one host
+			}
+			ms.AddVM(store.VMRecord{VM: spec.VM{Metadata: spec.Metadata{Name: name, UID: "u-" + name}, Spec: spec.VMSpec{CPUs: 1, Memory: 512 << 20,
+				Disks: []spec.Disk{{Name: "d", Datastore: "shared", Size: 64 << 20}}}}, Power: store.PowerRunning})
+			ms.Place(name, store.Placement{Host: h, Epoch: 1})
+			ms.SetStatus(name, store.VMStatus{State: store.StateRunning, Host: h, Epoch: 1})
+		}
+		sc := &noisyScraper{st: ms, now: &now, cpu: map[string]float64{}, last: map[string]time.Time{},
+			demand: func(vm, host string, at time.Time) float64 {
+				if !noisy {
+					return 0.6
+				}
+				slot := int(at.Sub(time.Unix(1_800_000_100, 0)) / (30 * time.Second))
+				if hosts[slot%3] == host {
+					return 1
+				}
+				return 0.02
+			}}
+		s := &drsStore{Store: ms}
+		c := New(Config{Store: s, Scraper: sc, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Interval: 10 * time.Second, Window: 30 * time.Second, Now: func() time.Time { return now }})
+		passes(t, c, &now, 60)
+		s.mu.Lock()
+		moved := len(s.history)
+		s.mu.Unlock()
+		switch {
+		case noisy && moved != 0:
+			t.Errorf("noise: %d moves in 10 minutes, want none: %+v", moved, s.history)
+		case !noisy && moved == 0:
+			t.Errorf("steady skew (six busy VMs on h1): no move in 10 minutes")
+		}
 	}
 }
