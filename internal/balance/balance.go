@@ -168,6 +168,29 @@ func Plan(p Problem) (moves []Move, before, after float64) {
 	return moves, before, m.imbalance()
 }
 
+// Confirm keeps the moves (in order, each made before the next is
+// weighed) that also pay off in p: that even its load by the level's
+// minimum gain, and more than they cost. DRS plans on recent demand and
+// confirms on the long view of it, so that noise moves nothing.
+func Confirm(p Problem, moves []Move) []Move {
+	m := newModel(p)
+	var out []Move
+	for _, mv := range moves {
+		a, okA := m.index[mv.From]
+		b, okB := m.index[mv.To]
+		vi := slices.IndexFunc(m.vms, func(v VM) bool { return v.Name == mv.VM })
+		if !okA || !okB || vi < 0 || m.vms[vi].Host != mv.From {
+			continue
+		}
+		if _, gain := m.imbalanceIf(&m.vms[vi], a, b); gain < p.Level.MinGain || gain-mv.Cost <= 0 {
+			continue
+		}
+		m.apply(mv)
+		out = append(out, mv)
+	}
+	return out
+}
+
 // Imbalance is the metric over the hosts that can take VMs.
 func Imbalance(hosts []Host, vms []VM) float64 {
 	return newModel(Problem{Hosts: hosts, VMs: vms}).imbalance()

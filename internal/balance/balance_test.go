@@ -261,3 +261,24 @@ func TestKeptRecommendationIsStable(t *testing.T) {
 		t.Fatalf("moves %+v, want a (c, recommended before, gains far less)", moves)
 	}
 }
+
+// Confirm keeps a move that pays off under the long view of demand and
+// drops one that does not: the recent view sees two busy VMs on h1 (its
+// turn at being busy), the long view sees every host as busy as the
+// others, where moving one only makes another host the busy one.
+func TestConfirmDropsWhatTheLongViewDoesNotWant(t *testing.T) {
+	placed := map[string]string{"a1": "h1", "a2": "h1", "b1": "h2", "b2": "h2", "c1": "h3", "c2": "h3"}
+	hs, recent := cluster([]string{"h1", "h2", "h3"}, placed, map[string]float64{"a1": 1, "a2": 1, "b1": 0.02, "b2": 0.02, "c1": 0.02, "c2": 0.02})
+	moves, _, _ := Plan(Problem{Hosts: hs, VMs: recent, Level: level(t, 3), MaxMoves: 2})
+	if len(moves) == 0 {
+		t.Fatal("test setup: the recent view wants no move")
+	}
+	hs, noise := cluster([]string{"h1", "h2", "h3"}, placed, map[string]float64{"a1": 0.35, "a2": 0.35, "b1": 0.35, "b2": 0.35, "c1": 0.35, "c2": 0.35})
+	if kept := Confirm(Problem{Hosts: hs, VMs: noise, Level: level(t, 3)}, moves); len(kept) != 0 {
+		t.Fatalf("the long view sees even hosts, yet kept %+v", kept)
+	}
+	hs, steady := cluster([]string{"h1", "h2", "h3"}, placed, map[string]float64{"a1": 0.9, "a2": 0.9, "b1": 0.05, "b2": 0.05, "c1": 0.05, "c2": 0.05})
+	if kept := Confirm(Problem{Hosts: hs, VMs: steady, Level: level(t, 3)}, moves); len(kept) != len(moves) {
+		t.Fatalf("the long view sees the same skew, yet kept %d of %+v", len(kept), moves)
+	}
+}

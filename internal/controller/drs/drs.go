@@ -91,7 +91,7 @@ type demand struct {
 	// carry), so that until the long window has filled they are the mean
 	// of what was measured, not the first sample's value.
 	cpuLong, memLong, longWeight float64
-	samples          int
+	samples                      int
 	// since is when this process's demand was first measured.
 	since time.Time
 }
@@ -188,6 +188,7 @@ func (c *Controller) Pass(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	planStart := time.Now()
 	costs := learnCosts(snap)
 	p, inFlight := c.problem(snap, history, now, costs, false)
 	p.Level = level
@@ -195,28 +196,17 @@ func (c *Controller) Pass(ctx context.Context) error {
 	p.Keep = c.kept
 	moves, before, after := balance.Plan(p)
 	// Noise: load that swings faster than the long view moves nothing. A
-	// move planned on the recent demand stands only if the long view
-	// would move that VM too (its target may differ among hosts the long
-	// view finds equal); real skew shows in both.
+	// move planned on the recent demand stands only if it pays off under
+	// the long view too; real skew shows in both.
 	lp, _ := c.problem(snap, history, now, costs, true)
-	lp.Level, lp.MaxMoves = level, len(lp.VMs)
-	longMoves, _, _ := balance.Plan(lp)
-	trend := map[string]bool{}
-	for _, m := range longMoves {
-		trend[m.VM] = true
+	lp.Level = level
+	if kept := balance.Confirm(lp, moves); len(kept) < len(moves) {
+		c.cfg.Log.Debug("drs: moves left out as noise", "planned", len(moves), "kept", len(kept))
+		moves = kept
 	}
-	kept := moves[:0]
-	for _, m := range moves {
-		if trend[m.VM] {
-			kept = append(kept, m)
-		} else {
-			c.cfg.Log.Debug("drs: move left out as noise", "vm", m.VM, "from", m.From, "to", m.To)
-		}
-	}
-	moves = kept
-	if len(moves) > 0 || inFlight == 0 {
-		c.cfg.Log.Debug("drs pass", "imbalance", before, "after", after, "moves", len(moves), "automation", auto)
-	}
+	// The planning alone (both views), apart from the scrapes and writes.
+	c.cfg.Log.Debug("drs pass", "imbalance", before, "after", after, "moves", len(moves), "automation", auto,
+		"in_flight", inFlight, "plan_ms", float64(time.Since(planStart).Microseconds())/1000)
 	recs := make([]store.DRSMove, 0, len(moves))
 	for _, m := range moves {
 		recs = append(recs, c.describe(m, p, now))
