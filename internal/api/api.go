@@ -172,13 +172,8 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 // createVM validates a spec (YAML or JSON), resolves its network identity
 // and stores it. Nothing is written unless everything is valid.
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
-	if err != nil {
-		writeErr(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
-		return
-	}
-	if len(body) > maxBody {
-		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", maxBody))
+	body, ok := readBody(w, r)
+	if !ok {
 		return
 	}
 	vm, err := spec.Parse(body)
@@ -210,6 +205,21 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteIndented(w, http.StatusCreated, ViewOf(&store.VMState{Record: rec}, true))
 		return
 	}
+}
+
+// readBody reads a request's document, answering the error itself when it
+// cannot (false).
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
+		return nil, false
+	}
+	if len(body) > maxBody {
+		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", maxBody))
+		return nil, false
+	}
+	return body, true
 }
 
 // resolve checks a VM against the cluster (networks, datastores) and gives

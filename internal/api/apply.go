@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"reflect"
@@ -28,13 +27,8 @@ import (
 func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	dry := r.URL.Query().Get("dryRun") == "true"
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
-	if err != nil {
-		writeErr(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
-		return
-	}
-	if len(body) > maxBody {
-		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", maxBody))
+	body, ok := readBody(w, r)
+	if !ok {
 		return
 	}
 	rev, err := ifMatch(r)
@@ -51,8 +45,8 @@ func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, spec.FieldErrors{{Field: "metadata.name", Message: fmt.Sprintf("is %q, but the request is for VM %q (a VM cannot be renamed)", vm.Metadata.Name, name)}})
 		return
 	}
-	snap, v, ok := s.snapshotVM(w, r)
-	if !ok {
+	snap, v, found := s.snapshotVM(w, r)
+	if !found {
 		return
 	}
 	if v.RecordRev != rev {
@@ -203,16 +197,23 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 		return ch, bad
 	}
 
-	// Size: more vCPUs go in live where the running instance has room.
+	// Size: more vCPUs, and memory, go in live where the running instance
+	// has room.
+	size := func(field string, live bool, why string, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case live:
+			ch.live = append(ch.live, field)
+		default:
+			ch.nextStart = append(ch.nextStart, field+why)
+		}
+		return nil
+	}
 	if ns.CPUs != cur.Spec.CPUs {
 		live, why, err := cpuChange(snap, v, ns.CPUs, ns.MaxCPUs, true)
-		if err != nil {
+		if err := size("spec.cpus", live, why, err); err != nil {
 			return ch, err
-		}
-		if live {
-			ch.live = append(ch.live, "spec.cpus")
-		} else {
-			ch.nextStart = append(ch.nextStart, "spec.cpus"+why)
 		}
 	}
 	hw := func(field string, old, new any, why string) {
@@ -228,13 +229,8 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 	hw("spec.maxCpus", cur.Spec.MaxCPUs, ns.MaxCPUs, "")
 	if ns.Memory != cur.Spec.Memory {
 		live, why, err := memoryChange(snap, v, ns.Memory, ns.MaxMemory, true)
-		if err != nil {
+		if err := size("spec.memory", live, why, err); err != nil {
 			return ch, err
-		}
-		if live {
-			ch.live = append(ch.live, "spec.memory")
-		} else {
-			ch.nextStart = append(ch.nextStart, "spec.memory"+why)
 		}
 	}
 	hw("spec.maxMemory", cur.Spec.MaxMemory, ns.MaxMemory, "")

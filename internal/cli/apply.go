@@ -1,15 +1,12 @@
 package cli
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vigilha/vigil/internal/client"
-	"github.com/vigilha/vigil/internal/spec"
 )
 
 func newVMApplyCmd(g *globals) *cobra.Command {
@@ -25,18 +22,7 @@ func newVMApplyCmd(g *globals) *cobra.Command {
 			"each field and when it takes effect. Disks and NICs cannot change yet; a bad spec changes nothing.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if file == "" {
-				return errors.New("give the spec with -f FILE")
-			}
-			data, err := readInput(file)
-			if err != nil {
-				return fmt.Errorf("read spec: %w", err)
-			}
-			vm, err := spec.Parse(data)
-			if err != nil {
-				return specError(file, err)
-			}
-			doc, err := json.Marshal(vm)
+			vm, doc, err := readSpec(file, "")
 			if err != nil {
 				return err
 			}

@@ -35,18 +35,7 @@ func newVMCreateCmd(g *globals) *cobra.Command {
 			"so one spec can make several VMs; a VM whose spec pins no IP gets one from its network's pool.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if file == "" {
-				return errors.New("give the spec with -f FILE")
-			}
-			data, err := readInput(file)
-			if err != nil {
-				return fmt.Errorf("read spec: %w", err)
-			}
-			vm, err := spec.ParseNamed(data, name)
-			if err != nil {
-				return specError(file, err)
-			}
-			doc, err := json.Marshal(vm)
+			_, doc, err := readSpec(file, name)
 			if err != nil {
 				return err
 			}
@@ -429,4 +418,25 @@ func newVMPromoteCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&accept, "accept-data-loss", false, "confirm that the writes the replica missed are lost")
 	return cmd
+}
+
+// readSpec reads and validates a VM spec file (- for stdin), named name
+// when given, and returns it with the document to send.
+func readSpec(file, name string) (*spec.VM, []byte, error) {
+	if file == "" {
+		return nil, nil, errors.New("give the spec with -f FILE")
+	}
+	data, err := readInput(file)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read spec: %w", err)
+	}
+	vm, err := spec.ParseNamed(data, name)
+	if err != nil {
+		return nil, nil, specError(file, err)
+	}
+	doc, err := json.Marshal(vm)
+	if err != nil {
+		return nil, nil, err
+	}
+	return vm, doc, nil
 }

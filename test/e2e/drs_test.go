@@ -21,14 +21,7 @@ import (
 func TestDRS_SpreadsBusyVMs(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
 	ctx := context.Background()
-	cfg, err := l.Client.Config(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.HostFailuresToTolerate = 0
-	if err := l.Client.SetConfig(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := noFailoverCapacity(t, l)
 	names := []string{"busy1", "busy2", "busy3", "pinned"}
 	for _, n := range names {
 		l.CreateVM(testenv.HASpec(t, n, func(vm *spec.VM) {
@@ -184,14 +177,7 @@ func TestDRS_SpreadsBusyVMs(t *testing.T) {
 func TestDRS_NoisyLoadMakesNoMoves(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
 	ctx := context.Background()
-	cfg, err := l.Client.Config(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.HostFailuresToTolerate = 0
-	if err := l.Client.SetConfig(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := noFailoverCapacity(t, l)
 	names := []string{"noisy1", "noisy2", "noisy3", "noisy4", "noisy5", "noisy6"}
 	for _, n := range names {
 		l.CreateVM(testenv.HASpec(t, n, nil), n)
@@ -248,6 +234,22 @@ func TestDRS_NoisyLoadMakesNoMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("after %s of noise: %d DRS moves, %d pending recommendations", time.Since(start).Round(time.Second), len(hist), len(recs))
+}
+
+// noFailoverCapacity turns admission control's failover reserve off (the
+// DRS tests pack VMs onto hosts) and returns the cluster configuration.
+func noFailoverCapacity(t *testing.T, l *testenv.Lab) v1.ClusterConfig {
+	t.Helper()
+	ctx := context.Background()
+	cfg, err := l.Client.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HostFailuresToTolerate = 0
+	if err := l.Client.SetConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 func vmNamed(t *testing.T, l *testenv.Lab, name string) v1.VM {

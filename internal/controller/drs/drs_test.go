@@ -68,12 +68,7 @@ func (f fakeScraper) Scrape(_ context.Context, host, _ string) (*alarm.Scrape, e
 		if v.Placement.Host != host {
 			continue
 		}
-		l := map[string]string{"vm": name, "host": host}
-		secs := float64(f.now.Unix()-1_800_000_000) * f.demand[name]
-		s.Series["vigil_vm_running"] = append(s.Series["vigil_vm_running"], alarm.Sample{Labels: l, Value: 1})
-		s.Series["vigil_vm_start_timestamp_seconds"] = append(s.Series["vigil_vm_start_timestamp_seconds"], alarm.Sample{Labels: l, Value: 1_800_000_000})
-		s.Series["vigil_vm_cpu_seconds_total"] = append(s.Series["vigil_vm_cpu_seconds_total"], alarm.Sample{Labels: l, Value: secs})
-		s.Series["vigil_vm_memory_rss_bytes"] = append(s.Series["vigil_vm_memory_rss_bytes"], alarm.Sample{Labels: l, Value: 200 << 20})
+		addVMSeries(s, name, float64(f.now.Unix()-1_800_000_000)*f.demand[name], 200<<20)
 	}
 	return s, nil
 }
@@ -286,11 +281,7 @@ func (f *noisyScraper) Scrape(_ context.Context, host, _ string) (*alarm.Scrape,
 			f.cpu[name] += f.now.Sub(last).Seconds() * f.demand(name, host, *f.now)
 		}
 		f.last[name] = *f.now
-		l := map[string]string{"vm": name, "host": host}
-		s.Series["vigil_vm_running"] = append(s.Series["vigil_vm_running"], alarm.Sample{Labels: l, Value: 1})
-		s.Series["vigil_vm_start_timestamp_seconds"] = append(s.Series["vigil_vm_start_timestamp_seconds"], alarm.Sample{Labels: l, Value: 1_800_000_000})
-		s.Series["vigil_vm_cpu_seconds_total"] = append(s.Series["vigil_vm_cpu_seconds_total"], alarm.Sample{Labels: l, Value: f.cpu[name]})
-		s.Series["vigil_vm_memory_rss_bytes"] = append(s.Series["vigil_vm_memory_rss_bytes"], alarm.Sample{Labels: l, Value: 200 << 20})
+		addVMSeries(s, name, f.cpu[name], 200<<20)
 	}
 	return s, nil
 }
@@ -347,4 +338,14 @@ func TestNoiseMovesNothing(t *testing.T) {
 			t.Errorf("steady skew (six busy VMs on h1): no move in 10 minutes")
 		}
 	}
+}
+
+// addVMSeries adds what an agent's /metrics says of one running VM (its
+// QEMU started at 1_800_000_000): CPU time and resident memory.
+func addVMSeries(s *alarm.Scrape, vm string, cpuSeconds, rss float64) {
+	l := map[string]string{"vm": vm, "host": s.Host}
+	s.Series["vigil_vm_running"] = append(s.Series["vigil_vm_running"], alarm.Sample{Labels: l, Value: 1})
+	s.Series["vigil_vm_start_timestamp_seconds"] = append(s.Series["vigil_vm_start_timestamp_seconds"], alarm.Sample{Labels: l, Value: 1_800_000_000})
+	s.Series["vigil_vm_cpu_seconds_total"] = append(s.Series["vigil_vm_cpu_seconds_total"], alarm.Sample{Labels: l, Value: cpuSeconds})
+	s.Series["vigil_vm_memory_rss_bytes"] = append(s.Series["vigil_vm_memory_rss_bytes"], alarm.Sample{Labels: l, Value: rss})
 }

@@ -85,11 +85,7 @@ func (s *simScraper) Scrape(_ context.Context, host, _ string) (*alarm.Scrape, e
 	defer s.mu.Unlock()
 	sc := &alarm.Scrape{Host: host, At: s.now, Series: map[string][]alarm.Sample{}}
 	for _, name := range s.byHost[host] {
-		l := map[string]string{"vm": name, "host": host}
-		sc.Series["vigil_vm_running"] = append(sc.Series["vigil_vm_running"], alarm.Sample{Labels: l, Value: 1})
-		sc.Series["vigil_vm_start_timestamp_seconds"] = append(sc.Series["vigil_vm_start_timestamp_seconds"], alarm.Sample{Labels: l, Value: 1_800_000_000})
-		sc.Series["vigil_vm_cpu_seconds_total"] = append(sc.Series["vigil_vm_cpu_seconds_total"], alarm.Sample{Labels: l, Value: s.cpu[name]})
-		sc.Series["vigil_vm_memory_rss_bytes"] = append(sc.Series["vigil_vm_memory_rss_bytes"], alarm.Sample{Labels: l, Value: 2 << 30})
+		addVMSeries(sc, name, s.cpu[name], 2<<30)
 	}
 	return sc, nil
 }
