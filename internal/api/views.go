@@ -128,6 +128,10 @@ func ViewOf(v *store.VMState, withSpec bool) v1.VM {
 		out.Reason, out.Message, out.UpdatedAt = st.Reason, st.Message, st.UpdatedAt
 		if st.State == store.StateRunning || st.State == store.StateMigrating {
 			out.PID, out.Accel, out.StartedAt, out.Heartbeat = st.PID, st.Accel, st.StartedAt, st.HeartbeatAt
+			if sh := st.Shape; sh != nil {
+				out.Running = &v1.Shape{CPUs: sh.CPUs, MaxCPUs: max(sh.MaxCPUs, sh.CPUs), Memory: sh.Memory() << 20,
+					MaxMemory: max(sh.MaxMemoryMiB, sh.MemoryMiB) << 20}
+			}
 		}
 	}
 	if withSpec {

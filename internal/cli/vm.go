@@ -159,6 +159,13 @@ func printVM(g *globals, v *v1.VM) {
 	row("Epoch", fmt.Sprint(v.Epoch))
 	row("CPUs", fmt.Sprint(v.CPUs))
 	row("Memory", v.MemoryText)
+	if r := v.Running; r != nil {
+		shape := fmt.Sprintf("%d vCPU (room for %d), %s (room for %s)", r.CPUs, r.MaxCPUs, spec.Size(r.Memory), spec.Size(r.MaxMemory))
+		if r.CPUs != v.CPUs || r.Memory != v.Memory {
+			shape += "; the spec's size applies at the next start"
+		}
+		row("Running", shape)
+	}
 	if v.PID != 0 {
 		row("QEMU pid", fmt.Sprintf("%d (%s)", v.PID, v.Accel))
 	}

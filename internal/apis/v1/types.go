@@ -66,6 +66,18 @@ type VM struct {
 	// Revision is the revision of the VM's spec and desired state: a
 	// change (PUT, `vm apply`) names it in If-Match.
 	Revision int64 `json:"revision,omitempty"`
+	// Running is the size the running instance has, which differs from
+	// the spec's while a change waits for the next start.
+	Running *Shape `json:"running,omitempty"`
+}
+
+// Shape is a running instance's size: vCPUs and memory (bytes) now, and
+// how far each can grow while it runs.
+type Shape struct {
+	CPUs      int   `json:"cpus"`
+	MaxCPUs   int   `json:"maxCpus"`
+	Memory    int64 `json:"memory"`
+	MaxMemory int64 `json:"maxMemory"`
 }
 
 // Disk is one of a VM's disks.
