@@ -68,6 +68,9 @@ func TestResize_VCPUHotplug(t *testing.T) {
 	if res, err := l.Client.Resize(ctx, "grow1", 1, 0); err != nil || len(res.NextStart) != 1 {
 		t.Fatalf("resize --cpus 1: %+v %v, want it recorded for the next start", res, err)
 	}
+	if r := vmNamed(t, l, "grow1").Running; r == nil || r.CPUs != 2 {
+		t.Fatalf("vm show says the running instance has %+v, want 2 vCPUs until the next start", r)
+	}
 
 	// A live migration keeps the shape: the target is started with the
 	// same CPU devices as the source runs with.
