@@ -70,9 +70,11 @@ printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 printf 'after (on %s): ' "$(guest ha-guest2 host)"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 
 say "take 64Mi back from ha-guest2 live (the balloon; growing needs spec.maxMemory, docs/drs.md): its own mem_total_kib drops, same boot id"
+memkib() { "$V" lab exec "$other" -- curl -s "http://$ip2/" | json 'd["mem_total_kib"]'; }
+before=$(memkib)
 "$V" vm resize ha-guest2 --memory 192Mi
-sleep 3
-printf 'after the resize: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
+for _ in $(seq 1 30); do [ "$(memkib)" -lt "$before" ] && break; sleep 0.5; done
+printf 'mem_total_kib before: %s; after the resize: ' "$before"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 
 say "a 2 s management-network blip on $host1 (its storage path stays up): its lease expires, but the storage still hears it, so HA waits the isolation timeout (5 s) and nothing moves"
 pid1=$(guest ha-guest1 pid)
