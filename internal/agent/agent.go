@@ -152,11 +152,9 @@ type Agent struct {
 	lastSnap *store.Snapshot
 	// mon is VM monitoring's memory.
 	mon *monitor.History
-	// resizeTried is, by VM, a vCPU count a live resize failed to reach
-	// (not tried again until the spec asks for another).
-	resizeTried map[string]int
-	// memoryTried is the same for a memory size, in MiB.
-	memoryTried map[string]int64
+	// resizeTried is, by "VM/cpus" and "VM/memory", a size a live resize
+	// failed to reach (not tried again until the spec asks for another).
+	resizeTried map[string]int64
 	// restarts counts the restarts VM monitoring and alarms did here.
 	restarts *metrics.Restarts
 	// resetsDone are the reset requests already carried out, by VM, until
@@ -223,7 +221,7 @@ func New(cfg Config) (*Agent, error) {
 		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
 		evq:      make(chan store.Event, 1024),
 
-		mon: monitor.NewHistory(), resetsDone: map[string]string{}, restarts: metrics.NewRestarts(), resizeTried: map[string]int{}, memoryTried: map[string]int64{},
+		mon: monitor.NewHistory(), resetsDone: map[string]string{}, restarts: metrics.NewRestarts(), resizeTried: map[string]int64{},
 		retryAt: map[string]time.Time{},
 	}
 	boot := a.bootID()

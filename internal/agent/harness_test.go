@@ -60,7 +60,7 @@ func newHarness(t *testing.T) *harness {
 		wd:       newArmer("", ttl, fc, log),
 		evq:      make(chan store.Event, 1024),
 		mon:      monitor.NewHistory(),
-		restarts: metrics.NewRestarts(), resizeTried: map[string]int{}, memoryTried: map[string]int64{},
+		restarts: metrics.NewRestarts(), resizeTried: map[string]int64{},
 		retryAt: map[string]time.Time{},
 	}
 	a.lease = newLeaseKeeper(nil, ttl, ttl/8, filepath.Join(dir, "lease"), "", log)

@@ -9,78 +9,67 @@ import (
 	"github.com/vigilha/vigil/internal/store"
 )
 
-// growCPUs hot-plugs the vCPUs a running VM's spec gained (`vm resize`).
-// A refusal (no room to grow, or the hypervisor said no) is reported once
-// per target count, not retried every pass; the spec's count then takes
-// effect at the VM's next start.
+// growCPUs hot-plugs the vCPUs a running VM's spec gained (`vm resize`,
+// `vm apply`).
 func (a *Agent) growCPUs(ctx context.Context, v *store.VMState, ls driver.Status, want int) {
-	name := v.Record.Name()
-	rz, ok := a.drv.(driver.Resizer)
-	if !ok {
-		return
-	}
-	a.mu.Lock()
-	tried := a.resizeTried[name] == want
-	a.mu.Unlock()
-	if tried {
-		return
-	}
-	a.do(ctx, name, "resize", func(ctx context.Context) {
-		err := rz.SetCPUs(ctx, name, want)
-		a.mu.Lock()
-		if err != nil {
-			a.resizeTried[name] = want
-		} else {
-			delete(a.resizeTried, name)
+	a.resize(ctx, v, "cpus", int64(want), func(ctx context.Context, rz driver.Resizer) (string, error) {
+		if err := rz.SetCPUs(ctx, v.Record.Name(), want); err != nil {
+			return "", fmt.Errorf("could not grow from %d to %d vCPUs live: %w", ls.CPUs, want, err)
 		}
-		a.mu.Unlock()
-		if err != nil {
-			a.event(ctx, "vm.resize-failed", name, fmt.Sprintf("could not grow from %d to %d vCPUs live: %v", ls.CPUs, want, err))
-			return
-		}
-		a.event(ctx, "vm.resized", name, fmt.Sprintf("hot-plugged vCPUs: %d -> %d", ls.CPUs, want))
-		if st, err := a.drv.Inspect(name); err == nil {
-			a.putStatus(ctx, v, a.runningStatus(v.Record, st))
-		}
+		return fmt.Sprintf("hot-plugged vCPUs: %d -> %d", ls.CPUs, want), nil
 	})
 }
 
-// setMemory gives a running VM the memory its spec gained or lost (`vm
-// resize --memory`, `vm apply`): plugged or ballooned by the driver. A
-// refusal is reported once per target size, as for vCPUs.
+// setMemory gives a running VM the memory its spec gained or lost:
+// plugged or ballooned by the driver.
 func (a *Agent) setMemory(ctx context.Context, v *store.VMState, ls driver.Status, want int64) {
+	a.resize(ctx, v, "memory", want, func(ctx context.Context, rz driver.Resizer) (string, error) {
+		have := ls.CurrentMemoryMiB
+		if err := rz.SetMemory(ctx, v.Record.Name(), want); err != nil {
+			return "", fmt.Errorf("could not change the memory from %d to %d MiB live: %w", have, want, err)
+		}
+		how := "memory given (virtio-mem, or the balloon deflated)"
+		switch {
+		case want < have && want <= ls.MemoryMiB:
+			how = "memory taken back by the balloon"
+		case want < have:
+			how = "memory unplugged (virtio-mem)"
+		}
+		return fmt.Sprintf("%s: %d -> %d MiB", how, have, want), nil
+	})
+}
+
+// resize makes one live size change (what: cpus or memory) to want. A
+// refusal (no room, or the hypervisor said no) is reported once per target,
+// not retried every pass; the spec's size then takes effect at the VM's
+// next start. On success the status gets the new shape.
+func (a *Agent) resize(ctx context.Context, v *store.VMState, what string, want int64, apply func(context.Context, driver.Resizer) (string, error)) {
 	name := v.Record.Name()
 	rz, ok := a.drv.(driver.Resizer)
 	if !ok {
 		return
 	}
+	key := name + "/" + what
 	a.mu.Lock()
-	tried := a.memoryTried[name] == want
+	tried, seen := a.resizeTried[key]
 	a.mu.Unlock()
-	if tried {
+	if seen && tried == want {
 		return
 	}
-	a.do(ctx, name, "resize-memory", func(ctx context.Context) {
-		err := rz.SetMemory(ctx, name, want)
+	a.do(ctx, name, "resize-"+what, func(ctx context.Context) {
+		msg, err := apply(ctx, rz)
 		a.mu.Lock()
 		if err != nil {
-			a.memoryTried[name] = want
+			a.resizeTried[key] = want
 		} else {
-			delete(a.memoryTried, name)
+			delete(a.resizeTried, key)
 		}
 		a.mu.Unlock()
-		have := ls.CurrentMemoryMiB
 		if err != nil {
-			a.event(ctx, "vm.resize-failed", name, fmt.Sprintf("could not change the memory from %d to %d MiB live: %v", have, want, err))
+			a.event(ctx, "vm.resize-failed", name, err.Error())
 			return
 		}
-		how := "hot-plugged memory (virtio-mem)"
-		if want < max(have, ls.MemoryMiB) && want <= ls.MemoryMiB {
-			how = "memory taken back by the balloon"
-		} else if want < have {
-			how = "memory unplugged (virtio-mem)"
-		}
-		a.event(ctx, "vm.resized", name, fmt.Sprintf("%s: %d -> %d MiB", how, have, want))
+		a.event(ctx, "vm.resized", name, msg)
 		if st, err := a.drv.Inspect(name); err == nil {
 			a.putStatus(ctx, v, a.runningStatus(v.Record, st))
 		}

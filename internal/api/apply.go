@@ -264,12 +264,8 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int, whole bool) (live bool, why string, err error) {
 	name := v.Record.Name()
 	cur := v.Record.VM.Spec
-	state := StateOf(v)
-	if state != store.StateRunning && state != store.StateMigrating {
-		return false, "", nil
-	}
-	if snap.Migrations[name].Pending() {
-		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s is migrating: change its vCPUs once the migration is over", name)}
+	if running, err := resizableNow(snap, v, "vCPUs"); !running || err != nil {
+		return false, "", err
 	}
 	room := max(cur.MaxCPUs, cur.CPUs)
 	if sh := v.RunningShape(); sh != nil {
@@ -289,6 +285,18 @@ func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int, whole 
 	return true, "", nil
 }
 
+// resizableNow reports whether a change of the VM's size (what) could be
+// made live: the VM runs, and no migration is under way (which refuses).
+func resizableNow(snap *store.Snapshot, v *store.VMState, what string) (bool, error) {
+	if state := StateOf(v); state != store.StateRunning && state != store.StateMigrating {
+		return false, nil
+	}
+	if snap.Migrations[v.Record.Name()].Pending() {
+		return false, refusal{http.StatusConflict, fmt.Errorf("vm %s is migrating: change its %s once the migration is over", v.Record.Name(), what)}
+	}
+	return true, nil
+}
+
 // memoryChange says whether a running VM goes to want live (virtio-mem
 // plugs what is above its boot memory, the balloon takes back what is
 // below), or why it waits for the next start, or why it is refused.
@@ -296,12 +304,8 @@ func cpuChange(snap *store.Snapshot, v *store.VMState, want, maxCPUs int, whole 
 func memoryChange(snap *store.Snapshot, v *store.VMState, want, maxMemory spec.Size, whole bool) (live bool, why string, err error) {
 	name := v.Record.Name()
 	cur := v.Record.VM.Spec
-	state := StateOf(v)
-	if state != store.StateRunning && state != store.StateMigrating {
-		return false, "", nil
-	}
-	if snap.Migrations[name].Pending() {
-		return false, "", refusal{http.StatusConflict, fmt.Errorf("vm %s is migrating: change its memory once the migration is over", name)}
+	if running, err := resizableNow(snap, v, "memory"); !running || err != nil {
+		return false, "", err
 	}
 	boot, room := cur.Memory.MiB(), max(cur.MaxMemory, cur.Memory).MiB()
 	if sh := v.RunningShape(); sh != nil {

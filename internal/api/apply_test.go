@@ -2,11 +2,7 @@ package api
 
 import (
 	"context"
-	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,25 +28,7 @@ func TestApply(t *testing.T) {
 	if err := st.PutConfig(ctx, store.ClusterConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Handler())
-	defer srv.Close()
-	call := func(method, path, body string, rev int64, out any) int {
-		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
-		if rev != 0 {
-			req.Header.Set("If-Match", `"`+strconv.FormatInt(rev, 10)+`"`)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if out != nil {
-			_ = json.Unmarshal(b, out)
-		}
-		return resp.StatusCode
-	}
+	call := serveAPI(t, st)
 	doc := func(cpus int, memory, priority, disk string) string {
 		return `{"apiVersion":"vigil/v1","kind":"VM","metadata":{"name":"web"},"spec":{"cpus":` + strconv.Itoa(cpus) +
 			`,"memory":"` + memory + `","boot":{"image":"vigil-guest"},"ha":{"enabled":true,"priority":"` + priority +

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -27,21 +28,10 @@ func TestCreateAndResize(t *testing.T) {
 	if err := st.PutConfig(ctx, store.ClusterConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Handler())
-	defer srv.Close()
+	api := serveAPI(t, st)
 	call := func(method, path, body string, out any) int {
 		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if out != nil {
-			_ = json.Unmarshal(b, out)
-		}
-		return resp.StatusCode
+		return api(method, path, body, 0, out)
 	}
 	spec := `{"apiVersion":"vigil/v1","kind":"VM","metadata":{"name":"web"},"spec":{"cpus":1,"memory":"256Mi","boot":{"image":"vigil-guest"}}}`
 	var created v1.VM
@@ -72,5 +62,30 @@ func TestCreateAndResize(t *testing.T) {
 	v, _ = st.VM(ctx, "web")
 	if s := v.Record.VM.Spec; s.CPUs != 8 || s.MaxCPUs != 8 || s.Memory != 512<<20 {
 		t.Fatalf("spec after resize: %+v", s)
+	}
+}
+
+// serveAPI serves the API over st for a test and returns a caller: it
+// sends body (with If-Match: rev when rev is not 0), decodes the answer
+// into out (when not nil) and returns the HTTP status.
+func serveAPI(t *testing.T, st *store.Store) func(method, path, body string, rev int64, out any) int {
+	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Handler())
+	t.Cleanup(srv.Close)
+	return func(method, path, body string, rev int64, out any) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		if rev != 0 {
+			req.Header.Set("If-Match", `"`+strconv.FormatInt(rev, 10)+`"`)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if out != nil {
+			_ = json.Unmarshal(b, out)
+		}
+		return resp.StatusCode
 	}
 }

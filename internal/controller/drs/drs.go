@@ -189,8 +189,7 @@ func (c *Controller) Pass(ctx context.Context) error {
 		return err
 	}
 	planStart := time.Now()
-	costs := learnCosts(snap)
-	p, inFlight := c.problem(snap, history, now, costs, false)
+	p, inFlight := c.problem(snap, history, now, learnCosts(snap))
 	p.Level = level
 	p.MaxMoves = max(MaxMovesPerPass-inFlight, 0)
 	p.Keep = c.kept
@@ -198,8 +197,13 @@ func (c *Controller) Pass(ctx context.Context) error {
 	// Noise: load that swings faster than the long view moves nothing. A
 	// move planned on the recent demand stands only if it pays off under
 	// the long view too; real skew shows in both.
-	lp, _ := c.problem(snap, history, now, costs, true)
-	lp.Level = level
+	lp := p
+	lp.VMs = slices.Clone(p.VMs)
+	for i := range lp.VMs {
+		if d := c.demand[lp.VMs[i].Name]; d != nil && d.longWeight > 0 {
+			lp.VMs[i].CPU, lp.VMs[i].Memory = d.cpuLong/d.longWeight, d.memLong/d.longWeight
+		}
+	}
 	if kept := balance.Confirm(lp, moves); len(kept) < len(moves) {
 		c.cfg.Log.Debug("drs: moves left out as noise", "planned", len(moves), "kept", len(kept))
 		moves = kept
@@ -302,7 +306,7 @@ func (c *Controller) measure(prev, cur *alarm.Scrape) {
 
 // problem builds the balancer's input from the cluster and the measured
 // demand, and counts DRS's own migrations still running.
-func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now time.Time, costs costs, long bool) (balance.Problem, int) {
+func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now time.Time, costs costs) (balance.Problem, int) {
 	var p balance.Problem
 	for _, h := range scheduler.Hosts(snap, "") {
 		p.Hosts = append(p.Hosts, balance.Host{Name: h.Name, CPUs: float64(h.Capacity.CPUs), Memory: float64(h.Capacity.Memory), Sched: h})
@@ -333,9 +337,6 @@ func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now 
 		vm.MoveSeconds, vm.Downtime = costs.of(snap, v)
 		if d := c.demand[name]; d != nil {
 			vm.CPU, vm.Memory = d.cpu, d.mem
-			if long && d.longWeight > 0 {
-				vm.CPU, vm.Memory = d.cpuLong/d.longWeight, d.memLong/d.longWeight
-			}
 			// The long view needs history before it can tell noise from
 			// a trend: half its span (two windows; TestNoiseMovesNothing
 			// moves a VM with one).

@@ -48,9 +48,14 @@ func (d *Driver) SetCPUs(ctx context.Context, name string, n int) error {
 
 // setCPUs records that the VM now has n vCPUs.
 func (d *Driver) setCPUs(in *instance, n int) error {
+	return in.record("vCPUs", func(cfg *driver.VMConfig, st *driver.Status) { cfg.CPUs, st.CPUs = n, n })
+}
+
+// record changes the running instance's configuration and status, and
+// persists the configuration for an agent that restarts.
+func (in *instance) record(what string, change func(*driver.VMConfig, *driver.Status)) error {
 	in.mu.Lock()
-	in.status.CPUs = n
-	in.rec.Config.CPUs = n
+	change(&in.rec.Config, &in.status)
 	rec := in.rec
 	in.mu.Unlock()
 	b, err := json.MarshalIndent(rec, "", "  ")
@@ -58,7 +63,7 @@ func (d *Driver) setCPUs(in *instance, n int) error {
 		return err
 	}
 	if err := atomicfile.Write(in.paths.Config, b, 0o640); err != nil {
-		return fmt.Errorf("record the vCPUs of %s: %w", in.name, err)
+		return fmt.Errorf("record the %s of %s: %w", what, in.name, err)
 	}
 	return nil
 }
@@ -111,17 +116,5 @@ func (d *Driver) SetMemory(ctx context.Context, name string, mib int64) error {
 	}); err != nil {
 		return fmt.Errorf("set the balloon of %s: %w", name, err)
 	}
-	in.mu.Lock()
-	in.rec.Config.CurrentMemoryMiB = mib
-	in.status.CurrentMemoryMiB = mib
-	rec := in.rec
-	in.mu.Unlock()
-	b, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.Write(in.paths.Config, b, 0o640); err != nil {
-		return fmt.Errorf("record the memory of %s: %w", name, err)
-	}
-	return nil
+	return in.record("memory", func(cfg *driver.VMConfig, st *driver.Status) { cfg.CurrentMemoryMiB, st.CurrentMemoryMiB = mib, mib })
 }
