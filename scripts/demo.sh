@@ -3,7 +3,7 @@
 # real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
 # VMs with HA, live-migrate one and shrink its memory live, blip the management network of the other's host (nothing moves),
 # crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
-# restarts the VM), print the failover timelines, show a replicated disk through two crashes, then a
+# restarts the VM), print the failover timelines, show a replicated disk through two crashes and a live migration, then a
 # CPU alarm that live-migrates a burning guest away, and the audit trail.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
 #   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
@@ -139,6 +139,10 @@ for i in 4 5 6; do "$V" lab exec "$watcher" -- curl -s -XPOST -d "payment $i" "h
 "$V" lab heal "$rhost"
 for _ in $(seq 1 240); do [ "$(replica state 2>/dev/null)" = UpToDate ] && break; sleep 0.5; done
 "$V" vm show rep-guest1 | grep -e '^Replica' -e '^Last sync'
+say "live-migrate rep-guest1 to its replica's host $rhost: no disk is copied, the copies swap roles at the cut-over"
+"$V" vm migrate rep-guest1
+"$V" vm show rep-guest1 | grep -e '^Host' -e '^Replica'
+old=$host3; host3=$rhost; rhost=$old
 say "crash rep-guest1's host $host3: HA restarts it on $rhost, from the replica etcd records UpToDate"
 start=$(date +%s%N)
 "$V" lab crash "$host3"

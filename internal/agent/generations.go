@@ -43,13 +43,7 @@ func (a *Agent) grant(ctx context.Context, rec *store.VMRecord) (map[string]int6
 		grants[ds] = int64(g)
 	}
 	if r := a.cfg.Replicated; r != nil {
-		var disks []spec.Disk
-		for _, d := range rec.VM.Spec.Disks {
-			if d.Datastore == r.Name() {
-				disks = append(disks, d)
-			}
-		}
-		if len(disks) > 0 {
+		if disks := a.replicatedDisks(rec); len(disks) > 0 {
 			g, err := r.Grant(ctx, refOf(rec), disks)
 			if err != nil {
 				return nil, err
@@ -87,7 +81,10 @@ func (a *Agent) runReplication(ctx context.Context) {
 
 // prepareIncoming reserves a generation at each datastore for this host,
 // a migration's destination; the source keeps writing until the commit.
-func (a *Agent) prepareIncoming(ctx context.Context, rec *store.VMRecord) (map[string]int64, error) {
+// Replicated disks run under replicaGen, the generation the leader's
+// cut-over grants this host along with placement (it is checked when the
+// disks are prepared, and again at the commit).
+func (a *Agent) prepareIncoming(ctx context.Context, rec *store.VMRecord, replicaGen int64) (map[string]int64, error) {
 	grants := map[string]int64{}
 	for _, ds := range a.arbitersOf(rec) {
 		g, err := a.cfg.Arbiters[ds].Prepare(ctx, refOf(rec), a.cfg.Host)
@@ -97,7 +94,28 @@ func (a *Agent) prepareIncoming(ctx context.Context, rec *store.VMRecord) (map[s
 		}
 		grants[ds] = int64(g)
 	}
+	if r := a.cfg.Replicated; r != nil && len(a.replicatedDisks(rec)) > 0 {
+		if replicaGen <= 0 {
+			a.abortIncoming(ctx, refOf(rec), grants)
+			return nil, fmt.Errorf("datastore %s: the migration plan gives the replicated disks no generation", r.Name())
+		}
+		grants[r.Name()] = replicaGen
+	}
 	return grants, nil
+}
+
+// replicatedDisks lists the VM's disks on this host's replicated
+// datastore.
+func (a *Agent) replicatedDisks(rec *store.VMRecord) []spec.Disk {
+	var disks []spec.Disk
+	if r := a.cfg.Replicated; r != nil {
+		for _, d := range rec.VM.Spec.Disks {
+			if d.Datastore == r.Name() {
+				disks = append(disks, d)
+			}
+		}
+	}
+	return disks
 }
 
 // commitIncoming is the storage's side of a cut-over: the destination's
@@ -105,6 +123,15 @@ func (a *Agent) prepareIncoming(ctx context.Context, rec *store.VMRecord) (map[s
 // before it returns; the destination resumes only after it.
 func (a *Agent) commitIncoming(ctx context.Context, ref storage.VMRef, grants map[string]int64) error {
 	for ds, g := range grants {
+		if r := a.cfg.Replicated; r != nil && ds == r.Name() {
+			// The leader's cut-over made this host the primary; this copy
+			// stops being served as the replica (draining the source's
+			// last writes) before the VM runs on it.
+			if err := r.CommitIncoming(ctx, ref, storage.Generation(g)); err != nil {
+				return err
+			}
+			continue
+		}
 		arb, ok := a.cfg.Arbiters[ds]
 		if !ok {
 			return fmt.Errorf("datastore %s is not available on %s", ds, a.cfg.Host)

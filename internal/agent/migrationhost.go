@@ -36,8 +36,8 @@ func (h migrationHost) CoverStart(ctx context.Context, v *store.VMState) (func()
 
 func (h migrationHost) ReleaseDisks(ctx context.Context, v *store.VMState) { h.a.releaseDisks(ctx, v) }
 
-func (h migrationHost) PrepareIncoming(ctx context.Context, rec *store.VMRecord) (map[string]int64, error) {
-	return h.a.prepareIncoming(ctx, rec)
+func (h migrationHost) PrepareIncoming(ctx context.Context, rec *store.VMRecord, replicaGen int64) (map[string]int64, error) {
+	return h.a.prepareIncoming(ctx, rec, replicaGen)
 }
 
 func (h migrationHost) CommitIncoming(ctx context.Context, ref storage.VMRef, grants map[string]int64) error {

@@ -70,6 +70,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/networks", s.listNetworks)
 	mux.HandleFunc("POST /api/v1/vms/{name}/test-failover", s.audited("vm.test-failover", s.testFailover))
 	mux.HandleFunc("POST /api/v1/vms/{name}/promote", s.audited("vm.promote", s.promote))
+	mux.HandleFunc("POST /api/v1/vms/{name}/replica/move", s.audited("vm.replica-move", s.moveReplica))
 	mux.HandleFunc("GET /api/v1/ha/drill", s.drill)
 	mux.HandleFunc("GET /api/v1/rules", s.listRules)
 	mux.HandleFunc("POST /api/v1/rules", s.audited("rule.create", s.createRule))

@@ -22,6 +22,7 @@ func migrationView(vm string, m *store.MigrationState) v1.Migration {
 	if p := m.Plan; p != nil && (m.Request == nil || p.ID == m.Request.ID) {
 		out.ID, out.Phase, out.Source, out.Target = p.ID, string(p.Phase), p.Source, p.Target
 		out.Shared, out.Postcopy, out.Error, out.Started, out.Finished = !p.SharedNothing, p.Postcopy, p.Error, p.StartedAt, p.FinishedAt
+		out.ReplicaSwap = p.ReplicaGeneration > 0
 	}
 	if t := m.Target; t != nil && t.ID == out.ID {
 		out.Step = "destination " + string(t.Phase)

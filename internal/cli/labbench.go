@@ -198,7 +198,7 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	}
 	defrag.Flags().IntVar(&defragMiB, "mib", 64, "history to write and compact away before each defragmentation, in MiB")
 	defrag.Flags().IntVar(&defragRuns, "runs", 3, "number of defragmentations")
-	var repOps, repSeq int
+	var repOps, repSeq, repSwaps int
 	var repOutage time.Duration
 	replication := &cobra.Command{
 		Use:   "replication",
@@ -209,7 +209,7 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := l.BenchReplication(cmd.Context(), repOps, repSeq, repOutage, g.out)
+			r, err := l.BenchReplication(cmd.Context(), repOps, repSeq, repOutage, repSwaps, g.out)
 			if err != nil {
 				return err
 			}
@@ -222,11 +222,20 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 			fmt.Fprintf(g.out, "replicated vs local: 4 KiB O_DSYNC p50 %.2fx, p99 %.2fx; sequential %.2fx; failover to the replica host %s\n",
 				ratio(r.Replicated.P50US, r.Local.P50US), ratio(r.Replicated.P99US, r.Local.P99US),
 				r.Replicated.SeqMiBps/max(r.Local.SeqMiBps, 1e-9), r.Failover.Round(time.Millisecond))
+			if len(r.Swaps) > 0 {
+				var down, total []time.Duration
+				for _, s := range r.Swaps {
+					down, total = append(down, s.Downtime), append(total, s.Total)
+				}
+				fmt.Fprintf(g.out, "live migration to the replica's host (%d runs): median QEMU downtime %s, median total %s\n",
+					len(r.Swaps), medianDuration(down).Round(time.Millisecond), medianDuration(total).Round(time.Millisecond))
+			}
 			return nil
 		},
 	}
 	replication.Flags().IntVar(&repOps, "ops", 2000, "synchronous 4 KiB writes per disk")
 	replication.Flags().IntVar(&repSeq, "seq-mib", 128, "MiB written sequentially per disk")
+	replication.Flags().IntVar(&repSwaps, "migrations", 5, "live migrations to the replica's host (role swaps) to time before the crash")
 	replication.Flags().DurationVar(&repOutage, "outage", time.Minute, "how long the replica's host stays down while the guest writes, before the resync is measured (0: skip)")
 	var metVMs, metScrapes int
 	benchMetrics := &cobra.Command{
@@ -252,4 +261,14 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 	benchMetrics.Flags().IntVar(&metScrapes, "scrapes", 21, "scrapes to take")
 	cmd.AddCommand(failover, agentRestart, soak, benchMigrate, blips, defrag, replication, benchMetrics)
 	return cmd
+}
+
+// medianDuration is the median of ds (the upper one of an even count).
+func medianDuration(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

@@ -198,7 +198,7 @@ func waitEvacuated(ctx context.Context, g *globals, c *client.Client, host strin
 	for {
 		vms, err := c.ListVMs(ctx)
 		if err == nil {
-			var left, moving []string
+			var left, moving, replicas []string
 			for _, v := range vms {
 				if v.Host == host && (v.State == v1.StateRunning || v.State == v1.StateMigrating || v.State == v1.StateStarting) {
 					left = append(left, v.Name)
@@ -206,14 +206,26 @@ func waitEvacuated(ctx context.Context, g *globals, c *client.Client, host strin
 						moving = append(moving, v.Name)
 					}
 				}
+				for _, d := range v.Disks {
+					if d.Replica != nil && d.Replica.Host == host {
+						replicas = append(replicas, v.Name+"/"+d.Name)
+					}
+				}
 			}
-			line := fmt.Sprintf("%d VMs left on %s (migrating: %s)", len(left), host, dash(strings.Join(moving, ",")))
+			line := fmt.Sprintf("%d VMs left on %s (migrating: %s); replicas kept there: %s", len(left), host, dash(strings.Join(moving, ",")), dash(strings.Join(replicas, ",")))
 			if line != last {
 				fmt.Fprintln(g.out, line)
 				last = line
 			}
-			if len(left) == 0 {
+			if len(left) == 0 && len(replicas) == 0 {
 				fmt.Fprintf(g.out, "host %s evacuated in %s\n", host, time.Since(start).Round(time.Second))
+				for _, v := range vms {
+					for _, d := range v.Disks {
+						if r := d.Replica; r != nil && r.Host != "" && r.State != "UpToDate" {
+							fmt.Fprintf(g.out, "  %s/%s: replica on %s is %s (%s %.0f%%): the VM has no redundancy until it is UpToDate\n", v.Name, d.Name, r.Host, r.State, r.Replication, r.SyncPercent)
+						}
+					}
+				}
 				return nil
 			}
 			if blocked := blockedVMs(ctx, c, host, start); len(blocked) > 0 && len(moving) == 0 {
@@ -232,13 +244,19 @@ func waitEvacuated(ctx context.Context, g *globals, c *client.Client, host strin
 }
 
 func blockedVMs(ctx context.Context, c *client.Client, host string, since time.Time) []string {
-	evs, err := c.Events(ctx, client.EventFilter{Since: since, Type: "vm.evacuation-blocked", Host: host})
-	if err != nil {
-		return nil
-	}
 	var out []string
-	for _, e := range evs {
-		out = append(out, e.VM+": "+e.Message)
+	if evs, err := c.Events(ctx, client.EventFilter{Since: since, Type: "vm.evacuation-blocked", Host: host}); err == nil {
+		for _, e := range evs {
+			out = append(out, e.VM+": "+e.Message)
+		}
+	}
+	// A replica that no other host can keep stays (the VM keeps it).
+	if evs, err := c.Events(ctx, client.EventFilter{Since: since, Type: "alarm.no-replica-host"}); err == nil {
+		for _, e := range evs {
+			if strings.Contains(e.Message, "cannot leave "+host+" ") {
+				out = append(out, e.VM+": "+e.Message)
+			}
+		}
 	}
 	return out
 }

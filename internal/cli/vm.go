@@ -19,7 +19,7 @@ import (
 
 func newVMCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, inspect and control VMs"}
-	cmd.AddCommand(newVMPromoteCmd(g), newVMResizeCmd(g), newVMApplyCmd(g))
+	cmd.AddCommand(newVMPromoteCmd(g), newVMMoveReplicaCmd(g), newVMResizeCmd(g), newVMApplyCmd(g))
 	cmd.AddCommand(newVMCreateCmd(g), newVMListCmd(g), newVMShowCmd(g),
 		newVMPowerCmd(g, "start"), newVMPowerCmd(g, "stop"), newVMDeleteCmd(g), newVMConsoleCmd(g), newVMMigrateCmd(g))
 	return cmd
@@ -424,6 +424,71 @@ func newVMPromoteCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&accept, "accept-data-loss", false, "confirm that the writes the replica missed are lost")
+	return cmd
+}
+
+func newVMMoveReplicaCmd(g *globals) *cobra.Command {
+	var to string
+	var accept, detach bool
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "move-replica NAME --to HOST --accept-no-redundancy",
+		Short: "Move a replicated VM's replica to another host (to move the VM to a third host: move its replica there, then migrate it); the VM has no redundancy until the full sync completes",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if to == "" {
+				return errors.New("say which host keeps the replica: --to HOST")
+			}
+			if !accept {
+				return fmt.Errorf("vm %s: moving its replica drops the current one, and the VM has no redundancy until the full sync to %s completes; repeat with --accept-no-redundancy", name, to)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if err := c.MoveReplica(ctx, name, to); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "vm %s: replica moving to %s; syncing in full\n", name, to)
+			if detach {
+				return nil
+			}
+			ctx, cancel := context.WithTimeout(ctx, wait)
+			defer cancel()
+			last := ""
+			for {
+				v, err := c.GetVM(ctx, name)
+				if err == nil {
+					done, line := true, ""
+					for _, d := range v.Disks {
+						if r := d.Replica; r != nil {
+							line += fmt.Sprintf("  %s on %s: %s, %s %.0f%%", d.Name, r.Host, r.State, r.Replication, r.SyncPercent)
+							done = done && r.Host == to && r.State == "UpToDate"
+						}
+					}
+					if line != last {
+						fmt.Fprintln(g.out, strings.TrimSpace(line))
+						last = line
+					}
+					if done {
+						fmt.Fprintf(g.out, "vm %s: replica UpToDate on %s\n", name, to)
+						return nil
+					}
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("vm %s: replica not UpToDate on %s after %s (%s)", name, to, wait, strings.TrimSpace(last))
+				case <-time.After(time.Second):
+				}
+			}
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "the host to keep the replica")
+	cmd.Flags().BoolVar(&accept, "accept-no-redundancy", false, "confirm that the VM runs without a replica until the new one is synced")
+	cmd.Flags().BoolVar(&detach, "detach", false, "return at once instead of following the sync")
+	cmd.Flags().DurationVar(&wait, "timeout", 30*time.Minute, "give up waiting after this long")
 	return cmd
 }
 

@@ -261,6 +261,12 @@ func (c *Client) Promote(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/promote?acceptDataLoss=true", nil, nil)
 }
 
+// MoveReplica moves a VM's replica to host to (the VM has no redundancy
+// until the full sync there completes).
+func (c *Client) MoveReplica(ctx context.Context, name, to string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/replica/move?acceptNoRedundancy=true&to="+url.QueryEscape(to), nil, nil)
+}
+
 // TestFailover asks the leader to restart an HA VM on another host (on
 // to, when it is not empty).
 func (c *Client) TestFailover(ctx context.Context, name, to string) error {

@@ -46,6 +46,12 @@ type IncomingSpec struct {
 	Multifd  int
 	// NBDDisks are the disk indexes to serve for mirroring (shared-nothing).
 	NBDDisks []int
+	// LateBlockActivate keeps the destination's disks inactive (no locks,
+	// no requests to their servers) when the migration completes, until
+	// the VM is resumed: a replicated disk's copy is still served to the
+	// source then, and its other child is the source's own copy, whose
+	// host may die before the cut-over commits.
+	LateBlockActivate bool
 }
 
 // Incoming is where a prepared destination listens.

@@ -36,6 +36,17 @@ type ReplicationBench struct {
 	OutageWritten int64
 	ResyncWait    time.Duration
 	Resyncs       map[string]v1.ReplicaSync
+	// Swaps are the live migrations to the replica's host (the roles
+	// swap), each after the replica was UpToDate again: QEMU's downtime
+	// and the migration's total time.
+	Swaps []Swap
+}
+
+// Swap is one live migration of the replicated VM to its replica's host.
+type Swap struct {
+	From, To          string
+	Downtime, Total   time.Duration
+	UpToDateAfterward bool
 }
 
 // benchSpec is a guest with the ledger on the shared datastore and a
@@ -54,7 +65,7 @@ func benchSpec(name, ds string, size spec.Size) *spec.VM {
 // BenchReplication measures the replicated datastore against a local disk:
 // the guest's 4 KiB O_DSYNC write latency and sequential throughput on
 // each, the initial full sync, and a crash of the replicated VM's primary.
-func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, outage time.Duration, out io.Writer) (ReplicationBench, error) {
+func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, outage time.Duration, swaps int, out io.Writer) (ReplicationBench, error) {
 	var r ReplicationBench
 	c, err := l.Client()
 	if err != nil {
@@ -116,6 +127,23 @@ func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, outage time
 			return r, err
 		}
 	}
+	for i := 0; i < swaps; i++ {
+		sw, err := benchSwap(ctx, c, v.Name)
+		if err != nil {
+			return r, err
+		}
+		r.Swaps = append(r.Swaps, sw)
+		fmt.Fprintf(out, "live migration %d/%d %s -> %s (the replica's host; roles swapped): QEMU downtime %d ms, total %d ms; replica UpToDate right after: %v\n",
+			i+1, swaps, sw.From, sw.To, sw.Downtime.Milliseconds(), sw.Total.Milliseconds(), sw.UpToDateAfterward)
+	}
+	if v, err = c.GetVM(ctx, v.Name); err != nil {
+		return r, err
+	}
+	for _, d := range v.Disks {
+		if d.Replica != nil {
+			r.ReplicaHost = d.Replica.Host
+		}
+	}
 	primary := v.Host
 	t0 := time.Now()
 	if err := l.Crash(ctx, primary); err != nil {
@@ -131,6 +159,40 @@ func (l *Lab) BenchReplication(ctx context.Context, ops, seqMiB int, outage time
 		return r, err
 	}
 	return r, nil
+}
+
+// benchSwap live-migrates vm to its replica's host once the replica is
+// UpToDate, and reports what the migration took.
+func benchSwap(ctx context.Context, c *client.Client, vm string) (Swap, error) {
+	if err := waitReplica(ctx, c, vm, 3*time.Minute); err != nil {
+		return Swap{}, err
+	}
+	m, err := c.Migrate(ctx, vm, "")
+	if err != nil {
+		return Swap{}, fmt.Errorf("migrate %s: %w", vm, err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for time.Now().Before(deadline) {
+		cur, err := c.Migration(ctx, vm)
+		if err == nil && cur.ID == m.ID && cur.Done() {
+			if cur.Phase != v1.MigrationCompleted {
+				return Swap{}, fmt.Errorf("migration of %s %s: %s", vm, cur.Phase, cur.Error)
+			}
+			sw := Swap{From: cur.Source, To: cur.Target, Downtime: time.Duration(cur.Progress.DowntimeMS) * time.Millisecond,
+				Total: time.Duration(cur.Progress.TotalMS) * time.Millisecond}
+			if nv, err := c.GetVM(ctx, vm); err == nil {
+				sw.UpToDateAfterward = true
+				for _, d := range nv.Disks {
+					if d.Replica != nil && (d.Replica.State != "UpToDate" || d.Replica.Host != cur.Source) {
+						sw.UpToDateAfterward = false
+					}
+				}
+			}
+			return sw, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return Swap{}, fmt.Errorf("migration of %s not finished after 3m", vm)
 }
 
 // benchResync crashes the replica's host, has the guest write for outage,

@@ -28,3 +28,19 @@ type Datastore interface {
 	// Delete removes a VM's disk.
 	Delete(ctx context.Context, vm VMRef, d spec.Disk) error
 }
+
+// HandOver is implemented by a datastore whose disks a live migration
+// hands over to the destination instead of copying them: a replicated
+// datastore, whose destination (the replica's host) holds a copy already.
+type HandOver interface {
+	HandsOver() bool
+}
+
+// Copied reports whether a live migration copies ds's disks to the
+// destination (a host-local datastore): neither shared nor handed over.
+func Copied(ds Datastore) bool {
+	if h, ok := ds.(HandOver); ok && h.HandsOver() {
+		return false
+	}
+	return !ds.Shared()
+}

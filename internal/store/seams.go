@@ -33,7 +33,7 @@ type Writer interface {
 	DeleteRequest(ctx context.Context, vm string) error
 	PutMigrationRequest(ctx context.Context, vm string, r *MigrationRequest) error
 	PutMigrationPlan(ctx context.Context, vm string, rev int64, p *MigrationPlan) error
-	FlipForMigration(ctx context.Context, vm string, old Placement, placementRev int64, next Placement, planRev int64, plan *MigrationPlan) error
+	FlipForMigration(ctx context.Context, vm string, old Placement, placementRev int64, next Placement, planRev int64, plan *MigrationPlan, replicas *ReplicaSet) error
 	Emit(ctx context.Context, ev Event) error
 	PruneEvents(ctx context.Context, keep int) error
 	// GetReplicaSet and CASReplicaSet read and compare-and-swap a VM's

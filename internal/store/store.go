@@ -620,16 +620,27 @@ func (s *Store) PutMigrationPlan(ctx context.Context, vm string, rev int64, p *M
 // FlipForMigration moves a VM's placement to the migration target and
 // marks the plan switched over, in one transaction: the cut-over is exactly
 // this compare-and-swap.
-func (s *Store) FlipForMigration(ctx context.Context, vm string, old Placement, placementRev int64, next Placement, planRev int64, plan *MigrationPlan) error {
+//
+// replicas, if not nil, is the VM's ReplicaSet with its roles swapped (the
+// destination is its replica's host): it replaces the record at
+// replicas.Rev in the same transaction, so that placement and the right to
+// write the replicated disks move together or not at all.
+func (s *Store) FlipForMigration(ctx context.Context, vm string, old Placement, placementRev int64, next Placement, planRev int64, plan *MigrationPlan, replicas *ReplicaSet) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
 	if next.Epoch <= old.Epoch {
 		return fmt.Errorf("flip %s: epoch %d does not exceed %d", vm, next.Epoch, old.Epoch)
 	}
-	return s.commit(ctx, fmt.Sprintf("flip %s to %s", vm, next.Host), []clientv3.Cmp{
+	cmps := []clientv3.Cmp{
 		clientv3.Compare(clientv3.ModRevision(placementKey(vm)), "=", placementRev),
 		clientv3.Compare(clientv3.ModRevision(migPfx+vm+"/plan"), "=", planRev),
-	}, clientv3.OpPut(placementKey(vm), mustJSON(next)), clientv3.OpPut(migPfx+vm+"/plan", mustJSON(plan)))
+	}
+	ops := []clientv3.Op{clientv3.OpPut(placementKey(vm), mustJSON(next)), clientv3.OpPut(migPfx+vm+"/plan", mustJSON(plan))}
+	if replicas != nil {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(ReplicaKey(vm)), "=", replicas.Rev))
+		ops = append(ops, clientv3.OpPut(ReplicaKey(vm), mustJSON(replicas)))
+	}
+	return s.commit(ctx, fmt.Sprintf("flip %s to %s", vm, next.Host), cmps, ops...)
 }
 
 // PutMigrationTarget records the destination agent's report.

@@ -382,12 +382,18 @@ type MigrationPlan struct {
 	// cut-over flips placement to Epoch+1 on the target.
 	Epoch int64 `json:"epoch"`
 	// SharedNothing: the disks are host-local and are mirrored over NBD.
-	SharedNothing bool                `json:"sharedNothing"`
-	Postcopy      bool                `json:"postcopy"`
-	Phase         migration.PlanPhase `json:"phase"`
-	Error         string              `json:"error,omitempty"`
-	StartedAt     time.Time           `json:"startedAt"`
-	FinishedAt    time.Time           `json:"finishedAt,omitzero"`
+	SharedNothing bool `json:"sharedNothing"`
+	Postcopy      bool `json:"postcopy"`
+	// ReplicaGeneration, for a VM with replicated disks, is the
+	// generation the destination (the replica's host) runs them under
+	// after the cut-over: the record's generation + 1 when the plan was
+	// made. The cut-over swaps the replica's roles in the same transaction
+	// that moves placement (docs/storage.md).
+	ReplicaGeneration int64               `json:"replicaGeneration,omitempty"`
+	Phase             migration.PlanPhase `json:"phase"`
+	Error             string              `json:"error,omitempty"`
+	StartedAt         time.Time           `json:"startedAt"`
+	FinishedAt        time.Time           `json:"finishedAt,omitzero"`
 }
 
 // MigrationTarget is the destination agent's report.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/guestclient"
+	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/testenv"
 )
 
@@ -296,5 +298,209 @@ func TestReplicated_PrimaryCrashLoop(t *testing.T) {
 		if err := l.Heal(ctx, primary); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A live migration of a replicated VM goes to its replica's host and swaps
+// the copies' roles at the cut-over: the client's counter never resets,
+// every acknowledged append survives, the replica is UpToDate all along
+// (the old primary's copy is the replica at once, with no resync). A move
+// to a third host is refused, saying how: move the replica there first,
+// which the test does; then a crash of the primary restarts the VM on the
+// third host with every append.
+func TestReplicated_LiveMigrationSwapsRoles(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	v, g := repGuest(t, l, "repm")
+	primary, peer := v.Host, replicaOf(v).Host
+	third := otherThan(l, primary, peer)
+	if out, err := l.Vigil("vm", "migrate", "repm", "--to", third); err == nil || !strings.Contains(out, "can move only there") {
+		t.Fatalf("migrating a replicated VM to a third host: want a refusal naming the replica's host, got %v: %s", err, out)
+	}
+	lastSync := replicaOf(v).LastSync
+	w := check.StartWriter(g, v.IP, 100*time.Millisecond)
+	p := startProber(g, v.IP, 10*time.Millisecond)
+	time.Sleep(2 * time.Second)
+	t0 := time.Now()
+	out, err := l.Vigil("vm", "migrate", "repm")
+	if err != nil {
+		t.Fatalf("vm migrate: %v\n%s", err, out)
+	}
+	t.Logf("%s", lastLines(out, 2))
+	moved := migrated(l, "repm", peer)
+	assertCleanCutover(t, l, "repm")
+	r := replicaOf(moved)
+	if r.Host != primary || r.State != "UpToDate" || r.Replication != "Established" {
+		t.Fatalf("after the move the replica is %+v, want the old primary %s, UpToDate/Established", r, primary)
+	}
+	// Redundancy holds from the cut-over on: no loss, no resync.
+	time.Sleep(3 * time.Second)
+	after := l.WaitVM("repm", 10*time.Second, "still UpToDate", replicaState("UpToDate", "Established"))
+	if ls := replicaOf(after).LastSync; ls != nil && (lastSync == nil || ls.At.After(lastSync.At)) {
+		t.Errorf("the replica was resynced after the role swap (%d KiB): the copies were not equal at the cut-over", ls.Bytes>>10)
+	}
+	evs := l.Events(t0)
+	for _, typ := range []string{"alarm.replica-lost", "replica.syncing", "host.self-fence"} {
+		if hasEvent(evs, typ, "repm") {
+			t.Errorf("a role-swap migration logged %s:\n%s", typ, testenv.Timeline(evs))
+		}
+	}
+	gap, answers, problems := p.stop()
+	if len(problems) > 0 {
+		t.Errorf("the in-guest counter went backwards or reset across the migration: %v", problems)
+	}
+	t.Logf("migrated %s -> %s (roles swapped); longest client gap %s over %d answers", primary, peer, gap.Round(time.Millisecond), answers)
+
+	// The way to a third host: move the replica there (which the operator
+	// must accept: no redundancy until it is synced), then crash the new
+	// primary: the VM restarts on the third host with every append.
+	if out, err := l.Vigil("vm", "move-replica", "repm", "--to", third); err == nil || !strings.Contains(out, "--accept-no-redundancy") {
+		t.Errorf("move-replica without --accept-no-redundancy: want a refusal saying why, got %v: %s", err, out)
+	}
+	out, err = l.Vigil("vm", "move-replica", "repm", "--to", third, "--accept-no-redundancy", "--timeout", "3m")
+	if err != nil {
+		t.Fatalf("move-replica: %v\n%s", err, out)
+	}
+	t.Logf("%s", lastLines(out, 1))
+	if r := replicaOf(l.WaitVM("repm", 10*time.Second, "replica on "+third, replicaState("UpToDate", "Established"))); r.Host != third {
+		t.Fatalf("replica on %s after move-replica, want %s", r.Host, third)
+	}
+	sampler := check.StartSampler([]string{"repm"}, 20*time.Millisecond)
+	t1 := time.Now()
+	if err := l.Crash(context.Background(), peer); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("repm", recoveryLimit, "running on the third host", func(v v1.VM) bool { return v.State == "running" && v.Host == third })
+	l.WaitAnswering(g, v.IP, recoveryLimit)
+	t.Logf("primary %s crashed -> answering on %s (the replica moved there) after %s", peer, third, time.Since(t1).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	acks := w.Stop()
+	if max := sampler.Stop()["repm"]; max > 1 {
+		t.Errorf("%d QEMU processes of repm at once after the crash", max)
+	}
+	verifyLedger(t, g, v.IP, acks)
+	t.Logf("timeline:\n%s", testenv.Timeline(l.Events(t0)))
+}
+
+// Maintenance mode on a replicated VM's primary host evacuates both: the
+// VM live-migrates to its replica's host (the roles swap), then the
+// replica, now on the host in maintenance, moves to the third host and is
+// synced there in full. The guest never reboots and every acknowledged
+// append survives.
+func TestReplicated_MaintenanceMovesVMAndReplica(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	v, g := repGuest(t, l, "repe")
+	primary, peer := v.Host, replicaOf(v).Host
+	third := otherThan(l, primary, peer)
+	before, err := g.Counter(context.Background(), v.IP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := check.StartWriter(g, v.IP, 100*time.Millisecond)
+	time.Sleep(2 * time.Second)
+	t0 := time.Now()
+	out, err := l.Vigil("host", "maintenance", "enter", primary, "--timeout", "5m")
+	if err != nil {
+		t.Fatalf("maintenance enter: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+	moved := l.WaitVM("repe", 3*time.Minute, "on "+peer+" with its replica UpToDate on "+third, func(x v1.VM) bool {
+		r := replicaOf(x)
+		return x.State == "running" && x.Host == peer && r != nil && r.Host == third && r.State == "UpToDate" && r.Replication == "Established"
+	})
+	t.Logf("evacuated %s: VM on %s, replica on %s UpToDate %s after maintenance began", primary, moved.Host, third, time.Since(t0).Round(time.Millisecond))
+	c, err := g.Counter(context.Background(), v.IP)
+	if err != nil || c.BootID != before.BootID {
+		t.Errorf("the VM was not live-migrated (rebooted or not answering): %+v %v", c, err)
+	}
+	if !strings.Contains(out, "evacuated") {
+		t.Errorf("maintenance enter did not report the host evacuated:\n%s", out)
+	}
+	time.Sleep(time.Second)
+	verifyLedger(t, g, v.IP, w.Stop())
+	if out, err := l.Vigil("host", "maintenance", "exit", primary); err != nil {
+		t.Fatalf("maintenance exit: %v\n%s", err, out)
+	}
+	t.Logf("timeline:\n%s", testenv.Timeline(l.Events(t0)))
+}
+
+// A host dies during a live migration of a replicated VM to its replica's
+// host: the source mid-pre-copy (HA promotes the replica, whose copy has
+// every write), the source right after the cut-over (the destination runs
+// on, degraded: it records its replica Outdated; or, when the source's
+// host died with the tail of the migration stream unsent, the destination
+// restarts the VM from its own copy), or the destination right after the
+// cut-over (HA restarts the VM on the old primary's copy, which the swap
+// made the replica, UpToDate). Every time: one QEMU, every acknowledged
+// append, and the VM on the host the record names primary.
+func TestReplicated_HostDeathDuringRoleSwap(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4, Faults: true, AgentArgs: []string{"--debug-cutover-delay=4s"}})
+	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "0"); err != nil {
+		t.Fatal(out)
+	}
+	cases := []struct {
+		name, phase, kill string
+		slow              bool
+		endsOn            string // where the VM runs afterwards
+	}{
+		{"precopy-kill-source", "migrating", "source", true, "target"},
+		{"cutover-kill-source", "switchover", "source", false, "target"},
+		{"cutover-kill-target", "switchover", "target", false, "source"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l := l.For(t)
+			name := fmt.Sprintf("rsw%d", i)
+			l.CreateVM(testenv.ExampleSpec(t, "replicated-guest.yaml", name, func(vm *spec.VM) {
+				if c.slow {
+					vm.Spec.Migration.MaxBandwidth = 8 * spec.MiB
+				}
+			}), name)
+			v := l.WaitVM(name, 3*time.Minute, "running with its replica UpToDate", replicaState("UpToDate", "Established"))
+			source, target := v.Host, replicaOf(v).Host
+			g, err := l.Guests(otherThan(l, source, target), 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := l.WaitAnswering(g, v.IP, bootLimit)
+			if c.slow {
+				slow, err := l.Guests(otherThan(l, source, target), 30*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := slow.Dirty(context.Background(), v.IP, 64); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w := check.StartWriter(g, v.IP, 100*time.Millisecond)
+			if _, err := l.Client.Migrate(context.Background(), name, ""); err != nil {
+				t.Fatal(err)
+			}
+			waitPhase(t, l, name, c.phase)
+			victim := map[string]string{"source": source, "target": target}[c.kill]
+			t.Logf("crashing the %s (%s) in phase %s", c.kill, victim, c.phase)
+			crashed := time.Now()
+			if err := l.Crash(context.Background(), victim); err != nil {
+				t.Fatal(err)
+			}
+			after := l.WaitVM(name, time.Minute, "running on a live host", func(x v1.VM) bool { return x.State == "running" && x.Host != victim })
+			l.WaitAnswering(g, v.IP, recoveryLimit)
+			waitOneQEMU(t, name, 30*time.Second)
+			t.Logf("crash -> running on %s after %s; timeline:\n%s", after.Host, time.Since(crashed).Round(time.Millisecond),
+				testenv.Timeline(l.Events(crashed.Add(-5*time.Second))))
+			time.Sleep(time.Second)
+			verifyLedger(t, g, v.IP, w.Stop())
+			now, _ := g.Counter(context.Background(), v.IP)
+			if want := map[string]string{"source": source, "target": target}[c.endsOn]; after.Host != want {
+				t.Errorf("the VM runs on %s, want %s (the %s: the only live copy)", after.Host, want, c.endsOn)
+			}
+			t.Logf("the VM continues on %s; same boot: %v", after.Host, now.BootID == before.BootID)
+			if err := l.Heal(context.Background(), victim); err != nil {
+				t.Fatal(err)
+			}
+			waitHostAlive(t, l, victim, 60*time.Second)
+			if _, err := l.Vigil("vm", "delete", name, "--wait", "60s"); err != nil {
+				t.Logf("delete %s: %v", name, err)
+			}
+		})
 	}
 }

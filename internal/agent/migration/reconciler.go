@@ -37,8 +37,9 @@ type Host interface {
 	ReleaseDisks(ctx context.Context, v *store.VMState)
 	// PrepareIncoming, CommitIncoming and AbortIncoming are the storage
 	// generations of a destination: reserved, made the writer at the
-	// cut-over, or dropped.
-	PrepareIncoming(ctx context.Context, rec *store.VMRecord) (map[string]int64, error)
+	// cut-over, or dropped. replicaGen is the generation the destination
+	// runs replicated disks under (the plan's ReplicaGeneration; 0: none).
+	PrepareIncoming(ctx context.Context, rec *store.VMRecord, replicaGen int64) (map[string]int64, error)
 	CommitIncoming(ctx context.Context, ref storage.VMRef, grants map[string]int64) error
 	AbortIncoming(ctx context.Context, ref storage.VMRef, grants map[string]int64)
 }

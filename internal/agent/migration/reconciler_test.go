@@ -74,7 +74,7 @@ func (h *host) CoverStart(context.Context, *store.VMState) (func(), error) { ret
 
 func (h *host) ReleaseDisks(context.Context, *store.VMState) {}
 
-func (h *host) PrepareIncoming(_ context.Context, rec *store.VMRecord) (map[string]int64, error) {
+func (h *host) PrepareIncoming(_ context.Context, rec *store.VMRecord, _ int64) (map[string]int64, error) {
 	if h.prepErr != nil {
 		return nil, h.prepErr
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/driver"
 	proto "github.com/vigilha/vigil/internal/protocol/migration"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -256,7 +257,7 @@ func (r *Reconciler) dropSourceDisks(ctx context.Context, v *store.VMState, p st
 			switch took, lost := destinationTookOver(snap, name, p); {
 			case took:
 				for _, d := range v.Record.VM.Spec.Disks {
-					if ds, ok := r.datastores[d.Datastore]; ok && !ds.Shared() {
+					if ds, ok := r.datastores[d.Datastore]; ok && storage.Copied(ds) {
 						_ = ds.Delete(ctx, refOf(v.Record), d) // the disk now lives on the target
 					}
 				}

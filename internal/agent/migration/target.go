@@ -39,7 +39,7 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 	// the storage serves both hosts until the cut-over commits them.
 	incV := *v
 	incV.Placement.Epoch = p.Epoch
-	grants, err := r.host.PrepareIncoming(ctx, v.Record)
+	grants, err := r.host.PrepareIncoming(ctx, v.Record, p.ReplicaGeneration)
 	if err != nil {
 		fail(err)
 		return
@@ -58,7 +58,7 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 	}
 	var nbdDisks []int
 	for i, d := range v.Record.VM.Spec.Disks {
-		if ds, ok := r.datastores[d.Datastore]; ok && !ds.Shared() {
+		if ds, ok := r.datastores[d.Datastore]; ok && storage.Copied(ds) {
 			nbdDisks = append(nbdDisks, i)
 		}
 	}
@@ -73,7 +73,7 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 		fail(err)
 		return
 	}
-	spec := driver.IncomingSpec{ListenIP: r.storageIP, Postcopy: p.Postcopy, NBDDisks: nbdDisks}
+	spec := driver.IncomingSpec{ListenIP: r.storageIP, Postcopy: p.Postcopy, NBDDisks: nbdDisks, LateBlockActivate: p.ReplicaGeneration > 0}
 	if !p.Postcopy {
 		spec.Multifd = multifdChannels
 	}
@@ -113,8 +113,14 @@ func (r *Reconciler) resumeIncoming(ctx context.Context, mig driver.Migrator, na
 	}
 	deadline := time.Now().Add(2 * time.Minute)
 	postcopy := false
+	last := "not read yet"
 	for time.Now().Before(deadline) {
 		info, err := mig.IncomingStatus(ctx, name)
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = string(info.Status)
+		}
 		if err == nil && (info.Status == driver.MigrationCompleted || info.Status == driver.MigrationPostcopyActive) {
 			postcopy = info.Status == driver.MigrationPostcopyActive
 			break
@@ -127,7 +133,7 @@ func (r *Reconciler) resumeIncoming(ctx context.Context, mig driver.Migrator, na
 			// The placement is already here but the source died before it
 			// finished (or switched to post-copy): its state is gone, and
 			// QEMU would notice only when TCP gives up.
-			fail("source host " + source + " failed (lease expired) before the migration finished")
+			fail("source host " + source + " failed (lease expired) before the migration finished (incoming migration: " + last + ")")
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -219,7 +225,7 @@ func (r *Reconciler) dropIncoming(ctx context.Context, v *store.VMState, grants 
 	r.host.ReleaseDisks(ctx, v)
 	r.host.AbortIncoming(ctx, refOf(v.Record), grants)
 	for _, d := range v.Record.VM.Spec.Disks {
-		if ds, ok := r.datastores[d.Datastore]; ok && !ds.Shared() {
+		if ds, ok := r.datastores[d.Datastore]; ok && storage.Copied(ds) {
 			_ = ds.Delete(ctx, refOf(v.Record), d)
 		}
 	}

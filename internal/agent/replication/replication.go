@@ -34,6 +34,7 @@ import (
 // Event types.
 const (
 	EvReplicaLost    = "alarm.replica-lost"
+	EvReplicaDropped = "replica.dropped"
 	EvReplicaSynced  = "replica.synced"
 	EvReplicaSyncing = "replica.syncing"
 	EvLocalDiskError = "alarm.local-disk-error"
@@ -100,6 +101,9 @@ func (m *Manager) disksOf(v *store.VMState) []diskRef {
 // Run reconciles on every change of a replica record, and every second.
 func (m *Manager) Run(ctx context.Context) {
 	watch := m.cfg.Store.Watch(ctx, store.ReplicaPrefix)
+	// A migration to the replica's host needs this host's copy served
+	// for the hand-over as soon as it is planned.
+	migrations := m.cfg.Store.Watch(ctx, store.MigrationPrefix)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -117,6 +121,7 @@ func (m *Manager) Run(ctx context.Context) {
 			}
 			return
 		case <-watch:
+		case <-migrations:
 		case <-tick.C:
 		}
 	}
@@ -162,8 +167,26 @@ func (m *Manager) reconcile(ctx context.Context) {
 				cancel()
 			}
 		}
+		if gen, ok := handingOver(snap, name, rs, m.cfg.Host); ok {
+			// A live migration to the replica's host: the destination
+			// pairs its copy with this one, under the generation the
+			// cut-over will grant it.
+			for _, d := range disks {
+				serving[name+"/"+d.spec.Name] = true
+				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				if err := m.cfg.Datastore.Server().ServeHandOver(sctx, ref, d.spec.Name, int64(d.spec.Size), gen); err != nil {
+					m.log.Warn("replication: cannot serve this copy for the hand-over", "vm", name, "disk", d.spec.Name, "err", err)
+				}
+				cancel()
+			}
+		}
 		st, ok := local[name]
 		if !ok || !st.Running {
+			continue
+		}
+		if st.Grants[ds] > rs.Generation {
+			// A live migration's destination, prepared for the generation
+			// the cut-over grants: it writes nothing before that.
 			continue
 		}
 		if g := st.Grants[ds]; g > 0 && (rs.Primary != m.cfg.Host || g < rs.Generation) {
@@ -223,6 +246,20 @@ func (m *Manager) reconcile(ctx context.Context) {
 	for _, p := range stop {
 		p.stop()
 	}
+}
+
+// handingOver reports whether host, the VM's primary, is migrating the VM
+// to its replica's host, and the generation the destination prepared.
+func handingOver(snap *store.Snapshot, name string, rs *store.ReplicaSet, host string) (int64, bool) {
+	mig := snap.Migrations[name]
+	if rs.Primary != host || mig == nil || mig.Plan == nil || mig.Plan.Phase.Done() {
+		return 0, false
+	}
+	p := mig.Plan
+	if p.Source != host || p.Target != rs.Peer || p.ReplicaGeneration != rs.Generation+1 {
+		return 0, false
+	}
+	return p.ReplicaGeneration, true
 }
 
 // primary watches one running VM's replicas, at one generation.
@@ -479,7 +516,7 @@ func (p *primary) step(ctx context.Context) {
 			if wrongPeer {
 				why = "the replica moved to " + replicated.OrNone(rs.Peer)
 			}
-			if !p.degrade(ctx, d, rs, why) {
+			if !p.degrade(ctx, d, rs, why, wrongPeer && !view.PeerLost && !p.replicaFailedNow(d.index)) {
 				resume = false
 			}
 		case preplication.RecordUpToDate:
@@ -539,9 +576,19 @@ func stateOf(rs *store.ReplicaSet, disk string) string {
 	return "unknown"
 }
 
+// replicaFailedNow reports whether the disk's replica failed a request.
+func (p *primary) replicaFailedNow(disk int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.replicaFailed[disk]
+}
+
 // degrade records the replica Outdated, then drops it. It reports whether
 // the disk may write on without it.
-func (p *primary) degrade(ctx context.Context, d diskRef, rs *store.ReplicaSet, why string) bool {
+//
+// moved says the record chose another peer (a planned move, not a
+// failure): the event says so instead of raising the replica-lost alarm.
+func (p *primary) degrade(ctx context.Context, d diskRef, rs *store.ReplicaSet, why string, moved bool) bool {
 	cfg := p.m.cfg
 	started := time.Now()
 	_, err := replicated.Set(ctx, cfg.Datastore.Records(), p.vm.Name, cfg.Host, p.gen, started,
@@ -564,6 +611,11 @@ func (p *primary) degrade(ctx context.Context, d diskRef, rs *store.ReplicaSet, 
 	delete(p.replicaFailed, d.index)
 	p.retryAt[d.index] = time.Now().Add(2 * time.Second)
 	p.mu.Unlock()
+	if moved {
+		p.event(ctx, EvReplicaDropped, fmt.Sprintf("the old replica of disk %s was dropped (%s): recorded Outdated in %d ms; the VM runs without a replica until the full sync to %s completes",
+			d.spec.Name, why, time.Since(started).Milliseconds(), replicated.OrNone(rs.Peer)))
+		return true
+	}
 	p.event(ctx, EvReplicaLost, fmt.Sprintf("replica of disk %s on %s lost (%s): recorded Outdated in %d ms; the VM goes on degraded, and the replica is resynced when %s serves it again",
 		d.spec.Name, rs.Peer, why, time.Since(started).Milliseconds(), rs.Peer))
 	return true

@@ -236,21 +236,24 @@ type MigrateRequest struct {
 
 // Migration is the API's view of a VM's latest migration.
 type Migration struct {
-	ID       string             `json:"id"`
-	VM       string             `json:"vm"`
-	Phase    string             `json:"phase"`
-	Source   string             `json:"source"`
-	Target   string             `json:"target"`
-	Reason   string             `json:"reason"`
-	Shared   bool               `json:"sharedStorage"`
-	Postcopy bool               `json:"postcopyAllowed"`
-	Step     string             `json:"step,omitempty"` // the source's or destination's current step
-	Progress MigrationProgress  `json:"progress"`
-	Steps    []string           `json:"escalations,omitempty"`
-	Error    string             `json:"error,omitempty"`
-	Started  time.Time          `json:"startedAt,omitzero"`
-	Finished time.Time          `json:"finishedAt,omitzero"`
-	Dest     *MigrationEndpoint `json:"destination,omitempty"`
+	ID       string `json:"id"`
+	VM       string `json:"vm"`
+	Phase    string `json:"phase"`
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	Reason   string `json:"reason"`
+	Shared   bool   `json:"sharedStorage"`
+	Postcopy bool   `json:"postcopyAllowed"`
+	// ReplicaSwap: the VM's replicated disks stay put, and the cut-over
+	// swaps the roles of their copies (the destination holds the replica).
+	ReplicaSwap bool               `json:"replicaSwap,omitempty"`
+	Step        string             `json:"step,omitempty"` // the source's or destination's current step
+	Progress    MigrationProgress  `json:"progress"`
+	Steps       []string           `json:"escalations,omitempty"`
+	Error       string             `json:"error,omitempty"`
+	Started     time.Time          `json:"startedAt,omitzero"`
+	Finished    time.Time          `json:"finishedAt,omitzero"`
+	Dest        *MigrationEndpoint `json:"destination,omitempty"`
 }
 
 // Escalations lists the stall detector's steps so far.

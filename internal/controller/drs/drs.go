@@ -355,7 +355,7 @@ func (c *Controller) problem(snap *store.Snapshot, history []store.DRSMove, now 
 		case migrating:
 			vm.Fixed = "migrating"
 		case len(req.Copies) > 0:
-			vm.Fixed = "its disks are replicated: live migration of a replicated VM is not supported yet"
+			vm.Fixed = "its disks are replicated: it can move only to its replica's host (a role swap), which DRS does not plan yet"
 		default:
 			if why := balance.Cooldown(moved[name], now, c.cfg.Cooldown); why != "" {
 				vm.Fixed = why

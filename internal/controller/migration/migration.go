@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/scheduler"
+	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -87,13 +88,6 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 
 // Target chooses a migration target for a VM, or explains why none fits.
 func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
-	for _, d := range v.Record.VM.Spec.Disks {
-		if snap.ReplicatedDatastore(d.Datastore) {
-			// Moving keeps redundancy only if the mirror, the replica and
-			// the quorum hand over together; until that is built, say so.
-			return "", fmt.Errorf("disk %s is on replicated datastore %s: live migration of a replicated VM is not supported yet (its copies stay on their hosts; HA restarts it on its replica's host)", d.Name, d.Datastore)
-		}
-	}
 	req := scheduler.RequestFor(snap, v)
 	req.Pinned = ""
 	req.Avoid = []string{v.Placement.Host}
@@ -106,6 +100,19 @@ func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
 		}
 		req.Hosts.Must = []string{to}
 	}
+	if replicatedDisks(snap, v) {
+		// A replicated VM moves only to its replica's host, which already
+		// holds every write: the cut-over swaps the roles, and redundancy
+		// holds throughout (docs/storage.md).
+		peer, err := replicated.CanHandOver(snap.Replicas[v.Record.Name()], v.Record.UID(), v.Placement.Host)
+		if err != nil {
+			return "", fmt.Errorf("its disks are replicated, and %w", err)
+		}
+		if to != "" && to != peer {
+			return "", fmt.Errorf("its disks are replicated, with the replica on %s: it can move only there (the roles swap); to move it to %s, first move its replica there (`vigil vm move-replica %s --to %s --accept-no-redundancy`: the VM has no redundancy until that full sync completes), then migrate it", peer, to, v.Record.Name(), to)
+		}
+		req.Hosts.Must = []string{peer}
+	}
 	// Local disks are copied, so a local datastore counts as reachable on
 	// every host that has one of that name.
 	d, err := scheduler.Place(req, scheduler.Hosts(snap, v.Record.Name()))
@@ -115,10 +122,22 @@ func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
 	return d.Host, nil
 }
 
-// sharedNothing reports whether any disk is on a host-local datastore.
+// sharedNothing reports whether any disk is on a host-local datastore
+// (copied to the destination; a replicated disk is not: its replica is
+// there already).
 func sharedNothing(snap *store.Snapshot, v *store.VMState) bool {
 	for _, d := range v.Record.VM.Spec.Disks {
-		if !snap.SharedDatastore(d.Datastore) {
+		if !snap.SharedDatastore(d.Datastore) && !snap.ReplicatedDatastore(d.Datastore) {
+			return true
+		}
+	}
+	return false
+}
+
+// replicatedDisks reports whether any disk is on a replicated datastore.
+func replicatedDisks(snap *store.Snapshot, v *store.VMState) bool {
+	for _, d := range v.Record.VM.Spec.Disks {
+		if snap.ReplicatedDatastore(d.Datastore) {
 			return true
 		}
 	}
@@ -168,6 +187,14 @@ func (c *Controller) plan(ctx context.Context, snap *store.Snapshot, name string
 	// destination (docs/drs.md), so VMs with room to grow their memory
 	// migrate pre-copy only.
 	p.Postcopy = (allow == nil || *allow) && !p.SharedNothing && !memoryHotplug(v)
+	if replicatedDisks(snap, v) {
+		// The destination runs its replicated disks under the next
+		// generation, which the cut-over grants. Pre-copy only: the
+		// cut-over must find the source paused with its last write on
+		// both copies, before the destination runs.
+		p.ReplicaGeneration = snap.Replicas[name].Generation + 1
+		p.Postcopy = false
+	}
 	p.Phase = migration.Scheduled
 	if outbound[p.Source] >= MaxOutboundPerHost || *active >= MaxPerCluster {
 		p.Phase = migration.Queued
@@ -180,8 +207,11 @@ func (c *Controller) plan(ctx context.Context, snap *store.Snapshot, name string
 		outbound[p.Source]++
 	}
 	mode := "shared storage: memory only"
-	if p.SharedNothing {
+	switch {
+	case p.SharedNothing:
 		mode = "shared-nothing: disks mirrored over NBD first"
+	case p.ReplicaGeneration > 0:
+		mode = "to the replica's host: memory only, the roles of the disk copies swap at the cut-over"
 	}
 	c.emit(ctx, store.Event{Type: migration.EvScheduled, VM: name, Host: p.Source,
 		Message: fmt.Sprintf("live migration %s -> %s scheduled (%s; post-copy %v; %s)", p.Source, p.Target, mode, p.Postcopy, p.Phase)})
@@ -219,7 +249,7 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 		p.Phase = step.Phase
 		return c.st.PutMigrationPlan(ctx, name, m.PlanRev, &p)
 	case migration.Flip:
-		return c.flip(ctx, name, v, m, &p)
+		return c.flip(ctx, snap, name, v, m, &p)
 	case migration.End:
 		msg := step.Reason
 		if step.Phase == migration.Completed && m.Source != nil && m.Source.ID == p.ID {
@@ -244,10 +274,29 @@ func (c *Controller) follow(ctx context.Context, snap *store.Snapshot, name stri
 // resumes the VM (the source agent sees the plan failed). The destination
 // then commits its generations at the storage, which revokes and drains
 // the source's, before it resumes.
-func (c *Controller) flip(ctx context.Context, name string, v *store.VMState, m *store.MigrationState, p *store.MigrationPlan) error {
+//
+// For a VM with replicated disks the same transaction swaps the replica's
+// roles, and only if the destination's copy is still UpToDate: otherwise
+// the migration fails here and the source resumes with the good copy.
+func (c *Controller) flip(ctx context.Context, snap *store.Snapshot, name string, v *store.VMState, m *store.MigrationState, p *store.MigrationPlan) error {
+	var swapped *store.ReplicaSet
+	if p.ReplicaGeneration > 0 {
+		rs := snap.Replicas[name]
+		next, err := replicated.SwapForMigration(rs, v.Record.UID(), p.Source, p.Target, p.ReplicaGeneration, c.now())
+		if err != nil {
+			p.Phase, p.Error, p.FinishedAt = migration.Failed, "cut-over refused: "+err.Error()+"; the VM continues on "+p.Source, c.now()
+			if err := c.st.PutMigrationPlan(ctx, name, m.PlanRev, p); err != nil {
+				return err
+			}
+			c.emit(ctx, store.Event{Type: migration.EvFailed, VM: name, Host: p.Source, Message: fmt.Sprintf("live migration %s -> %s failed: %s", p.Source, p.Target, p.Error)})
+			return nil
+		}
+		next.Rev = rs.Rev
+		swapped = next
+	}
 	next := store.Placement{Host: p.Target, Epoch: v.Placement.Epoch + 1, Reason: "live migration from " + p.Source, Time: c.now()}
 	p.Phase = migration.Switchover
-	err := c.st.FlipForMigration(ctx, name, v.Placement, v.PlacementRev, next, m.PlanRev, p)
+	err := c.st.FlipForMigration(ctx, name, v.Placement, v.PlacementRev, next, m.PlanRev, p, swapped)
 	if errors.Is(err, store.ErrConflict) {
 		return err // something changed: the next pass decides again
 	}

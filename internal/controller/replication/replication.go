@@ -71,50 +71,114 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 		if rs == nil || rs.Primary == "" || rs.UID != v.Record.UID() || v.Record.Deleting {
 			continue
 		}
+		_, primaryAlive := snap.Alive[rs.Primary]
+		primaryRuns := primaryAlive && v.Placement.Host == rs.Primary
+		evacuate := false
 		if rs.Peer != "" {
 			since, away := c.awaySince[rs.Peer]
-			if !away {
+			// A peer in maintenance gives its replica up to another host
+			// (its own evacuation), unless the VM is moving: a migration
+			// to the replica's host swaps the roles first.
+			evacuate = snap.Maintenance[rs.Peer] && !snap.Maintenance[rs.Primary] && primaryRuns && !snap.Migrations[name].Pending()
+			switch {
+			case evacuate:
+			case !away:
 				continue
-			}
-			if _, primaryAlive := snap.Alive[rs.Primary]; !primaryAlive || v.Placement.Host != rs.Primary {
+			case !primaryRuns:
 				continue // the peer may be the only copy left: keep it
-			}
-			if left := c.PeerTimeout - now.Sub(since); left > 0 {
-				if again == 0 || left < again {
-					again = left
+			default:
+				if left := c.PeerTimeout - now.Sub(since); left > 0 {
+					if again == 0 || left < again {
+						again = left
+					}
+					continue
 				}
-				continue
 			}
 		}
 		avoid := []string{rs.Primary}
 		if rs.Peer != "" {
 			avoid = append(avoid, rs.Peer)
 		}
-		req := scheduler.RequestFor(snap, v)
-		req.Copies, req.Pinned, req.Avoid = nil, "", avoid
-		// The replica takes disk space, not CPU or memory; but HA restarts
-		// the VM there, so the host must have room for it now.
-		d, err := scheduler.Place(req, hosts)
+		d, err := placePeer(snap, v, hosts, avoid, "")
 		if err != nil {
 			if c.said[name] != err.Error() {
 				c.said[name] = err.Error()
-				store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvNoPeer, VM: name,
-					Message: "no host can keep the replica; the VM runs without one: " + err.Error()})
+				msg := "no host can keep the replica; the VM runs without one: " + err.Error()
+				if evacuate {
+					msg = fmt.Sprintf("the replica cannot leave %s (maintenance): no other host can keep it (%v); it stays there", rs.Peer, err)
+				}
+				store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvNoPeer, VM: name, Message: msg})
 			}
 			again = peerRetryPeriod
 			continue
 		}
-		if _, err := replicated.SetPeer(ctx, c.st, name, d.Host, now); err != nil {
+		if _, err := replicated.SetPeer(ctx, c.st, name, d, now); err != nil {
 			c.log.Warn("cannot record the replica's host", "vm", name, "err", err)
 			again = time.Second
 			continue
 		}
 		delete(c.said, name)
-		msg := "replica host " + d.Host + " chosen (primary " + rs.Primary + "); a full sync follows"
-		if rs.Peer != "" {
-			msg = fmt.Sprintf("replica moved from %s (away for more than %s) to %s; a full sync follows", rs.Peer, c.PeerTimeout, d.Host)
+		msg := "replica host " + d + " chosen (primary " + rs.Primary + "); a full sync follows"
+		switch {
+		case evacuate:
+			msg = fmt.Sprintf("replica moved from %s (maintenance) to %s; the VM runs without a replica until the full sync to %s completes", rs.Peer, d, d)
+		case rs.Peer != "":
+			msg = fmt.Sprintf("replica moved from %s (away for more than %s) to %s; a full sync follows", rs.Peer, c.PeerTimeout, d)
 		}
-		store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvPeerChosen, VM: name, Host: d.Host, Message: msg})
+		store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvPeerChosen, VM: name, Host: d, Message: msg})
 	}
 	return again, nil
+}
+
+// placePeer chooses a host to keep the VM's replica (to, if not empty),
+// avoiding the given hosts, with the checks of a placement: alive, out of
+// maintenance, reaching the datastore, the VM's host rules and
+// anti-affinity, and room to run the VM (HA restarts it there).
+func placePeer(snap *store.Snapshot, v *store.VMState, hosts []scheduler.Host, avoid []string, to string) (string, error) {
+	req := scheduler.RequestFor(snap, v)
+	req.Copies, req.Pinned, req.Avoid = nil, "", avoid
+	if to != "" {
+		req.Hosts.Must = []string{to}
+	}
+	d, err := scheduler.Place(req, hosts)
+	if err != nil {
+		return "", err
+	}
+	return d.Host, nil
+}
+
+// MovePeer checks that the VM's replica may move to host to, at an
+// operator's request, and returns the record it would change. The move
+// drops the current replica and syncs the new one in full: the VM has no
+// redundancy until that sync completes, which the caller must have
+// accepted.
+func MovePeer(snap *store.Snapshot, name, to string) (*store.ReplicaSet, error) {
+	v, ok := snap.VMs[name]
+	if !ok {
+		return nil, fmt.Errorf("vm %s: %w", name, store.ErrNotFound)
+	}
+	rs := snap.Replicas[name]
+	switch {
+	case rs == nil || rs.UID != v.Record.UID():
+		return nil, fmt.Errorf("vm %s has no replicated disks", name)
+	case to == rs.Primary:
+		return nil, fmt.Errorf("vm %s runs on %s: its replica must be on another host", name, to)
+	case to == rs.Peer:
+		return nil, fmt.Errorf("vm %s: its replica is on %s already", name, to)
+	case rs.Override != nil:
+		return nil, fmt.Errorf("vm %s: an operator override to start from %s is pending", name, rs.Peer)
+	}
+	if _, ok := snap.Hosts[to]; !ok {
+		return nil, fmt.Errorf("no host named %q", to)
+	}
+	if _, alive := snap.Alive[rs.Primary]; !alive || v.Placement.Host != rs.Primary {
+		return nil, fmt.Errorf("vm %s: its primary %s is not running it; its replica on %s may be the only good copy, and stays", name, rs.Primary, replicated.OrNone(rs.Peer))
+	}
+	if snap.Migrations[name].Pending() {
+		return nil, fmt.Errorf("vm %s is migrating; move its replica afterwards", name)
+	}
+	if _, err := placePeer(snap, v, scheduler.Hosts(snap, ""), []string{rs.Primary}, to); err != nil {
+		return nil, err
+	}
+	return rs, nil
 }

@@ -89,3 +89,27 @@ func TestPeerChoiceAndTimeout(t *testing.T) {
 		t.Fatalf("a new peer's copy is %s, want Outdated until synced", d.State)
 	}
 }
+
+// A peer in maintenance gives its replica up to another host, at once;
+// with no other host able to keep it, it stays.
+func TestPeerInMaintenanceMoves(t *testing.T) {
+	st, c, now := cluster(t, "h1", "h2")
+	pass(t, st, c)
+	if err := st.SetMaintenance(context.Background(), "h2", true, store.Maintenance{Since: *now}); err != nil {
+		t.Fatal(err)
+	}
+	pass(t, st, c)
+	if rs := peerOf(t, st); rs.Peer != "h2" {
+		t.Fatalf("peer moved to %q with no other host to keep it", rs.Peer)
+	}
+	st.AddHost(store.Host{Name: "h3", Datastores: []string{"replicated"}, Capacity: store.Resources{CPUs: 4, Memory: int64(4 * spec.GiB)},
+		Fencing: store.Fencing{Watchdog: &store.WatchdogState{Device: "/dev/watchdog", Usable: true}}}, true)
+	pass(t, st, c)
+	rs := peerOf(t, st)
+	if rs.Peer != "h3" {
+		t.Fatalf("peer %q, want h3: h2 is in maintenance", rs.Peer)
+	}
+	if d := rs.Disks["d"]; d.State != preplication.Outdated {
+		t.Fatalf("the new peer's copy is %s, want Outdated until synced", d.State)
+	}
+}

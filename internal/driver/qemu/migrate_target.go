@@ -79,7 +79,7 @@ func (d *Driver) prepareIncoming(ctx context.Context, name string, s driver.Inco
 		// port of the first is not recorded anywhere to report again.
 		return driver.Incoming{}, fmt.Errorf("already prepared (migration %s): start a fresh destination", mi.Status)
 	}
-	caps := map[string]bool{"events": true, "postcopy-ram": s.Postcopy, "multifd": s.Multifd > 0}
+	caps := map[string]bool{"events": true, "postcopy-ram": s.Postcopy, "multifd": s.Multifd > 0, "late-block-activate": s.LateBlockActivate}
 	if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetCapabilities(ctx, caps) }); err != nil {
 		return driver.Incoming{}, fmt.Errorf("capabilities: %w", err)
 	}

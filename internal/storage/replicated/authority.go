@@ -330,3 +330,63 @@ func Override(ctx context.Context, recs Records, vm string, reason string, now t
 		return next, nil
 	})
 }
+
+// CanHandOver checks that a live migration of the VM from source to its
+// replica's host keeps every acknowledged write: the record names source
+// the primary, and every disk's replica is UpToDate and Established, so
+// the replica's host holds everything the guest saw complete. It names the
+// host the VM can move to.
+func CanHandOver(cur *store.ReplicaSet, uid, source string) (string, error) {
+	switch {
+	case cur == nil || cur.UID != uid:
+		return "", errors.New("its replicated disks have no replica record yet")
+	case cur.Primary != source:
+		return "", fmt.Errorf("its replicated disks' record names %s the primary, not %s", cur.Primary, source)
+	case cur.Peer == "":
+		return "", errors.New("its replicated disks have no replica host yet")
+	}
+	names := make([]string, 0, len(cur.Disks))
+	for n := range cur.Disks {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if d := cur.Disks[n]; d.State != preplication.UpToDate || d.Replication != preplication.Established {
+			return "", fmt.Errorf("the replica of disk %s on %s is %s/%s (%s): moving there would lose writes; it can move once the replica is UpToDate",
+				n, cur.Peer, d.State, d.Replication, OrNone(d.Reason))
+		}
+	}
+	if len(names) == 0 {
+		return "", errors.New("its replica record holds no disks")
+	}
+	return cur.Peer, nil
+}
+
+// SwapForMigration is the replica record after a live migration's
+// cut-over to the replica's host: the destination becomes the primary at
+// generation gen, and the source's copy (paused with the guest's last
+// write on it, and on the destination's copy too) becomes the replica,
+// still UpToDate and Established. It is applied by the compare-and-swap
+// that moves placement (store.FlipForMigration), so the roles and the
+// placement move together; gen must be the generation the destination
+// prepared (the record's + 1), so a fence or a start in between refuses it.
+func SwapForMigration(cur *store.ReplicaSet, uid, source, target string, gen int64, now time.Time) (*store.ReplicaSet, error) {
+	peer, err := CanHandOver(cur, uid, source)
+	if err != nil {
+		return nil, err
+	}
+	if peer != target {
+		return nil, fmt.Errorf("the replica is on %s, not on the destination %s", peer, target)
+	}
+	if gen != cur.Generation+1 {
+		return nil, fmt.Errorf("the destination prepared generation %d, but the record is at %d (a fence or a start came between)", gen, cur.Generation)
+	}
+	next := cur.Clone()
+	next.Primary, next.Peer, next.Generation, next.Override = target, source, gen, nil
+	for _, d := range next.Disks {
+		// The old primary's copy is the replica now; its server publishes
+		// its identity again under the new generation.
+		d.Since, d.Reason, d.Copy, d.SyncPercent = now, "roles swapped by live migration from "+source, "", 0
+	}
+	return next, nil
+}

@@ -320,3 +320,43 @@ func TestGrantSurvivesLostAnswer(t *testing.T) {
 		t.Fatal("a host holding no copy was granted the VM")
 	}
 }
+
+// A live migration's cut-over swaps the roles only from a record that
+// names the source primary at the generation before the destination's,
+// the destination its peer, and every disk UpToDate and Established.
+func TestSwapForMigration(t *testing.T) {
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	rec := func(state preplication.DiskState, rep preplication.ReplState) *store.ReplicaSet {
+		return &store.ReplicaSet{UID: "u1", Primary: "h1", Peer: "h2", Generation: 7,
+			Disks: map[string]*store.ReplicaDisk{"a": {State: preplication.UpToDate, Replication: preplication.Established}, "b": {State: state, Replication: rep}}}
+	}
+	next, err := SwapForMigration(rec(preplication.UpToDate, preplication.Established), "u1", "h1", "h2", 8, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Primary != "h2" || next.Peer != "h1" || next.Generation != 8 {
+		t.Fatalf("swapped record %+v, want primary h2, peer h1, generation 8", next)
+	}
+	for n, d := range next.Disks {
+		if d.State != preplication.UpToDate || d.Replication != preplication.Established {
+			t.Fatalf("disk %s %s/%s after the swap, want UpToDate/Established", n, d.State, d.Replication)
+		}
+	}
+	for _, c := range []struct {
+		name          string
+		rs            *store.ReplicaSet
+		uid, from, to string
+		gen           int64
+	}{
+		{"a disk outdated", rec(preplication.Outdated, preplication.Off), "u1", "h1", "h2", 8},
+		{"a sync running", rec(preplication.Inconsistent, preplication.SyncSource), "u1", "h1", "h2", 8},
+		{"not the replica's host", rec(preplication.UpToDate, preplication.Established), "u1", "h1", "h3", 8},
+		{"a fence came between", rec(preplication.UpToDate, preplication.Established), "u1", "h1", "h2", 9},
+		{"not the primary", rec(preplication.UpToDate, preplication.Established), "u1", "h2", "h1", 8},
+		{"another VM's record", rec(preplication.UpToDate, preplication.Established), "u2", "h1", "h2", 8},
+	} {
+		if _, err := SwapForMigration(c.rs, c.uid, c.from, c.to, c.gen, now); err == nil {
+			t.Errorf("%s: the swap was allowed", c.name)
+		}
+	}
+}

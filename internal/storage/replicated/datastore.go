@@ -17,6 +17,7 @@ import (
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
+	"github.com/vigilha/vigil/internal/store"
 )
 
 // DefaultPort is where each host's replica server listens on its storage
@@ -75,6 +76,10 @@ func (s *Datastore) Name() string { return s.name }
 func (s *Datastore) Shared() bool { return false }
 
 // Server is this host's replica server.
+// HandsOver: a live migration moves the VM to its replica's host and
+// swaps the copies' roles; nothing is copied (storage.HandOver).
+func (s *Datastore) HandsOver() bool { return true }
+
 func (s *Datastore) Server() *Server { return s.server }
 
 // Records is the record store the datastore uses.
@@ -147,6 +152,9 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	if err != nil {
 		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
 	}
+	if rs.UID == vm.UID && rs.Peer == s.host && int64(gen) == rs.Generation+1 {
+		return s.prepareIncoming(ctx, cfg, vm, gen, rs, d)
+	}
 	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
 		return cfg, fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation)
 	}
@@ -170,6 +178,12 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	if err := writeMark(path, mark{UID: vm.UID, Gen: int64(gen), ID: newCopyID()}); err != nil {
 		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
 	}
+	return s.attach(ctx, cfg, vm, gen, rs, d)
+}
+
+// attach adds the peer's replica to a disk that the record says is
+// UpToDate there; otherwise the disk starts degraded.
+func (s *Datastore) attach(ctx context.Context, cfg driver.DiskConfig, vm storage.VMRef, gen storage.Generation, rs *store.ReplicaSet, d spec.Disk) (driver.DiskConfig, error) {
 	rd := rs.Disks[d.Name]
 	if rs.Peer == "" || rd == nil || rd.State != preplication.UpToDate {
 		return cfg, nil // degraded: the record already says the replica is not UpToDate
@@ -189,6 +203,56 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 		return cfg, fmt.Errorf("datastore %s: %w", s.name, serr)
 	}
 	return cfg, nil
+}
+
+// prepareIncoming readies this host's copy (the replica) as a live
+// migration's destination, which will run the VM under generation gen =
+// the record's + 1 once the leader's cut-over swaps the roles. Until then
+// the copy stays served to the source, which writes on: the destination's
+// QEMU opens it inactive, and writes nothing before the commit. Its second
+// child is the source's own copy, which the source's server exports under
+// gen for the hand-over (so the pair is whole from the first write on).
+// Both copies are UpToDate only if the record says so; otherwise the
+// destination is refused: it would run on a copy that lacks writes.
+func (s *Datastore) prepareIncoming(ctx context.Context, cfg driver.DiskConfig, vm storage.VMRef, gen storage.Generation, rs *store.ReplicaSet, d spec.Disk) (driver.DiskConfig, error) {
+	if _, err := CanHandOver(rs, vm.UID, rs.Primary); err != nil {
+		return cfg, fmt.Errorf("datastore %s: vm %s: %w", s.name, vm.Name, err)
+	}
+	t, err := s.Target(ctx, rs.Primary, vm, d.Name, int64(gen))
+	if err == nil {
+		err = WaitExport(ctx, t, peerWait)
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("datastore %s: the source %s does not serve its copy of %s for the hand-over: %w", s.name, rs.Primary, d.Name, err)
+	}
+	cfg.Replica = &t
+	return cfg, nil
+}
+
+// CommitIncoming is a live migration destination's side of the cut-over:
+// the leader's compare-and-swap made this host the primary at gen (the
+// source's copy the replica); this host's copy stops being served to the
+// source (draining its last writes: it is paused, with nothing in flight)
+// and gets a new identity, since the VM runs on it from now on.
+func (s *Datastore) CommitIncoming(ctx context.Context, vm storage.VMRef, gen storage.Generation) error {
+	rs, err := s.recs.GetReplicaSet(ctx, vm.Name)
+	if err != nil {
+		return fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
+		return fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d, not %s at %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation, s.host, gen)
+	}
+	oldClient := func() string { ip, _ := s.peers(ctx, rs.Peer); return ip }
+	for disk := range rs.Disks {
+		if err := s.server.Claim(ctx, vm.Name, disk, int64(gen), oldClient); err != nil {
+			return fmt.Errorf("datastore %s: %w", s.name, err)
+		}
+		path := CopyPath(s.dir, vm.Name, disk)
+		if err := writeMark(path, mark{UID: vm.UID, Gen: int64(gen), ID: newCopyID()}); err != nil {
+			return fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, disk, vm.Name, err)
+		}
+	}
+	return nil
 }
 
 // WaitExport waits until the NBD export t answers, for at most limit.

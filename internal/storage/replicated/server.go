@@ -135,6 +135,22 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 // export exists; Serve fails if it does: a primary that reads the
 // identity after the export answers reads this copy's.
 func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient func() string, publish func(identity string) error) error {
+	return s.serve(ctx, vm, disk, size, gen, oldClient, publish, false)
+}
+
+// ServeHandOver serves this host's own copy of disk (the primary's, which
+// its running QEMU writes) under generation gen, to a live migration's
+// destination: the replica's host, which the cut-over makes the primary
+// at gen. The destination's QEMU opens it at once but writes only after
+// the cut-over, when the source is paused for good; the source's QEMU
+// holds the file's lock meanwhile, so this export opens it without one.
+// After the cut-over the same export is this host's replica, served as
+// Serve would.
+func (s *Server) ServeHandOver(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64) error {
+	return s.serve(ctx, vm, disk, size, gen, nil, nil, true)
+}
+
+func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient func() string, publish func(identity string) error, handOver bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key(vm.Name, disk)
@@ -185,10 +201,14 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 		}
 	}
 	node := nodeName(vm.Name, disk)
-	if err := d.QMP.Execute(ctx, "blockdev-add", map[string]any{
+	opts := map[string]any{
 		"driver": "file", "node-name": node, "filename": path,
 		"cache": map[string]any{"direct": true}, "aio": "threads",
-	}, nil); err != nil {
+	}
+	if handOver {
+		opts["locking"] = "off"
+	}
+	if err := d.QMP.Execute(ctx, "blockdev-add", opts, nil); err != nil {
 		return fmt.Errorf("replica of %s/%s: open copy: %w", vm.Name, disk, err)
 	}
 	name := ExportName(vm.UID, disk, gen)

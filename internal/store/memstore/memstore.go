@@ -74,6 +74,9 @@ func (m *Store) Snapshot(context.Context) (*store.Snapshot, error) {
 	if err := json.Unmarshal(b, out); err != nil {
 		return nil, fmt.Errorf("memstore snapshot: %w", err)
 	}
+	for vm, rs := range out.Replicas {
+		rs.Rev = m.replicaRev[vm] // not in the JSON, as in etcd's
+	}
 	return out, nil
 }
 
@@ -279,7 +282,7 @@ func (m *Store) PutMigrationPlan(_ context.Context, vm string, rev int64, p *sto
 }
 
 // FlipForMigration is the cut-over: placement and plan in one step.
-func (m *Store) FlipForMigration(_ context.Context, vm string, old store.Placement, placementRev int64, next store.Placement, planRev int64, plan *store.MigrationPlan) error {
+func (m *Store) FlipForMigration(_ context.Context, vm string, old store.Placement, placementRev int64, next store.Placement, planRev int64, plan *store.MigrationPlan, replicas *store.ReplicaSet) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if next.Epoch <= old.Epoch {
@@ -290,13 +293,17 @@ func (m *Store) FlipForMigration(_ context.Context, vm string, old store.Placeme
 		return err
 	}
 	v, ms := m.s.VMs[vm], m.s.Migrations[vm]
-	if v == nil || ms == nil || v.PlacementRev != placementRev || ms.PlanRev != planRev {
+	if v == nil || ms == nil || v.PlacementRev != placementRev || ms.PlanRev != planRev || (replicas != nil && m.replicaRev[vm] != replicas.Rev) {
 		return fmt.Errorf("%s: %w", what, store.ErrConflict)
 	}
 	cp := *plan
 	v.Placement, ms.Plan = next, &cp
 	rev := m.changed()
 	v.PlacementRev, ms.PlanRev = rev, rev
+	if replicas != nil {
+		m.s.Replicas[vm] = replicas.Clone()
+		m.replicaRev[vm] = rev
+	}
 	return nil
 }
 
