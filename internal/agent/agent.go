@@ -140,6 +140,9 @@ type Agent struct {
 	wd   *armer
 	mu   sync.Mutex
 	busy map[string]string // vm -> operation in flight
+	// diskWork: vm -> the job that may pause or move the VM under its
+	// replicated disks (a resync, a live migration out); see claimDiskWork.
+	diskWork map[string]string
 	// slowUntil: some etcd member stopped answering recently.
 	slowUntil time.Time
 	// killing are the VMs self-fencing is killing; fencedBy says why it
@@ -215,6 +218,7 @@ func New(cfg Config) (*Agent, error) {
 		log:      log,
 		kick:     make(chan struct{}, 1),
 		busy:     map[string]string{},
+		diskWork: map[string]string{},
 		killing:  map[string]bool{},
 		fencedBy: map[string]string{},
 		wd:       newArmer(cfg.WatchdogSocket, cfg.LeaseTTL, cfg.Fence, log),

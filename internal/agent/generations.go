@@ -65,7 +65,7 @@ func (a *Agent) runReplication(ctx context.Context) {
 	defer a.cfg.Replicated.Server().Close()
 	replication.New(replication.Config{
 		Host: a.cfg.Host, Datastore: a.cfg.Replicated, Driver: a.drv, Replicator: rep,
-		Store: a.st, Events: a.st, Log: a.log, SyncSpeed: a.cfg.ReplicationSyncSpeed,
+		Store: a.st, Events: a.st, Log: a.log, SyncSpeed: a.cfg.ReplicationSyncSpeed, ClaimDiskWork: a.claimDiskWork,
 		Fence: func(ctx context.Context, vm string, gen int64, reason string) {
 			st, err := a.drv.Inspect(vm)
 			if err != nil || !st.Running || st.Grants[a.cfg.Replicated.Name()] != gen {

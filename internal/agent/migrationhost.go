@@ -18,6 +18,10 @@ func (h migrationHost) Do(ctx context.Context, vm, op string, fn func(context.Co
 
 func (h migrationHost) Busy(vm string) bool { return h.a.isBusy(vm) }
 
+func (h migrationHost) ClaimDiskWork(vm, what string) (func(), string) {
+	return h.a.claimDiskWork(vm, what)
+}
+
 func (h migrationHost) Event(ctx context.Context, typ, vm, msg string) { h.a.event(ctx, typ, vm, msg) }
 
 func (h migrationHost) LastSnapshot() *store.Snapshot {

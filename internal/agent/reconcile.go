@@ -353,6 +353,27 @@ func (a *Agent) busyWith(name string) string {
 
 func (a *Agent) isBusy(name string) bool { return a.busyWith(name) != "" }
 
+// claimDiskWork reserves a VM for one job that pauses, resumes or moves it
+// under its replicated disks: a resync (whose last round pauses the VM and
+// resumes it) and a live migration out (which stops it for good, or resumes
+// it when the cut-over fails). Interleaved, one could resume the VM the
+// other stopped: the source after its cut-over, or the VM in the middle of
+// the resync's last round. It returns the release, or the job that holds
+// the VM.
+func (a *Agent) claimDiskWork(vm, what string) (release func(), holder string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h, ok := a.diskWork[vm]; ok {
+		return nil, h
+	}
+	a.diskWork[vm] = what
+	return func() {
+		a.mu.Lock()
+		delete(a.diskWork, vm)
+		a.mu.Unlock()
+	}, ""
+}
+
 // do runs one operation on a VM in the background; at most one runs per VM,
 // and the agent reconciles again when it ends.
 func (a *Agent) do(ctx context.Context, name, op string, fn func(context.Context)) {

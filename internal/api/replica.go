@@ -60,7 +60,7 @@ func (s *Server) moveReplica(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Query().Get("acceptNoRedundancy") != "true" {
-		writeErr(w, http.StatusBadRequest, fmt.Errorf("moving the replica of %s drops the current one: the VM has no redundancy until the full sync to %s completes; repeat with --accept-no-redundancy", name, to))
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("moving the replica of %s drops the current one: the VM has no redundancy until the full sync to %s completes; repeat with --accept-no-redundancy (acceptNoRedundancy=true)", name, to))
 		return
 	}
 	snap, v, ok := s.snapshotVM(w, r)
@@ -76,7 +76,7 @@ func (s *Server) moveReplica(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, code, err)
 		return
 	}
-	if _, err := replicated.SetPeer(r.Context(), s.st, name, to, time.Now()); err != nil {
+	if _, err := replicated.MovePeer(r.Context(), s.st, name, to, rs, time.Now()); err != nil {
 		writeErr(w, statusFor(err), err)
 		return
 	}

@@ -207,7 +207,9 @@ func waitEvacuated(ctx context.Context, g *globals, c *client.Client, host strin
 					}
 				}
 				for _, d := range v.Disks {
-					if d.Replica != nil && d.Replica.Host == host {
+					// A replica moves off only while its VM runs elsewhere
+					// (its primary may be the only other copy otherwise).
+					if d.Replica != nil && d.Replica.Host == host && v.State == v1.StateRunning && v.Host != host {
 						replicas = append(replicas, v.Name+"/"+d.Name)
 					}
 				}
@@ -232,7 +234,7 @@ func waitEvacuated(ctx context.Context, g *globals, c *client.Client, host strin
 				for _, b := range blocked {
 					fmt.Fprintln(g.out, "  "+b)
 				}
-				return errors.New("some VMs cannot leave " + host + " (they keep running there); see above")
+				return errors.New("some VMs or replicas cannot leave " + host + " (they stay there); see above")
 			}
 		}
 		select {
@@ -251,11 +253,9 @@ func blockedVMs(ctx context.Context, c *client.Client, host string, since time.T
 		}
 	}
 	// A replica that no other host can keep stays (the VM keeps it).
-	if evs, err := c.Events(ctx, client.EventFilter{Since: since, Type: "alarm.no-replica-host"}); err == nil {
+	if evs, err := c.Events(ctx, client.EventFilter{Since: since, Type: "alarm.no-replica-host", Host: host}); err == nil {
 		for _, e := range evs {
-			if strings.Contains(e.Message, "cannot leave "+host+" ") {
-				out = append(out, e.VM+": "+e.Message)
-			}
+			out = append(out, e.VM+": "+e.Message)
 		}
 	}
 	return out

@@ -120,10 +120,6 @@ func ReplicaKey(vm string) string { return replicasPfx + vm }
 // ReplicaPrefix is where every ReplicaSet lives (to watch them).
 const ReplicaPrefix = replicasPfx
 
-// MigrationPrefix is where every live migration's request, plan and
-// reports live (to watch them).
-const MigrationPrefix = migPfx
-
 // GetReplicaSet reads a VM's ReplicaSet with its revision; ErrNotFound
 // when there is none.
 func (s *Store) GetReplicaSet(ctx context.Context, vm string) (*ReplicaSet, error) {

@@ -375,14 +375,7 @@ func TestMigrate_HostDeathAtEachPhase(t *testing.T) {
 			}
 			before, _ := g.Counter(context.Background(), v.IP)
 			if c.dirty {
-				// The guest touches 64 MiB before it answers: slow under TCG.
-				slow, err := l.Guests(otherThan(l, source, target), 30*time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := slow.Dirty(context.Background(), v.IP, 64); err != nil {
-					t.Fatal(err)
-				}
+				dirty64(t, l, v.IP, otherThan(l, source, target))
 			}
 			w := check.StartWriter(g, v.IP, 100*time.Millisecond)
 			if _, err := l.Client.Migrate(context.Background(), name, target); err != nil {
@@ -499,6 +492,20 @@ func TestMigrate_HostDeathDuringDiskMirror(t *testing.T) {
 			}
 			waitHostAlive(t, l, victim, 60*time.Second)
 		})
+	}
+}
+
+// dirty64 has the guest at ip dirty 64 MiB of its memory, asked from
+// host, so that its migration takes long enough to be caught mid-way.
+func dirty64(t *testing.T, l *testenv.Lab, ip, host string) {
+	t.Helper()
+	// The guest touches 64 MiB before it answers: slow under TCG.
+	slow, err := l.Guests(host, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := slow.Dirty(context.Background(), ip, 64); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -463,13 +463,7 @@ func TestReplicated_HostDeathDuringRoleSwap(t *testing.T) {
 			}
 			before := l.WaitAnswering(g, v.IP, bootLimit)
 			if c.slow {
-				slow, err := l.Guests(otherThan(l, source, target), 30*time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := slow.Dirty(context.Background(), v.IP, 64); err != nil {
-					t.Fatal(err)
-				}
+				dirty64(t, l, v.IP, otherThan(l, source, target))
 			}
 			w := check.StartWriter(g, v.IP, 100*time.Millisecond)
 			if _, err := l.Client.Migrate(context.Background(), name, ""); err != nil {

@@ -24,6 +24,10 @@ type Host interface {
 	// Busy reports whether an operation runs.
 	Do(ctx context.Context, vm, op string, fn func(context.Context))
 	Busy(vm string) bool
+	// ClaimDiskWork reserves the VM against a resync of its replicated
+	// disks for the whole of a migration out (the agent's claimDiskWork):
+	// it returns the release, or the job that holds the VM.
+	ClaimDiskWork(vm, what string) (release func(), holder string)
 	// Event queues an event for the cluster's log.
 	Event(ctx context.Context, typ, vm, msg string)
 	// LastSnapshot is the cluster state the host last read (nil: none yet).
@@ -130,9 +134,25 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 			rep := *m.Target
 			r.host.Do(ctx, name, OpIn, func(ctx context.Context) { r.resumeIncoming(ctx, mig, name, p.Source, &rep) })
 		case proto.MigrateOut:
-			r.host.Do(ctx, name, OpOut, func(ctx context.Context) { r.migrateOut(ctx, mig, v, p, *m.Target) })
+			r.host.Do(ctx, name, OpOut, func(ctx context.Context) {
+				release, holder := r.host.ClaimDiskWork(name, "live migration")
+				if holder != "" {
+					r.reportSource(ctx, name, &store.MigrationSource{ID: p.ID, Phase: proto.SourceFailed,
+						Error: "a " + holder + " of its replicated disks is running; migrate once its replica is UpToDate"})
+					return
+				}
+				defer release()
+				r.migrateOut(ctx, mig, v, p, *m.Target)
+			})
 		case proto.RecoverSource:
-			r.host.Do(ctx, name, OpOut, func(ctx context.Context) { r.recoverSource(ctx, mig, v, p) })
+			r.host.Do(ctx, name, OpOut, func(ctx context.Context) {
+				release, holder := r.host.ClaimDiskWork(name, "live migration")
+				if holder != "" {
+					return // the next reconcile tries again, once the resync is over
+				}
+				defer release()
+				r.recoverSource(ctx, mig, v, p)
+			})
 		}
 	}
 }

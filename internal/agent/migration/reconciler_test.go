@@ -48,6 +48,8 @@ func (h *host) Do(ctx context.Context, vm, op string, fn func(context.Context)) 
 	}()
 }
 
+func (h *host) ClaimDiskWork(string, string) (func(), string) { return func() {}, "" }
+
 func (h *host) Busy(vm string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()

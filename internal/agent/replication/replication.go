@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	pmigration "github.com/vigilha/vigil/internal/protocol/migration"
 	preplication "github.com/vigilha/vigil/internal/protocol/replication"
 
 	"github.com/vigilha/vigil/internal/driver"
@@ -55,6 +56,10 @@ type Config struct {
 	Log   *slog.Logger
 	// SyncSpeed caps a resync (bytes/s), so that it cannot starve guests.
 	SyncSpeed int64
+	// ClaimDiskWork reserves a VM for a resync against a live migration
+	// out (which stops and may resume the VM): it returns the release, or
+	// the job that holds the VM, and then the resync waits.
+	ClaimDiskWork func(vm, what string) (release func(), holder string)
 	// ProbeInterval and ProbeFailures: the peer is lost after that many
 	// failed connection attempts in a row, one per interval.
 	ProbeInterval time.Duration
@@ -101,9 +106,6 @@ func (m *Manager) disksOf(v *store.VMState) []diskRef {
 // Run reconciles on every change of a replica record, and every second.
 func (m *Manager) Run(ctx context.Context) {
 	watch := m.cfg.Store.Watch(ctx, store.ReplicaPrefix)
-	// A migration to the replica's host needs this host's copy served
-	// for the hand-over as soon as it is planned.
-	migrations := m.cfg.Store.Watch(ctx, store.MigrationPrefix)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -121,7 +123,6 @@ func (m *Manager) Run(ctx context.Context) {
 			}
 			return
 		case <-watch:
-		case <-migrations:
 		case <-tick.C:
 		}
 	}
@@ -184,7 +185,7 @@ func (m *Manager) reconcile(ctx context.Context) {
 		if !ok || !st.Running {
 			continue
 		}
-		if st.Grants[ds] > rs.Generation {
+		if g := st.Grants[ds]; g > rs.Generation && preparedHere(snap, name, m.cfg.Host, g) {
 			// A live migration's destination, prepared for the generation
 			// the cut-over grants: it writes nothing before that.
 			continue
@@ -252,7 +253,10 @@ func (m *Manager) reconcile(ctx context.Context) {
 // to its replica's host, and the generation the destination prepared.
 func handingOver(snap *store.Snapshot, name string, rs *store.ReplicaSet, host string) (int64, bool) {
 	mig := snap.Migrations[name]
-	if rs.Primary != host || mig == nil || mig.Plan == nil || mig.Plan.Phase.Done() {
+	if rs.Primary != host || mig == nil || mig.Plan == nil || (mig.Plan.Phase != pmigration.Scheduled && mig.Plan.Phase != pmigration.Running) {
+		// Only while a destination prepares or the memory moves: the
+		// export opens the copy without a lock. (The destination waits for
+		// it up to 10 s; this host reconciles every second.)
 		return 0, false
 	}
 	p := mig.Plan
@@ -260,6 +264,13 @@ func handingOver(snap *store.Snapshot, name string, rs *store.ReplicaSet, host s
 		return 0, false
 	}
 	return p.ReplicaGeneration, true
+}
+
+// preparedHere reports whether an active migration plan makes host the
+// destination of the VM under replicated generation gen.
+func preparedHere(snap *store.Snapshot, name, host string, gen int64) bool {
+	mig := snap.Migrations[name]
+	return mig.Active() && mig.Plan.Target == host && mig.Plan.ReplicaGeneration == gen
 }
 
 // primary watches one running VM's replicas, at one generation.
@@ -495,7 +506,8 @@ func (p *primary) step(ctx context.Context) {
 			delete(p.localFailed, d.index)
 			delete(p.localSaid, d.index)
 		}
-		view := preplication.PrimaryView{Attached: attached, ReplicaFailed: p.replicaFailed[d.index] || wrongPeer, LocalFailed: p.localFailed[d.index],
+		failed := p.replicaFailed[d.index]
+		view := preplication.PrimaryView{Attached: attached, ReplicaFailed: failed || wrongPeer, LocalFailed: p.localFailed[d.index],
 			PeerLost: peerLost, IOPaused: ioFailed, HasPeer: rs.Peer != "", RetryDue: time.Now().After(p.retryAt[d.index])}
 		p.mu.Unlock()
 		if rd := rs.Disks[d.spec.Name]; rd != nil {
@@ -516,7 +528,7 @@ func (p *primary) step(ctx context.Context) {
 			if wrongPeer {
 				why = "the replica moved to " + replicated.OrNone(rs.Peer)
 			}
-			if !p.degrade(ctx, d, rs, why, wrongPeer && !view.PeerLost && !p.replicaFailedNow(d.index)) {
+			if !p.degrade(ctx, d, rs, why, wrongPeer && !view.PeerLost && !failed) {
 				resume = false
 			}
 		case preplication.RecordUpToDate:
@@ -536,11 +548,23 @@ func (p *primary) step(ctx context.Context) {
 				resume = false // never run on while etcd says UpToDate
 			}
 		case preplication.Resync:
+			release, holder := cfg.ClaimDiskWork(p.vm.Name, "resync")
+			if holder != "" {
+				// A live migration out: it moves the VM to the replica's host
+				// only with the replica UpToDate, so it fails at its cut-over;
+				// the resync follows where the VM goes on.
+				p.log.Debug("replication: resync waits", "disk", d.spec.Name, "for", holder)
+				p.mu.Lock()
+				p.retryAt[d.index] = time.Now().Add(time.Second)
+				p.mu.Unlock()
+				continue
+			}
 			p.mu.Lock()
 			p.syncing[d.index] = true
 			p.mu.Unlock()
 			p.wg.Add(1)
 			go func() {
+				defer release()
 				defer p.wg.Done()
 				p.resync(ctx, d, rs)
 				p.mu.Lock()
@@ -574,13 +598,6 @@ func stateOf(rs *store.ReplicaSet, disk string) string {
 		return string(d.State)
 	}
 	return "unknown"
-}
-
-// replicaFailedNow reports whether the disk's replica failed a request.
-func (p *primary) replicaFailedNow(disk int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.replicaFailed[disk]
 }
 
 // degrade records the replica Outdated, then drops it. It reports whether

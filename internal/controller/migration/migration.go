@@ -106,7 +106,7 @@ func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
 		// holds throughout (docs/storage.md).
 		peer, err := replicated.CanHandOver(snap.Replicas[v.Record.Name()], v.Record.UID(), v.Placement.Host)
 		if err != nil {
-			return "", fmt.Errorf("its disks are replicated, and %w", err)
+			return "", fmt.Errorf("a replicated VM moves only to its replica's host, and not now: %w", err)
 		}
 		if to != "" && to != peer {
 			return "", fmt.Errorf("its disks are replicated, with the replica on %s: it can move only there (the roles swap); to move it to %s, first move its replica there (`vigil vm move-replica %s --to %s --accept-no-redundancy`: the VM has no redundancy until that full sync completes), then migrate it", peer, to, v.Record.Name(), to)

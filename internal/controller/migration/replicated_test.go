@@ -45,10 +45,17 @@ func TestReplicatedVMMovesOnlyToItsReplica(t *testing.T) {
 	if p.Target != "h2" || p.ReplicaGeneration != 5 || p.Postcopy || p.SharedNothing {
 		t.Fatalf("plan %+v, want to h2 (the replica), generation 5, pre-copy, not shared-nothing", p)
 	}
-	cl.request("vm1", "m2", "h3")
+	cl.wantRefused("vm1", "m2", "h3", "can move only there")
+}
+
+// wantRefused asks to migrate vm (to "" lets placement choose) and fails
+// unless the plan is refused with a reason containing why.
+func (cl *cluster) wantRefused(vm, id, to, why string) {
+	cl.t.Helper()
+	cl.request(vm, id, to)
 	cl.pass()
-	if p := cl.plan("vm1"); p.Phase != proto.Failed || !strings.Contains(p.Error, "can move only there") {
-		t.Fatalf("to a third host: plan %+v, want refused (only to the replica's host)", p)
+	if p := cl.plan(vm); p.Phase != proto.Failed || !strings.Contains(p.Error, why) {
+		cl.t.Fatalf("plan %+v, want refused: %q", p, why)
 	}
 }
 
@@ -56,11 +63,7 @@ func TestReplicatedVMMovesOnlyToItsReplica(t *testing.T) {
 // host lacks writes.
 func TestOutdatedReplicaRefusesMigration(t *testing.T) {
 	cl := replicatedCluster(t, preplication.Outdated, preplication.Off)
-	cl.request("vm1", "m1", "")
-	cl.pass()
-	if p := cl.plan("vm1"); p.Phase != proto.Failed || !strings.Contains(p.Error, "would lose writes") {
-		t.Fatalf("plan %+v, want refused: the replica is Outdated", p)
-	}
+	cl.wantRefused("vm1", "m1", "", "would lose writes")
 }
 
 // The cut-over moves placement and swaps the replica's roles in one step:

@@ -49,7 +49,8 @@ func New(st store.Writer, log *slog.Logger) *Controller {
 func (c *Controller) Name() string { return "replication" }
 
 // Reconcile gives every replica set without a peer one, and a new one to
-// each whose peer has been away longer than PeerTimeout.
+// each whose peer has been away longer than PeerTimeout or is in
+// maintenance (while the VM runs on its primary).
 func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.Duration, error) {
 	var again time.Duration
 	now := c.now()
@@ -83,6 +84,7 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 			switch {
 			case evacuate:
 			case !away:
+				delete(c.said, name) // nothing to do: a later refusal is news again
 				continue
 			case !primaryRuns:
 				continue // the peer may be the only copy left: keep it
@@ -103,11 +105,12 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 		if err != nil {
 			if c.said[name] != err.Error() {
 				c.said[name] = err.Error()
-				msg := "no host can keep the replica; the VM runs without one: " + err.Error()
+				ev := store.Event{Type: EvNoPeer, VM: name, Message: "no host can keep the replica; the VM runs without one: " + err.Error()}
 				if evacuate {
-					msg = fmt.Sprintf("the replica cannot leave %s (maintenance): no other host can keep it (%v); it stays there", rs.Peer, err)
+					ev.Host = rs.Peer
+					ev.Message = fmt.Sprintf("the replica cannot leave %s (maintenance): no other host can keep it (%v); it stays there", rs.Peer, err)
 				}
-				store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvNoPeer, VM: name, Message: msg})
+				store.RecordEvent(ctx, c.st, c.log, ev)
 			}
 			again = peerRetryPeriod
 			continue

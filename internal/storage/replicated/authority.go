@@ -299,7 +299,25 @@ func Revoke(ctx context.Context, recs Records, vm storage.VMRef, host string) er
 // SetPeer makes host the VM's peer (a new replica, empty or stale: it is
 // Outdated until a full sync completes).
 func SetPeer(ctx context.Context, recs Records, vm string, peer string, now time.Time) (*store.ReplicaSet, error) {
+	return setPeer(ctx, recs, vm, peer, nil, now)
+}
+
+// MovePeer is SetPeer at an operator's request, checked against the record
+// the operator's request was checked against: only while seen's primary
+// runs the VM at seen's generation (a fence or a promotion in between
+// makes the current peer possibly the only good copy, never to drop).
+func MovePeer(ctx context.Context, recs Records, vm string, peer string, seen *store.ReplicaSet, now time.Time) (*store.ReplicaSet, error) {
+	return setPeer(ctx, recs, vm, peer, seen, now)
+}
+
+func setPeer(ctx context.Context, recs Records, vm string, peer string, seen *store.ReplicaSet, now time.Time) (*store.ReplicaSet, error) {
 	return update(ctx, recs, vm, func(cur *store.ReplicaSet) (*store.ReplicaSet, error) {
+		if seen != nil && cur == nil {
+			return nil, fmt.Errorf("vm %s: its replica record is gone; nothing moved", vm)
+		}
+		if seen != nil && (cur.UID != seen.UID || cur.Primary != seen.Primary || cur.Generation != seen.Generation) {
+			return nil, fmt.Errorf("vm %s: its replica record changed (now primary %s at generation %d); nothing moved", vm, OrNone(cur.Primary), cur.Generation)
+		}
 		if cur == nil || cur.Peer == peer || cur.Primary == peer {
 			return nil, nil
 		}
@@ -384,9 +402,11 @@ func SwapForMigration(cur *store.ReplicaSet, uid, source, target string, gen int
 	next := cur.Clone()
 	next.Primary, next.Peer, next.Generation, next.Override = target, source, gen, nil
 	for _, d := range next.Disks {
-		// The old primary's copy is the replica now; its server publishes
-		// its identity again under the new generation.
-		d.Since, d.Reason, d.Copy, d.SyncPercent = now, "roles swapped by live migration from "+source, "", 0
+		// The old primary's copy is the replica now: its server publishes
+		// its identity again under the new generation, and no sync ever
+		// went to it (the last one went to the other copy). Its state is
+		// unchanged, so Since stays.
+		d.Reason, d.Copy, d.SyncPercent, d.LastSync = "roles swapped by live migration from "+source, "", 0, nil
 	}
 	return next, nil
 }

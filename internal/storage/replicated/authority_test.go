@@ -360,3 +360,36 @@ func TestSwapForMigration(t *testing.T) {
 		}
 	}
 }
+
+// An operator's replica move applies only to the record it was checked
+// against: after a fence moved the generation on, the peer (perhaps the
+// only good copy) stays.
+func TestMovePeerOnlyOnTheRecordSeen(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	vm := storage.VMRef{Name: "vm1", UID: "u1"}
+	if _, err := Grant(ctx, st, vm, "h1", []string{"d"}, now); err != nil {
+		t.Fatal(err)
+	}
+	seen, err := SetPeer(ctx, st, "vm1", "h2", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Revoke(ctx, st, vm, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := MovePeer(ctx, st, "vm1", "h3", seen, now); err == nil {
+		t.Fatal("the replica moved after a fence changed the record")
+	}
+	cur, err := st.GetReplicaSet(ctx, "vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Peer != "h2" {
+		t.Fatalf("peer %s, want h2 kept", cur.Peer)
+	}
+	if _, err := MovePeer(ctx, st, "vm1", "h3", cur, now); err != nil {
+		t.Fatalf("a move checked against the current record: %v", err)
+	}
+}

@@ -75,11 +75,11 @@ func (s *Datastore) Name() string { return s.name }
 // copies is (the record says which hosts).
 func (s *Datastore) Shared() bool { return false }
 
-// Server is this host's replica server.
 // HandsOver: a live migration moves the VM to its replica's host and
 // swaps the copies' roles; nothing is copied (storage.HandOver).
 func (s *Datastore) HandsOver() bool { return true }
 
+// Server is this host's replica server.
 func (s *Datastore) Server() *Server { return s.server }
 
 // Records is the record store the datastore uses.
