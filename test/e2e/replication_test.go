@@ -424,7 +424,9 @@ func TestReplicated_MaintenanceMovesVMAndReplica(t *testing.T) {
 }
 
 // A host dies during a live migration of a replicated VM to its replica's
-// host: the source mid-pre-copy (HA promotes the replica, whose copy has
+// host: the destination mid-pre-copy (it keeps the replica too: the source
+// records it Outdated, goes on alone, and the migration fails), the
+// source mid-pre-copy (HA promotes the replica, whose copy has
 // every write), the source right after the cut-over (the destination runs
 // on, degraded: it records its replica Outdated; or, when the source's
 // host died with the tail of the migration stream unsent, the destination
@@ -442,6 +444,7 @@ func TestReplicated_HostDeathDuringRoleSwap(t *testing.T) {
 		slow              bool
 		endsOn            string // where the VM runs afterwards
 	}{
+		{"precopy-kill-target", "migrating", "target", true, "source"},
 		{"precopy-kill-source", "migrating", "source", true, "target"},
 		{"cutover-kill-source", "switchover", "source", false, "target"},
 		{"cutover-kill-target", "switchover", "target", false, "source"},
