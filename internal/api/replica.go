@@ -67,7 +67,7 @@ func (s *Server) moveReplica(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rs, err := repctl.MovePeer(snap, name, to)
+	rs, err := repctl.CheckPeerMove(snap, name, to)
 	if err != nil {
 		code := http.StatusConflict
 		if errors.Is(err, store.ErrNotFound) {

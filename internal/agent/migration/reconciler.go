@@ -134,25 +134,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 			rep := *m.Target
 			r.host.Do(ctx, name, OpIn, func(ctx context.Context) { r.resumeIncoming(ctx, mig, name, p.Source, &rep) })
 		case proto.MigrateOut:
-			r.host.Do(ctx, name, OpOut, func(ctx context.Context) {
-				release, holder := r.host.ClaimDiskWork(name, "live migration")
-				if holder != "" {
-					r.reportSource(ctx, name, &store.MigrationSource{ID: p.ID, Phase: proto.SourceFailed,
-						Error: "a " + holder + " of its replicated disks is running; migrate once its replica is UpToDate"})
-					return
-				}
-				defer release()
-				r.migrateOut(ctx, mig, v, p, *m.Target)
+			tgt := *m.Target
+			r.out(ctx, name, func(ctx context.Context) { r.migrateOut(ctx, mig, v, p, tgt) }, func(ctx context.Context, holder string) {
+				r.reportSource(ctx, name, &store.MigrationSource{ID: p.ID, Phase: proto.SourceFailed,
+					Error: "a " + holder + " of its replicated disks is running; migrate once its replica is UpToDate"})
 			})
 		case proto.RecoverSource:
-			r.host.Do(ctx, name, OpOut, func(ctx context.Context) {
-				release, holder := r.host.ClaimDiskWork(name, "live migration")
-				if holder != "" {
-					return // the next reconcile tries again, once the resync is over
-				}
-				defer release()
-				r.recoverSource(ctx, mig, v, p)
-			})
+			// Held by a resync: the next reconcile tries again once it is over.
+			r.out(ctx, name, func(ctx context.Context) { r.recoverSource(ctx, mig, v, p) }, func(context.Context, string) {})
 		}
 	}
 }
@@ -217,6 +206,21 @@ func (r *Reconciler) cancelled(ctx context.Context, vm, id string) bool {
 	m := snap.Migrations[vm]
 	return m != nil && m.Request != nil && m.Request.ID == id && m.Request.Cancel ||
 		m != nil && m.Plan != nil && m.Plan.ID == id && slices.Contains([]proto.PlanPhase{proto.Failed, proto.Cancelled}, m.Plan.Phase)
+}
+
+// out runs a source's operation (fn) holding the VM against a resync of
+// its replicated disks for the whole of it; held runs instead when a
+// resync holds the VM.
+func (r *Reconciler) out(ctx context.Context, name string, fn func(context.Context), held func(ctx context.Context, holder string)) {
+	r.host.Do(ctx, name, OpOut, func(ctx context.Context) {
+		release, holder := r.host.ClaimDiskWork(name, "live migration")
+		if holder != "" {
+			held(ctx, holder)
+			return
+		}
+		defer release()
+		fn(ctx)
+	})
 }
 
 // refOf is how the VM is named to its datastores.

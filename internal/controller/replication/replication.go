@@ -150,12 +150,12 @@ func placePeer(snap *store.Snapshot, v *store.VMState, hosts []scheduler.Host, a
 	return d.Host, nil
 }
 
-// MovePeer checks that the VM's replica may move to host to, at an
+// CheckPeerMove checks that the VM's replica may move to host to, at an
 // operator's request, and returns the record it would change. The move
 // drops the current replica and syncs the new one in full: the VM has no
 // redundancy until that sync completes, which the caller must have
 // accepted.
-func MovePeer(snap *store.Snapshot, name, to string) (*store.ReplicaSet, error) {
+func CheckPeerMove(snap *store.Snapshot, name, to string) (*store.ReplicaSet, error) {
 	v, ok := snap.VMs[name]
 	if !ok {
 		return nil, fmt.Errorf("vm %s: %w", name, store.ErrNotFound)

@@ -158,27 +158,39 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
 		return cfg, fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation)
 	}
-	// After a promotion the record's peer is the old primary: the client
-	// this copy's export may still be serving.
-	oldClient := func() string {
+	if err := s.server.Claim(ctx, vm.Name, d.Name, int64(gen), s.oldClient(ctx, rs)); err != nil {
+		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
+	if err := ensureCopy(path, vm.UID, int64(d.Size)); err != nil {
+		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
+	}
+	if err := s.renew(vm, d.Name, gen); err != nil {
+		return cfg, err
+	}
+	return s.attach(ctx, cfg, vm, gen, rs, d)
+}
+
+// oldClient resolves the storage address of the record's peer: after a
+// promotion or a migration's cut-over it is the old primary, the client
+// this host's export of the copy may still be serving.
+func (s *Datastore) oldClient(ctx context.Context, rs *store.ReplicaSet) func() string {
+	return func() string {
 		ip := ""
 		if rs.Peer != "" {
 			ip, _ = s.peers(ctx, rs.Peer)
 		}
 		return ip
 	}
-	if err := s.server.Claim(ctx, vm.Name, d.Name, int64(gen), oldClient); err != nil {
-		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
+}
+
+// renew gives this host's copy of disk a new identity at generation gen:
+// the VM runs on it now, so whatever identity it had as a replica no
+// longer says what it holds.
+func (s *Datastore) renew(vm storage.VMRef, disk string, gen storage.Generation) error {
+	if err := writeMark(CopyPath(s.dir, vm.Name, disk), mark{UID: vm.UID, Gen: int64(gen), ID: newCopyID()}); err != nil {
+		return fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, disk, vm.Name, err)
 	}
-	if err := ensureCopy(path, vm.UID, int64(d.Size)); err != nil {
-		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
-	}
-	// The VM runs on this copy now: whatever identity it had as a replica
-	// no longer says what it holds.
-	if err := writeMark(path, mark{UID: vm.UID, Gen: int64(gen), ID: newCopyID()}); err != nil {
-		return cfg, fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, d.Name, vm.Name, err)
-	}
-	return s.attach(ctx, cfg, vm, gen, rs, d)
+	return nil
 }
 
 // attach adds the peer's replica to a disk that the record says is
@@ -242,14 +254,12 @@ func (s *Datastore) CommitIncoming(ctx context.Context, vm storage.VMRef, gen st
 	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
 		return fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d, not %s at %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation, s.host, gen)
 	}
-	oldClient := func() string { ip, _ := s.peers(ctx, rs.Peer); return ip }
 	for disk := range rs.Disks {
-		if err := s.server.Claim(ctx, vm.Name, disk, int64(gen), oldClient); err != nil {
+		if err := s.server.Claim(ctx, vm.Name, disk, int64(gen), s.oldClient(ctx, rs)); err != nil {
 			return fmt.Errorf("datastore %s: %w", s.name, err)
 		}
-		path := CopyPath(s.dir, vm.Name, disk)
-		if err := writeMark(path, mark{UID: vm.UID, Gen: int64(gen), ID: newCopyID()}); err != nil {
-			return fmt.Errorf("datastore %s: disk %s of %s: %w", s.name, disk, vm.Name, err)
+		if err := s.renew(vm, disk, gen); err != nil {
+			return err
 		}
 	}
 	return nil
