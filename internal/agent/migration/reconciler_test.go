@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,8 @@ type host struct {
 	aborted  []int64
 	prepErr  error
 	snap     *store.Snapshot
+	// heldBy, if set, is a job (a resync) that holds the VM's disks.
+	heldBy string
 }
 
 func newHost() *host { return &host{busy: map[string]string{}, prepared: map[string]int64{}} }
@@ -48,7 +51,12 @@ func (h *host) Do(ctx context.Context, vm, op string, fn func(context.Context)) 
 	}()
 }
 
-func (h *host) ClaimDiskWork(string, string) (func(), string) { return func() {}, "" }
+func (h *host) ClaimDiskWork(string, string) (func(), string) {
+	if h.heldBy != "" {
+		return nil, h.heldBy
+	}
+	return func() {}, ""
+}
 
 func (h *host) Busy(vm string) bool {
 	h.mu.Lock()
@@ -219,5 +227,38 @@ func TestPostcopyDestinationKilledWhenSourceDiesAndMonitorHangs(t *testing.T) {
 	}
 	if drv.Running("web") {
 		t.Fatal("the destination still runs")
+	}
+}
+
+// A source whose VM a resync of its replicated disks holds does not start
+// the migration (the resync's pause and resume would interleave with it):
+// it reports failed at once, saying why.
+func TestSourceHeldByResyncFailsAtOnce(t *testing.T) {
+	st, _ := setup(t)
+	if err := st.PutMigrationTarget(context.Background(), "web", &store.MigrationTarget{ID: "m1", Phase: proto.TargetReady, URI: "tcp:10.0.2.2:4444"}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := st.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv, h := fake.New(), newHost()
+	if _, err := drv.Start(context.Background(), &driver.VMConfig{Name: "web", UID: "u-web"}); err != nil {
+		t.Fatal(err)
+	}
+	h.heldBy = "resync"
+	r := New(Config{Host: "h1", StorageIP: "10.0.2.1"}, h, st, drv, monitor.NewHistory(), slog.New(slog.DiscardHandler))
+	r.Reconcile(context.Background(), snap)
+	h.wg.Wait()
+	snap, err = st.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := snap.Migrations["web"].Source
+	if src == nil || src.ID != "m1" || src.Phase != proto.SourceFailed || !strings.Contains(src.Error, "resync") {
+		t.Fatalf("source report %+v, want failed, naming the resync", src)
+	}
+	if !drv.Running("web") {
+		t.Fatal("the VM stopped")
 	}
 }
