@@ -76,6 +76,19 @@ before=$(memkib)
 for _ in $(seq 1 30); do [ "$(memkib)" -lt "$before" ] && break; sleep 0.5; done
 printf 'mem_total_kib before: %s; after the resize: ' "$before"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 
+say "add a 16Mi disk and a NIC to ha-guest2 live (vm apply of its spec with one more of each): the guest sees both at once, same boot id"
+"$V" vm show ha-guest2 -o json | python3 -c '
+import json, sys
+vm = json.load(sys.stdin)["spec"]
+s = vm["spec"]
+s["disks"].append({"name": "scratch", "size": "16Mi", "datastore": s["disks"][0].get("datastore", "local")})
+s["nics"].append({"network": s["nics"][0]["network"]})
+print(json.dumps(vm))' > /tmp/vigil-demo-ha-guest2.json
+"$V" vm apply -f /tmp/vigil-demo-ha-guest2.json
+devices() { "$V" lab exec "$other" -- curl -s "http://$ip2/" | json 'len(d["disks"]), len(d["nics"])'; }
+for _ in $(seq 1 30); do [ "$(devices)" = "(2, 2)" ] && break; sleep 0.5; done
+printf 'the guest now: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
+
 say "a 2 s management-network blip on $host1 (its storage path stays up): its lease expires, but the storage still hears it, so HA waits the isolation timeout (5 s) and nothing moves"
 pid1=$(guest ha-guest1 pid)
 "$V" lab partition "$host1"; sleep 2; "$V" lab heal "$host1"

@@ -152,6 +152,11 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		if want := liveMemory(rec.VM.Spec.Memory.MiB(), ls); want > 0 && current {
 			a.setMemory(ctx, v, ls, want)
 		}
+		// Not while a migration is under way: QEMU refuses a new device
+		// then, and the target matches the source's devices as they were.
+		if current && wantsDevices(rec, ls) && !snap.Migrations[name].Pending() {
+			a.addDevices(ctx, v, ls, snap.Networks)
+		}
 
 	case have && current && (st.State == store.StateRunning || st.State == store.StateStarting) && ls.Epoch == pl.Epoch:
 		// QEMU ended: by self-fencing (not a crash: no local restart, no
@@ -416,5 +421,6 @@ func exitText(reason string) string {
 // shapeOf is the size a running instance was given.
 func shapeOf(ls driver.Status) *store.Shape {
 	return &store.Shape{CPUs: ls.CPUs, MaxCPUs: ls.MaxCPUs, MemoryMiB: ls.MemoryMiB,
-		MaxMemoryMiB: ls.MaxMemoryMiB, CurrentMemoryMiB: cmp.Or(ls.CurrentMemoryMiB, ls.MemoryMiB)}
+		MaxMemoryMiB: ls.MaxMemoryMiB, CurrentMemoryMiB: cmp.Or(ls.CurrentMemoryMiB, ls.MemoryMiB),
+		Layout: ls.Layout, Disks: ls.Disks, NICs: ls.NICs}
 }

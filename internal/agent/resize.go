@@ -12,7 +12,11 @@ import (
 // growCPUs hot-plugs the vCPUs a running VM's spec gained (`vm resize`,
 // `vm apply`).
 func (a *Agent) growCPUs(ctx context.Context, v *store.VMState, ls driver.Status, want int) {
-	a.resize(ctx, v, "cpus", int64(want), func(ctx context.Context, rz driver.Resizer) (string, error) {
+	rz, ok := a.drv.(driver.Resizer)
+	if !ok {
+		return
+	}
+	a.resize(ctx, v, "cpus", int64(want), func(ctx context.Context) (string, error) {
 		if err := rz.SetCPUs(ctx, v.Record.Name(), want); err != nil {
 			return "", fmt.Errorf("could not grow from %d to %d vCPUs live: %w", ls.CPUs, want, err)
 		}
@@ -23,7 +27,11 @@ func (a *Agent) growCPUs(ctx context.Context, v *store.VMState, ls driver.Status
 // setMemory gives a running VM the memory its spec gained or lost:
 // plugged or ballooned by the driver.
 func (a *Agent) setMemory(ctx context.Context, v *store.VMState, ls driver.Status, want int64) {
-	a.resize(ctx, v, "memory", want, func(ctx context.Context, rz driver.Resizer) (string, error) {
+	rz, ok := a.drv.(driver.Resizer)
+	if !ok {
+		return
+	}
+	a.resize(ctx, v, "memory", want, func(ctx context.Context) (string, error) {
 		have := ls.CurrentMemoryMiB
 		if err := rz.SetMemory(ctx, v.Record.Name(), want); err != nil {
 			return "", fmt.Errorf("could not change the memory from %d to %d MiB live: %w", have, want, err)
@@ -39,16 +47,13 @@ func (a *Agent) setMemory(ctx context.Context, v *store.VMState, ls driver.Statu
 	})
 }
 
-// resize makes one live size change (what: cpus or memory) to want. A
-// refusal (no room, or the hypervisor said no) is reported once per target,
-// not retried every pass; the spec's size then takes effect at the VM's
-// next start. On success the status gets the new shape.
-func (a *Agent) resize(ctx context.Context, v *store.VMState, what string, want int64, apply func(context.Context, driver.Resizer) (string, error)) {
+// resize makes one live change of a VM's hardware (what: cpus, memory or
+// devices) to want. A refusal (no room, or the hypervisor said no) is
+// reported once per target, not retried every pass; the spec's hardware
+// then takes effect at the VM's next start. On success the status gets
+// the new shape.
+func (a *Agent) resize(ctx context.Context, v *store.VMState, what string, want int64, apply func(context.Context) (string, error)) {
 	name := v.Record.Name()
-	rz, ok := a.drv.(driver.Resizer)
-	if !ok {
-		return
-	}
 	key := name + "/" + what
 	a.mu.Lock()
 	tried, seen := a.resizeTried[key]
@@ -57,7 +62,7 @@ func (a *Agent) resize(ctx context.Context, v *store.VMState, what string, want 
 		return
 	}
 	a.do(ctx, name, "resize-"+what, func(ctx context.Context) {
-		msg, err := apply(ctx, rz)
+		msg, err := apply(ctx)
 		a.mu.Lock()
 		if err != nil {
 			a.resizeTried[key] = want

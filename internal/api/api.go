@@ -245,33 +245,12 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 		}
 	}
 	for i, n := range vm.Spec.NICs {
-		field := fmt.Sprintf("spec.nics[%d]", i)
-		net, ok := snap.Networks[n.Network]
-		if !ok {
-			errs = append(errs, spec.FieldError{Field: field + ".network", Message: fmt.Sprintf("no network named %q (see `vigil network list`)", n.Network)})
+		nic, ferr := allocateNIC(snap, vm.Metadata.Name, i, n)
+		if ferr != nil {
+			errs = append(errs, *ferr)
 			continue
 		}
-		pool, err := ipam.ParsePool(net.Subnet, net.Gateway, net.PoolStart, net.PoolEnd)
-		if err != nil {
-			errs = append(errs, spec.FieldError{Field: field + ".network", Message: err.Error()})
-			continue
-		}
-		used := snap.IPAM[n.Network]
-		ip, err := pool.Allocate(n.IP, used)
-		if err != nil {
-			errs = append(errs, spec.FieldError{Field: field + ".ip", Message: err.Error()})
-			continue
-		}
-		if used == nil {
-			used = map[string]string{}
-			snap.IPAM[n.Network] = used
-		}
-		used[ip.String()] = vm.Metadata.Name // two NICs of one VM must not share an address
-		mac := n.MAC
-		if mac == "" {
-			mac = ipam.MAC(vm.Metadata.Name, i).String()
-		}
-		rec.NICs = append(rec.NICs, store.NICNet{Network: n.Network, IP: ip.String(), Prefix: pool.Subnet.Bits(), Gateway: net.Gateway, MAC: mac})
+		rec.NICs = append(rec.NICs, nic)
 	}
 	if len(snap.Hosts) > 0 {
 		for i, d := range vm.Spec.Disks {
@@ -289,6 +268,37 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 		return nil, nil, errs
 	}
 	return rec, snap, nil
+}
+
+// allocateNIC gives NIC i of VM vm its address from its network's pool
+// (the one n asks for, or the next free one) and its MAC, and marks the
+// address used in snap so that a second NIC of the same request gets
+// another. The store claims the address when the record is written.
+func allocateNIC(snap *store.Snapshot, vm string, i int, n spec.NIC) (store.NICNet, *spec.FieldError) {
+	field := fmt.Sprintf("spec.nics[%d]", i)
+	net, ok := snap.Networks[n.Network]
+	if !ok {
+		return store.NICNet{}, &spec.FieldError{Field: field + ".network", Message: fmt.Sprintf("no network named %q (see `vigil network list`)", n.Network)}
+	}
+	pool, err := ipam.ParsePool(net.Subnet, net.Gateway, net.PoolStart, net.PoolEnd)
+	if err != nil {
+		return store.NICNet{}, &spec.FieldError{Field: field + ".network", Message: err.Error()}
+	}
+	used := snap.IPAM[n.Network]
+	ip, err := pool.Allocate(n.IP, used)
+	if err != nil {
+		return store.NICNet{}, &spec.FieldError{Field: field + ".ip", Message: err.Error()}
+	}
+	if used == nil {
+		used = map[string]string{}
+		snap.IPAM[n.Network] = used
+	}
+	used[ip.String()] = vm // two NICs of one VM must not share an address
+	mac := n.MAC
+	if mac == "" {
+		mac = ipam.MAC(vm, i).String()
+	}
+	return store.NICNet{Network: n.Network, IP: ip.String(), Prefix: pool.Subnet.Bits(), Gateway: net.Gateway, MAC: mac}, nil
 }
 
 // admit applies admission control to a VM about to power on (v's record

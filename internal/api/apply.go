@@ -7,10 +7,12 @@ import (
 	"maps"
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/httpjson"
 	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
@@ -80,9 +82,9 @@ func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteIndented(w, http.StatusOK, out)
 		return
 	}
-	if err := s.st.UpdateVMRecord(r.Context(), &next, v.RecordRev); err != nil {
+	if err := s.st.UpdateVMRecordClaiming(r.Context(), &next, v.RecordRev, ch.claims); err != nil {
 		if errors.Is(err, store.ErrConflict) {
-			writeErr(w, http.StatusPreconditionFailed, fmt.Errorf("vm %s changed while this change was being made: read it again and apply on top of that", name))
+			writeErr(w, http.StatusPreconditionFailed, fmt.Errorf("vm %s changed, or an address it was to get was taken, while this change was being made: read it again and apply on top of that", name))
 			return
 		}
 		writeErr(w, statusFor(err), err)
@@ -120,7 +122,12 @@ func ifMatch(r *http.Request) (int64, error) {
 
 // change is what an update does: fields changed now and fields that wait
 // for the VM's next start.
-type change struct{ live, nextStart []string }
+type change struct {
+	live, nextStart []string
+	// claims are the addresses of NICs the change adds, which the store
+	// claims with the record.
+	claims []store.NICNet
+}
 
 // refusal is an update Vigil cannot make; nothing is written.
 type refusal struct {
@@ -160,29 +167,65 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 	if ns.MaxMemory == 0 && cur.Spec.MaxMemory != 0 {
 		ns.MaxMemory = max(cur.Spec.MaxMemory, ns.Memory)
 	}
-	// Disks and NICs: hot-plug is not built, and a changed disk would lose
-	// data; a NIC whose address the file leaves out keeps the one it has.
-	if len(ns.Disks) != len(cur.Spec.Disks) {
-		bad = append(bad, spec.FieldError{Field: "spec.disks", Message: fmt.Sprintf("has %d disks, the VM has %d: adding or removing disks is not supported yet", len(ns.Disks), len(cur.Spec.Disks))})
-	} else {
-		for i := range ns.Disks {
-			if !reflect.DeepEqual(ns.Disks[i], cur.Spec.Disks[i]) {
-				bad = append(bad, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d]", i), Message: fmt.Sprintf("differs from disk %s as the VM has it: changing a disk is not supported (its data would not follow)", cur.Spec.Disks[i].Name)})
-			}
-		}
-	}
-	if len(ns.NICs) != len(v.Record.NICs) {
-		bad = append(bad, spec.FieldError{Field: "spec.nics", Message: fmt.Sprintf("has %d NICs, the VM has %d: adding or removing NICs is not supported yet", len(ns.NICs), len(v.Record.NICs))})
-	} else {
-		for i, n := range ns.NICs {
-			have := v.Record.NICs[i]
-			if n.Network != have.Network || n.IP != "" && n.IP != have.IP || n.MAC != "" && !strings.EqualFold(n.MAC, have.MAC) {
-				bad = append(bad, spec.FieldError{Field: fmt.Sprintf("spec.nics[%d]", i), Message: fmt.Sprintf("differs from the VM's NIC %d (network %s, ip %s, mac %s): changing a NIC is not supported yet", i, have.Network, have.IP, have.MAC)})
-			}
-		}
-		ns.NICs = cur.Spec.NICs
-	}
 	running := StateOf(v) == store.StateRunning || StateOf(v) == store.StateMigrating
+	devices := func(field, what string) {
+		switch sh := v.RunningShape(); {
+		case !running:
+			ch.nextStart = append(ch.nextStart, field+" ("+what+")")
+		case sh != nil && sh.Layout == driver.LayoutPorts:
+			ch.live = append(ch.live, field+" ("+what+", hot-plug)")
+		default:
+			ch.nextStart = append(ch.nextStart, field+" ("+what+"; the running instance was started before disks and NICs could be added live)")
+		}
+	}
+	// Disks and NICs: those the VM has stay as they are (a changed disk
+	// would lose its data; a NIC whose address the file leaves out keeps
+	// the one it has), and new ones go after them.
+	if len(ns.Disks) < len(cur.Spec.Disks) {
+		bad = append(bad, spec.FieldError{Field: "spec.disks", Message: fmt.Sprintf("has %d disks, the VM has %d: removing a disk is not supported (its data would go with it); disks can only be added, after the ones it has", len(ns.Disks), len(cur.Spec.Disks))})
+	}
+	for i := range min(len(ns.Disks), len(cur.Spec.Disks)) {
+		if !reflect.DeepEqual(ns.Disks[i], cur.Spec.Disks[i]) {
+			bad = append(bad, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d]", i), Message: fmt.Sprintf("differs from disk %s as the VM has it: changing a disk is not supported (its data would not follow); add a disk after the ones it has instead", cur.Spec.Disks[i].Name)})
+		}
+	}
+	for i := len(cur.Spec.Disks); i < len(ns.Disks); i++ {
+		d, field := ns.Disks[i], fmt.Sprintf("spec.disks[%d]", i)
+		switch {
+		case snap.ReplicatedDatastore(d.Datastore):
+			bad = append(bad, spec.FieldError{Field: field + ".datastore", Message: fmt.Sprintf("%s is a replicated datastore: adding a disk there to an existing VM is not supported yet", d.Datastore)})
+		case len(snap.Hosts) > 0 && !anyHostHas(snap, d.Datastore):
+			bad = append(bad, spec.FieldError{Field: field + ".datastore", Message: fmt.Sprintf("no host reaches a datastore named %q", d.Datastore)})
+		case running && snap.SharedDatastore(d.Datastore) && !slices.ContainsFunc(cur.Spec.Disks, func(x spec.Disk) bool { return x.Datastore == d.Datastore }):
+			bad = append(bad, spec.FieldError{Field: field + ".datastore", Message: fmt.Sprintf("the running VM has no disk on %s yet, and its right to write there is granted at a start: stop it, apply, and start it", d.Datastore)})
+		default:
+			devices(field, "disk "+d.Name)
+		}
+	}
+	have := len(v.Record.NICs)
+	if len(ns.NICs) < have {
+		bad = append(bad, spec.FieldError{Field: "spec.nics", Message: fmt.Sprintf("has %d NICs, the VM has %d: removing a NIC is not supported yet; NICs can only be added, after the ones it has", len(ns.NICs), have)})
+	}
+	for i := range min(len(ns.NICs), have) {
+		n, had := ns.NICs[i], v.Record.NICs[i]
+		if n.Network != had.Network || n.IP != "" && n.IP != had.IP || n.MAC != "" && !strings.EqualFold(n.MAC, had.MAC) {
+			bad = append(bad, spec.FieldError{Field: fmt.Sprintf("spec.nics[%d]", i), Message: fmt.Sprintf("differs from the VM's NIC %d (network %s, ip %s, mac %s): changing a NIC is not supported; add a NIC after the ones it has instead", i, had.Network, had.IP, had.MAC)})
+		}
+	}
+	next.NICs = slices.Clone(v.Record.NICs)
+	for i := have; i < len(ns.NICs); i++ {
+		nic, ferr := allocateNIC(snap, cur.Metadata.Name, i, ns.NICs[i])
+		if ferr != nil {
+			bad = append(bad, *ferr)
+			continue
+		}
+		next.NICs = append(next.NICs, nic)
+		ch.claims = append(ch.claims, nic)
+		devices(fmt.Sprintf("spec.nics[%d]", i), fmt.Sprintf("NIC on %s, %s", nic.Network, nic.IP))
+	}
+	if len(ns.NICs) >= have {
+		ns.NICs = append(slices.Clone(cur.Spec.NICs[:min(have, len(cur.Spec.NICs))]), ns.NICs[have:]...)
+	}
 	if running {
 		for _, f := range []struct {
 			field    string

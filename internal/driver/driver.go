@@ -99,7 +99,27 @@ type VMConfig struct {
 	// Incoming starts the VM waiting for an incoming migration
 	// ("defer" for -incoming defer), paused (-S) when it arrives.
 	Incoming string
+	// Layout is the device layout the instance is started with
+	// (LayoutFlat or LayoutPorts). A migration target takes the source's,
+	// since QEMU migrates only between instances whose devices sit at the
+	// same addresses; a new start takes CurrentLayout.
+	Layout int
 }
+
+// Device layouts of a VM's hardware.
+const (
+	// LayoutFlat puts every device on the root bus at the address QEMU
+	// picks: nothing can be added while the VM runs. Instances started
+	// before hot-plug of disks and NICs existed have it.
+	LayoutFlat = 0
+	// LayoutPorts puts disk i and NIC i each on a PCIe root port of its
+	// own at a fixed address, with ports for every disk and NIC a spec can
+	// have, so that a device added live sits where a later start (a
+	// migration target) puts it.
+	LayoutPorts = 1
+	// CurrentLayout is the layout of a new start.
+	CurrentLayout = LayoutPorts
+)
 
 // DiskConfig is one disk as the hypervisor opens it: a local file, or an
 // NBD export served by a datastore.
@@ -159,8 +179,11 @@ type Status struct {
 	// MemoryMiB is the boot memory, MaxMemoryMiB the room to grow, and
 	// CurrentMemoryMiB what it was last set to (see VMConfig).
 	MemoryMiB, MaxMemoryMiB, CurrentMemoryMiB int64
-	// NICs is how many network interfaces it has (taps TapName(vm, i)).
-	NICs int
+	// NICs is how many network interfaces it has (taps TapName(vm, i)),
+	// Disks how many disks, both including those added while it runs.
+	NICs, Disks int
+	// Layout is the instance's device layout (VMConfig.Layout).
+	Layout int
 	// ExitReason says why the process ended: guest-shutdown, host-qmp-quit,
 	// host-signal, killed, or crashed (gone with no shutdown event).
 	ExitReason string
@@ -244,6 +267,14 @@ type Resizer interface {
 	// plugging virtio-mem blocks (up to its maximum), below it by inflating
 	// the balloon. The guest gives memory back as far as it can.
 	SetMemory(ctx context.Context, name string, mib int64) error
+}
+
+// Hotplugger is a driver that can add disks and NICs to a running VM.
+// Each goes after the ones the VM has (index Status.Disks or NICs), where
+// a start with one more disk or NIC would put it.
+type Hotplugger interface {
+	AddDisk(ctx context.Context, name string, d DiskConfig) error
+	AddNIC(ctx context.Context, name string, n NICConfig) error
 }
 
 // Statter is a driver that reports a running VM's counters from its

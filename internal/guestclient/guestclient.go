@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/vigilha/vigil/internal/guest/devices"
 	"net"
 	"net/http"
 	"strings"
@@ -47,6 +48,9 @@ type Counter struct {
 	// CPUs are the guest's online vCPUs; MemTotalKiB its kernel's MemTotal.
 	CPUs        int   `json:"cpus"`
 	MemTotalKiB int64 `json:"mem_total_kib"`
+	// Disks and NICs are the guest's virtio disks and interfaces.
+	Disks []devices.Disk `json:"disks"`
+	NICs  []devices.NIC  `json:"nics"`
 }
 
 // Record is one ledger record.

@@ -18,10 +18,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -237,8 +239,23 @@ type request struct {
 // is discarded; QEMU may still have run the command. If the connection is
 // gone the error wraps ErrClosed.
 func (c *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	return c.executeRetrying(ctx, command, args, result, nil)
+}
+
+// ExecuteWithFile is Execute for a command that takes a file descriptor
+// (getfd, add-fd): f travels with the request as SCM_RIGHTS ancillary
+// data, which needs a unix socket. QEMU keeps its own copy; the caller
+// still owns f.
+func (c *Client) ExecuteWithFile(ctx context.Context, command string, args any, result any, f *os.File) error {
+	if _, ok := c.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp %s: passing a file needs a unix socket, not %T", command, c.conn)
+	}
+	return c.executeRetrying(ctx, command, args, result, syscall.UnixRights(int(f.Fd())))
+}
+
+func (c *Client) executeRetrying(ctx context.Context, command string, args any, result any, oob []byte) error {
 	for attempt := 1; ; attempt++ {
-		err := c.execute(ctx, command, args, result)
+		err := c.execute(ctx, command, args, result, oob)
 		var qe *Error
 		if attempt < 3 && errors.As(err, &qe) && malformedRequest(qe) {
 			// QEMU rejected the request as malformed before running it: a
@@ -267,7 +284,7 @@ func malformedRequest(e *Error) bool {
 	return false
 }
 
-func (c *Client) execute(ctx context.Context, command string, args any, result any) error {
+func (c *Client) execute(ctx context.Context, command string, args any, result any, oob []byte) error {
 	req := request{Execute: command, ID: c.nextID.Add(1)}
 	if args != nil {
 		raw, err := json.Marshal(args)
@@ -299,7 +316,7 @@ func (c *Client) execute(ctx context.Context, command string, args any, result a
 	c.pending[req.ID] = ch
 	c.mu.Unlock()
 
-	if err := c.write(ctx, msg); err != nil {
+	if err := c.write(ctx, msg, oob); err != nil {
 		c.forget(req.ID)
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}
@@ -341,7 +358,7 @@ func (c *Client) forget(id uint64) {
 
 // write sends one complete message, holding the writer lock so messages
 // never interleave on the wire.
-func (c *Client) write(ctx context.Context, msg []byte) error {
+func (c *Client) write(ctx context.Context, msg, oob []byte) error {
 	select {
 	case c.wsem <- struct{}{}:
 	case <-ctx.Done():
@@ -358,7 +375,20 @@ func (c *Client) write(ctx context.Context, msg []byte) error {
 		c.conn.SetWriteDeadline(time.Unix(1, 0)) // in the past: fail now
 		close(fired)
 	})
-	n, err := c.conn.Write(msg)
+	var n int
+	var err error
+	if uc, ok := c.conn.(*net.UnixConn); ok && oob != nil {
+		// The descriptor goes with the message's first byte, so QEMU's
+		// monitor holds it by the time it parses the command.
+		n, _, err = uc.WriteMsgUnix(msg, oob, nil)
+		if err == nil && n < len(msg) { // a short sendmsg: the rest plainly
+			var m int
+			m, err = c.conn.Write(msg[n:])
+			n += m
+		}
+	} else {
+		n, err = c.conn.Write(msg)
+	}
 	if !stop() {
 		<-fired
 		c.conn.SetWriteDeadline(time.Time{})

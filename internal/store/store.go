@@ -455,6 +455,24 @@ func (s *Store) UpdateVMRecord(ctx context.Context, rec *VMRecord, rev int64) er
 		clientv3.OpPut(k, mustJSON(rec)))
 }
 
+// UpdateVMRecordClaiming is UpdateVMRecord for a change that gives the VM
+// new NICs: their addresses are claimed in the same transaction, so that
+// an address taken meanwhile fails the change (ErrConflict) and nothing is
+// written.
+func (s *Store) UpdateVMRecordClaiming(ctx context.Context, rec *VMRecord, rev int64, claims []NICNet) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
+	k := vmSpecKey(rec.Name())
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}
+	ops := []clientv3.Op{clientv3.OpPut(k, mustJSON(rec))}
+	for _, n := range claims {
+		ik := ipamKey(n.Network, n.IP)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ik), "=", 0))
+		ops = append(ops, clientv3.OpPut(ik, rec.Name()))
+	}
+	return s.commit(ctx, "update vm "+rec.Name(), cmps, ops...)
+}
+
 // SetPlacement changes a VM's placement if it is unchanged since rev (0: it
 // must not exist yet). The new epoch must exceed the old one; callers pass
 // the old placement so that this is checked here, in one place.

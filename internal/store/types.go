@@ -164,6 +164,23 @@ type Shape struct {
 	MemoryMiB        int64 `json:"memoryMiB"`
 	MaxMemoryMiB     int64 `json:"maxMemoryMiB,omitempty"`
 	CurrentMemoryMiB int64 `json:"currentMemoryMiB,omitempty"`
+	// Layout is the instance's device layout (driver.VMConfig.Layout);
+	// with a layout of root ports, Disks and NICs are how many of the
+	// spec's disks and NICs it has (the first ones: the others wait to be
+	// added live, or for the next start).
+	Layout int `json:"layout,omitempty"`
+	Disks  int `json:"disks,omitempty"`
+	NICs   int `json:"nics,omitempty"`
+}
+
+// WithDevices is a copy of r with only its first disks disks and nics
+// NICs (those a running instance has), for a start that must match it.
+func (r *VMRecord) WithDevices(disks, nics int) *VMRecord {
+	c := *r
+	c.VM.Spec.Disks = r.VM.Spec.Disks[:min(disks, len(r.VM.Spec.Disks)):min(disks, len(r.VM.Spec.Disks))]
+	c.VM.Spec.NICs = r.VM.Spec.NICs[:min(nics, len(r.VM.Spec.NICs)):min(nics, len(r.VM.Spec.NICs))]
+	c.NICs = r.NICs[:min(nics, len(r.NICs)):min(nics, len(r.NICs))]
+	return &c
 }
 
 // Memory is the memory the instance has now, in MiB.

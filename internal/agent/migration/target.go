@@ -44,20 +44,28 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 		fail(err)
 		return
 	}
+	sh := v.RunningShape()
+	if sh != nil && sh.Layout == driver.LayoutPorts {
+		// The source's devices: a disk or NIC the spec gained that the
+		// source has not been given yet is not on the target either.
+		incV.Record = incV.Record.WithDevices(sh.Disks, sh.NICs)
+	}
 	cfg, err := r.host.VMConfig(ctx, &incV, grants, networks)
 	if err != nil {
 		fail(err)
 		return
 	}
 	cfg.Incoming = "defer"
-	if sh := v.RunningShape(); sh != nil {
-		// The source's size, not the spec's: a change that waits for the
-		// next start must not make the two instances differ.
+	if sh != nil {
+		// The source's size and device layout, not the spec's: a change
+		// that waits for the next start must not make the two instances
+		// differ.
 		cfg.CPUs, cfg.MaxCPUs = sh.CPUs, sh.MaxCPUs
 		cfg.MemoryMiB, cfg.MaxMemoryMiB, cfg.CurrentMemoryMiB = sh.MemoryMiB, sh.MaxMemoryMiB, sh.CurrentMemoryMiB
+		cfg.Layout = sh.Layout
 	}
 	var nbdDisks []int
-	for i, d := range v.Record.VM.Spec.Disks {
+	for i, d := range incV.Record.VM.Spec.Disks {
 		if ds, ok := r.datastores[d.Datastore]; ok && storage.Copied(ds) {
 			nbdDisks = append(nbdDisks, i)
 		}

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -105,11 +106,18 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 			a = append(a, "-append", cfg.Cmdline)
 		}
 	}
+	if cfg.Layout == driver.LayoutPorts {
+		if len(cfg.Disks) > diskPorts || len(cfg.NICs) > nicPorts {
+			return nil, fmt.Errorf("%s has %d disks and %d NICs; at most %d and %d", cfg.Name, len(cfg.Disks), len(cfg.NICs), diskPorts, nicPorts)
+		}
+		a = append(a, rootPorts()...)
+	}
 	for i, d := range cfg.Disks {
 		args, err := diskArgs(i, d, cfg.Kernel == "" && i == 0)
 		if err != nil {
 			return nil, err
 		}
+		args[len(args)-1] += onPort(cfg.Layout, diskPort(i))
 		a = append(a, args...)
 	}
 	for i, n := range cfg.NICs {
@@ -117,14 +125,67 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 			return nil, fmt.Errorf("nic %d of %s has no MAC", i, cfg.Name)
 		}
 		a = append(a,
-			"-netdev", fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, firstTapFD+i),
-			"-device", fmt.Sprintf("virtio-net-pci,netdev=net%d,id=nic%d,mac=%s,romfile=", i, i, n.MAC),
+			"-netdev", fmt.Sprintf("tap,id=%s,fd=%d,vhost=off", netdevID(i), firstTapFD+i),
+			"-device", nicDevice(i, n.MAC)+onPort(cfg.Layout, nicPort(i)),
 		)
 	}
 	if cfg.Incoming != "" {
 		a = append(a, "-incoming", cfg.Incoming, "-S")
 	}
 	return a, nil
+}
+
+// Root ports of LayoutPorts: one per disk and per NIC a spec can have,
+// eight functions to a slot from rootPortSlot on, disks first. The
+// addresses and chassis numbers are fixed, so that every start of a VM,
+// and every device added to it live, puts disk i and NIC i at the same
+// place: a migration target started with a device the source got live
+// matches it.
+const (
+	diskPorts    = 16
+	nicPorts     = 8
+	rootPortSlot = 0x10
+)
+
+// rootPorts are the -device options of LayoutPorts' root ports. They take
+// no I/O window (io-reserve=0): virtio devices behind a PCIe port are
+// modern-only and need none, and the 64 KiB of x86 port space would not
+// hold 24 windows.
+func rootPorts() []string {
+	var a []string
+	port := func(id string, n int) {
+		slot, fn := rootPortSlot+n/8, n%8
+		opt := fmt.Sprintf("pcie-root-port,id=%s,bus=pcie.0,chassis=%d,addr=0x%x.%d,io-reserve=0", id, n+1, slot, fn)
+		if fn == 0 {
+			opt += ",multifunction=on"
+		}
+		a = append(a, "-device", opt)
+	}
+	for i := range diskPorts {
+		port(diskPort(i), i)
+	}
+	for i := range nicPorts {
+		port(nicPort(i), diskPorts+i)
+	}
+	return a
+}
+
+func diskPort(i int) string { return fmt.Sprintf("rpd%d", i) }
+func nicPort(i int) string  { return fmt.Sprintf("rpn%d", i) }
+
+// onPort is the bus option of a device on port under layout.
+func onPort(layout int, port string) string {
+	if layout != driver.LayoutPorts {
+		return ""
+	}
+	return ",bus=" + port
+}
+
+// netdevID and nicDevice are NIC i's backend id and its device option
+// (without a bus).
+func netdevID(i int) string { return fmt.Sprintf("net%d", i) }
+func nicDevice(i int, mac string) string {
+	return fmt.Sprintf("virtio-net-pci,netdev=%s,id=nic%d,mac=%s,romfile=", netdevID(i), i, mac)
 }
 
 // memoryOpt is the -m option: the boot memory, and the maximum when the
@@ -173,38 +234,29 @@ func cpuDevice(accel string, k int) string {
 	return fmt.Sprintf("%s,id=vcpu%d,socket-id=0,core-id=%d,thread-id=0", cpuType(accel), k, k)
 }
 
+// diskArgs opens disk i: its nodes in QEMU's JSON syntax, the very
+// arguments a live AddDisk gives blockdev-add (diskNodes), and its device.
 func diskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
-	if d.Format != "qcow2" && d.Format != "raw" {
-		return nil, fmt.Errorf("disk %s: format %q is not qcow2 or raw", d.Name, d.Format)
-	}
-	direct := "off"
-	if d.DirectIO {
-		direct = "on"
-	}
-	proto := fmt.Sprintf("file%d", i)
-	node := fmt.Sprintf("disk%d", i)
 	if d.Replicated {
 		return replicatedDiskArgs(i, d, boot)
 	}
-	var protoOpts string
-	switch {
-	case d.NBD != nil:
-		protoOpts = fmt.Sprintf("driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%d,export=%s,reconnect-delay=2",
-			proto, escapeOpt(d.NBD.Host), d.NBD.Port, escapeOpt(d.NBD.Export))
-	case d.Path != "":
-		protoOpts = fmt.Sprintf("driver=file,node-name=%s,filename=%s,cache.direct=%s", proto, escapeOpt(d.Path), direct)
-	default:
-		return nil, fmt.Errorf("disk %s has neither a path nor an NBD export", d.Name)
+	proto, format, err := diskNodes(i, d)
+	if err != nil {
+		return nil, err
 	}
-	dev := fmt.Sprintf("virtio-blk-pci,drive=%s,id=vd%d,serial=%s", node, i, escapeOpt(d.Name))
+	var a []string
+	for _, n := range []map[string]any{proto, format} {
+		b, err := json.Marshal(n)
+		if err != nil {
+			return nil, fmt.Errorf("disk %s: %w", d.Name, err)
+		}
+		a = append(a, "-blockdev", string(b))
+	}
+	dev := fmt.Sprintf("virtio-blk-pci,drive=%s,id=vd%d,serial=%s", diskNode(i), i, escapeOpt(d.Name))
 	if boot {
 		dev += ",bootindex=0"
 	}
-	format := fmt.Sprintf("driver=%s,node-name=%s,file=%s", d.Format, node, proto)
-	if d.NBD == nil {
-		format += ",cache.direct=" + direct
-	}
-	return []string{"-blockdev", protoOpts, "-blockdev", format, "-device", dev}, nil
+	return append(a, "-device", dev), nil
 }
 
 // replicatedDiskArgs opens a replicated disk as a quorum node over the

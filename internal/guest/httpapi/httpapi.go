@@ -29,6 +29,7 @@ import (
 	"github.com/vigilha/vigil/internal/httpjson"
 
 	"github.com/vigilha/vigil/internal/guest/burn"
+	"github.com/vigilha/vigil/internal/guest/devices"
 	"github.com/vigilha/vigil/internal/guest/dirty"
 	"github.com/vigilha/vigil/internal/guest/diskbench"
 	"github.com/vigilha/vigil/internal/guest/hang"
@@ -51,6 +52,10 @@ type Status struct {
 	// MemTotal (both change with hot-plug and ballooning).
 	CPUs        int   `json:"cpus"`
 	MemTotalKiB int64 `json:"mem_total_kib"`
+	// Disks and NICs are the virtio disks and network interfaces the
+	// kernel has now (both change with hot-plug).
+	Disks []devices.Disk `json:"disks"`
+	NICs  []devices.NIC  `json:"nics"`
 }
 
 // LedgerAck is the body of a successful POST /ledger, sent only once the
@@ -181,6 +186,7 @@ func (s *Server) root(w http.ResponseWriter, _ *http.Request) {
 		Hostname: s.cfg.Hostname,
 		UptimeMS: s.cfg.Uptime().Milliseconds(),
 		CPUs:     burn.OnlineCPUs(), MemTotalKiB: burn.MemTotalKiB(),
+		Disks: devices.Disks("/sys"), NICs: devices.NICs("/sys"),
 	})
 }
 
