@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/ipam"
 	"github.com/vigilha/vigil/internal/metrics"
@@ -56,47 +57,59 @@ func (s *Server) Handler() http.Handler {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /api/v1/vms", s.listVMs)
-	mux.HandleFunc("POST /api/v1/vms", s.audited("vm.create", s.createVM))
-	mux.HandleFunc("GET /api/v1/vms/{name}", s.getVM)
-	mux.HandleFunc("PUT /api/v1/vms/{name}", s.audited("vm.update", s.updateVM))
-	mux.HandleFunc("DELETE /api/v1/vms/{name}", s.audited("vm.delete", s.deleteVM))
-	mux.HandleFunc("POST /api/v1/vms/{name}/start", s.audited("vm.start", s.powerVM(store.PowerRunning)))
-	mux.HandleFunc("POST /api/v1/vms/{name}/stop", s.audited("vm.stop", s.powerVM(store.PowerStopped)))
-	mux.HandleFunc("GET /api/v1/vms/{name}/console", s.console)
-	mux.HandleFunc("GET /api/v1/hosts", s.listHosts)
-	mux.HandleFunc("GET /api/v1/hosts/{name}", s.listHosts)
-	mux.HandleFunc("GET /api/v1/events", s.events)
-	mux.HandleFunc("GET /api/v1/networks", s.listNetworks)
-	mux.HandleFunc("POST /api/v1/vms/{name}/test-failover", s.audited("vm.test-failover", s.testFailover))
-	mux.HandleFunc("POST /api/v1/vms/{name}/promote", s.audited("vm.promote", s.promote))
-	mux.HandleFunc("POST /api/v1/vms/{name}/replica/move", s.audited("vm.replica-move", s.moveReplica))
-	mux.HandleFunc("GET /api/v1/ha/drill", s.drill)
-	mux.HandleFunc("GET /api/v1/rules", s.listRules)
-	mux.HandleFunc("POST /api/v1/rules", s.audited("rule.create", s.createRule))
-	mux.HandleFunc("DELETE /api/v1/rules/{name}", s.audited("rule.delete", s.deleteRule))
-	mux.HandleFunc("GET /api/v1/config", s.getConfig)
-	mux.HandleFunc("GET /api/v1/cluster", s.cluster)
-	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", s.audited("vm.migrate", s.migrate))
-	mux.HandleFunc("POST /api/v1/vms/{name}/resize", s.audited("vm.resize", s.resize))
-	mux.HandleFunc("DELETE /api/v1/vms/{name}/migration", s.audited("vm.migrate-cancel", s.cancelMigration))
-	mux.HandleFunc("GET /api/v1/vms/{name}/migration", s.getMigration)
-	mux.HandleFunc("POST /api/v1/hosts/{host}/maintenance", s.audited("host.maintenance-enter", s.maintenance(true)))
-	mux.HandleFunc("DELETE /api/v1/hosts/{host}/maintenance", s.audited("host.maintenance-exit", s.maintenance(false)))
-	mux.HandleFunc("PUT /api/v1/config", s.audited("config.update", s.putConfig))
-	mux.HandleFunc("GET /api/v1/stats", s.stats)
-	mux.HandleFunc("GET /api/v1/drs/recommendations", s.drsRecommendations)
-	mux.HandleFunc("POST /api/v1/drs/recommendations/{id}/apply", s.audited("drs.apply", s.drsApply))
-	mux.HandleFunc("GET /api/v1/drs/history", s.drsHistory)
-	mux.HandleFunc("GET /api/v1/alarms", s.listAlarms)
-	mux.HandleFunc("POST /api/v1/alarms", s.audited("alarm.create", s.createAlarm))
-	mux.HandleFunc("GET /api/v1/alarms/status", s.alarmStatus)
-	mux.HandleFunc("DELETE /api/v1/alarms/{name}", s.audited("alarm.delete", s.deleteAlarm))
-	mux.HandleFunc("POST /api/v1/alarms/{name}/ack", s.audited("alarm.ack", s.ackAlarm))
+	// Every route names the least role that may call it; a state-changing
+	// one is audited, refusals included.
+	view := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, s.need(auth.Viewer, h)) }
+	act := func(pattern string, role auth.Role, action string, h http.HandlerFunc) {
+		mux.HandleFunc(pattern, s.audited(action, s.need(role, h)))
+	}
+	op, admin := auth.Operator, auth.Admin
+	view("GET /api/v1/vms", s.listVMs)
+	act("POST /api/v1/vms", op, "vm.create", s.createVM)
+	view("GET /api/v1/vms/{name}", s.getVM)
+	act("PUT /api/v1/vms/{name}", op, "vm.update", s.updateVM)
+	act("DELETE /api/v1/vms/{name}", op, "vm.delete", s.deleteVM)
+	act("POST /api/v1/vms/{name}/start", op, "vm.start", s.powerVM(store.PowerRunning))
+	act("POST /api/v1/vms/{name}/stop", op, "vm.stop", s.powerVM(store.PowerStopped))
+	// A console shows what the guest prints, logins included: operators.
+	mux.HandleFunc("GET /api/v1/vms/{name}/console", s.need(op, s.console))
+	view("GET /api/v1/hosts", s.listHosts)
+	view("GET /api/v1/hosts/{name}", s.listHosts)
+	view("GET /api/v1/events", s.events)
+	view("GET /api/v1/networks", s.listNetworks)
+	act("POST /api/v1/vms/{name}/test-failover", op, "vm.test-failover", s.testFailover)
+	// Promoting an out-of-date replica can lose writes: admins only.
+	act("POST /api/v1/vms/{name}/promote", admin, "vm.promote", s.promote)
+	act("POST /api/v1/vms/{name}/replica/move", op, "vm.replica-move", s.moveReplica)
+	view("GET /api/v1/ha/drill", s.drill)
+	view("GET /api/v1/rules", s.listRules)
+	act("POST /api/v1/rules", admin, "rule.create", s.createRule)
+	act("DELETE /api/v1/rules/{name}", admin, "rule.delete", s.deleteRule)
+	view("GET /api/v1/config", s.getConfig)
+	view("GET /api/v1/cluster", s.cluster)
+	act("POST /api/v1/vms/{name}/migrate", op, "vm.migrate", s.migrate)
+	act("POST /api/v1/vms/{name}/resize", op, "vm.resize", s.resize)
+	act("DELETE /api/v1/vms/{name}/migration", op, "vm.migrate-cancel", s.cancelMigration)
+	view("GET /api/v1/vms/{name}/migration", s.getMigration)
+	act("POST /api/v1/hosts/{host}/maintenance", op, "host.maintenance-enter", s.maintenance(true))
+	act("DELETE /api/v1/hosts/{host}/maintenance", op, "host.maintenance-exit", s.maintenance(false))
+	act("PUT /api/v1/config", admin, "config.update", s.putConfig)
+	view("GET /api/v1/stats", s.stats)
+	view("GET /api/v1/drs/recommendations", s.drsRecommendations)
+	act("POST /api/v1/drs/recommendations/{id}/apply", op, "drs.apply", s.drsApply)
+	view("GET /api/v1/drs/history", s.drsHistory)
+	view("GET /api/v1/alarms", s.listAlarms)
+	act("POST /api/v1/alarms", admin, "alarm.create", s.createAlarm)
+	view("GET /api/v1/alarms/status", s.alarmStatus)
+	act("DELETE /api/v1/alarms/{name}", admin, "alarm.delete", s.deleteAlarm)
+	act("POST /api/v1/alarms/{name}/ack", op, "alarm.ack", s.ackAlarm)
+	mux.HandleFunc("GET /api/v1/tokens", s.need(admin, s.listTokens))
+	act("POST /api/v1/tokens", admin, "token.create", s.createToken)
+	act("DELETE /api/v1/tokens/{name}", admin, "token.revoke", s.revokeToken)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return s.logRequests(mux)
+	return s.logRequests(s.identify(mux))
 }
 
 // requestTimeout bounds a request's etcd work: an etcd member that is

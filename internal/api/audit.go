@@ -24,39 +24,55 @@ import (
 // peerKey holds, in a connection's context, who is at its other end.
 type peerKey struct{}
 
-// ConnContext records the caller of a connection for the audit trail: for
-// the local unix socket, the uid and pid from the kernel's peer
-// credentials (SO_PEERCRED), which the caller cannot forge; for TCP, the
-// client's address. The security issue adds the authenticated identity.
+// peer is a connection's other end: for the local unix socket, the uid and
+// pid from the kernel's peer credentials (SO_PEERCRED), which the caller
+// cannot forge; for TCP, the client's address.
+type peer struct {
+	desc string
+	// root: a unix-socket peer whose credentials say uid 0.
+	root bool
+}
+
+// ConnContext records the caller of a connection, for access control and
+// the audit trail.
 func ConnContext(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, peerKey{}, peerOf(c))
 }
 
-func peerOf(c net.Conn) string {
+func peerOf(c net.Conn) peer {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return c.RemoteAddr().String()
+		return peer{desc: c.RemoteAddr().String()}
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return "unix socket (peer unknown)"
+		return peer{desc: "unix socket (peer unknown)"}
 	}
 	var cred *unix.Ucred
 	var credErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil || credErr != nil {
-		return "unix socket (peer unknown)"
+		return peer{desc: "unix socket (peer unknown)"}
 	}
-	return fmt.Sprintf("uid=%d pid=%d (unix socket)", cred.Uid, cred.Pid)
+	return peer{desc: fmt.Sprintf("uid=%d pid=%d (unix socket)", cred.Uid, cred.Pid), root: cred.Uid == 0}
 }
 
-// actorOf names the caller of r.
-func actorOf(r *http.Request) string {
-	if p, ok := r.Context().Value(peerKey{}).(string); ok && p != "" {
+func peerOfRequest(r *http.Request) peer {
+	if p, ok := r.Context().Value(peerKey{}).(peer); ok {
 		return p
 	}
-	return r.RemoteAddr
+	return peer{desc: r.RemoteAddr}
+}
+
+// actorOf names the caller of r: who it authenticated as, and from where.
+func actorOf(r *http.Request) string {
+	p := peerOfRequest(r)
+	c := callerOf(r)
+	if c == nil || c.err != nil {
+		return "unauthenticated " + p.desc
+	}
+	return c.id.Name + " (" + string(c.id.Role) + ") " + p.desc
 }
 
 // auditBody bounds how much of a request's body the trail keeps.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/etcdtest"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -28,7 +29,8 @@ func serve(t *testing.T, a *Server, ln net.Listener) {
 // TestAuditRecordsWhoDidWhat: every state-changing call, done or refused,
 // leaves an audit event naming its caller: over the unix socket the
 // kernel's peer credentials (this process's uid and pid), over TCP the
-// client's address. Reads leave none.
+// client's address, with the identity it authenticated as (root on the
+// socket, a token's name over TCP). Reads leave none.
 func TestAuditRecordsWhoDidWhat(t *testing.T) {
 	st := store.New(etcdtest.Start(t))
 	a := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -46,8 +48,12 @@ func TestAuditRecordsWhoDidWhat(t *testing.T) {
 	overUnix := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
+	admin := newToken(t, st, "ci", auth.Admin)
 	do := func(c *http.Client, base, method, path, body string) int {
 		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		if c == http.DefaultClient {
+			req.Header.Set("Authorization", "Bearer "+admin)
+		}
 		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -79,11 +85,11 @@ func TestAuditRecordsWhoDidWhat(t *testing.T) {
 	if len(audit) != 3 {
 		t.Fatalf("%d audit events, want 3 (two creates, one delete; no read): %+v", len(audit), audit)
 	}
-	local := fmt.Sprintf("uid=%d pid=%d (unix socket)", os.Getuid(), os.Getpid())
+	local := fmt.Sprintf("root (admin) uid=%d pid=%d (unix socket)", os.Getuid(), os.Getpid())
 	want := []struct{ typ, actor, status, request string }{
 		{"audit.rule.create", local, "201", `"apart"`},
 		{"audit.rule.create", local, "400", `"sideways"`},
-		{"audit.rule.delete", "127.0.0.1:", "204", ""},
+		{"audit.rule.delete", "ci (admin) 127.0.0.1:", "204", ""},
 	}
 	for i, w := range want {
 		ev := audit[i]

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,8 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/etcdtest"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -68,12 +71,27 @@ func TestCreateAndResize(t *testing.T) {
 // serveAPI serves the API over st for a test and returns a caller: it
 // sends body (with If-Match: rev when rev is not 0), decodes the answer
 // into out (when not nil) and returns the HTTP status.
+// newToken stores a token of role and returns its bearer string.
+func newToken(t *testing.T, st *store.Store, name string, role auth.Role) string {
+	t.Helper()
+	tok, bearer, err := auth.New(name, role, time.Now(), 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateToken(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	return bearer
+}
+
 func serveAPI(t *testing.T, st *store.Store) func(method, path, body string, rev int64, out any) int {
 	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Handler())
 	t.Cleanup(srv.Close)
+	bearer := newToken(t, st, fmt.Sprintf("test-admin-%d", time.Now().UnixNano()), auth.Admin)
 	return func(method, path, body string, rev int64, out any) int {
 		t.Helper()
 		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+bearer)
 		if rev != 0 {
 			req.Header.Set("If-Match", `"`+strconv.FormatInt(rev, 10)+`"`)
 		}

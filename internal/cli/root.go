@@ -64,7 +64,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(
 		newUpCmd(g), newServerCmd(g), newAgentCmd(g),
 		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
-		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g), newDRSCmd(g),
+		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g), newDRSCmd(g), newTokenCmd(g),
 	)
 	rejectUnknownSubcommands(root)
 	return root
@@ -106,7 +106,13 @@ func (g *globals) client() (*client.Client, error) {
 	if addr == "" {
 		addr = client.DefaultAddr
 	}
-	return client.New(addr)
+	c, err := client.New(addr)
+	if err != nil {
+		return nil, err
+	}
+	// A token, when there is one, is who the CLI is; without one, root
+	// on a local unix socket is admin.
+	return c.WithToken(os.Getenv("VIGIL_TOKEN")), nil
 }
 
 // quietLogger is the logger of interactive commands (lab, image): warnings

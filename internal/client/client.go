@@ -25,8 +25,11 @@ import (
 )
 
 // DefaultAddr is where `vigil up` serves its API, whatever its data
-// directory, so the CLI finds it with no configuration.
-const DefaultAddr = "http://127.0.0.1:7480"
+// directory, so the CLI finds it with no configuration: a unix socket, to
+// which root on the host connects as admin with no token (its peer
+// credentials say who it is). Never loopback TCP, which any local user
+// can reach.
+const DefaultAddr = "unix:///run/vigil/api.sock"
 
 // Client is an API client over one or more endpoints.
 type Client struct {
@@ -34,8 +37,17 @@ type Client struct {
 	clients []*http.Client
 	attempt time.Duration
 
+	// token, when set, is sent as a bearer token with every request.
+	token string
+
 	mu        sync.Mutex
 	preferred int
+}
+
+// WithToken makes the client authenticate with an API token (vgt_…).
+func (c *Client) WithToken(token string) *Client {
+	c.token = strings.TrimSpace(token)
+	return c
 }
 
 // New parses a comma-separated endpoint list.
@@ -125,6 +137,9 @@ func (c *Client) rawWith(ctx context.Context, method, path string, body []byte, 
 		}
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
+		}
+		if c.token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.token)
 		}
 		for k, vs := range hdr {
 			req.Header[k] = vs
@@ -435,4 +450,26 @@ func (c *Client) AckAlarm(ctx context.Context, name, target string) ([]*alarm.In
 func (c *Client) Stats(ctx context.Context) (v1.Stats, error) {
 	var out v1.Stats
 	return out, c.do(ctx, http.MethodGet, "/api/v1/stats", nil, &out)
+}
+
+// CreateToken makes an API token; the answer holds its secret, once.
+func (c *Client) CreateToken(ctx context.Context, req v1.TokenRequest) (v1.NewToken, error) {
+	var out v1.NewToken
+	b, err := json.Marshal(req)
+	if err != nil {
+		return out, err
+	}
+	return out, c.do(ctx, http.MethodPost, "/api/v1/tokens", b, &out)
+}
+
+// Tokens lists the API tokens (never their secrets).
+func (c *Client) Tokens(ctx context.Context) ([]v1.TokenInfo, error) {
+	var out []v1.TokenInfo
+	return out, c.do(ctx, http.MethodGet, "/api/v1/tokens", nil, &out)
+}
+
+// RevokeToken revokes the named token.
+func (c *Client) RevokeToken(ctx context.Context, name string) (v1.TokenInfo, error) {
+	var out v1.TokenInfo
+	return out, c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil, &out)
 }

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/atomicfile"
 
 	"github.com/vigilha/vigil/internal/client"
@@ -212,6 +213,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := l.waitReady(ctx, 90*time.Second); err != nil {
 		return fail(err)
 	}
+	if err := l.makeAdminToken(ctx); err != nil {
+		return fail(err)
+	}
 	l.log.Info("lab ready", "dir", dir, "hosts", cfg.Hosts, "servers", cfg.Servers, "took", time.Since(start).Round(time.Millisecond))
 	return l, nil
 }
@@ -333,8 +337,44 @@ func (l *Lab) EtcdEndpoints() []string {
 	return out
 }
 
-// Env is the shell line that points the CLI at the lab.
-func (l *Lab) Env() string { return "export VIGIL_ADDR=" + strings.Join(l.APIEndpoints(), ",") }
+// adminTokenFile holds the lab's admin API token (for clients on the
+// lab's networks, which reach the API over TCP and need one).
+const adminTokenFile = "admin.token"
+
+// makeAdminToken creates the lab's admin token, as root over a server's
+// unix socket, and keeps it in the lab directory (mode 0600).
+func (l *Lab) makeAdminToken(ctx context.Context) error {
+	c, err := l.Client()
+	if err != nil {
+		return err
+	}
+	nt, err := c.CreateToken(ctx, v1.TokenRequest{Name: "lab-admin", Role: "admin"})
+	if err != nil {
+		return fmt.Errorf("lab: admin token: %w", err)
+	}
+	return atomicfile.Write(filepath.Join(l.dir, adminTokenFile), []byte(nt.Token+"\n"), 0o600)
+}
+
+// AdminToken is the lab's admin API token ("" for a lab made before
+// tokens existed).
+func (l *Lab) AdminToken() string {
+	b, err := os.ReadFile(filepath.Join(l.dir, adminTokenFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Env is the shell lines that point the CLI at the lab: the servers' unix
+// sockets (root there is admin), and the admin token for clients that
+// reach the API over the lab's networks.
+func (l *Lab) Env() string {
+	env := "export VIGIL_ADDR=" + strings.Join(l.APIEndpoints(), ",")
+	if t := l.AdminToken(); t != "" {
+		env += "\nexport VIGIL_TOKEN=" + t
+	}
+	return env
+}
 
 // Client returns an API client over every server.
 func (l *Lab) Client() (*client.Client, error) {

@@ -476,3 +476,28 @@ type ApplyResult struct {
 	Unchanged bool     `json:"unchanged,omitempty"`
 	DryRun    bool     `json:"dryRun,omitempty"`
 }
+
+// TokenRequest asks for a new API token (POST /api/v1/tokens).
+type TokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+	// Expires is a duration from now (e.g. "24h"); empty: never.
+	Expires string `json:"expires,omitempty"`
+}
+
+// NewToken answers a token's creation: the bearer string, shown this once.
+type NewToken struct {
+	Token string    `json:"token"`
+	Info  TokenInfo `json:"info"`
+}
+
+// TokenInfo describes a token; the secret is never shown again.
+type TokenInfo struct {
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	State     string     `json:"state"` // active, expired or revoked
+	CreatedAt time.Time  `json:"createdAt"`
+	CreatedBy string     `json:"createdBy,omitempty"`
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+	RevokedAt *time.Time `json:"revokedAt,omitempty"`
+}

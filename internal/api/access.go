@@ -1,0 +1,161 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/auth"
+	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Access control: every request is identified once (identify), and each
+// route names the least role that may call it (need). A bearer token is
+// an identity wherever it comes from, and wins over the socket's
+// credentials; without one, root on the local unix socket is admin (its
+// peer credentials come from the kernel), and anyone else is refused. No
+// TCP listener, loopback included, serves anyone without a token.
+
+type callerKey struct{}
+
+// caller is who a request authenticated as, or why it did not.
+type caller struct {
+	id  auth.Identity
+	err error
+}
+
+func callerOf(r *http.Request) *caller {
+	c, _ := r.Context().Value(callerKey{}).(*caller)
+	return c
+}
+
+// identify works out the identity of each request.
+func (s *Server) identify(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := &caller{}
+		switch hdr := r.Header.Get("Authorization"); {
+		case hdr != "":
+			bearer, ok := strings.CutPrefix(hdr, "Bearer ")
+			if !ok {
+				c.err = errors.New("the Authorization header is not a bearer token (Authorization: Bearer vgt_…)")
+				break
+			}
+			c.id, c.err = s.verifyToken(r.Context(), strings.TrimSpace(bearer))
+		case peerOfRequest(r).root:
+			c.id = auth.Identity{Name: "root", Role: auth.Admin, Via: "unix socket uid 0"}
+		default:
+			c.err = errors.New("no credentials: send an API token (Authorization: Bearer …; an admin makes one with `vigil token create`), or call the local unix socket as root")
+		}
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
+	})
+}
+
+func (s *Server) verifyToken(ctx context.Context, bearer string) (auth.Identity, error) {
+	id, secret, err := auth.Parse(bearer)
+	if err != nil {
+		return auth.Identity{}, err
+	}
+	t, err := s.st.TokenByID(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return auth.Identity{}, auth.ErrUnknown
+	}
+	if err != nil {
+		return auth.Identity{}, fmt.Errorf("cannot check the token now: %w", err)
+	}
+	return t.Verify(secret, time.Now())
+}
+
+// need lets a request through if its caller holds role: 401 when it is
+// not authenticated, 403 when its role is not enough. Both errors start
+// with the cause's name, which scripts and the CLI show.
+func (s *Server) need(role auth.Role, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c := callerOf(r)
+		switch {
+		case c == nil || c.err != nil:
+			why := errors.New("no credentials")
+			if c != nil {
+				why = c.err
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="vigil"`)
+			writeErr(w, http.StatusUnauthorized, fmt.Errorf("unauthenticated: %w", why))
+		case !c.id.Role.Allows(role):
+			writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s has the %s role; %s %s needs %s", c.id.Name, c.id.Role, r.Method, r.URL.Path, role))
+		default:
+			h(w, r)
+		}
+	}
+}
+
+// createToken makes an API token and answers its secret, once.
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
+	var req v1.TokenRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("token request: %w", err))
+		return
+	}
+	role, err := auth.ParseRole(req.Role)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	var ttl time.Duration
+	if req.Expires != "" {
+		if ttl, err = time.ParseDuration(req.Expires); err != nil || ttl <= 0 {
+			writeErr(w, http.StatusBadRequest, fmt.Errorf("expires %q: want a positive duration such as 15m, 24h or 2160h", req.Expires))
+			return
+		}
+	}
+	t, bearer, err := auth.New(req.Name, role, time.Now(), ttl, actorOf(r))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	if err := s.st.CreateToken(r.Context(), t); err != nil {
+		code := statusFor(err)
+		if errors.Is(err, store.ErrExists) {
+			code = http.StatusConflict
+		}
+		writeErr(w, code, err)
+		return
+	}
+	httpjson.WriteIndented(w, http.StatusCreated, v1.NewToken{Token: bearer, Info: tokenView(t, time.Now())})
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
+	ts, err := s.st.Tokens(r.Context())
+	if err != nil {
+		writeErr(w, statusFor(err), err)
+		return
+	}
+	now := time.Now()
+	out := []v1.TokenInfo{}
+	for _, t := range ts {
+		out = append(out, tokenView(t, now))
+	}
+	slices.SortFunc(out, func(a, b v1.TokenInfo) int { return strings.Compare(a.Name, b.Name) })
+	httpjson.WriteIndented(w, http.StatusOK, out)
+}
+
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
+	t, err := s.st.RevokeToken(r.Context(), r.PathValue("name"), time.Now())
+	if err != nil {
+		writeErr(w, statusFor(err), err)
+		return
+	}
+	httpjson.WriteIndented(w, http.StatusOK, tokenView(t, time.Now()))
+}
+
+func tokenView(t *auth.Token, now time.Time) v1.TokenInfo {
+	return v1.TokenInfo{Name: t.Name, Role: string(t.Role), State: t.State(now), CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy,
+		ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt}
+}
