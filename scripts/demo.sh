@@ -33,7 +33,9 @@ eval "$("$V" lab env)"
 
 say "create two HA-protected VMs from examples/ha-guest.yaml"
 "$V" vm create -f examples/ha-guest.yaml --name ha-guest1 --wait 90s
-"$V" vm create -f examples/ha-guest.yaml --name ha-guest2 --wait 90s
+# ha-guest2 has room for disks and NICs added live (spec.hotplugDevices; docs/drs.md)
+sed 's/^spec:$/spec:\n  hotplugDevices: true/' examples/ha-guest.yaml > /tmp/vigil-demo-hotplug.yaml
+"$V" vm create -f /tmp/vigil-demo-hotplug.yaml --name ha-guest2 --wait 90s
 "$V" vm list
 
 guest() { "$V" vm show "$1" -o json | json 'd["'"$2"'"]'; }
@@ -76,7 +78,7 @@ before=$(memkib)
 for _ in $(seq 1 30); do [ "$(memkib)" -lt "$before" ] && break; sleep 0.5; done
 printf 'mem_total_kib before: %s; after the resize: ' "$before"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 
-say "add a 16Mi disk and a NIC to ha-guest2 live (vm apply of its spec with one more of each): the guest sees both at once, same boot id"
+say "add a 16Mi disk and a NIC to ha-guest2 live (vm apply of its spec with one more of each; it was created with hotplugDevices): the guest sees both at once, same boot id"
 "$V" vm show ha-guest2 -o json | python3 -c '
 import json, sys
 vm = json.load(sys.stdin)["spec"]

@@ -29,7 +29,9 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[strin
 		MaxMemoryMiB: max(s.MaxMemory.MiB(), s.Memory.MiB()),
 		Kernel:       s.Boot.Kernel,
 		Initrd:       s.Boot.Initrd,
-		Layout:       driver.CurrentLayout,
+	}
+	if s.HotplugDevices {
+		cfg.Layout = driver.LayoutPorts
 	}
 	if s.Accel != "auto" {
 		cfg.Accel = s.Accel

@@ -175,7 +175,7 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 		case sh != nil && sh.Layout == driver.LayoutPorts:
 			ch.live = append(ch.live, field+" ("+what+", hot-plug)")
 		default:
-			ch.nextStart = append(ch.nextStart, field+" ("+what+"; the running instance was started before disks and NICs could be added live)")
+			ch.nextStart = append(ch.nextStart, field+" ("+what+"; the running instance has no room for devices added live: that is spec.hotplugDevices, from a start on)")
 		}
 	}
 	// Disks and NICs: those the VM has stay as they are (a changed disk
@@ -277,6 +277,7 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 		}
 	}
 	hw("spec.maxMemory", cur.Spec.MaxMemory, ns.MaxMemory, "")
+	hw("spec.hotplugDevices", cur.Spec.HotplugDevices, ns.HotplugDevices, "")
 	hw("spec.boot", cur.Spec.Boot, ns.Boot, "")
 	hw("spec.accel", cur.Spec.Accel, ns.Accel, "")
 	// Policy: read by the controllers and agents on their next pass.

@@ -183,13 +183,14 @@ func TestApplyAddsDisksAndNICs(t *testing.T) {
 		t.Fatalf("the new NIC's address is not claimed: %v", snap.IPAM["lan"])
 	}
 
-	// An instance of the flat layout gets them at its next start.
+	// An instance without the ports (spec.hotplugDevices off at its start)
+	// gets them at its next start.
 	rev = running(0)
 	res = v1.ApplyResult{}
 	if code := call("PUT", "/api/v1/vms/web", doc(data+`,{"name":"scratch","datastore":"shared","size":"16Mi"},{"name":"more","datastore":"local","size":"16Mi"}`, lan+`,`+lan), rev, &res); code != http.StatusAccepted {
 		t.Fatalf("add to a flat instance: %d %+v", code, res)
 	}
-	if len(res.Live) != 0 || len(res.NextStart) != 1 || !strings.Contains(res.NextStart[0], "started before") {
+	if len(res.Live) != 0 || len(res.NextStart) != 1 || !strings.Contains(res.NextStart[0], "spec.hotplugDevices") {
 		t.Fatalf("flat instance: live %q, next start %q", res.Live, res.NextStart)
 	}
 }

@@ -100,25 +100,23 @@ type VMConfig struct {
 	// ("defer" for -incoming defer), paused (-S) when it arrives.
 	Incoming string
 	// Layout is the device layout the instance is started with
-	// (LayoutFlat or LayoutPorts). A migration target takes the source's,
-	// since QEMU migrates only between instances whose devices sit at the
-	// same addresses; a new start takes CurrentLayout.
+	// (LayoutFlat or LayoutPorts, for a VM whose spec asks for room to add
+	// devices live). A migration target takes the source's, since QEMU
+	// migrates only between instances whose devices sit at the same
+	// addresses.
 	Layout int
 }
 
 // Device layouts of a VM's hardware.
 const (
 	// LayoutFlat puts every device on the root bus at the address QEMU
-	// picks: nothing can be added while the VM runs. Instances started
-	// before hot-plug of disks and NICs existed have it.
+	// picks: nothing can be added while the VM runs.
 	LayoutFlat = 0
 	// LayoutPorts puts disk i and NIC i each on a PCIe root port of its
 	// own at a fixed address, with ports for every disk and NIC a spec can
 	// have, so that a device added live sits where a later start (a
-	// migration target) puts it.
+	// migration target) puts it. The ports cost live-migration downtime.
 	LayoutPorts = 1
-	// CurrentLayout is the layout of a new start.
-	CurrentLayout = LayoutPorts
 )
 
 // DiskConfig is one disk as the hypervisor opens it: a local file, or an

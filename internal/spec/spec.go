@@ -50,7 +50,13 @@ type VMSpec struct {
 	Boot      Boot   `yaml:"boot" json:"boot"`
 	Disks     []Disk `yaml:"disks" json:"disks,omitempty"`
 	NICs      []NIC  `yaml:"nics" json:"nics,omitempty"`
-	HA        HA     `yaml:"ha" json:"ha"`
+	// HotplugDevices gives the VM room to get disks and NICs while it
+	// runs: a PCIe root port for every disk and NIC a spec can have. It is
+	// opt-in, as maxMemory is: the ports make each live migration's
+	// downtime longer (docs/drs.md has the figures). It takes effect at a
+	// start.
+	HotplugDevices bool `yaml:"hotplugDevices" json:"hotplugDevices,omitempty"`
+	HA             HA   `yaml:"ha" json:"ha"`
 	// Accel forces the accelerator for this VM: "kvm" or "tcg". Empty or
 	// "auto" uses the host's choice (KVM only where a real guest boots).
 	Accel string `yaml:"accel" json:"accel,omitempty"`

@@ -27,7 +27,7 @@ import (
 func TestResize_VCPUHotplug(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
 	ctx := context.Background()
-	v, g := haGuest(t, l, "grow1", nil)
+	v, g := haGuest(t, l, "grow1", func(vm *spec.VM) { vm.Spec.HotplugDevices = true })
 	if v.Spec != nil && v.Spec.Spec.MaxCPUs != 0 && v.Spec.Spec.MaxCPUs < 2 {
 		t.Fatalf("maxCpus %d: no room to grow", v.Spec.Spec.MaxCPUs)
 	}

@@ -112,7 +112,7 @@ func (d *Driver) hotplugSlot(name, kind string, count func(*driver.VMConfig) (in
 	in.mu.Unlock()
 	switch {
 	case layout != driver.LayoutPorts:
-		return nil, nil, 0, fmt.Errorf("add a %s to %s: it was started before devices could be added live; the %s is added at its next start", kind, name, kind)
+		return nil, nil, 0, fmt.Errorf("add a %s to %s: it was started without room for devices added live (spec.hotplugDevices); the %s is added at its next start", kind, name, kind)
 	case i >= ports:
 		return nil, nil, 0, fmt.Errorf("add a %s to %s: it has %d, the most a VM can have", kind, name, i)
 	}
