@@ -265,8 +265,10 @@ func (l *Lab) down(ctx context.Context) error {
 	if rerr := os.Remove(filepath.Join(l.dir, stateFile)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		return rerr
 	}
-	// Host data directories (etcd data, VM runtime files) and the datastore
-	// go too: a new lab starts from nothing.
+	// Host data directories (etcd data, VM runtime files), the datastore
+	// and the admin token (of a cluster that no longer exists) go too: a
+	// new lab starts from nothing.
+	_ = os.Remove(filepath.Join(l.dir, adminTokenFile))
 	for _, sub := range []string{"storage"} {
 		_ = os.RemoveAll(filepath.Join(l.dir, sub))
 	}
