@@ -82,7 +82,9 @@ func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteIndented(w, http.StatusOK, out)
 		return
 	}
-	if err := s.st.UpdateVMRecordClaiming(r.Context(), &next, v.RecordRev, ch.claims); err != nil {
+	// The NICs past those the VM had are new: their addresses are claimed
+	// with the record.
+	if err := s.st.UpdateVMRecordClaiming(r.Context(), &next, v.RecordRev, next.NICs[len(v.Record.NICs):]); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			writeErr(w, http.StatusPreconditionFailed, fmt.Errorf("vm %s changed, or an address it was to get was taken, while this change was being made: read it again and apply on top of that", name))
 			return
@@ -122,12 +124,7 @@ func ifMatch(r *http.Request) (int64, error) {
 
 // change is what an update does: fields changed now and fields that wait
 // for the VM's next start.
-type change struct {
-	live, nextStart []string
-	// claims are the addresses of NICs the change adds, which the store
-	// claims with the record.
-	claims []store.NICNet
-}
+type change struct{ live, nextStart []string }
 
 // refusal is an update Vigil cannot make; nothing is written.
 type refusal struct {
@@ -220,7 +217,6 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 			continue
 		}
 		next.NICs = append(next.NICs, nic)
-		ch.claims = append(ch.claims, nic)
 		devices(fmt.Sprintf("spec.nics[%d]", i), fmt.Sprintf("NIC on %s, %s", nic.Network, nic.IP))
 	}
 	if len(ns.NICs) >= have {

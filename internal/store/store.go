@@ -448,11 +448,7 @@ func (s *Store) CreateVM(ctx context.Context, rec *VMRecord) error {
 
 // UpdateVMRecord replaces a VM record if it is unchanged since rev.
 func (s *Store) UpdateVMRecord(ctx context.Context, rec *VMRecord, rev int64) error {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	k := vmSpecKey(rec.Name())
-	return s.commit(ctx, "update vm "+rec.Name(), []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)},
-		clientv3.OpPut(k, mustJSON(rec)))
+	return s.UpdateVMRecordClaiming(ctx, rec, rev, nil)
 }
 
 // UpdateVMRecordClaiming is UpdateVMRecord for a change that gives the VM
