@@ -13,6 +13,7 @@ import (
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -48,6 +49,10 @@ func (s *Server) identify(h http.Handler) http.Handler {
 				break
 			}
 			c.id, c.err = s.verifyToken(r.Context(), strings.TrimSpace(bearer))
+		case pki.PeerHost(r.TLS) != "":
+			// A cluster host's certificate: it reads, as a viewer does;
+			// hosts change state through etcd, not through the API.
+			c.id = auth.Identity{Name: "host " + pki.PeerHost(r.TLS), Role: auth.Viewer, Via: "host certificate"}
 		case peerOfRequest(r).root:
 			c.id = auth.Identity{Name: "root", Role: auth.Admin, Via: "unix socket uid 0"}
 		default:
@@ -103,10 +108,18 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("token request: %w", err))
 		return
 	}
-	role, err := auth.ParseRole(req.Role)
-	if err != nil {
-		writeErr(w, http.StatusBadRequest, err)
+	var role auth.Role
+	var err error
+	switch {
+	case req.Join && req.Role != "":
+		writeErr(w, http.StatusBadRequest, errors.New("a join token has no role: it admits a host once"))
 		return
+	case req.Join:
+	default:
+		if role, err = auth.ParseRole(req.Role); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
 	}
 	var ttl time.Duration
 	if req.Expires != "" {
@@ -115,7 +128,17 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	t, bearer, err := auth.New(req.Name, role, time.Now(), ttl, actorOf(r))
+	var t *auth.Token
+	var bearer string
+	if req.Join {
+		var secret string
+		t, secret, err = auth.NewJoin(req.Name, req.Server, time.Now(), ttl, actorOf(r))
+		if err == nil {
+			bearer, err = s.joinTicket(t, secret)
+		}
+	} else {
+		t, bearer, err = auth.New(req.Name, role, time.Now(), ttl, actorOf(r))
+	}
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, err)
 		return
@@ -156,6 +179,13 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func tokenView(t *auth.Token, now time.Time) v1.TokenInfo {
-	return v1.TokenInfo{Name: t.Name, Role: string(t.Role), State: t.State(now), CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy,
-		ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt}
+	role := string(t.Role)
+	if t.Kind == auth.KindJoin {
+		role = "join"
+		if t.Server {
+			role = "join-server"
+		}
+	}
+	return v1.TokenInfo{Name: t.Name, Role: role, State: t.State(now), CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy,
+		ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, UsedBy: t.UsedBy, UsedAt: t.UsedAt}
 }

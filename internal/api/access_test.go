@@ -29,7 +29,7 @@ func TestAccessControl(t *testing.T) {
 	if err := st.PutConfig(ctx, store.ClusterConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	h := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Handler()
+	h := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, Cluster{}).Handler()
 	tcp := httptest.NewServer(h)
 	defer tcp.Close()
 	sock := filepath.Join(t.TempDir(), "api.sock")

@@ -26,6 +26,7 @@ import (
 	"github.com/vigilha/vigil/internal/ipam"
 	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/metrics/scrape"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/scheduler"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage/replicated"
@@ -39,12 +40,30 @@ type Server struct {
 	metrics *metrics.Cluster
 	// scraper reads the host agents' metrics for /api/v1/stats.
 	scraper scrape.Scraper
+	member  Cluster
+}
+
+// Cluster is what the API needs of the member it runs in to admit hosts
+// and to reach agents. The zero value admits none.
+type Cluster struct {
+	// Identity is the member's certificate (nil: the member has none, and
+	// joins are refused); its directory holds the CA key that signs
+	// joining hosts' certificates, where the member has it.
+	Identity *pki.Identity
+	// APIs are this member's https API URLs, which join tokens carry.
+	APIs []string
+	// Members adds etcd members for hosts that join as servers (nil:
+	// server joins are refused).
+	Members Membership
+	// EtcdEndpoints are the cluster's etcd client URLs, given to joining
+	// hosts.
+	EtcdEndpoints func(context.Context) ([]string, error)
 }
 
 // New creates the API server; it serves the member's metrics m at
 // /metrics (nil: none).
-func New(st *store.Store, log *slog.Logger, m *metrics.Cluster) *Server {
-	return &Server{st: st, log: log, metrics: m, scraper: scrape.HTTP{Client: &http.Client{}}}
+func New(st *store.Store, log *slog.Logger, m *metrics.Cluster, cl Cluster) *Server {
+	return &Server{st: st, log: log, metrics: m, scraper: scrape.HTTP{Client: &http.Client{}}, member: cl}
 }
 
 // maxBody bounds request bodies.
@@ -106,6 +125,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/tokens", s.need(admin, s.listTokens))
 	act("POST /api/v1/tokens", admin, "token.create", s.createToken)
 	act("DELETE /api/v1/tokens/{name}", admin, "token.revoke", s.revokeToken)
+	// A join authenticates with the join token's secret, in the body.
+	mux.HandleFunc("POST /api/v1/join", s.audited("host.join", s.join))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -482,7 +503,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	}
 	u := ep.BaseURL() + "/v1/vms/" + url.PathEscape(name) + "/console?" + q.Encode()
 	req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, u, nil)
-	resp, err := ep.Client(30 * time.Second).Do(req)
+	resp, err := ep.Client(30*time.Second, nil).Do(req)
 	if err != nil {
 		writeErr(w, http.StatusBadGateway, fmt.Errorf("agent of %s: %w", v.Placement.Host, err))
 		return

@@ -80,7 +80,12 @@ const auditBody = 4 << 10
 
 // auditNote lets a handler name the object a call acted on when the path
 // does not (a create names its VM in the body).
-type auditNote struct{ vm, host string }
+type auditNote struct {
+	vm, host string
+	// secret: the body holds a secret (a join's), which the trail must
+	// not keep.
+	secret bool
+}
 
 type auditKey struct{}
 
@@ -138,7 +143,7 @@ func (s *Server) audited(action string, h http.HandlerFunc) http.HandlerFunc {
 		if n := r.PathValue("name"); n != "" && note.vm == "" {
 			ev.Fields["object"] = n
 		}
-		if len(body) > 0 {
+		if len(body) > 0 && !note.secret {
 			if len(body) > auditBody {
 				body = append(body[:auditBody:auditBody], "…"...)
 			}

@@ -33,7 +33,7 @@ func serve(t *testing.T, a *Server, ln net.Listener) {
 // socket, a token's name over TCP). Reads leave none.
 func TestAuditRecordsWhoDidWhat(t *testing.T) {
 	st := store.New(etcdtest.Start(t))
-	a := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	a := New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, Cluster{})
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	uln, err := net.Listen("unix", sock)
 	if err != nil {

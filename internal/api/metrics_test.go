@@ -19,7 +19,7 @@ func TestMemberServesMetrics(t *testing.T) {
 	st := store.New(etcdtest.Start(t))
 	m := metrics.NewCluster(st.Snapshot, StateOf)
 	m.LeaderTerms.Inc()
-	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), m).Handler())
+	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), m, Cluster{}).Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {

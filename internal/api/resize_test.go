@@ -85,7 +85,7 @@ func newToken(t *testing.T, st *store.Store, name string, role auth.Role) string
 }
 
 func serveAPI(t *testing.T, st *store.Store) func(method, path, body string, rev int64, out any) int {
-	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Handler())
+	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, Cluster{}).Handler())
 	t.Cleanup(srv.Close)
 	bearer := newToken(t, st, fmt.Sprintf("test-admin-%d", time.Now().UnixNano()), auth.Admin)
 	return func(method, path, body string, rev int64, out any) int {

@@ -79,14 +79,24 @@ type Token struct {
 	CreatedBy string     `json:"createdBy,omitempty"`
 	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
 	RevokedAt *time.Time `json:"revokedAt,omitempty"`
+	// Kind is KindJoin for a join token (Role is then empty); API tokens
+	// have none.
+	Kind string `json:"kind,omitempty"`
+	// Server: a join token that makes its host a control-plane member.
+	Server bool `json:"server,omitempty"`
+	// UsedBy and UsedAt: the host that used a join token, and when.
+	UsedBy string     `json:"usedBy,omitempty"`
+	UsedAt *time.Time `json:"usedAt,omitempty"`
 }
 
-// State says whether the token can be used at now: active, expired or
-// revoked.
+// State says whether the token can be used at now: active, expired,
+// revoked, or (a join token) used.
 func (t *Token) State(now time.Time) string {
 	switch {
 	case t.RevokedAt != nil:
 		return "revoked"
+	case t.UsedAt != nil:
+		return "used"
 	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
 		return "expired"
 	}
@@ -164,7 +174,8 @@ func Parse(bearer string) (id, secret string, err error) {
 // Verify checks secret against the stored token at now and gives the
 // identity it proves.
 func (t *Token) Verify(secret string, now time.Time) (Identity, error) {
-	if subtle.ConstantTimeCompare([]byte(hash(secret)), []byte(t.Hash)) != 1 {
+	// A join token is never an API credential.
+	if t.Kind != "" || !t.matches(secret) {
 		return Identity{}, ErrUnknown
 	}
 	switch t.State(now) {
@@ -174,6 +185,10 @@ func (t *Token) Verify(secret string, now time.Time) (Identity, error) {
 		return Identity{}, ErrExpired
 	}
 	return Identity{Name: t.Name, Role: t.Role, Via: "token"}, nil
+}
+
+func (t *Token) matches(secret string) bool {
+	return subtle.ConstantTimeCompare([]byte(hash(secret)), []byte(t.Hash)) == 1
 }
 
 func hash(secret string) string {

@@ -23,6 +23,7 @@ import (
 	"github.com/vigilha/vigil/internal/controller/drs"
 	"github.com/vigilha/vigil/internal/driver/qemu"
 	"github.com/vigilha/vigil/internal/image"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/server"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
@@ -38,8 +39,8 @@ const (
 	DefaultDataDir       = "/var/lib/vigil"
 	DefaultImageDir      = "/var/lib/vigil/images"
 	DefaultProbeCache    = "/var/cache/vigil/accel-probe.json"
-	upEtcdClientURL      = "http://127.0.0.1:7481"
-	upEtcdPeerURL        = "http://127.0.0.1:7482"
+	upEtcdClientURL      = "https://127.0.0.1:7481"
+	upEtcdPeerURL        = "https://127.0.0.1:7482"
 	upNetns              = "vigil"
 	upBridge             = "vigilbr0"
 	upSubnet             = "10.77.0.0/24"
@@ -55,6 +56,14 @@ const (
 type daemonOpts struct {
 	host    string
 	dataDir string
+	pkiDir  string
+	// autoInit: `vigil up` makes its own one-host cluster CA on first
+	// start, so that it needs no setup and still speaks only TLS.
+	autoInit bool
+	id       *pki.Identity
+	// joinedEndpoints are the etcd endpoints of the cluster a server host
+	// joined (cluster.json).
+	joinedEndpoints []string
 
 	runServer      bool
 	runAgent       bool
@@ -76,6 +85,7 @@ type daemonOpts struct {
 	imageDir    string
 	probeCache  string
 	qemuNice    int
+	qemuUser    string
 	drsInterval time.Duration
 	drsWindow   time.Duration
 	cpus        int
@@ -102,6 +112,7 @@ type daemonOpts struct {
 func (o *daemonOpts) registerCommon(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.host, "host", defaultHostName(), "this host's name in the cluster")
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", DefaultDataDir, "where this process keeps its state (etcd data, VM runtime files, local datastore)")
+	cmd.Flags().StringVar(&o.pkiDir, "pki-dir", "", "this host's certificates and the cluster CA, from `vigil init` or `vigil join` (default DATA_DIR/pki)")
 }
 
 func (o *daemonOpts) registerServer(cmd *cobra.Command) {
@@ -127,6 +138,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.accel, "accel", qemu.AccelAuto, "accelerator: auto (KVM only if a real guest boots under it), kvm, or tcg")
 	f.StringVar(&o.imageDir, "image-dir", DefaultImageDir, "where guest images built by `vigil image build` live")
 	f.StringVar(&o.probeCache, "accel-probe-cache", DefaultProbeCache, "where the KVM probe's verdict is cached")
+	f.StringVar(&o.qemuUser, "qemu-user", qemu.DefaultUser, "the unprivileged user every QEMU runs as, confined by Landlock to its VM's files (made if missing); root: QEMU runs as root, unconfined (only for a kernel without Landlock)")
 	f.IntVar(&o.qemuNice, "qemu-nice", 5, "the CPU niceness of every QEMU (0-19; the agent runs at 0), so that the host's agent and storage daemons win the CPU over busy guests (lease renewals, watchdog feeding, replica writes); 0: QEMU runs at the agent's")
 	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: 4 per CPU)")
 	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
@@ -165,7 +177,7 @@ func defaultHostName() string {
 }
 
 func newUpCmd(g *globals) *cobra.Command {
-	o := &daemonOpts{runServer: true, runAgent: true}
+	o := &daemonOpts{runServer: true, runAgent: true, autoInit: true}
 	var netns string
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -228,9 +240,6 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if o.runServer && len(o.apiListen) == 0 {
 				o.apiListen = []string{client.DefaultAddr}
 			}
-			if !o.runServer && o.etcdEndpoints == "" {
-				return errors.New("an agent without --server needs --etcd-endpoints")
-			}
 			return runDaemon(cmd.Context(), g, o)
 		},
 	}
@@ -257,6 +266,12 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 		return err
 	}
 	defer unlock()
+	if err := o.loadIdentity(log); err != nil {
+		return err
+	}
+	if o.runAgent && !o.runServer && o.etcdEndpoints == "" {
+		return errors.New("an agent without --server needs --etcd-endpoints (or the cluster.json that `vigil join` writes)")
+	}
 	// The daemon runs on a context of its own: a stop signal (sigCtx) ends
 	// it only once the agent's shutdown policy is done (a drain keeps the
 	// agent, and this host's etcd member, running while VMs move away).
@@ -335,7 +350,7 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 
 func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 	cfg := server.Config{
-		Name: o.host, DataDir: o.dataDir,
+		Name: o.host, DataDir: o.dataDir, Identity: o.id, JoinedEndpoints: o.joinedEndpoints,
 		ExternalEtcd: splitList(o.etcdEndpoints),
 		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
@@ -343,6 +358,11 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		APIListen: o.apiListen, Log: log,
 		Datastores:  []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
 		Controllers: controllers,
+	}
+	if len(o.joinedEndpoints) > 0 {
+		// A member that joined a running cluster: its data directory may
+		// be empty, but the cluster exists.
+		cfg.ClusterState = "existing"
 	}
 	if o.runAgent {
 		// An all-in-one agent's etcd client must not be the server's own
@@ -391,24 +411,46 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		DialKeepAliveTime:    2 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		Logger:               zap.NewNop(),
+		TLS:                  o.id.ClientTLS(),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: etcd client: %w", err)
 	}
 	kernel := filepath.Join(o.imageDir, "vigil-guest", image.KernelFile)
 	initrd := filepath.Join(o.imageDir, "vigil-guest", image.InitramfsFile)
-	drv, err := qemu.New(qemu.Config{
-		RunDir: filepath.Join(o.dataDir, "run"), Accel: o.accel,
-		ProbeKernel: kernel, ProbeInitrd: initrd, ProbeCache: o.probeCache, Nice: o.qemuNice, Log: log,
-	})
-	if err != nil {
-		c.Close()
-		return nil, nil, err
-	}
 	dss := map[string]storage.Datastore{}
 	defs := o.datastores
 	if len(defs) == 0 {
 		defs = []string{spec.DefaultDatastore + "=" + filepath.Join(o.dataDir, "datastores", spec.DefaultDatastore)}
+	}
+	qc := qemu.Config{
+		RunDir: filepath.Join(o.dataDir, "run"), Accel: o.accel,
+		ProbeKernel: kernel, ProbeInitrd: initrd, ProbeCache: o.probeCache, Nice: o.qemuNice, Log: log,
+	}
+	if o.qemuUser == "root" {
+		log.Warn("QEMU runs as root and unconfined (--qemu-user root): a guest that escapes QEMU owns this host")
+	} else {
+		if qc.User, err = qemu.LookupUser(o.qemuUser); err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		if qc.Self, err = os.Executable(); err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		for _, d := range defs {
+			if _, dir, ok := strings.Cut(d, "="); ok {
+				qc.DiskRoots = append(qc.DiskRoots, dir)
+			}
+		}
+		if _, dir, ok := strings.Cut(o.replicated, "="); ok {
+			qc.DiskRoots = append(qc.DiskRoots, dir)
+		}
+	}
+	drv, err := qemu.New(qc)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
 	}
 	for _, d := range defs {
 		name, dir, ok := strings.Cut(d, "=")
@@ -467,6 +509,11 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		c.Close()
 		return nil, nil, fmt.Errorf("--replication-sync-speed: %w", err)
 	}
+	// The QEMU user passes through the data directory to its VMs' files.
+	if err := qc.User.Reach(o.dataDir, append([]string{qc.RunDir}, qc.DiskRoots...)...); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
 	var capacity store.Resources
 	capacity.CPUs = o.cpus
 	if o.memory != "" {
@@ -498,6 +545,45 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		return nil, nil, err
 	}
 	return a, func() { drv.Close(); c.Close() }, nil
+}
+
+// loadIdentity reads this host's certificates (making a one-host
+// cluster's for `vigil up`), checks that they are this host's, and takes
+// the etcd settings of a cluster the host joined.
+func (o *daemonOpts) loadIdentity(log *slog.Logger) error {
+	dir := o.pkiDir
+	if dir == "" {
+		dir = filepath.Join(o.dataDir, "pki")
+	}
+	id, err := pki.Load(dir)
+	if errors.Is(err, pki.ErrNoPKI) && o.autoInit {
+		if _, err := pki.Init(dir, pki.Subject{Host: o.host}, time.Now()); err != nil {
+			return fmt.Errorf("make this host's cluster CA: %w", err)
+		}
+		log.Info("made a one-host cluster CA and this host's certificate", "dir", dir)
+		id, err = pki.Load(dir)
+	}
+	if err != nil {
+		return err
+	}
+	if id.Host() != o.host {
+		return fmt.Errorf("the certificate in %s is for host %q, not %q: a host's name is its identity (--host)", dir, id.Host(), o.host)
+	}
+	o.id = id
+	ci, err := readClusterInfo(o.dataDir)
+	if err != nil || ci == nil {
+		return err
+	}
+	if o.etcdEndpoints == "" && !o.runServer {
+		o.etcdEndpoints = strings.Join(ci.EtcdEndpoints, ",")
+	}
+	if o.runServer && ci.Server {
+		if o.initialCluster == "" {
+			o.initialCluster = ci.InitialCluster
+		}
+		o.joinedEndpoints = ci.EtcdEndpoints
+	}
+	return nil
 }
 
 // lockDir takes an exclusive lock on the data directory, so two daemons

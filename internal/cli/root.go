@@ -65,6 +65,7 @@ func newRoot(g *globals) *cobra.Command {
 		newUpCmd(g), newServerCmd(g), newAgentCmd(g),
 		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
 		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g), newDRSCmd(g), newTokenCmd(g),
+		newInitCmd(g), newJoinCmd(g), newJailCmd(),
 	)
 	rejectUnknownSubcommands(root)
 	return root
@@ -109,6 +110,21 @@ func (g *globals) client() (*client.Client, error) {
 	c, err := client.New(addr)
 	if err != nil {
 		return nil, err
+	}
+	// https endpoints are checked against the cluster CA: $VIGIL_CA, or
+	// this host's own copy when it is a member.
+	ca := os.Getenv("VIGIL_CA")
+	if ca == "" {
+		if _, err := os.Stat(defaultCAFile); err == nil {
+			ca = defaultCAFile
+		}
+	}
+	if ca != "" {
+		tc, err := client.CATLS(ca)
+		if err != nil {
+			return nil, fmt.Errorf("VIGIL_CA: %w", err)
+		}
+		c.WithTLS(tc)
 	}
 	// A token, when there is one, is who the CLI is; without one, root
 	// on a local unix socket is admin.

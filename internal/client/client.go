@@ -7,6 +7,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,10 +63,30 @@ func New(addrs string) (*Client, error) {
 	if len(eps) > 1 {
 		c.attempt = 3 * time.Second
 	}
-	for _, e := range eps {
-		c.clients = append(c.clients, e.Client(60*time.Second))
+	return c.WithTLS(nil), nil
+}
+
+// WithTLS sets how the client checks https endpoints (nil: against the
+// system's roots), e.g. with the cluster CA of $VIGIL_CA.
+func (c *Client) WithTLS(tc *tls.Config) *Client {
+	c.clients = nil
+	for _, e := range c.eps {
+		c.clients = append(c.clients, e.Client(60*time.Second, tc))
 	}
-	return c, nil
+	return c
+}
+
+// CATLS is a TLS configuration that trusts exactly the CA in file.
+func CATLS(file string) (*tls.Config, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("cluster CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("cluster CA %s holds no PEM certificate", file)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 // Error is an error answer from the API.

@@ -1,9 +1,11 @@
-// Package endpoint handles Vigil's endpoint strings: "http://HOST:PORT" or
-// "unix:///PATH". Servers listen on them; clients reach them over HTTP.
+// Package endpoint handles Vigil's endpoint strings: "https://HOST:PORT",
+// "http://HOST:PORT" or "unix:///PATH". Servers listen on them; clients
+// reach them over HTTP (TLS for https).
 package endpoint
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -17,6 +19,8 @@ import (
 type Endpoint struct {
 	// Network is "tcp" or "unix"; Address is host:port or a socket path.
 	Network, Address string
+	// TLS: an https endpoint.
+	TLS bool
 }
 
 // Parse reads "http://HOST:PORT", "HOST:PORT" or "unix:///PATH".
@@ -28,15 +32,19 @@ func Parse(s string) (Endpoint, error) {
 		if !filepath.IsAbs(p) {
 			return Endpoint{}, fmt.Errorf("endpoint %q: a unix socket needs an absolute path, e.g. unix:///run/vigil/api.sock", s)
 		}
-		return Endpoint{"unix", p}, nil
+		return Endpoint{Network: "unix", Address: p}, nil
 	case strings.HasPrefix(s, "https://"):
-		return Endpoint{}, fmt.Errorf("endpoint %q: https is not supported yet", s)
+		hp := strings.TrimSuffix(strings.TrimPrefix(s, "https://"), "/")
+		if _, _, err := net.SplitHostPort(hp); err != nil {
+			return Endpoint{}, fmt.Errorf("endpoint %q: want https://HOST:PORT", s)
+		}
+		return Endpoint{Network: "tcp", Address: hp, TLS: true}, nil
 	default:
 		hp := strings.TrimSuffix(strings.TrimPrefix(s, "http://"), "/")
 		if _, _, err := net.SplitHostPort(hp); err != nil {
-			return Endpoint{}, fmt.Errorf("endpoint %q: want http://HOST:PORT or unix:///PATH", s)
+			return Endpoint{}, fmt.Errorf("endpoint %q: want https://HOST:PORT, http://HOST:PORT or unix:///PATH", s)
 		}
-		return Endpoint{"tcp", hp}, nil
+		return Endpoint{Network: "tcp", Address: hp}, nil
 	}
 }
 
@@ -64,7 +72,14 @@ func (e Endpoint) String() string {
 	if e.Network == "unix" {
 		return "unix://" + e.Address
 	}
-	return "http://" + e.Address
+	return e.scheme() + "://" + e.Address
+}
+
+func (e Endpoint) scheme() string {
+	if e.TLS {
+		return "https"
+	}
+	return "http"
 }
 
 // Listen opens a listener on the endpoint; a stale unix socket is removed.
@@ -82,8 +97,9 @@ func (e Endpoint) Listen() (net.Listener, error) {
 	return ln, nil
 }
 
-// Client returns an HTTP client whose requests to BaseURL reach e.
-func (e Endpoint) Client(timeout time.Duration) *http.Client {
+// Client returns an HTTP client whose requests to BaseURL reach e; tc
+// configures TLS for an https endpoint (nil: the system's roots).
+func (e Endpoint) Client(timeout time.Duration, tc *tls.Config) *http.Client {
 	d := &net.Dialer{Timeout: 3 * time.Second}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -91,6 +107,8 @@ func (e Endpoint) Client(timeout time.Duration) *http.Client {
 		},
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 5 * time.Second,
 	}
 	return &http.Client{Transport: tr, Timeout: timeout}
 }
@@ -100,5 +118,5 @@ func (e Endpoint) BaseURL() string {
 	if e.Network == "unix" {
 		return "http://unix"
 	}
-	return "http://" + e.Address
+	return e.scheme() + "://" + e.Address
 }

@@ -11,11 +11,13 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/vigilha/vigil/internal/netnsdial"
+	"github.com/vigilha/vigil/internal/pki"
 )
 
 // EtcdClient returns an etcd client of the lab's cluster that connects
 // from inside host's network namespace (etcd serves only on the lab's
-// management network), to the given endpoints (default: every member).
+// management network) with that host's certificate, to the given
+// endpoints (default: every member).
 // Tests and benchmarks use it to do to etcd what etcd itself sometimes
 // does (revoke a lease early, grow its history); the caller closes it.
 func (l *Lab) EtcdClient(host string, endpoints ...string) (*clientv3.Client, error) {
@@ -26,8 +28,13 @@ func (l *Lab) EtcdClient(host string, endpoints ...string) (*clientv3.Client, er
 	if len(endpoints) == 0 {
 		endpoints = l.EtcdEndpoints()
 	}
+	id, err := pki.Load(l.pkiDir(host))
+	if err != nil {
+		return nil, err
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
+		TLS:         id.ClientTLS(),
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return netnsdial.Dial(ctx, ns, "tcp", addr)

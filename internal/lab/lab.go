@@ -25,6 +25,7 @@ import (
 	"github.com/vigilha/vigil/internal/guestclient"
 	"github.com/vigilha/vigil/internal/lab/netlab"
 	"github.com/vigilha/vigil/internal/metrics"
+	"github.com/vigilha/vigil/internal/pki"
 )
 
 // DefaultDir is the lab directory when none is given.
@@ -161,6 +162,11 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	// QEMU runs as an unprivileged user, which must reach the VMs' files
+	// below the lab directory (a temporary directory is 0700).
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	n, err := netlab.Up(ctx, netlab.Config{Dir: dir, Hosts: cfg.Hosts, Logger: cfg.Log})
 	if err != nil {
@@ -205,12 +211,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := l.save(); err != nil {
 		return fail(err)
 	}
-	for k := 1; k <= cfg.Hosts; k++ {
-		if err := l.powerOn(ctx, HostName(k)); err != nil {
-			return fail(err)
-		}
-	}
-	if err := l.waitReady(ctx, 90*time.Second); err != nil {
+	if err := l.bootstrap(ctx); err != nil {
 		return fail(err)
 	}
 	if err := l.makeAdminToken(ctx); err != nil {
@@ -324,7 +325,7 @@ func (l *Lab) APIEndpoints() []string {
 func (l *Lab) MemberMetricsURLs() []string {
 	var out []string
 	for s := 1; s <= l.st.Config.Servers; s++ {
-		out = append(out, fmt.Sprintf("http://%s:%d/metrics", l.addr(s, netlab.Mgmt), apiPort))
+		out = append(out, l.apiURL(s)+"/metrics")
 	}
 	return out
 }
@@ -334,7 +335,7 @@ func (l *Lab) MemberMetricsURLs() []string {
 func (l *Lab) EtcdEndpoints() []string {
 	var out []string
 	for s := 1; s <= l.st.Config.Servers; s++ {
-		out = append(out, fmt.Sprintf("http://%s:%d", l.addr(s, netlab.Mgmt), etcdClientPort))
+		out = append(out, fmt.Sprintf("https://%s:%d", l.addr(s, netlab.Mgmt), etcdClientPort))
 	}
 	return out
 }
@@ -368,15 +369,39 @@ func (l *Lab) AdminToken() string {
 }
 
 // Env is the shell lines that point the CLI at the lab: the servers' unix
-// sockets (root there is admin), and the admin token for clients that
-// reach the API over the lab's networks.
+// sockets (root there is admin); and for clients that reach the API over
+// the lab's management network, host1's https API, the cluster CA that
+// its certificate verifies with, and the admin token.
 func (l *Lab) Env() string {
 	env := "export VIGIL_ADDR=" + strings.Join(l.APIEndpoints(), ",")
+	env += "\nexport VIGIL_API_URL=" + l.apiURL(1)
+	env += "\nexport VIGIL_CA=" + l.CAFile()
 	if t := l.AdminToken(); t != "" {
 		env += "\nexport VIGIL_TOKEN=" + t
 	}
 	return env
 }
+
+// apiURL is server k's https API on its management address.
+func (l *Lab) apiURL(k int) string {
+	return fmt.Sprintf("https://%s:%d", l.addr(k, netlab.Mgmt), apiPort)
+}
+
+// APIURLs are the servers' https APIs (reachable inside the lab's hosts).
+func (l *Lab) APIURLs() []string {
+	var out []string
+	for s := 1; s <= l.st.Config.Servers; s++ {
+		out = append(out, l.apiURL(s))
+	}
+	return out
+}
+
+// CAFile is the cluster CA's certificate (host1 made it with vigil init).
+func (l *Lab) CAFile() string {
+	return filepath.Join(l.pkiDir(HostName(1)), pki.CACertFile)
+}
+
+func (l *Lab) pkiDir(host string) string { return filepath.Join(l.dir, host, "pki") }
 
 // Client returns an API client over every server.
 func (l *Lab) Client() (*client.Client, error) {
@@ -440,11 +465,10 @@ func (l *Lab) agentArgs(k int) []string {
 	c := l.st.Config
 	host := HostName(k)
 	mgmt := l.addr(k, netlab.Mgmt)
-	var endpoints, initial []string
+	var endpoints []string
 	for s := 1; s <= c.Servers; s++ {
 		ip := l.addr(s, netlab.Mgmt)
-		endpoints = append(endpoints, fmt.Sprintf("http://%s:%d", ip, etcdClientPort))
-		initial = append(initial, fmt.Sprintf("%s=http://%s:%d", HostName(s), ip, etcdPeerPort))
+		endpoints = append(endpoints, fmt.Sprintf("https://%s:%d", ip, etcdClientPort))
 	}
 	vm := l.net.Subnet(netlab.VM)
 	base := vm.Addr().As4()
@@ -469,12 +493,14 @@ func (l *Lab) agentArgs(k int) []string {
 		args = append(args, "--image-dir", c.ImageDir)
 	}
 	if k <= c.Servers {
+		// host1 made the cluster (vigil init) and its etcd starts alone;
+		// the other members joined (vigil join) and start from what their
+		// join wrote (cluster.json).
 		args = append(args, "--server",
-			"--etcd-client-url", fmt.Sprintf("http://%s:%d", mgmt, etcdClientPort),
-			"--etcd-peer-url", fmt.Sprintf("http://%s:%d", mgmt, etcdPeerPort),
-			"--initial-cluster", strings.Join(initial, ","),
+			"--etcd-client-url", fmt.Sprintf("https://%s:%d", mgmt, etcdClientPort),
+			"--etcd-peer-url", fmt.Sprintf("https://%s:%d", mgmt, etcdPeerPort),
 			"--api-listen", "unix://"+filepath.Join(l.dir, host, "api.sock"),
-			"--api-listen", fmt.Sprintf("http://%s:%d", mgmt, apiPort),
+			"--api-listen", l.apiURL(k),
 			"--network", fmt.Sprintf("name=default,bridge=vmbr0,subnet=%s,pool=%s", vm, pool),
 			"--define-datastore", "name=shared,type=shared,server="+l.storageURL(),
 			"--define-datastore", "name=replicated,type=replicated",
@@ -502,8 +528,9 @@ func (l *Lab) startAgent(ctx context.Context, host string) error {
 	return nil
 }
 
-// waitReady waits until the API answers and every host is up.
-func (l *Lab) waitReady(ctx context.Context, limit time.Duration) error {
+// waitHosts waits until the API answers, a leader was elected and n hosts
+// are up (with a usable watchdog where the lab gives them one).
+func (l *Lab) waitHosts(ctx context.Context, limit time.Duration, n int) error {
 	c, err := l.Client()
 	if err != nil {
 		return err
@@ -529,8 +556,8 @@ func (l *Lab) waitReady(ctx context.Context, limit time.Duration) error {
 			if l.st.Config.Watchdog == WatchdogNone {
 				fenced = len(hosts)
 			}
-			last = fmt.Sprintf("%d of %d hosts up, %d with a usable watchdog", up, len(l.st.Hosts), fenced)
-			if up == len(l.st.Hosts) && fenced == up {
+			last = fmt.Sprintf("%d of %d hosts up, %d with a usable watchdog", up, n, fenced)
+			if up >= n && fenced >= n {
 				if _, err := c.Events(ctx, client.EventFilter{Type: "leader.elected", Limit: 1}); err == nil {
 					return nil
 				}

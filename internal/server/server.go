@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -28,6 +30,7 @@ import (
 	"github.com/vigilha/vigil/internal/controller/observe"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/metrics"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -55,8 +58,16 @@ type Config struct {
 	// DefragEvery is how often the leader looks for members to
 	// defragment (0: never).
 	DefragEvery time.Duration
-	// APIListen are the endpoints the REST API serves on.
+	// APIListen are the endpoints the REST API serves on: unix sockets,
+	// and https on TCP (plaintext TCP is refused).
 	APIListen []string
+	// Identity is this host's certificate and the cluster CA: etcd's
+	// client and peer links and the https API use it.
+	Identity *pki.Identity
+	// JoinedEndpoints are the cluster's etcd client URLs for a member that
+	// joined a running cluster: it starts as a learner, which serves no
+	// client, so its own client uses the others until it is promoted.
+	JoinedEndpoints []string
 	// Bootstrap objects created on first start (when absent).
 	Networks   []*store.Network
 	Datastores []*store.Datastore
@@ -101,6 +112,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.Log = slog.Default()
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("member", cfg.Name), sessions: newSession}
+	if cfg.Identity == nil {
+		return nil, errors.New("a control-plane member needs its certificates (vigil init or vigil join)")
+	}
 	endpoints := cfg.ExternalEtcd
 	if len(endpoints) == 0 {
 		e, err := startEmbedded(ctx, cfg)
@@ -109,12 +123,18 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.etcd = e
 		endpoints = []string{cfg.ClientURL}
+		for _, u := range cfg.JoinedEndpoints {
+			if u != cfg.ClientURL {
+				endpoints = append(endpoints, u)
+			}
+		}
 	}
 	s.etcdRequests = metrics.NewEtcdRequests()
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      quietZap(),
+		TLS:         cfg.Identity.ClientTLS(),
 		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(s.etcdRequests.Intercept)},
 	})
 	if err != nil {
@@ -122,9 +142,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
 	s.client = c
+	if s.etcd != nil && s.etcd.Server.IsLearner() {
+		go s.promote(ctx)
+	}
 	st := store.New(c)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if err := importPendingTokens(bctx, st, cfg.Identity.Dir()); err != nil {
+		s.Close()
+		return nil, err
+	}
 	for _, n := range cfg.Networks {
 		if err := st.EnsureNetwork(bctx, n); err != nil {
 			s.Close()
@@ -162,6 +189,14 @@ func startEmbedded(ctx context.Context, cfg Config) (*embed.Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd peer URL %q: %w", cfg.PeerURL, err)
 	}
+	if cu.Scheme != "https" || pu.Scheme != "https" {
+		return nil, fmt.Errorf("etcd URLs %s and %s: want https:// (etcd's links are TLS, with client certificates)", cfg.ClientURL, cfg.PeerURL)
+	}
+	// Mutual TLS on both ports: a client or peer without a certificate of
+	// the cluster CA is refused in the handshake.
+	caFile, certFile, keyFile := cfg.Identity.Files()
+	ec.ClientTLSInfo = transport.TLSInfo{CertFile: certFile, KeyFile: keyFile, TrustedCAFile: caFile, ClientCertAuth: true}
+	ec.PeerTLSInfo = transport.TLSInfo{CertFile: certFile, KeyFile: keyFile, TrustedCAFile: caFile, ClientCertAuth: true}
 	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	ec.InitialCluster = cfg.InitialCluster
@@ -219,17 +254,39 @@ func (s *Server) Run(ctx context.Context) error {
 	st := store.New(s.client)
 	m := metrics.NewCluster(st.Snapshot, api.StateOf)
 	m.Registry.MustRegister(s.etcdRequests)
-	a := api.New(st, s.log, m)
-	var servers []*http.Server
+	var apis []string
+	var eps []endpoint.Endpoint
 	for _, addr := range s.cfg.APIListen {
 		ep, err := endpoint.Parse(addr)
 		if err != nil {
 			return fmt.Errorf("api: %w", err)
 		}
+		if ep.Network == "tcp" && !ep.TLS {
+			return fmt.Errorf("api: %s: plaintext on TCP is refused (a token would cross the network readable); use https://", addr)
+		}
+		if ep.TLS {
+			apis = append(apis, ep.String())
+		}
+		eps = append(eps, ep)
+	}
+	cl := api.Cluster{Identity: s.cfg.Identity, APIs: apis, EtcdEndpoints: s.etcdEndpoints}
+	if s.etcd != nil {
+		cl.Members = s
+	}
+	a := api.New(st, s.log, m, cl)
+	var servers []*http.Server
+	for _, ep := range eps {
 		ln, err := ep.Listen()
 		if err != nil {
 			return fmt.Errorf("api: %w", err)
 		}
+		if ep.TLS {
+			// Client certificates are optional: a host presents its own,
+			// an operator a token; an anonymous call gets a clear 401,
+			// not a failed handshake.
+			ln = tls.NewListener(ln, s.cfg.Identity.ServerTLS(tls.VerifyClientCertIfGiven))
+		}
+		addr := ep.String()
 		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: api.ConnContext}
 		servers = append(servers, srv)
 		go func() {

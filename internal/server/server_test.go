@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -21,7 +23,21 @@ func freeURL(t *testing.T) string {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	return "http://" + ln.Addr().String()
+	return "https://" + ln.Addr().String()
+}
+
+// identity makes a one-host cluster CA and the member's certificate.
+func identity(t *testing.T) *pki.Identity {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "pki")
+	if _, err := pki.Init(dir, pki.Subject{Host: "m1"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	id, err := pki.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // writePast writes total bytes of history to one key, in 32 KiB values at
@@ -49,7 +65,7 @@ func TestCompaction_ClusterRunsPastTheQuota(t *testing.T) {
 	const quota = 16 << 20
 	start := func(t *testing.T, retention time.Duration) *Server {
 		dir := t.TempDir()
-		s, err := Start(context.Background(), Config{Name: "m1", DataDir: dir, ClientURL: freeURL(t), PeerURL: freeURL(t),
+		s, err := Start(context.Background(), Config{Name: "m1", DataDir: dir, ClientURL: freeURL(t), PeerURL: freeURL(t), Identity: identity(t),
 			CompactionRetention: retention, QuotaBytes: quota})
 		if err != nil {
 			t.Fatal(err)
@@ -85,7 +101,7 @@ func TestCompaction_ClusterRunsPastTheQuota(t *testing.T) {
 // end at once: it gives the key up and campaigns again on a fresh session,
 // and only that campaign's term starts.
 func TestCampaign_LapsedSessionCampaignsAgain(t *testing.T) {
-	s, err := Start(context.Background(), Config{Name: "m1", DataDir: t.TempDir(), ClientURL: freeURL(t), PeerURL: freeURL(t)})
+	s, err := Start(context.Background(), Config{Name: "m1", DataDir: t.TempDir(), ClientURL: freeURL(t), PeerURL: freeURL(t), Identity: identity(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -114,3 +114,38 @@ func (s *Store) RevokeToken(ctx context.Context, name string, now time.Time) (*a
 		}
 	}
 }
+
+// UseJoinToken spends the join token id for host: check decides, on the
+// token as stored, whether it may be used (secret, expiry, revocation,
+// earlier use), and the token is marked used in a transaction that fails
+// if anything changed it since it was read. Of two hosts racing with one
+// token, exactly one gets it.
+func (s *Store) UseJoinToken(ctx context.Context, id, host string, now time.Time, check func(*auth.Token) error) (*auth.Token, error) {
+	ctx, cancel := op(ctx)
+	defer cancel()
+	for {
+		cur, err := s.c.Get(ctx, tokensPfx+id)
+		if err != nil {
+			return nil, fmt.Errorf("join token: %w", err)
+		}
+		if len(cur.Kvs) == 0 {
+			return nil, auth.ErrUnknown
+		}
+		var t auth.Token
+		if err := json.Unmarshal(cur.Kvs[0].Value, &t); err != nil {
+			return nil, fmt.Errorf("join token %s: %w", id, err)
+		}
+		if err := check(&t); err != nil {
+			return &t, err
+		}
+		t.UsedAt, t.UsedBy = &now, host
+		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(tokensPfx+id), "=", cur.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(tokensPfx+id, mustJSON(&t))).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("join token: %w", err)
+		}
+		if resp.Succeeded {
+			return &t, nil
+		}
+	}
+}

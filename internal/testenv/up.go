@@ -17,10 +17,13 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/guestclient"
+	"github.com/vigilha/vigil/internal/pki"
 )
 
 // Up is a single-host `vigil up` process owned by a test.
@@ -69,10 +72,10 @@ func StartUpWith(t testing.TB, o Options) *Up {
 	u := &Up{
 		t: t, Bin: bin, Dir: dir,
 		API:     "unix://" + filepath.Join(dir, "api.sock"),
-		EtcdURL: "http://127.0.0.1:" + strconv.Itoa(freePort(t)),
+		EtcdURL: "https://127.0.0.1:" + strconv.Itoa(freePort(t)),
 		Netns:   "vt-" + hex.EncodeToString(r[:]),
 	}
-	peer := "http://127.0.0.1:" + strconv.Itoa(freePort(t))
+	peer := "https://127.0.0.1:" + strconv.Itoa(freePort(t))
 	u.args = []string{"up", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
 		"--api-listen", u.API, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer,
 		"--netns", u.Netns, "--image-dir", imageDir, "--log-level", "debug"}
@@ -80,8 +83,13 @@ func StartUpWith(t testing.TB, o Options) *Up {
 		network := fmt.Sprintf("name=default,bridge=vigilbr0,netns=%s,subnet=10.77.0.0/24,gateway=10.77.0.1,pool=10.77.0.10-10.77.0.250,managed", u.Netns)
 		u.args = []string{"server", "--data-dir", filepath.Join(dir, "server"), "--host", "host1",
 			"--api-listen", u.API, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer, "--network", network}
+		// One host, two processes: the server's data directory holds the
+		// host's certificates (vigil init), which the agent uses too.
+		if out, err := exec.Command(bin, "init", "--data-dir", filepath.Join(dir, "server"), "--host", "host1", "--address", "127.0.0.1").CombinedOutput(); err != nil {
+			t.Fatalf("vigil init: %v: %s", err, out)
+		}
 		u.agentArgs = []string{"agent", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
-			"--etcd-endpoints", u.EtcdURL, "--image-dir", imageDir}
+			"--etcd-endpoints", u.EtcdURL, "--image-dir", imageDir, "--pki-dir", filepath.Join(dir, "server", "pki")}
 	}
 	// Recorded so that Sweep can clean up after a run killed mid-test.
 	_ = os.WriteFile(filepath.Join(dir, "sweep.json"), []byte(u.Netns), 0o644)
@@ -253,4 +261,24 @@ func (u *Up) cleanup() {
 		return
 	}
 	_ = os.RemoveAll(u.Dir)
+}
+
+// Etcd is a client of the instance's etcd, with its host's certificate;
+// the test's end closes it.
+func (u *Up) Etcd() *clientv3.Client {
+	u.t.Helper()
+	dir := filepath.Join(u.Dir, "pki")
+	if u.agentArgs != nil {
+		dir = filepath.Join(u.Dir, "server", "pki")
+	}
+	id, err := pki.Load(dir)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{u.EtcdURL}, DialTimeout: 5 * time.Second, TLS: id.ClientTLS(), Logger: zap.NewNop()})
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	u.t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/netnsdial"
 	"github.com/vigilha/vigil/internal/testenv"
 )
@@ -37,8 +38,15 @@ func TestAccess_TokensRolesAndRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := strings.TrimSuffix(l.MemberMetricsURLs()[0], "/metrics")
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	api := l.APIURLs()[0]
+	if !strings.HasPrefix(api, "https://") {
+		t.Fatalf("the lab's API is %s, not https", api)
+	}
+	tc, err := client.CATLS(l.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return netnsdial.Dial(ctx, ns, network, addr)
 	}}}
 	call := func(token, method, path, body string) (int, string) {

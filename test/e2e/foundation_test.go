@@ -195,11 +195,7 @@ func TestQEMUCrash_StatusSaysFailed(t *testing.T) {
 // and after.
 func TestInvalidInput_ClearErrorsAndNothingChanges(t *testing.T) {
 	u := testenv.StartUp(t)
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{u.EtcdURL}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer etcd.Close()
+	etcd := u.Etcd()
 	dump := func() map[string]string {
 		resp, err := etcd.Get(context.Background(), "/vigil/s/", clientv3.WithPrefix())
 		if err != nil {

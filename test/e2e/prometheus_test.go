@@ -120,8 +120,10 @@ scrape_configs:
   - job_name: vigil-agents
     static_configs: [{targets: [%s]}]
   - job_name: vigil-members
+    scheme: https
+    tls_config: {ca_file: %q}
     static_configs: [{targets: [%s]}]
-`, rules, strings.Join(targets, ", "), strings.Join(members, ", "))
+`, rules, strings.Join(targets, ", "), l.CAFile(), strings.Join(members, ", "))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

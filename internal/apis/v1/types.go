@@ -477,10 +477,14 @@ type ApplyResult struct {
 	DryRun    bool     `json:"dryRun,omitempty"`
 }
 
-// TokenRequest asks for a new API token (POST /api/v1/tokens).
+// TokenRequest asks for a new API token (POST /api/v1/tokens), or with
+// Join a join token (Role is then empty; Server makes the joining host a
+// control-plane member).
 type TokenRequest struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
+	Name   string `json:"name"`
+	Role   string `json:"role,omitempty"`
+	Join   bool   `json:"join,omitempty"`
+	Server bool   `json:"server,omitempty"`
 	// Expires is a duration from now (e.g. "24h"); empty: never.
 	Expires string `json:"expires,omitempty"`
 }
@@ -494,10 +498,42 @@ type NewToken struct {
 // TokenInfo describes a token; the secret is never shown again.
 type TokenInfo struct {
 	Name      string     `json:"name"`
-	Role      string     `json:"role"`
-	State     string     `json:"state"` // active, expired or revoked
+	Role      string     `json:"role"`  // a join token's is "join" or "join-server"
+	State     string     `json:"state"` // active, expired, revoked or used
+	UsedBy    string     `json:"usedBy,omitempty"`
+	UsedAt    *time.Time `json:"usedAt,omitempty"`
 	CreatedAt time.Time  `json:"createdAt"`
 	CreatedBy string     `json:"createdBy,omitempty"`
 	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
 	RevokedAt *time.Time `json:"revokedAt,omitempty"`
+}
+
+// JoinRequest is a host's request to join (POST /api/v1/join): the join
+// token's ID and secret, the host's name, its certificate request, the
+// addresses its certificate must hold, and for a server token the URLs
+// its etcd member will use.
+type JoinRequest struct {
+	TokenID string   `json:"tokenID"`
+	Secret  string   `json:"secret"`
+	Host    string   `json:"host"`
+	CSR     string   `json:"csr"`
+	IPs     []string `json:"ips,omitempty"`
+	// EtcdPeerURL is a server's etcd peer URL (https).
+	EtcdPeerURL string `json:"etcdPeerURL,omitempty"`
+}
+
+// JoinResponse is what a joined host keeps: the CA, its certificate, and
+// for a control-plane member the CA key (it signs joins too) and its etcd
+// member's initial cluster.
+type JoinResponse struct {
+	CA     string `json:"ca"`
+	Cert   string `json:"cert"`
+	CAKey  string `json:"caKey,omitempty"`
+	Server bool   `json:"server"`
+	// InitialCluster ("name=peerURL,...") for the new etcd member, which
+	// starts as a learner of the existing cluster and is promoted once it
+	// has caught up.
+	InitialCluster string   `json:"initialCluster,omitempty"`
+	EtcdEndpoints  []string `json:"etcdEndpoints"`
+	APIs           []string `json:"apis"`
 }

@@ -70,7 +70,10 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		"-smp", smp(cfg),
 		"-nodefaults", "-no-user-config",
 		"-display", "none", "-vga", "none",
-		"-sandbox", "on",
+		// seccomp: no obsolete calls, no set*id, no fork/exec (migration
+		// streams are sockets, never exec:), no scheduler or priority
+		// changes (the agent sets QEMU's niceness from outside).
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-pidfile", p.Pidfile,
 		"-chardev", "socket,id=qmp0,path=" + escapeOpt(p.QMP) + ",server=on,wait=off",
 		"-mon", "chardev=qmp0,mode=control",

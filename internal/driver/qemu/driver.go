@@ -47,7 +47,16 @@ type Config struct {
 	// then wins the CPU over busy guests: a host whose guests saturate
 	// its CPUs must not miss its lease or starve its watchdog for it.
 	Nice int
-	Log  *slog.Logger
+	// User is the unprivileged account QEMU runs as, confined by `vigil
+	// jail` (Self, the vigil binary) to its VM's files; nil: QEMU runs as
+	// the agent's user, unconfined (an operator's explicit choice, for a
+	// kernel without Landlock).
+	User *User
+	Self string
+	// DiskRoots are the datastore directories on this host where a VM's
+	// disks live, each in a directory named for the VM.
+	DiskRoots []string
+	Log       *slog.Logger
 }
 
 // Driver runs VMs as QEMU processes.
@@ -93,6 +102,17 @@ func New(cfg Config) (*Driver, error) {
 	cfg.Binary = bin
 	if err := os.MkdirAll(cfg.RunDir, 0o750); err != nil {
 		return nil, fmt.Errorf("runtime directory: %w", err)
+	}
+	for _, dir := range cfg.DiskRoots {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("qemu driver: %w", err)
+		}
+		if err := cfg.User.Reach(dir, dir); err != nil {
+			return nil, fmt.Errorf("qemu driver: %w", err)
+		}
+	}
+	if err := cfg.User.Reach(cfg.RunDir, cfg.RunDir); err != nil {
+		return nil, fmt.Errorf("qemu driver: %w", err)
 	}
 	d := &Driver{cfg: cfg, log: cfg.Log, events: make(chan driver.Event, 256), accelDone: make(chan struct{}), vms: map[string]*instance{}}
 	return d, nil
@@ -259,10 +279,16 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	// a signal to the agent's process group (Ctrl-C on `vigil up`) must not
 	// reach the VMs. It does not -daemonize: the fork would show two
 	// processes named for one VM while it starts.
-	cmd := exec.Command(d.cfg.Binary, args...)
+	cmd, err := d.command(cfg, p, args)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = taps
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setsid = true
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
 	}

@@ -29,6 +29,9 @@ func (d *Driver) AddDisk(ctx context.Context, name string, disk driver.DiskConfi
 	if err != nil {
 		return fmt.Errorf("add disk %s to %s: %w", disk.Name, name, err)
 	}
+	if err := d.ownDisk(disk.Path); err != nil {
+		return fmt.Errorf("add disk %s to %s: %w", disk.Name, name, err)
+	}
 	dev := map[string]any{"driver": "virtio-blk-pci", "drive": diskNode(i), "id": fmt.Sprintf("vd%d", i), "serial": disk.Name, "bus": diskPort(i)}
 	var added []string
 	undo := func() {

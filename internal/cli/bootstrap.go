@@ -1,0 +1,263 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/atomicfile"
+	"github.com/vigilha/vigil/internal/auth"
+	"github.com/vigilha/vigil/internal/pki"
+	"github.com/vigilha/vigil/internal/server"
+	"github.com/vigilha/vigil/internal/spec"
+)
+
+// defaultCAFile is the cluster CA of a member host with the default data
+// directory: the CLI trusts it for https endpoints without $VIGIL_CA.
+var defaultCAFile = filepath.Join(DefaultDataDir, "pki", pki.CACertFile)
+
+// Default ports of a host's https API and etcd member.
+const (
+	defaultAPIPort      = 7480
+	defaultEtcdPeerPort = 2380
+)
+
+// clusterFile is what a host that joined keeps of the cluster (in its data
+// directory): the daemon's defaults for etcd.
+const clusterFile = "cluster.json"
+
+type clusterInfo struct {
+	Server         bool     `json:"server"`
+	InitialCluster string   `json:"initialCluster,omitempty"`
+	EtcdEndpoints  []string `json:"etcdEndpoints,omitempty"`
+	APIs           []string `json:"apis,omitempty"`
+}
+
+func readClusterInfo(dataDir string) (*clusterInfo, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, clusterFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ci clusterInfo
+	if err := json.Unmarshal(b, &ci); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dataDir, clusterFile), err)
+	}
+	return &ci, nil
+}
+
+// hostAddrs are the addresses a host's certificate holds (--address).
+type hostAddrs struct {
+	host    string
+	dataDir string
+	pkiDir  string
+	addrs   []string
+}
+
+func (h *hostAddrs) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&h.host, "host", defaultHostName(), "this host's name in the cluster: its identity, which its certificate names")
+	cmd.Flags().StringVar(&h.dataDir, "data-dir", DefaultDataDir, "the host's data directory")
+	cmd.Flags().StringVar(&h.pkiDir, "pki-dir", "", "where the certificates go (default DATA_DIR/pki)")
+	cmd.Flags().StringSliceVar(&h.addrs, "address", nil, "an address this host serves on (management first, then storage); its certificate holds each (repeatable)")
+}
+
+func (h *hostAddrs) subject() (pki.Subject, error) {
+	if err := spec.ValidName(h.host); err != nil {
+		return pki.Subject{}, fmt.Errorf("--host: %w", err)
+	}
+	sub := pki.Subject{Host: h.host}
+	for _, a := range h.addrs {
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return sub, fmt.Errorf("--address %q: not an IP address", a)
+		}
+		sub.IPs = append(sub.IPs, ip)
+	}
+	return sub, nil
+}
+
+func (h *hostAddrs) dir() string {
+	if h.pkiDir != "" {
+		return h.pkiDir
+	}
+	return filepath.Join(h.dataDir, "pki")
+}
+
+func newInitCmd(g *globals) *cobra.Command {
+	var h hostAddrs
+	var apiPort int
+	var expires time.Duration
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Make a new cluster on this host: its CA and this host's certificate; print a one-time join token",
+		Long: "Make a new cluster: the cluster CA (ECDSA P-256) and this host's certificate, in DATA_DIR/pki.\n" +
+			"Then start this host's daemon (`vigil agent --server ...`). The join token printed on standard output\n" +
+			"admits one more control-plane member (`vigil join TOKEN` on it) within --expires; make more with\n" +
+			"`vigil token create --join [--server]` once the cluster runs.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sub, err := h.subject()
+			if err != nil {
+				return err
+			}
+			if len(sub.IPs) == 0 {
+				return errors.New("--address: give this host's management address (the API that join tokens point at)")
+			}
+			now := time.Now()
+			ca, err := pki.Init(h.dir(), sub, now)
+			if err != nil {
+				return err
+			}
+			// The first join token is made now, before etcd exists: its
+			// record waits in the PKI directory for the first start.
+			t, secret, err := auth.NewJoin("init-join", true, now, expires, "vigil init on "+h.host)
+			if err != nil {
+				return err
+			}
+			b, _ := json.MarshalIndent([]*auth.Token{t}, "", "  ")
+			if err := atomicfile.Write(filepath.Join(h.dir(), server.PendingTokensFile), b, 0o600); err != nil {
+				return err
+			}
+			api := "https://" + net.JoinHostPort(sub.IPs[0].String(), fmt.Sprint(apiPort))
+			fmt.Fprintf(g.errOut, "cluster CA %s made in %s (fingerprint sha256:%s)\nstart this host's daemon with --api-listen %s; the token below admits one control-plane member until %s:\n",
+				ca.Cert.Subject.CommonName, h.dir(), pki.Fingerprint(ca.Cert), api, now.Add(expires).Local().Format(time.DateTime))
+			fmt.Fprintln(g.out, auth.Ticket{CA: pki.Fingerprint(ca.Cert), APIs: []string{api}, ID: t.ID, Secret: secret, Server: true})
+			return nil
+		},
+	}
+	h.register(cmd)
+	cmd.Flags().IntVar(&apiPort, "api-port", defaultAPIPort, "the https API port this host will serve on (join tokens point at it)")
+	cmd.Flags().DurationVar(&expires, "expires", auth.DefaultJoinTTL, "how long the printed join token can be used")
+	return cmd
+}
+
+func newJoinCmd(g *globals) *cobra.Command {
+	var h hostAddrs
+	var peerURL string
+	cmd := &cobra.Command{
+		Use:   "join TOKEN",
+		Short: "Join this host to a cluster with a one-time join token: get its certificate (and, with a server token, an etcd member)",
+		Long: "Join this host to a cluster. The token names the cluster's API and pins its CA: the host checks the\n" +
+			"server's certificate against that fingerprint before it sends the token's secret. It sends a\n" +
+			"certificate request (the key never leaves the host) and writes the CA, its certificate and what the\n" +
+			"daemon needs to DATA_DIR. Then start the daemon.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tk, err := auth.ParseTicket(args[0])
+			if err != nil {
+				return err
+			}
+			sub, err := h.subject()
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(filepath.Join(h.dir(), pki.CACertFile)); err == nil {
+				return fmt.Errorf("%s already holds a cluster's certificates: this host belongs to a cluster", h.dir())
+			}
+			if tk.Server && peerURL == "" {
+				if len(sub.IPs) == 0 {
+					return errors.New("a server join token: give --address (the management address first) or --etcd-peer-url")
+				}
+				peerURL = "https://" + net.JoinHostPort(sub.IPs[0].String(), fmt.Sprint(defaultEtcdPeerPort))
+			}
+			key, csr, err := pki.NewCSR(sub.Host)
+			if err != nil {
+				return err
+			}
+			req := v1.JoinRequest{TokenID: tk.ID, Secret: tk.Secret, Host: sub.Host, CSR: string(csr), EtcdPeerURL: peerURL}
+			for _, ip := range sub.IPs {
+				req.IPs = append(req.IPs, ip.String())
+			}
+			resp, err := postJoin(cmd.Context(), tk, req)
+			if err != nil {
+				return err
+			}
+			kb, err := pki.EncodeKey(key)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(h.dir(), 0o700); err != nil {
+				return err
+			}
+			if err := atomicfile.Write(filepath.Join(h.dir(), pki.CACertFile), []byte(resp.CA), 0o644); err != nil {
+				return err
+			}
+			if resp.CAKey != "" {
+				if err := atomicfile.Write(filepath.Join(h.dir(), pki.CAKeyFile), []byte(resp.CAKey), 0o600); err != nil {
+					return err
+				}
+			}
+			if err := pki.SaveHost(h.dir(), []byte(resp.Cert), kb); err != nil {
+				return err
+			}
+			ci := clusterInfo{Server: resp.Server, InitialCluster: resp.InitialCluster, EtcdEndpoints: resp.EtcdEndpoints, APIs: resp.APIs}
+			b, _ := json.MarshalIndent(ci, "", "  ")
+			if err := atomicfile.Write(filepath.Join(h.dataDir, clusterFile), b, 0o644); err != nil {
+				return err
+			}
+			role := "an agent host"
+			if resp.Server {
+				role = "a control-plane member (its etcd member starts as a learner and is promoted once it has caught up)"
+			}
+			fmt.Fprintf(g.errOut, "%s joined as %s; certificates in %s. Start its daemon now.\n", sub.Host, role, h.dir())
+			return nil
+		},
+	}
+	h.register(cmd)
+	cmd.Flags().StringVar(&peerURL, "etcd-peer-url", "", "with a server token: the URL this host's etcd member will talk to its peers on (default https://MGMT-ADDRESS:2380)")
+	return cmd
+}
+
+// postJoin sends the join request to the token's APIs in turn, each
+// checked against the pinned CA before the secret goes out.
+func postJoin(ctx context.Context, tk auth.Ticket, req v1.JoinRequest) (*v1.JoinResponse, error) {
+	body, _ := json.Marshal(req)
+	var errs []error
+	for _, api := range tk.APIs {
+		u, err := url.Parse(api)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLS(tk.CA, u.Hostname())}}
+		hr, _ := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/join", bytes.NewReader(body))
+		hr.Header.Set("Content-Type", "application/json")
+		resp, err := c.Do(hr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", api, err))
+			continue
+		}
+		var out v1.JoinResponse
+		var e v1.Error
+		dec := json.NewDecoder(resp.Body)
+		if resp.StatusCode == http.StatusOK {
+			err = dec.Decode(&out)
+		} else if derr := dec.Decode(&e); derr == nil {
+			err = errors.New(e.Error)
+		} else {
+			err = fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		resp.Body.Close()
+		if err == nil {
+			return &out, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", api, err))
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusBadRequest {
+			break // another member would say the same
+		}
+	}
+	return nil, fmt.Errorf("join: %w", errors.Join(errs...))
+}

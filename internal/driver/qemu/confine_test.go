@@ -1,0 +1,109 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigilha/vigil/internal/testenv"
+)
+
+// TestQEMUConfinedToItsVM starts two VMs as the agent does, as the
+// unprivileged QEMU user inside `vigil jail`, and has one of them try to
+// open files through its monitor (blockdev-add), as a guest that took
+// over its QEMU would. Both QEMUs run as the same user, so file
+// permissions alone would let VM a open VM b's disk: the jail must not.
+// A file in a's own directory opens (the control that shows the test can
+// tell the two apart).
+func TestQEMUConfinedToItsVM(t *testing.T) {
+	needMigrationEnv(t)
+	testenv.RequireRoot(t)
+	u, err := LookupUser(DefaultUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := testenv.Binary(t)
+	base := t.TempDir()
+	// t.TempDir makes 0700 directories; a host's data directory lets the
+	// QEMU user through.
+	for _, d := range []string{filepath.Dir(base), base} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roots := filepath.Join(base, "datastores")
+	d, err := New(Config{RunDir: filepath.Join(base, "run"), Accel: AccelTCG, User: u, Self: self, DiskRoots: []string{roots},
+		Log: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	disk := func(vm, name string) string {
+		p := filepath.Join(roots, vm, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return qcow2(t, p, "16M")
+	}
+	for _, vm := range []string{"a", "b"} {
+		cfg := vmConfig(vm, disk(vm, "ledger.qcow2"), "defer")
+		st, err := d.Start(ctx, cfg)
+		if err != nil {
+			t.Fatalf("start %s: %v", vm, err)
+		}
+		t.Cleanup(func() { _ = d.Kill(context.Background(), vm) })
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.PID))
+		if !strings.Contains(string(status), fmt.Sprintf("\nUid:\t%d\t%d\t%d\t%d\n", u.UID, u.UID, u.UID, u.UID)) {
+			t.Fatalf("QEMU of %s does not run as %s (uid %d):\n%s", vm, u.Name, u.UID, status)
+		}
+	}
+	c, err := d.QMP("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(node, path string) error {
+		err := c.Execute(ctx, "blockdev-add", map[string]any{"driver": "file", "node-name": node, "filename": path, "read-only": true, "locking": "off"}, nil)
+		if err == nil {
+			_ = c.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		}
+		return err
+	}
+	// Made after a started, by root, given to the QEMU user as a disk
+	// added live is.
+	own := disk("a", "added.qcow2")
+	if err := d.ownDisk(own); err != nil {
+		t.Fatal(err)
+	}
+	if err := open("own", own); err != nil {
+		t.Fatalf("a cannot open a disk in its own directory: %v", err)
+	}
+	other := filepath.Join(roots, "b", "ledger.qcow2")
+	if err := os.Chown(other, int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(base, "secret")
+	if err := os.WriteFile(outside, []byte("not a's\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{other, outside, filepath.Join(base, "run", "b", "config.json")} {
+		err := open("x", p)
+		if err == nil {
+			t.Errorf("a's QEMU opened %s", p)
+			continue
+		}
+		if !strings.Contains(err.Error(), "Permission denied") {
+			t.Errorf("a's QEMU could not open %s, but not for the jail: %v", p, err)
+		}
+	}
+	if out, err := exec.Command("ls", "-l", roots+"/a").CombinedOutput(); err == nil {
+		t.Logf("%s", out)
+	}
+}

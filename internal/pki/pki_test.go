@@ -1,0 +1,135 @@
+package pki
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func mustInit(t *testing.T, host string) (string, *Authority) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "pki")
+	ca, err := Init(dir, Subject{Host: host, IPs: []net.IP{net.IPv4(10, 0, 0, 1)}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, ca
+}
+
+// A host's identity verifies under its own CA, names the host, holds its
+// addresses, and serves both ends of a link; a second init is refused.
+func TestInitLoad(t *testing.T) {
+	dir, ca := mustInit(t, "host1")
+	id, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Host() != "host1" || Fingerprint(id.CA) != Fingerprint(ca.Cert) {
+		t.Fatalf("identity %s under %s", id.Host(), Fingerprint(id.CA))
+	}
+	if err := id.Leaf().VerifyHostname("10.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, KeyFile)); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("host key mode %v", fi.Mode().Perm())
+	}
+	if _, err := Init(dir, Subject{Host: "host1"}, time.Now()); err == nil {
+		t.Fatal("a second init over an existing CA succeeded")
+	}
+	if _, err := Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "vigil init") {
+		t.Fatalf("an empty directory: %v", err)
+	}
+}
+
+// mTLS between two hosts of one cluster works; a host of another
+// cluster is refused in the handshake, both ways.
+func TestMutualTLS(t *testing.T) {
+	dirA, ca := mustInit(t, "host1")
+	key, csr, err := NewCSR("host2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.SignCSR(csr, Subject{Host: "host2"}, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := EncodeKey(key)
+	dirB := filepath.Join(t.TempDir(), "pki")
+	if err := os.MkdirAll(dirB, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dirB, CACertFile), ca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := SaveHost(dirB, cert, kb); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := Load(dirA)
+	b, err := Load(dirB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirX, _ := mustInit(t, "host1")
+	x, _ := Load(dirX)
+
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(PeerHost(r.TLS)))
+	}))
+	srv.TLS = a.ServerTLS(tls.RequireAndVerifyClientCert)
+	srv.StartTLS()
+	defer srv.Close()
+	get := func(id *Identity) (string, error) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: id.ClientTLS()}}
+		// By name: see TestPinnedTLS.
+		resp, err := c.Get(strings.Replace(srv.URL, "127.0.0.1", "localhost", 1))
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		buf := make([]byte, 64)
+		n, _ := resp.Body.Read(buf)
+		return string(buf[:n]), nil
+	}
+	if who, err := get(b); err != nil || who != "host2" {
+		t.Fatalf("host2 of the cluster: %q, %v", who, err)
+	}
+	if _, err := get(x); err == nil {
+		t.Fatal("a host of another cluster was served")
+	}
+}
+
+// A pinned client reaches a server whose chain holds the pinned CA, and
+// refuses any other server before a request is sent.
+func TestPinnedTLS(t *testing.T) {
+	dir, ca := mustInit(t, "host1")
+	id, _ := Load(dir)
+	sent := false
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { sent = true }))
+	srv.TLS = id.ServerTLS(tls.VerifyClientCertIfGiven)
+	srv.StartTLS()
+	defer srv.Close()
+	get := func(fp string) error {
+		// By name: httptest adds a certificate of its own, which a
+		// client without SNI (an IP address) would get instead.
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: PinnedTLS(fp, "localhost")}}
+		resp, err := c.Get(strings.Replace(srv.URL, "127.0.0.1", "localhost", 1))
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := get(Fingerprint(ca.Cert)); err != nil || !sent {
+		t.Fatalf("pinned to the right CA: %v (request arrived: %v)", err, sent)
+	}
+	sent = false
+	_, other := mustInit(t, "host1")
+	if err := get(Fingerprint(other.Cert)); err == nil || !strings.Contains(err.Error(), "not the one the token pins") || sent {
+		t.Fatalf("pinned to another CA: %v (request arrived: %v)", err, sent)
+	}
+}

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vigilha/vigil/internal/auth"
+	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/pki"
+	"github.com/vigilha/vigil/internal/testenv"
+)
+
+// TestJoin_TokensAdmitOnceAndPinTheCA: the lab itself came up with `vigil
+// init` and `vigil join` (host2 joined as a control-plane member with
+// init's token). Here a new
+// host joins with a join token made by `vigil token create --join` and
+// gets a certificate for its name signed by the cluster CA; the same
+// token used again is refused; a token whose CA fingerprint is another
+// cluster's is refused by the joining host before it sends anything (the
+// servers record no join attempt, and the token stays unused); and a
+// revoked token is refused.
+func TestJoin_TokensAdmitOnceAndPinTheCA(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{Hosts: 3})
+	bin := testenv.Binary(t)
+	tokens := func() map[string]map[string]any {
+		out, err := l.Vigil("token", "list", "-o", "json")
+		if err != nil {
+			t.Fatalf("token list: %v: %s", err, out)
+		}
+		var ts []map[string]any
+		if err := json.Unmarshal([]byte(out), &ts); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]map[string]any{}
+		for _, tk := range ts {
+			m[tk["name"].(string)] = tk
+		}
+		return m
+	}
+	if tk := tokens()["init-join"]; tk == nil || tk["state"] != "used" || tk["usedBy"] != "host2" {
+		t.Fatalf("vigil init's join token: %v, want used by host2", tk)
+	}
+	join := func(ticket, host string) (string, error) {
+		dir := filepath.Join(t.TempDir(), host)
+		return l.Vigil("lab", "exec", "--lab-dir", l.Dir(), "host1", "--", bin, "join", ticket, "--host", host, "--data-dir", dir)
+	}
+	mk := func(name string) string {
+		out, err := l.Vigil("token", "create", "--join", "--name", name)
+		ticket := strings.TrimSpace(out)
+		if err != nil || !strings.HasPrefix(ticket, "vgj1_") || strings.ContainsAny(ticket, " \n") {
+			t.Fatalf("token create --join printed %q (%v), want the token alone", out, err)
+		}
+		return ticket
+	}
+	joins := func() int {
+		evs, err := l.Client.Events(context.Background(), client.EventFilter{Type: "audit.host.join"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(evs)
+	}
+
+	ticket := mk("spare")
+	dir := filepath.Join(t.TempDir(), "spare")
+	if out, err := l.Vigil("lab", "exec", "--lab-dir", l.Dir(), "host1", "--", bin, "join", ticket, "--host", "spare", "--data-dir", dir); err != nil {
+		t.Fatalf("join: %v: %s", err, out)
+	}
+	id, err := pki.Load(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatalf("the joined host's certificates: %v", err)
+	}
+	if id.Host() != "spare" || pki.Fingerprint(id.CA) != pki.Fingerprint(mustCA(t, l.CAFile())) {
+		t.Fatalf("joined as %q under CA %s", id.Host(), pki.Fingerprint(id.CA))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pki", pki.CAKeyFile)); err == nil {
+		t.Fatal("an agent host's join gave it the CA key")
+	}
+
+	out, err := join(ticket, "spare2")
+	if err == nil || !strings.Contains(out, "already used") {
+		t.Fatalf("a used join token joined again (%v): %s", err, out)
+	}
+	t.Logf("used token: %s", strings.TrimSpace(out))
+
+	before := joins()
+	foreign := mk("foreign")
+	tk, err := auth.ParseTicket(foreign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.CA = strings.Repeat("ab", 32) // another cluster's CA
+	out, err = join(tk.String(), "spare3")
+	if err == nil || !strings.Contains(out, "not the one the token pins") {
+		t.Fatalf("a token pinning another CA joined (%v): %s", err, out)
+	}
+	t.Logf("foreign CA: %s", strings.TrimSpace(out))
+	if n := joins(); n != before {
+		t.Fatalf("the servers recorded %d join attempts for a token pinning another CA: the secret was sent", n-before)
+	}
+	if st := tokens()["foreign"]["state"]; st != "active" {
+		t.Fatalf("the foreign-CA token is %v, want still active (never presented)", st)
+	}
+
+	revoked := mk("revoked")
+	if out, err := l.Vigil("token", "revoke", "revoked"); err != nil {
+		t.Fatalf("revoke: %v: %s", err, out)
+	}
+	out, err = join(revoked, "spare4")
+	if err == nil || !strings.Contains(out, "revoked") {
+		t.Fatalf("a revoked join token joined (%v): %s", err, out)
+	}
+	if n := joins(); n != before+1 {
+		t.Fatalf("%d join attempts audited after the revoked token's, want 1", n-before)
+	}
+}
+
+func mustCA(t *testing.T, file string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pki.ParseCert(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
