@@ -6,6 +6,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,9 +25,11 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/metrics"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
@@ -50,9 +53,13 @@ type Config struct {
 	// MgmtIP and StorageIP are this host's addresses on the management and
 	// the storage/migration networks.
 	MgmtIP, StorageIP string
-	// Listen is the agent's HTTP endpoint (consoles, host-local data):
-	// host:port or unix:///path. AdvertiseURL is how servers reach it.
+	// Listen is the agent's HTTP endpoint (consoles, metrics, peer
+	// probes): https://host:port or unix:///path. AdvertiseURL is how
+	// servers reach it.
 	Listen, AdvertiseURL string
+	// Identity is the host's certificate: its https endpoint serves with
+	// it, and its probes of peers present it.
+	Identity *pki.Identity
 	// LeaseTTL is the host lease's time to live (whole seconds); the agent
 	// renews every KeepaliveInterval.
 	LeaseTTL          time.Duration
@@ -122,6 +129,8 @@ type stateStore interface {
 	store.Reader
 	store.HostWriter
 	PutAlive(ctx context.Context, host string, lease clientv3.LeaseID, startedAt time.Time) error
+	// LookupToken checks API tokens presented to the agent's endpoint.
+	LookupToken(ctx context.Context, id string) (*auth.Token, error)
 }
 
 // Agent runs one host.
@@ -222,7 +231,7 @@ func New(cfg Config) (*Agent, error) {
 		killing:  map[string]bool{},
 		fencedBy: map[string]string{},
 		wd:       newArmer(cfg.WatchdogSocket, cfg.LeaseTTL, cfg.Fence, log),
-		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true}},
+		peerHTTP: &http.Client{Timeout: cfg.Fence.PeerInterval, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: clientTLS(cfg.Identity)}},
 		evq:      make(chan store.Event, 1024),
 
 		mon: monitor.NewHistory(), resetsDone: map[string]string{}, restarts: metrics.NewRestarts(), resizeTried: map[string]int64{},
@@ -477,6 +486,15 @@ func (a *Agent) emitEvents(ctx context.Context) {
 	}
 }
 
+// clientTLS is how the agent's calls to other hosts present it (nil
+// without an identity: plaintext peers only).
+func clientTLS(id *pki.Identity) *tls.Config {
+	if id == nil {
+		return nil
+	}
+	return id.ClientTLS()
+}
+
 func (a *Agent) serveHTTP(ctx context.Context) (*http.Server, error) {
 	if a.cfg.Listen == "" {
 		return &http.Server{}, nil
@@ -485,13 +503,19 @@ func (a *Agent) serveHTTP(ctx context.Context) (*http.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if ep.Network == "tcp" && (!ep.TLS || a.cfg.Identity == nil) {
+		return nil, fmt.Errorf("agent: %s: plaintext on TCP is refused; use https:// (the host's certificate)", a.cfg.Listen)
+	}
 	ln, err := ep.Listen()
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if ep.TLS {
+		ln = tls.NewListener(ln, a.cfg.Identity.ServerTLS(tls.VerifyClientCertIfGiven))
+	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", a.metricsHandler())
-	mux.Handle("/", console.Handler(a.cfg.Host, a.drv))
+	mux.Handle("GET /metrics", a.guard(auth.Viewer, a.metricsHandler()))
+	mux.Handle("/", a.guard(auth.Operator, console.Handler(a.cfg.Host, a.drv)))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {

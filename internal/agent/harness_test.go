@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/agent/fencing"
 	"github.com/vigilha/vigil/internal/agent/monitor"
+	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/driver/fake"
@@ -27,6 +28,11 @@ import (
 type memState struct{ *memstore.Store }
 
 func (memState) PutAlive(context.Context, string, clientv3.LeaseID, time.Time) error { return nil }
+
+// LookupToken: the harness's agent serves no endpoint; no token exists.
+func (memState) LookupToken(context.Context, string) (*auth.Token, error) {
+	return nil, auth.ErrUnknown
+}
 
 // harness is one agent on host h1 with an in-memory store and driver,
 // holding a valid host lease, without its background loops: a test calls

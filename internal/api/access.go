@@ -41,14 +41,12 @@ func callerOf(r *http.Request) *caller {
 func (s *Server) identify(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := &caller{}
-		switch hdr := r.Header.Get("Authorization"); {
-		case hdr != "":
-			bearer, ok := strings.CutPrefix(hdr, "Bearer ")
-			if !ok {
-				c.err = errors.New("the Authorization header is not a bearer token (Authorization: Bearer vgt_…)")
-				break
-			}
-			c.id, c.err = s.verifyToken(r.Context(), strings.TrimSpace(bearer))
+		bearer, err := auth.FromHeader(r.Header.Get("Authorization"))
+		switch {
+		case err != nil:
+			c.err = err
+		case bearer != "":
+			c.id, c.err = auth.Bearer(r.Context(), bearer, s.st.LookupToken, time.Now())
 		case pki.PeerHost(r.TLS) != "":
 			// A cluster host's certificate: it reads, as a viewer does;
 			// hosts change state through etcd, not through the API.
@@ -62,20 +60,7 @@ func (s *Server) identify(h http.Handler) http.Handler {
 	})
 }
 
-func (s *Server) verifyToken(ctx context.Context, bearer string) (auth.Identity, error) {
-	id, secret, err := auth.Parse(bearer)
-	if err != nil {
-		return auth.Identity{}, err
-	}
-	t, err := s.st.TokenByID(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return auth.Identity{}, auth.ErrUnknown
-	}
-	if err != nil {
-		return auth.Identity{}, fmt.Errorf("cannot check the token now: %w", err)
-	}
-	return t.Verify(secret, time.Now())
-}
+
 
 // need lets a request through if its caller holds role: 401 when it is
 // not authenticated, 403 when its role is not enough. Both errors start

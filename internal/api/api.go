@@ -5,6 +5,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -63,7 +64,15 @@ type Cluster struct {
 // New creates the API server; it serves the member's metrics m at
 // /metrics (nil: none).
 func New(st *store.Store, log *slog.Logger, m *metrics.Cluster, cl Cluster) *Server {
-	return &Server{st: st, log: log, metrics: m, scraper: scrape.HTTP{Client: &http.Client{}}, member: cl}
+	return &Server{st: st, log: log, metrics: m, scraper: scrape.HTTP{Client: &http.Client{Transport: &http.Transport{TLSClientConfig: cl.agentTLS()}}}, member: cl}
+}
+
+// agentTLS is how the member presents itself to agents' https endpoints.
+func (c Cluster) agentTLS() *tls.Config {
+	if c.Identity == nil {
+		return nil
+	}
+	return c.Identity.ClientTLS()
 }
 
 // maxBody bounds request bodies.
@@ -73,7 +82,8 @@ const maxBody = 1 << 20
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	if s.metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
+		// Read-only counters, but they name every VM and host: a viewer's.
+		mux.Handle("GET /metrics", s.need(auth.Viewer, promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second}).ServeHTTP))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	// Every route names the least role that may call it; a state-changing
@@ -503,7 +513,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	}
 	u := ep.BaseURL() + "/v1/vms/" + url.PathEscape(name) + "/console?" + q.Encode()
 	req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, u, nil)
-	resp, err := ep.Client(30*time.Second, nil).Do(req)
+	resp, err := ep.Client(30*time.Second, s.member.agentTLS()).Do(req)
 	if err != nil {
 		writeErr(w, http.StatusBadGateway, fmt.Errorf("agent of %s: %w", v.Placement.Host, err))
 		return

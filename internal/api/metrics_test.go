@@ -7,21 +7,41 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/etcdtest"
 	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/store"
 )
 
 // TestMemberServesMetrics: a control-plane member serves its metrics at
-// /metrics on the API, the cluster gauges read from etcd at the scrape.
+// /metrics on the API to a viewer, the cluster gauges read from etcd at
+// the scrape; without a token it refuses.
 func TestMemberServesMetrics(t *testing.T) {
 	st := store.New(etcdtest.Start(t))
 	m := metrics.NewCluster(st.Snapshot, StateOf)
 	m.LeaderTerms.Inc()
 	srv := httptest.NewServer(New(st, slog.New(slog.NewTextHandler(io.Discard, nil)), m, Cluster{}).Handler())
 	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/metrics")
+	anon, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	anon.Body.Close()
+	if anon.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("anonymous scrape: %d, want 401", anon.StatusCode)
+	}
+	tok, bearer, err := auth.New("prometheus", auth.Viewer, time.Now(), 0, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateToken(t.Context(), tok); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -194,4 +195,36 @@ func (t *Token) matches(secret string) bool {
 func hash(secret string) string {
 	s := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(s[:])
+}
+
+// Lookup reads a stored token by its ID; it returns ErrUnknown when there
+// is none.
+type Lookup func(ctx context.Context, id string) (*Token, error)
+
+// Bearer checks a presented bearer string against the stored tokens and
+// gives the identity it proves. An error other than the Err* ones means
+// the token could not be checked now (etcd unreachable).
+func Bearer(ctx context.Context, bearer string, lookup Lookup, now time.Time) (Identity, error) {
+	id, secret, err := Parse(bearer)
+	if err != nil {
+		return Identity{}, err
+	}
+	t, err := lookup(ctx, id)
+	if err != nil {
+		return Identity{}, err
+	}
+	return t.Verify(secret, now)
+}
+
+// FromHeader reads the bearer string of an Authorization header ("" when
+// there is none).
+func FromHeader(hdr string) (string, error) {
+	if hdr == "" {
+		return "", nil
+	}
+	bearer, ok := strings.CutPrefix(hdr, "Bearer ")
+	if !ok {
+		return "", errors.New("the Authorization header is not a bearer token (Authorization: Bearer vgt_…)")
+	}
+	return strings.TrimSpace(bearer), nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/clientconfig"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -24,6 +25,7 @@ var Version = "dev"
 // globals are the flags every command shares.
 type globals struct {
 	addr      string
+	context   string
 	logLevel  string
 	logFormat string
 	out       io.Writer
@@ -52,7 +54,8 @@ func newRoot(g *globals) *cobra.Command {
 		SilenceErrors: true,
 		Version:       Version,
 	}
-	root.PersistentFlags().StringVar(&g.addr, "addr", "", "API endpoints, comma-separated (http://HOST:PORT or unix:///PATH); default $VIGIL_ADDR, then "+client.DefaultAddr)
+	root.PersistentFlags().StringVar(&g.addr, "addr", "", "API endpoints, comma-separated (https://HOST:PORT or unix:///PATH); default $VIGIL_ADDR, then the client config's context, then "+client.DefaultAddr)
+	root.PersistentFlags().StringVar(&g.context, "context", "", "the client config's context to use (default $VIGIL_CONTEXT, then its current context; `vigil context`)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level of daemons: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text (logfmt) or json; etcd's own log goes to the same sink with component=etcd")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
@@ -65,7 +68,7 @@ func newRoot(g *globals) *cobra.Command {
 		newUpCmd(g), newServerCmd(g), newAgentCmd(g),
 		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
 		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g), newDRSCmd(g), newTokenCmd(g),
-		newInitCmd(g), newJoinCmd(g), newJailCmd(),
+		newInitCmd(g), newJoinCmd(g), newJailCmd(), newContextCmd(g),
 	)
 	rejectUnknownSubcommands(root)
 	return root
@@ -100,35 +103,46 @@ func rejectUnknownSubcommands(cmd *cobra.Command) {
 
 // client builds an API client from --addr, $VIGIL_ADDR or the default.
 func (g *globals) client() (*client.Client, error) {
-	addr := g.addr
-	if addr == "" {
-		addr = os.Getenv("VIGIL_ADDR")
-	}
-	if addr == "" {
-		addr = client.DefaultAddr
-	}
-	c, err := client.New(addr)
+	cfg, err := clientconfig.Load(clientconfig.Path())
 	if err != nil {
 		return nil, err
 	}
-	// https endpoints are checked against the cluster CA: $VIGIL_CA, or
-	// this host's own copy when it is a member.
-	ca := os.Getenv("VIGIL_CA")
-	if ca == "" {
+	name := g.context
+	if name == "" {
+		name = os.Getenv("VIGIL_CONTEXT")
+	}
+	ctx, err := cfg.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	r, err := clientconfig.Resolve(g.addr, ctx, os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	if r.Addr == "" {
+		r.Addr = client.DefaultAddr
+	}
+	c, err := client.New(r.Addr)
+	if err != nil {
+		return nil, err
+	}
+	// https endpoints are checked against the cluster CA: $VIGIL_CA, the
+	// context's, or this host's own copy when it is a member.
+	if r.CA == "" {
 		if _, err := os.Stat(defaultCAFile); err == nil {
-			ca = defaultCAFile
+			r.CA = defaultCAFile
 		}
 	}
-	if ca != "" {
-		tc, err := client.CATLS(ca)
+	if r.CA != "" {
+		tc, err := client.CATLS(r.CA)
 		if err != nil {
-			return nil, fmt.Errorf("VIGIL_CA: %w", err)
+			return nil, err
 		}
 		c.WithTLS(tc)
 	}
 	// A token, when there is one, is who the CLI is; without one, root
 	// on a local unix socket is admin.
-	return c.WithToken(os.Getenv("VIGIL_TOKEN")), nil
+	return c.WithToken(r.Token), nil
 }
 
 // quietLogger is the logger of interactive commands (lab, image): warnings

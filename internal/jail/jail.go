@@ -42,8 +42,9 @@ type Spec struct {
 var SystemRO = []string{"/usr", "/lib", "/lib64", "/etc", "/proc", "/sys"}
 
 // SystemDevices are the device files QEMU opens: /dev/null and the random
-// sources always, /dev/kvm with KVM.
-var SystemDevices = []string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/kvm"}
+// sources always, /dev/kvm with KVM, /dev/userfaultfd for post-copy
+// migration.
+var SystemDevices = []string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/kvm", "/dev/userfaultfd"}
 
 // Args is the argument list that runs argv under spec through self (the
 // vigil binary): `vigil jail --ro P ... -- argv...`.

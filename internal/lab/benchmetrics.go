@@ -6,14 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/vigilha/vigil/internal/metrics"
-	"github.com/vigilha/vigil/internal/netnsdial"
 	"github.com/vigilha/vigil/internal/spec"
 )
 
@@ -92,13 +90,13 @@ func (l *Lab) BenchMetrics(ctx context.Context, vms, scrapes int, out io.Writer)
 			url = h.MetricsURL
 		}
 	}
-	ns, err := l.Namespace(host)
-	if err != nil || url == "" {
-		return r, fmt.Errorf("no metrics URL or namespace for %s: %v", host, err)
+	if url == "" {
+		return r, fmt.Errorf("no metrics URL for %s", host)
 	}
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return netnsdial.Dial(ctx, ns, network, addr)
-	}}}
+	hc, err := l.HTTPClient(host)
+	if err != nil {
+		return r, err
+	}
 	var times []time.Duration
 	var sizes []int
 	var stales []float64
@@ -107,6 +105,10 @@ func (l *Lab) BenchMetrics(ctx context.Context, vms, scrapes int, out io.Writer)
 		resp, err := hc.Get(url)
 		if err != nil {
 			return r, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return r, fmt.Errorf("scrape %s: HTTP %d", url, resp.StatusCode)
 		}
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -45,4 +46,22 @@ func (l *Lab) EtcdClient(host string, endpoints ...string) (*clientv3.Client, er
 		return nil, fmt.Errorf("etcd client in %s: %w", host, err)
 	}
 	return c, nil
+}
+
+// HTTPClient is an HTTP client that connects from inside host's network
+// namespace and presents that host's certificate: what another cluster
+// host is to an agent's or a member's https endpoint.
+func (l *Lab) HTTPClient(host string) (*http.Client, error) {
+	ns, err := l.Namespace(host)
+	if err != nil {
+		return nil, err
+	}
+	id, err := pki.Load(l.pkiDir(host))
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: id.ClientTLS(),
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return netnsdial.Dial(ctx, ns, network, addr)
+		}}}, nil
 }

@@ -476,7 +476,7 @@ func (l *Lab) agentArgs(k int) []string {
 	args := []string{c.Bin, "--log-level", "debug", "agent",
 		"--host", host, "--data-dir", filepath.Join(l.dir, host),
 		"--etcd-endpoints", strings.Join(endpoints, ","),
-		"--agent-listen", fmt.Sprintf("http://%s:%d", mgmt, agentPort),
+		"--agent-listen", fmt.Sprintf("https://%s:%d", mgmt, agentPort),
 		"--mgmt-ip", mgmt, "--storage-ip", l.addr(k, netlab.Storage),
 		"--capacity-cpus", strconv.Itoa(c.HostCPUs), "--capacity-memory", c.HostMemory,
 		"--accel", c.Accel,

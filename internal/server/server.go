@@ -30,6 +30,7 @@ import (
 	"github.com/vigilha/vigil/internal/controller/observe"
 	"github.com/vigilha/vigil/internal/endpoint"
 	"github.com/vigilha/vigil/internal/metrics"
+	"github.com/vigilha/vigil/internal/metrics/scrape"
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -370,7 +371,7 @@ func (s *Server) lead(ctx context.Context, st *store.Store, met *metrics.Cluster
 		}
 		// The load balancer scrapes, so it runs beside the reconcilers;
 		// its trigger, which only reads the passes' snapshots, is one.
-		balancer := drs.New(drs.Config{Store: term, Log: s.log.With("component", "drs"), Interval: s.cfg.DRSInterval, Window: s.cfg.DRSWindow})
+		balancer := drs.New(drs.Config{Store: term, Log: s.log.With("component", "drs"), Interval: s.cfg.DRSInterval, Window: s.cfg.DRSWindow, Scraper: s.scraper()})
 		rs = append(rs, balancer.Trigger())
 		// A short resync: a watch can go quiet on a frozen member.
 		// The observer turns what the passes see into the member's
@@ -381,7 +382,7 @@ func (s *Server) lead(ctx context.Context, st *store.Store, met *metrics.Cluster
 		go runDefrag(lctx, st.Client(), term, s.cfg.DefragEvery, s.log)
 		// Alarms run beside the reconcilers, never in their pass: a slow
 		// scrape must not delay a failover.
-		go alarms.New(alarms.Config{Store: term, Log: s.log.With("component", "alarms"), Interval: s.cfg.AlarmInterval,
+		go alarms.New(alarms.Config{Store: term, Log: s.log.With("component", "alarms"), Interval: s.cfg.AlarmInterval, Scraper: s.scraper(),
 			OnFire: func(name string) { balancer.Wake("alarm " + name + " fired") }}).Run(lctx)
 		go balancer.Run(lctx)
 		m.Run(lctx)
@@ -389,6 +390,12 @@ func (s *Server) lead(ctx context.Context, st *store.Store, met *metrics.Cluster
 		endTerm(el, sess)
 		s.log.Info("leadership ended")
 	}
+}
+
+// scraper reads agents' metrics as this host: its certificate is what an
+// agent's https endpoint admits.
+func (s *Server) scraper() scrape.Scraper {
+	return scrape.HTTP{Client: &http.Client{Transport: &http.Transport{TLSClientConfig: s.cfg.Identity.ClientTLS()}}}
 }
 
 // newSession opens the session a candidate campaigns with: its lease is

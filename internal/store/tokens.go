@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -54,6 +55,19 @@ func (s *Store) TokenByID(ctx context.Context, id string) (*auth.Token, error) {
 		return nil, fmt.Errorf("token %s: %w", id, err)
 	}
 	return &t, nil
+}
+
+// LookupToken reads a token for auth.Bearer: auth.ErrUnknown when there
+// is none.
+func (s *Store) LookupToken(ctx context.Context, id string) (*auth.Token, error) {
+	t, err := s.TokenByID(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, auth.ErrUnknown
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot check the token now: %w", err)
+	}
+	return t, nil
 }
 
 // Tokens lists every token, revoked and expired ones included.

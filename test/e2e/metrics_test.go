@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,7 +17,6 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/vigilha/vigil/internal/metrics"
-	"github.com/vigilha/vigil/internal/netnsdial"
 	"github.com/vigilha/vigil/internal/testenv"
 )
 
@@ -109,13 +107,10 @@ func TestMetrics_HostAndVMCounters(t *testing.T) {
 	v, g := haGuest(t, l, "met1", nil)
 	// Scrape from inside a lab host (the lab's networks exist only there),
 	// as a Prometheus on the management network would.
-	ns, err := l.Namespace(l.Hosts()[0])
+	hc, err := l.HTTPClient(l.Hosts()[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return netnsdial.Dial(ctx, ns, network, addr)
-	}}}
 	hosts, err := l.Client.ListHosts(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -114,16 +114,27 @@ func TestPrometheus_ScrapesTheLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Prometheus authenticates as docs/metrics.md says: a viewer token in
+	// a credentials file, the cluster CA to verify the endpoints.
+	out, err := l.Vigil("token", "create", "--role", "viewer", "--name", "prometheus")
+	if err != nil {
+		t.Fatalf("token create: %v: %s", err, out)
+	}
+	credentials := filepath.Join(dir, "vigil-token")
+	if err := os.WriteFile(credentials, []byte(strings.TrimSpace(out)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	auth := fmt.Sprintf("scheme: https\n    authorization: {credentials_file: %q}\n    tls_config: {ca_file: %q}", credentials, l.CAFile())
 	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q]
 scrape_configs:
   - job_name: vigil-agents
+    %s
     static_configs: [{targets: [%s]}]
   - job_name: vigil-members
-    scheme: https
-    tls_config: {ca_file: %q}
+    %s
     static_configs: [{targets: [%s]}]
-`, rules, strings.Join(targets, ", "), l.CAFile(), strings.Join(members, ", "))
+`, rules, auth, strings.Join(targets, ", "), auth, strings.Join(members, ", "))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

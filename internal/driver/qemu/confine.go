@@ -93,6 +93,37 @@ func (u *User) Reach(base string, paths ...string) error {
 	return nil
 }
 
+// userfaultfdDev is the device post-copy migration needs on the
+// destination (QEMU opens it before the userfaultfd system call, which an
+// unprivileged process may not make while vm.unprivileged_userfaultfd is
+// 0, its safe default). A descriptor it gives handles only faults of user
+// memory, which is why it is safe to open to one group.
+const userfaultfdDev = "/dev/userfaultfd"
+
+// grantDevices lets u's group use the devices QEMU needs beyond its own:
+// /dev/userfaultfd (root's alone by default). devtmpfs forgets this at
+// boot, so the agent does it at every start; a udev rule does it for good
+// (docs/security.md).
+func (u *User) grantDevices() error {
+	fi, err := os.Stat(userfaultfdDev)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // an older kernel: post-copy then needs the sysctl
+	}
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Gid == u.GID && fi.Mode().Perm()&0o060 == 0o060 {
+		return nil
+	}
+	if err := os.Chown(userfaultfdDev, -1, int(u.GID)); err != nil {
+		return fmt.Errorf("let %s use %s: %w", u.Name, userfaultfdDev, err)
+	}
+	if err := os.Chmod(userfaultfdDev, fi.Mode().Perm()|0o060); err != nil {
+		return fmt.Errorf("let %s use %s: %w", u.Name, userfaultfdDev, err)
+	}
+	return nil
+}
+
 // credential is how a QEMU process is started as u: no capabilities (a
 // non-root uid has none) and no way back to root (QEMU's sandbox denies
 // set*id, and Landlock sets no_new_privs).

@@ -114,6 +114,11 @@ func New(cfg Config) (*Driver, error) {
 	if err := cfg.User.Reach(cfg.RunDir, cfg.RunDir); err != nil {
 		return nil, fmt.Errorf("qemu driver: %w", err)
 	}
+	if cfg.User != nil {
+		if err := cfg.User.grantDevices(); err != nil {
+			return nil, fmt.Errorf("qemu driver: %w", err)
+		}
+	}
 	d := &Driver{cfg: cfg, log: cfg.Log, events: make(chan driver.Event, 256), accelDone: make(chan struct{}), vms: map[string]*instance{}}
 	return d, nil
 }
