@@ -60,8 +60,6 @@ func (s *Server) identify(h http.Handler) http.Handler {
 	})
 }
 
-
-
 // need lets a request through if its caller holds role: 401 when it is
 // not authenticated, 403 when its role is not enough. Both errors start
 // with the cause's name, which scripts and the CLI show.
