@@ -4,7 +4,8 @@
 # VMs with HA, live-migrate one and shrink its memory live, blip the management network of the other's host (nothing moves),
 # crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
 # restarts the VM), print the failover timelines, show a replicated disk through two crashes and a live migration, then a
-# CPU alarm that live-migrates a burning guest away, and the audit trail.
+# CPU alarm that live-migrates a burning guest away, and the audit trail. The lab is made with `vigil init`
+# and `vigil join`, TLS on every link; QEMU runs unprivileged, confined by Landlock.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
 #   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
 set -euo pipefail
@@ -66,6 +67,14 @@ done
 for i in 1 2 3; do "$V" lab exec "$other" -- curl -s -XPOST -d "order $i" "http://$ip1/ledger"; echo; done
 
 ip2=$(guest ha-guest2 ip)
+say "security: the lab came up with vigil init and vigil join (one-time join tokens pinning the cluster CA); every link is TLS, every QEMU runs unprivileged and confined to its VM's files"
+"$V" token list
+printf 'an anonymous GET %s/api/v1/vms from this shell (the root namespace has a management-network address): HTTP ' "$VIGIL_API_URL"
+curl -s -o /dev/null -w '%{http_code}\n' --cacert "$VIGIL_CA" "$VIGIL_API_URL/api/v1/vms"
+viewer=$("$V" token create --role viewer --name demo-viewer)
+{ VIGIL_TOKEN=$viewer "$V" vm stop ha-guest1 2>&1 || true; } | sed 's/^/a viewer token stops ha-guest1: /'
+ps -o user=,pid=,args= -C qemu-system-x86_64 | cut -c1-110
+
 say "live-migrate ha-guest2 off $(guest ha-guest2 host) (the placement pipeline picks the target); its counter keeps counting"
 printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 "$V" vm migrate ha-guest2
@@ -196,7 +205,7 @@ for _ in $(seq 1 120); do [ "$(alarm_state)" = resolved ] && break; sleep 1; don
 say "metrics: vigil top (two refreshes; GUEST USES is the guest's own view, from its balloon driver), and a few of host1's Prometheus series"
 "$V" top -n 2 --interval 3s | python3 -c "import sys; print(sys.stdin.read().split('\x1b[H\x1b[2J')[-1].rstrip())"
 url=$("$V" host show host1 -o json | json 'd["metricsURL"]')
-"$V" lab exec host1 -- curl -s "$url" | grep -E '^vigil_(vm_guest_memory_available_bytes|vm_restarts_total|host_scrape_stale_vms|host_cpu_seconds_total)' | head -8
+"$V" lab exec host1 -- curl -s --cacert "$VIGIL_CA" -H "Authorization: Bearer $VIGIL_TOKEN" "$url" | grep -E '^vigil_(vm_guest_memory_available_bytes|vm_restarts_total|host_scrape_stale_vms|host_cpu_seconds_total)' | head -8
 say "the audit trail: every change, who made it (here root over the API's unix socket) and how it ended"
 "$V" events --type audit --since 30m --limit 8
 cat <<MSG

@@ -34,5 +34,11 @@ promtool check rules deploy/prometheus/vigil-rules.yaml
 echo "== unit tests"
 go test -count=1 -timeout 10m $(go list ./... | grep -v /test/)
 
+echo "== fuzzing, bounded (docs/security.md: run one for 10 minutes with -fuzztime 10m)"
+for t in "FuzzParse ./internal/spec" "FuzzBodies ./internal/api" "FuzzRequests ./internal/storage/shared/server" "FuzzDecode ./internal/guest/ledger"; do
+  set -- $t
+  go test -run '^$' -fuzz "^$1\$" -fuzztime "${VIGIL_FUZZTIME:-15s}" "$2"
+done
+
 echo "== integration tests"
 VIGIL_BIN="$PWD/bin/vigil" VIGIL_FAULTS_BIN="$PWD/bin/vigil-faults" go test -count=1 -p 1 -timeout 50m -v ./test/...

@@ -59,6 +59,16 @@ type Cluster struct {
 	// EtcdEndpoints are the cluster's etcd client URLs, given to joining
 	// hosts.
 	EtcdEndpoints func(context.Context) ([]string, error)
+	// CertLifetime is the lifetime of the host certificates this member
+	// signs (joins, renewals); 0: pki.HostLifetime.
+	CertLifetime time.Duration
+}
+
+func (c Cluster) certLifetime() time.Duration {
+	if c.CertLifetime > 0 {
+		return c.CertLifetime
+	}
+	return pki.HostLifetime
 }
 
 // New creates the API server; it serves the member's metrics m at
@@ -137,6 +147,8 @@ func (s *Server) Handler() http.Handler {
 	act("DELETE /api/v1/tokens/{name}", admin, "token.revoke", s.revokeToken)
 	// A join authenticates with the join token's secret, in the body.
 	mux.HandleFunc("POST /api/v1/join", s.audited("host.join", s.join))
+	// A renewal authenticates with the certificate it renews.
+	mux.HandleFunc("POST /api/v1/certificates/renew", s.audited("host.cert-renew", s.renewCert))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

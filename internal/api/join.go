@@ -100,7 +100,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	cert, err := ca.SignCSR([]byte(req.CSR), sub, now, pki.HostLifetime)
+	cert, err := ca.SignCSR([]byte(req.CSR), sub, now, s.member.certLifetime())
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, err)
 		return
@@ -138,6 +138,42 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("host joined", "host", req.Host, "server", tok.Server, "token", tok.Name)
 	httpjson.WriteIndented(w, http.StatusOK, resp)
+}
+
+// renewCert signs a new certificate for the host whose certificate the
+// caller presents: for that host and its addresses, whatever the request
+// says (it carries only the new key's request).
+func (s *Server) renewCert(w http.ResponseWriter, r *http.Request) {
+	host := pki.PeerHost(r.TLS)
+	if host == "" {
+		writeErr(w, http.StatusUnauthorized, errors.New("unauthenticated: a certificate is renewed by the host it names: present it"))
+		return
+	}
+	if n, ok := r.Context().Value(auditKey{}).(*auditNote); ok {
+		n.host = host
+	}
+	var req v1.RenewRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("renew request: %w", err))
+		return
+	}
+	if s.member.Identity == nil {
+		writeErr(w, http.StatusServiceUnavailable, errors.New("this member has no certificates"))
+		return
+	}
+	ca, err := pki.LoadAuthority(s.member.Identity.Dir())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, errors.New("this member does not hold the CA key: renew through one that does"))
+		return
+	}
+	cert, err := ca.SignCSR([]byte(req.CSR), pki.SubjectOf(r.TLS.VerifiedChains[0][0]), time.Now(), s.member.certLifetime())
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	httpjson.WriteIndented(w, http.StatusOK, v1.RenewResponse{Cert: string(cert)})
 }
 
 // joinTicket is the ticket for a stored join token: the CA's

@@ -18,6 +18,7 @@ import (
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/atomicfile"
 	"github.com/vigilha/vigil/internal/auth"
+	"github.com/vigilha/vigil/internal/certrenew"
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/server"
 	"github.com/vigilha/vigil/internal/spec"
@@ -99,7 +100,7 @@ func (h *hostAddrs) dir() string {
 func newInitCmd(g *globals) *cobra.Command {
 	var h hostAddrs
 	var apiPort int
-	var expires time.Duration
+	var expires, lifetime time.Duration
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Make a new cluster on this host: its CA and this host's certificate; print a one-time join token",
@@ -117,7 +118,7 @@ func newInitCmd(g *globals) *cobra.Command {
 				return errors.New("--address: give this host's management address (the API that join tokens point at)")
 			}
 			now := time.Now()
-			ca, err := pki.Init(h.dir(), sub, now)
+			ca, err := pki.InitFor(h.dir(), sub, now, lifetime)
 			if err != nil {
 				return err
 			}
@@ -141,6 +142,67 @@ func newInitCmd(g *globals) *cobra.Command {
 	h.register(cmd)
 	cmd.Flags().IntVar(&apiPort, "api-port", defaultAPIPort, "the https API port this host will serve on (join tokens point at it)")
 	cmd.Flags().DurationVar(&expires, "expires", auth.DefaultJoinTTL, "how long the printed join token can be used")
+	cmd.Flags().DurationVar(&lifetime, "cert-lifetime", pki.HostLifetime, "lifetime of this host's certificate (renewed in its last third)")
+	return cmd
+}
+
+func newCertCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "cert", Short: "This host's certificate: show it, rotate it"}
+	var h hostAddrs
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "Show this host's certificate: host, addresses, validity, when it renews",
+		Args:  cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			id, err := pki.Load(h.dir())
+			if err != nil {
+				return err
+			}
+			l := id.Leaf()
+			life := l.NotAfter.Sub(l.NotBefore)
+			fmt.Fprintf(g.out, "host:        %s\naddresses:   %v\nserial:      %s\nvalid:       %s to %s\nrenews from: %s\ncluster CA:  sha256:%s\n",
+				id.Host(), l.IPAddresses, l.SerialNumber.Text(16), l.NotBefore.Local().Format(time.DateTime), l.NotAfter.Local().Format(time.DateTime),
+				l.NotAfter.Add(-life/3).Local().Format(time.DateTime), pki.Fingerprint(id.CA))
+			return nil
+		},
+	}
+	var lifetime time.Duration
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Give this host a new key and certificate now; its running daemon takes them up without a restart",
+		Long: "Give this host a new key and certificate now (same host name and addresses). A control-plane member\n" +
+			"holding the CA key signs its own; any other host asks a member, authenticated by its current certificate.\n" +
+			"The running daemon loads the new one within a tenth of the certificate's lifetime (at most 10 minutes);\n" +
+			"etcd uses it at its next handshake. Hosts also renew on their own in the last third of the lifetime.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, err := pki.Load(h.dir())
+			if err != nil {
+				return err
+			}
+			ci, err := readClusterInfo(h.dataDir)
+			if err != nil {
+				return err
+			}
+			r := &certrenew.Renewer{ID: id, Lifetime: lifetime, Log: g.logger()}
+			if ci != nil {
+				r.APIs = ci.APIs
+			}
+			old := id.Leaf()
+			if err := r.Renew(cmd.Context()); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "%s: certificate %s (until %s) replaced by %s (until %s)\n", id.Host(),
+				old.SerialNumber.Text(16), old.NotAfter.Local().Format(time.DateTime), id.Leaf().SerialNumber.Text(16), id.Leaf().NotAfter.Local().Format(time.DateTime))
+			return nil
+		},
+	}
+	rotate.Flags().DurationVar(&lifetime, "cert-lifetime", 0, "with the CA key here: the new certificate's lifetime (default: the current one's)")
+	for _, c := range []*cobra.Command{show, rotate} {
+		c.Flags().StringVar(&h.dataDir, "data-dir", DefaultDataDir, "the host's data directory")
+		c.Flags().StringVar(&h.pkiDir, "pki-dir", "", "its certificates (default DATA_DIR/pki)")
+	}
+	cmd.AddCommand(show, rotate)
 	return cmd
 }
 

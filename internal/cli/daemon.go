@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vigilha/vigil/internal/agent"
+	"github.com/vigilha/vigil/internal/certrenew"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/controller/drs"
 	"github.com/vigilha/vigil/internal/driver/qemu"
@@ -62,8 +63,14 @@ type daemonOpts struct {
 	autoInit bool
 	id       *pki.Identity
 	// joinedEndpoints are the etcd endpoints of the cluster a server host
-	// joined (cluster.json).
+	// joined (cluster.json); memberAPIs the members' APIs it knows, where
+	// it renews its certificate without the CA key.
 	joinedEndpoints []string
+	memberAPIs      []string
+	// firstJoin: this host's etcd member starts for the first time, as a
+	// learner of the cluster it joined.
+	firstJoin    bool
+	certLifetime time.Duration
 
 	runServer      bool
 	runAgent       bool
@@ -113,6 +120,7 @@ func (o *daemonOpts) registerCommon(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.host, "host", defaultHostName(), "this host's name in the cluster")
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", DefaultDataDir, "where this process keeps its state (etcd data, VM runtime files, local datastore)")
 	cmd.Flags().StringVar(&o.pkiDir, "pki-dir", "", "this host's certificates and the cluster CA, from `vigil init` or `vigil join` (default DATA_DIR/pki)")
+	cmd.Flags().DurationVar(&o.certLifetime, "cert-lifetime", pki.HostLifetime, "lifetime of the host certificates this host signs: its own renewals, and as a member holding the CA key, joining and renewing hosts' (renewed in their last third)")
 }
 
 func (o *daemonOpts) registerServer(cmd *cobra.Command) {
@@ -272,6 +280,7 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 	if o.runAgent && !o.runServer && o.etcdEndpoints == "" {
 		return errors.New("an agent without --server needs --etcd-endpoints (or the cluster.json that `vigil join` writes)")
 	}
+	go (&certrenew.Renewer{ID: o.id, APIs: o.memberAPIs, Lifetime: o.certLifetime, Log: log.With("component", "certs")}).Run(ctx)
 	// The daemon runs on a context of its own: a stop signal (sigCtx) ends
 	// it only once the agent's shutdown policy is done (a drain keeps the
 	// agent, and this host's etcd member, running while VMs move away).
@@ -297,13 +306,17 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 			started <- srv
 			errc <- srv.Run(ctx)
 		}()
-		if len(endpoints) == 0 {
-			// The agent uses this member: wait for it.
+		if len(endpoints) == 0 || o.firstJoin {
+			// The agent uses this member: wait for it. A member joining for
+			// the first time is waited for too: until it is promoted it is a
+			// learner, which would refuse the agent's lease renewals.
 			srv, ok := <-started
 			if !ok {
 				return <-errc
 			}
-			endpoints = srv.Endpoints()
+			if len(endpoints) == 0 {
+				endpoints = srv.Endpoints()
+			}
 			defer srv.Close()
 		} else {
 			// The agent has the cluster's endpoints: it must not wait for this
@@ -350,7 +363,7 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 
 func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 	cfg := server.Config{
-		Name: o.host, DataDir: o.dataDir, Identity: o.id, JoinedEndpoints: o.joinedEndpoints,
+		Name: o.host, DataDir: o.dataDir, Identity: o.id, JoinedEndpoints: o.joinedEndpoints, CertLifetime: o.certLifetime,
 		ExternalEtcd: splitList(o.etcdEndpoints),
 		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
@@ -574,6 +587,7 @@ func (o *daemonOpts) loadIdentity(log *slog.Logger) error {
 	if err != nil || ci == nil {
 		return err
 	}
+	o.memberAPIs = ci.APIs
 	if o.etcdEndpoints == "" && !o.runServer {
 		o.etcdEndpoints = strings.Join(ci.EtcdEndpoints, ",")
 	}
@@ -582,6 +596,9 @@ func (o *daemonOpts) loadIdentity(log *slog.Logger) error {
 			o.initialCluster = ci.InitialCluster
 		}
 		o.joinedEndpoints = ci.EtcdEndpoints
+		// No etcd data yet: this start makes the member, a learner.
+		_, err := os.Stat(filepath.Join(o.dataDir, "etcd", "member"))
+		o.firstJoin = errors.Is(err, os.ErrNotExist)
 	}
 	return nil
 }

@@ -20,8 +20,12 @@ import (
 func (l *Lab) bootstrap(ctx context.Context) error {
 	c := l.st.Config
 	h1 := HostName(1)
-	res, err := l.net.Exec(ctx, "h1", c.Bin, "init", "--host", h1, "--data-dir", filepath.Join(l.dir, h1),
-		"--address", l.addr(1, netlab.Mgmt), "--address", l.addr(1, netlab.Storage), "--api-port", strconv.Itoa(apiPort))
+	initArgs := []string{c.Bin, "init", "--host", h1, "--data-dir", filepath.Join(l.dir, h1),
+		"--address", l.addr(1, netlab.Mgmt), "--address", l.addr(1, netlab.Storage), "--api-port", strconv.Itoa(apiPort)}
+	if c.CertLifetime > 0 {
+		initArgs = append(initArgs, "--cert-lifetime", c.CertLifetime.String())
+	}
+	res, err := l.net.Exec(ctx, "h1", initArgs...)
 	if err != nil {
 		return fmt.Errorf("vigil init on %s: %w", h1, err)
 	}

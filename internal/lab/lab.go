@@ -59,6 +59,9 @@ type Config struct {
 	HostMemory string
 	// AgentArgs are extra arguments for every agent (timing knobs).
 	AgentArgs []string
+	// CertLifetime is the hosts' certificates' lifetime (0: a year); a
+	// short one makes them renew during a test.
+	CertLifetime time.Duration
 	// Watchdog is each host's emulated watchdog: WatchdogBoard (default),
 	// WatchdogKernel or WatchdogNone.
 	Watchdog string
@@ -491,6 +494,9 @@ func (l *Lab) agentArgs(k int) []string {
 	}
 	if c.ImageDir != "" {
 		args = append(args, "--image-dir", c.ImageDir)
+	}
+	if c.CertLifetime > 0 {
+		args = append(args, "--cert-lifetime", c.CertLifetime.String())
 	}
 	if k <= c.Servers {
 		// host1 made the cluster (vigil init) and its etcd starts alone;

@@ -152,6 +152,18 @@ Every ` + "`vigil agent`" + ` (and so every ` + "`vigil agent --server`" + `) se
 agent endpoint (` + "`--agent-listen`" + `); ` + "`vigil host show HOST -o json`" + ` gives the URL as ` + "`metricsURL`" + `. The Go
 runtime's and the process's standard metrics (` + "`go_*`" + `, ` + "`process_*`" + `) are there too.
 
+Both ends serve https with the host's certificate, and a scrape needs a ` + "`viewer`" + ` API token (or a cluster
+host's certificate). A Prometheus job for them:
+
+` + "```yaml" + `
+scrape_configs:
+  - job_name: vigil
+    scheme: https
+    authorization: {credentials_file: /etc/prometheus/vigil-token}   # vigil token create --role viewer --name prometheus
+    tls_config: {ca_file: /etc/prometheus/vigil-ca.crt}              # the cluster CA (DATA_DIR/pki/ca.crt)
+    static_configs: [{targets: ["10.0.1.1:7483", "10.0.1.1:7480"]}]  # agents' and members' endpoints
+` + "```" + `
+
 Times are Unix timestamps (` + "`…_timestamp_seconds`" + `), never ages: an age is stale the moment it is scraped;
 ` + "`time() - vigil_host_lease_renewal_timestamp_seconds`" + ` is the age. Counters are QEMU's or the kernel's own and
 restart from zero with the VM's QEMU process (a restart, a migration), which ` + "`rate()`" + ` and ` + "`increase()`" + `

@@ -212,12 +212,14 @@ func (a *Authority) Sign(pub crypto.PublicKey, sub Subject, now time.Time, lifet
 	tpl := &x509.Certificate{
 		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: sub.Host, Organization: []string{"Vigil hosts"}},
-		NotBefore:    now.Add(-5 * time.Minute), // hosts' clocks differ a little
-		NotAfter:     end,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     append([]string{sub.Host, "localhost"}, sub.DNS...),
-		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1)}, sub.IPs...),
+		// Hosts' clocks differ a little; a short lifetime (a test's) is
+		// not made mostly of this margin.
+		NotBefore:   now.Add(-min(5*time.Minute, lifetime/10)),
+		NotAfter:    end,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    append([]string{sub.Host, "localhost"}, sub.DNS...),
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, sub.IPs...),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tpl, a.Cert, pub, a.key)
 	if err != nil {
@@ -263,6 +265,11 @@ func NewCSR(host string) (key *ecdsa.PrivateKey, csrPEM []byte, err error) {
 // Init makes a new cluster in dir: its CA, and the first host's
 // certificate. It refuses a directory that already holds one.
 func Init(dir string, sub Subject, now time.Time) (*Authority, error) {
+	return InitFor(dir, sub, now, HostLifetime)
+}
+
+// InitFor is Init with the host certificate's lifetime.
+func InitFor(dir string, sub Subject, now time.Time, lifetime time.Duration) (*Authority, error) {
 	if _, err := os.Stat(filepath.Join(dir, CACertFile)); err == nil {
 		return nil, fmt.Errorf("%s already holds a cluster CA: this host belongs to a cluster", dir)
 	}
@@ -273,7 +280,7 @@ func Init(dir string, sub Subject, now time.Time) (*Authority, error) {
 	if err := ca.Save(dir); err != nil {
 		return nil, err
 	}
-	if err := IssueLocal(dir, ca, sub, now, HostLifetime); err != nil {
+	if err := IssueLocal(dir, ca, sub, now, lifetime); err != nil {
 		return nil, err
 	}
 	return ca, nil
@@ -465,4 +472,44 @@ func short(fp string) string {
 		return fp[:16] + "…"
 	}
 	return fp
+}
+
+// Subject is what the current certificate is for: its host and its
+// addresses (without the ones every certificate holds).
+func (id *Identity) Subject() Subject { return SubjectOf(id.Leaf()) }
+
+// SubjectOf reads a host certificate's subject, for its renewal: the same
+// host and addresses, whatever a request says.
+func SubjectOf(c *x509.Certificate) Subject {
+	s := Subject{Host: c.Subject.CommonName}
+	for _, ip := range c.IPAddresses {
+		if !ip.IsLoopback() {
+			s.IPs = append(s.IPs, ip)
+		}
+	}
+	for _, d := range c.DNSNames {
+		if d != s.Host && d != "localhost" {
+			s.DNS = append(s.DNS, d)
+		}
+	}
+	return s
+}
+
+// RenewDue says whether the certificate is in the last third of its life,
+// when hosts renew it.
+func (id *Identity) RenewDue(now time.Time) bool {
+	l := id.Leaf()
+	life := l.NotAfter.Sub(l.NotBefore)
+	return now.After(l.NotAfter.Add(-life / 3))
+}
+
+// Changed says whether the certificate file differs from the one loaded
+// (a rotation wrote a new one).
+func (id *Identity) Changed() bool {
+	b, err := os.ReadFile(filepath.Join(id.dir, CertFile))
+	if err != nil {
+		return false
+	}
+	c, err := ParseCert(b)
+	return err == nil && !c.Equal(id.Leaf())
 }

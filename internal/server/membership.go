@@ -60,20 +60,38 @@ func (s *Server) AddLearner(ctx context.Context, name, peerURL string) (string, 
 
 // promote makes this member, a learner that joined a running cluster, a
 // voting member once it has caught up with the leader (etcd refuses the
-// promotion until then).
-func (s *Server) promote(ctx context.Context) {
-	id := uint64(s.etcd.Server.MemberID())
-	for ctx.Err() == nil {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := s.client.MemberPromote(pctx, id)
-		cancel()
-		if err == nil || !s.etcd.Server.IsLearner() {
-			s.log.Info("etcd member promoted to voting member")
-			return
-		}
-		s.log.Debug("etcd learner not promoted yet", "err", err)
-		sleep(ctx, 500*time.Millisecond)
+// promotion until then), through the other members' endpoints.
+func (s *Server) promote(ctx context.Context, endpoints []string) error {
+	if len(endpoints) == 0 {
+		return errors.New("a learner etcd member without the cluster's endpoints (cluster.json) cannot be promoted")
 	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: quietZap(), TLS: s.cfg.Identity.ClientTLS()})
+	if err != nil {
+		return fmt.Errorf("etcd client for the promotion: %w", err)
+	}
+	defer c.Close()
+	id := uint64(s.etcd.Server.MemberID())
+	promoted := false
+	// Until this member has applied its own promotion, it still refuses
+	// clients as a learner.
+	for s.etcd.Server.IsLearner() {
+		if !promoted {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := c.MemberPromote(pctx, id)
+			cancel()
+			promoted = err == nil
+			if err != nil {
+				s.log.Debug("etcd learner not promoted yet", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	s.log.Info("etcd member promoted to voting member")
+	return nil
 }
 
 // etcdEndpoints are the client URLs of every voting etcd member.

@@ -65,9 +65,14 @@ type Config struct {
 	// Identity is this host's certificate and the cluster CA: etcd's
 	// client and peer links and the https API use it.
 	Identity *pki.Identity
+	// CertLifetime is the lifetime of the host certificates this member
+	// signs (0: pki.HostLifetime).
+	CertLifetime time.Duration
 	// JoinedEndpoints are the cluster's etcd client URLs for a member that
 	// joined a running cluster: it starts as a learner, which serves no
-	// client, so its own client uses the others until it is promoted.
+	// client, and is promoted through them. Once promoted the member uses
+	// only its own etcd member, as every member does: a request to a
+	// crashed member would wait for its timeout.
 	JoinedEndpoints []string
 	// Bootstrap objects created on first start (when absent).
 	Networks   []*store.Network
@@ -124,9 +129,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.etcd = e
 		endpoints = []string{cfg.ClientURL}
-		for _, u := range cfg.JoinedEndpoints {
-			if u != cfg.ClientURL {
-				endpoints = append(endpoints, u)
+		if e.Server.IsLearner() {
+			// A learner serves no client: it is promoted (through the
+			// other members) before this member uses its own.
+			if err := s.promote(ctx, cfg.JoinedEndpoints); err != nil {
+				s.Close()
+				return nil, err
 			}
 		}
 	}
@@ -143,9 +151,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
 	s.client = c
-	if s.etcd != nil && s.etcd.Server.IsLearner() {
-		go s.promote(ctx)
-	}
 	st := store.New(c)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -270,7 +275,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		eps = append(eps, ep)
 	}
-	cl := api.Cluster{Identity: s.cfg.Identity, APIs: apis, EtcdEndpoints: s.etcdEndpoints}
+	cl := api.Cluster{Identity: s.cfg.Identity, APIs: apis, EtcdEndpoints: s.etcdEndpoints, CertLifetime: s.cfg.CertLifetime}
 	if s.etcd != nil {
 		cl.Members = s
 	}

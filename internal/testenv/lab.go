@@ -39,6 +39,8 @@ type LabOptions struct {
 	// WatchdogNone; RebootDelay how long a host reset by it stays down.
 	Watchdog    string
 	RebootDelay time.Duration
+	// CertLifetime is the hosts' certificates' lifetime (default a year).
+	CertLifetime time.Duration
 }
 
 // StartLab builds a lab in a directory of its own and tears it down when
@@ -61,7 +63,7 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{
 		Dir: dir, Hosts: o.Hosts, Bin: bin, ImageDir: ImageDir(t), Accel: "tcg",
-		HostCPUs: o.HostCPUs, HostMemory: o.HostMemory, AgentArgs: o.AgentArgs,
+		HostCPUs: o.HostCPUs, HostMemory: o.HostMemory, AgentArgs: o.AgentArgs, CertLifetime: o.CertLifetime,
 		Watchdog: o.Watchdog, RebootDelay: o.RebootDelay,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})

@@ -342,6 +342,12 @@ func TestUnstartableVM_LowerClassesGoOn(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	ctx := context.Background()
 	dir := t.TempDir()
+	// QEMU runs as an unprivileged user: it must reach the kernel.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, f := range []string{"vmlinuz", "initramfs.img"} {
 		b, err := os.ReadFile(filepath.Join(testenv.DefaultImageDir, "vigil-guest", f))
 		if err != nil {

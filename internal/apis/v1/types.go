@@ -537,3 +537,16 @@ type JoinResponse struct {
 	EtcdEndpoints  []string `json:"etcdEndpoints"`
 	APIs           []string `json:"apis"`
 }
+
+// RenewRequest asks a member to renew the caller's host certificate (POST
+// /api/v1/certificates/renew, authenticated by that certificate): the
+// new key's certificate request.
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
+// RenewResponse is the new certificate, for the host and addresses the
+// caller's current certificate names.
+type RenewResponse struct {
+	Cert string `json:"cert"`
+}

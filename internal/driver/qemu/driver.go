@@ -311,9 +311,16 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	in := newInstance(d, cfg.Name, p, rec, proc)
 	if err := in.attach(ctx); err != nil {
 		in.stop()
+		// A QEMU that dies right after making its monitor socket (a
+		// kernel it cannot read, say) refuses the connection: its own
+		// words say why.
+		exited := proc.wait(ctx, time.Second)
 		_ = proc.signal(unix.SIGKILL)
 		proc.wait(ctx, 5*time.Second)
 		proc.close()
+		if exited {
+			return nil, fmt.Errorf("start %s: qemu failed: %s", cfg.Name, lastLines(p.Log, 3, err))
+		}
 		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
 	}
 	go in.watchExit()

@@ -14,7 +14,10 @@
 //
 // Each node interface is one end of a veth pair whose other end (named
 // "hK-mgmt", "hK-stor", "hK-vm", "st-stor") is a port of the matching switch
-// bridge. A is derived from P. Nothing is created in the root namespace.
+// bridge. A is derived from P. The one thing in the root namespace is the
+// operator's port: P-op = 10.A.1.254/24, a veth to the mgmt bridge, so
+// that a shell on the machine reaches the hosts' management addresses (the
+// https API) as an operator's workstation would; it goes with the switch.
 // Every host and the storage server also get a cgroup v1 freezer cgroup
 // /sys/fs/cgroup/freezer/vigil-lab-P/<node>.
 //

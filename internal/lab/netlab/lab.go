@@ -264,8 +264,76 @@ func wire(y layout) error {
 			return fmt.Errorf("wire %s: %w", node, err)
 		}
 	}
+	return wireOperator(y, sw, bridges["mgmt"])
+}
+
+// wireOperator gives the machine's root namespace one address on the
+// management network (OperatorAddr), as an operator's workstation has:
+// the lab's https API is reachable from a shell on the machine. It is the
+// only thing the lab puts in the root namespace: a veth whose other end
+// is a port of the switch's mgmt bridge, so it goes when the switch
+// namespace goes, crash or not, with nothing to record.
+func wireOperator(y layout, sw *nsConn, mgmt netlink.Link) error {
+	root, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer root.Close()
+	rootFD, err := unix.Open("/proc/self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the root namespace: %w", err)
+	}
+	defer unix.Close(rootFD)
+	name := y.operatorIf()
+	// One left by a lab of this prefix whose namespace is still being
+	// freed (the prefix is this lab's: its cgroup was free).
+	if err := deleteOperatorLink(y); err != nil {
+		return err
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "op-mgmt"}, PeerName: name, PeerNamespace: netlink.NsFd(rootFD)}
+	if err := sw.nl.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth op-mgmt/%s: %w", name, err)
+	}
+	swEnd, err := sw.nl.LinkByName("op-mgmt")
+	if err != nil {
+		return err
+	}
+	if err := sw.nl.LinkSetMaster(swEnd, mgmt); err != nil {
+		return fmt.Errorf("enslave op-mgmt to mgmt: %w", err)
+	}
+	if err := sw.nl.LinkSetUp(swEnd); err != nil {
+		return err
+	}
+	end, err := root.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	a := y.operatorAddr()
+	if err := root.AddrAdd(end, &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), 32)}}); err != nil {
+		return fmt.Errorf("add %s to %s: %w", a, name, err)
+	}
+	return root.LinkSetUp(end)
+}
+
+// deleteOperatorLink removes the operator's port from the root namespace,
+// if it is there.
+func deleteOperatorLink(y layout) error {
+	l, err := netlink.LinkByName(y.operatorIf())
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find %s: %w", y.operatorIf(), err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s: %w", y.operatorIf(), err)
+	}
 	return nil
 }
+
+// OperatorAddr is the root namespace's address on the management network.
+func (l *Lab) OperatorAddr() netip.Addr { return l.y.operatorAddr().Addr() }
 
 func wireNode(y layout, sw *nsConn, bridges map[string]netlink.Link, node string) error {
 	c, err := openNS(y.nsName(node))
@@ -489,7 +557,14 @@ func downLocked(ctx context.Context, ss stateStore, st *state, log *slog.Logger)
 		st.NFTables = remove(st.NFTables, t)
 	}
 
-	// 3. Namespaces. Their veths, bridges and addresses go with them.
+	// 3. The operator's port in the root namespace, whose name carries
+	// the prefix: explicitly, because a namespace is freed lazily and its
+	// veths with it, and a lab made again at once must find the name free.
+	if err := deleteOperatorLink(y); err != nil {
+		errs = append(errs, err)
+	}
+
+	// 4. Namespaces. Their veths, bridges and addresses go with them.
 	for _, n := range slices.Clone(st.Namespaces) {
 		if err := deleteNetNS(n); err != nil {
 			errs = append(errs, err)
@@ -501,7 +576,7 @@ func downLocked(ctx context.Context, ss stateStore, st *state, log *slog.Logger)
 		st.Links = nil
 	}
 
-	// 4. Cgroups, children before the parent.
+	// 5. Cgroups, children before the parent.
 	for _, cg := range slices.Backward(slices.Clone(st.AcctCgroups)) {
 		if err := removeCgroup(ctx, cg); err != nil {
 			errs = append(errs, err)

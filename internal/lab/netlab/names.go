@@ -199,6 +199,16 @@ func (y layout) addr(node string, n Net) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, 24), true
 }
 
+// operatorAddr is the root namespace's address on the management
+// network: .254, which no node uses.
+func (y layout) operatorAddr() netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(y.octet), byte(Mgmt.thirdOctet()), 254}), 24)
+}
+
+// operatorIf names the root namespace's end of the operator veth: the
+// lab's prefix keeps it apart from the machine's and other labs' links.
+func (y layout) operatorIf() string { return y.prefix + "-op" }
+
 // port describes one veth between a node and a switch bridge.
 type port struct {
 	net    Net
@@ -209,8 +219,9 @@ type port struct {
 
 // ports lists a node's switch attachments. Switch-side names carry the node
 // name because they share one namespace; node-side names are fixed so Vigil
-// can rely on them. Nothing is ever created in the root namespace, so none of
-// these names can collide with the machine's or another lab's interfaces.
+// can rely on them. None of them is in the root namespace (only the
+// operator's port is, named for the prefix), so they cannot collide with
+// the machine's or another lab's interfaces.
 func (y layout) ports(node string) []port {
 	if node == StorageNode {
 		return []port{{Storage, "stor", "st-stor", "stor0"}}

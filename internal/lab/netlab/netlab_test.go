@@ -404,6 +404,27 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	// The root namespace reaches every host's management address through
+	// the operator's port. (Nothing here dials the lab's other networks
+	// from the root namespace: it has no route to them, and such traffic
+	// would leave the machine.)
+	t.Run("OperatorPort", func(t *testing.T) {
+		for k := 1; k <= 3; k++ {
+			c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(l.HostAddr(k, Mgmt), probePort).String(), 2*time.Second)
+			if err != nil {
+				t.Fatalf("root namespace -> h%d mgmt: %v", k, err)
+			}
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if got := strings.TrimSpace(line); got != "h"+strconv.Itoa(k) {
+				t.Errorf("root namespace -> h%d mgmt reached %q", k, got)
+			}
+		}
+		if l.OperatorAddr().As4()[3] != 254 {
+			t.Errorf("operator address %v", l.OperatorAddr())
+		}
+	})
+
 	t.Run("Connectivity", func(t *testing.T) {
 		checkProbes(t, l, matrix(l, all))
 	})
@@ -833,6 +854,9 @@ func assertGone(t *testing.T, prefix, dir string) {
 	t.Helper()
 	if left := leftovers(prefix); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
+	}
+	if _, err := net.InterfaceByName(prefix + "-op"); err == nil {
+		t.Errorf("the operator's port %s-op is still in the root namespace", prefix)
 	}
 	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
 	if err != nil {

@@ -1,0 +1,133 @@
+// Package certrenew keeps a host's certificate current: it renews it in
+// the last third of its life, and picks up a certificate that `vigil cert
+// rotate` wrote. A member that holds the CA key signs its own; any other
+// host asks a member, authenticated by the certificate it is renewing,
+// and the member signs for the host that certificate names.
+//
+// The daemons' TLS configurations take the certificate from the
+// Identity at each handshake (etcd reads the files at each handshake), so
+// a renewal needs no restart and breaks no connection.
+package certrenew
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/pki"
+)
+
+// Renewer renews one host's certificate.
+type Renewer struct {
+	ID *pki.Identity
+	// APIs are members' https APIs, asked when this host has no CA key.
+	APIs []string
+	// Lifetime is a certificate's lifetime when this host signs its own.
+	Lifetime time.Duration
+	Log      *slog.Logger
+}
+
+// Run checks now and then until ctx ends: a certificate due for renewal
+// is renewed; one that changed on disk is loaded.
+func (r *Renewer) Run(ctx context.Context) {
+	for {
+		if r.ID.Changed() {
+			if err := r.ID.Reload(); err != nil {
+				r.Log.Error("the new host certificate does not load; keeping the old one", "err", err)
+			} else {
+				r.Log.Info("host certificate reloaded", "serial", r.ID.Leaf().SerialNumber.Text(16), "not_after", r.ID.Leaf().NotAfter)
+			}
+		}
+		if r.ID.RenewDue(time.Now()) {
+			if err := r.Renew(ctx); err != nil {
+				r.Log.Warn("host certificate renewal failed; retrying", "not_after", r.ID.Leaf().NotAfter, "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.interval()):
+		}
+	}
+}
+
+// interval is how often Run checks: a tenth of the certificate's life,
+// between 2 s and 10 min.
+func (r *Renewer) interval() time.Duration {
+	l := r.ID.Leaf()
+	return min(max(l.NotAfter.Sub(l.NotBefore)/10, 2*time.Second), 10*time.Minute)
+}
+
+// Renew gives this host a new key and certificate now, and loads them.
+func (r *Renewer) Renew(ctx context.Context) error {
+	dir := r.ID.Dir()
+	sub := r.ID.Subject()
+	old := r.ID.Leaf()
+	if ca, err := pki.LoadAuthority(dir); err == nil {
+		life := r.Lifetime
+		if life <= 0 {
+			life = old.NotAfter.Sub(old.NotBefore)
+		}
+		if err := pki.IssueLocal(dir, ca, sub, time.Now(), life); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	} else if err := r.renewRemote(ctx, dir, sub.Host); err != nil {
+		return err
+	}
+	if err := r.ID.Reload(); err != nil {
+		return err
+	}
+	r.Log.Info("host certificate renewed", "host", sub.Host, "serial", r.ID.Leaf().SerialNumber.Text(16), "not_after", r.ID.Leaf().NotAfter)
+	return nil
+}
+
+func (r *Renewer) renewRemote(ctx context.Context, dir, host string) error {
+	if len(r.APIs) == 0 {
+		return errors.New("this host has no CA key and knows no member to ask (cluster.json)")
+	}
+	key, csr, err := pki.NewCSR(host)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(v1.RenewRequest{CSR: string(csr)})
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: r.ID.ClientTLS()}}
+	var errs []error
+	for _, api := range r.APIs {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/certificates/renew", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var out v1.RenewResponse
+		var e v1.Error
+		if resp.StatusCode == http.StatusOK {
+			err = json.NewDecoder(resp.Body).Decode(&out)
+		} else if json.NewDecoder(resp.Body).Decode(&e) == nil {
+			err = fmt.Errorf("%s: %s", api, e.Error)
+		} else {
+			err = fmt.Errorf("%s: HTTP %d", api, resp.StatusCode)
+		}
+		resp.Body.Close()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		kb, err := pki.EncodeKey(key)
+		if err != nil {
+			return err
+		}
+		return pki.SaveHost(dir, []byte(out.Cert), kb)
+	}
+	return fmt.Errorf("renew through a member: %w", errors.Join(errs...))
+}
