@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -144,6 +145,9 @@ func (d *Driver) jailSpec(cfg *driver.VMConfig, p runtimePaths) jail.Spec {
 	for _, dk := range cfg.Disks {
 		if dk.Path != "" {
 			s.RWFiles = append(s.RWFiles, dk.Path)
+			// A disk made from an image is an overlay on it: QEMU reads
+			// the image (and its own backing files) too.
+			s.RO = append(s.RO, backingChain(dk.Path)...)
 		}
 	}
 	for _, f := range []string{cfg.Kernel, cfg.Initrd} {
@@ -152,6 +156,29 @@ func (d *Driver) jailSpec(cfg *driver.VMConfig, p runtimePaths) jail.Spec {
 		}
 	}
 	return s
+}
+
+// backingChain lists the backing files under a disk image (none for a
+// raw file or a qcow2 without one; none if qemu-img cannot tell, and QEMU
+// then says what it could not open).
+func backingChain(path string) []string {
+	out, err := exec.Command("qemu-img", "info", "-U", "--backing-chain", "--output=json", path).Output()
+	if err != nil {
+		return nil
+	}
+	var chain []struct {
+		Filename string `json:"filename"`
+	}
+	if err := json.Unmarshal(out, &chain); err != nil {
+		return nil
+	}
+	var files []string
+	for _, c := range chain {
+		if c.Filename != path && filepath.IsAbs(c.Filename) {
+			files = append(files, c.Filename)
+		}
+	}
+	return files
 }
 
 // prepareFiles gives the QEMU user what it writes: room in its runtime
