@@ -76,6 +76,11 @@ func goBuild(tags string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The agent runs each QEMU through this binary (`vigil jail`) as the
+	// unprivileged QEMU user, who must be able to reach it.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
 	out := filepath.Join(dir, "vigil")
 	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, "./cmd/vigil")
 	cmd.Dir = root
