@@ -131,11 +131,21 @@ func ValidName(name string) error {
 // New makes a token: the record to store and the bearer string, which is
 // shown once and never stored.
 func New(name string, role Role, now time.Time, ttl time.Duration, by string) (*Token, string, error) {
-	if err := ValidName(name); err != nil {
-		return nil, "", err
-	}
 	if role.rank() == 0 {
 		return nil, "", fmt.Errorf("role %q is not admin, operator or viewer", role)
+	}
+	t, sec, err := newRecord(name, now, ttl, by)
+	if err != nil {
+		return nil, "", err
+	}
+	t.Role = role
+	return t, tokenPrefix + t.ID + "_" + sec, nil
+}
+
+// newRecord makes a token's stored record (ID, hash, times) and its secret.
+func newRecord(name string, now time.Time, ttl time.Duration, by string) (*Token, string, error) {
+	if err := ValidName(name); err != nil {
+		return nil, "", err
 	}
 	if ttl < 0 {
 		return nil, "", fmt.Errorf("expiry %s is in the past", ttl)
@@ -148,12 +158,12 @@ func New(name string, role Role, now time.Time, ttl time.Duration, by string) (*
 		return nil, "", err
 	}
 	sec := base64.RawURLEncoding.EncodeToString(secret)
-	t := &Token{ID: hex.EncodeToString(idb), Name: name, Role: role, Hash: hash(sec), CreatedAt: now, CreatedBy: by}
+	t := &Token{ID: hex.EncodeToString(idb), Name: name, Hash: hash(sec), CreatedAt: now, CreatedBy: by}
 	if ttl > 0 {
 		exp := now.Add(ttl)
 		t.ExpiresAt = &exp
 	}
-	return t, tokenPrefix + t.ID + "_" + sec, nil
+	return t, sec, nil
 }
 
 // Parse splits a bearer string into the token's ID and secret.

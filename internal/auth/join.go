@@ -91,12 +91,11 @@ func NewJoin(name string, server bool, now time.Time, ttl time.Duration, by stri
 	if ttl == 0 {
 		ttl = DefaultJoinTTL
 	}
-	t, bearer, err := New(name, Viewer, now, ttl, by)
+	t, secret, err := newRecord(name, now, ttl, by)
 	if err != nil {
 		return nil, "", err
 	}
-	t.Role, t.Kind, t.Server = "", KindJoin, server
-	_, secret, _ := Parse(bearer)
+	t.Kind, t.Server = KindJoin, server
 	return t, secret, nil
 }
 

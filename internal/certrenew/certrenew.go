@@ -10,9 +10,7 @@
 package certrenew
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/pki"
 )
 
@@ -98,36 +97,14 @@ func (r *Renewer) renewRemote(ctx context.Context, dir, host string) error {
 	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(v1.RenewRequest{CSR: string(csr)})
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: r.ID.ClientTLS()}}
-	var errs []error
-	for _, api := range r.APIs {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/certificates/renew", bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		var out v1.RenewResponse
-		var e v1.Error
-		if resp.StatusCode == http.StatusOK {
-			err = json.NewDecoder(resp.Body).Decode(&out)
-		} else if json.NewDecoder(resp.Body).Decode(&e) == nil {
-			err = fmt.Errorf("%s: %s", api, e.Error)
-		} else {
-			err = fmt.Errorf("%s: HTTP %d", api, resp.StatusCode)
-		}
-		resp.Body.Close()
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		kb, err := pki.EncodeKey(key)
-		if err != nil {
-			return err
-		}
-		return pki.SaveHost(dir, []byte(out.Cert), kb)
+	var out v1.RenewResponse
+	if err := client.PostFirst(ctx, hc, r.APIs, "/api/v1/certificates/renew", v1.RenewRequest{CSR: string(csr)}, &out); err != nil {
+		return fmt.Errorf("renew through a member: %w", err)
 	}
-	return fmt.Errorf("renew through a member: %w", errors.Join(errs...))
+	kb, err := pki.EncodeKey(key)
+	if err != nil {
+		return err
+	}
+	return pki.SaveHost(dir, []byte(out.Cert), kb)
 }

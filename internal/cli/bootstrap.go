@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +19,7 @@ import (
 	"github.com/vigilha/vigil/internal/atomicfile"
 	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/certrenew"
+	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/server"
 	"github.com/vigilha/vigil/internal/spec"
@@ -286,7 +287,6 @@ func newJoinCmd(g *globals) *cobra.Command {
 // postJoin sends the join request to the token's APIs in turn, each
 // checked against the pinned CA before the secret goes out.
 func postJoin(ctx context.Context, tk auth.Ticket, req v1.JoinRequest) (*v1.JoinResponse, error) {
-	body, _ := json.Marshal(req)
 	var errs []error
 	for _, api := range tk.APIs {
 		u, err := url.Parse(api)
@@ -294,30 +294,14 @@ func postJoin(ctx context.Context, tk auth.Ticket, req v1.JoinRequest) (*v1.Join
 			errs = append(errs, err)
 			continue
 		}
-		c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLS(tk.CA, u.Hostname())}}
-		hr, _ := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/join", bytes.NewReader(body))
-		hr.Header.Set("Content-Type", "application/json")
-		resp, err := c.Do(hr)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", api, err))
-			continue
-		}
+		hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLS(tk.CA, u.Hostname())}}
 		var out v1.JoinResponse
-		var e v1.Error
-		dec := json.NewDecoder(resp.Body)
-		if resp.StatusCode == http.StatusOK {
-			err = dec.Decode(&out)
-		} else if derr := dec.Decode(&e); derr == nil {
-			err = errors.New(e.Error)
-		} else {
-			err = fmt.Errorf("HTTP %d", resp.StatusCode)
-		}
-		resp.Body.Close()
+		err = client.PostFirst(ctx, hc, []string{api}, "/api/v1/join", req, &out)
 		if err == nil {
 			return &out, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", api, err))
-		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusBadRequest {
+		errs = append(errs, err)
+		if strings.Contains(err.Error(), "unauthenticated") {
 			break // another member would say the same
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/vigilha/vigil/internal/alarm"
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/httpjson"
 )
 
 // DefaultAddr is where `vigil up` serves its API, whatever its data
@@ -495,4 +496,31 @@ func (c *Client) Tokens(ctx context.Context) ([]v1.TokenInfo, error) {
 func (c *Client) RevokeToken(ctx context.Context, name string) (v1.TokenInfo, error) {
 	var out v1.TokenInfo
 	return out, c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil, &out)
+}
+
+// PostFirst posts in to path at each base URL in turn with hc (a client
+// with its own TLS: a joining host's pinned one, a host's certificate)
+// until one answers 200, whose JSON answer goes to out. A refusal with a
+// reason (400, 401) ends the tries: another member would say the same.
+func PostFirst(ctx context.Context, hc *http.Client, bases []string, path string, in, out any) error {
+	var errs []error
+	for _, base := range bases {
+		code, b, err := httpjson.Call(ctx, hc, http.MethodPost, base+path, in, 1<<20)
+		if err == nil && code == http.StatusOK {
+			return json.Unmarshal(b, out)
+		}
+		if err == nil {
+			var e v1.Error
+			if json.Unmarshal(b, &e) == nil && e.Error != "" {
+				err = errors.New(e.Error)
+			} else {
+				err = fmt.Errorf("HTTP %d", code)
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", base, err))
+		if code == http.StatusUnauthorized || code == http.StatusBadRequest {
+			break
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/landlock-lsm/go-landlock/landlock"
@@ -125,9 +124,4 @@ func existing(paths []string) []string {
 func isDir(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
-}
-
-// String renders a spec for logs.
-func (s Spec) String() string {
-	return fmt.Sprintf("ro=%s rw=%s rw-files=%s devices=%s", strings.Join(s.RO, ":"), strings.Join(s.RW, ":"), strings.Join(s.RWFiles, ":"), strings.Join(s.Devices, ":"))
 }
