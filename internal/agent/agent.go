@@ -28,6 +28,7 @@ import (
 	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/hostwrite"
 	"github.com/vigilha/vigil/internal/metrics"
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/storage"
@@ -41,7 +42,16 @@ type Config struct {
 	Host    string
 	DataDir string
 	Etcd    *clientv3.Client
-	Driver  driver.Driver
+	// Reports writes what this host reports about the VMs placed on it
+	// (statuses, migration reports, replica sets) through the members'
+	// API, which checks placement; etcd lets a host write only its own
+	// keys (docs/security.md).
+	Reports *hostwrite.Client
+	// APIs are the https API URLs of this host's control-plane member,
+	// published in its host record so that other hosts find it (none: it
+	// runs no member).
+	APIs   []string
+	Driver driver.Driver
 	// Datastores this host reaches, by name.
 	Datastores map[string]storage.Datastore
 	// Image returns the kernel and initramfs of a named guest image (a
@@ -185,8 +195,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Host == "" {
 		return nil, errors.New("agent: host name required")
 	}
-	if cfg.Etcd == nil || cfg.Driver == nil {
-		return nil, errors.New("agent: etcd client and driver required")
+	if cfg.Etcd == nil || cfg.Driver == nil || cfg.Reports == nil {
+		return nil, errors.New("agent: etcd client, reports writer and driver required")
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 2 * time.Second
@@ -222,7 +232,7 @@ func New(cfg Config) (*Agent, error) {
 	log := cfg.Log.With("host", cfg.Host)
 	a := &Agent{
 		cfg:      cfg,
-		st:       store.New(cfg.Etcd),
+		st:       hostwrite.Wrap(store.New(cfg.Etcd), cfg.Reports),
 		drv:      cfg.Driver,
 		log:      log,
 		kick:     make(chan struct{}, 1),
@@ -402,6 +412,7 @@ func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 	h := &store.Host{
 		Name:         a.cfg.Host,
 		AgentURL:     a.cfg.AdvertiseURL,
+		APIs:         a.cfg.APIs,
 		MgmtIP:       a.cfg.MgmtIP,
 		StorageIP:    a.cfg.StorageIP,
 		Capacity:     capacity,

@@ -48,9 +48,10 @@ func (s *Server) identify(h http.Handler) http.Handler {
 		case bearer != "":
 			c.id, c.err = auth.Bearer(r.Context(), bearer, s.st.LookupToken, time.Now())
 		case pki.PeerHost(r.TLS) != "":
-			// A cluster host's certificate: it reads, as a viewer does;
-			// hosts change state through etcd, not through the API.
-			c.id = auth.Identity{Name: "host " + pki.PeerHost(r.TLS), Role: auth.Viewer, Via: "host certificate"}
+			// A cluster host's certificate: it reads, as a viewer does, and
+			// writes what it reports about the VMs placed on it (hostwrites.go).
+			h := pki.PeerHost(r.TLS)
+			c.id = auth.Identity{Name: "host " + h, Role: auth.Viewer, Via: "host certificate", Host: h}
 		case peerOfRequest(r).root:
 			c.id = auth.Identity{Name: "root", Role: auth.Admin, Via: "unix socket uid 0"}
 		default:

@@ -1,6 +1,8 @@
 // Package api is Vigil's REST API (/api/v1, JSON). It validates requests
-// and writes desired state to etcd; it never acts on VMs itself, so nothing
-// in the failover path waits on it.
+// and writes desired state to etcd; it never acts on VMs itself. Hosts
+// write what they report about the VMs placed on them through it
+// (hostwrites.go), because etcd's grants cannot scope those keys: a
+// failover's reports take one https hop to a member, never a decision.
 package api
 
 import (
@@ -149,6 +151,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/join", s.audited("host.join", s.join))
 	// A renewal authenticates with the certificate it renews.
 	mux.HandleFunc("POST /api/v1/certificates/renew", s.audited("host.cert-renew", s.renewCert))
+	// What hosts report about the VMs placed on them (hostwrites.go).
+	s.hostRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -119,6 +119,17 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 // audited wraps a state-changing handler so that each call leaves an
 // audit event of type "audit."+action.
 func (s *Server) audited(action string, h http.HandlerFunc) http.HandlerFunc {
+	return s.audit(action, false, h)
+}
+
+// auditedRefusals audits only the calls it refuses (401, 403): the routes
+// hosts write their VM reports through, which would otherwise fill the
+// trail with every status change.
+func (s *Server) auditedRefusals(action string, h http.HandlerFunc) http.HandlerFunc {
+	return s.audit(action, true, h)
+}
+
+func (s *Server) audit(action string, refusalsOnly bool, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 		if err != nil {
@@ -134,6 +145,9 @@ func (s *Server) audited(action string, h http.HandlerFunc) http.HandlerFunc {
 		h(sw, r.WithContext(context.WithValue(r.Context(), auditKey{}, note)))
 		if sw.code == 0 {
 			sw.code = http.StatusOK
+		}
+		if refusalsOnly && sw.code != http.StatusUnauthorized && sw.code != http.StatusForbidden {
+			return
 		}
 		ev := store.Event{
 			Type: "audit." + action, VM: note.vm, Host: note.host, Actor: actorOf(r),

@@ -17,6 +17,7 @@ import (
 	"github.com/vigilha/vigil/internal/httpjson"
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
 )
 
 // Membership grows the etcd cluster for hosts that join as servers.
@@ -53,6 +54,10 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := spec.ValidName(req.Host); err != nil {
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("host: %w", err))
+		return
+	}
+	if req.Host == store.RootUser {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("host: %w", store.ErrReservedHostName))
 		return
 	}
 	sub := pki.Subject{Host: req.Host}
@@ -107,6 +112,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, err := s.st.UseJoinToken(r.Context(), req.TokenID, req.Host, now, check); err != nil {
 		writeErr(w, http.StatusUnauthorized, fmt.Errorf("unauthenticated: %w", err))
+		return
+	}
+	// The host's etcd user, named as its certificate is: a member's has the
+	// root role, any other host's writes only its own keys (store.HostPermissions).
+	if err := s.st.AdmitHost(r.Context(), req.Host, tok.Server); err != nil {
+		writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("give %s its etcd access: %w (the join token is spent: make another)", req.Host, err))
 		return
 	}
 	resp := v1.JoinResponse{CA: string(ca.PEM), Cert: string(cert), Server: tok.Server, APIs: s.member.APIs}

@@ -60,6 +60,9 @@ type Identity struct {
 	Role Role
 	// Via says how the caller proved it: "token" or "unix socket uid 0".
 	Via string
+	// Host is the cluster host whose certificate the caller presented
+	// (empty for any other caller).
+	Host string
 }
 
 // String is the identity as the audit trail names it.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -23,6 +24,8 @@ import (
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/controller/drs"
 	"github.com/vigilha/vigil/internal/driver/qemu"
+	"github.com/vigilha/vigil/internal/endpoint"
+	"github.com/vigilha/vigil/internal/hostwrite"
 	"github.com/vigilha/vigil/internal/image"
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/server"
@@ -37,10 +40,15 @@ import (
 // Defaults of `vigil up`, the single-host form. They are fixed, whatever
 // the data directory, so the CLI finds the API with no configuration.
 const (
-	DefaultDataDir       = "/var/lib/vigil"
-	DefaultImageDir      = "/var/lib/vigil/images"
-	DefaultProbeCache    = "/var/cache/vigil/accel-probe.json"
-	upEtcdClientURL      = "https://127.0.0.1:7481"
+	DefaultDataDir    = "/var/lib/vigil"
+	DefaultImageDir   = "/var/lib/vigil/images"
+	DefaultProbeCache = "/var/cache/vigil/accel-probe.json"
+	upEtcdClientURL   = "https://127.0.0.1:7481"
+	// localAPIURL is the https API a member's own agent writes its VM
+	// reports through (internal/hostwrite) when no other https API is
+	// given: TLS with the host's certificate, so loopback TCP serves no
+	// one without credentials.
+	localAPIURL          = "https://127.0.0.1:7480"
 	upEtcdPeerURL        = "https://127.0.0.1:7482"
 	upNetns              = "vigil"
 	upBridge             = "vigilbr0"
@@ -128,7 +136,7 @@ func (o *daemonOpts) registerServer(cmd *cobra.Command) {
 	f.StringVar(&o.clientURL, "etcd-client-url", upEtcdClientURL, "URL the embedded etcd member serves clients on")
 	f.StringVar(&o.peerURL, "etcd-peer-url", upEtcdPeerURL, "URL the embedded etcd member talks to its peers on")
 	f.StringVar(&o.initialCluster, "initial-cluster", "", "embedded etcd's initial cluster, name=peerURL,... (default: this member alone)")
-	f.StringSliceVar(&o.apiListen, "api-listen", nil, "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default "+client.DefaultAddr+")")
+	f.StringSliceVar(&o.apiListen, "api-listen", nil, "REST API endpoints (https://HOST:PORT or unix:///PATH); repeatable (default "+client.DefaultAddr+")")
 	f.DurationVar(&o.etcdHeartbeat, "etcd-heartbeat", defaultEtcdHeartbeat, "embedded etcd's Raft heartbeat interval")
 	f.DurationVar(&o.etcdElection, "etcd-election-timeout", defaultEtcdElection, "embedded etcd's Raft election timeout")
 	f.DurationVar(&o.etcdRetention, "etcd-compaction-retention", server.DefaultCompactionRetention, "history the embedded etcd keeps (periodic auto-compaction)")
@@ -201,7 +209,7 @@ func newUpCmd(g *globals) *cobra.Command {
 					upBridge, netns, upSubnet, upGateway, upPoolStart, upPoolEnd)}
 			}
 			if len(o.apiListen) == 0 {
-				o.apiListen = []string{client.DefaultAddr, "unix://" + filepath.Join(o.dataDir, "api.sock")}
+				o.apiListen = []string{client.DefaultAddr, "unix://" + filepath.Join(o.dataDir, "api.sock"), localAPIURL}
 			}
 			// A single host restarts nothing elsewhere: no watchdog unless
 			// one is asked for.
@@ -214,7 +222,7 @@ func newUpCmd(g *globals) *cobra.Command {
 	o.registerCommon(cmd)
 	o.registerServer(cmd)
 	o.registerAgent(cmd)
-	cmd.Flags().Lookup("api-listen").Usage = "REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + " and unix://DATA_DIR/api.sock)"
+	cmd.Flags().Lookup("api-listen").Usage = "REST API endpoints (https://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + ", unix://DATA_DIR/api.sock and " + localAPIURL + ")"
 	cmd.Flags().StringVar(&netns, "netns", upNetns, "network namespace holding the default VM network's bridge")
 	return cmd
 }
@@ -246,7 +254,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.runServer && len(o.apiListen) == 0 {
-				o.apiListen = []string{client.DefaultAddr}
+				o.apiListen = []string{client.DefaultAddr, localAPIURL}
 			}
 			return runDaemon(cmd.Context(), g, o)
 		},
@@ -254,7 +262,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	o.registerCommon(cmd)
 	o.registerServer(cmd)
 	o.registerAgent(cmd)
-	cmd.Flags().Lookup("api-listen").Usage = "with --server: REST API endpoints (http://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + ")"
+	cmd.Flags().Lookup("api-listen").Usage = "with --server: REST API endpoints (https://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + " and " + localAPIURL + ")"
 	cmd.Flags().BoolVar(&o.runServer, "server", false, "also run a control-plane member in this process")
 	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "etcd endpoints the agent uses (default with --server: this member's)")
 	return cmd
@@ -429,6 +437,11 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: etcd client: %w", err)
 	}
+	reports, published, err := o.reportsWriter(store.New(c), log)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
 	kernel := filepath.Join(o.imageDir, "vigil-guest", image.KernelFile)
 	initrd := filepath.Join(o.imageDir, "vigil-guest", image.InitramfsFile)
 	dss := map[string]storage.Datastore{}
@@ -498,7 +511,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		}
 		st := store.New(c)
 		rep, err = replicated.NewDatastore(replicated.Config{
-			Name: name, Host: o.host, Dir: dir, Port: o.replicaPort, Records: st,
+			Name: name, Host: o.host, Dir: dir, Port: o.replicaPort, Records: hostwrite.Wrap(st, reports),
 			Server: replicated.NewServer(dir, net.JoinHostPort(o.storageIP, strconv.Itoa(o.replicaPort)), "", log),
 			Peers: func(ctx context.Context, host string) (string, error) {
 				h, err := st.GetHost(ctx, host)
@@ -546,7 +559,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		advertise = listen
 	}
 	a, err := agent.New(agent.Config{
-		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Driver: drv,
+		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Reports: reports, APIs: published, Driver: drv,
 		Datastores: dss, Image: image.Files(o.imageDir), Capacity: capacity,
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise, Identity: o.id,
 		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, Faults: o.faults(log),
@@ -558,6 +571,38 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		return nil, nil, err
 	}
 	return a, func() { drv.Close(); c.Close() }, nil
+}
+
+// reportsWriter makes the writer of what this host reports about its VMs
+// (internal/hostwrite): through its own member's https APIs first, then
+// the members' that etcd lists and those the join gave. It also returns
+// the APIs this host publishes for others: its member's, loopback ones
+// left out.
+func (o *daemonOpts) reportsWriter(st *store.Store, log *slog.Logger) (*hostwrite.Client, []string, error) {
+	var own, published []string
+	if o.runServer {
+		for _, a := range o.apiListen {
+			ep, err := endpoint.Parse(a)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--api-listen %s: %w", a, err)
+			}
+			if !ep.TLS {
+				continue
+			}
+			own = append(own, ep.String())
+			host, _, _ := net.SplitHostPort(ep.Address)
+			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+				published = append(published, ep.String())
+			}
+		}
+	}
+	hc := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     o.id.ClientTLS(),
+		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
+		TLSHandshakeTimeout: 2 * time.Second,
+		MaxIdleConnsPerHost: 4,
+	}}
+	return hostwrite.New(o.host, hc, own, o.memberAPIs, st.MemberAPIs, log.With("component", "reports")), published, nil
 }
 
 // loadIdentity reads this host's certificates (making a one-host

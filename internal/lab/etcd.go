@@ -22,6 +22,12 @@ import (
 // Tests and benchmarks use it to do to etcd what etcd itself sometimes
 // does (revoke a lease early, grow its history); the caller closes it.
 func (l *Lab) EtcdClient(host string, endpoints ...string) (*clientv3.Client, error) {
+	return l.EtcdClientIn(host, l.pkiDir(host), endpoints...)
+}
+
+// EtcdClientIn is EtcdClient with the certificates in pkiDir (a host that
+// joined without running, as tests make them).
+func (l *Lab) EtcdClientIn(host, pkiDir string, endpoints ...string) (*clientv3.Client, error) {
 	ns, err := l.Namespace(host)
 	if err != nil {
 		return nil, err
@@ -29,7 +35,7 @@ func (l *Lab) EtcdClient(host string, endpoints ...string) (*clientv3.Client, er
 	if len(endpoints) == 0 {
 		endpoints = l.EtcdEndpoints()
 	}
-	id, err := pki.Load(l.pkiDir(host))
+	id, err := pki.Load(pkiDir)
 	if err != nil {
 		return nil, err
 	}
@@ -52,11 +58,16 @@ func (l *Lab) EtcdClient(host string, endpoints ...string) (*clientv3.Client, er
 // namespace and presents that host's certificate: what another cluster
 // host is to an agent's or a member's https endpoint.
 func (l *Lab) HTTPClient(host string) (*http.Client, error) {
+	return l.HTTPClientIn(host, l.pkiDir(host))
+}
+
+// HTTPClientIn is HTTPClient with the certificates in pkiDir.
+func (l *Lab) HTTPClientIn(host, pkiDir string) (*http.Client, error) {
 	ns, err := l.Namespace(host)
 	if err != nil {
 		return nil, err
 	}
-	id, err := pki.Load(l.pkiDir(host))
+	id, err := pki.Load(pkiDir)
 	if err != nil {
 		return nil, err
 	}

@@ -154,6 +154,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	st := store.New(c)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if s.etcd != nil {
+		// The first member's first start turns on etcd's access control;
+		// later starts, and members that joined, find it on.
+		if err := st.EnableAuth(bctx, cfg.Name); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	if err := importPendingTokens(bctx, st, cfg.Identity.Dir()); err != nil {
 		s.Close()
 		return nil, err

@@ -4,14 +4,24 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/auth"
 	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/hostwrite"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"github.com/vigilha/vigil/internal/pki"
+	"github.com/vigilha/vigil/internal/store"
 	"github.com/vigilha/vigil/internal/testenv"
 )
 
@@ -81,6 +91,8 @@ func TestJoin_TokensAdmitOnceAndPinTheCA(t *testing.T) {
 		t.Fatal("an agent host's join gave it the CA key")
 	}
 
+	checkHostScope(t, l, "spare", filepath.Join(dir, "pki"))
+
 	out, err := join(ticket, "spare2")
 	if err == nil || !strings.Contains(out, "already used") {
 		t.Fatalf("a used join token joined again (%v): %s", err, out)
@@ -116,6 +128,65 @@ func TestJoin_TokensAdmitOnceAndPinTheCA(t *testing.T) {
 	}
 	if n := joins(); n != before+1 {
 		t.Fatalf("%d join attempts audited after the revoked token's, want 1", n-before)
+	}
+}
+
+// checkHostScope: a joined host that is not a member reads all of etcd but
+// writes only its own keys (its record here): not another host's, a
+// placement, a fence, a token or the cluster's config. Through the API it
+// writes only under its own name, and only about VMs placed on it, while
+// the members' agents write their VMs' statuses through the same routes
+// (the VM below reached "running" that way).
+func checkHostScope(t *testing.T, l *testenv.Lab, host, pkiDir string) {
+	t.Helper()
+	vm := l.CreateVM(testenv.HASpec(t, "scoped", nil), "scoped")
+	ec, err := l.EtcdClientIn("host1", pkiDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ec.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v, err := store.New(ec).VM(ctx, "scoped")
+	if err != nil || v.Placement.Host != vm.Host {
+		t.Fatalf("%s cannot read the VM's placement in etcd: %v (%+v)", host, err, v)
+	}
+	if _, err := ec.Put(ctx, store.HostKey(host), `{"name":"`+host+`"}`); err != nil {
+		t.Fatalf("%s cannot write its own host record: %v", host, err)
+	}
+	defer func() { _, _ = ec.Delete(context.Background(), store.HostKey(host)) }()
+	for _, k := range []string{store.HostKey("host2"), "/vigil/s/vms/scoped/placement", "/vigil/s/vms/scoped/status",
+		"/vigil/s/fences/scoped", "/vigil/s/replicas/scoped", "/vigil/s/config", "/vigil/auth/x", store.HostKey(host + "0")} {
+		_, err := ec.Put(ctx, k, "{}")
+		switch {
+		case err == nil:
+			t.Errorf("%s wrote %s in etcd", host, k)
+		case !errors.Is(err, rpctypes.ErrPermissionDenied):
+			t.Errorf("%s writing %s: %v, want permission denied", host, k, err)
+		}
+	}
+	hc, err := l.HTTPClientIn("host1", pkiDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(path string) (int, string) {
+		body := fmt.Sprintf(`{"placementRev":%d,"status":{"host":%q,"state":"stopped"}}`, v.PlacementRev, host)
+		code, b, err := httpjson.Call(ctx, hc, http.MethodPut, l.APIURLs()[0]+path, httpjson.Raw(body), 1<<16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(b)
+	}
+	if code, b := put(hostwrite.StatusPath(vm.Host, "scoped")); code != http.StatusForbidden {
+		t.Errorf("%s wrote as %s through the API: HTTP %d %s", host, vm.Host, code, b)
+	}
+	code, b := put(hostwrite.StatusPath(host, "scoped"))
+	if code != http.StatusForbidden || !strings.Contains(b, "placed on "+vm.Host) {
+		t.Errorf("%s reported the status of a VM placed on %s: HTTP %d %s", host, vm.Host, code, b)
+	}
+	t.Logf("%s: etcd refuses its writes beyond its own keys; the API refuses its report on %s's VM: %s", host, vm.Host, strings.TrimSpace(b))
+	if got := l.WaitVM("scoped", 5*time.Second, "still running", func(x v1.VM) bool { return x.State == "running" }); got.Host != vm.Host {
+		t.Fatalf("the VM moved: %s", got.Host)
 	}
 }
 

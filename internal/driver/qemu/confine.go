@@ -162,23 +162,39 @@ func (d *Driver) jailSpec(cfg *driver.VMConfig, p runtimePaths) jail.Spec {
 // raw file or a qcow2 without one; none if qemu-img cannot tell, and QEMU
 // then says what it could not open).
 func backingChain(path string) []string {
+	var files []string
+	for _, b := range backingImages(path) {
+		files = append(files, b.path)
+	}
+	return files
+}
+
+// backingImage is one image under a disk: its file and format.
+type backingImage struct {
+	path, format string
+}
+
+// backingImages is the chain under path, from its immediate backing file
+// down to the base.
+func backingImages(path string) []backingImage {
 	out, err := exec.Command("qemu-img", "info", "-U", "--backing-chain", "--output=json", path).Output()
 	if err != nil {
 		return nil
 	}
 	var chain []struct {
 		Filename string `json:"filename"`
+		Format   string `json:"format"`
 	}
 	if err := json.Unmarshal(out, &chain); err != nil {
 		return nil
 	}
-	var files []string
+	var images []backingImage
 	for _, c := range chain {
 		if c.Filename != path && filepath.IsAbs(c.Filename) {
-			files = append(files, c.Filename)
+			images = append(images, backingImage{path: c.Filename, format: c.Format})
 		}
 	}
-	return files
+	return images
 }
 
 // prepareFiles gives the QEMU user what it writes: room in its runtime

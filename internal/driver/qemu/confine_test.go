@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/testenv"
 )
 
@@ -73,6 +74,7 @@ func TestQEMUConfinedToItsVM(t *testing.T) {
 			path = disk(vm, "ledger.qcow2")
 		}
 		cfg := vmConfig(vm, path, "defer")
+		cfg.Layout = driver.LayoutPorts // room for a disk added live
 		st, err := d.Start(ctx, cfg)
 		if err != nil {
 			t.Fatalf("start %s: %v", vm, err)
@@ -110,6 +112,27 @@ func TestQEMUConfinedToItsVM(t *testing.T) {
 	outside := filepath.Join(base, "secret")
 	if err := os.WriteFile(outside, []byte("not a's\n"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	// b adds, live, a disk made from an image it was not started with (two
+	// images deep): the agent hands the chain over as descriptors, so the
+	// add works while b still cannot open the image by its path.
+	img2 := filepath.Join(base, "images", "app.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", img, "-F", "qcow2", img2).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	fromImage := filepath.Join(roots, "b", "app.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", img2, "-F", "qcow2", fromImage).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	if err := d.AddDisk(ctx, "b", driver.DiskConfig{Name: "app", Path: fromImage, Format: "qcow2"}); err != nil {
+		t.Fatalf("b cannot add a disk made from an image outside its jail: %v", err)
+	}
+	cb, err := d.QMP("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cb.Execute(ctx, "blockdev-add", map[string]any{"driver": "file", "node-name": "peek", "filename": img2, "read-only": true, "locking": "off"}, nil); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("b opened the image by its path after the add: %v", err)
 	}
 	for _, p := range []string{other, outside, filepath.Join(base, "run", "b", "config.json")} {
 		err := open("x", p)

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 
 	"github.com/vigilha/vigil/internal/driver"
@@ -37,6 +38,20 @@ func (d *Driver) AddDisk(ctx context.Context, name string, disk driver.DiskConfi
 	undo := func() {
 		for k := len(added) - 1; k >= 0; k-- {
 			delNode(ctx, c, added[k])
+		}
+	}
+	if disk.Path != "" && disk.Format == "qcow2" && d.cfg.User != nil {
+		// The jail fixed which files this QEMU may open when it started; a
+		// disk made from an image it was not started with has a backing
+		// file outside it. The agent opens the chain and hands it over.
+		top, nodes, err := d.passBacking(ctx, c, i, disk.Path)
+		added = append(added, nodes...)
+		if err != nil {
+			undo()
+			return fmt.Errorf("add disk %s to %s: %w", disk.Name, name, err)
+		}
+		if top != "" {
+			format["backing"] = top
 		}
 	}
 	for _, node := range []map[string]any{proto, format} {
@@ -147,4 +162,46 @@ func diskNodes(i int, d driver.DiskConfig) (proto, format map[string]any, err er
 		return nil, nil, fmt.Errorf("disk %s has neither a path nor an NBD export", d.Name)
 	}
 	return proto, format, nil
+}
+
+// passBacking opens the backing chain of the disk image at path (read-only,
+// as root) and adds it to the VM as nodes over file descriptors passed with
+// add-fd: QEMU opens /dev/fdset/N, which is no path lookup, so the jail
+// (Landlock) does not stand in the way. It returns the top backing node
+// (none: the image has no backing file) and every node it added.
+func (d *Driver) passBacking(ctx context.Context, c *qmp.Client, i int, path string) (string, []string, error) {
+	chain := backingImages(path)
+	var added []string
+	below := ""
+	for k := len(chain) - 1; k >= 0; k-- {
+		b := chain[k]
+		f, err := os.Open(b.path)
+		if err != nil {
+			return "", added, fmt.Errorf("open backing image: %w", err)
+		}
+		var info struct {
+			FDSet int `json:"fdset-id"`
+		}
+		err = call(ctx, func(ctx context.Context) error { return c.ExecuteWithFile(ctx, "add-fd", map[string]any{}, &info, f) })
+		f.Close()
+		if err != nil {
+			return "", added, fmt.Errorf("pass backing image %s: %w", b.path, err)
+		}
+		proto := map[string]any{"driver": "file", "node-name": fmt.Sprintf("bfile%d-%d", i, k),
+			"filename": fmt.Sprintf("/dev/fdset/%d", info.FDSet), "read-only": true}
+		format := map[string]any{"driver": b.format, "node-name": fmt.Sprintf("bfmt%d-%d", i, k), "file": proto["node-name"], "read-only": true}
+		if below != "" {
+			format["backing"] = below
+		} else if b.format == "qcow2" {
+			format["backing"] = nil
+		}
+		for _, node := range []map[string]any{proto, format} {
+			if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "blockdev-add", node, nil) }); err != nil {
+				return "", added, fmt.Errorf("open backing image %s: %w", b.path, err)
+			}
+			added = append(added, node["node-name"].(string))
+		}
+		below = format["node-name"].(string)
+	}
+	return below, added, nil
 }
