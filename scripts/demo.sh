@@ -74,6 +74,13 @@ curl -s -o /dev/null -w '%{http_code}\n' --cacert "$VIGIL_CA" "$VIGIL_API_URL/ap
 viewer=$("$V" token create --role viewer --name demo-viewer)
 { VIGIL_TOKEN=$viewer "$V" vm stop ha-guest1 2>&1 || true; } | sed 's/^/a viewer token stops ha-guest1: /'
 ps -o user=,pid=,args= -C qemu-system-x86_64 | cut -c1-110
+# A host's certificate is its identity: it reports only on the VMs placed on it (and in etcd, a host that
+# is not a member writes only its own keys).
+owner=$(guest ha-guest1 host); writer=host1; [ "$owner" = host1 ] && writer=host2
+wpki=/var/lib/vigil/lab/$writer/pki
+printf '%s, with its certificate, reports a status of ha-guest1 as %s: ' "$writer" "$owner"
+"$V" lab exec "$writer" -- curl -s -m 5 --cacert "$VIGIL_CA" --cert "$wpki/host.crt" --key "$wpki/host.key" -X PUT \
+  -d '{"placementRev":1,"status":{"state":"stopped"}}' "$VIGIL_API_URL/api/v1/hosts/$owner/vms/ha-guest1/status" | grep error
 
 say "live-migrate ha-guest2 off $(guest ha-guest2 host) (the placement pipeline picks the target); its counter keeps counting"
 printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo

@@ -47,11 +47,7 @@ type Config struct {
 	// API, which checks placement; etcd lets a host write only its own
 	// keys (docs/security.md).
 	Reports *hostwrite.Client
-	// APIs are the https API URLs of this host's control-plane member,
-	// published in its host record so that other hosts find it (none: it
-	// runs no member).
-	APIs   []string
-	Driver driver.Driver
+	Driver  driver.Driver
 	// Datastores this host reaches, by name.
 	Datastores map[string]storage.Datastore
 	// Image returns the kernel and initramfs of a named guest image (a
@@ -412,7 +408,6 @@ func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 	h := &store.Host{
 		Name:         a.cfg.Host,
 		AgentURL:     a.cfg.AdvertiseURL,
-		APIs:         a.cfg.APIs,
 		MgmtIP:       a.cfg.MgmtIP,
 		StorageIP:    a.cfg.StorageIP,
 		Capacity:     capacity,

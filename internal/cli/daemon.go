@@ -75,6 +75,7 @@ type daemonOpts struct {
 	// it renews its certificate without the CA key.
 	joinedEndpoints []string
 	memberAPIs      []string
+	apiEndpoints    string
 	// firstJoin: this host's etcd member starts for the first time, as a
 	// learner of the cluster it joined.
 	firstJoin    bool
@@ -164,6 +165,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.IntVar(&o.replicaPort, "replica-port", replicated.DefaultPort, "TCP port of this host's replica server (NBD) on its storage-network address")
 	f.StringVar(&o.hostCgroup, "host-cgroup", "/", "the cgroup whose CPU and memory use is this host's, relative to each cgroup hierarchy's root: / (the root cgroup) on a real host; self (the agent's own) on a lab host, whose processes share a cgroup of their own; empty: report none")
 	f.StringVar(&o.syncSpeed, "replication-sync-speed", "100Mi", "bandwidth cap of a replica resync, per disk (bytes/s; 0: none), so that it cannot starve the guests")
+	f.StringVar(&o.apiEndpoints, "api-endpoints", "", "control-plane members' https APIs this agent writes its VM reports through (comma-separated; default: its own member's, those `vigil join` recorded, and those the members publish in etcd)")
 	f.StringVar(&o.listen, "agent-listen", "", "agent endpoint for host-local data such as consoles (default unix://DATA_DIR/agent.sock)")
 	f.StringVar(&o.advertise, "agent-advertise", "", "how servers reach the agent endpoint (default: --agent-listen)")
 	f.StringVar(&o.mgmtIP, "mgmt-ip", "", "this host's address on the management network")
@@ -437,7 +439,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: etcd client: %w", err)
 	}
-	reports, published, err := o.reportsWriter(store.New(c), log)
+	reports, err := o.reportsWriter(store.New(c), log)
 	if err != nil {
 		c.Close()
 		return nil, nil, err
@@ -559,7 +561,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		advertise = listen
 	}
 	a, err := agent.New(agent.Config{
-		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Reports: reports, APIs: published, Driver: drv,
+		Host: o.host, DataDir: filepath.Join(o.dataDir, "agent"), Etcd: c, Reports: reports, Driver: drv,
 		Datastores: dss, Image: image.Files(o.imageDir), Capacity: capacity,
 		MgmtIP: o.mgmtIP, StorageIP: o.storageIP, Listen: listen, AdvertiseURL: advertise, Identity: o.id,
 		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, Faults: o.faults(log),
@@ -575,34 +577,28 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 
 // reportsWriter makes the writer of what this host reports about its VMs
 // (internal/hostwrite): through its own member's https APIs first, then
-// the members' that etcd lists and those the join gave. It also returns
-// the APIs this host publishes for others: its member's, loopback ones
-// left out.
-func (o *daemonOpts) reportsWriter(st *store.Store, log *slog.Logger) (*hostwrite.Client, []string, error) {
-	var own, published []string
+// those given (--api-endpoints, the join's cluster.json), then those the
+// members publish in etcd.
+func (o *daemonOpts) reportsWriter(st *store.Store, log *slog.Logger) (*hostwrite.Client, error) {
+	var own []string
 	if o.runServer {
 		for _, a := range o.apiListen {
-			ep, err := endpoint.Parse(a)
-			if err != nil {
-				return nil, nil, fmt.Errorf("--api-listen %s: %w", a, err)
-			}
-			if !ep.TLS {
-				continue
-			}
-			own = append(own, ep.String())
-			host, _, _ := net.SplitHostPort(ep.Address)
-			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-				published = append(published, ep.String())
+			if ep, err := endpoint.Parse(a); err == nil && ep.TLS {
+				own = append(own, ep.String())
 			}
 		}
+		if len(own) == 0 {
+			return nil, fmt.Errorf("this host's agent writes its VM reports through its member's https API, and --api-listen has none: add --api-listen %s (or https:// on an address of this host)", localAPIURL)
+		}
 	}
+	seeds := append(splitList(o.apiEndpoints), o.memberAPIs...)
 	hc := &http.Client{Transport: &http.Transport{
 		TLSClientConfig:     o.id.ClientTLS(),
 		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
 		TLSHandshakeTimeout: 2 * time.Second,
 		MaxIdleConnsPerHost: 4,
 	}}
-	return hostwrite.New(o.host, hc, own, o.memberAPIs, st.MemberAPIs, log.With("component", "reports")), published, nil
+	return hostwrite.New(o.host, hc, own, seeds, st.MemberAPIs, log.With("component", "reports")), nil
 }
 
 // loadIdentity reads this host's certificates (making a one-host

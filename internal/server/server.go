@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -317,6 +318,7 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}
 	}()
+	go s.publishAPIs(ctx, st, apis)
 	var etcdErr <-chan error
 	if s.etcd != nil {
 		etcdErr = s.etcd.Err()
@@ -332,6 +334,35 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	case err := <-etcdErr:
 		return fmt.Errorf("embedded etcd stopped: %w", err)
+	}
+}
+
+// publishAPIs records this member's https APIs in etcd, where hosts find
+// the APIs they write their VM reports through (internal/hostwrite).
+// Loopback addresses are left out: they would lead another host to itself.
+func (s *Server) publishAPIs(ctx context.Context, st *store.Store, apis []string) {
+	var pub []string
+	for _, a := range apis {
+		u, err := url.Parse(a)
+		if err != nil {
+			continue
+		}
+		if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsLoopback() {
+			continue
+		}
+		pub = append(pub, a)
+	}
+	for {
+		err := st.PutMemberAPIs(ctx, s.cfg.Name, pub)
+		if err == nil {
+			return
+		}
+		s.log.Warn("API addresses not published yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
 	}
 }
 

@@ -194,19 +194,30 @@ func (s *Store) MigrationOf(ctx context.Context, vm string) (*MigrationState, er
 	return m, nil
 }
 
-// MemberAPIs are the API URLs the members publish in their host records.
+// membersPfx holds each control-plane member's https API URLs, which
+// hosts write their VM reports through (internal/hostwrite). It is outside
+// the state snapshot: nothing reconciles on it.
+const membersPfx = Root + "members/"
+
+// PutMemberAPIs publishes a member's https API URLs (reachable from other
+// hosts: no loopback ones).
+func (s *Store) PutMemberAPIs(ctx context.Context, member string, apis []string) error {
+	return s.put(ctx, membersPfx+member, apis, "API addresses of member "+member)
+}
+
+// MemberAPIs are the API URLs the members publish.
 func (s *Store) MemberAPIs(ctx context.Context) ([]string, error) {
 	ctx, cancel := op(ctx)
 	defer cancel()
-	resp, err := s.c.Get(ctx, hostsPfx, clientv3.WithPrefix())
+	resp, err := s.c.Get(ctx, membersPfx, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("read hosts: %w", err)
+		return nil, fmt.Errorf("read the members' APIs: %w", err)
 	}
 	var out []string
 	for _, kv := range resp.Kvs {
-		var h Host
-		if json.Unmarshal(kv.Value, &h) == nil {
-			out = append(out, h.APIs...)
+		var apis []string
+		if json.Unmarshal(kv.Value, &apis) == nil {
+			out = append(out, apis...)
 		}
 	}
 	return out, nil

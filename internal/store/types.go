@@ -205,11 +205,8 @@ type Resources struct {
 
 // Host is what an agent registers about its host.
 type Host struct {
-	Name     string `json:"name"`
-	AgentURL string `json:"agentURL,omitempty"`
-	// APIs are the https API URLs of the control-plane member this host
-	// runs (none: it runs none). Hosts write their VM reports through them.
-	APIs         []string     `json:"apis,omitempty"`
+	Name         string       `json:"name"`
+	AgentURL     string       `json:"agentURL,omitempty"`
 	MgmtIP       string       `json:"mgmtIP,omitempty"`
 	StorageIP    string       `json:"storageIP,omitempty"`
 	Capacity     Resources    `json:"capacity"`

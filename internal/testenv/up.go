@@ -76,20 +76,22 @@ func StartUpWith(t testing.TB, o Options) *Up {
 		Netns:   "vt-" + hex.EncodeToString(r[:]),
 	}
 	peer := "https://127.0.0.1:" + strconv.Itoa(freePort(t))
+	// The agent writes its VM reports through its member's https API.
+	https := "https://127.0.0.1:" + strconv.Itoa(freePort(t))
 	u.args = []string{"up", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
-		"--api-listen", u.API, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer,
+		"--api-listen", u.API, "--api-listen", https, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer,
 		"--netns", u.Netns, "--image-dir", imageDir, "--log-level", "debug"}
 	if o.Split {
 		network := fmt.Sprintf("name=default,bridge=vigilbr0,netns=%s,subnet=10.77.0.0/24,gateway=10.77.0.1,pool=10.77.0.10-10.77.0.250,managed", u.Netns)
 		u.args = []string{"server", "--data-dir", filepath.Join(dir, "server"), "--host", "host1",
-			"--api-listen", u.API, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer, "--network", network}
+			"--api-listen", u.API, "--api-listen", https, "--etcd-client-url", u.EtcdURL, "--etcd-peer-url", peer, "--network", network}
 		// One host, two processes: the server's data directory holds the
 		// host's certificates (vigil init), which the agent uses too.
 		if out, err := exec.Command(bin, "init", "--data-dir", filepath.Join(dir, "server"), "--host", "host1", "--address", "127.0.0.1").CombinedOutput(); err != nil {
 			t.Fatalf("vigil init: %v: %s", err, out)
 		}
 		u.agentArgs = []string{"agent", "--data-dir", dir, "--accel", "tcg", "--host", "host1",
-			"--etcd-endpoints", u.EtcdURL, "--image-dir", imageDir, "--pki-dir", filepath.Join(dir, "server", "pki")}
+			"--etcd-endpoints", u.EtcdURL, "--api-endpoints", https, "--image-dir", imageDir, "--pki-dir", filepath.Join(dir, "server", "pki")}
 	}
 	// Recorded so that Sweep can clean up after a run killed mid-test.
 	_ = os.WriteFile(filepath.Join(dir, "sweep.json"), []byte(u.Netns), 0o644)

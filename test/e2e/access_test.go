@@ -49,9 +49,9 @@ func TestAccess_TokensRolesAndRefusals(t *testing.T) {
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return netnsdial.Dial(ctx, ns, network, addr)
 	}}}
-	call := func(token, method, path, body string) (int, string) {
+	callAt := func(base, token, method, path, body string) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, api+path, strings.NewReader(body))
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
@@ -62,6 +62,10 @@ func TestAccess_TokensRolesAndRefusals(t *testing.T) {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
+	}
+	call := func(token, method, path, body string) (int, string) {
+		t.Helper()
+		return callAt(api, token, method, path, body)
 	}
 	expect := func(what string, code int, body string, want int, words string) {
 		t.Helper()
@@ -78,6 +82,13 @@ func TestAccess_TokensRolesAndRefusals(t *testing.T) {
 	expect("viewer creates a VM", c, b, http.StatusForbidden, "forbidden")
 	c, b = call(l.AdminToken(), "GET", "/api/v1/tokens", "")
 	expect("the lab's admin lists tokens", c, b, http.StatusOK, "grafana")
+
+	// The agent's own https endpoint: its /metrics needs a token too.
+	agent := strings.Replace(api, ":7480", ":7483", 1)
+	c, b = callAt(agent, "", "GET", "/metrics", "")
+	expect("anonymous, the agent's /metrics", c, b, http.StatusUnauthorized, "unauthenticated")
+	c, b = callAt(agent, viewer, "GET", "/metrics", "")
+	expect("viewer, the agent's /metrics", c, b, http.StatusOK, "vigil_host_")
 
 	// The CLI on root's socket, with the viewer's token: the token wins.
 	cli := func(token string, args ...string) (string, error) {

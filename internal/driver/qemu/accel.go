@@ -7,15 +7,18 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/vigilha/vigil/internal/atomicfile"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vigilha/vigil/internal/atomicfile"
+	"github.com/vigilha/vigil/internal/jail"
 )
 
 // Accelerator modes an operator can choose.
@@ -128,12 +131,10 @@ func (d *Driver) storeProbe(c accelChoice) {
 func (d *Driver) probeKVM(ctx context.Context) accelChoice {
 	pctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(pctx, d.cfg.Binary,
-		"-accel", "kvm", "-machine", "q35", "-cpu", "host", "-m", "256",
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", d.cfg.ProbeKernel, "-initrd", d.cfg.ProbeInitrd,
-		"-append", "console=ttyS0 panic=-1 vigil.probe=1",
-		"-serial", "stdio")
+	cmd, err := d.probeCommand(pctx)
+	if err != nil {
+		return accelChoice{Accel: AccelTCG, Reason: "probe: " + err.Error()}
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return accelChoice{Accel: AccelTCG, Reason: "probe: " + err.Error()}
@@ -157,4 +158,31 @@ func (d *Driver) probeKVM(ctx context.Context) accelChoice {
 		return accelChoice{Accel: AccelTCG, Reason: "probe interrupted"}
 	}
 	return accelChoice{Accel: AccelTCG, Reason: fmt.Sprintf("guest kernel did not reach userspace under KVM within %s", time.Since(start).Round(time.Second))}
+}
+
+// probeCommand is the probe's QEMU: as unprivileged and confined as a VM's
+// (the QEMU user, the jail, the sandbox), since it boots a guest kernel
+// too. It reads the kernel and initrd, uses /dev/kvm, and writes only to
+// its standard output.
+func (d *Driver) probeCommand(ctx context.Context) (*exec.Cmd, error) {
+	args := []string{"-accel", "kvm", "-machine", "q35", "-cpu", "host", "-m", "256",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", d.cfg.ProbeKernel, "-initrd", d.cfg.ProbeInitrd,
+		"-append", "console=ttyS0 panic=-1 vigil.probe=1",
+		"-serial", "stdio", "-sandbox", sandboxPolicy}
+	if d.cfg.User == nil {
+		return exec.CommandContext(ctx, d.cfg.Binary, args...), nil
+	}
+	bin, err := exec.LookPath(d.cfg.Binary)
+	if err != nil {
+		return nil, err
+	}
+	if bin, err = filepath.Abs(bin); err != nil {
+		return nil, err
+	}
+	spec := jail.Spec{RO: append(append([]string(nil), jail.SystemRO...), d.cfg.ProbeKernel, d.cfg.ProbeInitrd), Devices: jail.SystemDevices}
+	a := jail.Args(d.cfg.Self, spec, append([]string{bin}, args...))
+	cmd := exec.CommandContext(ctx, a[0], a[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: d.cfg.User.credential()}
+	return cmd, nil
 }

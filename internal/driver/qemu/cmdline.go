@@ -73,7 +73,7 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		// seccomp: no obsolete calls, no set*id, no fork/exec (migration
 		// streams are sockets, never exec:), no scheduler or priority
 		// changes (the agent sets QEMU's niceness from outside).
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-sandbox", sandboxPolicy,
 		"-pidfile", p.Pidfile,
 		"-chardev", "socket,id=qmp0,path=" + escapeOpt(p.QMP) + ",server=on,wait=off",
 		"-mon", "chardev=qmp0,mode=control",
@@ -298,3 +298,8 @@ func shadowNode(i int) string  { return fmt.Sprintf("shadow%d", i) }
 // escapeOpt doubles commas, QEMU's escape inside option values, so that a
 // path with a comma cannot inject options.
 func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// sandboxPolicy is QEMU's seccomp filter for every QEMU Vigil starts: no
+// obsolete calls, no change of ids or capabilities, no fork or exec, no
+// scheduler or priority changes (docs/security.md).
+const sandboxPolicy = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -144,4 +145,52 @@ func TestQEMUConfinedToItsVM(t *testing.T) {
 			t.Errorf("a's QEMU could not open %s, but not for the jail: %v", p, err)
 		}
 	}
+}
+
+// The KVM probe boots a guest kernel too: it runs as the QEMU user, in the
+// jail (exec'd by `vigil jail` in place) and the sandbox, not as root.
+func TestKVMProbeRunsAsTheQEMUUser(t *testing.T) {
+	needMigrationEnv(t)
+	testenv.RequireRoot(t)
+	u, err := LookupUser(DefaultUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{RunDir: filepath.Join(t.TempDir(), "run"), Accel: AccelTCG, User: u, Self: testenv.Binary(t),
+		ProbeKernel: filepath.Join(guestImageDir, "vmlinuz"), ProbeInitrd: filepath.Join(guestImageDir, "initramfs.img"),
+		Log: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	cmd, err := d.probeCommand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	var status string
+	for ctx.Err() == nil {
+		// The name is the executable's once `vigil jail` has exec'd QEMU,
+		// and stays readable if QEMU has exited already (no KVM).
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		status = string(b)
+		if strings.HasPrefix(status, "Name:\tqemu") {
+			if !strings.Contains(status, fmt.Sprintf("\nUid:\t%d\t%d\t%d\t%d\n", u.UID, u.UID, u.UID, u.UID)) {
+				t.Fatalf("the probe's QEMU does not run as %s (uid %d):\n%s", u.Name, u.UID, status)
+			}
+			if !slices.Contains(cmd.Args, sandboxPolicy) {
+				t.Fatalf("the probe's QEMU runs without the sandbox: %q", cmd.Args)
+			}
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("the probe never became QEMU (stderr: %s):\n%s", stderr.String(), status)
 }
