@@ -61,6 +61,17 @@ func (s *Server) identify(h http.Handler) http.Handler {
 	})
 }
 
+// unauthenticated answers a caller that did not authenticate: 401, with
+// why.
+func unauthenticated(w http.ResponseWriter, c *caller) {
+	why := errors.New("no credentials")
+	if c != nil && c.err != nil {
+		why = c.err
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="vigil"`)
+	writeErr(w, http.StatusUnauthorized, fmt.Errorf("unauthenticated: %w", why))
+}
+
 // need lets a request through if its caller holds role: 401 when it is
 // not authenticated, 403 when its role is not enough. Both errors start
 // with the cause's name, which scripts and the CLI show.
@@ -69,12 +80,7 @@ func (s *Server) need(role auth.Role, h http.HandlerFunc) http.HandlerFunc {
 		c := callerOf(r)
 		switch {
 		case c == nil || c.err != nil:
-			why := errors.New("no credentials")
-			if c != nil {
-				why = c.err
-			}
-			w.Header().Set("WWW-Authenticate", `Bearer realm="vigil"`)
-			writeErr(w, http.StatusUnauthorized, fmt.Errorf("unauthenticated: %w", why))
+			unauthenticated(w, c)
 		case !c.id.Role.Allows(role):
 			writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s has the %s role; %s %s needs %s", c.id.Name, c.id.Role, r.Method, r.URL.Path, role))
 		default:

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/hostwrite"
 	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -46,11 +47,7 @@ func (s *Server) asHost(h func(http.ResponseWriter, *http.Request, string, strin
 		noteAudit(r, vm, host)
 		switch {
 		case c == nil || c.err != nil:
-			why := errors.New("no credentials")
-			if c != nil {
-				why = c.err
-			}
-			writeErr(w, http.StatusUnauthorized, fmt.Errorf("unauthenticated: %w", why))
+			unauthenticated(w, c)
 		case c.id.Host == "":
 			writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is not a cluster host: only a host's certificate writes what a host reports", c.id.Name))
 		case c.id.Host != host:
@@ -99,7 +96,7 @@ func (s *Server) hostStatus(w http.ResponseWriter, r *http.Request, host, vm str
 		writeErr(w, http.StatusConflict, fmt.Errorf("status of %s: %w (placement at revision %d, not %d)", vm, store.ErrConflict, v.PlacementRev, in.PlacementRev))
 		return
 	case v.Placement.Host != host:
-		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, orNone(v.Placement.Host), host))
+		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, replicated.OrNone(v.Placement.Host), host))
 		return
 	case in.Status.Host != host:
 		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: host %s cannot report a status as host %s", host, in.Status.Host))
@@ -131,20 +128,15 @@ func (s *Server) hostMigration(w http.ResponseWriter, r *http.Request, host, vm 
 		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: the %s of %s's migration is %s, not %s", side, vm, want, host))
 		return
 	}
-	if side == "target" {
-		var t store.MigrationTarget
-		if decodeHostBody(w, r, &t) {
-			err = s.st.PutMigrationTarget(r.Context(), vm, &t)
-		} else {
-			return
-		}
-	} else {
-		var src store.MigrationSource
-		if decodeHostBody(w, r, &src) {
-			err = s.st.PutMigrationSource(r.Context(), vm, &src)
-		} else {
-			return
-		}
+	var t store.MigrationTarget
+	var src store.MigrationSource
+	switch {
+	case side == "target" && decodeHostBody(w, r, &t):
+		err = s.st.PutMigrationTarget(r.Context(), vm, &t)
+	case side == "source" && decodeHostBody(w, r, &src):
+		err = s.st.PutMigrationSource(r.Context(), vm, &src)
+	default:
+		return // decodeHostBody answered
 	}
 	if err != nil {
 		hostErr(w, err)
@@ -160,7 +152,7 @@ func (s *Server) hostRequestDone(w http.ResponseWriter, r *http.Request, host, v
 		return
 	}
 	if v.Placement.Host != host {
-		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, orNone(v.Placement.Host), host))
+		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, replicated.OrNone(v.Placement.Host), host))
 		return
 	}
 	if err := s.st.DeleteRequest(r.Context(), vm); err != nil {
@@ -216,11 +208,4 @@ func (s *Server) hostReplicaSet(w http.ResponseWriter, r *http.Request, host, vm
 		return
 	}
 	httpjson.Write(w, http.StatusOK, hostwrite.ReplicaSetWritten{Rev: out.Rev, Set: out})
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "no host"
-	}
-	return s
 }

@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
-	"go.etcd.io/etcd/api/v3/authpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -131,32 +131,6 @@ func (s *Store) ensureUser(ctx context.Context, user, role string) error {
 	return nil
 }
 
-// HostAccess is what etcd grants a host, as `vigil host access` and the
-// tests read it back.
-func (s *Store) HostAccess(ctx context.Context, host string) ([]Permission, []string, error) {
-	ctx, cancel := op(ctx)
-	defer cancel()
-	u, err := s.c.UserGet(ctx, host)
-	if err != nil {
-		return nil, nil, fmt.Errorf("etcd user %s: %w", host, err)
-	}
-	var perms []Permission
-	for _, r := range u.Roles {
-		if r == "root" {
-			continue
-		}
-		rr, err := s.c.RoleGet(ctx, r)
-		if err != nil {
-			return nil, nil, fmt.Errorf("etcd role %s: %w", r, err)
-		}
-		for _, p := range rr.Perm {
-			perms = append(perms, Permission{Key: string(p.Key), Prefix: len(p.RangeEnd) > 0,
-				Write: p.PermType == authpb.READWRITE || p.PermType == authpb.WRITE})
-		}
-	}
-	return perms, u.Roles, nil
-}
-
 // MigrationOf reads one VM's migration records (nil: none).
 func (s *Store) MigrationOf(ctx context.Context, vm string) (*MigrationState, error) {
 	ctx, cancel := op(ctx)
@@ -170,24 +144,7 @@ func (s *Store) MigrationOf(ctx context.Context, vm string) (*MigrationState, er
 	}
 	m := &MigrationState{}
 	for _, kv := range resp.Kvs {
-		var dst any
-		switch string(kv.Key)[len(migPfx+vm+"/"):] {
-		case "plan":
-			m.Plan, m.PlanRev = &MigrationPlan{}, kv.ModRevision
-			dst = m.Plan
-		case "request":
-			m.Request = &MigrationRequest{}
-			dst = m.Request
-		case "target":
-			m.Target = &MigrationTarget{}
-			dst = m.Target
-		case "source":
-			m.Source = &MigrationSource{}
-			dst = m.Source
-		default:
-			continue
-		}
-		if err := json.Unmarshal(kv.Value, dst); err != nil {
+		if err := m.decode(strings.TrimPrefix(string(kv.Key), migPfx+vm+"/"), kv.Value, kv.ModRevision); err != nil {
 			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
 	}

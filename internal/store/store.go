@@ -313,21 +313,7 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 				m = &MigrationState{}
 				snap.Migrations[name] = m
 			}
-			switch part {
-			case "request":
-				m.Request = &MigrationRequest{}
-				err = json.Unmarshal(kv.Value, m.Request)
-			case "plan":
-				m.Plan = &MigrationPlan{}
-				err = json.Unmarshal(kv.Value, m.Plan)
-				m.PlanRev = kv.ModRevision
-			case "target":
-				m.Target = &MigrationTarget{}
-				err = json.Unmarshal(kv.Value, m.Target)
-			case "source":
-				m.Source = &MigrationSource{}
-				err = json.Unmarshal(kv.Value, m.Source)
-			}
+			err = m.decode(part, kv.Value, kv.ModRevision)
 		case strings.HasPrefix(k, requestsPfx):
 			snap.Requests[strings.TrimPrefix(k, requestsPfx)] = string(kv.Value)
 		case k == configKey:
@@ -799,4 +785,27 @@ func (s *Store) Watch(ctx context.Context, prefix string) <-chan struct{} {
 		}
 	}()
 	return out
+}
+
+// decode reads one of a migration's keys (part: request, plan, target or
+// source; others are ignored) into m.
+func (m *MigrationState) decode(part string, value []byte, rev int64) error {
+	var dst any
+	switch part {
+	case "request":
+		m.Request = &MigrationRequest{}
+		dst = m.Request
+	case "plan":
+		m.Plan, m.PlanRev = &MigrationPlan{}, rev
+		dst = m.Plan
+	case "target":
+		m.Target = &MigrationTarget{}
+		dst = m.Target
+	case "source":
+		m.Source = &MigrationSource{}
+		dst = m.Source
+	default:
+		return nil
+	}
+	return json.Unmarshal(value, dst)
 }
