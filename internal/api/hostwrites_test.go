@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+
 	"encoding/json"
+	"github.com/vigilha/vigil/internal/pki"
 	"io"
 	"log/slog"
 	"net/http"
@@ -43,7 +45,7 @@ func TestHostWritesAreScopedToTheHostsVMs(t *testing.T) {
 		b, _ := json.Marshal(body)
 		r := httptest.NewRequest(method, path, strings.NewReader(string(b)))
 		if as != "" {
-			r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{{Subject: pkix.Name{CommonName: as}}}}}
+			r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{{Subject: pkix.Name{CommonName: as, Organization: []string{pki.HostOrganization}}}}}}
 		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)

@@ -110,6 +110,13 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
+	var streamCert []byte
+	if req.StreamCSR != "" {
+		if streamCert, err = ca.SignStreamCSR([]byte(req.StreamCSR), sub, now); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+	}
 	if _, err := s.st.UseJoinToken(r.Context(), req.TokenID, req.Host, now, check); err != nil {
 		writeErr(w, http.StatusUnauthorized, fmt.Errorf("unauthenticated: %w", err))
 		return
@@ -120,7 +127,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("give %s its etcd access: %w (the join token is spent: make another)", req.Host, err))
 		return
 	}
-	resp := v1.JoinResponse{CA: string(ca.PEM), Cert: string(cert), Server: tok.Server, APIs: s.member.APIs}
+	resp := v1.JoinResponse{CA: string(ca.PEM), Cert: string(cert), StreamCert: string(streamCert), Server: tok.Server, APIs: s.member.APIs}
 	if s.member.EtcdEndpoints != nil {
 		if resp.EtcdEndpoints, err = s.member.EtcdEndpoints(r.Context()); err != nil {
 			writeErr(w, http.StatusServiceUnavailable, err)
@@ -179,12 +186,29 @@ func (s *Server) renewCert(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, errors.New("this member does not hold the CA key: renew through one that does"))
 		return
 	}
-	cert, err := ca.SignCSR([]byte(req.CSR), pki.SubjectOf(r.TLS.VerifiedChains[0][0]), time.Now(), s.member.certLifetime())
-	if err != nil {
-		writeErr(w, http.StatusBadRequest, err)
+	if req.CSR == "" && req.StreamCSR == "" {
+		writeErr(w, http.StatusBadRequest, errors.New("renew request: give csr, streamCSR or both"))
 		return
 	}
-	httpjson.WriteIndented(w, http.StatusOK, v1.RenewResponse{Cert: string(cert)})
+	sub := pki.SubjectOf(r.TLS.VerifiedChains[0][0])
+	var resp v1.RenewResponse
+	if req.CSR != "" {
+		cert, err := ca.SignCSR([]byte(req.CSR), sub, time.Now(), s.member.certLifetime())
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		resp.Cert = string(cert)
+	}
+	if req.StreamCSR != "" {
+		cert, err := ca.SignStreamCSR([]byte(req.StreamCSR), sub, time.Now())
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		resp.StreamCert = string(cert)
+	}
+	httpjson.WriteIndented(w, http.StatusOK, resp)
 }
 
 // joinTicket is the ticket for a stored join token: the CA's

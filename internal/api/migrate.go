@@ -26,7 +26,7 @@ func migrationView(vm string, m *store.MigrationState) v1.Migration {
 	}
 	if t := m.Target; t != nil && t.ID == out.ID {
 		out.Step = "destination " + string(t.Phase)
-		out.Dest = &v1.MigrationEndpoint{Phase: string(t.Phase), URI: t.URI, Error: t.Error, PrepareMS: t.PrepareMS, UpdatedAt: t.UpdatedAt}
+		out.Dest = &v1.MigrationEndpoint{Phase: string(t.Phase), URI: t.URI, Error: t.Error, PrepareMS: t.PrepareMS, TLS: t.TLS, UpdatedAt: t.UpdatedAt}
 	}
 	if s := m.Source; s != nil && s.ID == out.ID {
 		out.Step, out.Progress, out.Steps = string(s.Phase), v1.MigrationProgress(s.Progress), s.Steps

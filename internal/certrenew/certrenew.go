@@ -49,6 +49,9 @@ func (r *Renewer) Run(ctx context.Context) {
 				r.Log.Warn("host certificate renewal failed; retrying", "not_after", r.ID.Leaf().NotAfter, "err", err)
 			}
 		}
+		if err := r.EnsureStream(ctx); err != nil {
+			r.Log.Warn("stream certificate renewal failed; retrying", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -86,6 +89,46 @@ func (r *Renewer) Renew(ctx context.Context) error {
 		return err
 	}
 	r.Log.Info("host certificate renewed", "host", sub.Host, "serial", r.ID.Leaf().SerialNumber.Text(16), "not_after", r.ID.Leaf().NotAfter)
+	return nil
+}
+
+// EnsureStream gives this host a new stream certificate if it has none or
+// the one it has is due for renewal (pki.StreamDue). QEMU and the storage
+// daemons read it from disk when they next set up a stream.
+func (r *Renewer) EnsureStream(ctx context.Context) error {
+	dir := r.ID.Dir()
+	if !pki.StreamDue(dir, time.Now()) {
+		return nil
+	}
+	sub := r.ID.Subject()
+	if ca, err := pki.LoadAuthority(dir); err == nil {
+		if err := pki.IssueLocalStream(dir, ca, sub, time.Now()); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	} else {
+		if len(r.APIs) == 0 {
+			return errors.New("this host has no CA key and knows no member to ask for its stream certificate (cluster.json)")
+		}
+		key, csr, err := pki.NewCSR(sub.Host)
+		if err != nil {
+			return err
+		}
+		hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: r.ID.ClientTLS()}}
+		var out v1.RenewResponse
+		if err := client.PostFirst(ctx, hc, r.APIs, "/api/v1/certificates/renew", v1.RenewRequest{StreamCSR: string(csr)}, &out); err != nil {
+			return fmt.Errorf("stream certificate through a member: %w", err)
+		}
+		kb, err := pki.EncodeKey(key)
+		if err != nil {
+			return err
+		}
+		if err := pki.SaveStream(dir, []byte(out.StreamCert), kb); err != nil {
+			return err
+		}
+	}
+	r.Log.Info("stream certificate issued", "host", sub.Host)
 	return nil
 }
 

@@ -81,6 +81,36 @@ func TestRenew(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(adir, pki.CAKeyFile)); err == nil {
 		t.Fatal("the agent host got the CA key")
 	}
+	// The agent host has no stream certificate (it joined before they
+	// existed): a member signs one for the host its certificate names.
+	if !pki.StreamDue(adir, time.Now()) {
+		t.Fatal("no stream certificate, yet not due")
+	}
+	if err := (&Renewer{ID: agent, APIs: []string{url}, Log: log}).EnsureStream(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := pki.LoadStream(adir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl, _ := pki.ParseCert(sc.Cert)
+	if sl.Subject.CommonName != pki.StreamName("a1") || sl.VerifyHostname("10.0.0.7") != nil || pki.StreamDue(adir, time.Now()) {
+		t.Fatalf("agent's stream certificate: %q, IPs %v", sl.Subject.CommonName, sl.IPAddresses)
+	}
+	// A member makes its own; and a fresh one is kept.
+	if err := os.Remove(filepath.Join(mdir, pki.StreamCertFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Renewer{ID: member, Log: log}).EnsureStream(t.Context()); err != nil || pki.StreamDue(mdir, time.Now()) {
+		t.Fatalf("member's stream certificate: %v", err)
+	}
+	before, _ := os.ReadFile(filepath.Join(mdir, pki.StreamCertFile))
+	if err := (&Renewer{ID: member, Log: log}).EnsureStream(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(mdir, pki.StreamCertFile)); string(after) != string(before) {
+		t.Fatal("a stream certificate that is not due was replaced")
+	}
 	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: member.Pool}}}
 	resp, err := anon.Post(url+"/api/v1/certificates/renew", "application/json", strings.NewReader(`{"csr":"x"}`))
 	if err != nil {

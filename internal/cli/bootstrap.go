@@ -199,11 +199,49 @@ func newCertCmd(g *globals) *cobra.Command {
 		},
 	}
 	rotate.Flags().DurationVar(&lifetime, "cert-lifetime", 0, "with the CA key here: the new certificate's lifetime (default: the current one's)")
-	for _, c := range []*cobra.Command{show, rotate} {
+	var svcName, svcOut string
+	var svcAddrs []string
+	storageCert := &cobra.Command{
+		Use:   "issue-storage",
+		Short: "Make the shared storage server's certificate (on a member holding the CA key)",
+		Long: "Make the certificate of a shared storage server (`vigil storage serve --pki-dir`), signed by the\n" +
+			"cluster CA held here: valid for a year, for --address (the storage-network address hosts dial) and\n" +
+			"the name. Copy the directory to the storage node; reissue and restart the server to renew it.",
+		Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			ca, err := pki.LoadAuthority(h.dir())
+			if err != nil {
+				return fmt.Errorf("the cluster CA key (%s): %w: run this on a control-plane member", h.dir(), err)
+			}
+			if err := spec.ValidName(svcName); err != nil {
+				return fmt.Errorf("--name: %w", err)
+			}
+			var ips []net.IP
+			for _, a := range svcAddrs {
+				ip := net.ParseIP(a)
+				if ip == nil {
+					return fmt.Errorf("--address %q: not an IP address", a)
+				}
+				ips = append(ips, ip)
+			}
+			if svcOut == "" {
+				return errors.New("--out: the storage server's PKI directory to write")
+			}
+			if err := pki.IssueService(svcOut, ca, svcName, ips, time.Now()); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.errOut, "storage server %s: certificate for %v in %s\n", svcName, svcAddrs, svcOut)
+			return nil
+		},
+	}
+	storageCert.Flags().StringVar(&svcName, "name", "storage", "the storage server's name (its certificate's)")
+	storageCert.Flags().StringSliceVar(&svcAddrs, "address", nil, "the storage server's address hosts dial (repeat for more)")
+	storageCert.Flags().StringVar(&svcOut, "out", "", "directory to write (ca.crt, host.crt, host.key)")
+	for _, c := range []*cobra.Command{show, rotate, storageCert} {
 		c.Flags().StringVar(&h.dataDir, "data-dir", DefaultDataDir, "the host's data directory")
 		c.Flags().StringVar(&h.pkiDir, "pki-dir", "", "its certificates (default DATA_DIR/pki)")
 	}
-	cmd.AddCommand(show, rotate)
+	cmd.AddCommand(show, rotate, storageCert)
 	return cmd
 }
 
@@ -240,7 +278,11 @@ func newJoinCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := v1.JoinRequest{TokenID: tk.ID, Secret: tk.Secret, Host: sub.Host, CSR: string(csr), EtcdPeerURL: peerURL}
+			skey, scsr, err := pki.NewCSR(sub.Host)
+			if err != nil {
+				return err
+			}
+			req := v1.JoinRequest{TokenID: tk.ID, Secret: tk.Secret, Host: sub.Host, CSR: string(csr), StreamCSR: string(scsr), EtcdPeerURL: peerURL}
 			for _, ip := range sub.IPs {
 				req.IPs = append(req.IPs, ip.String())
 			}
@@ -264,6 +306,16 @@ func newJoinCmd(g *globals) *cobra.Command {
 				}
 			}
 			if err := pki.SaveHost(h.dir(), []byte(resp.Cert), kb); err != nil {
+				return err
+			}
+			if resp.StreamCert == "" {
+				return errors.New("the member gave no stream certificate: is it older than this host's vigil?")
+			}
+			skb, err := pki.EncodeKey(skey)
+			if err != nil {
+				return err
+			}
+			if err := pki.SaveStream(h.dir(), []byte(resp.StreamCert), skb); err != nil {
 				return err
 			}
 			ci := clusterInfo{Server: resp.Server, InitialCluster: resp.InitialCluster, EtcdEndpoints: resp.EtcdEndpoints, APIs: resp.APIs}

@@ -22,6 +22,7 @@ import (
 	"github.com/vigilha/vigil/internal/agent"
 	"github.com/vigilha/vigil/internal/certrenew"
 	"github.com/vigilha/vigil/internal/client"
+	"github.com/vigilha/vigil/internal/controller"
 	"github.com/vigilha/vigil/internal/controller/drs"
 	"github.com/vigilha/vigil/internal/driver/qemu"
 	"github.com/vigilha/vigil/internal/endpoint"
@@ -110,14 +111,16 @@ type daemonOpts struct {
 	shared      []string
 	replicated  string
 	replicaPort int
-	syncSpeed   string
-	hostCgroup  string
-	listen      string
-	advertise   string
-	mgmtIP      string
-	storageIP   string
-	leaseTTL    time.Duration
-	faultOpts   // fault injection: faults builds only (faults_on.go)
+	// migrationTLS: this host takes incoming migrations over TLS only.
+	migrationTLS bool
+	syncSpeed    string
+	hostCgroup   string
+	listen       string
+	advertise    string
+	mgmtIP       string
+	storageIP    string
+	leaseTTL     time.Duration
+	faultOpts    // fault injection: faults builds only (faults_on.go)
 
 	watchdogSocket string
 	bootIDFile     string
@@ -160,8 +163,9 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: 4 per CPU)")
 	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
 	f.StringSliceVar(&o.datastores, "datastore", nil, "datastore this host reaches: NAME=DIR for a local directory (default local=DATA_DIR/datastores/local)")
-	f.StringArrayVar(&o.shared, "shared-datastore", nil, "shared datastore this host reaches: NAME=http://STORAGE-SERVER:PORT (repeatable)")
+	f.StringArrayVar(&o.shared, "shared-datastore", nil, "shared datastore this host reaches: NAME=https://STORAGE-SERVER:PORT (repeatable)")
 	f.StringVar(&o.replicated, "replicated-datastore", "", "replicated datastore this host takes part in: NAME=/dir/for/its/copies (served to peers on --storage-ip)")
+	f.BoolVar(&o.migrationTLS, "migration-tls", true, "take incoming live migrations (memory and mirrored disks) over TLS only, from the source host's stream certificate; false: plaintext, on a storage network you trust (docs/security.md measures the cost). Replica and shared-storage NBD always use TLS")
 	f.IntVar(&o.replicaPort, "replica-port", replicated.DefaultPort, "TCP port of this host's replica server (NBD) on its storage-network address")
 	f.StringVar(&o.hostCgroup, "host-cgroup", "/", "the cgroup whose CPU and memory use is this host's, relative to each cgroup hierarchy's root: / (the root cgroup) on a real host; self (the agent's own) on a lab host, whose processes share a cgroup of their own; empty: report none")
 	f.StringVar(&o.syncSpeed, "replication-sync-speed", "100Mi", "bandwidth cap of a replica resync, per disk (bytes/s; 0: none), so that it cannot starve the guests")
@@ -290,7 +294,14 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 	if o.runAgent && !o.runServer && o.etcdEndpoints == "" {
 		return errors.New("an agent without --server needs --etcd-endpoints (or the cluster.json that `vigil join` writes)")
 	}
-	go (&certrenew.Renewer{ID: o.id, APIs: o.memberAPIs, Lifetime: o.certLifetime, Log: log.With("component", "certs")}).Run(ctx)
+	renewer := &certrenew.Renewer{ID: o.id, APIs: o.memberAPIs, Lifetime: o.certLifetime, Log: log.With("component", "certs")}
+	// A host that joined before stream certificates existed gets one now;
+	// one that cannot (no member answers) starts anyway, and its VMs wait
+	// for it (the renewer retries).
+	if err := renewer.EnsureStream(ctx); err != nil {
+		log.Warn("no stream certificate yet: VMs cannot start until one is issued", "err", err)
+	}
+	go renewer.Run(ctx)
 	// The daemon runs on a context of its own: a stop signal (sigCtx) ends
 	// it only once the agent's shutdown policy is done (a drain keeps the
 	// agent, and this host's etcd member, running while VMs move away).
@@ -379,8 +390,10 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,
 		CompactionRetention: o.etcdRetention, DefragEvery: o.etcdDefrag, AlarmInterval: o.alarmInterval, DRSInterval: o.drsInterval, DRSWindow: o.drsWindow,
 		APIListen: o.apiListen, Log: log,
-		Datastores:  []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
-		Controllers: controllers,
+		Datastores: []*store.Datastore{{Name: spec.DefaultDatastore, Type: store.DatastoreLocal}},
+		Controllers: func(st store.Writer, log *slog.Logger) []controller.Reconciler {
+			return controllers(st, log, o.id.ClientTLS())
+		},
 	}
 	if len(o.joinedEndpoints) > 0 {
 		// A member that joined a running cluster: its data directory may
@@ -454,6 +467,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	qc := qemu.Config{
 		RunDir: filepath.Join(o.dataDir, "run"), Accel: o.accel,
 		ProbeKernel: kernel, ProbeInitrd: initrd, ProbeCache: o.probeCache, Nice: o.qemuNice, Log: log,
+		Streams: &qemu.Streams{Creds: o.streamCreds, Migration: o.migrationTLS},
 	}
 	if o.qemuUser == "root" {
 		log.Warn("QEMU runs as root and unconfined (--qemu-user root): a guest that escapes QEMU owns this host")
@@ -496,11 +510,11 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	arbiters := map[string]storage.Arbiter{}
 	for _, d := range o.shared {
 		name, url, ok := strings.Cut(d, "=")
-		if !ok || spec.ValidName(name) != nil || !strings.HasPrefix(url, "http://") {
+		if !ok || spec.ValidName(name) != nil || !strings.HasPrefix(url, "https://") {
 			c.Close()
-			return nil, nil, fmt.Errorf("--shared-datastore %q: want NAME=http://HOST:PORT", d)
+			return nil, nil, fmt.Errorf("--shared-datastore %q: want NAME=https://HOST:PORT", d)
 		}
-		sc := shared.NewClient(url)
+		sc := shared.NewClient(url, o.id.ClientTLS())
 		dss[name] = shared.NewDatastore(name, o.host, sc)
 		arbiters[name] = sc
 	}
@@ -514,7 +528,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		st := store.New(c)
 		rep, err = replicated.NewDatastore(replicated.Config{
 			Name: name, Host: o.host, Dir: dir, Port: o.replicaPort, Records: hostwrite.Wrap(st, reports),
-			Server: replicated.NewServer(dir, net.JoinHostPort(o.storageIP, strconv.Itoa(o.replicaPort)), "", log),
+			Server: replicated.NewServer(dir, net.JoinHostPort(o.storageIP, strconv.Itoa(o.replicaPort)), "", o.streamCreds, log),
 			Peers: func(ctx context.Context, host string) (string, error) {
 				h, err := st.GetHost(ctx, host)
 				if err != nil {
@@ -599,6 +613,12 @@ func (o *daemonOpts) reportsWriter(st *store.Store, log *slog.Logger) (*hostwrit
 		MaxIdleConnsPerHost: 4,
 	}}
 	return hostwrite.New(o.host, hc, own, seeds, st.MemberAPIs, log.With("component", "reports")), nil
+}
+
+// streamCreds reads this host's stream credentials (its QEMUs' and
+// storage daemons' identity on streams) from its PKI directory.
+func (o *daemonOpts) streamCreds() (pki.StreamCreds, error) {
+	return pki.LoadStream(o.id.Dir())
 }
 
 // loadIdentity reads this host's certificates (making a one-host

@@ -177,6 +177,7 @@ func newLabUpCmd(g *globals, o *labOpts) *cobra.Command {
 	f.StringVar(&cfg.Watchdog, "watchdog", lab.WatchdogBoard, "each host's emulated watchdog: board (a hardware watchdog, outside the host), kernel (softdog: freezes with the host) or none")
 	f.DurationVar(&cfg.WatchdogTimeout, "watchdog-timeout", time.Second, "the emulated watchdog's timeout")
 	f.DurationVar(&cfg.RebootDelay, "reboot-delay", 10*time.Second, "how long a host reset by its watchdog stays down")
+	f.StringSliceVar(&cfg.PlainMigrationTo, "plain-migration-to", nil, "hosts whose agents take live migrations without TLS (--migration-tls=false), to compare the two in one run with `lab bench migrate`")
 	f.DurationVar(&cfg.CertLifetime, "cert-lifetime", 0, "the hosts' certificates' lifetime (default a year); a short one makes them renew while you watch")
 	return cmd
 }

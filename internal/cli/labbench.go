@@ -122,7 +122,15 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 				return err
 			}
 			res, err := l.BenchMigrate(cmd.Context(), migVM, migRuns, g.out)
-			if len(res) > 0 {
+			// Runs with and without TLS (a lab up with --plain-migration-to)
+			// are summarised apart: the same VM and hosts, interleaved.
+			withTLS := slices.DeleteFunc(slices.Clone(res), func(r lab.MigrationRun) bool { return !r.TLS })
+			plain := slices.DeleteFunc(slices.Clone(res), func(r lab.MigrationRun) bool { return r.TLS })
+			switch {
+			case len(withTLS) > 0 && len(plain) > 0:
+				fmt.Fprint(g.out, lab.SummarizeMigrations(migTitle+", TLS", withTLS))
+				fmt.Fprint(g.out, lab.SummarizeMigrations(migTitle+", plaintext", plain))
+			case len(res) > 0:
 				fmt.Fprint(g.out, lab.SummarizeMigrations(migTitle, res))
 			}
 			return err

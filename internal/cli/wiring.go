@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"sync"
 
@@ -15,7 +16,10 @@ import (
 )
 
 // controllers builds the leader's reconcilers.
-func controllers(st store.Writer, log *slog.Logger) []controller.Reconciler {
+//
+// The leader reaches shared datastores' storage servers with tlsConf (its
+// host certificate), to fence hosts there.
+func controllers(st store.Writer, log *slog.Logger, tlsConf *tls.Config) []controller.Reconciler {
 	var mu sync.Mutex
 	clients := map[string]*shared.Client{}
 	arbiter := func(ds *store.Datastore) storage.Arbiter {
@@ -23,7 +27,7 @@ func controllers(st store.Writer, log *slog.Logger) []controller.Reconciler {
 		defer mu.Unlock()
 		c, ok := clients[ds.Server]
 		if !ok {
-			c = shared.NewClient(ds.Server)
+			c = shared.NewClient(ds.Server, tlsConf)
 			clients[ds.Server] = c
 		}
 		return c

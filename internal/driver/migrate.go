@@ -42,6 +42,9 @@ type Migrator interface {
 type IncomingSpec struct {
 	// ListenIP is the destination host's migration-network address.
 	ListenIP string
+	// Source is the source host: with TLS, the only one whose stream
+	// certificate the destination accepts.
+	Source   string
 	Postcopy bool
 	Multifd  int
 	// NBDDisks are the disk indexes to serve for mirroring (shared-nothing).
@@ -58,6 +61,9 @@ type IncomingSpec struct {
 type Incoming struct {
 	URI string
 	NBD []NBDExport
+	// TLS says that the destination takes the migration stream and its
+	// disks' NBD exports over TLS only (the source follows).
+	TLS bool
 }
 
 // NBDExport is a destination disk served for a mirror.
@@ -66,6 +72,8 @@ type NBDExport struct {
 	Host   string
 	Port   int
 	Export string
+	// TLS: the export is served over TLS (Incoming.TLS).
+	TLS bool
 }
 
 // MirrorTarget is where one disk is mirrored to.
@@ -73,7 +81,9 @@ type MirrorTarget = NBDExport
 
 // MigrateSpec starts a migration on the source.
 type MigrateSpec struct {
-	URI           string
+	URI string
+	// TLS: the destination takes the stream over TLS (Incoming.TLS).
+	TLS           bool
 	Postcopy      bool
 	Multifd       int
 	DowntimeLimit time.Duration

@@ -32,6 +32,8 @@ type MigrationRun struct {
 	ClientGap   time.Duration
 	Escalations []string
 	Healthy     bool
+	// TLS: the migration stream (and mirror) went over TLS.
+	TLS bool
 }
 
 // BenchMigrate migrates vm back and forth runs times, probing its counter
@@ -83,6 +85,7 @@ func (l *Lab) BenchMigrate(ctx context.Context, vm string, runs int, out io.Writ
 				m = &migrationView{phase: mv.Phase, err: mv.Error, pr: mv.Progress, steps: mv.Escalations()}
 				if mv.Dest != nil {
 					m.prepare = time.Duration(mv.Dest.PrepareMS) * time.Millisecond
+					m.tls = mv.Dest.TLS
 				}
 				break
 			}
@@ -98,11 +101,11 @@ func (l *Lab) BenchMigrate(ctx context.Context, vm string, runs int, out io.Writ
 		after, err := g.Counter(ctx, v.IP)
 		r := MigrationRun{From: v.Host, To: to, Wall: wall, QEMUTotal: ms2d(m.pr.TotalMS), QEMUDowntime: ms2d(m.pr.DowntimeMS),
 			Prepare: m.prepare, Mirror: ms2d(m.pr.MirrorMS), ClientGap: gap, Escalations: m.steps,
-			Healthy: err == nil && after.BootID == before.BootID && after.Counter > before.Counter}
+			Healthy: err == nil && after.BootID == before.BootID && after.Counter > before.Counter, TLS: m.tls}
 		r.Orchestration = r.Wall - r.Prepare - r.Mirror - r.QEMUTotal
 		res = append(res, r)
-		fmt.Fprintf(out, "run %d: %s -> %s wall %s, QEMU total %s, QEMU downtime %s, destination start %s, mirror %s, orchestration %s, client gap %s, healthy %v, escalations %v\n",
-			i+1, r.From, r.To, ms(r.Wall), ms(r.QEMUTotal), ms(r.QEMUDowntime), ms(r.Prepare), ms(r.Mirror), ms(r.Orchestration), ms(r.ClientGap), r.Healthy, r.Escalations)
+		fmt.Fprintf(out, "run %d: %s -> %s tls %v, wall %s, QEMU total %s, QEMU downtime %s, destination start %s, mirror %s, orchestration %s, client gap %s, healthy %v, escalations %v\n",
+			i+1, r.From, r.To, r.TLS, ms(r.Wall), ms(r.QEMUTotal), ms(r.QEMUDowntime), ms(r.Prepare), ms(r.Mirror), ms(r.Orchestration), ms(r.ClientGap), r.Healthy, r.Escalations)
 	}
 	return res, nil
 }
@@ -112,6 +115,7 @@ type migrationView struct {
 	pr         v1.MigrationProgress
 	steps      []string
 	prepare    time.Duration
+	tls        bool
 }
 
 func ms2d(ms int64) time.Duration { return time.Duration(ms) * time.Millisecond }

@@ -30,6 +30,10 @@ func (l *Lab) bootstrap(ctx context.Context) error {
 		return fmt.Errorf("vigil init on %s: %w", h1, err)
 	}
 	ticket := strings.TrimSpace(string(res.Stdout))
+	// The storage server's certificate needs the CA that init made.
+	if err := l.startStorage(ctx); err != nil {
+		return err
+	}
 	if err := l.powerOn(ctx, h1); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,6 +63,11 @@ type Config struct {
 	// CertLifetime is the hosts' certificates' lifetime (0: a year); a
 	// short one makes them renew during a test.
 	CertLifetime time.Duration
+	// PlainMigrationTo are hosts whose agents take live migrations in
+	// plaintext (--migration-tls=false): a migration to one of them
+	// goes without TLS, one from it to another host with it, for
+	// comparing the two in one run (lab bench migrate).
+	PlainMigrationTo []string
 	// Watchdog is each host's emulated watchdog: WatchdogBoard (default),
 	// WatchdogKernel or WatchdogNone.
 	Watchdog string
@@ -195,9 +201,6 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		if _, err := l.net.Exec(ctx, node, "sysctl", "-q", "-w", "net.ipv4.tcp_retries2=5"); err != nil {
 			l.log.Warn("tcp_retries2", "node", node, "err", err)
 		}
-	}
-	if err := l.startStorage(ctx); err != nil {
-		return fail(err)
 	}
 	for k := 1; k <= cfg.Hosts; k++ {
 		args := l.agentArgs(k)
@@ -433,14 +436,23 @@ func (l *Lab) Guests(host string, timeout time.Duration) (*guestclient.Client, e
 // VMSubnet is the VM network's subnet.
 func (l *Lab) VMSubnet() string { return l.net.Subnet(netlab.VM).String() }
 
+// StorageAPI is the shared storage server's https control API.
+func (l *Lab) StorageAPI() string { return l.storageURL() }
+
 func (l *Lab) storageURL() string {
-	return "http://" + l.net.StorageAddr().String() + ":" + strconv.Itoa(storagePort)
+	return "https://" + l.net.StorageAddr().String() + ":" + strconv.Itoa(storagePort)
 }
 
+// Its certificate comes first, as an operator makes it: `vigil cert
+// issue-storage` on host1, which holds the CA since `vigil init`.
 func (l *Lab) startStorage(ctx context.Context) error {
 	stor := l.net.StorageAddr().String()
+	if _, err := l.net.Exec(ctx, "h1", l.st.Config.Bin, "cert", "issue-storage", "--data-dir", filepath.Join(l.dir, HostName(1)),
+		"--address", stor, "--out", filepath.Join(l.dir, "storage-pki")); err != nil {
+		return fmt.Errorf("the storage server's certificate: %w", err)
+	}
 	args := []string{l.st.Config.Bin, "storage", "serve",
-		"--dir", filepath.Join(l.dir, "storage"),
+		"--dir", filepath.Join(l.dir, "storage"), "--pki-dir", filepath.Join(l.dir, "storage-pki"),
 		"--listen", stor + ":" + strconv.Itoa(storagePort),
 		"--nbd", stor + ":" + strconv.Itoa(nbdPort)}
 	if _, err := l.net.Spawn(ctx, netlab.StorageNode, netlab.ProcSpec{Name: "storage", Argv: args}); err != nil {
@@ -494,6 +506,9 @@ func (l *Lab) agentArgs(k int) []string {
 	}
 	if c.ImageDir != "" {
 		args = append(args, "--image-dir", c.ImageDir)
+	}
+	if slices.Contains(c.PlainMigrationTo, host) {
+		args = append(args, "--migration-tls=false")
 	}
 	if c.CertLifetime > 0 {
 		args = append(args, "--cert-lifetime", c.CertLifetime.String())

@@ -27,6 +27,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,10 @@ const (
 	CALifetime   = 10 * 365 * 24 * time.Hour
 	HostLifetime = 365 * 24 * time.Hour
 )
+
+// HostOrganization is the organisation of every host certificate: what
+// tells a host from the other certificates the CA signs (streams').
+const HostOrganization = "Vigil hosts"
 
 // ErrNoPKI is returned by Load for a directory without a host certificate.
 var ErrNoPKI = errors.New("no certificates")
@@ -211,7 +216,7 @@ func (a *Authority) Sign(pub crypto.PublicKey, sub Subject, now time.Time, lifet
 	}
 	tpl := &x509.Certificate{
 		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: sub.Host, Organization: []string{"Vigil hosts"}},
+		Subject:      pkix.Name{CommonName: sub.Host, Organization: []string{HostOrganization}},
 		// Hosts' clocks differ a little; a short lifetime (a test's) is
 		// not made mostly of this margin.
 		NotBefore:   now.Add(-min(5*time.Minute, lifetime/10)),
@@ -232,6 +237,16 @@ func (a *Authority) Sign(pub crypto.PublicKey, sub Subject, now time.Time, lifet
 // the request's, the subject the caller's (a request names its host, but
 // only the join that authenticated it decides).
 func (a *Authority) SignCSR(csrPEM []byte, sub Subject, now time.Time, lifetime time.Duration) ([]byte, error) {
+	pub, err := csrKey(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	return a.Sign(pub, sub, now, lifetime)
+}
+
+// csrKey is the public key of a PEM certificate request, once its
+// signature is checked (the requester holds the private key).
+func csrKey(csrPEM []byte) (crypto.PublicKey, error) {
 	blk, _ := pem.Decode(csrPEM)
 	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
 		return nil, errors.New("not a PEM certificate request")
@@ -246,7 +261,7 @@ func (a *Authority) SignCSR(csrPEM []byte, sub Subject, now time.Time, lifetime 
 	if _, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok {
 		return nil, errors.New("certificate request: want an ECDSA P-256 key")
 	}
-	return a.Sign(csr.PublicKey, sub, now, lifetime)
+	return csr.PublicKey, nil
 }
 
 // NewCSR makes a key and a certificate request for host.
@@ -283,17 +298,26 @@ func InitFor(dir string, sub Subject, now time.Time, lifetime time.Duration) (*A
 	if err := IssueLocal(dir, ca, sub, now, lifetime); err != nil {
 		return nil, err
 	}
+	if err := IssueLocalStream(dir, ca, sub, now); err != nil {
+		return nil, err
+	}
 	return ca, nil
 }
 
 // IssueLocal gives this host a fresh key and certificate signed by ca, in
 // dir (rotation and init).
 func IssueLocal(dir string, ca *Authority, sub Subject, now time.Time, lifetime time.Duration) error {
+	return issue(func(pub crypto.PublicKey) ([]byte, error) { return ca.Sign(pub, sub, now, lifetime) },
+		func(cert, key []byte) error { return SaveHost(dir, cert, key) })
+}
+
+// issue makes a key, has sign certify it and save keep both.
+func issue(sign func(crypto.PublicKey) ([]byte, error), save func(cert, key []byte) error) error {
 	k, err := NewKey()
 	if err != nil {
 		return err
 	}
-	cert, err := ca.Sign(k.Public(), sub, now, lifetime)
+	cert, err := sign(k.Public())
 	if err != nil {
 		return err
 	}
@@ -301,7 +325,7 @@ func IssueLocal(dir string, ca *Authority, sub Subject, now time.Time, lifetime 
 	if err != nil {
 		return err
 	}
-	return SaveHost(dir, cert, kb)
+	return save(cert, kb)
 }
 
 // SaveHost writes a host's certificate and key once it has checked that
@@ -428,7 +452,13 @@ func PeerHost(cs *tls.ConnectionState) string {
 	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 		return ""
 	}
-	return cs.VerifiedChains[0][0].Subject.CommonName
+	// The CA signs stream certificates too (QEMU's, which a VM's QEMU
+	// can read): those are no host, whatever they are named.
+	leaf := cs.VerifiedChains[0][0]
+	if !slices.Equal(leaf.Subject.Organization, []string{HostOrganization}) {
+		return ""
+	}
+	return leaf.Subject.CommonName
 }
 
 // PinnedTLS is the configuration of a client that trusts exactly the CA

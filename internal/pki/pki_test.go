@@ -2,11 +2,13 @@ package pki
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,4 +134,53 @@ func TestPinnedTLS(t *testing.T) {
 	if err := get(Fingerprint(other.Cert)); err == nil || !strings.Contains(err.Error(), "not the one the token pins") || sent {
 		t.Fatalf("pinned to another CA: %v (request arrived: %v)", err, sent)
 	}
+}
+
+// A stream certificate (a QEMU's) is signed by the cluster CA but is no
+// host: PeerHost, which every endpoint uses to tell a host, refuses it.
+func TestStreamCertificateIsNoHost(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := Init(dir, Subject{Host: "h1", IPs: []net.IP{net.IPv4(10, 0, 2, 1)}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadStream(dir)
+	if err != nil {
+		t.Fatalf("init made no stream certificate: %v", err)
+	}
+	leaf, err := ParseCert(c.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf.Subject.CommonName != "qemu@h1" || leaf.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+		t.Fatalf("stream certificate %q, key usage %v", leaf.Subject.CommonName, leaf.KeyUsage)
+	}
+	if !slices.ContainsFunc(leaf.IPAddresses, func(ip net.IP) bool { return ip.Equal(net.IPv4(10, 0, 2, 1)) }) {
+		t.Fatalf("stream certificate addresses %v: QEMU checks the server's against the address it dials", leaf.IPAddresses)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: poolOf(ca.Cert), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("stream certificate not signed by the CA: %v", err)
+	}
+	id, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := PeerHost(&tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf, ca.Cert}}}); got != "" {
+		t.Fatalf("PeerHost of a stream certificate = %q, want none", got)
+	}
+	if got := PeerHost(&tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{id.Leaf(), ca.Cert}}}); got != "h1" {
+		t.Fatalf("PeerHost of the host certificate = %q", got)
+	}
+	if StreamDN("h1") != "O=Vigil streams,CN=qemu@h1" {
+		t.Fatalf("StreamDN = %q", StreamDN("h1"))
+	}
+	if StreamDue(dir, time.Now()) || !StreamDue(dir, time.Now().Add(StreamLifetime*3/4)) || !StreamDue(t.TempDir(), time.Now()) {
+		t.Fatal("StreamDue: want false when fresh, true in the last third and when missing")
+	}
+}
+
+func poolOf(c *x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c)
+	return p
 }

@@ -403,10 +403,21 @@ func (c *Client) QueryMigrateSocketAddresses(ctx context.Context) ([]SocketAddre
 
 // NBDServerStart starts QEMU's built-in NBD server on a TCP address. QEMU
 // runs at most one NBD server; exports are added with BlockExportAddNBD.
-func (c *Client) NBDServerStart(ctx context.Context, host, port string) error {
+//
+// With tlsCreds (a tls-creds-x509 object's ID, endpoint server) clients
+// must negotiate TLS; tlsAuthz (an authz object's ID) then admits only
+// the client certificates it names. Both "": plaintext.
+func (c *Client) NBDServerStart(ctx context.Context, host, port, tlsCreds, tlsAuthz string) error {
 	// nbd-server-start still takes the legacy, nested SocketAddress form.
 	addr := map[string]any{"type": "inet", "data": map[string]any{"host": host, "port": port}}
-	return c.Execute(ctx, "nbd-server-start", map[string]any{"addr": addr}, nil)
+	args := map[string]any{"addr": addr}
+	if tlsCreds != "" {
+		args["tls-creds"] = tlsCreds
+	}
+	if tlsAuthz != "" {
+		args["tls-authz"] = tlsAuthz
+	}
+	return c.Execute(ctx, "nbd-server-start", args, nil)
 }
 
 // NBDServerStop stops the NBD server and removes every NBD export; QEMU

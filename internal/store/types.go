@@ -418,6 +418,9 @@ type MigrationTarget struct {
 	ID    string                `json:"id"`
 	Phase migration.TargetPhase `json:"phase"`
 	URI   string                `json:"uri,omitempty"`
+	// TLS: the destination takes the stream and the NBD exports over TLS
+	// only, and the source connects so.
+	TLS bool `json:"tls,omitempty"`
 	// NBD lists, per disk index, where the source mirrors that disk.
 	NBD       []MigrationNBD `json:"nbd,omitempty"`
 	Error     string         `json:"error,omitempty"`

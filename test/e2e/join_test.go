@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/vigilha/vigil/internal/hostwrite"
 	"github.com/vigilha/vigil/internal/httpjson"
 	"github.com/vigilha/vigil/internal/pki"
+	"github.com/vigilha/vigil/internal/storage/shared"
 	"github.com/vigilha/vigil/internal/store"
 	"github.com/vigilha/vigil/internal/testenv"
 )
@@ -185,8 +187,71 @@ func checkHostScope(t *testing.T, l *testenv.Lab, host, pkiDir string) {
 		t.Errorf("%s reported the status of a VM placed on %s: HTTP %d %s", host, vm.Host, code, b)
 	}
 	t.Logf("%s: etcd refuses its writes beyond its own keys; the API refuses its report on %s's VM: %s", host, vm.Host, strings.TrimSpace(b))
+	checkStorageScope(ctx, t, l, host, pkiDir, hc, vm.Host)
 	if got := l.WaitVM("scoped", 5*time.Second, "still running", func(x v1.VM) bool { return x.State == "running" }); got.Host != vm.Host {
 		t.Fatalf("the VM moved: %s", got.Host)
+	}
+}
+
+// checkStorageScope: the shared storage server takes host's certificate
+// for host alone, and nothing in plaintext; host's stream certificate
+// (its QEMUs') cannot open the export of the VM that runs on owner.
+func checkStorageScope(ctx context.Context, t *testing.T, l *testenv.Lab, host, pkiDir string, hc *http.Client, owner string) {
+	t.Helper()
+	api := l.StorageAPI()
+	var exps []shared.Export
+	code, body, err := httpjson.Call(ctx, hc, http.MethodGet, api+"/v1/exports", nil, 1<<20)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("%s lists the storage server's exports: HTTP %d %s %v", host, code, body, err)
+	}
+	if err := json.Unmarshal(body, &exps); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(exps, func(e shared.Export) bool { return e.VM == "scoped" && e.Host == owner })
+	if i < 0 {
+		t.Fatalf("no export of scoped for %s: %+v", owner, exps)
+	}
+	e := exps[i]
+	req := shared.ExportRequest{VM: e.VM, UID: e.UID, Disk: e.Disk, Host: owner, Generation: e.Generation}
+	code, body, err = httpjson.Call(ctx, hc, http.MethodPost, api+"/v1/exports", req, 1<<16)
+	if err != nil || code != http.StatusForbidden {
+		t.Errorf("%s asked the storage server for %s's export: HTTP %d %s %v, want 403", host, owner, code, body, err)
+	}
+	// Plaintext HTTP gets no answer from the API (Go's TLS server says 400
+	// to an HTTP request, and nothing more).
+	plain := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: hc.Transport.(*http.Transport).DialContext}}
+	if code, b, err := httpjson.Call(ctx, plain, http.MethodGet, "http"+strings.TrimPrefix(api, "https")+"/v1/exports", nil, 1<<16); err == nil && code < 400 {
+		t.Errorf("the storage API answered plaintext HTTP: %d %s", code, b)
+	}
+	// NBD: host's stream credentials on owner's NBD server, and no
+	// credentials at all, are refused.
+	creds, err := pki.LoadStream(pkiDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := filepath.Join(t.TempDir(), "qemu-tls")
+	if err := creds.WriteQEMUDir(tlsDir, -1); err != nil {
+		t.Fatal(err)
+	}
+	storIP := strings.Split(strings.TrimPrefix(api, "https://"), ":")[0]
+	opts := fmt.Sprintf("driver=nbd,server.type=inet,server.host=%s,server.port=%d,export=%s", storIP, e.Port, strings.ReplaceAll(e.Export, ",", ",,"))
+	for _, try := range []struct {
+		what string
+		argv []string
+	}{
+		{host + "'s stream certificate", []string{"qemu-img", "info", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + tlsDir, "--image-opts", opts + ",tls-creds=tls0"}},
+		{"plaintext", []string{"qemu-img", "info", "--image-opts", opts}},
+	} {
+		cmd, err := l.Exec(ctx, "host1", try.argv...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("%s opened %s's export %s: %s", try.what, owner, e.Export, out)
+		} else {
+			t.Logf("NBD with %s: refused: %s", try.what, strings.TrimSpace(string(out)))
+		}
 	}
 }
 

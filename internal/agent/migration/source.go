@@ -69,7 +69,7 @@ func (r *Reconciler) migrateOut(ctx context.Context, mig driver.Migrator, v *sto
 		r.reportSource(ctx, name, rep)
 		var targets []driver.MirrorTarget
 		for _, n := range tgt.NBD {
-			targets = append(targets, driver.MirrorTarget{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export})
+			targets = append(targets, driver.MirrorTarget{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export, TLS: tgt.TLS})
 		}
 		last, mirrorStart := time.Time{}, time.Now()
 		err := mig.MirrorDisks(ctx, name, targets, int64(v.Record.VM.Spec.Migration.MaxBandwidth), func(done, total int64) {
@@ -96,7 +96,7 @@ func (r *Reconciler) migrateOut(ctx context.Context, mig driver.Migrator, v *sto
 	}
 	// Auto-converge starts dormant: the stall detector wakes it up.
 	dormant := proto.DormantThrottle()
-	ms := driver.MigrateSpec{URI: tgt.URI, Postcopy: p.Postcopy, DowntimeLimit: initialDowntime, AutoConverge: &dormant,
+	ms := driver.MigrateSpec{URI: tgt.URI, TLS: tgt.TLS, Postcopy: p.Postcopy, DowntimeLimit: initialDowntime, AutoConverge: &dormant,
 		MaxBandwidth: int64(v.Record.VM.Spec.Migration.MaxBandwidth)}
 	if !p.Postcopy {
 		ms.Multifd = multifdChannels

@@ -81,7 +81,7 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 		fail(err)
 		return
 	}
-	spec := driver.IncomingSpec{ListenIP: r.storageIP, Postcopy: p.Postcopy, NBDDisks: nbdDisks, LateBlockActivate: p.ReplicaGeneration > 0}
+	spec := driver.IncomingSpec{ListenIP: r.storageIP, Source: p.Source, Postcopy: p.Postcopy, NBDDisks: nbdDisks, LateBlockActivate: p.ReplicaGeneration > 0}
 	if !p.Postcopy {
 		spec.Multifd = multifdChannels
 	}
@@ -90,7 +90,7 @@ func (r *Reconciler) migrateIn(ctx context.Context, mig driver.Migrator, v *stor
 		fail(err)
 		return
 	}
-	rep.Phase, rep.URI, rep.PrepareMS = proto.TargetReady, inc.URI, time.Since(start).Milliseconds()
+	rep.Phase, rep.URI, rep.TLS, rep.PrepareMS = proto.TargetReady, inc.URI, inc.TLS, time.Since(start).Milliseconds()
 	for _, n := range inc.NBD {
 		rep.NBD = append(rep.NBD, store.MigrationNBD{Disk: n.Disk, Host: n.Host, Port: n.Port, Export: n.Export})
 	}

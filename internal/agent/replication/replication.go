@@ -162,7 +162,7 @@ func (m *Manager) reconcile(ctx context.Context) {
 					}
 					return replicated.PublishCopy(sctx, m.cfg.Datastore.Records(), name, m.cfg.Host, rs.Generation, d.spec.Name, identity)
 				}
-				if err := m.cfg.Datastore.Server().Serve(sctx, ref, d.spec.Name, int64(d.spec.Size), rs.Generation, oldClient, publish); err != nil {
+				if err := m.cfg.Datastore.Server().Serve(sctx, ref, d.spec.Name, rs.Primary, int64(d.spec.Size), rs.Generation, oldClient, publish); err != nil {
 					m.log.Warn("replication: cannot serve replica", "vm", name, "disk", d.spec.Name, "err", err)
 				}
 				cancel()
@@ -175,7 +175,7 @@ func (m *Manager) reconcile(ctx context.Context) {
 			for _, d := range disks {
 				serving[name+"/"+d.spec.Name] = true
 				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				if err := m.cfg.Datastore.Server().ServeHandOver(sctx, ref, d.spec.Name, int64(d.spec.Size), gen); err != nil {
+				if err := m.cfg.Datastore.Server().ServeHandOver(sctx, ref, d.spec.Name, rs.Peer, int64(d.spec.Size), gen); err != nil {
 					m.log.Warn("replication: cannot serve this copy for the hand-over", "vm", name, "disk", d.spec.Name, "err", err)
 				}
 				cancel()
@@ -649,7 +649,7 @@ func (p *primary) resync(ctx context.Context, d diskRef, rs *store.ReplicaSet) {
 	peer := rs.Peer
 	t, err := cfg.Datastore.Target(ctx, peer, p.vm, d.spec.Name, p.gen)
 	if err == nil {
-		err = replicated.WaitExport(ctx, t, time.Second)
+		err = cfg.Datastore.Server().WaitExport(ctx, t, time.Second)
 	}
 	if err == nil {
 		// Read after the export answers: the identity is the served copy's.

@@ -298,10 +298,12 @@ type MigrationProgress struct {
 
 // MigrationEndpoint is the destination's side of a migration.
 type MigrationEndpoint struct {
-	Phase     string    `json:"phase"`
-	URI       string    `json:"uri,omitempty"`
-	Error     string    `json:"error,omitempty"`
-	PrepareMS int64     `json:"prepareMs,omitempty"`
+	Phase     string `json:"phase"`
+	URI       string `json:"uri,omitempty"`
+	Error     string `json:"error,omitempty"`
+	PrepareMS int64  `json:"prepareMs,omitempty"`
+	// TLS: the destination takes the stream (and mirrored disks) over TLS.
+	TLS       bool      `json:"tls,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }
 
@@ -513,11 +515,14 @@ type TokenInfo struct {
 // addresses its certificate must hold, and for a server token the URLs
 // its etcd member will use.
 type JoinRequest struct {
-	TokenID string   `json:"tokenID"`
-	Secret  string   `json:"secret"`
-	Host    string   `json:"host"`
-	CSR     string   `json:"csr"`
-	IPs     []string `json:"ips,omitempty"`
+	TokenID string `json:"tokenID"`
+	Secret  string `json:"secret"`
+	Host    string `json:"host"`
+	CSR     string `json:"csr"`
+	// StreamCSR requests the host's stream certificate (its QEMUs'
+	// identity on migration and storage streams), for another key.
+	StreamCSR string   `json:"streamCSR,omitempty"`
+	IPs       []string `json:"ips,omitempty"`
 	// EtcdPeerURL is a server's etcd peer URL (https).
 	EtcdPeerURL string `json:"etcdPeerURL,omitempty"`
 }
@@ -526,10 +531,12 @@ type JoinRequest struct {
 // for a control-plane member the CA key (it signs joins too) and its etcd
 // member's initial cluster.
 type JoinResponse struct {
-	CA     string `json:"ca"`
-	Cert   string `json:"cert"`
-	CAKey  string `json:"caKey,omitempty"`
-	Server bool   `json:"server"`
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	// StreamCert answers JoinRequest.StreamCSR.
+	StreamCert string `json:"streamCert,omitempty"`
+	CAKey      string `json:"caKey,omitempty"`
+	Server     bool   `json:"server"`
 	// InitialCluster ("name=peerURL,...") for the new etcd member, which
 	// starts as a learner of the existing cluster and is promoted once it
 	// has caught up.
@@ -540,13 +547,15 @@ type JoinResponse struct {
 
 // RenewRequest asks a member to renew the caller's host certificate (POST
 // /api/v1/certificates/renew, authenticated by that certificate): the
-// new key's certificate request.
+// new key's certificate request, or the new stream key's, or both.
 type RenewRequest struct {
-	CSR string `json:"csr"`
+	CSR       string `json:"csr,omitempty"`
+	StreamCSR string `json:"streamCSR,omitempty"`
 }
 
 // RenewResponse is the new certificate, for the host and addresses the
 // caller's current certificate names.
 type RenewResponse struct {
-	Cert string `json:"cert"`
+	Cert       string `json:"cert,omitempty"`
+	StreamCert string `json:"streamCert,omitempty"`
 }

@@ -58,7 +58,10 @@ const firstTapFD = 3
 // buildArgs renders the QEMU command line. It is pure, so that the exact
 // shape of a VM (and the contract "-name <vm>" that operators and checks
 // rely on) is unit-tested.
-func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, error) {
+//
+// With tls, NBD disks connect over TLS with the client credentials in the
+// runtime directory's tls/ (the driver writes them before the start).
+func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths, tls bool) ([]string, error) {
 	if cfg.Name == "" {
 		return nil, fmt.Errorf("vm config without a name")
 	}
@@ -109,6 +112,10 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 			a = append(a, "-append", cfg.Cmdline)
 		}
 	}
+	if tls {
+		// Before the disks: a -blockdev names it.
+		a = append(a, tlsCredsArg(p)...)
+	}
 	if cfg.Layout == driver.LayoutPorts {
 		if len(cfg.Disks) > diskPorts || len(cfg.NICs) > nicPorts {
 			return nil, fmt.Errorf("%s has %d disks and %d NICs; at most %d and %d", cfg.Name, len(cfg.Disks), len(cfg.NICs), diskPorts, nicPorts)
@@ -116,7 +123,7 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths) ([]string, er
 		a = append(a, rootPorts()...)
 	}
 	for i, d := range cfg.Disks {
-		args, err := diskArgs(i, d, cfg.Kernel == "" && i == 0)
+		args, err := diskArgs(i, d, cfg.Kernel == "" && i == 0, tls)
 		if err != nil {
 			return nil, err
 		}
@@ -239,11 +246,11 @@ func cpuDevice(accel string, k int) string {
 
 // diskArgs opens disk i: its nodes in QEMU's JSON syntax, the very
 // arguments a live AddDisk gives blockdev-add (diskNodes), and its device.
-func diskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
+func diskArgs(i int, d driver.DiskConfig, boot, tls bool) ([]string, error) {
 	if d.Replicated {
-		return replicatedDiskArgs(i, d, boot)
+		return replicatedDiskArgs(i, d, boot, tls)
 	}
-	proto, format, err := diskNodes(i, d)
+	proto, format, err := diskNodes(i, d, tls)
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +277,7 @@ func diskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
 // copy (read-pattern fifo). Without a replica the second child is a second
 // node on the local file (without its own lock): writes then need only the
 // local copy, and a resync later replaces that child by the replica.
-func replicatedDiskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error) {
+func replicatedDiskArgs(i int, d driver.DiskConfig, boot, tls bool) ([]string, error) {
 	if d.Format != "raw" || d.Path == "" {
 		return nil, fmt.Errorf("disk %s: a replicated disk is a raw local file", d.Name)
 	}
@@ -280,6 +287,9 @@ func replicatedDiskArgs(i int, d driver.DiskConfig, boot bool) ([]string, error)
 	if r := d.Replica; r != nil {
 		second = fmt.Sprintf("driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%d,export=%s,reconnect-delay=0,open-timeout=5",
 			replicaNode(i), escapeOpt(r.Host), r.Port, escapeOpt(r.Export))
+		if tls {
+			second += ",tls-creds=" + tlsClientID
+		}
 		child = replicaNode(i)
 	}
 	q := fmt.Sprintf("driver=quorum,node-name=%s,vote-threshold=2,read-pattern=fifo,children.0=%s,children.1=%s", diskNode(i), localNode(i), child)

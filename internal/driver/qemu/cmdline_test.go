@@ -26,7 +26,7 @@ func option(args []string, flag string) []string {
 // balloon.
 func TestCPULayout(t *testing.T) {
 	p := pathsFor("/run/x")
-	grow, err := buildArgs(&driver.VMConfig{Name: "web", CPUs: 3, MaxCPUs: 4, MemoryMiB: 256}, "tcg", p)
+	grow, err := buildArgs(&driver.VMConfig{Name: "web", CPUs: 3, MaxCPUs: 4, MemoryMiB: 256}, "tcg", p, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,11 +43,11 @@ func TestCPULayout(t *testing.T) {
 	if !slices.Equal(cpus, want) {
 		t.Fatalf("CPU devices %v, want %v", cpus, want)
 	}
-	kvm, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 2, MaxCPUs: 4, MemoryMiB: 256}, "kvm", p)
+	kvm, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 2, MaxCPUs: 4, MemoryMiB: 256}, "kvm", p, false)
 	if !slices.Contains(option(kvm, "-device"), "host-x86_64-cpu,id=vcpu1,socket-id=0,core-id=1,thread-id=0") {
 		t.Fatalf("KVM CPU devices: %v", option(kvm, "-device"))
 	}
-	fixed, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 2, MemoryMiB: 256}, "tcg", p)
+	fixed, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 2, MemoryMiB: 256}, "tcg", p, false)
 	if got := option(fixed, "-smp"); !slices.Equal(got, []string{"2"}) {
 		t.Fatalf("-smp %v without maxCpus", got)
 	}
@@ -64,7 +64,7 @@ func TestCPULayout(t *testing.T) {
 // migration target of a grown VM); one without has neither.
 func TestMemoryLayout(t *testing.T) {
 	p := pathsFor("/run/x")
-	grown, err := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256, MaxMemoryMiB: 512, CurrentMemoryMiB: 384}, "tcg", p)
+	grown, err := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256, MaxMemoryMiB: 512, CurrentMemoryMiB: 384}, "tcg", p, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +77,11 @@ func TestMemoryLayout(t *testing.T) {
 	if !slices.Contains(option(grown, "-device"), "virtio-mem-pci,id=vmem0,memdev=memhp0,requested-size=128M") {
 		t.Fatalf("no virtio-mem device plugged to 128M: %v", option(grown, "-device"))
 	}
-	ballooned, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256, MaxMemoryMiB: 512, CurrentMemoryMiB: 192}, "tcg", p)
+	ballooned, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256, MaxMemoryMiB: 512, CurrentMemoryMiB: 192}, "tcg", p, false)
 	if !slices.Contains(option(ballooned, "-device"), "virtio-mem-pci,id=vmem0,memdev=memhp0,requested-size=0M") {
 		t.Fatalf("a VM below its boot memory has memory plugged: %v", option(ballooned, "-device"))
 	}
-	fixed, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256}, "tcg", p)
+	fixed, _ := buildArgs(&driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256}, "tcg", p, false)
 	if got := option(fixed, "-m"); !slices.Equal(got, []string{"256"}) || len(option(fixed, "-object")) != 0 {
 		t.Fatalf("without maxMemory: -m %v, -object %v", got, option(fixed, "-object"))
 	}

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,7 +57,10 @@ type Config struct {
 	// DiskRoots are the datastore directories on this host where a VM's
 	// disks live, each in a directory named for the VM.
 	DiskRoots []string
-	Log       *slog.Logger
+	// Streams are the host's stream credentials (nil: NBD disks and
+	// migrations in plaintext, for tests of the driver alone).
+	Streams *Streams
+	Log     *slog.Logger
 }
 
 // Driver runs VMs as QEMU processes.
@@ -73,6 +77,9 @@ type Driver struct {
 	versionStr  string
 	major       int
 	minor       int
+
+	// objSeq numbers per-migration QEMU objects (nextObjectID).
+	objSeq atomic.Int64
 
 	mu  sync.Mutex
 	vms map[string]*instance
@@ -251,9 +258,14 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	}
 	rotate(p.Console, 4<<20)
 	rotate(p.Log, 1<<20)
-	args, err := buildArgs(cfg, accel, p)
+	args, err := buildArgs(cfg, accel, p, d.cfg.Streams != nil)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
+	}
+	if d.cfg.Streams != nil {
+		if err := d.writeStreamCreds(p); err != nil {
+			return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
+		}
 	}
 	var taps []*os.File
 	defer func() {

@@ -26,7 +26,7 @@ func (d *Driver) AddDisk(ctx context.Context, name string, disk driver.DiskConfi
 	if disk.Replicated {
 		return fmt.Errorf("add disk %s to %s: a replicated disk is added at the VM's next start, not live", disk.Name, name)
 	}
-	proto, format, err := diskNodes(i, disk)
+	proto, format, err := diskNodes(i, disk, d.cfg.Streams != nil)
 	if err != nil {
 		return fmt.Errorf("add disk %s to %s: %w", disk.Name, name, err)
 	}
@@ -143,7 +143,9 @@ func (d *Driver) hotplugSlot(name, kind string, count func(*driver.VMConfig) (in
 
 // diskNodes are disk i's protocol and format nodes as blockdev-add
 // arguments: the same options diskArgs gives on the command line.
-func diskNodes(i int, d driver.DiskConfig) (proto, format map[string]any, err error) {
+//
+// With tls, an NBD disk connects with the client credentials made at start.
+func diskNodes(i int, d driver.DiskConfig, tls bool) (proto, format map[string]any, err error) {
 	if d.Format != "qcow2" && d.Format != "raw" {
 		return nil, nil, fmt.Errorf("disk %s: format %q is not qcow2 or raw", d.Name, d.Format)
 	}
@@ -153,6 +155,9 @@ func diskNodes(i int, d driver.DiskConfig) (proto, format map[string]any, err er
 		proto = map[string]any{"driver": "nbd", "node-name": protoName,
 			"server": map[string]any{"type": "inet", "host": d.NBD.Host, "port": strconv.Itoa(d.NBD.Port)},
 			"export": d.NBD.Export, "reconnect-delay": 2}
+		if tls {
+			proto["tls-creds"] = tlsClientID
+		}
 		format = map[string]any{"driver": d.Format, "node-name": diskNode(i), "file": protoName}
 	case d.Path != "":
 		cache := map[string]any{"direct": d.DirectIO}

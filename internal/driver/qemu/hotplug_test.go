@@ -25,7 +25,7 @@ func TestPortLayout(t *testing.T) {
 	cfg := &driver.VMConfig{Name: "web", CPUs: 1, MemoryMiB: 256, Layout: driver.LayoutPorts,
 		Disks: []driver.DiskConfig{{Name: "root", Path: "/d/root.qcow2", Format: "qcow2"}, {Name: "data", NBD: &driver.NBDTarget{Host: "10.0.0.1", Port: 10809, Export: "x"}, Format: "raw"}},
 		NICs:  []driver.NICConfig{{MAC: "52:54:00:00:00:01"}}}
-	a, err := buildArgs(cfg, "tcg", pathsFor("/run/x"))
+	a, err := buildArgs(cfg, "tcg", pathsFor("/run/x"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestPortLayout(t *testing.T) {
 		}
 	}
 	cfg.Layout = driver.LayoutFlat
-	flat, _ := buildArgs(cfg, "tcg", pathsFor("/run/x"))
+	flat, _ := buildArgs(cfg, "tcg", pathsFor("/run/x"), false)
 	for _, d := range option(flat, "-device") {
 		if strings.HasPrefix(d, "pcie-root-port") || strings.Contains(d, "bus=rp") {
 			t.Errorf("flat layout has %s", d)
@@ -114,11 +114,11 @@ func TestHotplugDiskThenMigrate(t *testing.T) {
 	in.Layout = driver.LayoutPorts
 	in.Disks = append(in.Disks, scratch)
 	dst.start(ctx, in)
-	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1"})
+	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, DowntimeLimit: 300 * time.Millisecond}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, TLS: inc.TLS, DowntimeLimit: 300 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	info := waitMigration(ctx, t, src, name)

@@ -77,11 +77,20 @@ func (d *Driver) mirrorDisks(ctx context.Context, name string, targets []driver.
 		}
 	}()
 	noDismiss := false
+	creds := ""
+	if slices.ContainsFunc(targets, func(t driver.MirrorTarget) bool { return t.TLS }) {
+		if creds, err = d.addTLSCreds(ctx, c, in, tlsEndpointCli); err != nil {
+			return err
+		}
+	}
 	for _, t := range targets {
 		node := mirrorNode(t.Disk)
 		opts := map[string]any{
 			"driver": "nbd", "node-name": node, "export": t.Export,
 			"server": qmp.SocketAddress{Type: "inet", Host: t.Host, Port: strconv.Itoa(t.Port), KeepAlive: true},
+		}
+		if t.TLS {
+			opts["tls-creds"] = creds
 		}
 		if err := call(ctx, func(ctx context.Context) error { return c.BlockdevAdd(ctx, opts) }); err != nil {
 			return fmt.Errorf("connect to %s:%d export %s for disk %d: %w", t.Host, t.Port, t.Export, t.Disk, err)
@@ -266,7 +275,7 @@ func (d *Driver) startMigration(ctx context.Context, name string, s driver.Migra
 	case s.MaxBandwidth < 0 || s.DowntimeLimit < 0:
 		return fmt.Errorf("negative limit (bandwidth %d, downtime %s)", s.MaxBandwidth, s.DowntimeLimit)
 	}
-	c, _, err := d.migClient(name)
+	c, in, err := d.migClient(name)
 	if err != nil {
 		return err
 	}
@@ -274,6 +283,15 @@ func (d *Driver) startMigration(ctx context.Context, name string, s driver.Migra
 		return err
 	} else if migrationRunning(mi.Status) || migrationPostcopy(mi.Status) {
 		return fmt.Errorf("a migration is already %s", mi.Status)
+	}
+	// The destination said whether it takes TLS; QEMU checks its
+	// certificate against the URI's address. "" says plaintext (QEMU keeps
+	// an earlier migration's parameters otherwise).
+	creds := ""
+	if s.TLS {
+		if creds, err = d.addTLSCreds(ctx, c, in, tlsEndpointCli); err != nil {
+			return err
+		}
 	}
 	caps := map[string]bool{"events": true, "postcopy-ram": s.Postcopy, "multifd": s.Multifd > 0, "auto-converge": s.AutoConverge != nil}
 	if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetCapabilities(ctx, caps) }); err != nil {
@@ -283,7 +301,7 @@ func (d *Driver) startMigration(ctx context.Context, name string, s driver.Migra
 	if downtime == 0 {
 		downtime = defaultDowntime
 	}
-	params := map[string]any{"downtime-limit": downtime.Milliseconds(), "max-bandwidth": s.MaxBandwidth}
+	params := map[string]any{"downtime-limit": downtime.Milliseconds(), "max-bandwidth": s.MaxBandwidth, "tls-creds": creds}
 	if s.Multifd > 0 {
 		params["multifd-channels"] = s.Multifd
 	}

@@ -83,15 +83,28 @@ func (d *Driver) prepareIncoming(ctx context.Context, name string, s driver.Inco
 	if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetCapabilities(ctx, caps) }); err != nil {
 		return driver.Incoming{}, fmt.Errorf("capabilities: %w", err)
 	}
-	if s.Multifd > 0 {
-		p := map[string]any{"multifd-channels": s.Multifd}
-		if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetParameters(ctx, p) }); err != nil {
-			return driver.Incoming{}, fmt.Errorf("parameters: %w", err)
+	// With TLS, the stream and the mirror exports take the source host's
+	// stream certificate alone; without, an empty tls-creds says plaintext
+	// (QEMU keeps parameters from an earlier attempt otherwise).
+	var sec nbdSecurity
+	if d.cfg.Streams != nil && d.cfg.Streams.Migration {
+		if sec.creds, err = d.addTLSCreds(ctx, c, in, tlsEndpointServ); err != nil {
+			return driver.Incoming{}, err
 		}
+		if sec.authz, err = d.addAuthz(ctx, c, s.Source); err != nil {
+			return driver.Incoming{}, err
+		}
+	}
+	p := map[string]any{"tls-creds": sec.creds, "tls-authz": sec.authz}
+	if s.Multifd > 0 {
+		p["multifd-channels"] = s.Multifd
+	}
+	if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetParameters(ctx, p) }); err != nil {
+		return driver.Incoming{}, fmt.Errorf("parameters: %w", err)
 	}
 	var exports []driver.NBDExport
 	if len(s.NBDDisks) > 0 {
-		if exports, err = d.exportDisks(ctx, c, in, ip, s.NBDDisks); err != nil {
+		if exports, err = d.exportDisks(ctx, c, in, ip, s.NBDDisks, sec); err != nil {
 			return driver.Incoming{}, err
 		}
 	}
@@ -126,13 +139,19 @@ func (d *Driver) prepareIncoming(ctx context.Context, name string, s driver.Inco
 		undo()
 		return driver.Incoming{}, fmt.Errorf("QEMU reports no listening port (socket-address %+v)", addrs)
 	}
-	inc := driver.Incoming{URI: "tcp:" + net.JoinHostPort(ip.String(), port), NBD: exports}
-	d.log.Info("migration: destination ready", "vm", name, "uri", inc.URI, "postcopy", s.Postcopy, "multifd", s.Multifd, "nbd", len(exports))
+	inc := driver.Incoming{URI: "tcp:" + net.JoinHostPort(ip.String(), port), NBD: exports, TLS: sec.creds != ""}
+	d.log.Info("migration: destination ready", "vm", name, "uri", inc.URI, "tls", inc.TLS, "postcopy", s.Postcopy, "multifd", s.Multifd, "nbd", len(exports))
 	return inc, nil
 }
 
+// nbdSecurity is the TLS of an NBD server or a migration stream: the
+// credentials and authorisation objects (both "" for plaintext).
+type nbdSecurity struct {
+	creds, authz string
+}
+
 // exportDisks starts the NBD server on ip and exports each disk writable.
-func (d *Driver) exportDisks(ctx context.Context, c *qmp.Client, in *instance, ip net.IP, disks []int) ([]driver.NBDExport, error) {
+func (d *Driver) exportDisks(ctx context.Context, c *qmp.Client, in *instance, ip net.IP, disks []int, sec nbdSecurity) ([]driver.NBDExport, error) {
 	n := len(in.rec.Config.Disks)
 	for i, idx := range disks {
 		if idx < 0 || idx >= n {
@@ -142,7 +161,7 @@ func (d *Driver) exportDisks(ctx context.Context, c *qmp.Client, in *instance, i
 			return nil, fmt.Errorf("NBD disk %d listed twice", idx)
 		}
 	}
-	port, err := startNBDServer(ctx, c, ip)
+	port, err := startNBDServer(ctx, c, ip, sec)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +177,7 @@ func (d *Driver) exportDisks(ctx context.Context, c *qmp.Client, in *instance, i
 		}); err != nil {
 			return fail(fmt.Errorf("export disk %d: %w", idx, err))
 		}
-		out = append(out, driver.NBDExport{Disk: idx, Host: ip.String(), Port: port, Export: node})
+		out = append(out, driver.NBDExport{Disk: idx, Host: ip.String(), Port: port, Export: node, TLS: sec.creds != ""})
 	}
 	if err := ensureActive(ctx, c, disks); err != nil {
 		return fail(err)
@@ -167,7 +186,7 @@ func (d *Driver) exportDisks(ctx context.Context, c *qmp.Client, in *instance, i
 }
 
 // startNBDServer starts QEMU's NBD server on a free port of ip.
-func startNBDServer(ctx context.Context, c *qmp.Client, ip net.IP) (int, error) {
+func startNBDServer(ctx context.Context, c *qmp.Client, ip net.IP, sec nbdSecurity) (int, error) {
 	var err error
 	for range nbdPortAttempts {
 		var port int
@@ -175,7 +194,7 @@ func startNBDServer(ctx context.Context, c *qmp.Client, ip net.IP) (int, error) 
 			return 0, err
 		}
 		err = call(ctx, func(ctx context.Context) error {
-			return c.NBDServerStart(ctx, ip.String(), strconv.Itoa(port))
+			return c.NBDServerStart(ctx, ip.String(), strconv.Itoa(port), sec.creds, sec.authz)
 		})
 		if err == nil {
 			return port, nil

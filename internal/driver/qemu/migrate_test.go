@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/vigilha/vigil/internal/guest/dirty"
 	"github.com/vigilha/vigil/internal/guest/httpapi"
 	"github.com/vigilha/vigil/internal/guest/ledger"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/protocol/migration"
 )
 
@@ -50,6 +52,8 @@ type migHost struct {
 	name string
 	d    *Driver
 	port int // host side of the port forward
+	// as is the host whose stream certificate this one presents.
+	as *atomic.Pointer[string]
 }
 
 func needMigrationEnv(t *testing.T) {
@@ -91,7 +95,9 @@ exec %[1]s "$@" -no-reboot \
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})).With("host", name)
-	h.d, err = New(Config{Binary: wrapper, RunDir: filepath.Join(dir, "run"), Accel: AccelTCG, Log: log})
+	streams, as := streamsAs(t, name)
+	h.as = as
+	h.d, err = New(Config{Binary: wrapper, RunDir: filepath.Join(dir, "run"), Accel: AccelTCG, Streams: streams, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +386,7 @@ func TestMigratePrecopy(t *testing.T) {
 	// The destination opens the same image while the source holds it:
 	// QEMU opens an -incoming VM's images inactive, without their lock.
 	dst.start(ctx, vmConfig(name, disk, "defer"))
-	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1"})
+	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,7 +396,7 @@ func TestMigratePrecopy(t *testing.T) {
 	p := startProber(src, dst)
 	time.Sleep(300 * time.Millisecond) // some answers from the source first
 	start := time.Now()
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, DowntimeLimit: 300 * time.Millisecond}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, TLS: inc.TLS, DowntimeLimit: 300 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	info := waitMigration(ctx, t, src, name)
@@ -446,7 +452,7 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 		t.Fatalf("dirtier = %+v", ds)
 	}
 	dst.start(ctx, vmConfig(name, disk, "defer"))
-	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Postcopy: true})
+	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src", Postcopy: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +460,7 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 	policy := migration.StallPolicy{InitialDowntime: 300 * time.Millisecond, MaxDowntime: time.Second, AllowPostcopy: true,
 		AutoConverge: true, StallWindow: 1500 * time.Millisecond, Timeout: time.Minute}
 	start := time.Now()
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Postcopy: true, AutoConverge: dormant(),
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, TLS: inc.TLS, Postcopy: true, AutoConverge: dormant(),
 		DowntimeLimit: policy.InitialDowntime, MaxBandwidth: 32 << 20}); err != nil {
 		t.Fatal(err)
 	}
@@ -583,15 +589,30 @@ func TestMigrateSharedNothing(t *testing.T) {
 	}
 
 	dst.start(ctx, vmConfig(name, dstDisk, "defer"))
-	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Multifd: 2, NBDDisks: []int{0}})
+	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src", Multifd: 2, NBDDisks: []int{0}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(inc.NBD) != 1 || inc.NBD[0].Disk != 0 || inc.NBD[0].Host != "127.0.0.1" || inc.NBD[0].Port == 0 {
+	if len(inc.NBD) != 1 || inc.NBD[0].Disk != 0 || inc.NBD[0].Host != "127.0.0.1" || inc.NBD[0].Port == 0 || !inc.TLS || !inc.NBD[0].TLS {
 		t.Fatalf("incoming = %+v", inc)
 	}
+	// The destination takes TLS only, and from the source host alone.
+	plain := []driver.MirrorTarget{inc.NBD[0]}
+	plain[0].TLS = false
+	if err := src.d.MirrorDisks(ctx, name, plain, 0, nil); err == nil {
+		t.Fatal("a plaintext mirror into a TLS destination succeeded")
+	} else {
+		t.Logf("plaintext mirror: %v", err)
+	}
+	src.as.Store(ptr("mallory"))
+	if err := src.d.MirrorDisks(ctx, name, inc.NBD, 0, nil); err == nil {
+		t.Fatal("another host's stream certificate mirrored into the destination")
+	} else {
+		t.Logf("mirror with another host's certificate: %v", err)
+	}
+	src.as.Store(ptr("src"))
 	// A failed MirrorDisks leaves nothing behind on the source.
-	bad := []driver.MirrorTarget{{Disk: 0, Host: "127.0.0.1", Port: inc.NBD[0].Port, Export: "no-such-export"}}
+	bad := []driver.MirrorTarget{{Disk: 0, Host: "127.0.0.1", Port: inc.NBD[0].Port, Export: "no-such-export", TLS: true}}
 	if err := src.d.MirrorDisks(ctx, name, bad, 0, nil); err == nil {
 		t.Fatal("MirrorDisks into a missing export succeeded")
 	} else {
@@ -631,7 +652,7 @@ func TestMigrateSharedNothing(t *testing.T) {
 	p := startProber(src, dst)
 	time.Sleep(300 * time.Millisecond)
 	migStart := time.Now()
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: dormant()}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, TLS: inc.TLS, Multifd: 2, AutoConverge: dormant()}); err != nil {
 		t.Fatal(err)
 	}
 	info := waitMigration(ctx, t, src, name)
@@ -711,11 +732,11 @@ func TestMigrateCancelAndResume(t *testing.T) {
 	src.do("POST", "/dirty?mb=64", "", &ds)
 
 	dst.start(ctx, vmConfig(name, disk, "defer"))
-	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Multifd: 2})
+	inc, err := dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src", Multifd: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: dormant(), MaxBandwidth: 16 << 20}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, TLS: inc.TLS, Multifd: 2, AutoConverge: dormant(), MaxBandwidth: 16 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	for {
@@ -766,11 +787,11 @@ func TestMigrateCancelAndResume(t *testing.T) {
 	// the source resumes.
 	src.do("POST", "/dirty?mb=0", "", &ds)
 	dst.start(ctx, vmConfig(name, disk, "defer"))
-	inc, err = dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Multifd: 2})
+	inc, err = dst.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src", Multifd: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, Multifd: 2, AutoConverge: dormant()}); err != nil {
+	if err := src.d.StartMigration(ctx, name, driver.MigrateSpec{URI: inc.URI, TLS: inc.TLS, Multifd: 2, AutoConverge: dormant()}); err != nil {
 		t.Fatal(err)
 	}
 	info := waitMigration(ctx, t, src, name)
@@ -848,7 +869,7 @@ func TestIncomingNBDExportWritable(t *testing.T) {
 
 	// QEMU's allow-inactive export: readable, but writes fail.
 	port := freeLoopbackPort(t)
-	if err := c.NBDServerStart(ctx, "127.0.0.1", fmt.Sprint(port)); err != nil {
+	if err := c.NBDServerStart(ctx, "127.0.0.1", fmt.Sprint(port), "", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": "probe", "node-name": "disk0",
@@ -879,7 +900,7 @@ func TestIncomingNBDExportWritable(t *testing.T) {
 		}
 	}
 
-	inc, err := h.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", NBDDisks: []int{0}})
+	inc, err := h.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src", NBDDisks: []int{0}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -887,7 +908,20 @@ func TestIncomingNBDExportWritable(t *testing.T) {
 		t.Fatal("PrepareIncoming left disk0 inactive")
 	}
 	e := inc.NBD[0]
-	out, err = qemuIO(fmt.Sprintf("nbd://%s:%d/%s", e.Host, e.Port, e.Export), "-f", "raw",
+	// Over TLS, as the source host: the export takes nothing else.
+	creds, err := pki.LoadStream(clusterStreams(t).hostDir(t, "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := filepath.Join(t.TempDir(), "tls")
+	if err := creds.WriteQEMUDir(tlsDir, -1); err != nil {
+		t.Fatal(err)
+	}
+	opts := fmt.Sprintf("driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=%s,file.server.port=%d,file.export=%s", e.Host, e.Port, e.Export)
+	if out, err := qemuIO(opts, "--image-opts", "-c", "read 0 4k"); err == nil && !strings.Contains(out, "failed") {
+		t.Fatalf("a plaintext client read the destination's export: %s", out)
+	}
+	out, err = qemuIO(opts+",file.tls-creds=tls0", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+tlsDir, "--image-opts",
 		"-c", "write -P 0x5a 1M 64k", "-c", "read -P 0x5a 1M 64k")
 	if err != nil || strings.Contains(out, "failed") {
 		t.Fatalf("write through the export: %v: %s", err, out)
@@ -896,7 +930,7 @@ func TestIncomingNBDExportWritable(t *testing.T) {
 	if st, err := c.QueryStatus(ctx); err != nil || st.Status != "inmigrate" {
 		t.Errorf("status after export = %+v, %v; want still inmigrate", st, err)
 	}
-	if _, err := h.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1"}); err == nil {
+	if _, err := h.d.PrepareIncoming(ctx, name, driver.IncomingSpec{ListenIP: "127.0.0.1", Source: "src"}); err == nil {
 		t.Error("second PrepareIncoming accepted")
 	}
 	if err := h.d.EndMirrors(ctx, name, false); err != nil {

@@ -307,7 +307,7 @@ func (d *Driver) AttachReplica(ctx context.Context, name string, disk int, targe
 			res.Fallback, res.Bytes, res.Rounds = err.Error(), r.Bytes, r.Rounds
 		}
 	}
-	n, err := attachFull(ctx, c, disk, target, opts)
+	n, err := attachFull(ctx, c, disk, target, opts, d.cfg.Streams != nil)
 	res.Bytes += n
 	res.Rounds++
 	if err != nil {
@@ -324,12 +324,12 @@ func (d *Driver) AttachReplica(ctx context.Context, name string, disk int, targe
 // drained step, QEMU puts the replica in that child's place. During the
 // sync, copy-mode write-blocking writes every guest write to the replica
 // too before it completes; a replica failure only fails the job.
-func attachFull(ctx context.Context, c *qmp.Client, disk int, target driver.NBDTarget, opts driver.SyncOptions) (int64, error) {
+func attachFull(ctx context.Context, c *qmp.Client, disk int, target driver.NBDTarget, opts driver.SyncOptions, tls bool) (int64, error) {
 	job := resyncJob(disk)
 	cleanup := func() { dropSyncTarget(ctx, c, disk) }
 	// Leftovers of an attempt that failed or that a previous agent left.
 	cleanup()
-	if err := openSyncTarget(ctx, c, disk, target); err != nil {
+	if err := openSyncTarget(ctx, c, disk, target, tls); err != nil {
 		return 0, err
 	}
 	args := map[string]any{
@@ -395,7 +395,7 @@ func (d *Driver) attachIncremental(ctx context.Context, c *qmp.Client, name stri
 		return res, err
 	}
 	dropSyncTarget(ctx, c, disk)
-	if err := openSyncTarget(ctx, c, disk, target); err != nil {
+	if err := openSyncTarget(ctx, c, disk, target, d.cfg.Streams != nil); err != nil {
 		return res, err
 	}
 	fail := func(err error) (driver.SyncResult, error) {
@@ -559,15 +559,17 @@ func backupRound(ctx context.Context, c *qmp.Client, disk int, speed int64, poll
 }
 
 // openSyncTarget opens target as disk's replica node, not yet in the pair.
-func openSyncTarget(ctx context.Context, c *qmp.Client, disk int, target driver.NBDTarget) error {
-	if err := call(ctx, func(ctx context.Context) error {
-		return c.Execute(ctx, "blockdev-add", map[string]any{
-			"driver": "nbd", "node-name": replicaNode(disk),
-			"server":          map[string]any{"type": "inet", "host": target.Host, "port": strconv.Itoa(target.Port)},
-			"export":          target.Export,
-			"reconnect-delay": 0, "open-timeout": 5,
-		}, nil)
-	}); err != nil {
+func openSyncTarget(ctx context.Context, c *qmp.Client, disk int, target driver.NBDTarget, tls bool) error {
+	opts := map[string]any{
+		"driver": "nbd", "node-name": replicaNode(disk),
+		"server":          map[string]any{"type": "inet", "host": target.Host, "port": strconv.Itoa(target.Port)},
+		"export":          target.Export,
+		"reconnect-delay": 0, "open-timeout": 5,
+	}
+	if tls {
+		opts["tls-creds"] = tlsClientID
+	}
+	if err := call(ctx, func(ctx context.Context) error { return c.Execute(ctx, "blockdev-add", opts, nil) }); err != nil {
 		return fmt.Errorf("attach replica of disk %d: open %s: %w", disk, target.Export, err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/guest/httpapi"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/replicated"
 )
@@ -57,9 +58,12 @@ func TestReplicatedDiskWritePath(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ref := storage.VMRef{Name: name, UID: "u1"}
 	serve := func(gen int64) (*replicated.Server, driver.NBDTarget) {
-		s := replicated.NewServer(peerDir, fmt.Sprintf("127.0.0.1:%d", port), "", log)
+		// The peer serves over TLS to the primary's stream certificate.
+		peerPKI := clusterStreams(t).hostDir(t, "peer")
+		creds := func() (pki.StreamCreds, error) { return pki.LoadStream(peerPKI) }
+		s := replicated.NewServer(peerDir, fmt.Sprintf("127.0.0.1:%d", port), "", creds, log)
 		t.Cleanup(s.Close)
-		if err := s.Serve(ctx, ref, "ledger", 64<<20, gen, nil, nil); err != nil {
+		if err := s.Serve(ctx, ref, "ledger", "primary", 64<<20, gen, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 		return s, driver.NBDTarget{Host: "127.0.0.1", Port: port, Export: replicated.ExportName("u1", "ledger", gen)}

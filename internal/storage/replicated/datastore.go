@@ -15,6 +15,7 @@ import (
 	preplication "github.com/vigilha/vigil/internal/protocol/replication"
 
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/qsd"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
@@ -202,7 +203,7 @@ func (s *Datastore) attach(ctx context.Context, cfg driver.DiskConfig, vm storag
 	}
 	t, err := s.Target(ctx, rs.Peer, vm, d.Name, int64(gen))
 	if err == nil {
-		err = WaitExport(ctx, t, peerWait)
+		err = s.server.WaitExport(ctx, t, peerWait)
 	}
 	if err == nil {
 		cfg.Replica = &t
@@ -232,7 +233,7 @@ func (s *Datastore) prepareIncoming(ctx context.Context, cfg driver.DiskConfig, 
 	}
 	t, err := s.Target(ctx, rs.Primary, vm, d.Name, int64(gen))
 	if err == nil {
-		err = WaitExport(ctx, t, peerWait)
+		err = s.server.WaitExport(ctx, t, peerWait)
 	}
 	if err != nil {
 		return cfg, fmt.Errorf("datastore %s: the source %s does not serve its copy of %s for the hand-over: %w", s.name, rs.Primary, d.Name, err)
@@ -265,13 +266,27 @@ func (s *Datastore) CommitIncoming(ctx context.Context, vm storage.VMRef, gen st
 	return nil
 }
 
-// WaitExport waits until the NBD export t answers, for at most limit.
-func WaitExport(ctx context.Context, t driver.NBDTarget, limit time.Duration) error {
+// WaitExport waits until the NBD export t answers, for at most limit. It
+// connects as a primary does: over TLS with this host's stream
+// certificate (which the peer admits once it serves this host a copy).
+func (s *Server) WaitExport(ctx context.Context, t driver.NBDTarget, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+	var args []string
+	if s.creds != nil {
+		c, err := s.creds()
+		if err != nil {
+			return err
+		}
+		dir := filepath.Join(s.dir, ".qsd", "client-tls")
+		if err := c.WriteQEMUDir(dir, -1); err != nil {
+			return err
+		}
+		args = []string{"--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + qsd.EscapeOpt(dir)}
+	}
 	var last error
 	for {
-		last = probeExport(ctx, t)
+		last = probeExport(ctx, t, args)
 		if last == nil {
 			return nil
 		}
@@ -285,11 +300,14 @@ func WaitExport(ctx context.Context, t driver.NBDTarget, limit time.Duration) er
 
 // probeExport opens the export read-only with qemu-img, which speaks the
 // NBD handshake: the export exists and answers.
-func probeExport(ctx context.Context, t driver.NBDTarget) error {
+func probeExport(ctx context.Context, t driver.NBDTarget, tlsArgs []string) error {
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	opts := fmt.Sprintf("driver=nbd,server.type=inet,server.host=%s,server.port=%d,export=%s", t.Host, t.Port, t.Export)
-	out, err := exec.CommandContext(pctx, "qemu-img", "info", "--image-opts", opts).CombinedOutput()
+	opts := fmt.Sprintf("driver=nbd,server.type=inet,server.host=%s,server.port=%d,export=%s", t.Host, t.Port, qsd.EscapeOpt(t.Export))
+	if len(tlsArgs) > 0 {
+		opts += ",tls-creds=tls0"
+	}
+	out, err := exec.CommandContext(pctx, "qemu-img", append(append([]string{"info"}, tlsArgs...), "--image-opts", opts)...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 	}

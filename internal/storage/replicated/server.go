@@ -7,16 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/vigilha/vigil/internal/atomicfile"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/qsd"
 	"github.com/vigilha/vigil/internal/storage"
 )
@@ -29,10 +32,18 @@ import (
 // and drains its in-flight writes. The highest generation served is kept
 // on disk beside the copy, so that a copy never serves an older generation
 // again, even if etcd's history were lost.
+//
+// With stream credentials, the NBD server takes TLS only, and only from
+// the stream certificates of the hosts it serves a copy to (each export's
+// primary, or a hand-over's destination): QEMU authorises clients per NBD
+// server, not per export, so the list is the union, rewritten as exports
+// come and go. A host that is the primary of one copy served here could
+// open another's export by its name; see docs/security.md.
 type Server struct {
 	dir    string
 	listen string
 	binary string
+	creds  func() (pki.StreamCreds, error)
 	log    *slog.Logger
 	bootID string // this kernel's boot, part of every copy's identity
 
@@ -45,11 +56,21 @@ type Server struct {
 	// runs the VM on its copy: the copy is not served to anyone at that
 	// generation or an older one.
 	claimed map[string]int64
+	// clients maps key(vm, disk) -> the host the export is served to.
+	clients map[string]string
 }
+
+// The daemon's TLS objects.
+const (
+	tlsCredsID = "vigil-tls"
+	authzID    = "vigil-authz"
+)
 
 // NewServer returns a server of the copies under dir, listening on listen
 // (the host's storage-network address and the replica port) once started.
-func NewServer(dir, listen, binary string, log *slog.Logger) *Server {
+// creds reads the host's stream credentials; nil serves plaintext (tests of
+// the server alone).
+func NewServer(dir, listen, binary string, creds func() (pki.StreamCreds, error), log *slog.Logger) *Server {
 	if binary == "" {
 		binary = "qemu-storage-daemon"
 	}
@@ -57,7 +78,8 @@ func NewServer(dir, listen, binary string, log *slog.Logger) *Server {
 	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
 		boot = strings.TrimSpace(string(b))
 	}
-	return &Server{dir: dir, listen: listen, binary: binary, log: log, bootID: boot, served: map[string]int64{}, identity: map[string]string{}, claimed: map[string]int64{}}
+	return &Server{dir: dir, listen: listen, binary: binary, creds: creds, log: log, bootID: boot,
+		served: map[string]int64{}, identity: map[string]string{}, claimed: map[string]int64{}, clients: map[string]string{}}
 }
 
 // CopyIdentity names a served copy as it is: the copy's own identity and
@@ -88,7 +110,7 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 		select {
 		case <-s.d.Exited():
 			s.log.Warn("replica server: qemu-storage-daemon died; starting it again", "err", s.d.Err())
-			s.d, s.served = nil, map[string]int64{}
+			s.d, s.served, s.clients = nil, map[string]int64{}, map[string]string{}
 		default:
 			return s.d, nil
 		}
@@ -107,16 +129,68 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 		return nil, fmt.Errorf("replica server: listen address %q: %w", s.listen, err)
 	}
 	// max-connections 0: unlimited (QEMU's default caps a server at 100).
-	if err := d.QMP.Execute(ctx, "nbd-server-start", map[string]any{
+	args := map[string]any{
 		"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": host, "port": port}},
 		"max-connections": 0,
-	}, nil); err != nil {
+	}
+	if s.creds != nil {
+		if err := s.secure(ctx, d, rundir); err != nil {
+			d.Kill()
+			return nil, fmt.Errorf("replica server: %w", err)
+		}
+		args["tls-creds"], args["tls-authz"] = tlsCredsID, authzID
+	}
+	if err := d.QMP.Execute(ctx, "nbd-server-start", args, nil); err != nil {
 		d.Kill()
 		return nil, fmt.Errorf("replica server: NBD server on %s: %w", s.listen, err)
 	}
 	s.log.Info("replica server serving", "listen", s.listen, "pid", d.Pid())
 	s.d = d
 	return d, nil
+}
+
+// secure gives the daemon its TLS credentials (the host's stream
+// certificate, from the current files) and an authorisation list that
+// admits nobody yet.
+func (s *Server) secure(ctx context.Context, d *qsd.Daemon, rundir string) error {
+	c, err := s.creds()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(rundir, "tls")
+	if err := c.WriteQEMUDir(dir, -1); err != nil {
+		return err
+	}
+	if err := d.QMP.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": tlsCredsID,
+		"dir": dir, "endpoint": "server", "verify-peer": true}, nil); err != nil {
+		return fmt.Errorf("TLS credentials: %w", err)
+	}
+	if err := d.QMP.Execute(ctx, "object-add", map[string]any{"qom-type": "authz-list", "id": authzID,
+		"policy": "deny", "rules": []any{}}, nil); err != nil {
+		return fmt.Errorf("TLS authorisation: %w", err)
+	}
+	return nil
+}
+
+// authorize rewrites the daemon's authorisation list to the hosts that
+// exports are served to. QEMU checks it at each TLS handshake; a client
+// already connected stays until its export is deleted.
+func (s *Server) authorize(ctx context.Context, d *qsd.Daemon) error {
+	if s.creds == nil {
+		return nil
+	}
+	hosts := map[string]bool{}
+	for _, h := range s.clients {
+		hosts[h] = true
+	}
+	rules := []map[string]any{}
+	for _, h := range slices.Sorted(maps.Keys(hosts)) {
+		rules = append(rules, map[string]any{"match": pki.StreamDN(h), "policy": "allow", "format": "exact"})
+	}
+	if err := d.QMP.Execute(ctx, "qom-set", map[string]any{"path": "/objects/" + authzID, "property": "rules", "value": rules}, nil); err != nil {
+		return fmt.Errorf("replica server: authorise %v: %w", slices.Sorted(maps.Keys(hosts)), err)
+	}
+	return nil
 }
 
 // Serve serves vm's copy of disk to the primary of generation gen,
@@ -134,8 +208,10 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 // publish, if not nil, gets the copy's identity (CopyIdentity) before the
 // export exists; Serve fails if it does: a primary that reads the
 // identity after the export answers reads this copy's.
-func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient func() string, publish func(identity string) error) error {
-	return s.serve(ctx, vm, disk, size, gen, oldClient, publish, false)
+//
+// client is the primary's host: its stream certificate is admitted.
+func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk, client string, size int64, gen int64, oldClient func() string, publish func(identity string) error) error {
+	return s.serve(ctx, vm, disk, client, size, gen, oldClient, publish, false)
 }
 
 // ServeHandOver serves this host's own copy of disk (the primary's, which
@@ -146,11 +222,11 @@ func (s *Server) Serve(ctx context.Context, vm storage.VMRef, disk string, size 
 // holds the file's lock meanwhile, so this export opens it without one.
 // After the cut-over the same export is this host's replica, served as
 // Serve would.
-func (s *Server) ServeHandOver(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64) error {
-	return s.serve(ctx, vm, disk, size, gen, nil, nil, true)
+func (s *Server) ServeHandOver(ctx context.Context, vm storage.VMRef, disk, client string, size int64, gen int64) error {
+	return s.serve(ctx, vm, disk, client, size, gen, nil, nil, true)
 }
 
-func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk string, size int64, gen int64, oldClient func() string, publish func(identity string) error, handOver bool) error {
+func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk, client string, size int64, gen int64, oldClient func() string, publish func(identity string) error, handOver bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key(vm.Name, disk)
@@ -210,6 +286,14 @@ func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk string, size 
 	}
 	if err := d.QMP.Execute(ctx, "blockdev-add", opts, nil); err != nil {
 		return fmt.Errorf("replica of %s/%s: open copy: %w", vm.Name, disk, err)
+	}
+	// The client is admitted before its export exists: it connects as soon
+	// as it learns of it.
+	s.clients[k] = client
+	if err := s.authorize(ctx, d); err != nil {
+		delete(s.clients, k)
+		_ = d.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		return err
 	}
 	name := ExportName(vm.UID, disk, gen)
 	if err := d.QMP.Execute(ctx, "block-export-add", map[string]any{
@@ -286,6 +370,12 @@ func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk stri
 		}
 	}
 	delete(s.served, key(vm, disk))
+	if _, ok := s.clients[key(vm, disk)]; ok {
+		delete(s.clients, key(vm, disk))
+		if err := s.authorize(ctx, d); err != nil {
+			s.log.Warn("replica server: cannot narrow its authorisation list", "err", err)
+		}
+	}
 	return nil
 }
 

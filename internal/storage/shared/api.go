@@ -59,6 +59,9 @@ type Export struct {
 	Generation int64  `json:"generation"`
 	// Export is the NBD export name.
 	Export string `json:"export"`
+	// Port is the port of the host's NBD server, where it is served (a
+	// listing's; not kept in the state file).
+	Port int `json:"port,omitempty"`
 	// Deleting is true while a hard delete waits for QEMU to drain the
 	// export; it is gone for clients already, but its last in-flight
 	// requests may still complete.
@@ -111,13 +114,14 @@ type ErrorBody struct {
 
 // Error codes of the API.
 const (
-	CodeFenced   = "fenced"    // the generation is not authorised (revoked, superseded)
-	CodeStale    = "stale"     // a newer export for the same host exists
-	CodeInUse    = "in-use"    // the disk is exported
-	CodeNotFound = "not-found" // no such disk
-	CodeConflict = "conflict"  // the disk exists with another format
-	CodeInvalid  = "invalid"   // a malformed request
-	CodeBusy     = "busy"      // a previous export is still being torn down
+	CodeFenced    = "fenced"    // the generation is not authorised (revoked, superseded)
+	CodeStale     = "stale"     // a newer export for the same host exists
+	CodeInUse     = "in-use"    // the disk is exported
+	CodeNotFound  = "not-found" // no such disk
+	CodeConflict  = "conflict"  // the disk exists with another format
+	CodeInvalid   = "invalid"   // a malformed request
+	CodeForbidden = "forbidden" // a host acting for another, or no host at all
+	CodeBusy      = "busy"      // a previous export is still being torn down
 )
 
 // ErrFenced is wrapped by the error of a request the VM's generations

@@ -2,6 +2,7 @@ package shared
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"github.com/vigilha/vigil/internal/httpjson"
@@ -30,11 +31,12 @@ type Client struct {
 var _ storage.Arbiter = (*Client)(nil)
 
 // NewClient returns a client of the storage server at baseURL
-// (http://HOST:PORT).
-func NewClient(baseURL string) *Client {
+// (https://HOST:PORT), which it checks against the cluster CA and to which
+// it presents its host's certificate (tlsConf: pki.Identity.ClientTLS).
+func NewClient(baseURL string, tlsConf *tls.Config) *Client {
 	return &Client{
 		base: strings.TrimRight(baseURL, "/"),
-		http: &http.Client{Timeout: RequestTimeout},
+		http: &http.Client{Timeout: RequestTimeout, Transport: &http.Transport{TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 4}},
 	}
 }
 

@@ -2,6 +2,9 @@ package server
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -10,6 +13,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/storage/shared"
 )
 
@@ -33,12 +37,14 @@ func FuzzRequests(f *testing.F) {
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		s := &server{log: slog.New(slog.NewTextHandler(io.Discard, nil)), statePath: filepath.Join(t.TempDir(), "state.json"),
 			gens: map[string]*shared.VMGenerations{}, forgotten: map[string]bool{}, exports: map[exportKey]*export{},
-			nodes: map[diskKey]*blockNode{}, heartbeats: map[string]heartbeat{}, ctx: t.Context()}
+			nodes: map[diskKey]*blockNode{}, heartbeats: map[string]heartbeat{}, hostPorts: map[string]int{}, hosts: map[string]*hostServer{}, ctx: t.Context()}
 		h := s.routes()
 		// Two requests: the second sees what the first left.
 		for range 2 {
 			method, path, _ := bytes.Cut([]byte(routes[int(route)%len(routes)]), []byte(" "))
 			req := httptest.NewRequest(string(method), string(path), bytes.NewReader(body))
+			// As host1's certificate, which the TLS listener verified.
+			req.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{{Subject: pkix.Name{CommonName: "host1", Organization: []string{pki.HostOrganization}}}}}}
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, req)
 			if w.Code >= 500 {

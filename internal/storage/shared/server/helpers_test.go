@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/qsd"
-	"github.com/vigilha/vigil/internal/storage/shared"
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/qmp"
@@ -48,7 +47,7 @@ func freePort(t *testing.T) int {
 
 // testServer is a running Serve.
 type testServer struct {
-	c      *shared.Client
+	c      *hostClients
 	dir    string
 	cancel context.CancelFunc
 	done   chan error
@@ -69,10 +68,11 @@ func startServerOpts(t *testing.T, dir string, opts serverOptions) *testServer {
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	nbd := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{c: shared.NewClient("http://" + listen), dir: dir, cancel: cancel, done: make(chan error, 1)}
+	p := clusterPKI(t)
+	ts := &testServer{c: newHostClients(t, "https://"+listen, p), dir: dir, cancel: cancel, done: make(chan error, 1)}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() {
-		ts.done <- serve(ctx, ServerConfig{Dir: dir, Listen: listen, NBDAddr: nbd, Log: log}, opts)
+		ts.done <- serve(ctx, ServerConfig{Dir: dir, Listen: listen, NBDAddr: nbd, PKIDir: p.storageDir(), Log: log}, opts)
 	}()
 	t.Cleanup(func() { ts.stop(t) })
 	deadline := time.Now().Add(10 * time.Second)
@@ -125,27 +125,41 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// exportHost is the host an export name is for ("vm/disk@host/g1.tag").
+func exportHost(t *testing.T, export string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(export, "@")
+	host, _, ok2 := strings.Cut(rest, "/")
+	if !ok || !ok2 {
+		t.Fatalf("export name %q names no host", export)
+	}
+	return host
+}
+
+// tlsObject is the --object of the client credentials of the host an
+// export is for: the connection is that host's.
+func tlsObject(t *testing.T, nt driver.NBDTarget) string {
+	t.Helper()
+	return tlsObjectOf(t, exportHost(t, nt.Export))
+}
+
+func tlsObjectOf(t *testing.T, host string) string {
+	t.Helper()
+	return "tls-creds-x509,id=tls0,endpoint=client,dir=" + qsd.EscapeOpt(clusterPKI(t).qemuDir(t, host))
+}
+
 // imageOpts is qemu-io's and qemu-img's --image-opts for an NBD export,
-// opened as raw as a VM would.
+// opened as raw as a VM would, over TLS with the credentials of tlsObject.
 func imageOpts(nt driver.NBDTarget) string {
-	return fmt.Sprintf("driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=%s,file.server.port=%d,file.export=%s",
+	return fmt.Sprintf("driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=%s,file.server.port=%d,file.export=%s,file.tls-creds=tls0",
 		nt.Host, nt.Port, qsd.EscapeOpt(nt.Export))
 }
 
 // qemuIO runs one-shot qemu-io commands against an export.
+// It connects as the host the export is for.
 func qemuIO(t *testing.T, nt driver.NBDTarget, cmds ...string) (string, error) {
 	t.Helper()
-	args := []string{"--image-opts", imageOpts(nt)}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "qemu-io", args...).CombinedOutput()
-	if err == nil && strings.Contains(string(out), "failed") {
-		err = errors.New("command failed")
-	}
-	return string(out), err
+	return qemuIOAs(t, exportHost(t, nt.Export), nt, cmds...)
 }
 
 // readImage returns the first n bytes the export serves.
@@ -154,7 +168,7 @@ func readImage(t *testing.T, nt driver.NBDTarget, n int64) []byte {
 	out := filepath.Join(t.TempDir(), "image.raw")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if b, err := exec.CommandContext(ctx, "qemu-img", "convert", "--image-opts", imageOpts(nt), "-O", "raw", out).CombinedOutput(); err != nil {
+	if b, err := exec.CommandContext(ctx, "qemu-img", "convert", "--object", tlsObject(t, nt), "--image-opts", imageOpts(nt), "-O", "raw", out).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img convert from %s: %v: %s", nt.Export, err, b)
 	}
 	b, err := os.ReadFile(out)
@@ -177,7 +191,7 @@ type ioProc struct {
 
 func startIOProc(t *testing.T, nt driver.NBDTarget) *ioProc {
 	t.Helper()
-	cmd := exec.Command("qemu-io", "--image-opts", imageOpts(nt))
+	cmd := exec.Command("qemu-io", "--object", tlsObject(t, nt), "--image-opts", imageOpts(nt))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +279,8 @@ func startVM(t *testing.T, nt driver.NBDTarget) *vmProc {
 	sock := filepath.Join(dir, "qmp.sock")
 	cmd := exec.Command("qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
 		"-qmp", "unix:"+sock+",server=on,wait=off",
-		"-blockdev", fmt.Sprintf("driver=nbd,node-name=nbd0,server.type=inet,server.host=%s,server.port=%d,export=%s,reconnect-delay=2",
+		"-object", tlsObject(t, nt),
+		"-blockdev", fmt.Sprintf("driver=nbd,node-name=nbd0,server.type=inet,server.host=%s,server.port=%d,export=%s,reconnect-delay=2,tls-creds=tls0",
 			nt.Host, nt.Port, qsd.EscapeOpt(nt.Export)),
 		"-blockdev", "driver=raw,node-name=disk0,file=nbd0")
 	var stderr strings.Builder

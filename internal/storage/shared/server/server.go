@@ -53,8 +53,15 @@
 // reach an export created for a newer generation, or for another VM of the
 // same name.
 //
-// NBD has no authentication: the storage network is trusted, and a host is
-// kept away from other hosts' exports only by using its own export names.
+// # Who may do what
+//
+// The control API is https only, and takes only client certificates of the
+// cluster's CA: a host is the host its certificate names (pki.PeerHost),
+// never what a request says. A request about one host (an export, a grant,
+// a migration's prepare, an unexport, a heartbeat) is refused (403) unless
+// it comes from that host; revoking a host's generation (the HA leader's
+// fence), commits, aborts, forgetting a VM and disk management take any
+// host of the cluster. NBD is TLS only, one server per host (hostnbd.go).
 //
 // The storage node itself is assumed reliable: if qemu-storage-daemon dies,
 // Serve returns an error and every export is gone (the VMs' NBD clients fail
@@ -65,11 +72,13 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -80,6 +89,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/storage/shared"
 
 	"github.com/vigilha/vigil/internal/qsd"
@@ -95,9 +105,13 @@ type ServerConfig struct {
 	Dir string
 	// Listen is the host:port of the HTTP control API.
 	Listen string
-	// NBDAddr is the host:port the NBD server binds, and the address given
-	// to clients, so it must be reachable from the hosts.
+	// NBDAddr is the address and first port of the hosts' NBD servers (one
+	// per host, on this port and the ones above it), given to clients, so
+	// it must be reachable from the hosts.
 	NBDAddr string
+	// PKIDir holds the server's certificate (`vigil cert issue-storage`):
+	// ca.crt, host.crt, host.key.
+	PKIDir string
 	// QSDBinary is the qemu-storage-daemon to run (default from $PATH).
 	QSDBinary string
 	// Log receives the server's log (default: slog.Default()).
@@ -115,6 +129,9 @@ const (
 type server struct {
 	log       *slog.Logger
 	opts      serverOptions
+	dir       string
+	qsdBinary string
+	id        *pki.Identity
 	d         *qsd.Daemon
 	nbdHost   string
 	nbdPort   int
@@ -139,6 +156,10 @@ type server struct {
 	forgotten map[string]bool                  // UIDs of deleted VMs
 	exports   map[exportKey]*export
 	nodes     map[diskKey]*blockNode
+	hostPorts map[string]int // each host's NBD port (hostPort)
+
+	// hosts are the hosts' NBD servers; guarded by opMu.
+	hosts map[string]*hostServer
 
 	hbMu       sync.Mutex
 	heartbeats map[string]heartbeat
@@ -185,8 +206,12 @@ func Serve(ctx context.Context, cfg ServerConfig) error {
 }
 
 func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
-	if cfg.Dir == "" || cfg.Listen == "" || cfg.NBDAddr == "" {
-		return errors.New("storage server: Dir, Listen and NBDAddr are required")
+	if cfg.Dir == "" || cfg.Listen == "" || cfg.NBDAddr == "" || cfg.PKIDir == "" {
+		return errors.New("storage server: Dir, Listen, NBDAddr and PKIDir are required")
+	}
+	id, err := pki.Load(cfg.PKIDir)
+	if err != nil {
+		return fmt.Errorf("storage server: its certificate (vigil cert issue-storage): %w", err)
 	}
 	if cfg.QSDBinary == "" {
 		cfg.QSDBinary = "qemu-storage-daemon"
@@ -209,7 +234,8 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 		return fmt.Errorf("storage server: %w", err)
 	}
 	s := &server{
-		log: log, opts: opts, nbdHost: nbdHost, nbdPort: nbdPort,
+		log: log, opts: opts, nbdHost: nbdHost, nbdPort: nbdPort, dir: dir, qsdBinary: cfg.QSDBinary, id: id,
+		hostPorts: map[string]int{}, hosts: map[string]*hostServer{},
 		imagesDir: filepath.Join(dir, "images"), statePath: filepath.Join(dir, "state.json"),
 		ctx:       ctx,
 		gens:      map[string]*shared.VMGenerations{},
@@ -233,12 +259,14 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	for _, uid := range st.Forgotten {
 		s.forgotten[uid] = true
 	}
+	maps.Copy(s.hostPorts, st.HostPorts)
 	// Listen before starting the daemon: a taken port fails fast.
-	ln, err := net.Listen("tcp", cfg.Listen)
+	tln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("storage server: %w", err)
 	}
-	defer ln.Close()
+	defer tln.Close()
+	ln := tls.NewListener(tln, id.ServerTLS(tls.RequireAndVerifyClientCert))
 
 	// A daemon that dies while it starts (seen once in CI: it aborted on
 	// its QMP input, well-formed on our side) is started once more:
@@ -249,11 +277,13 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 			return fmt.Errorf("storage server: %w", err)
 		}
 		qctx, cancel := context.WithTimeout(ctx, opTimeout)
+		// The central NBD server is a unix socket in the server's own
+		// directory: only the hosts' NBD servers connect to it.
 		// max-connections 0 is unlimited: QEMU's default (100 since 9.1)
-		// would cap the whole datastore at 100 VM disks. The storage
-		// network is trusted (NBD has no authentication anyway).
+		// would cap the whole datastore at 100 VM disks.
+		_ = os.Remove(s.centralSocket())
 		err = s.d.QMP.Execute(qctx, "nbd-server-start", map[string]any{
-			"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": nbdHost, "port": nbdPortStr}},
+			"addr":            map[string]any{"type": "unix", "data": map[string]any{"path": s.centralSocket()}},
 			"max-connections": 0,
 		}, nil)
 		cancel()
@@ -273,11 +303,16 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 		log.Warn("qemu-storage-daemon died while starting; starting it again", "err", err)
 	}
 	defer s.d.Stop()
+	defer s.stopHosts()
 	s.restore(st.Exports)
+	go s.watchHosts(ctx)
 
 	srv := &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
@@ -521,7 +556,7 @@ func (s *server) exportDisk(ctx context.Context, r shared.ExportRequest) (shared
 }
 
 func (s *server) target(e *export) shared.ExportResponse {
-	return shared.ExportResponse{Host: s.nbdHost, Port: s.nbdPort, Export: e.info.Export}
+	return shared.ExportResponse{Host: s.nbdHost, Port: s.hostPort(e.info.Host), Export: e.info.Export}
 }
 
 // addExport opens the disk's block node if needed and adds the export.
@@ -542,6 +577,18 @@ func (s *server) addExport(r shared.ExportRequest) (*export, error) {
 		"writable": true,
 	}, nil)
 	if err != nil {
+		s.closeUnused(diskKey{r.VM, r.Disk})
+		return nil, fmt.Errorf("export %s: %w", e.info.Export, err)
+	}
+	// The host reaches it through its own NBD server.
+	hs, err := s.hostServerFor(ctx, r.Host)
+	if err == nil {
+		err = s.reexport(ctx, hs, e)
+	}
+	if err != nil {
+		if derr := s.d.DeleteExports(ctx, []string{e.id}); derr != nil {
+			s.log.Error("cannot remove an export its host cannot reach", "export", e.info.Export, "err", derr)
+		}
 		s.closeUnused(diskKey{r.VM, r.Disk})
 		return nil, fmt.Errorf("export %s: %w", e.info.Export, err)
 	}
@@ -704,6 +751,7 @@ func (s *server) removeExports(ctx context.Context, list []*export) error {
 	drained := time.Since(start)
 	for _, e := range list {
 		s.log.Info("export deleted", "export", e.info.Export, "drained_in", drained)
+		s.unrelay(e)
 		s.closeUnused(diskKey{e.info.VM, e.info.Disk})
 	}
 	return nil
@@ -747,6 +795,7 @@ func (s *server) persist(gens map[string]*shared.VMGenerations, forgotten map[st
 			st.Exports = append(st.Exports, e.info)
 		}
 	}
+	st.HostPorts = maps.Clone(s.hostPorts)
 	s.mu.Unlock()
 	return saveState(s.statePath, st)
 }
@@ -756,7 +805,9 @@ func (s *server) listExports() []shared.Export {
 	defer s.mu.Unlock()
 	out := make([]shared.Export, 0, len(s.exports))
 	for _, e := range s.exports {
-		out = append(out, e.info)
+		info := e.info
+		info.Port = s.hostPorts[info.Host]
+		out = append(out, info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Export < out[j].Export })
 	return out
@@ -841,6 +892,12 @@ func (s *server) routes() http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
+		if req.Host == "" {
+			req.Host = pki.PeerHost(r.TLS)
+		}
+		if !s.sameHost(w, r, req.Host) {
+			return
+		}
 		resp, err := s.exportDisk(r.Context(), req)
 		s.reply(w, r, resp, err)
 	})
@@ -848,6 +905,9 @@ func (s *server) routes() http.Handler {
 		httpjson.Write(w, http.StatusOK, s.listExports())
 	})
 	mux.HandleFunc("DELETE /v1/exports/{vm}/{disk}/{host}", func(w http.ResponseWriter, r *http.Request) {
+		if !s.sameHost(w, r, r.PathValue("host")) {
+			return
+		}
 		err := s.unexport(r.Context(), r.PathValue("vm"), r.PathValue("disk"), r.PathValue("host"))
 		s.reply(w, r, struct{}{}, err)
 	})
@@ -859,6 +919,10 @@ func (s *server) routes() http.Handler {
 		vm := storage.VMRef{Name: req.VM, UID: req.UID}
 		var gen int64
 		var err error
+		// A host takes (or prepares) a generation for itself only.
+		if op := r.PathValue("op"); (op == "grant" || op == "prepare") && !s.sameHost(w, r, req.Host) {
+			return
+		}
 		switch r.PathValue("op") {
 		case "grant":
 			gen, err = s.grant(r.Context(), vm, req.Host)
@@ -881,6 +945,9 @@ func (s *server) routes() http.Handler {
 		httpjson.Write(w, http.StatusOK, s.listGenerations())
 	})
 	mux.HandleFunc("POST /v1/heartbeats/{host}", func(w http.ResponseWriter, r *http.Request) {
+		if !s.sameHost(w, r, r.PathValue("host")) {
+			return
+		}
 		var req shared.HeartbeatRequest
 		if !decode(w, r, &req) {
 			return
@@ -891,7 +958,28 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/heartbeats", func(w http.ResponseWriter, _ *http.Request) {
 		httpjson.Write(w, http.StatusOK, s.listHeartbeats())
 	})
-	return mux
+	// Every route takes hosts of the cluster only: the TLS handshake
+	// checked the certificate against the CA, and this its organisation
+	// (a QEMU's stream certificate is signed by the same CA).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if pki.PeerHost(r.TLS) == "" {
+			httpjson.Write(w, http.StatusForbidden, shared.ErrorBody{Error: "forbidden: only the cluster's hosts, by their host certificates, use the storage API", Code: shared.CodeForbidden})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// sameHost answers 403 and returns false unless the request comes from
+// host's own certificate: the storage server knows a host by its
+// certificate, never by what a request says.
+func (s *server) sameHost(w http.ResponseWriter, r *http.Request, host string) bool {
+	if peer := pki.PeerHost(r.TLS); peer != host {
+		s.log.Warn("request refused: a host acting for another", "peer", peer, "host", host, "method", r.Method, "path", r.URL.Path)
+		httpjson.Write(w, http.StatusForbidden, shared.ErrorBody{Error: fmt.Sprintf("forbidden: host %s's certificate cannot act for host %q", peer, host), Code: shared.CodeForbidden})
+		return false
+	}
+	return true
 }
 
 // reply writes v, or err with its status (500 for errors without one).

@@ -30,7 +30,7 @@ const (
 func ref(name string) storage.VMRef { return storage.VMRef{Name: name, UID: "uid-" + name} }
 
 // grant grants host a generation of vm and fails the test on error.
-func grant(t *testing.T, c *shared.Client, vm storage.VMRef, host string) storage.Generation {
+func grant(t *testing.T, c *hostClients, vm storage.VMRef, host string) storage.Generation {
 	t.Helper()
 	g, err := c.Grant(ctxT(t), vm, host)
 	if err != nil {
@@ -789,7 +789,7 @@ func TestDatastore(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, "")
 	ctx := ctxT(t)
-	ds := shared.NewDatastore("shared", "h1", ts.c)
+	ds := shared.NewDatastore("shared", "h1", ts.c.As("h1"))
 	if ds.Name() != "shared" || !ds.Shared() {
 		t.Fatalf("name %q shared %v", ds.Name(), ds.Shared())
 	}

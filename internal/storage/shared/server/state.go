@@ -21,6 +21,8 @@ type persistedState struct {
 	Generations []shared.VMGenerations `json:"generations"`
 	Forgotten   []string               `json:"forgotten,omitempty"`
 	Exports     []shared.Export        `json:"exports"`
+	// HostPorts are the hosts' NBD servers' ports.
+	HostPorts map[string]int `json:"hostPorts,omitempty"`
 }
 
 // loadState reads the state file; a missing file is an empty state, a

@@ -1,0 +1,267 @@
+package pki
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vigilha/vigil/internal/atomicfile"
+)
+
+// A host's stream certificate is the identity of its QEMU processes (and
+// its storage daemons) on the streams between hosts: migration, the NBD
+// exports of a migration's disks, replicas and the shared storage. QEMU
+// reads its credentials from files, and a VM's QEMU is the untrusted party:
+// so it gets a certificate of its own, never the host's. Its name is not a
+// host's ("qemu@host1"; host names are DNS labels, without '@') and its
+// organisation is StreamOrganization, so that etcd (which takes a common
+// name as its user) and PeerHost (which wants HostOrganization) take it for
+// nobody, and a QEMU that escapes its guest's grip can reach the streams
+// its host may reach and nothing else.
+const (
+	StreamCertFile     = "stream.crt"
+	StreamKeyFile      = "stream.key"
+	StreamOrganization = "Vigil streams"
+	// StreamLifetime is a stream certificate's lifetime. It does not
+	// follow a host certificate's (which a test may make minutes long):
+	// QEMU and qemu-storage-daemon read their credentials when a server
+	// or a connection is set up and keep them for as long as it lasts.
+	StreamLifetime = HostLifetime
+)
+
+// StreamName is the common name of host's stream certificate.
+func StreamName(host string) string { return "qemu@" + host }
+
+// StreamDN is the distinguished name of host's stream certificate as QEMU
+// prints it (GnuTLS, in the certificate's own order: organisation first),
+// which is what QEMU's authz objects match.
+func StreamDN(host string) string {
+	return "O=" + StreamOrganization + ",CN=" + StreamName(host)
+}
+
+// SignStream issues host sub.Host's stream certificate for pub: for both
+// ends of a stream, valid for the host's addresses (a stream's client
+// checks the server's certificate against the address it dialled).
+func (a *Authority) SignStream(pub crypto.PublicKey, sub Subject, now time.Time, lifetime time.Duration) ([]byte, error) {
+	if sub.Host == "" {
+		return nil, errors.New("a stream certificate needs a host name")
+	}
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
+	end := now.Add(lifetime)
+	if end.After(a.Cert.NotAfter) {
+		end = a.Cert.NotAfter
+	}
+	tpl := &x509.Certificate{
+		SerialNumber: sn,
+		Subject:      pkix.Name{CommonName: StreamName(sub.Host), Organization: []string{StreamOrganization}},
+		NotBefore:    now.Add(-min(5*time.Minute, lifetime/10)),
+		NotAfter:     end,
+		// GnuTLS (QEMU) refuses a certificate without key encipherment
+		// whatever the key type, although ECDSA never uses it.
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, sub.IPs...),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, a.Cert, pub, a.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign the stream certificate of %s: %w", sub.Host, err)
+	}
+	return encodeCert(der), nil
+}
+
+// SignStreamCSR is SignStream for a certificate request's key.
+func (a *Authority) SignStreamCSR(csrPEM []byte, sub Subject, now time.Time) ([]byte, error) {
+	pub, err := csrKey(csrPEM)
+	if err != nil {
+		return nil, fmt.Errorf("stream certificate: %w", err)
+	}
+	return a.SignStream(pub, sub, now, StreamLifetime)
+}
+
+// IssueLocalStream gives this host a fresh stream key and certificate
+// signed by ca, in dir.
+func IssueLocalStream(dir string, ca *Authority, sub Subject, now time.Time) error {
+	return issue(func(pub crypto.PublicKey) ([]byte, error) { return ca.SignStream(pub, sub, now, StreamLifetime) },
+		func(cert, key []byte) error { return SaveStream(dir, cert, key) })
+}
+
+// SaveStream writes a stream certificate and its key, key first (as
+// SaveHost does).
+func SaveStream(dir string, certPEM, keyPEM []byte) error {
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return fmt.Errorf("stream certificate and key do not match: %w", err)
+	}
+	if err := atomicfile.Write(filepath.Join(dir, StreamKeyFile), keyPEM, 0o600); err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(dir, StreamCertFile), certPEM, 0o644)
+}
+
+// StreamCreds are the PEM files QEMU's tls-creds-x509 reads: the CA, and
+// this host's stream certificate and key.
+type StreamCreds struct {
+	CA, Cert, Key []byte
+}
+
+// LoadStream reads the stream credentials of the PKI directory dir, checked
+// against its CA. They are read from disk at each use, so a renewal is
+// picked up by the next server or connection set up.
+func LoadStream(dir string) (StreamCreds, error) {
+	var c StreamCreds
+	var err error
+	if c.CA, err = os.ReadFile(filepath.Join(dir, CACertFile)); err != nil {
+		return c, fmt.Errorf("stream credentials: %w", err)
+	}
+	if c.Cert, err = os.ReadFile(filepath.Join(dir, StreamCertFile)); err != nil {
+		return c, fmt.Errorf("stream credentials: %w", err)
+	}
+	if c.Key, err = os.ReadFile(filepath.Join(dir, StreamKeyFile)); err != nil {
+		return c, fmt.Errorf("stream credentials: %w", err)
+	}
+	if _, err := tls.X509KeyPair(c.Cert, c.Key); err != nil {
+		return c, fmt.Errorf("stream credentials in %s: %w", dir, err)
+	}
+	return c, nil
+}
+
+// StreamDue says whether dir's stream certificate is missing, unreadable,
+// or in the last third of its life.
+func StreamDue(dir string, now time.Time) bool {
+	b, err := os.ReadFile(filepath.Join(dir, StreamCertFile))
+	if err != nil {
+		return true
+	}
+	c, err := ParseCert(b)
+	if err != nil {
+		return true
+	}
+	life := c.NotAfter.Sub(c.NotBefore)
+	return now.After(c.NotAfter.Add(-life / 3))
+}
+
+// ffdhe2048 is RFC 7919's 2048-bit finite-field Diffie-Hellman group, a
+// published constant. QEMU's server credentials load dh-params.pem from
+// their directory and, without one, generate parameters at each creation
+// (80-190 ms measured here, in a migration's destination start). The
+// handshakes use ECDHE with these keys anyway; the parameters are only
+// QEMU's requirement.
+const ffdhe2048 = `-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+`
+
+// WriteQEMUDir writes the credentials into dir under the names QEMU's
+// tls-creds-x509 reads, for both endpoints, readable by group gid (the
+// QEMU user's; -1: leave the group) and nobody else.
+func (c StreamCreds) WriteQEMUDir(dir string, gid int) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	if gid >= 0 {
+		if err := os.Chown(dir, 0, gid); err != nil {
+			return err
+		}
+	}
+	files := map[string][]byte{
+		"ca-cert.pem": c.CA, "server-cert.pem": c.Cert, "client-cert.pem": c.Cert,
+		"server-key.pem": c.Key, "client-key.pem": c.Key, "dh-params.pem": []byte(ffdhe2048),
+	}
+	for name, b := range files {
+		p := filepath.Join(dir, name)
+		if err := atomicfile.Write(p, b, 0o640); err != nil {
+			return err
+		}
+		if gid >= 0 {
+			if err := os.Chown(p, 0, gid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ServiceOrganization is the organisation of a cluster service's
+// certificate (the shared storage server's): no host, and no stream.
+const ServiceOrganization = "Vigil services"
+
+// IssueService makes a certificate for a cluster service named name (the
+// storage server), valid for its addresses, and writes it into dir as
+// that service's PKI directory: the CA's certificate, and the service's
+// certificate and key under the names Load reads (host.crt, host.key).
+// QEMU serves NBD with it too, hence key encipherment.
+func IssueService(dir string, ca *Authority, name string, ips []net.IP, now time.Time) error {
+	if name == "" || len(ips) == 0 {
+		return errors.New("a service certificate needs a name and an address")
+	}
+	k, err := NewKey()
+	if err != nil {
+		return err
+	}
+	sn, err := serial()
+	if err != nil {
+		return err
+	}
+	end := now.Add(HostLifetime)
+	if end.After(ca.Cert.NotAfter) {
+		end = ca.Cert.NotAfter
+	}
+	tpl := &x509.Certificate{
+		SerialNumber: sn,
+		Subject:      pkix.Name{CommonName: name, Organization: []string{ServiceOrganization}},
+		NotBefore:    now.Add(-5 * time.Minute),
+		NotAfter:     end,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{name},
+		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, ca.Cert, k.Public(), ca.key)
+	if err != nil {
+		return fmt.Errorf("sign the certificate of %s: %w", name, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, CACertFile), ca.PEM, 0o644); err != nil {
+		return err
+	}
+	kb, err := EncodeKey(k)
+	if err != nil {
+		return err
+	}
+	return SaveHost(dir, encodeCert(der), kb)
+}
+
+// Creds are an identity's files as QEMU reads them (a storage server's
+// NBD servers present its certificate).
+func (id *Identity) Creds() (StreamCreds, error) {
+	ca, cert, key := id.Files()
+	var c StreamCreds
+	var err error
+	if c.CA, err = os.ReadFile(ca); err != nil {
+		return c, err
+	}
+	if c.Cert, err = os.ReadFile(cert); err != nil {
+		return c, err
+	}
+	if c.Key, err = os.ReadFile(key); err != nil {
+		return c, err
+	}
+	return c, nil
+}

@@ -1,0 +1,232 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/vigilha/vigil/internal/pki"
+	"github.com/vigilha/vigil/internal/qsd"
+)
+
+// Hosts reach their exports through NBD servers of their own.
+//
+// QEMU authorises NBD clients per server (tls-authz), never per export, and
+// a qemu-storage-daemon runs one NBD server. So the daemon that owns the
+// images (the central one, where every fence happens) serves its exports on
+// a unix socket only this server reaches, and each host gets a daemon of
+// its own that re-exports that host's exports over TLS, admitting that
+// host's stream certificate alone, on a port of its own. A host cannot
+// open another host's export: its handshake with the other host's server is
+// refused, and its own server has no such export.
+//
+// The fence argument (package doc) is unchanged: exports are deleted and
+// drained in the central daemon. A host daemon's connection to a deleted
+// export is closed by the hard delete; it does not wait for reconnection
+// (reconnect-delay 0), and a reconnection could find nothing anyway, since
+// export names carry the generation. After the central deletion the host
+// daemon's export and client node are removed too, best effort: they lead
+// nowhere.
+
+// hostServer is one host's NBD server.
+type hostServer struct {
+	host string
+	port int
+	d    *qsd.Daemon
+}
+
+// The host daemons' TLS objects.
+const (
+	hostTLSID   = "vigil-tls"
+	hostAuthzID = "vigil-authz"
+)
+
+// centralSocket is the unix socket of the central daemon's NBD server.
+func (s *server) centralSocket() string { return filepath.Join(s.dir, "nbd.sock") }
+
+// hostPort is the port of host's NBD server: kept in the state file, so
+// that after a restart the server listens where the hosts' QEMUs reconnect.
+// The first host gets the configured NBD port, the next ones the ports
+// above it. Callers hold opMu.
+func (s *server) hostPort(host string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.hostPorts[host]; ok {
+		return p
+	}
+	used := map[int]bool{}
+	for _, p := range s.hostPorts {
+		used[p] = true
+	}
+	p := s.nbdPort
+	for used[p] {
+		p++
+	}
+	s.hostPorts[host] = p
+	return p
+}
+
+// hostServerFor returns host's NBD server, starting it if it is not
+// running (or died: its exports are then added again). Callers hold opMu.
+func (s *server) hostServerFor(ctx context.Context, host string) (*hostServer, error) {
+	if hs := s.hosts[host]; hs != nil {
+		select {
+		case <-hs.d.Exited():
+			s.log.Error("a host's NBD server died; starting it again", "host", host, "err", hs.d.Err())
+			delete(s.hosts, host)
+		default:
+			return hs, nil
+		}
+	}
+	port := s.hostPort(host)
+	dir := filepath.Join(s.dir, "hosts", host)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("NBD server of %s: %w", host, err)
+	}
+	d, err := qsd.Start(ctx, s.qsdBinary, dir, s.log.With("nbd_host", host))
+	if err != nil {
+		return nil, fmt.Errorf("NBD server of %s: %w", host, err)
+	}
+	hs := &hostServer{host: host, port: port, d: d}
+	if err := s.secureHostServer(ctx, hs, dir); err != nil {
+		d.Kill()
+		return nil, fmt.Errorf("NBD server of %s: %w", host, err)
+	}
+	s.hosts[host] = hs
+	s.log.Info("host NBD server up", "host", host, "port", port, "pid", d.Pid())
+	// A restarted daemon serves again what the host had.
+	s.mu.Lock()
+	var mine []*export
+	for k, e := range s.exports {
+		if k.host == host && !e.info.Deleting {
+			mine = append(mine, e)
+		}
+	}
+	s.mu.Unlock()
+	for _, e := range mine {
+		if err := s.reexport(ctx, hs, e); err != nil {
+			s.log.Warn("cannot serve an export again on its host's NBD server", "export", e.info.Export, "err", err)
+		}
+	}
+	return hs, nil
+}
+
+// secureHostServer gives a host daemon the storage server's certificate
+// and an authorisation of the host's stream certificate alone, and starts
+// its NBD server on the host's port.
+func (s *server) secureHostServer(ctx context.Context, hs *hostServer, dir string) error {
+	creds, err := s.id.Creds()
+	if err != nil {
+		return err
+	}
+	tlsDir := filepath.Join(dir, "tls")
+	if err := creds.WriteQEMUDir(tlsDir, -1); err != nil {
+		return err
+	}
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if err := hs.d.QMP.Execute(qctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": hostTLSID,
+		"dir": tlsDir, "endpoint": "server", "verify-peer": true}, nil); err != nil {
+		return fmt.Errorf("TLS credentials: %w", err)
+	}
+	if err := hs.d.QMP.Execute(qctx, "object-add", map[string]any{"qom-type": "authz-simple", "id": hostAuthzID,
+		"identity": pki.StreamDN(hs.host)}, nil); err != nil {
+		return fmt.Errorf("TLS authorisation: %w", err)
+	}
+	// max-connections 0 is unlimited: QEMU's default (100 since 9.1)
+	// would cap a host at 100 VM disks.
+	if err := hs.d.QMP.Execute(qctx, "nbd-server-start", map[string]any{
+		"addr":            map[string]any{"type": "inet", "data": map[string]any{"host": s.nbdHost, "port": strconv.Itoa(hs.port)}},
+		"max-connections": 0, "tls-creds": hostTLSID, "tls-authz": hostAuthzID,
+	}, nil); err != nil {
+		return fmt.Errorf("NBD server on %s: %w", net.JoinHostPort(s.nbdHost, strconv.Itoa(hs.port)), err)
+	}
+	return nil
+}
+
+// relayNode is the host daemon's node of an export: an NBD client of the
+// central daemon's export.
+func relayNode(e *export) string {
+	h := sha256.Sum256([]byte(e.id))
+	return "r-" + hex.EncodeToString(h[:10])
+}
+
+// reexport serves e, which the central daemon exports, on its host's NBD
+// server under the same name.
+func (s *server) reexport(ctx context.Context, hs *hostServer, e *export) error {
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	node := relayNode(e)
+	if err := hs.d.QMP.Execute(qctx, "blockdev-add", map[string]any{
+		"driver": "nbd", "node-name": node, "export": e.info.Export,
+		"server":          map[string]any{"type": "unix", "path": s.centralSocket()},
+		"reconnect-delay": 0,
+	}, nil); err != nil {
+		return fmt.Errorf("relay %s: %w", e.info.Export, err)
+	}
+	if err := hs.d.QMP.Execute(qctx, "block-export-add", map[string]any{
+		"type": "nbd", "id": e.id, "node-name": node, "name": e.info.Export, "writable": true,
+	}, nil); err != nil {
+		_ = hs.d.QMP.Execute(qctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		return fmt.Errorf("relay %s: %w", e.info.Export, err)
+	}
+	return nil
+}
+
+// unrelay removes e from its host's NBD server, once the central daemon
+// has deleted it: best effort, since the relay leads nowhere any more.
+func (s *server) unrelay(e *export) {
+	hs := s.hosts[e.info.Host]
+	if hs == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
+	defer cancel()
+	if err := hs.d.DeleteExports(ctx, []string{e.id}); err != nil {
+		s.log.Warn("cannot remove an export from its host's NBD server", "export", e.info.Export, "err", err)
+		return
+	}
+	if err := hs.d.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": relayNode(e)}, nil); err != nil {
+		s.log.Warn("cannot close a relay node", "export", e.info.Export, "err", err)
+	}
+}
+
+// watchHosts restarts host NBD servers that died, until ctx ends.
+func (s *server) watchHosts(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.opMu.Lock()
+		for host, hs := range s.hosts {
+			select {
+			case <-hs.d.Exited():
+				if _, err := s.hostServerFor(ctx, host); err != nil {
+					s.log.Error("cannot restart a host's NBD server", "host", host, "err", err)
+				}
+			default:
+			}
+		}
+		s.opMu.Unlock()
+	}
+}
+
+// stopHosts stops every host NBD server.
+func (s *server) stopHosts() {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	for host, hs := range s.hosts {
+		hs.d.Stop()
+		delete(s.hosts, host)
+	}
+}
