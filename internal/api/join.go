@@ -110,9 +110,14 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
+	sca, err := pki.LoadStreamAuthority(s.member.Identity.Dir())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("this member does not hold the stream CA's key: %w", err))
+		return
+	}
 	var streamCert []byte
 	if req.StreamCSR != "" {
-		if streamCert, err = ca.SignStreamCSR([]byte(req.StreamCSR), sub, now); err != nil {
+		if streamCert, err = sca.SignStreamCSR([]byte(req.StreamCSR), sub, now); err != nil {
 			writeErr(w, http.StatusBadRequest, err)
 			return
 		}
@@ -127,7 +132,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("give %s its etcd access: %w (the join token is spent: make another)", req.Host, err))
 		return
 	}
-	resp := v1.JoinResponse{CA: string(ca.PEM), Cert: string(cert), StreamCert: string(streamCert), Server: tok.Server, APIs: s.member.APIs}
+	resp := v1.JoinResponse{CA: string(ca.PEM), Cert: string(cert), StreamCert: string(streamCert), StreamCA: string(sca.PEM), Server: tok.Server, APIs: s.member.APIs}
 	if s.member.EtcdEndpoints != nil {
 		if resp.EtcdEndpoints, err = s.member.EtcdEndpoints(r.Context()); err != nil {
 			writeErr(w, http.StatusServiceUnavailable, err)
@@ -145,6 +150,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		resp.CAKey = string(kb)
+		skb, err := sca.KeyPEM()
+		if err != nil {
+			writeErr(w, http.StatusInternalServerError, err)
+			return
+		}
+		resp.StreamCAKey = string(skb)
 		// Longer than a request's usual bound: etcd may make the add wait
 		// for the previous member to settle (AddLearner).
 		actx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 25*time.Second)
@@ -201,12 +212,17 @@ func (s *Server) renewCert(w http.ResponseWriter, r *http.Request) {
 		resp.Cert = string(cert)
 	}
 	if req.StreamCSR != "" {
-		cert, err := ca.SignStreamCSR([]byte(req.StreamCSR), sub, time.Now())
+		sca, err := pki.LoadStreamAuthority(s.member.Identity.Dir())
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("this member does not hold the stream CA's key: %w", err))
+			return
+		}
+		cert, err := sca.SignStreamCSR([]byte(req.StreamCSR), sub, time.Now())
 		if err != nil {
 			writeErr(w, http.StatusBadRequest, err)
 			return
 		}
-		resp.StreamCert = string(cert)
+		resp.StreamCert, resp.StreamCA = string(cert), string(sca.PEM)
 	}
 	httpjson.WriteIndented(w, http.StatusOK, resp)
 }

@@ -16,9 +16,11 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/atomicfile"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/pki"
 )
@@ -101,8 +103,9 @@ func (r *Renewer) EnsureStream(ctx context.Context) error {
 		return nil
 	}
 	sub := r.ID.Subject()
-	if ca, err := pki.LoadAuthority(dir); err == nil {
-		if err := pki.IssueLocalStream(dir, ca, sub, time.Now()); err != nil {
+	sca, err := r.streamAuthority(dir)
+	if err == nil {
+		if err := pki.IssueLocalStream(dir, sca, sub, time.Now()); err != nil {
 			return err
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -124,12 +127,41 @@ func (r *Renewer) EnsureStream(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := atomicfile.Write(filepath.Join(dir, pki.StreamCACertFile), []byte(out.StreamCA), 0o644); err != nil {
+			return err
+		}
 		if err := pki.SaveStream(dir, []byte(out.StreamCert), kb); err != nil {
 			return err
 		}
 	}
 	r.Log.Info("stream certificate issued", "host", sub.Host)
 	return nil
+}
+
+// streamAuthority is the stream CA, on a host that holds its key. A
+// member of a cluster made before stream CAs existed (it holds the cluster
+// CA's key but no stream CA) makes one; the other members then need a copy
+// of its files (stream-ca.crt, stream-ca.key), or hosts they admit get
+// stream certificates that the others' QEMUs refuse.
+func (r *Renewer) streamAuthority(dir string) (*pki.Authority, error) {
+	sca, err := pki.LoadStreamAuthority(dir)
+	if !errors.Is(err, os.ErrNotExist) {
+		return sca, err
+	}
+	if _, err := pki.LoadAuthority(dir); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, pki.StreamCACertFile)); err == nil {
+		return nil, os.ErrNotExist // a copy of another member's, without its key
+	}
+	if sca, err = pki.NewStreamAuthority(r.ID.Host(), time.Now()); err != nil {
+		return nil, err
+	}
+	if err := sca.SaveStreamCA(dir); err != nil {
+		return nil, err
+	}
+	r.Log.Warn("made this cluster's stream CA: copy stream-ca.crt and stream-ca.key to the other control-plane members", "dir", dir)
+	return sca, nil
 }
 
 func (r *Renewer) renewRemote(ctx context.Context, dir, host string) error {

@@ -227,7 +227,11 @@ func newCertCmd(g *globals) *cobra.Command {
 			if svcOut == "" {
 				return errors.New("--out: the storage server's PKI directory to write")
 			}
-			if err := pki.IssueService(svcOut, ca, svcName, ips, time.Now()); err != nil {
+			sca, err := pki.LoadStreamAuthority(h.dir())
+			if err != nil {
+				return fmt.Errorf("the stream CA key (%s): %w: run this on a control-plane member", h.dir(), err)
+			}
+			if err := pki.IssueService(svcOut, ca, sca, svcName, ips, time.Now()); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.errOut, "storage server %s: certificate for %v in %s\n", svcName, svcAddrs, svcOut)
@@ -308,8 +312,16 @@ func newJoinCmd(g *globals) *cobra.Command {
 			if err := pki.SaveHost(h.dir(), []byte(resp.Cert), kb); err != nil {
 				return err
 			}
-			if resp.StreamCert == "" {
+			if resp.StreamCert == "" || resp.StreamCA == "" {
 				return errors.New("the member gave no stream certificate: is it older than this host's vigil?")
+			}
+			if err := atomicfile.Write(filepath.Join(h.dir(), pki.StreamCACertFile), []byte(resp.StreamCA), 0o644); err != nil {
+				return err
+			}
+			if resp.StreamCAKey != "" {
+				if err := atomicfile.Write(filepath.Join(h.dir(), pki.StreamCAKeyFile), []byte(resp.StreamCAKey), 0o600); err != nil {
+					return err
+				}
 			}
 			skb, err := pki.EncodeKey(skey)
 			if err != nil {

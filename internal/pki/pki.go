@@ -122,6 +122,10 @@ type Authority struct {
 
 // NewAuthority makes a cluster CA named for cluster.
 func NewAuthority(cluster string, now time.Time) (*Authority, error) {
+	return newAuthority("Vigil cluster CA "+cluster, now)
+}
+
+func newAuthority(name string, now time.Time) (*Authority, error) {
 	k, err := NewKey()
 	if err != nil {
 		return nil, err
@@ -132,7 +136,7 @@ func NewAuthority(cluster string, now time.Time) (*Authority, error) {
 	}
 	tpl := &x509.Certificate{
 		SerialNumber:          sn,
-		Subject:               pkix.Name{CommonName: "Vigil cluster CA " + cluster, Organization: []string{"Vigil"}},
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"Vigil"}},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(CALifetime),
 		IsCA:                  true,
@@ -142,7 +146,7 @@ func NewAuthority(cluster string, now time.Time) (*Authority, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, k.Public(), k)
 	if err != nil {
-		return nil, fmt.Errorf("cluster CA: %w", err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -153,21 +157,25 @@ func NewAuthority(cluster string, now time.Time) (*Authority, error) {
 
 // LoadAuthority reads the CA and its key from dir.
 func LoadAuthority(dir string) (*Authority, error) {
-	cb, err := os.ReadFile(filepath.Join(dir, CACertFile))
+	return loadAuthority(dir, CACertFile, CAKeyFile)
+}
+
+func loadAuthority(dir, certFile, keyFile string) (*Authority, error) {
+	cb, err := os.ReadFile(filepath.Join(dir, certFile))
 	if err != nil {
 		return nil, err
 	}
-	kb, err := os.ReadFile(filepath.Join(dir, CAKeyFile))
+	kb, err := os.ReadFile(filepath.Join(dir, keyFile))
 	if err != nil {
 		return nil, err
 	}
 	c, err := ParseCert(cb)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CACertFile), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, certFile), err)
 	}
 	k, err := parseKey(kb)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CAKeyFile), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, keyFile), err)
 	}
 	return &Authority{Cert: c, PEM: cb, key: k}, nil
 }
@@ -177,7 +185,9 @@ func LoadAuthority(dir string) (*Authority, error) {
 func (a *Authority) KeyPEM() ([]byte, error) { return EncodeKey(a.key) }
 
 // Save writes the CA certificate and key into dir.
-func (a *Authority) Save(dir string) error {
+func (a *Authority) Save(dir string) error { return a.saveAs(dir, CACertFile, CAKeyFile) }
+
+func (a *Authority) saveAs(dir, certFile, keyFile string) error {
 	kb, err := a.KeyPEM()
 	if err != nil {
 		return err
@@ -185,10 +195,10 @@ func (a *Authority) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(dir, CAKeyFile), kb, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, keyFile), kb, 0o600); err != nil {
 		return err
 	}
-	return atomicfile.Write(filepath.Join(dir, CACertFile), a.PEM, 0o644)
+	return atomicfile.Write(filepath.Join(dir, certFile), a.PEM, 0o644)
 }
 
 // Subject is who a host certificate is for: the host's name (its identity
@@ -298,7 +308,14 @@ func InitFor(dir string, sub Subject, now time.Time, lifetime time.Duration) (*A
 	if err := IssueLocal(dir, ca, sub, now, lifetime); err != nil {
 		return nil, err
 	}
-	if err := IssueLocalStream(dir, ca, sub, now); err != nil {
+	sca, err := NewStreamAuthority(sub.Host, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := sca.SaveStreamCA(dir); err != nil {
+		return nil, err
+	}
+	if err := IssueLocalStream(dir, sca, sub, now); err != nil {
 		return nil, err
 	}
 	return ca, nil

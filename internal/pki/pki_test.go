@@ -158,8 +158,17 @@ func TestStreamCertificateIsNoHost(t *testing.T) {
 	if !slices.ContainsFunc(leaf.IPAddresses, func(ip net.IP) bool { return ip.Equal(net.IPv4(10, 0, 2, 1)) }) {
 		t.Fatalf("stream certificate addresses %v: QEMU checks the server's against the address it dials", leaf.IPAddresses)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: poolOf(ca.Cert), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		t.Fatalf("stream certificate not signed by the CA: %v", err)
+	// Signed by the stream CA, which only streams trust: etcd, the API and
+	// the agents trust the cluster CA, and refuse it in the handshake.
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: poolOf(ca.Cert), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Fatal("the cluster CA vouches for a stream certificate")
+	}
+	sca, err := ParseCert(c.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: poolOf(sca), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil || sca.Equal(ca.Cert) {
+		t.Fatalf("stream certificate not signed by the stream CA: %v", err)
 	}
 	id, err := Load(dir)
 	if err != nil {

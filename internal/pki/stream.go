@@ -20,15 +20,20 @@ import (
 // its storage daemons) on the streams between hosts: migration, the NBD
 // exports of a migration's disks, replicas and the shared storage. QEMU
 // reads its credentials from files, and a VM's QEMU is the untrusted party:
-// so it gets a certificate of its own, never the host's. Its name is not a
-// host's ("qemu@host1"; host names are DNS labels, without '@') and its
-// organisation is StreamOrganization, so that etcd (which takes a common
-// name as its user) and PeerHost (which wants HostOrganization) take it for
-// nobody, and a QEMU that escapes its guest's grip can reach the streams
-// its host may reach and nothing else.
+// so it gets a certificate of its own, never the host's, signed by a CA of
+// its own, the stream CA, which only streams trust: etcd (its client and
+// peer ports), the API and the agents' endpoints trust the cluster CA
+// alone, so a QEMU that escapes its guest's grip cannot even complete a
+// handshake with them, and reaches the streams its host may reach and
+// nothing else. Its name is not a host's either ("qemu@host1"; host names
+// are DNS labels, without '@') and its organisation is StreamOrganization.
+// Control-plane members hold the stream CA's key as they hold the cluster
+// CA's.
 const (
 	StreamCertFile     = "stream.crt"
 	StreamKeyFile      = "stream.key"
+	StreamCACertFile   = "stream-ca.crt"
+	StreamCAKeyFile    = "stream-ca.key"
 	StreamOrganization = "Vigil streams"
 	// StreamLifetime is a stream certificate's lifetime. It does not
 	// follow a host certificate's (which a test may make minutes long):
@@ -36,6 +41,21 @@ const (
 	// or a connection is set up and keep them for as long as it lasts.
 	StreamLifetime = HostLifetime
 )
+
+// NewStreamAuthority makes a cluster's stream CA.
+func NewStreamAuthority(cluster string, now time.Time) (*Authority, error) {
+	return newAuthority("Vigil stream CA "+cluster, now)
+}
+
+// LoadStreamAuthority reads the stream CA and its key from dir.
+func LoadStreamAuthority(dir string) (*Authority, error) {
+	return loadAuthority(dir, StreamCACertFile, StreamCAKeyFile)
+}
+
+// SaveStreamCA writes a the stream CA's certificate and key into dir.
+func (a *Authority) SaveStreamCA(dir string) error {
+	return a.saveAs(dir, StreamCACertFile, StreamCAKeyFile)
+}
 
 // StreamName is the common name of host's stream certificate.
 func StreamName(host string) string { return "qemu@" + host }
@@ -90,7 +110,7 @@ func (a *Authority) SignStreamCSR(csrPEM []byte, sub Subject, now time.Time) ([]
 }
 
 // IssueLocalStream gives this host a fresh stream key and certificate
-// signed by ca, in dir.
+// signed by ca (the stream CA), in dir.
 func IssueLocalStream(dir string, ca *Authority, sub Subject, now time.Time) error {
 	return issue(func(pub crypto.PublicKey) ([]byte, error) { return ca.SignStream(pub, sub, now, StreamLifetime) },
 		func(cert, key []byte) error { return SaveStream(dir, cert, key) })
@@ -108,19 +128,20 @@ func SaveStream(dir string, certPEM, keyPEM []byte) error {
 	return atomicfile.Write(filepath.Join(dir, StreamCertFile), certPEM, 0o644)
 }
 
-// StreamCreds are the PEM files QEMU's tls-creds-x509 reads: the CA, and
-// this host's stream certificate and key.
+// StreamCreds are the PEM files QEMU's tls-creds-x509 reads: the stream
+// CA, and this host's (or the storage server's) stream certificate and key.
 type StreamCreds struct {
 	CA, Cert, Key []byte
 }
 
-// LoadStream reads the stream credentials of the PKI directory dir, checked
-// against its CA. They are read from disk at each use, so a renewal is
-// picked up by the next server or connection set up.
+// LoadStream reads the stream credentials of the PKI directory dir: the
+// key must match the certificate, and the certificate be the stream CA's.
+// They are read from disk at each use, so a renewal is picked up by the
+// next server or connection set up.
 func LoadStream(dir string) (StreamCreds, error) {
 	var c StreamCreds
 	var err error
-	if c.CA, err = os.ReadFile(filepath.Join(dir, CACertFile)); err != nil {
+	if c.CA, err = os.ReadFile(filepath.Join(dir, StreamCACertFile)); err != nil {
 		return c, fmt.Errorf("stream credentials: %w", err)
 	}
 	if c.Cert, err = os.ReadFile(filepath.Join(dir, StreamCertFile)); err != nil {
@@ -129,8 +150,18 @@ func LoadStream(dir string) (StreamCreds, error) {
 	if c.Key, err = os.ReadFile(filepath.Join(dir, StreamKeyFile)); err != nil {
 		return c, fmt.Errorf("stream credentials: %w", err)
 	}
-	if _, err := tls.X509KeyPair(c.Cert, c.Key); err != nil {
+	pair, err := tls.X509KeyPair(c.Cert, c.Key)
+	if err != nil {
 		return c, fmt.Errorf("stream credentials in %s: %w", dir, err)
+	}
+	ca, err := ParseCert(c.CA)
+	if err != nil {
+		return c, fmt.Errorf("stream CA in %s: %w", dir, err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if _, err := pair.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return c, fmt.Errorf("stream certificate in %s is not the stream CA's: %w", dir, err)
 	}
 	return c, nil
 }
@@ -200,68 +231,65 @@ func (c StreamCreds) WriteQEMUDir(dir string, gid int) error {
 // certificate (the shared storage server's): no host, and no stream.
 const ServiceOrganization = "Vigil services"
 
-// IssueService makes a certificate for a cluster service named name (the
-// storage server), valid for its addresses, and writes it into dir as
-// that service's PKI directory: the CA's certificate, and the service's
-// certificate and key under the names Load reads (host.crt, host.key).
-// QEMU serves NBD with it too, hence key encipherment.
-func IssueService(dir string, ca *Authority, name string, ips []net.IP, now time.Time) error {
+// IssueService makes the certificates of a cluster service named name (the
+// storage server), valid for its addresses, and writes them into dir as
+// that service's PKI directory: the cluster CA's certificate and the
+// service's under the names Load reads (host.crt, host.key), for its https
+// API; and the stream CA's and the service's stream certificate (the names
+// LoadStream reads), for its NBD servers, which QEMU verifies against the
+// stream CA.
+func IssueService(dir string, ca, sca *Authority, name string, ips []net.IP, now time.Time) error {
 	if name == "" || len(ips) == 0 {
 		return errors.New("a service certificate needs a name and an address")
 	}
-	k, err := NewKey()
-	if err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	for _, c := range []struct {
+		ca           *Authority
+		caFile       string
+		save         func(dir string, cert, key []byte) error
+		encipherment x509.KeyUsage
+	}{
+		{ca, CACertFile, SaveHost, 0},
+		{sca, StreamCACertFile, SaveStream, x509.KeyUsageKeyEncipherment},
+	} {
+		if err := atomicfile.Write(filepath.Join(dir, c.caFile), c.ca.PEM, 0o644); err != nil {
+			return err
+		}
+		err := issue(func(pub crypto.PublicKey) ([]byte, error) {
+			return c.ca.signService(pub, name, ips, now, c.encipherment)
+		}, func(cert, key []byte) error { return c.save(dir, cert, key) })
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// signService certifies a service's key: a server, no host.
+func (a *Authority) signService(pub crypto.PublicKey, name string, ips []net.IP, now time.Time, extra x509.KeyUsage) ([]byte, error) {
 	sn, err := serial()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	end := now.Add(HostLifetime)
-	if end.After(ca.Cert.NotAfter) {
-		end = ca.Cert.NotAfter
+	if end.After(a.Cert.NotAfter) {
+		end = a.Cert.NotAfter
 	}
 	tpl := &x509.Certificate{
 		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: name, Organization: []string{ServiceOrganization}},
 		NotBefore:    now.Add(-5 * time.Minute),
 		NotAfter:     end,
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		KeyUsage:     x509.KeyUsageDigitalSignature | extra,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{name},
 		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...),
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tpl, ca.Cert, k.Public(), ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tpl, a.Cert, pub, a.key)
 	if err != nil {
-		return fmt.Errorf("sign the certificate of %s: %w", name, err)
+		return nil, fmt.Errorf("sign the certificate of %s: %w", name, err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := atomicfile.Write(filepath.Join(dir, CACertFile), ca.PEM, 0o644); err != nil {
-		return err
-	}
-	kb, err := EncodeKey(k)
-	if err != nil {
-		return err
-	}
-	return SaveHost(dir, encodeCert(der), kb)
-}
-
-// Creds are an identity's files as QEMU reads them (a storage server's
-// NBD servers present its certificate).
-func (id *Identity) Creds() (StreamCreds, error) {
-	ca, cert, key := id.Files()
-	var c StreamCreds
-	var err error
-	if c.CA, err = os.ReadFile(ca); err != nil {
-		return c, err
-	}
-	if c.Cert, err = os.ReadFile(cert); err != nil {
-		return c, err
-	}
-	if c.Key, err = os.ReadFile(key); err != nil {
-		return c, err
-	}
-	return c, nil
+	return encodeCert(der), nil
 }

@@ -533,10 +533,13 @@ type JoinRequest struct {
 type JoinResponse struct {
 	CA   string `json:"ca"`
 	Cert string `json:"cert"`
-	// StreamCert answers JoinRequest.StreamCSR.
-	StreamCert string `json:"streamCert,omitempty"`
-	CAKey      string `json:"caKey,omitempty"`
-	Server     bool   `json:"server"`
+	// StreamCert answers JoinRequest.StreamCSR, signed by the stream CA
+	// (StreamCA); a control-plane member gets that CA's key too.
+	StreamCert  string `json:"streamCert,omitempty"`
+	StreamCA    string `json:"streamCA,omitempty"`
+	StreamCAKey string `json:"streamCAKey,omitempty"`
+	CAKey       string `json:"caKey,omitempty"`
+	Server      bool   `json:"server"`
 	// InitialCluster ("name=peerURL,...") for the new etcd member, which
 	// starts as a learner of the existing cluster and is promoted once it
 	// has caught up.
@@ -558,4 +561,6 @@ type RenewRequest struct {
 type RenewResponse struct {
 	Cert       string `json:"cert,omitempty"`
 	StreamCert string `json:"streamCert,omitempty"`
+	// StreamCA is the stream CA's certificate, with StreamCert.
+	StreamCA string `json:"streamCA,omitempty"`
 }

@@ -33,7 +33,7 @@ func clusterStreams(t *testing.T) *testStreams {
 			streamsErr = err
 			return
 		}
-		ca, err := pki.NewAuthority("test", time.Now())
+		ca, err := pki.NewStreamAuthority("test", time.Now())
 		if err != nil {
 			streamsErr = err
 			return
@@ -58,7 +58,7 @@ func (s *testStreams) hostDir(t *testing.T, host string) string {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ca.Save(dir); err != nil {
+	if err := s.ca.SaveStreamCA(dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := pki.IssueLocalStream(dir, s.ca, pki.Subject{Host: host}, time.Now()); err != nil {

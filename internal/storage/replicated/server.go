@@ -299,6 +299,10 @@ func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk, client strin
 	if err := d.QMP.Execute(ctx, "block-export-add", map[string]any{
 		"type": "nbd", "id": node, "node-name": node, "name": name, "writable": true,
 	}, nil); err != nil {
+		delete(s.clients, k)
+		if aerr := s.authorize(ctx, d); aerr != nil {
+			s.log.Warn("replica server: cannot narrow its authorisation list", "err", aerr)
+		}
 		_ = d.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
 		return fmt.Errorf("replica of %s/%s: export: %w", vm.Name, disk, err)
 	}

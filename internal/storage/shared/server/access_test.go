@@ -101,20 +101,17 @@ func TestHostsReachOnlyTheirOwnExports(t *testing.T) {
 		resp.Body.Close()
 		t.Fatalf("no client certificate: %s", resp.Status)
 	}
-	// A stream certificate (a QEMU's) is signed by the CA but is no host.
+	// A stream certificate (a QEMU's) is the stream CA's, which the API
+	// does not trust: the handshake fails.
 	streamCert, err := tls.LoadX509KeyPair(p.host(t, "h1").Dir()+"/"+pki.StreamCertFile, p.host(t, "h1").Dir()+"/"+pki.StreamKeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	qemuClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		RootCAs: p.host(t, "h1").Pool, Certificates: []tls.Certificate{streamCert}}}}
-	resp, err := qemuClient.Get(c.BaseURL() + "/v1/exports")
-	if err != nil {
-		t.Fatalf("stream certificate: %v", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Fatalf("a QEMU's stream certificate on the storage API: %s, want 403", resp.Status)
+	if resp, err := qemuClient.Get(c.BaseURL() + "/v1/exports"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a QEMU's stream certificate on the storage API: %s, want a refused handshake", resp.Status)
 	}
 }
 

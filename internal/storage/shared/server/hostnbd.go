@@ -47,6 +47,10 @@ const (
 	hostAuthzID = "vigil-authz"
 )
 
+// hostServerTimeout bounds starting a host's NBD server and relaying its
+// exports (a daemon's start, a few QMP commands per export).
+const hostServerTimeout = 30 * time.Second
+
 // centralSocket is the unix socket of the central daemon's NBD server.
 func (s *server) centralSocket() string { return filepath.Join(s.dir, "nbd.sock") }
 
@@ -73,13 +77,14 @@ func (s *server) hostPort(host string) int {
 }
 
 // hostServerFor returns host's NBD server, starting it if it is not
-// running (or died: its exports are then added again). Callers hold opMu.
+// running (or died: its exports are then added again; a dead one stays
+// recorded until a new one runs, so that watchHosts retries). Callers hold
+// opMu.
 func (s *server) hostServerFor(ctx context.Context, host string) (*hostServer, error) {
 	if hs := s.hosts[host]; hs != nil {
 		select {
 		case <-hs.d.Exited():
 			s.log.Error("a host's NBD server died; starting it again", "host", host, "err", hs.d.Err())
-			delete(s.hosts, host)
 		default:
 			return hs, nil
 		}
@@ -121,7 +126,7 @@ func (s *server) hostServerFor(ctx context.Context, host string) (*hostServer, e
 // and an authorisation of the host's stream certificate alone, and starts
 // its NBD server on the host's port.
 func (s *server) secureHostServer(ctx context.Context, hs *hostServer, dir string) error {
-	creds, err := s.id.Creds()
+	creds, err := pki.LoadStream(s.pkiDir)
 	if err != nil {
 		return err
 	}
@@ -163,6 +168,16 @@ func (s *server) reexport(ctx context.Context, hs *hostServer, e *export) error 
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	node := relayNode(e)
+	// What a failed unrelay left of an earlier export under this ID (the
+	// same generation exported again) would clash: it leads nowhere.
+	if live, err := hs.d.QueryExports(qctx); err == nil {
+		if _, ok := live[e.id]; ok {
+			if err := hs.d.DeleteExports(qctx, []string{e.id}); err != nil {
+				return fmt.Errorf("relay %s: remove a stale relay: %w", e.info.Export, err)
+			}
+		}
+	}
+	_ = hs.d.QMP.Execute(qctx, "blockdev-del", map[string]any{"node-name": node}, nil) // absent: an error to ignore
 	if err := hs.d.QMP.Execute(qctx, "blockdev-add", map[string]any{
 		"driver": "nbd", "node-name": node, "export": e.info.Export,
 		"server":          map[string]any{"type": "unix", "path": s.centralSocket()},
@@ -211,9 +226,11 @@ func (s *server) watchHosts(ctx context.Context) {
 		for host, hs := range s.hosts {
 			select {
 			case <-hs.d.Exited():
-				if _, err := s.hostServerFor(ctx, host); err != nil {
-					s.log.Error("cannot restart a host's NBD server", "host", host, "err", err)
+				rctx, cancel := context.WithTimeout(ctx, hostServerTimeout)
+				if _, err := s.hostServerFor(rctx, host); err != nil {
+					s.log.Error("cannot restart a host's NBD server; retrying", "host", host, "err", err)
 				}
+				cancel()
 			default:
 			}
 		}

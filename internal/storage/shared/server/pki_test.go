@@ -21,6 +21,7 @@ import (
 type testPKI struct {
 	dir string
 	ca  *pki.Authority
+	sca *pki.Authority // the stream CA
 
 	mu    sync.Mutex
 	hosts map[string]*pki.Identity
@@ -45,11 +46,16 @@ func clusterPKI(t *testing.T) *testPKI {
 			pkiErr = err
 			return
 		}
-		if err := pki.IssueService(filepath.Join(dir, "storage"), ca, "storage", []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now()); err != nil {
+		sca, err := pki.NewStreamAuthority("test", time.Now())
+		if err != nil {
 			pkiErr = err
 			return
 		}
-		thePKI = &testPKI{dir: dir, ca: ca, hosts: map[string]*pki.Identity{}}
+		if err := pki.IssueService(filepath.Join(dir, "storage"), ca, sca, "storage", []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now()); err != nil {
+			pkiErr = err
+			return
+		}
+		thePKI = &testPKI{dir: dir, ca: ca, sca: sca, hosts: map[string]*pki.Identity{}}
 	})
 	if pkiErr != nil {
 		t.Fatal(pkiErr)
@@ -80,7 +86,10 @@ func (p *testPKI) host(t *testing.T, name string) *pki.Identity {
 	if err := pki.IssueLocal(dir, p.ca, sub, time.Now(), time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if err := pki.IssueLocalStream(dir, p.ca, sub, time.Now()); err != nil {
+	if err := p.sca.SaveStreamCA(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.IssueLocalStream(dir, p.sca, sub, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	c, err := pki.LoadStream(dir)

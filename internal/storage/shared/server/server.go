@@ -132,6 +132,7 @@ type server struct {
 	dir       string
 	qsdBinary string
 	id        *pki.Identity
+	pkiDir    string // its stream credentials too (pki.LoadStream)
 	d         *qsd.Daemon
 	nbdHost   string
 	nbdPort   int
@@ -213,6 +214,9 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	if err != nil {
 		return fmt.Errorf("storage server: its certificate (vigil cert issue-storage): %w", err)
 	}
+	if _, err := pki.LoadStream(cfg.PKIDir); err != nil {
+		return fmt.Errorf("storage server: its NBD certificate (vigil cert issue-storage): %w", err)
+	}
 	if cfg.QSDBinary == "" {
 		cfg.QSDBinary = "qemu-storage-daemon"
 	}
@@ -234,7 +238,7 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 		return fmt.Errorf("storage server: %w", err)
 	}
 	s := &server{
-		log: log, opts: opts, nbdHost: nbdHost, nbdPort: nbdPort, dir: dir, qsdBinary: cfg.QSDBinary, id: id,
+		log: log, opts: opts, nbdHost: nbdHost, nbdPort: nbdPort, dir: dir, qsdBinary: cfg.QSDBinary, id: id, pkiDir: cfg.PKIDir,
 		hostPorts: map[string]int{}, hosts: map[string]*hostServer{},
 		imagesDir: filepath.Join(dir, "images"), statePath: filepath.Join(dir, "state.json"),
 		ctx:       ctx,
@@ -305,7 +309,9 @@ func serve(ctx context.Context, cfg ServerConfig, opts serverOptions) error {
 	defer s.d.Stop()
 	defer s.stopHosts()
 	s.restore(st.Exports)
-	go s.watchHosts(ctx)
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel() // before stopHosts: no restart races the stop
+	go s.watchHosts(wctx)
 
 	srv := &http.Server{
 		Handler:           s.routes(),
@@ -568,7 +574,6 @@ func (s *server) addExport(r shared.ExportRequest) (*export, error) {
 	}
 	e := &export{id: exportID(r), info: shared.Export{VM: r.VM, UID: r.UID, Disk: r.Disk, Host: r.Host, Generation: r.Generation, Export: exportName(r)}}
 	ctx, cancel := s.qctx()
-	defer cancel()
 	// Every export of a node is writable: the block layer lets several
 	// writers share a node (export BlockBackends share all permissions),
 	// which live migration needs while both hosts have the disk open.
@@ -576,24 +581,38 @@ func (s *server) addExport(r shared.ExportRequest) (*export, error) {
 		"type": "nbd", "id": e.id, "node-name": node.top(), "name": e.info.Export,
 		"writable": true,
 	}, nil)
+	cancel()
 	if err != nil {
 		s.closeUnused(diskKey{r.VM, r.Disk})
 		return nil, fmt.Errorf("export %s: %w", e.info.Export, err)
 	}
-	// The host reaches it through its own NBD server.
-	hs, err := s.hostServerFor(ctx, r.Host)
+	key := exportKey{r.VM, r.Disk, r.Host}
+	// The host reaches it through its own NBD server, which may have to
+	// start first: a time budget of its own.
+	hctx, hcancel := context.WithTimeout(s.ctx, hostServerTimeout)
+	defer hcancel()
+	hs, err := s.hostServerFor(hctx, r.Host)
 	if err == nil {
-		err = s.reexport(ctx, hs, e)
+		err = s.reexport(hctx, hs, e)
 	}
 	if err != nil {
-		if derr := s.d.DeleteExports(ctx, []string{e.id}); derr != nil {
-			s.log.Error("cannot remove an export its host cannot reach", "export", e.info.Export, "err", derr)
+		cctx, ccancel := context.WithTimeout(s.ctx, waitTimeout)
+		defer ccancel()
+		if derr := s.d.DeleteExports(cctx, []string{e.id}); derr != nil {
+			// Still exported: kept, as being deleted, so that the next
+			// fence of the VM or export of the disk deletes it again.
+			e.info.Deleting = true
+			s.mu.Lock()
+			s.exports[key] = e
+			s.mu.Unlock()
+			s.log.Error("cannot remove an export its host cannot reach; the next operation on it retries", "export", e.info.Export, "err", derr)
+			return nil, fmt.Errorf("export %s: %w (and its removal: %w)", e.info.Export, err, derr)
 		}
 		s.closeUnused(diskKey{r.VM, r.Disk})
 		return nil, fmt.Errorf("export %s: %w", e.info.Export, err)
 	}
 	s.mu.Lock()
-	s.exports[exportKey{r.VM, r.Disk, r.Host}] = e
+	s.exports[key] = e
 	s.mu.Unlock()
 	s.log.Info("exported", "export", e.info.Export, "vm", r.VM, "disk", r.Disk, "host", r.Host, "generation", r.Generation)
 	return e, nil
