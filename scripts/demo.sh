@@ -82,7 +82,7 @@ printf '%s, with its certificate, reports a status of ha-guest1 as %s: ' "$write
 "$V" lab exec "$writer" -- curl -s -m 5 --cacert "$VIGIL_CA" --cert "$wpki/host.crt" --key "$wpki/host.key" -X PUT \
   -d '{"placementRev":1,"status":{"state":"stopped"}}' "$VIGIL_API_URL/api/v1/hosts/$owner/vms/ha-guest1/status" | grep error
 
-say "live-migrate ha-guest2 off $(guest ha-guest2 host) (the placement pipeline picks the target); its counter keeps counting"
+say "live-migrate ha-guest2 off $(guest ha-guest2 host) (the placement pipeline picks the target; the stream is TLS, from the source host's certificate only); its counter keeps counting"
 printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
 "$V" vm migrate ha-guest2
 printf 'after (on %s): ' "$(guest ha-guest2 host)"; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo

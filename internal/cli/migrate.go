@@ -81,7 +81,14 @@ func followMigration(ctx context.Context, g *globals, c *client.Client, name, id
 				}
 				switch m.Phase {
 				case v1.MigrationCompleted:
-					fmt.Fprintf(g.out, "vm %s migrated %s -> %s: QEMU downtime %d ms, total %d ms\n", name, m.Source, m.Target, m.Progress.DowntimeMS, m.Progress.TotalMS)
+					stream := ""
+					if m.Dest != nil {
+						stream = " over TLS"
+						if !m.Dest.TLS {
+							stream = " in plaintext (the destination takes it so: --migration-tls=false)"
+						}
+					}
+					fmt.Fprintf(g.out, "vm %s migrated %s -> %s%s: QEMU downtime %d ms, total %d ms\n", name, m.Source, m.Target, stream, m.Progress.DowntimeMS, m.Progress.TotalMS)
 					return nil
 				case v1.MigrationCancelled:
 					fmt.Fprintf(g.out, "vm %s: migration cancelled; it keeps running on %s\n", name, m.Source)
