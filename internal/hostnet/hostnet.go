@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/vigilha/vigil/internal/nsthread"
@@ -227,4 +229,17 @@ func GatewayCIDR(gateway, subnet string) (string, error) {
 	}
 	ones, _ := n.Mask.Size()
 	return fmt.Sprintf("%s/%d", gateway, ones), nil
+}
+
+// AbortConnections destroys this network namespace's TCP connections that
+// match filter (an ss(8) filter on the local side, e.g. "dport = :7483")
+// and whose remote address is ip (SOCK_DESTROY, as `ss -K`): their pending
+// requests fail at once, not after TCP's retransmission timeout.
+func AbortConnections(ctx context.Context, filter, ip string) error {
+	args := append([]string{"-K", "-t", "dst", ip}, strings.Fields(filter)...)
+	out, err := exec.CommandContext(ctx, "ss", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ss %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }

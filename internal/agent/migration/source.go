@@ -8,9 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/hostnet"
 	proto "github.com/vigilha/vigil/internal/protocol/migration"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
@@ -123,6 +127,7 @@ func (r *Reconciler) migrateOut(ctx context.Context, mig driver.Migrator, v *sto
 		// and the abort must not wait for it.
 		if rep.Phase != proto.SourcePostcopy && r.cancelled(ctx, name, p.ID) {
 			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			r.abortStream(qctx, tgt)
 			_ = mig.CancelMigration(qctx, name)
 			cancel()
 			r.endMirrors(ctx, mig, name, p, true)
@@ -166,6 +171,9 @@ func (r *Reconciler) migrateOut(ctx context.Context, mig driver.Migrator, v *sto
 		}
 		if rep.Phase != proto.SourcePostcopy {
 			act := det.Observe(proto.SampleOf(time.Now(), info))
+			if act.Kind == proto.Abort {
+				r.abortStream(ctx, tgt)
+			}
 			if done := r.escalate(ctx, mig, v, p, rep, act); done {
 				return
 			}
@@ -173,6 +181,28 @@ func (r *Reconciler) migrateOut(ctx context.Context, mig driver.Migrator, v *sto
 		if time.Since(lastReport) >= reportInterval {
 			lastReport = time.Now()
 			r.reportSource(ctx, name, rep)
+		}
+	}
+}
+
+// abortStream destroys this host's connections of the migration to its
+// destination (the stream's port, and the mirrors' NBD ports), before a
+// cancel. Over TLS, QEMU ends each channel with a close_notify, written
+// while it holds its main loop; to a destination that died, with the
+// socket's send buffer full, that write blocks until TCP gives up, and the
+// guest with it. A destroyed socket fails the write at once.
+func (r *Reconciler) abortStream(ctx context.Context, tgt store.MigrationTarget) {
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(tgt.URI, "tcp:"))
+	if err != nil {
+		return
+	}
+	ports := []string{port}
+	for _, n := range tgt.NBD {
+		ports = append(ports, strconv.Itoa(n.Port))
+	}
+	for _, p := range ports {
+		if err := hostnet.AbortConnections(ctx, "dport = :"+p, host); err != nil {
+			r.log.Warn("migration: cannot abort the stream's connections", "destination", net.JoinHostPort(host, p), "err", err)
 		}
 	}
 }

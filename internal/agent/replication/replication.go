@@ -26,6 +26,7 @@ import (
 	preplication "github.com/vigilha/vigil/internal/protocol/replication"
 
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/hostnet"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/storage/replicated"
@@ -418,7 +419,7 @@ func (p *primary) probe(ctx context.Context) {
 		p.mu.Unlock()
 		if !already {
 			p.log.Warn("replication: peer unreachable; aborting the connections to it", "peer", ip, "attempts", fails)
-			if err := replicated.AbortConnections(ctx, "dport = :"+strconv.Itoa(port), ip); err != nil {
+			if err := hostnet.AbortConnections(ctx, "dport = :"+strconv.Itoa(port), ip); err != nil {
 				p.log.Warn("replication: cannot abort connections to the peer", "peer", ip, "err", err)
 			}
 			p.nudge()

@@ -10,7 +10,6 @@ import (
 	"maps"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/atomicfile"
+	"github.com/vigilha/vigil/internal/hostnet"
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/qsd"
 	"github.com/vigilha/vigil/internal/storage"
@@ -355,7 +355,7 @@ func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk stri
 		if ip := resolve(oldClient); ip != "" {
 			_, port, _ := net.SplitHostPort(s.listen)
 			s.log.Warn("replica export still draining; aborting the old primary's connections", "vm", vm, "disk", disk, "client", ip)
-			if aerr := AbortConnections(ctx, "sport = :"+port, ip); aerr != nil {
+			if aerr := hostnet.AbortConnections(ctx, "sport = :"+port, ip); aerr != nil {
 				s.log.Warn("cannot abort the old primary's connections", "err", aerr)
 			}
 		}
@@ -414,19 +414,6 @@ func resolve(f func() string) string {
 // drainPatience is how long an export's deletion may wait for the old
 // primary's last requests before its connections are aborted.
 const drainPatience = 2 * time.Second
-
-// AbortConnections destroys this network namespace's TCP connections that
-// match filter (an ss(8) filter on the local side, e.g. "dport = :7483")
-// and whose remote address is ip (SOCK_DESTROY, as `ss -K`): their pending
-// requests fail at once, not after TCP's retransmission timeout.
-func AbortConnections(ctx context.Context, filter, ip string) error {
-	args := append([]string{"-K", "-t", "dst", ip}, strings.Fields(filter)...)
-	out, err := exec.CommandContext(ctx, "ss", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ss %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
 
 func nodeName(vm, disk string) string { return "rep-" + vm + "-" + disk }
 
