@@ -114,18 +114,9 @@ func (r *Renewer) EnsureStream(ctx context.Context) error {
 		if len(r.APIs) == 0 {
 			return errors.New("this host has no CA key and knows no member to ask for its stream certificate (cluster.json)")
 		}
-		key, csr, err := pki.NewCSR(sub.Host)
+		kb, out, err := r.askMember(ctx, sub.Host, func(csr string) v1.RenewRequest { return v1.RenewRequest{StreamCSR: csr} })
 		if err != nil {
-			return err
-		}
-		hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: r.ID.ClientTLS()}}
-		var out v1.RenewResponse
-		if err := client.PostFirst(ctx, hc, r.APIs, "/api/v1/certificates/renew", v1.RenewRequest{StreamCSR: string(csr)}, &out); err != nil {
 			return fmt.Errorf("stream certificate through a member: %w", err)
-		}
-		kb, err := pki.EncodeKey(key)
-		if err != nil {
-			return err
 		}
 		if err := atomicfile.Write(filepath.Join(dir, pki.StreamCACertFile), []byte(out.StreamCA), 0o644); err != nil {
 			return err
@@ -168,18 +159,26 @@ func (r *Renewer) renewRemote(ctx context.Context, dir, host string) error {
 	if len(r.APIs) == 0 {
 		return errors.New("this host has no CA key and knows no member to ask (cluster.json)")
 	}
-	key, csr, err := pki.NewCSR(host)
+	kb, out, err := r.askMember(ctx, host, func(csr string) v1.RenewRequest { return v1.RenewRequest{CSR: csr} })
 	if err != nil {
-		return err
-	}
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: r.ID.ClientTLS()}}
-	var out v1.RenewResponse
-	if err := client.PostFirst(ctx, hc, r.APIs, "/api/v1/certificates/renew", v1.RenewRequest{CSR: string(csr)}, &out); err != nil {
 		return fmt.Errorf("renew through a member: %w", err)
 	}
-	kb, err := pki.EncodeKey(key)
-	if err != nil {
-		return err
-	}
 	return pki.SaveHost(dir, []byte(out.Cert), kb)
+}
+
+// askMember makes a key for host and has a member sign it (the request
+// req builds from the key's certificate request), authenticated by this
+// host's current certificate; it returns the new key and the answer.
+func (r *Renewer) askMember(ctx context.Context, host string, req func(csr string) v1.RenewRequest) ([]byte, v1.RenewResponse, error) {
+	var out v1.RenewResponse
+	key, csr, err := pki.NewCSR(host)
+	if err != nil {
+		return nil, out, err
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: r.ID.ClientTLS()}}
+	if err := client.PostFirst(ctx, hc, r.APIs, "/api/v1/certificates/renew", req(string(csr)), &out); err != nil {
+		return nil, out, err
+	}
+	kb, err := pki.EncodeKey(key)
+	return kb, out, err
 }

@@ -216,29 +216,33 @@ func (a *Authority) Sign(pub crypto.PublicKey, sub Subject, now time.Time, lifet
 	if sub.Host == "" {
 		return nil, errors.New("a host certificate needs a host name")
 	}
-	sn, err := serial()
-	if err != nil {
-		return nil, err
-	}
-	end := now.Add(lifetime)
-	if end.After(a.Cert.NotAfter) {
-		end = a.Cert.NotAfter
-	}
-	tpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: sub.Host, Organization: []string{HostOrganization}},
-		// Hosts' clocks differ a little; a short lifetime (a test's) is
-		// not made mostly of this margin.
-		NotBefore:   now.Add(-min(5*time.Minute, lifetime/10)),
-		NotAfter:    end,
+	return a.certify(pub, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: sub.Host, Organization: []string{HostOrganization}},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:    append([]string{sub.Host, "localhost"}, sub.DNS...),
 		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, sub.IPs...),
+	}, now, lifetime)
+}
+
+// certify signs tpl (its subject, usages and names) for pub: with a fresh
+// serial, valid for lifetime from now (within the CA's own validity), and
+// from a little before now, since hosts' clocks differ a little (a short
+// lifetime, a test's, is not made mostly of that margin).
+func (a *Authority) certify(pub crypto.PublicKey, tpl *x509.Certificate, now time.Time, lifetime time.Duration) ([]byte, error) {
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
+	tpl.SerialNumber = sn
+	tpl.NotBefore = now.Add(-min(5*time.Minute, lifetime/10))
+	tpl.NotAfter = now.Add(lifetime)
+	if tpl.NotAfter.After(a.Cert.NotAfter) {
+		tpl.NotAfter = a.Cert.NotAfter
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tpl, a.Cert, pub, a.key)
 	if err != nil {
-		return nil, fmt.Errorf("sign the certificate of %s: %w", sub.Host, err)
+		return nil, fmt.Errorf("sign the certificate of %s: %w", tpl.Subject.CommonName, err)
 	}
 	return encodeCert(der), nil
 }

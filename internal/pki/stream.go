@@ -2,7 +2,6 @@ package pki
 
 import (
 	"crypto"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -74,30 +73,14 @@ func (a *Authority) SignStream(pub crypto.PublicKey, sub Subject, now time.Time,
 	if sub.Host == "" {
 		return nil, errors.New("a stream certificate needs a host name")
 	}
-	sn, err := serial()
-	if err != nil {
-		return nil, err
-	}
-	end := now.Add(lifetime)
-	if end.After(a.Cert.NotAfter) {
-		end = a.Cert.NotAfter
-	}
-	tpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: StreamName(sub.Host), Organization: []string{StreamOrganization}},
-		NotBefore:    now.Add(-min(5*time.Minute, lifetime/10)),
-		NotAfter:     end,
+	return a.certify(pub, &x509.Certificate{
+		Subject: pkix.Name{CommonName: StreamName(sub.Host), Organization: []string{StreamOrganization}},
 		// GnuTLS (QEMU) refuses a certificate without key encipherment
 		// whatever the key type, although ECDSA never uses it.
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, sub.IPs...),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tpl, a.Cert, pub, a.key)
-	if err != nil {
-		return nil, fmt.Errorf("sign the stream certificate of %s: %w", sub.Host, err)
-	}
-	return encodeCert(der), nil
+	}, now, lifetime)
 }
 
 // SignStreamCSR is SignStream for a certificate request's key.
@@ -269,27 +252,11 @@ func IssueService(dir string, ca, sca *Authority, name string, ips []net.IP, now
 
 // signService certifies a service's key: a server, no host.
 func (a *Authority) signService(pub crypto.PublicKey, name string, ips []net.IP, now time.Time, extra x509.KeyUsage) ([]byte, error) {
-	sn, err := serial()
-	if err != nil {
-		return nil, err
-	}
-	end := now.Add(HostLifetime)
-	if end.After(a.Cert.NotAfter) {
-		end = a.Cert.NotAfter
-	}
-	tpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: name, Organization: []string{ServiceOrganization}},
-		NotBefore:    now.Add(-5 * time.Minute),
-		NotAfter:     end,
-		KeyUsage:     x509.KeyUsageDigitalSignature | extra,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{name},
-		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tpl, a.Cert, pub, a.key)
-	if err != nil {
-		return nil, fmt.Errorf("sign the certificate of %s: %w", name, err)
-	}
-	return encodeCert(der), nil
+	return a.certify(pub, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name, Organization: []string{ServiceOrganization}},
+		KeyUsage:    x509.KeyUsageDigitalSignature | extra,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{name},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...),
+	}, now, HostLifetime)
 }
