@@ -31,6 +31,9 @@ echo "== shipped Prometheus alert rules"
 promtool check rules deploy/prometheus/vigil-rules.yaml
 (cd deploy/prometheus && promtool test rules vigil-rules.test.yaml)
 
+echo "== Debian package (lintian, systemd-analyze verify, the shipped config)"
+scripts/check-package.sh
+
 echo "== unit tests"
 go test -count=1 -timeout 10m $(go list ./... | grep -v /test/)
 

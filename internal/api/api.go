@@ -64,6 +64,8 @@ type Cluster struct {
 	// CertLifetime is the lifetime of the host certificates this member
 	// signs (joins, renewals); 0: pki.HostLifetime.
 	CertLifetime time.Duration
+	// Version is this vigil's version, which backups record.
+	Version string
 }
 
 func (c Cluster) certLifetime() time.Duration {
@@ -128,6 +130,8 @@ func (s *Server) Handler() http.Handler {
 	act("DELETE /api/v1/rules/{name}", admin, "rule.delete", s.deleteRule)
 	view("GET /api/v1/config", s.getConfig)
 	view("GET /api/v1/cluster", s.cluster)
+	// A backup holds the CA keys: admins only.
+	act("GET /api/v1/cluster/backup", admin, "cluster.backup", s.clusterBackup)
 	act("POST /api/v1/vms/{name}/migrate", op, "vm.migrate", s.migrate)
 	act("POST /api/v1/vms/{name}/resize", op, "vm.resize", s.resize)
 	act("DELETE /api/v1/vms/{name}/migration", op, "vm.migrate-cancel", s.cancelMigration)

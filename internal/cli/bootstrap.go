@@ -144,6 +144,7 @@ func newInitCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&apiPort, "api-port", defaultAPIPort, "the https API port this host will serve on (join tokens point at it)")
 	cmd.Flags().DurationVar(&expires, "expires", auth.DefaultJoinTTL, "how long the printed join token can be used")
 	cmd.Flags().DurationVar(&lifetime, "cert-lifetime", pki.HostLifetime, "lifetime of this host's certificate (renewed in its last third)")
+	useConfigFile(cmd, g, agentSection)
 	return cmd
 }
 
@@ -345,6 +346,7 @@ func newJoinCmd(g *globals) *cobra.Command {
 	}
 	h.register(cmd)
 	cmd.Flags().StringVar(&peerURL, "etcd-peer-url", "", "with a server token: the URL this host's etcd member will talk to its peers on (default https://MGMT-ADDRESS:2380)")
+	useConfigFile(cmd, g, agentSection)
 	return cmd
 }
 

@@ -271,6 +271,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	cmd.Flags().Lookup("api-listen").Usage = "with --server: REST API endpoints (https://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + " and " + localAPIURL + ")"
 	cmd.Flags().BoolVar(&o.runServer, "server", false, "also run a control-plane member in this process")
 	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "etcd endpoints the agent uses (default with --server: this member's)")
+	useConfigFile(cmd, g, agentSection)
 	return cmd
 }
 
@@ -384,7 +385,7 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 
 func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 	cfg := server.Config{
-		Name: o.host, DataDir: o.dataDir, Identity: o.id, JoinedEndpoints: o.joinedEndpoints, CertLifetime: o.certLifetime,
+		Name: o.host, DataDir: o.dataDir, Identity: o.id, JoinedEndpoints: o.joinedEndpoints, CertLifetime: o.certLifetime, Version: Version,
 		ExternalEtcd: splitList(o.etcdEndpoints),
 		ClientURL:    o.clientURL, PeerURL: o.peerURL, InitialCluster: o.initialCluster,
 		HeartbeatInterval: o.etcdHeartbeat, ElectionTimeout: o.etcdElection,

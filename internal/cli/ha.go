@@ -99,8 +99,9 @@ func newRuleCmd(g *globals) *cobra.Command {
 	create.Flags().StringVar(&kind, "kind", v1.RuleAntiAffinity, "affinity (run together) or anti-affinity (run apart)")
 	create.Flags().StringVar(&strength, "strength", v1.RuleMust, "must (never broken) or should (preferred)")
 	list := &cobra.Command{
-		Use:  "list",
-		Args: cobra.NoArgs,
+		Use:   "list",
+		Short: "List the VM-VM affinity and anti-affinity rules",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
 			if err != nil {
@@ -119,8 +120,9 @@ func newRuleCmd(g *globals) *cobra.Command {
 		},
 	}
 	del := &cobra.Command{
-		Use:  "delete NAME",
-		Args: cobra.ExactArgs(1),
+		Use:   "delete NAME",
+		Short: "Delete a rule",
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {
@@ -134,7 +136,7 @@ func newRuleCmd(g *globals) *cobra.Command {
 }
 
 func newConfigCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "config", Short: "Cluster configuration"}
+	cmd := &cobra.Command{Use: "config", Short: "Cluster settings (set, show), and a host's config file (validate)"}
 	set := &cobra.Command{
 		Use:   "set KEY VALUE",
 		Short: "Set a cluster setting: host-failures-to-tolerate N (admission control; 0 turns it off), ha.allow-no-watchdog true|false",
@@ -194,8 +196,9 @@ func newConfigCmd(g *globals) *cobra.Command {
 		},
 	}
 	show := &cobra.Command{
-		Use:  "show",
-		Args: cobra.NoArgs,
+		Use:   "show",
+		Short: "Show the cluster settings",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
 			if err != nil {
@@ -208,6 +211,6 @@ func newConfigCmd(g *globals) *cobra.Command {
 			return printJSON(g.out, cfg)
 		},
 	}
-	cmd.AddCommand(set, show)
+	cmd.AddCommand(set, show, newConfigValidateCmd(g))
 	return cmd
 }

@@ -43,5 +43,6 @@ func newWatchdogCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "watchdog timeout to ask of the device (it may accept another; whole seconds for most devices)")
 	fl.DurationVar(&cfg.Slack, "slack", cfg.Slack, "the device's lateness plus the time a reset takes to stop the host")
 	fl.DurationVar(&cfg.Tick, "tick", cfg.Tick, "feeding period")
+	useConfigFile(cmd, g, watchdogSection)
 	return cmd
 }

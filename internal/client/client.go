@@ -409,6 +409,12 @@ func (c *Client) Cluster(ctx context.Context) (*v1.Cluster, error) {
 	return &out, c.do(ctx, http.MethodGet, "/api/v1/cluster", nil, &out)
 }
 
+// Backup fetches a backup of the control plane (an etcd snapshot and the
+// cluster's CAs, internal/backup's format).
+func (c *Client) Backup(ctx context.Context) ([]byte, error) {
+	return c.raw(ctx, http.MethodGet, "/api/v1/cluster/backup", nil)
+}
+
 // Migrate asks for a live migration of a VM (to "" lets placement choose).
 func (c *Client) Migrate(ctx context.Context, name, to string) (*v1.Migration, error) {
 	b, _ := json.Marshal(v1.MigrateRequest{To: to})

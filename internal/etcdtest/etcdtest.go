@@ -20,22 +20,34 @@ import (
 // returns a client; both are closed when the test ends.
 func Start(t testing.TB) *clientv3.Client {
 	t.Helper()
-	port := func() int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().(*net.TCPAddr).Port
+	c, _ := StartIn(t, t.TempDir(), "t", FreeURL(t))
+	return c
+}
+
+// FreeURL is an http URL on a free loopback port.
+func FreeURL(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", port()))
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", port()))
+	defer ln.Close()
+	return fmt.Sprintf("http://127.0.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
+}
+
+// StartIn runs a member named name with peer URL peer in dir: a new
+// one-member cluster, or the member whose data dir already holds (a
+// restored snapshot, say). It returns a client and the client URL.
+func StartIn(t testing.TB, dir, name, peer string) (*clientv3.Client, string) {
+	t.Helper()
+	cu, _ := url.Parse(FreeURL(t))
+	pu, _ := url.Parse(peer)
 	ec := embed.NewConfig()
-	ec.Name, ec.Dir, ec.LogLevel = "t", t.TempDir(), "error"
-	ec.Logger, ec.LogOutputs = "zap", []string{filepath.Join(ec.Dir, "etcd.log")}
+	ec.Name, ec.Dir, ec.LogLevel = name, dir, "error"
+	ec.Logger, ec.LogOutputs = "zap", []string{filepath.Join(filepath.Dir(dir), name+"-etcd.log")}
 	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	ec.InitialCluster = "t=" + pu.String()
+	ec.InitialCluster = name + "=" + pu.String()
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		t.Fatal(err)
@@ -51,5 +63,5 @@ func Start(t testing.TB) *clientv3.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
+	return c, cu.String()
 }

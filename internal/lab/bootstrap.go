@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -20,11 +19,10 @@ import (
 func (l *Lab) bootstrap(ctx context.Context) error {
 	c := l.st.Config
 	h1 := HostName(1)
-	initArgs := []string{c.Bin, "init", "--host", h1, "--data-dir", filepath.Join(l.dir, h1),
+	// init and join read the host's name, data directory and certificate
+	// lifetime from its config file, as on a real host.
+	initArgs := []string{c.Bin, "init", "--config", l.configPath(h1),
 		"--address", l.addr(1, netlab.Mgmt), "--address", l.addr(1, netlab.Storage), "--api-port", strconv.Itoa(apiPort)}
-	if c.CertLifetime > 0 {
-		initArgs = append(initArgs, "--cert-lifetime", c.CertLifetime.String())
-	}
 	res, err := l.net.Exec(ctx, "h1", initArgs...)
 	if err != nil {
 		return fmt.Errorf("vigil init on %s: %w", h1, err)
@@ -53,7 +51,7 @@ func (l *Lab) bootstrap(ctx context.Context) error {
 			}
 			ticket = nt.Token
 		}
-		if _, err := l.net.Exec(ctx, "h"+strconv.Itoa(k), c.Bin, "join", ticket, "--host", host, "--data-dir", filepath.Join(l.dir, host),
+		if _, err := l.net.Exec(ctx, "h"+strconv.Itoa(k), c.Bin, "join", ticket, "--config", l.configPath(host),
 			"--address", l.addr(k, netlab.Mgmt), "--address", l.addr(k, netlab.Storage)); err != nil {
 			return fmt.Errorf("vigil join on %s: %w", host, err)
 		}

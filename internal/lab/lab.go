@@ -19,9 +19,10 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/atomicfile"
-
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/guestclient"
 	"github.com/vigilha/vigil/internal/lab/netlab"
@@ -203,14 +204,15 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		}
 	}
 	for k := 1; k <= cfg.Hosts; k++ {
-		args := l.agentArgs(k)
 		// A host's CPU and memory come from its own accounting cgroups
 		// (lab hosts share one kernel); without them it reports none.
 		cg := ""
 		if ok, err := l.net.Accounted(ctx, l.net.Hosts()[k-1]); err == nil && ok {
 			cg = metrics.SelfPath
 		}
-		l.st.Args[HostName(k)] = append(args, "--host-cgroup", cg)
+		if err := l.writeHostConfig(k, cg); err != nil {
+			return fail(err)
+		}
 	}
 	// Saved before any host boots: a board watchdog's reset restarts the
 	// agent from this record.
@@ -476,7 +478,11 @@ func (l *Lab) restartStorage(ctx context.Context) error {
 	return nil
 }
 
-func (l *Lab) agentArgs(k int) []string {
+// hostConfig is host k's config file (docs/install.md): its agent's
+// settings at the top level and its watchdog feeder's under `watchdog:`,
+// as an operator would write /etc/vigil/vigil.yaml. hostCgroup is where
+// its agent reads its host's use (--host-cgroup).
+func (l *Lab) hostConfig(k int, hostCgroup string) map[string]any {
 	c := l.st.Config
 	host := HostName(k)
 	mgmt := l.addr(k, netlab.Mgmt)
@@ -488,50 +494,75 @@ func (l *Lab) agentArgs(k int) []string {
 	vm := l.net.Subnet(netlab.VM)
 	base := vm.Addr().As4()
 	pool := fmt.Sprintf("%d.%d.%d.10-%d.%d.%d.199", base[0], base[1], base[2], base[0], base[1], base[2])
-	args := []string{c.Bin, "--log-level", "debug", "agent",
-		"--host", host, "--data-dir", filepath.Join(l.dir, host),
-		"--etcd-endpoints", strings.Join(endpoints, ","),
-		"--agent-listen", fmt.Sprintf("https://%s:%d", mgmt, agentPort),
-		"--mgmt-ip", mgmt, "--storage-ip", l.addr(k, netlab.Storage),
-		"--capacity-cpus", strconv.Itoa(c.HostCPUs), "--capacity-memory", c.HostMemory,
-		"--accel", c.Accel,
-		"--datastore", "local=" + filepath.Join(l.dir, host, "datastores", "local"),
-		"--shared-datastore", "shared=" + l.storageURL(),
-		"--replicated-datastore", "replicated=" + filepath.Join(l.dir, host, "datastores", "replicated"),
-		"--boot-id-file", l.bootIDPath(host),
-		"--watchdog-socket", l.feederSocket(host),
+	cfg := map[string]any{
+		"log-level": "debug",
+		"host":      host, "data-dir": filepath.Join(l.dir, host),
+		"etcd":         map[string]any{"endpoints": endpoints},
+		"agent-listen": fmt.Sprintf("https://%s:%d", mgmt, agentPort),
+		"mgmt-ip":      mgmt, "storage-ip": l.addr(k, netlab.Storage),
+		"capacity-cpus": c.HostCPUs, "capacity-memory": c.HostMemory,
+		"accel":                c.Accel,
+		"datastore":            []string{"local=" + filepath.Join(l.dir, host, "datastores", "local")},
+		"shared-datastore":     []string{"shared=" + l.storageURL()},
+		"replicated-datastore": "replicated=" + filepath.Join(l.dir, host, "datastores", "replicated"),
+		"boot-id-file":         l.bootIDPath(host),
+		"host-cgroup":          hostCgroup,
 	}
+	wd := map[string]any{"socket": l.feederSocket(host), "device": l.watchdogDevice(host),
+		"timeout": c.WatchdogTimeout.String(), "tick": feederTick.String(), "slack": feederSlack.String()}
 	if c.Watchdog == WatchdogNone {
-		args[len(args)-1] = ""
+		wd = map[string]any{"socket": ""}
 	}
+	cfg["watchdog"] = wd
 	if c.ImageDir != "" {
-		args = append(args, "--image-dir", c.ImageDir)
+		cfg["image-dir"] = c.ImageDir
 	}
 	if slices.Contains(c.PlainMigrationTo, host) {
-		args = append(args, "--migration-tls=false")
+		cfg["migration-tls"] = false
 	}
 	if c.CertLifetime > 0 {
-		args = append(args, "--cert-lifetime", c.CertLifetime.String())
+		cfg["cert-lifetime"] = c.CertLifetime.String()
 	}
 	if k <= c.Servers {
 		// host1 made the cluster (vigil init) and its etcd starts alone;
 		// the other members joined (vigil join) and start from what their
 		// join wrote (cluster.json).
-		args = append(args, "--server",
-			"--etcd-client-url", fmt.Sprintf("https://%s:%d", mgmt, etcdClientPort),
-			"--etcd-peer-url", fmt.Sprintf("https://%s:%d", mgmt, etcdPeerPort),
-			"--api-listen", "unix://"+filepath.Join(l.dir, host, "api.sock"),
-			"--api-listen", l.apiURL(k),
-			"--network", fmt.Sprintf("name=default,bridge=vmbr0,subnet=%s,pool=%s", vm, pool),
-			"--define-datastore", "name=shared,type=shared,server="+l.storageURL(),
-			"--define-datastore", "name=replicated,type=replicated",
-			// Alarms act within seconds in the lab (its tests and demo);
-			// a production cluster keeps the 10 s default.
-			"--alarm-interval", "3s",
-			"--drs-interval", "10s", "--drs-window", "30s",
-		)
+		cfg["server"] = true
+		cfg["etcd"] = map[string]any{"endpoints": endpoints,
+			"client-url": fmt.Sprintf("https://%s:%d", mgmt, etcdClientPort),
+			"peer-url":   fmt.Sprintf("https://%s:%d", mgmt, etcdPeerPort)}
+		cfg["api-listen"] = []string{"unix://" + filepath.Join(l.dir, host, "api.sock"), l.apiURL(k)}
+		cfg["network"] = []string{fmt.Sprintf("name=default,bridge=vmbr0,subnet=%s,pool=%s", vm, pool)}
+		cfg["define-datastore"] = []string{"name=shared,type=shared,server=" + l.storageURL(), "name=replicated,type=replicated"}
+		// Alarms act within seconds in the lab (its tests and demo);
+		// a production cluster keeps the 10 s default.
+		cfg["alarm-interval"] = "3s"
+		cfg["drs"] = map[string]any{"interval": "10s", "window": "30s"}
 	}
-	return append(args, c.AgentArgs...)
+	return cfg
+}
+
+// configPath is where host keeps its config file.
+func (l *Lab) configPath(host string) string { return filepath.Join(l.hostDir(host), "vigil.yaml") }
+
+// writeHostConfig writes host k's config file and records its agent's
+// command line: the file, then the lab's extra agent arguments, which win
+// over it as any flag does.
+func (l *Lab) writeHostConfig(k int, hostCgroup string) error {
+	host := HostName(k)
+	b, err := yaml.Marshal(l.hostConfig(k, hostCgroup))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(l.hostDir(host), 0o755); err != nil {
+		return err
+	}
+	head := []byte("# " + host + "'s config file, written by `vigil lab up` (docs/install.md has the keys).\n")
+	if err := atomicfile.Write(l.configPath(host), append(head, b...), 0o644); err != nil {
+		return err
+	}
+	l.st.Args[host] = append([]string{l.st.Config.Bin, "agent", "--config", l.configPath(host)}, l.st.Config.AgentArgs...)
+	return nil
 }
 
 func (l *Lab) startAgent(ctx context.Context, host string) error {

@@ -121,8 +121,7 @@ func (l *Lab) startFeeder(ctx context.Context, host string) error {
 	if err != nil {
 		return err
 	}
-	args := []string{l.st.Config.Bin, "watchdog", "--device", l.watchdogDevice(host), "--socket", l.feederSocket(host),
-		"--timeout", l.st.Config.WatchdogTimeout.String(), "--tick", feederTick.String(), "--slack", feederSlack.String()}
+	args := []string{l.st.Config.Bin, "watchdog", "--config", l.configPath(host)}
 	if _, err := l.net.Spawn(ctx, n, netlab.ProcSpec{Name: "feeder", Argv: args}); err != nil {
 		return fmt.Errorf("start the watchdog feeder of %s: %w", host, err)
 	}
@@ -205,7 +204,7 @@ func matchRole(role, comm string, argv []string) bool {
 	case role == RoleAgent:
 		return vigil && slices.Contains(argv, "agent")
 	case role == RoleFeeder:
-		return vigil && slices.Contains(argv, "watchdog") && slices.Contains(argv, "--device")
+		return vigil && slices.Contains(argv, "watchdog") && !slices.Contains(argv, "agent")
 	case role == RoleStorageControl:
 		return vigil && slices.Contains(argv, "storage") && slices.Contains(argv, "serve")
 	case role == RoleQSD:

@@ -69,6 +69,8 @@ type Config struct {
 	// CertLifetime is the lifetime of the host certificates this member
 	// signs (0: pki.HostLifetime).
 	CertLifetime time.Duration
+	// Version is this vigil's version (backups record it).
+	Version string
 	// JoinedEndpoints are the cluster's etcd client URLs for a member that
 	// joined a running cluster: it starts as a learner, which serves no
 	// client, and is promoted through them. Once promoted the member uses
@@ -284,7 +286,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		eps = append(eps, ep)
 	}
-	cl := api.Cluster{Identity: s.cfg.Identity, APIs: apis, EtcdEndpoints: s.etcdEndpoints, CertLifetime: s.cfg.CertLifetime}
+	cl := api.Cluster{Identity: s.cfg.Identity, APIs: apis, EtcdEndpoints: s.etcdEndpoints, CertLifetime: s.cfg.CertLifetime, Version: s.cfg.Version}
 	if s.etcd != nil {
 		cl.Members = s
 	}
