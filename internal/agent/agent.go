@@ -141,7 +141,10 @@ type stateStore interface {
 
 // Agent runs one host.
 type Agent struct {
-	cfg   Config
+	cfg Config
+	// live, when set, is the context of the host's liveness (see
+	// KeepAliveUntil); nil: Run's.
+	live  context.Context
 	st    stateStore
 	drv   driver.Driver
 	log   *slog.Logger
@@ -257,8 +260,20 @@ func (a *Agent) newMigrations() *migration.Reconciler {
 		BeforeResume: a.cfg.Faults.BeforeResume}, migrationHost{a}, a.st, a.drv, a.mon, a.log)
 }
 
+// KeepAliveUntil makes the host's liveness (lease renewals, the watchdog
+// deadline they move, datastore heartbeats, self-fencing) run until live
+// ends rather than until Run's context does: the daemon stops the agent's
+// work first and its liveness only as the process exits, so that the
+// restart window of an agent restart (docs/ha.md) starts at the exit.
+// Call it before Run.
+func (a *Agent) KeepAliveUntil(live context.Context) { a.live = live }
+
 // Run serves until ctx ends. VMs keep running when it returns.
 func (a *Agent) Run(ctx context.Context) error {
+	live := ctx
+	if a.live != nil {
+		live = a.live
+	}
 	a.lease.load()
 	if err := a.fence.Load(a.fenceMemoryPath()); err != nil {
 		a.log.Warn("ignoring what a previous agent process learned for self-fencing", "err", err)
@@ -269,8 +284,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	// not answer is killed), so the VMs found after a restart are fenced if
 	// the host cannot show it still holds them, and nothing can start a
 	// second copy of one of them meanwhile.
-	go a.runFencing(ctx)
-	go a.wd.run(ctx, func(st watchdog.Status, err error) { a.reportWatchdog(ctx, st, err) })
+	go a.runFencing(live)
+	go a.wd.run(live, func(st watchdog.Status, err error) { a.reportWatchdog(live, st, err) })
 	recovered, err := a.drv.Recover(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -281,7 +296,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if p, ok := a.drv.(driver.Prober); ok {
 		p.StartProbe(ctx)
 	}
-	go a.runStorageHeartbeats(ctx)
+	go a.runStorageHeartbeats(live)
 	go a.runPeerProbe(ctx)
 	go a.emitEvents(ctx)
 	go a.runGuestMonitor(ctx)
@@ -304,8 +319,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.joinCluster(ctx); err != nil {
 		return err
 	}
-	go a.lease.run(ctx)
-	go a.watchLease(ctx)
+	go a.lease.run(live)
+	go a.watchLease(live)
 	if err := <-registered; err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ import (
 	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/storage/shared"
 	"github.com/vigilha/vigil/internal/store"
+	"github.com/vigilha/vigil/internal/vmscope"
 )
 
 // Defaults of `vigil up`, the single-host form. They are fixed, whatever
@@ -102,6 +103,7 @@ type daemonOpts struct {
 	imageDir    string
 	probeCache  string
 	qemuNice    int
+	vmCgroups   string
 	qemuUser    string
 	drsInterval time.Duration
 	drsWindow   time.Duration
@@ -159,6 +161,7 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.imageDir, "image-dir", DefaultImageDir, "where guest images built by `vigil image build` live")
 	f.StringVar(&o.probeCache, "accel-probe-cache", DefaultProbeCache, "where the KVM probe's verdict is cached")
 	f.StringVar(&o.qemuUser, "qemu-user", qemu.DefaultUser, "the unprivileged user every QEMU runs as, confined by Landlock to its VM's files (made if missing); root: QEMU runs as root, unconfined (only for a kernel without Landlock)")
+	f.StringVar(&o.vmCgroups, "vm-cgroups", vmscope.ModeAuto, "where each VM's QEMU runs, outside the agent's cgroup so that restarting or stopping the agent's service never kills a VM: auto (a systemd scope vigil.slice/vm-NAME-UID.scope where systemd is PID 1, else a cgroup vm-NAME-UID in a vigil.slice beside the agent's own), systemd, self (below the agent's own cgroups: a lab host's), a cgroup path, or none")
 	f.IntVar(&o.qemuNice, "qemu-nice", 5, "the CPU niceness of every QEMU (0-19; the agent runs at 0), so that the host's agent and storage daemons win the CPU over busy guests (lease renewals, watchdog feeding, replica writes); 0: QEMU runs at the agent's")
 	f.IntVar(&o.cpus, "capacity-cpus", 0, "vCPUs this host offers to VMs (default: 4 per CPU)")
 	f.StringVar(&o.memory, "capacity-memory", "", "memory this host offers to VMs, e.g. 2Gi (default: its RAM)")
@@ -309,6 +312,20 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 	sigCtx := ctx
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	// The host's liveness (lease renewals, the watchdog deadline, datastore
+	// heartbeats, self-fencing) outlives everything else, until the process
+	// exits: a stop for a restart (`systemctl restart vigil`, an upgrade)
+	// must not start the restart window while this host's etcd member
+	// shuts down, or the watchdog resets a host whose agent is only being
+	// restarted. Deferred first, so that it runs last.
+	live, stopLive := context.WithCancel(context.WithoutCancel(ctx))
+	var closeAgent func()
+	defer func() {
+		stopLive()
+		if closeAgent != nil {
+			closeAgent()
+		}
+	}()
 
 	endpoints := splitList(o.etcdEndpoints)
 	errc := make(chan error, 2)
@@ -352,12 +369,11 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 	}
 	var a *agent.Agent
 	if o.runAgent {
-		var closeAgent func()
 		a, closeAgent, err = o.newAgent(ctx, log, endpoints)
 		if err != nil {
 			return err
 		}
-		defer closeAgent()
+		a.KeepAliveUntil(live)
 		go func() { errc <- a.Run(ctx) }()
 	}
 	go func() {
@@ -470,14 +486,19 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		ProbeKernel: kernel, ProbeInitrd: initrd, ProbeCache: o.probeCache, Nice: o.qemuNice, Log: log,
 		Streams: &qemu.Streams{Creds: o.streamCreds, Migration: o.migrationTLS},
 	}
+	if qc.Self, err = os.Executable(); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	if qc.Scopes, err = vmscope.New(ctx, o.vmCgroups); err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("--vm-cgroups: %w", err)
+	}
+	log.Info("each VM's QEMU runs in a cgroup of its own", "where", qc.Scopes.String())
 	if o.qemuUser == "root" {
 		log.Warn("QEMU runs as root and unconfined (--qemu-user root): a guest that escapes QEMU owns this host")
 	} else {
 		if qc.User, err = qemu.LookupUser(o.qemuUser); err != nil {
-			c.Close()
-			return nil, nil, err
-		}
-		if qc.Self, err = os.Executable(); err != nil {
 			c.Close()
 			return nil, nil, err
 		}

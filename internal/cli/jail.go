@@ -24,5 +24,7 @@ func newJailCmd() *cobra.Command {
 	f.StringArrayVar(&s.RW, "rw", nil, "a directory it may read and write")
 	f.StringArrayVar(&s.RWFiles, "rw-file", nil, "a file it may read and write")
 	f.StringArrayVar(&s.Devices, "device", nil, "a device file it may read, write and control")
+	f.BoolVar(&s.Unconfined, "unconfined", false, "no Landlock (QEMU as root, unconfined)")
+	f.IntVar(&s.HoldFD, "hold-fd", 0, "read one byte from this descriptor before running PROGRAM (the agent's go-ahead once it placed this process in its VM's cgroup)")
 	return cmd
 }

@@ -100,6 +100,27 @@ func newLabCmd(g *globals) *cobra.Command {
 		cmd.AddCommand(c)
 	}
 	cmd.AddCommand(newLabBoardWatchdogCmd(g, o))
+	var stopTimeout time.Duration
+	restart := &cobra.Command{
+		Use:   "restart-service HOST",
+		Short: "Do what `systemctl restart vigil` does: SIGTERM every process of the agent's unit (not its VMs' cgroups, not the watchdog feeder), then start the agent",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			pids, err := l.RestartService(cmd.Context(), args[0], stopTimeout)
+			if err != nil {
+				return fmt.Errorf("restart-service %s: %w", args[0], err)
+			}
+			fmt.Fprintf(g.out, "restart-service %s: stopped %v, agent started again (%s)\n", args[0], pids, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	restart.Flags().DurationVar(&stopTimeout, "timeout", 10*time.Second, "SIGKILL what is left after this (the unit's TimeoutStopSec)")
+	cmd.AddCommand(restart)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "partition HOST...",
 		Short: "Cut the management network between the named hosts and the rest (storage and VM networks stay up)",

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/landlock-lsm/go-landlock/landlock"
@@ -33,6 +34,15 @@ type Spec struct {
 	RWFiles []string
 	// Devices are device files it may read, write and ioctl (/dev/kvm).
 	Devices []string
+	// Unconfined skips Landlock: the operator runs QEMU as root,
+	// unconfined (agent --qemu-user root). The hold below still applies.
+	Unconfined bool
+	// HoldFD, when not 0, is a descriptor (a pipe's read end) to read one
+	// byte from before exec: the agent writes it once it has moved this
+	// process into its VM's cgroup (internal/vmscope), so that QEMU never
+	// runs in the agent's. End of file instead means the agent gave up:
+	// the jail exits without running anything.
+	HoldFD int
 }
 
 // SystemRO are the paths any QEMU reads: its binary and libraries, its
@@ -61,6 +71,12 @@ func Args(self string, spec Spec, argv []string) []string {
 	for _, p := range spec.Devices {
 		a = append(a, "--device", p)
 	}
+	if spec.Unconfined {
+		a = append(a, "--unconfined")
+	}
+	if spec.HoldFD != 0 {
+		a = append(a, "--hold-fd", strconv.Itoa(spec.HoldFD))
+	}
 	return append(append(a, "--"), argv...)
 }
 
@@ -70,12 +86,18 @@ func Exec(spec Spec, argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("jail: nothing to run")
 	}
-	if os.Geteuid() == 0 {
-		return errors.New("jail: refusing to run as root: start it as the unprivileged QEMU user")
-	}
 	bin := argv[0]
 	if !filepath.IsAbs(bin) {
 		return fmt.Errorf("jail: %s: want an absolute path", bin)
+	}
+	if err := hold(spec.HoldFD); err != nil {
+		return err
+	}
+	if spec.Unconfined {
+		return syscall.Exec(bin, argv, os.Environ())
+	}
+	if os.Geteuid() == 0 {
+		return errors.New("jail: refusing to run as root: start it as the unprivileged QEMU user")
 	}
 	var rules []landlock.Rule
 	// A path may be a file (a kernel, a disk): a directory rule on a file
@@ -109,6 +131,24 @@ func Exec(spec Spec, argv []string) error {
 		return fmt.Errorf("jail: Landlock: %w (the kernel needs Landlock ABI 5, Linux 6.10 or later; see docs/security.md)", err)
 	}
 	return syscall.Exec(bin, argv, os.Environ())
+}
+
+// hold waits for the agent's go-ahead on fd, then closes it so that QEMU
+// does not inherit it.
+func hold(fd int) error {
+	if fd == 0 {
+		return nil
+	}
+	var b [1]byte
+	n, err := syscall.Read(fd, b[:])
+	for err == syscall.EINTR {
+		n, err = syscall.Read(fd, b[:])
+	}
+	syscall.Close(fd)
+	if err != nil || n != 1 {
+		return fmt.Errorf("jail: the agent did not place this process in its VM's cgroup (read %d bytes: %v); not starting", n, err)
+	}
+	return nil
 }
 
 func existing(paths []string) []string {

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os/exec"
 	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vigilha/vigil/internal/lab/netlab"
 )
@@ -172,3 +175,52 @@ func (l *Lab) Exec(ctx context.Context, host string, argv ...string) (*exec.Cmd,
 
 // Status reports every node's namespace, links, processes and faults.
 func (l *Lab) Status(ctx context.Context) ([]netlab.NodeStatus, error) { return l.net.Status(ctx) }
+
+// StopService does to host what `systemctl stop vigil` does with the
+// packaged unit (KillMode=control-group): SIGTERM to every process of the
+// unit's cgroup, SIGKILL to those left after timeout. The unit's cgroup is
+// the host's own, without the cgroups nested below it (each VM's) and
+// without the watchdog feeder, a unit of its own (vigil-watchdog.service).
+// It returns the pids it stopped.
+func (l *Lab) StopService(ctx context.Context, host string, timeout time.Duration) ([]int, error) {
+	n, err := l.node(host)
+	if err != nil {
+		return nil, err
+	}
+	feeder, _ := l.ProcessPID(host, RoleFeeder)
+	own, err := l.net.OwnProcs(n)
+	if err != nil {
+		return nil, err
+	}
+	var unit []int
+	for _, pid := range own {
+		if pid != feeder {
+			unit = append(unit, pid)
+		}
+	}
+	for _, pid := range unit {
+		_ = signalPid(pid, unix.SIGTERM)
+	}
+	deadline := time.Now().Add(timeout)
+	for _, pid := range unit {
+		for processAlive(pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if processAlive(pid) {
+			if err := killWait(ctx, pid); err != nil {
+				return unit, err
+			}
+		}
+	}
+	return unit, nil
+}
+
+// RestartService is `systemctl restart vigil`: StopService, then the agent
+// started at once (a restart job has no RestartSec delay).
+func (l *Lab) RestartService(ctx context.Context, host string, timeout time.Duration) ([]int, error) {
+	pids, err := l.StopService(ctx, host, timeout)
+	if err != nil {
+		return pids, err
+	}
+	return pids, l.startAgent(ctx, host)
+}

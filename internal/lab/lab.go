@@ -507,6 +507,10 @@ func (l *Lab) hostConfig(k int, hostCgroup string) map[string]any {
 		"replicated-datastore": "replicated=" + filepath.Join(l.dir, host, "datastores", "replicated"),
 		"boot-id-file":         l.bootIDPath(host),
 		"host-cgroup":          hostCgroup,
+		// Each VM's cgroup nests below its lab host's (freezer and
+		// accounting), so that the host's faults and load cover its VMs
+		// while the agent's own processes stay apart from them.
+		"vm-cgroups": "self",
 	}
 	wd := map[string]any{"socket": l.feederSocket(host), "device": l.watchdogDevice(host),
 		"timeout": c.WatchdogTimeout.String(), "tick": feederTick.String(), "slack": feederSlack.String()}

@@ -40,3 +40,13 @@ func killWait(ctx context.Context, pid int) error {
 	}
 	return nil
 }
+
+// signalPid sends sig to pid through a pidfd (immune to reuse).
+func signalPid(pid int, sig unix.Signal) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}

@@ -251,24 +251,36 @@ func (d *Driver) ownDisk(path string) error {
 	return nil
 }
 
-// command is the process that runs QEMU with args: confined and
-// unprivileged through `vigil jail` when the driver has a QEMU user.
-func (d *Driver) command(cfg *driver.VMConfig, p runtimePaths, args []string) (*exec.Cmd, error) {
-	if d.cfg.User == nil {
-		return exec.Command(d.cfg.Binary, args...), nil
-	}
-	if err := d.prepareFiles(cfg, p); err != nil {
-		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
-	}
+// command is the process that runs QEMU with args: `vigil jail`, which
+// waits on holdFD until the agent has placed it in its VM's cgroup, then
+// confines itself (when the driver has a QEMU user: unprivileged, Landlock)
+// and executes QEMU.
+//
+// Without a vigil binary to run the jail (Self empty: tests of the driver
+// alone) QEMU runs directly, unconfined, and held is false: nothing waits
+// for a placement, so the driver must have no Scopes then.
+func (d *Driver) command(cfg *driver.VMConfig, p runtimePaths, args []string, holdFD int) (cmd *exec.Cmd, held bool, err error) {
 	bin, err := exec.LookPath(d.cfg.Binary)
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
+		return nil, false, fmt.Errorf("start %s: %w", cfg.Name, err)
 	}
 	if bin, err = filepath.Abs(bin); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	a := jail.Args(d.cfg.Self, d.jailSpec(cfg, p), append([]string{bin}, args...))
-	cmd := exec.Command(a[0], a[1:]...)
+	if d.cfg.User == nil {
+		if d.cfg.Self == "" {
+			return exec.Command(bin, args...), false, nil
+		}
+		a := jail.Args(d.cfg.Self, jail.Spec{Unconfined: true, HoldFD: holdFD}, append([]string{bin}, args...))
+		return exec.Command(a[0], a[1:]...), true, nil
+	}
+	if err := d.prepareFiles(cfg, p); err != nil {
+		return nil, false, fmt.Errorf("start %s: %w", cfg.Name, err)
+	}
+	spec := d.jailSpec(cfg, p)
+	spec.HoldFD = holdFD
+	a := jail.Args(d.cfg.Self, spec, append([]string{bin}, args...))
+	cmd = exec.Command(a[0], a[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: d.cfg.User.credential()}
-	return cmd, nil
+	return cmd, true, nil
 }

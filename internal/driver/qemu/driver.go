@@ -28,6 +28,7 @@ import (
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/hostnet"
 	"github.com/vigilha/vigil/internal/qmp"
+	"github.com/vigilha/vigil/internal/vmscope"
 )
 
 // Config configures the QEMU driver of one host.
@@ -60,7 +61,10 @@ type Config struct {
 	// Streams are the host's stream credentials (nil: NBD disks and
 	// migrations in plaintext, for tests of the driver alone).
 	Streams *Streams
-	Log     *slog.Logger
+	// Scopes puts each QEMU in its VM's own cgroup before it runs
+	// (internal/vmscope; nil: QEMU stays in the agent's).
+	Scopes vmscope.Placer
+	Log    *slog.Logger
 }
 
 // Driver runs VMs as QEMU processes.
@@ -296,12 +300,26 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	// a signal to the agent's process group (Ctrl-C on `vigil up`) must not
 	// reach the VMs. It does not -daemonize: the fork would show two
 	// processes named for one VM while it starts.
-	cmd, err := d.command(cfg, p, args)
+	// The jail waits on a pipe (after the taps) until the process is in
+	// its VM's cgroup, then executes QEMU.
+	holdR, holdW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
+	}
+	defer holdR.Close()
+	defer holdW.Close()
+	cmd, held, err := d.command(cfg, p, args, 3+len(taps))
 	if err != nil {
 		return nil, err
 	}
+	if !held && d.cfg.Scopes != nil {
+		return nil, fmt.Errorf("start %s: VM cgroups need the jail (the driver has no vigil binary)", cfg.Name)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = taps
+	if held {
+		cmd.ExtraFiles = append(taps, holdR)
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -311,6 +329,21 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // reaps QEMU while this agent lives
+	holdR.Close()
+	if held {
+		if err := d.place(ctx, cmd.Process.Pid, cfg); err != nil {
+			holdW.Close() // the jail reads end of file and exits
+			_ = cmd.Process.Kill()
+			<-exited
+			return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
+		}
+		if _, err := holdW.Write([]byte{1}); err != nil {
+			_ = cmd.Process.Kill()
+			<-exited
+			return nil, fmt.Errorf("start %s: release the jail: %w", cfg.Name, err)
+		}
+	}
+	holdW.Close()
 	d.renice(cmd.Process.Pid, cfg.Name)
 	proc, err := waitReady(ctx, cmd.Process.Pid, cfg.Name, p, exited)
 	if err != nil {
@@ -338,6 +371,16 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	go in.watchExit()
 	d.log.Info("vm started", "vm", cfg.Name, "pid", proc.pid, "accel", accel, "took", time.Since(started).Round(time.Millisecond))
 	return in, nil
+}
+
+// place moves a VM's process, held by its jail, into the VM's own cgroup.
+func (d *Driver) place(ctx context.Context, pid int, cfg *driver.VMConfig) error {
+	if d.cfg.Scopes == nil {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return d.cfg.Scopes.Place(pctx, pid, vmscope.VM{Name: cfg.Name, UID: cfg.UID})
 }
 
 // renice sets the CPU niceness of every thread of a QEMU to cfg.Nice.
@@ -388,6 +431,10 @@ func waitReady(ctx context.Context, pid int, name string, p runtimePaths, exited
 // wait for QMP: every QEMU found is registered at once, so that fencing
 // covers it and nothing starts a second copy of it.
 func (d *Driver) Recover(ctx context.Context) ([]driver.Status, error) {
+	// The cgroups of VMs that ended while no agent ran are empty now.
+	if sw, ok := d.cfg.Scopes.(vmscope.Sweeper); ok {
+		sw.Sweep()
+	}
 	entries, err := os.ReadDir(d.cfg.RunDir)
 	if err != nil {
 		return nil, fmt.Errorf("recover: %w", err)

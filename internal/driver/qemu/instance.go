@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/qmp"
+	"github.com/vigilha/vigil/internal/vmscope"
 )
 
 // instance is one running (or exited) QEMU and the goroutines watching it:
@@ -158,6 +159,9 @@ func (in *instance) watchExit() {
 		c.Close()
 	}
 	in.proc.close()
+	if sc := in.d.cfg.Scopes; sc != nil {
+		sc.Release(vmscope.VM{Name: in.name, UID: in.rec.Config.UID})
+	}
 	close(in.done)
 	in.d.log.Info("vm exited", "vm", in.name, "pid", st.PID, "reason", reason)
 	in.d.emit(driver.EventExited, st)

@@ -316,3 +316,18 @@ func (l *Lab) Procs(node string) ([]int, error) {
 	}
 	return pids, nil
 }
+
+// OwnProcs returns the pids that are members of node's cgroup itself, not
+// of cgroups nested below it (a VM's): what a service manager's
+// KillMode=control-group reaches when the host's processes are its unit's.
+func (l *Lab) OwnProcs(node string) ([]int, error) {
+	n, err := l.y.resolve(node)
+	if err != nil {
+		return nil, fmt.Errorf("own procs: %w", err)
+	}
+	pids, err := cgroupProcs(l.y.cgroup(n))
+	if err != nil {
+		return nil, fmt.Errorf("own procs %s: %w", n, err)
+	}
+	return pids, nil
+}
