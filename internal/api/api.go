@@ -130,6 +130,8 @@ func (s *Server) Handler() http.Handler {
 	act("DELETE /api/v1/rules/{name}", admin, "rule.delete", s.deleteRule)
 	view("GET /api/v1/config", s.getConfig)
 	view("GET /api/v1/cluster", s.cluster)
+	act("DELETE /api/v1/members/{name}", admin, "member.remove", s.removeMember)
+	act("DELETE /api/v1/hosts/{host}", admin, "host.remove", s.removeHost)
 	// A backup holds the CA keys: admins only.
 	act("GET /api/v1/cluster/backup", admin, "cluster.backup", s.clusterBackup)
 	act("POST /api/v1/vms/{name}/migrate", op, "vm.migrate", s.migrate)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"github.com/vigilha/vigil/internal/httpjson"
 	"net/http"
 	"sort"
@@ -24,7 +25,7 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 	}
 	out := v1.Cluster{}
 	for _, m := range ml.Members {
-		mem := v1.Member{Name: m.Name, ClientURL: m.ClientURLs}
+		mem := v1.Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), ClientURL: m.ClientURLs, PeerURL: m.PeerURLs, Learner: m.IsLearner}
 		for _, u := range m.ClientURLs {
 			sctx, scancel := context.WithTimeout(ctx, time.Second)
 			st, err := c.Status(sctx, u)

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,13 +68,18 @@ type hostAddrs struct {
 	dataDir string
 	pkiDir  string
 	addrs   []string
+	// mgmtIP and storageIP are the agent's own keys, which a host's
+	// config file holds: the addresses when --address is not given.
+	mgmtIP, storageIP string
 }
 
 func (h *hostAddrs) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&h.host, "host", defaultHostName(), "this host's name in the cluster: its identity, which its certificate names")
 	cmd.Flags().StringVar(&h.dataDir, "data-dir", DefaultDataDir, "the host's data directory")
 	cmd.Flags().StringVar(&h.pkiDir, "pki-dir", "", "where the certificates go (default DATA_DIR/pki)")
-	cmd.Flags().StringSliceVar(&h.addrs, "address", nil, "an address this host serves on (management first, then storage); its certificate holds each (repeatable)")
+	cmd.Flags().StringSliceVar(&h.addrs, "address", nil, "an address this host serves on (management first, then storage); its certificate holds each (repeatable; default --mgmt-ip and --storage-ip)")
+	cmd.Flags().StringVar(&h.mgmtIP, "mgmt-ip", "", "this host's address on the management network (as the agent's; the first --address)")
+	cmd.Flags().StringVar(&h.storageIP, "storage-ip", "", "this host's address on the storage and migration network (as the agent's; the second --address)")
 }
 
 func (h *hostAddrs) subject() (pki.Subject, error) {
@@ -81,7 +87,15 @@ func (h *hostAddrs) subject() (pki.Subject, error) {
 		return pki.Subject{}, fmt.Errorf("--host: %w", err)
 	}
 	sub := pki.Subject{Host: h.host}
-	for _, a := range h.addrs {
+	addrs := h.addrs
+	if len(addrs) == 0 {
+		for _, a := range []string{h.mgmtIP, h.storageIP} {
+			if a != "" && !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	for _, a := range addrs {
 		ip := net.ParseIP(a)
 		if ip == nil {
 			return sub, fmt.Errorf("--address %q: not an IP address", a)

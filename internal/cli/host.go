@@ -13,7 +13,7 @@ import (
 )
 
 func newHostCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "host", Short: "Inspect hosts"}
+	cmd := &cobra.Command{Use: "host", Short: "Inspect hosts, put them in maintenance, remove dead ones"}
 	var o output
 	list := &cobra.Command{
 		Use:     "list",
@@ -99,7 +99,7 @@ func newHostCmd(g *globals) *cobra.Command {
 		},
 	}
 	so.register(show)
-	cmd.AddCommand(list, show, newHostMaintenanceCmd(g))
+	cmd.AddCommand(list, show, newHostMaintenanceCmd(g), newHostRemoveCmd(g))
 	return cmd
 }
 

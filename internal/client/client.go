@@ -409,6 +409,11 @@ func (c *Client) Cluster(ctx context.Context) (*v1.Cluster, error) {
 	return &out, c.do(ctx, http.MethodGet, "/api/v1/cluster", nil, &out)
 }
 
+// Delete calls DELETE on an API path (members, hosts).
+func (c *Client) Delete(ctx context.Context, path string) error {
+	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}
+
 // Backup fetches a backup of the control plane (an etcd snapshot and the
 // cluster's CAs, internal/backup's format).
 func (c *Client) Backup(ctx context.Context) ([]byte, error) {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
-	"github.com/vigilha/vigil/internal/lab/netlab"
 )
 
 // bootstrap brings the hosts up as an operator would: `vigil init` on
@@ -19,10 +18,9 @@ import (
 func (l *Lab) bootstrap(ctx context.Context) error {
 	c := l.st.Config
 	h1 := HostName(1)
-	// init and join read the host's name, data directory and certificate
-	// lifetime from its config file, as on a real host.
-	initArgs := []string{c.Bin, "init", "--config", l.configPath(h1),
-		"--address", l.addr(1, netlab.Mgmt), "--address", l.addr(1, netlab.Storage), "--api-port", strconv.Itoa(apiPort)}
+	// init and join read the host's name, addresses, data directory and
+	// certificate lifetime from its config file, as on a real host.
+	initArgs := []string{c.Bin, "init", "--config", l.configPath(h1), "--api-port", strconv.Itoa(apiPort)}
 	res, err := l.net.Exec(ctx, "h1", initArgs...)
 	if err != nil {
 		return fmt.Errorf("vigil init on %s: %w", h1, err)
@@ -51,8 +49,7 @@ func (l *Lab) bootstrap(ctx context.Context) error {
 			}
 			ticket = nt.Token
 		}
-		if _, err := l.net.Exec(ctx, "h"+strconv.Itoa(k), c.Bin, "join", ticket, "--config", l.configPath(host),
-			"--address", l.addr(k, netlab.Mgmt), "--address", l.addr(k, netlab.Storage)); err != nil {
+		if _, err := l.net.Exec(ctx, "h"+strconv.Itoa(k), c.Bin, "join", ticket, "--config", l.configPath(host)); err != nil {
 			return fmt.Errorf("vigil join on %s: %w", host, err)
 		}
 		if err := l.powerOn(ctx, host); err != nil {

@@ -179,3 +179,42 @@ func (s *Store) MemberAPIs(ctx context.Context) ([]string, error) {
 	}
 	return out, nil
 }
+
+// DemoteMember takes etcd's root role from a host that is no longer a
+// control-plane member and gives it a plain host's grants.
+func (s *Store) DemoteMember(ctx context.Context, host string) error {
+	rctx, cancel := op(ctx)
+	_, err := s.c.UserRevokeRole(rctx, host, "root")
+	cancel()
+	if err != nil && !errors.Is(err, rpctypes.ErrRoleNotGranted) && !errors.Is(err, rpctypes.ErrUserNotFound) {
+		return fmt.Errorf("etcd user %s: revoke root: %w", host, err)
+	}
+	return s.AdmitHost(ctx, host, false)
+}
+
+// RemoveHost forgets a host: its records (host, liveness, datastore
+// reachability, maintenance) and its etcd user and role, so that its
+// certificate no longer reads or writes anything in etcd.
+func (s *Store) RemoveHost(ctx context.Context, host string) error {
+	if host == RootUser {
+		return ErrReservedHostName
+	}
+	ctx, cancel := op(ctx)
+	defer cancel()
+	_, err := s.c.Txn(ctx).Then(
+		clientv3.OpDelete(HostKey(host)),
+		clientv3.OpDelete(aliveKey(host)),
+		clientv3.OpDelete(storagePfx+host),
+		clientv3.OpDelete(maintPfx+host),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("remove host %s: %w", host, err)
+	}
+	if _, err := s.c.UserDelete(ctx, host); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
+		return fmt.Errorf("remove host %s: etcd user: %w", host, err)
+	}
+	if _, err := s.c.RoleDelete(ctx, HostRole(host)); err != nil && !errors.Is(err, rpctypes.ErrRoleNotFound) {
+		return fmt.Errorf("remove host %s: etcd role: %w", host, err)
+	}
+	return nil
+}

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/lab"
+	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/testenv"
 )
 
@@ -127,4 +129,139 @@ func TestServiceRestart_KeepsEveryVM(t *testing.T) {
 	l.WaitAnswering(g, moved.IP, recoveryLimit)
 	t.Logf("service stopped on %s: watchdog reset at %s, restart placed at %s, running on %s", v.Host,
 		st.LastFire.Format("15:04:05.000"), placed.Time.Format("15:04:05.000"), moved.Host)
+}
+
+// TestMembership_RemoveDeadMemberThenAddOne crashes a control-plane member
+// (host3), removes its etcd member and then the host, and adds a member
+// again on a reinstalled host3 (fresh data, a server join token): the
+// learner-then-promote path. Throughout, a poller reads the cluster state
+// through the API (a linearizable etcd read: it needs the quorum) and the
+// VM running on host1 keeps its QEMU: nothing restarts.
+func TestMembership_RemoveDeadMemberThenAddOne(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	ctx := context.Background()
+	v, g := haGuest(t, l, "mem1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{"host1"} })
+	if v.Host != "host1" {
+		t.Fatalf("test setup: mem1 on %s", v.Host)
+	}
+	qemu, _ := l.ProcessPID("host1", lab.RoleQEMUPrefix+"mem1")
+	// The quorum poller: the longest stretch without an answer.
+	stop := make(chan struct{})
+	longest := make(chan time.Duration, 1)
+	go func() {
+		var worst time.Duration
+		lastOK := time.Now()
+		for {
+			select {
+			case <-stop:
+				longest <- worst
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err := l.Client.ListVMs(rctx)
+			cancel()
+			if err == nil {
+				lastOK = time.Now()
+			} else if d := time.Since(lastOK); d > worst {
+				worst = d
+			}
+		}
+	}()
+
+	if err := l.Crash(ctx, "host3"); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("mem1", 10*time.Second, "still running", func(x v1.VM) bool { return x.State == "running" })
+	// Once the leader sees host3 down, it is still a member: the host is
+	// not removed before its member is.
+	waitDown := time.Now().Add(30 * time.Second)
+	for {
+		out, err := l.Vigil("host", "remove", "host3")
+		if err != nil && strings.Contains(out, "control-plane member") {
+			break
+		}
+		if err == nil || time.Now().After(waitDown) {
+			t.Fatalf("host remove of a down member: want a refusal naming its member, got %v %s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	// A member whose host is up is not removed.
+	if out, err := l.Vigil("member", "remove", "host1"); err == nil || !strings.Contains(out, "is up") {
+		t.Errorf("member remove of a live member: %v %s", err, out)
+	}
+	if out, err := l.Vigil("member", "remove", "host3"); err != nil {
+		t.Fatalf("member remove host3: %v %s", err, out)
+	}
+	if out, err := l.Vigil("host", "remove", "host3"); err != nil {
+		t.Fatalf("host remove host3: %v %s", err, out)
+	}
+	out, err := l.Vigil("member", "list", "-o", "json")
+	if err != nil || strings.Contains(out, `"host3"`) {
+		t.Fatalf("members after the removal: %v %s", err, out)
+	}
+	if hs, _ := l.Vigil("host", "list"); strings.Contains(hs, "host3") {
+		t.Fatalf("host3 still listed after host remove:\n%s", hs)
+	}
+
+	// host3 reinstalled: its data wiped (its config file stays), booted
+	// (its agent cannot start without certificates), then joined again
+	// as a member with a token from `vigil member add`.
+	dir := l.Dir() + "/host3"
+	for _, sub := range []string{"pki", "etcd", "cluster.json", "run", "agent", "datastores"} {
+		if err := os.RemoveAll(dir + "/" + sub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Heal(ctx, "host3"); err != nil {
+		t.Fatal(err)
+	}
+	token, err := l.Vigil("member", "add", "host3")
+	if err != nil {
+		t.Fatalf("member add: %v %s", err, token)
+	}
+	token = strings.TrimSpace(token[strings.LastIndex(strings.TrimSpace(token), "\n")+1:])
+	if pid, _ := l.AgentPID("host3"); pid != 0 {
+		_ = l.StopAgent(ctx, "host3")
+	}
+	cmd, err := l.Exec(ctx, "host3", testenv.Binary(t), "join", token, "--config", dir+"/vigil.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("join host3: %v %s", err, b)
+	}
+	if err := l.StartAgent(ctx, "host3"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		cl, err := l.Client.Cluster(ctx)
+		voter := false
+		if err == nil {
+			for _, m := range cl.Members {
+				voter = voter || (m.Name == "host3" && !m.Learner && m.Reachable)
+			}
+		}
+		h, herr := l.Client.GetHost(ctx, "host3")
+		if voter && herr == nil && h.Alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host3 is not back as a voting member and an up host within 90 s: %+v %v / %+v %v", cl, err, h, herr)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	close(stop)
+	worst := <-longest
+	if now, _ := l.ProcessPID("host1", lab.RoleQEMUPrefix+"mem1"); now != qemu {
+		t.Errorf("mem1's QEMU changed: %d -> %d", qemu, now)
+	}
+	// The crash of a member costs an etcd election at most (seconds); a
+	// lost quorum would leave the API without answers until host3 was back.
+	if worst > 15*time.Second {
+		t.Errorf("the API went %s without an answer: the quorum was lost", worst)
+	}
+	l.WaitAnswering(g, v.IP, 30*time.Second)
+	t.Logf("member host3 crashed, removed, host removed, re-added as a member; longest stretch without an API answer %s; mem1's QEMU %d kept", worst.Round(time.Millisecond), qemu)
 }

@@ -190,11 +190,17 @@ type Watchdog struct {
 
 // Member is one etcd member as the API reports it.
 type Member struct {
-	Name      string   `json:"name"`
+	Name string `json:"name"`
+	// ID is etcd's member ID in hex: the name of a member that never
+	// started (a learner added by a join that did not finish has none).
+	ID        string   `json:"id"`
 	ClientURL []string `json:"clientURLs"`
-	Leader    bool     `json:"leader"`
-	Reachable bool     `json:"reachable"`
-	RaftTerm  uint64   `json:"raftTerm,omitempty"`
+	PeerURL   []string `json:"peerURLs,omitempty"`
+	// Learner: the member does not vote yet (it is catching up).
+	Learner   bool   `json:"learner,omitempty"`
+	Leader    bool   `json:"leader"`
+	Reachable bool   `json:"reachable"`
+	RaftTerm  uint64 `json:"raftTerm,omitempty"`
 	// Revision is the member's current etcd revision (every write adds
 	// one); DBSize and DBSizeInUse its database file and the data in it.
 	Revision    int64 `json:"revision,omitempty"`
