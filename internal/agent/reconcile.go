@@ -9,6 +9,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/boottime"
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/storage"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -180,6 +181,9 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 		// Without a surely valid lease the leader may be moving this VM
 		// right now: never start anything then.
 
+	case a.backingOff(name):
+		// A start waits for another host's instance to stop (startVM).
+
 	default:
 		a.do(ctx, name, "start", func(ctx context.Context) { a.startVM(ctx, v, snap.Networks) })
 	}
@@ -256,6 +260,17 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 		a.event(ctx, store.EvVMFailed, name, "start failed: "+err.Error())
 	}
 	grants, err := a.grant(ctx, rec)
+	if errors.Is(err, storage.ErrHeld) {
+		// Another live host still runs this VM (this host's view is older
+		// than the storage's: a restored control plane, a placement that
+		// moved back): not a failed start. Try again once that instance
+		// has had time to stop; the storage grants only then.
+		<-starting
+		a.event(ctx, store.EvVMStarting, name, "waiting to start: "+err.Error())
+		a.backOff(name, time.Second)
+		time.AfterFunc(time.Second, a.trigger)
+		return
+	}
 	if err != nil {
 		fail(err)
 		return

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -88,3 +89,11 @@ type HostHeartbeat struct {
 	Lease int64
 	VMs   []HeldVM
 }
+
+// ErrHeld is wrapped by a grant refused because another host holds the
+// VM's current generation and still heartbeats it: its instance runs. A
+// grant never takes a running VM from a live host (only a fence does),
+// so that a start from a stale view (a control plane restored from an
+// older backup, say) waits until that instance has stopped: the VM never
+// runs twice, not even for the moment the old host takes to notice.
+var ErrHeld = errors.New("the vm's generation is held by another live host")

@@ -28,7 +28,10 @@ type Lab struct {
 
 // LabOptions change the lab a test gets.
 type LabOptions struct {
-	Hosts      int
+	Hosts int
+	// Servers is how many hosts run a control-plane member (default
+	// min(3, Hosts)).
+	Servers    int
 	HostCPUs   int
 	HostMemory string
 	AgentArgs  []string
@@ -62,7 +65,7 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{
-		Dir: dir, Hosts: o.Hosts, Bin: bin, ImageDir: ImageDir(t), Accel: "tcg",
+		Dir: dir, Hosts: o.Hosts, Servers: o.Servers, Bin: bin, ImageDir: ImageDir(t), Accel: "tcg",
 		HostCPUs: o.HostCPUs, HostMemory: o.HostMemory, AgentArgs: o.AgentArgs, CertLifetime: o.CertLifetime,
 		Watchdog: o.Watchdog, RebootDelay: o.RebootDelay,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),

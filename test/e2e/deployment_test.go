@@ -10,6 +10,7 @@ import (
 	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/check"
 	"github.com/vigilha/vigil/internal/lab"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/testenv"
@@ -264,4 +265,101 @@ func TestMembership_RemoveDeadMemberThenAddOne(t *testing.T) {
 	}
 	l.WaitAnswering(g, v.IP, 30*time.Second)
 	t.Logf("member host3 crashed, removed, host removed, re-added as a member; longest stretch without an API answer %s; mem1's QEMU %d kept", worst.Round(time.Millisecond), qemu)
+}
+
+// TestBackupRestore_BackInTimeNeverRunsAVMTwice takes a control-plane
+// backup, then live-migrates an HA VM to another host, and restores the
+// backup: the restored control plane places the VM where it was at the
+// backup, a host other than the one it runs on. Generations at the storage
+// only move forward, so whatever the restored state says, the VM never
+// runs twice: at most one QEMU at any sample, no client hears an older
+// instance after a newer one, no acknowledged ledger write is lost, and
+// the VM answers again. The rest of the backed-up state (a rule) is back.
+func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{Servers: 1})
+	ctx := context.Background()
+	v, g := haGuest(t, l, "tt1", func(vm *spec.VM) { vm.Spec.Placement.Hosts.Should = []string{"host2"} })
+	if v.Host != "host2" {
+		t.Fatalf("test setup: tt1 on %s", v.Host)
+	}
+	if out, err := l.Vigil("rule", "create", "keep-apart", "tt1", "other", "--strength", "should"); err != nil {
+		t.Fatalf("rule: %v %s", err, out)
+	}
+	file := t.TempDir() + "/backup.tar.gz"
+	if out, err := l.Vigil("cluster", "backup", file); err != nil {
+		t.Fatalf("backup: %v %s", err, out)
+	}
+	if _, err := l.Client.Migrate(ctx, "tt1", "host3"); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("tt1", 2*time.Minute, "migrated to host3", func(x v1.VM) bool { return x.State == "running" && x.Host == "host3" })
+	if _, err := l.Vigil("rule", "delete", "keep-apart"); err != nil {
+		t.Fatal(err)
+	}
+	// The migration's source QEMU ends a moment after the switch.
+	for deadline := time.Now().Add(30 * time.Second); len(check.QEMUProcs("tt1")) != 1; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMUs of tt1 after the migration: %v", check.QEMUProcs("tt1"))
+		}
+	}
+	oldBoot := l.WaitAnswering(g, v.IP, 30*time.Second)
+	sampler := check.StartSampler([]string{"tt1"}, 20*time.Millisecond)
+	poller := check.StartPoller(g, v.IP, 100*time.Millisecond)
+	writer := check.StartWriter(g, v.IP, 200*time.Millisecond)
+
+	// The control plane (host1, the only member) is lost and restored from
+	// the backup, as an operator would: stop its service, restore, start.
+	if _, err := l.StopService(ctx, "host1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := l.Exec(ctx, "host1", testenv.Binary(t), "cluster", "restore", file, "--config", l.Dir()+"/host1/vigil.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("restore: %v %s", err, b)
+	}
+	t0 := time.Now()
+	if err := l.StartAgent(ctx, "host1"); err != nil {
+		t.Fatal(err)
+	}
+	// The restored state is read back: the rule deleted after the backup
+	// exists again.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out, err := l.Vigil("rule", "list")
+		if err == nil && strings.Contains(out, "keep-apart") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored control plane does not answer with the backed-up rules: %v %s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	// The instance that ran at the restore was stopped (its placement
+	// said another host); the VM answers again from a new one.
+	for deadline := time.Now().Add(recoveryLimit); ; time.Sleep(250 * time.Millisecond) {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		c, err := g.Counter(rctx, v.IP)
+		cancel()
+		if err == nil && c.BootID != oldBoot.BootID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tt1 does not answer from a new instance within %s after the restore:\n%s", recoveryLimit, testenv.Timeline(l.Events(t0)))
+		}
+	}
+	time.Sleep(5 * time.Second) // both instances had the chance to answer, had both run
+	after := l.WaitVM("tt1", recoveryLimit, "running after the restore", func(x v1.VM) bool { return x.State == "running" && x.Host != "" })
+	acks := writer.Stop()
+	report := poller.Stop()
+	if max := sampler.Stop()["tt1"]; max > 1 {
+		t.Errorf("%d QEMUs of tt1 at once after the restore (at %v)", max, sampler.Twice("tt1"))
+	}
+	if err := report.Err(); err != nil {
+		t.Error(err)
+	}
+	verifyLedger(t, g, v.IP, acks)
+	t.Logf("restored a backup older than a migration: tt1 running on %s; %s; %d acknowledged appends kept\n%s",
+		after.Host, report, len(acks), testenv.Timeline(l.Events(t0)))
 }

@@ -122,6 +122,7 @@ const (
 	CodeInvalid   = "invalid"   // a malformed request
 	CodeForbidden = "forbidden" // a host acting for another, or no host at all
 	CodeBusy      = "busy"      // a previous export is still being torn down
+	CodeHeld      = "held"      // another live host holds the vm's generation (storage.ErrHeld)
 )
 
 // ErrFenced is wrapped by the error of a request the VM's generations
@@ -163,6 +164,8 @@ func (e *APIError) Unwrap() error {
 		return ErrInUse
 	case CodeNotFound:
 		return ErrNotFound
+	case CodeHeld:
+		return storage.ErrHeld
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/vigilha/vigil/internal/hatiming"
 	"github.com/vigilha/vigil/internal/storage/shared"
 
 	"github.com/vigilha/vigil/internal/storage"
@@ -32,12 +33,40 @@ func (s *server) grant(ctx context.Context, vm storage.VMRef, host string) (int6
 		return 0, forgottenErr(vm)
 	}
 	next := s.genOf(vm)
+	if next.Holder != "" && next.Holder != host {
+		if age, ok := s.heldAlive(vm, next.Holder, next.Current); ok {
+			return 0, &httpError{http.StatusConflict, shared.CodeHeld, fmt.Errorf("vm %s runs on %s under generation %d (its heartbeat %s ago lists it): a start never takes a running VM from a live host; it waits until that instance stops, or a fence revokes it",
+				vm.Name, next.Holder, next.Current, age.Round(time.Millisecond))}
+		}
+	}
 	next.HWM++
 	next.Current, next.Holder, next.Pending, next.PendingHost = next.HWM, host, 0, ""
 	if err := s.commitGen(ctx, vm, next, "grant"); err != nil {
 		return 0, err
 	}
 	return next.Current, nil
+}
+
+// heldAlive reports whether host's latest heartbeat is fresh (younger
+// than the HA leader's staleness, hatiming.StorageStale) and lists vm at
+// generation gen: the instance runs there and its host is alive.
+func (s *server) heldAlive(vm storage.VMRef, host string, gen int64) (time.Duration, bool) {
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	hb, ok := s.heartbeats[host]
+	if !ok {
+		return 0, false
+	}
+	age := time.Since(hb.received)
+	if age >= hatiming.StorageStale {
+		return age, false
+	}
+	for _, h := range hb.vms {
+		if h.UID == vm.UID && int64(h.Generation) == gen {
+			return age, true
+		}
+	}
+	return age, false
 }
 
 // prepare reserves the next generation for a migration's destination.

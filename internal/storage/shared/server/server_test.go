@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigilha/vigil/internal/storage/shared"
 
+	"github.com/vigilha/vigil/internal/hatiming"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage"
 )
@@ -882,5 +883,55 @@ func TestRecreatedVMStartsClean(t *testing.T) {
 	}
 	if _, err := c.Grant(ctx, old, "h1"); !errors.Is(err, shared.ErrFenced) {
 		t.Errorf("the deleted namesake was granted again: %v", err)
+	}
+}
+
+// TestGrantWaitsForALiveHolder: a grant never takes a VM from another host
+// whose fresh heartbeat lists it at the current generation (its instance
+// runs); it does once that host stops listing it, once its heartbeat is
+// stale (it has self-fenced), or after a fence (a revoke). The same host
+// restarting its own VM is granted at once.
+func TestGrantWaitsForALiveHolder(t *testing.T) {
+	needQEMU(t)
+	t.Parallel()
+	ts := startServer(t, "")
+	ctx := ctxT(t)
+	c := ts.c
+	web := ref("web")
+	g1 := grant(t, c, web, "h1")
+	if _, err := c.Heartbeat(ctx, "h1", 7, []storage.HeldVM{{VMRef: web, Generation: g1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Grant(ctx, web, "h2"); !errors.Is(err, storage.ErrHeld) {
+		t.Fatalf("grant to h2 while h1 runs web: %v, want storage.ErrHeld", err)
+	}
+	g2 := grant(t, c, web, "h1") // h1 restarting its own VM
+	if _, err := c.Heartbeat(ctx, "h1", 7, []storage.HeldVM{{VMRef: web, Generation: g2}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Grant(ctx, web, "h2"); !errors.Is(err, storage.ErrHeld) {
+		t.Fatalf("grant to h2 while h1 runs web again: %v, want storage.ErrHeld", err)
+	}
+	// h1 stopped it: the next heartbeat no longer lists it.
+	if _, err := c.Heartbeat(ctx, "h1", 7, nil); err != nil {
+		t.Fatal(err)
+	}
+	g3 := grant(t, c, web, "h2")
+	// h2 runs it; h1 still heartbeats, without it. A fence of h2 lets h1
+	// have it back at once, though h2's heartbeat still lists it.
+	if _, err := c.Heartbeat(ctx, "h2", 8, []storage.HeldVM{{VMRef: web, Generation: g3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Revoke(ctx, web, "h2"); err != nil {
+		t.Fatal(err)
+	}
+	g4 := grant(t, c, web, "h1")
+	// A holder whose heartbeat went stale has stopped its instances.
+	if _, err := c.Heartbeat(ctx, "h1", 7, []storage.HeldVM{{VMRef: web, Generation: g4}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(hatiming.StorageStale + 100*time.Millisecond)
+	if g5 := grant(t, c, web, "h2"); g5 <= g4 {
+		t.Fatalf("generations went backwards: %d after %d", g5, g4)
 	}
 }
