@@ -3,7 +3,7 @@
 # real 3-host cluster on this machine (network namespaces as hosts, `vigil lab up`), protect two
 # VMs with HA, live-migrate one and shrink its memory live, blip the management network of the other's host (nothing moves),
 # crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
-# restarts the VM), print the failover timelines, show a replicated disk through two crashes and a live migration, then a
+# restarts the VM), restart a host's agent as systemd would (its VMs keep running), print the failover timelines, show a replicated disk through two crashes and a live migration, then a
 # CPU alarm that live-migrates a burning guest away, and the audit trail. The lab is made with `vigil init`
 # and `vigil join`, TLS on every link; QEMU runs unprivileged, confined by Landlock.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
@@ -81,6 +81,18 @@ wpki=/var/lib/vigil/lab/$writer/pki
 printf '%s, with its certificate, reports a status of ha-guest1 as %s: ' "$writer" "$owner"
 "$V" lab exec "$writer" -- curl -s -m 5 --cacert "$VIGIL_CA" --cert "$wpki/host.crt" --key "$wpki/host.key" -X PUT \
   -d '{"placementRev":1,"status":{"state":"stopped"}}' "$VIGIL_API_URL/api/v1/hosts/$owner/vms/ha-guest1/status" | grep error
+
+say "deployment: each host runs from its config file (/etc/vigil/vigil.yaml on a real host), and a restart of its agent's service (what systemctl restart vigil does) keeps its VMs: each QEMU runs in a cgroup of its own"
+lab=/var/lib/vigil/lab
+"$V" config validate "$lab/host1/vigil.yaml"
+ps -o args= -C vigil | grep -E '^[^ ]+ (agent|watchdog) --config' | sort | head -6
+"$V" member list
+owner=$(guest ha-guest1 host)
+before=$("$V" lab exec "$other" -- curl -s "http://$ip1/")
+"$V" lab restart-service "$owner"
+for _ in $(seq 1 60); do "$V" events --type vm.reattached --since 1m 2>/dev/null | grep -q ha-guest1 && break; sleep 0.5; done
+echo "ha-guest1 on $owner: before the restart $before; after it $("$V" lab exec "$other" -- curl -s "http://$ip1/") (same boot id, counter going on)"
+"$V" cluster backup /tmp/vigil-demo-backup.tar.gz
 
 say "live-migrate ha-guest2 off $(guest ha-guest2 host) (the placement pipeline picks the target; the stream is TLS, from the source host's certificate only); its counter keeps counting"
 printf 'before: '; "$V" lab exec "$other" -- curl -s "http://$ip2/"; echo
