@@ -17,11 +17,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
+
+	"github.com/vigilha/vigil/internal/suggest"
 )
 
 // DefaultPath is where the package installs the host's config file.
@@ -174,7 +175,7 @@ func (f *File) Apply(apply Section, schema []Section) error {
 			}
 		}
 		if !known {
-			errs = append(errs, fmt.Errorf("%s:%d: %s: unknown key%s", f.Path, s.Line, s.Key, suggest(s, schema)))
+			errs = append(errs, fmt.Errorf("%s:%d: %s: unknown key%s", f.Path, s.Line, s.Key, hint(s, schema)))
 			continue
 		}
 		fl := apply.flagOf(s)
@@ -216,8 +217,8 @@ func set(fs *pflag.FlagSet, fl *pflag.Flag, s Setting) error {
 	return fs.Set(fl.Name, s.Values[0])
 }
 
-// suggest names a known key close to an unknown one.
-func suggest(s Setting, schema []Section) string {
+// hint names a known key close to an unknown one.
+func hint(s Setting, schema []Section) string {
 	var names []string
 	for _, sec := range schema {
 		sec.Flags.VisitAll(func(fl *pflag.Flag) {
@@ -231,36 +232,8 @@ func suggest(s Setting, schema []Section) string {
 			names = append(names, n)
 		})
 	}
-	sort.Strings(names)
-	best, bestD := "", 3
-	for _, n := range names {
-		if d := distance(s.Flag, n); d < bestD {
-			best, bestD = n, d
-		}
+	if best := suggest.Closest(s.Flag, names); best != "" {
+		return fmt.Sprintf(" (did you mean %s?)", best)
 	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %s?)", best)
-}
-
-// distance is the Levenshtein distance between a and b.
-func distance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			c := 1
-			if a[i-1] == b[j-1] {
-				c = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+c)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
+	return ""
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	suggestpkg "github.com/vigilha/vigil/internal/suggest"
 )
 
 // FieldError is one problem with one field of a document.
@@ -267,36 +269,14 @@ func joinPath(path, key string) string {
 
 // suggest names the known field closest to a misspelt one.
 func suggest(key string, fields map[string]int) string {
-	best, bestDist := "", 3
+	names := make([]string, 0, len(fields))
 	for name := range fields {
-		if d := editDistance(strings.ToLower(key), strings.ToLower(name)); d < bestDist || (d == bestDist && name < best) {
-			best, bestDist = name, d
-		}
+		names = append(names, name)
 	}
-	if best == "" {
-		return ""
+	if best := suggestpkg.Closest(key, names); best != "" {
+		return fmt.Sprintf("; did you mean %q?", best)
 	}
-	return fmt.Sprintf("; did you mean %q?", best)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return ""
 }
 
 // AsFieldErrors extracts field errors from err, or wraps a plain error as one.
