@@ -274,7 +274,8 @@ func TestMembership_RemoveDeadMemberThenAddOne(t *testing.T) {
 // only move forward, so whatever the restored state says, the VM never
 // runs twice: at most one QEMU at any sample, no client hears an older
 // instance after a newer one, no acknowledged ledger write is lost, and
-// the VM answers again. The rest of the backed-up state (a rule) is back.
+// the VM answers again. The rest of the backed-up state (a rule, a cluster
+// setting, both changed after the backup) is back.
 func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{Servers: 1})
 	ctx := context.Background()
@@ -284,6 +285,9 @@ func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 	}
 	if out, err := l.Vigil("rule", "create", "keep-apart", "tt1", "other", "--strength", "should"); err != nil {
 		t.Fatalf("rule: %v %s", err, out)
+	}
+	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "1"); err != nil {
+		t.Fatalf("config set: %v %s", err, out)
 	}
 	file := t.TempDir() + "/backup.tar.gz"
 	if out, err := l.Vigil("cluster", "backup", file); err != nil {
@@ -295,6 +299,9 @@ func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 	l.WaitVM("tt1", 2*time.Minute, "migrated to host3", func(x v1.VM) bool { return x.State == "running" && x.Host == "host3" })
 	if _, err := l.Vigil("rule", "delete", "keep-apart"); err != nil {
 		t.Fatal(err)
+	}
+	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "0"); err != nil {
+		t.Fatalf("config set: %v %s", err, out)
 	}
 	// The migration's source QEMU ends a moment after the switch.
 	for deadline := time.Now().Add(30 * time.Second); len(check.QEMUProcs("tt1")) != 1; time.Sleep(100 * time.Millisecond) {
@@ -335,6 +342,9 @@ func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 			t.Fatalf("the restored control plane does not answer with the backed-up rules: %v %s", err, out)
 		}
 		time.Sleep(time.Second)
+	}
+	if cfg, err := l.Client.Config(ctx); err != nil || cfg.HostFailuresToTolerate != 1 {
+		t.Errorf("restored cluster settings: %+v %v, want host-failures-to-tolerate 1 as at the backup", cfg, err)
 	}
 	// The instance that ran at the restore was stopped (its placement
 	// said another host); the VM answers again from a new one.
