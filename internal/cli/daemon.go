@@ -233,6 +233,10 @@ func newUpCmd(g *globals) *cobra.Command {
 	o.registerAgent(cmd)
 	cmd.Flags().Lookup("api-listen").Usage = "REST API endpoints (https://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + ", unix://DATA_DIR/api.sock and " + localAPIURL + ")"
 	cmd.Flags().StringVar(&netns, "netns", upNetns, "network namespace holding the default VM network's bridge")
+	// `vigil up` runs in the foreground, not under a service manager that
+	// kills its cgroup: its VMs stay in its own unless asked.
+	o.vmCgroups = vmscope.ModeNone
+	cmd.Flags().Lookup("vm-cgroups").DefValue = vmscope.ModeNone
 	return cmd
 }
 

@@ -21,6 +21,10 @@ type Dirs struct {
 	// hierarchy.
 	parents []string
 	desc    string
+	// ownParents: the parents are this package's (a vigil.slice it
+	// made), removed with their last VM, so that nothing of Vigil's is
+	// left in a cgroup tree once its VMs are gone.
+	ownParents bool
 }
 
 // hierarchy is one line of /proc/self/cgroup resolved to its mount.
@@ -50,7 +54,7 @@ func besideOwn(own string) (string, bool) { return path.Join(path.Dir(own), Slic
 
 // NewDirs finds the hierarchies from /proc/self/cgroup and
 // /proc/self/mountinfo.
-func NewDirs(where whereFunc, desc string) (*Dirs, error) {
+func NewDirs(where whereFunc, desc string, ownParents bool) (*Dirs, error) {
 	own, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return nil, fmt.Errorf("VM cgroups: %w", err)
@@ -60,7 +64,7 @@ func NewDirs(where whereFunc, desc string) (*Dirs, error) {
 		return nil, fmt.Errorf("VM cgroups: %w", err)
 	}
 	hs := hierarchies(string(own), string(mi))
-	d := &Dirs{desc: desc}
+	d := &Dirs{desc: desc, ownParents: ownParents}
 	for _, h := range hs {
 		// cpuset refuses a task until its cpus and mems are set: its
 		// children are left alone (the VM stays in the parent's cpuset).
@@ -160,6 +164,9 @@ func (d *Dirs) Place(_ context.Context, pid int, vm VM) error {
 func (d *Dirs) Release(vm VM) {
 	for _, p := range d.parents {
 		removeEmpty(filepath.Join(p, vm.Unit()))
+		if d.ownParents {
+			_ = os.Remove(p) // fails while another VM's cgroup is in it
+		}
 	}
 }
 
@@ -172,6 +179,9 @@ func (d *Dirs) Sweep() {
 			if e.IsDir() && strings.HasPrefix(e.Name(), "vm-") {
 				removeEmpty(filepath.Join(p, e.Name()))
 			}
+		}
+		if d.ownParents {
+			_ = os.Remove(p)
 		}
 	}
 }

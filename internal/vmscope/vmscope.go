@@ -75,13 +75,13 @@ func New(ctx context.Context, mode string) (Placer, error) {
 	case mode == ModeAuto && SystemdRunning(), mode == ModeSystemd:
 		return NewSystemd(ctx, Slice)
 	case mode == ModeAuto:
-		return NewDirs(besideOwn, "cgroups in a "+Slice+" beside the agent's own")
+		return NewDirs(besideOwn, "cgroups in a "+Slice+" beside the agent's own", true)
 	case mode == ModeSelf:
-		return NewDirs(underOwn, "cgroups below the agent's own")
+		return NewDirs(underOwn, "cgroups below the agent's own", false)
 	case mode == ModeNone:
 		return none{}, nil
 	case strings.HasPrefix(mode, "/"):
-		return NewDirs(below(mode), "cgroups below "+mode)
+		return NewDirs(below(mode), "cgroups below "+mode, false)
 	}
 	return nil, fmt.Errorf("VM cgroups %q: want auto, systemd, self, none or a cgroup path such as /vigil.slice", mode)
 }

@@ -77,7 +77,7 @@ func TestDirsPlaceAndRelease(t *testing.T) {
 		t.Skip("needs root to make cgroups")
 	}
 	parent := fmt.Sprintf("/vigil-test-%d", os.Getpid())
-	d, err := NewDirs(below(parent), "test")
+	d, err := NewDirs(below(parent), "test", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +117,9 @@ func TestDirsPlaceAndRelease(t *testing.T) {
 	for _, p := range d.Parents() {
 		if _, err := os.Stat(filepath.Join(p, vm.Unit())); !os.IsNotExist(err) {
 			t.Fatalf("the ended VM's cgroup %s stays: %v", filepath.Join(p, vm.Unit()), err)
+		}
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("the slice %s the VM's cgroup was made in stays: %v", p, err)
 		}
 	}
 }

@@ -335,7 +335,7 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 			holdW.Close() // the jail reads end of file and exits
 			_ = cmd.Process.Kill()
 			<-exited
-			return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
+			return nil, fmt.Errorf("start %s: %w (the agent's --vm-cgroups none keeps QEMU in the agent's own cgroup)", cfg.Name, err)
 		}
 		if _, err := holdW.Write([]byte{1}); err != nil {
 			_ = cmd.Process.Kill()
