@@ -565,7 +565,10 @@ func (l *Lab) writeHostConfig(k int, hostCgroup string) error {
 	if err := atomicfile.Write(l.configPath(host), append(head, b...), 0o644); err != nil {
 		return err
 	}
-	l.st.Args[host] = append([]string{l.st.Config.Bin, "agent", "--config", l.configPath(host)}, l.st.Config.AgentArgs...)
+	// --host repeats the file's host name on the command line, where tools
+	// that look for one host's agent process (the acceptance checks'
+	// agent_pid) find it.
+	l.st.Args[host] = append([]string{l.st.Config.Bin, "agent", "--config", l.configPath(host), "--host", host}, l.st.Config.AgentArgs...)
 	return nil
 }
 
