@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vigilha/vigil/internal/pki"
@@ -58,23 +59,42 @@ func (s *server) centralSocket() string { return filepath.Join(s.dir, "nbd.sock"
 // that after a restart the server listens where the hosts' QEMUs reconnect.
 // The first host gets the configured NBD port, the next ones the ports
 // above it. Callers hold opMu.
-func (s *server) hostPort(host string) int {
+func (s *server) hostPort(host string) (port int, fresh bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p, ok := s.hostPorts[host]; ok {
-		return p
+		return p, false
 	}
+	return s.nextPort(host, s.nbdPort), true
+}
+
+// portOf is the port host's NBD server listens on (0: none yet).
+func (s *server) portOf(host string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hostPorts[host]
+}
+
+// nextPort gives host the first port from from up that no other host has.
+// Callers hold mu.
+func (s *server) nextPort(host string, from int) int {
 	used := map[int]bool{}
-	for _, p := range s.hostPorts {
-		used[p] = true
+	for h, p := range s.hostPorts {
+		if h != host {
+			used[p] = true
+		}
 	}
-	p := s.nbdPort
+	p := from
 	for used[p] {
 		p++
 	}
 	s.hostPorts[host] = p
 	return p
 }
+
+// maxPortTries bounds how many ports a new host's NBD server tries when
+// the first ones are taken by other programs.
+const maxPortTries = 32
 
 // hostServerFor returns host's NBD server, starting it if it is not
 // running (or died: its exports are then added again; a dead one stays
@@ -89,7 +109,7 @@ func (s *server) hostServerFor(ctx context.Context, host string) (*hostServer, e
 			return hs, nil
 		}
 	}
-	port := s.hostPort(host)
+	port, fresh := s.hostPort(host)
 	dir := filepath.Join(s.dir, "hosts", host)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("NBD server of %s: %w", host, err)
@@ -103,8 +123,22 @@ func (s *server) hostServerFor(ctx context.Context, host string) (*hostServer, e
 		d.Kill()
 		return nil, fmt.Errorf("NBD server of %s: %w", host, err)
 	}
+	// A port another program holds: a host that never had one takes the
+	// next (one that had one keeps it: its QEMUs reconnect there).
+	err = s.startNBD(ctx, hs)
+	for try := 1; err != nil && fresh && strings.Contains(err.Error(), "Address already in use") && try < maxPortTries; try++ {
+		s.log.Warn("a host's NBD port is taken; trying the next", "host", host, "port", hs.port)
+		s.mu.Lock()
+		hs.port = s.nextPort(host, hs.port+1)
+		s.mu.Unlock()
+		err = s.startNBD(ctx, hs)
+	}
+	if err != nil {
+		d.Kill()
+		return nil, fmt.Errorf("NBD server of %s: %w", host, err)
+	}
 	s.hosts[host] = hs
-	s.log.Info("host NBD server up", "host", host, "port", port, "pid", d.Pid())
+	s.log.Info("host NBD server up", "host", host, "port", hs.port, "pid", d.Pid())
 	// A restarted daemon serves again what the host had.
 	s.mu.Lock()
 	var mine []*export
@@ -123,8 +157,7 @@ func (s *server) hostServerFor(ctx context.Context, host string) (*hostServer, e
 }
 
 // secureHostServer gives a host daemon the storage server's certificate
-// and an authorisation of the host's stream certificate alone, and starts
-// its NBD server on the host's port.
+// and an authorisation of the host's stream certificate alone.
 func (s *server) secureHostServer(ctx context.Context, hs *hostServer, dir string) error {
 	creds, err := pki.LoadStream(s.pkiDir)
 	if err != nil {
@@ -144,6 +177,14 @@ func (s *server) secureHostServer(ctx context.Context, hs *hostServer, dir strin
 		"identity": pki.StreamDN(hs.host)}, nil); err != nil {
 		return fmt.Errorf("TLS authorisation: %w", err)
 	}
+	return nil
+}
+
+// startNBD starts a host daemon's NBD server on the host's port, with the
+// credentials and authorisation secureHostServer set.
+func (s *server) startNBD(ctx context.Context, hs *hostServer) error {
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	// max-connections 0 is unlimited: QEMU's default (100 since 9.1)
 	// would cap a host at 100 VM disks.
 	if err := hs.d.QMP.Execute(qctx, "nbd-server-start", map[string]any{

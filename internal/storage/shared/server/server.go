@@ -562,7 +562,7 @@ func (s *server) exportDisk(ctx context.Context, r shared.ExportRequest) (shared
 }
 
 func (s *server) target(e *export) shared.ExportResponse {
-	return shared.ExportResponse{Host: s.nbdHost, Port: s.hostPort(e.info.Host), Export: e.info.Export}
+	return shared.ExportResponse{Host: s.nbdHost, Port: s.portOf(e.info.Host), Export: e.info.Export}
 }
 
 // addExport opens the disk's block node if needed and adds the export.
