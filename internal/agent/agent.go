@@ -187,6 +187,9 @@ type Agent struct {
 	// bootResetSaid: this boot's host.watchdog-reset event was raised.
 	bootResetSaid atomic.Bool
 	retryAt       map[string]time.Time
+	// heldWait: the placement epoch of each VM whose start waits for
+	// another host's instance to stop (said once per epoch, not per try).
+	heldWait map[string]int64
 }
 
 // New checks the configuration and creates an agent.
@@ -244,7 +247,7 @@ func New(cfg Config) (*Agent, error) {
 		evq:      make(chan store.Event, 1024),
 
 		mon: monitor.NewHistory(), resetsDone: map[string]string{}, restarts: metrics.NewRestarts(), resizeTried: map[string]int64{},
-		retryAt: map[string]time.Time{},
+		retryAt: map[string]time.Time{}, heldWait: map[string]int64{},
 	}
 	boot := a.bootID()
 	a.lease = newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), boot, log)

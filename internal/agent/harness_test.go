@@ -67,7 +67,7 @@ func newHarness(t *testing.T) *harness {
 		evq:      make(chan store.Event, 1024),
 		mon:      monitor.NewHistory(),
 		restarts: metrics.NewRestarts(), resizeTried: map[string]int64{},
-		retryAt: map[string]time.Time{},
+		retryAt: map[string]time.Time{}, heldWait: map[string]int64{},
 	}
 	a.lease = newLeaseKeeper(nil, ttl, ttl/8, filepath.Join(dir, "lease"), "", log)
 	a.fence = fencing.NewMemory("")

@@ -253,7 +253,12 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 		defer close(starting)
 		a.putStatus(ctx, v, &store.VMStatus{State: store.StateStarting, StartRequest: rec.StartRequest})
 	}()
-	a.event(ctx, store.EvVMStarting, name, fmt.Sprintf("starting (epoch %d)", v.Placement.Epoch))
+	a.mu.Lock()
+	retry := a.heldWait[name] == v.Placement.Epoch
+	a.mu.Unlock()
+	if !retry {
+		a.event(ctx, store.EvVMStarting, name, fmt.Sprintf("starting (epoch %d)", v.Placement.Epoch))
+	}
 	fail := func(err error) {
 		<-starting
 		a.putStatus(ctx, v, &store.VMStatus{State: store.StateFailed, Reason: "start-failed", Message: err.Error(), StartRequest: rec.StartRequest})
@@ -266,11 +271,19 @@ func (a *Agent) startVM(ctx context.Context, v *store.VMState, networks map[stri
 		// moved back): not a failed start. Try again once that instance
 		// has had time to stop; the storage grants only then.
 		<-starting
-		a.event(ctx, store.EvVMStarting, name, "waiting to start: "+err.Error())
+		if !retry {
+			a.event(ctx, store.EvVMStarting, name, "waiting to start: "+err.Error())
+		}
+		a.mu.Lock()
+		a.heldWait[name] = v.Placement.Epoch
+		a.mu.Unlock()
 		a.backOff(name, time.Second)
 		time.AfterFunc(time.Second, a.trigger)
 		return
 	}
+	a.mu.Lock()
+	delete(a.heldWait, name)
+	a.mu.Unlock()
 	if err != nil {
 		fail(err)
 		return
