@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
@@ -26,17 +27,10 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 	out := v1.Cluster{}
 	for _, m := range ml.Members {
 		mem := v1.Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), ClientURL: m.ClientURLs, PeerURL: m.PeerURLs, Learner: m.IsLearner}
-		for _, u := range m.ClientURLs {
-			sctx, scancel := context.WithTimeout(ctx, time.Second)
-			st, err := c.Status(sctx, u)
-			scancel()
-			if err != nil {
-				continue
-			}
+		if st := memberStatus(ctx, c, m); st != nil {
 			mem.Reachable, mem.RaftTerm = true, st.RaftTerm
 			mem.Revision, mem.DBSize, mem.DBSizeInUse = st.Header.Revision, st.DbSize, st.DbSizeInUse
 			mem.Leader = st.Leader == m.ID
-			break
 		}
 		if mem.Leader {
 			out.EtcdLeader = m.Name
@@ -49,4 +43,18 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 		out.VigilLeader = string(resp.Kvs[0].Value)
 	}
 	httpjson.WriteIndented(w, http.StatusOK, out)
+}
+
+// memberStatus asks one etcd member for its status through its first
+// client URL that answers within a second; nil: none does.
+func memberStatus(ctx context.Context, c *clientv3.Client, m *etcdserverpb.Member) *clientv3.StatusResponse {
+	for _, u := range m.ClientURLs {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := c.Status(sctx, u)
+		cancel()
+		if err == nil {
+			return st
+		}
+	}
+	return nil
 }

@@ -43,14 +43,8 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		voters = append(voters, m.Name)
-		for _, u := range m.ClientURLs {
-			sctx, scancel := context.WithTimeout(ctx, time.Second)
-			_, err := c.Status(sctx, u)
-			scancel()
-			if err == nil {
-				answering = append(answering, m.Name)
-				break
-			}
+		if memberStatus(ctx, c, m) != nil {
+			answering = append(answering, m.Name)
 		}
 	}
 	if !found {
