@@ -13,6 +13,9 @@ echo "== build"
 go build -o bin/vigil ./cmd/vigil
 # The same with fault-injection flags, for the tests that need them.
 go build -tags faults -o bin/vigil-faults ./cmd/vigil
+# etcd's own server at the version go.mod pins: the external etcd of the
+# external-etcd tests (docs/install.md, External etcd).
+go build -o bin/etcd ./test/tools/etcd
 CGO_ENABLED=0 go build -ldflags="-s -w" -o bin/vigil-guest ./cmd/vigil-guest
 bin/vigil image build --guest-binary bin/vigil-guest
 
@@ -47,4 +50,4 @@ for t in "FuzzParse ./internal/spec 150000x" "FuzzBodies ./internal/api 4000x" "
 done
 
 echo "== integration tests"
-VIGIL_BIN="$PWD/bin/vigil" VIGIL_FAULTS_BIN="$PWD/bin/vigil-faults" go test -count=1 -p 1 -timeout 50m -v ./test/...
+VIGIL_BIN="$PWD/bin/vigil" VIGIL_FAULTS_BIN="$PWD/bin/vigil-faults" VIGIL_ETCD_BIN="$PWD/bin/etcd" go test -count=1 -p 1 -timeout 50m -v ./test/...

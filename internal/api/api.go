@@ -56,8 +56,12 @@ type Cluster struct {
 	// APIs are this member's https API URLs, which join tokens carry.
 	APIs []string
 	// Members adds etcd members for hosts that join as servers (nil:
-	// server joins are refused).
+	// server joins are refused, unless EtcdExternal).
 	Members Membership
+	// EtcdExternal: the cluster's etcd is an external cluster. A host that
+	// joins as a server runs the API and the controllers on it, and no
+	// etcd member; Vigil changes none of that etcd's members.
+	EtcdExternal bool
 	// EtcdEndpoints are the cluster's etcd client URLs, given to joining
 	// hosts.
 	EtcdEndpoints func(context.Context) ([]string, error)

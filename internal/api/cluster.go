@@ -24,7 +24,7 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	out := v1.Cluster{}
+	out := v1.Cluster{EtcdExternal: s.member.EtcdExternal}
 	for _, m := range ml.Members {
 		mem := v1.Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), ClientURL: m.ClientURLs, PeerURL: m.PeerURLs, Learner: m.IsLearner}
 		if st := memberStatus(ctx, c, m); st != nil {

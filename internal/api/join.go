@@ -95,11 +95,11 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusUnauthorized, fmt.Errorf("unauthenticated: %w", err))
 		return
 	}
-	if tok.Server && req.EtcdPeerURL == "" {
+	if tok.Server && req.EtcdPeerURL == "" && !s.member.EtcdExternal {
 		writeErr(w, http.StatusBadRequest, errors.New("a server join token needs the joining member's etcd peer URL"))
 		return
 	}
-	if req.EtcdPeerURL != "" {
+	if req.EtcdPeerURL != "" && !s.member.EtcdExternal {
 		if u, err := url.Parse(req.EtcdPeerURL); err != nil || u.Scheme != "https" {
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("etcd peer URL %q: want https://IP:PORT", req.EtcdPeerURL))
 			return
@@ -132,7 +132,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("give %s its etcd access: %w (the join token is spent: make another)", req.Host, err))
 		return
 	}
-	resp := v1.JoinResponse{CA: string(ca.PEM), Cert: string(cert), StreamCert: string(streamCert), StreamCA: string(sca.PEM), Server: tok.Server, APIs: s.member.APIs}
+	resp := v1.JoinResponse{CA: string(ca.PEM), Cert: string(cert), StreamCert: string(streamCert), StreamCA: string(sca.PEM), Server: tok.Server,
+		APIs: s.member.APIs, EtcdExternal: s.member.EtcdExternal}
 	if s.member.EtcdEndpoints != nil {
 		if resp.EtcdEndpoints, err = s.member.EtcdEndpoints(r.Context()); err != nil {
 			writeErr(w, http.StatusServiceUnavailable, err)
@@ -140,8 +141,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if tok.Server {
-		if s.member.Members == nil {
-			writeErr(w, http.StatusServiceUnavailable, errors.New("this member cannot add etcd members (it uses an external etcd)"))
+		if s.member.Members == nil && !s.member.EtcdExternal {
+			writeErr(w, http.StatusServiceUnavailable, errors.New("this member cannot add etcd members"))
 			return
 		}
 		kb, err := ca.KeyPEM()
@@ -156,13 +157,15 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		resp.StreamCAKey = string(skb)
-		// Longer than a request's usual bound: etcd may make the add wait
-		// for the previous member to settle (AddLearner).
-		actx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 25*time.Second)
-		defer cancel()
-		if resp.InitialCluster, err = s.member.Members.AddLearner(actx, req.Host, req.EtcdPeerURL); err != nil {
-			writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("add the etcd member of %s: %w (the join token is spent: make another)", req.Host, err))
-			return
+		if !s.member.EtcdExternal {
+			// Longer than a request's usual bound: etcd may make the add
+			// wait for the previous member to settle (AddLearner).
+			actx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 25*time.Second)
+			defer cancel()
+			if resp.InitialCluster, err = s.member.Members.AddLearner(actx, req.Host, req.EtcdPeerURL); err != nil {
+				writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("add the etcd member of %s: %w (the join token is spent: make another)", req.Host, err))
+				return
+			}
 		}
 	}
 	s.log.Info("host joined", "host", req.Host, "server", tok.Server, "token", tok.Name)

@@ -24,6 +24,11 @@ import (
 // host's etcd grants) until `vigil host remove`.
 func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if s.member.EtcdExternal {
+		writeErr(w, http.StatusConflict, errors.New("this cluster's etcd is external: its members are changed with etcdctl, not Vigil; "+
+			"a control-plane member that is gone for good needs only `vigil host remove` (docs/install.md)"))
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
 	c := s.st.Client()
@@ -119,13 +124,14 @@ func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// An external etcd's members are its operator's, never a host's.
 	ml, err := s.st.Client().MemberList(ctx)
 	if err != nil {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
 	for _, m := range ml.Members {
-		if m.Name == name {
+		if m.Name == name && !s.member.EtcdExternal {
 			writeErr(w, http.StatusConflict, fmt.Errorf("%s is a control-plane member: remove its member first (vigil member remove %s)", name, name))
 			return
 		}

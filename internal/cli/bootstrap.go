@@ -44,7 +44,10 @@ type clusterInfo struct {
 	Server         bool     `json:"server"`
 	InitialCluster string   `json:"initialCluster,omitempty"`
 	EtcdEndpoints  []string `json:"etcdEndpoints,omitempty"`
-	APIs           []string `json:"apis,omitempty"`
+	// EtcdExternal: the cluster's etcd is an external cluster at
+	// EtcdEndpoints; a member host runs no etcd member.
+	EtcdExternal bool     `json:"etcdExternal,omitempty"`
+	APIs         []string `json:"apis,omitempty"`
 }
 
 func readClusterInfo(dataDir string) (*clusterInfo, error) {
@@ -116,6 +119,10 @@ func newInitCmd(g *globals) *cobra.Command {
 	var h hostAddrs
 	var apiPort int
 	var expires, lifetime time.Duration
+	var etcd struct {
+		external  bool
+		endpoints string
+	}
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Make a new cluster on this host: its CA and this host's certificate; print a one-time join token",
@@ -132,6 +139,17 @@ func newInitCmd(g *globals) *cobra.Command {
 			if len(sub.IPs) == 0 {
 				return errors.New("--address: give this host's management address (the API that join tokens point at)")
 			}
+			endpoints := splitList(etcd.endpoints)
+			if etcd.external {
+				if len(endpoints) == 0 {
+					return errors.New("--etcd-external needs --etcd-endpoints: the external etcd cluster's client URLs")
+				}
+				for _, e := range endpoints {
+					if u, err := url.Parse(e); err != nil || u.Scheme != "https" || u.Host == "" {
+						return fmt.Errorf("--etcd-endpoints %q: want https://HOST:PORT (Vigil speaks to etcd over TLS with client certificates)", e)
+					}
+				}
+			}
 			now := time.Now()
 			ca, err := pki.InitFor(h.dir(), sub, now, lifetime)
 			if err != nil {
@@ -147,6 +165,17 @@ func newInitCmd(g *globals) *cobra.Command {
 			if err := atomicfile.Write(filepath.Join(h.dir(), server.PendingTokensFile), b, 0o600); err != nil {
 				return err
 			}
+			if etcd.external {
+				// The cluster's etcd is external from its first start on:
+				// every member and every joining host learns it from here.
+				ci := clusterInfo{Server: true, EtcdExternal: true, EtcdEndpoints: endpoints}
+				b, _ := json.MarshalIndent(ci, "", "  ")
+				if err := atomicfile.Write(filepath.Join(h.dataDir, clusterFile), b, 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.errOut, "the cluster's etcd is the external cluster at %s: it must trust %s for client certificates (--trusted-ca-file) before this host's daemon starts (docs/install.md)\n",
+					strings.Join(endpoints, ","), filepath.Join(h.dir(), pki.CACertFile))
+			}
 			api := "https://" + net.JoinHostPort(sub.IPs[0].String(), fmt.Sprint(apiPort))
 			fmt.Fprintf(g.errOut, "cluster CA %s made in %s (fingerprint sha256:%s)\nstart this host's daemon with --api-listen %s; the token below admits one control-plane member until %s:\n",
 				ca.Cert.Subject.CommonName, h.dir(), pki.Fingerprint(ca.Cert), api, now.Add(expires).Local().Format(time.DateTime))
@@ -158,6 +187,8 @@ func newInitCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&apiPort, "api-port", defaultAPIPort, "the https API port this host will serve on (join tokens point at it)")
 	cmd.Flags().DurationVar(&expires, "expires", auth.DefaultJoinTTL, "how long the printed join token can be used")
 	cmd.Flags().DurationVar(&lifetime, "cert-lifetime", pki.HostLifetime, "lifetime of this host's certificate (renewed in its last third)")
+	cmd.Flags().BoolVar(&etcd.external, "etcd-external", false, "the cluster's etcd is an external etcd cluster at --etcd-endpoints (as the agent's; recorded for every member)")
+	cmd.Flags().StringVar(&etcd.endpoints, "etcd-endpoints", "", "with --etcd-external: the external etcd's client URLs (comma-separated)")
 	useConfigFile(cmd, g, agentSection)
 	return cmd
 }
@@ -345,13 +376,15 @@ func newJoinCmd(g *globals) *cobra.Command {
 			if err := pki.SaveStream(h.dir(), []byte(resp.StreamCert), skb); err != nil {
 				return err
 			}
-			ci := clusterInfo{Server: resp.Server, InitialCluster: resp.InitialCluster, EtcdEndpoints: resp.EtcdEndpoints, APIs: resp.APIs}
+			ci := clusterInfo{Server: resp.Server, InitialCluster: resp.InitialCluster, EtcdEndpoints: resp.EtcdEndpoints, EtcdExternal: resp.EtcdExternal, APIs: resp.APIs}
 			b, _ := json.MarshalIndent(ci, "", "  ")
 			if err := atomicfile.Write(filepath.Join(h.dataDir, clusterFile), b, 0o644); err != nil {
 				return err
 			}
 			role := "an agent host"
-			if resp.Server {
+			if resp.Server && resp.EtcdExternal {
+				role = "a control-plane member (on the cluster's external etcd: it runs no etcd member)"
+			} else if resp.Server {
 				role = "a control-plane member (its etcd member starts as a learner and is promoted once it has caught up)"
 			}
 			fmt.Fprintf(g.errOut, "%s joined as %s; certificates in %s. Start its daemon now.\n", sub.Host, role, h.dir())

@@ -81,6 +81,11 @@ func newClusterRestoreCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if ci, err := readClusterInfo(h.dataDir); err == nil && ci != nil && ci.EtcdExternal {
+				return fmt.Errorf("this cluster's etcd is external (%s): restore the backup's snapshot into it with etcd's own tools: "+
+					"`tar xzf %s etcd.db`, then on each etcd member `etcdutl snapshot restore etcd.db --bump-revision 1000000000 --mark-compacted ...` "+
+					"(docs/install.md, section 10); the hosts keep their certificates", strings.Join(ci.EtcdEndpoints, ","), args[0])
+			}
 			if peerURL == "" {
 				return errors.New("--etcd-peer-url: give the URL this member's etcd talks to its peers on (or etcd.peer-url in the config file)")
 			}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -89,15 +90,22 @@ type daemonOpts struct {
 	peerURL        string
 	initialCluster string
 	etcdEndpoints  string
-	apiListen      []string
-	etcdHeartbeat  time.Duration
-	etcdElection   time.Duration
-	etcdRetention  time.Duration
-	etcdQuota      string
-	etcdDefrag     time.Duration
-	alarmInterval  time.Duration
-	networks       []string
-	datastoreDefs  []string
+	// etcdExternal: the cluster's etcd is an external cluster at
+	// etcdEndpoints (vigil init records it in cluster.json, a join
+	// learns it): a control-plane member runs no embedded member.
+	// etcdCAFile is the CA of that etcd's server certificates, where it
+	// is not the cluster CA.
+	etcdExternal  bool
+	etcdCAFile    string
+	apiListen     []string
+	etcdHeartbeat time.Duration
+	etcdElection  time.Duration
+	etcdRetention time.Duration
+	etcdQuota     string
+	etcdDefrag    time.Duration
+	alarmInterval time.Duration
+	networks      []string
+	datastoreDefs []string
 
 	accel       string
 	imageDir    string
@@ -135,6 +143,12 @@ func (o *daemonOpts) registerCommon(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", DefaultDataDir, "where this process keeps its state (etcd data, VM runtime files, local datastore)")
 	cmd.Flags().StringVar(&o.pkiDir, "pki-dir", "", "this host's certificates and the cluster CA, from `vigil init` or `vigil join` (default DATA_DIR/pki)")
 	cmd.Flags().DurationVar(&o.certLifetime, "cert-lifetime", pki.HostLifetime, "lifetime of the host certificates this host signs: its own renewals, and as a member holding the CA key, joining and renewing hosts' (renewed in their last third)")
+}
+
+// registerEtcd registers how this host reaches an external etcd.
+func (o *daemonOpts) registerEtcd(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&o.etcdExternal, "etcd-external", false, "the cluster's etcd is an external etcd cluster at --etcd-endpoints: a control-plane member runs no embedded etcd member (set at `vigil init`; joined hosts learn it)")
+	cmd.Flags().StringVar(&o.etcdCAFile, "etcd-ca-file", "", "with an external etcd: the CA (PEM) of its server certificates, where it is not the cluster CA")
 }
 
 func (o *daemonOpts) registerServer(cmd *cobra.Command) {
@@ -250,12 +264,14 @@ func newServerCmd(g *globals) *cobra.Command {
 			if len(o.apiListen) == 0 {
 				o.apiListen = []string{client.DefaultAddr}
 			}
+			o.etcdExternal = o.etcdExternal || o.etcdEndpoints != ""
 			return runDaemon(cmd.Context(), g, o)
 		},
 	}
 	o.registerCommon(cmd)
 	o.registerServer(cmd)
 	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "use this external etcd cluster instead of an embedded member (comma-separated URLs)")
+	cmd.Flags().StringVar(&o.etcdCAFile, "etcd-ca-file", "", "with --etcd-endpoints: the CA (PEM) of the external etcd's server certificates, where it is not the cluster CA")
 	return cmd
 }
 
@@ -277,7 +293,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 	o.registerAgent(cmd)
 	cmd.Flags().Lookup("api-listen").Usage = "with --server: REST API endpoints (https://HOST:PORT or unix:///PATH); repeatable (default " + client.DefaultAddr + " and " + localAPIURL + ")"
 	cmd.Flags().BoolVar(&o.runServer, "server", false, "also run a control-plane member in this process")
-	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "etcd endpoints the agent uses (default with --server: this member's)")
+	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "etcd endpoints the agent uses (default with --server: this member's; with --etcd-external: the external cluster's)")
+	o.registerEtcd(cmd)
 	useConfigFile(cmd, g, agentSection)
 	return cmd
 }
@@ -301,6 +318,9 @@ func runDaemon(ctx context.Context, g *globals, o *daemonOpts) error {
 	}
 	if o.runAgent && !o.runServer && o.etcdEndpoints == "" {
 		return errors.New("an agent without --server needs --etcd-endpoints (or the cluster.json that `vigil join` writes)")
+	}
+	if err := o.checkExternalEtcd(); err != nil {
+		return err
 	}
 	renewer := &certrenew.Renewer{ID: o.id, APIs: o.memberAPIs, Lifetime: o.certLifetime, Log: log.With("component", "certs")}
 	// A host that joined before stream certificates existed gets one now;
@@ -421,10 +441,14 @@ func (o *daemonOpts) serverConfig(log *slog.Logger) (server.Config, error) {
 		// be empty, but the cluster exists.
 		cfg.ClusterState = "existing"
 	}
-	if o.runAgent {
-		// An all-in-one agent's etcd client must not be the server's own
-		// external list; the agent gets the same endpoints below.
+	if !o.etcdExternal {
+		// An agent's --etcd-endpoints with --server are where the agent
+		// reaches the cluster's embedded members, not an external etcd.
 		cfg.ExternalEtcd = nil
+	}
+	var err error
+	if cfg.EtcdTLS, err = o.etcdTLS(); err != nil {
+		return cfg, err
 	}
 	if o.initialCluster != "" {
 		if err := server.ParseInitialCluster(o.initialCluster); err != nil {
@@ -462,13 +486,17 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 	if o.qemuNice < 0 || o.qemuNice > 19 {
 		return nil, nil, fmt.Errorf("--qemu-nice %d: must be 0 to 19", o.qemuNice)
 	}
+	etcdTLS, err := o.etcdTLS()
+	if err != nil {
+		return nil, nil, err
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          3 * time.Second,
 		DialKeepAliveTime:    2 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		Logger:               zap.NewNop(),
-		TLS:                  o.id.ClientTLS(),
+		TLS:                  etcdTLS,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: etcd client: %w", err)
@@ -675,10 +703,11 @@ func (o *daemonOpts) loadIdentity(log *slog.Logger) error {
 		return err
 	}
 	o.memberAPIs = ci.APIs
-	if o.etcdEndpoints == "" && !o.runServer {
+	o.etcdExternal = o.etcdExternal || ci.EtcdExternal
+	if o.etcdEndpoints == "" && (!o.runServer || o.etcdExternal) {
 		o.etcdEndpoints = strings.Join(ci.EtcdEndpoints, ",")
 	}
-	if o.runServer && ci.Server {
+	if o.runServer && ci.Server && !o.etcdExternal {
 		if o.initialCluster == "" {
 			o.initialCluster = ci.InitialCluster
 		}
@@ -688,6 +717,36 @@ func (o *daemonOpts) loadIdentity(log *slog.Logger) error {
 		o.firstJoin = errors.Is(err, os.ErrNotExist)
 	}
 	return nil
+}
+
+// checkExternalEtcd refuses what an external etcd cannot be: without
+// endpoints, or on a host whose embedded member has data (moving a
+// cluster from its embedded etcd to an external one is a restore into
+// that etcd, docs/install.md: two etcds would be two clusters).
+func (o *daemonOpts) checkExternalEtcd() error {
+	if !o.etcdExternal {
+		return nil
+	}
+	if o.etcdEndpoints == "" {
+		return errors.New("--etcd-external needs --etcd-endpoints: the external etcd cluster's client URLs")
+	}
+	if o.runServer {
+		if _, err := os.Stat(filepath.Join(o.dataDir, "etcd", "member")); err == nil {
+			return fmt.Errorf("%s holds an embedded etcd member's data, but the cluster's etcd is external: "+
+				"moving a cluster to an external etcd is a restore into it (docs/install.md), not a flag", filepath.Join(o.dataDir, "etcd"))
+		}
+	}
+	return nil
+}
+
+// etcdTLS is the etcd client's TLS: this host's certificate, and servers
+// checked against the cluster CA and --etcd-ca-file.
+func (o *daemonOpts) etcdTLS() (*tls.Config, error) {
+	c, err := o.id.ClientTLSTrusting(o.etcdCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-ca-file: %w", err)
+	}
+	return c, nil
 }
 
 // lockDir takes an exclusive lock on the data directory, so two daemons

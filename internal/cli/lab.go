@@ -153,7 +153,7 @@ func newLabCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
-	cmd.AddCommand(newLabBenchCmd(g, o))
+	cmd.AddCommand(newLabBenchCmd(g, o), newLabEtcdCmd(g, o))
 	return cmd
 }
 
@@ -200,6 +200,62 @@ func newLabUpCmd(g *globals, o *labOpts) *cobra.Command {
 	f.DurationVar(&cfg.RebootDelay, "reboot-delay", 10*time.Second, "how long a host reset by its watchdog stays down")
 	f.StringSliceVar(&cfg.PlainMigrationTo, "plain-migration-to", nil, "hosts whose agents take live migrations without TLS (--migration-tls=false), to compare the two in one run with `lab bench migrate`")
 	f.DurationVar(&cfg.CertLifetime, "cert-lifetime", 0, "the hosts' certificates' lifetime (default a year); a short one makes them renew while you watch")
+	f.StringVar(&cfg.ExternalEtcd, "external-etcd", "", "an etcd server binary (e.g. `go build -o bin/etcd ./test/tools/etcd`): the cluster's etcd is then an external 3-member etcd with its own CA, and the servers run none")
+	return cmd
+}
+
+// newLabEtcdCmd crashes and restarts the members of a lab's external etcd.
+func newLabEtcdCmd(g *globals, o *labOpts) *cobra.Command {
+	cmd := &cobra.Command{Use: "etcd", Short: "The lab's external etcd (lab up --external-etcd): list, kill or start one member"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the external etcd's members: name, client URL, pid (0: not running)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			ms := l.EtcdMembers()
+			if len(ms) == 0 {
+				return errors.New("this lab's etcd is embedded in its servers (lab up --external-etcd makes one with an external etcd)")
+			}
+			for _, m := range ms {
+				fmt.Fprintf(g.out, "%s\t%s\tpid %d\n", m.Name, m.ClientURL, m.PID)
+			}
+			return nil
+		},
+	}, &cobra.Command{
+		Use:   "kill MEMBER",
+		Short: "Crash one external etcd member (SIGKILL)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			if err := l.KillEtcd(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "etcd member %s crashed\n", args[0])
+			return nil
+		},
+	}, &cobra.Command{
+		Use:   "start MEMBER",
+		Short: "Start a crashed external etcd member again (it rejoins on its data)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := o.open(g, cmd)
+			if err != nil {
+				return err
+			}
+			if err := l.StartEtcd(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "etcd member %s started\n", args[0])
+			return nil
+		},
+	})
 	return cmd
 }
 

@@ -36,6 +36,9 @@ func newMemberCmd(g *globals) *cobra.Command {
 			if o.json() {
 				return printJSON(g.out, cl)
 			}
+			if cl.EtcdExternal {
+				fmt.Fprintf(g.out, "etcd is external: these are its members, which its operator manages (etcdctl); the Vigil leader is %s\n", cl.VigilLeader)
+			}
 			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tID\tROLE\tREACHABLE\tREVISION\tDB\tCLIENT URLS")
 			for _, m := range cl.Members {

@@ -26,6 +26,12 @@ func (l *Lab) bootstrap(ctx context.Context) error {
 		return fmt.Errorf("vigil init on %s: %w", h1, err)
 	}
 	ticket := strings.TrimSpace(string(res.Stdout))
+	if c.ExternalEtcd != "" {
+		// The operator's etcd trusts the cluster CA that init made.
+		if err := l.startExternalEtcd(ctx); err != nil {
+			return err
+		}
+	}
 	// The storage server's certificate needs the CA that init made.
 	if err := l.startStorage(ctx); err != nil {
 		return err
@@ -55,7 +61,7 @@ func (l *Lab) bootstrap(ctx context.Context) error {
 		if err := l.powerOn(ctx, host); err != nil {
 			return err
 		}
-		if server {
+		if server && c.ExternalEtcd == "" {
 			if err := l.waitVoting(ctx, host, 60*time.Second); err != nil {
 				return err
 			}

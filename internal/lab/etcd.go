@@ -8,8 +8,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
 
 	"github.com/vigilha/vigil/internal/netnsdial"
 	"github.com/vigilha/vigil/internal/pki"
@@ -39,15 +37,11 @@ func (l *Lab) EtcdClientIn(host, pkiDir string, endpoints ...string) (*clientv3.
 	if err != nil {
 		return nil, err
 	}
-	c, err := clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
-		TLS:         id.ClientTLS(),
-		DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return netnsdial.Dial(ctx, ns, "tcp", addr)
-		})},
-		Logger: zap.NewNop(),
-	})
+	cfg, err := l.etcdClientConfig(ns, id, endpoints)
+	if err != nil {
+		return nil, err
+	}
+	c, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client in %s: %w", host, err)
 	}

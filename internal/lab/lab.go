@@ -76,7 +76,11 @@ type Config struct {
 	// RebootDelay how long a host reset by it stays down (default 10 s).
 	WatchdogTimeout time.Duration
 	RebootDelay     time.Duration
-	Log             *slog.Logger
+	// ExternalEtcd, when set, is an etcd server binary: the cluster's
+	// etcd is then a 3-member etcd cluster of its own (extetcd.go), and
+	// the servers run no etcd member.
+	ExternalEtcd string
+	Log          *slog.Logger
 }
 
 // Where each lab host's emulated watchdog sits.
@@ -98,6 +102,8 @@ type state struct {
 	Config Config              `json:"config"`
 	Hosts  []string            `json:"hosts"`
 	Args   map[string][]string `json:"args"`
+	// Etcd are the external etcd's members (Config.ExternalEtcd).
+	Etcd []EtcdMember `json:"etcd,omitempty"`
 }
 
 // Lab is a handle on a running lab.
@@ -139,6 +145,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if cfg.Bin == "" {
 		if cfg.Bin, err = os.Executable(); err != nil {
 			return nil, err
+		}
+	}
+	if cfg.ExternalEtcd != "" {
+		if cfg.ExternalEtcd, err = filepath.Abs(cfg.ExternalEtcd); err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(cfg.ExternalEtcd); err != nil {
+			return nil, fmt.Errorf("lab: the external etcd's binary: %w", err)
 		}
 	}
 	if cfg.HostCPUs == 0 {
@@ -278,7 +292,7 @@ func (l *Lab) down(ctx context.Context) error {
 	// and the admin token (of a cluster that no longer exists) go too: a
 	// new lab starts from nothing.
 	_ = os.Remove(filepath.Join(l.dir, adminTokenFile))
-	for _, sub := range []string{"storage"} {
+	for _, sub := range []string{"storage", "etcd"} {
 		_ = os.RemoveAll(filepath.Join(l.dir, sub))
 	}
 	entries, _ := os.ReadDir(l.dir)
@@ -341,6 +355,9 @@ func (l *Lab) MemberMetricsURLs() []string {
 // EtcdEndpoints are the etcd members' client URLs, on the management
 // network (reachable from inside the lab's hosts).
 func (l *Lab) EtcdEndpoints() []string {
+	if l.st.Config.ExternalEtcd != "" {
+		return l.extEtcdEndpoints()
+	}
 	var out []string
 	for s := 1; s <= l.st.Config.Servers; s++ {
 		out = append(out, fmt.Sprintf("https://%s:%d", l.addr(s, netlab.Mgmt), etcdClientPort))
@@ -486,10 +503,10 @@ func (l *Lab) hostConfig(k int, hostCgroup string) map[string]any {
 	c := l.st.Config
 	host := HostName(k)
 	mgmt := l.addr(k, netlab.Mgmt)
-	var endpoints []string
-	for s := 1; s <= c.Servers; s++ {
-		ip := l.addr(s, netlab.Mgmt)
-		endpoints = append(endpoints, fmt.Sprintf("https://%s:%d", ip, etcdClientPort))
+	endpoints := l.EtcdEndpoints()
+	etcd := map[string]any{"endpoints": endpoints}
+	if c.ExternalEtcd != "" {
+		etcd = map[string]any{"external": true, "endpoints": endpoints, "ca-file": l.ExternalEtcdCA()}
 	}
 	vm := l.net.Subnet(netlab.VM)
 	base := vm.Addr().As4()
@@ -497,7 +514,7 @@ func (l *Lab) hostConfig(k int, hostCgroup string) map[string]any {
 	cfg := map[string]any{
 		"log-level": "debug",
 		"host":      host, "data-dir": filepath.Join(l.dir, host),
-		"etcd":         map[string]any{"endpoints": endpoints},
+		"etcd":         etcd,
 		"agent-listen": fmt.Sprintf("https://%s:%d", mgmt, agentPort),
 		"mgmt-ip":      mgmt, "storage-ip": l.addr(k, netlab.Storage),
 		"capacity-cpus": c.HostCPUs, "capacity-memory": c.HostMemory,
@@ -532,9 +549,11 @@ func (l *Lab) hostConfig(k int, hostCgroup string) map[string]any {
 		// the other members joined (vigil join) and start from what their
 		// join wrote (cluster.json).
 		cfg["server"] = true
-		cfg["etcd"] = map[string]any{"endpoints": endpoints,
-			"client-url": fmt.Sprintf("https://%s:%d", mgmt, etcdClientPort),
-			"peer-url":   fmt.Sprintf("https://%s:%d", mgmt, etcdPeerPort)}
+		if c.ExternalEtcd == "" {
+			cfg["etcd"] = map[string]any{"endpoints": endpoints,
+				"client-url": fmt.Sprintf("https://%s:%d", mgmt, etcdClientPort),
+				"peer-url":   fmt.Sprintf("https://%s:%d", mgmt, etcdPeerPort)}
+		}
 		cfg["api-listen"] = []string{"unix://" + filepath.Join(l.dir, host, "api.sock"), l.apiURL(k)}
 		cfg["network"] = []string{fmt.Sprintf("name=default,bridge=vmbr0,subnet=%s,pool=%s", vm, pool)}
 		cfg["define-datastore"] = []string{"name=shared,type=shared,server=" + l.storageURL(), "name=replicated,type=replicated"}

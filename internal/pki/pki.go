@@ -125,6 +125,10 @@ func NewAuthority(cluster string, now time.Time) (*Authority, error) {
 	return newAuthority("Vigil cluster CA "+cluster, now)
 }
 
+// NewCA makes a CA named name outside the cluster's own PKI: the lab's
+// external etcd has one, as an operator's etcd usually does.
+func NewCA(name string, now time.Time) (*Authority, error) { return newAuthority(name, now) }
+
 func newAuthority(name string, now time.Time) (*Authority, error) {
 	k, err := NewKey()
 	if err != nil {
@@ -465,6 +469,26 @@ func (id *Identity) ClientTLS() *tls.Config {
 			return id.cert.Load(), nil
 		},
 	}
+}
+
+// ClientTLSTrusting is ClientTLS that also accepts servers certified by
+// the CAs in caFile (PEM): an external etcd whose certificates come from
+// its operator's own CA. The host still presents its cluster certificate.
+func (id *Identity) ClientTLSTrusting(caFile string) (*tls.Config, error) {
+	c := id.ClientTLS()
+	if caFile == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	pool := id.Pool.Clone()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
+	}
+	c.RootCAs = pool
+	return c, nil
 }
 
 // PeerHost is the host a verified TLS peer is: its certificate's common

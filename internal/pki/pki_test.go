@@ -193,3 +193,70 @@ func poolOf(c *x509.Certificate) *x509.CertPool {
 	p.AddCert(c)
 	return p
 }
+
+// A host trusts an external etcd's server certificate from another CA
+// only when given that CA's file, and still presents its own certificate
+// (what the etcd maps to the host's user).
+func TestClientTLSTrusting(t *testing.T) {
+	dir, _ := mustInit(t, "host1")
+	id, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eca, err := NewCA("etcd CA", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, err := eca.Sign(key.Public(), Subject{Host: "etcd1"}, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := EncodeKey(key)
+	serverCert, err := tls.X509KeyPair(certPEM, kb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := x509.NewCertPool()
+	clients.AddCert(id.CA)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(PeerHost(r.TLS)))
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clients}
+	srv.StartTLS()
+	defer srv.Close()
+	url := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
+	get := func(c *tls.Config) (string, error) {
+		resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: c}}).Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		buf := make([]byte, 64)
+		n, _ := resp.Body.Read(buf)
+		return string(buf[:n]), nil
+	}
+	if _, err := get(id.ClientTLS()); err == nil {
+		t.Fatal("a server of another CA was trusted without its CA file")
+	}
+	caFile := filepath.Join(t.TempDir(), "etcd-ca.crt")
+	if err := os.WriteFile(caFile, eca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := id.ClientTLSTrusting(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if who, err := get(c); err != nil || who != "host1" {
+		t.Fatalf("with the etcd CA file: %q, %v", who, err)
+	}
+	if err := os.WriteFile(caFile, []byte("not a certificate"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := id.ClientTLSTrusting(caFile); err == nil || !strings.Contains(err.Error(), "no PEM") {
+		t.Fatalf("a CA file without a certificate: %v", err)
+	}
+}

@@ -44,6 +44,9 @@ type Config struct {
 	// ExternalEtcd, when set, is an existing etcd cluster to use instead of
 	// running an embedded member.
 	ExternalEtcd []string
+	// EtcdTLS is the etcd client's TLS (default: Identity.ClientTLS()); an
+	// external etcd may have server certificates of its own CA.
+	EtcdTLS *tls.Config
 	// Embedded etcd: URLs this member listens on and advertises, and the
 	// initial cluster ("name=peerURL,...") and its state (new or existing).
 	ClientURL, PeerURL string
@@ -142,11 +145,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	s.etcdRequests = metrics.NewEtcdRequests()
+	etcdTLS := cfg.EtcdTLS
+	if etcdTLS == nil {
+		etcdTLS = cfg.Identity.ClientTLS()
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      quietZap(),
-		TLS:         cfg.Identity.ClientTLS(),
+		TLS:         etcdTLS,
 		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(s.etcdRequests.Intercept)},
 	})
 	if err != nil {
@@ -157,17 +164,17 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	st := store.New(c)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if s.etcd != nil {
-		// The first member's first start turns on etcd's access control;
-		// later starts, and members that joined, find it on.
-		if err := st.EnableAuth(bctx, cfg.Name); err != nil {
-			s.Close()
-			return nil, err
-		}
+	// The first member's first start turns on etcd's access control;
+	// later starts, and members that joined, find it on. An external etcd
+	// whose operator turned it on already must have given this host a
+	// user with the root role (docs/install.md).
+	if err := st.EnableAuth(bctx, cfg.Name); err != nil {
+		s.Close()
+		return nil, s.externalHint(err)
 	}
 	if err := importPendingTokens(bctx, st, cfg.Identity.Dir()); err != nil {
 		s.Close()
-		return nil, err
+		return nil, s.externalHint(err)
 	}
 	for _, n := range cfg.Networks {
 		if err := st.EnsureNetwork(bctx, n); err != nil {
@@ -182,6 +189,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// externalHint adds to an error of the first requests to an external etcd
+// what the operator most likely has to set up there.
+func (s *Server) externalHint(err error) error {
+	if len(s.cfg.ExternalEtcd) == 0 {
+		return err
+	}
+	return fmt.Errorf("external etcd %s: %w (it must trust this cluster's CA for client certificates, and with its authentication on, "+
+		"have a user %s with the root role: docs/install.md, section 10)", strings.Join(s.cfg.ExternalEtcd, ","), err, s.cfg.Name)
 }
 
 // DefaultCompactionRetention is the etcd history the embedded members keep:
@@ -290,6 +307,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.etcd != nil {
 		cl.Members = s
 	}
+	cl.EtcdExternal = len(s.cfg.ExternalEtcd) > 0
 	a := api.New(st, s.log, m, cl)
 	var servers []*http.Server
 	for _, ep := range eps {

@@ -34,7 +34,7 @@ type build struct {
 // ./cmd/vigil (once per test process).
 func Binary(t testing.TB) string {
 	t.Helper()
-	return binary(t, "VIGIL_BIN", "")
+	return binary(t, "VIGIL_BIN", "", "./cmd/vigil")
 }
 
 // FaultsBinary returns a vigil binary built with the `faults` tag, which
@@ -42,10 +42,18 @@ func Binary(t testing.TB) string {
 // faults_on.go): $VIGIL_FAULTS_BIN, or a fresh build.
 func FaultsBinary(t testing.TB) string {
 	t.Helper()
-	return binary(t, "VIGIL_FAULTS_BIN", "faults")
+	return binary(t, "VIGIL_FAULTS_BIN", "faults", "./cmd/vigil")
 }
 
-func binary(t testing.TB, env, tags string) string {
+// EtcdBinary returns an etcd server at the version Vigil is built
+// against, for tests of an external etcd: $VIGIL_ETCD_BIN, or a fresh
+// build of ./test/tools/etcd.
+func EtcdBinary(t testing.TB) string {
+	t.Helper()
+	return binary(t, "VIGIL_ETCD_BIN", "", "./test/tools/etcd")
+}
+
+func binary(t testing.TB, env, tags, pkg string) string {
 	t.Helper()
 	if p := os.Getenv(env); p != "" {
 		return p
@@ -54,20 +62,21 @@ func binary(t testing.TB, env, tags string) string {
 	if builds.done == nil {
 		builds.done = map[string]*build{}
 	}
-	b := builds.done[tags]
+	key := tags + " " + pkg
+	b := builds.done[key]
 	if b == nil {
 		b = &build{}
-		builds.done[tags] = b
+		builds.done[key] = b
 	}
 	builds.Unlock()
-	b.once.Do(func() { b.path, b.err = goBuild(tags) })
+	b.once.Do(func() { b.path, b.err = goBuild(tags, pkg) })
 	if b.err != nil {
-		t.Fatalf("vigil binary: %v", b.err)
+		t.Fatalf("build %s: %v", pkg, b.err)
 	}
 	return b.path
 }
 
-func goBuild(tags string) (string, error) {
+func goBuild(tags, pkg string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
@@ -81,11 +90,11 @@ func goBuild(tags string) (string, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", err
 	}
-	out := filepath.Join(dir, "vigil")
-	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, "./cmd/vigil")
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, pkg)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build -tags %q ./cmd/vigil: %v: %s", tags, err, b)
+		return "", fmt.Errorf("go build -tags %q %s: %v: %s", tags, pkg, err, b)
 	}
 	return out, nil
 }

@@ -44,6 +44,9 @@ type LabOptions struct {
 	RebootDelay time.Duration
 	// CertLifetime is the hosts' certificates' lifetime (default a year).
 	CertLifetime time.Duration
+	// ExternalEtcd: the cluster's etcd is an external 3-member etcd
+	// (EtcdBinary), not members embedded in the servers.
+	ExternalEtcd bool
 }
 
 // StartLab builds a lab in a directory of its own and tears it down when
@@ -58,6 +61,10 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	if o.Faults {
 		bin = FaultsBinary(t)
 	}
+	etcdBin := ""
+	if o.ExternalEtcd {
+		etcdBin = EtcdBinary(t)
+	}
 	dir, err := os.MkdirTemp("", "vigil-lab-")
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +74,7 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 	l, err := lab.Up(ctx, lab.Config{
 		Dir: dir, Hosts: o.Hosts, Servers: o.Servers, Bin: bin, ImageDir: ImageDir(t), Accel: "tcg",
 		HostCPUs: o.HostCPUs, HostMemory: o.HostMemory, AgentArgs: o.AgentArgs, CertLifetime: o.CertLifetime,
-		Watchdog: o.Watchdog, RebootDelay: o.RebootDelay,
+		Watchdog: o.Watchdog, RebootDelay: o.RebootDelay, ExternalEtcd: etcdBin,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {

@@ -214,6 +214,9 @@ type Cluster struct {
 	Members     []Member `json:"members"`
 	EtcdLeader  string   `json:"etcdLeader"`
 	VigilLeader string   `json:"vigilLeader"`
+	// EtcdExternal: Members are an external etcd cluster's, which its
+	// operator manages (etcdctl), not Vigil's control-plane members.
+	EtcdExternal bool `json:"etcdExternal,omitempty"`
 }
 
 // Drill is the answer of an HA drill: what would happen if hosts failed.
@@ -551,7 +554,10 @@ type JoinResponse struct {
 	// has caught up.
 	InitialCluster string   `json:"initialCluster,omitempty"`
 	EtcdEndpoints  []string `json:"etcdEndpoints"`
-	APIs           []string `json:"apis"`
+	// EtcdExternal: the cluster's etcd is an external cluster
+	// (EtcdEndpoints); a control-plane member runs no etcd member.
+	EtcdExternal bool     `json:"etcdExternal,omitempty"`
+	APIs         []string `json:"apis"`
 }
 
 // RenewRequest asks a member to renew the caller's host certificate (POST

@@ -8,12 +8,13 @@
 // (named like "ip netns" does, under /run/netns):
 //
 //	P-sw     the switch: bridges mgmt, stor and vmseg, one per network
-//	P-stor   the storage server: stor0 = 10.A.2.250/24
+//	P-stor   the storage server: stor0 = 10.A.2.250/24, and mgmt0 =
+//	         10.A.1.250/24 for the lab's cluster services (external etcd)
 //	P-hK     host K: mgmt0 = 10.A.1.K/24, stor0 = 10.A.2.K/24,
 //	         vmbr0 = 10.A.3.(200+K)/24 bridging the uplink vmup0
 //
 // Each node interface is one end of a veth pair whose other end (named
-// "hK-mgmt", "hK-stor", "hK-vm", "st-stor") is a port of the matching switch
+// "hK-mgmt", "hK-stor", "hK-vm", "st-stor", "st-mgmt") is a port of the matching switch
 // bridge. A is derived from P. The one thing in the root namespace is the
 // operator's port: P-op = 10.A.1.254/24, a veth to the mgmt bridge, so
 // that a shell on the machine reaches the hosts' management addresses (the

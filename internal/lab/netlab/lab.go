@@ -704,6 +704,13 @@ func (l *Lab) HostAddr(k int, n Net) netip.Addr {
 	return p.Addr()
 }
 
+// StorageMgmtAddr is the storage node's address on the management
+// network, where the lab runs cluster services (an external etcd).
+func (l *Lab) StorageMgmtAddr() netip.Addr {
+	p, _ := l.y.addr(StorageNode, Mgmt)
+	return p.Addr()
+}
+
 // StorageAddr returns the storage server's address on the storage network.
 func (l *Lab) StorageAddr() netip.Addr {
 	p, _ := l.y.addr(StorageNode, Storage)

@@ -186,7 +186,7 @@ func (y layout) resolve(node string) (string, error) {
 func (y layout) addr(node string, n Net) (netip.Prefix, bool) {
 	host := 0
 	switch k := hostIndex(node); {
-	case node == StorageNode && n == Storage:
+	case node == StorageNode && (n == Storage || n == Mgmt):
 		host = 250
 	case k >= 1 && k <= y.hosts && (n == Mgmt || n == Storage):
 		host = k
@@ -224,7 +224,9 @@ type port struct {
 // the machine's or another lab's interfaces.
 func (y layout) ports(node string) []port {
 	if node == StorageNode {
-		return []port{{Storage, "stor", "st-stor", "stor0"}}
+		// Storage first: the storage server's own network. The management
+		// port is for the lab's cluster services (an external etcd).
+		return []port{{Storage, "stor", "st-stor", "stor0"}, {Mgmt, "mgmt", "st-mgmt", "mgmt0"}}
 	}
 	return []port{
 		{Mgmt, "mgmt", node + "-mgmt", "mgmt0"},
