@@ -4,7 +4,8 @@
 # VMs with HA, live-migrate one and shrink its memory live, blip the management network of the other's host (nothing moves),
 # crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
 # restarts the VM), restart a host's agent as systemd would (its VMs keep running), print the failover timelines, show a replicated disk through two crashes and a live migration, then a
-# CPU alarm that live-migrates a burning guest away, and the audit trail. The lab is made with `vigil init`
+# CPU alarm that live-migrates a burning guest away, and the audit trail; then a second lab whose control
+# plane is an external etcd, whose etcd leader and a VM's host crash together. The lab is made with `vigil init`
 # and `vigil join`, TLS on every link; QEMU runs unprivileged, confined by Landlock.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
 #   scripts/demo.sh --single   a single-host `vigil up` with two VMs instead
@@ -227,6 +228,34 @@ url=$("$V" host show host1 -o json | json 'd["metricsURL"]')
 "$V" lab exec host1 -- curl -s --cacert "$VIGIL_CA" -H "Authorization: Bearer $VIGIL_TOKEN" "$url" | grep -E '^vigil_(vm_guest_memory_available_bytes|vm_restarts_total|host_scrape_stale_vms|host_cpu_seconds_total)' | head -8
 say "the audit trail: every change, who made it (here root over the API's unix socket) and how it ended"
 "$V" events --type audit --since 30m --limit 8
+say "external etcd: a second, 2-host lab whose control plane is an external 3-member etcd cluster with its own CA, trusting the cluster CA (docs/install.md, section 10); its etcd leader and a VM's host crash together"
+go build -o bin/etcd ./test/tools/etcd   # etcd's own server, at the version Vigil is built against
+xdir=/tmp/vigil-demo-external-etcd
+"$V" lab down --lab-dir "$xdir" >/dev/null 2>&1 || true
+(
+  "$V" lab up --hosts 2 --lab-dir "$xdir" --external-etcd bin/etcd >/dev/null
+  eval "$("$V" lab env --lab-dir "$xdir")"
+  "$V" member list
+  "$V" vm create -f examples/ha-guest.yaml --name ext-guest --wait 90s
+  xh=$(guest ext-guest host); xip=$(guest ext-guest ip); xo=host1; [ "$xh" = host1 ] && xo=host2
+  for _ in $(seq 1 300); do "$V" lab exec "$xo" --lab-dir "$xdir" -- curl -sf -m 1 "http://$xip/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+  leader=$("$V" member list -o json | json 'd["etcdLeader"]')
+  start=$(date +%s%N)
+  "$V" lab etcd kill "$leader" --lab-dir "$xdir"
+  "$V" lab crash "$xh" --lab-dir "$xdir"
+  for _ in $(seq 1 600); do
+    h=$(guest ext-guest host 2>/dev/null || true); s=$(guest ext-guest state 2>/dev/null || true)
+    [ -n "$h" ] && [ "$h" != "$xh" ] && [ "$s" = running ] && break
+    sleep 0.2
+  done
+  for _ in $(seq 1 600); do "$V" lab exec "$xo" --lab-dir "$xdir" -- curl -sf -m 1 "http://$xip/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "ext-guest runs on $(guest ext-guest host) and answers again $(( ($(date +%s%N) - start) / 1000000 )) ms after etcd member $leader and host $xh crashed"
+  "$V" lab etcd start "$leader" --lab-dir "$xdir"
+  for _ in $(seq 1 100); do [ "$("$V" member list -o json | json 'sum(m.get("reachable", False) for m in d["members"])')" = 3 ] && break; sleep 0.3; done
+  "$V" member list
+)
+"$V" lab down --lab-dir "$xdir" >/dev/null
+
 cat <<MSG
 
 The lab keeps running. Try:

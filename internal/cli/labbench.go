@@ -36,7 +36,11 @@ func newLabBenchCmd(g *globals, o *labOpts) *cobra.Command {
 				}
 			}
 			if len(follower) > 0 {
-				fmt.Fprint(g.out, lab.FormatSummary(fmt.Sprintf("crashed host was an etcd follower (%d runs):", len(follower)), lab.Summarize(follower)))
+				title := fmt.Sprintf("crashed host was an etcd follower (%d runs):", len(follower))
+				if len(l.EtcdMembers()) > 0 {
+					title = fmt.Sprintf("crashed host ran no etcd member: the etcd is external (%d runs):", len(follower))
+				}
+				fmt.Fprint(g.out, lab.FormatSummary(title, lab.Summarize(follower)))
 			}
 			if len(leader) > 0 {
 				fmt.Fprint(g.out, lab.FormatSummary(fmt.Sprintf("crashed host was the etcd leader (%d runs):", len(leader)), lab.Summarize(leader)))

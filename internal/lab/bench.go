@@ -49,6 +49,9 @@ func (l *Lab) BenchFailover(ctx context.Context, vm string, runs int, want, faul
 	if fault != FaultCrash && fault != FaultHangAgent {
 		return nil, fmt.Errorf("fault %q: want %s or %s", fault, FaultCrash, FaultHangAgent)
 	}
+	if want == "leader" && l.st.Config.ExternalEtcd != "" {
+		return nil, fmt.Errorf("case leader: this lab's etcd is external, so no host is its leader (use --case any)")
+	}
 	c, err := l.Client()
 	if err != nil {
 		return nil, err

@@ -49,7 +49,8 @@ type Config struct {
 	Dir   string
 	Hosts int
 	// Servers is how many hosts (from host1) also run a control-plane
-	// member; default the largest odd number up to min(3, Hosts).
+	// member; default the largest odd number up to min(3, Hosts), or
+	// min(3, Hosts) with an external etcd.
 	Servers int
 	// Bin is the vigil binary the lab runs (default: this executable).
 	Bin      string
@@ -133,14 +134,18 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if cfg.Hosts < 1 {
 		return nil, fmt.Errorf("lab: %d hosts; want at least 1", cfg.Hosts)
 	}
+	// Servers run etcd members unless the etcd is external: then any
+	// number serves (the API and the controllers need no quorum of their
+	// own), else etcd wants an odd number.
+	odd := cfg.ExternalEtcd == ""
 	if cfg.Servers == 0 {
 		cfg.Servers = min(3, cfg.Hosts)
-		if cfg.Servers%2 == 0 {
-			cfg.Servers-- // etcd wants an odd number of members
+		if odd && cfg.Servers%2 == 0 {
+			cfg.Servers--
 		}
 	}
-	if cfg.Servers > cfg.Hosts || cfg.Servers%2 == 0 {
-		return nil, fmt.Errorf("lab: %d servers for %d hosts; want an odd number, at most the host count", cfg.Servers, cfg.Hosts)
+	if cfg.Servers > cfg.Hosts || cfg.Servers < 1 || odd && cfg.Servers%2 == 0 {
+		return nil, fmt.Errorf("lab: %d servers for %d hosts; want at most the host count, and an odd number unless the etcd is external", cfg.Servers, cfg.Hosts)
 	}
 	if cfg.Bin == "" {
 		if cfg.Bin, err = os.Executable(); err != nil {

@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// vigil init with an external etcd records it for the cluster, and
+// refuses one without https endpoints; a member whose data directory holds
+// an embedded etcd member's data refuses to start against an external
+// etcd (two etcds would be two clusters), and a restore points the
+// operator at etcd's own tools.
+func TestExternalEtcdIsTheClustersAndChecked(t *testing.T) {
+	run := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		g := &globals{out: &out, errOut: &out}
+		root := newRoot(g)
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(args)
+		err := root.Execute()
+		return out.String(), err
+	}
+	dir := t.TempDir()
+	if out, err := run("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external"); err == nil || !strings.Contains(err.Error(), "--etcd-endpoints") {
+		t.Fatalf("init --etcd-external without endpoints: %v %s", err, out)
+	}
+	if _, err := run("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external", "--etcd-endpoints", "http://10.9.0.5:2379"); err == nil || !strings.Contains(err.Error(), "https://") {
+		t.Fatalf("init with a plaintext etcd: %v", err)
+	}
+	if out, err := run("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external", "--etcd-endpoints", "https://10.9.0.5:2379,https://10.9.0.6:2379"); err != nil {
+		t.Fatalf("init: %v %s", err, out)
+	} else if !strings.Contains(out, "must trust "+filepath.Join(dir, "pki", "ca.crt")) {
+		t.Errorf("init does not say which CA the etcd must trust: %s", out)
+	}
+	ci, err := readClusterInfo(dir)
+	if err != nil || ci == nil || !ci.Server || !ci.EtcdExternal || len(ci.EtcdEndpoints) != 2 {
+		b, _ := json.Marshal(ci)
+		t.Fatalf("cluster.json after init: %s %v", b, err)
+	}
+
+	o := &daemonOpts{runServer: true, runAgent: true, host: "host1", dataDir: dir}
+	if err := o.loadIdentity(nil); err != nil {
+		t.Fatal(err)
+	}
+	if !o.etcdExternal || o.etcdEndpoints != "https://10.9.0.5:2379,https://10.9.0.6:2379" || o.initialCluster != "" || o.firstJoin {
+		t.Fatalf("a member of an external-etcd cluster: external %v endpoints %q initial %q firstJoin %v", o.etcdExternal, o.etcdEndpoints, o.initialCluster, o.firstJoin)
+	}
+	if err := o.checkExternalEtcd(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "etcd", "member"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.checkExternalEtcd(); err == nil || !strings.Contains(err.Error(), "embedded etcd member's data") {
+		t.Fatalf("a member with embedded etcd data started against an external etcd: %v", err)
+	}
+	if _, err := run("cluster", "restore", filepath.Join(dir, "backup.tar.gz"), "--host", "host1", "--data-dir", dir); err == nil || !strings.Contains(err.Error(), "etcdutl snapshot restore") {
+		t.Fatalf("restore on an external etcd: %v", err)
+	}
+}
