@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -15,24 +14,14 @@ import (
 // etcd (two etcds would be two clusters), and a restore points the
 // operator at etcd's own tools.
 func TestExternalEtcdIsTheClustersAndChecked(t *testing.T) {
-	run := func(args ...string) (string, error) {
-		var out bytes.Buffer
-		g := &globals{out: &out, errOut: &out}
-		root := newRoot(g)
-		root.SetOut(&out)
-		root.SetErr(&out)
-		root.SetArgs(args)
-		err := root.Execute()
-		return out.String(), err
-	}
 	dir := t.TempDir()
-	if out, err := run("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external"); err == nil || !strings.Contains(err.Error(), "--etcd-endpoints") {
+	if out, err := runCLI("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external"); err == nil || !strings.Contains(err.Error(), "--etcd-endpoints") {
 		t.Fatalf("init --etcd-external without endpoints: %v %s", err, out)
 	}
-	if _, err := run("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external", "--etcd-endpoints", "http://10.9.0.5:2379"); err == nil || !strings.Contains(err.Error(), "https://") {
+	if _, err := runCLI("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external", "--etcd-endpoints", "http://10.9.0.5:2379"); err == nil || !strings.Contains(err.Error(), "https://") {
 		t.Fatalf("init with a plaintext etcd: %v", err)
 	}
-	if out, err := run("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external", "--etcd-endpoints", "https://10.9.0.5:2379,https://10.9.0.6:2379"); err != nil {
+	if out, err := runCLI("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external", "--etcd-endpoints", "https://10.9.0.5:2379,https://10.9.0.6:2379"); err != nil {
 		t.Fatalf("init: %v %s", err, out)
 	} else if !strings.Contains(out, "must trust "+filepath.Join(dir, "pki", "ca.crt")) {
 		t.Errorf("init does not say which CA the etcd must trust: %s", out)
@@ -59,7 +48,7 @@ func TestExternalEtcdIsTheClustersAndChecked(t *testing.T) {
 	if err := o.checkExternalEtcd(); err == nil || !strings.Contains(err.Error(), "embedded etcd member's data") {
 		t.Fatalf("a member with embedded etcd data started against an external etcd: %v", err)
 	}
-	if _, err := run("cluster", "restore", filepath.Join(dir, "backup.tar.gz"), "--host", "host1", "--data-dir", dir); err == nil || !strings.Contains(err.Error(), "etcdutl snapshot restore") {
+	if _, err := runCLI("cluster", "restore", filepath.Join(dir, "backup.tar.gz"), "--host", "host1", "--data-dir", dir); err == nil || !strings.Contains(err.Error(), "etcdutl snapshot restore") {
 		t.Fatalf("restore on an external etcd: %v", err)
 	}
 }

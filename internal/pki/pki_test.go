@@ -87,16 +87,8 @@ func TestMutualTLS(t *testing.T) {
 	srv.StartTLS()
 	defer srv.Close()
 	get := func(id *Identity) (string, error) {
-		c := &http.Client{Transport: &http.Transport{TLSClientConfig: id.ClientTLS()}}
 		// By name: see TestPinnedTLS.
-		resp, err := c.Get(strings.Replace(srv.URL, "127.0.0.1", "localhost", 1))
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		buf := make([]byte, 64)
-		n, _ := resp.Body.Read(buf)
-		return string(buf[:n]), nil
+		return getVia(id.ClientTLS(), strings.Replace(srv.URL, "127.0.0.1", "localhost", 1))
 	}
 	if who, err := get(b); err != nil || who != "host2" {
 		t.Fatalf("host2 of the cluster: %q, %v", who, err)
@@ -229,16 +221,7 @@ func TestClientTLSTrusting(t *testing.T) {
 	srv.StartTLS()
 	defer srv.Close()
 	url := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
-	get := func(c *tls.Config) (string, error) {
-		resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: c}}).Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		buf := make([]byte, 64)
-		n, _ := resp.Body.Read(buf)
-		return string(buf[:n]), nil
-	}
+	get := func(c *tls.Config) (string, error) { return getVia(c, url) }
 	if _, err := get(id.ClientTLS()); err == nil {
 		t.Fatal("a server of another CA was trusted without its CA file")
 	}
@@ -259,4 +242,17 @@ func TestClientTLSTrusting(t *testing.T) {
 	if _, err := id.ClientTLSTrusting(caFile); err == nil || !strings.Contains(err.Error(), "no PEM") {
 		t.Fatalf("a CA file without a certificate: %v", err)
 	}
+}
+
+// getVia GETs url with the client TLS configuration c and returns the
+// start of the body (the test servers answer the peer's host name).
+func getVia(c *tls.Config, url string) (string, error) {
+	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: c}}).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 64)
+	n, _ := resp.Body.Read(buf)
+	return string(buf[:n]), nil
 }

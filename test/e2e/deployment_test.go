@@ -275,7 +275,10 @@ func TestMembership_RemoveDeadMemberThenAddOne(t *testing.T) {
 // runs twice: at most one QEMU at any sample, no client hears an older
 // instance after a newer one, no acknowledged ledger write is lost, and
 // the VM answers again. The rest of the backed-up state (a rule, a cluster
-// setting, both changed after the backup) is back.
+// setting, both changed after the backup) is back. A replicated VM goes
+// through the same: backed up running on host2 with its replica on host3,
+// live-migrated to host3 (the copies swap roles), then restored to the
+// backup's placement: it never runs twice either.
 func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{Servers: 1})
 	ctx := context.Background()
@@ -283,6 +286,15 @@ func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 	if v.Host != "host2" {
 		t.Fatalf("test setup: tt1 on %s", v.Host)
 	}
+	// Both copies off host1, whose service the restore stops.
+	l.CreateVM(testenv.ExampleSpec(t, "replicated-guest.yaml", "tr1", func(vm *spec.VM) {
+		vm.Spec.Placement.Hosts = spec.HostRule{Must: []string{"host2", "host3"}, Should: []string{"host2"}}
+	}), "tr1")
+	rv := l.WaitVM("tr1", 3*time.Minute, "running with its replica UpToDate", replicaState("UpToDate", "Established"))
+	if rv.Host != "host2" || replicaOf(rv).Host != "host3" {
+		t.Fatalf("test setup: tr1 on %s, replica on %s", rv.Host, replicaOf(rv).Host)
+	}
+	l.WaitAnswering(g, rv.IP, bootLimit)
 	if out, err := l.Vigil("rule", "create", "keep-apart", "tt1", "other", "--strength", "should"); err != nil {
 		t.Fatalf("rule: %v %s", err, out)
 	}
@@ -293,10 +305,12 @@ func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 	if out, err := l.Vigil("cluster", "backup", file); err != nil {
 		t.Fatalf("backup: %v %s", err, out)
 	}
-	if _, err := l.Client.Migrate(ctx, "tt1", "host3"); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"tt1", "tr1"} {
+		if _, err := l.Client.Migrate(ctx, name, "host3"); err != nil {
+			t.Fatal(err)
+		}
+		l.WaitVM(name, 2*time.Minute, "migrated to host3", func(x v1.VM) bool { return x.State == "running" && x.Host == "host3" })
 	}
-	l.WaitVM("tt1", 2*time.Minute, "migrated to host3", func(x v1.VM) bool { return x.State == "running" && x.Host == "host3" })
 	if _, err := l.Vigil("rule", "delete", "keep-apart"); err != nil {
 		t.Fatal(err)
 	}
@@ -304,15 +318,20 @@ func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 		t.Fatalf("config set: %v %s", err, out)
 	}
 	// The migration's source QEMU ends a moment after the switch.
-	for deadline := time.Now().Add(30 * time.Second); len(check.QEMUProcs("tt1")) != 1; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("QEMUs of tt1 after the migration: %v", check.QEMUProcs("tt1"))
+	for _, name := range []string{"tt1", "tr1"} {
+		for deadline := time.Now().Add(30 * time.Second); len(check.QEMUProcs(name)) != 1; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("QEMUs of %s after the migration: %v", name, check.QEMUProcs(name))
+			}
 		}
 	}
 	oldBoot := l.WaitAnswering(g, v.IP, 30*time.Second)
-	sampler := check.StartSampler([]string{"tt1"}, 20*time.Millisecond)
+	oldRepBoot := l.WaitAnswering(g, rv.IP, 30*time.Second)
+	sampler := check.StartSampler([]string{"tt1", "tr1"}, 20*time.Millisecond)
 	poller := check.StartPoller(g, v.IP, 100*time.Millisecond)
+	repPoller := check.StartPoller(g, rv.IP, 100*time.Millisecond)
 	writer := check.StartWriter(g, v.IP, 200*time.Millisecond)
+	repWriter := check.StartWriter(g, rv.IP, 200*time.Millisecond)
 
 	// The control plane (host1, the only member) is lost and restored from
 	// the backup, as an operator would: stop its service, restore, start.
@@ -348,28 +367,41 @@ func TestBackupRestore_BackInTimeNeverRunsAVMTwice(t *testing.T) {
 	}
 	// The instance that ran at the restore was stopped (its placement
 	// said another host); the VM answers again from a new one.
-	for deadline := time.Now().Add(recoveryLimit); ; time.Sleep(250 * time.Millisecond) {
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		c, err := g.Counter(rctx, v.IP)
-		cancel()
-		if err == nil && c.BootID != oldBoot.BootID {
-			break
+	for name, ip := range map[string]string{"tt1": v.IP, "tr1": rv.IP} {
+		old := oldBoot.BootID
+		if name == "tr1" {
+			old = oldRepBoot.BootID
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tt1 does not answer from a new instance within %s after the restore:\n%s", recoveryLimit, testenv.Timeline(l.Events(t0)))
+		for deadline := time.Now().Add(recoveryLimit); ; time.Sleep(250 * time.Millisecond) {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			c, err := g.Counter(rctx, ip)
+			cancel()
+			if err == nil && c.BootID != old {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not answer from a new instance within %s after the restore:\n%s", name, recoveryLimit, testenv.Timeline(l.Events(t0)))
+			}
 		}
 	}
 	time.Sleep(5 * time.Second) // both instances had the chance to answer, had both run
 	after := l.WaitVM("tt1", recoveryLimit, "running after the restore", func(x v1.VM) bool { return x.State == "running" && x.Host != "" })
-	acks := writer.Stop()
-	report := poller.Stop()
-	if max := sampler.Stop()["tt1"]; max > 1 {
-		t.Errorf("%d QEMUs of tt1 at once after the restore (at %v)", max, sampler.Twice("tt1"))
+	repAfter := l.WaitVM("tr1", recoveryLimit, "running after the restore", func(x v1.VM) bool { return x.State == "running" && x.Host != "" })
+	acks, repAcks := writer.Stop(), repWriter.Stop()
+	report, repReport := poller.Stop(), repPoller.Stop()
+	peak := sampler.Stop()
+	for _, name := range []string{"tt1", "tr1"} {
+		if peak[name] > 1 {
+			t.Errorf("%d QEMUs of %s at once after the restore (at %v)", peak[name], name, sampler.Twice(name))
+		}
 	}
-	if err := report.Err(); err != nil {
-		t.Error(err)
+	for _, r := range []check.PollReport{report, repReport} {
+		if err := r.Err(); err != nil {
+			t.Error(err)
+		}
 	}
 	verifyLedger(t, g, v.IP, acks)
-	t.Logf("restored a backup older than a migration: tt1 running on %s; %s; %d acknowledged appends kept\n%s",
-		after.Host, report, len(acks), testenv.Timeline(l.Events(t0)))
+	verifyLedger(t, g, rv.IP, repAcks)
+	t.Logf("restored a backup older than two migrations: tt1 running on %s (%s; %d acknowledged appends kept), tr1 on %s (%s; %d kept)\n%s",
+		after.Host, report, len(acks), repAfter.Host, repReport, len(repAcks), testenv.Timeline(l.Events(t0)))
 }

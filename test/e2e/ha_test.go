@@ -95,10 +95,19 @@ func TestHostCrash_RestartsHAVMsOnSurvivors(t *testing.T) {
 	after := l.WaitVM("crash1", recoveryLimit, "running elsewhere", movedFrom(v.Host))
 	l.WaitAnswering(g, v.IP, recoveryLimit)
 	t.Logf("crash %s -> answering on %s after %s", v.Host, after.Host, time.Since(t0).Round(time.Millisecond))
+	evs := checkFailedOver(t, l, g, v, w, sampler, t0)
+	t.Logf("timeline:\n%s", testenv.Timeline(evs))
+}
+
+// checkFailedOver checks a VM that failed over after its host crashed at
+// t0: never two QEMUs of it at once (sampler), every acknowledged write of
+// w kept, and the whole failover in the event timeline, which it returns.
+func checkFailedOver(t *testing.T, l *testenv.Lab, g *guestclient.Client, v v1.VM, w *check.Writer, sampler *check.Sampler, t0 time.Time) []client.Event {
+	t.Helper()
 	time.Sleep(time.Second)
 	acks := w.Stop()
-	if max := sampler.Stop()["crash1"]; max > 1 {
-		t.Errorf("%d QEMU processes of crash1 at once", max)
+	if max := sampler.Stop()[v.Name]; max > 1 {
+		t.Errorf("%d QEMU processes of %s at once", max, v.Name)
 	}
 	verifyLedger(t, g, v.IP, acks)
 	evs := l.Events(t0)
@@ -107,7 +116,7 @@ func TestHostCrash_RestartsHAVMsOnSurvivors(t *testing.T) {
 			t.Errorf("no %s event in the failover timeline:\n%s", typ, testenv.Timeline(evs))
 		}
 	}
-	t.Logf("timeline:\n%s", testenv.Timeline(evs))
+	return evs
 }
 
 func waitHostAlive(t *testing.T, l *testenv.Lab, host string, limit time.Duration) {
