@@ -125,15 +125,17 @@ func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	// An external etcd's members are its operator's, never a host's.
-	ml, err := s.st.Client().MemberList(ctx)
-	if err != nil {
-		writeErr(w, http.StatusServiceUnavailable, err)
-		return
-	}
-	for _, m := range ml.Members {
-		if m.Name == name && !s.member.EtcdExternal {
-			writeErr(w, http.StatusConflict, fmt.Errorf("%s is a control-plane member: remove its member first (vigil member remove %s)", name, name))
+	if !s.member.EtcdExternal {
+		ml, err := s.st.Client().MemberList(ctx)
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
 			return
+		}
+		for _, m := range ml.Members {
+			if m.Name == name {
+				writeErr(w, http.StatusConflict, fmt.Errorf("%s is a control-plane member: remove its member first (vigil member remove %s)", name, name))
+				return
+			}
 		}
 	}
 	if err := s.st.RemoveHost(ctx, name); err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/vigilha/vigil/internal/pki"
 	"github.com/vigilha/vigil/internal/server"
 	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
 )
 
 // defaultCAFile is the cluster CA of a member host with the default data
@@ -88,6 +89,10 @@ func (h *hostAddrs) register(cmd *cobra.Command) {
 func (h *hostAddrs) subject() (pki.Subject, error) {
 	if err := spec.ValidName(h.host); err != nil {
 		return pki.Subject{}, fmt.Errorf("--host: %w", err)
+	}
+	if h.host == store.RootUser {
+		// A certificate named root would be etcd's superuser.
+		return pki.Subject{}, fmt.Errorf("--host: %w", store.ErrReservedHostName)
 	}
 	sub := pki.Subject{Host: h.host}
 	addrs := h.addrs

@@ -66,6 +66,7 @@ func newClusterBackupCmd(g *globals) *cobra.Command {
 func newClusterRestoreCmd(g *globals) *cobra.Command {
 	var h hostAddrs
 	var peerURL, clientURL string
+	var external bool
 	var lifetime time.Duration
 	cmd := &cobra.Command{
 		Use:   "restore FILE",
@@ -81,7 +82,10 @@ func newClusterRestoreCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if ci, err := readClusterInfo(h.dataDir); err == nil && ci != nil && ci.EtcdExternal {
+			if ci, err := readClusterInfo(h.dataDir); external || err == nil && ci != nil && ci.EtcdExternal {
+				if ci == nil {
+					ci = &clusterInfo{}
+				}
 				return fmt.Errorf("this cluster's etcd is external (%s): restore the backup's snapshot into it with etcd's own tools: "+
 					"`tar xzf %s etcd.db`, then on each etcd member `etcdutl snapshot restore etcd.db --bump-revision 1000000000 --mark-compacted ...` "+
 					"(docs/install.md, section 10); the hosts keep their certificates", strings.Join(ci.EtcdEndpoints, ","), args[0])
@@ -154,6 +158,7 @@ func newClusterRestoreCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&peerURL, "etcd-peer-url", "", "the URL this member's etcd talks to its peers on (as the daemon's --etcd-peer-url)")
 	cmd.Flags().StringVar(&clientURL, "etcd-client-url", "", "the URL this member's etcd serves clients on (as the daemon's --etcd-client-url)")
 	cmd.Flags().DurationVar(&lifetime, "cert-lifetime", pki.HostLifetime, "lifetime of the certificate issued to a host that has none")
+	cmd.Flags().BoolVar(&external, "etcd-external", false, "the cluster's etcd is external (as the agent's, from the config file): refused, with the steps for etcd's own tools")
 	useConfigFile(cmd, g, agentSection)
 	return cmd
 }

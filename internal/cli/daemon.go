@@ -703,6 +703,12 @@ func (o *daemonOpts) loadIdentity(log *slog.Logger) error {
 		return err
 	}
 	o.memberAPIs = ci.APIs
+	if o.runServer && o.etcdExternal && ci.Server && !ci.EtcdExternal && ci.InitialCluster != "" {
+		// A member that joined an embedded cluster: its etcd member was
+		// added at the join, and must start, or it blocks the next join.
+		return fmt.Errorf("this host joined the cluster as a member of its embedded etcd (%s), but its settings say the etcd is external: "+
+			"the cluster's etcd is chosen at `vigil init`, not per host (docs/install.md, section 10)", filepath.Join(o.dataDir, clusterFile))
+	}
 	o.etcdExternal = o.etcdExternal || ci.EtcdExternal
 	if o.etcdEndpoints == "" && (!o.runServer || o.etcdExternal) {
 		o.etcdEndpoints = strings.Join(ci.EtcdEndpoints, ",")

@@ -15,6 +15,9 @@ import (
 // operator at etcd's own tools.
 func TestExternalEtcdIsTheClustersAndChecked(t *testing.T) {
 	dir := t.TempDir()
+	if _, err := runCLI("init", "--host", "root", "--address", "10.9.0.1", "--data-dir", dir); err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Fatalf("init of a host named root (etcd's superuser): %v", err)
+	}
 	if out, err := runCLI("init", "--host", "host1", "--address", "10.9.0.1", "--data-dir", dir, "--etcd-external"); err == nil || !strings.Contains(err.Error(), "--etcd-endpoints") {
 		t.Fatalf("init --etcd-external without endpoints: %v %s", err, out)
 	}
@@ -47,6 +50,19 @@ func TestExternalEtcdIsTheClustersAndChecked(t *testing.T) {
 	}
 	if err := o.checkExternalEtcd(); err == nil || !strings.Contains(err.Error(), "embedded etcd member's data") {
 		t.Fatalf("a member with embedded etcd data started against an external etcd: %v", err)
+	}
+	// A member that joined an embedded cluster, told the etcd is external.
+	joined := t.TempDir()
+	if _, err := runCLI("init", "--host", "host2", "--address", "10.9.0.2", "--data-dir", joined); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(clusterInfo{Server: true, InitialCluster: "host1=https://10.9.0.1:2380,host2=https://10.9.0.2:2380", EtcdEndpoints: []string{"https://10.9.0.1:2379"}})
+	if err := os.WriteFile(filepath.Join(joined, clusterFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o = &daemonOpts{runServer: true, runAgent: true, host: "host2", dataDir: joined, etcdExternal: true}
+	if err := o.loadIdentity(nil); err == nil || !strings.Contains(err.Error(), "embedded etcd") {
+		t.Fatalf("a member of an embedded cluster started as external: %v", err)
 	}
 	if _, err := runCLI("cluster", "restore", filepath.Join(dir, "backup.tar.gz"), "--host", "host1", "--data-dir", dir); err == nil || !strings.Contains(err.Error(), "etcdutl snapshot restore") {
 		t.Fatalf("restore on an external etcd: %v", err)

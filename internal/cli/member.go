@@ -70,7 +70,8 @@ func newMemberCmd(g *globals) *cobra.Command {
 			"`vigil join TOKEN --config /etc/vigil/vigil.yaml` (with `server: true` and its etcd URLs in that file) and\n" +
 			"start its service. Its etcd member joins as a learner, which does not count towards the quorum, and\n" +
 			"promotes itself once it has caught up, so adding a member never costs the cluster its quorum.\n" +
-			"Keep an odd number of members: 3, or 5 for more than about 32 hosts (docs/install.md).",
+			"Keep an odd number of members: 3, or 5 for more than about 32 hosts (docs/install.md). With an external\n" +
+			"etcd the new member runs the API and the controllers only, and its config needs no etcd URLs.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := spec.ValidName(args[0]); err != nil {

@@ -107,11 +107,19 @@ func (l *Lab) CutStorageControl(ctx context.Context) error {
 // Heal undoes every fault of the host. A crashed host reboots: its links
 // come back and its agent starts again, with no VMs running. "storage"
 // heals the storage node: its cut control port, a frozen control process,
-// a killed one (started again on its state).
+// a killed one (started again on its state), and the external etcd's
+// members that are not running (a crash of the node killed them too).
 func (l *Lab) Heal(ctx context.Context, host string) error {
 	if host == "storage" || host == netlab.StorageNode {
 		if _, err := l.net.Heal(ctx, netlab.StorageNode); err != nil {
 			return err
+		}
+		for _, m := range l.st.Etcd {
+			if m.PID == 0 || !processAlive(m.PID) {
+				if err := l.StartEtcd(ctx, m.Name); err != nil {
+					return err
+				}
+			}
 		}
 		if pid, _ := l.ProcessPID("storage", RoleStorageControl); pid == 0 {
 			return l.restartStorage(ctx)

@@ -471,9 +471,12 @@ func (id *Identity) ClientTLS() *tls.Config {
 	}
 }
 
-// ClientTLSTrusting is ClientTLS that also accepts servers certified by
-// the CAs in caFile (PEM): an external etcd whose certificates come from
-// its operator's own CA. The host still presents its cluster certificate.
+// ClientTLSTrusting is ClientTLS whose servers are checked against the
+// CAs in caFile (PEM) instead of the cluster CA: an external etcd whose
+// certificates come from its operator's own CA. Instead, not as well: a
+// host certificate, which any joining host can get for any address, must
+// not pass for that etcd. The host still presents its cluster
+// certificate. An empty caFile is ClientTLS.
 func (id *Identity) ClientTLSTrusting(caFile string) (*tls.Config, error) {
 	c := id.ClientTLS()
 	if caFile == "" {
@@ -483,7 +486,7 @@ func (id *Identity) ClientTLSTrusting(caFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("CA file: %w", err)
 	}
-	pool := id.Pool.Clone()
+	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
 		return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
 	}

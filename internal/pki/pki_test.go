@@ -187,8 +187,10 @@ func poolOf(c *x509.Certificate) *x509.CertPool {
 }
 
 // A host trusts an external etcd's server certificate from another CA
-// only when given that CA's file, and still presents its own certificate
-// (what the etcd maps to the host's user).
+// only when given that CA's file, and then that CA alone (a server with a
+// cluster host's certificate is refused: any joining host can get one for
+// any address); it still presents its own certificate (what the etcd maps
+// to the host's user).
 func TestClientTLSTrusting(t *testing.T) {
 	dir, _ := mustInit(t, "host1")
 	id, err := Load(dir)
@@ -235,6 +237,13 @@ func TestClientTLSTrusting(t *testing.T) {
 	}
 	if who, err := get(c); err != nil || who != "host1" {
 		t.Fatalf("with the etcd CA file: %q, %v", who, err)
+	}
+	impostor := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	impostor.TLS = id.ServerTLS(tls.NoClientCert)
+	impostor.StartTLS()
+	defer impostor.Close()
+	if _, err := getVia(c, strings.Replace(impostor.URL, "127.0.0.1", "localhost", 1)); err == nil {
+		t.Fatal("with the etcd CA file, a server with a cluster host's certificate was trusted as the etcd")
 	}
 	if err := os.WriteFile(caFile, []byte("not a certificate"), 0o644); err != nil {
 		t.Fatal(err)

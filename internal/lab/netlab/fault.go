@@ -359,7 +359,7 @@ func (l *Lab) Partition(ctx context.Context, hosts ...string) (int, error) {
 			return 0, fmt.Errorf("partition %v: %w", hosts, err)
 		}
 		if n == StorageNode {
-			return 0, fmt.Errorf("partition %v: the storage server has no management network", hosts)
+			return 0, fmt.Errorf("partition %v: a partition is between hosts; the storage node stays reachable from every host", hosts)
 		}
 		group = addUnique(group, n)
 	}
