@@ -243,3 +243,15 @@ func AbortConnections(ctx context.Context, filter, ip string) error {
 	}
 	return nil
 }
+
+// Connected reports whether this network namespace has an established TCP
+// connection that matches filter (an ss(8) filter on the local side, e.g.
+// "sport = :7483") and whose remote address is ip.
+func Connected(ctx context.Context, filter, ip string) (bool, error) {
+	args := append([]string{"-H", "-t", "state", "established", "dst", ip}, strings.Fields(filter)...)
+	out, err := exec.CommandContext(ctx, "ss", args...).CombinedOutput()
+	if err != nil {
+		return false, fmt.Errorf("ss %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return strings.TrimSpace(string(out)) != "", nil
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	preplication "github.com/vigilha/vigil/internal/protocol/replication"
@@ -45,6 +46,11 @@ type Datastore struct {
 	server *Server
 	peers  Peers
 	now    func() time.Time
+
+	mu sync.Mutex
+	// heldSince is when a start of each VM was first refused because
+	// another host's instance runs on this host's copy (held).
+	heldSince map[string]time.Time
 }
 
 var _ storage.Datastore = (*Datastore)(nil)
@@ -66,7 +72,8 @@ func NewDatastore(c Config) (*Datastore, error) {
 	if c.Port == 0 {
 		c.Port = DefaultPort
 	}
-	return &Datastore{name: c.Name, host: c.Host, dir: c.Dir, port: c.Port, recs: c.Records, server: c.Server, peers: c.Peers, now: time.Now}, nil
+	return &Datastore{name: c.Name, host: c.Host, dir: c.Dir, port: c.Port, recs: c.Records, server: c.Server, peers: c.Peers, now: time.Now,
+		heldSince: map[string]time.Time{}}, nil
 }
 
 // Name is the datastore's name.
@@ -116,12 +123,65 @@ func (s *Datastore) Grant(ctx context.Context, vm storage.VMRef, disks []spec.Di
 		}
 		names = append(names, d.Name)
 	}
+	if err := s.held(ctx, vm, names); err != nil {
+		return 0, fmt.Errorf("datastore %s: %w", s.name, err)
+	}
 	rs, err := Grant(ctx, s.recs, vm, s.host, names, s.now())
 	if err != nil {
 		return 0, fmt.Errorf("datastore %s: %w", s.name, err)
 	}
 	return storage.Generation(rs.Generation), nil
 }
+
+// held refuses a start (storage.ErrHeld) while another host's instance of
+// the VM runs on this host's copy as its replica, though the record names
+// this host the primary: the record is older than the cluster (a control
+// plane restored from a backup taken before a migration), and the start
+// would run the VM a second time until that host noticed. The instance
+// stops by itself (its placement or its superseded generation says so),
+// and its connection to the copy closes; the start then goes ahead. As the
+// shared datastore's grant, a start never takes a running VM from a live
+// host: only a fence does, and a fence changes the record first.
+//
+// A crashed host's connection can outlive it (the server side sends
+// nothing to notice), so the hold ends after heldLimit anyway: by then a
+// crashed host's watchdog has reset it many times over.
+func (s *Datastore) held(ctx context.Context, vm storage.VMRef, disks []string) error {
+	rs, err := s.recs.GetReplicaSet(ctx, vm.Name)
+	if err != nil || rs == nil || rs.UID != vm.UID || rs.Primary != s.host {
+		return nil // Grant reads the record again and says what is wrong
+	}
+	addr := func(host string) (string, error) { return s.peers(ctx, host) }
+	for _, d := range disks {
+		host, connected, err := s.server.ServedTo(ctx, vm.Name, d, addr)
+		if err != nil {
+			return fmt.Errorf("vm %s: whether %s still runs on this host's copy of disk %s: %w", vm.Name, host, d, err)
+		}
+		if !connected {
+			continue
+		}
+		s.mu.Lock()
+		since, ok := s.heldSince[vm.UID]
+		if !ok {
+			since = s.now()
+			s.heldSince[vm.UID] = since
+		}
+		s.mu.Unlock()
+		if s.now().Sub(since) >= heldLimit {
+			return nil
+		}
+		return fmt.Errorf("vm %s: %s runs it with this host's copy of disk %s as its replica, but the record names this host the primary (at generation %d): "+
+			"a start never takes a running VM from a live host; it waits until that instance stops: %w", vm.Name, host, d, rs.Generation, storage.ErrHeld)
+	}
+	s.mu.Lock()
+	delete(s.heldSince, vm.UID)
+	s.mu.Unlock()
+	return nil
+}
+
+// heldLimit bounds how long held refuses a start: a crashed client's
+// connection may never close on the server's side.
+const heldLimit = 30 * time.Second
 
 // Supported checks that a disk can live on a replicated datastore: a raw
 // disk of a given size (the quorum pairs two raw copies byte for byte).

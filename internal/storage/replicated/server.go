@@ -383,6 +383,26 @@ func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk stri
 	return nil
 }
 
+// ServedTo reports the host this server exports vm's copy of disk to, and
+// whether that host is connected to it now: its QEMU runs with the copy
+// as its replica.
+func (s *Server) ServedTo(ctx context.Context, vm, disk string, addr func(host string) (string, error)) (host string, connected bool, err error) {
+	s.mu.Lock()
+	_, served := s.served[key(vm, disk)]
+	host = s.clients[key(vm, disk)]
+	s.mu.Unlock()
+	if !served || host == "" {
+		return "", false, nil
+	}
+	ip, err := addr(host)
+	if err != nil {
+		return host, false, err
+	}
+	_, port, _ := net.SplitHostPort(s.listen)
+	connected, err = hostnet.Connected(ctx, "sport = :"+port, ip)
+	return host, connected, err
+}
+
 // ServedKeys lists the "vm/disk" replicas this server exports.
 func (s *Server) ServedKeys() []string {
 	s.mu.Lock()
