@@ -146,13 +146,8 @@ func newInitCmd(g *globals) *cobra.Command {
 			}
 			endpoints := splitList(etcd.endpoints)
 			if etcd.external {
-				if len(endpoints) == 0 {
-					return errors.New("--etcd-external needs --etcd-endpoints: the external etcd cluster's client URLs")
-				}
-				for _, e := range endpoints {
-					if u, err := url.Parse(e); err != nil || u.Scheme != "https" || u.Host == "" {
-						return fmt.Errorf("--etcd-endpoints %q: want https://HOST:PORT (Vigil speaks to etcd over TLS with client certificates)", e)
-					}
+				if err := checkExternalEndpoints(endpoints); err != nil {
+					return err
 				}
 			}
 			now := time.Now()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -271,7 +272,7 @@ func newServerCmd(g *globals) *cobra.Command {
 	o.registerCommon(cmd)
 	o.registerServer(cmd)
 	cmd.Flags().StringVar(&o.etcdEndpoints, "etcd-endpoints", "", "use this external etcd cluster instead of an embedded member (comma-separated URLs)")
-	cmd.Flags().StringVar(&o.etcdCAFile, "etcd-ca-file", "", "with --etcd-endpoints: the CA (PEM) of the external etcd's server certificates, where it is not the cluster CA")
+	o.registerEtcd(cmd)
 	return cmd
 }
 
@@ -733,13 +734,27 @@ func (o *daemonOpts) checkExternalEtcd() error {
 	if !o.etcdExternal {
 		return nil
 	}
-	if o.etcdEndpoints == "" {
-		return errors.New("--etcd-external needs --etcd-endpoints: the external etcd cluster's client URLs")
+	if err := checkExternalEndpoints(splitList(o.etcdEndpoints)); err != nil {
+		return err
 	}
 	if o.runServer {
 		if _, err := os.Stat(filepath.Join(o.dataDir, "etcd", "member")); err == nil {
 			return fmt.Errorf("%s holds an embedded etcd member's data, but the cluster's etcd is external: "+
 				"moving a cluster to an external etcd is a restore into it (docs/install.md), not a flag", filepath.Join(o.dataDir, "etcd"))
+		}
+	}
+	return nil
+}
+
+// checkExternalEndpoints checks an external etcd's client URLs: at least
+// one, each https (Vigil speaks to etcd with client certificates only).
+func checkExternalEndpoints(endpoints []string) error {
+	if len(endpoints) == 0 {
+		return errors.New("--etcd-external needs --etcd-endpoints: the external etcd cluster's client URLs")
+	}
+	for _, e := range endpoints {
+		if u, err := url.Parse(e); err != nil || u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("--etcd-endpoints %q: want https://HOST:PORT (Vigil speaks to etcd over TLS with client certificates)", e)
 		}
 	}
 	return nil

@@ -226,14 +226,13 @@ func (m *Manager) reconcile(ctx context.Context) {
 			continue
 		}
 		vm, disk, _ := strings.Cut(k, "/")
-		if rs := snap.Replicas[vm]; rs != nil && rs.Primary == m.cfg.Host {
-			// The record names this host the primary, yet another host
-			// may still run the VM on this copy (a record older than the
-			// cluster: a restored control plane). Its connection is what
-			// holds this host's start back (replicated.Datastore's held
-			// rule); the start unserves the copy once it may go ahead.
-			addr := func(h string) (string, error) { return m.cfg.Datastore.PeerIP(ctx, h) }
-			if _, connected, err := m.cfg.Datastore.Server().ServedTo(ctx, vm, disk, addr); err == nil && connected {
+		if rs := snap.Replicas[vm]; rs != nil {
+			// Another host may still run the VM on this copy though the
+			// record names this host the primary (a restored control
+			// plane). Its connection is what holds this host's start back
+			// (the datastore's held rule); the start unserves the copy
+			// once it may go ahead.
+			if host, err := m.cfg.Datastore.RunsOnThisCopy(ctx, rs, vm, disk); err == nil && host != "" {
 				continue
 			}
 		}

@@ -147,17 +147,19 @@ func (s *Datastore) Grant(ctx context.Context, vm storage.VMRef, disks []spec.Di
 // nothing to notice), so the hold ends after heldLimit anyway: by then a
 // crashed host's watchdog has reset it many times over.
 func (s *Datastore) held(ctx context.Context, vm storage.VMRef, disks []string) error {
-	rs, err := s.recs.GetReplicaSet(ctx, vm.Name)
-	if err != nil || rs == nil || rs.UID != vm.UID || rs.Primary != s.host {
-		return nil // Grant reads the record again and says what is wrong
-	}
-	addr := func(host string) (string, error) { return s.peers(ctx, host) }
 	for _, d := range disks {
-		host, connected, err := s.server.ServedTo(ctx, vm.Name, d, addr)
-		if err != nil {
-			return fmt.Errorf("vm %s: whether %s still runs on this host's copy of disk %s: %w", vm.Name, host, d, err)
+		if s.server.ServedTo(vm.Name, d) == "" {
+			continue // the usual case, a failover's included: no etcd read, no ss
 		}
-		if !connected {
+		rs, err := s.recs.GetReplicaSet(ctx, vm.Name)
+		if err != nil || rs == nil || rs.UID != vm.UID {
+			return nil // Grant reads the record again and says what is wrong
+		}
+		host, err := s.RunsOnThisCopy(ctx, rs, vm.Name, d)
+		if err != nil {
+			return fmt.Errorf("vm %s: whether another host still runs on this host's copy of disk %s: %w", vm.Name, d, err)
+		}
+		if host == "" {
 			continue
 		}
 		s.mu.Lock()
@@ -177,6 +179,26 @@ func (s *Datastore) held(ctx context.Context, vm storage.VMRef, disks []string) 
 	delete(s.heldSince, vm.UID)
 	s.mu.Unlock()
 	return nil
+}
+
+// RunsOnThisCopy is the host that runs vm on this host's copy of disk as
+// its replica, though rs names this host the primary ("": none): the
+// record is older than the cluster (a restored control plane), and that
+// instance must stop before this host may use its copy (held).
+func (s *Datastore) RunsOnThisCopy(ctx context.Context, rs *store.ReplicaSet, vm, disk string) (string, error) {
+	host := s.server.ServedTo(vm, disk)
+	if host == "" || rs.Primary != s.host {
+		return "", nil
+	}
+	ip, err := s.peers(ctx, host)
+	if err != nil {
+		return "", err
+	}
+	connected, err := s.server.Connected(ctx, ip)
+	if err != nil || !connected {
+		return "", err
+	}
+	return host, nil
 }
 
 // heldLimit bounds how long held refuses a start: a crashed client's

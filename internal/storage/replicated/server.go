@@ -383,24 +383,22 @@ func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk stri
 	return nil
 }
 
-// ServedTo reports the host this server exports vm's copy of disk to, and
-// whether that host is connected to it now: its QEMU runs with the copy
-// as its replica.
-func (s *Server) ServedTo(ctx context.Context, vm, disk string, addr func(host string) (string, error)) (host string, connected bool, err error) {
+// ServedTo is the host this server exports vm's copy of disk to ("": the
+// copy is not served).
+func (s *Server) ServedTo(vm, disk string) string {
 	s.mu.Lock()
-	_, served := s.served[key(vm, disk)]
-	host = s.clients[key(vm, disk)]
-	s.mu.Unlock()
-	if !served || host == "" {
-		return "", false, nil
+	defer s.mu.Unlock()
+	if _, served := s.served[key(vm, disk)]; !served {
+		return ""
 	}
-	ip, err := addr(host)
-	if err != nil {
-		return host, false, err
-	}
+	return s.clients[key(vm, disk)]
+}
+
+// Connected reports whether the host at ip has a connection to this
+// server now: its QEMU runs with a copy served here as its replica.
+func (s *Server) Connected(ctx context.Context, ip string) (bool, error) {
 	_, port, _ := net.SplitHostPort(s.listen)
-	connected, err = hostnet.Connected(ctx, "sport = :"+port, ip)
-	return host, connected, err
+	return hostnet.Connected(ctx, "sport = :"+port, ip)
 }
 
 // ServedKeys lists the "vm/disk" replicas this server exports.
