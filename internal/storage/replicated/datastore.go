@@ -241,7 +241,7 @@ func (s *Datastore) Prepare(ctx context.Context, vm storage.VMRef, gen storage.G
 	if rs.UID != vm.UID || rs.Primary != s.host || rs.Generation != int64(gen) {
 		return cfg, fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation)
 	}
-	if err := s.server.Claim(ctx, vm.Name, d.Name, int64(gen), s.oldClient(ctx, rs)); err != nil {
+	if err := s.server.Claim(ctx, vm, d.Name, int64(gen), s.oldClient(ctx, rs)); err != nil {
 		return cfg, fmt.Errorf("datastore %s: %w", s.name, err)
 	}
 	if err := ensureCopy(path, vm.UID, int64(d.Size)); err != nil {
@@ -338,7 +338,7 @@ func (s *Datastore) CommitIncoming(ctx context.Context, vm storage.VMRef, gen st
 		return fmt.Errorf("datastore %s: vm %s: %w (record: primary %s at generation %d, not %s at %d)", s.name, vm.Name, ErrSuperseded, rs.Primary, rs.Generation, s.host, gen)
 	}
 	for disk := range rs.Disks {
-		if err := s.server.Claim(ctx, vm.Name, disk, int64(gen), s.oldClient(ctx, rs)); err != nil {
+		if err := s.server.Claim(ctx, vm, disk, int64(gen), s.oldClient(ctx, rs)); err != nil {
 			return fmt.Errorf("datastore %s: %w", s.name, err)
 		}
 		if err := s.renew(vm, disk, gen); err != nil {

@@ -52,10 +52,11 @@ type Server struct {
 	served map[string]int64 // key(vm, disk) -> generation served
 	// identity maps key(vm, disk) -> the served copy's CopyIdentity.
 	identity map[string]string
-	// claimed maps key(vm, disk) -> the generation under which this host
-	// runs the VM on its copy: the copy is not served to anyone at that
-	// generation or an older one.
-	claimed map[string]int64
+	// claimed maps key(vm, disk) -> the VM (by UID) and generation under
+	// which this host runs the VM on its copy: the copy is not served to
+	// anyone at that generation or an older one. A VM re-created under the
+	// same name is another VM, with generations of its own from 1.
+	claimed map[string]claim
 	// clients maps key(vm, disk) -> the host the export is served to.
 	clients map[string]string
 }
@@ -79,7 +80,7 @@ func NewServer(dir, listen, binary string, creds func() (pki.StreamCreds, error)
 		boot = strings.TrimSpace(string(b))
 	}
 	return &Server{dir: dir, listen: listen, binary: binary, creds: creds, log: log, bootID: boot,
-		served: map[string]int64{}, identity: map[string]string{}, claimed: map[string]int64{}, clients: map[string]string{}}
+		served: map[string]int64{}, identity: map[string]string{}, claimed: map[string]claim{}, clients: map[string]string{}}
 }
 
 // CopyIdentity names a served copy as it is: the copy's own identity and
@@ -245,8 +246,8 @@ func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk, client strin
 		}
 		return nil
 	}
-	if c, ok := s.claimed[k]; ok && gen <= c {
-		return fmt.Errorf("replica of %s/%s: this host runs the VM on its copy at generation %d", vm.Name, disk, c)
+	if c, ok := s.claimed[k]; ok && c.uid == vm.UID && gen <= c.gen {
+		return fmt.Errorf("replica of %s/%s: this host runs the VM on its copy at generation %d", vm.Name, disk, c.gen)
 	}
 	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient); err != nil {
 		return err
@@ -317,18 +318,24 @@ func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk, client strin
 // makes this host the peer again, the copy is not served. It starts the
 // daemon if none runs, which kills one a previous agent may have left
 // serving the copy.
-func (s *Server) Claim(ctx context.Context, vm, disk string, gen int64, oldClient func() string) error {
+func (s *Server) Claim(ctx context.Context, vm storage.VMRef, disk string, gen int64, oldClient func() string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, err := s.daemon(ctx)
 	if err != nil {
 		return err
 	}
-	if err := s.unserveLocked(ctx, d, vm, disk, oldClient); err != nil {
+	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient); err != nil {
 		return err
 	}
-	s.claimed[key(vm, disk)] = gen
+	s.claimed[key(vm.Name, disk)] = claim{uid: vm.UID, gen: gen}
 	return nil
+}
+
+// claim is a VM (by UID) and the generation this host runs it under.
+type claim struct {
+	uid string
+	gen int64
 }
 
 // Unserve stops serving vm's copy of disk, and returns once every request
