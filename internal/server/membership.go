@@ -61,6 +61,12 @@ func (s *Server) AddLearner(ctx context.Context, name, peerURL string) (string, 
 // promote makes this member, a learner that joined a running cluster, a
 // voting member once it has caught up with the leader (etcd refuses the
 // promotion until then), through the other members' endpoints.
+//
+// The promotion is sent to the leader itself. A follower forwards it to
+// the leader over the peer port without the caller's etcd user, which the
+// leader refuses while authentication is on ("auth: user name is empty"),
+// and the follower retries that until the caller's deadline: a lab's
+// third member waited 11 s for its promotion that way.
 func (s *Server) promote(ctx context.Context, endpoints []string) error {
 	if len(endpoints) == 0 {
 		return errors.New("a learner etcd member without the cluster's endpoints (cluster.json) cannot be promoted")
@@ -70,14 +76,32 @@ func (s *Server) promote(ctx context.Context, endpoints []string) error {
 		return fmt.Errorf("etcd client for the promotion: %w", err)
 	}
 	defer c.Close()
+	leaders := map[string]*clientv3.Client{}
+	defer func() {
+		for _, lc := range leaders {
+			lc.Close()
+		}
+	}()
 	id := uint64(s.etcd.Server.MemberID())
 	promoted := false
 	// Until this member has applied its own promotion, it still refuses
 	// clients as a learner.
 	for s.etcd.Server.IsLearner() {
 		if !promoted {
+			via := c
+			if ep := leaderEndpoint(ctx, c, endpoints); ep != "" {
+				if leaders[ep] == nil {
+					lc, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: quietZap(), TLS: s.cfg.Identity.ClientTLS()})
+					if err == nil {
+						leaders[ep] = lc
+					}
+				}
+				if lc := leaders[ep]; lc != nil {
+					via = lc
+				}
+			}
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := c.MemberPromote(pctx, id)
+			_, err := via.MemberPromote(pctx, id)
 			cancel()
 			promoted = err == nil
 			if err != nil {
@@ -92,6 +116,20 @@ func (s *Server) promote(ctx context.Context, endpoints []string) error {
 	}
 	s.log.Info("etcd member promoted to voting member")
 	return nil
+}
+
+// leaderEndpoint is the endpoint of the etcd leader among endpoints, or
+// "" if none says it leads (an election under way, or none answers).
+func leaderEndpoint(ctx context.Context, c *clientv3.Client, endpoints []string) string {
+	for _, ep := range endpoints {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := c.Status(sctx, ep)
+		cancel()
+		if err == nil && st.Header != nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
+			return ep
+		}
+	}
+	return ""
 }
 
 // etcdEndpoints are the client URLs of every voting etcd member.
