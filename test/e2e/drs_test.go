@@ -178,7 +178,8 @@ func TestDRS_SpreadsBusyVMs(t *testing.T) {
 // whose load is noisy: each host's guests burn their vCPUs together for
 // 30 s in turn, host after host, so that at every moment one host is busy
 // and two are idle. Moving a guest would only move the noise, and full
-// automation makes no move at all over two full cycles (3 minutes).
+// automation makes no move at all over a full cycle (every host busy once,
+// 90 s; VIGIL_SOAK runs more cycles, for that long).
 func TestDRS_NoisyLoadMakesNoMoves(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{HostCPUs: 4})
 	ctx := context.Background()
@@ -208,8 +209,12 @@ func TestDRS_NoisyLoadMakesNoMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	const slot = 30 * time.Second
+	cycles := 1
+	if d := soakDuration(t, 0); d > 0 {
+		cycles = max(1, int(d/(3*slot)))
+	}
 	start := time.Now()
-	for cycle := 0; cycle < 2; cycle++ {
+	for cycle := 0; cycle < cycles; cycle++ {
 		for _, h := range hosts {
 			for _, v := range byHost[h] {
 				if err := g.Burn(ctx, v.IP, slot); err != nil {

@@ -269,14 +269,7 @@ func TestHostFreezeThaw_KernelWatchdogFreezesToo(t *testing.T) {
 // watchdog reset would be a false one. The watchdog's feeding window after
 // a lease renewal (0.95 s) must hold on a loaded host.
 func TestSoak_NoFalseFailoversUnderLoad(t *testing.T) {
-	d := time.Minute
-	if s := os.Getenv("VIGIL_SOAK"); s != "" {
-		v, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatalf("VIGIL_SOAK=%q: %v", s, err)
-		}
-		d = v
-	}
+	d := soakDuration(t, time.Minute)
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	if out, err := l.Vigil("config", "set", "host-failures-to-tolerate", "0"); err != nil {
 		t.Fatalf("config: %v: %s", err, out)
@@ -300,4 +293,19 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// soakDuration is VIGIL_SOAK (a Go duration: the long soak), or def when
+// it is not set (the bounded form CI runs).
+func soakDuration(t *testing.T, def time.Duration) time.Duration {
+	t.Helper()
+	s := os.Getenv("VIGIL_SOAK")
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		t.Fatalf("VIGIL_SOAK=%q: %v", s, err)
+	}
+	return d
 }
