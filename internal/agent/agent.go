@@ -22,6 +22,7 @@ import (
 	"github.com/vigilha/vigil/internal/agent/fencing"
 	"github.com/vigilha/vigil/internal/agent/migration"
 	"github.com/vigilha/vigil/internal/agent/monitor"
+	"github.com/vigilha/vigil/internal/dirtytrack"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -150,6 +151,10 @@ type Agent struct {
 	log   *slog.Logger
 	lease *leaseKeeper
 
+	// dirtyTracking is how FT would track a guest's memory here, and
+	// why (dirtytrack.Probe, once at start); reported with the host.
+	dirtyTracking, dirtyTrackingReason string
+
 	kick     chan struct{}
 	fence    *fencing.Memory
 	peerHTTP *http.Client
@@ -249,6 +254,7 @@ func New(cfg Config) (*Agent, error) {
 		mon: monitor.NewHistory(), resetsDone: map[string]string{}, restarts: metrics.NewRestarts(), resizeTried: map[string]int64{},
 		retryAt: map[string]time.Time{}, heldWait: map[string]int64{},
 	}
+	a.dirtyTracking, a.dirtyTrackingReason = dirtytrack.Probe()
 	boot := a.bootID()
 	a.lease = newLeaseKeeper(cfg.Etcd, cfg.LeaseTTL, cfg.KeepaliveInterval, filepath.Join(cfg.DataDir, "lease"), boot, log)
 	a.lease.onHedge = a.memberSlow
@@ -424,15 +430,16 @@ func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 		dss = append(dss, name)
 	}
 	h := &store.Host{
-		Name:         a.cfg.Host,
-		AgentURL:     a.cfg.AdvertiseURL,
-		MgmtIP:       a.cfg.MgmtIP,
-		StorageIP:    a.cfg.StorageIP,
-		Capacity:     capacity,
-		Capabilities: store.Capabilities{QEMUVersion: caps.Version, Accel: caps.Accel},
-		Datastores:   dss,
-		StartedAt:    time.Now(),
-		Version:      a.cfg.Version,
+		Name:      a.cfg.Host,
+		AgentURL:  a.cfg.AdvertiseURL,
+		MgmtIP:    a.cfg.MgmtIP,
+		StorageIP: a.cfg.StorageIP,
+		Capacity:  capacity,
+		Capabilities: store.Capabilities{QEMUVersion: caps.Version, Accel: caps.Accel,
+			DirtyTracking: a.dirtyTracking, DirtyTrackingReason: a.dirtyTrackingReason},
+		Datastores: dss,
+		StartedAt:  time.Now(),
+		Version:    a.cfg.Version,
 	}
 	h.Fencing.Watchdog = a.wd.state(a.wd.last())
 	for {

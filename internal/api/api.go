@@ -574,7 +574,8 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 		out = append(out, v1.Host{
 			Name: ph.Name, State: state, Alive: ph.Alive, Maintenance: ph.Maintenance,
 			Capacity: v1.Resources(ph.Capacity), Used: v1.Resources(ph.Used), VMs: vms, QEMU: h.Capabilities.QEMUVersion,
-			Accel: h.Capabilities.Accel, Datastores: h.Datastores, MgmtIP: h.MgmtIP, StartedAt: h.StartedAt,
+			Accel: h.Capabilities.Accel, DirtyTracking: h.Capabilities.DirtyTracking, DirtyTrackingReason: h.Capabilities.DirtyTrackingReason,
+			Datastores: h.Datastores, MgmtIP: h.MgmtIP, StartedAt: h.StartedAt,
 			Fencing: FencingOf(h, snap.Config), MetricsURL: metricsURL(h.AgentURL),
 		})
 	}

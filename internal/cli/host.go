@@ -95,6 +95,9 @@ func newHostCmd(g *globals) *cobra.Command {
 			if h.MetricsURL != "" {
 				fmt.Fprintf(tw, "Metrics:\t%s\n", h.MetricsURL)
 			}
+			if h.DirtyTracking != "" {
+				fmt.Fprintf(tw, "FT dirty tracking:\t%s (%s)\n", h.DirtyTracking, h.DirtyTrackingReason)
+			}
 			return tw.Flush()
 		},
 	}

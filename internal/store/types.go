@@ -249,6 +249,11 @@ func (h *Host) WatchdogUsable() bool { return h.Fencing.Watchdog != nil && h.Fen
 type Capabilities struct {
 	QEMUVersion string `json:"qemuVersion"`
 	Accel       string `json:"accel"`
+	// DirtyTracking is how FT would find a guest's changed pages on this
+	// host (dirtytrack.Probe): "soft-dirty" or "hash"; the reason says
+	// why.
+	DirtyTracking       string `json:"dirtyTracking,omitempty"`
+	DirtyTrackingReason string `json:"dirtyTrackingReason,omitempty"`
 }
 
 // Network is a VM network: a bridge on every host (optionally inside a

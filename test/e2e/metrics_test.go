@@ -121,6 +121,10 @@ func TestMetrics_HostAndVMCounters(t *testing.T) {
 		if h.MetricsURL == "" {
 			t.Fatalf("host %s has no metricsURL", h.Name)
 		}
+		// Which FT dirty tracker the host would use is reported with it.
+		if (h.DirtyTracking != "soft-dirty" && h.DirtyTracking != "hash") || h.DirtyTrackingReason == "" {
+			t.Errorf("host %s reports FT dirty tracking %q (%q), want soft-dirty or hash with a reason", h.Name, h.DirtyTracking, h.DirtyTrackingReason)
+		}
 		fams, size, took := scrape(t, hc, h.MetricsURL)
 		if n, ok := sample(fams, "vigil_host_capacity_cpus", map[string]string{"host": h.Name}); !ok || n != float64(h.Capacity.CPUs) {
 			t.Errorf("%s: vigil_host_capacity_cpus %v (%v), want %d", h.Name, n, ok, h.Capacity.CPUs)

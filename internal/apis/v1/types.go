@@ -150,10 +150,15 @@ type Host struct {
 	VMs         []string  `json:"vms"`
 	QEMU        string    `json:"qemu"`
 	Accel       string    `json:"accel"`
-	Datastores  []string  `json:"datastores"`
-	MgmtIP      string    `json:"mgmtIP,omitempty"`
-	StartedAt   time.Time `json:"startedAt"`
-	Fencing     Fencing   `json:"fencing"`
+	// DirtyTracking is how FT finds a guest's changed pages on this host:
+	// "soft-dirty" (the kernel's bits) or "hash" (a hash per page);
+	// DirtyTrackingReason says why.
+	DirtyTracking       string    `json:"dirtyTracking,omitempty"`
+	DirtyTrackingReason string    `json:"dirtyTrackingReason,omitempty"`
+	Datastores          []string  `json:"datastores"`
+	MgmtIP              string    `json:"mgmtIP,omitempty"`
+	StartedAt           time.Time `json:"startedAt"`
+	Fencing             Fencing   `json:"fencing"`
 	// MetricsURL is the host agent's Prometheus endpoint (docs/metrics.md),
 	// when it is reachable over HTTP.
 	MetricsURL string `json:"metricsURL,omitempty"`
