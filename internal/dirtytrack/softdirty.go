@@ -28,7 +28,10 @@ type SoftDirtyTracker struct {
 	start   uintptr
 	pages   int
 	pagemap *os.File
-	primed  bool
+	// clear is the process's clear_refs, opened with pagemap: a PID
+	// reused after the writer exited is never cleared by mistake.
+	clear  *os.File
+	primed bool
 }
 
 // pmSoftDirty is a pagemap entry's soft-dirty bit
@@ -45,7 +48,12 @@ func OpenSoftDirty(pid int, start uintptr, size int) (*SoftDirtyTracker, error) 
 	if err != nil {
 		return nil, fmt.Errorf("soft-dirty tracker: %w", err)
 	}
-	return &SoftDirtyTracker{pid: pid, start: start, pages: size / PageSize(), pagemap: f}, nil
+	c, err := os.OpenFile(fmt.Sprintf("/proc/%d/clear_refs", pid), os.O_WRONLY, 0)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("soft-dirty tracker: %w", err)
+	}
+	return &SoftDirtyTracker{pid: pid, start: start, pages: size / PageSize(), pagemap: f, clear: c}, nil
 }
 
 // Name implements Tracker.
@@ -56,6 +64,9 @@ func (s *SoftDirtyTracker) Pages() int { return s.pages }
 
 // Dirty implements Tracker.
 func (s *SoftDirtyTracker) Dirty() ([]int, error) {
+	if s.pagemap == nil {
+		return nil, errors.New("soft-dirty tracker: closed")
+	}
 	var out []int
 	if s.primed {
 		entries, err := readPagemap(s.pagemap, s.start, s.pages)
@@ -73,15 +84,22 @@ func (s *SoftDirtyTracker) Dirty() ([]int, error) {
 			out[i] = i
 		}
 	}
-	if err := clearSoftDirty(s.pid); err != nil {
-		return nil, fmt.Errorf("soft-dirty tracker of pid %d: %w", s.pid, err)
+	if _, err := s.clear.Write([]byte("4")); err != nil {
+		return nil, fmt.Errorf("soft-dirty tracker of pid %d: clear soft-dirty bits: %w", s.pid, err)
 	}
 	s.primed = true
 	return out, nil
 }
 
 // Close implements Tracker.
-func (s *SoftDirtyTracker) Close() error { return s.pagemap.Close() }
+func (s *SoftDirtyTracker) Close() error {
+	if s.pagemap == nil {
+		return nil
+	}
+	err := errors.Join(s.pagemap.Close(), s.clear.Close())
+	s.pagemap, s.clear = nil, nil
+	return err
+}
 
 // readPagemap reads the pagemap entries of n pages from start.
 func readPagemap(f *os.File, start uintptr, n int) ([]uint64, error) {
@@ -105,14 +123,18 @@ func clearSoftDirty(pid int) error {
 	return nil
 }
 
-// Mapping finds where process pid maps the file at path: the start and
-// size of the (first) mapping of it, as /proc/PID/maps lists it.
+// Mapping finds where process pid maps the file at path from its start:
+// the address and size of the mapping at file offset 0, joined with the
+// ones that continue it (the kernel splits a mapping whose pages differ in
+// protection or flags), as /proc/PID/maps lists them. The caller checks
+// that the size covers what it tracks.
 func Mapping(pid int, path string) (uintptr, int, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
 		return 0, 0, err
 	}
 	defer f.Close()
+	var start, end uint64
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// 7f0000000000-7f0010000000 rw-s 00000000 fe:01 1234   /path
@@ -126,15 +148,24 @@ func Mapping(pid int, path string) (uintptr, int, error) {
 		}
 		a, err1 := strconv.ParseUint(lo, 16, 64)
 		b, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil || b <= a {
+		off, err3 := strconv.ParseUint(fields[2], 16, 64)
+		if err1 != nil || err2 != nil || err3 != nil || b <= a {
 			continue
 		}
-		return uintptr(a), int(b - a), nil
+		switch {
+		case end == 0 && off == 0:
+			start, end = a, b
+		case end != 0 && a == end && off == end-start:
+			end = b
+		}
 	}
 	if err := sc.Err(); err != nil {
 		return 0, 0, err
 	}
-	return 0, 0, fmt.Errorf("process %d does not map %s", pid, path)
+	if end == 0 {
+		return 0, 0, fmt.Errorf("process %d does not map %s from its start", pid, path)
+	}
+	return uintptr(start), int(end - start), nil
 }
 
 // probeSoftDirty tries soft-dirty on a page of this process: after a

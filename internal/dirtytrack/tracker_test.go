@@ -123,7 +123,9 @@ func (w *writer) write(b byte, pages ...int) {
 // changed (must be reported); rewritten: pages written with the content
 // they had (may be reported); no other page may be.
 func runScenarios(t *testing.T, open func(t *testing.T, path string, w *writer) Tracker) {
-	const pages = 512
+	// More than one hash worker's share (1024 pages), and not a multiple
+	// of their number: the split is exercised.
+	const pages = 4099
 	path := filepath.Join(t.TempDir(), "ram")
 	if err := os.WriteFile(path, make([]byte, pages*PageSize()), 0o600); err != nil {
 		t.Fatal(err)
@@ -131,7 +133,6 @@ func runScenarios(t *testing.T, open func(t *testing.T, path string, w *writer) 
 	w := startWriter(t, path)
 	w.write(0, 0) // fault the first page in, as a running guest has
 	tr := open(t, path, w)
-	defer tr.Close()
 	if tr.Pages() != pages {
 		t.Fatalf("%s tracks %d pages, want %d", tr.Name(), tr.Pages(), pages)
 	}
@@ -173,6 +174,15 @@ func runScenarios(t *testing.T, open func(t *testing.T, path string, w *writer) 
 	w.write(9, every3...)
 	check("every third page", every3, nil)
 	check("nothing written again", nil, nil)
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Dirty(); err == nil {
+		t.Errorf("%s: Dirty after Close succeeded", tr.Name())
+	}
+	if err := tr.Close(); err != nil {
+		t.Errorf("%s: a second Close: %v", tr.Name(), err)
+	}
 }
 
 func TestHashTracker(t *testing.T) {
@@ -251,7 +261,11 @@ func TestSoftDirtyReadsBit55(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &SoftDirtyTracker{pid: os.Getpid(), pages: len(entries), pagemap: f, primed: true}
+	clear, err := os.OpenFile("/proc/self/clear_refs", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &SoftDirtyTracker{pid: os.Getpid(), pages: len(entries), pagemap: f, clear: clear, primed: true}
 	defer tr.Close()
 	got, err := tr.Dirty()
 	if err != nil {

@@ -92,7 +92,9 @@ func (s *Server) promote(ctx context.Context, endpoints []string) error {
 			if ep := leaderEndpoint(ctx, c, endpoints); ep != "" {
 				if leaders[ep] == nil {
 					lc, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: quietZap(), TLS: s.cfg.Identity.ClientTLS()})
-					if err == nil {
+					if err != nil {
+						s.log.Debug("etcd client for the leader; promoting through any member", "endpoint", ep, "err", err)
+					} else {
 						leaders[ep] = lc
 					}
 				}

@@ -5,10 +5,12 @@ import (
 	"log/slog"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/storage"
 )
 
@@ -54,5 +56,27 @@ func TestClaimBelongsToOneVM(t *testing.T) {
 	}
 	if m, err := readMark(CopyPath(s.dir, "vm1", "ledger")); err != nil || m.UID != "u-new" || m.Gen != 1 {
 		t.Fatalf("the copy's mark after the re-creation: %+v %v", m, err)
+	}
+	answers(ctx, t, s, addr, ExportName("u-new", "ledger", 1), true)
+	// Re-created again while the copy is served at the same generation
+	// (deleted and re-created between two reconciles): the new VM's
+	// export replaces the old one's.
+	again := storage.VMRef{Name: "vm1", UID: "u-third"}
+	if err := s.Serve(ctx, again, "ledger", "host2", 1<<20, 1, nil, nil); err != nil {
+		t.Fatalf("the VM re-created again: %v", err)
+	}
+	answers(ctx, t, s, addr, ExportName("u-third", "ledger", 1), true)
+	answers(ctx, t, s, addr, ExportName("u-new", "ledger", 1), false)
+}
+
+// answers checks whether the server answers an NBD client asking for the
+// export by name (qemu-img, as WaitExport probes).
+func answers(ctx context.Context, t *testing.T, s *Server, addr, export string, want bool) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	err := probeExport(ctx, driver.NBDTarget{Host: host, Port: p, Export: export}, nil)
+	if (err == nil) != want {
+		t.Fatalf("export %s answers: %v (%v), want %v", export, err == nil, err, want)
 	}
 }

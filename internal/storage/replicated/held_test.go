@@ -38,7 +38,7 @@ func TestGrantWaitsWhileAnotherHostRunsOnTheCopy(t *testing.T) {
 		}
 	}()
 	srv := NewServer(t.TempDir(), ln.Addr().String(), "", nil, nil)
-	srv.served[key(vm1.Name, "ledger")] = 1
+	srv.served[key(vm1.Name, "ledger")] = vmGen{uid: vm1.UID, gen: 1}
 	srv.clients[key(vm1.Name, "ledger")] = "host3"
 	now := t0
 	ds, err := NewDatastore(Config{Name: "replicated", Host: "host2", Dir: t.TempDir(), Records: recs, Server: srv,

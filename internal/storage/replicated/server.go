@@ -49,14 +49,14 @@ type Server struct {
 
 	mu     sync.Mutex
 	d      *qsd.Daemon
-	served map[string]int64 // key(vm, disk) -> generation served
+	served map[string]vmGen // key(vm, disk) -> the VM (by UID) and generation served
 	// identity maps key(vm, disk) -> the served copy's CopyIdentity.
 	identity map[string]string
 	// claimed maps key(vm, disk) -> the VM (by UID) and generation under
 	// which this host runs the VM on its copy: the copy is not served to
 	// anyone at that generation or an older one. A VM re-created under the
 	// same name is another VM, with generations of its own from 1.
-	claimed map[string]claim
+	claimed map[string]vmGen
 	// clients maps key(vm, disk) -> the host the export is served to.
 	clients map[string]string
 }
@@ -80,7 +80,7 @@ func NewServer(dir, listen, binary string, creds func() (pki.StreamCreds, error)
 		boot = strings.TrimSpace(string(b))
 	}
 	return &Server{dir: dir, listen: listen, binary: binary, creds: creds, log: log, bootID: boot,
-		served: map[string]int64{}, identity: map[string]string{}, claimed: map[string]claim{}, clients: map[string]string{}}
+		served: map[string]vmGen{}, identity: map[string]string{}, claimed: map[string]vmGen{}, clients: map[string]string{}}
 }
 
 // CopyIdentity names a served copy as it is: the copy's own identity and
@@ -111,7 +111,7 @@ func (s *Server) daemon(ctx context.Context) (*qsd.Daemon, error) {
 		select {
 		case <-s.d.Exited():
 			s.log.Warn("replica server: qemu-storage-daemon died; starting it again", "err", s.d.Err())
-			s.d, s.served, s.clients = nil, map[string]int64{}, map[string]string{}
+			s.d, s.served, s.clients = nil, map[string]vmGen{}, map[string]string{}
 		default:
 			return s.d, nil
 		}
@@ -236,7 +236,7 @@ func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk, client strin
 	if err != nil {
 		return err
 	}
-	if g, ok := s.served[k]; ok && g == gen {
+	if g, ok := s.served[k]; ok && g == (vmGen{uid: vm.UID, gen: gen}) {
 		if publish != nil && s.identity[k] != "" {
 			// Served already; a record that lost the identity (a peer
 			// change back and forth) gets it again.
@@ -307,7 +307,7 @@ func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk, client strin
 		_ = d.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
 		return fmt.Errorf("replica of %s/%s: export: %w", vm.Name, disk, err)
 	}
-	s.served[k] = gen
+	s.served[k] = vmGen{uid: vm.UID, gen: gen}
 	s.identity[k] = CopyIdentity(m.ID, s.bootID)
 	s.log.Info("serving replica", "vm", vm.Name, "disk", disk, "generation", gen, "export", name)
 	return nil
@@ -328,12 +328,13 @@ func (s *Server) Claim(ctx context.Context, vm storage.VMRef, disk string, gen i
 	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient); err != nil {
 		return err
 	}
-	s.claimed[key(vm.Name, disk)] = claim{uid: vm.UID, gen: gen}
+	s.claimed[key(vm.Name, disk)] = vmGen{uid: vm.UID, gen: gen}
 	return nil
 }
 
-// claim is a VM (by UID) and the generation this host runs it under.
-type claim struct {
+// vmGen is a VM (by UID: a VM re-created under the same name is another
+// VM) and a generation of it: served, or run by this host.
+type vmGen struct {
 	uid string
 	gen int64
 }
