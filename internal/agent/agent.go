@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	agentft "github.com/vigilha/vigil/internal/agent/ft"
 	"log/slog"
 	"net/http"
 	"os"
@@ -96,6 +97,11 @@ type Config struct {
 	// ShutdownPolicy is what a graceful stop does while restartable VMs
 	// run here: ShutdownKeepArmed or ShutdownMigrate.
 	ShutdownPolicy string
+	// FTListen is where the agent takes FT checkpoint streams (ip:port on
+	// the storage network; empty: this host keeps no FT secondaries and
+	// runs no FT primaries). FTDir is where FT VMs' memory files and
+	// checkpoints live on this host, best a tmpfs (docs/ft.md).
+	FTListen, FTDir string
 	// Faults are fault-injection hooks. Only a binary built with the
 	// `faults` build tag (the lab's tests) can set them; the product
 	// leaves them nil.
@@ -189,6 +195,8 @@ type Agent struct {
 	resetsDone map[string]string
 	// migr is the host's side of live migration.
 	migr *migration.Reconciler
+	// ft is the host's side of FT (nil: FT is off here).
+	ft *agentft.Reconciler
 	// bootResetSaid: this boot's host.watchdog-reset event was raised.
 	bootResetSaid atomic.Bool
 	retryAt       map[string]time.Time
@@ -260,6 +268,21 @@ func New(cfg Config) (*Agent, error) {
 	a.lease.onHedge = a.memberSlow
 	a.fence = fencing.NewMemory(boot)
 	a.migr = a.newMigrations()
+	if cfg.FTListen != "" {
+		if cfg.FTDir == "" {
+			return nil, errors.New("agent: an FT address needs an FT directory")
+		}
+		var srv, cli *tls.Config
+		if cfg.Identity != nil {
+			srv, cli = cfg.Identity.ServerTLS(tls.RequireAndVerifyClientCert), cfg.Identity.ClientTLS()
+		}
+		ft, err := agentft.New(agentft.Config{Host: cfg.Host, Listen: cfg.FTListen, ServerTLS: srv, ClientTLS: cli, Log: log},
+			ftHost{a}, hostwrite.Wrap(store.New(cfg.Etcd), cfg.Reports), cfg.Driver)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.ft = ft
+	}
 	return a, nil
 }
 
@@ -311,6 +334,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.runGuestMonitor(ctx)
 	if a.cfg.Replicated != nil {
 		go a.runReplication(ctx)
+	}
+	if a.ft != nil {
+		go func() {
+			if err := a.ft.Run(ctx); err != nil {
+				a.log.Error("FT receiver stopped", "err", err)
+			}
+		}()
 	}
 
 	srv, err := a.serveHTTP(ctx)
@@ -434,6 +464,7 @@ func (a *Agent) register(ctx context.Context, caps driver.Capabilities) error {
 		AgentURL:  a.cfg.AdvertiseURL,
 		MgmtIP:    a.cfg.MgmtIP,
 		StorageIP: a.cfg.StorageIP,
+		FTAddr:    a.ftAddr(),
 		Capacity:  capacity,
 		Capabilities: store.Capabilities{QEMUVersion: caps.Version, Accel: caps.Accel,
 			DirtyTracking: a.dirtyTracking, DirtyTrackingReason: a.dirtyTrackingReason},

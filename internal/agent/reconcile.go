@@ -31,6 +31,9 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.lastSnap = snap
 	a.mu.Unlock()
 	a.migr.Reconcile(ctx, snap)
+	if a.ft != nil {
+		a.ft.Reconcile(ctx, snap)
+	}
 	local := map[string]driver.Status{}
 	for _, st := range a.drv.List() {
 		local[st.Name] = st

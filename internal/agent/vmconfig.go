@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vigilha/vigil/internal/driver"
@@ -32,6 +33,13 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[strin
 	}
 	if s.HotplugDevices {
 		cfg.Layout = driver.LayoutPorts
+	}
+	if s.FT.Enabled {
+		if a.cfg.FTDir == "" {
+			return nil, fmt.Errorf("%s is an FT VM, and host %s has no FT directory (--ft-dir)", rec.Name(), a.cfg.Host)
+		}
+		dir := a.ftDir(rec.Name())
+		cfg.FT = &driver.FTConfig{Dir: dir, RAM: filepath.Join(dir, "ram")}
 	}
 	if s.Accel != "auto" {
 		cfg.Accel = s.Accel

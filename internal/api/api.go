@@ -332,6 +332,11 @@ func (s *Server) resolve(ctx context.Context, vm *spec.VM) (*store.VMRecord, *st
 					errs = append(errs, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d]", i), Message: err.Error()})
 				}
 			}
+			if vm.Spec.FT.Enabled {
+				if msg := ftDiskRefusal(snap, d.Datastore); msg != "" {
+					errs = append(errs, spec.FieldError{Field: fmt.Sprintf("spec.disks[%d].datastore", i), Message: msg})
+				}
+			}
 		}
 	}
 	if len(errs) > 0 {

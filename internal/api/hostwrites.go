@@ -21,6 +21,10 @@ import (
 //     check and the write see the same placement);
 //   - its side of a migration: it is the plan's source or target;
 //   - a request carried out: the VM is placed on it;
+//   - an FT pair change: the host is the member the change belongs to
+//     (the primary drops its secondary, the secondary takes over), checked
+//     by internal/protocol/ft against the record it compares;
+//   - an FT status: the VM is placed on the host;
 //   - a replica set: it runs the VM (placement), holds a copy of its disks
 //     (the record's primary or peer), or is a side of its migration; the
 //     write is a compare-and-swap on the revision that was checked.
@@ -36,6 +40,9 @@ func (s *Server) hostRoutes(mux *http.ServeMux) {
 	route("PUT /api/v1/hosts/{host}/vms/{vm}/migration/{side}", "host.migration-report", s.hostMigration)
 	route("DELETE /api/v1/hosts/{host}/vms/{vm}/request", "host.request-done", s.hostRequestDone)
 	route("PUT /api/v1/hosts/{host}/vms/{vm}/replicaset", "host.replica-set", s.hostReplicaSet)
+	route("PUT /api/v1/hosts/{host}/vms/{vm}/ft/drop", "host.ft-drop", s.hostFTDrop)
+	route("PUT /api/v1/hosts/{host}/vms/{vm}/ft/takeover", "host.ft-takeover", s.hostFTTakeOver)
+	route("PUT /api/v1/hosts/{host}/vms/{vm}/ft/status", "host.ft-status", s.hostFTStatus)
 }
 
 // asHost lets through a caller with a host certificate that writes under

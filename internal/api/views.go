@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"github.com/vigilha/vigil/internal/protocol/ft"
 	"time"
 
 	preplication "github.com/vigilha/vigil/internal/protocol/replication"
@@ -53,6 +54,7 @@ func StateOf(v *store.VMState) string {
 func ViewIn(snap *store.Snapshot, v *store.VMState, withSpec bool) v1.VM {
 	out := ViewOf(v, withSpec)
 	out.Disks = disksIn(snap, v)
+	out.FT = ftIn(snap, v)
 	if m := snap.Migrations[v.Record.Name()]; m.Active() && m.Plan.Phase != migration.Queued && out.State == store.StateRunning {
 		out.State = store.StateMigrating
 	}
@@ -170,4 +172,36 @@ func FencingOf(h *store.Host, cfg store.ClusterConfig) v1.Fencing {
 		}
 	}
 	return f
+}
+
+// ftIn is an FT VM's protection as its pair record and its primary's
+// report say: the record is the authority over who the secondary is, the
+// report (when it is about the record's generation) over how far along.
+func ftIn(snap *store.Snapshot, v *store.VMState) *v1.FT {
+	name := v.Record.Name()
+	p := snap.FTPair(name)
+	if !v.Record.VM.Spec.FT.Enabled && p == nil {
+		return nil
+	}
+	out := &v1.FT{State: string(ft.Unprotected)}
+	if p == nil {
+		out.Message = "no secondary chosen yet"
+		return out
+	}
+	out.SecondaryHost, out.Generation = p.Secondary, p.Generation
+	st := snap.FTStatus[name]
+	switch {
+	case p.Secondary == "":
+		out.Message = p.Reason
+	case st == nil || st.Generation != p.Generation:
+		out.State = string(ft.Seeding)
+		out.Message = "secondary " + p.Secondary + " chosen; waiting for the primary to start the copy"
+	default:
+		out.State = string(st.State)
+		out.Epoch, out.LastCheckpointMs, out.PauseP99Ms, out.EpochsPerSecond, out.Message = st.Epoch, st.LastCheckpointMS, st.PauseP99MS, st.EpochsPerSecond, st.Message
+		if st.SeedTotal > 0 && st.State == ft.Seeding {
+			out.SeedPercent = 100 * float64(st.SeedDone) / float64(st.SeedTotal)
+		}
+	}
+	return out
 }

@@ -44,8 +44,10 @@ import (
 // Defaults of `vigil up`, the single-host form. They are fixed, whatever
 // the data directory, so the CLI finds the API with no configuration.
 const (
-	DefaultDataDir    = "/var/lib/vigil"
-	DefaultImageDir   = "/var/lib/vigil/images"
+	DefaultDataDir  = "/var/lib/vigil"
+	DefaultImageDir = "/var/lib/vigil/images"
+	// DefaultFTPort is the FT checkpoint receiver's port.
+	DefaultFTPort     = 7470
 	DefaultProbeCache = "/var/cache/vigil/accel-probe.json"
 	upEtcdClientURL   = "https://127.0.0.1:7481"
 	// localAPIURL is the https API a member's own agent writes its VM
@@ -122,6 +124,8 @@ type daemonOpts struct {
 	shared      []string
 	replicated  string
 	replicaPort int
+	ftPort      int
+	ftDir       string
 	// migrationTLS: this host takes incoming migrations over TLS only.
 	migrationTLS bool
 	syncSpeed    string
@@ -185,6 +189,8 @@ func (o *daemonOpts) registerAgent(cmd *cobra.Command) {
 	f.StringVar(&o.replicated, "replicated-datastore", "", "replicated datastore this host takes part in: NAME=/dir/for/its/copies (served to peers on --storage-ip)")
 	f.BoolVar(&o.migrationTLS, "migration-tls", true, "take incoming live migrations (memory and mirrored disks) over TLS only, from the source host's stream certificate; false: plaintext, on a storage network you trust (docs/security.md measures the cost). Replica and shared-storage NBD always use TLS")
 	f.IntVar(&o.replicaPort, "replica-port", replicated.DefaultPort, "TCP port of this host's replica server (NBD) on its storage-network address")
+	f.IntVar(&o.ftPort, "ft-port", DefaultFTPort, "TCP port of this host's FT checkpoint receiver on its storage-network address (0: this host takes no part in FT)")
+	f.StringVar(&o.ftDir, "ft-dir", "/dev/shm/vigil-ft", "where FT VMs keep their memory files and checkpoints on this host (best a tmpfs: the primary's guest memory lives there)")
 	f.StringVar(&o.hostCgroup, "host-cgroup", "/", "the cgroup whose CPU and memory use is this host's, relative to each cgroup hierarchy's root: / (the root cgroup) on a real host; self (the agent's own) on a lab host, whose processes share a cgroup of their own; empty: report none")
 	f.StringVar(&o.syncSpeed, "replication-sync-speed", "100Mi", "bandwidth cap of a replica resync, per disk (bytes/s; 0: none), so that it cannot starve the guests")
 	f.StringVar(&o.apiEndpoints, "api-endpoints", "", "control-plane members' https APIs this agent writes its VM reports through (comma-separated; default: its own member's, those `vigil join` recorded, and those the members publish in etcd)")
@@ -611,6 +617,18 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		c.Close()
 		return nil, nil, err
 	}
+	ftListen := ""
+	if o.ftPort > 0 && o.storageIP != "" {
+		ftListen = net.JoinHostPort(o.storageIP, strconv.Itoa(o.ftPort))
+		if err := os.MkdirAll(o.ftDir, 0o750); err != nil {
+			c.Close()
+			return nil, nil, fmt.Errorf("--ft-dir: %w", err)
+		}
+		if err := qc.User.Reach("/", o.ftDir); err != nil {
+			c.Close()
+			return nil, nil, fmt.Errorf("--ft-dir: %w", err)
+		}
+	}
 	var capacity store.Resources
 	capacity.CPUs = o.cpus
 	if o.memory != "" {
@@ -636,6 +654,7 @@ func (o *daemonOpts) newAgent(ctx context.Context, log *slog.Logger, endpoints [
 		LeaseTTL: o.leaseTTL, Version: Version, Log: log, Arbiters: arbiters, Faults: o.faults(log),
 		WatchdogSocket: o.watchdogSocket, BootIDFile: o.bootIDFile, ShutdownPolicy: o.shutdownPolicy,
 		Replicated: rep, ReplicationSyncSpeed: int64(syncSpeed), HostCgroup: o.hostCgroup,
+		FTListen: ftListen, FTDir: o.ftDir,
 	})
 	if err != nil {
 		c.Close()

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"crypto/tls"
+	ftctl "github.com/vigilha/vigil/internal/controller/ft"
 	"log/slog"
 	"sync"
 
@@ -37,5 +38,6 @@ func controllers(st store.Writer, log *slog.Logger, tlsConf *tls.Config) []contr
 		ha.New(st, log, ha.DefaultConfig(), arbiter),
 		migration.New(st, log),
 		replication.New(st, log),
+		ftctl.New(st, log),
 	}
 }

@@ -87,6 +87,14 @@ func (h *HashTracker) Dirty() ([]int, error) {
 	return out, nil
 }
 
+// Rebase makes page i's reference the content given instead of what the
+// last Dirty read: a copy taken while the writer runs can differ from what
+// Dirty hashed a moment before, and the next Dirty must compare the memory
+// with what was copied, or a page that changes back would go unseen.
+func (h *HashTracker) Rebase(i int, page []byte) {
+	h.hashes[i] = maphash.Bytes(h.seed, page)
+}
+
 // Close implements Tracker.
 func (h *HashTracker) Close() error {
 	if h.mem == nil {

@@ -105,6 +105,22 @@ type VMConfig struct {
 	// migrates only between instances whose devices sit at the same
 	// addresses.
 	Layout int
+	// FT, when set, runs the VM so that it can be checkpointed
+	// (Checkpointer): its RAM in a shared file, and its output held per
+	// checkpoint while protection is on.
+	FT *FTConfig
+}
+
+// FTConfig is where an FT VM's instance keeps what its checkpoints read.
+type FTConfig struct {
+	// Dir is the VM's FT directory on this host; its QEMU may write there
+	// (the device state of each checkpoint).
+	Dir string
+	// RAM is the file that holds the guest's memory (a shared file-backed
+	// memory backend): the agent reads the primary's, and a secondary's
+	// instance starts from its copy. A start without Incoming begins with
+	// a fresh file.
+	RAM string
 }
 
 // Device layouts of a VM's hardware.
@@ -254,6 +270,35 @@ type Replicator interface {
 	// ResumeAfterIOError resumes the VM if a failed write paused it, and
 	// reports whether it did.
 	ResumeAfterIOError(ctx context.Context, name string) (bool, error)
+}
+
+// Checkpointer is a driver that can checkpoint an FT VM (VMConfig.FT) for
+// its secondary, and resume a secondary's instance from a checkpoint
+// (docs/ft.md).
+type Checkpointer interface {
+	// Protect turns the Output Rule on: from then on, what the guest sends
+	// is held until the Release after the checkpoint that follows it. Off
+	// lets everything held out, in order, and stops holding: only once the
+	// VM may run unprotected.
+	Protect(ctx context.Context, name string, on bool) error
+	// Checkpoint stops the guest, cuts its output (what it sent so far is
+	// released by the next Release), calls collect while the guest is
+	// stopped, saves the device state without the RAM into devPath, and
+	// runs the guest again.
+	Checkpoint(ctx context.Context, name, devPath string, collect func() error) (CheckpointStats, error)
+	// Release lets out what the guest sent before the last Checkpoint.
+	Release(ctx context.Context, name string) error
+	// Resume runs an instance started with Incoming "defer" from the device
+	// state in devPath and the RAM in its FT.RAM file, and announces its
+	// NICs to the network.
+	Resume(ctx context.Context, name, devPath string) error
+}
+
+// CheckpointStats are the times of one checkpoint.
+type CheckpointStats struct {
+	// Pause is how long the guest was stopped; Collect and Save the parts
+	// of it spent in collect and in saving the device state.
+	Pause, Collect, Save time.Duration
 }
 
 // Resizer is a driver that can change a running VM's resources.

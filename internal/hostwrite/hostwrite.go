@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/httpjson"
+	"github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -44,6 +45,21 @@ type ReplicaSetWritten struct {
 	Rev int64             `json:"rev"`
 	Set *store.ReplicaSet `json:"set"`
 }
+
+// FTChange is a member of an FT pair changing the pair record at Rev,
+// which must be at Generation: the primary dropping its lost secondary, or
+// the secondary taking over (then the VM's placement, still at
+// PlacementRev, moves to the secondary at Epoch in the same transaction).
+type FTChange struct {
+	Rev          int64 `json:"rev"`
+	Generation   int64 `json:"generation"`
+	PlacementRev int64 `json:"placementRev,omitempty"`
+	Epoch        int64 `json:"epoch,omitempty"`
+}
+
+// FTPath is where a host writes FT changes of a VM: .../ft/drop,
+// .../ft/takeover, .../ft/status.
+func FTPath(host, vm, what string) string { return vmPath(host, vm) + "/ft/" + what }
 
 // The routes, under the writing host's name: the API refuses a host that
 // writes under another's.
@@ -255,6 +271,23 @@ func (s *Store) CASReplicaSet(ctx context.Context, vm string, rev int64, next *s
 	}
 	out.Set.Rev = out.Rev
 	return out.Set, nil
+}
+
+// FTDrop gives up the lost secondary of vm's pair (this host is its
+// primary): it wins only if the record is unchanged.
+func (s *Store) FTDrop(ctx context.Context, vm string, c FTChange) error {
+	return s.c.call(ctx, http.MethodPut, FTPath(s.c.host, vm, "drop"), c, nil)
+}
+
+// FTTakeOver makes this host, vm's secondary, its primary, and places the
+// VM here: it wins only if neither the record nor the placement changed.
+func (s *Store) FTTakeOver(ctx context.Context, vm string, c FTChange) error {
+	return s.c.call(ctx, http.MethodPut, FTPath(s.c.host, vm, "takeover"), c, nil)
+}
+
+// PutFTStatus reports vm's protection (this host runs it).
+func (s *Store) PutFTStatus(ctx context.Context, vm string, st *ft.Status) error {
+	return s.c.call(ctx, http.MethodPut, FTPath(s.c.host, vm, "status"), st, nil)
 }
 
 var _ store.HostWriter = (*Store)(nil)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -300,6 +301,7 @@ func (l *Lab) down(ctx context.Context) error {
 	for _, sub := range []string{"storage", "etcd"} {
 		_ = os.RemoveAll(filepath.Join(l.dir, sub))
 	}
+	_ = os.RemoveAll(l.ftRoot())
 	entries, _ := os.ReadDir(l.dir)
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), "host") && e.IsDir() {
@@ -307,6 +309,14 @@ func (l *Lab) down(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ftRoot is where the lab's hosts keep FT memory files: a tmpfs, as on a
+// real host, named for the lab's directory.
+func (l *Lab) ftRoot() string {
+	h := fnv.New32a()
+	h.Write([]byte(l.dir))
+	return fmt.Sprintf("/dev/shm/vigil-lab-%08x", h.Sum32())
 }
 
 func (l *Lab) save() error {
@@ -528,6 +538,7 @@ func (l *Lab) hostConfig(k int, hostCgroup string) map[string]any {
 		"shared-datastore":     []string{"shared=" + l.storageURL()},
 		"replicated-datastore": "replicated=" + filepath.Join(l.dir, host, "datastores", "replicated"),
 		"boot-id-file":         l.bootIDPath(host),
+		"ft-dir":               filepath.Join(l.ftRoot(), host),
 		"host-cgroup":          hostCgroup,
 		// Each VM's cgroup nests below its lab host's (freezer and
 		// accounting), so that the host's faults and load cover its VMs

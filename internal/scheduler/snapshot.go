@@ -57,6 +57,13 @@ func Hosts(snap *store.Snapshot, exclude string) []Host {
 		h.Used.CPUs += d.CPUs
 		h.Used.Memory += d.Memory
 		h.VMs = append(h.VMs, name)
+		// An FT VM's secondary holds its memory on its host, as vSphere
+		// counts it (its vCPUs idle there).
+		if p := snap.FTPair(name); p != nil && p.Secondary != "" {
+			if t, ok := byName[p.Secondary]; ok && t != h {
+				t.Used.Memory += d.Memory
+			}
+		}
 		// A VM migrating holds room on its target too, and counts there for
 		// rules, until the migration ends.
 		if m := snap.Migrations[name]; m.Active() && m.Plan.Target != "" {

@@ -57,6 +57,9 @@ type VMSpec struct {
 	// start.
 	HotplugDevices bool `yaml:"hotplugDevices" json:"hotplugDevices,omitempty"`
 	HA             HA   `yaml:"ha" json:"ha"`
+	// FT gives the VM a live secondary on another host that takes over
+	// from the last checkpoint, with no restart (docs/ft.md).
+	FT FT `yaml:"ft" json:"ft,omitzero"`
 	// Accel forces the accelerator for this VM: "kvm" or "tcg". Empty or
 	// "auto" uses the host's choice (KVM only where a real guest boots).
 	Accel string `yaml:"accel" json:"accel,omitempty"`
@@ -119,6 +122,12 @@ type HA struct {
 	// RestartAfter names VMs that must be running before this one restarts.
 	RestartAfter []string   `yaml:"restartAfter" json:"restartAfter,omitempty"`
 	Monitoring   Monitoring `yaml:"monitoring" json:"monitoring"`
+}
+
+// FT is the VM's fault-tolerance setting, after vSphere FT: a secondary
+// kept at the primary's last checkpoint.
+type FT struct {
+	Enabled bool `yaml:"enabled" json:"enabled,omitempty"`
 }
 
 // Monitoring is VM and guest monitoring: QEMU crashes and guest heartbeats.

@@ -85,6 +85,7 @@ func (v *VM) Validate() FieldErrors {
 	validateDisks(s, add)
 	validateNICs(s, add)
 	validateHA(v, add)
+	validateFT(s, add)
 	switch s.Accel {
 	case "", "auto", "kvm", "tcg":
 	default:
@@ -244,5 +245,21 @@ func validateHA(v *VM, add func(string, string, ...any)) {
 	}
 	if w := m.FailureWindow.D(); w < time.Minute || w > 7*24*time.Hour {
 		add("spec.ha.monitoring.failureWindow", "must be between 1m and 168h, got %s", w)
+	}
+}
+
+// validateFT refuses what a checkpointed secondary cannot follow: memory
+// that grows while the VM runs (the secondary's copy of the RAM is one file
+// of the boot size) and devices added live (the secondary's instance is
+// started with the devices of the spec).
+func validateFT(s *VMSpec, add func(string, string, ...any)) {
+	if !s.FT.Enabled {
+		return
+	}
+	if s.MaxMemory != 0 && s.MaxMemory != s.Memory {
+		add("spec.ft", "an FT VM cannot have room to grow its memory (spec.maxMemory): its secondary keeps a copy of the boot memory only")
+	}
+	if s.HotplugDevices {
+		add("spec.ft", "an FT VM cannot take devices live (spec.hotplugDevices)")
 	}
 }

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"log/slog"
+
+	"github.com/vigilha/vigil/internal/protocol/ft"
 )
 
 // The seams between the store and its users. The etcd Store implements
@@ -41,6 +43,9 @@ type Writer interface {
 	// of a peer).
 	GetReplicaSet(ctx context.Context, vm string) (*ReplicaSet, error)
 	CASReplicaSet(ctx context.Context, vm string, rev int64, next *ReplicaSet) (*ReplicaSet, error)
+	// CASFTPair compare-and-swaps a VM's FT pair record (the choice of a
+	// secondary).
+	CASFTPair(ctx context.Context, vm string, rev int64, next *ft.Pair) (*ft.Pair, error)
 }
 
 // HostWriter is what a host's agent writes.

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vigilha/vigil/internal/protocol/ft"
 )
 
 // Key layout. State lives under stateRoot so that one range read returns
@@ -191,6 +193,11 @@ type Snapshot struct {
 	Migrations map[string]*MigrationState
 	// Replicas maps VM -> where the copies of its replicated disks are.
 	Replicas map[string]*ReplicaSet
+	// FT maps VM -> its FT pair record (the authority over which host
+	// runs it and which keeps its secondary); FTStatus maps VM -> its
+	// primary's report on its protection.
+	FT       map[string]*ft.Pair
+	FTStatus map[string]*ft.Status
 }
 
 // ReplicatedDatastore reports whether the datastore keeps a synchronous
@@ -258,6 +265,8 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 		Requests:    map[string]string{},
 		Migrations:  map[string]*MigrationState{},
 		Replicas:    map[string]*ReplicaSet{},
+		FT:          map[string]*ft.Pair{},
+		FTStatus:    map[string]*ft.Status{},
 	}
 	vm := func(name string) *VMState {
 		v := snap.VMs[name]
@@ -297,6 +306,8 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 			var f Fence
 			err = json.Unmarshal(kv.Value, &f)
 			snap.Fences[strings.TrimPrefix(k, fencesPfx)] = &f
+		case strings.HasPrefix(k, ftPairPfx) || strings.HasPrefix(k, ftStatusPfx):
+			_, err = snap.decodeFT(k, kv.Value, kv.ModRevision)
 		case strings.HasPrefix(k, replicasPfx):
 			var rs ReplicaSet
 			err = json.Unmarshal(kv.Value, &rs)
@@ -496,7 +507,7 @@ func (s *Store) DeleteVM(ctx context.Context, rec *VMRecord, rev int64) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
 	name := rec.Name()
-	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name), clientv3.OpDelete(migPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(replicasPfx + name)}
+	ops := []clientv3.Op{clientv3.OpDelete(vmsPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(fencesPfx + name), clientv3.OpDelete(requestsPfx + name), clientv3.OpDelete(migPfx+name+"/", clientv3.WithPrefix()), clientv3.OpDelete(replicasPfx + name), clientv3.OpDelete(ftPairPfx + name), clientv3.OpDelete(ftStatusPfx + name)}
 	for _, n := range rec.NICs {
 		ops = append(ops, clientv3.OpDelete(ipamKey(n.Network, n.IP)))
 	}

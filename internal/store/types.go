@@ -205,10 +205,13 @@ type Resources struct {
 
 // Host is what an agent registers about its host.
 type Host struct {
-	Name         string       `json:"name"`
-	AgentURL     string       `json:"agentURL,omitempty"`
-	MgmtIP       string       `json:"mgmtIP,omitempty"`
-	StorageIP    string       `json:"storageIP,omitempty"`
+	Name      string `json:"name"`
+	AgentURL  string `json:"agentURL,omitempty"`
+	MgmtIP    string `json:"mgmtIP,omitempty"`
+	StorageIP string `json:"storageIP,omitempty"`
+	// FTAddr is where the host's agent takes FT checkpoint streams
+	// (ip:port, on the storage network).
+	FTAddr       string       `json:"ftAddr,omitempty"`
 	Capacity     Resources    `json:"capacity"`
 	Capabilities Capabilities `json:"capabilities"`
 	Datastores   []string     `json:"datastores,omitempty"`

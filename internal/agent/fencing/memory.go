@@ -72,7 +72,8 @@ func (m *Memory) Learn(snap *store.Snapshot, self string) bool {
 		}
 		// Desired power is left out on purpose: an operator may start a VM
 		// again while this host hangs, and HA would then restart it.
-		restartable := s.HA.Enabled && s.HA.Priority != spec.PriorityDisabled && shared
+		// An FT VM runs on elsewhere too: its secondary takes over.
+		restartable := s.HA.Enabled && s.HA.Priority != spec.PriorityDisabled && shared || s.FT.Enabled
 		policy[name] = Policy{HA: s.HA.Enabled, LeaveRunning: s.HA.IsolationResponse == spec.IsolationLeaveRunning,
 			Restartable: restartable, Datastores: dss}
 	}

@@ -69,6 +69,27 @@ type VM struct {
 	// Running is the size the running instance has, which differs from
 	// the spec's while a change waits for the next start.
 	Running *Shape `json:"running,omitempty"`
+	// FT is the VM's fault-tolerance protection (FT VMs only).
+	FT *FT `json:"ft,omitempty"`
+}
+
+// FT is an FT VM's protection: State is Seeding, Protected, Lagging or
+// Unprotected (docs/ft.md).
+type FT struct {
+	State         string `json:"state"`
+	SecondaryHost string `json:"secondaryHost,omitempty"`
+	// Generation is the pair record's: it changes with every change of
+	// secondary and every takeover.
+	Generation int64 `json:"generation"`
+	// Epoch is the last checkpoint the secondary acknowledged;
+	// LastCheckpointMs the guest's pause for it.
+	Epoch            uint64  `json:"epoch"`
+	LastCheckpointMs float64 `json:"lastCheckpointMs"`
+	PauseP99Ms       float64 `json:"pauseP99Ms,omitempty"`
+	EpochsPerSecond  float64 `json:"epochsPerSecond,omitempty"`
+	// SeedPercent is the first full copy's progress while Seeding.
+	SeedPercent float64 `json:"seedPercent,omitempty"`
+	Message     string  `json:"message,omitempty"`
 }
 
 // Shape is a running instance's size: vCPUs and memory (bytes) now, and

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	pft "github.com/vigilha/vigil/internal/protocol/ft"
 	"log/slog"
 	"slices"
 	"strings"
@@ -222,6 +223,12 @@ func (c *Controller) reconcileVM(ctx context.Context, p *pass, v *store.VMState)
 
 	switch {
 	case !registered:
+		return nil
+	case hostDown && ftCovers(p.snap, v, c.now().Sub(downSince)):
+		// Its FT secondary takes over: HA acts only when both sides are
+		// gone (docs/ft.md).
+		c.sayOnce(ctx, "vm:"+name, "ft", store.Event{Type: "ft.waiting", VM: name, Host: pl.Host,
+			Message: fmt.Sprintf("host %s is down; the VM's FT secondary on %s takes over", pl.Host, p.snap.FTPair(name).Secondary)})
 		return nil
 	case hostDown:
 		if !restartable {
@@ -646,4 +653,23 @@ func (c *Controller) waitingFor(snap *store.Snapshot, v *store.VMState, now time
 		}
 	}
 	return ""
+}
+
+// ftTakeoverBound is how long HA leaves a VM whose host is down to its FT
+// secondary; a takeover takes about a second.
+const ftTakeoverBound = 30 * time.Second
+
+// ftCovers reports whether an FT secondary is there to take the VM over:
+// a pair whose primary is the VM's host, whose secondary's host is alive,
+// and whose primary last reported the secondary protecting it.
+func ftCovers(snap *store.Snapshot, v *store.VMState, down time.Duration) bool {
+	p := snap.FTPair(v.Record.Name())
+	if p == nil || p.Primary != v.Placement.Host || p.Secondary == "" || down > ftTakeoverBound {
+		return false
+	}
+	if _, alive := snap.Alive[p.Secondary]; !alive {
+		return false
+	}
+	st := snap.FTStatus[v.Record.Name()]
+	return st != nil && st.Generation == p.Generation && (st.State == pft.Protected || st.State == pft.Lagging)
 }

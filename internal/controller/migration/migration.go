@@ -88,6 +88,11 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 
 // Target chooses a migration target for a VM, or explains why none fits.
 func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
+	if v.Record.VM.Spec.FT.Enabled {
+		// Its secondary holds a copy of its memory and disks on another
+		// host; moving the primary means turning FT off first (docs/ft.md).
+		return "", fmt.Errorf("%s is an FT VM: live migration of either side of an FT pair is not supported; `vigil vm ft disable %s`, migrate, then enable FT again (or `vigil ft test-failover %s` to move it to its secondary's host)", v.Record.Name(), v.Record.Name(), v.Record.Name())
+	}
 	req := scheduler.RequestFor(snap, v)
 	req.Pinned = ""
 	req.Avoid = []string{v.Placement.Host}

@@ -65,9 +65,20 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths, tls bool) ([]
 	if cfg.Name == "" {
 		return nil, fmt.Errorf("vm config without a name")
 	}
+	machine := "q35"
+	if cfg.FT != nil {
+		if cfg.MemoryHotplug() {
+			return nil, fmt.Errorf("%s: an FT VM cannot have room to grow its memory", cfg.Name)
+		}
+		// The RAM in a named shared file: the agent reads the pages a
+		// checkpoint copies from it, and a device-state save with
+		// x-ignore-shared leaves it out. No vmdesc: it would be sent at
+		// every checkpoint for nothing.
+		machine += ",memory-backend=" + ftRAMID + ",suppress-vmdesc=on"
+	}
 	a := []string{
 		"-name", cfg.Name,
-		"-machine", "q35",
+		"-machine", machine,
 		"-accel", accel,
 		"-m", memoryOpt(cfg),
 		"-smp", smp(cfg),
@@ -92,6 +103,9 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths, tls bool) ([]
 	}
 	if accel == "kvm" {
 		a = append(a, "-cpu", "host")
+	}
+	if cfg.FT != nil {
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=on", ftRAMID, cfg.MemoryMiB, escapeOpt(cfg.FT.RAM)))
 	}
 	if cfg.MemoryHotplug() {
 		// The room to grow is a virtio-mem device over a RAM backend of
@@ -138,6 +152,9 @@ func buildArgs(cfg *driver.VMConfig, accel string, p runtimePaths, tls bool) ([]
 			"-netdev", fmt.Sprintf("tap,id=%s,fd=%d,vhost=off", netdevID(i), firstTapFD+i),
 			"-device", nicDevice(i, n.MAC)+onPort(cfg.Layout, nicPort(i)),
 		)
+	}
+	if cfg.FT != nil {
+		a = append(a, outputRuleArgs(len(cfg.NICs))...)
 	}
 	if cfg.Incoming != "" {
 		a = append(a, "-incoming", cfg.Incoming, "-S")

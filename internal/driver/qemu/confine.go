@@ -142,6 +142,9 @@ func (d *Driver) jailSpec(cfg *driver.VMConfig, p runtimePaths) jail.Spec {
 	for _, root := range d.cfg.DiskRoots {
 		s.RW = append(s.RW, filepath.Join(root, cfg.Name))
 	}
+	if cfg.FT != nil {
+		s.RW = append(s.RW, cfg.FT.Dir)
+	}
 	for _, dk := range cfg.Disks {
 		if dk.Path != "" {
 			s.RWFiles = append(s.RWFiles, dk.Path)
@@ -233,6 +236,16 @@ func (d *Driver) prepareFiles(cfg *driver.VMConfig, p runtimePaths) error {
 	for _, dk := range cfg.Disks {
 		if dk.Path != "" {
 			if err := own(dk.Path); err != nil {
+				return err
+			}
+		}
+	}
+	if ft := cfg.FT; ft != nil {
+		if err := u.Reach(filepath.Dir(ft.Dir), ft.Dir); err != nil {
+			return err
+		}
+		for _, f := range []string{ft.Dir, ft.RAM} {
+			if err := own(f); err != nil {
 				return err
 			}
 		}

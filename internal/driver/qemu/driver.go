@@ -260,6 +260,18 @@ func (d *Driver) launch(ctx context.Context, cfg *driver.VMConfig) (*instance, e
 	for _, f := range []string{p.QMP, p.Heartbeat, p.Pidfile, p.Shutdown} {
 		_ = os.Remove(f)
 	}
+	if ft := cfg.FT; ft != nil {
+		if err := os.MkdirAll(ft.Dir, 0o750); err != nil {
+			return nil, fmt.Errorf("start %s: FT directory: %w", cfg.Name, err)
+		}
+		if cfg.Incoming == "" {
+			// A fresh boot gets fresh memory: QEMU would map what an
+			// earlier instance left in the file.
+			if err := os.Remove(ft.RAM); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("start %s: %w", cfg.Name, err)
+			}
+		}
+	}
 	rotate(p.Console, 4<<20)
 	rotate(p.Log, 1<<20)
 	args, err := buildArgs(cfg, accel, p, d.cfg.Streams != nil)

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/store"
 )
 
@@ -28,6 +29,7 @@ type Store struct {
 	termEnded  bool
 	watchers   []chan struct{}
 	replicaRev map[string]int64
+	ftRev      map[string]int64
 	// Now stamps events that carry no time (default time.Now).
 	Now func() time.Time
 }
@@ -40,7 +42,8 @@ func New() *Store {
 		Maintenance: map[string]bool{}, Rules: map[string]*store.Rule{}, Fences: map[string]*store.Fence{},
 		Storage: map[string]*store.StorageState{}, Config: store.DefaultClusterConfig(), Requests: map[string]string{},
 		Migrations: map[string]*store.MigrationState{}, Replicas: map[string]*store.ReplicaSet{},
-	}, replicaRev: map[string]int64{}}
+		FT: map[string]*ft.Pair{}, FTStatus: map[string]*ft.Status{},
+	}, replicaRev: map[string]int64{}, ftRev: map[string]int64{}}
 }
 
 var (
@@ -76,6 +79,9 @@ func (m *Store) Snapshot(context.Context) (*store.Snapshot, error) {
 	}
 	for vm, rs := range out.Replicas {
 		rs.Rev = m.replicaRev[vm] // not in the JSON, as in etcd's
+	}
+	for vm, p := range out.FT {
+		p.Rev = m.ftRev[vm]
 	}
 	return out, nil
 }
@@ -179,6 +185,9 @@ func (m *Store) DeleteVM(_ context.Context, rec *store.VMRecord, rev int64) erro
 	delete(m.s.Migrations, name)
 	delete(m.s.Replicas, name)
 	delete(m.replicaRev, name)
+	delete(m.s.FT, name)
+	delete(m.s.FTStatus, name)
+	delete(m.ftRev, name)
 	for _, n := range rec.NICs {
 		delete(m.s.IPAM[n.Network], n.IP)
 	}
@@ -227,6 +236,24 @@ func (m *Store) CASReplicaSet(_ context.Context, vm string, rev int64, next *sto
 	out := next.Clone()
 	out.Rev = m.replicaRev[vm]
 	return out, nil
+}
+
+// CASFTPair compare-and-swaps a VM's FT pair record.
+func (m *Store) CASFTPair(_ context.Context, vm string, rev int64, next *ft.Pair) (*ft.Pair, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.guard("FT pair of " + vm); err != nil {
+		return nil, err
+	}
+	if m.ftRev[vm] != rev {
+		return nil, fmt.Errorf("FT pair of %s: %w", vm, store.ErrConflict)
+	}
+	p := *next
+	m.s.FT[vm] = &p
+	m.ftRev[vm] = m.changed()
+	out := *next
+	out.Rev = m.ftRev[vm]
+	return &out, nil
 }
 
 // DeleteRequest removes a VM's pending request.

@@ -1,0 +1,320 @@
+package ft
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/vigilha/vigil/internal/checkpoint"
+	"github.com/vigilha/vigil/internal/hostwrite"
+	pft "github.com/vigilha/vigil/internal/protocol/ft"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// primary is the checkpoint engine of one VM of this host, for one
+// generation of its pair.
+type primary struct {
+	r      *Reconciler
+	vm     string
+	uid    string
+	gen    int64
+	pair   pft.Pair
+	addr   string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (r *Reconciler) newPrimary(ctx context.Context, v *store.VMState, pair pft.Pair, addr string) *primary {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &primary{r: r, vm: v.Record.Name(), uid: v.Record.UID(), gen: pair.Generation, pair: pair, addr: addr, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.run(ctx, v)
+	}()
+	return p
+}
+
+// stop ends the engine (the pair moved on, or the VM left): the stream
+// ends with Bye, so the secondary does not take it for the primary's loss.
+func (p *primary) stop() { p.cancel() }
+
+func (p *primary) run(ctx context.Context, v *store.VMState) {
+	log := p.r.log.With("vm", p.vm, "generation", p.gen, "secondary", p.pair.Secondary)
+	err := p.protect(ctx, v)
+	if ctx.Err() != nil {
+		// Stopped on purpose: the pair record moved on (a new secondary,
+		// protection off) or the VM left this host. If the record still
+		// names this host the primary, no secondary of the old generation
+		// can take over any more: the output may flow until the next
+		// engine starts holding it.
+		if pair, gerr := p.r.w.GetFTPair(context.WithoutCancel(ctx), p.vm); gerr == nil && pair.Primary == p.r.cfg.Host && pair.Generation != p.gen {
+			_ = p.r.cp.Protect(context.WithoutCancel(ctx), p.vm, false)
+		}
+		return
+	}
+	log.Warn("ft: checkpoint stream to the secondary lost", "err", err)
+	p.stepDownOrDrop(context.WithoutCancel(ctx), err)
+}
+
+// stepDownOrDrop follows the loss of the secondary: the primary runs on
+// unprotected only if it wins ft.Drop; if the secondary took over instead,
+// this instance must not run a moment longer.
+func (p *primary) stepDownOrDrop(ctx context.Context, cause error) {
+	for attempt := 0; ; attempt++ {
+		pair, err := p.r.w.GetFTPair(ctx, p.vm)
+		if err == nil && pair.Generation == p.gen && pair.Primary == p.r.cfg.Host {
+			err = p.r.w.FTDrop(ctx, p.vm, hostwrite.FTChange{Rev: pair.Rev, Generation: p.gen})
+			if err == nil {
+				if perr := p.r.cp.Protect(ctx, p.vm, false); perr != nil {
+					p.r.log.Error("ft: cannot let the output out after dropping the secondary", "vm", p.vm, "err", perr)
+				}
+				p.r.host.Event(ctx, EvStepDown, p.vm, fmt.Sprintf("FT: lost secondary %s (%v); running unprotected until a new secondary is seeded", p.pair.Secondary, cause))
+				p.report(ctx, &pft.Status{Generation: p.gen + 1, State: pft.Unprotected, Message: "secondary " + p.pair.Secondary + " lost"})
+				p.r.host.Trigger()
+				return
+			}
+		}
+		if err == nil || errors.Is(err, store.ErrConflict) {
+			pair, gerr := p.r.w.GetFTPair(ctx, p.vm)
+			if gerr == nil && pair.Primary != p.r.cfg.Host {
+				// The secondary won: it runs the VM now. This copy's held
+				// output never leaves; the copy itself goes at once.
+				if kerr := p.r.drv.Kill(ctx, p.vm); kerr != nil {
+					p.r.log.Error("ft: cannot kill the primary after the secondary took over", "vm", p.vm, "err", kerr)
+				}
+				p.r.host.Event(ctx, store.EvVMKilled, p.vm, fmt.Sprintf("FT: %s took over (generation %d); killed the old primary", pair.Primary, pair.Generation))
+				p.r.host.Trigger()
+				return
+			}
+			if gerr == nil && pair.Generation != p.gen {
+				p.r.host.Trigger() // a new generation with this host as primary: a new engine starts
+				return
+			}
+		}
+		// The arbiter cannot be reached: stay held (no output), ask again.
+		p.r.log.Warn("ft: cannot settle the loss of the secondary yet; the VM's output stays held", "vm", p.vm, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// conn is a stream whose every read and write must progress within the
+// timeout.
+type conn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *conn) Read(b []byte) (int, error) {
+	_ = c.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(b)
+}
+
+func (c *conn) Write(b []byte) (int, error) {
+	_ = c.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(b)
+}
+
+// protect runs checkpoints until the stream fails or ctx ends.
+func (p *primary) protect(ctx context.Context, v *store.VMState) error {
+	dir := p.r.host.Dir(p.vm)
+	ram := filepath.Join(dir, "ram")
+	disks, err := p.r.host.DiskPaths(v.Record)
+	if err != nil {
+		return err
+	}
+	d := net.Dialer{Timeout: p.r.cfg.FailAfter}
+	raw, err := d.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return fmt.Errorf("dial the secondary %s at %s: %w", p.pair.Secondary, p.addr, err)
+	}
+	if p.r.cfg.ClientTLS != nil {
+		tc := p.r.cfg.ClientTLS.Clone()
+		tc.ServerName = p.pair.Secondary
+		raw = tls.Client(raw, tc)
+	}
+	c := &conn{Conn: raw, timeout: p.r.cfg.FailAfter}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() {
+		// Stopped on purpose: say so, so that the secondary does not take
+		// the end of the stream for the loss of the primary.
+		bw := bufio.NewWriter(c)
+		_ = pft.WriteBye(bw)
+		c.Close()
+	})
+	defer stop()
+	bw, br := bufio.NewWriterSize(c, 1<<20), bufio.NewReaderSize(c, 64<<10)
+
+	tracker, err := trackerFor(ram)
+	if err != nil {
+		return err
+	}
+	src, err := checkpoint.OpenSource(ram, tracker, disks)
+	if err != nil {
+		tracker.Close()
+		return err
+	}
+	defer src.Close()
+	if err := pft.WriteHello(bw, pft.Hello{VM: p.vm, UID: p.uid, From: p.r.cfg.Host, Generation: p.gen, RAMBytes: src.RAMBytes(), Disks: len(disks)}); err != nil {
+		return fmt.Errorf("hello: %w", err)
+	}
+	if err := pft.ReadReply(br); err != nil {
+		return err
+	}
+	p.report(ctx, &pft.Status{Generation: p.gen, State: pft.Seeding, SeedTotal: src.RAMBytes(), Message: "copying the VM to " + p.pair.Secondary})
+	p.r.host.Event(ctx, EvSeeding, p.vm, fmt.Sprintf("FT: seeding the secondary on %s (generation %d)", p.pair.Secondary, p.gen))
+	// Pre-passes while the guest runs and its output flows: the whole
+	// memory, then what changed meanwhile. The first checkpoint then
+	// stops the guest only for what changed since (ARCHITECTURE.md §8).
+	c.timeout = max(p.r.cfg.FailAfter, 60*time.Second)
+	for pass := range prePasses {
+		e := &pft.Epoch{}
+		if err := src.PrePass(e); err != nil {
+			return err
+		}
+		if err := pft.WriteEpoch(bw, e); err != nil {
+			return fmt.Errorf("send pre-pass %d: %w", pass+1, err)
+		}
+		if _, err := pft.ReadAck(br); err != nil {
+			return fmt.Errorf("acknowledgement of pre-pass %d: %w", pass+1, err)
+		}
+		p.report(ctx, &pft.Status{Generation: p.gen, State: pft.Seeding, SeedTotal: src.RAMBytes(), SeedDone: src.RAMBytes() * int64(pass+1) / prePasses,
+			Message: fmt.Sprintf("copying the VM to %s: pass %d of %d (%d pages)", p.pair.Secondary, pass+1, prePasses, len(e.Pages))})
+	}
+	// From here the guest's output is held until the secondary has the
+	// checkpoint after it.
+	if err := p.r.cp.Protect(ctx, p.vm, true); err != nil {
+		return err
+	}
+	devPath := filepath.Join(dir, "dev")
+	var (
+		recent     []sample
+		lastReport time.Time
+		lagging    int
+		state      = pft.Seeding
+	)
+	for n := uint64(1); ; n++ {
+		start := time.Now()
+		e := &pft.Epoch{N: n}
+		st, err := p.r.cp.Checkpoint(ctx, p.vm, devPath, func() error { return src.Collect(e) })
+		if err != nil {
+			return err
+		}
+		if e.Devices, err = os.ReadFile(devPath); err != nil {
+			return fmt.Errorf("read the device state: %w", err)
+		}
+		if err := pft.WriteEpoch(bw, e); err != nil {
+			return fmt.Errorf("send checkpoint %d: %w", n, err)
+		}
+		ack, err := pft.ReadAck(br)
+		if err != nil {
+			return fmt.Errorf("acknowledgement of checkpoint %d: %w", n, err)
+		}
+		if ack != n {
+			return fmt.Errorf("acknowledgement of checkpoint %d for %d", n, ack)
+		}
+		c.timeout = p.r.cfg.FailAfter
+		if err := p.r.cp.Release(ctx, p.vm); err != nil {
+			return err
+		}
+		took := time.Since(start)
+		recent = append(recent, sample{at: start, pause: st.Pause})
+		if took > 3*p.r.cfg.Interval {
+			lagging++
+		} else {
+			lagging = 0
+		}
+		next := pft.Protected
+		if lagging >= 10 {
+			next = pft.Lagging
+		}
+		if next != state {
+			if state == pft.Seeding {
+				p.r.host.Event(ctx, EvProtected, p.vm, fmt.Sprintf("FT: protected by %s (first checkpoint: %d pages, guest paused %s)", p.pair.Secondary, len(e.Pages), st.Pause.Round(time.Millisecond)))
+			}
+			state = next
+			lastReport = time.Time{}
+		}
+		if time.Since(lastReport) >= statusEvery {
+			lastReport = time.Now()
+			recent = trim(recent, time.Now().Add(-statsWindow))
+			p.report(ctx, statusOf(p.gen, state, n, st.Pause, recent))
+		}
+		if wait := p.r.cfg.Interval - time.Since(start); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+	}
+}
+
+// prePasses is how many copies of the memory go before the first
+// checkpoint.
+const prePasses = 2
+
+// sample is one checkpoint, for the primary's figures.
+type sample struct {
+	at    time.Time
+	pause time.Duration
+}
+
+// statsWindow is the span of the reported pause percentile and rate.
+const statsWindow = 30 * time.Second
+
+// trim drops the samples before since.
+func trim(s []sample, since time.Time) []sample {
+	i := 0
+	for i < len(s) && s[i].at.Before(since) {
+		i++
+	}
+	return slices.Clone(s[i:])
+}
+
+// statusOf is the primary's report after checkpoint n, whose pause was
+// last, with the checkpoints of the last statsWindow.
+func statusOf(gen int64, state pft.State, n uint64, last time.Duration, recent []sample) *pft.Status {
+	st := &pft.Status{Generation: gen, State: state, Epoch: n, LastCheckpointMS: ms(last)}
+	if len(recent) == 0 {
+		return st
+	}
+	pauses := make([]time.Duration, len(recent))
+	for i, s := range recent {
+		pauses[i] = s.pause
+	}
+	slices.Sort(pauses)
+	st.PauseP99MS = ms(pauses[min(len(pauses)-1, len(pauses)*99/100)])
+	if span := time.Since(recent[0].at); span > 0 {
+		st.EpochsPerSecond = float64(len(recent)) / span.Seconds()
+	}
+	return st
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// report writes the primary's status in the background: a slow member
+// must not slow the checkpoints.
+func (p *primary) report(ctx context.Context, st *pft.Status) {
+	st.Secondary, st.UpdatedAt = p.pair.Secondary, time.Now()
+	if st.Generation == 0 {
+		st.Generation = p.gen
+	}
+	go func() {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := p.r.w.PutFTStatus(wctx, p.vm, st); err != nil {
+			p.r.log.Debug("ft: status not written", "vm", p.vm, "err", err)
+		}
+	}()
+}

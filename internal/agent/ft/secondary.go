@@ -1,0 +1,332 @@
+package ft
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vigilha/vigil/internal/checkpoint"
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/hostwrite"
+	"github.com/vigilha/vigil/internal/pki"
+	pft "github.com/vigilha/vigil/internal/protocol/ft"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// secondary is this host's copy of one VM, fed by its primary's stream.
+type secondary struct {
+	hello pft.Hello
+	c     net.Conn
+	// dropped says why the copy is no longer wanted (the pair moved on):
+	// the end of the stream is then no reason to take over.
+	mu      sync.Mutex
+	dropped string
+}
+
+// drop ends the stream and forgets the copy.
+func (s *secondary) drop(why string) {
+	s.mu.Lock()
+	if s.dropped == "" {
+		s.dropped = why
+	}
+	s.mu.Unlock()
+	s.c.Close()
+}
+
+func (s *secondary) droppedWhy() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
+
+// serve takes one checkpoint stream.
+func (r *Reconciler) serve(ctx context.Context, raw net.Conn) {
+	defer raw.Close()
+	from := ""
+	if r.cfg.ServerTLS != nil {
+		tc := tls.Server(raw, r.cfg.ServerTLS)
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			r.log.Warn("ft: stream refused: TLS", "remote", raw.RemoteAddr(), "err", err)
+			return
+		}
+		cs := tc.ConnectionState()
+		from = pki.PeerHost(&cs)
+		raw = tc
+	}
+	// Until the first checkpoint (the whole VM) has arrived, the primary
+	// may be slow; from then on it sends one every Interval.
+	c := &conn{Conn: raw, timeout: max(r.cfg.FailAfter, 60*time.Second)}
+	bw, br := bufio.NewWriterSize(c, 64<<10), bufio.NewReaderSize(c, 1<<20)
+	h, err := pft.ReadHello(br)
+	if err != nil {
+		r.log.Warn("ft: stream refused", "remote", raw.RemoteAddr(), "err", err)
+		return
+	}
+	log := r.log.With("vm", h.VM, "generation", h.Generation, "primary", h.From)
+	refusal := r.accepts(h, from, r.host.LastSnapshot().FTPair(h.VM))
+	if refusal != "" {
+		// This host's last read may be older than the primary's: ask the
+		// store itself before refusing.
+		if pair, err := r.w.GetFTPair(ctx, h.VM); err == nil {
+			refusal = r.accepts(h, from, pair)
+		}
+	}
+	if refusal != "" {
+		log.Warn("ft: stream refused", "why", refusal)
+		_ = pft.WriteReply(bw, refusal)
+		return
+	}
+	s := &secondary{hello: h, c: raw}
+	r.mu.Lock()
+	if old := r.secondaries[h.VM]; old != nil {
+		old.drop("a newer stream arrived")
+	}
+	r.secondaries[h.VM] = s
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		if r.secondaries[h.VM] == s {
+			delete(r.secondaries, h.VM)
+		}
+		r.mu.Unlock()
+	}()
+	rep, paths, err := r.newReplica(ctx, h)
+	if err != nil {
+		log.Error("ft: cannot make the copy", "err", err)
+		_ = pft.WriteReply(bw, err.Error())
+		return
+	}
+	defer rep.Close()
+	if err := pft.WriteReply(bw, ""); err != nil {
+		return
+	}
+	log.Info("ft: secondary receiving checkpoints")
+	err = r.receive(br, bw, h, rep, c)
+	switch why := s.droppedWhy(); {
+	case errors.Is(err, pft.ErrBye):
+		log.Info("ft: the primary ended the stream")
+	case why != "":
+		log.Info("ft: copy dropped", "why", why)
+	case ctx.Err() != nil:
+	case rep.Committed() == 0:
+		log.Warn("ft: primary lost before the first checkpoint; nothing to take over from", "err", err)
+		r.host.Event(ctx, EvFailed, h.VM, fmt.Sprintf("FT: primary %s lost while seeding this host's copy (%v); the secondary cannot take over", h.From, err))
+	default:
+		log.Warn("ft: primary lost; taking over", "err", err, "checkpoint", rep.Committed())
+		r.host.Event(ctx, EvLostPrimary, h.VM, fmt.Sprintf("FT: the checkpoint stream from %s ended (%v) after checkpoint %d; taking over", h.From, err, rep.Committed()))
+		rep.Close()
+		r.takeOver(ctx, h, paths, rep.Committed())
+	}
+}
+
+// receive applies checkpoints until the stream ends.
+func (r *Reconciler) receive(br *bufio.Reader, bw *bufio.Writer, h pft.Hello, rep *checkpoint.Replica, c *conn) error {
+	for {
+		e, err := pft.ReadEpoch(br, h)
+		if err != nil {
+			return err
+		}
+		if err := rep.Apply(e); err != nil {
+			return err
+		}
+		if err := pft.WriteAck(bw, e.N); err != nil {
+			return err
+		}
+		if e.N >= 1 {
+			// The pre-passes may take long; after the first checkpoint,
+			// the primary checkpoints every Interval.
+			c.timeout = r.cfg.FailAfter
+		}
+	}
+}
+
+// accepts checks a Hello against a pair record.
+func (r *Reconciler) accepts(h pft.Hello, from string, pair *pft.Pair) string {
+	switch {
+	case pair == nil:
+		return fmt.Sprintf("%s has no FT pair record here", h.VM)
+	case pair.UID != h.UID:
+		return fmt.Sprintf("%s: the stream is for another VM of that name", h.VM)
+	case pair.Secondary != r.cfg.Host || pair.Generation != h.Generation:
+		return fmt.Sprintf("%s: this host is not its secondary in generation %d (record: primary %s, secondary %q, generation %d)", h.VM, h.Generation, pair.Primary, pair.Secondary, pair.Generation)
+	case pair.Primary != h.From:
+		return fmt.Sprintf("%s: its primary is %s, not %s", h.VM, pair.Primary, h.From)
+	case from != "" && from != h.From:
+		return fmt.Sprintf("the stream's certificate is host %s's, not %s's", from, h.From)
+	}
+	return ""
+}
+
+// replicaPaths are where a secondary keeps its copy: the RAM and device
+// state in the VM's FT directory, each disk beside where the disk would be
+// on this host (the same file system: a takeover renames it into place).
+type replicaPaths struct {
+	dir, ram, dev string
+	disks, final  []string
+}
+
+func (r *Reconciler) newReplica(ctx context.Context, h pft.Hello) (*checkpoint.Replica, replicaPaths, error) {
+	v, err := r.w.VM(ctx, h.VM)
+	if err != nil {
+		return nil, replicaPaths{}, err
+	}
+	final, err := r.host.DiskPaths(v.Record)
+	if err != nil {
+		return nil, replicaPaths{}, err
+	}
+	if len(final) != h.Disks {
+		return nil, replicaPaths{}, fmt.Errorf("%s has %d disks here, the primary sends %d", h.VM, len(final), h.Disks)
+	}
+	p := replicaPaths{dir: r.host.Dir(h.VM), final: final}
+	p.ram, p.dev = filepath.Join(p.dir, "ram"), filepath.Join(p.dir, "dev")
+	for _, f := range final {
+		p.disks = append(p.disks, f+".ft")
+		if err := os.MkdirAll(filepath.Dir(f), 0o750); err != nil {
+			return nil, p, err
+		}
+	}
+	if err := os.MkdirAll(p.dir, 0o750); err != nil {
+		return nil, p, err
+	}
+	rep, err := checkpoint.CreateReplica(p.ram, h.RAMBytes, p.disks, p.dev)
+	return rep, p, err
+}
+
+// takeOver resumes the VM here from the copy's last checkpoint, if this
+// host wins the pair record.
+func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPaths, committed uint64) {
+	release := r.claim(ctx, h.VM)
+	if release == nil {
+		return
+	}
+	defer release()
+	defer r.host.Trigger()
+	fail := func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		r.log.Error("ft: takeover failed", "vm", h.VM, "err", msg)
+		r.host.Event(ctx, EvFailed, h.VM, "FT: takeover failed: "+msg)
+	}
+	// The revisions come from this host's last read of the state: a
+	// fresh read now could wait on the lost host's etcd member. Neither
+	// the pair record nor the placement changes without the takeover's
+	// knowing, and a stale revision only loses the compare, which reads
+	// afresh and tries once more.
+	snap := r.host.LastSnapshot()
+	pair, v := snap.FTPair(h.VM), snap.VMs[h.VM]
+	if pair == nil || v == nil {
+		fail("%s is not in this host's view of the cluster", h.VM)
+		return
+	}
+	if pair.Secondary != r.cfg.Host || pair.Generation != h.Generation || v.Placement.Host != pair.Primary {
+		r.log.Info("ft: not taking over: the pair moved on", "vm", h.VM, "primary", pair.Primary, "secondary", pair.Secondary, "generation", pair.Generation)
+		return
+	}
+	// The disks go into place first: the instance opens them there. They
+	// are this host's files, which nothing else uses while the VM runs on
+	// its primary.
+	for i := range paths.disks {
+		if err := os.Rename(paths.disks[i], paths.final[i]); err != nil {
+			fail("put disk %d in place: %v", i, err)
+			return
+		}
+	}
+	next := *v
+	next.Placement = store.Placement{Host: r.cfg.Host, Epoch: v.Placement.Epoch + 1, Reason: "ft-takeover"}
+	cfg, err := r.host.VMConfig(ctx, &next, snap.Networks)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	cfg.FT = &driver.FTConfig{Dir: paths.dir, RAM: paths.ram}
+	cfg.Incoming = "defer"
+	// The instance starts waiting for its device state: it runs nothing,
+	// sends nothing, until Resume. It starts while the takeover is being
+	// decided, which saves its start-up time from the failover.
+	covered, err := r.host.CoverStart(ctx, &next)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	won := make(chan error, 1)
+	go func() {
+		change := hostwrite.FTChange{Rev: pair.Rev, Generation: h.Generation, PlacementRev: v.PlacementRev, Epoch: next.Placement.Epoch}
+		err := r.w.FTTakeOver(ctx, h.VM, change)
+		if errors.Is(err, store.ErrConflict) {
+			// Perhaps only this host's view was old: compare with the
+			// record as it is.
+			if p2, v2, rerr := r.read(ctx, h.VM); rerr == nil && p2.Secondary == r.cfg.Host && p2.Generation == h.Generation &&
+				v2.Placement.Host == p2.Primary && v2.Placement.Epoch == v.Placement.Epoch {
+				change.Rev, change.PlacementRev = p2.Rev, v2.PlacementRev
+				err = r.w.FTTakeOver(ctx, h.VM, change)
+			}
+		}
+		won <- err
+	}()
+	_, startErr := r.drv.Start(ctx, cfg)
+	covered()
+	if err := <-won; err != nil {
+		// Lost (the primary dropped this host first, or HA moved the VM):
+		// the waiting instance never ran.
+		if startErr == nil {
+			_ = r.drv.Kill(ctx, h.VM)
+		}
+		_ = r.drv.Destroy(h.VM)
+		r.log.Warn("ft: takeover lost", "vm", h.VM, "err", err)
+		r.host.Event(ctx, EvFailed, h.VM, fmt.Sprintf("FT: this host did not take over: %v", err))
+		return
+	}
+	if startErr != nil {
+		// The VM is placed here now: the agent starts it afresh from its
+		// disks, as HA would.
+		fail("start the instance: %v", startErr)
+		return
+	}
+	if err := r.cp.Resume(ctx, h.VM, paths.dev); err != nil {
+		// The VM is placed here but its instance cannot run the
+		// checkpoint: it is killed, and the agent starts the VM afresh
+		// here from its disks, as HA would.
+		_ = r.drv.Kill(ctx, h.VM)
+		fail("resume from checkpoint %d: %v", committed, err)
+		return
+	}
+	r.host.Event(ctx, EvResumed, h.VM, fmt.Sprintf("FT: running on %s from checkpoint %d (took over from %s)", r.cfg.Host, committed, h.From))
+}
+
+// read reads a VM's pair record and state afresh.
+func (r *Reconciler) read(ctx context.Context, vm string) (*pft.Pair, *store.VMState, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	p, err := r.w.GetFTPair(ctx, vm)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := r.w.VM(ctx, vm)
+	return p, v, err
+}
+
+// claim holds the VM against the agent's reconcile loop for a takeover,
+// waiting briefly for work in flight on it to end.
+func (r *Reconciler) claim(ctx context.Context, vm string) func() {
+	for range 100 {
+		if release, ok := r.host.Claim(vm, "ft-takeover"); ok {
+			return release
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	r.log.Error("ft: cannot take over: the VM stays busy", "vm", vm)
+	return nil
+}

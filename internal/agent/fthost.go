@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+
+	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/spec"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// ftHost is the agent as its FT reconciler sees it (agentft.Host).
+type ftHost struct{ a *Agent }
+
+// Claim holds a VM against the reconcile loop, as an operation of its own.
+func (h ftHost) Claim(vm, op string) (func(), bool) {
+	a := h.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, busy := a.busy[vm]; busy {
+		return nil, false
+	}
+	a.busy[vm] = op
+	return func() {
+		a.mu.Lock()
+		delete(a.busy, vm)
+		a.mu.Unlock()
+		a.trigger()
+	}, true
+}
+
+func (h ftHost) Event(ctx context.Context, typ, vm, msg string) { h.a.event(ctx, typ, vm, msg) }
+
+func (h ftHost) LastSnapshot() *store.Snapshot {
+	h.a.mu.Lock()
+	defer h.a.mu.Unlock()
+	return h.a.lastSnap
+}
+
+func (h ftHost) VMConfig(ctx context.Context, v *store.VMState, networks map[string]*store.Network) (*driver.VMConfig, error) {
+	return h.a.vmConfig(ctx, v, nil, networks)
+}
+
+func (h ftHost) CoverStart(ctx context.Context, v *store.VMState) (func(), error) {
+	return h.a.coverStart(ctx, v)
+}
+
+// localDisk is a datastore whose disks are files of this host.
+type localDisk interface {
+	DiskPath(vm string, d spec.Disk) string
+}
+
+// DiskPaths are the VM's disk files on this host; an FT VM's disks are on
+// host-local datastores (the API refuses others).
+func (h ftHost) DiskPaths(rec *store.VMRecord) ([]string, error) {
+	var out []string
+	for _, d := range rec.VM.Spec.Disks {
+		ds, ok := h.a.cfg.Datastores[d.Datastore]
+		if !ok {
+			return nil, fmt.Errorf("disk %s: datastore %q is not on host %s", d.Name, d.Datastore, h.a.cfg.Host)
+		}
+		l, ok := ds.(localDisk)
+		if !ok || ds.Shared() {
+			return nil, fmt.Errorf("disk %s: datastore %q is not host-local; an FT VM's secondary keeps a copy of local disks only", d.Name, d.Datastore)
+		}
+		out = append(out, l.DiskPath(rec.Name(), d))
+	}
+	return out, nil
+}
+
+func (h ftHost) Dir(vm string) string { return h.a.ftDir(vm) }
+
+func (h ftHost) Trigger() { h.a.trigger() }
+
+// ftDir is an FT VM's directory on this host.
+func (a *Agent) ftDir(vm string) string { return filepath.Join(a.cfg.FTDir, vm) }
+
+// ftAddr is the FT address the host advertises: its FT listener, with the
+// storage address when it listens on all of them.
+func (a *Agent) ftAddr() string {
+	if a.cfg.FTListen == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(a.cfg.FTListen)
+	if err != nil {
+		return ""
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = a.cfg.StorageIP
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,147 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/vigilha/vigil/internal/hostwrite"
+	"github.com/vigilha/vigil/internal/protocol/ft"
+	"github.com/vigilha/vigil/internal/storage/replicated"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// FT pair changes (docs/ft.md). The pair record is the arbiter between an
+// FT VM's primary and its secondary: each asks to change it only at the
+// record's revision it last saw, so that when each believes the other lost,
+// exactly one wins. The checks of who may ask for what are the protocol's
+// (ft.Drop, ft.TakeOver); here they run against the record as it is.
+
+// EvFTTakeOver is the event of a secondary taking over.
+const EvFTTakeOver = "ft.takeover"
+
+// EvFTUnprotected is the event of a primary running on without its
+// secondary.
+const EvFTUnprotected = "alarm.ft-unprotected"
+
+func (s *Server) ftChange(w http.ResponseWriter, r *http.Request, vm string) (*hostwrite.FTChange, *ft.Pair, *store.VMState, bool) {
+	var in hostwrite.FTChange
+	if !decodeHostBody(w, r, &in) {
+		return nil, nil, nil, false
+	}
+	cur, err := s.st.GetFTPair(r.Context(), vm)
+	if err != nil {
+		hostErr(w, err)
+		return nil, nil, nil, false
+	}
+	if cur.Rev != in.Rev {
+		writeErr(w, http.StatusConflict, fmt.Errorf("FT pair of %s: %w (at revision %d, not %d; generation %d)", vm, store.ErrConflict, cur.Rev, in.Rev, cur.Generation))
+		return nil, nil, nil, false
+	}
+	v, err := s.st.VM(r.Context(), vm)
+	if err != nil {
+		hostErr(w, err)
+		return nil, nil, nil, false
+	}
+	if cur.UID != v.Record.UID() {
+		writeErr(w, http.StatusConflict, fmt.Errorf("FT pair of %s belongs to an earlier VM of that name: %w", vm, store.ErrConflict))
+		return nil, nil, nil, false
+	}
+	return &in, cur, v, true
+}
+
+func (s *Server) hostFTDrop(w http.ResponseWriter, r *http.Request, host, vm string) {
+	in, cur, v, ok := s.ftChange(w, r, vm)
+	if !ok {
+		return
+	}
+	next, err := ft.Drop(*cur, host, in.Generation, time.Now())
+	if err != nil {
+		writeErr(w, http.StatusConflict, fmt.Errorf("%w: %w", err, store.ErrConflict))
+		return
+	}
+	if v.Placement.Host != host {
+		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, replicated.OrNone(v.Placement.Host), host))
+		return
+	}
+	if _, err := s.st.CASFTPair(r.Context(), vm, cur.Rev, &next); err != nil {
+		hostErr(w, err)
+		return
+	}
+	s.emit(r.Context(), store.Event{Type: EvFTUnprotected, VM: vm, Host: host,
+		Message: fmt.Sprintf("FT: %s lost its secondary %s and runs unprotected (generation %d); a new secondary will be seeded", host, cur.Secondary, next.Generation)})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) hostFTTakeOver(w http.ResponseWriter, r *http.Request, host, vm string) {
+	in, cur, v, ok := s.ftChange(w, r, vm)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	next, err := ft.TakeOver(*cur, host, in.Generation, now)
+	if err != nil {
+		writeErr(w, http.StatusConflict, fmt.Errorf("%w: %w", err, store.ErrConflict))
+		return
+	}
+	switch {
+	case v.PlacementRev != in.PlacementRev:
+		writeErr(w, http.StatusConflict, fmt.Errorf("placement of %s: %w (at revision %d, not %d)", vm, store.ErrConflict, v.PlacementRev, in.PlacementRev))
+		return
+	case v.Placement.Host != cur.Primary:
+		writeErr(w, http.StatusConflict, fmt.Errorf("%s is placed on %s, not on its primary %s: %w", vm, replicated.OrNone(v.Placement.Host), cur.Primary, store.ErrConflict))
+		return
+	case in.Epoch != v.Placement.Epoch+1:
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("takeover of %s at epoch %d: the placement is at %d", vm, in.Epoch, v.Placement.Epoch))
+		return
+	}
+	p := store.Placement{Host: host, Epoch: in.Epoch, Reason: "ft-takeover", Time: now}
+	if err := s.st.FTTakeOver(r.Context(), vm, cur.Rev, &next, v.Placement, v.PlacementRev, p); err != nil {
+		hostErr(w, err)
+		return
+	}
+	s.emit(r.Context(), store.Event{Type: EvFTTakeOver, VM: vm, Host: host,
+		Message: fmt.Sprintf("FT: secondary %s took over from %s (generation %d, epoch %d)", host, cur.Primary, next.Generation, in.Epoch)})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) hostFTStatus(w http.ResponseWriter, r *http.Request, host, vm string) {
+	var in ft.Status
+	if !decodeHostBody(w, r, &in) {
+		return
+	}
+	v, err := s.st.VM(r.Context(), vm)
+	if err != nil {
+		hostErr(w, err)
+		return
+	}
+	if v.Placement.Host != host {
+		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, replicated.OrNone(v.Placement.Host), host))
+		return
+	}
+	if err := s.st.PutFTStatus(r.Context(), vm, &in); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			writeErr(w, http.StatusConflict, err)
+			return
+		}
+		hostErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ftDiskRefusal says why an FT VM cannot have a disk on datastore ds, or
+// "". Its secondary keeps a copy of each disk, cut at the same checkpoint
+// as its memory: a shared disk would run ahead of the secondary's memory,
+// and the copies of a replicated datastore are not (yet) cut per
+// checkpoint.
+func ftDiskRefusal(snap *store.Snapshot, ds string) string {
+	switch {
+	case snap.SharedDatastore(ds):
+		return fmt.Sprintf("FT is refused on the shared datastore %q: the shared disk would run ahead of the secondary's memory; put an FT VM's disks on a local datastore (docs/ft.md)", ds)
+	case snap.ReplicatedDatastore(ds):
+		return fmt.Sprintf("FT does not support the replicated datastore %q yet: put an FT VM's disks on a local datastore, whose copy the secondary keeps per checkpoint (docs/ft.md)", ds)
+	}
+	return ""
+}

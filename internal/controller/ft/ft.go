@@ -1,0 +1,168 @@
+// Package ft is the leader's side of FT (docs/ft.md): it chooses each FT
+// VM's secondary host, and a new one when the secondary is lost, and turns
+// protection off when FT is. It never decides a takeover or a step-down:
+// the pair's members do, each by winning the pair record
+// (internal/protocol/ft).
+package ft
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	pft "github.com/vigilha/vigil/internal/protocol/ft"
+	"github.com/vigilha/vigil/internal/scheduler"
+	"github.com/vigilha/vigil/internal/store"
+)
+
+// Events.
+const (
+	EvSecondaryChosen = "ft.secondary-chosen"
+	EvNoSecondary     = "alarm.ft-no-secondary"
+	EvOff             = "ft.off"
+)
+
+// DefaultSecondaryTimeout is how long a secondary's host may be without a
+// lease before another host replaces it. The primary drops a secondary it
+// cannot reach on its own within a second; this covers a primary that
+// keeps its stream but whose secondary's host left the cluster.
+const DefaultSecondaryTimeout = 10 * time.Second
+
+// Controller chooses secondaries.
+type Controller struct {
+	st  store.Writer
+	log *slog.Logger
+	now func() time.Time
+	// SecondaryTimeout: see DefaultSecondaryTimeout.
+	SecondaryTimeout time.Duration
+	awaySince        map[string]time.Time
+	said             map[string]string
+}
+
+// New creates the controller.
+func New(st store.Writer, log *slog.Logger) *Controller {
+	return &Controller{st: st, log: log, now: time.Now, SecondaryTimeout: DefaultSecondaryTimeout,
+		awaySince: map[string]time.Time{}, said: map[string]string{}}
+}
+
+// Name identifies the controller.
+func (c *Controller) Name() string { return "ft" }
+
+// Reconcile gives every running FT VM a secondary.
+func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.Duration, error) {
+	now := c.now()
+	for h := range snap.Hosts {
+		if _, alive := snap.Alive[h]; alive {
+			delete(c.awaySince, h)
+		} else if _, ok := c.awaySince[h]; !ok {
+			c.awaySince[h] = now
+		}
+	}
+	var again time.Duration
+	hosts := scheduler.Hosts(snap, "")
+	for _, name := range snap.SortedVMNames() {
+		v := snap.VMs[name]
+		rec := v.Record
+		raw := snap.FT[name]
+		pair := snap.FTPair(name)
+		rev := int64(0)
+		if raw != nil {
+			rev = raw.Rev
+		}
+		primary := v.Placement.Host
+		_, primaryAlive := snap.Alive[primary]
+		st := v.Status
+		runs := primary != "" && primaryAlive && st != nil && st.Host == primary && st.Epoch == v.Placement.Epoch && st.State == store.StateRunning
+		want := rec.VM.Spec.FT.Enabled && rec.Power == store.PowerRunning && !rec.Deleting
+		if !want {
+			if pair != nil && pair.Secondary != "" && primaryAlive {
+				next := pft.Assign(pair, rec.UID(), pair.Primary, "", "FT turned off", now)
+				if _, err := c.st.CASFTPair(ctx, name, rev, &next); err != nil {
+					c.log.Warn("cannot turn FT off", "vm", name, "err", err)
+					again = time.Second
+					continue
+				}
+				store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvOff, VM: name, Host: pair.Primary,
+					Message: fmt.Sprintf("FT off: the secondary on %s is released", pair.Secondary)})
+			}
+			continue
+		}
+		if !runs || snap.Migrations[name].Pending() {
+			continue
+		}
+		reason := ""
+		switch {
+		case pair == nil:
+			reason = "protection starts"
+		case pair.Primary != primary:
+			// HA or an operator started the VM elsewhere: a new pair.
+			reason = "the VM runs on " + primary + " now"
+		case pair.Secondary == "":
+			reason = "re-protection after " + pair.Reason
+		case snap.Maintenance[pair.Secondary]:
+			reason = "secondary " + pair.Secondary + " entered maintenance"
+		default:
+			since, away := c.awaySince[pair.Secondary]
+			if !away {
+				delete(c.said, name)
+				continue
+			}
+			if left := c.SecondaryTimeout - now.Sub(since); left > 0 {
+				if again == 0 || left < again {
+					again = left
+				}
+				continue
+			}
+			reason = fmt.Sprintf("secondary %s away for more than %s", pair.Secondary, c.SecondaryTimeout)
+		}
+		avoid := []string{primary}
+		if pair != nil && pair.Secondary != "" {
+			avoid = append(avoid, pair.Secondary)
+		}
+		sec, err := placeSecondary(snap, v, hosts, avoid)
+		if err != nil {
+			if c.said[name] != err.Error() {
+				c.said[name] = err.Error()
+				store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvNoSecondary, VM: name, Host: primary,
+					Message: "FT: no host can keep the secondary; the VM runs unprotected: " + err.Error()})
+			}
+			again = 5 * time.Second
+			continue
+		}
+		next := pft.Assign(pair, rec.UID(), primary, sec, reason, now)
+		if raw != nil && pair == nil {
+			next.Generation = raw.Generation + 1 // a deleted VM's record: generations still only grow
+		}
+		if _, err := c.st.CASFTPair(ctx, name, rev, &next); err != nil {
+			c.log.Warn("cannot record the FT secondary", "vm", name, "err", err)
+			again = time.Second
+			continue
+		}
+		delete(c.said, name)
+		store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvSecondaryChosen, VM: name, Host: sec,
+			Message: fmt.Sprintf("FT: secondary host %s chosen for the primary on %s (%s; generation %d); seeding follows", sec, primary, reason, next.Generation)})
+	}
+	return again, nil
+}
+
+// placeSecondary chooses a host for the VM's secondary with the checks of a
+// placement (alive, out of maintenance, the VM's host rules, room for its
+// memory), other than the hosts to avoid, and one that takes FT streams.
+func placeSecondary(snap *store.Snapshot, v *store.VMState, hosts []scheduler.Host, avoid []string) (string, error) {
+	for _, h := range hosts {
+		if hr := snap.Hosts[h.Name]; hr != nil && hr.FTAddr == "" {
+			avoid = append(avoid, h.Name)
+		}
+	}
+	req := scheduler.RequestFor(snap, v)
+	req.Copies, req.Pinned, req.Avoid = nil, "", avoid
+	// The secondary needs the VM's memory on its host; its disks are
+	// copies there, not a datastore the host must reach.
+	req.Datastores = nil
+	d, err := scheduler.Place(req, hosts)
+	if err != nil {
+		return "", err
+	}
+	return d.Host, nil
+}
