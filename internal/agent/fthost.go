@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"time"
 
 	"github.com/vigilha/vigil/internal/driver"
+	pft "github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -91,4 +93,26 @@ func (a *Agent) ftAddr() string {
 		host = a.cfg.StorageIP
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// ftTakeoverWait bounds how long a primary whose QEMU ended leaves its VM
+// to the secondary before the agent handles the exit as for any VM.
+const ftTakeoverWait = 30 * time.Second
+
+// ftTakesOver reports whether an FT VM whose instance here ended is its
+// secondary's to resume: this host is the pair's primary, a secondary is
+// named, and the exit is recent.
+func (a *Agent) ftTakesOver(snap *store.Snapshot, vm string, ls driver.Status) bool {
+	p := snap.FTPair(vm)
+	if p == nil || p.Primary != a.cfg.Host || p.Secondary == "" {
+		return false
+	}
+	if _, alive := snap.Alive[p.Secondary]; !alive {
+		return false
+	}
+	// Only a secondary that holds a checkpoint can take over.
+	if st := snap.FTStatus[vm]; st == nil || st.Generation != p.Generation || st.State != pft.Protected && st.State != pft.Lagging {
+		return false
+	}
+	return ls.ExitedAt.IsZero() || time.Since(ls.ExitedAt) < ftTakeoverWait
 }

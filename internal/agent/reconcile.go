@@ -162,6 +162,10 @@ func (a *Agent) reconcileVM(ctx context.Context, snap *store.Snapshot, v *store.
 			a.addDevices(ctx, v, ls, snap.Networks)
 		}
 
+	case have && !running && a.ftTakesOver(snap, name, ls):
+		// Its FT secondary takes over from the last checkpoint: a start
+		// here would be a second instance (docs/ft.md).
+
 	case have && current && (st.State == store.StateRunning || st.State == store.StateStarting) && ls.Epoch == pl.Epoch:
 		// QEMU ended: by self-fencing (not a crash: no local restart, no
 		// restart budget; HA decides where it runs next), a guest power-off
@@ -453,5 +457,5 @@ func exitText(reason string) string {
 func shapeOf(ls driver.Status) *store.Shape {
 	return &store.Shape{CPUs: ls.CPUs, MaxCPUs: ls.MaxCPUs, MemoryMiB: ls.MemoryMiB,
 		MaxMemoryMiB: ls.MaxMemoryMiB, CurrentMemoryMiB: cmp.Or(ls.CurrentMemoryMiB, ls.MemoryMiB),
-		Layout: ls.Layout, Disks: ls.Disks, NICs: ls.NICs}
+		Layout: ls.Layout, Disks: ls.Disks, NICs: ls.NICs, FT: ls.FT}
 }

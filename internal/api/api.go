@@ -125,6 +125,8 @@ func (s *Server) Handler() http.Handler {
 	view("GET /api/v1/events", s.events)
 	view("GET /api/v1/networks", s.listNetworks)
 	act("POST /api/v1/vms/{name}/test-failover", op, "vm.test-failover", s.testFailover)
+	act("POST /api/v1/vms/{name}/ft/test-failover", op, "vm.ft-test-failover", s.ftDrill(store.RequestFTTestFailover))
+	act("POST /api/v1/vms/{name}/ft/test-restart-secondary", op, "vm.ft-test-restart-secondary", s.ftDrill(store.RequestFTTestRestartSecondary))
 	// Promoting an out-of-date replica can lose writes: admins only.
 	act("POST /api/v1/vms/{name}/promote", admin, "vm.promote", s.promote)
 	act("POST /api/v1/vms/{name}/replica/move", op, "vm.replica-move", s.moveReplica)

@@ -273,6 +273,22 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 		}
 	}
 	hw("spec.maxMemory", cur.Spec.MaxMemory, ns.MaxMemory, "")
+	if ns.FT.Enabled != cur.Spec.FT.Enabled {
+		if ns.FT.Enabled {
+			for i, d := range ns.Disks {
+				if msg := ftDiskRefusal(snap, d.Datastore); msg != "" {
+					return ch, spec.FieldErrors{{Field: fmt.Sprintf("spec.disks[%d].datastore", i), Message: msg}}
+				}
+			}
+		}
+		sh := v.RunningShape()
+		switch {
+		case running && ns.FT.Enabled && (sh == nil || !sh.FT):
+			ch.nextStart = append(ch.nextStart, "spec.ft (protection starts at the next start: the running instance's memory is not in a file its secondary can follow)")
+		default:
+			ch.live = append(ch.live, "spec.ft")
+		}
+	}
 	hw("spec.hotplugDevices", cur.Spec.HotplugDevices, ns.HotplugDevices, "")
 	hw("spec.boot", cur.Spec.Boot, ns.Boot, "")
 	hw("spec.accel", cur.Spec.Accel, ns.Accel, "")

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/hostwrite"
+	"github.com/vigilha/vigil/internal/httpjson"
 	"github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
@@ -144,4 +145,36 @@ func ftDiskRefusal(snap *store.Snapshot, ds string) string {
 		return fmt.Sprintf("FT does not support the replicated datastore %q yet: put an FT VM's disks on a local datastore, whose copy the secondary keeps per checkpoint (docs/ft.md)", ds)
 	}
 	return ""
+}
+
+// ftDrill asks an FT VM's primary host for a drill (store.Request kinds
+// RequestFTTestFailover, RequestFTTestRestartSecondary): only while the VM
+// is protected, since the drill's point is what the secondary does.
+func (s *Server) ftDrill(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		snap, v, ok := s.snapshotVM(w, r)
+		if !ok {
+			return
+		}
+		view := ftIn(snap, v)
+		switch {
+		case view == nil:
+			writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is not an FT VM (spec.ft.enabled)", name))
+			return
+		case view.State != string(ft.Protected) && view.State != string(ft.Lagging):
+			writeErr(w, http.StatusConflict, fmt.Errorf("vm %s is %s (%s): a drill needs it Protected", name, view.State, view.Message))
+			return
+		case snap.Requests[name] != "":
+			writeErr(w, http.StatusConflict, fmt.Errorf("vm %s has a request pending already (%s)", name, snap.Requests[name]))
+			return
+		}
+		if err := s.st.PutRequest(r.Context(), name, kind); err != nil {
+			hostErr(w, err)
+			return
+		}
+		s.emit(r.Context(), store.Event{Type: "ft." + kind[len("ft-"):] + "-requested", VM: name, Host: v.Placement.Host,
+			Message: fmt.Sprintf("%s requested (primary %s, secondary %s)", kind, v.Placement.Host, view.SecondaryHost)})
+		httpjson.WriteIndented(w, http.StatusAccepted, ViewIn(snap, v, false))
+	}
 }

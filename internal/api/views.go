@@ -186,6 +186,9 @@ func ftIn(snap *store.Snapshot, v *store.VMState) *v1.FT {
 	out := &v1.FT{State: string(ft.Unprotected)}
 	if p == nil {
 		out.Message = "no secondary chosen yet"
+		if sh := v.RunningShape(); sh != nil && !sh.FT {
+			out.Message = "FT was turned on while the VM ran: protection starts at its next start"
+		}
 		return out
 	}
 	out.SecondaryHost, out.Generation = p.Secondary, p.Generation

@@ -303,6 +303,13 @@ func (p *Poller) Report() PollReport {
 	return VerifyAnswers(p.seen, p.polls)
 }
 
+// Answers returns the answers the poller got so far, in order.
+func (p *Poller) Answers() []Answer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Answer(nil), p.seen...)
+}
+
 // Stop ends polling and returns the report.
 func (p *Poller) Stop() PollReport {
 	p.cancel()

@@ -169,7 +169,10 @@ func (d *diskScanner) scan() (ft.Disk, error) {
 	out := ft.Disk{Size: size}
 	chunk := make([]byte, 1<<20)
 	for off := int64(0); off < size; off += int64(len(chunk)) {
-		m, err := f.ReadAt(chunk, off)
+		// Read no further than the size found: the file may have grown
+		// since (a qcow2 file while the guest runs, in a pre-pass), and
+		// d.hashes has room for size bytes only.
+		m, err := f.ReadAt(chunk[:min(int64(len(chunk)), size-off)], off)
 		if err != nil && err != io.EOF {
 			return ft.Disk{}, err
 		}

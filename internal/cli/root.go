@@ -67,7 +67,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(
 		newUpCmd(g), newServerCmd(g), newAgentCmd(g),
 		newVMCmd(g), newHostCmd(g), newEventsCmd(g), newNetworkCmd(g),
-		newImageCmd(g), newLabCmd(g), newHACmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g), newDRSCmd(g), newTokenCmd(g),
+		newImageCmd(g), newLabCmd(g), newHACmd(g), newFTCmd(g), newRuleCmd(g), newConfigCmd(g), newStorageCmd(g), newWatchdogCmd(g), newMetricsCmd(g), newAlarmCmd(g), newTopCmd(g), newDRSCmd(g), newTokenCmd(g),
 		newInitCmd(g), newJoinCmd(g), newJailCmd(), newContextCmd(g), newCertCmd(g), newClusterCmd(g), newMemberCmd(g),
 	)
 	root.AddCommand(newManCmd(root))

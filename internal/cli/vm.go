@@ -19,7 +19,7 @@ import (
 
 func newVMCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, inspect and control VMs"}
-	cmd.AddCommand(newVMPromoteCmd(g), newVMMoveReplicaCmd(g), newVMResizeCmd(g), newVMApplyCmd(g))
+	cmd.AddCommand(newVMPromoteCmd(g), newVMMoveReplicaCmd(g), newVMResizeCmd(g), newVMApplyCmd(g), newVMFTCmd(g))
 	cmd.AddCommand(newVMCreateCmd(g), newVMListCmd(g), newVMShowCmd(g),
 		newVMPowerCmd(g, "start"), newVMPowerCmd(g, "stop"), newVMDeleteCmd(g), newVMConsoleCmd(g), newVMMigrateCmd(g))
 	return cmd
@@ -219,6 +219,9 @@ func printVM(g *globals, v *v1.VM) {
 		row("HA", "enabled, priority "+v.Priority)
 	} else {
 		row("HA", "disabled")
+	}
+	if v.FT != nil {
+		row("FT", ftLine(v.FT))
 	}
 	if v.Reason != "" || v.Message != "" {
 		row("Last change", strings.TrimSpace(v.Reason+" "+v.Message))

@@ -312,6 +312,12 @@ func (c *Client) TestFailover(ctx context.Context, name, to string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/test-failover?to="+url.QueryEscape(to), nil, nil)
 }
 
+// FTDrill asks an FT VM's primary host for a drill: "test-failover" or
+// "test-restart-secondary".
+func (c *Client) FTDrill(ctx context.Context, name, drill string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(name)+"/ft/"+drill, nil, nil)
+}
+
 // Drill simulates the failure of hosts without acting.
 func (c *Client) Drill(ctx context.Context, hosts []string) (*v1.Drill, error) {
 	var out v1.Drill

@@ -198,6 +198,8 @@ type Status struct {
 	NICs, Disks int
 	// Layout is the instance's device layout (VMConfig.Layout).
 	Layout int
+	// FT: the instance was started for FT checkpoints (VMConfig.FT).
+	FT bool
 	// ExitReason says why the process ended: guest-shutdown, host-qmp-quit,
 	// host-signal, killed, or crashed (gone with no shutdown event).
 	ExitReason string

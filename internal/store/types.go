@@ -171,6 +171,9 @@ type Shape struct {
 	Layout int `json:"layout,omitempty"`
 	Disks  int `json:"disks,omitempty"`
 	NICs   int `json:"nics,omitempty"`
+	// FT: the instance runs so that it can be checkpointed (its memory in
+	// a shared file, the Output Rule's filters on its NICs).
+	FT bool `json:"ft,omitempty"`
 }
 
 // WithDevices is a copy of r with only its first disks disks and nics
@@ -383,6 +386,13 @@ const (
 	// RequestReset asks the VM's host to reset its guest (system_reset),
 	// as "reset:WHY"; the host deletes the request once done.
 	RequestReset = "reset"
+	// RequestFTTestFailover asks an FT VM's primary host to end its
+	// primary as a crash would, so that the secondary takes over (vSphere's
+	// Test Failover); RequestFTTestRestartSecondary asks it to drop its
+	// secondary as if it were lost, so that a new one is seeded (Test
+	// Restart Secondary). The primary's host deletes them once done.
+	RequestFTTestFailover         = "ft-test-failover"
+	RequestFTTestRestartSecondary = "ft-test-restart-secondary"
 )
 
 // MigrationRequest is an operator's (or maintenance mode's) request to

@@ -78,6 +78,7 @@ type Writer interface {
 	FTTakeOver(ctx context.Context, vm string, c hostwrite.FTChange) error
 	PutFTStatus(ctx context.Context, vm string, st *pft.Status) error
 	GetFTPair(ctx context.Context, vm string) (*pft.Pair, error)
+	DeleteRequest(ctx context.Context, vm string) error
 	VM(ctx context.Context, name string) (*store.VMState, error)
 }
 
@@ -170,6 +171,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 		if v == nil || pair == nil || pair.Generation != p.gen || v.Placement.Host != r.cfg.Host || !local[name].Running {
 			p.stop()
 			delete(r.primaries, name)
+		}
+	}
+	for name, p := range r.primaries {
+		switch snap.Requests[name] {
+		case store.RequestFTTestFailover:
+			if p.protected.Load() && p.drilling.CompareAndSwap(false, true) {
+				go r.testFailover(ctx, p)
+			}
+		case store.RequestFTTestRestartSecondary:
+			if pair := snap.FTPair(name); pair != nil && p.protected.Load() && p.drilling.CompareAndSwap(false, true) {
+				go r.testRestartSecondary(ctx, p, *pair)
+			}
 		}
 	}
 	for name, s := range r.secondaries {

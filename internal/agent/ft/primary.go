@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vigilha/vigil/internal/checkpoint"
@@ -29,6 +31,25 @@ type primary struct {
 	addr   string
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	// aborted: the stream was cut as a crash would cut it (a drill), not
+	// ended with Bye; protected: the secondary has acknowledged a
+	// checkpoint; drilling: a drill was started on this engine.
+	aborted, protected, drilling atomic.Bool
+	mu                           sync.Mutex
+	conn                         net.Conn
+}
+
+// abort cuts the stream with no Bye, as the primary's crash would: the
+// secondary takes over.
+func (p *primary) abort() {
+	p.aborted.Store(true)
+	p.mu.Lock()
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	p.mu.Unlock()
+	p.cancel()
 }
 
 func (r *Reconciler) newPrimary(ctx context.Context, v *store.VMState, pair pft.Pair, addr string) *primary {
@@ -48,6 +69,16 @@ func (p *primary) stop() { p.cancel() }
 func (p *primary) run(ctx context.Context, v *store.VMState) {
 	log := p.r.log.With("vm", p.vm, "generation", p.gen, "secondary", p.pair.Secondary)
 	err := p.protect(ctx, v)
+	if p.aborted.Load() {
+		return
+	}
+	if st, ierr := p.r.drv.Inspect(p.vm); p.protected.Load() && (ierr != nil || !st.Running) {
+		// The primary's QEMU ended: a crash of the primary, which its
+		// secondary covers. The stream ended without Bye, so the
+		// secondary takes over; the agent leaves the VM to it.
+		log.Warn("ft: the primary's instance ended; the secondary takes over", "err", err)
+		return
+	}
 	if ctx.Err() != nil {
 		// Stopped on purpose: the pair record moved on (a new secondary,
 		// protection off) or the VM left this host. If the record still
@@ -145,11 +176,17 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 	}
 	c := &conn{Conn: raw, timeout: p.r.cfg.FailAfter}
 	defer c.Close()
+	p.mu.Lock()
+	p.conn = raw
+	p.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() {
 		// Stopped on purpose: say so, so that the secondary does not take
-		// the end of the stream for the loss of the primary.
-		bw := bufio.NewWriter(c)
-		_ = pft.WriteBye(bw)
+		// the end of the stream for the loss of the primary (unless the
+		// stop is a drill's crash).
+		if !p.aborted.Load() {
+			bw := bufio.NewWriter(c)
+			_ = pft.WriteBye(bw)
+		}
 		c.Close()
 	})
 	defer stop()
@@ -224,6 +261,7 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 			return fmt.Errorf("acknowledgement of checkpoint %d for %d", n, ack)
 		}
 		c.timeout = p.r.cfg.FailAfter
+		p.protected.Store(true)
 		if err := p.r.cp.Release(ctx, p.vm); err != nil {
 			return err
 		}

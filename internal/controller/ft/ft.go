@@ -91,6 +91,11 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 		if !runs || snap.Migrations[name].Pending() {
 			continue
 		}
+		if sh := v.RunningShape(); sh == nil || !sh.FT {
+			// FT was turned on while it ran: its instance cannot be
+			// checkpointed until its next start.
+			continue
+		}
 		reason := ""
 		switch {
 		case pair == nil:
@@ -138,6 +143,13 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 			c.log.Warn("cannot record the FT secondary", "vm", name, "err", err)
 			again = time.Second
 			continue
+		}
+		// The secondary holds the VM's memory there from now on (as
+		// scheduler.Hosts counts it): the next VM of this pass must see it.
+		for i := range hosts {
+			if hosts[i].Name == sec {
+				hosts[i].Used.Memory += scheduler.Demand(&rec.VM).Memory
+			}
 		}
 		delete(c.said, name)
 		store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvSecondaryChosen, VM: name, Host: sec,

@@ -269,9 +269,11 @@ func readPages(r *bufio.Reader, limit uint32) ([]Page, error) {
 	if n > limit {
 		return nil, fmt.Errorf("%d pages, more than the %d there are", n, limit)
 	}
-	pages := make([]Page, n)
+	// The list grows with what arrives: n is only a claim, and up to
+	// 2^32 of them (a disk's blocks) must not be allocated on its word.
+	pages := make([]Page, 0, min(n, 4096))
 	var buf []byte
-	for i := range pages {
+	for i := range int(n) {
 		var hdr [5]byte
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			return nil, err
@@ -280,20 +282,21 @@ func readPages(r *bufio.Reader, limit uint32) ([]Page, error) {
 		if idx >= limit {
 			return nil, fmt.Errorf("page %d out of range (%d)", idx, limit)
 		}
-		pages[i].Index = idx
+		p := Page{Index: idx}
 		switch hdr[4] {
 		case kindZero:
 		case kindData:
 			if len(buf) < PageSize {
 				buf = make([]byte, PageSize*min(int(n)-i, 4096))
 			}
-			pages[i].Data, buf = buf[:PageSize:PageSize], buf[PageSize:]
-			if _, err := io.ReadFull(r, pages[i].Data); err != nil {
+			p.Data, buf = buf[:PageSize:PageSize], buf[PageSize:]
+			if _, err := io.ReadFull(r, p.Data); err != nil {
 				return nil, err
 			}
 		default:
 			return nil, fmt.Errorf("page %d of unknown kind %d", idx, hdr[4])
 		}
+		pages = append(pages, p)
 	}
 	return pages, nil
 }
