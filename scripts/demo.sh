@@ -4,7 +4,8 @@
 # VMs with HA, live-migrate one and shrink its memory live, blip the management network of the other's host (nothing moves),
 # crash that host, hang the agent of the first one's host (its watchdog resets the host before HA
 # restarts the VM), restart a host's agent as systemd would (its VMs keep running), print the failover timelines, show a replicated disk through two crashes and a live migration, then a
-# CPU alarm that live-migrates a burning guest away, and the audit trail; then a second lab whose control
+# an FT guest whose primary's host crashes under a client's open TCP connection (the secondary takes over:
+# same connection, same boot), a CPU alarm that live-migrates a burning guest away, and the audit trail; then a second lab whose control
 # plane is an external etcd, whose etcd leader and a VM's host crash together. The lab is made with `vigil init`
 # and `vigil join`, TLS on every link; QEMU runs unprivileged, confined by Landlock.
 #   scripts/demo.sh            the HA demo (the lab keeps running; `bin/vigil lab down` removes it)
@@ -196,6 +197,42 @@ echo "rep-guest1 answers on $(guest rep-guest1 host) $(( ($(date +%s%N) - start)
 "$V" lab heal "$host3"
 for _ in $(seq 1 240); do [ "$(replica state 2>/dev/null)" = UpToDate ] && break; sleep 0.5; done
 echo "$host3 rejoined; its stale copy became the replica and was resynced in full: $("$V" vm show rep-guest1 | grep '^Replica')"
+say "FT: ft-guest1 gets a live secondary on another host (examples/ft-guest.yaml); its primary's host crashes under a client's open TCP connection"
+"$V" vm create -f examples/ft-guest.yaml --wait 90s
+ft() { "$V" vm show ft-guest1 -o json | json '(d.get("ft") or {}).get("'"$1"'","")'; }
+for _ in $(seq 1 360); do [ "$(ft state)" = Protected ] && break; sleep 0.5; done
+"$V" vm show ft-guest1 | grep -e '^Host' -e '^FT'
+fh=$(guest ft-guest1 host); fs=$(ft secondaryHost); fip=$(guest ft-guest1 ip)
+fc=$(for h in host1 host2 host3; do [ "$h" != "$fh" ] && [ "$h" != "$fs" ] && echo "$h"; done | head -1)
+for _ in $(seq 1 240); do "$V" lab exec "$fc" -- curl -sf -m 1 "http://$fip/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+cat > /tmp/vigil-demo-ft.py <<'PY'
+# One persistent HTTP/1.1 connection: GET / (the guest's counter) every 0.1 s for 15 s, never reconnecting.
+import http.client, json, sys, time
+c = http.client.HTTPConnection(sys.argv[1], 80, timeout=30)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 15:
+    c.request("GET", "/"); d = json.loads(c.getresponse().read())
+    print("%d %s %d" % ((time.monotonic() - t0) * 1000, d["boot_id"], d["counter"]), flush=True)
+    time.sleep(0.1)
+PY
+"$V" lab exec "$fc" -- python3 /tmp/vigil-demo-ft.py "$fip" > /tmp/vigil-demo-ft.log 2>&1 &
+fp=$!
+sleep 4
+echo "crash $fh (primary); the secondary on $fs takes over from its last checkpoint"
+"$V" lab crash "$fh"
+wait "$fp" || echo "the client's connection broke: $(tail -1 /tmp/vigil-demo-ft.log)"
+python3 - /tmp/vigil-demo-ft.log <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 3]
+gap = max(int(b[0]) - int(a[0]) for a, b in zip(rows, rows[1:]))
+back = sum(int(b[2]) <= int(a[2]) for a, b in zip(rows, rows[1:]))
+print("one TCP connection, %d answers, %d boot(s), counter went back %d times, longest silence %d ms" % (len(rows), len({r[1] for r in rows}), back, gap))
+PY
+"$V" events --vm ft-guest1 --since 2m | grep -e 'ft\.' -e alarm.ft || true
+"$V" lab heal "$fh"
+for _ in $(seq 1 360); do [ "$(ft state)" = Protected ] && break; sleep 0.5; done
+"$V" vm show ft-guest1 | grep -e '^Host' -e '^FT'
+"$V" vm delete ft-guest1 --wait 60s >/dev/null
 say "alarms: ha-guest2 burns its vCPU; an alarm on vm.cpu fires (a webhook would be told) and live-migrates it off its host"
 cat > /tmp/vigil-demo-alarm.yaml <<'YAML'
 apiVersion: vigil/v1

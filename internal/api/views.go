@@ -193,15 +193,15 @@ func ftIn(snap *store.Snapshot, v *store.VMState) *v1.FT {
 	}
 	out.SecondaryHost, out.Generation = p.Secondary, p.Generation
 	st := snap.FTStatus[name]
+	out.State = string(ft.StateOf(p, st))
 	switch {
 	case p.Secondary == "":
 		out.Message = p.Reason
 	case st == nil || st.Generation != p.Generation:
-		out.State = string(ft.Seeding)
 		out.Message = "secondary " + p.Secondary + " chosen; waiting for the primary to start the copy"
 	default:
-		out.State = string(st.State)
 		out.Epoch, out.LastCheckpointMs, out.PauseP99Ms, out.EpochsPerSecond, out.Message = st.Epoch, st.LastCheckpointMS, st.PauseP99MS, st.EpochsPerSecond, st.Message
+		out.PauseP50Ms, out.StreamBytesPerSecond = st.PauseP50MS, st.StreamBytesPerSecond
 		if st.SeedTotal > 0 && st.State == ft.Seeding {
 			out.SeedPercent = 100 * float64(st.SeedDone) / float64(st.SeedTotal)
 		}

@@ -511,7 +511,10 @@ func TestReplicaEpochOrder(t *testing.T) {
 		// left at the end.
 		{oneDisk(3, "3"), true, 3, "3"},
 		{oneDisk(2, "two"), false, 3, "3"},
-		{oneDisk(7, ""), true, 7, ""},
+		// A gap: epoch 5 holds only what changed since 4, which the copy
+		// never had.
+		{oneDisk(5, "five"), false, 3, "3"},
+		{oneDisk(4, ""), true, 4, ""},
 	}
 	rep, dir := replicaDir(t)
 	devPath := filepath.Join(dir, "dev")

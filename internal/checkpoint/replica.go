@@ -90,7 +90,9 @@ func (r *Replica) Apply(e *ft.Epoch) error {
 		}
 		return nil
 	}
-	if e.N <= r.committed {
+	if e.N != r.committed+1 {
+		// Each checkpoint holds only what changed since the one before:
+		// applied out of order, the copy would be no checkpoint at all.
 		return fmt.Errorf("replica: epoch %d after %d", e.N, r.committed)
 	}
 	if err := r.apply(e); err != nil {

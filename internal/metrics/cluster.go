@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/protocol/replication"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -25,6 +26,18 @@ var (
 		"A replicated disk's replica, by its disk state (UpToDate, Inconsistent, Outdated): 1 for the state it is in, 0 for the others. peer is the host keeping the replica (where HA restarts the VM).", "etcd, at each scrape"}
 	ReplicaSync = Definition{"vigil_vm_replica_sync_ratio", Gauge, []string{"vm", "disk", "datastore"},
 		"How much of a replicated disk the replica has, from 0 to 1: 1 when UpToDate, a running sync's progress while one runs, 0 while Outdated.", "etcd, at each scrape"}
+	FTState = Definition{"vigil_vm_ft_state", Gauge, []string{"vm", "primary", "secondary", "state"},
+		"An FT VM's protection, by state (Seeding, Protected, Lagging, Unprotected): 1 for the state it is in, 0 for the others.", "etcd, at each scrape"}
+	FTCheckpoint = Definition{"vigil_vm_ft_checkpoint", Gauge, []string{"vm"},
+		"The last checkpoint the FT VM's secondary acknowledged (a number that grows while it is protected; flat: checkpoints stopped).", "etcd (the primary's report, every second), at each scrape"}
+	FTPause = Definition{"vigil_vm_ft_checkpoint_pause_seconds", Gauge, []string{"vm", "quantile"},
+		"How long checkpoints paused the FT VM's guest over the last 30 s: quantile 0.5 and 0.99, and \"last\".", "etcd (the primary's report), at each scrape"}
+	FTRate = Definition{"vigil_vm_ft_checkpoints_per_second", Gauge, []string{"vm"},
+		"Checkpoints per second of the FT VM over the last 30 s.", "etcd (the primary's report), at each scrape"}
+	FTStream = Definition{"vigil_vm_ft_stream_bytes_per_second", Gauge, []string{"vm"},
+		"The FT VM's checkpoint stream to its secondary over the last 30 s (replication bandwidth).", "etcd (the primary's report), at each scrape"}
+	FTReport = Definition{"vigil_vm_ft_report_timestamp_seconds", Gauge, []string{"vm"},
+		"When the FT VM's primary last reported its protection (Unix time); time() minus it is how old the figures above are.", "etcd, at each scrape"}
 	Failovers = Definition{"vigil_failover_seconds", Histogram, nil,
 		"HA restarts, by time from the failed host's last datastore heartbeat (it died within one heartbeat interval after; on a VM with no shared datastore: from the leader seeing its lease expire, up to one lease TTL after it died) to the VM running on its new host.", "the leader"}
 	Fences = Definition{"vigil_fences_total", Counter, nil,
@@ -49,7 +62,7 @@ var (
 
 // ClusterDefinitions lists a member's metrics, for the docs.
 func ClusterDefinitions() []Definition {
-	return []Definition{ClusterHosts, ClusterVMs, ReplicaState, ReplicaSync, Failovers, Fences, Migrations, MigrationSeconds, MigrationDowntime,
+	return []Definition{ClusterHosts, ClusterVMs, ReplicaState, ReplicaSync, FTState, FTCheckpoint, FTPause, FTRate, FTStream, FTReport, Failovers, Fences, Migrations, MigrationSeconds, MigrationDowntime,
 		AdmissionRefusals, ControllerPass, SnapshotRead, EtcdRequestSeconds, LeaderTerms}
 }
 
@@ -109,6 +122,9 @@ func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- ClusterVMs.desc()
 	ch <- ReplicaState.desc()
 	ch <- ReplicaSync.desc()
+	for _, d := range []Definition{FTState, FTCheckpoint, FTPause, FTRate, FTStream, FTReport} {
+		ch <- d.desc()
+	}
 }
 
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -166,6 +182,40 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(ReplicaSync.desc(), prometheus.GaugeValue, ratio, name, d.Name, d.Datastore)
 		}
+	}
+	collectFT(ch, snap)
+}
+
+// collectFT reports each FT VM's protection from its pair record and its
+// primary's last report.
+func collectFT(ch chan<- prometheus.Metric, snap *store.Snapshot) {
+	for name, v := range snap.VMs {
+		if v.Record == nil || !v.Record.VM.Spec.FT.Enabled {
+			continue
+		}
+		pair := snap.FTPair(name)
+		var primary, secondary string
+		if pair != nil {
+			primary, secondary = pair.Primary, pair.Secondary
+		}
+		st := snap.FTStatus[name]
+		state := ft.StateOf(pair, st)
+		for _, s := range []ft.State{ft.Seeding, ft.Protected, ft.Lagging, ft.Unprotected} {
+			ch <- prometheus.MustNewConstMetric(FTState.desc(), prometheus.GaugeValue, boolean(state == s), name, primary, secondary, string(s))
+		}
+		if st == nil || pair == nil || st.Generation != pair.Generation {
+			continue
+		}
+		g := func(d Definition, v float64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d.desc(), prometheus.GaugeValue, v, append([]string{name}, labels...)...)
+		}
+		g(FTCheckpoint, float64(st.Epoch))
+		g(FTPause, st.PauseP50MS/1000, "0.5")
+		g(FTPause, st.PauseP99MS/1000, "0.99")
+		g(FTPause, st.LastCheckpointMS/1000, "last")
+		g(FTRate, st.EpochsPerSecond)
+		g(FTStream, st.StreamBytesPerSecond)
+		g(FTReport, float64(st.UpdatedAt.UnixNano())/1e9)
 	}
 }
 

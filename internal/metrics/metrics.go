@@ -214,7 +214,9 @@ answered once since it started has no disk or guest memory series yet.
 The guest memory series need the guest's virtio_balloon driver (Vigil's guest image loads it); every VM gets a
 balloon device, which the guest is asked to report through every 5 s.
 
-Reserved for FT: ` + "`vigil_vm_ft_*`" + ` (epoch lag, checkpoint pause).
+FT (docs/ft.md): the ` + "`vigil_vm_ft_*`" + ` series come from the pair record and the primary's report, which it writes
+every second; ` + "`time() - vigil_vm_ft_report_timestamp_seconds`" + ` is how old they are, and a flat
+` + "`vigil_vm_ft_checkpoint`" + ` means the checkpoints stopped.
 `)
 	return b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigilha/vigil/internal/driver"
+	"github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/protocol/replication"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
@@ -243,4 +244,62 @@ func gather(t *testing.T, c prometheus.Collector) []*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	return mfs
+}
+
+// A member reports each FT VM's protection from etcd: the state from the
+// pair record and the primary's report of the same generation (a report
+// of an older generation means the new secondary is being seeded, and its
+// figures are not shown), and a pair record of an older VM of the same
+// name is none.
+func TestFTFromEtcd(t *testing.T) {
+	vm := func(name, uid string) *store.VMState {
+		r := &store.VMRecord{}
+		r.VM.Metadata.Name, r.VM.Metadata.UID = name, uid
+		r.VM.Spec.FT.Enabled = true
+		return &store.VMState{Record: r}
+	}
+	at := time.Unix(1700000000, 0)
+	snap := &store.Snapshot{
+		VMs: map[string]*store.VMState{"web": vm("web", "u1"), "db": vm("db", "u2"), "old": vm("old", "u3")},
+		FT: map[string]*ft.Pair{
+			"web": {UID: "u1", Primary: "h1", Secondary: "h2", Generation: 3},
+			"db":  {UID: "u2", Primary: "h2", Secondary: "h3", Generation: 2},
+			"old": {UID: "u9", Primary: "h1", Secondary: "h3", Generation: 5},
+		},
+		FTStatus: map[string]*ft.Status{
+			"web": {Generation: 3, State: ft.Protected, Epoch: 812, LastCheckpointMS: 40, PauseP50MS: 38, PauseP99MS: 160, EpochsPerSecond: 8.5, StreamBytesPerSecond: 5e6, UpdatedAt: at},
+			"db":  {Generation: 1, State: ft.Protected, Epoch: 99},
+		},
+	}
+	c := &stateCollector{state: func(context.Context) (*store.Snapshot, error) { return snap, nil }, vmState: func(*store.VMState) string { return "running" }}
+	want := `
+# HELP vigil_vm_ft_state An FT VM's protection, by state (Seeding, Protected, Lagging, Unprotected): 1 for the state it is in, 0 for the others.
+# TYPE vigil_vm_ft_state gauge
+vigil_vm_ft_state{primary="",secondary="",state="Lagging",vm="old"} 0
+vigil_vm_ft_state{primary="",secondary="",state="Protected",vm="old"} 0
+vigil_vm_ft_state{primary="",secondary="",state="Seeding",vm="old"} 0
+vigil_vm_ft_state{primary="",secondary="",state="Unprotected",vm="old"} 1
+vigil_vm_ft_state{primary="h1",secondary="h2",state="Lagging",vm="web"} 0
+vigil_vm_ft_state{primary="h1",secondary="h2",state="Protected",vm="web"} 1
+vigil_vm_ft_state{primary="h1",secondary="h2",state="Seeding",vm="web"} 0
+vigil_vm_ft_state{primary="h1",secondary="h2",state="Unprotected",vm="web"} 0
+vigil_vm_ft_state{primary="h2",secondary="h3",state="Lagging",vm="db"} 0
+vigil_vm_ft_state{primary="h2",secondary="h3",state="Protected",vm="db"} 0
+vigil_vm_ft_state{primary="h2",secondary="h3",state="Seeding",vm="db"} 1
+vigil_vm_ft_state{primary="h2",secondary="h3",state="Unprotected",vm="db"} 0
+# HELP vigil_vm_ft_checkpoint The last checkpoint the FT VM's secondary acknowledged (a number that grows while it is protected; flat: checkpoints stopped).
+# TYPE vigil_vm_ft_checkpoint gauge
+vigil_vm_ft_checkpoint{vm="web"} 812
+# HELP vigil_vm_ft_checkpoint_pause_seconds How long checkpoints paused the FT VM's guest over the last 30 s: quantile 0.5 and 0.99, and "last".
+# TYPE vigil_vm_ft_checkpoint_pause_seconds gauge
+vigil_vm_ft_checkpoint_pause_seconds{quantile="0.5",vm="web"} 0.038
+vigil_vm_ft_checkpoint_pause_seconds{quantile="0.99",vm="web"} 0.16
+vigil_vm_ft_checkpoint_pause_seconds{quantile="last",vm="web"} 0.04
+# HELP vigil_vm_ft_report_timestamp_seconds When the FT VM's primary last reported its protection (Unix time); time() minus it is how old the figures above are.
+# TYPE vigil_vm_ft_report_timestamp_seconds gauge
+vigil_vm_ft_report_timestamp_seconds{vm="web"} 1.7e+09
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), FTState.Name, FTCheckpoint.Name, FTPause.Name, FTReport.Name); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -266,7 +266,7 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 			return err
 		}
 		took := time.Since(start)
-		recent = append(recent, sample{at: start, pause: st.Pause})
+		recent = append(recent, sample{at: start, pause: st.Pause, bytes: e.Bytes()})
 		if took > 3*p.r.cfg.Interval {
 			lagging++
 		} else {
@@ -306,6 +306,7 @@ const prePasses = 2
 type sample struct {
 	at    time.Time
 	pause time.Duration
+	bytes int64
 }
 
 // statsWindow is the span of the reported pause percentile and rate.
@@ -328,13 +329,17 @@ func statusOf(gen int64, state pft.State, n uint64, last time.Duration, recent [
 		return st
 	}
 	pauses := make([]time.Duration, len(recent))
+	var bytes int64
 	for i, s := range recent {
 		pauses[i] = s.pause
+		bytes += s.bytes
 	}
 	slices.Sort(pauses)
+	st.PauseP50MS = ms(pauses[len(pauses)/2])
 	st.PauseP99MS = ms(pauses[min(len(pauses)-1, len(pauses)*99/100)])
 	if span := time.Since(recent[0].at); span > 0 {
 		st.EpochsPerSecond = float64(len(recent)) / span.Seconds()
+		st.StreamBytesPerSecond = float64(bytes) / span.Seconds()
 	}
 	return st
 }

@@ -85,8 +85,12 @@ type FT struct {
 	// LastCheckpointMs the guest's pause for it.
 	Epoch            uint64  `json:"epoch"`
 	LastCheckpointMs float64 `json:"lastCheckpointMs"`
+	PauseP50Ms       float64 `json:"pauseP50Ms,omitempty"`
 	PauseP99Ms       float64 `json:"pauseP99Ms,omitempty"`
 	EpochsPerSecond  float64 `json:"epochsPerSecond,omitempty"`
+	// StreamBytesPerSecond is the checkpoint stream's rate (the
+	// replication bandwidth FT costs).
+	StreamBytesPerSecond float64 `json:"streamBytesPerSecond,omitempty"`
 	// SeedPercent is the first full copy's progress while Seeding.
 	SeedPercent float64 `json:"seedPercent,omitempty"`
 	Message     string  `json:"message,omitempty"`

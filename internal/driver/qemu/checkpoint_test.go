@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -127,4 +128,88 @@ func TestCheckpointResume(t *testing.T) {
 	checkConsole(t, sec, name)
 	slices.Sort(pauses)
 	t.Logf("30 checkpoints (TCG, %d MiB): pause p50 %v, max %v", guestMemMiB, pauses[len(pauses)/2], pauses[len(pauses)-1])
+}
+
+// TestCheckpointScaling measures the checkpoint pause against the guest's
+// memory size for docs/benchmarks.md (VIGIL_FT_BENCH=1; printed, never
+// asserted): an idle guest of 256 MiB, 1 GiB and 2 GiB, the hash tracker,
+// TCG. It also reads QEMU's pagemap over the guest's memory, which is what
+// soft-dirty tracking reads instead of hashing the memory: the projection
+// for a kernel that has soft-dirty is the pause less the hash scan plus
+// that read.
+func TestCheckpointScaling(t *testing.T) {
+	if os.Getenv("VIGIL_FT_BENCH") == "" {
+		t.Skip("VIGIL_FT_BENCH=1 runs the FT scaling benchmark (docs/benchmarks.md)")
+	}
+	needMigrationEnv(t)
+	for _, mib := range []int64{256, 1024, 2048} {
+		t.Run(fmt.Sprintf("%dMiB", mib), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+			defer cancel()
+			h := newMigHost(t, "pri")
+			dir := t.TempDir()
+			name := fmt.Sprintf("ft-scale-%d", mib)
+			cfg := vmConfig(name, qcow2(t, filepath.Join(dir, "disk.qcow2"), "64M"), "")
+			cfg.MemoryMiB = mib
+			cfg.FT = &driver.FTConfig{Dir: filepath.Join(dir, "ft"), RAM: filepath.Join(dir, "ft", "ram")}
+			h.start(ctx, cfg)
+			h.waitHTTP(ctx)
+			tracker, err := dirtytrack.OpenHash(cfg.FT.RAM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src, err := checkpoint.OpenSource(cfg.FT.RAM, tracker, []string{cfg.Disks[0].Path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			if err := src.PrePass(&ft.Epoch{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.d.Protect(ctx, name, true); err != nil {
+				t.Fatal(err)
+			}
+			devPath := filepath.Join(cfg.FT.Dir, "dev")
+			var pauses, collects []time.Duration
+			for n := range 12 {
+				e := &ft.Epoch{N: uint64(n + 1)}
+				st, err := h.d.Checkpoint(ctx, name, devPath, func() error { return src.Collect(e) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := h.d.Release(ctx, name); err != nil {
+					t.Fatal(err)
+				}
+				if n >= 2 { // after the pre-pass's leftovers
+					pauses, collects = append(pauses, st.Pause), append(collects, st.Collect)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			st, _ := h.d.Inspect(name)
+			start, size, err := dirtytrack.Mapping(st.PID, cfg.FT.RAM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", st.PID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pm.Close()
+			buf := make([]byte, size/os.Getpagesize()*8)
+			var reads []time.Duration
+			for range 5 {
+				t0 := time.Now()
+				if _, err := pm.ReadAt(buf, int64(start/uintptr(os.Getpagesize()))*8); err != nil {
+					t.Fatal(err)
+				}
+				reads = append(reads, time.Since(t0))
+			}
+			slices.Sort(pauses)
+			slices.Sort(collects)
+			slices.Sort(reads)
+			p50, c50, r50 := pauses[len(pauses)/2], collects[len(collects)/2], reads[len(reads)/2]
+			t.Logf("BENCH checkpoint pause, idle guest of %d MiB (hash tracker, TCG): p50 %v, max %v; of which collect (hash scan and copy) p50 %v; pagemap read %v; soft-dirty projection %v",
+				mib, p50.Round(100*time.Microsecond), pauses[len(pauses)-1].Round(100*time.Microsecond), c50.Round(100*time.Microsecond), r50.Round(10*time.Microsecond), (p50 - c50 + r50).Round(100*time.Microsecond))
+		})
+	}
 }

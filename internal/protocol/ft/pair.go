@@ -62,8 +62,12 @@ type Status struct {
 	// PauseP99MS the 99th percentile over the last minute's checkpoints,
 	// and EpochsPerSecond their rate.
 	LastCheckpointMS float64 `json:"lastCheckpointMs"`
+	PauseP50MS       float64 `json:"pauseP50Ms,omitempty"`
 	PauseP99MS       float64 `json:"pauseP99Ms,omitempty"`
 	EpochsPerSecond  float64 `json:"epochsPerSecond,omitempty"`
+	// StreamBytesPerSecond is the checkpoint stream's rate over the same
+	// window: the replication bandwidth FT costs.
+	StreamBytesPerSecond float64 `json:"streamBytesPerSecond,omitempty"`
 	// SeedDone and SeedTotal are the first full copy's progress, in bytes.
 	SeedDone  int64     `json:"seedDone,omitempty"`
 	SeedTotal int64     `json:"seedTotal,omitempty"`
@@ -108,4 +112,18 @@ func TakeOver(cur Pair, by string, gen int64, now time.Time) (Pair, error) {
 	next := cur
 	next.Primary, next.Secondary, next.Generation, next.Reason, next.Time = by, "", cur.Generation+1, "took over from "+cur.Primary, now
 	return next, nil
+}
+
+// StateOf is an FT VM's protection as operators see it, from its pair
+// record (the authority over who the secondary is) and its primary's last
+// report (over how far along it is, when it is about the record's
+// generation). pair nil: no secondary chosen yet.
+func StateOf(pair *Pair, st *Status) State {
+	switch {
+	case pair == nil || pair.Secondary == "":
+		return Unprotected
+	case st == nil || st.Generation != pair.Generation:
+		return Seeding
+	}
+	return st.State
 }
