@@ -35,6 +35,12 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 	}
 }
 
+// ftHangWindow is how long a hung agent may leave an FT primary running
+// before the watchdog resets the host: far below the 71 minutes after which
+// QEMU's filters would release held output on their own, far above an etcd
+// election or a control-plane outage (an FT VM is not killed for those).
+const ftHangWindow = 30 * time.Second
+
 func (a *Agent) fenceOnce(ctx context.Context) {
 	now := boottime.Now()
 	leaseEnd := a.leaseEnd()
@@ -46,6 +52,20 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 	vms := make([]wdVM, 0, len(guarded))
 	for name, se := range guarded {
 		vms = append(vms, wdVM{name: name, storageEnd: se})
+	}
+	for _, st := range a.drv.List() {
+		if _, ok := guarded[st.Name]; ok || !st.Running {
+			continue
+		}
+		if p, known := a.fence.Policy(st.Name); known && p.FT {
+			// An FT VM's secondary may take over at any moment, and the
+			// Output Rule keeps this instance off the network from then
+			// on, whatever the watchdog does. The watchdog only bounds how
+			// long a hung agent leaves it running with its output held
+			// (QEMU's filters would let it out on their own after 71
+			// minutes): the deadline moves while this loop runs.
+			vms = append(vms, wdVM{name: st.Name, storageEnd: now + ftHangWindow})
+		}
 	}
 	sort.Slice(vms, func(i, j int) bool { return vms[i].name < vms[j].name })
 	d, any := watchdogDeadline(leaseEnd, vms)

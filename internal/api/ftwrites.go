@@ -112,13 +112,7 @@ func (s *Server) hostFTStatus(w http.ResponseWriter, r *http.Request, host, vm s
 	if !decodeHostBody(w, r, &in) {
 		return
 	}
-	v, err := s.st.VM(r.Context(), vm)
-	if err != nil {
-		hostErr(w, err)
-		return
-	}
-	if v.Placement.Host != host {
-		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, replicated.OrNone(v.Placement.Host), host))
+	if _, ok := s.placedOn(w, r, host, vm); !ok {
 		return
 	}
 	if err := s.st.PutFTStatus(r.Context(), vm, &in); err != nil {

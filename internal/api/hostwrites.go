@@ -152,14 +152,22 @@ func (s *Server) hostMigration(w http.ResponseWriter, r *http.Request, host, vm 
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) hostRequestDone(w http.ResponseWriter, r *http.Request, host, vm string) {
+// placedOn reads vm and answers 403 unless it is placed on host.
+func (s *Server) placedOn(w http.ResponseWriter, r *http.Request, host, vm string) (*store.VMState, bool) {
 	v, err := s.st.VM(r.Context(), vm)
 	if err != nil {
 		hostErr(w, err)
-		return
+		return nil, false
 	}
 	if v.Placement.Host != host {
 		writeErr(w, http.StatusForbidden, fmt.Errorf("forbidden: %s is placed on %s, not on %s", vm, replicated.OrNone(v.Placement.Host), host))
+		return nil, false
+	}
+	return v, true
+}
+
+func (s *Server) hostRequestDone(w http.ResponseWriter, r *http.Request, host, vm string) {
+	if _, ok := s.placedOn(w, r, host, vm); !ok {
 		return
 	}
 	if err := s.st.DeleteRequest(r.Context(), vm); err != nil {

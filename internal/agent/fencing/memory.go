@@ -72,10 +72,9 @@ func (m *Memory) Learn(snap *store.Snapshot, self string) bool {
 		}
 		// Desired power is left out on purpose: an operator may start a VM
 		// again while this host hangs, and HA would then restart it.
-		// An FT VM runs on elsewhere too: its secondary takes over.
-		restartable := s.HA.Enabled && s.HA.Priority != spec.PriorityDisabled && shared || s.FT.Enabled
+		restartable := s.HA.Enabled && s.HA.Priority != spec.PriorityDisabled && shared
 		policy[name] = Policy{HA: s.HA.Enabled, LeaveRunning: s.HA.IsolationResponse == spec.IsolationLeaveRunning,
-			Restartable: restartable, Datastores: dss}
+			Restartable: restartable, FT: s.FT.Enabled, Datastores: dss}
 	}
 	hosts := map[string]string{}
 	for name, h := range snap.Hosts {

@@ -47,7 +47,12 @@ type Policy struct {
 	// restart priority, every disk on a shared datastore), so the watchdog
 	// must guard it.
 	Restartable bool
-	Datastores  []string
+	// FT: the VM has (or gets) a secondary that takes over when it is
+	// lost (docs/ft.md). Its output is held until the secondary has it,
+	// so it needs no kill on a lapsed lease; the watchdog guards only
+	// against its agent hanging for good (see the agent's ftHangWindow).
+	FT         bool
+	Datastores []string
 }
 
 // Verdict is the self-fencing decision for one running VM.

@@ -34,9 +34,10 @@ import (
 const (
 	// DefaultInterval is the target time from one checkpoint to the next.
 	DefaultInterval = 100 * time.Millisecond
-	// DefaultFailAfter is how long a side waits on the other (the next
-	// checkpoint, an acknowledgement) before it counts it lost.
-	DefaultFailAfter = time.Second
+	// DefaultFailAfter is how long a side hears nothing from the other
+	// (each sends a keepalive every 100 ms besides its checkpoints or
+	// acknowledgements) before it counts it lost: five keepalives.
+	DefaultFailAfter = 500 * time.Millisecond
 	// statusEvery paces the primary's reports.
 	statusEvery = time.Second
 )

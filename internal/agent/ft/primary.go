@@ -98,7 +98,21 @@ func (p *primary) run(ctx context.Context, v *store.VMState) {
 // unprotected only if it wins ft.Drop; if the secondary took over instead,
 // this instance must not run a moment longer.
 func (p *primary) stepDownOrDrop(ctx context.Context, cause error) {
+	start := time.Now()
 	for attempt := 0; ; attempt++ {
+		if time.Since(start) > unsettledLimit {
+			// Neither the secondary nor the arbiter for this long: the
+			// secondary has likely taken over, and this instance, whose
+			// output has been held all along, serves no one. QEMU's
+			// filters would let that output out on their own in the end:
+			// the instance goes now.
+			if kerr := p.r.drv.Kill(ctx, p.vm); kerr != nil {
+				p.r.log.Error("ft: cannot stop the unsettled primary", "vm", p.vm, "err", kerr)
+			}
+			p.r.host.Event(ctx, EvFailed, p.vm, fmt.Sprintf("FT: lost secondary %s (%v) and could not reach the pair record for %s; stopped this primary, whose output was held all along", p.pair.Secondary, cause, unsettledLimit))
+			p.r.host.Trigger()
+			return
+		}
 		pair, err := p.r.w.GetFTPair(ctx, p.vm)
 		if err == nil && pair.Generation == p.gen && pair.Primary == p.r.cfg.Host {
 			err = p.r.w.FTDrop(ctx, p.vm, hostwrite.FTChange{Rev: pair.Rev, Generation: p.gen})
@@ -139,23 +153,6 @@ func (p *primary) stepDownOrDrop(ctx context.Context, cause error) {
 	}
 }
 
-// conn is a stream whose every read and write must progress within the
-// timeout.
-type conn struct {
-	net.Conn
-	timeout time.Duration
-}
-
-func (c *conn) Read(b []byte) (int, error) {
-	_ = c.SetReadDeadline(time.Now().Add(c.timeout))
-	return c.Conn.Read(b)
-}
-
-func (c *conn) Write(b []byte) (int, error) {
-	_ = c.SetWriteDeadline(time.Now().Add(c.timeout))
-	return c.Conn.Write(b)
-}
-
 // protect runs checkpoints until the stream fails or ctx ends.
 func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 	dir := p.r.host.Dir(p.vm)
@@ -174,23 +171,24 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 		tc.ServerName = p.pair.Secondary
 		raw = tls.Client(raw, tc)
 	}
-	c := &conn{Conn: raw, timeout: p.r.cfg.FailAfter}
+	// The handshake may wait on the secondary's reads of etcd; after it,
+	// the keepalives bound every silence.
+	c := &conn{Conn: raw, timeout: handshakeTimeout}
 	defer c.Close()
 	p.mu.Lock()
 	p.conn = raw
 	p.mu.Unlock()
+	w, br := &writer{bw: bufio.NewWriterSize(c, 1<<20)}, bufio.NewReaderSize(c, 64<<10)
 	stop := context.AfterFunc(ctx, func() {
 		// Stopped on purpose: say so, so that the secondary does not take
 		// the end of the stream for the loss of the primary (unless the
 		// stop is a drill's crash).
 		if !p.aborted.Load() {
-			bw := bufio.NewWriter(c)
-			_ = pft.WriteBye(bw)
+			_ = w.send(pft.WriteBye)
 		}
 		c.Close()
 	})
 	defer stop()
-	bw, br := bufio.NewWriterSize(c, 1<<20), bufio.NewReaderSize(c, 64<<10)
 
 	tracker, err := trackerFor(ram)
 	if err != nil {
@@ -202,24 +200,28 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 		return err
 	}
 	defer src.Close()
-	if err := pft.WriteHello(bw, pft.Hello{VM: p.vm, UID: p.uid, From: p.r.cfg.Host, Generation: p.gen, RAMBytes: src.RAMBytes(), Disks: len(disks)}); err != nil {
+	hello := pft.Hello{VM: p.vm, UID: p.uid, From: p.r.cfg.Host, Generation: p.gen, RAMBytes: src.RAMBytes(), Disks: len(disks)}
+	if err := w.send(func(bw *bufio.Writer) error { return pft.WriteHello(bw, hello) }); err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
 	if err := pft.ReadReply(br); err != nil {
 		return err
 	}
+	c.timeout = p.r.cfg.FailAfter
+	kctx, kcancel := context.WithCancel(ctx)
+	defer kcancel()
+	go w.keepalive(kctx)
 	p.report(ctx, &pft.Status{Generation: p.gen, State: pft.Seeding, SeedTotal: src.RAMBytes(), Message: "copying the VM to " + p.pair.Secondary})
 	p.r.host.Event(ctx, EvSeeding, p.vm, fmt.Sprintf("FT: seeding the secondary on %s (generation %d)", p.pair.Secondary, p.gen))
 	// Pre-passes while the guest runs and its output flows: the whole
 	// memory, then what changed meanwhile. The first checkpoint then
 	// stops the guest only for what changed since (ARCHITECTURE.md §8).
-	c.timeout = max(p.r.cfg.FailAfter, 60*time.Second)
 	for pass := range prePasses {
 		e := &pft.Epoch{}
 		if err := src.PrePass(e); err != nil {
 			return err
 		}
-		if err := pft.WriteEpoch(bw, e); err != nil {
+		if err := w.send(func(bw *bufio.Writer) error { return pft.WriteEpoch(bw, e) }); err != nil {
 			return fmt.Errorf("send pre-pass %d: %w", pass+1, err)
 		}
 		if _, err := pft.ReadAck(br); err != nil {
@@ -250,7 +252,7 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 		if e.Devices, err = os.ReadFile(devPath); err != nil {
 			return fmt.Errorf("read the device state: %w", err)
 		}
-		if err := pft.WriteEpoch(bw, e); err != nil {
+		if err := w.send(func(bw *bufio.Writer) error { return pft.WriteEpoch(bw, e) }); err != nil {
 			return fmt.Errorf("send checkpoint %d: %w", n, err)
 		}
 		ack, err := pft.ReadAck(br)
@@ -260,7 +262,6 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 		if ack != n {
 			return fmt.Errorf("acknowledgement of checkpoint %d for %d", n, ack)
 		}
-		c.timeout = p.r.cfg.FailAfter
 		p.protected.Store(true)
 		if err := p.r.cp.Release(ctx, p.vm); err != nil {
 			return err
@@ -297,6 +298,10 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 		}
 	}
 }
+
+// unsettledLimit bounds how long a primary that lost its secondary waits
+// to learn from the pair record whether it may run on, its output held.
+const unsettledLimit = 30 * time.Second
 
 // prePasses is how many copies of the memory go before the first
 // checkpoint.

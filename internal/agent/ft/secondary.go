@@ -63,10 +63,8 @@ func (r *Reconciler) serve(ctx context.Context, raw net.Conn) {
 		from = pki.PeerHost(&cs)
 		raw = tc
 	}
-	// Until the first checkpoint (the whole VM) has arrived, the primary
-	// may be slow; from then on it sends one every Interval.
-	c := &conn{Conn: raw, timeout: max(r.cfg.FailAfter, 60*time.Second)}
-	bw, br := bufio.NewWriterSize(c, 64<<10), bufio.NewReaderSize(c, 1<<20)
+	c := &conn{Conn: raw, timeout: handshakeTimeout}
+	w, br := &writer{bw: bufio.NewWriterSize(c, 64<<10)}, bufio.NewReaderSize(c, 1<<20)
 	h, err := pft.ReadHello(br)
 	if err != nil {
 		r.log.Warn("ft: stream refused", "remote", raw.RemoteAddr(), "err", err)
@@ -83,7 +81,7 @@ func (r *Reconciler) serve(ctx context.Context, raw net.Conn) {
 	}
 	if refusal != "" {
 		log.Warn("ft: stream refused", "why", refusal)
-		_ = pft.WriteReply(bw, refusal)
+		_ = w.send(func(bw *bufio.Writer) error { return pft.WriteReply(bw, refusal) })
 		return
 	}
 	s := &secondary{hello: h, c: raw}
@@ -103,15 +101,19 @@ func (r *Reconciler) serve(ctx context.Context, raw net.Conn) {
 	rep, paths, err := r.newReplica(ctx, h)
 	if err != nil {
 		log.Error("ft: cannot make the copy", "err", err)
-		_ = pft.WriteReply(bw, err.Error())
+		_ = w.send(func(bw *bufio.Writer) error { return pft.WriteReply(bw, err.Error()) })
 		return
 	}
 	defer rep.Close()
-	if err := pft.WriteReply(bw, ""); err != nil {
+	if err := w.send(func(bw *bufio.Writer) error { return pft.WriteReply(bw, "") }); err != nil {
 		return
 	}
+	c.timeout = r.cfg.FailAfter
+	kctx, kcancel := context.WithCancel(ctx)
+	go w.keepalive(kctx)
 	log.Info("ft: secondary receiving checkpoints")
-	err = r.receive(br, bw, h, rep, c)
+	err = r.receive(br, w, h, rep)
+	kcancel()
 	switch why := s.droppedWhy(); {
 	case errors.Is(err, pft.ErrBye):
 		log.Info("ft: the primary ended the stream")
@@ -130,7 +132,7 @@ func (r *Reconciler) serve(ctx context.Context, raw net.Conn) {
 }
 
 // receive applies checkpoints until the stream ends.
-func (r *Reconciler) receive(br *bufio.Reader, bw *bufio.Writer, h pft.Hello, rep *checkpoint.Replica, c *conn) error {
+func (r *Reconciler) receive(br *bufio.Reader, w *writer, h pft.Hello, rep *checkpoint.Replica) error {
 	for {
 		e, err := pft.ReadEpoch(br, h)
 		if err != nil {
@@ -139,13 +141,8 @@ func (r *Reconciler) receive(br *bufio.Reader, bw *bufio.Writer, h pft.Hello, re
 		if err := rep.Apply(e); err != nil {
 			return err
 		}
-		if err := pft.WriteAck(bw, e.N); err != nil {
+		if err := w.send(func(bw *bufio.Writer) error { return pft.WriteAck(bw, e.N) }); err != nil {
 			return err
-		}
-		if e.N >= 1 {
-			// The pre-passes may take long; after the first checkpoint,
-			// the primary checkpoints every Interval.
-			c.timeout = r.cfg.FailAfter
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // The checkpoint stream: the primary's agent dials the secondary's, says
@@ -24,12 +25,19 @@ import (
 //	            devices:u32 bytes
 //	Ack:    'A' n:u64
 //	Bye:    'B'
+//	Keepalive: 'K'
+//
+// Each side sends a Keepalive every KeepaliveEvery, between its other
+// messages, and a reader skips them: a side that hears nothing from the
+// other for a while has lost it, whatever a checkpoint costs (a long pause,
+// a large epoch to apply).
 const (
 	msgHello = 'H'
 	msgReply = 'R'
 	msgEpoch = 'E'
 	msgAck   = 'A'
 	msgBye   = 'B'
+	msgAlive = 'K'
 
 	kindZero = 0
 	kindData = 1
@@ -160,6 +168,9 @@ func readBlob(r *bufio.Reader, typ byte, limit uint32) ([]byte, error) {
 
 func expect(r *bufio.Reader, typ byte) error {
 	t, err := r.ReadByte()
+	for err == nil && t == msgAlive {
+		t, err = r.ReadByte()
+	}
 	if err != nil {
 		return err
 	}
@@ -316,6 +327,15 @@ func ReadAck(r *bufio.Reader) (uint64, error) {
 	var n uint64
 	err := binary.Read(r, binary.BigEndian, &n)
 	return n, err
+}
+
+// KeepaliveEvery is how often each side sends a Keepalive.
+const KeepaliveEvery = 100 * time.Millisecond
+
+// WriteKeepalive says this side is alive.
+func WriteKeepalive(w *bufio.Writer) error {
+	w.WriteByte(msgAlive)
+	return w.Flush()
 }
 
 // WriteBye ends a stream on purpose.
