@@ -105,9 +105,20 @@ func (s *Snapshot) FTPair(vm string) *ft.Pair {
 // GetFTPair reads a VM's pair record with its revision; ErrNotFound when
 // there is none.
 func (s *Store) GetFTPair(ctx context.Context, vm string) (*ft.Pair, error) {
+	return s.getFTPair(ctx, vm)
+}
+
+// GetFTPairLocal is GetFTPair from this member's copy (see VMLocal): the
+// record at a revision is what it was then, so the checks of a transition
+// made on it hold for the compare-and-swap at that revision.
+func (s *Store) GetFTPairLocal(ctx context.Context, vm string) (*ft.Pair, error) {
+	return s.getFTPair(ctx, vm, clientv3.WithSerializable())
+}
+
+func (s *Store) getFTPair(ctx context.Context, vm string, opts ...clientv3.OpOption) (*ft.Pair, error) {
 	ctx, cancel := op(ctx)
 	defer cancel()
-	resp, err := s.c.Get(ctx, FTPairKey(vm))
+	resp, err := s.c.Get(ctx, FTPairKey(vm), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("read FT pair of %s: %w", vm, err)
 	}

@@ -374,9 +374,22 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 
 // VM reads one VM's state.
 func (s *Store) VM(ctx context.Context, name string) (*VMState, error) {
+	return s.vm(ctx, name)
+}
+
+// VMLocal reads one VM's state from this member's copy, without asking the
+// leader (a serializable read): it may be behind, so it serves only as the
+// precondition of a compare-and-swap on the revisions it returns, which the
+// transaction checks against the current state. It answers while etcd
+// elects a leader, when a linearizable read would wait.
+func (s *Store) VMLocal(ctx context.Context, name string) (*VMState, error) {
+	return s.vm(ctx, name, clientv3.WithSerializable())
+}
+
+func (s *Store) vm(ctx context.Context, name string, opts ...clientv3.OpOption) (*VMState, error) {
 	ctx, cancel := op(ctx)
 	defer cancel()
-	resp, err := s.c.Get(ctx, vmsPfx+name+"/", clientv3.WithPrefix())
+	resp, err := s.c.Get(ctx, vmsPfx+name+"/", append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("read vm %s: %w", name, err)
 	}

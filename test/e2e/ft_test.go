@@ -323,6 +323,15 @@ func crashPrimary(t *testing.T, l *testenv.Lab, name string, run int) crashRun {
 		if r.resumed == 0 && time.Now().After(deadline) {
 			t.Fatalf("run %d: no ft.resumed event:\n%s", run, testenv.Timeline(evs))
 		}
+		if r.resumed != 0 {
+			var steps []string
+			for _, e := range evs {
+				if e.VM == name && (e.Type == "ft.primary-lost" || e.Type == "ft.takeover" || e.Type == "ft.resumed") {
+					steps = append(steps, fmt.Sprintf("%s +%s", e.Type, e.Time.Sub(t0).Round(time.Millisecond)))
+				}
+			}
+			t.Logf("run %d: after the crash: %s", run, strings.Join(steps, ", "))
+		}
 	}
 	if err := l.Heal(ctx, r.primary); err != nil {
 		t.Fatal(err)
