@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/check"
+	"github.com/vigilha/vigil/internal/guest/httpapi"
 	"github.com/vigilha/vigil/internal/guestclient"
 	"github.com/vigilha/vigil/internal/lab"
 	"github.com/vigilha/vigil/internal/netnsdial"
@@ -484,6 +485,52 @@ func TestFT_PrimaryCrashWhileSeeding(t *testing.T) {
 	t.Logf("primary %s crashed while seeding %s: no takeover; back on %s and protected by %s", v.Host, v.FT.SecondaryHost, after.Host, after.FT.SecondaryHost)
 }
 
+// bulkThroughFT downloads mb MiB of the guest's bulk pattern from host's
+// namespace and checks every byte: the Output Rule's filters hold and
+// release many frames per checkpoint, and QEMU's source suggests that a
+// flush could drop the rest of a queue when the tap refuses a write.
+// Retransmissions would hide a dropped frame but not a lost or reordered
+// stream: the download must complete, byte for byte.
+func bulkThroughFT(t *testing.T, l *testenv.Lab, host, ip string, mb int) {
+	t.Helper()
+	ns, err := l.Namespace(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return netnsdial.Dial(ctx, ns, network, addr)
+		}}}
+	start := time.Now()
+	resp, err := hc.Get(fmt.Sprintf("http://%s/bulk?mb=%d", ip, mb))
+	if err != nil {
+		t.Fatalf("bulk download: %v", err)
+	}
+	defer resp.Body.Close()
+	var n int64
+	buf := make([]byte, 64<<10)
+	for {
+		k, err := resp.Body.Read(buf)
+		for i := range k {
+			if buf[i] != httpapi.BulkByte(n+int64(i)) {
+				t.Fatalf("bulk download: byte %d is %d, want %d", n+int64(i), buf[i], httpapi.BulkByte(n+int64(i)))
+			}
+		}
+		n += int64(k)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("bulk download after %d bytes: %v", n, err)
+		}
+	}
+	if n != int64(mb)<<20 {
+		t.Fatalf("bulk download: %d bytes, want %d", n, int64(mb)<<20)
+	}
+	took := time.Since(start)
+	t.Logf("bulk output through the Output Rule: %d MiB intact in %s (%.1f MB/s)", mb, took.Round(time.Millisecond), float64(n)/took.Seconds()/1e6)
+}
+
 // Both drills do what they say, for real: Test Failover moves the VM to
 // its secondary with the client's connection, Test Restart Secondary
 // leaves the VM where it is and seeds a secondary afresh.
@@ -491,6 +538,7 @@ func TestFT_Drills(t *testing.T) {
 	l := testenv.StartLab(t, testenv.LabOptions{})
 	v := ftGuest(t, l, "ft6")
 	cl := thirdHost(t, l, v)
+	bulkThroughFT(t, l, cl, v.IP, 32)
 	k := startKeep(t, l, cl, v.IP, 50*time.Millisecond)
 	k.waitAnswers(t, 10, ftLimit)
 	if out, err := l.Vigil("ft", "test-restart-secondary", "ft6", "--wait", "3m"); err != nil {

@@ -160,7 +160,40 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /burn", s.burnStart)
 	s.mux.HandleFunc("GET /burn", s.burnStatus)
 	s.mux.HandleFunc("POST /diskbench", s.diskbench)
+	s.mux.HandleFunc("GET /bulk", s.bulk)
 	return s
+}
+
+// maxBulk bounds one bulk answer.
+const maxBulk = 256
+
+// BulkByte is byte i of every GET /bulk answer: a pattern a client checks
+// without keeping a copy (251 is prime, so the pattern does not repeat on
+// any power-of-two boundary).
+func BulkByte(i int64) byte { return byte(i % 251) }
+
+// bulk answers mb MiB of the BulkByte pattern: bulk output, for tests of
+// what holds or forwards the guest's output (FT's Output Rule).
+func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
+	mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
+	if err != nil || mb < 1 || mb > maxBulk {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("mb: want a whole number from 1 to %d", maxBulk))
+		return
+	}
+	n := int64(mb) << 20
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	buf := make([]byte, 251*256) // a whole number of periods
+	for i := range buf {
+		buf[i] = BulkByte(int64(i))
+	}
+	for sent := int64(0); sent < n; {
+		k := min(int64(len(buf)), n-sent)
+		if _, err := w.Write(buf[:k]); err != nil {
+			return
+		}
+		sent += k
+	}
 }
 
 // ServeHTTP dispatches r, or blocks until the client gives up once the guest
