@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/driver"
-	pft "github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/store"
 )
@@ -110,9 +109,8 @@ func (a *Agent) ftTakesOver(snap *store.Snapshot, vm string, ls driver.Status) b
 	if _, alive := snap.Alive[p.Secondary]; !alive {
 		return false
 	}
-	// Only a secondary that holds a checkpoint can take over.
-	if st := snap.FTStatus[vm]; st == nil || st.Generation != p.Generation || st.State != pft.Protected && st.State != pft.Lagging {
-		return false
-	}
+	// Whether the secondary holds a checkpoint is not known here for sure
+	// (the primary's reports are asynchronous): a secondary still seeding
+	// is dropped by the primary's engine, which ends this wait.
 	return ls.ExitedAt.IsZero() || time.Since(ls.ExitedAt) < ftTakeoverWait
 }

@@ -36,8 +36,8 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 }
 
 // ftHangWindow is how long a hung agent may leave an FT primary running
-// before the watchdog resets the host: far below the 71 minutes after which
-// QEMU's filters would release held output on their own, far above an etcd
+// before the watchdog resets the host: far below the 71 minutes of QEMU's
+// filters' own timer, far above an etcd
 // election or a control-plane outage (an FT VM is not killed for those).
 const ftHangWindow = 30 * time.Second
 
@@ -62,7 +62,7 @@ func (a *Agent) fenceOnce(ctx context.Context) {
 			// Output Rule keeps this instance off the network from then
 			// on, whatever the watchdog does. The watchdog only bounds how
 			// long a hung agent leaves it running with its output held
-			// (QEMU's filters would let it out on their own after 71
+			// (QEMU's filters have a timer of their own, at most 71
 			// minutes): the deadline moves while this loop runs.
 			vms = append(vms, wdVM{name: st.Name, storageEnd: now + ftHangWindow})
 		}

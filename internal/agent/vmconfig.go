@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	agentft "github.com/vigilha/vigil/internal/agent/ft"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,7 +39,7 @@ func (a *Agent) vmConfig(ctx context.Context, v *store.VMState, grants map[strin
 		if a.cfg.FTDir == "" {
 			return nil, fmt.Errorf("%s is an FT VM, and host %s has no FT directory (--ft-dir)", rec.Name(), a.cfg.Host)
 		}
-		dir := a.ftDir(rec.Name())
+		dir := filepath.Join(a.ftDir(rec.Name()), agentft.PrimaryDir)
 		cfg.FT = &driver.FTConfig{Dir: dir, RAM: filepath.Join(dir, "ram")}
 	}
 	if s.Accel != "auto" {

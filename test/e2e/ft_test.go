@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -371,6 +372,45 @@ func TestFT_SecondaryCrash_PrimaryGoesOn(t *testing.T) {
 	}
 	t.Logf("secondary %s crashed: primary %s went on (longest silence %s), protected again by %s",
 		v.FT.SecondaryHost, v.Host, gap.Round(time.Millisecond), after.FT.SecondaryHost)
+}
+
+// Only the primary's QEMU dies (SIGKILL, as a crash or the OOM killer):
+// its host and agent live on. The secondary takes over (the stream ends
+// without the Bye of a deliberate stop), the connection goes on, and the
+// primary's host does not start a second instance.
+func TestFT_PrimaryQEMUCrash(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	v := ftGuest(t, l, "ft7")
+	cl := thirdHost(t, l, v)
+	k := startKeep(t, l, cl, v.IP, 50*time.Millisecond)
+	k.waitAnswers(t, 10, ftLimit)
+	pids := check.QEMUProcs("ft7")
+	if len(pids) != 1 {
+		t.Fatalf("QEMUs of ft7 before the crash: %v", pids)
+	}
+	sampler := check.StartSampler([]string{"ft7"}, 20*time.Millisecond)
+	t0 := time.Now()
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	l.WaitVM("ft7", ftLimit, "running on its secondary's host", func(x v1.VM) bool { return x.State == "running" && x.Host == v.FT.SecondaryHost })
+	k.waitAnswers(t, 20, ftLimit)
+	// Long enough for the primary's host to have restarted the VM, were
+	// it going to.
+	time.Sleep(5 * time.Second)
+	answers, err := k.Stop()
+	if err != nil {
+		t.Fatalf("the client's TCP connection broke: %v", err)
+	}
+	gap := checkContinuous(t, "client", answers)
+	if max := sampler.Stop()["ft7"]; max > 1 {
+		t.Fatalf("%d QEMUs of ft7 at once", max)
+	}
+	evs := l.Events(t0)
+	if !hasEvent(evs, "ft.resumed", "ft7") {
+		t.Fatalf("no takeover after the primary's QEMU died:\n%s", testenv.Timeline(evs))
+	}
+	t.Logf("the primary's QEMU on %s was killed: %s took over; longest silence %s", v.Host, v.FT.SecondaryHost, gap.Round(time.Millisecond))
 }
 
 // The primary's host hangs (frozen, with a watchdog that hangs with it)

@@ -200,6 +200,12 @@ scrape_configs:
 		vm.Spec.Placement.Hosts.Should = []string{promHost}
 	}), "prom2")
 	l.WaitVM("prom2", 3*time.Minute, "running with its replica UpToDate", replicaState("UpToDate", "Established"))
+	// An FT VM, protected, for the vigil_vm_ft_* series (on the host
+	// that does not crash below, with its secondary anywhere but there).
+	l.CreateVM(testenv.ExampleSpec(t, "ft-guest.yaml", "prom3", func(vm *spec.VM) {
+		vm.Spec.Placement.Hosts.Should = []string{promHost}
+	}), "prom3")
+	l.WaitVM("prom3", protectedLimit, "Protected", protectedOn(""))
 	// Every documented metric present, but for those a lab host cannot
 	// have (pressure only where cgroup v2 keeps it; load averages only on
 	// a host with a kernel of its own). A VM's QEMU answers a scrape

@@ -106,8 +106,12 @@ type Reconciler struct {
 	cp   driver.Checkpointer
 	log  *slog.Logger
 
-	mu          sync.Mutex
-	primaries   map[string]*primary
+	mu        sync.Mutex
+	primaries map[string]*primary
+	// stopping are engines told to stop that have not returned yet: the
+	// next engine of the VM (or its unprotection) waits for them, so that
+	// two engines never touch one VM's filters at once.
+	stopping    map[string]*primary
 	secondaries map[string]*secondary
 	// unprotected: the generation each VM was last made unprotected in.
 	unprotected map[string]int64
@@ -129,7 +133,7 @@ func New(cfg Config, host Host, w Writer, drv driver.Driver) (*Reconciler, error
 		cfg.Log = slog.Default()
 	}
 	return &Reconciler{cfg: cfg, host: host, w: w, drv: drv, cp: cp, log: cfg.Log,
-		primaries: map[string]*primary{}, secondaries: map[string]*secondary{}, unprotected: map[string]int64{}}, nil
+		primaries: map[string]*primary{}, stopping: map[string]*primary{}, secondaries: map[string]*secondary{}, unprotected: map[string]int64{}}, nil
 }
 
 // Run takes checkpoint streams until ctx ends.
@@ -169,9 +173,23 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 	for name, p := range r.primaries {
 		v := snap.VMs[name]
 		pair := snap.FTPair(name)
-		if v == nil || pair == nil || pair.Generation != p.gen || v.Placement.Host != r.cfg.Host || !local[name].Running {
+		switch {
+		case !local[name].Running:
+			// The instance ended: as a crash would, with no Bye.
+			p.abort()
+		case v == nil || pair == nil || pair.Generation != p.gen || v.Placement.Host != r.cfg.Host:
 			p.stop()
-			delete(r.primaries, name)
+		default:
+			continue
+		}
+		r.stopping[name] = p
+		delete(r.primaries, name)
+	}
+	for name, p := range r.stopping {
+		select {
+		case <-p.done:
+			delete(r.stopping, name)
+		default:
 		}
 	}
 	for name, p := range r.primaries {
@@ -202,11 +220,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 		if _, ok := r.primaries[name]; ok {
 			continue
 		}
+		if _, ok := r.stopping[name]; ok {
+			continue // the previous engine has not returned yet
+		}
 		if pair.Secondary == "" {
 			// Unprotected by the record: the output flows.
-			if r.unprotected[name] != pair.Generation {
+			if r.unprotected[name] != pair.Generation && r.unprotect(ctx, name, pair) {
 				r.unprotected[name] = pair.Generation
-				r.unprotect(ctx, name, pair)
 			}
 			continue
 		}
@@ -221,10 +241,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 }
 
 // unprotect turns the Output Rule off for a VM that the pair record says
-// runs without a secondary (once: the driver keeps the state).
-func (r *Reconciler) unprotect(ctx context.Context, name string, pair *pft.Pair) {
+// runs without a secondary, and reports whether it did (a QEMU the agent
+// is still reattaching to cannot be told yet: the next pass tries again).
+func (r *Reconciler) unprotect(ctx context.Context, name string, pair *pft.Pair) bool {
 	if err := r.cp.Protect(ctx, name, false); err != nil {
-		r.log.Debug("ft: unprotect", "vm", name, "err", err)
+		r.log.Warn("ft: cannot let the output of an unprotected VM flow yet", "vm", name, "err", err)
+		return false
 	}
 	st := &pft.Status{Generation: pair.Generation, State: pft.Unprotected, Message: pair.Reason, UpdatedAt: time.Now()}
 	go func() {
@@ -232,6 +254,7 @@ func (r *Reconciler) unprotect(ctx context.Context, name string, pair *pft.Pair)
 			r.log.Debug("ft: status", "vm", name, "err", err)
 		}
 	}()
+	return true
 }
 
 // trackerFor opens the dirty-page tracker of a primary's RAM file. The

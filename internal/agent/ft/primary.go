@@ -32,16 +32,18 @@ type primary struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	// aborted: the stream was cut as a crash would cut it (a drill), not
-	// ended with Bye; protected: the secondary has acknowledged a
-	// checkpoint; drilling: a drill was started on this engine.
-	aborted, protected, drilling atomic.Bool
-	mu                           sync.Mutex
-	conn                         net.Conn
+	// aborted: the stream was cut as a crash would cut it (a drill, or
+	// the instance ended), not ended with Bye; bye: the engine was stopped
+	// because the pair moved on, and says so to the secondary;
+	// protected: the secondary has acknowledged a checkpoint; drilling: a
+	// drill was started on this engine.
+	aborted, bye, protected, drilling atomic.Bool
+	mu                                sync.Mutex
+	conn                              net.Conn
 }
 
 // abort cuts the stream with no Bye, as the primary's crash would: the
-// secondary takes over.
+// secondary takes over if it holds a checkpoint.
 func (p *primary) abort() {
 	p.aborted.Store(true)
 	p.mu.Lock()
@@ -62,36 +64,40 @@ func (r *Reconciler) newPrimary(ctx context.Context, v *store.VMState, pair pft.
 	return p
 }
 
-// stop ends the engine (the pair moved on, or the VM left): the stream
-// ends with Bye, so the secondary does not take it for the primary's loss.
-func (p *primary) stop() { p.cancel() }
+// stop ends the engine because the pair moved on (a new generation, or the
+// VM placed elsewhere): the stream ends with Bye, so the secondary does not
+// take it for the primary's loss. Any other end of the engine's context
+// (the agent stopping) ends the stream without Bye: the secondary takes
+// over (docs/ft.md: an agent restart on the primary's host is a failover).
+func (p *primary) stop() {
+	p.bye.Store(true)
+	p.cancel()
+}
 
 func (p *primary) run(ctx context.Context, v *store.VMState) {
 	log := p.r.log.With("vm", p.vm, "generation", p.gen, "secondary", p.pair.Secondary)
 	err := p.protect(ctx, v)
-	if p.aborted.Load() {
-		return
-	}
-	if st, ierr := p.r.drv.Inspect(p.vm); p.protected.Load() && (ierr != nil || !st.Running) {
-		// The primary's QEMU ended: a crash of the primary, which its
-		// secondary covers. The stream ended without Bye, so the
+	st, ierr := p.r.drv.Inspect(p.vm)
+	dead := ierr != nil || !st.Running
+	switch {
+	case dead && p.protected.Load():
+		// The primary's QEMU ended (a crash, or a drill's kill): its
+		// secondary covers it. The stream ended without Bye, so the
 		// secondary takes over; the agent leaves the VM to it.
 		log.Warn("ft: the primary's instance ended; the secondary takes over", "err", err)
-		return
+	case dead:
+		// Ended while the secondary was still being seeded: nobody can
+		// take over. Dropping the secondary lets the agent handle the exit
+		// as for any VM.
+		p.stepDownOrDrop(context.WithoutCancel(ctx), fmt.Errorf("the primary's instance ended before the first checkpoint: %v", err))
+	case p.aborted.Load() || ctx.Err() != nil:
+		// Stopped on purpose: the pair moved on, a drill, or the agent
+		// stops. The next engine (a new generation) starts only once this
+		// one has returned, and lets the output flow itself.
+	default:
+		log.Warn("ft: checkpoint stream to the secondary lost", "err", err)
+		p.stepDownOrDrop(context.WithoutCancel(ctx), err)
 	}
-	if ctx.Err() != nil {
-		// Stopped on purpose: the pair record moved on (a new secondary,
-		// protection off) or the VM left this host. If the record still
-		// names this host the primary, no secondary of the old generation
-		// can take over any more: the output may flow until the next
-		// engine starts holding it.
-		if pair, gerr := p.r.w.GetFTPair(context.WithoutCancel(ctx), p.vm); gerr == nil && pair.Primary == p.r.cfg.Host && pair.Generation != p.gen {
-			_ = p.r.cp.Protect(context.WithoutCancel(ctx), p.vm, false)
-		}
-		return
-	}
-	log.Warn("ft: checkpoint stream to the secondary lost", "err", err)
-	p.stepDownOrDrop(context.WithoutCancel(ctx), err)
 }
 
 // stepDownOrDrop follows the loss of the secondary: the primary runs on
@@ -103,9 +109,9 @@ func (p *primary) stepDownOrDrop(ctx context.Context, cause error) {
 		if time.Since(start) > unsettledLimit {
 			// Neither the secondary nor the arbiter for this long: the
 			// secondary has likely taken over, and this instance, whose
-			// output has been held all along, serves no one. QEMU's
-			// filters would let that output out on their own in the end:
-			// the instance goes now.
+			// output has been held all along, serves no one; the
+			// filters' own timer is not to be relied on to hold it for
+			// ever: the instance goes now.
 			if kerr := p.r.drv.Kill(ctx, p.vm); kerr != nil {
 				p.r.log.Error("ft: cannot stop the unsettled primary", "vm", p.vm, "err", kerr)
 			}
@@ -155,8 +161,17 @@ func (p *primary) stepDownOrDrop(ctx context.Context, cause error) {
 
 // protect runs checkpoints until the stream fails or ctx ends.
 func (p *primary) protect(ctx context.Context, v *store.VMState) error {
-	dir := p.r.host.Dir(p.vm)
-	ram := filepath.Join(dir, "ram")
+	// The instance's own memory file: one resumed by a secondary runs from
+	// its copy's directory, not PrimaryDir.
+	st, err := p.r.drv.Inspect(p.vm)
+	if err != nil {
+		return err
+	}
+	if st.FTRAM == "" {
+		return fmt.Errorf("%s was not started for FT", p.vm)
+	}
+	ram := st.FTRAM
+	dir := filepath.Dir(ram)
 	disks, err := p.r.host.DiskPaths(v.Record)
 	if err != nil {
 		return err
@@ -211,6 +226,13 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 	kctx, kcancel := context.WithCancel(ctx)
 	defer kcancel()
 	go w.keepalive(kctx)
+	// Until the first checkpoint of this generation nobody can take over
+	// (a secondary of an older generation cannot win the pair record any
+	// more): what an earlier engine held may flow, and the guest's output
+	// flows during the pre-passes.
+	if err := p.r.cp.Protect(ctx, p.vm, false); err != nil {
+		return err
+	}
 	p.report(ctx, &pft.Status{Generation: p.gen, State: pft.Seeding, SeedTotal: src.RAMBytes(), Message: "copying the VM to " + p.pair.Secondary})
 	p.r.host.Event(ctx, EvSeeding, p.vm, fmt.Sprintf("FT: seeding the secondary on %s (generation %d)", p.pair.Secondary, p.gen))
 	// Pre-passes while the guest runs and its output flows: the whole
@@ -298,6 +320,13 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 		}
 	}
 }
+
+// PrimaryDir is the directory, in a VM's FT directory, of an instance
+// started as a primary (its memory file, its checkpoints' device state). A
+// secondary's copy has a directory of its own per generation (copy-gN), in
+// which the instance that takes over then runs: each instance's directory
+// goes with it (driver Destroy), never another's.
+const PrimaryDir = "run"
 
 // unsettledLimit bounds how long a primary that lost its secondary waits
 // to learn from the pair record whether it may run on, its output held.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vigilha/vigil/internal/checkpoint"
@@ -24,6 +25,9 @@ import (
 type secondary struct {
 	hello pft.Hello
 	c     net.Conn
+	// takingOver: the stream ended and this copy is being resumed; no
+	// other stream may replace its files meanwhile.
+	takingOver atomic.Bool
 	// dropped says why the copy is no longer wanted (the pair moved on):
 	// the end of the stream is then no reason to take over.
 	mu      sync.Mutex
@@ -86,7 +90,14 @@ func (r *Reconciler) serve(ctx context.Context, raw net.Conn) {
 	}
 	s := &secondary{hello: h, c: raw}
 	r.mu.Lock()
-	if old := r.secondaries[h.VM]; old != nil {
+	old := r.secondaries[h.VM]
+	if old != nil && old.takingOver.Load() {
+		r.mu.Unlock()
+		log.Warn("ft: stream refused: this host is taking the VM over")
+		_ = w.send(func(bw *bufio.Writer) error { return pft.WriteReply(bw, "this host is taking the VM over") })
+		return
+	}
+	if old != nil {
 		old.drop("a newer stream arrived")
 	}
 	r.secondaries[h.VM] = s
@@ -126,8 +137,23 @@ func (r *Reconciler) serve(ctx context.Context, raw net.Conn) {
 	default:
 		log.Warn("ft: primary lost; taking over", "err", err, "checkpoint", rep.Committed())
 		r.host.Event(ctx, EvLostPrimary, h.VM, fmt.Sprintf("FT: the checkpoint stream from %s ended (%v) after checkpoint %d; taking over", h.From, err, rep.Committed()))
+		s.takingOver.Store(true)
 		rep.Close()
-		r.takeOver(ctx, h, paths, rep.Committed())
+		if r.takeOver(ctx, h, paths, rep.Committed()) {
+			return
+		}
+	}
+	// No takeover (or a lost one): the copy is no one's. Its RAM file is
+	// the size of the guest's memory, in a tmpfs.
+	rep.Close()
+	paths.remove()
+}
+
+// remove deletes a copy that is no longer wanted.
+func (p replicaPaths) remove() {
+	_ = os.RemoveAll(p.dir)
+	for _, f := range p.disks {
+		_ = os.Remove(f)
 	}
 }
 
@@ -184,7 +210,7 @@ func (r *Reconciler) newReplica(ctx context.Context, h pft.Hello) (*checkpoint.R
 	if len(final) != h.Disks {
 		return nil, replicaPaths{}, fmt.Errorf("%s has %d disks here, the primary sends %d", h.VM, len(final), h.Disks)
 	}
-	p := replicaPaths{dir: r.host.Dir(h.VM), final: final}
+	p := replicaPaths{dir: filepath.Join(r.host.Dir(h.VM), fmt.Sprintf("copy-g%d", h.Generation)), final: final}
 	p.ram, p.dev = filepath.Join(p.dir, "ram"), filepath.Join(p.dir, "dev")
 	for _, f := range final {
 		p.disks = append(p.disks, f+".ft")
@@ -200,11 +226,12 @@ func (r *Reconciler) newReplica(ctx context.Context, h pft.Hello) (*checkpoint.R
 }
 
 // takeOver resumes the VM here from the copy's last checkpoint, if this
-// host wins the pair record.
-func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPaths, committed uint64) {
+// host wins the pair record. It reports whether this host won (its copy's
+// files are then the VM's).
+func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPaths, committed uint64) (won bool) {
 	release := r.claim(ctx, h.VM)
 	if release == nil {
-		return
+		return false
 	}
 	defer release()
 	defer r.host.Trigger()
@@ -222,11 +249,11 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 	pair, v := snap.FTPair(h.VM), snap.VMs[h.VM]
 	if pair == nil || v == nil {
 		fail("%s is not in this host's view of the cluster", h.VM)
-		return
+		return false
 	}
 	if pair.Secondary != r.cfg.Host || pair.Generation != h.Generation || v.Placement.Host != pair.Primary {
 		r.log.Info("ft: not taking over: the pair moved on", "vm", h.VM, "primary", pair.Primary, "secondary", pair.Secondary, "generation", pair.Generation)
-		return
+		return false
 	}
 	// The disks go into place first: the instance opens them there. They
 	// are this host's files, which nothing else uses while the VM runs on
@@ -234,7 +261,7 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 	for i := range paths.disks {
 		if err := os.Rename(paths.disks[i], paths.final[i]); err != nil {
 			fail("put disk %d in place: %v", i, err)
-			return
+			return false
 		}
 	}
 	next := *v
@@ -242,7 +269,7 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 	cfg, err := r.host.VMConfig(ctx, &next, snap.Networks)
 	if err != nil {
 		fail("%v", err)
-		return
+		return false
 	}
 	cfg.FT = &driver.FTConfig{Dir: paths.dir, RAM: paths.ram}
 	cfg.Incoming = "defer"
@@ -252,41 +279,37 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 	covered, err := r.host.CoverStart(ctx, &next)
 	if err != nil {
 		fail("%v", err)
-		return
+		return false
 	}
-	won := make(chan error, 1)
+	decided := make(chan error, 1)
 	go func() {
-		change := hostwrite.FTChange{Rev: pair.Rev, Generation: h.Generation, PlacementRev: v.PlacementRev, Epoch: next.Placement.Epoch}
-		err := r.w.FTTakeOver(ctx, h.VM, change)
-		if errors.Is(err, store.ErrConflict) {
-			// Perhaps only this host's view was old: compare with the
-			// record as it is.
-			if p2, v2, rerr := r.read(ctx, h.VM); rerr == nil && p2.Secondary == r.cfg.Host && p2.Generation == h.Generation &&
-				v2.Placement.Host == p2.Primary && v2.Placement.Epoch == v.Placement.Epoch {
-				change.Rev, change.PlacementRev = p2.Rev, v2.PlacementRev
-				err = r.w.FTTakeOver(ctx, h.VM, change)
-			}
-		}
-		won <- err
+		decided <- r.winPair(ctx, h, pair, v, next.Placement.Epoch)
 	}()
 	_, startErr := r.drv.Start(ctx, cfg)
 	covered()
-	if err := <-won; err != nil {
-		// Lost (the primary dropped this host first, or HA moved the VM):
-		// the waiting instance never ran.
+	if err := <-decided; err != nil {
+		// Lost (the primary dropped this host first), or undecided: the
+		// waiting instance never ran. A lost copy's disks are no one's; an
+		// undecided one's stay where they are, since the VM may be placed
+		// here (the agent then starts it from them).
 		if startErr == nil {
 			_ = r.drv.Kill(ctx, h.VM)
 		}
 		_ = r.drv.Destroy(h.VM)
+		if !errors.Is(err, errUndecided) {
+			for _, f := range paths.final {
+				_ = os.Remove(f)
+			}
+		}
 		r.log.Warn("ft: takeover lost", "vm", h.VM, "err", err)
 		r.host.Event(ctx, EvFailed, h.VM, fmt.Sprintf("FT: this host did not take over: %v", err))
-		return
+		return false
 	}
 	if startErr != nil {
 		// The VM is placed here now: the agent starts it afresh from its
 		// disks, as HA would.
 		fail("start the instance: %v", startErr)
-		return
+		return true
 	}
 	if err := r.cp.Resume(ctx, h.VM, paths.dev); err != nil {
 		// The VM is placed here but its instance cannot run the
@@ -294,9 +317,54 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 		// here from its disks, as HA would.
 		_ = r.drv.Kill(ctx, h.VM)
 		fail("resume from checkpoint %d: %v", committed, err)
-		return
+		return true
 	}
 	r.host.Event(ctx, EvResumed, h.VM, fmt.Sprintf("FT: running on %s from checkpoint %d (took over from %s)", r.cfg.Host, committed, h.From))
+	return true
+}
+
+// errUndecided: the pair record could not be read or written in time; the
+// takeover may have committed.
+var errUndecided = errors.New("no answer from the pair record")
+
+// takeoverDecideWithin bounds how long a secondary tries to win the pair
+// record (an etcd election, members that do not answer) before it gives
+// up; its instance has not run meanwhile.
+const takeoverDecideWithin = 20 * time.Second
+
+// winPair asks for the takeover until the answer is known: won (nil), or
+// lost (an error). A failed or unanswered call is no answer: it may have
+// committed, so the record is read afresh. Won if it names this host the
+// primary of the next generation with the placement here; still open if it
+// is as this host saw it (the call is made again at its current
+// revisions); lost otherwise.
+func (r *Reconciler) winPair(ctx context.Context, h pft.Hello, pair *pft.Pair, v *store.VMState, epoch int64) error {
+	change := hostwrite.FTChange{Rev: pair.Rev, Generation: h.Generation, PlacementRev: v.PlacementRev, Epoch: epoch}
+	deadline := time.Now().Add(takeoverDecideWithin)
+	for {
+		err := r.w.FTTakeOver(ctx, h.VM, change)
+		if err == nil {
+			return nil
+		}
+		p2, v2, rerr := r.read(ctx, h.VM)
+		switch {
+		case rerr != nil:
+		case p2.Primary == r.cfg.Host && p2.Generation == h.Generation+1 && v2.Placement.Host == r.cfg.Host && v2.Placement.Epoch == epoch:
+			return nil // an earlier call committed
+		case p2.Secondary == r.cfg.Host && p2.Generation == h.Generation && v2.Placement.Host == p2.Primary && v2.Placement.Epoch == epoch-1:
+			change.Rev, change.PlacementRev = p2.Rev, v2.PlacementRev
+		default:
+			return fmt.Errorf("the pair moved on (primary %s, secondary %q, generation %d; placement %s epoch %d): %w", p2.Primary, p2.Secondary, p2.Generation, v2.Placement.Host, v2.Placement.Epoch, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w within %s: %w", errUndecided, takeoverDecideWithin, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // read reads a VM's pair record and state afresh.

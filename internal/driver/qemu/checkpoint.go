@@ -145,10 +145,12 @@ func (d *Driver) Checkpoint(ctx context.Context, name, devPath string, collect f
 		return st, fmt.Errorf("checkpoint %s: %w", name, err)
 	}
 	st.Save = time.Since(t)
-	resumed = true
-	if err := contRetrying(ctx, c); err != nil {
+	// Not cancelled with the caller: a guest stopped by a checkpoint must
+	// run again whatever happens to the engine meanwhile.
+	if err := contRetrying(context.WithoutCancel(ctx), c); err != nil {
 		return st, fmt.Errorf("checkpoint %s: cont: %w", name, err)
 	}
+	resumed = true
 	st.Pause = time.Since(start)
 	return st, nil
 }

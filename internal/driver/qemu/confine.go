@@ -241,7 +241,9 @@ func (d *Driver) prepareFiles(cfg *driver.VMConfig, p runtimePaths) error {
 		}
 	}
 	if ft := cfg.FT; ft != nil {
-		if err := u.Reach(filepath.Dir(ft.Dir), ft.Dir); err != nil {
+		// Through the host's FT directory and the VM's (an instance's
+		// directory is one level below: PrimaryDir or a copy's).
+		if err := u.Reach("/", ft.Dir); err != nil {
 			return err
 		}
 		for _, f := range []string{ft.Dir, ft.RAM} {

@@ -607,6 +607,14 @@ func (d *Driver) Destroy(name string) error {
 	d.mu.Unlock()
 	if ok {
 		in.stop()
+		// An FT instance's memory file and checkpoints (a tmpfs the size
+		// of its RAM) go with it: each instance has a directory of its
+		// own, so a secondary's copy beside it is never touched.
+		if ft := in.rec.Config.FT; ft != nil && ft.Dir != "" {
+			if err := os.RemoveAll(ft.Dir); err != nil {
+				return fmt.Errorf("destroy %s: %w", name, err)
+			}
+		}
 	}
 	if err := os.RemoveAll(filepath.Join(d.cfg.RunDir, name)); err != nil {
 		return fmt.Errorf("destroy %s: %w", name, err)
