@@ -457,5 +457,5 @@ func exitText(reason string) string {
 func shapeOf(ls driver.Status) *store.Shape {
 	return &store.Shape{CPUs: ls.CPUs, MaxCPUs: ls.MaxCPUs, MemoryMiB: ls.MemoryMiB,
 		MaxMemoryMiB: ls.MaxMemoryMiB, CurrentMemoryMiB: cmp.Or(ls.CurrentMemoryMiB, ls.MemoryMiB),
-		Layout: ls.Layout, Disks: ls.Disks, NICs: ls.NICs, FT: ls.FT}
+		Layout: ls.Layout, Disks: ls.Disks, NICs: ls.NICs, FT: ls.FTRAM != ""}
 }

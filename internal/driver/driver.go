@@ -198,10 +198,9 @@ type Status struct {
 	NICs, Disks int
 	// Layout is the instance's device layout (VMConfig.Layout).
 	Layout int
-	// FT: the instance was started for FT checkpoints (VMConfig.FT);
-	// FTRAM is its memory file (an instance resumed by a secondary runs
-	// from its copy's).
-	FT    bool
+	// FTRAM is the memory file of an instance started for FT checkpoints
+	// (VMConfig.FT), "" for any other; an instance resumed by a secondary
+	// runs from its copy's.
 	FTRAM string
 	// ExitReason says why the process ended: guest-shutdown, host-qmp-quit,
 	// host-signal, killed, or crashed (gone with no shutdown event).

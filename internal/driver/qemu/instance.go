@@ -48,7 +48,7 @@ func newInstance(d *Driver, name string, p runtimePaths, rec persisted, proc *pr
 		status: driver.Status{
 			Name: name, UID: rec.Config.UID, Epoch: rec.Config.Epoch, Grants: rec.Config.Grants, PID: proc.pid, Running: true,
 			Accel: rec.Accel, StartedAt: rec.StartedAt, CPUs: rec.Config.CPUs, MaxCPUs: rec.Config.MaxCPUs, MemoryMiB: rec.Config.MemoryMiB,
-			MaxMemoryMiB: rec.Config.MaxMemoryMiB, CurrentMemoryMiB: rec.Config.Memory(), NICs: len(rec.Config.NICs), Disks: len(rec.Config.Disks), Layout: rec.Config.Layout, FT: rec.Config.FT != nil, FTRAM: ftRAM(rec.Config.FT),
+			MaxMemoryMiB: rec.Config.MaxMemoryMiB, CurrentMemoryMiB: rec.Config.Memory(), NICs: len(rec.Config.NICs), Disks: len(rec.Config.Disks), Layout: rec.Config.Layout, FTRAM: ftRAM(rec.Config.FT),
 		},
 	}
 }
