@@ -10,8 +10,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/vigilha/vigil/internal/apis/v1"
+	"github.com/vigilha/vigil/internal/controller/migration"
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/httpjson"
 	"github.com/vigilha/vigil/internal/scheduler"
@@ -93,6 +95,19 @@ func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	noteAudit(r, name, "")
+	if ch.ftMove {
+		// The move is an ordinary migration (progress, cancel, its own
+		// events); should it fail, the VM runs on, unprotected, and FT
+		// starts at its next start.
+		mr := &store.MigrationRequest{ID: fmt.Sprintf("%s-%d", name, time.Now().UnixNano()), Reason: "ft-enable", RequestedAt: time.Now()}
+		if err := s.st.PutMigrationRequest(r.Context(), name, mr); err != nil {
+			ch.live = slices.DeleteFunc(ch.live, func(f string) bool { return strings.HasPrefix(f, "spec.ft ") })
+			ch.nextStart = append(ch.nextStart, fmt.Sprintf("spec.ft (the move into memory a secondary can follow could not be requested: %v)", err))
+			out.Live, out.NextStart = ch.live, ch.nextStart
+		} else {
+			out.MigrationID = mr.ID
+		}
+	}
 	msg := "spec changed"
 	if len(ch.live) > 0 {
 		msg += "; now: " + strings.Join(ch.live, ", ")
@@ -124,7 +139,12 @@ func ifMatch(r *http.Request) (int64, error) {
 
 // change is what an update does: fields changed now and fields that wait
 // for the VM's next start.
-type change struct{ live, nextStart []string }
+type change struct {
+	live, nextStart []string
+	// ftMove: FT was turned on for a running instance that cannot be
+	// checkpointed; it is live-migrated into one that can.
+	ftMove bool
+}
 
 // refusal is an update Vigil cannot make; nothing is written.
 type refusal struct {
@@ -284,7 +304,19 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 		sh := v.RunningShape()
 		switch {
 		case running && ns.FT.Enabled && (sh == nil || !sh.FT):
-			ch.nextStart = append(ch.nextStart, "spec.ft (protection starts at the next start: the running instance's memory is not in a file its secondary can follow)")
+			// The running instance's memory is not in a file a secondary
+			// can follow: the VM moves, by live migration, into an
+			// instance whose memory is (docs/ft.md).
+			if StateOf(v) == store.StateMigrating {
+				return ch, refusal{http.StatusConflict, fmt.Errorf("vm %s is migrating: turn FT on once the migration has ended", v.Record.Name())}
+			}
+			to, err := migration.Target(snap, v, "")
+			if err != nil {
+				ch.nextStart = append(ch.nextStart, fmt.Sprintf("spec.ft (protection starts at the next start: the running instance's memory is not in a file its secondary can follow, and it cannot move into one now: %v)", err))
+				break
+			}
+			ch.live = append(ch.live, "spec.ft (the VM moves by live migration to "+to+", into memory its secondary can follow; then a secondary is seeded)")
+			ch.ftMove = true
 		default:
 			ch.live = append(ch.live, "spec.ft")
 		}
@@ -298,6 +330,7 @@ func planUpdate(snap *store.Snapshot, v *store.VMState, vm *spec.VM, next *store
 		old, new any
 	}{
 		{"spec.ha", cur.Spec.HA, ns.HA},
+		{"spec.ft.slowWhenLagging", cur.Spec.FT.SlowWhenLagging, ns.FT.SlowWhenLagging},
 		{"spec.placement", cur.Spec.Placement, ns.Placement},
 		{"spec.migration", cur.Spec.Migration, ns.Migration},
 		{"spec.drs", cur.Spec.DRS, ns.DRS},

@@ -187,7 +187,10 @@ func ftIn(snap *store.Snapshot, v *store.VMState) *v1.FT {
 	if p == nil {
 		out.Message = "no secondary chosen yet"
 		if sh := v.RunningShape(); sh != nil && !sh.FT {
-			out.Message = "FT was turned on while the VM ran: protection starts at its next start"
+			out.Message = "FT was turned on while the VM ran, and it could not move into memory a secondary can follow: protection starts at its next start"
+			if snap.Migrations[name].Pending() {
+				out.Message = "FT was turned on while the VM ran: it moves by live migration into memory a secondary can follow"
+			}
 		}
 		return out
 	}
@@ -201,7 +204,7 @@ func ftIn(snap *store.Snapshot, v *store.VMState) *v1.FT {
 		out.Message = "secondary " + p.Secondary + " chosen; waiting for the primary to start the copy"
 	default:
 		out.Epoch, out.LastCheckpointMs, out.PauseP99Ms, out.EpochsPerSecond, out.Message = st.Epoch, st.LastCheckpointMS, st.PauseP99MS, st.EpochsPerSecond, st.Message
-		out.PauseP50Ms, out.StreamBytesPerSecond = st.PauseP50MS, st.StreamBytesPerSecond
+		out.PauseP50Ms, out.StreamBytesPerSecond, out.RunPercent = st.PauseP50MS, st.StreamBytesPerSecond, st.RunPercent
 		if st.SeedTotal > 0 && st.State == ft.Seeding {
 			out.SeedPercent = 100 * float64(st.SeedDone) / float64(st.SeedTotal)
 		}

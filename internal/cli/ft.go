@@ -22,7 +22,8 @@ func newVMFTCmd(g *globals) *cobra.Command {
 			true:  "Give the VM a live secondary on another host (spec.ft.enabled: true)",
 			false: "Release the VM's secondary; the VM runs on unprotected (spec.ft.enabled: false)",
 		}[on]
-		cmd.AddCommand(&cobra.Command{
+		var detach bool
+		sub := &cobra.Command{
 			Use:   verb + " NAME",
 			Short: short,
 			Args:  cobra.ExactArgs(1),
@@ -54,6 +55,16 @@ func newVMFTCmd(g *globals) *cobra.Command {
 					return err
 				}
 				switch {
+				case res.MigrationID != "":
+					fmt.Fprintf(g.out, "vm %s: FT enabled; its running memory is not in a file a secondary can follow, so it moves by live migration into memory that is:\n", name)
+					if detach {
+						fmt.Fprintf(g.out, "vm %s: follow the move and the seeding with `vigil vm show %s` (or cancel the move: `vigil vm migrate %s --cancel`)\n", name, name, name)
+						return nil
+					}
+					if err := followMigration(cmd.Context(), g, c, name, res.MigrationID); err != nil {
+						return fmt.Errorf("%w; FT stays enabled and starts at the VM's next start (or enable it again)", err)
+					}
+					fmt.Fprintf(g.out, "vm %s: a secondary is chosen and seeded (follow it with `vigil vm show %s`)\n", name, name)
 				case len(res.NextStart) > 0:
 					fmt.Fprintf(g.out, "vm %s: FT %sd; it takes effect at the VM's next start: %v\n", name, verb, res.NextStart)
 				case on:
@@ -63,7 +74,14 @@ func newVMFTCmd(g *globals) *cobra.Command {
 				}
 				return nil
 			},
-		})
+		}
+		if on {
+			sub.Long = "Give the VM a live secondary on another host. A VM that runs already and was started without FT\n" +
+				"first moves by live migration (progress shown; placement picks the host) into an instance whose\n" +
+				"memory its secondary can follow; then the secondary is seeded while the VM runs."
+			sub.Flags().BoolVar(&detach, "detach", false, "return at once instead of following the live migration that turning FT on for a running VM starts")
+		}
+		cmd.AddCommand(sub)
 	}
 	return cmd
 }
@@ -127,6 +145,9 @@ func ftLine(f *v1.FT) string {
 	switch f.State {
 	case "Protected", "Lagging":
 		s += fmt.Sprintf(", checkpoint %d, last pause %.0f ms (p99 %.0f ms), %.1f checkpoints/s", f.Epoch, f.LastCheckpointMs, f.PauseP99Ms, f.EpochsPerSecond)
+		if f.RunPercent > 0 {
+			s += fmt.Sprintf(", primary slowed: the guest runs %.0f%% of the time", f.RunPercent)
+		}
 	case "Seeding":
 		s += fmt.Sprintf(", %.0f%% copied", f.SeedPercent)
 	}

@@ -290,6 +290,13 @@ type Checkpointer interface {
 	// stopped, saves the device state without the RAM into devPath, and
 	// runs the guest again.
 	Checkpoint(ctx context.Context, name, devPath string, collect func() error) (CheckpointStats, error)
+	// CheckpointHeld is Checkpoint that leaves the guest stopped (unless it
+	// fails): the caller runs it again with Continue. A primary slowed so
+	// that its secondary keeps up runs only between its checkpoints'
+	// acknowledgements and the next checkpoint.
+	CheckpointHeld(ctx context.Context, name, devPath string, collect func() error) (CheckpointStats, error)
+	// Continue runs a guest that CheckpointHeld left stopped.
+	Continue(ctx context.Context, name string) error
 	// Release lets out what the guest sent before the last Checkpoint.
 	Release(ctx context.Context, name string) error
 	// Resume runs an instance started with Incoming "defer" from the device

@@ -128,6 +128,13 @@ type HA struct {
 // kept at the primary's last checkpoint.
 type FT struct {
 	Enabled bool `yaml:"enabled" json:"enabled,omitempty"`
+	// SlowWhenLagging lets the primary be slowed when its checkpoints fall
+	// behind (Lagging), as vSphere FT slows a primary whose secondary
+	// cannot keep up: the guest then runs only in slices between a
+	// checkpoint's acknowledgement and the next, sized so that each
+	// checkpoint stays within its target. Off, a lagging VM stays
+	// protected with longer epochs (its replies wait longer).
+	SlowWhenLagging bool `yaml:"slowWhenLagging" json:"slowWhenLagging,omitempty"`
 }
 
 // Monitoring is VM and guest monitoring: QEMU crashes and guest heartbeats.

@@ -531,6 +531,134 @@ func TestFT_PrimaryCrashWhileSeeding(t *testing.T) {
 // flush could drop the rest of a queue when the tap refuses a write.
 // Retransmissions would hide a dropped frame but not a lost or reordered
 // stream: the download must complete, byte for byte.
+// FT turned on for a VM that runs already, started without it: the VM
+// moves by live migration into an instance whose memory a secondary can
+// follow, is seeded and protected, and the client sees none of it (one
+// boot, one connection, every acknowledged append kept). Then its
+// primary's host crashes: the secondary takes over as for a VM created
+// with FT.
+func TestFT_EnableWhileRunning(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	const name = "ft7"
+	l.CreateVM(testenv.ExampleSpec(t, "ft-guest.yaml", name, func(vm *spec.VM) { vm.Spec.FT.Enabled = false }), name)
+	v := l.WaitVM(name, bootLimit, "running", func(v v1.VM) bool { return v.State == "running" })
+	if v.FT != nil && v.FT.State != "" {
+		t.Fatalf("a VM without FT reports FT %+v", v.FT)
+	}
+	var cl string
+	for _, h := range l.Hosts() {
+		if h != v.Host {
+			cl = h
+			break
+		}
+	}
+	g, err := l.Guests(cl, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.WaitAnswering(g, v.IP, bootLimit)
+	k := startKeep(t, l, cl, v.IP, 50*time.Millisecond)
+	w := check.StartWriter(g, v.IP, 100*time.Millisecond)
+	k.waitAnswers(t, 10, ftLimit)
+	out, err := l.Vigil("vm", "ft", "enable", name)
+	if err != nil {
+		t.Fatalf("vm ft enable: %v: %s", err, out)
+	}
+	if !strings.Contains(out, "live migration") || !strings.Contains(out, "migrated") {
+		t.Fatalf("vm ft enable of a running VM did not say that it moves it, or did not follow the move:\n%s", out)
+	}
+	p := l.WaitVM(name, protectedLimit, "Protected", protectedOn(""))
+	if p.Host == v.Host || p.FT.SecondaryHost == p.Host {
+		t.Fatalf("after ft enable: primary %s (was %s), secondary %s", p.Host, v.Host, p.FT.SecondaryHost)
+	}
+	k.waitAnswers(t, 20, ftLimit)
+	answers, kerr := k.Stop()
+	acks := w.Stop()
+	if kerr != nil {
+		t.Fatalf("the client's TCP connection broke at %s while FT was turned on: %v", k.errAt.Format("15:04:05.000"), kerr)
+	}
+	gap := checkContinuous(t, "ft enable", answers)
+	verifyLedger(t, g, v.IP, acks)
+	t.Logf("ft enable: moved %s -> %s, secondary on %s; longest silence %s", v.Host, p.Host, p.FT.SecondaryHost, gap.Round(time.Millisecond))
+	r := crashPrimary(t, l, name, 1)
+	t.Logf("then a crash of %s: longest silence %s", r.primary, r.gap.Round(time.Millisecond))
+}
+
+// An FT guest that dirties more than its checkpoints carry in time, with
+// spec.ft.slowWhenLagging: its primary is slowed (the guest runs only
+// between checkpoints), it stays protected and keeps answering over the
+// same connection, and it runs at full speed again once the guest calms
+// down. The figures while slowed are printed for docs/benchmarks.md.
+func TestFT_SlowsLaggingPrimary(t *testing.T) {
+	l := testenv.StartLab(t, testenv.LabOptions{})
+	const name = "ft8"
+	l.CreateVM(testenv.ExampleSpec(t, "ft-guest.yaml", name, func(vm *spec.VM) { vm.Spec.FT.SlowWhenLagging = true }), name)
+	v := l.WaitVM(name, protectedLimit, "Protected", protectedOn(""))
+	cl := thirdHost(t, l, v)
+	g, err := l.Guests(cl, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.WaitAnswering(g, v.IP, bootLimit)
+	k := startKeep(t, l, cl, v.IP, 50*time.Millisecond)
+	k.waitAnswers(t, 10, ftLimit)
+	ctx := context.Background()
+	since := time.Now()
+	// Half the guest's memory, rewritten in a loop: more than a checkpoint
+	// carries within its target here, and on any machine this runs on.
+	if err := g.Dirty(ctx, v.IP, 128); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent := func(typ string, after time.Time) time.Time {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+			for _, e := range l.Events(after) {
+				if e.Type == typ && e.VM == name {
+					return e.Time
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s event within 3m:\n%s", typ, testenv.Timeline(l.Events(since)))
+			}
+		}
+	}
+	slowedAt := waitEvent("ft.slowed", since)
+	k.waitAnswers(t, 10, ftLimit)
+	time.Sleep(30 * time.Second) // the primary's figures are over the last 30 s
+	cur := l.WaitVM(name, time.Minute, "slowed and protected", func(x v1.VM) bool {
+		return x.State == "running" && x.FT != nil && (x.FT.State == "Protected" || x.FT.State == "Lagging") && x.FT.RunPercent > 0
+	})
+	f := cur.FT
+	t.Logf("BENCH FT primary slowed (spec.ft.slowWhenLagging), guest dirtying 128 MiB in a loop (256 MiB, hash tracker, TCG): guest runs %.0f%% of the time, pause p50 %.1f ms, p99 %.1f ms, %.1f checkpoints/s, stream %.2f MB/s, state %s",
+		f.RunPercent, f.PauseP50Ms, f.PauseP99Ms, f.EpochsPerSecond, f.StreamBytesPerSecond/1e6, f.State)
+	if err := g.Dirty(ctx, v.IP, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent("ft.slow-ended", slowedAt)
+	k.waitAnswers(t, 10, ftLimit)
+	answers, kerr := k.Stop()
+	if kerr != nil {
+		t.Fatalf("the client's TCP connection broke at %s: %v", k.errAt.Format("15:04:05.000"), kerr)
+	}
+	checkContinuous(t, "slowed primary", answers)
+	after := l.WaitVM(name, time.Minute, "Protected at full speed", func(x v1.VM) bool {
+		return protectedOn("")(x) && x.FT.RunPercent == 0
+	})
+	if after.FT.Generation != v.FT.Generation {
+		// Not a failure: a machine-wide stall past the detection time
+		// makes the secondary take over, and the client saw nothing of it
+		// (checked above); docs/ft.md says why.
+		t.Logf("the pair changed while the primary was slowed: generation %d -> %d, primary %s -> %s", v.FT.Generation, after.FT.Generation, v.Host, after.Host)
+	}
+	var steps []string
+	for _, e := range l.Events(since) {
+		if e.VM == name && (strings.HasPrefix(e.Type, "ft.") || strings.HasPrefix(e.Type, "alarm.")) {
+			steps = append(steps, fmt.Sprintf("%s %s %s: %s", e.Time.Format("15:04:05.000"), e.Host, e.Type, e.Message))
+		}
+	}
+	t.Logf("FT events since the guest started dirtying:\n%s", strings.Join(steps, "\n"))
+}
+
 func bulkThroughFT(t *testing.T, l *testenv.Lab, host, ip string, mb int) {
 	t.Helper()
 	ns, err := l.Namespace(host)

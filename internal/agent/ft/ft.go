@@ -50,6 +50,10 @@ const (
 	EvLostPrimary = "ft.primary-lost"
 	EvStepDown    = "ft.step-down"
 	EvFailed      = "alarm.ft-failed"
+	// EvSlowed: the primary is slowed so that its secondary keeps up
+	// (spec.ft.slowWhenLagging); EvSlowEnded: it runs at full speed again.
+	EvSlowed    = "ft.slowed"
+	EvSlowEnded = "ft.slow-ended"
 )
 
 // Host is the agent as FT sees it.
@@ -180,6 +184,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 		case v == nil || pair == nil || pair.Generation != p.gen || v.Placement.Host != r.cfg.Host:
 			p.stop()
 		default:
+			p.slowOK.Store(v.Record.VM.Spec.FT.SlowWhenLagging)
 			continue
 		}
 		r.stopping[name] = p
@@ -214,7 +219,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 		v := snap.VMs[name]
 		pair := snap.FTPair(name)
 		ls := local[name]
-		if pair == nil || pair.Primary != r.cfg.Host || v.Placement.Host != r.cfg.Host || !ls.Running || ls.Epoch != v.Placement.Epoch {
+		if pair == nil || pair.Primary != r.cfg.Host || v.Placement.Host != r.cfg.Host || !ls.Running || !placed(v, ls) {
 			continue
 		}
 		if _, ok := r.primaries[name]; ok {
@@ -238,6 +243,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, snap *store.Snapshot) {
 		p := r.newPrimary(ctx, v, *pair, sec.FTAddr)
 		r.primaries[name] = p
 	}
+}
+
+// placed reports whether the local instance ls is the VM's placed one: it
+// was started under the placement's epoch, or it came by live migration
+// (FT turned on while the VM ran moves it), keeps the epoch it was
+// started under, and the status this agent wrote after the cut-over names
+// its process.
+func placed(v *store.VMState, ls driver.Status) bool {
+	if ls.Epoch == v.Placement.Epoch {
+		return true
+	}
+	st := v.Status
+	return st != nil && st.Host == v.Placement.Host && st.Epoch == v.Placement.Epoch && st.PID == ls.PID && ls.PID != 0
 }
 
 // unprotect turns the Output Rule off for a VM that the pair record says

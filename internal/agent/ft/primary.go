@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vigilha/vigil/internal/checkpoint"
+	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/hostwrite"
 	pft "github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/store"
@@ -38,8 +39,11 @@ type primary struct {
 	// protected: the secondary has acknowledged a checkpoint; drilling: a
 	// drill was started on this engine.
 	aborted, bye, protected, drilling atomic.Bool
-	mu                                sync.Mutex
-	conn                              net.Conn
+	// slowOK: the spec allows slowing the guest when it lags (the
+	// reconciler keeps it current).
+	slowOK atomic.Bool
+	mu     sync.Mutex
+	conn   net.Conn
 }
 
 // abort cuts the stream with no Bye, as the primary's crash would: the
@@ -57,6 +61,7 @@ func (p *primary) abort() {
 func (r *Reconciler) newPrimary(ctx context.Context, v *store.VMState, pair pft.Pair, addr string) *primary {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &primary{r: r, vm: v.Record.Name(), uid: v.Record.UID(), gen: pair.Generation, pair: pair, addr: addr, cancel: cancel, done: make(chan struct{})}
+	p.slowOK.Store(v.Record.VM.Spec.FT.SlowWhenLagging)
 	go func() {
 		defer close(p.done)
 		p.run(ctx, v)
@@ -123,6 +128,11 @@ func (p *primary) stepDownOrDrop(ctx context.Context, cause error) {
 		if err == nil && pair.Generation == p.gen && pair.Primary == p.r.cfg.Host {
 			err = p.r.w.FTDrop(ctx, p.vm, hostwrite.FTChange{Rev: pair.Rev, Generation: p.gen})
 			if err == nil {
+				// A slowed primary may have lost its secondary with its
+				// guest stopped for the checkpoint.
+				if cerr := p.r.cp.Continue(ctx, p.vm); cerr != nil {
+					p.r.log.Error("ft: cannot run the guest again after dropping the secondary", "vm", p.vm, "err", cerr)
+				}
 				if perr := p.r.cp.Protect(ctx, p.vm, false); perr != nil {
 					p.r.log.Error("ft: cannot let the output out after dropping the secondary", "vm", p.vm, "err", perr)
 				}
@@ -261,42 +271,28 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 	var (
 		recent     []sample
 		lastReport time.Time
-		lagging    int
 		state      = pft.Seeding
+		th         = throttle{interval: p.r.cfg.Interval}
 	)
 	for n := uint64(1); ; n++ {
 		start := time.Now()
 		e := &pft.Epoch{N: n}
-		st, err := p.r.cp.Checkpoint(ctx, p.vm, devPath, func() error { return src.Collect(e) })
+		st, err := p.checkpoint(ctx, w, br, devPath, src, e, th.slowed)
 		if err != nil {
-			return err
-		}
-		if e.Devices, err = os.ReadFile(devPath); err != nil {
-			return fmt.Errorf("read the device state: %w", err)
-		}
-		if err := w.send(func(bw *bufio.Writer) error { return pft.WriteEpoch(bw, e) }); err != nil {
-			return fmt.Errorf("send checkpoint %d: %w", n, err)
-		}
-		ack, err := pft.ReadAck(br)
-		if err != nil {
-			return fmt.Errorf("acknowledgement of checkpoint %d: %w", n, err)
-		}
-		if ack != n {
-			return fmt.Errorf("acknowledgement of checkpoint %d for %d", n, ack)
-		}
-		p.protected.Store(true)
-		if err := p.r.cp.Release(ctx, p.vm); err != nil {
 			return err
 		}
 		took := time.Since(start)
 		recent = append(recent, sample{at: start, pause: st.Pause, bytes: e.Bytes()})
-		if took > 3*p.r.cfg.Interval {
-			lagging++
-		} else {
-			lagging = 0
+		switch th.observe(took, p.slowOK.Load()) {
+		case startedSlowing:
+			p.r.host.Event(ctx, EvSlowed, p.vm, fmt.Sprintf("FT: %d checkpoints in a row took over %s: slowing the primary (spec.ft.slowWhenLagging), its guest now runs only between checkpoints", lagAfter, 3*p.r.cfg.Interval))
+			lastReport = time.Time{}
+		case stoppedSlowing:
+			p.r.host.Event(ctx, EvSlowEnded, p.vm, "FT: the primary runs at full speed again")
+			lastReport = time.Time{}
 		}
 		next := pft.Protected
-		if lagging >= 10 {
+		if th.isLagging() {
 			next = pft.Lagging
 		}
 		if next != state {
@@ -309,9 +305,11 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 		if time.Since(lastReport) >= statusEvery {
 			lastReport = time.Now()
 			recent = trim(recent, time.Now().Add(-statsWindow))
-			p.report(ctx, statusOf(p.gen, state, n, st.Pause, recent))
+			rep := statusOf(p.gen, state, n, st.Pause, recent)
+			rep.RunPercent = th.runPercent()
+			p.report(ctx, rep)
 		}
-		if wait := p.r.cfg.Interval - time.Since(start); wait > 0 {
+		if wait := th.wait(time.Since(start)); wait > 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -319,6 +317,40 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 			}
 		}
 	}
+}
+
+// checkpoint takes checkpoint e, streams it, and lets out the output it
+// covers once the secondary has acknowledged it. held (a slowed primary)
+// keeps the guest stopped until then.
+func (p *primary) checkpoint(ctx context.Context, w *writer, br *bufio.Reader, devPath string, src *checkpoint.Source, e *pft.Epoch, held bool) (st driver.CheckpointStats, err error) {
+	collect := func() error { return src.Collect(e) }
+	if held {
+		if st, err = p.r.cp.CheckpointHeld(ctx, p.vm, devPath, collect); err != nil {
+			return st, err
+		}
+		defer func() {
+			if cerr := p.r.cp.Continue(ctx, p.vm); cerr != nil && err == nil {
+				err = cerr
+			}
+		}()
+	} else if st, err = p.r.cp.Checkpoint(ctx, p.vm, devPath, collect); err != nil {
+		return st, err
+	}
+	if e.Devices, err = os.ReadFile(devPath); err != nil {
+		return st, fmt.Errorf("read the device state: %w", err)
+	}
+	if err := w.send(func(bw *bufio.Writer) error { return pft.WriteEpoch(bw, e) }); err != nil {
+		return st, fmt.Errorf("send checkpoint %d: %w", e.N, err)
+	}
+	ack, err := pft.ReadAck(br)
+	if err != nil {
+		return st, fmt.Errorf("acknowledgement of checkpoint %d: %w", e.N, err)
+	}
+	if ack != e.N {
+		return st, fmt.Errorf("acknowledgement of checkpoint %d for %d", e.N, ack)
+	}
+	p.protected.Store(true)
+	return st, p.r.cp.Release(ctx, p.vm)
 }
 
 // PrimaryDir is the directory, in a VM's FT directory, of an instance

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/hostwrite"
 	pft "github.com/vigilha/vigil/internal/protocol/ft"
 	"github.com/vigilha/vigil/internal/store"
@@ -93,5 +94,31 @@ func TestWinPair(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A primary's engine runs only on the VM's placed instance: one started
+// under the placement's epoch, or one that came by live migration (it
+// keeps its start epoch) whose process the status after the cut-over
+// names; never a stale one the status does not name.
+func TestPlaced(t *testing.T) {
+	v := &store.VMState{Placement: store.Placement{Host: "h2", Epoch: 2},
+		Status: &store.VMStatus{State: store.StateRunning, Host: "h2", Epoch: 2, PID: 42}}
+	for _, c := range []struct {
+		name string
+		ls   driver.Status
+		want bool
+	}{
+		{"started under the placement", driver.Status{Epoch: 2, PID: 7}, true},
+		{"migrated here, named by the status", driver.Status{Epoch: 1, PID: 42}, true},
+		{"an older instance the status does not name", driver.Status{Epoch: 1, PID: 41}, false},
+	} {
+		if got := placed(v, c.ls); got != c.want {
+			t.Errorf("%s: placed %t, want %t", c.name, got, c.want)
+		}
+	}
+	v.Status.Epoch = 1 // the cut-over's status not written yet
+	if placed(v, driver.Status{Epoch: 1, PID: 42}) {
+		t.Error("a status of an older epoch names no migrated instance")
 	}
 }

@@ -91,6 +91,10 @@ type FT struct {
 	// StreamBytesPerSecond is the checkpoint stream's rate (the
 	// replication bandwidth FT costs).
 	StreamBytesPerSecond float64 `json:"streamBytesPerSecond,omitempty"`
+	// RunPercent is the share of time the guest runs while its primary is
+	// slowed so that the secondary keeps up (spec.ft.slowWhenLagging);
+	// absent when it is not slowed.
+	RunPercent float64 `json:"runPercent,omitempty"`
 	// SeedPercent is the first full copy's progress while Seeding.
 	SeedPercent float64 `json:"seedPercent,omitempty"`
 	Message     string  `json:"message,omitempty"`
@@ -516,6 +520,9 @@ type ApplyResult struct {
 	NextStart []string `json:"nextStart,omitempty"`
 	Unchanged bool     `json:"unchanged,omitempty"`
 	DryRun    bool     `json:"dryRun,omitempty"`
+	// MigrationID names the live migration the change started (FT turned
+	// on for a running VM moves it into memory a secondary can follow).
+	MigrationID string `json:"migrationId,omitempty"`
 }
 
 // TokenRequest asks for a new API token (POST /api/v1/tokens), or with

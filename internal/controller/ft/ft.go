@@ -21,6 +21,9 @@ const (
 	EvSecondaryChosen = "ft.secondary-chosen"
 	EvNoSecondary     = "alarm.ft-no-secondary"
 	EvOff             = "ft.off"
+	// EvReprotectBackoff: secondaries were lost one after another; the
+	// next is chosen after a pause.
+	EvReprotectBackoff = "alarm.ft-reprotect-backoff"
 )
 
 // DefaultSecondaryTimeout is how long a secondary's host may be without a
@@ -38,12 +41,34 @@ type Controller struct {
 	SecondaryTimeout time.Duration
 	awaySince        map[string]time.Time
 	said             map[string]string
+	// drops counts each VM's secondaries lost in a row (reset once one
+	// protects it): re-protection backs off, so that a secondary that
+	// fails at once (a host that cannot keep it, an instance that cannot
+	// be checkpointed) is not reseeded many times a second.
+	drops map[string]dropRun
+}
+
+// dropRun is a VM's run of lost secondaries: n of them, the last one
+// dropped under generation gen.
+type dropRun struct {
+	gen int64
+	n   int
+}
+
+// reprotectDelay is how long after its n-th lost secondary in a row a VM
+// waits for the next one: at once after the first, then 2 s, doubling,
+// up to a minute.
+func reprotectDelay(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return min(time.Second<<min(n-1, 6), time.Minute)
 }
 
 // New creates the controller.
 func New(st store.Writer, log *slog.Logger) *Controller {
 	return &Controller{st: st, log: log, now: time.Now, SecondaryTimeout: DefaultSecondaryTimeout,
-		awaySince: map[string]time.Time{}, said: map[string]string{}}
+		awaySince: map[string]time.Time{}, said: map[string]string{}, drops: map[string]dropRun{}}
 }
 
 // Name identifies the controller.
@@ -96,6 +121,9 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 			// checkpointed until its next start.
 			continue
 		}
+		if st := snap.FTStatus[name]; pair != nil && st != nil && st.Generation == pair.Generation && (st.State == pft.Protected || st.State == pft.Lagging) {
+			delete(c.drops, name)
+		}
 		reason := ""
 		switch {
 		case pair == nil:
@@ -104,6 +132,21 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 			// HA or an operator started the VM elsewhere: a new pair.
 			reason = "the VM runs on " + primary + " now"
 		case pair.Secondary == "":
+			d := c.drops[name]
+			if d.gen != pair.Generation {
+				d = dropRun{gen: pair.Generation, n: d.n + 1}
+				c.drops[name] = d
+				if d.n >= 2 {
+					store.RecordEvent(ctx, c.st, c.log, store.Event{Type: EvReprotectBackoff, VM: name, Host: primary,
+						Message: fmt.Sprintf("FT: %d secondaries lost in a row (last: %s); the next is chosen in %s", d.n, pair.Reason, reprotectDelay(d.n))})
+				}
+			}
+			if wait := reprotectDelay(d.n) - now.Sub(pair.Time); wait > 0 {
+				if again == 0 || wait < again {
+					again = wait
+				}
+				continue
+			}
 			reason = "re-protection after " + pair.Reason
 		case snap.Maintenance[pair.Secondary]:
 			reason = "secondary " + pair.Secondary + " entered maintenance"

@@ -479,3 +479,47 @@ func TestSecondaryCountsMemory(t *testing.T) {
 		}
 	}
 }
+
+// Secondaries lost one after another are replaced after a growing pause
+// (the first at once), so that one that fails at once is not reseeded
+// many times a second; a secondary that protects the VM ends the run.
+func TestReprotectBacksOff(t *testing.T) {
+	cl := newCluster(t, "h1", "h2", "h3")
+	r := running("h1")
+	cl.run(ftVM("db"), "h1", &r)
+	drop := func(gen int64) {
+		t.Helper()
+		cl.setPair("db", pft.Pair{UID: "u-db", Primary: "h1", Generation: gen, Reason: "secondary h2 lost", Time: cl.now})
+	}
+	drop(4)
+	cl.pass()
+	if p := cl.pair("db"); p.Generation != 5 || p.Secondary == "" {
+		t.Fatalf("first loss: %+v, want a secondary at once", p)
+	}
+	drop(6)
+	again := cl.pass()
+	if p := cl.pair("db"); p.Generation != 6 {
+		t.Fatalf("second loss in a row: %+v, want a pause first", p)
+	}
+	if again <= 0 || again > 2*time.Second {
+		t.Fatalf("second loss: next pass in %s, want within the 2 s pause", again)
+	}
+	if n := count(cl.st.EventTypes("db"), EvReprotectBackoff); n != 1 {
+		t.Fatalf("%d %s events, want 1", n, EvReprotectBackoff)
+	}
+	cl.now = cl.now.Add(2 * time.Second)
+	cl.pass()
+	p := cl.pair("db")
+	if p.Generation != 7 || p.Secondary == "" {
+		t.Fatalf("after the pause: %+v, want a secondary", p)
+	}
+	if err := cl.st.PutFTStatus(context.Background(), "db", &pft.Status{Generation: 7, State: pft.Protected}); err != nil {
+		t.Fatal(err)
+	}
+	cl.pass()
+	drop(8)
+	cl.pass()
+	if p := cl.pair("db"); p.Generation != 9 || p.Secondary == "" {
+		t.Fatalf("a loss after protection: %+v, want a secondary at once", p)
+	}
+}

@@ -88,10 +88,17 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 
 // Target chooses a migration target for a VM, or explains why none fits.
 func Target(snap *store.Snapshot, v *store.VMState, to string) (string, error) {
-	if v.Record.VM.Spec.FT.Enabled {
+	name := v.Record.Name()
+	if pair := snap.FTPair(name); pair != nil && pair.Secondary != "" {
 		// Its secondary holds a copy of its memory and disks on another
-		// host; moving the primary means turning FT off first (docs/ft.md).
-		return "", fmt.Errorf("%s is an FT VM: live migration of either side of an FT pair is not supported; `vigil vm ft disable %s`, migrate, then enable FT again (or `vigil ft test-failover %s` to move it to its secondary's host)", v.Record.Name(), v.Record.Name(), v.Record.Name())
+		// host, and its checkpoints use the instance's migration stream:
+		// moving the primary means turning FT off first (docs/ft.md).
+		return "", fmt.Errorf("%s is an FT VM: live migration of either side of an FT pair is not supported; `vigil vm ft disable %s`, migrate, then enable FT again (or `vigil ft test-failover %s` to move it to its secondary's host)", name, name, name)
+	}
+	if sh := v.RunningShape(); v.Record.VM.Spec.FT.Enabled && sh != nil && sh.FT {
+		// An FT instance with no secondary yet: one is about to be chosen
+		// for it where it runs.
+		return "", fmt.Errorf("%s is an FT VM whose secondary is being chosen: live migration of either side of an FT pair is not supported; `vigil vm ft disable %s`, migrate, then enable FT again", name, name)
 	}
 	req := scheduler.RequestFor(snap, v)
 	req.Pinned = ""
@@ -190,8 +197,10 @@ func (c *Controller) plan(ctx context.Context, snap *store.Snapshot, name string
 	// Nor with a virtio-mem device on QEMU 10.0: a guest migrated with the
 	// postcopy-ram capability set while its firmware runs is lost on the
 	// destination (docs/drs.md), so VMs with room to grow their memory
-	// migrate pre-copy only.
-	p.Postcopy = (allow == nil || *allow) && !p.SharedNothing && !memoryHotplug(v)
+	// migrate pre-copy only. Nor with FT (turned on while the VM runs,
+	// which moves it into file-backed memory): pre-copy keeps the move
+	// abortable until the cut-over, and its memory a plain file.
+	p.Postcopy = (allow == nil || *allow) && !p.SharedNothing && !memoryHotplug(v) && !v.Record.VM.Spec.FT.Enabled
 	if replicatedDisks(snap, v) {
 		// The destination runs its replicated disks under the next
 		// generation, which the cut-over grants. Pre-copy only: the

@@ -31,7 +31,13 @@ import (
 // and every toggle stops it; checkpoints toggle both many times a second.
 
 const (
-	ftRAMID = "ftram"
+	// ftRAMID is the FT memory backend's id, and so the name of the RAM
+	// block in migration streams: the machine's default-ram-id (q35:
+	// "pc.ram", what an instance started without FT calls its RAM), so
+	// that a VM started without FT can live-migrate into an FT instance
+	// (turning FT on while it runs), and one whose FT was turned off can
+	// migrate into a plain one.
+	ftRAMID = "pc.ram"
 	// ftFilterInterval is the filters' own flush period, in microseconds:
 	// the largest QEMU accepts, so that only the toggles release frames.
 	ftFilterInterval = 4294967295
@@ -91,9 +97,17 @@ func (d *Driver) Protect(ctx context.Context, name string, on bool) error {
 	}
 	if on {
 		// x-ignore-shared leaves the shared RAM out of each save; events
-		// let a save's end be awaited.
+		// let a save's end be awaited. What a live migration into this
+		// instance set (FT turned on while the VM ran moves it) is undone:
+		// a save to a file takes neither multifd channels nor TLS.
 		if err := call(ctx, func(ctx context.Context) error {
-			return c.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true, "events": true})
+			return c.MigrateSetCapabilities(ctx, map[string]bool{"x-ignore-shared": true, "events": true,
+				"multifd": false, "postcopy-ram": false, "late-block-activate": false, "auto-converge": false})
+		}); err != nil {
+			return fmt.Errorf("protect %s: %w", name, err)
+		}
+		if err := call(ctx, func(ctx context.Context) error {
+			return c.MigrateSetParameters(ctx, map[string]any{"tls-creds": "", "tls-authz": ""})
 		}); err != nil {
 			return fmt.Errorf("protect %s: %w", name, err)
 		}
@@ -113,6 +127,29 @@ func (d *Driver) Protect(ctx context.Context, name string, on bool) error {
 
 // Checkpoint implements driver.Checkpointer.
 func (d *Driver) Checkpoint(ctx context.Context, name, devPath string, collect func() error) (driver.CheckpointStats, error) {
+	return d.checkpoint(ctx, name, devPath, collect, false)
+}
+
+// CheckpointHeld implements driver.Checkpointer.
+func (d *Driver) CheckpointHeld(ctx context.Context, name, devPath string, collect func() error) (driver.CheckpointStats, error) {
+	return d.checkpoint(ctx, name, devPath, collect, true)
+}
+
+// Continue implements driver.Checkpointer.
+func (d *Driver) Continue(ctx context.Context, name string) error {
+	c, _, err := d.ftInstance(name)
+	if err != nil {
+		return err
+	}
+	if err := contRetrying(context.WithoutCancel(ctx), c); err != nil {
+		return fmt.Errorf("continue %s: %w", name, err)
+	}
+	return nil
+}
+
+// checkpoint takes a checkpoint; hold leaves the guest stopped after it
+// (CheckpointHeld), unless it fails.
+func (d *Driver) checkpoint(ctx context.Context, name, devPath string, collect func() error, hold bool) (driver.CheckpointStats, error) {
 	var st driver.CheckpointStats
 	c, nics, err := d.ftInstance(name)
 	if err != nil {
@@ -145,6 +182,11 @@ func (d *Driver) Checkpoint(ctx context.Context, name, devPath string, collect f
 		return st, fmt.Errorf("checkpoint %s: %w", name, err)
 	}
 	st.Save = time.Since(t)
+	if hold {
+		resumed = true
+		st.Pause = time.Since(start)
+		return st, nil
+	}
 	// Not cancelled with the caller: a guest stopped by a checkpoint must
 	// run again whatever happens to the engine meanwhile.
 	if err := contRetrying(context.WithoutCancel(ctx), c); err != nil {

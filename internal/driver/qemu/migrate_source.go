@@ -293,7 +293,10 @@ func (d *Driver) startMigration(ctx context.Context, name string, s driver.Migra
 			return err
 		}
 	}
-	caps := map[string]bool{"events": true, "postcopy-ram": s.Postcopy, "multifd": s.Multifd > 0, "auto-converge": s.AutoConverge != nil}
+	// x-ignore-shared off: an instance that ran FT checkpoints (turned off
+	// since) has it on, and would leave its file-backed RAM out of the
+	// stream.
+	caps := map[string]bool{"events": true, "postcopy-ram": s.Postcopy, "multifd": s.Multifd > 0, "auto-converge": s.AutoConverge != nil, "x-ignore-shared": false}
 	if err := call(ctx, func(ctx context.Context) error { return c.MigrateSetCapabilities(ctx, caps) }); err != nil {
 		return fmt.Errorf("capabilities: %w", err)
 	}

@@ -69,10 +69,14 @@ type Status struct {
 	// window: the replication bandwidth FT costs.
 	StreamBytesPerSecond float64 `json:"streamBytesPerSecond,omitempty"`
 	// SeedDone and SeedTotal are the first full copy's progress, in bytes.
-	SeedDone  int64     `json:"seedDone,omitempty"`
-	SeedTotal int64     `json:"seedTotal,omitempty"`
-	Message   string    `json:"message,omitempty"`
-	UpdatedAt time.Time `json:"updatedAt"`
+	// RunPercent is, while the primary is slowed (spec.ft.slowWhenLagging),
+	// the share of time its guest ran over the last checkpoints; 0 when
+	// it is not slowed.
+	RunPercent float64   `json:"runPercent,omitempty"`
+	SeedDone   int64     `json:"seedDone,omitempty"`
+	SeedTotal  int64     `json:"seedTotal,omitempty"`
+	Message    string    `json:"message,omitempty"`
+	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
 // ErrNotMember means a host asked for a transition of a pair it is not (or

@@ -256,6 +256,19 @@ func (m *Store) CASFTPair(_ context.Context, vm string, rev int64, next *ft.Pair
 	return &out, nil
 }
 
+// PutFTStatus records a primary's report on its protection.
+func (m *Store) PutFTStatus(_ context.Context, vm string, st *ft.Status) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.guard("FT status of " + vm); err != nil {
+		return err
+	}
+	c := *st
+	m.s.FTStatus[vm] = &c
+	m.changed()
+	return nil
+}
+
 // DeleteRequest removes a VM's pending request.
 func (m *Store) DeleteRequest(_ context.Context, vm string) error {
 	m.mu.Lock()
