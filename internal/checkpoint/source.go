@@ -24,6 +24,10 @@ type Source struct {
 	ram   dirtytrack.Tracker
 	mem   []byte
 	disks []*diskScanner
+	// buf holds the copied pages of the last Collect or PrePass, reused
+	// by the next: a busy guest's checkpoints copy up to its whole memory
+	// each, and a fresh allocation per checkpoint is that much garbage.
+	buf []byte
 }
 
 // OpenSource reads the RAM file at ramPath (shared, read-only: it sees the
@@ -62,12 +66,14 @@ func (s *Source) RAMBytes() int64 { return int64(len(s.mem)) }
 // Collect fills e with the pages and blocks changed since the previous
 // Collect (everything, the first time). Call it while the guest is
 // stopped: it copies the data, so the guest may run again once it returns.
+// The pages' data is valid until the next Collect or PrePass (one buffer
+// serves them all).
 func (s *Source) Collect(e *ft.Epoch) error {
 	idx, err := s.ram.Dirty()
 	if err != nil {
 		return fmt.Errorf("collect RAM: %w", err)
 	}
-	e.Pages = copyPages(s.mem, idx)
+	e.Pages, s.buf = copyPages(s.mem, idx, s.buf)
 	e.Disks = make([]ft.Disk, len(s.disks))
 	for i, d := range s.disks {
 		if e.Disks[i], err = d.scan(); err != nil {
@@ -87,7 +93,7 @@ func (s *Source) PrePass(e *ft.Epoch) error {
 	if err != nil {
 		return fmt.Errorf("pre-pass RAM: %w", err)
 	}
-	e.Pages = copyPages(s.mem, idx)
+	e.Pages, s.buf = copyPages(s.mem, idx, s.buf)
 	if rb, ok := s.ram.(rebaser); ok {
 		for _, p := range e.Pages {
 			data := p.Data
@@ -114,10 +120,14 @@ type rebaser interface {
 	Rebase(i int, page []byte)
 }
 
-// copyPages copies the pages idx of mem, all-zero pages as markers only.
-func copyPages(mem []byte, idx []int) []ft.Page {
+// copyPages copies the pages idx of mem into buf (grown if too small), all-
+// zero pages as markers only, and returns them and buf.
+func copyPages(mem []byte, idx []int, buf []byte) ([]ft.Page, []byte) {
 	pages := make([]ft.Page, len(idx))
-	buf := make([]byte, 0, len(idx)*ft.PageSize)
+	if need := len(idx) * ft.PageSize; cap(buf) < need {
+		buf = make([]byte, 0, need)
+	}
+	buf = buf[:0]
 	for k, i := range idx {
 		src := mem[i*ft.PageSize : (i+1)*ft.PageSize]
 		pages[k].Index = uint32(i)
@@ -127,7 +137,7 @@ func copyPages(mem []byte, idx []int) []ft.Page {
 		buf = append(buf, src...)
 		pages[k].Data = buf[len(buf)-ft.PageSize : len(buf) : len(buf)]
 	}
-	return pages
+	return pages, buf
 }
 
 // Close releases the mapping and the tracker.
