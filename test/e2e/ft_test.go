@@ -582,6 +582,33 @@ func TestFT_EnableWhileRunning(t *testing.T) {
 	t.Logf("ft enable: moved %s -> %s, secondary on %s; longest silence %s", v.Host, p.Host, p.FT.SecondaryHost, gap.Round(time.Millisecond))
 	r := crashPrimary(t, l, name, 1)
 	t.Logf("then a crash of %s: longest silence %s", r.primary, r.gap.Round(time.Millisecond))
+
+	// FT off: the VM runs on in its FT instance, whose memory is a shared
+	// file its checkpoints left out of every save (x-ignore-shared); a
+	// live migration must carry that memory whole into a plain instance.
+	if out, err := l.Vigil("vm", "ft", "disable", name); err != nil {
+		t.Fatalf("vm ft disable: %v: %s", err, out)
+	}
+	off := l.WaitVM(name, ftLimit, "secondary released", func(x v1.VM) bool {
+		return x.State == "running" && (x.FT == nil || x.FT.SecondaryHost == "")
+	})
+	k = startKeep(t, l, cl, off.IP, 50*time.Millisecond)
+	w = check.StartWriter(g, off.IP, 100*time.Millisecond)
+	k.waitAnswers(t, 10, ftLimit)
+	if out, err := l.Vigil("vm", "migrate", name); err != nil || !strings.Contains(out, "migrated") {
+		t.Fatalf("vm migrate after ft disable: %v: %s", err, out)
+	}
+	moved := l.WaitVM(name, ftLimit, "running elsewhere", func(x v1.VM) bool { return x.State == "running" && x.Host != off.Host })
+	k.waitAnswers(t, 20, ftLimit)
+	answers, kerr = k.Stop()
+	acks = w.Stop()
+	if kerr != nil {
+		t.Fatalf("the client's TCP connection broke at %s across the migration out of the FT instance: %v", k.errAt.Format("15:04:05.000"), kerr)
+	}
+	gap = checkContinuous(t, "migration after ft disable", answers)
+	verifyLedger(t, g, off.IP, acks)
+	checkConsoleClean(t, l, name)
+	t.Logf("ft disable, then migrated %s -> %s: longest silence %s", off.Host, moved.Host, gap.Round(time.Millisecond))
 }
 
 // An FT guest that dirties more than its checkpoints carry in time, with

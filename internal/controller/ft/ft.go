@@ -101,6 +101,7 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 		runs := primary != "" && primaryAlive && st != nil && st.Host == primary && st.Epoch == v.Placement.Epoch && st.State == store.StateRunning
 		want := rec.VM.Spec.FT.Enabled && rec.Power == store.PowerRunning && !rec.Deleting
 		if !want {
+			delete(c.drops, name)
 			if pair != nil && pair.Secondary != "" && primaryAlive {
 				next := pft.Assign(pair, rec.UID(), pair.Primary, "", "FT turned off", now)
 				if _, err := c.st.CASFTPair(ctx, name, rev, &next); err != nil {
