@@ -42,8 +42,11 @@ type primary struct {
 	// slowOK: the spec allows slowing the guest when it lags (the
 	// reconciler keeps it current).
 	slowOK atomic.Bool
-	mu     sync.Mutex
-	conn   net.Conn
+	// held: a slowed checkpoint left the guest stopped, and running it
+	// again has not succeeded yet.
+	held atomic.Bool
+	mu   sync.Mutex
+	conn net.Conn
 }
 
 // abort cuts the stream with no Bye, as the primary's crash would: the
@@ -128,10 +131,14 @@ func (p *primary) stepDownOrDrop(ctx context.Context, cause error) {
 		if err == nil && pair.Generation == p.gen && pair.Primary == p.r.cfg.Host {
 			err = p.r.w.FTDrop(ctx, p.vm, hostwrite.FTChange{Rev: pair.Rev, Generation: p.gen})
 			if err == nil {
-				// A slowed primary may have lost its secondary with its
-				// guest stopped for the checkpoint.
-				if cerr := p.r.cp.Continue(ctx, p.vm); cerr != nil {
-					p.r.log.Error("ft: cannot run the guest again after dropping the secondary", "vm", p.vm, "err", cerr)
+				// A slowed primary whose checkpoint could not run its
+				// guest again: it must run now that it is unprotected.
+				if p.held.Load() {
+					if cerr := p.r.cp.Continue(ctx, p.vm); cerr != nil {
+						p.r.log.Error("ft: cannot run the guest again after dropping the secondary", "vm", p.vm, "err", cerr)
+					} else {
+						p.held.Store(false)
+					}
 				}
 				if perr := p.r.cp.Protect(ctx, p.vm, false); perr != nil {
 					p.r.log.Error("ft: cannot let the output out after dropping the secondary", "vm", p.vm, "err", perr)
@@ -328,10 +335,15 @@ func (p *primary) checkpoint(ctx context.Context, w *writer, br *bufio.Reader, d
 		if st, err = p.r.cp.CheckpointHeld(ctx, p.vm, devPath, collect); err != nil {
 			return st, err
 		}
+		p.held.Store(true)
 		defer func() {
-			if cerr := p.r.cp.Continue(ctx, p.vm); cerr != nil && err == nil {
-				err = cerr
+			if cerr := p.r.cp.Continue(ctx, p.vm); cerr != nil {
+				if err == nil {
+					err = cerr
+				}
+				return
 			}
+			p.held.Store(false)
 		}()
 	} else if st, err = p.r.cp.Checkpoint(ctx, p.vm, devPath, collect); err != nil {
 		return st, err
