@@ -40,8 +40,36 @@ func (h ftHost) LastSnapshot() *store.Snapshot {
 	return h.a.lastSnap
 }
 
-func (h ftHost) VMConfig(ctx context.Context, v *store.VMState, networks map[string]*store.Network) (*driver.VMConfig, error) {
-	return h.a.vmConfig(ctx, v, nil, networks)
+func (h ftHost) VMConfig(ctx context.Context, v *store.VMState, grants map[string]int64, networks map[string]*store.Network) (*driver.VMConfig, error) {
+	return h.a.vmConfig(ctx, v, grants, networks)
+}
+
+// TakeOverReplicas reads the generation of the VM's replicated disks,
+// which the takeover's compare-and-swap moved to this host, and stops
+// serving this host's copies to the old primary at once: the takeover
+// replaces them by the secondary's own (the old primary's last writes are
+// ahead of the checkpoint), and a crashed host's requests would hold a
+// drain for seconds.
+func (h ftHost) TakeOverReplicas(ctx context.Context, rec *store.VMRecord) (map[string]int64, error) {
+	r := h.a.cfg.Replicated
+	disks := h.a.replicatedDisks(rec)
+	if r == nil || len(disks) == 0 {
+		return nil, nil
+	}
+	rs, err := r.Records().GetReplicaSet(ctx, rec.Name())
+	if err != nil {
+		return nil, err
+	}
+	if rs.UID != rec.UID() || rs.Primary != h.a.cfg.Host {
+		return nil, fmt.Errorf("the replica record of %s names %s the primary at generation %d, not this host", rec.Name(), rs.Primary, rs.Generation)
+	}
+	oldPrimary := func() string { ip, _ := r.PeerIP(ctx, rs.Peer); return ip }
+	for _, d := range disks {
+		if err := r.Server().Abandon(ctx, rec.Name(), d.Name, oldPrimary); err != nil {
+			return nil, err
+		}
+	}
+	return map[string]int64{r.Name(): rs.Generation}, nil
 }
 
 func (h ftHost) CoverStart(ctx context.Context, v *store.VMState) (func(), error) {
@@ -53,22 +81,25 @@ type localDisk interface {
 	DiskPath(vm string, d spec.Disk) string
 }
 
-// DiskPaths are the VM's disk files on this host; an FT VM's disks are on
-// host-local datastores (the API refuses others).
-func (h ftHost) DiskPaths(rec *store.VMRecord) ([]string, error) {
+// DiskPaths are the VM's disk files on this host: on a host-local
+// datastore, or this host's copy on the replicated one (the API refuses
+// shared datastores).
+func (h ftHost) DiskPaths(rec *store.VMRecord) ([]string, []bool, error) {
 	var out []string
+	var rep []bool
 	for _, d := range rec.VM.Spec.Disks {
 		ds, ok := h.a.cfg.Datastores[d.Datastore]
 		if !ok {
-			return nil, fmt.Errorf("disk %s: datastore %q is not on host %s", d.Name, d.Datastore, h.a.cfg.Host)
+			return nil, nil, fmt.Errorf("disk %s: datastore %q is not on host %s", d.Name, d.Datastore, h.a.cfg.Host)
 		}
 		l, ok := ds.(localDisk)
 		if !ok || ds.Shared() {
-			return nil, fmt.Errorf("disk %s: datastore %q is not host-local; an FT VM's secondary keeps a copy of local disks only", d.Name, d.Datastore)
+			return nil, nil, fmt.Errorf("disk %s: datastore %q is neither host-local nor replicated; an FT VM's secondary keeps a copy of those only", d.Name, d.Datastore)
 		}
 		out = append(out, l.DiskPath(rec.Name(), d))
+		rep = append(rep, h.a.cfg.Replicated != nil && d.Datastore == h.a.cfg.Replicated.Name())
 	}
-	return out, nil
+	return out, rep, nil
 }
 
 func (h ftHost) Dir(vm string) string { return h.a.ftDir(vm) }

@@ -104,8 +104,25 @@ func (s *Server) hostFTTakeOver(w http.ResponseWriter, r *http.Request, host, vm
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("takeover of %s at epoch %d: the placement is at %d", vm, in.Epoch, v.Placement.Epoch))
 		return
 	}
+	// A VM on a replicated datastore (its record exists from its first
+	// start; one of an earlier VM of the name is not its): the right to
+	// write its disks moves with it, in the same transaction (docs/ft.md).
+	var replicas *store.ReplicaSet
+	rs, err := s.st.GetReplicaSetLocal(r.Context(), vm)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		hostErr(w, err)
+		return
+	case rs.UID == v.Record.UID():
+		if replicas, err = replicated.SwapForFTTakeOver(rs, v.Record.UID(), cur.Primary, host, now); err != nil {
+			writeErr(w, http.StatusConflict, fmt.Errorf("takeover of %s: %w: %w", vm, err, store.ErrConflict))
+			return
+		}
+		replicas.Rev = rs.Rev
+	}
 	p := store.Placement{Host: host, Epoch: in.Epoch, Reason: "ft-takeover", Time: now}
-	if err := s.st.FTTakeOver(r.Context(), vm, cur.Rev, &next, v.Placement, v.PlacementRev, p); err != nil {
+	if err := s.st.FTTakeOver(r.Context(), vm, cur.Rev, &next, v.Placement, v.PlacementRev, p, replicas); err != nil {
 		hostErr(w, err)
 		return
 	}
@@ -135,15 +152,12 @@ func (s *Server) hostFTStatus(w http.ResponseWriter, r *http.Request, host, vm s
 
 // ftDiskRefusal says why an FT VM cannot have a disk on datastore ds, or
 // "". Its secondary keeps a copy of each disk, cut at the same checkpoint
-// as its memory: a shared disk would run ahead of the secondary's memory,
-// and the copies of a replicated datastore are not (yet) cut per
-// checkpoint.
+// as its memory: a shared disk would run ahead of the secondary's memory.
+// (A replicated datastore's replica runs ahead too, but the secondary runs
+// on the replica's host and keeps a copy of its own beside it.)
 func ftDiskRefusal(snap *store.Snapshot, ds string) string {
-	switch {
-	case snap.SharedDatastore(ds):
-		return fmt.Sprintf("FT is refused on the shared datastore %q: the shared disk would run ahead of the secondary's memory; put an FT VM's disks on a local datastore (docs/ft.md)", ds)
-	case snap.ReplicatedDatastore(ds):
-		return fmt.Sprintf("FT does not support the replicated datastore %q yet: put an FT VM's disks on a local datastore, whose copy the secondary keeps per checkpoint (docs/ft.md)", ds)
+	if snap.SharedDatastore(ds) {
+		return fmt.Sprintf("FT is refused on the shared datastore %q: the shared disk would run ahead of the secondary's memory; put an FT VM's disks on a local or a replicated datastore (docs/ft.md)", ds)
 	}
 	return ""
 }

@@ -145,7 +145,7 @@ func (s *secondary) send(e *ft.Epoch) error {
 	if err := ft.WriteEpoch(w, e); err != nil {
 		s.t.Fatal(err)
 	}
-	got, err := ft.ReadEpoch(bufio.NewReader(&buf), s.hello)
+	got, err := ft.NewEpochReader(bufio.NewReader(&buf), s.hello).Read()
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -546,7 +546,7 @@ func TestReplicaEpochOrder(t *testing.T) {
 }
 
 // An epoch that fails half-way (here a page beyond the RAM, which only a
-// stream that skipped ReadEpoch's checks could carry) loses the copy: it
+// stream that skipped EpochReader.Read's checks could carry) loses the copy: it
 // is no checkpoint any more, and nothing more applies to it.
 func TestReplicaBrokenByFailedApply(t *testing.T) {
 	for _, c := range []struct {

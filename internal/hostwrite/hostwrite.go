@@ -217,10 +217,12 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 			}
 			err = errors.New(msg)
 		}
-		c.answered(base, false)
 		if ctx.Err() != nil {
+			// The caller's deadline, not the member's failure: a takeover
+			// asks again at once, and its own member is the one to ask.
 			return fmt.Errorf("%s %s: %w: %w", method, path, store.ErrUnavailable, ctx.Err())
 		}
+		c.answered(base, false)
 		errs = append(errs, fmt.Errorf("%s: %w", base, err))
 	}
 	return fmt.Errorf("%s %s: %w: %w", method, path, store.ErrUnavailable, errors.Join(errs...))

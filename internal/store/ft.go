@@ -49,17 +49,28 @@ func (s *Store) CASFTPair(ctx context.Context, vm string, rev int64, next *ft.Pa
 // (at pairRev) becomes next, and the VM's placement (at placementRev, still
 // old) moves to p. Either both change or neither: a primary dropping its
 // secondary, or HA restarting the VM, changes one of the two first.
-func (s *Store) FTTakeOver(ctx context.Context, vm string, pairRev int64, next *ft.Pair, old Placement, placementRev int64, p Placement) error {
+//
+// replicas, if not nil, is the VM's ReplicaSet with its roles swapped (the
+// secondary runs on the replica's host): it replaces the record at
+// replicas.Rev in the same transaction, so that the right to write the
+// replicated disks moves with the VM.
+func (s *Store) FTTakeOver(ctx context.Context, vm string, pairRev int64, next *ft.Pair, old Placement, placementRev int64, p Placement, replicas *ReplicaSet) error {
 	ctx, cancel := op(ctx)
 	defer cancel()
 	if p.Epoch <= old.Epoch {
 		return fmt.Errorf("placement of %s: epoch %d does not exceed %d", vm, p.Epoch, old.Epoch)
 	}
 	cmp, put := casFTPairOps(vm, pairRev, next)
-	return s.commit(ctx, "FT takeover of "+vm+" by "+next.Primary, []clientv3.Cmp{cmp,
+	cmps := []clientv3.Cmp{cmp,
 		clientv3.Compare(clientv3.ModRevision(placementKey(vm)), "=", placementRev),
 		clientv3.Compare(clientv3.CreateRevision(vmSpecKey(vm)), ">", 0),
-	}, put, clientv3.OpPut(placementKey(vm), mustJSON(p)))
+	}
+	ops := []clientv3.Op{put, clientv3.OpPut(placementKey(vm), mustJSON(p))}
+	if replicas != nil {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(ReplicaKey(vm)), "=", replicas.Rev))
+		ops = append(ops, clientv3.OpPut(ReplicaKey(vm), mustJSON(replicas)))
+	}
+	return s.commit(ctx, "FT takeover of "+vm+" by "+next.Primary, cmps, ops...)
 }
 
 // PutFTStatus records the primary's report on its protection.

@@ -123,9 +123,20 @@ const ReplicaPrefix = replicasPfx
 // GetReplicaSet reads a VM's ReplicaSet with its revision; ErrNotFound
 // when there is none.
 func (s *Store) GetReplicaSet(ctx context.Context, vm string) (*ReplicaSet, error) {
+	return s.getReplicaSet(ctx, vm)
+}
+
+// GetReplicaSetLocal reads a VM's ReplicaSet from this member's own copy,
+// which may be behind: for a compare-and-swap that checks its revision (an
+// FT takeover, which must not wait on an election to read).
+func (s *Store) GetReplicaSetLocal(ctx context.Context, vm string) (*ReplicaSet, error) {
+	return s.getReplicaSet(ctx, vm, clientv3.WithSerializable())
+}
+
+func (s *Store) getReplicaSet(ctx context.Context, vm string, opts ...clientv3.OpOption) (*ReplicaSet, error) {
 	ctx, cancel := op(ctx)
 	defer cancel()
-	resp, err := s.c.Get(ctx, ReplicaKey(vm))
+	resp, err := s.c.Get(ctx, ReplicaKey(vm), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("read replica set of %s: %w", vm, err)
 	}

@@ -35,9 +35,9 @@ const (
 	// DefaultInterval is the target time from one checkpoint to the next.
 	DefaultInterval = 100 * time.Millisecond
 	// DefaultFailAfter is how long a side hears nothing from the other
-	// (each sends a keepalive every 100 ms besides its checkpoints or
-	// acknowledgements) before it counts it lost: five keepalives.
-	DefaultFailAfter = 500 * time.Millisecond
+	// (each sends a keepalive every 50 ms besides its checkpoints or
+	// acknowledgements) before it counts it lost: six keepalives.
+	DefaultFailAfter = 300 * time.Millisecond
 	// statusEvery paces the primary's reports.
 	statusEvery = time.Second
 )
@@ -64,13 +64,21 @@ type Host interface {
 	Claim(vm, op string) (release func(), ok bool)
 	Event(ctx context.Context, typ, vm, msg string)
 	LastSnapshot() *store.Snapshot
-	// VMConfig resolves the VM for this host as its placement v says.
-	VMConfig(ctx context.Context, v *store.VMState, networks map[string]*store.Network) (*driver.VMConfig, error)
+	// VMConfig resolves the VM for this host as its placement v says, its
+	// disks under the datastores' generations grants.
+	VMConfig(ctx context.Context, v *store.VMState, grants map[string]int64, networks map[string]*store.Network) (*driver.VMConfig, error)
+	// TakeOverReplicas readies a won takeover's replicated disks: it stops
+	// serving this host's copies to the old primary, and returns the
+	// generation the instance runs under on the replicated datastore,
+	// which the takeover's compare-and-swap gave this host (nil: the VM
+	// has no replicated disks).
+	TakeOverReplicas(ctx context.Context, rec *store.VMRecord) (map[string]int64, error)
 	// CoverStart arms the watchdog for a VM about to start here.
 	CoverStart(ctx context.Context, v *store.VMState) (func(), error)
-	// DiskPaths are where the VM's disks are on this host (local
-	// datastores), in the spec's order.
-	DiskPaths(rec *store.VMRecord) ([]string, error)
+	// DiskPaths are where the VM's disks are on this host (local or
+	// replicated datastores), in the spec's order; replicated says which
+	// are a replicated datastore's copies.
+	DiskPaths(rec *store.VMRecord) (paths []string, replicated []bool, err error)
 	// Dir is the VM's FT directory on this host.
 	Dir(vm string) string
 	// Trigger asks for a reconcile pass.

@@ -189,7 +189,7 @@ func (p *primary) protect(ctx context.Context, v *store.VMState) error {
 	}
 	ram := st.FTRAM
 	dir := filepath.Dir(ram)
-	disks, err := p.r.host.DiskPaths(v.Record)
+	disks, _, err := p.r.host.DiskPaths(v.Record)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,8 +160,9 @@ func (p replicaPaths) remove() {
 
 // receive applies checkpoints until the stream ends.
 func (r *Reconciler) receive(br *bufio.Reader, w *writer, h pft.Hello, rep *checkpoint.Replica) error {
+	er := pft.NewEpochReader(br, h)
 	for {
-		e, err := pft.ReadEpoch(br, h)
+		e, err := er.Read()
 		if err != nil {
 			return err
 		}
@@ -196,21 +198,27 @@ func (r *Reconciler) accepts(h pft.Hello, from string, pair *pft.Pair) string {
 type replicaPaths struct {
 	dir, ram, dev string
 	disks, final  []string
+	// replicated: disk i's final place is a replicated datastore's copy
+	// (the replica, until the takeover).
+	replicated []bool
 }
+
+// holdsReplicas reports whether any of the disks' places is a replica.
+func (p replicaPaths) holdsReplicas() bool { return slices.Contains(p.replicated, true) }
 
 func (r *Reconciler) newReplica(ctx context.Context, h pft.Hello) (*checkpoint.Replica, replicaPaths, error) {
 	v, err := r.w.VM(ctx, h.VM)
 	if err != nil {
 		return nil, replicaPaths{}, err
 	}
-	final, err := r.host.DiskPaths(v.Record)
+	final, replicated, err := r.host.DiskPaths(v.Record)
 	if err != nil {
 		return nil, replicaPaths{}, err
 	}
 	if len(final) != h.Disks {
 		return nil, replicaPaths{}, fmt.Errorf("%s has %d disks here, the primary sends %d", h.VM, len(final), h.Disks)
 	}
-	p := replicaPaths{dir: filepath.Join(r.host.Dir(h.VM), fmt.Sprintf("copy-g%d", h.Generation)), final: final}
+	p := replicaPaths{dir: filepath.Join(r.host.Dir(h.VM), fmt.Sprintf("copy-g%d", h.Generation)), final: final, replicated: replicated}
 	p.ram, p.dev = filepath.Join(p.dir, "ram"), filepath.Join(p.dir, "dev")
 	for _, f := range final {
 		p.disks = append(p.disks, f+".ft")
@@ -255,6 +263,11 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 		r.log.Info("ft: not taking over: the pair moved on", "vm", h.VM, "primary", pair.Primary, "secondary", pair.Secondary, "generation", pair.Generation)
 		return false
 	}
+	next := *v
+	next.Placement = store.Placement{Host: r.cfg.Host, Epoch: v.Placement.Epoch + 1, Reason: "ft-takeover"}
+	if paths.holdsReplicas() {
+		return r.takeOverReplicated(ctx, h, paths, committed, pair, v, &next, snap.Networks, fail)
+	}
 	// The disks go into place first: the instance opens them there. They
 	// are this host's files, which nothing else uses while the VM runs on
 	// its primary.
@@ -264,9 +277,7 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 			return false
 		}
 	}
-	next := *v
-	next.Placement = store.Placement{Host: r.cfg.Host, Epoch: v.Placement.Epoch + 1, Reason: "ft-takeover"}
-	cfg, err := r.host.VMConfig(ctx, &next, snap.Networks)
+	cfg, err := r.host.VMConfig(ctx, &next, nil, snap.Networks)
 	if err != nil {
 		fail("%v", err)
 		return false
@@ -323,6 +334,65 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 	return true
 }
 
+// takeOverReplicated is the takeover of a VM with disks on a replicated
+// datastore, whose secondary runs on the replica's host. The place of such
+// a disk holds the replica, which the old primary writes to (ahead of the
+// checkpoints) until the takeover's compare-and-swap moves the disks'
+// generation here: this host first wins, then stops serving the replica
+// (aborting the old primary's connections) and prepares the disks, and
+// only then puts its checkpoint's copy in the replica's place and starts
+// the instance on it. Losing leaves the replica as it was. The instance
+// cannot start while the takeover is decided, as it does for local disks:
+// the failover costs its start-up time more.
+func (r *Reconciler) takeOverReplicated(ctx context.Context, h pft.Hello, paths replicaPaths, committed uint64, pair *pft.Pair, v, next *store.VMState,
+	networks map[string]*store.Network, fail func(string, ...any)) bool {
+	if err := r.winPair(ctx, h, pair, v, next.Placement.Epoch); err != nil {
+		r.log.Warn("ft: takeover lost", "vm", h.VM, "err", err)
+		r.host.Event(ctx, EvFailed, h.VM, fmt.Sprintf("FT: this host did not take over: %v", err))
+		return false
+	}
+	// From here the VM is placed here. A failure leaves it to the agent,
+	// which starts it afresh from its disk here as HA would: the replica
+	// then, which holds every write the old primary made (a crash's
+	// disk).
+	grants, err := r.host.TakeOverReplicas(ctx, v.Record)
+	if err != nil {
+		fail("%v", err)
+		return true
+	}
+	cfg, err := r.host.VMConfig(ctx, next, grants, networks)
+	if err != nil {
+		fail("%v", err)
+		return true
+	}
+	for i := range paths.disks {
+		if err := os.Rename(paths.disks[i], paths.final[i]); err != nil {
+			fail("put disk %d in place: %v", i, err)
+			return true
+		}
+	}
+	cfg.FT = &driver.FTConfig{Dir: paths.dir, RAM: paths.ram}
+	cfg.Incoming = "defer"
+	covered, err := r.host.CoverStart(ctx, next)
+	if err != nil {
+		fail("%v", err)
+		return true
+	}
+	_, err = r.drv.Start(ctx, cfg)
+	covered()
+	if err != nil {
+		fail("start the instance: %v", err)
+		return true
+	}
+	if err := r.cp.Resume(ctx, h.VM, paths.dev); err != nil {
+		_ = r.drv.Kill(ctx, h.VM)
+		fail("resume from checkpoint %d: %v", committed, err)
+		return true
+	}
+	r.host.Event(ctx, EvResumed, h.VM, fmt.Sprintf("FT: running on %s from checkpoint %d (took over from %s; its disks' replica moved here)", r.cfg.Host, committed, h.From))
+	return true
+}
+
 // errUndecided: the pair record could not be read or written in time; the
 // takeover may have committed.
 var errUndecided = errors.New("no answer from the pair record")
@@ -331,6 +401,13 @@ var errUndecided = errors.New("no answer from the pair record")
 // record (an etcd election, members that do not answer) before it gives
 // up; its instance has not run meanwhile.
 const takeoverDecideWithin = 20 * time.Second
+
+// takeoverTry bounds one call of the takeover. When the lost host ran the
+// etcd leader, the first proposal goes to it and is never answered: the
+// member waits on it until the caller gives up, even after the election
+// (about 0.5-1 s). Giving up early and asking again sends the next one to
+// the new leader; one that did commit meanwhile is seen by the read.
+const takeoverTry = 500 * time.Millisecond
 
 // winPair asks for the takeover until the answer is known: won (nil), or
 // lost (an error). A failed or unanswered call is no answer: it may have
@@ -342,11 +419,17 @@ func (r *Reconciler) winPair(ctx context.Context, h pft.Hello, pair *pft.Pair, v
 	change := hostwrite.FTChange{Rev: pair.Rev, Generation: h.Generation, PlacementRev: v.PlacementRev, Epoch: epoch}
 	deadline := time.Now().Add(takeoverDecideWithin)
 	for {
-		err := r.w.FTTakeOver(ctx, h.VM, change)
+		tctx, cancel := context.WithTimeout(ctx, takeoverTry)
+		err := r.w.FTTakeOver(tctx, h.VM, change)
+		cancel()
 		if err == nil {
 			return nil
 		}
+		r.log.Info("ft: takeover not decided yet", "vm", h.VM, "err", err)
 		p2, v2, rerr := r.read(ctx, h.VM)
+		if rerr != nil {
+			r.log.Info("ft: cannot read the pair record", "vm", h.VM, "err", rerr)
+		}
 		switch {
 		case rerr != nil:
 		case p2.Primary == r.cfg.Host && p2.Generation == h.Generation+1 && v2.Placement.Host == r.cfg.Host && v2.Placement.Epoch == epoch:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/vigilha/vigil/internal/driver"
 	"github.com/vigilha/vigil/internal/hostwrite"
@@ -26,10 +27,18 @@ type fakeArbiter struct {
 	}
 }
 
-func (f *fakeArbiter) FTTakeOver(_ context.Context, _ string, c hostwrite.FTChange) error {
+// errHang: the call is never answered (its proposal went to an etcd
+// leader that died); it ends only when the caller gives up.
+var errHang = errors.New("hang")
+
+func (f *fakeArbiter) FTTakeOver(ctx context.Context, _ string, c hostwrite.FTChange) error {
 	f.calls = append(f.calls, c)
 	err := f.answers[0]
 	f.answers = f.answers[1:]
+	if err == errHang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	return err
 }
 
@@ -73,6 +82,8 @@ func TestWinPair(t *testing.T) {
 			[]read{{&pft.Pair{Primary: "h2", Generation: 8}, placedOn("h2", 5, 120)}}, true, 1, 100},
 		{"the record unchanged: call again at its revisions", []error{store.ErrConflict, nil},
 			[]read{{&pft.Pair{Primary: "h1", Secondary: "h2", Generation: 7, Rev: 110}, placedOn("h1", 4, 95)}}, true, 2, 110},
+		{"a call that is never answered is given up and made again", []error{errHang, nil},
+			[]read{{seen, before}}, true, 2, 100},
 		{"the primary dropped this host first", []error{store.ErrConflict},
 			[]read{{&pft.Pair{Primary: "h1", Secondary: "", Generation: 8}, placedOn("h1", 4, 90)}}, false, 1, 100},
 		{"the VM was placed elsewhere", []error{unavailable},
@@ -81,7 +92,13 @@ func TestWinPair(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := &fakeArbiter{answers: c.answers, reads: c.reads}
 			r := &Reconciler{cfg: Config{Host: "h2"}, w: f, log: slog.New(slog.DiscardHandler)}
+			start := time.Now()
 			err := r.winPair(context.Background(), h, seen, before, 5)
+			if took := time.Since(start); took > 5*time.Second {
+				// Not a timing test: a hung call must not hold the
+				// takeover for the whole takeoverDecideWithin (20 s).
+				t.Fatalf("decided after %s", took)
+			}
 			if (err == nil) != c.won {
 				t.Fatalf("won %t (err %v), want %t", err == nil, err, c.won)
 			}

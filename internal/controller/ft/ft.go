@@ -7,6 +7,7 @@ package ft
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -149,6 +150,8 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 				continue
 			}
 			reason = "re-protection after " + pair.Reason
+		case replicaElsewhere(snap, v, pair.Secondary) != "":
+			reason = "the VM's replica moved to " + replicaElsewhere(snap, v, pair.Secondary)
 		case snap.Maintenance[pair.Secondary]:
 			reason = "secondary " + pair.Secondary + " entered maintenance"
 		default:
@@ -206,8 +209,24 @@ func (c *Controller) Reconcile(ctx context.Context, snap *store.Snapshot) (time.
 // placement (alive, out of maintenance, the VM's host rules, room for its
 // memory), other than the hosts to avoid, and one that takes FT streams.
 func placeSecondary(snap *store.Snapshot, v *store.VMState, hosts []scheduler.Host, avoid []string) (string, error) {
+	// A VM with replicated disks keeps its secondary on its replica's
+	// host: a takeover puts the secondary's copy of each disk in the
+	// replica's place, and the host keeps the VM's replica from then on.
+	peer, replicated := "", false
+	for _, d := range v.Record.VM.Spec.Disks {
+		if snap.ReplicatedDatastore(d.Datastore) {
+			replicated = true
+		}
+	}
+	if replicated {
+		rs := snap.Replicas[v.Record.Name()]
+		if rs == nil || rs.UID != v.Record.UID() || rs.Peer == "" {
+			return "", errors.New("its replicated disks have no replica host yet; the secondary goes there")
+		}
+		peer = rs.Peer
+	}
 	for _, h := range hosts {
-		if hr := snap.Hosts[h.Name]; hr != nil && hr.FTAddr == "" {
+		if hr := snap.Hosts[h.Name]; (hr != nil && hr.FTAddr == "") || (peer != "" && h.Name != peer) {
 			avoid = append(avoid, h.Name)
 		}
 	}
@@ -221,4 +240,16 @@ func placeSecondary(snap *store.Snapshot, v *store.VMState, hosts []scheduler.Ho
 		return "", err
 	}
 	return d.Host, nil
+}
+
+// replicaElsewhere is the host of the VM's replica if the VM has
+// replicated disks and their replica is not on the secondary's host ("":
+// no replica, or it is there). A takeover there would be refused: the
+// secondary must follow the replica.
+func replicaElsewhere(snap *store.Snapshot, v *store.VMState, secondary string) string {
+	rs := snap.Replicas[v.Record.Name()]
+	if rs == nil || rs.UID != v.Record.UID() || rs.Peer == "" || rs.Peer == secondary {
+		return ""
+	}
+	return rs.Peer
 }

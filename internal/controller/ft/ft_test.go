@@ -523,3 +523,37 @@ func TestReprotectBacksOff(t *testing.T) {
 		t.Fatalf("a loss after protection: %+v, want a secondary at once", p)
 	}
 }
+
+// An FT VM on the replicated datastore keeps its secondary on its
+// replica's host, the only host whose copy a takeover can put in the
+// replica's place: none until the replica has a host, and a new secondary
+// when the replica moves.
+func TestSecondaryFollowsReplica(t *testing.T) {
+	cl := newCluster(t, "h1", "h2", "h3", "h4")
+	cl.st.AddDatastore(store.Datastore{Name: "rep", Type: store.DatastoreReplicated})
+	rec := ftVM("db")
+	rec.VM.Spec.Disks = []spec.Disk{{Name: "data", Datastore: "rep", Format: "raw", Size: spec.GiB}}
+	r := running("h1")
+	cl.run(rec, "h1", &r)
+	cl.pass()
+	if p := cl.pair("db"); p != nil && p.Secondary != "" {
+		t.Fatalf("secondary %s chosen before the replica has a host", p.Secondary)
+	}
+	rs, err := cl.st.CASReplicaSet(context.Background(), "db", 0, &store.ReplicaSet{UID: "u-db", Primary: "h1", Peer: "h3", Generation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.pass()
+	if p := cl.pair("db"); p == nil || p.Secondary != "h3" {
+		t.Fatalf("pair %+v, want the secondary on the replica's host h3", p)
+	}
+	next := rs.Clone()
+	next.Peer = "h4"
+	if _, err := cl.st.CASReplicaSet(context.Background(), "db", rs.Rev, next); err != nil {
+		t.Fatal(err)
+	}
+	cl.pass()
+	if p := cl.pair("db"); p == nil || p.Secondary != "h4" {
+		t.Fatalf("pair %+v, want the secondary moved with the replica to h4", p)
+	}
+}

@@ -221,9 +221,74 @@ func writePages(w *bufio.Writer, pages []Page) error {
 	return nil
 }
 
-// ReadEpoch reads one Epoch of a stream opened by h, checking it against
-// h's geometry: a page or block out of range is an error, never a write.
-func ReadEpoch(r *bufio.Reader, h Hello) (*Epoch, error) {
+// EpochReader reads the epochs of one stream into memory it reuses: the
+// pages of an epoch are valid only until the next Read. A secondary applies
+// each epoch before it reads the next; allocating every epoch's pages
+// afresh (up to the guest's RAM each time under a busy guest) made its
+// agent collect garbage about 160 times in one test, and a stall of the
+// agent is a missed keepalive.
+type EpochReader struct {
+	r     *bufio.Reader
+	h     Hello
+	arena arena
+}
+
+// NewEpochReader reads the epochs of a stream opened by h from r.
+func NewEpochReader(r *bufio.Reader, h Hello) *EpochReader {
+	return &EpochReader{r: r, h: h}
+}
+
+// Read reads the next epoch, checking it against the stream's geometry: a
+// page or block out of range is an error, never a write. The previous
+// epoch's pages are overwritten.
+func (er *EpochReader) Read() (*Epoch, error) {
+	er.arena.reset()
+	return readEpoch(er.r, er.h, &er.arena)
+}
+
+// arenaKeep bounds the memory an EpochReader keeps between epochs: the
+// seeding epoch carries the whole RAM, and keeping that for the VM's life
+// would double what the secondary's agent holds.
+const arenaKeep = 256 << 20
+
+// arena hands out page-sized slices of chunks kept from one epoch to the
+// next.
+type arena struct {
+	chunks [][]byte
+	cur    int // the chunk being handed out
+	off    int // the next free byte of chunks[cur]
+}
+
+func (a *arena) reset() {
+	kept := 0
+	for i, c := range a.chunks {
+		if kept += len(c); kept > arenaKeep {
+			clear(a.chunks[i:])
+			a.chunks = a.chunks[:i]
+			break
+		}
+	}
+	a.cur, a.off = 0, 0
+}
+
+// page returns a PageSize slice; a new chunk holds room for pages pages.
+func (a *arena) page(pages int) []byte {
+	for a.cur < len(a.chunks) {
+		c := a.chunks[a.cur]
+		if a.off+PageSize <= len(c) {
+			p := c[a.off : a.off+PageSize : a.off+PageSize]
+			a.off += PageSize
+			return p
+		}
+		a.cur, a.off = a.cur+1, 0
+	}
+	c := make([]byte, PageSize*pages)
+	a.chunks = append(a.chunks, c)
+	a.off = PageSize
+	return c[:PageSize:PageSize]
+}
+
+func readEpoch(r *bufio.Reader, h Hello, a *arena) (*Epoch, error) {
 	if err := expect(r, msgEpoch); err != nil {
 		return nil, err
 	}
@@ -232,7 +297,7 @@ func ReadEpoch(r *bufio.Reader, h Hello) (*Epoch, error) {
 		return nil, err
 	}
 	var err error
-	if e.Pages, err = readPages(r, uint32(h.RAMBytes/PageSize)); err != nil {
+	if e.Pages, err = readPages(r, uint32(h.RAMBytes/PageSize), a); err != nil {
 		return nil, fmt.Errorf("epoch %d: RAM: %w", e.N, err)
 	}
 	var nd uint16
@@ -252,7 +317,7 @@ func ReadEpoch(r *bufio.Reader, h Hello) (*Epoch, error) {
 			return nil, fmt.Errorf("epoch %d: disk %d of %d bytes", e.N, i, size)
 		}
 		e.Disks[i].Size = int64(size)
-		if e.Disks[i].Blocks, err = readPages(r, uint32((size+PageSize-1)/PageSize)); err != nil {
+		if e.Disks[i].Blocks, err = readPages(r, uint32((size+PageSize-1)/PageSize), a); err != nil {
 			return nil, fmt.Errorf("epoch %d: disk %d: %w", e.N, i, err)
 		}
 	}
@@ -271,8 +336,8 @@ func ReadEpoch(r *bufio.Reader, h Hello) (*Epoch, error) {
 }
 
 // readPages reads a page list whose indexes must be below limit; the data
-// of all pages lands in one allocation.
-func readPages(r *bufio.Reader, limit uint32) ([]Page, error) {
+// lands in a's chunks.
+func readPages(r *bufio.Reader, limit uint32, a *arena) ([]Page, error) {
 	var n uint32
 	if err := binary.Read(r, binary.BigEndian, &n); err != nil {
 		return nil, err
@@ -283,7 +348,6 @@ func readPages(r *bufio.Reader, limit uint32) ([]Page, error) {
 	// The list grows with what arrives: n is only a claim, and up to
 	// 2^32 of them (a disk's blocks) must not be allocated on its word.
 	pages := make([]Page, 0, min(n, 4096))
-	var buf []byte
 	for i := range int(n) {
 		var hdr [5]byte
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -297,10 +361,7 @@ func readPages(r *bufio.Reader, limit uint32) ([]Page, error) {
 		switch hdr[4] {
 		case kindZero:
 		case kindData:
-			if len(buf) < PageSize {
-				buf = make([]byte, PageSize*min(int(n)-i, 4096))
-			}
-			p.Data, buf = buf[:PageSize:PageSize], buf[PageSize:]
+			p.Data = a.page(min(int(n)-i, 4096))
 			if _, err := io.ReadFull(r, p.Data); err != nil {
 				return nil, err
 			}
@@ -330,7 +391,7 @@ func ReadAck(r *bufio.Reader) (uint64, error) {
 }
 
 // KeepaliveEvery is how often each side sends a Keepalive.
-const KeepaliveEvery = 100 * time.Millisecond
+const KeepaliveEvery = 50 * time.Millisecond
 
 // WriteKeepalive says this side is alive.
 func WriteKeepalive(w *bufio.Writer) error {

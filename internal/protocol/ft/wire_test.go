@@ -210,7 +210,7 @@ func TestEpochRoundTrip(t *testing.T) {
 	for _, c := range epochCases() {
 		b := encode(t, func(w *bufio.Writer) error { return WriteEpoch(w, &c.e) })
 		r := reader(b)
-		got, err := ReadEpoch(r, epochHello)
+		got, err := readOne(r, epochHello)
 		if err != nil {
 			t.Errorf("%s: %v", c.name, err)
 			continue
@@ -251,7 +251,7 @@ func TestStreamOverPipe(t *testing.T) {
 			return
 		}
 		for {
-			e, err := ReadEpoch(r, res.hello)
+			e, err := readOne(r, res.hello)
 			if err != nil {
 				res.err = err
 				// The primary now waits for an Ack: end the stream.
@@ -403,7 +403,7 @@ func TestEpochMalformed(t *testing.T) {
 		{"an unknown message", (&wire{}).u8('X').b},
 	}
 	for _, c := range cases {
-		e, err := ReadEpoch(reader(c.in), h)
+		e, err := readOne(reader(c.in), h)
 		if err == nil {
 			t.Errorf("%s: accepted: %+v", c.name, e)
 		}
@@ -425,7 +425,7 @@ func TestEpochAtTheBounds(t *testing.T) {
 		u64(2*PageSize + 1).u32(3).zero(2).data(1).zero(0).
 		u64(1 << 44).u32(0).
 		u32(3).raw([]byte("dev")).b
-	e, err := ReadEpoch(reader(in), h)
+	e, err := readOne(reader(in), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,11 +449,11 @@ func TestEpochTruncated(t *testing.T) {
 		Disks:   []Disk{{Size: PageSize + 10, Blocks: []Page{{Index: 1, Data: patterned(4)}, {Index: 0}}}, {}, {Size: 1}},
 		Devices: []byte("device state")}
 	b := encode(t, func(w *bufio.Writer) error { return WriteEpoch(w, &e) })
-	if _, err := ReadEpoch(reader(b), epochHello); err != nil {
+	if _, err := readOne(reader(b), epochHello); err != nil {
 		t.Fatalf("whole: %v", err)
 	}
 	for cut := range len(b) {
-		got, err := ReadEpoch(reader(b[:cut]), epochHello)
+		got, err := readOne(reader(b[:cut]), epochHello)
 		if err == nil || got != nil {
 			t.Fatalf("cut at %d of %d bytes: %+v, %v", cut, len(b), got, err)
 		}
@@ -465,7 +465,7 @@ func TestEpochTruncated(t *testing.T) {
 // appending to it) does not change another.
 func TestEpochPagesDoNotAlias(t *testing.T) {
 	e := Epoch{N: 1, Pages: []Page{{Index: 0, Data: page(1)}, {Index: 1, Data: page(2)}, {Index: 2, Data: page(3)}}, Disks: make([]Disk, 3)}
-	got, err := ReadEpoch(reader(encode(t, func(w *bufio.Writer) error { return WriteEpoch(w, &e) })), epochHello)
+	got, err := readOne(reader(encode(t, func(w *bufio.Writer) error { return WriteEpoch(w, &e) })), epochHello)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -492,7 +492,7 @@ func TestEpochClaimDoesNotAllocate(t *testing.T) {
 	in := epoch(1).u32(0).u16(1).u64(claimed * PageSize).u32(claimed).zero(0).zero(1).b
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	if _, err := ReadEpoch(reader(in), h); err == nil {
+	if _, err := readOne(reader(in), h); err == nil {
 		t.Fatal("a truncated epoch accepted")
 	}
 	runtime.ReadMemStats(&after)
@@ -501,7 +501,7 @@ func TestEpochClaimDoesNotAllocate(t *testing.T) {
 	}
 }
 
-// FuzzReadEpoch: whatever the bytes, ReadEpoch returns an error or an
+// FuzzReadEpoch: whatever the bytes, EpochReader.Read returns an error or an
 // epoch within the hello's geometry whose encoding is exactly the bytes it
 // consumed (the format has one encoding per epoch). The default `go test`
 // runs the seeds only.
@@ -515,7 +515,7 @@ func FuzzReadEpoch(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		src := bytes.NewReader(in)
 		br := bufio.NewReader(src)
-		e, err := ReadEpoch(br, epochHello)
+		e, err := readOne(br, epochHello)
 		if err != nil {
 			if e != nil {
 				t.Fatalf("an epoch with the error %v", err)
@@ -550,4 +550,45 @@ func FuzzReadEpoch(f *testing.F) {
 // both kinds.
 func smallSeed() []byte {
 	return epoch(2).u32(2).zero(5).data(6).u16(3).u64(0).u32(0).u64(0).u32(0).u64(PageSize).u32(1).data(0).u32(1).u8(0).b
+}
+
+// readOne reads one epoch with a reader of its own, so that the epochs a
+// test keeps are not overwritten by the next.
+func readOne(r *bufio.Reader, h Hello) (*Epoch, error) {
+	return NewEpochReader(r, h).Read()
+}
+
+// One reader over a stream of epochs of changing sizes: each epoch reads
+// back whole, though its pages reuse the memory of the ones before.
+func TestEpochReaderReusesMemory(t *testing.T) {
+	h := Hello{RAMBytes: 8192 * PageSize, Disks: 1}
+	sizes := []int{5000, 3, 4097, 0, 8192, 1, 4096}
+	var b []byte
+	var want []Epoch
+	for i, n := range sizes {
+		e := Epoch{N: uint64(i + 1), Disks: []Disk{{Size: 2 * PageSize, Blocks: []Page{{Index: 1, Data: bytes.Repeat([]byte{byte(i)}, PageSize)}}}}}
+		for p := range n {
+			e.Pages = append(e.Pages, Page{Index: uint32(p), Data: bytes.Repeat([]byte{byte(i), byte(p)}, PageSize/2)})
+		}
+		want = append(want, e)
+		b = append(b, encode(t, func(w *bufio.Writer) error { return WriteEpoch(w, &e) })...)
+	}
+	er := NewEpochReader(reader(b), h)
+	for i := range want {
+		got, err := er.Read()
+		if err != nil {
+			t.Fatalf("epoch %d: %v", i+1, err)
+		}
+		if err := sameEpoch(got, &want[i]); err != nil {
+			t.Fatalf("epoch %d: %v", i+1, err)
+		}
+	}
+	// Without reuse the epochs would take 21396 pages in all.
+	kept := 0
+	for _, c := range er.arena.chunks {
+		kept += len(c) / PageSize
+	}
+	if kept > 2*8193 {
+		t.Fatalf("%d pages kept for epochs of at most 8193 pages", kept)
+	}
 }

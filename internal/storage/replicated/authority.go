@@ -410,3 +410,32 @@ func SwapForMigration(cur *store.ReplicaSet, uid, source, target string, gen int
 	}
 	return next, nil
 }
+
+// SwapForFTTakeOver is the replica record after an FT secondary on the
+// replica's host took the VM over (docs/ft.md): the secondary's host
+// becomes the primary at the next generation. It runs the VM on the copy it
+// kept per checkpoint, not on the replica (which every guest write reached
+// at once, so it is ahead of the checkpoint the guest resumed from), and
+// puts that copy in the replica's place. The old primary's copy, ahead of
+// it too, becomes the replica, Outdated, and is resynced in full before it
+// is trusted again. It is applied by the takeover's compare-and-swap
+// (store.FTTakeOver), so the roles, the pair record and the placement move
+// together or not at all; the new generation fences the old primary's
+// writes to the replica's host.
+func SwapForFTTakeOver(cur *store.ReplicaSet, uid, primary, secondary string, now time.Time) (*store.ReplicaSet, error) {
+	switch {
+	case cur == nil || cur.UID != uid:
+		return nil, errors.New("its replicated disks have no replica record")
+	case cur.Primary != primary:
+		return nil, fmt.Errorf("its replicated disks' record names %s the primary, not %s", cur.Primary, primary)
+	case cur.Peer != secondary:
+		return nil, fmt.Errorf("its replica is on %s, not on the FT secondary %s", OrNone(cur.Peer), secondary)
+	}
+	next := cur.Clone()
+	next.Primary, next.Peer, next.Generation, next.Override = secondary, primary, cur.Generation+1, nil
+	for _, d := range next.Disks {
+		d.State, d.Replication, d.SyncPercent, d.Since, d.Copy = preplication.Outdated, preplication.Off, 0, now, ""
+		d.Reason = "former FT primary: ran ahead of the checkpoint the secondary resumed from; resynced in full"
+	}
+	return next, nil
+}

@@ -393,3 +393,41 @@ func TestMovePeerOnlyOnTheRecordSeen(t *testing.T) {
 		t.Fatalf("a move checked against the current record: %v", err)
 	}
 }
+
+// An FT takeover by the secondary on the replica's host swaps the roles
+// whatever the replica's state (the VM runs on the copy kept per
+// checkpoint), and the old primary's copy is Outdated, to be resynced in
+// full; a secondary on another host, or a record that moved on, is refused.
+func TestSwapForFTTakeOver(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	cur := &store.ReplicaSet{UID: "u1", Primary: "h1", Peer: "h2", Generation: 7,
+		Disks: map[string]*store.ReplicaDisk{"a": {State: preplication.UpToDate, Replication: preplication.Established, Copy: "c1"},
+			"b": {State: preplication.Outdated, Replication: preplication.Off}}}
+	next, err := SwapForFTTakeOver(cur, "u1", "h1", "h2", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Primary != "h2" || next.Peer != "h1" || next.Generation != 8 {
+		t.Fatalf("got primary %s, peer %s, generation %d; want h2, h1, 8", next.Primary, next.Peer, next.Generation)
+	}
+	for n, d := range next.Disks {
+		if d.State != preplication.Outdated || d.Replication != preplication.Off || d.Copy != "" || !d.Since.Equal(now) {
+			t.Errorf("disk %s: %+v, want Outdated/Off with no copy identity since the takeover", n, d)
+		}
+	}
+	if cur.Primary != "h1" || cur.Disks["a"].State != preplication.UpToDate {
+		t.Fatal("the current record was changed")
+	}
+	for _, c := range []struct {
+		name                    string
+		uid, primary, secondary string
+	}{
+		{"another VM's record", "u2", "h1", "h2"},
+		{"the record names another primary", "u1", "h3", "h2"},
+		{"the secondary is not on the replica's host", "u1", "h1", "h3"},
+	} {
+		if _, err := SwapForFTTakeOver(cur, c.uid, c.primary, c.secondary, now); err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+	}
+}

@@ -93,6 +93,10 @@ func (s *Datastore) Server() *Server { return s.server }
 // Records is the record store the datastore uses.
 func (s *Datastore) Records() Records { return s.recs }
 
+// DiskPath is this host's copy of a VM's disk (an FT secondary keeps its
+// own copy beside it, and puts it in its place at a takeover).
+func (s *Datastore) DiskPath(vm string, d spec.Disk) string { return CopyPath(s.dir, vm, d.Name) }
+
 // Dir is where this host keeps its copies.
 func (s *Datastore) Dir() string { return s.dir }
 

@@ -249,7 +249,7 @@ func (s *Server) serve(ctx context.Context, vm storage.VMRef, disk, client strin
 	if c, ok := s.claimed[k]; ok && c.uid == vm.UID && gen <= c.gen {
 		return fmt.Errorf("replica of %s/%s: this host runs the VM on its copy at generation %d", vm.Name, disk, c.gen)
 	}
-	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient); err != nil {
+	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient, drainPatience); err != nil {
 		return err
 	}
 	path := CopyPath(s.dir, vm.Name, disk)
@@ -325,11 +325,25 @@ func (s *Server) Claim(ctx context.Context, vm storage.VMRef, disk string, gen i
 	if err != nil {
 		return err
 	}
-	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient); err != nil {
+	if err := s.unserveLocked(ctx, d, vm.Name, disk, oldClient, drainPatience); err != nil {
 		return err
 	}
 	s.claimed[key(vm.Name, disk)] = vmGen{uid: vm.UID, gen: gen}
 	return nil
+}
+
+// Abandon stops serving vm's copy of disk without waiting for the old
+// primary's last requests: its connections are aborted at once. It is for
+// an FT takeover, which puts the secondary's own copy in this copy's place
+// (the old primary's last writes, ahead of the checkpoint the guest resumes
+// from, are not wanted), and must not wait on a crashed host's requests.
+func (s *Server) Abandon(ctx context.Context, vm, disk string, oldClient func() string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.d == nil {
+		return nil // nothing served since this agent started
+	}
+	return s.unserveLocked(ctx, s.d, vm, disk, oldClient, 0)
 }
 
 // vmGen is a VM (by UID: a VM re-created under the same name is another
@@ -349,17 +363,17 @@ func (s *Server) Unserve(ctx context.Context, vm, disk string) error {
 	if s.d == nil {
 		return nil // nothing served since this agent started, and no daemon of an earlier one survives (qsd.Start kills it)
 	}
-	return s.unserveLocked(ctx, s.d, vm, disk, nil)
+	return s.unserveLocked(ctx, s.d, vm, disk, nil, drainPatience)
 }
 
-func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk string, oldClient func() string) error {
+func (s *Server) unserveLocked(ctx context.Context, d *qsd.Daemon, vm, disk string, oldClient func() string, patience time.Duration) error {
 	node := nodeName(vm, disk)
 	done := make(chan error, 1)
 	go func() { done <- d.DeleteExports(ctx, []string{node}) }()
 	var err error
 	select {
 	case err = <-done:
-	case <-time.After(drainPatience):
+	case <-time.After(patience):
 		if ip := resolve(oldClient); ip != "" {
 			_, port, _ := net.SplitHostPort(s.listen)
 			s.log.Warn("replica export still draining; aborting the old primary's connections", "vm", vm, "disk", disk, "client", ip)
