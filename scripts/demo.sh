@@ -19,6 +19,7 @@ json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 scripts/setup.sh
 say "build"
+scripts/build-ui.sh   # the web UI, which vigil embeds
 go build -o bin/vigil ./cmd/vigil
 CGO_ENABLED=0 go build -ldflags="-s -w" -o bin/vigil-guest ./cmd/vigil-guest
 say "guest image"
@@ -293,9 +294,14 @@ xdir=/tmp/vigil-demo-external-etcd
 )
 "$V" lab down --lab-dir "$xdir" >/dev/null
 
+eval "$("$V" lab env)"
 cat <<MSG
 
 The lab keeps running. Try:
   eval "\$(bin/vigil lab env)"; bin/vigil ha drill host2; bin/vigil lab freeze host3; bin/vigil events -f
+The web UI (docs/ui.md), live: open this in a browser on this machine (the lab's management network
+is reachable from it; its certificate is from the lab's CA, $VIGIL_CA, so accept it or import the CA):
+  $VIGIL_API_URL/ui/#token=$VIGIL_TOKEN
+or, without a browser here: bin/vigil vm list -w  (the same live stream)
 Remove it with: bin/vigil lab down
 MSG

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Debian package dist/vigil_VERSION_amd64.deb with dpkg-deb (no
-# debhelper needed): /usr/bin/vigil, the systemd units, the commented default
+# debhelper needed): /usr/bin/vigil (with its web UI embedded), the systemd units, the commented default
 # config /etc/vigil/vigil.yaml (a conffile), bash and zsh completion, and the
 # man pages generated from the CLI. docs/install.md installs it.
 #
@@ -18,6 +18,7 @@ root=dist/pkgroot
 rm -rf "$root" && mkdir -p "$root/DEBIAN" dist
 
 echo "package: building vigil $version" >&2
+scripts/build-ui.sh >&2   # the web UI, which vigil embeds
 CGO_ENABLED=1 go build -buildmode=pie -trimpath -ldflags "-s -w -X github.com/vigilha/vigil/internal/cli.Version=$version" -o "$root/usr/bin/vigil" ./cmd/vigil
 
 install -D -m 0644 deploy/debian/vigil.service "$root/lib/systemd/system/vigil.service"

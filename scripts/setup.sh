@@ -3,7 +3,8 @@
 # QEMU 10.x from bookworm-backports (7.2 corrupts busy guests in TCG live migration),
 # qemu-utils, nftables, iproute2, ethtool, python3/curl for the acceptance checks, and Debian's
 # prometheus (promtool checks the shipped alert rules), tmux (the test of vigil top), and lintian,
-# systemd-analyze and gcc (the Debian package: scripts/package.sh, scripts/check-package.sh).
+# systemd-analyze and gcc (the Debian package: scripts/package.sh, scripts/check-package.sh), and
+# Node.js with npm (they build the web UI: scripts/build-ui.sh) and chromium (the UI's browser tests).
 # Fails loudly when QEMU 10.x cannot be installed.
 set -euo pipefail
 
@@ -41,7 +42,7 @@ add_backports() {
 }
 
 need=()
-for pair in ip:iproute2 nft:nftables ethtool:ethtool python3:python3 curl:curl dpkg-deb:dpkg cpio:cpio promtool:prometheus tmux:tmux lintian:lintian systemd-analyze:systemd gcc:gcc; do
+for pair in ip:iproute2 nft:nftables ethtool:ethtool python3:python3 curl:curl dpkg-deb:dpkg cpio:cpio promtool:prometheus tmux:tmux lintian:lintian systemd-analyze:systemd gcc:gcc node:nodejs npm:npm chromium:chromium; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

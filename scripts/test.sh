@@ -10,6 +10,8 @@ scripts/setup.sh
 export PATH="$PATH:/usr/local/go/bin"
 
 echo "== build"
+# The web UI first: vigil embeds it (docs/ui.md).
+scripts/build-ui.sh
 go build -o bin/vigil ./cmd/vigil
 # The same with fault-injection flags, for the tests that need them.
 go build -tags faults -o bin/vigil-faults ./cmd/vigil
@@ -39,6 +41,7 @@ scripts/check-package.sh
 
 echo "== unit tests"
 go test -count=1 -timeout 10m $(go list ./... | grep -v /test/)
+(cd web && npm run --silent test:unit)   # the web UI's own logic (node --test)
 
 echo "== fuzzing, bounded (docs/security.md: run one for 10 minutes with -fuzztime 10m)"
 # Bounded by executions, not by time: Go 1.26's fuzz coordinator can fail a

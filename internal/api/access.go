@@ -179,3 +179,9 @@ func tokenView(t *auth.Token, now time.Time) v1.TokenInfo {
 	return v1.TokenInfo{Name: t.Name, Role: role, State: t.State(now), CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy,
 		ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, UsedBy: t.UsedBy, UsedAt: t.UsedAt}
 }
+
+// whoami answers who the caller is, with its role.
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
+	c := callerOf(r)
+	httpjson.WriteIndented(w, http.StatusOK, v1.WhoAmI{Name: c.id.Name, Role: string(c.id.Role), Via: c.id.Via})
+}

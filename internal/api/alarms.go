@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,15 +85,23 @@ func rank(s alarm.State) int {
 }
 
 func (s *Server) alarmStatus(w http.ResponseWriter, r *http.Request) {
-	defs, err := s.st.Alarms(r.Context())
+	out, err := s.alarmStatuses(r.Context())
 	if err != nil {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	insts, err := s.st.AlarmInstances(r.Context())
+	httpjson.WriteIndented(w, http.StatusOK, out)
+}
+
+// alarmStatuses are the alarms with their instances, firing first.
+func (s *Server) alarmStatuses(ctx context.Context) ([]*v1.AlarmStatus, error) {
+	defs, err := s.st.Alarms(ctx)
 	if err != nil {
-		writeErr(w, http.StatusServiceUnavailable, err)
-		return
+		return nil, err
+	}
+	insts, err := s.st.AlarmInstances(ctx)
+	if err != nil {
+		return nil, err
 	}
 	by := map[string]*v1.AlarmStatus{}
 	for name, d := range defs {
@@ -120,7 +129,7 @@ func (s *Server) alarmStatus(w http.ResponseWriter, r *http.Request) {
 		}
 		return out[i].Alarm < out[j].Alarm
 	})
-	httpjson.WriteIndented(w, http.StatusOK, out)
+	return out, nil
 }
 
 func (s *Server) ackAlarm(w http.ResponseWriter, r *http.Request) {

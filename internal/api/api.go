@@ -34,6 +34,7 @@ import (
 	"github.com/vigilha/vigil/internal/spec"
 	"github.com/vigilha/vigil/internal/storage/replicated"
 	"github.com/vigilha/vigil/internal/store"
+	"github.com/vigilha/vigil/internal/ui"
 )
 
 // Server serves the API.
@@ -98,12 +99,19 @@ const maxBody = 1 << 20
 
 // Handler returns the API's routes.
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
+	mux := &routeMux{ServeMux: http.NewServeMux()}
 	if s.metrics != nil {
 		// Read-only counters, but they name every VM and host: a viewer's.
 		mux.Handle("GET /metrics", s.need(auth.Viewer, promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second}).ServeHTTP))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	// The document describes the routes registered here (mux.patterns),
+	// read when it is asked for: all of them are registered by then.
+	mux.HandleFunc("GET "+openAPIPath, s.need(auth.Viewer, s.openAPI(mux)))
+	// The web UI's files are public; everything they show comes from the
+	// API, with the token the operator gives the page.
+	mux.Handle("GET /ui/", ui.Handler())
+	mux.HandleFunc("GET /ui", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/", http.StatusMovedPermanently) })
 	// Every route names the least role that may call it; a state-changing
 	// one is audited, refusals included.
 	view := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, s.need(auth.Viewer, h)) }
@@ -121,8 +129,9 @@ func (s *Server) Handler() http.Handler {
 	// A console shows what the guest prints, logins included: operators.
 	mux.HandleFunc("GET /api/v1/vms/{name}/console", s.need(op, s.console))
 	view("GET /api/v1/hosts", s.listHosts)
-	view("GET /api/v1/hosts/{name}", s.listHosts)
+	view("GET /api/v1/hosts/{host}", s.listHosts)
 	view("GET /api/v1/events", s.events)
+	view("GET "+watchPath, s.watch)
 	view("GET /api/v1/networks", s.listNetworks)
 	act("POST /api/v1/vms/{name}/test-failover", op, "vm.test-failover", s.testFailover)
 	act("POST /api/v1/vms/{name}/ft/test-failover", op, "vm.ft-test-failover", s.ftDrill(store.RequestFTTestFailover))
@@ -144,6 +153,8 @@ func (s *Server) Handler() http.Handler {
 	act("POST /api/v1/vms/{name}/resize", op, "vm.resize", s.resize)
 	act("DELETE /api/v1/vms/{name}/migration", op, "vm.migrate-cancel", s.cancelMigration)
 	view("GET /api/v1/vms/{name}/migration", s.getMigration)
+	view("GET /api/v1/vms/{name}/migration/targets", s.migrationTargets)
+	view("GET /api/v1/whoami", s.whoami)
 	act("POST /api/v1/hosts/{host}/maintenance", op, "host.maintenance-enter", s.maintenance(true))
 	act("DELETE /api/v1/hosts/{host}/maintenance", op, "host.maintenance-exit", s.maintenance(false))
 	act("PUT /api/v1/config", admin, "config.update", s.putConfig)
@@ -165,7 +176,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/certificates/renew", s.audited("host.cert-renew", s.renewCert))
 	// What hosts report about the VMs placed on them (hostwrites.go).
 	s.hostRoutes(mux)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.ServeMux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return s.logRequests(s.identify(mux))
@@ -178,7 +189,10 @@ const requestTimeout = 5 * time.Second
 func (s *Server) logRequests(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		ctx, cancel := r.Context(), context.CancelFunc(func() {})
+		if !isStream(r) {
+			ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		}
 		defer cancel()
 		h.ServeHTTP(w, r.WithContext(ctx))
 		s.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "took", time.Since(start))
@@ -214,11 +228,16 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
+	httpjson.WriteIndented(w, http.StatusOK, vmViews(snap))
+}
+
+// vmViews are the API's views of the cluster's VMs, by name.
+func vmViews(snap *store.Snapshot) []v1.VM {
 	out := make([]v1.VM, 0, len(snap.VMs))
 	for _, name := range snap.SortedVMNames() {
 		out = append(out, ViewIn(snap, snap.VMs[name], false))
 	}
-	httpjson.WriteIndented(w, http.StatusOK, out)
+	return out
 }
 
 // snapshotVM reads the cluster and the VM named in the path; on failure
@@ -563,6 +582,22 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, err)
 		return
 	}
+	out := hostViews(snap)
+	if name := r.PathValue("host"); name != "" {
+		for _, h := range out {
+			if h.Name == name {
+				httpjson.WriteIndented(w, http.StatusOK, h)
+				return
+			}
+		}
+		writeErr(w, http.StatusNotFound, fmt.Errorf("host %q not found", name))
+		return
+	}
+	httpjson.WriteIndented(w, http.StatusOK, out)
+}
+
+// hostViews are the API's views of the cluster's hosts.
+func hostViews(snap *store.Snapshot) []v1.Host {
 	hosts := scheduler.Hosts(snap, "")
 	out := make([]v1.Host, 0, len(hosts))
 	for _, ph := range hosts {
@@ -586,17 +621,7 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 			Fencing: FencingOf(h, snap.Config), MetricsURL: metricsURL(h.AgentURL),
 		})
 	}
-	if name := r.PathValue("name"); name != "" {
-		for _, h := range out {
-			if h.Name == name {
-				httpjson.WriteIndented(w, http.StatusOK, h)
-				return
-			}
-		}
-		writeErr(w, http.StatusNotFound, fmt.Errorf("host %q not found", name))
-		return
-	}
-	httpjson.WriteIndented(w, http.StatusOK, out)
+	return out
 }
 
 // metricsURL is the agent endpoint's /metrics, when the endpoint is HTTP

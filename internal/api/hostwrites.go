@@ -32,7 +32,7 @@ import (
 // Refusals are audited; accepted writes are not (each status change would
 // be a line of the trail), and show in the VM's state and events instead.
 
-func (s *Server) hostRoutes(mux *http.ServeMux) {
+func (s *Server) hostRoutes(mux *routeMux) {
 	route := func(pattern, action string, h func(http.ResponseWriter, *http.Request, string, string)) {
 		mux.HandleFunc(pattern, s.auditedRefusals(action, s.asHost(h)))
 	}

@@ -140,3 +140,24 @@ func (s *Server) maintenance(on bool) http.HandlerFunc {
 		w.WriteHeader(http.StatusAccepted)
 	}
 }
+
+// migrationTargets says, for each other host, whether the VM can be
+// live-migrated there now, or why not: what a UI offers as destinations.
+func (s *Server) migrationTargets(w http.ResponseWriter, r *http.Request) {
+	snap, v, ok := s.snapshotVM(w, r)
+	if !ok {
+		return
+	}
+	out := []v1.MigrationTarget{}
+	for _, h := range snap.SortedHostNames() {
+		if h == v.Placement.Host {
+			continue
+		}
+		t := v1.MigrationTarget{Host: h, Feasible: true}
+		if _, err := migration.Target(snap, v, h); err != nil {
+			t.Feasible, t.Reason = false, err.Error()
+		}
+		out = append(out, t)
+	}
+	httpjson.WriteIndented(w, http.StatusOK, out)
+}

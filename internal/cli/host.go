@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	v1 "github.com/vigilha/vigil/internal/apis/v1"
 	"github.com/vigilha/vigil/internal/client"
 	"github.com/vigilha/vigil/internal/spec"
 )
@@ -134,32 +135,56 @@ func newEventsCmd(g *globals) *cobra.Command {
 			if o.json() && !follow {
 				return printJSON(g.out, evs)
 			}
-			print := func(evs []client.Event) {
-				for _, ev := range evs {
-					if o.json() {
-						_ = printJSON(g.out, ev)
-						continue
+			print := func(ev client.Event) {
+				if o.json() {
+					_ = printJSON(g.out, ev)
+					return
+				}
+				fmt.Fprintf(g.out, "%s  %-7s %-12s %-18s %s\n", ev.Time.Local().Format("15:04:05.000"), dash(ev.Host), dash(ev.VM), ev.Type, ev.Message)
+			}
+			for _, ev := range evs {
+				print(ev)
+			}
+			if !follow {
+				return nil
+			}
+			// The live stream starts at its state message; what was
+			// logged between the list above and then is read once more
+			// and printed unless printed already.
+			key := func(ev client.Event) string {
+				return fmt.Sprint(ev.Time.UnixNano(), ev.Type, ev.VM, ev.Host, ev.Message)
+			}
+			printed := map[string]bool{}
+			for _, ev := range evs {
+				printed[key(ev)] = true
+			}
+			caughtUp := false
+			return c.Watch(ctx, client.WatchFilter{VM: f.VM, Host: f.Host, Type: f.Type}, client.WatchHandlers{
+				State: func(v1.WatchState) {
+					if caughtUp {
+						return
 					}
-					fmt.Fprintf(g.out, "%s  %-7s %-12s %-18s %s\n", ev.Time.Local().Format("15:04:05.000"), dash(ev.Host), dash(ev.VM), ev.Type, ev.Message)
-				}
-			}
-			print(evs)
-			for follow && ctx.Err() == nil {
-				if len(evs) > 0 {
-					f.Since = evs[len(evs)-1].Time
-				}
-				f.Limit = 0
-				time.Sleep(500 * time.Millisecond)
-				next, err := c.Events(ctx, f)
-				if err != nil {
-					continue
-				}
-				print(next)
-				if len(next) > 0 {
-					evs = next
-				}
-			}
-			return nil
+					caughtUp = true
+					if len(evs) > 0 {
+						f.Since = evs[len(evs)-1].Time.Add(-time.Nanosecond)
+					}
+					f.Limit = 0
+					more, err := c.Events(ctx, f)
+					if err != nil {
+						return
+					}
+					for _, ev := range more {
+						if !printed[key(ev)] {
+							print(ev)
+						}
+					}
+				},
+				Event: func(ev client.Event) {
+					if !printed[key(ev)] {
+						print(ev)
+					}
+				},
+			})
 		},
 	}
 	o.register(cmd)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -84,6 +85,7 @@ func readInput(file string) ([]byte, error) {
 
 func newVMListCmd(g *globals) *cobra.Command {
 	var o output
+	var watch bool
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -97,6 +99,27 @@ func newVMListCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if watch {
+				// The live stream sends the whole state first, then again
+				// on each change: each table is printed when it differs
+				// from the last.
+				last := ""
+				return c.Watch(cmd.Context(), client.WatchFilter{}, client.WatchHandlers{State: func(s v1.WatchState) {
+					var b strings.Builder
+					if o.json() {
+						_ = printJSON(&b, s.VMs)
+					} else {
+						_ = printVMTable(&b, s.VMs)
+					}
+					if b.String() != last {
+						last = b.String()
+						if !o.json() {
+							fmt.Fprintf(g.out, "-- %s\n", time.Now().Format("15:04:05.000"))
+						}
+						fmt.Fprint(g.out, last)
+					}
+				}})
+			}
 			vms, err := c.ListVMs(cmd.Context())
 			if err != nil {
 				return err
@@ -104,20 +127,26 @@ func newVMListCmd(g *globals) *cobra.Command {
 			if o.json() {
 				return printJSON(g.out, vms)
 			}
-			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIP\tCPU\tMEMORY\tHA\tAGE")
-			for _, v := range vms {
-				ha := "-"
-				if v.HA {
-					ha = v.Priority
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, v.State, dash(v.Host), dash(v.IP), v.CPUs, v.MemoryText, ha, age(v.CreatedAt))
-			}
-			return tw.Flush()
+			return printVMTable(g.out, vms)
 		},
 	}
 	o.register(cmd)
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "print the list again whenever it changes (the API's live stream)")
 	return cmd
+}
+
+// printVMTable prints VMs as vm list's table.
+func printVMTable(w io.Writer, vms []v1.VM) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIP\tCPU\tMEMORY\tHA\tAGE")
+	for _, v := range vms {
+		ha := "-"
+		if v.HA {
+			ha = v.Priority
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, v.State, dash(v.Host), dash(v.IP), v.CPUs, v.MemoryText, ha, age(v.CreatedAt))
+	}
+	return tw.Flush()
 }
 
 func newVMShowCmd(g *globals) *cobra.Command {

@@ -356,6 +356,57 @@ type Error struct {
 	Fields []spec.FieldError `json:"fields,omitempty"`
 }
 
+// Messages of the live stream, GET /api/v1/watch (Server-Sent Events). A
+// message's id is a revision of the cluster's store: every change at or
+// before it has been sent; a client that reconnects sends the last id it
+// got (Last-Event-ID, or ?since=), and the stream goes on after it with no
+// event lost.
+const (
+	// WatchStateMsg: the data is a WatchState, the cluster as it is now.
+	// The first message of every stream, then one after changes (at most
+	// four a second).
+	WatchStateMsg = "state"
+	// WatchEventMsg: the data is an Event of the log.
+	WatchEventMsg = "event"
+	// WatchResetMsg: the revision asked for is no longer in the store's
+	// history; the data is an Error. Events since then cannot be replayed:
+	// read them with GET /api/v1/events, and watch afresh.
+	WatchResetMsg = "reset"
+)
+
+// WatchState is the cluster as a state message of the watch stream shows
+// it.
+type WatchState struct {
+	// Revision is the store's revision the views were read at.
+	Revision int64  `json:"revision"`
+	VMs      []VM   `json:"vms"`
+	Hosts    []Host `json:"hosts"`
+	// Migrations are the VMs' latest migrations, running or ended.
+	Migrations []Migration `json:"migrations"`
+	// Alarms are the alarms with their instances, firing first.
+	Alarms []*AlarmStatus `json:"alarms"`
+}
+
+// WhoAmI is the caller as the API knows it (GET /api/v1/whoami): a UI
+// shows only the actions its role allows (the API refuses the others
+// anyway).
+type WhoAmI struct {
+	Name string `json:"name"`
+	// Role is viewer, operator or admin.
+	Role string `json:"role"`
+	// Via is how the caller proved who it is ("token", ...).
+	Via string `json:"via"`
+}
+
+// MigrationTarget is one host as a live migration's destination for a VM
+// (GET /api/v1/vms/{name}/migration/targets): feasible, or why not.
+type MigrationTarget struct {
+	Host     string `json:"host"`
+	Feasible bool   `json:"feasible"`
+	// Reason says why the VM cannot move there.
+	Reason string `json:"reason,omitempty"`
+}
+
 // Event is one entry of the cluster's event log.
 type Event struct {
 	Time    time.Time         `json:"time"`
