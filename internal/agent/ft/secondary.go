@@ -312,8 +312,7 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 				_ = os.Remove(f)
 			}
 		}
-		r.log.Warn("ft: takeover lost", "vm", h.VM, "err", err)
-		r.host.Event(ctx, EvFailed, h.VM, fmt.Sprintf("FT: this host did not take over: %v", err))
+		r.lost(ctx, h, err)
 		return false
 	}
 	if startErr != nil {
@@ -322,16 +321,26 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 		fail("start the instance: %v", startErr)
 		return true
 	}
+	r.resume(ctx, h, paths, committed, "", fail)
+	return true
+}
+
+// lost says that this host did not take the VM over.
+func (r *Reconciler) lost(ctx context.Context, h pft.Hello, err error) {
+	r.log.Warn("ft: takeover lost", "vm", h.VM, "err", err)
+	r.host.Event(ctx, EvFailed, h.VM, fmt.Sprintf("FT: this host did not take over: %v", err))
+}
+
+// resume runs the won takeover's waiting instance from the copy's last
+// checkpoint. An instance that cannot run it is killed: the VM is placed
+// here, and the agent starts it afresh from its disks, as HA would.
+func (r *Reconciler) resume(ctx context.Context, h pft.Hello, paths replicaPaths, committed uint64, note string, fail func(string, ...any)) {
 	if err := r.cp.Resume(ctx, h.VM, paths.dev); err != nil {
-		// The VM is placed here but its instance cannot run the
-		// checkpoint: it is killed, and the agent starts the VM afresh
-		// here from its disks, as HA would.
 		_ = r.drv.Kill(ctx, h.VM)
 		fail("resume from checkpoint %d: %v", committed, err)
-		return true
+		return
 	}
-	r.host.Event(ctx, EvResumed, h.VM, fmt.Sprintf("FT: running on %s from checkpoint %d (took over from %s)", r.cfg.Host, committed, h.From))
-	return true
+	r.host.Event(ctx, EvResumed, h.VM, fmt.Sprintf("FT: running on %s from checkpoint %d (took over from %s%s)", r.cfg.Host, committed, h.From, note))
 }
 
 // takeOverReplicated is the takeover of a VM with disks on a replicated
@@ -347,8 +356,7 @@ func (r *Reconciler) takeOver(ctx context.Context, h pft.Hello, paths replicaPat
 func (r *Reconciler) takeOverReplicated(ctx context.Context, h pft.Hello, paths replicaPaths, committed uint64, pair *pft.Pair, v, next *store.VMState,
 	networks map[string]*store.Network, fail func(string, ...any)) bool {
 	if err := r.winPair(ctx, h, pair, v, next.Placement.Epoch); err != nil {
-		r.log.Warn("ft: takeover lost", "vm", h.VM, "err", err)
-		r.host.Event(ctx, EvFailed, h.VM, fmt.Sprintf("FT: this host did not take over: %v", err))
+		r.lost(ctx, h, err)
 		return false
 	}
 	// From here the VM is placed here. A failure leaves it to the agent,
@@ -384,12 +392,7 @@ func (r *Reconciler) takeOverReplicated(ctx context.Context, h pft.Hello, paths 
 		fail("start the instance: %v", err)
 		return true
 	}
-	if err := r.cp.Resume(ctx, h.VM, paths.dev); err != nil {
-		_ = r.drv.Kill(ctx, h.VM)
-		fail("resume from checkpoint %d: %v", committed, err)
-		return true
-	}
-	r.host.Event(ctx, EvResumed, h.VM, fmt.Sprintf("FT: running on %s from checkpoint %d (took over from %s; its disks' replica moved here)", r.cfg.Host, committed, h.From))
+	r.resume(ctx, h, paths, committed, "; its disks' replica moved here", fail)
 	return true
 }
 
