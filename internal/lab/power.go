@@ -139,8 +139,11 @@ func (l *Lab) WatchdogReset(ctx context.Context, host string, delay time.Duratio
 	if err != nil {
 		return err
 	}
-	if err := l.net.Crash(ctx, n); err != nil {
-		return fmt.Errorf("watchdog reset of %s: %w", host, err)
+	// A real reset cannot half-happen, so a step that failed (a kill that
+	// timed out on a loaded machine, a spawn that failed) is tried again
+	// rather than leaving the host down for the rest of the test.
+	if err := l.resetStep(ctx, host, "power off", func() error { return l.net.Crash(ctx, n) }); err != nil {
+		return err
 	}
 	l.log.Warn("watchdog reset: host down", "host", host, "reboot_in", delay)
 	select {
@@ -154,14 +157,37 @@ func (l *Lab) WatchdogReset(ctx context.Context, host string, delay time.Duratio
 	if err := l.newBootID(host); err != nil {
 		return err
 	}
-	if err := l.net.Boot(ctx, n); err != nil {
-		return fmt.Errorf("watchdog reset of %s: %w", host, err)
-	}
-	if err := l.startDaemons(ctx, host); err != nil {
-		return fmt.Errorf("watchdog reset of %s: %w", host, err)
+	err = l.resetStep(ctx, host, "boot", func() error {
+		if err := l.net.Boot(ctx, n); err != nil {
+			return err
+		}
+		return l.startDaemons(ctx, host)
+	})
+	if err != nil {
+		return err
 	}
 	l.log.Warn("watchdog reset: host booted", "host", host)
 	return nil
+}
+
+// resetStep runs one step of a watchdog reset, up to resetTries times.
+func (l *Lab) resetStep(ctx context.Context, host, what string, step func() error) error {
+	const resetTries = 5
+	for try := 1; ; try++ {
+		err := step()
+		if err == nil {
+			return nil
+		}
+		if try == resetTries || ctx.Err() != nil {
+			return fmt.Errorf("watchdog reset of %s: %s: %w", host, what, err)
+		}
+		l.log.Warn("watchdog reset: step failed, trying again", "host", host, "step", what, "try", try, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // Roles of the processes a fault can hit alone.

@@ -99,6 +99,10 @@ func StartLab(t testing.TB, o LabOptions) *Lab {
 			if err == nil {
 				t.Logf("==== the lab's last events\n%s", Timeline(evs[max(0, len(evs)-15):]))
 			}
+			// And after them each host as the failure left it: a host that
+			// stayed down is explained by its agent's and board's last
+			// complaints, which a CI summary would otherwise cut.
+			t.Logf("==== the hosts at the end\n%s", hostSummary(l, c))
 		}
 		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer dcancel()
@@ -115,6 +119,61 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// hostSummary is one line per host (alive, agent pid, board watchdog) and,
+// for a host that is not alive, the last warnings of its agent and board.
+func hostSummary(l *lab.Lab, c *client.Client) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	hosts, err := c.ListHosts(ctx)
+	cancel()
+	alive := map[string]bool{}
+	for _, h := range hosts {
+		alive[h.Name] = h.Alive
+	}
+	var b strings.Builder
+	if err != nil {
+		fmt.Fprintf(&b, "hosts: %v\n", err)
+	}
+	for i, h := range l.Hosts() {
+		pid, _ := l.ProcessPID(h, lab.RoleAgent)
+		bs, berr := l.BoardStatus(h)
+		board := "no board"
+		if berr == nil {
+			board = fmt.Sprintf("board armed=%v fires=%d", bs.Armed, bs.Fires)
+		}
+		fmt.Fprintf(&b, "%s: alive=%v agent pid=%d %s\n", h, alive[h], pid, board)
+		if alive[h] {
+			continue
+		}
+		for _, role := range []string{"agent", "board"} {
+			for _, line := range lastComplaints(filepath.Join(l.Dir(), "logs", fmt.Sprintf("h%d-%s.log", i+1, role)), 3) {
+				fmt.Fprintf(&b, "  %s: %s\n", role, line)
+			}
+		}
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+// lastComplaints returns the last n WARN or ERROR lines of a log, shortened.
+func lastComplaints(path string, n int) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		// etcd's own warnings (lease not found, slow applies) are noise
+		// here; an agent that exited says so in a bare "Error:" line.
+		warn := strings.Contains(line, "level=WARN") && !strings.Contains(line, "component=etcd")
+		if warn || strings.Contains(line, "level=ERROR") || strings.HasPrefix(line, "Error:") {
+			if len(line) > 240 {
+				line = line[:240] + "..."
+			}
+			out = append(out, line)
+		}
+	}
+	return out[max(0, len(out)-n):]
 }
 
 // dumpLogs prints the tail of every process log of the lab.
