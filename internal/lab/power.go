@@ -139,9 +139,11 @@ func (l *Lab) WatchdogReset(ctx context.Context, host string, delay time.Duratio
 	if err != nil {
 		return err
 	}
-	// A real reset cannot half-happen, so a step that failed (a kill that
-	// timed out on a loaded machine, a spawn that failed) is tried again
-	// rather than leaving the host down for the rest of the test.
+	// A real reset cannot half-happen, so a step that returned an error
+	// (killing the processes, a link change, a spawn) is tried again rather
+	// than leaving the host down for the rest of the test. Both steps are
+	// idempotent: Crash kills what is left, startDaemons starts what is not
+	// running.
 	if err := l.resetStep(ctx, host, "power off", func() error { return l.net.Crash(ctx, n) }); err != nil {
 		return err
 	}
@@ -366,6 +368,16 @@ func (l *Lab) WatchdogState(host string) string {
 		b.WriteString(", fired " + strconv.Itoa(st.Fires) + "x, last " + st.LastFire.Format("15:04:05.000"))
 	}
 	return b.String()
+}
+
+// ProcessLog is the log file of a host's process: role is RoleAgent,
+// RoleFeeder or "board".
+func (l *Lab) ProcessLog(host, role string) (string, error) {
+	n, err := l.node(host)
+	if err != nil {
+		return "", err
+	}
+	return l.net.LogPath(n, role), nil
 }
 
 // BoardStatus is the state of a host's emulated watchdog.

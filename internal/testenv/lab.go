@@ -135,7 +135,7 @@ func hostSummary(l *lab.Lab, c *client.Client) string {
 	if err != nil {
 		fmt.Fprintf(&b, "hosts: %v\n", err)
 	}
-	for i, h := range l.Hosts() {
+	for _, h := range l.Hosts() {
 		pid, _ := l.ProcessPID(h, lab.RoleAgent)
 		bs, berr := l.BoardStatus(h)
 		board := "no board"
@@ -146,8 +146,12 @@ func hostSummary(l *lab.Lab, c *client.Client) string {
 		if alive[h] {
 			continue
 		}
-		for _, role := range []string{"agent", "board"} {
-			for _, line := range lastComplaints(filepath.Join(l.Dir(), "logs", fmt.Sprintf("h%d-%s.log", i+1, role)), 3) {
+		for _, role := range []string{lab.RoleAgent, "board"} {
+			path, err := l.ProcessLog(h, role)
+			if err != nil {
+				continue
+			}
+			for _, line := range lastComplaints(path, 3) {
 				fmt.Fprintf(&b, "  %s: %s\n", role, line)
 			}
 		}
